@@ -1,0 +1,165 @@
+"""``RunConfig``: the typed description of one training run, and its validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from .data import DATASETS
+from .errors import ConfigError
+from .models.presets import STEMS, resolve
+
+OPTIMIZERS = ("adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run. ``lr`` is used as given (the paper's lrs are for batch 2048: scale linearly)."""
+
+    model: str = "vit_tiny"
+    stem: str | None = None  # patchify | conv; None = the alias' stem, or patchify
+    dataset: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    image_size: int | None = None  # None = the dataset's native size
+    synthetic_size: int = 1024
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    wd: float = 0.05
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd (as pycls)
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    epochs: int = 10
+    steps_per_epoch: int | None = None  # cap batches per epoch (smoke tests); None = full epoch
+    batch_size: int = 64
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    grad_clip: float | None = None  # the paper uses none
+    decay_embeddings: bool = True  # the paper/pycls decay cls token + pos embedding; timm doesn't
+    freeze_stem: bool = False  # MoCo v3: keep the stem at its random init
+    seed: int = 0
+    trace_every: int = 10  # per-layer grad norms every k steps (also the log/flush interval)
+    divergence_factor: float = 10.0  # diverged when loss > factor * ln(num_classes)
+    num_workers: int = 0
+    device: str = "auto"
+    results: str = "results"
+    sweep: str = "default"
+
+    # Fields that say where or how a run executes, not what it computes: not in the run id.
+    EXECUTION_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
+        {"results", "sweep", "device", "num_workers", "data_root", "download"}
+    )
+
+    @property
+    def run_id(self) -> str:
+        """Short hash of the canonical config (execution fields excluded)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in self.EXECUTION_FIELDS}
+        d["model"], d["stem"] = resolve(self.model, self.stem)  # vit_c_4gf == vit_4gf + conv
+        return config_hash(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return run_config({**self.to_dict(), **changes})
+
+
+def config_hash(d: dict[str, Any], length: int = 12) -> str:
+    canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _coerce(name: str, value: Any, source: str | None) -> Any:
+    """Check ``value`` against the field's annotation (int -> float allowed, no other casts)."""
+    hint = typing.get_type_hints(RunConfig)[name]
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name}: must not be null", source)
+    origin = typing.get_origin(base)
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(typing.get_args(base)):
+            raise ConfigError(f"{name}: expected a list of {len(typing.get_args(base))} numbers, got {value!r}", source)
+        return tuple(_number(name, v, float, source) for v in value)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}", source)
+        return value
+    if base in (int, float):
+        return _number(name, value, base, source)
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}", source)
+        return value
+    raise AssertionError(f"unhandled type {hint} for {name}")
+
+
+def _number(name: str, value: Any, kind: type, source: str | None) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {value!r}", source)
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{name}: expected an integer, got {value!r}", source)
+        return int(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}", source)
+    return float(value)
+
+
+def _check(name: str, ok: bool, allowed: str, value: Any, source: str | None) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {value!r} is not allowed ({allowed})", source)
+
+
+def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
+    """Validate a mapping into a ``RunConfig``; raises ``ConfigError`` naming source and field."""
+    unknown = sorted(set(d) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} (allowed: {', '.join(FIELDS)})", source)
+    values = {k: _coerce(k, v, source) for k, v in d.items()}
+    cfg = RunConfig(**values)
+    try:
+        resolve(cfg.model, cfg.stem)
+    except ValueError as e:
+        raise ConfigError(str(e), source) from None
+    _check("stem", cfg.stem is None or cfg.stem in STEMS, f"allowed: {', '.join(STEMS)}", cfg.stem, source)
+    _check("dataset", cfg.dataset in DATASETS, f"allowed: {', '.join(DATASETS)}", cfg.dataset, source)
+    _check("optimizer", cfg.optimizer in OPTIMIZERS, f"allowed: {', '.join(OPTIMIZERS)}", cfg.optimizer, source)
+    _check("device", cfg.device in DEVICES or cfg.device.startswith("cuda:"),
+           f"allowed: {', '.join(DEVICES)}, cuda:N", cfg.device, source)
+    _check("lr", cfg.lr > 0, "must be > 0", cfg.lr, source)
+    _check("wd", cfg.wd >= 0, "must be >= 0", cfg.wd, source)
+    _check("epochs", cfg.epochs >= 1, "must be >= 1", cfg.epochs, source)
+    _check("batch_size", cfg.batch_size >= 1, "must be >= 1", cfg.batch_size, source)
+    _check("steps_per_epoch", cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1,
+           "must be >= 1 or null", cfg.steps_per_epoch, source)
+    _check("warmup_epochs", 0 <= cfg.warmup_epochs <= cfg.epochs, "must be in [0, epochs]",
+           cfg.warmup_epochs, source)
+    _check("label_smoothing", 0 <= cfg.label_smoothing < 1, "must be in [0, 1)", cfg.label_smoothing, source)
+    _check("momentum", 0 <= cfg.momentum < 1, "must be in [0, 1)", cfg.momentum, source)
+    _check("betas", all(0 <= b < 1 for b in cfg.betas), "each must be in [0, 1)", list(cfg.betas), source)
+    _check("grad_clip", cfg.grad_clip is None or cfg.grad_clip > 0, "must be > 0 or null", cfg.grad_clip, source)
+    _check("trace_every", cfg.trace_every >= 1, "must be >= 1", cfg.trace_every, source)
+    _check("divergence_factor", cfg.divergence_factor > 1, "must be > 1", cfg.divergence_factor, source)
+    _check("num_workers", cfg.num_workers >= 0, "must be >= 0", cfg.num_workers, source)
+    _check("synthetic_size", cfg.synthetic_size >= 1, "must be >= 1", cfg.synthetic_size, source)
+    _check("image_size", cfg.image_size is None or cfg.image_size >= 8, "must be >= 8 or null", cfg.image_size, source)
+    _check("sweep", bool(cfg.sweep) and "/" not in cfg.sweep and "=" not in cfg.sweep,
+           "a non-empty name without '/' or '='", cfg.sweep, source)
+    return cfg
+

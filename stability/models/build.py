@@ -1,0 +1,109 @@
+"""Build a model by name and count its complexity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .presets import REGNET_SIZES, VIT_SIZES, canonical_name, resolve
+from .regnet import build_regnet, regnet_layer_groups
+from .vit import ConvStem, PatchifyStem, ViT, stem_output_size
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build one model: the resolved preset plus overrides."""
+
+    name: str
+    family: str  # "vit" | "regnet"
+    stem: str | None
+    depth: int
+    width: int
+    heads: int | None
+    image_size: int
+    num_classes: int
+    tokens: int | None
+
+
+def model_spec(
+    name: str,
+    stem: str | None = None,
+    *,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    depth: int | None = None,
+) -> ModelSpec:
+    """Resolve a name + overrides into a ``ModelSpec`` (raises ``ValueError`` on bad names)."""
+    key, stem = resolve(name, stem)
+    if key in REGNET_SIZES:
+        size = REGNET_SIZES[key]
+        image = image_size or size.image_size
+        classes = num_classes or size.num_classes
+        return ModelSpec(key, "regnet", None, depth or size.depth, 0, None, image, classes, None)
+    size = VIT_SIZES[key]
+    image = image_size or size.image_size
+    if stem == "conv":
+        side = stem_output_size(image, size.conv_strides, size.conv_kernels)
+        default_depth = size.depth - 1  # the conv stem costs about one block
+    else:
+        side = image // size.patch_size
+        default_depth = size.depth
+    return ModelSpec(
+        canonical_name(key, stem), "vit", stem, depth or default_depth, size.width, size.heads, image,
+        num_classes or size.num_classes, side * side,
+    )
+
+
+def build_model(spec: ModelSpec, *, freeze_stem: bool = False) -> nn.Module:
+    """Instantiate ``spec``. ``freeze_stem`` keeps the stem at its random init (MoCo v3)."""
+    if spec.family == "regnet":
+        key = spec.name
+        model = build_regnet(replace(REGNET_SIZES[key], depth=spec.depth), spec.num_classes)
+        stem_module = model.stem
+    else:
+        size = VIT_SIZES["vit_" + spec.name.split("_", 2)[2]]
+        if spec.stem == "conv":
+            channels = (*size.conv_channels[:-1], size.width)
+            stem_module = ConvStem(size.conv_kernels, size.conv_strides, channels)
+        else:
+            stem_module = PatchifyStem(size.width, size.patch_size)
+        model = ViT(
+            stem_module, spec.tokens, size.width, spec.depth, size.heads, size.mlp_dim,
+            spec.num_classes,
+        )
+    if freeze_stem:
+        stem_module.requires_grad_(False)
+    return model
+
+
+def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
+    """Parameters per layer in depth order (stem first, head last)."""
+    if isinstance(model, ViT):
+        return model.layer_groups()
+    return regnet_layer_groups(model)
+
+
+@dataclass(frozen=True)
+class Complexity:
+    params: int
+    flops: int  # multiply-adds per image (the paper's "FLOPs": one MAC = one FLOP)
+
+
+def count_complexity(spec: ModelSpec) -> Complexity:
+    """Count params and multiply-adds of one forward pass on meta tensors (no compute).
+
+    ``torch.utils.flop_counter`` counts 2 FLOPs per multiply-add; we halve it to report FLOPs
+    as the paper and pycls do (1 MAC = 1 FLOP).
+    """
+    with torch.device("meta"):
+        model = build_model(spec).eval()
+        x = torch.empty(1, 3, spec.image_size, spec.image_size)
+    params = sum(p.numel() for p in model.parameters())
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return Complexity(params=params, flops=math.ceil(counter.get_total_flops() / 2))

@@ -1,0 +1,46 @@
+"""Rich progress display for one training run (the ``Reporter`` of ``stability.train``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class RichReporter:
+    """Progress bar with epoch, step, loss, lr and the last validation error."""
+
+    def __init__(self, console: Console | None = None, label: str = "train"):
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("epoch {task.fields[epoch]} loss {task.fields[loss]} lr {task.fields[lr]} "
+                       "val err {task.fields[val]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.task = None
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def on_start(self, total_steps: int, start_step: int) -> None:
+        self.task = self.progress.add_task("run", total=total_steps, completed=start_step,
+                                           epoch=0, loss="-", lr="-", val="-")
+
+    def on_log(self, step: int, epoch: int, loss: float, lr: float) -> None:
+        self.progress.update(self.task, completed=step, epoch=epoch, loss=f"{loss:.4g}", lr=f"{lr:.3g}")
+
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        self.progress.update(self.task, val=f"{row['val_top1_err']:.2f}%")

@@ -1,0 +1,204 @@
+"""The parquet results store: four tables, hive-partitioned by sweep, one file per run.
+
+Layout (``root`` is the results folder)::
+
+    root/<table>/sweep=<name>/<run_id>.parquet      one run's rows (rewritten atomically)
+    root/<table>/sweep=<name>/part-<id>.parquet     compacted rows of many runs
+
+A run's own file wins over its rows in a compacted file, so rewriting a run after compaction
+never duplicates it. ``sweep`` lives in the path only (hive partition), never inside files.
+No torch here: notebooks and the dashboard import this module cheaply.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+STATUSES = ("completed", "diverged", "failed", "preempted", "running")
+DONE_STATUSES = ("completed", "diverged")
+
+_I, _F, _S, _T = pa.int64(), pa.float64(), pa.string(), pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "runs": pa.schema([
+        ("run_id", _S), ("status", _S), ("model", _S), ("stem", _S), ("optimizer", _S),
+        ("lr", _F), ("wd", _F), ("epochs", _I), ("batch_size", _I), ("warmup_epochs", _F),
+        ("seed", _I), ("dataset", _S), ("params", _I), ("flops", _I), ("top1_err", _F),
+        ("top5_err", _F), ("best_top1_err", _F), ("final_train_loss", _F),
+        ("diverged_at_step", _I), ("n_spikes", _I), ("wall_time_s", _F), ("device", _S),
+        ("world_size", _I), ("host", _S), ("slurm_job_id", _S), ("git_sha", _S),
+        ("stability_version", _S), ("config_json", _S), ("started_at", _T), ("finished_at", _T),
+        ("error", _S), ("schema_version", _I),
+    ]),
+    "epochs": pa.schema([
+        ("run_id", _S), ("epoch", _I), ("train_loss", _F), ("train_top1_err", _F),
+        ("val_top1_err", _F), ("val_top5_err", _F), ("lr", _F), ("time_s", _F),
+        ("schema_version", _I),
+    ]),
+    "steps": pa.schema([
+        ("run_id", _S), ("step", _I), ("epoch", _I), ("loss", _F), ("lr", _F),
+        ("grad_norm", _F), ("schema_version", _I),
+    ]),
+    "grad_norms": pa.schema([
+        ("run_id", _S), ("step", _I), ("layer", _S), ("depth", _I), ("grad_norm", _F),
+        ("param_norm", _F), ("update_ratio", _F), ("schema_version", _I),
+    ]),
+}
+TABLES = tuple(SCHEMAS)
+_PARTITION = pa.schema([("sweep", _S)])
+
+
+def table_dir(root: str | os.PathLike, table: str, sweep: str) -> Path:
+    return Path(root) / table / f"sweep={sweep}"
+
+
+def to_arrow(table: str, rows: pd.DataFrame | list[dict]) -> pa.Table:
+    """Rows -> an arrow table with exactly ``SCHEMAS[table]`` (missing columns become null)."""
+    schema = SCHEMAS[table]
+    df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows.copy()
+    df["schema_version"] = SCHEMA_VERSION
+    for name in schema.names:
+        if name not in df.columns:
+            df[name] = None
+    return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Dot-prefixed temp names are skipped by pyarrow datasets and by '*.parquet' globs.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_run(
+    root: str | os.PathLike,
+    sweep: str,
+    run_id: str,
+    tables: dict[str, pd.DataFrame | list[dict]],
+) -> None:
+    """Write (or overwrite) one run's rows, one table at a time, each file atomically.
+
+    ``runs`` is written last so that a reader who sees a finished run also sees its curves.
+    """
+    for name in sorted(tables, key=lambda t: t == "runs"):
+        _atomic_write(to_arrow(name, tables[name]), table_dir(root, name, sweep) / f"{run_id}.parquet")
+
+
+@dataclass
+class Results:
+    """The four tables of a results root as pandas DataFrames (``sweep`` column included)."""
+
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    steps: pd.DataFrame
+    grad_norms: pd.DataFrame
+    root: Path
+    errors: list[str] = field(default_factory=list)  # unreadable files, skipped
+
+
+def _empty(table: str) -> pd.DataFrame:
+    df = SCHEMAS[table].empty_table().to_pandas()
+    df.insert(1, "sweep", pd.Series(dtype="string"))
+    return df
+
+
+def _sweep_files(root: Path, table: str, sweep: str | None) -> dict[str, list[Path]]:
+    base = root / table
+    if not base.is_dir():
+        return {}
+    out: dict[str, list[Path]] = {}
+    for d in sorted(base.glob("sweep=*")):
+        name = d.name[len("sweep="):]
+        if d.is_dir() and (sweep is None or name == sweep):
+            out[name] = sorted(p for p in d.glob("*.parquet") if not p.name.startswith((".", "_")))
+    return out
+
+
+def _read_sweep(files: list[Path], table: str, columns: list[str] | None, errors: list[str]) -> pd.DataFrame:
+    """Read one sweep's files; per-run files override compacted rows of the same run."""
+    schema = SCHEMAS[table]
+    cols = [c for c in (columns or schema.names) if c in schema.names]
+    if "run_id" not in cols:
+        cols = ["run_id", *cols]
+    own = {p.stem for p in files if not p.name.startswith("part-")}
+    frames = []
+    for p in files:
+        try:
+            t = pq.read_table(p, columns=cols, schema=schema)
+        except Exception as e:  # corrupt or foreign file: report it, keep the rest
+            errors.append(f"{p}: {type(e).__name__}: {e}")
+            continue
+        df = t.to_pandas()
+        if p.name.startswith("part-") and own:
+            df = df[~df["run_id"].isin(own)]
+        frames.append(df)
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return schema.empty_table().select(cols).to_pandas()
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_table(
+    root: str | os.PathLike,
+    table: str,
+    sweep: str | None = None,
+    columns: list[str] | None = None,
+    errors: list[str] | None = None,
+) -> pd.DataFrame:
+    """One table of a results root, optionally one sweep and a subset of columns."""
+    errors = errors if errors is not None else []
+    frames = []
+    for name, files in _sweep_files(Path(root), table, sweep).items():
+        df = _read_sweep(files, table, columns, errors)
+        df.insert(1, "sweep", name)
+        frames.append(df)
+    if not frames:
+        df = _empty(table)
+        return df if columns is None else df[[c for c in df.columns if c in {"run_id", "sweep", *columns}]]
+    out = pd.concat(frames, ignore_index=True)
+    out["sweep"] = out["sweep"].astype("string")
+    return out
+
+
+def load(root: str | os.PathLike, sweep: str | None = None) -> Results:
+    """Load every table of ``root`` (all sweeps, or one). Unreadable files land in ``.errors``."""
+    errors: list[str] = []
+    tables = {t: read_table(root, t, sweep, errors=errors) for t in TABLES}
+    return Results(**tables, root=Path(root), errors=errors)
+
+
+def compact(root: str | os.PathLike, sweep: str) -> dict[str, int]:
+    """Merge a sweep's files into one ``part-*.parquet`` per table; returns rows per table.
+
+    The merged file is written atomically before the inputs are removed, so a crash leaves
+    either the old files or the new one (plus stale inputs, which per-run precedence makes
+    harmless). Rows are never lost; a run present twice keeps its newest rows.
+    """
+    counts = {}
+    for table in TABLES:
+        files = _sweep_files(Path(root), table, sweep).get(sweep, [])
+        if not files:
+            counts[table] = 0
+            continue
+        errors: list[str] = []
+        df = _read_sweep(files, table, None, errors)
+        if errors:
+            raise OSError(f"cannot compact {table} of sweep {sweep!r}: " + "; ".join(errors))
+        out = table_dir(root, table, sweep) / f"part-{uuid.uuid4().hex[:12]}.parquet"
+        _atomic_write(to_arrow(table, df), out)
+        for p in files:
+            p.unlink(missing_ok=True)
+        counts[table] = len(df)
+    return counts

@@ -1,0 +1,59 @@
+import pytest
+
+from .conftest import run_cli
+
+
+def _assert_one_line_error(out, *needles):
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["model=vit_huge"], ["model", "vit_c_tiny", "allowed"]),
+    (["dataset=mnist"], ["dataset", "digits", "allowed"]),
+    (["lr=-0.1"], ["lr", "> 0"]),
+    (["lr=abc"], ["lr", "number"]),
+    (["learning_rate=0.1"], ["unknown key 'learning_rate'", "allowed"]),
+    (["optimizer=adam"], ["optimizer", "adamw, sgd"]),
+    (["stem=conv", "model=vit_p_tiny"], ["stem", "fixes"]),
+    (["epochs"], ["key=value"]),
+    (["dataset=cifar10"], ["data_root", "needs"]),
+    (["dataset=imagefolder", "data_root=/nonexistent"], ["data_root", "ImageNet layout"]),
+])
+def test_bad_train_input_exits_2_with_one_line(args, needles, tmp_path):
+    out = run_cli("train", f"results={tmp_path}", *args)
+    _assert_one_line_error(out, *needles)
+
+
+def test_bad_config_files(tmp_path):
+    _assert_one_line_error(run_cli("train", "--config", str(tmp_path / "missing.yaml")),
+                           "file not found", "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [1, 2\nwd: 0.1\n")
+    _assert_one_line_error(run_cli("train", "--config", str(bad)), "bad.yaml", "not valid YAML", "line")
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("lr: 1e-3\nbatchsize: 3\n")
+    _assert_one_line_error(run_cli("train", "--config", str(wrong)), "wrong.yaml", "batchsize")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    _assert_one_line_error(run_cli("train", "--config", str(listy)), "list.yaml", "mapping")
+
+
+def test_bad_input_writes_nothing(tmp_path):
+    run_cli("train", f"results={tmp_path / 'r'}", "lr=-1")
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_cli_end_to_end(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: vit_tiny\nstem: conv\nepochs: 1\nsteps_per_epoch: 3\nbatch_size: 16\nlr: 1e-3\n")
+    out = run_cli("train", "--config", str(cfg), f"results={tmp_path / 'res'}", "sweep=cli")
+    assert out.returncode == 0, out.stderr
+    assert "completed" in out.stdout and str(tmp_path / "res" / "runs" / "sweep=cli") in out.stdout
+    from stability import store
+    runs = store.load(tmp_path / "res").runs
+    assert runs.stem.tolist() == ["conv"] and runs.model.tolist() == ["vit_c_tiny"]

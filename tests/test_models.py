@@ -1,0 +1,110 @@
+import json
+
+import pytest
+import torch
+
+from stability.models import (
+    PAPER_COMPLEXITY,
+    REGNET_SIZES,
+    VIT_SIZES,
+    build_model,
+    count_complexity,
+    layer_groups,
+    model_spec,
+)
+from stability.models.table import preset_names
+
+from .conftest import run_cli
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_forward_shape_at_preset_resolution(name):
+    spec = model_spec(name)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    batch = 1 if spec.image_size >= 224 else 4
+    with torch.no_grad():
+        out = model(torch.randn(batch, 3, spec.image_size, spec.image_size))
+    assert out.shape == (batch, spec.num_classes)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("size", ["vit_1gf", "vit_4gf", "vit_18gf", "vit_36gf"])
+def test_conv_stem_gives_14x14_tokens_at_224(size):
+    spec = model_spec(size, "conv")
+    with torch.device("meta"):
+        model = build_model(spec)
+        grid = model.stem(torch.empty(1, 3, 224, 224))
+    assert grid.shape[-2:] == (14, 14) and spec.tokens == 196
+    assert grid.shape[1] == VIT_SIZES[size].width
+
+
+@pytest.mark.parametrize("name", list(PAPER_COMPLEXITY))
+def test_paper_presets_match_published_complexity(name):
+    gf, params_m = PAPER_COMPLEXITY[name]
+    c = count_complexity(model_spec(name))
+    # The table rounds to 0.1 GF: allow 2% or the rounding, whichever is larger.
+    assert abs(c.flops / 1e9 - gf) <= max(0.02 * gf, 0.05), (name, c.flops / 1e9, gf)
+    assert abs(c.params / 1e6 - params_m) <= 0.02 * params_m, (name, c.params / 1e6, params_m)
+
+
+@pytest.mark.parametrize("size", list(VIT_SIZES))
+def test_stem_pairs_within_5_percent_flops_and_conv_has_one_block_fewer(size):
+    p, c = model_spec(size, "patchify"), model_spec(size, "conv")
+    assert c.depth == p.depth - 1
+    fp, fc = count_complexity(p).flops, count_complexity(c).flops
+    assert abs(fp - fc) / fp < 0.05, (size, fp, fc)
+
+
+def test_size_plus_stem_equals_alias():
+    assert model_spec("vit_4gf", "conv") == model_spec("vit_c_4gf")
+    assert model_spec("vit_4gf") == model_spec("vit_p_4gf")
+    with pytest.raises(ValueError, match="fixes stem"):
+        model_spec("vit_c_4gf", "patchify")
+    with pytest.raises(ValueError, match="allowed"):
+        model_spec("vit_9gf")
+
+
+def test_overrides_and_freeze_stem():
+    spec = model_spec("vit_c_tiny", num_classes=7, image_size=64, depth=2)
+    model = build_model(spec, freeze_stem=True)
+    assert len(model.blocks) == 2 and spec.tokens == 16 * 16
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+    assert not any(p.requires_grad for p in model.stem.parameters())
+    assert all(p.requires_grad for p in model.blocks.parameters())
+
+
+def test_pycls_init():
+    model = build_model(model_spec("vit_p_tiny"))
+    assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.cls_token) == 0
+    assert 0.015 < model.pos_embed.std().item() < 0.025
+
+
+def test_layer_groups_cover_all_params_in_depth_order():
+    for name in ("vit_p_tiny", "vit_c_tiny", "regnety_tiny"):
+        model = build_model(model_spec(name))
+        groups = layer_groups(model)
+        names = [g for g, _ in groups]
+        assert names[0] == "stem" and names[-1] == "head"
+        ids = [id(p) for _, ps in groups for p in ps]
+        assert sorted(ids) == sorted(id(p) for p in model.parameters())
+
+
+def test_regnet_tiny_is_32px():
+    assert REGNET_SIZES["regnety_tiny"].image_size == 32
+    model = build_model(model_spec("regnety_tiny"))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_models_cli_json_and_table():
+    out = run_cli("models", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["name"] for r in rows] == preset_names()
+    keys = {"name", "stem", "depth", "width", "heads", "params", "flops", "image_size", "tokens"}
+    assert all(set(r) == keys for r in rows)
+    by = {r["name"]: r for r in rows}
+    assert by["vit_c_4gf"]["depth"] == 11 and by["vit_c_4gf"]["tokens"] == 196
+    assert isinstance(by["vit_p_4gf"]["flops"], int)
+    table = run_cli("models")
+    assert table.returncode == 0 and "vit_c_18gf" in table.stdout and "GFLOPs" in table.stdout

@@ -1,0 +1,71 @@
+import duckdb
+import pandas as pd
+import pytest
+
+from stability import store
+
+
+def _run(run_id, status="completed", n=3):
+    return {
+        "runs": [{"run_id": run_id, "status": status, "stem": "conv", "lr": 0.1, "top1_err": 12.5}],
+        "epochs": [{"run_id": run_id, "epoch": e, "val_top1_err": 50.0 - e} for e in range(n)],
+        "steps": [{"run_id": run_id, "step": s, "loss": 1.0 / (s + 1)} for s in range(n)],
+        "grad_norms": [{"run_id": run_id, "step": 0, "layer": "stem", "depth": 0, "grad_norm": 1.0}],
+    }
+
+
+def test_roundtrip_pandas_duckdb_and_schema(tmp_path):
+    store.write_run(tmp_path, "a", "r1", _run("r1"))
+    store.write_run(tmp_path, "b", "r2", _run("r2", "diverged"))
+    res = store.load(tmp_path)
+    assert sorted(res.runs.run_id) == ["r1", "r2"] and set(res.runs.sweep) == {"a", "b"}
+    assert list(res.runs.columns[:2]) == ["run_id", "sweep"] and res.runs.schema_version.eq(1).all()
+    assert len(res.epochs) == 6 and len(res.grad_norms) == 2 and not res.errors
+    assert res.runs.params.isna().all()  # missing columns are typed nulls, not absent
+    assert store.load(tmp_path, sweep="a").runs.run_id.tolist() == ["r1"]
+    df = duckdb.sql(f"select sweep, run_id, status from read_parquet('{tmp_path}/runs/*/*.parquet', "
+                    "hive_partitioning=true) order by run_id").df()
+    assert df.values.tolist() == [["a", "r1", "completed"], ["b", "r2", "diverged"]]
+    assert len(pd.read_parquet(tmp_path / "steps")) == 6
+
+
+def test_rewrite_is_atomic_and_leaves_no_temp_files(tmp_path):
+    store.write_run(tmp_path, "a", "r1", _run("r1", "running"))
+    store.write_run(tmp_path, "a", "r1", _run("r1", "completed"))
+    assert store.load(tmp_path).runs.status.tolist() == ["completed"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
+
+
+def test_compaction_keeps_every_row_and_per_run_files_win(tmp_path):
+    for i in range(5):
+        store.write_run(tmp_path, "s", f"r{i}", _run(f"r{i}"))
+    before = store.load(tmp_path)
+    counts = store.compact(tmp_path, "s")
+    assert counts == {"runs": 5, "epochs": 15, "steps": 15, "grad_norms": 5}
+    assert len(list((tmp_path / "runs" / "sweep=s").glob("*.parquet"))) == 1
+    after = store.load(tmp_path)
+    pd.testing.assert_frame_equal(
+        before.epochs.sort_values(["run_id", "epoch"]).reset_index(drop=True),
+        after.epochs.sort_values(["run_id", "epoch"]).reset_index(drop=True))
+    # rewriting one run after compaction replaces it, no duplicate
+    store.write_run(tmp_path, "s", "r2", _run("r2", "diverged", n=2))
+    res = store.load(tmp_path)
+    assert len(res.runs) == 5 and res.runs.set_index("run_id").status["r2"] == "diverged"
+    assert len(res.epochs) == 14
+    store.compact(tmp_path, "s")
+    assert len(store.load(tmp_path).epochs) == 14
+
+
+def test_corrupt_file_is_reported_not_fatal(tmp_path):
+    store.write_run(tmp_path, "s", "good", _run("good"))
+    (tmp_path / "runs" / "sweep=s" / "bad.parquet").write_bytes(b"not parquet")
+    res = store.load(tmp_path)
+    assert res.runs.run_id.tolist() == ["good"] and len(res.errors) == 1 and "bad.parquet" in res.errors[0]
+    with pytest.raises(OSError, match="cannot compact"):
+        store.compact(tmp_path, "s")
+    assert store.load(tmp_path).runs.run_id.tolist() == ["good"]  # nothing lost
+
+
+def test_empty_root_gives_typed_empty_tables(tmp_path):
+    res = store.load(tmp_path / "missing")
+    assert res.runs.empty and "top1_err" in res.runs.columns and "sweep" in res.grad_norms.columns

@@ -1,0 +1,144 @@
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+import pytest
+import torch
+
+from stability import store
+from stability.config import run_config
+from stability.models import build_model, model_spec
+from stability.train import GradTracer, checkpoint_path, lr_at, train
+
+from .conftest import ROOT, TINY
+
+
+def test_tiny_run_lowers_loss_and_writes_four_tables(tiny_run):
+    cfg, row = tiny_run
+    assert row["status"] == "completed" and 0 <= row["top1_err"] <= 100
+    res = store.load(cfg.results)
+    assert res.runs.run_id.tolist() == [cfg.run_id]
+    steps = res.steps.sort_values("step")
+    assert len(steps) == 12 and steps.step.tolist() == list(range(12))
+    first, last = steps.loss.iloc[:3].mean(), steps.loss.iloc[-3:].mean()
+    assert last < first, (first, last)
+    assert len(res.epochs) == 2 and res.epochs.val_top1_err.between(0, 100).all()
+    layers = res.grad_norms[res.grad_norms.step == 0].sort_values("depth")
+    assert layers.layer.tolist() == ["stem", "embed"] + [f"blocks.{i}" for i in range(5)] + ["head"]
+    assert sorted(res.grad_norms.step.unique()) == list(range(0, 12, 2))
+    # the zero-initialised head blocks every gradient below it at step 0 (pycls init)
+    assert (layers.grad_norm[layers.layer != "head"] == 0).all() and layers.grad_norm.iloc[-1] > 0
+    later = res.grad_norms[res.grad_norms.step > 0]
+    assert (later.grad_norm > 0).all() and (later.update_ratio > 0).all()
+    n = duckdb.sql(f"select count(*) from read_parquet('{cfg.results}/grad_norms/*/*.parquet', "
+                   "hive_partitioning=true) where sweep = 'unit'").fetchall()[0][0]
+    assert n == len(res.grad_norms)
+    assert not checkpoint_path(cfg).exists()  # removed once the results are written
+
+
+def test_per_layer_norms_match_autograd():
+    torch.manual_seed(0)
+    model = build_model(model_spec("vit_c_tiny"))
+    model(torch.randn(4, 3, 32, 32)).logsumexp(1).sum().backward()
+    tracer = GradTracer(model, torch.device("cpu"))
+    got = tracer.grad_norms()
+    from stability.models import layer_groups
+    for (name, ps), g in zip(layer_groups(model), got, strict=True):
+        want = torch.sqrt(sum(p.grad.pow(2).sum() for p in ps))
+        assert torch.allclose(g, want, rtol=1e-5), name
+
+
+def test_schedule_warmup_then_cosine():
+    assert lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(55, 1.0, 10, 100) == pytest.approx(0.5)
+    assert lr_at(99, 1.0, 10, 100) < 0.001
+
+
+def test_divergence_is_recorded_not_raised(tmp_path):
+    cfg = run_config({**TINY, "optimizer": "sgd", "lr": 1e3, "results": str(tmp_path)})
+    row = train(cfg)
+    assert row["status"] == "diverged" and row["top1_err"] == 100.0
+    step = row["diverged_at_step"]
+    res = store.load(tmp_path)
+    assert res.runs.status.tolist() == ["diverged"] and res.runs.top1_err.tolist() == [100.0]
+    assert res.steps.step.max() == step
+    bad = res.steps.set_index("step").loss[step]
+    assert not math.isfinite(bad) or bad > 10 * math.log(10)
+
+
+def test_freeze_stem_traces_no_stem(tmp_path):
+    cfg = run_config({**TINY, "epochs": 1, "steps_per_epoch": 2, "freeze_stem": True,
+                      "results": str(tmp_path)})
+    train(cfg)
+    assert "stem" not in set(store.load(tmp_path).grad_norms.layer)
+
+
+def _spawn(cfg_items: dict) -> subprocess.Popen:
+    args = [f"{k}={v}" for k, v in cfg_items.items()]
+    return subprocess.Popen([sys.executable, "-m", "stability", "train", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+SLOW = {**TINY, "epochs": 3, "steps_per_epoch": 15, "batch_size": 48, "trace_every": 5}
+
+
+def _wait_for(path, proc, timeout=240):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ref")
+    cfg = run_config({**SLOW, "results": str(root)})
+    return train(cfg), store.load(root)
+
+
+@pytest.mark.slow
+def test_sigkill_after_epoch_then_resume_gives_same_result(tmp_path, reference):
+    items = {**SLOW, "results": str(tmp_path)}
+    cfg = run_config(items)
+    proc = _spawn(items)
+    _wait_for(checkpoint_path(cfg), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    assert store.load(tmp_path).runs.status.tolist() == ["running"]
+    state = torch.load(checkpoint_path(cfg), weights_only=False)["state"]
+    assert state["epoch"] >= 1
+    row = train(cfg)  # resumes
+    ref_row, ref = reference
+    assert row["status"] == "completed"
+    assert row["top1_err"] == ref_row["top1_err"] and row["final_train_loss"] == pytest.approx(ref_row["final_train_loss"], rel=1e-6)
+    got = store.load(tmp_path)
+    assert got.steps.step.tolist() == ref.steps.step.tolist()
+    assert got.steps.loss.tolist() == pytest.approx(ref.steps.loss.tolist(), rel=1e-5)
+    assert got.epochs.val_top1_err.tolist() == ref.epochs.val_top1_err.tolist()
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_mid_epoch_and_resume_matches(tmp_path, reference):
+    items = {**SLOW, "results": str(tmp_path)}
+    cfg = run_config(items)
+    proc = _spawn(items)
+    _wait_for(checkpoint_path(cfg), proc)  # past epoch 0; SIGTERM lands mid-epoch 1 or 2
+    os.remove(checkpoint_path(cfg))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "preempted" in err and "Traceback" not in err
+    assert checkpoint_path(cfg).exists()  # written by the signal handler path
+    assert store.load(tmp_path).runs.status.tolist() == ["preempted"]
+    row = train(cfg)
+    ref_row, ref = reference
+    assert row["top1_err"] == ref_row["top1_err"]
+    assert store.load(tmp_path).steps.loss.tolist() == pytest.approx(ref.steps.loss.tolist(), rel=1e-5)
