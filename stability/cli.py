@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,158 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_grid(args: argparse.Namespace):
+    """The spec of a ``grid`` command, with --results/--executor/--profile/--max-parallel applied."""
+    from .grid.spec import load_spec, with_executor
+
+    spec = load_spec(args.spec, {"results": args.results} if getattr(args, "results", None) else None)
+    profile = getattr(args, "profile", None)
+    changes: dict[str, Any] = {}
+    if profile:
+        from .yamlio import load_yaml
+
+        path = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else (
+            Path(os.environ.get("STABILITY_PROFILES", "slurm/profiles")) / f"{profile}.yaml")
+        if not path.is_file():
+            known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+            raise ConfigError(f"--profile: no profile {str(path)!r} (known: {', '.join(known) or 'none'})")
+        loaded = load_yaml(path)
+        if not isinstance(loaded, dict):
+            raise ConfigError("expected a mapping of executor fields", str(path))
+        changes |= loaded
+    if getattr(args, "executor", None):
+        changes["kind"] = args.executor
+    if getattr(args, "max_parallel", None):
+        changes["max_parallel"] = args.max_parallel
+    return with_executor(spec, **changes) if changes else spec
+
+
+def _fmt_flops(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def cmd_grid_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .grid.controller import Controller, RunOptions
+    from .grid.plan import estimate_cost, make_plan
+
+    spec = _load_grid(args)
+    console = Console(stderr=True)
+    if args.dry_run:
+        if spec.sampler.name == "tpe":
+            from .grid.studies import ask_wave, open_storage
+
+            plan = ask_wave(spec, [], {}, open_storage(spec, in_memory=True))
+        else:
+            plan = make_plan(spec)
+        _print_plan(spec, plan, estimate_cost(plan))
+        return 0
+    if args.retry and args.retry != "failed":
+        raise ConfigError(f"--retry: {args.retry!r} is not allowed (allowed: failed)")
+    opts = RunOptions(retry_failed=args.retry == "failed", wait=not args.no_wait,
+                      array_size=args.array_size, show_progress=not args.quiet)
+    outcome = Controller(spec, opts, console).run()
+    from .grid.state import counts
+
+    c = counts(outcome.state).iloc[0] if len(outcome.state) else None
+    summary = ", ".join(f"{int(c[s])} {s}" for s in ("completed", "diverged", "failed", "running",
+                                                     "pending", "missing") if c is not None and c[s])
+    print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)} "
+          f"in {outcome.wall_s:.0f} s; results in {spec.results}")
+    for rid, tail in outcome.lost.items():
+        print(f"  lost {rid}: its job ended without a result; rerun to resubmit. Log tail:\n    "
+              + tail.replace("\n", "\n    "))
+    bad = c is not None and (c["failed"] or c["missing"])
+    return 1 if bad and opts.wait else 0
+
+
+def _print_plan(spec, plan, cost) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=140)
+    ranges = list(spec.ranges)
+    table = Table(title=f"plan of sweep {spec.name} ({spec.sampler.name}, n={spec.sampler.n})")
+    for col in ["#", "run_id", "cell", "stem", "seed", *ranges]:
+        table.add_column(col)
+    shown = plan if len(plan) <= 40 else plan[:20] + plan[-20:]
+    for i, r in enumerate(shown):
+        idx = i if len(plan) <= 40 or i < 20 else len(plan) - 40 + i
+        vals = r.config.to_dict()
+        table.add_row(str(idx), r.run_id, r.cell or "-", str(r.stem), str(r.seed),
+                      *[f"{vals[k]:.4g}" for k in ranges])
+    console.print(table)
+    by_stem: dict[str, int] = {}
+    for r in plan:
+        by_stem[str(r.stem)] = by_stem.get(str(r.stem), 0) + 1
+    gpu_h = cost["train_flops"] / 100e12 / 3600
+    extra = " (first wave; later waves follow the results)" if spec.sampler.name == "tpe" else ""
+    console.print(f"{len(plan)} runs{extra}: " + ", ".join(f"{k}: {v}" for k, v in by_stem.items())
+                  + f"; {cost['images']:.3g} training images, {_fmt_flops(cost['train_flops'])} "
+                  f"training FLOPs ~ {gpu_h:.3g} GPU-hours at 100 TFLOP/s sustained. Nothing launched.")
+
+
+def cmd_grid_status(args: argparse.Namespace) -> int:
+    from .grid.controller import status_report
+
+    spec = _load_grid(args)
+    report = status_report(spec)
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=140)
+    c = report["counts"]
+    console.print(f"[bold]sweep {report['sweep']}[/] ({report['results']}): {report['planned']} planned; "
+                  + ", ".join(f"{k} {v}" for k, v in c.items() if v and k != "total")
+                  + (f"; ETA {report['eta_s'] / 60:.1f} min" if report["eta_s"] else ""))
+    console.print(f"jobs: {report['jobs']['running']} running, {report['jobs']['pending']} pending")
+    if report["cells"]:
+        table = Table(title="per stem / optimizer / epochs")
+        keys = list(report["cells"][0])
+        for k in keys:
+            table.add_column(k, justify="left" if k in ("stem", "optimizer") else "right")
+        for row in report["cells"]:
+            table.add_row(*[str(row[k]) for k in keys])
+        console.print(table)
+    for f in report["failures"]:
+        console.print(f"[red]failed[/] {f['run_id']} ({f['stem']}): {f['error']}")
+        if f["log"]:
+            console.print("  " + f["log"].replace("\n", "\n  "), markup=False)
+    for f in report["lost"]:
+        console.print(f"[yellow]lost[/] {f['run_id']} (job {f['job_id']} ended without a result)")
+    return 0
+
+
+def cmd_grid_collect(args: argparse.Namespace) -> int:
+    from . import store
+
+    spec = _load_grid(args)
+    counts = store.compact(spec.results, spec.name)
+    print(f"compacted sweep {spec.name}: " + ", ".join(f"{k} {v} rows" for k, v in counts.items()))
+    return 0
+
+
+def cmd_grid_clean(args: argparse.Namespace) -> int:
+    from .grid.controller import clean_logs
+
+    spec = _load_grid(args)
+    print(f"removed {clean_logs(spec)} log files of finished runs of sweep {spec.name}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), like every other bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stability", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="stability", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run one training run")
@@ -104,6 +255,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="RunConfig fields")
     p.set_defaults(func=cmd_train)
+
+    grid = sub.add_parser("grid", help="run and inspect sweeps").add_subparsers(dest="grid_command", required=True)
+
+    def grid_cmd(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = grid.add_parser(name, help=help)
+        p.add_argument("spec", help="grid spec YAML (see grids/)")
+        p.add_argument("--results", help="results root (overrides the spec's 'results')")
+        p.add_argument("--profile", help="cluster profile: slurm/profiles/NAME.yaml or a path")
+        p.set_defaults(func=func)
+        return p
+
+    p = grid_cmd("run", "plan, submit missing runs, wait for them", cmd_grid_run)
+    p.add_argument("--dry-run", action="store_true", help="print the plan and totals; launch nothing")
+    p.add_argument("--retry", metavar="failed", help="also resubmit runs that failed")
+    p.add_argument("--executor", help="override executor.kind: auto, slurm, local, debug")
+    p.add_argument("--max-parallel", type=int, help="local executor: runs at a time")
+    p.add_argument("--array-size", type=int, help="Slurm array chunk (default: MaxArraySize)")
+    p.add_argument("--no-wait", action="store_true", help="submit and return")
+    p.add_argument("--quiet", action="store_true", help="no live progress table")
+    p = grid_cmd("status", "counts per status and cell, failures, ETA", cmd_grid_status)
+    p.add_argument("--json", action="store_true")
+    grid_cmd("collect", "compact the sweep's per-run parquet files", cmd_grid_collect)
+    grid_cmd("clean", "remove job logs of finished runs", cmd_grid_clean)
 
     p = sub.add_parser("models", help="list model presets with counted params and FLOPs")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")

@@ -41,7 +41,16 @@ CHECKPOINT_VERSION = 1
 
 
 class Preempted(Exception):
-    """Raised after a checkpoint was saved on SIGTERM/SIGUSR1 (or a ``stop`` request)."""
+    """Raised after a checkpoint was saved on a stop signal (or a ``stop`` request).
+
+    ``signum`` is the signal that stopped the run (None for a ``stop`` request) and
+    ``previous_handler`` the handler it displaced (submitit's, inside a Slurm job).
+    """
+
+    def __init__(self, message: str, signum: int | None = None, previous_handler: Any = None):
+        super().__init__(message)
+        self.signum = signum
+        self.previous_handler = previous_handler
 
 
 class Reporter(Protocol):
@@ -173,18 +182,29 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
     return RunState(**payload["state"])
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGUSR1 (or by a caller) so the loop checkpoints at the next step."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self) -> None:
-        self.event = threading.Event()
+
+class _StopFlag:
+    """Set by a stop signal (or by a caller) so the loop checkpoints after the current step."""
+
+    def __init__(self, event: threading.Event | None = None) -> None:
+        self.event = event or threading.Event()
+        self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
-    def install(self) -> None:
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        self.event.set()
+
+    def install(self, signals: tuple[int, ...]) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            self._old[sig] = signal.signal(sig, lambda *_: self.event.set())
+        for sig in signals:
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def preempted(self, message: str) -> Preempted:
+        return Preempted(message, self.signum, self._old.get(self.signum))
 
     def uninstall(self) -> None:
         for sig, old in self._old.items():
@@ -249,11 +269,12 @@ def _seed_all(seed: int) -> None:
 
 
 def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = True,
-          stop: threading.Event | None = None) -> dict[str, Any]:
+          stop: threading.Event | None = None,
+          signals: tuple[int, ...] = STOP_SIGNALS) -> dict[str, Any]:
     """Run ``cfg`` to completion (or divergence) and write its rows; returns the runs row.
 
-    Resumes from the run's checkpoint when one exists. On SIGTERM/SIGUSR1 (or ``stop`` set) it
-    saves a checkpoint, records status ``preempted`` and raises :class:`Preempted`.
+    Resumes from the run's checkpoint when one exists. On one of ``signals`` (or ``stop`` set)
+    it saves a checkpoint, records status ``preempted`` and raises :class:`Preempted`.
     """
     t0 = time.monotonic()
     size, stem = resolve(cfg.model, cfg.stem)
@@ -308,19 +329,17 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
 
     write("running")
-    flag = _StopFlag()
-    if stop is not None:
-        flag.event = stop
-    flag.install()
+    flag = _StopFlag(stop)
+    flag.install(signals)
     try:
         result = _loop(cfg, model, opt, tracer, data, device, autocast, st, spe, total_steps,
                        warmup_steps, bound, flag.event, ckpt, reporter)
-    except Preempted:
+    except Preempted as p:
         st.wall_time_s += time.monotonic() - t0
         t0 = time.monotonic()
         _save_checkpoint(ckpt, model, opt, st, cfg)
         write("preempted")
-        raise
+        raise flag.preempted(str(p)) from None
     except BaseException as e:
         write("failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=_ts(_now()))
         raise

@@ -1,0 +1,200 @@
+"""Plan: a spec -> the list of run configs, deterministically, sampled through Optuna.
+
+Grid axes (lists) are crossed. Range axes are sampled once per *cell* of the non-stem axes and
+the same points are used for every stem: ViT_P and ViT_C see the same (lr, wd) pairs (a paired
+design). ``random``, ``sobol`` and ``grid`` plans are pure functions of the spec; ``tpe`` plans
+grow in waves from the results told to its studies (see ``stability.grid.tell``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import RunConfig, run_config
+from ..errors import ConfigError
+from .spec import GridSpec, Range
+
+PLAN_COLUMNS = ("run_id", "cell", "stem", "point", "seed", "wave", "trial", "config_json")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    run_id: str
+    cell: str  # the non-stem grid values, "optimizer=adamw,epochs=50" ("" when none)
+    stem: str | None
+    point: int  # index of the sampled point in its cell (tpe: the trial number)
+    seed: int
+    wave: int
+    config: RunConfig
+
+    @property
+    def study(self) -> str:
+        """Name of the Optuna study this run is a trial of: one per (cell, stem)."""
+        return f"{self.cell or 'all'}|stem={self.stem}"
+
+    def row(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "cell": self.cell, "stem": self.stem, "point": self.point,
+                "seed": self.seed, "wave": self.wave,
+                "config_json": json.dumps(self.config.to_dict(), sort_keys=True)}
+
+
+def cells(spec: GridSpec) -> list[dict[str, Any]]:
+    """The cross product of the non-stem grid axes, in spec order."""
+    axes = {k: v for k, v in spec.axes.items() if k != "stem"}
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def cell_key(cell: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in cell.items())
+
+
+def cell_seed(base_seed: int, cell: dict[str, Any]) -> int:
+    """A sampler seed per cell that depends on the cell's values, not on its position."""
+    h = hashlib.sha256(f"{base_seed}|{cell_key(cell)}".encode()).hexdigest()
+    return int(h[:8], 16)
+
+
+def distributions(ranges: dict[str, Range]) -> dict[str, Any]:
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    out = {}
+    for k, r in ranges.items():
+        if r.kind == "int":
+            out[k] = IntDistribution(int(r.lo), int(r.hi))
+        else:
+            out[k] = FloatDistribution(r.lo, r.hi, log=r.kind == "loguniform")
+    return out
+
+
+def grid_values(r: Range, n: int) -> list[float | int]:
+    """``n`` evenly spaced values of a range (log-spaced for loguniform)."""
+    if r.kind == "int":
+        return sorted({int(round(v)) for v in np.linspace(r.lo, r.hi, n)})
+    space = np.geomspace if r.kind == "loguniform" else np.linspace
+    return [float(v) for v in space(r.lo, r.hi, n)]
+
+
+def sample_points(ranges: dict[str, Range], sampler: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` points (grid: ``n`` values per axis, crossed) from an in-memory Optuna study."""
+    if not ranges:
+        return [{}]
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = distributions(ranges)
+    skip = 0
+    if sampler == "grid":
+        grid = {k: grid_values(r, n) for k, r in ranges.items()}
+        sampler_obj = optuna.samplers.GridSampler(grid, seed=seed)
+        count = math.prod(len(v) for v in grid.values())
+    elif sampler == "random":
+        sampler_obj, count = optuna.samplers.RandomSampler(seed=seed), n
+    elif sampler == "sobol":
+        # Optuna's QMC sampler draws a study's first trial at random (to learn the search
+        # space); we ask one extra trial and drop it so every point is a Sobol point.
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.0; stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler_obj = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
+                                                     warn_independent_sampling=False)
+        count, skip = n + 1, 1
+    elif sampler == "tpe":
+        sampler_obj, count = tpe_sampler(seed), n
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}")
+    study = optuna.create_study(sampler=sampler_obj)
+    points = []
+    for _ in range(count):
+        trial = study.ask(dists)
+        points.append(dict(trial.params))
+        # Telling each trial before the next ask keeps GridSampler from handing out a grid
+        # point twice (its known failure under parallel askers); the value is irrelevant here.
+        study.tell(trial, 0.0)
+    return points[skip:]
+
+
+def tpe_sampler(seed: int):
+    import optuna
+
+    # constant_liar: trials asked in one wave avoid each other while their results are pending.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                      n_startup_trials=8)
+
+
+def make_config(spec: GridSpec, values: dict[str, Any], where: str) -> RunConfig:
+    try:
+        return run_config({**spec.base, **values, "results": spec.results, "sweep": spec.name})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {str(e)}", spec.path) from None
+
+
+def runs_for_point(spec: GridSpec, cell: dict[str, Any], point: dict[str, Any], index: int,
+                   wave: int = 0, stems: list[str | None] | None = None) -> list[PlannedRun]:
+    """Every stem x seed run of one sampled point of one cell."""
+    out = []
+    for stem in stems if stems is not None else spec.axes.get("stem", [None]):
+        for seed in spec.seeds:
+            values = {**cell, **point, "seed": seed} | ({"stem": stem} if stem is not None else {})
+            cfg = make_config(spec, values, f"space ({cell_key({**cell, 'stem': stem})})")
+            out.append(PlannedRun(cfg.run_id, cell_key(cell), stem, index, seed, wave, cfg))
+    return out
+
+
+def make_plan(spec: GridSpec) -> list[PlannedRun]:
+    """The full plan of a random/sobol/grid spec (tpe: its first wave). Duplicate configs
+    (possible with int ranges) are planned once."""
+    n = spec.sampler.n
+    if spec.sampler.name == "tpe":
+        n = min(spec.sampler.wave or n, n)
+    plan: list[PlannedRun] = []
+    seen: set[str] = set()
+    for cell in cells(spec):
+        seed = cell_seed(spec.sampler.seed, cell)
+        points = sample_points(spec.ranges, spec.sampler.name, n, seed)
+        for i, point in enumerate(points):
+            for run in runs_for_point(spec, cell, point, i):
+                if run.run_id not in seen:
+                    seen.add(run.run_id)
+                    plan.append(run)
+    return plan
+
+
+def plan_frame(plan: list[PlannedRun]):
+    """The plan as a DataFrame (the ``plan.parquet`` of a sweep)."""
+    import pandas as pd
+
+    return pd.DataFrame([r.row() for r in plan], columns=[c for c in PLAN_COLUMNS if c != "trial"])
+
+
+def estimate_cost(plan: list[PlannedRun]) -> dict[str, float]:
+    """Total training FLOPs (3x forward per image, forward + backward) and images seen."""
+    from ..models import model_spec
+    from ..models.presets import resolve
+
+    sizes = {"digits": (1497, 32), "synthetic": (None, 32), "cifar10": (50000, 32),
+             "cifar100": (50000, 32), "imagefolder": (1281167, 224)}
+    total_flops = 0.0
+    images = 0.0
+    cache: dict[tuple, int] = {}
+    for run in plan:
+        c = run.config
+        n_train, default_px = sizes[c.dataset]
+        n_train = n_train or c.synthetic_size
+        per_epoch = n_train // c.batch_size
+        steps = c.epochs * min(per_epoch, c.steps_per_epoch or per_epoch)
+        seen = steps * c.batch_size
+        key = (*resolve(c.model, c.stem), c.image_size or default_px)
+        if key not in cache:
+            from ..models.build import count_complexity
+
+            cache[key] = count_complexity(model_spec(c.model, c.stem, image_size=key[2])).flops
+        total_flops += 3 * 2 * cache[key] * seen  # MACs -> FLOPs, forward + backward
+        images += seen
+    return {"train_flops": total_flops, "images": images}

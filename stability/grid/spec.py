@@ -1,0 +1,263 @@
+"""Grid spec: YAML -> typed dataclasses, with errors that name the file, key path and allowed values.
+
+```yaml
+name: lr_wd
+base: {dataset: digits, model: vit_tiny, epochs: 30, batch_size: 128}   # any RunConfig field
+space:
+  stem: [patchify, conv]                 # lists are crossed as grid axes
+  lr: {loguniform: [1.0e-4, 1.0e-2]}     # ranges are sampled
+  wd: {loguniform: [1.0e-3, 1.0]}
+sampler: {name: sobol, n: 64, seed: 0}   # n points per cell of the non-stem axes, shared by stems
+seeds: [0]
+executor: {kind: auto, array_parallelism: 64, timeout_min: 240}
+results: results
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import FIELDS, run_config
+from ..errors import ConfigError
+
+RANGE_KINDS = ("loguniform", "uniform", "int")
+SAMPLERS = ("random", "sobol", "grid", "tpe")
+EXECUTORS = ("auto", "slurm", "local", "debug")
+TOP_KEYS = ("name", "base", "space", "sampler", "seeds", "executor", "results")
+# Set by the spec itself, never per run.
+RESERVED = ("results", "sweep", "seed")
+
+
+@dataclass(frozen=True)
+class Range:
+    kind: str  # loguniform | uniform | int
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """``n``: points per cell (for ``grid``: values per range axis). ``wave``: tpe batch size."""
+
+    name: str = "sobol"
+    n: int = 16
+    seed: int = 0
+    wave: int | None = None
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """Where the runs go. Slurm fields map to submitit's ``slurm_*`` parameters."""
+
+    kind: str = "auto"
+    max_parallel: int = 2  # local: processes at a time
+    array_parallelism: int = 64
+    timeout_min: int = 240
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int | None = None
+    gpus_per_task: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    max_num_timeout: int = 3
+    signal_delay_s: int = 90
+    extra: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    name: str
+    base: dict[str, Any]
+    space: dict[str, list[Any] | Range]
+    sampler: SamplerSpec
+    seeds: tuple[int, ...]
+    executor: ExecutorSpec
+    results: str
+    path: str = ""
+
+    @property
+    def axes(self) -> dict[str, list[Any]]:
+        """Grid axes (lists), in spec order."""
+        return {k: v for k, v in self.space.items() if isinstance(v, list)}
+
+    @property
+    def ranges(self) -> dict[str, Range]:
+        return {k: v for k, v in self.space.items() if isinstance(v, Range)}
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.results) / "_sweeps" / self.name
+
+
+def _err(src: str, path: str, msg: str) -> ConfigError:
+    return ConfigError(f"{path}: {msg}", src)
+
+
+def _mapping(src: str, path: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise _err(src, path, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _int(src: str, path: str, value: Any, lo: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _err(src, path, f"expected an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise _err(src, path, f"must be >= {lo}, got {value}")
+    return value
+
+
+def _dataclass_from(src: str, path: str, cls: type, d: dict) -> Any:
+    """Build ``cls`` from ``d``, checking keys and the simple types of its fields."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in d:
+        if key not in fields:
+            raise _err(src, f"{path}.{key}", f"unknown key (allowed: {', '.join(fields)})")
+    out = {}
+    for key, value in d.items():
+        ftype = str(fields[key].type)
+        where = f"{path}.{key}"
+        if value is None and "None" in ftype:
+            out[key] = None
+        elif ftype.startswith("int"):
+            out[key] = _int(src, where, value)
+        elif ftype.startswith("float"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _err(src, where, f"expected a number, got {value!r}")
+            out[key] = float(value)
+        elif ftype.startswith("str"):
+            if not isinstance(value, str):
+                raise _err(src, where, f"expected a string, got {value!r}")
+            out[key] = value
+        elif ftype.startswith("dict"):
+            out[key] = _mapping(src, where, value)
+        else:
+            out[key] = value
+    return cls(**out)
+
+
+def _range(src: str, path: str, key: str, value: dict) -> Range:
+    if len(value) != 1 or next(iter(value)) not in RANGE_KINDS:
+        raise _err(src, path, f"a range is one of {{{', '.join(k + ': [lo, hi]' for k in RANGE_KINDS)}}}, "
+                              f"got {value!r}")
+    kind, bounds = next(iter(value.items()))
+    where = f"{path}.{kind}"
+    if not isinstance(bounds, list) or len(bounds) != 2 or not all(
+            isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
+        raise _err(src, where, f"expected [lo, hi] numbers, got {bounds!r}")
+    lo, hi = bounds
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise _err(src, where, f"bounds must be finite, got {bounds!r}")
+    if lo > hi:
+        raise _err(src, where, f"lo > hi ({lo} > {hi})")
+    if lo == hi:
+        raise _err(src, where, f"empty range [{lo}, {hi}]: use a list [{lo}] for a fixed value")
+    if kind == "loguniform" and lo <= 0:
+        raise _err(src, where, f"log range needs lo > 0, got {lo}")
+    if kind == "int" and not (float(lo).is_integer() and float(hi).is_integer()):
+        raise _err(src, where, f"int range needs integer bounds, got {bounds!r}")
+    ftype = str(FIELDS[key].type)
+    if kind != "int" and not ftype.startswith(("float", "int")):
+        raise _err(src, path, f"{key} is not numeric ({ftype}); use a list of values")
+    if kind != "int" and ftype.startswith("int"):
+        raise _err(src, path, f"{key} is an integer field: use {{int: [lo, hi]}}")
+    return Range(kind, float(lo), float(hi))
+
+
+def parse_spec(d: Any, src: str) -> GridSpec:
+    """Validate a loaded YAML mapping into a ``GridSpec``."""
+    d = _mapping(src, "spec", d)
+    for key in d:
+        if key not in TOP_KEYS:
+            raise _err(src, key, f"unknown key (allowed: {', '.join(TOP_KEYS)})")
+    name = d.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise _err(src, "name", f"expected a name of letters, digits, '_', '.', '-', got {name!r}")
+    base = _mapping(src, "base", d.get("base") or {})
+    space = _mapping(src, "space", d.get("space") or {})
+    for section, mapping in (("base", base), ("space", space)):
+        for key in mapping:
+            if key in RESERVED:
+                where = "seeds" if key == "seed" else key
+                raise _err(src, f"{section}.{key}", f"set by the spec's top-level '{where}', not per run")
+            if key not in FIELDS:
+                raise _err(src, f"{section}.{key}", f"unknown RunConfig field (allowed: "
+                                                     f"{', '.join(k for k in FIELDS if k not in RESERVED)})")
+    both = sorted(set(base) & set(space))
+    if both:
+        raise _err(src, f"space.{both[0]}", "also set in base: set it in one place")
+    parsed_space: dict[str, list[Any] | Range] = {}
+    for key, value in space.items():
+        path = f"space.{key}"
+        if isinstance(value, list):
+            if not value:
+                raise _err(src, path, "empty list: give at least one value")
+            if len(set(map(repr, value))) != len(value):
+                raise _err(src, path, f"duplicate values in {value!r}")
+            for i, v in enumerate(value):  # each value must be valid for the field
+                try:
+                    run_config({key: v})
+                except ConfigError as e:
+                    raise _err(src, f"{path}[{i}]", str(e).split(": ", 1)[-1]) from None
+            parsed_space[key] = value
+        elif isinstance(value, dict):
+            parsed_space[key] = _range(src, path, key, value)
+        else:
+            raise _err(src, path, f"expected a list of values or a range {{loguniform|uniform|int: "
+                                  f"[lo, hi]}}, got {value!r}")
+    try:
+        run_config(base)
+    except ConfigError as e:
+        raise _err(src, "base", str(e)) from None
+    sampler = _dataclass_from(src, "sampler", SamplerSpec, _mapping(src, "sampler", d.get("sampler") or {}))
+    if sampler.name not in SAMPLERS:
+        raise _err(src, "sampler.name", f"unknown sampler {sampler.name!r} (allowed: {', '.join(SAMPLERS)})")
+    _int(src, "sampler.n", sampler.n, 1)
+    if sampler.wave is not None:
+        _int(src, "sampler.wave", sampler.wave, 1)
+    if sampler.name == "tpe" and not any(isinstance(v, Range) for v in parsed_space.values()):
+        raise _err(src, "sampler.name", "tpe needs at least one range in space")
+    seeds = d.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds:
+        raise _err(src, "seeds", f"expected a non-empty list of integers, got {seeds!r}")
+    seeds = tuple(_int(src, f"seeds[{i}]", s, 0) for i, s in enumerate(seeds))
+    if len(set(seeds)) != len(seeds):
+        raise _err(src, "seeds", f"duplicate seeds in {list(seeds)!r}")
+    executor = _dataclass_from(src, "executor", ExecutorSpec, _mapping(src, "executor", d.get("executor") or {}))
+    if executor.kind not in EXECUTORS:
+        raise _err(src, "executor.kind", f"unknown executor {executor.kind!r} (allowed: {', '.join(EXECUTORS)})")
+    for key in ("max_parallel", "array_parallelism", "timeout_min", "nodes", "tasks_per_node"):
+        _int(src, f"executor.{key}", getattr(executor, key), 1)
+    results = d.get("results", "results")
+    if not isinstance(results, str) or not results:
+        raise _err(src, "results", f"expected a folder path, got {results!r}")
+    return GridSpec(name, base, parsed_space, sampler, seeds, executor, results, src)
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> GridSpec:
+    """Read and validate a grid spec file. ``overrides`` replace top-level keys (e.g. results)."""
+    from ..yamlio import load_yaml
+
+    d = load_yaml(path)
+    if isinstance(d, dict) and overrides:
+        d = {**d, **overrides}
+    return parse_spec(d, str(path))
+
+
+def with_executor(spec: GridSpec, **changes: Any) -> GridSpec:
+    """A copy of ``spec`` with executor fields replaced (validated like the file)."""
+    d = {**dataclasses.asdict(spec.executor), **{k: v for k, v in changes.items() if v is not None}}
+    ex = _dataclass_from(spec.path, "executor", ExecutorSpec, d)
+    if ex.kind not in EXECUTORS:
+        raise _err(spec.path, "executor.kind", f"unknown executor {ex.kind!r} (allowed: {', '.join(EXECUTORS)})")
+    return dataclasses.replace(spec, executor=ex)

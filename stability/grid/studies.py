@@ -1,0 +1,120 @@
+"""The sweep's Optuna record: one study per (cell, stem) in ``results/_sweeps/<name>/optuna.db``.
+
+Only the controller opens this storage (one SQLite writer; jobs never touch it, so it is safe
+on NFS). Every finished point is told: completed -> COMPLETE with its mean top-1 error over
+seeds; diverged -> PRUNED at the step it diverged (intermediate value 100); failed -> FAIL. So
+``optuna-dashboard`` and ``optuna.visualization`` see every run, the unstable ones included.
+``tpe`` asks its waves from these studies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from .plan import PlannedRun, cell_key, cell_seed, cells, distributions, runs_for_point, tpe_sampler
+from .spec import GridSpec
+
+TERMINAL = ("completed", "diverged", "failed")
+
+
+def open_storage(spec: GridSpec, in_memory: bool = False):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if in_memory:
+        return optuna.storages.InMemoryStorage()
+    spec.sweep_dir.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{(spec.sweep_dir / 'optuna.db').resolve()}")
+
+
+def study_name(spec: GridSpec, cell: str, stem: str | None) -> str:
+    return f"{spec.name}/{cell or 'all'}/stem={stem}"
+
+
+def _study(spec: GridSpec, storage, cell: dict[str, Any], stem: str | None):
+    import optuna
+
+    sampler = tpe_sampler(cell_seed(spec.sampler.seed, {**cell, "stem": stem}))
+    return optuna.create_study(study_name=study_name(spec, cell_key(cell), stem), storage=storage,
+                               direction="minimize", sampler=sampler, load_if_exists=True)
+
+
+def ask_wave(spec: GridSpec, plan: list[PlannedRun], statuses: dict[str, str], storage
+             ) -> list[PlannedRun]:
+    """tpe: the next wave of every (cell, stem) study whose previous wave has finished."""
+    wave = spec.sampler.wave or spec.sampler.n
+    dists = distributions(spec.ranges)
+    new: list[PlannedRun] = []
+    for cell in cells(spec):
+        key = cell_key(cell)
+        for stem in spec.axes.get("stem", [None]):
+            mine = [r for r in plan if r.cell == key and r.stem == stem]
+            if any(statuses.get(r.run_id) not in TERMINAL for r in mine):
+                continue  # this study's wave is still running
+            asked = len({r.point for r in mine})
+            k = min(wave, spec.sampler.n - asked)
+            if k <= 0:
+                continue
+            study = _study(spec, storage, cell, stem)
+            for _ in range(k):
+                trial = study.ask(dists)
+                runs = runs_for_point(spec, cell, trial.params, trial.number, asked // wave, [stem])
+                trial.set_user_attr("run_ids", [r.run_id for r in runs])
+                new += runs
+    return new
+
+
+def tell(spec: GridSpec, plan: list[PlannedRun], runs: pd.DataFrame, storage) -> int:
+    """Tell every finished point not told yet; returns how many trials were told or added."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    by_id = runs.set_index("run_id") if len(runs) else None
+    groups: dict[tuple[str, str | None, int], list[PlannedRun]] = {}
+    for r in plan:
+        groups.setdefault((r.cell, r.stem, r.point), []).append(r)
+    cell_by_key = {cell_key(c): c for c in cells(spec)}
+    dists = distributions(spec.ranges)
+    studies: dict[tuple[str, str | None], Any] = {}
+    told = 0
+    for (cell, stem, point), members in groups.items():
+        if by_id is None or not all(m.run_id in by_id.index for m in members):
+            continue
+        rows = by_id.loc[[m.run_id for m in members]]
+        if not rows.status.isin(TERMINAL).all():
+            continue
+        if (cell, stem) not in studies:
+            studies[(cell, stem)] = _study(spec, storage, cell_by_key.get(cell, {}), stem)
+        study = studies[(cell, stem)]
+        ids = [m.run_id for m in members]
+        if "failed" in set(rows.status):
+            state, value, inter = TrialState.FAIL, None, {}
+        elif "diverged" in set(rows.status):
+            step = int(rows.diverged_at_step.dropna().min())
+            state, value, inter = TrialState.PRUNED, None, {step: 100.0}
+        else:
+            state, value, inter = TrialState.COMPLETE, float(rows.top1_err.mean()), {}
+        attrs = {"run_ids": ids, "point": point, "stem": stem, "cell": cell,
+                 "statuses": rows.status.tolist(), "top1_err": rows.top1_err.tolist()}
+        if state == TrialState.PRUNED:
+            attrs["diverged_at_step"] = step
+        trials = study.get_trials(deepcopy=False)
+        same = [t for t in trials if t.user_attrs.get("run_ids") == ids]
+        if any(t.state == state and t.user_attrs.get("statuses") == attrs["statuses"] for t in same):
+            continue  # already told with this outcome
+        params = {k: members[0].config.to_dict()[k] for k in dists}
+        asked = [t for t in same if t.state == TrialState.RUNNING]
+        if asked:  # a tpe trial: tell the one that asked for this point
+            trial = optuna.Trial(study, asked[0]._trial_id)
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            for s, v in inter.items():
+                trial.report(v, s)
+            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        else:
+            study.add_trial(create_trial(params=params, distributions=dists, value=value,
+                                         state=state, user_attrs=attrs, intermediate_values=inter))
+        told += 1
+    return told
