@@ -90,6 +90,7 @@ JobRequeue=1
 KillWait=10
 MinJobAge=300
 MaxArraySize=1001
+DefMemPerCPU=2048
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 JobAcctGatherType=jobacct_gather/linux

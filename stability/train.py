@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -317,8 +318,10 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set "
                              f"({len(data.train)} images)")
         ckpt = checkpoint_path(cfg)
-        if resume:
-            st = _load_checkpoint(ckpt, model, opt, device) or st
+        if resume and (loaded := _load_checkpoint(ckpt, model, opt, device)):
+            st = loaded
+            print(f"stability: run {cfg.run_id} resumes from {ckpt} (epoch {st.epoch}, "
+                  f"step {st.step})", file=sys.stderr, flush=True)
     except Exception as e:
         write("failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=_ts(_now()))
         raise

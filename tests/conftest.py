@@ -34,3 +34,36 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_results")
     cfg = run_config({**TINY, "results": str(root), "sweep": "unit"})
     return cfg, train(cfg)
+
+
+def write_spec(path: Path, name: str, results: Path, *, base: dict | None = None,
+               space: dict | None = None, sampler: dict | None = None, executor: dict | None = None,
+               seeds: list | None = None) -> Path:
+    """Write a grid spec YAML for a test."""
+    import yaml
+
+    spec = {
+        "name": name,
+        "base": {"dataset": "digits", "model": "vit_tiny", "epochs": 2, "steps_per_epoch": 3,
+                 "batch_size": 32, "trace_every": 2, **(base or {})},
+        "space": space or {"stem": ["patchify", "conv"], "lr": {"loguniform": [1e-4, 1e-2]}},
+        "sampler": sampler or {"name": "random", "n": 2, "seed": 0},
+        "seeds": seeds or [0],
+        "executor": executor or {"kind": "local", "max_parallel": 2, "timeout_min": 20},
+        "results": str(results),
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+# Columns that legitimately differ between two executions of the same run.
+TIMING = {"wall_time_s", "started_at", "finished_at", "time_s", "host", "slurm_job_id",
+          "device", "sweep"}
+
+
+def comparable(df, keys):
+    import pandas as pd
+
+    cols = [c for c in df.columns if c not in TIMING]
+    out = df[cols].sort_values(keys).reset_index(drop=True)
+    return out.astype({c: "string" for c in out.columns if isinstance(out[c].dtype, pd.CategoricalDtype)})

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import RunConfig, run_config
 from ..errors import ConfigError
+from ..models.presets import resolve
 from .spec import GridSpec, Range
 
 PLAN_COLUMNS = ("run_id", "cell", "stem", "point", "seed", "wave", "trial", "config_json")
@@ -47,9 +48,16 @@ class PlannedRun:
 
 
 def cells(spec: GridSpec) -> list[dict[str, Any]]:
-    """The cross product of the non-stem grid axes, in spec order."""
+    """The cross product of the non-stem grid axes, in spec order. A bundle axis (a list of
+    mappings) contributes all the fields of its chosen mapping."""
     axes = {k: v for k, v in spec.axes.items() if k != "stem"}
-    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+    out = []
+    for values in itertools.product(*axes.values()):
+        cell: dict[str, Any] = {}
+        for key, v in zip(axes, values, strict=True):
+            cell |= v if isinstance(v, dict) else {key: v}
+        out.append(cell)
+    return out
 
 
 def cell_key(cell: dict[str, Any]) -> str:
@@ -111,12 +119,14 @@ def sample_points(ranges: dict[str, Range], sampler: str, n: int, seed: int) -> 
         raise ValueError(f"unknown sampler {sampler!r}")
     study = optuna.create_study(sampler=sampler_obj)
     points = []
-    for _ in range(count):
+    for i in range(count):
         trial = study.ask(dists)
         points.append(dict(trial.params))
         # Telling each trial before the next ask keeps GridSampler from handing out a grid
         # point twice (its known failure under parallel askers); the value is irrelevant here.
-        study.tell(trial, 0.0)
+        # (Not after the last: a finished grid then calls study.stop(), outside an optimize loop.)
+        if i < count - 1:
+            study.tell(trial, 0.0)
     return points[skip:]
 
 
@@ -143,7 +153,8 @@ def runs_for_point(spec: GridSpec, cell: dict[str, Any], point: dict[str, Any], 
         for seed in spec.seeds:
             values = {**cell, **point, "seed": seed} | ({"stem": stem} if stem is not None else {})
             cfg = make_config(spec, values, f"space ({cell_key({**cell, 'stem': stem})})")
-            out.append(PlannedRun(cfg.run_id, cell_key(cell), stem, index, seed, wave, cfg))
+            label = stem if stem is not None else (resolve(cfg.model, cfg.stem)[1] or "regnet")
+            out.append(PlannedRun(cfg.run_id, cell_key(cell), label, index, seed, wave, cfg))
     return out
 
 
@@ -176,7 +187,6 @@ def plan_frame(plan: list[PlannedRun]):
 def estimate_cost(plan: list[PlannedRun]) -> dict[str, float]:
     """Total training FLOPs (3x forward per image, forward + backward) and images seen."""
     from ..models import model_spec
-    from ..models.presets import resolve
 
     sizes = {"digits": (1497, 32), "synthetic": (None, 32), "cifar10": (50000, 32),
              "cifar100": (50000, 32), "imagefolder": (1281167, 224)}

@@ -7,6 +7,8 @@ space:
   stem: [patchify, conv]                 # lists are crossed as grid axes
   lr: {loguniform: [1.0e-4, 1.0e-2]}     # ranges are sampled
   wd: {loguniform: [1.0e-3, 1.0]}
+  # a list of mappings is one axis whose values set several fields together:
+  # recipe: [{optimizer: adamw, lr: 1.0e-3}, {optimizer: sgd, lr: 0.5}]
 sampler: {name: sobol, n: 64, seed: 0}   # n points per cell of the non-stem axes, shared by stems
 seeds: [0]
 executor: {kind: auto, array_parallelism: 64, timeout_min: 240}
@@ -185,8 +187,22 @@ def parse_spec(d: Any, src: str) -> GridSpec:
         raise _err(src, "name", f"expected a name of letters, digits, '_', '.', '-', got {name!r}")
     base = _mapping(src, "base", d.get("base") or {})
     space = _mapping(src, "space", d.get("space") or {})
+    bundle_keys: dict[str, str] = {}  # field -> the bundle axis that sets it
+    for key, value in space.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                for k in v:
+                    if k in RESERVED or k not in FIELDS:
+                        raise _err(src, f"space.{key}[{i}].{k}", "unknown RunConfig field (allowed: "
+                                   f"{', '.join(f for f in FIELDS if f not in RESERVED)})")
+                    if k in base or (k in space and k != key):
+                        raise _err(src, f"space.{key}[{i}].{k}", "also set elsewhere: set it in one place")
+                    bundle_keys[k] = key
     for section, mapping in (("base", base), ("space", space)):
         for key in mapping:
+            if section == "space" and key in space and isinstance(space[key], list) and space[key] \
+                    and all(isinstance(v, dict) for v in space[key]):
+                continue  # a bundle axis: its name is a label, its values set several fields
             if key in RESERVED:
                 where = "seeds" if key == "seed" else key
                 raise _err(src, f"{section}.{key}", f"set by the spec's top-level '{where}', not per run")
@@ -206,7 +222,7 @@ def parse_spec(d: Any, src: str) -> GridSpec:
                 raise _err(src, path, f"duplicate values in {value!r}")
             for i, v in enumerate(value):  # each value must be valid for the field
                 try:
-                    run_config({key: v})
+                    run_config(v if isinstance(v, dict) else {key: v})
                 except ConfigError as e:
                     raise _err(src, f"{path}[{i}]", str(e).split(": ", 1)[-1]) from None
             parsed_space[key] = value

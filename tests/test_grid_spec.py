@@ -1,0 +1,80 @@
+import pytest
+import yaml
+
+from stability.grid.spec import load_spec
+
+from .conftest import run_cli, write_spec
+
+
+def _case(tmp_path, mutate):
+    p = write_spec(tmp_path / "g.yaml", "g", tmp_path / "results")
+    d = yaml.safe_load(p.read_text())
+    mutate(d)
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+CASES = [
+    ("unknown top key", lambda d: d.update(sampler_name="x"), ["sampler_name", "unknown key", "allowed"]),
+    ("unknown base key", lambda d: d["base"].update(learning_rate=1), ["base.learning_rate", "allowed"]),
+    ("unknown space key", lambda d: d["space"].update(foo=[1]), ["space.foo", "allowed"]),
+    ("wrong type in base", lambda d: d["base"].update(epochs="many"), ["base", "epochs", "integer"]),
+    ("lo > hi", lambda d: d["space"].update(lr={"loguniform": [1e-2, 1e-4]}), ["space.lr.loguniform", "lo > hi"]),
+    ("log range <= 0", lambda d: d["space"].update(lr={"loguniform": [0, 1e-2]}), ["space.lr.loguniform", "lo > 0"]),
+    ("unknown range kind", lambda d: d["space"].update(lr={"normal": [0, 1]}), ["space.lr", "loguniform"]),
+    ("empty list", lambda d: d["space"].update(stem=[]), ["space.stem", "empty"]),
+    ("bad list value", lambda d: d["space"].update(stem=["patchify", "convy"]), ["space.stem[1]", "patchify, conv"]),
+    ("unknown model", lambda d: d["base"].update(model="vit_giant"), ["base", "model", "allowed"]),
+    ("unknown dataset", lambda d: (d["base"].pop("dataset"), d["space"].update(dataset=["digits", "mnist"])), ["space.dataset[1]", "digits"]),
+    ("unknown sampler", lambda d: d["sampler"].update(name="cmaes"), ["sampler.name", "sobol"]),
+    ("n <= 0", lambda d: d["sampler"].update(n=0), ["sampler.n", ">= 1"]),
+    ("unknown executor", lambda d: d["executor"].update(kind="kubernetes"), ["executor.kind", "slurm"]),
+    ("unknown executor key", lambda d: d["executor"].update(gpus=1), ["executor.gpus", "allowed"]),
+    ("key in base and space", lambda d: d["base"].update(lr=0.1), ["space.lr", "also set in base"]),
+    ("reserved key", lambda d: d["base"].update(seed=3), ["base.seed", "seeds"]),
+    ("bad seeds", lambda d: d.update(seeds=[]), ["seeds", "non-empty"]),
+    ("bad name", lambda d: d.update(name="a/b"), ["name"]),
+    ("range on a string field", lambda d: d["space"].update(optimizer={"uniform": [0, 1]}), ["space.optimizer", "not numeric"]),
+]
+
+
+@pytest.mark.parametrize("label,mutate,needles", CASES, ids=[c[0] for c in CASES])
+def test_bad_spec_exits_2_one_line_nothing_written(tmp_path, label, mutate, needles):
+    p = _case(tmp_path, mutate)
+    for args in (["grid", "run", str(p)], ["grid", "run", str(p), "--dry-run"], ["grid", "status", str(p)]):
+        out = run_cli(*args)
+        assert out.returncode == 2, (label, out.stderr)
+        line = out.stderr.strip()
+        assert len(line.splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+        assert line.startswith("error: ") and str(p) in line, line
+        for n in needles:
+            assert n in line, (n, line)
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_and_broken_files_and_flags(tmp_path):
+    for args, needle in [
+        (["grid", "run", str(tmp_path / "nope.yaml")], "file not found"),
+        (["grid", "run", str(tmp_path / "g.yaml"), "--retry", "all"], "--retry"),
+        (["grid", "run", str(tmp_path / "g.yaml"), "--profile", "nosuch"], "--profile"),
+        (["grid", "run", str(tmp_path / "g.yaml"), "--executor", "cloud"], "executor.kind"),
+        (["grid", "run", str(tmp_path / "g.yaml"), "--max-parallel", "x"], "max-parallel"),
+    ]:
+        write_spec(tmp_path / "g.yaml", "g", tmp_path / "results")
+        out = run_cli(*args)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
+        assert needle in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "bad.yaml").write_text("name: x\nspace: {lr: [1, 2}\n")
+    out = run_cli("grid", "run", str(tmp_path / "bad.yaml"))
+    assert out.returncode == 2 and "not valid YAML" in out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_shipped_grids_are_valid():
+    from pathlib import Path
+
+    grids = sorted(Path(__file__).parents[1].glob("grids/**/*.yaml"))
+    assert len(grids) >= 9
+    for g in grids:
+        spec = load_spec(g)
+        assert spec.name and spec.sampler.n >= 1
