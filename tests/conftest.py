@@ -42,11 +42,13 @@ def write_spec(path: Path, name: str, results: Path, *, base: dict | None = None
     """Write a grid spec YAML for a test."""
     import yaml
 
+    space = space or {"stem": ["patchify", "conv"], "lr": {"loguniform": [1e-4, 1e-2]}}
+    defaults = {"dataset": "digits", "model": "vit_tiny", "epochs": 2, "steps_per_epoch": 3,
+                "batch_size": 32, "trace_every": 2}
     spec = {
         "name": name,
-        "base": {"dataset": "digits", "model": "vit_tiny", "epochs": 2, "steps_per_epoch": 3,
-                 "batch_size": 32, "trace_every": 2, **(base or {})},
-        "space": space or {"stem": ["patchify", "conv"], "lr": {"loguniform": [1e-4, 1e-2]}},
+        "base": {k: v for k, v in {**defaults, **(base or {})}.items() if k not in space},
+        "space": space,
         "sampler": sampler or {"name": "random", "n": 2, "seed": 0},
         "seeds": seeds or [0],
         "executor": executor or {"kind": "local", "max_parallel": 2, "timeout_min": 20},
@@ -62,8 +64,18 @@ TIMING = {"wall_time_s", "started_at", "finished_at", "time_s", "host", "slurm_j
 
 
 def comparable(df, keys):
-    import pandas as pd
+    """``df`` without timing/placement columns, sorted, with the results path out of config_json."""
+    import json
 
     cols = [c for c in df.columns if c not in TIMING]
     out = df[cols].sort_values(keys).reset_index(drop=True)
-    return out.astype({c: "string" for c in out.columns if isinstance(out[c].dtype, pd.CategoricalDtype)})
+    if "config_json" in out:
+        out["config_json"] = [json.dumps({k: v for k, v in json.loads(c).items() if k != "results"},
+                                         sort_keys=True) for c in out.config_json]
+    return out
+
+
+def assert_same_rows(a, b, keys):
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(comparable(a, keys), comparable(b, keys), check_dtype=False)

@@ -1,0 +1,64 @@
+"""The grid runner end to end with in-process (debug) and local-process executors."""
+
+import json
+
+import optuna
+
+from stability import store
+from stability.grid.spec import load_spec
+from stability.grid.state import read_ledger
+
+from .conftest import run_cli, write_spec
+
+
+def test_debug_grid_records_divergence_and_optuna_study(tmp_path):
+    spec_path = write_spec(tmp_path / "g.yaml", "dbg", tmp_path / "res",
+                           base={"optimizer": "sgd", "epochs": 1, "steps_per_epoch": 4},
+                           space={"stem": ["patchify", "conv"], "lr": [0.01, 1000.0]},
+                           executor={"kind": "debug"})
+    out = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert out.returncode == 0, out.stderr
+    runs = store.load(tmp_path / "res").runs.set_index("lr")
+    assert sorted(runs.index) == [0.01, 0.01, 1000.0, 1000.0]
+    assert set(runs.loc[1000.0].status) == {"diverged"} and set(runs.loc[1000.0].top1_err) == {100.0}
+    assert set(runs.loc[0.01].status) == {"completed"}
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'res/_sweeps/dbg/optuna.db'}")
+    summaries = optuna.get_all_study_summaries(storage)
+    assert sorted(s.study_name for s in summaries) == ["dbg/lr=0.01/stem=conv", "dbg/lr=0.01/stem=patchify",
+                                                       "dbg/lr=1000.0/stem=conv", "dbg/lr=1000.0/stem=patchify"]
+    states = {}
+    for s in summaries:
+        (t,) = optuna.load_study(study_name=s.study_name, storage=storage).trials
+        states[s.study_name] = t
+    pruned = states["dbg/lr=1000.0/stem=conv"]
+    assert pruned.state == optuna.trial.TrialState.PRUNED and "diverged_at_step" in pruned.user_attrs
+    assert pruned.intermediate_values == {pruned.user_attrs["diverged_at_step"]: 100.0}
+    done = states["dbg/lr=0.01/stem=conv"]
+    assert done.state == optuna.trial.TrialState.COMPLETE and done.value == runs.loc[0.01].set_index("stem").top1_err["conv"]
+    # idempotent: a second run submits nothing and tells nothing twice
+    again = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert again.returncode == 0 and "submitted 0" in again.stdout
+    assert sum(len(optuna.load_study(study_name=s.study_name, storage=storage).trials) for s in summaries) == 4
+
+
+def test_local_grid_status_collect_clean(tmp_path):
+    spec_path = write_spec(tmp_path / "g.yaml", "loc", tmp_path / "res")
+    out = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert out.returncode == 0, out.stderr
+    spec = load_spec(spec_path)
+    ledger = read_ledger(spec.sweep_dir)
+    assert len(ledger) == 4 and {r["kind"] for r in ledger.values()} == {"local"}
+    status = json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)
+    assert status["counts"]["completed"] == 4 and status["planned"] == 4
+    assert {(c["stem"], c["completed"]) for c in status["cells"]} == {("patchify", 2), ("conv", 2)}
+    before = store.load(tmp_path / "res")
+    assert run_cli("grid", "collect", str(spec_path)).returncode == 0
+    after = store.load(tmp_path / "res")
+    assert len(after.steps) == len(before.steps) and sorted(after.runs.run_id) == sorted(before.runs.run_id)
+    assert len(list((tmp_path / "res/runs/sweep=loc").glob("*.parquet"))) == 1
+    assert json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)["counts"]["completed"] == 4
+    logs = list((spec.sweep_dir / "logs").iterdir())
+    assert logs
+    clean = run_cli("grid", "clean", str(spec_path))
+    assert clean.returncode == 0 and "removed" in clean.stdout
+    assert not [p for p in (spec.sweep_dir / "logs").rglob("*_log.*")]

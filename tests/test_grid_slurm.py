@@ -1,0 +1,146 @@
+"""Integration tests against the real one-node Slurm cluster of slurm/local-cluster.sh."""
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from stability import store
+from stability.grid.spec import load_spec
+from stability.grid.state import read_ledger
+from stability.train import checkpoint_path
+
+from .conftest import ROOT, assert_same_rows, run_cli, write_spec
+from .test_data import _write_cifar
+
+pytestmark = pytest.mark.slurm
+
+SLURM = {"kind": "slurm", "cpus_per_task": 1, "mem_gb": 2, "timeout_min": 20}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cluster():
+    if shutil.which("sbatch") is None:
+        pytest.fail("no Slurm here: run `bash slurm/local-cluster.sh up` (CI does) or deselect -m 'not slurm'")
+    up = subprocess.run(["bash", str(ROOT / "slurm/local-cluster.sh"), "up"], capture_output=True, text=True)
+    assert up.returncode == 0, up.stderr
+    return True
+
+
+def _controller(spec_path, *extra):
+    return subprocess.Popen([sys.executable, "-m", "stability", "grid", "run", str(spec_path), "--quiet", *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(pred, timeout=180, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory):
+    d = tmp_path_factory.mktemp("local")
+    spec = write_spec(d / "g.yaml", "pair", d / "res")
+    out = run_cli("grid", "run", str(spec), "--quiet")
+    assert out.returncode == 0, out.stderr
+    return store.load(d / "res")
+
+
+def test_slurm_array_lands_all_rows_and_matches_local(tmp_path, local_reference):
+    spec_path = write_spec(tmp_path / "g.yaml", "pair", tmp_path / "res", executor=SLURM)
+    out = run_cli("grid", "run", str(spec_path), "--quiet", "--array-size", "3")
+    assert out.returncode == 0, out.stderr
+    ledger = read_ledger(load_spec(spec_path).sweep_dir)
+    arrays = {r["job_id"].split("_")[0] for r in ledger.values()}
+    assert len(ledger) == 4 and len(arrays) == 2  # 4 runs in arrays of at most 3
+    got = store.load(tmp_path / "res")
+    assert (got.runs.status == "completed").all() and len(got.runs) == 4
+    assert got.runs.slurm_job_id.str.fullmatch(r"\d+(_\d+)?").all()
+    for table, keys in [("runs", ["run_id"]), ("epochs", ["run_id", "epoch"]),
+                        ("steps", ["run_id", "step"]), ("grad_norms", ["run_id", "step", "depth"])]:
+        assert_same_rows(getattr(got, table), getattr(local_reference, table), keys)
+
+
+def test_killed_controller_and_cancelled_jobs_rerun_completes(tmp_path):
+    spec_path = write_spec(tmp_path / "g.yaml", "kill", tmp_path / "res", executor=SLURM,
+                           sampler={"name": "sobol", "n": 3, "seed": 0})
+    spec = load_spec(spec_path)
+    proc = _controller(spec_path)
+    _wait(lambda: len(read_ledger(spec.sweep_dir)) == 6)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    ledger = read_ledger(spec.sweep_dir)
+    pending = subprocess.run(["squeue", "-h", "-r", "-t", "PENDING", "-o", "%i"], capture_output=True,
+                             text=True).stdout.split()
+    cancelled = [rid for rid, rec in ledger.items() if rec["job_id"] in pending][:2]
+    assert cancelled, "expected queued array tasks (2 CPUs, 6 one-CPU tasks)"
+    subprocess.run(["scancel", *[ledger[r]["job_id"] for r in cancelled]], check=True)
+    out = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert f"submitted {len(cancelled)}" in out.stdout
+    runs = store.load(tmp_path / "res").runs
+    assert len(runs) == 6 and runs.run_id.is_unique and (runs.status == "completed").all()
+    resubmitted = {r for r, rec in read_ledger(spec.sweep_dir).items() if rec["job_id"] != ledger[r]["job_id"]}
+    assert resubmitted == set(cancelled)
+
+
+def test_scontrol_requeue_resumes_from_checkpoint(tmp_path):
+    base = {"epochs": 3, "steps_per_epoch": 15, "batch_size": 48, "trace_every": 5}
+    space = {"stem": ["conv"], "lr": [2e-3]}
+    ref_spec = write_spec(tmp_path / "ref.yaml", "rq", tmp_path / "ref", base=base, space=space)
+    assert run_cli("grid", "run", str(ref_spec), "--quiet").returncode == 0
+    spec_path = write_spec(tmp_path / "g.yaml", "rq", tmp_path / "res", base=base, space=space, executor=SLURM)
+    spec = load_spec(spec_path)
+    proc = _controller(spec_path)
+    _wait(lambda: len(read_ledger(spec.sweep_dir)) == 1)
+    (rid, rec), = read_ledger(spec.sweep_dir).items()
+    from stability.grid.controller import planned_from_frame
+    from stability.grid.state import load_plan
+    cfg = planned_from_frame(load_plan(spec.sweep_dir))[0].config
+    _wait(lambda: checkpoint_path(cfg).exists(), timeout=240, every=0.05)
+    subprocess.run(["scontrol", "requeue", rec["job_id"]], check=True)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err
+    log = "".join(p.read_text() for p in (spec.sweep_dir / "logs").glob(f"{rec['job_id']}_*_log.err"))
+    assert re.search(rf"run {rid} resumes from .* \(epoch [12], step \d+\)", log), log[-2000:]
+    got, ref = store.load(tmp_path / "res"), store.load(tmp_path / "ref")
+    assert got.runs.status.tolist() == ["completed"]
+    assert got.runs.top1_err.tolist() == ref.runs.top1_err.tolist()
+    assert got.steps.sort_values("step").loss.tolist() == pytest.approx(
+        ref.steps.sort_values("step").loss.tolist(), rel=1e-6)
+
+
+def test_failed_job_is_reported_and_retry_reruns_only_it(tmp_path):
+    data = tmp_path / "cifar"
+    data.mkdir()
+    spec_path = write_spec(tmp_path / "g.yaml", "fail", tmp_path / "res", executor=SLURM,
+                           base={"batch_size": 8, "data_root": str(data)},
+                           space={"stem": ["conv"], "dataset": ["digits", "cifar10"]})
+    spec = load_spec(spec_path)
+    out = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert out.returncode == 1  # a failed run
+    status = json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)
+    assert status["counts"]["completed"] == 1 and status["counts"]["failed"] == 1
+    (failure,) = status["failures"]
+    assert "cifar10" in failure["error"] and "DataError" in failure["error"]
+    text = run_cli("grid", "status", str(spec_path)).stdout
+    assert "failed" in text and failure["run_id"] in text
+    first = read_ledger(spec.sweep_dir)
+    assert run_cli("grid", "run", str(spec_path), "--quiet").stdout.count("submitted 0") == 1  # no retry by default
+    _write_cifar(data)
+    out = run_cli("grid", "run", str(spec_path), "--quiet", "--retry", "failed")
+    assert out.returncode == 0, out.stderr
+    second = read_ledger(spec.sweep_dir)
+    changed = {r for r in second if second[r]["job_id"] != first[r]["job_id"]}
+    assert changed == {failure["run_id"]}
+    runs = store.load(tmp_path / "res").runs
+    assert sorted(runs.status) == ["completed", "completed"] and runs.run_id.is_unique
