@@ -246,6 +246,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}\n")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import store
+    from .report import write_report
+
+    runs_dir = Path(args.results) / "runs"
+    sweeps = sorted(p.name[len("sweep="):] for p in runs_dir.glob("sweep=*")) if runs_dir.is_dir() else []
+    if args.sweep not in sweeps:
+        raise ConfigError(f"sweep: no sweep {args.sweep!r} under {args.results} (found: {', '.join(sweeps) or 'none'})")
+    if store.read_table(args.results, "runs", sweep=args.sweep, columns=["status"]).empty:
+        raise ConfigError(f"sweep: sweep {args.sweep!r} under {args.results} has no readable runs")
+    out = write_report(args.results, args.sweep, args.out)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import subprocess
+
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    if not app.is_file():
+        raise ConfigError(f"dashboard: {app} not found (the dashboard ships with the repository)")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--browser.gatherUsageStats", "false", "--", "--results", args.results]
+    return subprocess.call(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stability", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -278,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     grid_cmd("collect", "compact the sweep's per-run parquet files", cmd_grid_collect)
     grid_cmd("clean", "remove job logs of finished runs", cmd_grid_clean)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of one sweep")
+    p.add_argument("sweep")
+    p.add_argument("--out", default="report.html")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dashboard", help="start the Streamlit dashboard")
+    p.add_argument("--results", default="results")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("models", help="list model presets with counted params and FLOPs")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")

@@ -126,7 +126,8 @@ def _sweep_files(root: Path, table: str, sweep: str | None) -> dict[str, list[Pa
     return out
 
 
-def _read_sweep(files: list[Path], table: str, columns: list[str] | None, errors: list[str]) -> pd.DataFrame:
+def _read_sweep(files: list[Path], table: str, columns: list[str] | None, errors: list[str],
+                run_ids: set[str] | None = None) -> pd.DataFrame:
     """Read one sweep's files; per-run files override compacted rows of the same run."""
     schema = SCHEMAS[table]
     cols = [c for c in (columns or schema.names) if c in schema.names]
@@ -135,8 +136,12 @@ def _read_sweep(files: list[Path], table: str, columns: list[str] | None, errors
     own = {p.stem for p in files if not p.name.startswith("part-")}
     frames = []
     for p in files:
+        compacted = p.name.startswith("part-")
+        if run_ids is not None and not compacted and p.stem not in run_ids:
+            continue  # a per-run file of another run: not even opened
+        filters = [("run_id", "in", sorted(run_ids))] if run_ids is not None and compacted else None
         try:
-            t = pq.read_table(p, columns=cols, schema=schema)
+            t = pq.read_table(p, columns=cols, schema=schema, filters=filters)
         except Exception as e:  # corrupt or foreign file: report it, keep the rest
             errors.append(f"{p}: {type(e).__name__}: {e}")
             continue
@@ -156,12 +161,14 @@ def read_table(
     sweep: str | None = None,
     columns: list[str] | None = None,
     errors: list[str] | None = None,
+    run_ids: list[str] | None = None,
 ) -> pd.DataFrame:
-    """One table of a results root, optionally one sweep and a subset of columns."""
+    """One table of a results root, optionally one sweep, some columns and some runs only."""
     errors = errors if errors is not None else []
+    wanted = set(run_ids) if run_ids is not None else None
     frames = []
     for name, files in _sweep_files(Path(root), table, sweep).items():
-        df = _read_sweep(files, table, columns, errors)
+        df = _read_sweep(files, table, columns, errors, wanted)
         df.insert(1, "sweep", name)
         frames.append(df)
     if not frames:
@@ -170,6 +177,21 @@ def read_table(
     out = pd.concat(frames, ignore_index=True)
     out["sweep"] = out["sweep"].astype("string")
     return out
+
+
+def signature(root: str | os.PathLike, table: str = "runs") -> tuple:
+    """(file, mtime, size) of a table's files: a cheap cache key that changes with any write."""
+    base = Path(root) / table
+    if not base.is_dir():
+        return ()
+    out = []
+    for p in base.glob("sweep=*/*.parquet"):
+        try:
+            s = p.stat()
+        except FileNotFoundError:  # replaced while we listed
+            continue
+        out.append((str(p), s.st_mtime_ns, s.st_size))
+    return tuple(sorted(out))
 
 
 def load(root: str | os.PathLike, sweep: str | None = None) -> Results:

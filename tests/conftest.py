@@ -79,3 +79,22 @@ def assert_same_rows(a, b, keys):
     import pandas as pd
 
     pd.testing.assert_frame_equal(comparable(a, keys), comparable(b, keys), check_dtype=False)
+
+
+@pytest.fixture(scope="session")
+def dash_results(tmp_path_factory):
+    """A real tiny grid for the dashboard, notebook and report tests: 2 stems x 6 lrs on digits,
+    one lr far too large (diverges), run in-process by the debug executor."""
+    from stability.grid.controller import Controller, RunOptions
+    from stability.grid.spec import load_spec
+
+    d = tmp_path_factory.mktemp("dash")
+    spec = write_spec(d / "g.yaml", "dash", d / "results",
+                      base={"epochs": 2, "steps_per_epoch": 12, "trace_every": 1, "optimizer": "sgd",
+                            "batch_size": 24},
+                      space={"stem": ["patchify", "conv"], "lr": [0.01, 0.03, 0.1, 0.3, 1.0, 1000.0],
+                             "wd": {"loguniform": [1e-5, 1e-3]}},
+                      sampler={"name": "random", "n": 1, "seed": 0}, executor={"kind": "debug"})
+    outcome = Controller(load_spec(spec), RunOptions(show_progress=False)).run()
+    assert set(outcome.state.status) <= {"completed", "diverged"}
+    return d / "results"

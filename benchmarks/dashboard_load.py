@@ -1,0 +1,161 @@
+"""Dashboard at scale: a synthetic results root of 10,000 runs and 20 million grad-norm rows.
+
+Times ``store.load`` (all four tables), the runs table alone (what the pages read), the EDF with
+its bootstrap band, and the first paint of the EDF and Spikes pages in headless Chromium
+(navigation until the plotly charts are drawn). Aim: under 3 s for each first paint.
+
+    python benchmarks/dashboard_load.py [--runs 10000] [--grad-rows 20000000] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import append_results, timed  # noqa: E402
+
+from stability import analysis, store  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+
+
+def make_root(root: Path, n_runs: int, grad_rows: int, seed: int = 0) -> None:
+    """Compacted files (one per table), as ``grid collect`` leaves a big sweep."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"{i:012x}" for i in range(n_runs)])
+    stems = np.where(np.arange(n_runs) % 2 == 0, "patchify", "conv")
+    diverged = rng.random(n_runs) < np.where(stems == "patchify", 0.08, 0.02)
+    err = np.where(stems == "patchify", 30, 27) + rng.gamma(2.0, 3.0, n_runs)
+    runs = pd.DataFrame({
+        "run_id": ids, "status": np.where(diverged, "diverged", "completed"), "model": "vit_4gf",
+        "stem": stems, "optimizer": np.where(np.arange(n_runs) % 4 < 2, "adamw", "sgd"),
+        "lr": 10 ** rng.uniform(-3.6, -2.1, n_runs), "wd": 10 ** rng.uniform(-1.7, -0.1, n_runs),
+        "epochs": 50, "batch_size": 2048, "seed": 0, "dataset": "imagefolder",
+        "top1_err": np.where(diverged, 100.0, err), "n_spikes": rng.poisson(3, n_runs),
+        "diverged_at_step": np.where(diverged, rng.integers(100, 5000, n_runs), None),
+    })
+    for table in ("runs", "epochs", "steps", "grad_norms"):
+        (root / table / "sweep=big").mkdir(parents=True, exist_ok=True)
+    pq.write_table(store.to_arrow("runs", runs), root / "runs/sweep=big/part-0.parquet")
+    layers = ["stem", "embed"] + [f"blocks.{i}" for i in range(11)] + ["head"]
+    per_run_steps = max(1, grad_rows // (n_runs * len(layers)))
+    epochs = pd.DataFrame({"run_id": np.repeat(ids, 10), "epoch": np.tile(np.arange(10), n_runs),
+                           "val_top1_err": rng.uniform(20, 90, n_runs * 10)})
+    pq.write_table(store.to_arrow("epochs", epochs), root / "epochs/sweep=big/part-0.parquet")
+    steps = pd.DataFrame({"run_id": np.repeat(ids, per_run_steps),
+                          "step": np.tile(np.arange(per_run_steps) * 10, n_runs),
+                          "loss": rng.uniform(1, 7, n_runs * per_run_steps)})
+    pq.write_table(store.to_arrow("steps", steps), root / "steps/sweep=big/part-0.parquet")
+    schema = store.SCHEMAS["grad_norms"]
+    chunk = max(1, 1_000_000 // (per_run_steps * len(layers)))
+    with pq.ParquetWriter(root / "grad_norms/sweep=big/part-0.parquet", schema) as w:
+        for start in range(0, n_runs, chunk):
+            sub = ids[start:start + chunk]
+            n = len(sub) * per_run_steps * len(layers)
+            g = 1 + 0.1 * rng.standard_normal(n)
+            g[rng.random(n) < 0.002] *= 20
+            t = pd.DataFrame({
+                "run_id": np.repeat(sub, per_run_steps * len(layers)),
+                "step": np.tile(np.repeat(np.arange(per_run_steps) * 10, len(layers)), len(sub)),
+                "layer": np.tile(layers, len(sub) * per_run_steps),
+                "depth": np.tile(np.arange(len(layers)), len(sub) * per_run_steps),
+                "grad_norm": np.abs(g), "param_norm": 10.0, "update_ratio": 1e-3,
+            })
+            w.write_table(store.to_arrow("grad_norms", t))
+
+
+def first_paint(root: Path, pages: list[str], repeats: int) -> dict[str, list[float]]:
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard/app.py"),
+                             "--server.headless", "true", "--server.address", "127.0.0.1",
+                             "--server.port", str(port), "--browser.gatherUsageStats", "false",
+                             "--server.fileWatcherType", "none", "--", "--results", str(root)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.3)
+        out: dict[str, list[float]] = {p: [] for p in pages}
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=flags)
+            for _rep in range(repeats + 1):  # the first round warms the server's caches: reported apart
+                for page_name in pages:
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    t = time.perf_counter()
+                    page.goto(f"{url}/{page_name}")
+                    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 1",
+                                           timeout=600_000)
+                    out[page_name].append(time.perf_counter() - t)
+                    page.close()
+            browser.close()
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10_000)
+    ap.add_argument("--grad-rows", type=int, default=20_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--keep")
+    args = ap.parse_args()
+    root = Path(args.keep or tempfile.mkdtemp(prefix="stab-bench-"))
+    try:
+        t_make, _ = timed(make_root, root, args.runs, args.grad_rows)
+        n_grad = pq.ParquetFile(root / "grad_norms/sweep=big/part-0.parquet").metadata.num_rows
+        t_load, res = timed(store.load, root)
+        t_runs, runs = timed(store.read_table, root, "runs")
+        t_edf, pts = timed(analysis.edf, runs, ["stem"], "top1_err", False, None, 200)
+        one = runs.run_id.iloc[-1]
+        t_one, gn = timed(store.read_table, root, "grad_norms", None, None, None, [one])
+        del res
+        paint = first_paint(root, ["edf", "spikes"], args.repeats)
+        lines = [
+            f"synthetic root: {args.runs} runs, {n_grad:,} grad-norm rows (made in {t_make:.1f} s)",
+            "",
+            "| what | seconds |", "|---|---|",
+            f"| `store.load` (all four tables, {n_grad:,} grad rows) | {t_load:.2f} |",
+            f"| runs table only (what the pages read) | {t_runs:.3f} |",
+            f"| EDF per stem + 200-resample bootstrap band ({len(runs)} runs) | {t_edf:.3f} |",
+            f"| one run's grad norms, filtered in parquet ({len(gn)} rows) | {t_one:.3f} |",
+        ]
+        for name, ts in paint.items():
+            cold, warm = ts[0], ts[1:]
+            lines.append(f"| first paint of the {name} page, cold server cache | {cold:.2f} |")
+            lines.append(f"| first paint of the {name} page, new browser tab, warm cache (median of {len(warm)}) "
+                         f"| {np.median(warm):.2f} |")
+        worst = max(max(ts) for ts in paint.values())
+        lines += ["", f"Goal (< 3 s first paint per page): {'met' if worst < 3 else 'not met'} "
+                      f"(slowest paint {worst:.2f} s)."]
+        append_results("Dashboard at scale (benchmarks/dashboard_load.py)", lines)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

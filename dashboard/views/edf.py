@@ -1,0 +1,35 @@
+"""EDF: error distribution per stem with bootstrap bands, and the comparison statistics."""
+
+import streamlit as st
+from common import filter_runs, load_runs, results_root, sweep_label
+
+from stability import analysis, plots
+
+root = results_root()
+st.title("Error EDF per stem")
+runs = load_runs(root)
+if runs is not None:
+    runs = filter_runs(runs, "edf")
+    mode = st.radio("error", ["absolute", "relative to the best of each group"], horizontal=True, key="edf_mode")
+    relative = mode.startswith("relative")
+    overlay = st.toggle("overlay sweeps (one line style per sweep)", value=runs.sweep.nunique() > 1, key="edf_overlay")
+    by = ["stem", "sweep"] if overlay else ["stem"]
+    points = analysis.edf(runs, by=by, relative=relative, n_boot=200, seed=0)
+    if points.empty:
+        st.info("No finished runs match the filters.")
+    else:
+        fig = plots.edf_figure(points, relative=relative, dash_by="sweep" if overlay else None,
+                               title=f"{'Δ ' if relative else ''}top-1 error EDF · {sweep_label(runs)}")
+        st.plotly_chart(fig, width="stretch", key="edf_chart")
+        st.caption("F(e) = fraction of runs with error below e; diverged runs count at 100% "
+                   "(they are never dropped). Bands: 90% bootstrap intervals (200 resamples).")
+        st.subheader("Summary per stem")
+        st.dataframe(analysis.summary(runs, by=by), hide_index=True, width="stretch")
+        st.subheader("Comparison between stems")
+        cmp = analysis.compare(runs, by="stem", relative=relative)
+        if cmp.empty:
+            st.info("Only one stem in the selection.")
+        else:
+            st.dataframe(cmp.round(4), hide_index=True, width="stretch")
+            st.caption("ks: Kolmogorov-Smirnov distance (p-value ks_p); area: ∫|F_a − F_b| in error "
+                       "points; within_x: fraction of runs within x points of the best run of either stem.")

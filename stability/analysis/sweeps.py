@@ -1,0 +1,73 @@
+"""Error against the swept knobs: lr and wd, optimizer, training length (pure pandas)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .edf import errors
+
+
+def error_vs_hparams(runs: pd.DataFrame, value: str = "top1_err",
+                     cols: Sequence[str] = ("stem", "optimizer", "epochs", "lr", "wd")) -> pd.DataFrame:
+    """One row per finished run: the knobs, ``err`` (diverged at 100) and ``diverged``."""
+    df = errors(runs, value)
+    keep = [c for c in ("run_id", "sweep", *cols) if c in df.columns]
+    return df[[*keep, "err", "diverged"]].reset_index(drop=True)
+
+
+def lr_wd_heatmap(runs: pd.DataFrame, bins: int = 6, value: str = "top1_err",
+                  by: Sequence[str] = ("stem",)) -> pd.DataFrame:
+    """Median error in log-spaced (lr, wd) bins per group: by..., lr_bin, wd_bin (bin centres),
+    err, n. Bins span the observed range so every group shares them."""
+    df = error_vs_hparams(runs, value)
+    if df.empty:
+        return pd.DataFrame(columns=[*by, "lr_bin", "wd_bin", "err", "n"])
+    out = df.copy()
+    for col in ("lr", "wd"):
+        v = np.log10(out[col].clip(lower=1e-12))
+        edges = np.linspace(v.min(), v.max() + 1e-9, bins + 1)
+        idx = np.clip(np.digitize(v, edges) - 1, 0, bins - 1)
+        out[f"{col}_bin"] = 10 ** ((edges[idx] + edges[idx + 1]) / 2)
+    g = out.groupby([*by, "lr_bin", "wd_bin"], observed=True)["err"]
+    return g.agg(err="median", n="size").reset_index()
+
+
+def best_configs(runs: pd.DataFrame, by: Sequence[str] = ("stem",), value: str = "top1_err") -> pd.DataFrame:
+    """The best finished run per group with its knobs."""
+    df = error_vs_hparams(runs, value)
+    if df.empty:
+        return df
+    return df.loc[df.groupby(list(by), observed=True)["err"].idxmin()].reset_index(drop=True)
+
+
+def optimizer_gap(runs: pd.DataFrame, value: str = "top1_err") -> pd.DataFrame:
+    """Per stem and epoch budget: best and median error with AdamW and with SGD, and the gaps
+    (SGD minus AdamW; the paper: up to ~10 points for ViT_P, < 0.2 for ViT_C)."""
+    df = error_vs_hparams(runs, value)
+    if df.empty:
+        return pd.DataFrame(columns=["stem", "epochs"])
+    g = df.groupby(["stem", "epochs", "optimizer"], observed=True)["err"].agg(["min", "median"])
+    wide = g.unstack("optimizer")
+    wide.columns = [f"{stat}_{opt}" for stat, opt in wide.columns]
+    wide = wide.rename(columns=lambda c: c.replace("min_", "best_"))
+    if {"best_adamw", "best_sgd"} <= set(wide.columns):
+        wide["gap_best"] = wide["best_sgd"] - wide["best_adamw"]
+        wide["gap_median"] = wide["median_sgd"] - wide["median_adamw"]
+    return wide.reset_index()
+
+
+def training_length(runs: pd.DataFrame, value: str = "top1_err",
+                    by: Sequence[str] = ("stem",)) -> pd.DataFrame:
+    """Best error per group and epoch budget, and its gap to the longest budget of the group
+    (the paper's "error relative to the 400-epoch run")."""
+    df = error_vs_hparams(runs, value)
+    if df.empty:
+        return pd.DataFrame(columns=[*by, "epochs", "best", "median", "n", "vs_longest"])
+    g = df.groupby([*by, "epochs"], observed=True)["err"].agg(best="min", median="median", n="size")
+    out = g.reset_index().sort_values([*by, "epochs"])
+    longest = out.groupby(list(by), observed=True)["best"].transform("last")
+    out["vs_longest"] = out["best"] - longest
+    return out.reset_index(drop=True)

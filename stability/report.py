@@ -1,0 +1,58 @@
+"""A self-contained HTML report of one sweep: EDF, lr x wd and spike figures, summary tables."""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import analysis, plots, store
+
+
+def build_report(root: str | Path, sweep: str) -> str:
+    """The report as one HTML string (plotly.js inlined once, no network needed to view it)."""
+    runs = store.read_table(root, "runs", sweep=sweep)
+    if runs.empty:
+        raise ValueError(f"no runs of sweep {sweep!r} under {root}")
+    figures = []
+    points = analysis.edf(runs, by=["stem"], relative=True)
+    figures.append(("EDF of Δ top-1 error per stem", plots.edf_figure(points, relative=True)))
+    figures.append(("EDF of top-1 error per stem", plots.edf_figure(analysis.edf(runs, by=["stem"]))))
+    hp = analysis.error_vs_hparams(runs)
+    if not hp.empty:
+        figures.append(("Error vs lr and wd", plots.lr_wd_figure(hp)))
+    finished = runs[runs.status.isin(["completed", "diverged"])]
+    worst = finished.assign(err=finished.top1_err.where(finished.status == "completed", 100.0)) \
+        .sort_values("err", ascending=False).groupby("stem", observed=True).head(1)
+    ids = worst.run_id.tolist()
+    gn = store.read_table(root, "grad_norms", sweep=sweep, run_ids=ids)
+    steps = store.read_table(root, "steps", sweep=sweep, run_ids=ids)
+    for r in worst.itertuples():
+        trace = analysis.downsample(analysis.mark_spikes(gn[gn.run_id == r.run_id]), 2000)
+        figures.append((f"Worst {r.stem} run ({r.run_id}, {r.status}): gradient norms per layer",
+                        plots.spike_figure(trace, analysis.downsample(steps[steps.run_id == r.run_id], 3000, value="loss"))))
+    parts = []
+    for i, (title, fig) in enumerate(figures):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    tables = [("Summary per stem", analysis.summary(runs)), ("Comparison between stems", analysis.compare(runs)),
+              ("Best configuration per stem", analysis.best_configs(runs))]
+    for title, df in tables:
+        parts.append(f"<h2>{html.escape(title)}</h2>" + df.round(4).to_html(index=False, border=0))
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    counts = ", ".join(f"{k}: {v}" for k, v in runs.status.value_counts().items())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>stability report: {html.escape(sweep)}</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{padding:2px 8px;border-bottom:1px solid #ddd;font-size:13px}</style></head><body>"
+            f"<h1>Sweep {html.escape(sweep)}</h1><p>{len(runs)} runs ({html.escape(counts)}) from "
+            f"<code>{html.escape(str(root))}</code>; made {stamp}. Diverged runs count at 100% error.</p>"
+            + "".join(parts) + "</body></html>")
+
+
+def write_report(root: str | Path, sweep: str, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(build_report(root, sweep))
+    tmp.replace(out)
+    return out

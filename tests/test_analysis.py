@@ -1,0 +1,101 @@
+"""Analysis functions against hand-computed values."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stability import analysis
+
+
+def _runs(stem, errs, diverged=(), failed=0, **extra):
+    rows = [{"run_id": f"{stem}{i}", "stem": stem, "status": "completed", "top1_err": e, **extra}
+            for i, e in enumerate(errs)]
+    rows += [{"run_id": f"{stem}d{i}", "stem": stem, "status": "diverged", "top1_err": np.nan, **extra}
+             for i in range(len(diverged))]
+    rows += [{"run_id": f"{stem}f{i}", "stem": stem, "status": "failed", "top1_err": np.nan, **extra}
+             for i in range(failed)]
+    return rows
+
+
+def test_edf_points_by_hand():
+    runs = pd.DataFrame(_runs("conv", [10, 20, 20], diverged=[1], failed=2))
+    e = analysis.edf(runs, n_boot=0)
+    # errors 10, 20, 20, 100 (diverged); failed runs are left out
+    assert e.x.tolist() == [10, 20, 100]
+    assert e.F.tolist() == [0.0, 0.25, 0.75]  # F(e) = fraction strictly below e
+    assert e.F_right.tolist() == [0.25, 0.75, 1.0]
+    assert set(e.n) == {4} and set(e.n_diverged) == {1}
+    assert analysis.edf_at(np.array([10, 20, 20, 100]), np.array([0, 15, 20.5, 101])).tolist() == [0, .25, .75, 1]
+
+
+def test_edf_relative_weights_and_band():
+    runs = pd.DataFrame(_runs("p", [30, 32, 40]) + _runs("c", [25, 26]))
+    rel = analysis.edf(runs, relative=True, n_boot=0)
+    assert rel[rel.stem == "p"].x.tolist() == [0, 2, 10] and rel[rel.stem == "c"].x.tolist() == [0, 1]
+    w = pd.DataFrame(_runs("p", [1, 2])).assign(w=[3.0, 1.0])
+    assert analysis.edf(w, weights="w", n_boot=0).F_right.tolist() == [0.75, 1.0]
+    band = analysis.edf(pd.DataFrame(_runs("p", list(range(20)))), n_boot=300, seed=1)
+    assert (band.F_lo <= band.F_right + 1e-12).all() and (band.F_hi >= band.F_right - 1e-12).all()
+    again = analysis.edf(pd.DataFrame(_runs("p", list(range(20)))), n_boot=300, seed=1)
+    pd.testing.assert_frame_equal(band, again)  # seeded
+
+
+def test_compare_ks_area_within():
+    runs = pd.DataFrame(_runs("a", [1, 2, 3, 4]) + _runs("b", [3, 4, 5, 6]))
+    c = analysis.compare(runs, by="stem").iloc[0]
+    assert c.ks == pytest.approx(0.5)  # sup |F_a - F_b| over the samples
+    from scipy.stats import ks_2samp
+    assert c.ks_p == pytest.approx(ks_2samp([1, 2, 3, 4], [3, 4, 5, 6]).pvalue)
+    assert c.area == pytest.approx(2.0)  # the EDFs are 2 points apart everywhere
+    assert c.within_1_a == 0.5 and c.within_1_b == 0.0 and c.within_5_b == 1.0  # best = 1
+    assert (c.best_a, c.median_a, c.worst_a) == (1, 2.5, 4)
+
+
+def test_sweep_views():
+    runs = pd.DataFrame([
+        {"run_id": str(i), "stem": s, "optimizer": o, "epochs": ep, "lr": lr, "wd": 0.1,
+         "status": "completed", "top1_err": err}
+        for i, (s, o, ep, lr, err) in enumerate([
+            ("patchify", "adamw", 10, 1e-3, 30), ("patchify", "sgd", 10, 1e-1, 40),
+            ("conv", "adamw", 10, 1e-3, 25), ("conv", "sgd", 10, 1e-1, 26),
+            ("conv", "adamw", 20, 1e-3, 20), ("patchify", "adamw", 20, 1e-3, 28)])])
+    gap = analysis.optimizer_gap(runs).set_index(["stem", "epochs"])
+    assert gap.loc[("patchify", 10), "gap_best"] == 10 and gap.loc[("conv", 10), "gap_best"] == 1
+    tl = analysis.training_length(runs).set_index(["stem", "epochs"])
+    assert tl.loc[("conv", 10), "best"] == 25 and tl.loc[("conv", 10), "vs_longest"] == 5
+    best = analysis.best_configs(runs).set_index("stem")
+    assert best.loc["conv", "err"] == 20 and best.loc["patchify", "epochs"] == 20
+    hm = analysis.lr_wd_heatmap(runs, bins=2)
+    assert set(hm.stem) == {"conv", "patchify"} and hm.n.sum() == 6
+
+
+def test_spikes_planted_and_lead():
+    rng = np.random.default_rng(0)
+    steps = np.arange(200)
+    rows = []
+    for layer, depth, planted in (("stem", 0, [60, 140]), ("blocks.0", 1, []), ("head", 2, [63, 145, 190])):
+        v = 1 + 0.05 * rng.standard_normal(200)
+        v[planted] = 8.0
+        rows += [{"run_id": "r", "layer": layer, "depth": depth, "step": s, "grad_norm": x}
+                 for s, x in zip(steps, v, strict=True)]
+    g = pd.DataFrame(rows)
+    marked = analysis.mark_spikes(g)
+    found = {lay: sorted(d.step[d.spike]) for lay, d in marked.groupby("layer")}
+    assert found == {"stem": [60, 140], "blocks.0": [], "head": [63, 145, 190]}
+    counts = analysis.spike_counts(g).set_index("layer").n_spikes.to_dict()
+    assert counts == {"stem": 2, "blocks.0": 0, "head": 3}
+    lead = analysis.first_layer_lead(g)
+    assert lead.lead.tolist() == [3.0, 5.0, 50.0] and lead.first_layer_step.tolist() == [60, 140, 140]
+    # no history -> no verdict; non-finite values are never spikes
+    assert not analysis.detect_spikes([1, 100, np.nan, np.inf]).any()
+
+
+def test_downsample_keeps_every_spike():
+    n = 50_000
+    v = np.ones(n)
+    v[[123, 40_000]] = 50
+    df = pd.DataFrame({"run_id": "r", "layer": "stem", "step": np.arange(n), "grad_norm": v,
+                       "spike": np.isin(np.arange(n), [123, 40_000])})
+    small = analysis.downsample(df, max_points=500)
+    assert len(small) <= 600 and {123, 40_000} <= set(small.step)
+    assert small.step.is_monotonic_increasing
