@@ -58,15 +58,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .progress import RichReporter
     from .train import Preempted, checkpoint_path, train
 
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: one progress bar, one summary
     try:
-        with RichReporter(label=f"{cfg.model} {cfg.stem or ''}".strip()) as reporter:
-            row = train(cfg, reporter, resume=not args.no_resume)
+        if main_rank:
+            with RichReporter(label=f"{cfg.model} {cfg.stem or ''}".strip()) as reporter:
+                row = train(cfg, reporter, resume=not args.no_resume)
+        else:
+            row = train(cfg, resume=not args.no_resume)
     except DataError as e:
         raise ConfigError(str(e), source) from None
     except Preempted:
         print(f"preempted: checkpoint at {checkpoint_path(cfg)}; rerun the same command to resume",
               file=sys.stderr)
         return 143
+    if not main_rank:
+        return 0
     err = row.get("top1_err")
     print(f"run {row['run_id']}: {row['status']}, top-1 error {err:.2f}%"
           + (f" (diverged at step {row['diverged_at_step']})" if row["status"] == "diverged" else ""))

@@ -47,6 +47,8 @@ class RunConfig:
     seed: int = 0
     trace_every: int = 10  # per-layer grad norms every k steps (also the log/flush interval)
     divergence_factor: float = 10.0  # diverged when loss > factor * ln(num_classes)
+    accum_steps: int = 1  # micro-batches per step: batch_size = world_size x accum_steps x micro
+    compile: bool = False  # torch.compile the model (pays on GPU; measured in benchmarks/)
     num_workers: int = 0
     device: str = "auto"
     results: str = "results"
@@ -54,7 +56,7 @@ class RunConfig:
 
     # Fields that say where or how a run executes, not what it computes: not in the run id.
     EXECUTION_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
-        {"results", "sweep", "device", "num_workers", "data_root", "download"}
+        {"results", "sweep", "device", "num_workers", "data_root", "download", "accum_steps", "compile"}
     )
 
     @property
@@ -156,6 +158,8 @@ def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
     _check("grad_clip", cfg.grad_clip is None or cfg.grad_clip > 0, "must be > 0 or null", cfg.grad_clip, source)
     _check("trace_every", cfg.trace_every >= 1, "must be >= 1", cfg.trace_every, source)
     _check("divergence_factor", cfg.divergence_factor > 1, "must be > 1", cfg.divergence_factor, source)
+    _check("accum_steps", cfg.accum_steps >= 1 and cfg.batch_size % cfg.accum_steps == 0,
+           "must be >= 1 and divide batch_size", cfg.accum_steps, source)
     _check("num_workers", cfg.num_workers >= 0, "must be >= 0", cfg.num_workers, source)
     _check("synthetic_size", cfg.synthetic_size >= 1, "must be >= 1", cfg.synthetic_size, source)
     _check("image_size", cfg.image_size is None or cfg.image_size >= 8, "must be >= 8 or null", cfg.image_size, source)

@@ -25,6 +25,7 @@ class RichReporter:
             TextColumn("epoch {task.fields[epoch]} loss {task.fields[loss]} lr {task.fields[lr]} "
                        "val err {task.fields[val]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+            redirect_stderr=False, redirect_stdout=False,  # messages of train() go out as written
         )
         self.task = None
 

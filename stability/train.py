@@ -35,6 +35,7 @@ from . import __version__, store
 from .analysis.spikes import count_spikes
 from .config import RunConfig
 from .data import DataBundle, EpochSampler, load_dataset
+from .distributed import Dist, all_reduce, from_env, init
 from .models import build_model, count_complexity, layer_groups, model_spec, resolve
 from .models.presets import canonical_name
 
@@ -214,11 +215,17 @@ class _StopFlag:
 
 
 def _loader(data: DataBundle, cfg: RunConfig, epoch: int, start: int, train: bool,
-            device: torch.device) -> DataLoader:
+            device: torch.device, d: Dist) -> DataLoader:
+    """Training: this rank's share of each global batch (strided, see ``EpochSampler``), from
+    batch ``start`` of the epoch. Validation: every example once over all ranks (no drop)."""
     ds = data.train if train else data.val
-    sampler = EpochSampler(len(ds), seed=cfg.seed, epoch=epoch, shuffle=train,
-                           start=start * cfg.batch_size)
-    batches = BatchSampler(sampler, cfg.batch_size if train else 2 * cfg.batch_size, drop_last=train)
+    per_rank = cfg.batch_size // d.world_size
+    if train:
+        sampler = EpochSampler(len(ds), seed=cfg.seed, epoch=epoch, rank=d.rank,
+                               world_size=d.world_size, start=start * per_rank)
+    else:
+        sampler = range(d.rank, len(ds), d.world_size)
+    batches = BatchSampler(sampler, per_rank if train else 2 * cfg.batch_size, drop_last=train)
     if isinstance(ds, TensorDataset):  # in memory: one fancy-index per batch, no collate
         return DataLoader(ds, sampler=batches, batch_size=None)
     workers = cfg.num_workers
@@ -229,14 +236,14 @@ def _loader(data: DataBundle, cfg: RunConfig, epoch: int, start: int, train: boo
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataBundle, cfg: RunConfig, device: torch.device,
-             autocast: Callable) -> tuple[float, float]:
-    """(top-1, top-5) error in percent on the validation set."""
+             autocast: Callable, d: Dist = Dist()) -> tuple[float, float]:
+    """(top-1, top-5) error in percent on the validation set (sharded over ranks)."""
     model.eval()
     correct1 = torch.zeros((), device=device)
     correct5 = torch.zeros((), device=device)
     n = 0
     k = min(5, data.num_classes)
-    for x, y in _loader(data, cfg, 0, 0, False, device):
+    for x, y in _loader(data, cfg, 0, 0, False, device, d):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
             logits = model(x)
@@ -246,8 +253,9 @@ def evaluate(model: nn.Module, data: DataBundle, cfg: RunConfig, device: torch.d
         correct5 += hit.any(dim=1).sum()
         n += len(y)
     model.train()
-    c1, c5 = (correct1 / n).item(), (correct5 / n).item()
-    return 100.0 * (1 - c1), 100.0 * (1 - c5)
+    counts = all_reduce(torch.stack([correct1, correct5, torch.tensor(float(n), device=device)]), d)
+    c1, c5, total = counts.tolist()
+    return 100.0 * (1 - c1 / total), 100.0 * (1 - c5 / total)
 
 
 def _git_sha() -> str | None:
@@ -289,17 +297,26 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
         "config_json": json.dumps(cfg.to_dict(), sort_keys=True),
     }
 
+    d = from_env()
+    base_row["world_size"] = d.world_size
+    started_group = False
+
     def write(status: str, **extra: Any) -> dict[str, Any]:
         row = {**base_row, "status": status, "started_at": _ts(st.started_at),
                "wall_time_s": st.wall_time_s + time.monotonic() - t0, **extra}
-        tables: dict[str, Any] = {"runs": [row]}
-        if status != "running":
-            tables |= {"epochs": st.epochs_rows, "steps": st.steps_rows, "grad_norms": st.grad_rows}
-        store.write_run(cfg.results, cfg.sweep, cfg.run_id, tables)
+        if d.is_main:  # one writer per run, whatever the number of processes
+            tables: dict[str, Any] = {"runs": [row]}
+            if status != "running":
+                tables |= {"epochs": st.epochs_rows, "steps": st.steps_rows, "grad_norms": st.grad_rows}
+            store.write_run(cfg.results, cfg.sweep, cfg.run_id, tables)
         return row
 
     try:  # set-up failures (bad data root ...) are failed runs too, recorded before re-raising
         device = resolve_device(cfg.device)
+        if device.type == "cuda" and d.enabled:
+            device = torch.device("cuda", d.local_rank)
+            torch.cuda.set_device(device)
+        started_group = init(d, device.type)
         base_row["device"] = str(device)
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -313,6 +330,9 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
         model = build_model(spec, freeze_stem=cfg.freeze_stem).to(device)
         opt = make_optimizer(cfg, model)
         tracer = GradTracer(model, device)
+        if cfg.batch_size % (d.world_size * cfg.accum_steps):
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by world_size x accum_steps "
+                             f"= {d.world_size} x {cfg.accum_steps}: the global batch must stay exact")
         n_batches = len(data.train) // cfg.batch_size
         if n_batches == 0:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set "
@@ -320,10 +340,20 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
         ckpt = checkpoint_path(cfg)
         if resume and (loaded := _load_checkpoint(ckpt, model, opt, device)):
             st = loaded
-            print(f"stability: run {cfg.run_id} resumes from {ckpt} (epoch {st.epoch}, "
-                  f"step {st.step})", file=sys.stderr, flush=True)
+            if d.is_main:
+                print(f"stability: run {cfg.run_id} resumes from {ckpt} (epoch {st.epoch}, "
+                      f"step {st.step})", file=sys.stderr, flush=True)
+        net: nn.Module = model
+        if d.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            net = torch.compile(net)
     except Exception as e:
         write("failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=_ts(_now()))
+        if started_group:
+            torch.distributed.destroy_process_group()
         raise
     spe = min(n_batches, cfg.steps_per_epoch or n_batches)
     total_steps = cfg.epochs * spe
@@ -335,12 +365,13 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
     flag = _StopFlag(stop)
     flag.install(signals)
     try:
-        result = _loop(cfg, model, opt, tracer, data, device, autocast, st, spe, total_steps,
-                       warmup_steps, bound, flag.event, ckpt, reporter)
+        result = _loop(cfg, net, model, opt, tracer, data, device, autocast, st, spe, total_steps,
+                       warmup_steps, bound, flag.event, ckpt, reporter, d)
     except Preempted as p:
         st.wall_time_s += time.monotonic() - t0
         t0 = time.monotonic()
-        _save_checkpoint(ckpt, model, opt, st, cfg)
+        if d.is_main:
+            _save_checkpoint(ckpt, model, opt, st, cfg)
         write("preempted")
         raise flag.preempted(str(p)) from None
     except BaseException as e:
@@ -348,19 +379,28 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
         raise
     finally:
         flag.uninstall()
+        if started_group:
+            torch.distributed.destroy_process_group()
     row = write(result.pop("status"), n_spikes=count_spikes(st.steps_rows),
                 finished_at=_ts(_now()), **result)
-    ckpt.unlink(missing_ok=True)  # the results are the record now; checkpoints are for resume
+    if d.is_main:
+        ckpt.unlink(missing_ok=True)  # the results are the record now; checkpoints are for resume
     return row
 
 
-def _loop(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, tracer: GradTracer,
-          data: DataBundle, device: torch.device, autocast: Callable, st: RunState, spe: int,
-          total_steps: int, warmup_steps: int, bound: float, stop: threading.Event,
-          ckpt: Path, reporter: Reporter | None) -> dict[str, Any]:
-    """The epoch/step loop; returns the final metrics of the runs row (status included)."""
-    model.train()
-    if reporter:
+def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer,
+          tracer: GradTracer, data: DataBundle, device: torch.device, autocast: Callable,
+          st: RunState, spe: int, total_steps: int, warmup_steps: int, bound: float,
+          stop: threading.Event, ckpt: Path, reporter: Reporter | None, d: Dist) -> dict[str, Any]:
+    """The epoch/step loop; returns the final metrics of the runs row (status included).
+
+    ``net`` is what runs forward (DDP and/or compiled), ``model`` the plain module. Each optimizer
+    step sees the global batch: ``accum_steps`` micro-batches per rank, gradients averaged over
+    ranks by DDP (synchronised on the last micro-batch only), so the traced gradient norms are
+    the all-reduced ones and identical on every rank.
+    """
+    net.train()
+    if reporter and d.is_main:
         reporter.on_start(total_steps, st.step)
     # Device-side buffers, read once per flush.
     losses: list[torch.Tensor] = []
@@ -368,17 +408,27 @@ def _loop(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, tracer: 
     lrs: list[float] = []
     traces: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     correct = torch.zeros((), device=device)
+    accum = cfg.accum_steps
 
-    def flush(epoch: int) -> int | None:
-        """Move buffered rows to the host (one sync); return the first diverged step, if any."""
+    def flush(epoch: int) -> tuple[int | None, bool]:
+        """Move buffered rows to the host (one sync, one all-reduce when distributed).
+
+        Returns the first diverged step (if any) and whether any rank was asked to stop: every
+        rank reaches the same verdicts at the same step.
+        """
         nonlocal correct
+        stop_flag = torch.tensor([1.0 if stop.is_set() else 0.0], device=device)
         if not losses:
-            return None
+            return None, bool(all_reduce(stop_flag, d, "max").item())
         first = st.step - len(losses)
-        packed = torch.cat([torch.stack(losses).float(), torch.stack(gnorms).float(), correct[None]]
-                           + [torch.cat(t[1:]) for t in traces]).tolist()
         n = len(losses)
-        loss_vals, gnorm_vals, st.epoch_correct = packed[:n], packed[n:2 * n], st.epoch_correct + packed[2 * n]
+        # losses are per-rank means: average them over ranks; correct counts add up.
+        shared = torch.cat([torch.stack(losses).float() / d.world_size, correct[None]])
+        shared = all_reduce(torch.cat([shared, stop_flag]), d) if d.enabled else torch.cat([shared, stop_flag])
+        packed = torch.cat([shared, torch.stack(gnorms).float()] + [torch.cat(t[1:]) for t in traces]).tolist()
+        loss_vals, st.epoch_correct = packed[:n], st.epoch_correct + packed[n]
+        stopped = packed[n + 1] > 0
+        gnorm_vals = packed[n + 2:2 * n + 2]
         correct = torch.zeros((), device=device)
         bad = None
         for i, (loss, gn, lr) in enumerate(zip(loss_vals, gnorm_vals, lrs, strict=True)):
@@ -387,7 +437,7 @@ def _loop(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, tracer: 
                                   "lr": lr, "grad_norm": gn})
             if bad is None and not (math.isfinite(loss) and loss <= bound):
                 bad = step
-        pos = 2 * n + 1
+        pos = 2 * n + 2
         L = tracer.n_layers
         for step, *_ in traces:
             g, p, u = packed[pos:pos + L], packed[pos + L:pos + 2 * L], packed[pos + 2 * L:pos + 3 * L]
@@ -397,10 +447,10 @@ def _loop(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, tracer: 
                                      "grad_norm": gi, "param_norm": pi,
                                      "update_ratio": ui / pi if pi > 0 else None})
         st.epoch_loss_sum += sum(v for v in loss_vals if math.isfinite(v))
-        if reporter:
+        if reporter and d.is_main:
             reporter.on_log(st.step, epoch, loss_vals[-1], lrs[-1])
         losses.clear(), gnorms.clear(), lrs.clear(), traces.clear()
-        return bad
+        return bad, stopped
 
     def diverged(step: int) -> dict[str, Any]:
         st.steps_rows = [r for r in st.steps_rows if r["step"] <= step]
@@ -412,17 +462,22 @@ def _loop(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, tracer: 
     while st.epoch < cfg.epochs:
         epoch = st.epoch
         t_epoch = time.monotonic()
-        for x, y in _loader(data, cfg, epoch, st.batch, True, device):
+        for x, y in _loader(data, cfg, epoch, st.batch, True, device, d):
             if st.batch >= spe:
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = lr_at(st.step, cfg.lr, warmup_steps, total_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
-            with autocast():
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            loss.backward()
+            loss = torch.zeros((), device=device)
+            for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum), strict=True)):
+                sync = i == accum - 1 or not d.enabled
+                with (nullcontext() if sync else net.no_sync()), autocast():
+                    logits = net(xm)
+                    micro = F.cross_entropy(logits.float(), ym, label_smoothing=cfg.label_smoothing) / accum
+                micro.backward()
+                loss += micro.detach()
+                correct += logits.detach().argmax(1).eq(ym).sum()
             layer_norms = tracer.grad_norms()
             if cfg.grad_clip is not None:
                 total = layer_norms.square().sum().sqrt()
@@ -434,38 +489,37 @@ def _loop(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, tracer: 
             opt.zero_grad(set_to_none=True)
             if trace:
                 traces.append((st.step, layer_norms, *tracer.after_step()))
-            losses.append(loss.detach())
+            losses.append(loss)
             gnorms.append(layer_norms.square().sum().sqrt())
             lrs.append(lr)
-            correct += logits.detach().argmax(1).eq(y).sum()
-            st.epoch_seen += len(y)
+            st.epoch_seen += len(y) * d.world_size
             st.step += 1
             st.batch += 1
-            if len(losses) >= cfg.trace_every:
-                bad = flush(epoch)
+            # One process checks its stop flag every step; several agree on it at each flush.
+            if len(losses) >= cfg.trace_every or (stop.is_set() and not d.enabled):
+                bad, stopped = flush(epoch)
                 if bad is not None:
                     return diverged(bad)
-            if stop.is_set():
-                bad = flush(epoch)
-                if bad is not None:
-                    return diverged(bad)
-                raise Preempted(f"stopped at step {st.step}")
-        bad = flush(epoch)
+                if stopped:
+                    raise Preempted(f"stopped at step {st.step}")
+        bad, stopped = flush(epoch)
         if bad is not None:
             return diverged(bad)
-        top1, top5 = evaluate(model, data, cfg, device, autocast)
+        if stopped:
+            raise Preempted(f"stopped at step {st.step}")
+        top1, top5 = evaluate(net, data, cfg, device, autocast, d)
         row = {"run_id": cfg.run_id, "epoch": epoch,
                "train_loss": st.epoch_loss_sum / max(st.batch, 1),
                "train_top1_err": 100.0 * (1 - st.epoch_correct / max(st.epoch_seen, 1)),
                "val_top1_err": top1, "val_top5_err": top5, "lr": _last_lr(st),
                "time_s": time.monotonic() - t_epoch}
         st.epochs_rows.append(row)
-        if reporter:
+        if reporter and d.is_main:
             reporter.on_epoch(row)
         st.epoch, st.batch = epoch + 1, 0
         st.epoch_loss_sum = st.epoch_correct = 0.0
         st.epoch_seen = 0
-        if st.epoch < cfg.epochs:
+        if st.epoch < cfg.epochs and d.is_main:
             _save_checkpoint(ckpt, model, opt, st, cfg)
     last = st.epochs_rows[-1]
     return {"status": "completed", "top1_err": last["val_top1_err"], "top5_err": last["val_top5_err"],

@@ -144,3 +144,17 @@ def test_failed_job_is_reported_and_retry_reruns_only_it(tmp_path):
     assert changed == {failure["run_id"]}
     runs = store.load(tmp_path / "res").runs
     assert sorted(runs.status) == ["completed", "completed"] and runs.run_id.is_unique
+
+
+def test_two_task_slurm_run_lands_one_set_of_rows(tmp_path):
+    spec_path = write_spec(tmp_path / "g.yaml", "ddp", tmp_path / "res",
+                           executor={**SLURM, "tasks_per_node": 2},
+                           base={"model": "vit_p_tiny", "batch_size": 32},
+                           space={"lr": [2e-3]})
+    out = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert out.returncode == 0, out.stderr
+    res = store.load(tmp_path / "res")
+    assert len(res.runs) == 1 and res.runs.world_size.tolist() == [2]
+    assert res.runs.status.tolist() == ["completed"]
+    assert res.steps.step.is_unique and len(res.steps) == 6
+    assert not res.grad_norms.duplicated(["step", "layer"]).any()

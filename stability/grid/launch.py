@@ -36,6 +36,8 @@ class RunJob(submitit.helpers.Checkpointable):
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
         if threads:
             torch.set_num_threads(threads)
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # one run over several tasks: DDP
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         cfg = run_config(config)
         try:
             row = train(cfg, signals=(signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2))

@@ -1,0 +1,56 @@
+"""Multi-process runs: rank/world from the environment, process group set-up, collectives.
+
+A run is distributed when launched with ``WORLD_SIZE > 1`` in the environment: by ``torchrun``,
+or by a Slurm job with several tasks (the grid's ``RunJob`` exports the variables with
+``submitit.helpers.TorchDistributedEnvironment``). NCCL on GPUs, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_env() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(d: Dist, device_type: str) -> bool:
+    """Start the process group if ``d`` is distributed and none runs; True if this call started it."""
+    if not d.enabled or tdist.is_initialized():
+        return False
+    tdist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=d.rank, world_size=d.world_size)
+    return True
+
+
+def all_reduce(t: torch.Tensor, d: Dist, op: str = "sum") -> torch.Tensor:
+    """In place across ranks (no-op for one process)."""
+    if d.enabled:
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX if op == "max" else tdist.ReduceOp.SUM)
+    return t
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        tdist.barrier()
