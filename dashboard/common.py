@@ -105,6 +105,21 @@ def filter_runs(runs: pd.DataFrame, key: str, columns: tuple[str, ...] = FILTERS
     return out
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_edf(runs: pd.DataFrame, by: tuple[str, ...], relative: bool) -> pd.DataFrame:
+    """``analysis.edf`` with its bootstrap band, cached on the (filtered) runs table."""
+    from stability import analysis
+
+    return analysis.edf(runs, by=list(by), relative=relative, n_boot=200, seed=0)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_compare(runs: pd.DataFrame, relative: bool) -> pd.DataFrame:
+    from stability import analysis
+
+    return analysis.compare(runs, by="stem", relative=relative)
+
+
 def sweep_label(runs: pd.DataFrame) -> str:
     sweeps = sorted(runs["sweep"].dropna().unique().tolist())
     return ", ".join(sweeps) if len(sweeps) <= 3 else f"{len(sweeps)} sweeps"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -59,7 +60,7 @@ class RunConfig:
         {"results", "sweep", "device", "num_workers", "data_root", "download", "accum_steps", "compile"}
     )
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
         """Short hash of the canonical config (execution fields excluded)."""
         d = {k: v for k, v in self.to_dict().items() if k not in self.EXECUTION_FIELDS}
@@ -67,7 +68,7 @@ class RunConfig:
         return config_hash(d)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {name: getattr(self, name) for name in FIELD_NAMES}  # flat values: no deep copy
         d["betas"] = list(self.betas)
         return d
 
@@ -81,11 +82,17 @@ def config_hash(d: dict[str, Any], length: int = 12) -> str:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
+FIELD_NAMES = tuple(FIELDS)
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
 
 
 def _coerce(name: str, value: Any, source: str | None) -> Any:
     """Check ``value`` against the field's annotation (int -> float allowed, no other casts)."""
-    hint = typing.get_type_hints(RunConfig)[name]
+    hint = _hints()[name]
     args = typing.get_args(hint)
     optional = isinstance(hint, types.UnionType) and type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if optional else hint

@@ -6,6 +6,7 @@ no data loading or computing happens here.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -26,7 +27,7 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 
 def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
-               dash_by: str | None = None, title: str | None = None) -> go.Figure:
+               dash_by: str | None = None, title: str | None = None, max_points: int = 600) -> go.Figure:
     """Step EDF per group with its shaded bootstrap band (``analysis.edf`` output)."""
     fig = go.Figure()
     keys = [by] + ([dash_by] if dash_by else [])
@@ -36,6 +37,9 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
         dash = DASHES[sorted(points[dash_by].unique()).index(key[1]) % len(DASHES)] if dash_by else "solid"
         color = color_of(stem, i)
         g = g.sort_values("x")
+        if len(g) > max_points:  # thousands of runs: keep evenly spaced steps (the curve's shape)
+            keep = np.unique(np.linspace(0, len(g) - 1, max_points).round().astype(int))
+            g = g.iloc[keep]
         x0 = [g.x.iloc[0]]
         x = x0 + g.x.tolist()
         name = " / ".join(str(k) for k in key)
@@ -156,7 +160,7 @@ def spike_count_figure(counts: pd.DataFrame) -> go.Figure:
     """Distribution of spikes per run, per stem (``counts``: run_id, stem, n_spikes)."""
     fig = go.Figure()
     for i, (stem, g) in enumerate(counts.groupby("stem", observed=True, sort=True)):
-        fig.add_trace(go.Box(y=g.n_spikes, name=str(stem), boxpoints="all", jitter=0.4,
+        fig.add_trace(go.Box(y=g.n_spikes, name=str(stem), boxpoints="all" if len(g) <= 500 else "outliers", jitter=0.4,
                              marker_color=color_of(stem, i)))
     fig.update_layout(yaxis_title="spikes per run (all layers)", template="plotly_white", height=360,
                       title="Gradient-norm spikes per run", showlegend=False)

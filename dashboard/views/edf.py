@@ -1,7 +1,7 @@
 """EDF: error distribution per stem with bootstrap bands, and the comparison statistics."""
 
 import streamlit as st
-from common import filter_runs, load_runs, results_root, sweep_label
+from common import cached_compare, cached_edf, filter_runs, load_runs, results_root, sweep_label
 
 from stability import analysis, plots
 
@@ -14,7 +14,7 @@ if runs is not None:
     relative = mode.startswith("relative")
     overlay = st.toggle("overlay sweeps (one line style per sweep)", value=runs.sweep.nunique() > 1, key="edf_overlay")
     by = ["stem", "sweep"] if overlay else ["stem"]
-    points = analysis.edf(runs, by=by, relative=relative, n_boot=200, seed=0)
+    points = cached_edf(runs, tuple(by), relative)
     if points.empty:
         st.info("No finished runs match the filters.")
     else:
@@ -26,7 +26,7 @@ if runs is not None:
         st.subheader("Summary per stem")
         st.dataframe(analysis.summary(runs, by=by), hide_index=True, width="stretch")
         st.subheader("Comparison between stems")
-        cmp = analysis.compare(runs, by="stem", relative=relative)
+        cmp = cached_compare(runs, relative)
         if cmp.empty:
             st.info("Only one stem in the selection.")
         else:

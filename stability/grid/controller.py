@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import run_config
+from ..config import FIELDS, RunConfig, run_config
 from .launch import job_log_tail, make_executor, pid_alive, resolve_kind, slurm_alive, submit
 from .plan import PlannedRun, make_plan, plan_frame
 from .spec import GridSpec
@@ -56,7 +56,9 @@ class Outcome:
 def planned_from_frame(df: pd.DataFrame) -> list[PlannedRun]:
     out = []
     for r in df.itertuples(index=False):
-        cfg = run_config(json.loads(r.config_json))
+        # validated when the plan was made; building without re-validation keeps status fast
+        d = json.loads(r.config_json)
+        cfg = RunConfig(**{**d, "betas": tuple(d["betas"])}) if set(d) <= set(FIELDS) else run_config(d)
         stem = r.stem if isinstance(r.stem, str) else None
         out.append(PlannedRun(r.run_id, r.cell, stem, int(r.point), int(r.seed), int(r.wave), cfg))
     return out

@@ -8,6 +8,7 @@ grow in waves from the results told to its studies (see ``stability.grid.tell``)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -91,9 +92,44 @@ def grid_values(r: Range, n: int) -> list[float | int]:
 
 
 def sample_points(ranges: dict[str, Range], sampler: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` points (grid: ``n`` values per axis, crossed) from an in-memory Optuna study."""
+    """``n`` points (grid: ``n`` values per axis, crossed), as Optuna's samplers draw them.
+
+    Float ranges with ``random`` or ``sobol`` take a vectorised path that reproduces Optuna's
+    RandomSampler / QMCSampler draws exactly (a test compares them); everything else asks an
+    in-memory Optuna study.
+    """
     if not ranges:
         return [{}]
+    if sampler in ("random", "sobol") and all(r.kind != "int" for r in ranges.values()):
+        return _vectorised_points(ranges, sampler, n, seed)
+    return optuna_points(ranges, sampler, n, seed)
+
+
+def _vectorised_points(ranges: dict[str, Range], sampler: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """Optuna's draws without a study: RandomSampler draws uniforms in the (log) space of each
+    parameter in order with ``RandomState(seed)``; QMCSampler maps scrambled Sobol points
+    (dimensions in spec order, sample ids from 0) the same way."""
+    names = list(ranges)
+    lo = np.array([math.log(ranges[k].lo) if ranges[k].kind == "loguniform" else ranges[k].lo for k in names])
+    hi = np.array([math.log(ranges[k].hi) if ranges[k].kind == "loguniform" else ranges[k].hi for k in names])
+    if sampler == "random":
+        u = np.random.RandomState(seed).uniform(lo, hi, size=(n, len(names)))
+    else:
+        from scipy.stats import qmc
+
+        with warnings.catch_warnings():  # "balance needs n = 2^k": Optuna draws any n, so do we
+            warnings.simplefilter("ignore", UserWarning)
+            u = lo + qmc.Sobol(len(names), seed=seed, scramble=True).random(n) * (hi - lo)
+    cols = {}
+    for j, k in enumerate(names):
+        v = np.exp(u[:, j]) if ranges[k].kind == "loguniform" else u[:, j]
+        cols[k] = np.clip(v, ranges[k].lo, ranges[k].hi).tolist()
+    keys = list(ranges)
+    return [{k: cols[k][i] for k in keys} for i in range(n)]
+
+
+def optuna_points(ranges: dict[str, Range], sampler: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` points asked from an in-memory Optuna study with the named sampler."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -146,15 +182,28 @@ def make_config(spec: GridSpec, values: dict[str, Any], where: str) -> RunConfig
 
 
 def runs_for_point(spec: GridSpec, cell: dict[str, Any], point: dict[str, Any], index: int,
-                   wave: int = 0, stems: list[str | None] | None = None) -> list[PlannedRun]:
-    """Every stem x seed run of one sampled point of one cell."""
+                   wave: int = 0, stems: list[str | None] | None = None,
+                   templates: dict | None = None) -> list[PlannedRun]:
+    """Every stem x seed run of one sampled point of one cell.
+
+    ``templates`` (a dict the caller keeps per cell) caches one fully validated config per
+    (stem, seed); further points only swap in their sampled values, which the spec already
+    checked against the field (range endpoints are validated), so big plans stay fast.
+    """
     out = []
+    key = cell_key(cell)
     for stem in stems if stems is not None else spec.axes.get("stem", [None]):
         for seed in spec.seeds:
-            values = {**cell, **point, "seed": seed} | ({"stem": stem} if stem is not None else {})
-            cfg = make_config(spec, values, f"space ({cell_key({**cell, 'stem': stem})})")
+            tkey = (stem, seed)
+            if templates is not None and tkey in templates:
+                cfg = dataclasses.replace(templates[tkey], **point)
+            else:
+                values = {**cell, **point, "seed": seed} | ({"stem": stem} if stem is not None else {})
+                cfg = make_config(spec, values, f"space ({cell_key({**cell, 'stem': stem})})")
+                if templates is not None:
+                    templates[tkey] = cfg
             label = stem if stem is not None else (resolve(cfg.model, cfg.stem)[1] or "regnet")
-            out.append(PlannedRun(cfg.run_id, cell_key(cell), label, index, seed, wave, cfg))
+            out.append(PlannedRun(cfg.run_id, key, label, index, seed, wave, cfg))
     return out
 
 
@@ -169,8 +218,9 @@ def make_plan(spec: GridSpec) -> list[PlannedRun]:
     for cell in cells(spec):
         seed = cell_seed(spec.sampler.seed, cell)
         points = sample_points(spec.ranges, spec.sampler.name, n, seed)
+        templates: dict = {}
         for i, point in enumerate(points):
-            for run in runs_for_point(spec, cell, point, i):
+            for run in runs_for_point(spec, cell, point, i, templates=templates):
                 if run.run_id not in seen:
                     seen.add(run.run_id)
                     plan.append(run)

@@ -173,6 +173,11 @@ def _range(src: str, path: str, key: str, value: dict) -> Range:
         raise _err(src, path, f"{key} is not numeric ({ftype}); use a list of values")
     if kind != "int" and ftype.startswith("int"):
         raise _err(src, path, f"{key} is an integer field: use {{int: [lo, hi]}}")
+    for b in (lo, hi):  # the sampled values must be valid for the field (lr > 0, momentum < 1 ...)
+        try:
+            run_config({key: int(b) if kind == "int" else float(b)})
+        except ConfigError as e:
+            raise _err(src, where, f"bound {b!r} is invalid: {str(e)}") from None
     return Range(kind, float(lo), float(hi))
 
 

@@ -80,15 +80,15 @@ def sweep_state(plan: list[PlannedRun], runs: pd.DataFrame, alive: dict[str, str
     (or a stale running/preempted row) and no live job is ``missing``.
     """
     alive = alive or {}
-    rows = runs.drop_duplicates("run_id", keep="last").set_index("run_id") if len(runs) else None
+    rows: dict[str, tuple] = {}
+    if len(runs):
+        last = runs.drop_duplicates("run_id", keep="last")
+        err_col = last["error"] if "error" in last else [None] * len(last)
+        wall_col = last["wall_time_s"] if "wall_time_s" in last else [None] * len(last)
+        rows = dict(zip(last["run_id"], zip(last["status"], err_col, wall_col, strict=True), strict=True))
     out = []
     for r in plan:
-        status = "missing"
-        err = None
-        wall = None
-        if rows is not None and r.run_id in rows.index:
-            row = rows.loc[r.run_id]
-            status, err, wall = row.status, row.get("error"), row.get("wall_time_s")
+        status, err, wall = rows.get(r.run_id, ("missing", None, None))
         if status not in DONE and r.run_id in alive:  # a live job supersedes a stale row
             status = "running" if alive[r.run_id] in ("RUNNING", "COMPLETING", "local") else "pending"
         elif status in ("running", "preempted"):
