@@ -31,7 +31,8 @@ def loop(model, opt, tracer, x, y, steps: int, every: int | None) -> float:
     buf = []
     t = time.perf_counter()
     for s in range(steps):
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):  # as train.py
+            loss = F.cross_entropy(model(x).float(), y)
         loss.backward()
         trace = every is not None and s % every == 0
         if every is not None:

@@ -92,3 +92,16 @@ def test_tpe_waves_use_told_results(tmp_path):
     high, low = second_wave(True), second_wave(False)
     import statistics
     assert statistics.median(high) > statistics.median(low)  # it went where the results pointed
+
+
+@pytest.mark.parametrize("name", ["random", "sobol"])
+def test_vectorised_draws_equal_optunas_samplers(name):
+    from stability.grid.plan import optuna_points, sample_points
+    from stability.grid.spec import Range
+
+    ranges = {"lr": Range("loguniform", 1e-4, 1e-2), "wd": Range("loguniform", 1e-3, 1.0),
+              "momentum": Range("uniform", 0.5, 0.95)}
+    fast, slow = sample_points(ranges, name, 17, 5), optuna_points(ranges, name, 17, 5)
+    assert [p.keys() for p in fast] == [p.keys() for p in slow]
+    for a, b in zip(fast, slow, strict=True):
+        assert a == pytest.approx(b, rel=1e-12)
