@@ -31,7 +31,6 @@ def test_fixture_has_a_diverged_run(dash_results):
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_results(dash_results, page):
     at = _run(dash_results, page)
-    text = " ".join(str(m.value) for m in at.markdown) + " ".join(t.value for t in at.title)
     assert at.title, page
     assert not at.warning, [w.value for w in at.warning]
     if page.endswith("edf.py"):
@@ -42,7 +41,6 @@ def test_every_page_renders_results(dash_results, page):
         assert not at.exception
     if page.endswith("runs.py"):
         assert len(at.dataframe[0].value) == 12
-    del text
 
 
 @pytest.mark.parametrize("page", PAGES)
