@@ -51,7 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         values.update(loaded or {})
         source = args.config
     overrides = parse_overrides(args.overrides)
-    run_config(overrides, "command line") if overrides else None  # names the command line in errors
+    if overrides:  # validated alone first, so an error names the command line, not the file
+        run_config(overrides, "command line")
     cfg = run_config({**values, **overrides}, source)
 
     from .data import DataError
@@ -123,13 +124,9 @@ def _load_grid(args: argparse.Namespace):
         changes |= loaded
     if getattr(args, "executor", None):
         changes["kind"] = args.executor
-    if getattr(args, "max_parallel", None):
+    if getattr(args, "max_parallel", None) is not None:
         changes["max_parallel"] = args.max_parallel
     return with_executor(spec, **changes) if changes else spec
-
-
-def _fmt_flops(x: float) -> str:
-    return f"{x:.3g}"
 
 
 def cmd_grid_run(args: argparse.Namespace) -> int:
@@ -190,7 +187,7 @@ def _print_plan(spec, plan, cost) -> None:
     gpu_h = cost["train_flops"] / 100e12 / 3600
     extra = " (first wave; later waves follow the results)" if spec.sampler.name == "tpe" else ""
     console.print(f"{len(plan)} runs{extra}: " + ", ".join(f"{k}: {v}" for k, v in by_stem.items())
-                  + f"; {cost['images']:.3g} training images, {_fmt_flops(cost['train_flops'])} "
+                  + f"; {cost['images']:.3g} training images, {cost['train_flops']:.3g} "
                   f"training FLOPs ~ {gpu_h:.3g} GPU-hours at 100 TFLOP/s sustained. Nothing launched.")
 
 

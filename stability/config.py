@@ -72,9 +72,6 @@ class RunConfig:
         d["betas"] = list(self.betas)
         return d
 
-    def replace(self, **changes: Any) -> RunConfig:
-        return run_config({**self.to_dict(), **changes})
-
 
 def config_hash(d: dict[str, Any], length: int = 12) -> str:
     canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)

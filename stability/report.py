@@ -21,9 +21,7 @@ def build_report(root: str | Path, sweep: str) -> str:
     hp = analysis.error_vs_hparams(runs)
     if not hp.empty:
         figures.append(("Error vs lr and wd", plots.lr_wd_figure(hp)))
-    finished = runs[runs.status.isin(["completed", "diverged"])]
-    worst = finished.assign(err=finished.top1_err.where(finished.status == "completed", 100.0)) \
-        .sort_values("err", ascending=False).groupby("stem", observed=True).head(1)
+    worst = analysis.worst_runs(runs, k=1)
     ids = worst.run_id.tolist()
     gn = store.read_table(root, "grad_norms", sweep=sweep, run_ids=ids)
     steps = store.read_table(root, "steps", sweep=sweep, run_ids=ids)

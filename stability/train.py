@@ -424,7 +424,7 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
         n = len(losses)
         # losses are per-rank means: average them over ranks; correct counts add up.
         shared = torch.cat([torch.stack(losses).float() / d.world_size, correct[None]])
-        shared = all_reduce(torch.cat([shared, stop_flag]), d) if d.enabled else torch.cat([shared, stop_flag])
+        shared = all_reduce(torch.cat([shared, stop_flag]), d)
         packed = torch.cat([shared, torch.stack(gnorms).float()] + [torch.cat(t[1:]) for t in traces]).tolist()
         loss_vals, st.epoch_correct = packed[:n], st.epoch_correct + packed[n]
         stopped = packed[n + 1] > 0

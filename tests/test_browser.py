@@ -1,6 +1,5 @@
 """The dashboard in a real browser: Streamlit server + headless Debian Chromium via Playwright."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -8,6 +7,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from .conftest import free_port
 
 ROOT = Path(__file__).parents[1]
 ART = ROOT / "tests" / "artifacts"
@@ -18,17 +19,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(dash_results):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian chromium is missing: .ci/run installs it (apt-get install chromium)")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
          "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),

@@ -7,7 +7,6 @@ all-reduce adds two half-batch means instead of one mean), so losses and grad no
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,25 +15,20 @@ import pytest
 
 from stability import store
 from stability.config import run_config
+from stability.grid.launch import pid_alive
 from stability.train import checkpoint_path, train
 
-from .conftest import ROOT
+from .conftest import ROOT, free_port
 
 DDP = dict(model="vit_p_tiny", dataset="digits", epochs=2, steps_per_epoch=6, batch_size=32,
            lr=2e-3, trace_every=2)  # patchify: no BatchNorm, so per-rank statistics don't differ
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(items: dict, nproc: int = 2, **kw) -> subprocess.Popen:
     args = [f"{k}={v}" for k, v in items.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                             f"--master_port={_port()}", "-m", "stability", "train", *args],
+                             f"--master_port={free_port()}", "-m", "stability", "train", *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -74,13 +68,6 @@ def _descendants(pid: int) -> list[int]:
             out.append(c)
             todo.append(c)
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +110,7 @@ def test_killed_two_process_run_resumes(tmp_path, tmp_path_factory):
         os.kill(pid, signal.SIGKILL)
     proc.wait(30)
     for pid in victims[1:]:
-        while _alive(pid):
+        while pid_alive(str(pid)):
             time.sleep(0.05)
     assert store.load(tmp_path).runs.status.tolist() == ["running"]
     again = _torchrun(items)

@@ -59,8 +59,11 @@ def test_missing_and_broken_files_and_flags(tmp_path):
         (["grid", "run", str(tmp_path / "g.yaml"), "--profile", "nosuch"], "--profile"),
         (["grid", "run", str(tmp_path / "g.yaml"), "--executor", "cloud"], "executor.kind"),
         (["grid", "run", str(tmp_path / "g.yaml"), "--max-parallel", "x"], "max-parallel"),
+        (["grid", "run", str(tmp_path / "g.yaml"), "--max-parallel", "0"], "executor.max_parallel"),
+        (["grid", "run", str(tmp_path / "g.yaml"), "--profile", str(tmp_path / "p.yaml")], "executor.timeout_min"),
     ]:
         write_spec(tmp_path / "g.yaml", "g", tmp_path / "results")
+        (tmp_path / "p.yaml").write_text("kind: slurm\ntimeout_min: -5\n")
         out = run_cli(*args)
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
         assert needle in out.stderr and "Traceback" not in out.stderr

@@ -23,8 +23,7 @@ if runs is not None:
             chosen = [labels[st.selectbox("run", list(labels), key="spk_run")]]
         else:
             k = st.number_input("k", 1, 5, 1, key="spk_k")
-            ranked = traced.assign(err=traced.top1_err.where(traced.status == "completed", 100.0))
-            chosen = ranked.sort_values("err", ascending=False).groupby("stem", observed=True).head(int(k)).run_id.tolist()
+            chosen = analysis.worst_runs(traced, k=int(k)).run_id.tolist()
         with st.expander("spike detector"):
             window = st.slider("window W (trace points)", 5, 200, 50, key="spk_w")
             factor = st.slider("factor k (x rolling median)", 1.5, 10.0, 3.0, key="spk_f")

@@ -9,7 +9,7 @@ Typical use in a notebook::
     analysis.first_layer_lead(res.grad_norms)               # MoCo v3: first-layer spikes lead
 """
 
-from .edf import DIVERGED_ERROR, area_between, compare, edf, edf_at, errors, summary
+from .edf import DIVERGED_ERROR, area_between, compare, edf, edf_at, errors, summary, worst_runs
 from .spikes import (
     SpikeParams,
     count_spikes,
@@ -25,5 +25,5 @@ __all__ = [
     "DIVERGED_ERROR", "SpikeParams", "area_between", "best_configs", "compare", "count_spikes",
     "detect_spikes", "downsample", "edf", "edf_at", "error_vs_hparams", "errors",
     "first_layer_lead", "lr_wd_heatmap", "mark_spikes", "optimizer_gap", "spike_counts", "summary",
-    "training_length",
+    "training_length", "worst_runs",
 ]

@@ -32,6 +32,13 @@ def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
     return df
 
 
+def worst_runs(runs: pd.DataFrame, k: int = 1, by: Sequence[str] = ("stem",),
+               value: str = "top1_err") -> pd.DataFrame:
+    """The ``k`` finished runs with the highest error per group (diverged first, at 100)."""
+    df = errors(runs, value, False, by)
+    return df.sort_values("err", ascending=False).groupby(list(by), observed=True).head(k)
+
+
 def edf_at(values: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """F(x) = sum_i w_i 1[v_i < x] / sum_i w_i for every x (strict inequality, as the paper)."""
     values = np.asarray(values, dtype=float)

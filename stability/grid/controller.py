@@ -133,7 +133,7 @@ class Controller:
                 tell(spec, plan, runs, storage)
                 statuses = dict(zip(state.run_id, state.status, strict=True))
                 if spec.sampler.name == "tpe":
-                    new = ask_wave(spec, plan, {k: ("completed" if v in DONE else v) for k, v in statuses.items()}, storage)
+                    new = ask_wave(spec, plan, statuses, storage)
                     if new:
                         plan += new
                         save_plan(self.dir, plan_frame(plan))

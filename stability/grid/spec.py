@@ -181,6 +181,16 @@ def _range(src: str, path: str, key: str, value: dict) -> Range:
     return Range(kind, float(lo), float(hi))
 
 
+def _executor_spec(src: str, d: dict) -> ExecutorSpec:
+    """Validate executor fields (from the spec, a profile or the command line)."""
+    executor = _dataclass_from(src, "executor", ExecutorSpec, d)
+    if executor.kind not in EXECUTORS:
+        raise _err(src, "executor.kind", f"unknown executor {executor.kind!r} (allowed: {', '.join(EXECUTORS)})")
+    for key in ("max_parallel", "array_parallelism", "timeout_min", "nodes", "tasks_per_node"):
+        _int(src, f"executor.{key}", getattr(executor, key), 1)
+    return executor
+
+
 def parse_spec(d: Any, src: str) -> GridSpec:
     """Validate a loaded YAML mapping into a ``GridSpec``."""
     d = _mapping(src, "spec", d)
@@ -254,11 +264,7 @@ def parse_spec(d: Any, src: str) -> GridSpec:
     seeds = tuple(_int(src, f"seeds[{i}]", s, 0) for i, s in enumerate(seeds))
     if len(set(seeds)) != len(seeds):
         raise _err(src, "seeds", f"duplicate seeds in {list(seeds)!r}")
-    executor = _dataclass_from(src, "executor", ExecutorSpec, _mapping(src, "executor", d.get("executor") or {}))
-    if executor.kind not in EXECUTORS:
-        raise _err(src, "executor.kind", f"unknown executor {executor.kind!r} (allowed: {', '.join(EXECUTORS)})")
-    for key in ("max_parallel", "array_parallelism", "timeout_min", "nodes", "tasks_per_node"):
-        _int(src, f"executor.{key}", getattr(executor, key), 1)
+    executor = _executor_spec(src, _mapping(src, "executor", d.get("executor") or {}))
     results = d.get("results", "results")
     if not isinstance(results, str) or not results:
         raise _err(src, "results", f"expected a folder path, got {results!r}")
@@ -278,7 +284,4 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
 def with_executor(spec: GridSpec, **changes: Any) -> GridSpec:
     """A copy of ``spec`` with executor fields replaced (validated like the file)."""
     d = {**dataclasses.asdict(spec.executor), **{k: v for k, v in changes.items() if v is not None}}
-    ex = _dataclass_from(spec.path, "executor", ExecutorSpec, d)
-    if ex.kind not in EXECUTORS:
-        raise _err(spec.path, "executor.kind", f"unknown executor {ex.kind!r} (allowed: {', '.join(EXECUTORS)})")
-    return dataclasses.replace(spec, executor=ex)
+    return dataclasses.replace(spec, executor=_executor_spec(spec.path, d))
