@@ -130,12 +130,29 @@ def _load_grid(args: argparse.Namespace):
 
 
 def cmd_grid_run(args: argparse.Namespace) -> int:
+    spec = _load_grid(args)
+    pool = None
+    if not args.dry_run:
+        from .grid.spec import resolve_kind
+
+        if resolve_kind(spec.executor.kind) == "local":
+            from .grid.local import LocalPool
+
+            # started before the imports below so that its torch import overlaps them
+            pool = LocalPool.for_executor(spec.executor, spec.sweep_dir / "logs")
+    try:
+        return _grid_run(args, spec, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _grid_run(args: argparse.Namespace, spec, pool) -> int:
     from rich.console import Console
 
     from .grid.controller import Controller, RunOptions
     from .grid.plan import estimate_cost, make_plan
 
-    spec = _load_grid(args)
     console = Console(stderr=True)
     if args.dry_run:
         if spec.sampler.name == "tpe":
@@ -150,7 +167,7 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--retry: {args.retry!r} is not allowed (allowed: failed)")
     opts = RunOptions(retry_failed=args.retry == "failed", wait=not args.no_wait,
                       array_size=args.array_size, show_progress=not args.quiet)
-    outcome = Controller(spec, opts, console).run()
+    outcome = Controller(spec, opts, console, executor=pool).run()
     from .grid.state import counts
 
     c = counts(outcome.state).iloc[0] if len(outcome.state) else None

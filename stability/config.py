@@ -63,9 +63,13 @@ class RunConfig:
     @functools.cached_property
     def run_id(self) -> str:
         """Short hash of the canonical config (execution fields excluded)."""
+        return config_hash(self.identity())
+
+    def identity(self) -> dict[str, Any]:
+        """What the run computes: the fields that make its id, with the model alias resolved."""
         d = {k: v for k, v in self.to_dict().items() if k not in self.EXECUTION_FIELDS}
         d["model"], d["stem"] = resolve(self.model, self.stem)  # vit_c_4gf == vit_4gf + conv
-        return config_hash(d)
+        return d
 
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in FIELD_NAMES}  # flat values: no deep copy
@@ -73,9 +77,30 @@ class RunConfig:
         return d
 
 
+HASH_SEPARATORS = (",", ":")
+
+
 def config_hash(d: dict[str, Any], length: int = 12) -> str:
-    canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return canonical_hash(json.dumps(d, sort_keys=True, separators=HASH_SEPARATORS, default=str), length)
+
+
+def canonical_hash(canonical: str, length: int = 12) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
+def config_json(cfg: RunConfig) -> str:
+    """The config as stored in a sweep's plan (sorted keys, every field)."""
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+def config_from_json(text: str) -> RunConfig:
+    """A config written by :func:`config_json`. It was validated when planned, so it is rebuilt
+    without re-validation (fast for big plans); one from an older version with unknown fields is
+    validated and fails with a clear error."""
+    d = json.loads(text)
+    if set(d) <= set(FIELDS):
+        return RunConfig(**{**d, "betas": tuple(d["betas"])})
+    return run_config(d)
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}

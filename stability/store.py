@@ -127,7 +127,7 @@ def _sweep_files(root: Path, table: str, sweep: str | None) -> dict[str, list[Pa
 
 
 def _read_sweep(files: list[Path], table: str, columns: list[str] | None, errors: list[str],
-                run_ids: set[str] | None = None) -> pd.DataFrame:
+                run_ids: set[str] | None = None, cache: dict | None = None) -> pd.DataFrame:
     """Read one sweep's files; per-run files override compacted rows of the same run."""
     schema = SCHEMAS[table]
     cols = [c for c in (columns or schema.names) if c in schema.names]
@@ -140,12 +140,25 @@ def _read_sweep(files: list[Path], table: str, columns: list[str] | None, errors
         if run_ids is not None and not compacted and p.stem not in run_ids:
             continue  # a per-run file of another run: not even opened
         filters = [("run_id", "in", sorted(run_ids))] if run_ids is not None and compacted else None
+        key = None
+        if cache is not None:  # files are replaced atomically: (mtime, size) changes with any write
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            key = (st.st_mtime_ns, st.st_size, tuple(cols), repr(filters))
+            hit = cache.get(p)
+            if hit is not None and hit[0] == key:
+                frames.append(hit[1] if not (compacted and own) else hit[1][~hit[1]["run_id"].isin(own)])
+                continue
         try:
             t = pq.read_table(p, columns=cols, schema=schema, filters=filters)
         except Exception as e:  # corrupt or foreign file: report it, keep the rest
             errors.append(f"{p}: {type(e).__name__}: {e}")
             continue
         df = t.to_pandas()
+        if key is not None:
+            cache[p] = (key, df)
         if p.name.startswith("part-") and own:
             df = df[~df["run_id"].isin(own)]
         frames.append(df)
@@ -162,13 +175,17 @@ def read_table(
     columns: list[str] | None = None,
     errors: list[str] | None = None,
     run_ids: list[str] | None = None,
+    cache: dict | None = None,
 ) -> pd.DataFrame:
-    """One table of a results root, optionally one sweep, some columns and some runs only."""
+    """One table of a results root, optionally one sweep, some columns and some runs only.
+
+    ``cache`` (a dict the caller keeps) holds each file's frame until the file changes, so a
+    caller that reads again and again (the grid controller) only parses what is new."""
     errors = errors if errors is not None else []
     wanted = set(run_ids) if run_ids is not None else None
     frames = []
     for name, files in _sweep_files(Path(root), table, sweep).items():
-        df = _read_sweep(files, table, columns, errors, wanted)
+        df = _read_sweep(files, table, columns, errors, wanted, cache)
         df.insert(1, "sweep", name)
         frames.append(df)
     if not frames:

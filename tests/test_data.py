@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stability.data import DataError, EpochSampler, load_dataset
+from stability.data import DataError, EpochSampler, digits_arrays, load_dataset
 
 
 def test_digits_real_images_fixed_split():
@@ -15,6 +15,14 @@ def test_digits_real_images_fixed_split():
     assert torch.equal(y, b.train.tensors[1]) and set(y.tolist()) == set(range(10))
     # train and val are disjoint images
     assert not (a.val.tensors[0][:, None] == x[None, :50]).flatten(2).all(2).any()
+
+
+def test_digits_file_equals_sklearn_loader():
+    from sklearn.datasets import load_digits
+
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
 
 
 def test_synthetic_any_size():

@@ -15,7 +15,7 @@ import pytest
 
 from stability import store
 from stability.config import run_config
-from stability.grid.launch import pid_alive
+from stability.grid.local import pid_alive
 from stability.train import checkpoint_path, train
 
 from .conftest import ROOT, free_port

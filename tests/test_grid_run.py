@@ -1,10 +1,12 @@
 """The grid runner end to end with in-process (debug) and local-process executors."""
 
 import json
+import time
 
 import optuna
 
 from stability import store
+from stability.grid.local import pid_alive
 from stability.grid.spec import load_spec
 from stability.grid.state import read_ledger
 
@@ -62,3 +64,46 @@ def test_local_grid_status_collect_clean(tmp_path):
     clean = run_cli("grid", "clean", str(spec_path))
     assert clean.returncode == 0 and "removed" in clean.stdout
     assert not [p for p in (spec.sweep_dir / "logs").rglob("*_log.*")]
+
+
+def test_local_no_wait_runs_outlive_the_controller(tmp_path):
+    """Local runs are forked by a warm launcher, not by the controller: ``--no-wait`` returns
+    at once and its runs finish on their own; a rerun submits only the rest."""
+    spec_path = write_spec(tmp_path / "g.yaml", "nw", tmp_path / "res",
+                           space={"stem": ["patchify", "conv"], "lr": [1e-3, 3e-3]})
+    out = run_cli("grid", "run", str(spec_path), "--quiet", "--no-wait")
+    assert out.returncode == 0 and "submitted 2 " in out.stdout, out.stdout + out.stderr
+    spec = load_spec(spec_path)
+    pids = [rec["job_id"] for rec in read_ledger(spec.sweep_dir).values()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 240
+    while any(pid_alive(p) for p in pids):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    counts = json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)["counts"]
+    assert counts["completed"] == 2 and counts["missing"] == 2
+    for p in pids:  # each run logs to <pid>_<task>_log.{out,err}, as submitit names them
+        assert (spec.sweep_dir / "logs" / f"{p}_0_log.err").exists()
+    again = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert again.returncode == 0 and "4 completed; submitted 2 " in again.stdout, again.stdout
+
+
+def test_local_two_task_job_is_one_ddp_run_and_failures_keep_their_log(tmp_path):
+    data = tmp_path / "empty"
+    data.mkdir()
+    spec_path = write_spec(tmp_path / "g.yaml", "ddp", tmp_path / "res",
+                           executor={"kind": "local", "max_parallel": 1, "tasks_per_node": 2, "timeout_min": 20},
+                           base={"model": "vit_p_tiny", "batch_size": 32, "data_root": str(data)},
+                           space={"dataset": ["digits", "cifar10"]})
+    out = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert out.returncode == 1, out.stdout + out.stderr  # the cifar10 run fails: no data
+    res = store.load(tmp_path / "res")
+    done = res.runs[res.runs.status.eq("completed")]
+    assert len(done) == 1 and done.world_size.tolist() == [2]  # one set of rows from rank 0
+    assert res.steps[res.steps.run_id.isin(done.run_id)].step.is_unique
+    status = json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)
+    (failure,) = status["failures"]
+    assert "DataError" in failure["error"] and "DataError" in failure["log"]
+    spec = load_spec(spec_path)
+    pid = read_ledger(spec.sweep_dir)[done.run_id.iloc[0]]["job_id"]
+    assert {p.name for p in (spec.sweep_dir / "logs").glob(f"{pid}_*_log.err")} == {f"{pid}_0_log.err", f"{pid}_1_log.err"}

@@ -103,9 +103,9 @@ def test_scontrol_requeue_resumes_from_checkpoint(tmp_path):
     proc = _controller(spec_path)
     _wait(lambda: len(read_ledger(spec.sweep_dir)) == 1)
     (rid, rec), = read_ledger(spec.sweep_dir).items()
-    from stability.grid.controller import planned_from_frame
+    from stability.grid.plan import plan_from_frame
     from stability.grid.state import load_plan
-    cfg = planned_from_frame(load_plan(spec.sweep_dir))[0].config
+    cfg = plan_from_frame(load_plan(spec.sweep_dir))[0].config
     _wait(lambda: checkpoint_path(cfg).exists(), timeout=240, every=0.05)
     subprocess.run(["scontrol", "requeue", rec["job_id"]], check=True)
     out, err = proc.communicate(timeout=400)

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from stability import store
-from stability.grid.plan import make_plan, plan_frame
+from stability.config import config_json, run_config
+from stability.grid.plan import make_plan, plan_frame, plan_from_frame
 from stability.grid.spec import load_spec
 from stability.grid.studies import ask_wave, open_storage, tell
 
@@ -63,6 +64,25 @@ def test_grid_sampler_values_and_int_ranges(tmp_path):
     lrs = sorted({round(r.config.lr, 9) for r in plan})
     assert lrs == pytest.approx([1e-3, 1e-2, 1e-1])
     assert sorted({r.config.synthetic_size for r in plan}) == [1, 2, 3] and len(plan) == 9
+
+
+@pytest.mark.parametrize("name", ["random", "sobol", "grid", "tpe"])
+def test_templated_plan_equals_validated_configs(tmp_path, name):
+    """The fast path (string substitution into canonical JSON) gives exactly the run ids and
+    plan JSON that validating each config would, for float, log and int ranges and aliases."""
+    space = {"stem": ["patchify", "conv"], "optimizer": ["adamw", "sgd"], "lr": {"loguniform": [1e-4, 1e-1]},
+             "label_smoothing": {"uniform": [0.0, 0.3]}, "warmup_epochs": {"uniform": [0, 1]},
+             "batch_size": {"int": [8, 64]}}
+    spec = _spec(tmp_path, {"name": name, "n": 3, "seed": 0}, space=space, seeds=[0, 7])
+    plan = make_plan(spec) if name != "tpe" else ask_wave(spec, [], {}, open_storage(spec, in_memory=True))
+    assert len(plan) >= 2 * 2 * 3 * 2
+    for r in plan:
+        cfg = run_config(json.loads(r.config_json))  # full validation, no shortcut
+        assert (r.run_id, r.config_json) == (cfg.run_id, config_json(cfg))
+        assert (r.optimizer, r.epochs, r.seed) == (cfg.optimizer, cfg.epochs, cfg.seed)
+        assert r.config == cfg
+    again = plan_from_frame(pd.read_parquet(io.BytesIO(_bytes(plan))))
+    assert again == plan
 
 
 def test_tpe_waves_use_told_results(tmp_path):

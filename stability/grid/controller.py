@@ -8,7 +8,6 @@ once; a job that dies without writing a result leaves its run ``missing`` (rerun
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -18,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import FIELDS, RunConfig, run_config
-from .launch import job_log_tail, make_executor, pid_alive, resolve_kind, slurm_alive, submit
-from .plan import PlannedRun, make_plan, plan_frame
-from .spec import GridSpec
+from .launch import job_log_tail, make_executor, slurm_alive, submit
+from .local import pid_alive
+from .plan import PlannedRun, make_plan, plan_frame, plan_from_frame
+from .spec import GridSpec, resolve_kind
 from .state import (
     DONE,
     counts,
@@ -53,24 +52,13 @@ class Outcome:
     wall_s: float = 0.0
 
 
-def planned_from_frame(df: pd.DataFrame) -> list[PlannedRun]:
-    out = []
-    for r in df.itertuples(index=False):
-        # validated when the plan was made; building without re-validation keeps status fast
-        d = json.loads(r.config_json)
-        cfg = RunConfig(**{**d, "betas": tuple(d["betas"])}) if set(d) <= set(FIELDS) else run_config(d)
-        stem = r.stem if isinstance(r.stem, str) else None
-        out.append(PlannedRun(r.run_id, r.cell, stem, int(r.point), int(r.seed), int(r.wave), cfg))
-    return out
-
-
 def initial_plan(spec: GridSpec, storage) -> list[PlannedRun]:
     """The plan of record: computed for random/sobol/grid; for tpe, read back or first wave."""
     if spec.sampler.name != "tpe":
         return make_plan(spec)
     saved = load_plan(spec.sweep_dir)
     if saved is not None and len(saved):
-        return planned_from_frame(saved)
+        return plan_from_frame(saved)
     return ask_wave(spec, [], {}, storage)
 
 
@@ -87,9 +75,12 @@ def alive_jobs(sweep_dir: Path, run_ids: list[str]) -> dict[str, str]:
 
 
 class Controller:
-    def __init__(self, spec: GridSpec, opts: RunOptions | None = None, console=None):
+    def __init__(self, spec: GridSpec, opts: RunOptions | None = None, console=None, executor=None):
+        """``executor``: one made already (the CLI starts the local launcher before its own
+        imports); by default the controller makes it."""
         from rich.console import Console
 
+        self.executor = executor
         self.spec = spec
         self.opts = opts or RunOptions()
         self.console = console or Console(stderr=True)
@@ -100,11 +91,21 @@ class Controller:
     def _threads(self) -> int | None:
         if self.kind in ("local", "debug"):
             cores = os.cpu_count() or 1
-            return max(1, cores // (self.spec.executor.max_parallel if self.kind == "local" else 1))
+            ex = self.spec.executor
+            return max(1, cores // (ex.max_parallel * ex.tasks_per_node if self.kind == "local" else 1))
         return None
 
     def run(self) -> Outcome:
         t0 = time.monotonic()
+        spec = self.spec
+        executor = self.executor or make_executor(spec.executor, self.kind, self.log_dir, spec.name)
+        try:
+            return self._run(executor, t0)
+        finally:
+            if self.kind == "local":
+                executor.close()
+
+    def _run(self, executor, t0: float) -> Outcome:
         spec = self.spec
         storage = open_storage(spec)
         plan = initial_plan(spec, storage)
@@ -112,7 +113,6 @@ class Controller:
         if spec.path and Path(spec.path).is_file():
             shutil.copyfile(spec.path, self.dir / "spec.yaml")
         save_plan(self.dir, plan_frame(plan))
-        executor = make_executor(spec.executor, self.kind, self.log_dir, spec.name)
         submitted: dict[str, Any] = {}  # run_id -> submitit job, this invocation
         outcome = Outcome(state=pd.DataFrame())
         live = None
@@ -121,35 +121,37 @@ class Controller:
 
             live = Live(console=self.console, refresh_per_second=2, transient=False)
             live.start()
+        rows_cache: dict = {}  # parsed result files, kept until they change
+        told: dict = {}  # points already in the Optuna record
         try:
             while True:
-                runs = run_rows(spec.results, spec.name)
+                runs = run_rows(spec.results, spec.name, rows_cache)
                 ids = [r.run_id for r in plan]
                 alive = alive_jobs(self.dir, ids)
                 for rid, job in submitted.items():  # this invocation's jobs (reaps local ones)
                     if rid not in alive and self.kind != "debug" and not job.done():
                         alive[rid] = "submitted"
                 state = sweep_state(plan, runs, alive)
-                tell(spec, plan, runs, storage)
                 statuses = dict(zip(state.run_id, state.status, strict=True))
-                if spec.sampler.name == "tpe":
-                    new = ask_wave(spec, plan, statuses, storage)
-                    if new:
-                        plan += new
-                        save_plan(self.dir, plan_frame(plan))
-                        continue
                 want = state.status.eq("missing") | (self.opts.retry_failed & state.status.eq("failed"))
                 todo = [rid for rid in state.run_id[want] if rid not in submitted]
                 if self.kind == "local":
                     running = sum(1 for s in state.status if s in ("running", "pending"))
-                    todo = todo[:max(0, spec.executor.max_parallel - running)]
-                if todo:
+                    todo = todo[:max(0, executor.capacity(spec.executor.max_parallel) - running)]
+                if todo:  # submit before telling Optuna: a free slot should not wait on SQLite
                     self._submit(executor, plan, todo, submitted)
                     outcome.submitted += todo
                     if self.kind == "debug":
                         for rid in todo:
                             self._run_debug(submitted[rid])
                     continue
+                tell(spec, plan, runs, storage, told)
+                if spec.sampler.name == "tpe":
+                    new = ask_wave(spec, plan, statuses, storage)
+                    if new:
+                        plan += new
+                        save_plan(self.dir, plan_frame(plan))
+                        continue
                 if live:
                     live.update(self._render(state))
                 if not self.opts.wait:
@@ -158,13 +160,16 @@ class Controller:
                 pending_local = self.kind == "local" and (want & ~state.run_id.isin(submitted)).any()
                 if not waiting and not pending_local:
                     break
-                time.sleep(self.opts.poll_s)
+                if self.kind == "local":
+                    executor.wait(self.opts.poll_s)  # wakes as soon as a run ends
+                else:
+                    time.sleep(self.opts.poll_s)
         finally:
             if live:
                 live.stop()
-        runs = run_rows(spec.results, spec.name)
+        runs = run_rows(spec.results, spec.name, rows_cache)
         outcome.state = sweep_state(plan, runs, alive_jobs(self.dir, [r.run_id for r in plan]))
-        tell(spec, plan, runs, storage)
+        tell(spec, plan, runs, storage, told)
         for rid in outcome.state.run_id[outcome.state.status.eq("missing")]:
             if rid in submitted:
                 job = submitted[rid]
@@ -212,7 +217,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
     """Everything ``stability grid status`` prints, as plain data (``--json``)."""
     sweep_dir = spec.sweep_dir
     saved = load_plan(sweep_dir)
-    plan = planned_from_frame(saved) if saved is not None else (
+    plan = plan_from_frame(saved) if saved is not None else (
         make_plan(spec) if spec.sampler.name != "tpe" else [])
     runs = run_rows(spec.results, spec.name)
     ids = [r.run_id for r in plan]

@@ -1,4 +1,5 @@
-"""Launch runs through submitit: ``slurm`` (job arrays), ``local`` (processes), ``debug`` (in-process).
+"""Launch runs: ``slurm`` (submitit job arrays), ``local`` (forked from a warm launcher,
+``stability.grid.local``), ``debug`` (submitit, in-process).
 
 Each job calls :class:`RunJob`, a ``submitit.helpers.Checkpointable``: on Slurm's USR2 (time limit
 or preemption) the trainer finishes its step, saves a checkpoint, and submitit requeues the job,
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -49,17 +49,6 @@ class RunJob(submitit.helpers.Checkpointable):
         return {k: row.get(k) for k in ("run_id", "status", "top1_err", "diverged_at_step")}
 
 
-def has_slurm() -> bool:
-    return shutil.which("sbatch") is not None
-
-
-def resolve_kind(kind: str) -> str:
-    """``auto`` -> slurm when ``sbatch`` exists, else local."""
-    if kind == "auto":
-        return "slurm" if has_slurm() else "local"
-    return kind
-
-
 def max_array_size(default: int = 1000) -> int:
     """Slurm's MaxArraySize (``scontrol show config``); array indices must stay below it."""
     try:
@@ -80,16 +69,15 @@ class Submitted:
         return str(self.job.job_id)
 
 
-def make_executor(ex: ExecutorSpec, kind: str, folder: Path, sweep: str) -> submitit.Executor:
-    """A submitit executor for ``kind`` with the spec's resources."""
+def make_executor(ex: ExecutorSpec, kind: str, folder: Path, sweep: str):
+    """An executor for ``kind`` with the spec's resources: submitit's, or a local pool."""
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "debug":
         return submitit.DebugExecutor(folder=folder)
     if kind == "local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=ex.timeout_min, tasks_per_node=ex.tasks_per_node,
-                                   nodes=1, gpus_per_node=ex.gpus_per_node or 0)
-        return executor
+        from .local import LocalPool
+
+        return LocalPool.for_executor(ex, folder)
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=ex.max_num_timeout)
     params: dict[str, Any] = {
         "job_name": f"stability-{sweep}", "time": ex.timeout_min, "nodes": ex.nodes,
@@ -107,11 +95,13 @@ def make_executor(ex: ExecutorSpec, kind: str, folder: Path, sweep: str) -> subm
     return executor
 
 
-def submit(executor: submitit.Executor, kind: str, items: list[tuple[str, dict[str, Any]]],
+def submit(executor, kind: str, items: list[tuple[str, dict[str, Any]]],
            threads: int | None = None, array_size: int | None = None) -> list[Submitted]:
     """Submit ``(run_id, config)`` items; Slurm arrays are chunked below MaxArraySize."""
     if not items:
         return []
+    if kind == "local":
+        return [Submitted(rid, executor.submit(cfg, threads)) for rid, cfg in items]
     fn = RunJob(threads)
     if kind != "slurm":
         return [Submitted(rid, executor.submit(fn, cfg)) for rid, cfg in items]
@@ -147,19 +137,11 @@ def slurm_alive(job_ids: list[str]) -> dict[str, str]:
     return {j: s for j, s in alive.items() if j in wanted}
 
 
-def pid_alive(pid: str) -> bool:
-    """A local job (its id is the pid) still runs; zombies count as dead."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, ValueError, IndexError):
-        return False
-
-
 def job_log_tail(folder: Path, job_id: str, lines: int = 5) -> str:
-    """Last lines of a job's stderr log (submitit names it ``<job_id>_<task>_log.err``)."""
-    candidates = sorted(folder.glob(f"**/{job_id}_*_log.err"))
-    if not candidates:
-        return ""
-    text = candidates[-1].read_text(errors="replace").strip().splitlines()
-    return "\n".join(text[-lines:])
+    """Last lines of a job's stderr log (``<job_id>_<task>_log.err``, as submitit names them):
+    the first task's that says anything (a failed rank 0, not a rank its failure stopped)."""
+    for p in sorted(folder.glob(f"**/{job_id}_*_log.err")):
+        text = p.read_text(errors="replace").strip().splitlines()
+        if text:
+            return "\n".join(text[-lines:])
+    return ""

@@ -8,26 +8,27 @@ grow in waves from the results told to its studies (see ``stability.grid.tell``)
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 import itertools
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..config import RunConfig, run_config
+from ..config import HASH_SEPARATORS, RunConfig, canonical_hash, config_from_json, run_config
 from ..errors import ConfigError
 from ..models.presets import resolve
 from .spec import GridSpec, Range
 
-PLAN_COLUMNS = ("run_id", "cell", "stem", "point", "seed", "wave", "trial", "config_json")
+PLAN_COLUMNS = ("run_id", "cell", "stem", "point", "seed", "wave", "optimizer", "epochs", "config_json")
 
 
-@dataclass(frozen=True)
+@dataclass
 class PlannedRun:
     run_id: str
     cell: str  # the non-stem grid values, "optimizer=adamw,epochs=50" ("" when none)
@@ -35,17 +36,51 @@ class PlannedRun:
     point: int  # index of the sampled point in its cell (tpe: the trial number)
     seed: int
     wave: int
-    config: RunConfig
+    optimizer: str
+    epochs: int
+    config_json: str  # the validated config (see ``stability.config.config_json``)
+
+    @functools.cached_property
+    def config(self) -> RunConfig:
+        """Parsed on demand: a 100,000-run plan is strings until a run is submitted."""
+        return config_from_json(self.config_json)
 
     @property
     def study(self) -> str:
         """Name of the Optuna study this run is a trial of: one per (cell, stem)."""
         return f"{self.cell or 'all'}|stem={self.stem}"
 
-    def row(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "cell": self.cell, "stem": self.stem, "point": self.point,
-                "seed": self.seed, "wave": self.wave,
-                "config_json": json.dumps(self.config.to_dict(), sort_keys=True)}
+
+class ConfigTemplate:
+    """A validated config with some fields left open (a cell's sampled ranges).
+
+    ``fill(values)`` gives the run id and plan JSON of the config with those values by string
+    substitution into pre-split canonical JSON: byte-for-byte what ``RunConfig.run_id`` and
+    ``config_json`` compute (a test checks), without building a dataclass per point. The values
+    are not re-validated: the spec checked both ends of every range.
+    """
+
+    _MARK = "\x01open\x01"
+
+    def __init__(self, cfg: RunConfig, open_fields: list[str]):
+        self.cfg = cfg
+        self.open = sorted(open_fields)  # sort_keys writes them in this order
+        self.id_format = self._format(cfg.identity(), HASH_SEPARATORS)
+        self.json_format = self._format(cfg.to_dict(), None)
+
+    def _format(self, d: dict[str, Any], separators) -> str:
+        """Canonical JSON with a ``%s`` slot per open field."""
+        marked = {**d, **{k: f"{self._MARK}{k}" for k in self.open}}
+        text = json.dumps(marked, sort_keys=True, separators=separators, default=str).replace("%", "%%")
+        return re.sub(r'"\\u0001open\\u0001\w+"', "%s", text)
+
+    def encode(self, values: dict[str, Any]) -> tuple[str, ...]:
+        """The open values as json.dumps writes them (floats and ints: repr)."""
+        return tuple(repr(v) if type(v) in (float, int) else json.dumps(v) for v in map(values.__getitem__, self.open))
+
+    def fill(self, encoded: tuple[str, ...]) -> tuple[str, str]:
+        """``(run_id, config_json)`` for values from :meth:`encode`."""
+        return canonical_hash(self.id_format % encoded), self.json_format % encoded
 
 
 def cells(spec: GridSpec) -> list[dict[str, Any]]:
@@ -186,24 +221,28 @@ def runs_for_point(spec: GridSpec, cell: dict[str, Any], point: dict[str, Any], 
                    templates: dict | None = None) -> list[PlannedRun]:
     """Every stem x seed run of one sampled point of one cell.
 
-    ``templates`` (a dict the caller keeps per cell) caches one fully validated config per
-    (stem, seed); further points only swap in their sampled values, which the spec already
-    checked against the field (range endpoints are validated), so big plans stay fast.
+    ``templates`` (a dict the caller keeps per cell) caches one validated :class:`ConfigTemplate`
+    per (stem, seed); further points only fill in their sampled values, so big plans stay fast.
     """
     out = []
     key = cell_key(cell)
+    encoded = None  # the same for every (stem, seed) template of the cell
     for stem in stems if stems is not None else spec.axes.get("stem", [None]):
         for seed in spec.seeds:
             tkey = (stem, seed)
-            if templates is not None and tkey in templates:
-                cfg = dataclasses.replace(templates[tkey], **point)
-            else:
+            template = templates.get(tkey) if templates is not None else None
+            if template is None:
                 values = {**cell, **point, "seed": seed} | ({"stem": stem} if stem is not None else {})
                 cfg = make_config(spec, values, f"space ({cell_key({**cell, 'stem': stem})})")
+                template = ConfigTemplate(cfg, list(point))
                 if templates is not None:
-                    templates[tkey] = cfg
+                    templates[tkey] = template
+            cfg = template.cfg
+            encoded = encoded or template.encode(point)
+            run_id, text = template.fill(encoded)
             label = stem if stem is not None else (resolve(cfg.model, cfg.stem)[1] or "regnet")
-            out.append(PlannedRun(cfg.run_id, key, label, index, seed, wave, cfg))
+            out.append(PlannedRun(run_id, key, label, index, seed, wave, point.get("optimizer", cfg.optimizer),
+                                  point.get("epochs", cfg.epochs), text))
     return out
 
 
@@ -231,7 +270,20 @@ def plan_frame(plan: list[PlannedRun]):
     """The plan as a DataFrame (the ``plan.parquet`` of a sweep)."""
     import pandas as pd
 
-    return pd.DataFrame([r.row() for r in plan], columns=[c for c in PLAN_COLUMNS if c != "trial"])
+    return pd.DataFrame({c: [getattr(r, c) for r in plan] for c in PLAN_COLUMNS}, columns=list(PLAN_COLUMNS))
+
+
+def plan_from_frame(df) -> list[PlannedRun]:
+    """The inverse of :func:`plan_frame`; configs stay JSON until used. A plan written before
+    the optimizer/epochs columns existed gets them from its configs."""
+    if "optimizer" not in df or "epochs" not in df:
+        parsed = [config_from_json(t) for t in df["config_json"]]
+        df = df.assign(optimizer=[c.optimizer for c in parsed], epochs=[c.epochs for c in parsed])
+    stems = [s if isinstance(s, str) else None for s in df["stem"].tolist()]
+    cols = [df[c].tolist() for c in ("run_id", "cell")] + [stems] + [
+        [int(v) for v in df[c].tolist()] for c in ("point", "seed", "wave")] + [
+        df["optimizer"].tolist(), [int(v) for v in df["epochs"].tolist()], df["config_json"].tolist()]
+    return [PlannedRun(*row) for row in zip(*cols, strict=True)]
 
 
 def estimate_cost(plan: list[PlannedRun]) -> dict[str, float]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,17 @@ def _range(src: str, path: str, key: str, value: dict) -> Range:
         except ConfigError as e:
             raise _err(src, where, f"bound {b!r} is invalid: {str(e)}") from None
     return Range(kind, float(lo), float(hi))
+
+
+def has_slurm() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def resolve_kind(kind: str) -> str:
+    """``auto`` -> slurm when ``sbatch`` exists, else local."""
+    if kind == "auto":
+        return "slurm" if has_slurm() else "local"
+    return kind
 
 
 def _executor_spec(src: str, d: dict) -> ExecutorSpec:

@@ -65,11 +65,15 @@ def load_plan(sweep_dir: Path) -> pd.DataFrame | None:
     return pd.read_parquet(p) if p.exists() else None
 
 
-def run_rows(results: str | Path, sweep: str) -> pd.DataFrame:
-    """The sweep's runs rows, only the columns state needs."""
+def run_rows(results: str | Path, sweep: str, cache: dict | None = None) -> pd.DataFrame:
+    """The sweep's runs rows, only the columns state needs (``cache``: see ``store.read_table``)."""
     cols = ["run_id", "status", "stem", "optimizer", "epochs", "top1_err", "diverged_at_step",
             "wall_time_s", "error", "finished_at"]
-    return store.read_table(results, "runs", sweep=sweep, columns=cols)
+    return store.read_table(results, "runs", sweep=sweep, columns=cols, cache=cache)
+
+
+STATE_COLUMNS = ["run_id", "stem", "optimizer", "epochs", "cell", "status", "error", "wall_time_s", "job_state"]
+RUNNING_JOB_STATES = ("RUNNING", "COMPLETING", "local")
 
 
 def sweep_state(plan: list[PlannedRun], runs: pd.DataFrame, alive: dict[str, str] | None = None
@@ -79,26 +83,22 @@ def sweep_state(plan: list[PlannedRun], runs: pd.DataFrame, alive: dict[str, str
     ``alive`` maps run_id -> scheduler state for runs whose job still lives; a run with no row
     (or a stale running/preempted row) and no live job is ``missing``.
     """
-    alive = alive or {}
-    rows: dict[str, tuple] = {}
-    if len(runs):
-        last = runs.drop_duplicates("run_id", keep="last")
-        err_col = last["error"] if "error" in last else [None] * len(last)
-        wall_col = last["wall_time_s"] if "wall_time_s" in last else [None] * len(last)
-        rows = dict(zip(last["run_id"], zip(last["status"], err_col, wall_col, strict=True), strict=True))
-    out = []
-    for r in plan:
-        status, err, wall = rows.get(r.run_id, ("missing", None, None))
-        if status not in DONE and r.run_id in alive:  # a live job supersedes a stale row
-            status = "running" if alive[r.run_id] in ("RUNNING", "COMPLETING", "local") else "pending"
-        elif status in ("running", "preempted"):
-            status = "missing"  # its job is gone: a crashed node, a cancelled array
-        out.append({"run_id": r.run_id, "stem": r.stem, "optimizer": r.config.optimizer,
-                    "epochs": r.config.epochs, "cell": r.cell, "status": status,
-                    "error": err if isinstance(err, str) else None, "wall_time_s": wall,
-                    "job_state": alive.get(r.run_id)})
-    return pd.DataFrame(out, columns=["run_id", "stem", "optimizer", "epochs", "cell", "status",
-                                      "error", "wall_time_s", "job_state"])
+    state = pd.DataFrame({c: [getattr(r, c) for r in plan] for c in STATE_COLUMNS[:5]},
+                         columns=STATE_COLUMNS[:5])
+    last = runs.drop_duplicates("run_id", keep="last").set_index("run_id") if len(runs) else pd.DataFrame()
+    ids = state["run_id"]
+    status = ids.map(last["status"]) if "status" in last else pd.Series(None, index=ids.index, dtype=object)
+    status = status.fillna("missing").astype(object)
+    job = ids.map(alive or {})
+    live = job.notna() & ~status.isin(DONE)  # a live job supersedes a stale row
+    status[live] = job[live].isin(RUNNING_JOB_STATES).map({True: "running", False: "pending"})
+    status[~live & status.isin(["running", "preempted"])] = "missing"  # its job is gone
+    err = ids.map(last["error"]) if "error" in last else pd.Series(None, index=ids.index, dtype=object)
+    state["status"] = status
+    state["error"] = err.where(err.map(lambda e: isinstance(e, str)), None).astype(object)
+    state["wall_time_s"] = ids.map(last["wall_time_s"]) if "wall_time_s" in last else None
+    state["job_state"] = job.astype(object).where(job.notna(), None)
+    return state
 
 
 def counts(state: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:

@@ -66,25 +66,32 @@ def ask_wave(spec: GridSpec, plan: list[PlannedRun], statuses: dict[str, str], s
     return new
 
 
-def tell(spec: GridSpec, plan: list[PlannedRun], runs: pd.DataFrame, storage) -> int:
-    """Tell every finished point not told yet; returns how many trials were told or added."""
+def tell(spec: GridSpec, plan: list[PlannedRun], runs: pd.DataFrame, storage,
+         told: dict | None = None) -> int:
+    """Tell every finished point not told yet; returns how many trials were told or added.
+
+    ``told`` (a dict the caller keeps between calls) remembers the points already in the
+    storage with their statuses, so a controller that tells after every finished run does not
+    query every study again."""
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    by_id = runs.set_index("run_id") if len(runs) else None
+    by_id = runs.drop_duplicates("run_id", keep="last").set_index("run_id") if len(runs) else None
+    status_of = dict(zip(by_id.index, by_id.status, strict=True)) if by_id is not None else {}
     groups: dict[tuple[str, str | None, int], list[PlannedRun]] = {}
     for r in plan:
         groups.setdefault((r.cell, r.stem, r.point), []).append(r)
     cell_by_key = {cell_key(c): c for c in cells(spec)}
     dists = distributions(spec.ranges)
     studies: dict[tuple[str, str | None], Any] = {}
-    told = 0
+    count = 0
     for (cell, stem, point), members in groups.items():
-        if by_id is None or not all(m.run_id in by_id.index for m in members):
+        outcome = tuple(status_of.get(m.run_id) for m in members)
+        if not all(s in TERMINAL for s in outcome):
+            continue
+        if told is not None and told.get((cell, stem, point)) == outcome:
             continue
         rows = by_id.loc[[m.run_id for m in members]]
-        if not rows.status.isin(TERMINAL).all():
-            continue
         if (cell, stem) not in studies:
             studies[(cell, stem)] = _study(spec, storage, cell_by_key.get(cell, {}), stem)
         study = studies[(cell, stem)]
@@ -103,6 +110,8 @@ def tell(spec: GridSpec, plan: list[PlannedRun], runs: pd.DataFrame, storage) ->
         trials = study.get_trials(deepcopy=False)
         same = [t for t in trials if t.user_attrs.get("run_ids") == ids]
         if any(t.state == state and t.user_attrs.get("statuses") == attrs["statuses"] for t in same):
+            if told is not None:
+                told[(cell, stem, point)] = outcome
             continue  # already told with this outcome
         params = {k: members[0].config.to_dict()[k] for k in dists}
         asked = [t for t in same if t.state == TrialState.RUNNING]
@@ -116,5 +125,7 @@ def tell(spec: GridSpec, plan: list[PlannedRun], runs: pd.DataFrame, storage) ->
         else:
             study.add_trial(create_trial(params=params, distributions=dists, value=value,
                                          state=state, user_attrs=attrs, intermediate_values=inter))
-        told += 1
-    return told
+        if told is not None:
+            told[(cell, stem, point)] = outcome
+        count += 1
+    return count

@@ -1,0 +1,298 @@
+"""Local runs from a warm launcher: torch is imported once, every run is still its own process.
+
+A local grid of short runs used to spend most of its time starting Python and importing torch
+(~4 s per run on a small machine). The controller now starts one launcher process
+(``python -m stability.grid.local``) that imports torch and the trainer, then forks one child
+per run task on request. Children are ordinary processes: their pid is the job id in the
+ledger, a crash takes down only that run, SIGTERM checkpoints it (``stability.train``), and they
+outlive the controller (``--no-wait``). Several tasks per job make one DDP run on this machine
+(gloo on CPU, NCCL on GPUs); with ``gpus_per_node`` each job gets its own GPUs.
+
+Protocol (JSON lines): the controller writes ``{"token", "config", "tasks", "threads", "env",
+"log_dir", "timeout_s"}``; the launcher answers ``{"token", "pid"}`` once forked and
+``{"pid", "code"}`` when the job's last task has exited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# What a run imports: torch and the trainer, the model families, submitit.
+PRELOAD = ("torch", "stability.train", "stability.models.vit", "stability.models.regnet", "stability.grid.launch")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gpu_ids() -> list[str]:
+    """GPUs this machine lets us use: CUDA_VISIBLE_DEVICES, else ``nvidia-smi -L``, else none."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def pid_alive(pid: str) -> bool:
+    """A local job (its id is the pid) still runs; zombies count as dead."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+@dataclass
+class LocalJob:
+    """A submitted local job; ``job_id`` is the pid of its rank-0 task."""
+
+    pool: LocalPool
+    job_id: str
+    gpus: list[str] = field(default_factory=list)
+    code: int | None = None
+
+    def done(self) -> bool:
+        self.pool.wait(0)
+        return self.code is not None or not pid_alive(self.job_id)
+
+
+class LocalPool:
+    """The controller's side: start the launcher, submit runs, wait for any to end."""
+
+    def __init__(self, folder: Path, timeout_min: int, tasks_per_node: int = 1, gpus_per_node: int = 0):
+        self.folder = folder
+        self.timeout_s = 60 * timeout_min
+        self.tasks = tasks_per_node
+        self.gpus_per_job = gpus_per_node
+        self.free_gpus = _gpu_ids() if gpus_per_node else []
+        self.jobs: dict[str, LocalJob] = {}
+        self._token = 0
+        self._buf = b""
+        folder.mkdir(parents=True, exist_ok=True)
+        # Started now so its torch import overlaps the controller's planning.
+        self.proc = subprocess.Popen([sys.executable, "-m", "stability.grid.local"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=open(folder / "launcher.err", "ab"))
+
+    @classmethod
+    def for_executor(cls, ex, folder: Path) -> LocalPool:
+        """A pool with an ``ExecutorSpec``'s limits."""
+        return cls(folder, ex.timeout_min, ex.tasks_per_node, ex.gpus_per_node or 0)
+
+    def capacity(self, max_parallel: int) -> int:
+        """Jobs that may run at once: ``max_parallel``, fewer when each job needs its own GPUs."""
+        if not self.gpus_per_job:
+            return max_parallel
+        busy = sum(len(j.gpus) for j in self.jobs.values() if j.code is None)
+        return min(max_parallel, (len(self.free_gpus) + busy) // self.gpus_per_job)
+
+    def submit(self, config: dict[str, Any], threads: int | None) -> LocalJob:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the local launcher exited ({self.proc.returncode}); see {self.folder / 'launcher.err'}")
+        gpus = self.free_gpus[:self.gpus_per_job] if self.gpus_per_job else []
+        del self.free_gpus[:len(gpus)]
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if self.gpus_per_job else {}
+        self._token += 1
+        msg = {"token": self._token, "config": config, "tasks": self.tasks, "threads": threads, "env": env,
+               "log_dir": str(self.folder), "timeout_s": self.timeout_s}
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        self.proc.stdin.flush()
+        while True:  # the first answer waits for the launcher's imports
+            for rec in self._read(None):
+                if rec.get("token") == self._token:
+                    job = LocalJob(self, str(rec["pid"]), gpus)
+                    self.jobs[job.job_id] = job
+                    return job
+
+    def wait(self, timeout: float | None) -> None:
+        """Return when a job ends (its exit is recorded) or after ``timeout`` seconds."""
+        self._read(timeout)
+
+    def _read(self, timeout: float | None) -> list[dict[str, Any]]:
+        out = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                rec = json.loads(line)
+                if "code" in rec and str(rec["pid"]) in self.jobs:
+                    job = self.jobs[str(rec["pid"])]
+                    job.code = int(rec["code"])
+                    self.free_gpus += job.gpus
+                out.append(rec)
+            if out:
+                return out
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if not ready:
+                return out
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:  # the launcher is gone; jobs are judged by their pids
+                if timeout is None:
+                    raise RuntimeError(f"the local launcher exited; see {self.folder / 'launcher.err'}")
+                time.sleep(left or 0)
+                return out
+            self._buf += chunk
+
+    def close(self) -> None:
+        """Let go of the launcher; running jobs go on (they are judged by their pids)."""
+        if self.proc.poll() is not None:
+            return
+        self.wait(0)
+        if all(j.code is not None for j in self.jobs.values()):
+            self.proc.kill()  # nothing left to reap; its interpreter exit would take seconds
+            self.proc.wait()
+        else:
+            self.proc.stdin.close()  # the launcher stays while its jobs run, reaping them
+
+
+# ---- the launcher process ------------------------------------------------------------------
+
+
+def _child(msg: dict[str, Any], rank: int, port: int, rank0_pid: int) -> None:
+    """In a forked task: logs to files, its own environment, then the run. Never returns."""
+    code = 1
+    try:
+        name = f"{rank0_pid}_{rank}_log"
+        out = os.open(os.path.join(msg["log_dir"], f"{name}.out"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        err = os.open(os.path.join(msg["log_dir"], f"{name}.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        for src, dst in ((devnull, 0), (out, 1), (err, 2)):
+            os.dup2(src, dst)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.environ.update(msg["env"])
+        if msg["tasks"] > 1:
+            os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(msg["tasks"]),
+                               "LOCAL_WORLD_SIZE": str(msg["tasks"]), "MASTER_ADDR": "127.0.0.1",
+                               "MASTER_PORT": str(port)})
+        from .launch import RunJob
+
+        print(json.dumps(RunJob(msg["threads"])(msg["config"])), flush=True)
+        code = 0
+    except BaseException:  # noqa: BLE001 - the traceback goes to the run's log
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    """The launcher: fork jobs on request, report their ends, enforce time limits."""
+    import importlib
+
+    for name in PRELOAD:  # the point: imported once, shared by every fork
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the runs, not the launcher
+    wake_r, wake_w = os.pipe()  # a child's exit wakes the loop at once (set_wakeup_fd)
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    reply = sys.stdout.buffer
+    stdin = sys.stdin.buffer.raw
+    jobs: dict[int, dict[str, Any]] = {}  # rank-0 pid -> {"pids", "deadline", "code", "killed"}
+    owner: dict[int, int] = {}  # task pid -> rank-0 pid
+    buf, open_ = b"", True
+
+    def send(rec: dict[str, Any]) -> None:
+        try:
+            reply.write((json.dumps(rec) + "\n").encode())
+            reply.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the controller went away: its jobs go on
+
+    while open_ or jobs:
+        ready, _, _ = select.select([stdin, wake_r] if open_ else [wake_r], [], [], 0.5)
+        if wake_r in ready:
+            while True:
+                try:
+                    if not os.read(wake_r, 4096):
+                        break
+                except BlockingIOError:
+                    break
+        if open_:
+            if stdin in ready:
+                chunk = os.read(stdin.fileno(), 65536)
+                open_ = bool(chunk)
+                buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                port = _free_port() if msg["tasks"] > 1 else 0
+                pids: list[int] = []
+                for rank in range(msg["tasks"]):
+                    pid = os.fork()
+                    if pid == 0:
+                        signal.set_wakeup_fd(-1)
+                        os.close(wake_r)
+                        os.close(wake_w)
+                        _child(msg, rank, port, pids[0] if pids else os.getpid())
+                    pids.append(pid)
+                jobs[pids[0]] = {"pids": set(pids), "deadline": time.monotonic() + msg["timeout_s"],
+                                 "code": 0, "killed": 0.0}
+                owner.update({p: pids[0] for p in pids})
+                send({"token": msg["token"], "pid": pids[0]})
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            lead = owner.pop(pid, None)
+            if lead is None:
+                continue
+            job = jobs[lead]
+            job["pids"].discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                job["code"] = job["code"] or code
+                for p in job["pids"]:  # one task failed: the others would hang in a collective
+                    _kill(p, signal.SIGTERM)
+            if not job["pids"]:
+                del jobs[lead]
+                send({"pid": lead, "code": job["code"]})
+        now = time.monotonic()
+        for job in jobs.values():
+            if now > job["deadline"] and not job["killed"]:
+                job["killed"] = now  # SIGTERM: the run checkpoints and records "preempted"
+                for p in job["pids"]:
+                    _kill(p, signal.SIGTERM)
+            elif job["killed"] and now > job["killed"] + 60:
+                for p in job["pids"]:
+                    _kill(p, signal.SIGKILL)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+if __name__ == "__main__":
+    serve()
