@@ -54,10 +54,10 @@ class PlannedRun:
 class ConfigTemplate:
     """A validated config with some fields left open (a cell's sampled ranges).
 
-    ``fill(values)`` gives the run id and plan JSON of the config with those values by string
-    substitution into pre-split canonical JSON: byte-for-byte what ``RunConfig.run_id`` and
-    ``config_json`` compute (a test checks), without building a dataclass per point. The values
-    are not re-validated: the spec checked both ends of every range.
+    ``id_format % encode(values)`` and ``json_format % encode(values)`` are the canonical JSON
+    behind ``RunConfig.run_id`` and the plan's ``config_json`` of the config with those values,
+    byte for byte (a test checks), without building a dataclass per point. The values are not
+    re-validated: the spec checked both ends of every range.
     """
 
     _MARK = "\x01open\x01"
@@ -77,10 +77,6 @@ class ConfigTemplate:
     def encode(self, values: dict[str, Any]) -> tuple[str, ...]:
         """The open values as json.dumps writes them (floats and ints: repr)."""
         return tuple(repr(v) if type(v) in (float, int) else json.dumps(v) for v in map(values.__getitem__, self.open))
-
-    def fill(self, encoded: tuple[str, ...]) -> tuple[str, str]:
-        """``(run_id, config_json)`` for values from :meth:`encode`."""
-        return canonical_hash(self.id_format % encoded), self.json_format % encoded
 
 
 def cells(spec: GridSpec) -> list[dict[str, Any]]:
@@ -216,34 +212,43 @@ def make_config(spec: GridSpec, values: dict[str, Any], where: str) -> RunConfig
         raise ConfigError(f"{where}: {str(e)}", spec.path) from None
 
 
-def runs_for_point(spec: GridSpec, cell: dict[str, Any], point: dict[str, Any], index: int,
-                   wave: int = 0, stems: list[str | None] | None = None,
-                   templates: dict | None = None) -> list[PlannedRun]:
-    """Every stem x seed run of one sampled point of one cell.
+class CellRuns:
+    """The runs of one cell: every stem x seed run of each sampled point.
 
-    ``templates`` (a dict the caller keeps per cell) caches one validated :class:`ConfigTemplate`
-    per (stem, seed); further points only fill in their sampled values, so big plans stay fast.
+    The first point builds one validated :class:`ConfigTemplate` per (stem, seed); every point
+    after it only fills in its sampled values, so big plans stay fast.
     """
-    out = []
-    key = cell_key(cell)
-    encoded = None  # the same for every (stem, seed) template of the cell
-    for stem in stems if stems is not None else spec.axes.get("stem", [None]):
-        for seed in spec.seeds:
-            tkey = (stem, seed)
-            template = templates.get(tkey) if templates is not None else None
-            if template is None:
-                values = {**cell, **point, "seed": seed} | ({"stem": stem} if stem is not None else {})
-                cfg = make_config(spec, values, f"space ({cell_key({**cell, 'stem': stem})})")
-                template = ConfigTemplate(cfg, list(point))
-                if templates is not None:
-                    templates[tkey] = template
-            cfg = template.cfg
-            encoded = encoded or template.encode(point)
-            run_id, text = template.fill(encoded)
+
+    def __init__(self, spec: GridSpec, cell: dict[str, Any], stems: list[str | None] | None = None):
+        self.spec, self.cell, self.key = spec, cell, cell_key(cell)
+        stems = stems if stems is not None else spec.axes.get("stem", [None])
+        self.slots = [(stem, seed) for stem in stems for seed in spec.seeds]
+        self.templates: list[tuple[ConfigTemplate, str]] = []  # per slot: (template, stem label)
+
+    def _build(self, point: dict[str, Any]) -> None:
+        for stem, seed in self.slots:
+            values = {**self.cell, **point, "seed": seed} | ({"stem": stem} if stem is not None else {})
+            cfg = make_config(self.spec, values, f"space ({cell_key({**self.cell, 'stem': stem})})")
             label = stem if stem is not None else (resolve(cfg.model, cfg.stem)[1] or "regnet")
-            out.append(PlannedRun(run_id, key, label, index, seed, wave, point.get("optimizer", cfg.optimizer),
-                                  point.get("epochs", cfg.epochs), text))
-    return out
+            self.templates.append((ConfigTemplate(cfg, list(point)), label))
+
+    def runs(self, points: list[dict[str, Any]], first_index: int = 0, wave: int = 0) -> list[PlannedRun]:
+        """The runs of ``points`` (indices from ``first_index``), point by point, stem x seed."""
+        if not points:
+            return []
+        if not self.templates:
+            self._build(points[0])
+        encode = self.templates[0][0].encode  # every template has the same open fields
+        encoded = [encode(p) for p in points]
+        per_slot = [([canonical_hash(t.id_format % e) for e in encoded], [t.json_format % e for e in encoded],
+                     label, seed, t.cfg) for (t, label), (_, seed) in zip(self.templates, self.slots, strict=True)]
+        key, out = self.key, []
+        for i, p in enumerate(points):
+            opt, ep = p.get("optimizer"), p.get("epochs")
+            for ids, texts, label, seed, cfg in per_slot:
+                out.append(PlannedRun(ids[i], key, label, first_index + i, seed, wave, opt or cfg.optimizer,
+                                      ep or cfg.epochs, texts[i]))
+        return out
 
 
 def make_plan(spec: GridSpec) -> list[PlannedRun]:
@@ -257,12 +262,10 @@ def make_plan(spec: GridSpec) -> list[PlannedRun]:
     for cell in cells(spec):
         seed = cell_seed(spec.sampler.seed, cell)
         points = sample_points(spec.ranges, spec.sampler.name, n, seed)
-        templates: dict = {}
-        for i, point in enumerate(points):
-            for run in runs_for_point(spec, cell, point, i, templates=templates):
-                if run.run_id not in seen:
-                    seen.add(run.run_id)
-                    plan.append(run)
+        for run in CellRuns(spec, cell).runs(points):
+            if run.run_id not in seen:
+                seen.add(run.run_id)
+                plan.append(run)
     return plan
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from .plan import PlannedRun, cell_key, cell_seed, cells, distributions, runs_for_point, tpe_sampler
+from .plan import CellRuns, PlannedRun, cell_key, cell_seed, cells, distributions, tpe_sampler
 from .spec import GridSpec
 
 TERMINAL = ("completed", "diverged", "failed")
@@ -58,9 +58,10 @@ def ask_wave(spec: GridSpec, plan: list[PlannedRun], statuses: dict[str, str], s
             if k <= 0:
                 continue
             study = _study(spec, storage, cell, stem)
+            planner = CellRuns(spec, cell, [stem])
             for _ in range(k):
                 trial = study.ask(dists)
-                runs = runs_for_point(spec, cell, trial.params, trial.number, asked // wave, [stem])
+                runs = planner.runs([trial.params], trial.number, asked // wave)
                 trial.set_user_attr("run_ids", [r.run_id for r in runs])
                 new += runs
     return new
