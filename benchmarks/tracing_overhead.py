@@ -5,7 +5,13 @@ tracing every step (per-parameter norms, per-layer sums, parameter norms and upd
 and the default (the total grad norm every step, the per-layer trace every k=10 steps).
 Buffers stay on the device as in ``stability.train`` (read once per 10 steps).
 
-    python benchmarks/tracing_overhead.py [--reps 7] [--steps 20] [--model vit_c_tiny]
+A shared 2-core machine's step time wanders by +-15%, more than the effect, so the tracing work
+is also timed on its own: the per-step part (per-parameter grad norms, per-layer sums, total)
+and the per-trace part (parameter snapshot, update norms), each the minimum of many repetitions
+(noise only ever adds time), against the minimum step time. That estimate decides the goal;
+the interleaved loops are reported beside it.
+
+    python benchmarks/tracing_overhead.py [--reps 15] [--steps 10] [--model vit_c_tiny]
 """
 
 from __future__ import annotations
@@ -67,30 +73,71 @@ def run(model_name: str, batch: int, px: int, device: str, reps: int, steps: int
     for _ in range(reps):
         for name, every in variants.items():
             times[name].append(loop(model, opt, tracer, x, y, steps, every))
-    return times
+    parts = components(model, opt, tracer, x, y)
+    return times, parts
+
+
+def _min_time(fn, n: int) -> float:
+    best = float("inf")
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def components(model, opt, tracer, x, y, n: int = 50) -> dict[str, float]:
+    """Minimum seconds of: one untraced step; the per-step tracing work; the per-trace work."""
+    def step():
+        loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+
+    def per_step():
+        tracer.grad_norms().square().sum().sqrt().item()
+
+    def per_trace():
+        tracer.before_step()
+        torch.cat(tracer.after_step()).sum().item()
+
+    t_step = _min_time(step, max(10, n // 3))
+    F.cross_entropy(model(x).float(), y).backward()  # gradients for the tracer to read
+    return {"step": t_step, "per_step": _min_time(per_step, n), "per_trace": _min_time(per_trace, n)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--model", default="vit_c_tiny")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--px", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    times = run(args.model, args.batch, args.px, args.device, args.reps, args.steps)
+    times, parts = run(args.model, args.batch, args.px, args.device, args.reps, args.steps)
+    k = 10
     base = times["off"]
-    lines = [f"{args.model}, batch {args.batch}, {args.px} px, {args.device}, {args.steps} steps per repetition",
-             "", "| tracing | s per step | overhead vs off (median of paired ratios) |", "|---|---|---|"]
-    overhead = {}
+    lines = [f"{args.model}, batch {args.batch}, {args.px} px, {args.device}",
+             "", "Tracing work timed on its own (minimum of 50; the step: minimum of 16):", "",
+             "| part | ms | share of an untraced step |", "|---|---|---|"]
+    t_step, t_ps, t_pt = parts["step"], parts["per_step"], parts["per_trace"]
+    est_default = (t_ps + t_pt / k) / t_step
+    est_every = (t_ps + t_pt) / t_step
+    lines += [f"| untraced step | {1000 * t_step:.1f} | 100% |",
+              f"| per step: per-layer grad norms + total | {1000 * t_ps:.2f} | {100 * t_ps / t_step:.2f}% |",
+              f"| per trace: param snapshot + update norms | {1000 * t_pt:.2f} | {100 * t_pt / t_step:.2f}% |",
+              f"| **default (per step + per trace / {k})** | | **{100 * est_default:+.2f}%** |",
+              f"| every step (per step + per trace) | | {100 * est_every:+.2f}% |",
+              "", f"Interleaved loops ({args.reps} repetitions of {args.steps} steps each):", "",
+              "| tracing | s per step | min vs off | median of paired ratios |", "|---|---|---|---|"]
     for name, ts in times.items():
         ratio = statistics.median(t / b for t, b in zip(ts, base, strict=True)) - 1
-        overhead[name] = ratio
-        lines.append(f"| {name} | {spread([t / args.steps for t in ts])} | {100 * ratio:+.1f}% |")
-    default = overhead["every 10 steps (default)"]
-    lines += ["", f"Goal (<= 3% at the default): {'met' if default <= 0.03 else 'not met'} "
-                  f"({100 * default:+.1f}%); every step costs {100 * overhead['every step']:+.1f}%."]
+        lines.append(f"| {name} | {spread([t / args.steps for t in ts])} | {100 * (min(ts) / min(base) - 1):+.1f}% "
+                     f"| {100 * ratio:+.1f}% |")
+    lines += ["", f"Goal (<= 3% at the default): {'met' if est_default <= 0.03 else 'not met'} "
+                  f"({100 * est_default:+.2f}% from the timed parts); every step costs {100 * est_every:+.2f}%."]
     append_results(f"Gradient-tracing overhead ({args.device})", lines)
 
 

@@ -30,6 +30,9 @@ from typing import Any
 PRELOAD = ("torch", "stability.train", "stability.models.vit", "stability.models.regnet", "stability.grid.launch")
 
 
+FAILED_TASK_GRACE_S = 30.0
+
+
 def _free_port() -> int:
     import socket
 
@@ -271,8 +274,9 @@ def serve() -> None:
             code = os.waitstatus_to_exitcode(status)
             if code != 0:
                 job["code"] = job["code"] or code
-                for p in job["pids"]:  # one task failed: the others would hang in a collective
-                    _kill(p, signal.SIGTERM)
+                # one task failed: the others may hang in a collective. Give them a grace period
+                # (rank 0 may be writing its own failed row), then the time-limit path stops them.
+                job["deadline"] = min(job["deadline"], time.monotonic() + FAILED_TASK_GRACE_S)
             if not job["pids"]:
                 del jobs[lead]
                 send({"pid": lead, "code": job["code"]})

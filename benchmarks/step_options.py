@@ -1,0 +1,84 @@
+"""Do ``torch.compile`` and ``channels_last`` pay for a training step here?
+
+Same model, batch and data; variants interleaved in each repetition: eager (the default),
+``channels_last`` (memory format of the model and input: only convolutions care, i.e. ViT_C's
+stem and RegNetY), and ``torch.compile`` (default mode; its one-off compile time is reported
+apart). Ratio = best repetition of the variant / best repetition of eager (images/s).
+
+    python benchmarks/step_options.py [--reps 7] [--steps 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import append_results, spread  # noqa: E402
+from train_step import step_fn  # noqa: E402
+
+from stability.models import build_model, model_spec  # noqa: E402
+
+CASES = [("vit_c_tiny", 32, 64), ("vit_p_tiny", 32, 64), ("regnety_tiny", 32, 64)]
+
+
+def variants(name: str, px: int, batch: int, device: str, with_compile: bool):
+    """``{variant: step function}`` and the compile time (s) of the compiled one."""
+    out = {}
+    torch.manual_seed(0)
+    out["eager"] = step_fn(build_model(model_spec(name, image_size=px)).to(device), batch, px, device, None)
+    torch.manual_seed(0)
+    cl = build_model(model_spec(name, image_size=px)).to(device, memory_format=torch.channels_last)
+    out["channels_last"] = step_fn(cl, batch, px, device, None, channels_last=True)
+    compile_s = None
+    if with_compile:
+        torch.manual_seed(0)
+        compiled = torch.compile(build_model(model_spec(name, image_size=px)).to(device))
+        fn = step_fn(compiled, batch, px, device, None)
+        t = time.perf_counter()
+        fn()  # the compile
+        compile_s = time.perf_counter() - t
+        out["torch.compile"] = fn
+    return out, compile_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+    lines = ["| model | variant | img/s | vs eager (best / best) |", "|---|---|---|---|"]
+    notes = []
+    for name, px, batch in CASES:
+        fns, compile_s = variants(name, px, batch, args.device, not args.no_compile)
+        for fn in fns.values():
+            fn()
+            fn()
+        ips: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(args.reps):
+            for k, fn in fns.items():
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                for _ in range(args.steps):
+                    fn()
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                ips[k].append(batch * args.steps / (time.perf_counter() - t))
+        for k, xs in ips.items():
+            lines.append(f"| {name} {px}px b{batch} | {k} | {spread(xs)} | {max(xs) / max(ips['eager']):.3f} |")
+            print(lines[-1], flush=True)
+        if compile_s is not None:
+            notes.append(f"{name}: first compiled step {compile_s:.1f} s")
+    lines += ["", "One-off compile cost: " + "; ".join(notes) + "." if notes else ""]
+    append_results(f"Step options: channels_last, torch.compile ({args.device})", lines)
+
+
+if __name__ == "__main__":
+    main()
