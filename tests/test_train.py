@@ -142,3 +142,16 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_matches(tmp_path, reference):
     ref_row, ref = reference
     assert row["top1_err"] == ref_row["top1_err"]
     assert store.load(tmp_path).steps.loss.tolist() == pytest.approx(ref.steps.loss.tolist(), rel=1e-5)
+
+
+def test_regnet_trains_channels_last(tmp_path):
+    """RegNetY runs in channels_last (it pays on CPU, benchmarks/step_options.py) and trains."""
+    from stability.train import memory_format
+
+    assert memory_format("regnet") == torch.channels_last and memory_format("vit") == torch.contiguous_format
+    model = build_model(model_spec("regnety_tiny", image_size=32)).to(memory_format=memory_format("regnet"))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    row = train(run_config({"model": "regnety_tiny", "dataset": "digits", "epochs": 1, "steps_per_epoch": 3,
+                            "batch_size": 16, "results": str(tmp_path)}))
+    assert row["status"] == "completed" and 0 <= row["top1_err"] <= 100
