@@ -131,6 +131,8 @@ def _load_grid(args: argparse.Namespace):
 
 def cmd_grid_run(args: argparse.Namespace) -> int:
     spec = _load_grid(args)
+    if args.retry and args.retry != "failed":
+        raise ConfigError(f"--retry: {args.retry!r} is not allowed (allowed: failed)")
     pool = None
     if not args.dry_run:
         from .grid.spec import resolve_kind
@@ -163,8 +165,6 @@ def _grid_run(args: argparse.Namespace, spec, pool) -> int:
             plan = make_plan(spec)
         _print_plan(spec, plan, estimate_cost(plan))
         return 0
-    if args.retry and args.retry != "failed":
-        raise ConfigError(f"--retry: {args.retry!r} is not allowed (allowed: failed)")
     opts = RunOptions(retry_failed=args.retry == "failed", wait=not args.no_wait,
                       array_size=args.array_size, show_progress=not args.quiet)
     outcome = Controller(spec, opts, console, executor=pool).run()
