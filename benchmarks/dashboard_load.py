@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, timed  # noqa: E402
 
 from stability import analysis, store  # noqa: E402
+from stability.distributed import free_port  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 
@@ -79,9 +79,7 @@ def make_root(root: Path, n_runs: int, grad_rows: int, seed: int = 0) -> None:
 def first_paint(root: Path, pages: list[str], repeats: int) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard/app.py"),
                              "--server.headless", "true", "--server.address", "127.0.0.1",
                              "--server.port", str(port), "--browser.gatherUsageStats", "false",

@@ -29,6 +29,15 @@ class Dist:
         return self.rank == 0
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (a rendezvous port for a local multi-process run)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def from_env() -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port
+from stability.distributed import free_port
 
 ROOT = Path(__file__).parents[1]
 ART = ROOT / "tests" / "artifacts"

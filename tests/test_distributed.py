@@ -15,10 +15,11 @@ import pytest
 
 from stability import store
 from stability.config import run_config
+from stability.distributed import free_port
 from stability.grid.local import pid_alive
 from stability.train import checkpoint_path, train
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT
 
 DDP = dict(model="vit_p_tiny", dataset="digits", epochs=2, steps_per_epoch=6, batch_size=32,
            lr=2e-3, trace_every=2)  # patchify: no BatchNorm, so per-rank statistics don't differ

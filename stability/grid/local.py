@@ -33,14 +33,6 @@ PRELOAD = ("torch", "stability.train", "stability.models.vit", "stability.models
 FAILED_TASK_GRACE_S = 30.0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _gpu_ids() -> list[str]:
     """GPUs this machine lets us use: CUDA_VISIBLE_DEVICES, else ``nvidia-smi -L``, else none."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -203,6 +195,8 @@ def serve() -> None:
     """The launcher: fork jobs on request, report their ends, enforce time limits."""
     import importlib
 
+    from ..distributed import free_port
+
     for name in PRELOAD:  # the point: imported once, shared by every fork
         try:
             importlib.import_module(name)
@@ -245,7 +239,7 @@ def serve() -> None:
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 msg = json.loads(line)
-                port = _free_port() if msg["tasks"] > 1 else 0
+                port = free_port() if msg["tasks"] > 1 else 0
                 pids: list[int] = []
                 for rank in range(msg["tasks"]):
                     pid = os.fork()
