@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, spread  # noqa: E402
-from train_step import step_fn  # noqa: E402
+from train_step import step_fn, time_steps  # noqa: E402
 
 from stability.models import build_model, model_spec  # noqa: E402
 
@@ -57,20 +57,7 @@ def main() -> None:
     notes = []
     for name, px, batch in CASES:
         fns, compile_s = variants(name, px, batch, args.device, not args.no_compile)
-        for fn in fns.values():
-            fn()
-            fn()
-        ips: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(args.reps):
-            for k, fn in fns.items():
-                if args.device == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                for _ in range(args.steps):
-                    fn()
-                if args.device == "cuda":
-                    torch.cuda.synchronize()
-                ips[k].append(batch * args.steps / (time.perf_counter() - t))
+        ips = time_steps(fns, batch, args.device, args.reps, args.steps)
         for k, xs in ips.items():
             lines.append(f"| {name} {px}px b{batch} | {k} | {spread(xs)} | {max(xs) / max(ips['eager']):.3f} |")
             print(lines[-1], flush=True)

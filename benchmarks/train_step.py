@@ -84,6 +84,11 @@ def measure(models: dict[str, nn.Module], batch: int, image_size: int, device: s
             steps: int, dtype: torch.dtype | None = None) -> dict[str, list[float]]:
     """images/s per model over ``reps`` interleaved repetitions of ``steps`` steps each."""
     fns = {k: step_fn(m.to(device).train(), batch, image_size, device, dtype) for k, m in models.items()}
+    return time_steps(fns, batch, device, reps, steps)
+
+
+def time_steps(fns: dict, batch: int, device: str, reps: int, steps: int) -> dict[str, list[float]]:
+    """images/s per step function over ``reps`` interleaved repetitions of ``steps`` steps each."""
     for fn in fns.values():  # warm-up (allocator, kernels)
         fn()
         fn()

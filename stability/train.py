@@ -374,7 +374,7 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
     flag.install(signals)
     try:
         result = _loop(cfg, net, model, opt, tracer, data, device, autocast, st, spe, total_steps,
-                       warmup_steps, bound, flag.event, ckpt, reporter, d)
+                       warmup_steps, bound, flag.event, ckpt, reporter, d, fmt)
     except Preempted as p:
         st.wall_time_s += time.monotonic() - t0
         t0 = time.monotonic()
@@ -399,10 +399,12 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
 def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer,
           tracer: GradTracer, data: DataBundle, device: torch.device, autocast: Callable,
           st: RunState, spe: int, total_steps: int, warmup_steps: int, bound: float,
-          stop: threading.Event, ckpt: Path, reporter: Reporter | None, d: Dist) -> dict[str, Any]:
+          stop: threading.Event, ckpt: Path, reporter: Reporter | None, d: Dist,
+          fmt: torch.memory_format) -> dict[str, Any]:
     """The epoch/step loop; returns the final metrics of the runs row (status included).
 
-    ``net`` is what runs forward (DDP and/or compiled), ``model`` the plain module. Each optimizer
+    ``net`` is what runs forward (DDP and/or compiled), ``model`` the plain module, ``fmt`` the
+    memory format it was built in (inputs follow it). Each optimizer
     step sees the global batch: ``accum_steps`` micro-batches per rank, gradients averaged over
     ranks by DDP (synchronised on the last micro-batch only), so the traced gradient norms are
     the all-reduced ones and identical on every rank.
@@ -417,7 +419,6 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
     traces: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     correct = torch.zeros((), device=device)
     accum = cfg.accum_steps
-    fmt = memory_format(model_spec(cfg.model, cfg.stem).family)  # as the model was built
 
     def flush(epoch: int) -> tuple[int | None, bool]:
         """Move buffered rows to the host (one sync, one all-reduce when distributed).

@@ -98,7 +98,9 @@ class Controller:
     def run(self) -> Outcome:
         t0 = time.monotonic()
         spec = self.spec
-        executor = self.executor or make_executor(spec.executor, self.kind, self.log_dir, spec.name)
+        if self.executor is not None:  # its maker closes it
+            return self._run(self.executor, t0)
+        executor = make_executor(spec.executor, self.kind, self.log_dir, spec.name)
         try:
             return self._run(executor, t0)
         finally:
