@@ -108,25 +108,29 @@ def _load_grid(args: argparse.Namespace):
     from .grid.spec import load_spec, with_executor
 
     spec = load_spec(args.spec, {"results": args.results} if getattr(args, "results", None) else None)
-    profile = getattr(args, "profile", None)
-    changes: dict[str, Any] = {}
-    if profile:
-        from .yamlio import load_yaml
-
-        path = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else (
-            Path(os.environ.get("STABILITY_PROFILES", "slurm/profiles")) / f"{profile}.yaml")
-        if not path.is_file():
-            known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-            raise ConfigError(f"--profile: no profile {str(path)!r} (known: {', '.join(known) or 'none'})")
-        loaded = load_yaml(path)
-        if not isinstance(loaded, dict):
-            raise ConfigError("expected a mapping of executor fields", str(path))
-        changes |= loaded
+    changes = _profile(getattr(args, "profile", None))
     if getattr(args, "executor", None):
         changes["kind"] = args.executor
     if getattr(args, "max_parallel", None) is not None:
         changes["max_parallel"] = args.max_parallel
     return with_executor(spec, **changes) if changes else spec
+
+
+def _profile(profile: str | None) -> dict[str, Any]:
+    """The executor fields of a cluster profile (a name under slurm/profiles, or a path)."""
+    if not profile:
+        return {}
+    from .yamlio import load_yaml
+
+    path = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else (
+        Path(os.environ.get("STABILITY_PROFILES", "slurm/profiles")) / f"{profile}.yaml")
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise ConfigError(f"--profile: no profile {str(path)!r} (known: {', '.join(known) or 'none'})")
+    loaded = load_yaml(path)
+    if not isinstance(loaded, dict):
+        raise ConfigError("expected a mapping of executor fields", str(path))
+    return loaded
 
 
 def cmd_grid_run(args: argparse.Namespace) -> int:
@@ -281,6 +285,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .reproduce import SCALES, STUDIES, run_studies, study_specs, write_report
+
+    if args.quick and args.paper:
+        raise ConfigError("reproduce: --quick and --paper exclude each other (allowed: one of them, or neither)")
+    scale = "quick" if args.quick else "paper" if args.paper else "cpu"
+    folder = Path(args.grids) if args.grids else SCALES[scale]
+    study_specs(folder)  # every spec present before anything runs
+    only = args.only.split(",") if args.only else None
+    if only and (bad := sorted(set(only) - set(STUDIES))):
+        raise ConfigError(f"--only: unknown study {bad[0]!r} (allowed: {', '.join(STUDIES)})")
+    results = run_studies(folder, args.results, _profile(args.profile) or None, only, show_progress=not args.quiet,
+                          console=Console(stderr=True))
+    root = args.results or "results"
+    out = Path(args.out) if args.out else Path(root) / "reproduce" / scale
+    md, page = write_report(results, scale, root, out)
+    for r in results:
+        f = r.finding
+        print(f"{f.title}: {f.verdict} ({f.statistic} = {f.effect:+.2f} [{f.lo:+.2f}, {f.hi:+.2f}], n {f.n})")
+    print(f"report: {md} and {page}")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -330,6 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report.html")
     p.add_argument("--results", default="results")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="run the paper's four studies and write a verdict report")
+    p.add_argument("--quick", action="store_true", help="grids/cpu/quick: a few minutes, tiny runs")
+    p.add_argument("--paper", action="store_true", help="grids/: the paper's sizes (use --profile)")
+    p.add_argument("--grids", help="a folder holding lr_wd/optimizer/epochs/peak.yaml instead")
+    p.add_argument("--only", help="comma-separated studies: lr_wd,optimizer,epochs,peak")
+    p.add_argument("--results", help="results root (overrides the specs' 'results')")
+    p.add_argument("--profile", help="cluster profile: slurm/profiles/NAME.yaml or a path")
+    p.add_argument("--out", help="report path without suffix (default RESULTS/reproduce/SCALE)")
+    p.add_argument("--quiet", action="store_true", help="no live progress tables")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("dashboard", help="start the Streamlit dashboard")
     p.add_argument("--results", default="results")

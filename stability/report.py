@@ -48,9 +48,4 @@ def build_report(root: str | Path, sweep: str) -> str:
 
 
 def write_report(root: str | Path, sweep: str, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(build_report(root, sweep))
-    tmp.replace(out)
-    return out
+    return store.write_text_atomic(out, build_report(root, sweep))

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: EMA errors and the collapsed flag (older files read them as null)
 STATUSES = ("completed", "diverged", "failed", "preempted", "running")
 DONE_STATUSES = ("completed", "diverged")
 
@@ -32,7 +32,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("run_id", _S), ("status", _S), ("model", _S), ("stem", _S), ("optimizer", _S),
         ("lr", _F), ("wd", _F), ("epochs", _I), ("batch_size", _I), ("warmup_epochs", _F),
         ("seed", _I), ("dataset", _S), ("params", _I), ("flops", _I), ("top1_err", _F),
-        ("top5_err", _F), ("best_top1_err", _F), ("final_train_loss", _F),
+        ("top5_err", _F), ("best_top1_err", _F), ("ema_top1_err", _F), ("ema_top5_err", _F),
+        ("final_train_loss", _F), ("collapsed", pa.bool_()),
         ("diverged_at_step", _I), ("n_spikes", _I), ("wall_time_s", _F), ("device", _S),
         ("world_size", _I), ("host", _S), ("slurm_job_id", _S), ("git_sha", _S),
         ("stability_version", _S), ("config_json", _S), ("started_at", _T), ("finished_at", _T),
@@ -40,7 +41,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     ]),
     "epochs": pa.schema([
         ("run_id", _S), ("epoch", _I), ("train_loss", _F), ("train_top1_err", _F),
-        ("val_top1_err", _F), ("val_top5_err", _F), ("lr", _F), ("time_s", _F),
+        ("val_top1_err", _F), ("val_top5_err", _F), ("val_ema_top1_err", _F),
+        ("val_ema_top5_err", _F), ("lr", _F), ("time_s", _F),
         ("schema_version", _I),
     ]),
     "steps": pa.schema([
@@ -80,6 +82,20 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a dot-prefixed temp file beside ``path``, then rename it over ``path``:
+    a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def write_run(

@@ -36,10 +36,12 @@ from .analysis.spikes import count_spikes
 from .config import RunConfig
 from .data import DataBundle, EpochSampler, load_dataset
 from .distributed import Dist, all_reduce, from_env, init
+from .ema import WeightEMA, make_ema
 from .models import build_model, count_complexity, layer_groups, model_spec, resolve
 from .models.presets import canonical_name
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the weight EMA
+COLLAPSE_FRACTION = 0.9  # collapsed: final train loss >= 0.9 x ln(classes), i.e. never left chance
 
 
 class Preempted(Exception):
@@ -160,19 +162,20 @@ class RunState:
 
 
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st: RunState,
-                     cfg: RunConfig) -> None:
+                     cfg: RunConfig, ema: WeightEMA | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = {
         "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "state": st.__dict__, "rng": torch.get_rng_state(),
+        "ema": ema.state_dict() if ema else None,
     }
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
 def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
-                     device: torch.device) -> RunState | None:
+                     device: torch.device, ema: WeightEMA | None) -> RunState | None:
     if not path.is_file():
         return None
     payload = torch.load(path, map_location=device, weights_only=False)
@@ -180,6 +183,8 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
         return None
     model.load_state_dict(payload["model"])
     opt.load_state_dict(payload["optimizer"])
+    if ema is not None and payload.get("ema") is not None:
+        ema.load_state_dict(payload["ema"])
     torch.set_rng_state(payload["rng"])
     return RunState(**payload["state"])
 
@@ -337,6 +342,7 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
         fmt = memory_format(spec.family)
         model = build_model(spec, freeze_stem=cfg.freeze_stem).to(device, memory_format=fmt)
         opt = make_optimizer(cfg, model)
+        ema = make_ema(model, cfg.ema_alpha, cfg.ema_period, cfg.batch_size, cfg.epochs, cfg.warmup_epochs)
         tracer = GradTracer(model, device)
         if cfg.batch_size % (d.world_size * cfg.accum_steps):
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by world_size x accum_steps "
@@ -346,7 +352,7 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set "
                              f"({len(data.train)} images)")
         ckpt = checkpoint_path(cfg)
-        if resume and (loaded := _load_checkpoint(ckpt, model, opt, device)):
+        if resume and (loaded := _load_checkpoint(ckpt, model, opt, device, ema)):
             st = loaded
             if d.is_main:
                 print(f"stability: run {cfg.run_id} resumes from {ckpt} (epoch {st.epoch}, "
@@ -374,12 +380,12 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
     flag.install(signals)
     try:
         result = _loop(cfg, net, model, opt, tracer, data, device, autocast, st, spe, total_steps,
-                       warmup_steps, bound, flag.event, ckpt, reporter, d, fmt)
+                       warmup_steps, bound, flag.event, ckpt, reporter, d, fmt, ema)
     except Preempted as p:
         st.wall_time_s += time.monotonic() - t0
         t0 = time.monotonic()
         if d.is_main:
-            _save_checkpoint(ckpt, model, opt, st, cfg)
+            _save_checkpoint(ckpt, model, opt, st, cfg, ema)
         write("preempted")
         raise flag.preempted(str(p)) from None
     except BaseException as e:
@@ -400,11 +406,12 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
           tracer: GradTracer, data: DataBundle, device: torch.device, autocast: Callable,
           st: RunState, spe: int, total_steps: int, warmup_steps: int, bound: float,
           stop: threading.Event, ckpt: Path, reporter: Reporter | None, d: Dist,
-          fmt: torch.memory_format) -> dict[str, Any]:
+          fmt: torch.memory_format, ema: WeightEMA | None) -> dict[str, Any]:
     """The epoch/step loop; returns the final metrics of the runs row (status included).
 
     ``net`` is what runs forward (DDP and/or compiled), ``model`` the plain module, ``fmt`` the
-    memory format it was built in (inputs follow it). Each optimizer
+    memory format it was built in (inputs follow it), ``ema`` the weight average (or None).
+    Each optimizer
     step sees the global batch: ``accum_steps`` micro-batches per rank, gradients averaged over
     ranks by DDP (synchronised on the last micro-batch only), so the traced gradient norms are
     the all-reduced ones and identical on every rank.
@@ -466,7 +473,8 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
         st.steps_rows = [r for r in st.steps_rows if r["step"] <= step]
         st.grad_rows = [r for r in st.grad_rows if r["step"] <= step]
         return {"status": "diverged", "diverged_at_step": step, "top1_err": 100.0,
-                "top5_err": 100.0, "best_top1_err": 100.0,
+                "top5_err": 100.0, "best_top1_err": 100.0, "collapsed": False,
+                **({"ema_top1_err": 100.0, "ema_top5_err": 100.0} if ema else {}),
                 "final_train_loss": st.steps_rows[-1]["loss"] if st.steps_rows else None}
 
     while st.epoch < cfg.epochs:
@@ -499,6 +507,8 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
             opt.zero_grad(set_to_none=True)
             if trace:
                 traces.append((st.step, layer_norms, *tracer.after_step()))
+            if ema is not None and ema.due(st.batch):
+                ema.update(model, epoch)
             losses.append(loss)
             gnorms.append(layer_norms.square().sum().sqrt())
             lrs.append(lr)
@@ -518,11 +528,12 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
         if stopped:
             raise Preempted(f"stopped at step {st.step}")
         top1, top5 = evaluate(net, data, cfg, device, autocast, d, fmt)
+        ema1, ema5 = evaluate(ema.model, data, cfg, device, autocast, d, fmt) if ema else (None, None)
         row = {"run_id": cfg.run_id, "epoch": epoch,
                "train_loss": st.epoch_loss_sum / max(st.batch, 1),
                "train_top1_err": 100.0 * (1 - st.epoch_correct / max(st.epoch_seen, 1)),
-               "val_top1_err": top1, "val_top5_err": top5, "lr": _last_lr(st),
-               "time_s": time.monotonic() - t_epoch}
+               "val_top1_err": top1, "val_top5_err": top5, "val_ema_top1_err": ema1,
+               "val_ema_top5_err": ema5, "lr": _last_lr(st), "time_s": time.monotonic() - t_epoch}
         st.epochs_rows.append(row)
         if reporter and d.is_main:
             reporter.on_epoch(row)
@@ -530,11 +541,13 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
         st.epoch_loss_sum = st.epoch_correct = 0.0
         st.epoch_seen = 0
         if st.epoch < cfg.epochs and d.is_main:
-            _save_checkpoint(ckpt, model, opt, st, cfg)
+            _save_checkpoint(ckpt, model, opt, st, cfg, ema)
     last = st.epochs_rows[-1]
     return {"status": "completed", "top1_err": last["val_top1_err"], "top5_err": last["val_top5_err"],
             "best_top1_err": min(r["val_top1_err"] for r in st.epochs_rows),
-            "final_train_loss": last["train_loss"]}
+            "ema_top1_err": last["val_ema_top1_err"], "ema_top5_err": last["val_ema_top5_err"],
+            "final_train_loss": last["train_loss"],
+            "collapsed": last["train_loss"] >= COLLAPSE_FRACTION * math.log(max(data.num_classes, 2))}
 
 
 def _last_lr(st: RunState) -> float | None:

@@ -107,3 +107,30 @@ def test_local_two_task_job_is_one_ddp_run_and_failures_keep_their_log(tmp_path)
     spec = load_spec(spec_path)
     pid = read_ledger(spec.sweep_dir)[done.run_id.iloc[0]]["job_id"]
     assert {p.name for p in (spec.sweep_dir / "logs").glob(f"{pid}_*_log.err")} == {f"{pid}_0_log.err", f"{pid}_1_log.err"}
+
+
+def test_tpe_with_model_fixed_stems_finishes_with_n_runs_per_model_and_tells_each_wave(tmp_path):
+    """A peak-like spec (the stem comes from the model name): each model's study gets exactly n
+    distinct points, and its second wave is asked only after the first was told."""
+    spec_path = write_spec(tmp_path / "g.yaml", "peak", tmp_path / "res",
+                           base={"optimizer": "adamw", "epochs": 1, "steps_per_epoch": 2},
+                           space={"model": ["vit_p_tiny", "vit_c_tiny"], "lr": {"loguniform": [1e-4, 1e-2]},
+                                  "wd": {"loguniform": [1e-3, 0.5]}},
+                           sampler={"name": "tpe", "n": 4, "wave": 2, "seed": 0}, executor={"kind": "debug"})
+    out = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert out.returncode == 0, out.stderr
+    runs = store.load(tmp_path / "res").runs
+    assert runs.groupby("model").run_id.nunique().to_dict() == {"vit_c_tiny": 4, "vit_p_tiny": 4}
+    assert runs.groupby("model")[["lr", "wd"]].apply(lambda g: len(g.drop_duplicates())).tolist() == [4, 4]
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'res/_sweeps/peak/optuna.db'}")
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert names == ["peak/model=vit_c_tiny/stem=conv", "peak/model=vit_p_tiny/stem=patchify"]
+    for name in names:
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+        first, second = trials[:2], trials[2:]
+        assert min(t.datetime_start for t in second) >= max(t.datetime_complete for t in first)
+    # rerunning finds the sweep complete: nothing asked, nothing submitted
+    again = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert again.returncode == 0 and "submitted 0" in again.stdout
+    assert len(optuna.load_study(study_name=names[0], storage=storage).trials) == 4

@@ -108,3 +108,50 @@ def test_models_cli_json_and_table():
     assert isinstance(by["vit_p_4gf"]["flops"], int)
     table = run_cli("models")
     assert table.returncode == 0 and "vit_c_18gf" in table.stdout and "GFLOPs" in table.stdout
+
+
+@pytest.mark.parametrize("name", ["vit_c_tiny", "vit_c_1gf"])
+def test_conv_stem_init_matches_pycls(name):
+    """pycls init_weights_vit: 3x3 convs normal std sqrt(2/out), the last 1x1 normal
+    std sqrt(1/out) with a zero bias; BatchNorm at PyTorch's default (weight 1, bias 0)."""
+    torch.manual_seed(0)
+    stem = build_model(model_spec(name)).stem
+    convs = [m for m in stem.layers if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.kernel_size == (3, 3) and c.bias is None for c in convs)
+    for conv in convs:
+        want = (2.0 / conv.out_channels) ** 0.5
+        assert abs(conv.weight.std().item() / want - 1) < 0.1, (conv, conv.weight.std().item(), want)
+        assert abs(conv.weight.mean().item()) < 0.1 * want
+    want = (1.0 / stem.proj.out_channels) ** 0.5
+    assert stem.proj.kernel_size == (1, 1)
+    assert abs(stem.proj.weight.std().item() / want - 1) < 0.1
+    assert torch.count_nonzero(stem.proj.bias) == 0
+    for bn in (m for m in stem.layers if isinstance(m, torch.nn.BatchNorm2d)):
+        assert torch.all(bn.weight == 1) and torch.count_nonzero(bn.bias) == 0
+
+
+@pytest.mark.parametrize("size", ["vit_tiny", "vit_small", "vit_1gf", "vit_4gf", "vit_18gf", "vit_36gf"])
+def test_conv_stem_channels_rise_to_the_width(size):
+    """The paper's pattern: 3x3 channels never exceed the width, never fall, and end at it."""
+    ch = VIT_SIZES[size].conv_channels
+    assert ch[-1] == VIT_SIZES[size].width and max(ch) == ch[-1]
+    assert all(a <= b for a, b in zip(ch, ch[1:], strict=False))
+
+
+def test_regnety_tiny_is_flop_matched_to_the_tiny_vits():
+    r = count_complexity(model_spec("regnety_tiny")).flops
+    for vit in ("vit_p_tiny", "vit_c_tiny"):
+        v = count_complexity(model_spec(vit)).flops
+        assert abs(r - v) / v < 0.05, (r, v)
+
+
+def test_run_ids_change_with_the_architecture_only():
+    from stability.config import run_config
+
+    # a patchify run planned before conv-stem revision 1 and the EMA fields keeps its id
+    assert run_config({"model": "vit_p_tiny"}).identity().get("arch_rev") is None
+    assert "ema_alpha" not in run_config({"model": "vit_p_tiny"}).identity()
+    assert run_config({"model": "vit_c_tiny"}).identity()["arch_rev"] == 1
+    assert run_config({"model": "regnety_tiny"}).identity()["arch_rev"] == 1
+    a, b = run_config({"ema_alpha": 1e-5}), run_config({"ema_alpha": 1e-3})
+    assert a.run_id == run_config({}).run_id != b.run_id

@@ -155,3 +155,38 @@ def test_regnet_trains_channels_last(tmp_path):
     row = train(run_config({"model": "regnety_tiny", "dataset": "digits", "epochs": 1, "steps_per_epoch": 3,
                             "batch_size": 16, "results": str(tmp_path)}))
     assert row["status"] == "completed" and 0 <= row["top1_err"] <= 100
+
+
+def test_weight_ema_follows_pycls():
+    """pycls update_model_ema: every period-th batch, ema <- (1 - a) ema + a w with
+    a = min(1, alpha * batch_size / epochs * period); a plain copy during warmup epochs."""
+    from stability.ema import make_ema
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = make_ema(model, alpha=0.01, period=4, batch_size=64, epochs=8, warmup_epochs=1)
+    assert ema.alpha == pytest.approx(0.32) and make_ema(model, 0.01, 0, 64, 8, 1) is None
+    assert [ema.due(b) for b in range(6)] == [True, False, False, False, True, False]
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model, epoch=0)  # warmup: copy
+    assert torch.equal(ema.model[0].weight, model[0].weight)
+    before = ema.model[0].weight.clone()
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)
+        model[1].running_mean.fill_(2.0)
+    model[1].num_batches_tracked.fill_(7)
+    ema.update(model, epoch=1)
+    torch.testing.assert_close(ema.model[0].weight, 0.68 * before + 0.32 * model[0].weight)
+    torch.testing.assert_close(ema.model[1].running_mean, torch.full((2,), 0.64))  # buffers too
+    assert int(ema.model[1].num_batches_tracked) == 7
+
+
+def test_ema_errors_and_outcome_are_recorded(tiny_run):
+    cfg, row = tiny_run
+    res = store.load(cfg.results)
+    assert res.epochs.val_ema_top1_err.between(0, 100).all()
+    assert row["ema_top1_err"] == res.epochs.sort_values("epoch").val_ema_top1_err.iloc[-1]
+    # collapsed: the final epoch's train loss at or above 0.9 ln(10) means it never left chance
+    assert row["collapsed"] == (row["final_train_loss"] >= 0.9 * math.log(10))
+    assert res.runs.collapsed.dtype == bool

@@ -4,12 +4,35 @@ Typical use in a notebook::
 
     from stability import store, analysis
     res = store.load("results")
-    analysis.edf(res.runs, by=["stem"], relative=True)      # EDF points + bootstrap band
-    analysis.compare(res.runs, by="stem")                   # KS, area, fraction within x points
+    analysis.edf(res.runs, relative=True)     # per sweep x optimizer x epochs x stem: bands
+    analysis.compare(res.runs, by="stem")     # signed effects b − a with CIs, paired tests
     analysis.first_layer_lead(res.grad_norms)               # MoCo v3: first-layer spikes lead
 """
 
-from .edf import DIVERGED_ERROR, area_between, compare, edf, edf_at, errors, summary, worst_runs
+from .compare import (
+    area_between,
+    compare,
+    ks_permutation_p,
+    ks_signed,
+    paired_differences,
+    paired_tests,
+    pooled,
+    strata,
+    verdict_text,
+    with_size,
+)
+from .edf import (
+    DIVERGED_ERROR,
+    default_by,
+    dkw_halfwidth,
+    edf,
+    edf_at,
+    errors,
+    outcomes,
+    summary,
+    within_fraction,
+    worst_runs,
+)
 from .spikes import (
     SpikeParams,
     count_spikes,
@@ -23,7 +46,9 @@ from .sweeps import best_configs, error_vs_hparams, lr_wd_heatmap, optimizer_gap
 
 __all__ = [
     "DIVERGED_ERROR", "SpikeParams", "area_between", "best_configs", "compare", "count_spikes",
-    "detect_spikes", "downsample", "edf", "edf_at", "error_vs_hparams", "errors",
-    "first_layer_lead", "lr_wd_heatmap", "mark_spikes", "optimizer_gap", "spike_counts", "summary",
-    "training_length", "worst_runs",
+    "default_by", "detect_spikes", "dkw_halfwidth", "downsample", "edf", "edf_at",
+    "error_vs_hparams", "errors", "first_layer_lead", "ks_permutation_p", "ks_signed",
+    "lr_wd_heatmap", "mark_spikes", "optimizer_gap", "outcomes", "paired_differences",
+    "paired_tests", "pooled", "spike_counts", "strata", "summary", "training_length",
+    "verdict_text", "with_size", "within_fraction", "worst_runs",
 ]

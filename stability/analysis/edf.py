@@ -1,14 +1,17 @@
-"""Error EDFs (Radosavovic et al. 2019) and their comparison between groups (e.g. stems).
+"""Error EDFs (Radosavovic et al. 2019) with pointwise and simultaneous bands.
 
 The EDF of n errors e_i is F(e) = (1/n) * sum_i 1[e_i < e]. Diverged runs count at 100% error
 (``DIVERGED_ERROR``): pycls and Optuna drop them, which hides exactly the instability we measure.
-Runs that failed or have not finished are not errors of the model and are left out.
+Runs that failed, were preempted or are still running are not errors of the model: they are left
+out of the EDF and counted in ``summary`` (``outcomes``). Relative errors (Δ to the group's best)
+are rounded to 1e-9 so that float subtraction never decides a tie: errors are multiples of
+100 / n_val, and "within x points" means Δ ≤ x (``within_fraction``), the value of the EDF just
+after x.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -27,9 +30,30 @@ def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
     df["diverged"] = df["status"].eq("diverged")
     df["err"] = np.where(df["diverged"], DIVERGED_ERROR, df[value].astype(float))
     df["err"] = df["err"].fillna(DIVERGED_ERROR)
+    df["err_abs"] = df["err"]
     if relative and len(df):
-        df["err"] = df["err"] - df.groupby(list(by), observed=True)["err"].transform("min")
+        best = df.groupby(list(by), observed=True)["err"].transform("min")
+        df["err"] = np.round(df["err"] - best, 9)
     return df
+
+
+def within_fraction(delta: np.ndarray, x: float) -> float:
+    """Fraction of runs whose Δ-to-best is at most ``x`` points (Δ rounded to 1e-9)."""
+    delta = np.asarray(delta, dtype=float)
+    return float(np.mean(np.round(delta, 9) <= x)) if len(delta) else float("nan")
+
+
+def dkw_halfwidth(n: int, ci: float = 0.9) -> float:
+    """Dvoretzky-Kiefer-Wolfowitz: P(sup|F_n − F| > eps) ≤ 2 exp(−2 n eps²), so a simultaneous
+    ``ci`` band is F_n ± sqrt(ln(2 / (1 − ci)) / (2 n)) (n=16, 90%: 0.306)."""
+    return float(np.sqrt(np.log(2 / (1 - ci)) / (2 * n))) if n else float("nan")
+
+
+def default_by(runs: pd.DataFrame, group: str = "stem") -> list[str]:
+    """The grouping that pools nothing: every design axis that varies, then ``group``."""
+    from .compare import strata
+
+    return [*strata(runs, exclude=(group,)), group]
 
 
 def worst_runs(runs: pd.DataFrame, k: int = 1, by: Sequence[str] = ("stem",),
@@ -50,16 +74,26 @@ def edf_at(values: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None)
     return cw[np.searchsorted(values[order], x, side="left")] / cw[-1]
 
 
-def edf(runs: pd.DataFrame, by: Sequence[str] = ("stem",), value: str = "top1_err",
+def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err",
         relative: bool = False, weights: str | None = None, n_boot: int = 200, ci: float = 0.9,
         seed: int = 0) -> pd.DataFrame:
-    """EDF points per group with a seeded bootstrap band.
+    """EDF points per group with seeded bootstrap bands.
 
-    Returns one row per group and distinct error ``x``: ``F`` = F(x) (the fraction strictly
-    below x), ``F_right`` = the fraction at or below x (the value just after the step at x),
-    ``F_lo``/``F_hi`` the bootstrap band of ``F_right``, ``n`` runs and ``n_diverged`` of them
-    counted at 100%. Plot ``x`` vs ``F_right`` as a step function (``line_shape='hv'``).
+    ``by`` defaults to ``default_by(runs)``: sweep, optimizer, epochs ... whichever vary, then the
+    stem, so nothing is pooled unless asked; the ``pooled`` column names the design axes a
+    given ``by`` pools ("" when none). Returns one row per group and distinct error ``x``:
+    ``F`` = F(x) (the fraction strictly below x), ``F_right`` = the fraction at or below x (the
+    value just after the step at x), ``F_lo``/``F_hi`` the pointwise bootstrap band of
+    ``F_right``, ``F_lo_sim``/``F_hi_sim`` a simultaneous band (the bootstrap quantile of
+    sup|F* − F_n|), ``dkw`` the DKW simultaneous half-width, ``n`` runs and ``n_diverged`` of them
+    counted at 100%. In relative mode each resample re-chooses its best run. Plot ``x`` vs
+    ``F_right`` as a step function (``line_shape='hv'``).
     """
+    from .compare import pooled, with_size
+
+    runs = with_size(runs)
+    by = list(default_by(runs) if by is None else by)
+    pooled_axes = ",".join(pooled(runs, by))
     df = errors(runs, value, relative, by)
     rng = np.random.default_rng(seed)
     rows = []
@@ -69,7 +103,7 @@ def edf(runs: pd.DataFrame, by: Sequence[str] = ("stem",), value: str = "top1_er
         xs = np.unique(e)
         right = np.nextafter(xs, np.inf)
         f, f_right = edf_at(e, xs, w), edf_at(e, right, w)
-        lo = hi = f_right
+        lo = hi = lo_sim = hi_sim = f_right
         if n_boot and len(e) > 1:
             # A resample is a multinomial count per run; its EDF at each distinct error is the
             # cumulative (weighted) count up to that error: all resamples at once, no sorting.
@@ -77,58 +111,58 @@ def edf(runs: pd.DataFrame, by: Sequence[str] = ("stem",), value: str = "top1_er
             if w is not None:
                 counts *= w
             order = np.argsort(e, kind="stable")
-            cum = np.cumsum(counts[:, order], axis=1)
-            last = np.searchsorted(e[order], xs, side="right") - 1  # last run at or below x
-            boots = cum[:, last] / cum[:, -1:]
+            if relative:  # each resample's Δ is to its own best: shift by its best's Δ
+                raw = g["err_abs"].to_numpy(float)[order]
+                shift = np.where(counts[:, order] > 0, raw, np.inf).min(axis=1) - raw.min()
+                boots = np.stack([edf_at(e[order] - s, np.nextafter(xs, np.inf), c)
+                                  for s, c in zip(np.round(shift, 9), counts[:, order], strict=True)])
+            else:
+                cum = np.cumsum(counts[:, order], axis=1)
+                last = np.searchsorted(e[order], xs, side="right") - 1  # last run at or below x
+                boots = cum[:, last] / cum[:, -1:]
             lo, hi = np.quantile(boots, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+            sup = np.quantile(np.abs(boots - f_right).max(axis=1), ci)
+            lo_sim, hi_sim = np.clip(f_right - sup, 0, 1), np.clip(f_right + sup, 0, 1)
         key = key if isinstance(key, tuple) else (key,)
         part = pd.DataFrame({"x": xs, "F": f, "F_right": f_right, "F_lo": lo, "F_hi": hi,
-                             "n": len(e), "n_diverged": int(g["diverged"].sum())})
+                             "F_lo_sim": lo_sim, "F_hi_sim": hi_sim, "dkw": dkw_halfwidth(len(e), ci),
+                             "n": len(e), "n_diverged": int(g["diverged"].sum()), "pooled": pooled_axes})
         for col, value in zip(by, key, strict=True):
             part.insert(list(by).index(col), col, value)
         rows.append(part)
-    cols = [*by, "x", "F", "F_right", "F_lo", "F_hi", "n", "n_diverged"]
+    cols = [*by, "x", "F", "F_right", "F_lo", "F_hi", "F_lo_sim", "F_hi_sim", "dkw", "n", "n_diverged",
+            "pooled"]
     return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
 
 
-def area_between(a: np.ndarray, b: np.ndarray) -> float:
-    """Integral of |F_a(e) - F_b(e)| de over the errors (in error points, e.g. percent)."""
-    xs = np.unique(np.concatenate([a, b]))
-    if len(xs) < 2:
-        return 0.0
-    diff = np.abs(edf_at(a, np.nextafter(xs[:-1], np.inf)) - edf_at(b, np.nextafter(xs[:-1], np.inf)))
-    return float(np.sum(diff * np.diff(xs)))
+def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err") -> pd.DataFrame:
+    """Per group: finished runs (the EDF's n), diverged and collapsed among them, best, median and
+    worst error (diverged at 100), and the runs left out of the EDF: failed, preempted, running.
 
+    ``by`` defaults to ``default_by(runs)`` (nothing pooled)."""
+    from .compare import with_size
 
-def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relative: bool = False,
-            within: Sequence[float] = WITHIN) -> pd.DataFrame:
-    """One row per pair of groups: KS distance and p-value, area between the EDFs, and per group
-    the fraction of runs within x points of the best run of either group, best/median/worst."""
-    from scipy.stats import ks_2samp
-
-    df = errors(runs, value, relative, (by,))
-    groups = {k: g["err"].to_numpy(float) for k, g in df.groupby(by, observed=True, sort=True)}
-    rows = []
-    for a, b in combinations(sorted(groups), 2):
-        ea, eb = groups[a], groups[b]
-        # exact p-values cost O(n*m) and more; past 10^4 pairs the asymptotic one is accurate
-        ks = ks_2samp(ea, eb, method="exact" if len(ea) * len(eb) <= 10_000 else "asymp")
-        best = min(ea.min(), eb.min())
-        row = {"a": a, "b": b, "n_a": len(ea), "n_b": len(eb), "ks": float(ks.statistic),
-               "ks_p": float(ks.pvalue), "area": area_between(ea, eb)}
-        for name, e in (("a", ea), ("b", eb)):
-            row |= {f"best_{name}": float(e.min()), f"median_{name}": float(np.median(e)),
-                    f"worst_{name}": float(e.max())}
-            for t in within:
-                row[f"within_{t:g}_{name}"] = float(np.mean(e <= best + t))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def summary(runs: pd.DataFrame, by: Sequence[str] = ("stem",), value: str = "top1_err") -> pd.DataFrame:
-    """Per group: runs, diverged, best, median and worst error (diverged at 100)."""
+    runs = with_size(runs)
+    by = list(default_by(runs) if by is None else by)
     df = errors(runs, value, False, by)
-    g = df.groupby(list(by), observed=True)
-    out = g.agg(runs=("err", "size"), diverged=("diverged", "sum"), best=("err", "min"),
-                median=("err", "median"), worst=("err", "max"))
-    return out.reset_index()
+    if "collapsed" not in df.columns:
+        df["collapsed"] = False
+    df["collapsed"] = df["collapsed"].fillna(False).astype(bool)
+    g = df.groupby(by, observed=True)
+    out = g.agg(runs=("err", "size"), diverged=("diverged", "sum"), collapsed=("collapsed", "sum"),
+                best=("err", "min"), median=("err", "median"), worst=("err", "max")).reset_index()
+    left = outcomes(runs, by)
+    return out.merge(left, on=by, how="outer").fillna(
+        {c: 0 for c in ("runs", "diverged", "collapsed", "failed", "preempted", "running")})
+
+
+def outcomes(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Per group: how many runs failed, were preempted or are running (left out of every EDF)."""
+    cols = ["failed", "preempted", "running"]
+    if runs.empty:
+        return pd.DataFrame(columns=[*by, *cols])
+    counts = pd.crosstab([runs[c] for c in by], runs["status"])
+    for c in cols:
+        if c not in counts.columns:
+            counts[c] = 0
+    return counts[cols].reset_index().rename_axis(columns=None)

@@ -1,11 +1,18 @@
-"""Spike detection on gradient-norm traces.
+"""Spike detection on gradient-norm traces, and the first-layer lead (MoCo v3).
 
-A step is a spike when its value exceeds ``factor`` times the median of the previous ``window``
-steps, or its z-score against those steps (median and MAD-based scale, robust to the spikes
-themselves) exceeds ``z``. Defaults: a 50-step window spans several trace points of a CPU run and
-about half an epoch at ImageNet scale; ``factor=3`` flags jumps an order of magnitude-ish above
-the local level, the kind MoCo v3 (Chen et al. 2021, Fig. 4) shows in the patch projection;
-``z=6`` keeps a Gaussian-noise trace at essentially zero false positives (P(|Z|>6) ~ 2e-9).
+A traced point is a spike when its log-norm jumps above the recent *trend*, not above a level:
+
+    r_t      = log v_t − median(log v over the previous ``window`` steps)      (the residual)
+    excess_t = r_t − median(previous residuals in the window)
+    noise_t  = 1.4826 · median(|r_i − r_{i−1}| over the window) / √2   (robust to drifting r)
+    spike    ⇔ excess_t ≥ log(factor)  and  excess_t ≥ z · noise_t
+
+A steadily rising or falling norm has a steady residual, so its excess stays near 0; a jump of
+``factor``× above the trend that also stands out of the residuals' own noise is flagged. The
+window and the history are in optimizer **steps** (the ``step`` column), so one setting means the
+same for ``trace_every`` 1 and 50; a point is judged once ``min_points`` earlier points lie in
+its window. Defaults were chosen by measurement on labelled runs (``benchmarks/spike_validation.py``,
+figures in ``benchmarks/RESULTS.md`` and ``docs/methodology.md``).
 """
 
 from __future__ import annotations
@@ -19,28 +26,49 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class SpikeParams:
-    window: int = 50
-    factor: float = 3.0
-    z: float = 6.0
-    min_history: int = 10  # no verdict before this many previous finite points
+    window: int = 100  # steps of history behind each point
+    factor: float = 2.0  # the jump above the trend, as a ratio of norms
+    z: float = 6.0  # ... and in robust standard deviations of the residuals
+    min_points: int = 8  # earlier points in the window before a point is judged
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.min_points < 2 or self.factor <= 1 or self.z <= 0:
+            raise ValueError("SpikeParams: window >= 1 step, min_points >= 2, factor > 1, z > 0 "
+                             f"(got {self})")
 
 
-def detect_spikes(values: Iterable[float], params: SpikeParams = SpikeParams()) -> np.ndarray:
-    """Boolean mask: True where ``values[i]`` is a spike relative to its previous window.
+def _rolling_prev(s: pd.Series, window: int, min_points: int, fn: str) -> pd.Series:
+    """``fn`` over the points of the previous ``window`` steps (the index is the step)."""
+    t = pd.Series(s.to_numpy(), index=pd.to_timedelta(s.index.to_numpy(), unit="s"))
+    r = t.rolling(f"{window}s", closed="left", min_periods=min_points)
+    return pd.Series(getattr(r, fn)().to_numpy(), index=s.index)
 
-    Non-finite values are never spikes (divergence is recorded separately) and are ignored in
-    the history.
+
+def detect_spikes(values: Iterable[float], params: SpikeParams = SpikeParams(),
+                  steps: Iterable[int] | None = None) -> np.ndarray:
+    """Boolean mask: True where ``values[i]`` (at ``steps[i]``, default 0, 1, 2 ...) is a spike.
+
+    Non-finite and non-positive values are never spikes (divergence is recorded separately)
+    and are left out of the history.
     """
-    v = np.asarray(list(values) if not isinstance(values, np.ndarray | pd.Series) else values,
-                   dtype=float)
-    s = pd.Series(np.where(np.isfinite(v), v, np.nan))
-    prev = s.shift(1).rolling(params.window, min_periods=params.min_history)
-    med = prev.median()
-    mad = (s.shift(1) - med).abs().rolling(params.window, min_periods=params.min_history).median()
-    scale = 1.4826 * mad
-    ratio_hit = s > params.factor * med
-    z_hit = (s - med) > params.z * scale.where(scale > 0)
-    return ((ratio_hit | z_hit) & med.notna() & s.notna()).to_numpy()
+    v = np.asarray(list(values) if not isinstance(values, np.ndarray | pd.Series) else values, dtype=float)
+    st = np.arange(len(v)) if steps is None else np.asarray(list(steps) if not isinstance(steps, np.ndarray | pd.Series) else steps)
+    ok = np.isfinite(v) & (v > 0)
+    if ok.sum() <= params.min_points:
+        return np.zeros(len(v), dtype=bool)
+    logv = pd.Series(np.log(v[ok]), index=st[ok])
+    resid = logv - _rolling_prev(logv, params.window, params.min_points, "median")
+    r = resid.dropna()
+    med = _rolling_prev(r, params.window, params.min_points, "median")
+    # The noise scale from successive differences (MAD of Δr / √2): a drifting trend offset,
+    # as in the first window of a run, does not inflate it.
+    noise = _rolling_prev(r.diff().abs(), params.window, params.min_points, "median") / np.sqrt(2)
+    excess = r - med
+    hit = (excess >= np.log(params.factor)) & (excess >= params.z * 1.4826 * noise)
+    out = np.zeros(len(v), dtype=bool)
+    idx = np.flatnonzero(ok)[resid.notna().to_numpy()]
+    out[idx] = hit.fillna(False).to_numpy()
+    return out
 
 
 def count_spikes(steps: Iterable[Mapping] | pd.DataFrame, column: str = "grad_norm",
@@ -49,7 +77,8 @@ def count_spikes(steps: Iterable[Mapping] | pd.DataFrame, column: str = "grad_no
     df = steps if isinstance(steps, pd.DataFrame) else pd.DataFrame(list(steps))
     if df.empty or column not in df:
         return 0
-    return int(detect_spikes(df.sort_values("step")[column].to_numpy(), params).sum())
+    df = df.sort_values("step")
+    return int(detect_spikes(df[column].to_numpy(), params, df["step"].to_numpy()).sum())
 
 
 def mark_spikes(trace: pd.DataFrame, value: str = "grad_norm", keys: Sequence[str] = ("run_id", "layer"),
@@ -61,8 +90,9 @@ def mark_spikes(trace: pd.DataFrame, value: str = "grad_norm", keys: Sequence[st
     mask = np.zeros(len(out), dtype=bool)
     if len(out):
         groups = out.groupby(keys, observed=True, sort=False).indices if keys else {None: np.arange(len(out))}
+        values, steps = out[value].to_numpy(), out["step"].to_numpy()
         for idx in groups.values():
-            mask[idx] = detect_spikes(out[value].to_numpy()[idx], params)
+            mask[idx] = detect_spikes(values[idx], params, steps[idx])
     out["spike"] = mask
     return out
 
@@ -75,22 +105,48 @@ def spike_counts(grad_norms: pd.DataFrame, params: SpikeParams = SpikeParams()) 
     return g.agg(n_spikes="sum", n_points="size").reset_index()
 
 
-def first_layer_lead(grad_norms: pd.DataFrame, params: SpikeParams = SpikeParams()) -> pd.DataFrame:
-    """For each spike in the last layer (max depth) of a run: the nearest first-layer (min depth)
-    spike at or before it and the lead in steps (NaN when there is none). MoCo v3 saw first-layer
-    spikes some iterations before last-layer ones; a positive median lead reproduces that."""
+def first_layer_lead(grad_norms: pd.DataFrame, params: SpikeParams = SpikeParams(),
+                     max_lag: int = 50, n_shuffle: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Per run: do first-layer (min depth) spikes come shortly before last-layer (max depth)
+    ones, more often than chance? MoCo v3 saw the patch projection spike some iterations first.
+
+    For each last-layer spike: the nearest first-layer spike strictly before it, at most
+    ``max_lag`` steps earlier (a lead of 0, the same step, is not a lead). ``led`` is the
+    fraction of last-layer spikes so led; ``baseline`` the same fraction with the first-layer
+    spike steps placed at random among the traced steps (``n_shuffle`` times, mean), and
+    ``p`` the share of shuffles that reach the observed fraction. Runs whose last layer has no
+    spike are listed with ``n_last`` 0 so an empty verdict is visible, not silent.
+    """
     marked = mark_spikes(grad_norms, params=params)
+    rng = np.random.default_rng(seed)
     rows = []
     for run_id, g in marked.groupby("run_id", observed=True):
         first, last = g["depth"].min(), g["depth"].max()
-        first_steps = np.sort(g.loc[(g["depth"] == first) & g["spike"], "step"].to_numpy())
-        for step in g.loc[(g["depth"] == last) & g["spike"], "step"]:
-            i = np.searchsorted(first_steps, step, side="right") - 1
-            prev = first_steps[i] if i >= 0 else None
-            rows.append({"run_id": run_id, "last_layer_step": int(step),
-                         "first_layer_step": None if prev is None else int(prev),
-                         "lead": np.nan if prev is None else float(step - prev)})
-    return pd.DataFrame(rows, columns=["run_id", "last_layer_step", "first_layer_step", "lead"])
+        traced = np.sort(g.loc[g["depth"] == first, "step"].unique())
+        fs = np.sort(g.loc[(g["depth"] == first) & g["spike"], "step"].to_numpy())
+        ls = np.sort(g.loc[(g["depth"] == last) & g["spike"], "step"].to_numpy())
+        row = {"run_id": run_id, "n_first": len(fs), "n_last": len(ls), "led": np.nan,
+               "median_lead": np.nan, "baseline": np.nan, "p": np.nan}
+        if len(ls):
+            leads = _leads(fs, ls, max_lag)
+            row["led"] = float(np.isfinite(leads).mean())
+            row["median_lead"] = float(np.nanmedian(leads)) if np.isfinite(leads).any() else np.nan
+            if len(fs) and len(traced) > len(fs):
+                shuffled = np.array([np.isfinite(_leads(np.sort(rng.choice(traced, len(fs), replace=False)),
+                                                        ls, max_lag)).mean() for _ in range(n_shuffle)])
+                row["baseline"] = float(shuffled.mean())
+                row["p"] = float((1 + (shuffled >= row["led"]).sum()) / (1 + n_shuffle))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["run_id", "n_first", "n_last", "led", "median_lead", "baseline", "p"])
+
+
+def _leads(first_steps: np.ndarray, last_steps: np.ndarray, max_lag: int) -> np.ndarray:
+    """For each last-layer step: steps since the nearest earlier first-layer step (NaN if none
+    within ``max_lag``)."""
+    i = np.searchsorted(first_steps, last_steps, side="left") - 1
+    prev = np.where(i >= 0, first_steps[np.clip(i, 0, None)] if len(first_steps) else 0, -np.inf)
+    lead = last_steps - prev
+    return np.where((lead >= 1) & (lead <= max_lag), lead, np.nan).astype(float)
 
 
 def downsample(trace: pd.DataFrame, max_points: int = 2000, keys: Sequence[str] = ("run_id", "layer"),

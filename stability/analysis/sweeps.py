@@ -35,24 +35,36 @@ def lr_wd_heatmap(runs: pd.DataFrame, bins: int = 6, value: str = "top1_err",
     return g.agg(err="median", n="size").reset_index()
 
 
-def best_configs(runs: pd.DataFrame, by: Sequence[str] = ("stem",), value: str = "top1_err") -> pd.DataFrame:
-    """The best finished run per group with its knobs."""
-    df = error_vs_hparams(runs, value)
+def best_configs(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err") -> pd.DataFrame:
+    """The best finished run per group (any columns of ``runs``; default: nothing pooled) with
+    its knobs and ``n``, the finished runs it was chosen from."""
+    from .compare import with_size
+    from .edf import default_by
+
+    runs = with_size(runs)
+    by = list(default_by(runs) if by is None else by)
+    df = errors(runs, value, False, by)
     if df.empty:
         return df
-    return df.loc[df.groupby(list(by), observed=True)["err"].idxmin()].reset_index(drop=True)
+    keep = list(dict.fromkeys(c for c in ("run_id", *by, "sweep", "model", "stem", "optimizer",
+                                          "epochs", "lr", "wd", "seed") if c in df.columns))
+    n = df.groupby(by, observed=True)["err"].transform("size")
+    df = df[keep + ["err", "diverged"]].assign(n=n)
+    return df.loc[df.groupby(by, observed=True)["err"].idxmin()].reset_index(drop=True)
 
 
 def optimizer_gap(runs: pd.DataFrame, value: str = "top1_err") -> pd.DataFrame:
-    """Per stem and epoch budget: best and median error with AdamW and with SGD, and the gaps
-    (SGD minus AdamW; the paper: up to ~10 points for ViT_P, < 0.2 for ViT_C)."""
+    """Per sweep (when several), stem and epoch budget: best (over each optimizer's own lr/wd
+    runs, as the paper) and median error with AdamW and with SGD, ``n_`` runs behind each, and
+    the gaps (SGD minus AdamW; the paper: up to ~10 points for ViT_P, < 0.2 for ViT_C)."""
     df = error_vs_hparams(runs, value)
     if df.empty:
         return pd.DataFrame(columns=["stem", "epochs"])
-    g = df.groupby(["stem", "epochs", "optimizer"], observed=True)["err"].agg(["min", "median"])
+    keys = (["sweep"] if "sweep" in df and df["sweep"].nunique() > 1 else []) + ["stem", "epochs"]
+    g = df.groupby([*keys, "optimizer"], observed=True)["err"].agg(["min", "median", "size"])
     wide = g.unstack("optimizer")
     wide.columns = [f"{stat}_{opt}" for stat, opt in wide.columns]
-    wide = wide.rename(columns=lambda c: c.replace("min_", "best_"))
+    wide = wide.rename(columns=lambda c: c.replace("min_", "best_").replace("size_", "n_"))
     if {"best_adamw", "best_sgd"} <= set(wide.columns):
         wide["gap_best"] = wide["best_sgd"] - wide["best_adamw"]
         wide["gap_median"] = wide["median_sgd"] - wide["median_adamw"]
@@ -60,10 +72,15 @@ def optimizer_gap(runs: pd.DataFrame, value: str = "top1_err") -> pd.DataFrame:
 
 
 def training_length(runs: pd.DataFrame, value: str = "top1_err",
-                    by: Sequence[str] = ("stem",)) -> pd.DataFrame:
+                    by: Sequence[str] | None = None) -> pd.DataFrame:
     """Best error per group and epoch budget, and its gap to the longest budget of the group
-    (the paper's "error relative to the 400-epoch run")."""
-    df = error_vs_hparams(runs, value)
+    (the paper's "error relative to the 400-epoch run"). ``by`` defaults to every design axis
+    that varies except epochs, then the stem."""
+    from .compare import strata, with_size
+
+    runs = with_size(runs)
+    by = list([*strata(runs, exclude=("stem", "epochs")), "stem"] if by is None else by)
+    df = errors(runs, value, False, by)
     if df.empty:
         return pd.DataFrame(columns=[*by, "epochs", "best", "median", "n", "vs_longest"])
     g = df.groupby([*by, "epochs"], observed=True)["err"].agg(best="min", median="median", n="size")

@@ -205,6 +205,21 @@ def tpe_sampler(seed: int):
                                       n_startup_trials=8)
 
 
+def stem_label(spec: GridSpec, cell: dict[str, Any], stem: str | None) -> str:
+    """The stem a (cell, stem) study's runs are recorded under: the stem axis' value, else the
+    stem the model name fixes (``vit_c_tiny`` -> conv), ``patchify`` for a bare ViT size, or
+    ``regnet``."""
+    if stem is not None:
+        return stem
+    from ..config import FIELDS
+
+    model = cell.get("model", spec.base.get("model", FIELDS["model"].default))
+    try:
+        return resolve(model, cell.get("stem", spec.base.get("stem")))[1] or "regnet"
+    except ValueError:
+        return "regnet" if str(model).startswith("regnet") else "patchify"
+
+
 def make_config(spec: GridSpec, values: dict[str, Any], where: str) -> RunConfig:
     try:
         return run_config({**spec.base, **values, "results": spec.results, "sweep": spec.name})
@@ -229,8 +244,7 @@ class CellRuns:
         for stem, seed in self.slots:
             values = {**self.cell, **point, "seed": seed} | ({"stem": stem} if stem is not None else {})
             cfg = make_config(self.spec, values, f"space ({cell_key({**self.cell, 'stem': stem})})")
-            label = stem if stem is not None else (resolve(cfg.model, cfg.stem)[1] or "regnet")
-            self.templates.append((ConfigTemplate(cfg, list(point)), label))
+            self.templates.append((ConfigTemplate(cfg, list(point)), stem_label(self.spec, self.cell, stem)))
 
     def runs(self, points: list[dict[str, Any]], first_index: int = 0, wave: int = 0) -> list[PlannedRun]:
         """The runs of ``points`` (indices from ``first_index``), point by point, stem x seed."""

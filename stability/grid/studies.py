@@ -13,7 +13,16 @@ from typing import Any
 
 import pandas as pd
 
-from .plan import CellRuns, PlannedRun, cell_key, cell_seed, cells, distributions, tpe_sampler
+from .plan import (
+    CellRuns,
+    PlannedRun,
+    cell_key,
+    cell_seed,
+    cells,
+    distributions,
+    stem_label,
+    tpe_sampler,
+)
 from .spec import GridSpec
 
 TERMINAL = ("completed", "diverged", "failed")
@@ -36,33 +45,50 @@ def study_name(spec: GridSpec, cell: str, stem: str | None) -> str:
 def _study(spec: GridSpec, storage, cell: dict[str, Any], stem: str | None):
     import optuna
 
-    sampler = tpe_sampler(cell_seed(spec.sampler.seed, {**cell, "stem": stem}))
-    return optuna.create_study(study_name=study_name(spec, cell_key(cell), stem), storage=storage,
-                               direction="minimize", sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(study_name=study_name(spec, cell_key(cell), stem), storage=storage,
+                                direction="minimize", load_if_exists=True)
+    # A controller builds a fresh sampler for every wave: seeding it by the trials already in the
+    # study keeps the plan a function of the spec and the history, while a later wave does not
+    # replay the first wave's random start-up draws.
+    seed = cell_seed(spec.sampler.seed, {**cell, "stem": stem}) + len(study.get_trials(deepcopy=False))
+    study.sampler = tpe_sampler(seed)
+    return study
 
 
 def ask_wave(spec: GridSpec, plan: list[PlannedRun], statuses: dict[str, str], storage
              ) -> list[PlannedRun]:
     """tpe: the next wave of every (cell, stem) study whose previous wave has finished."""
+    import optuna
+
     wave = spec.sampler.wave or spec.sampler.n
     dists = distributions(spec.ranges)
     new: list[PlannedRun] = []
     for cell in cells(spec):
         key = cell_key(cell)
         for stem in spec.axes.get("stem", [None]):
-            mine = [r for r in plan if r.cell == key and r.stem == stem]
+            # Runs are recorded under the stem the model fixes when there is no stem axis.
+            label = stem_label(spec, cell, stem)
+            mine = [r for r in plan if r.cell == key and r.stem == label]
             if any(statuses.get(r.run_id) not in TERMINAL for r in mine):
                 continue  # this study's wave is still running
             asked = len({r.point for r in mine})
             k = min(wave, spec.sampler.n - asked)
             if k <= 0:
                 continue
-            study = _study(spec, storage, cell, stem)
+            study = _study(spec, storage, cell, label)
             planner = CellRuns(spec, cell, [stem])
+            planned = {r.run_id for r in plan} | {r.run_id for r in new}
             for _ in range(k):
-                trial = study.ask(dists)
-                runs = planner.runs([trial.params], trial.number, asked // wave)
+                for _attempt in range(10):  # a point already planned (int ranges) is asked again
+                    trial = study.ask(dists)
+                    runs = planner.runs([trial.params], trial.number, asked // wave)
+                    if not planned & {r.run_id for r in runs}:
+                        break
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    break  # the space is exhausted: plan no more for this study
                 trial.set_user_attr("run_ids", [r.run_id for r in runs])
+                planned |= {r.run_id for r in runs}
                 new += runs
     return new
 

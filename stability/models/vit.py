@@ -33,6 +33,8 @@ class ConvStem(nn.Module):
     """3x3 conv-BN-ReLU layers, then a 1x1 conv (with bias) to the width.
 
     ``channels[-1]`` is the width; the last kernel must be 1 (the paper's 1x1 projection).
+    Init as pycls ``init_weights_vit``: 3x3 convs normal std sqrt(2 / out_channels), the 1x1
+    normal std sqrt(1 / out_channels) with a zero bias; BatchNorm at PyTorch's default.
     """
 
     def __init__(
@@ -48,15 +50,13 @@ class ConvStem(nn.Module):
         layers: list[nn.Module] = []
         c_in = in_chans
         for k, s, c in zip(kernels[:-1], strides[:-1], channels[:-1], strict=True):
-            layers += [
-                nn.Conv2d(c_in, c, k, stride=s, padding=k // 2, bias=False),
-                nn.BatchNorm2d(c),
-                nn.ReLU(inplace=True),
-            ]
+            conv = nn.Conv2d(c_in, c, k, stride=s, padding=k // 2, bias=False)
+            nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(2.0 / c))
+            layers += [conv, nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
             c_in = c
         self.layers = nn.Sequential(*layers)
         self.proj = nn.Conv2d(c_in, channels[-1], 1, stride=strides[-1], bias=True)
-        nn.init.normal_(self.proj.weight, mean=0.0, std=math.sqrt(2.0 / channels[-1]))
+        nn.init.normal_(self.proj.weight, mean=0.0, std=math.sqrt(1.0 / channels[-1]))
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

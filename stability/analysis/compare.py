@@ -1,0 +1,195 @@
+"""Is one stem more stable than another, by how much, and how sure: signed, paired statistics.
+
+``compare`` answers per stratum (sweep x optimizer x epochs x ... : never pooled, see
+``strata``) and per pair of groups (stems), with the sign convention **b − a** everywhere: a
+negative ``median_diff`` means b has the lower error. Every effect comes with a percentile
+bootstrap interval and every test with its n:
+
+- ``median_diff``: median error of b minus that of a (unpaired bootstrap, groups resampled
+  separately; in relative mode each resample re-chooses its group's best).
+- ``within_<x>_diff``: fraction of b's runs within x points of b's best minus the same of a
+  (the paper's Fig. 5 reading: Δ = error − best of the same group; "within" is Δ ≤ x).
+- ``ks`` with ``ks_better`` (the group whose EDF lies above at the largest gap, i.e. more runs
+  below that error) and ``ks_p`` from a label-permutation test, exact under ties (errors are
+  multiples of 100/n_val, so the asymptotic and "exact" continuous p-values do not apply).
+- When the design is paired (runs of a and b share lr, wd, optimizer, epochs, seed ...):
+  ``n_pairs``, the paired median of d = e_b − e_a with its interval, the Wilcoxon signed-rank
+  p-value (zero differences dropped, as Wilcoxon's original) and the sign-test p-value
+  (binomial on the non-zero signs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from .edf import WITHIN, errors, within_fraction
+
+# Axes a study varies on purpose that must never be pooled silently (lr, wd and seeds are the
+# distribution itself and are never strata).
+DESIGN_AXES = ("sweep", "size", "dataset", "optimizer", "epochs", "batch_size", "warmup_epochs")
+# Columns that identify the same point of a paired design across stems.
+PAIR_KEYS = ("sweep", "size", "dataset", "optimizer", "epochs", "batch_size", "warmup_epochs",
+             "lr", "wd", "seed")
+
+
+def with_size(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with a ``size`` column: the model without its stem (vit_c_tiny -> vit_tiny)."""
+    if "size" in runs.columns or "model" not in runs.columns:
+        return runs
+    size = runs["model"].astype("string").str.replace(r"^vit_[pc]_", "vit_", regex=True)
+    return runs.assign(size=size)
+
+
+def strata(runs: pd.DataFrame, exclude: Sequence[str] = ("stem",)) -> list[str]:
+    """The design axes that vary in ``runs``: the default grouping besides the stem."""
+    df = with_size(runs)
+    return [c for c in DESIGN_AXES if c in df.columns and c not in exclude
+            and df[c].nunique(dropna=False) > 1]
+
+
+def pooled(runs: pd.DataFrame, by: Sequence[str]) -> list[str]:
+    """Design axes that vary in ``runs`` but are not in ``by``: what a grouping pools."""
+    return [c for c in strata(runs, exclude=()) if c not in by]
+
+
+def _boot_ci(stat: np.ndarray, ci: float) -> tuple[float, float]:
+    stat = stat[np.isfinite(stat)]
+    if not len(stat):
+        return np.nan, np.nan
+    lo, hi = np.quantile(stat, [(1 - ci) / 2, (1 + ci) / 2])
+    return float(lo), float(hi)
+
+
+def _resample(e: np.ndarray, rng: np.random.Generator, n_boot: int, relative: bool) -> np.ndarray:
+    """``n_boot`` resamples of ``e`` (rows); relative: minus each resample's own best."""
+    boots = e[rng.integers(0, len(e), size=(n_boot, len(e)))]
+    if relative:
+        boots = np.round(boots - boots.min(axis=1, keepdims=True), 9)
+    return boots
+
+
+def ks_signed(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(max of F_a − F_b, max of F_b − F_a) over every error, F(e) = fraction at or below e.
+
+    Evaluating on the pooled distinct values handles ties exactly."""
+    xs = np.unique(np.concatenate([a, b]))
+    fa = np.searchsorted(np.sort(a), xs, side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), xs, side="right") / len(b)
+    return float(max(0.0, (fa - fb).max())), float(max(0.0, (fb - fa).max()))
+
+
+def ks_permutation_p(a: np.ndarray, b: np.ndarray, n_perm: int = 2000, seed: int = 0) -> float:
+    """Two-sided KS p-value by permuting the group labels: (1 + #{D* ≥ D}) / (1 + n_perm)."""
+    observed = max(ks_signed(a, b))
+    pool = np.concatenate([a, b])
+    xs = np.unique(pool)
+    rank = np.searchsorted(xs, pool)  # the value index of every run
+    rng = np.random.default_rng(seed)
+    na, count = len(a), 0
+    for _ in range(n_perm):
+        perm = rng.permutation(len(pool))
+        ca = np.bincount(rank[perm[:na]], minlength=len(xs)).cumsum() / na
+        cb = np.bincount(rank[perm[na:]], minlength=len(xs)).cumsum() / (len(pool) - na)
+        count += np.abs(ca - cb).max() >= observed - 1e-12
+    return (1 + count) / (1 + n_perm)
+
+
+def paired_differences(df: pd.DataFrame, by: str, a: str, b: str,
+                       keys: Sequence[str] = PAIR_KEYS) -> np.ndarray:
+    """d = e_b − e_a over the points both groups ran (one pair per shared key; a key run more
+    than once in a group is averaged)."""
+    keys = [k for k in keys if k in df.columns and k != by]
+    if not keys:
+        return np.array([])
+    key = df[keys].astype(str).agg("|".join, axis=1)
+    ea = df[df[by] == a].groupby(key[df[by] == a])["err"].mean()
+    eb = df[df[by] == b].groupby(key[df[by] == b])["err"].mean()
+    shared = ea.index.intersection(eb.index)
+    return np.round((eb[shared] - ea[shared]).to_numpy(float), 9)
+
+
+def paired_tests(d: np.ndarray) -> dict[str, float]:
+    """Wilcoxon signed-rank and sign-test p-values of paired differences ``d`` (zeros dropped)."""
+    from scipy.stats import binomtest, wilcoxon
+
+    nz = d[d != 0]
+    out = {"n_pairs": len(d), "n_b_lower": int((d < 0).sum()), "n_a_lower": int((d > 0).sum()),
+           "n_ties": int((d == 0).sum()), "wilcoxon_p": np.nan, "sign_p": np.nan}
+    if len(nz):
+        out["wilcoxon_p"] = float(wilcoxon(nz, zero_method="wilcox").pvalue)
+        out["sign_p"] = float(binomtest(int((nz > 0).sum()), len(nz), 0.5).pvalue)
+    return out
+
+
+def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relative: bool = False,
+            within: Sequence[float] = WITHIN, strata_by: Sequence[str] | None = None,
+            n_boot: int = 1000, n_perm: int = 2000, ci: float = 0.9, seed: int = 0) -> pd.DataFrame:
+    """One row per stratum and pair (a, b) of ``by`` groups: signed effects b − a with their
+    bootstrap intervals, the KS permutation test and, for paired designs, paired tests.
+
+    ``strata_by`` defaults to every design axis that varies (``strata``): sweeps, optimizers,
+    training lengths ... are compared within themselves, never pooled. ``relative`` reads
+    errors as Δ to each group's best (within each stratum); ``within`` fractions always use Δ.
+    """
+    runs = with_size(runs)
+    strata_by = list(strata(runs, exclude=(by,)) if strata_by is None else strata_by)
+    df = errors(runs, value, False, [*strata_by, by])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for skey, part in (df.groupby(strata_by, observed=True, sort=True) if strata_by else [((), df)]):
+        skey = skey if isinstance(skey, tuple) else (skey,)
+        groups = {k: g["err"].to_numpy(float) for k, g in part.groupby(by, observed=True, sort=True)}
+        for a, b in combinations(sorted(groups), 2):
+            ea, eb = groups[a], groups[b]
+            row: dict = dict(zip(strata_by, skey, strict=True)) | {"a": a, "b": b, "n_a": len(ea), "n_b": len(eb)}
+            va = ea - ea.min() if relative else ea
+            vb = eb - eb.min() if relative else eb
+            for name, e in (("a", ea), ("b", eb)):
+                row |= {f"best_{name}": float(e.min()), f"median_{name}": float(np.median(e - e.min() if relative else e)),
+                        f"worst_{name}": float(e.max())}
+            ba, bb = _resample(ea, rng, n_boot, relative), _resample(eb, rng, n_boot, relative)
+            row["median_diff"] = float(np.median(vb) - np.median(va))
+            row["median_diff_lo"], row["median_diff_hi"] = _boot_ci(np.median(bb, 1) - np.median(ba, 1), ci)
+            da, db = np.round(ea - ea.min(), 9), np.round(eb - eb.min(), 9)
+            ra = np.round(ba - ba.min(axis=1, keepdims=True), 9)
+            rb = np.round(bb - bb.min(axis=1, keepdims=True), 9)
+            for t in within:
+                fa, fb = within_fraction(da, t), within_fraction(db, t)
+                row |= {f"within_{t:g}_a": fa, f"within_{t:g}_b": fb, f"within_{t:g}_diff": fb - fa}
+                lo, hi = _boot_ci((rb <= t).mean(1) - (ra <= t).mean(1), ci)
+                row |= {f"within_{t:g}_diff_lo": lo, f"within_{t:g}_diff_hi": hi}
+            d_ab, d_ba = ks_signed(va, vb)
+            row["ks"] = max(d_ab, d_ba)
+            row["ks_better"] = a if d_ab > d_ba else b if d_ba > d_ab else "tie"
+            row["ks_p"] = ks_permutation_p(va, vb, n_perm, seed)
+            row["area"] = area_between(va, vb)
+            d = paired_differences(part, by, a, b)
+            row |= paired_tests(d)
+            if len(d):
+                row["paired_median_diff"] = float(np.median(d))
+                boots = np.median(d[rng.integers(0, len(d), size=(n_boot, len(d)))], axis=1)
+                row["paired_median_diff_lo"], row["paired_median_diff_hi"] = _boot_ci(boots, ci)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def area_between(a: np.ndarray, b: np.ndarray) -> float:
+    """Integral of |F_a(e) − F_b(e)| de over the errors (in error points, e.g. percent)."""
+    xs = np.unique(np.concatenate([a, b]))
+    if len(xs) < 2:
+        return 0.0
+    fa = np.searchsorted(np.sort(a), xs[:-1], side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), xs[:-1], side="right") / len(b)
+    return float(np.sum(np.abs(fa - fb) * np.diff(xs)))
+
+
+def verdict_text(row: pd.Series | dict, unit: str = "points") -> str:
+    """One line: which group is lower, by how much, with the interval and n."""
+    lo, hi = row["median_diff_lo"], row["median_diff_hi"]
+    side = (f"{row['b']} lower" if hi < 0 else f"{row['a']} lower" if lo > 0 else "no clear difference")
+    return (f"{side}: median {row['b']} − {row['a']} = {row['median_diff']:+.2f} {unit} "
+            f"[{lo:+.2f}, {hi:+.2f}], n = {row['n_b']} vs {row['n_a']}")

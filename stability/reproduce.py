@@ -1,0 +1,155 @@
+"""``stability reproduce``: run the paper's four studies as grids and write one verdict report.
+
+The studies are the grid specs ``lr_wd``, ``optimizer``, ``epochs`` and ``peak`` of one folder:
+``grids/cpu`` (this machine's scale, the default), ``grids/cpu/quick`` (a few minutes, for CI
+and a first look) or ``grids`` (the paper's sizes, for a Slurm cluster with ``--profile``).
+Each study runs exactly as ``stability grid run`` would (idempotent: a rerun only runs what is
+missing), then ``analysis.findings`` turns its runs into a verdict. The report is markdown and
+HTML, written atomically.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from . import store
+from .analysis.findings import CI, FINDINGS, Finding
+from .errors import ConfigError
+
+STUDIES = tuple(FINDINGS)
+GRIDS = Path(__file__).resolve().parent.parent / "grids"
+SCALES = {"cpu": GRIDS / "cpu", "quick": GRIDS / "cpu" / "quick", "paper": GRIDS}
+RULE = (f"reproduced: the effect has the paper's sign and its {CI:.0%} bootstrap interval excludes 0; "
+        "not reproduced: the interval excludes 0 on the other side; inconclusive: the interval "
+        "contains 0 or a group has fewer than 2 runs.")
+
+
+@dataclass
+class StudyResult:
+    name: str
+    sweep: str
+    finding: Finding
+    counts: dict[str, int]
+    wall_s: float
+
+
+def study_specs(folder: Path) -> dict[str, Path]:
+    """The four spec files of ``folder``; a missing one is a ConfigError naming it."""
+    out = {}
+    for name in STUDIES:
+        path = folder / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"reproduce: no study spec {str(path)!r} (a study folder holds "
+                              f"{', '.join(s + '.yaml' for s in STUDIES)})")
+        out[name] = path
+    return out
+
+
+def run_studies(folder: Path, results: str | None = None, executor: dict | None = None,
+                only: list[str] | None = None, show_progress: bool = True, console=None) -> list[StudyResult]:
+    """Run every study of ``folder`` (or ``only`` some) and compute its finding."""
+    from .grid.controller import Controller, RunOptions
+    from .grid.spec import load_spec, resolve_kind, with_executor
+
+    out = []
+    for name, path in study_specs(folder).items():
+        if only and name not in only:
+            continue
+        spec = load_spec(path, {"results": results} if results else None)
+        if executor:
+            spec = with_executor(spec, **executor)
+        t0 = time.monotonic()
+        pool = None
+        if resolve_kind(spec.executor.kind) == "local":
+            from .grid.local import LocalPool
+
+            pool = LocalPool.for_executor(spec.executor, spec.sweep_dir / "logs")
+        try:
+            Controller(spec, RunOptions(show_progress=show_progress), console, executor=pool).run()
+        finally:
+            if pool is not None:
+                pool.close()
+        runs = store.read_table(spec.results, "runs", sweep=spec.name)
+        counts = runs["status"].value_counts().to_dict() if len(runs) else {}
+        out.append(StudyResult(name, spec.name, FINDINGS[name](runs), counts, time.monotonic() - t0))
+    return out
+
+
+def _fmt(v: float | None, spec: str = "+.2f") -> str:
+    return "–" if v is None or pd.isna(v) else format(v, spec)
+
+
+def report_markdown(results: list[StudyResult], scale: str, root: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    total = sum(r.wall_s for r in results)
+    lines = [f"# Reproduction of Xiao et al. 2021 (scale: {scale})", "",
+             f"Results root `{root}`; made {stamp}; studies ran {total / 60:.1f} min here.", "",
+             f"**Verdict rule.** {RULE}", "",
+             "| finding | verdict | effect [CI] | p | n | the paper |", "|---|---|---|---|---|---|"]
+    for r in results:
+        f = r.finding
+        lines.append(f"| {f.title} | **{f.verdict}** | {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] | "
+                     f"{_fmt(f.p, '.3g')} | {f.n} | {f.paper} |")
+    for r in results:
+        f = r.finding
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(r.counts.items())) or "no runs"
+        lines += ["", f"## {f.title}: {f.verdict}", "",
+                  f"- The paper's claim: {f.claim}.", f"- The paper's numbers: {f.paper}.",
+                  f"- Statistic (> 0 is the paper's direction): {f.statistic} = **{_fmt(f.effect)}**, "
+                  f"{CI:.0%} CI [{_fmt(f.lo)}, {_fmt(f.hi)}]" + (f", p = {_fmt(f.p, '.3g')}" if f.p is not None else ""),
+                  f"- n: {f.n}. Sweep `{r.sweep}`: {counts}; {r.wall_s / 60:.1f} min.",
+                  f"- Details: {f.details}."]
+    return "\n".join(lines) + "\n"
+
+
+def report_html(markdown: str, title: str) -> str:
+    """The markdown report as a small self-contained HTML page (tables and headings only)."""
+    body, table = [], []
+
+    def flush_table():
+        if table:
+            head, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in table if "---" not in line]
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+                        + "</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("## "):
+            body.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{_inline(line[2:])}</h1>")
+        elif line.startswith("- "):
+            body.append(f"<li>{_inline(line[2:])}</li>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    flush_table()
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{padding:3px 8px;border-bottom:1px solid #ddd;font-size:13px;text-align:left}</style></head><body>"
+            + "\n".join(body) + "</body></html>")
+
+
+def _inline(text: str) -> str:
+    import re
+
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def write_report(results: list[StudyResult], scale: str, root: str, out: Path) -> tuple[Path, Path]:
+    """``out``.md and ``out``.html (each written to a temp file, then renamed)."""
+    md = report_markdown(results, scale, root)
+    return (store.write_text_atomic(out.with_suffix(".md"), md),
+            store.write_text_atomic(out.with_suffix(".html"), report_html(md, f"stability reproduce ({scale})")))

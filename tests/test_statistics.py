@@ -1,0 +1,123 @@
+"""Signed and paired statistics, bands, ties and grouping, against scipy and hand computation."""
+
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binomtest, wilcoxon
+
+from stability import analysis
+
+
+def _paired_runs(err_p, err_c, **extra):
+    rows = []
+    for i, (ep, ec) in enumerate(zip(err_p, err_c, strict=True)):
+        lr, wd = 10 ** (-3 + i / 4), 0.01 * (i + 1)
+        rows += [{"run_id": f"p{i}", "stem": "patchify", "model": "vit_p_tiny", "status": "completed",
+                  "top1_err": ep, "lr": lr, "wd": wd, "seed": 0, **extra},
+                 {"run_id": f"c{i}", "stem": "conv", "model": "vit_c_tiny", "status": "completed",
+                  "top1_err": ec, "lr": lr, "wd": wd, "seed": 0, **extra}]
+    return pd.DataFrame(rows)
+
+
+def test_paired_tests_equal_scipy():
+    p = [30.0, 32.0, 40.0, 35.0, 50.0, 31.0, 33.0, 45.0]
+    c = [25.0, 33.0, 30.0, 35.0, 41.0, 26.0, 30.0, 44.0]
+    row = analysis.compare(_paired_runs(p, c), n_boot=200, n_perm=200).iloc[0]
+    assert (row.a, row.b) == ("conv", "patchify")  # sorted: differences are b - a = patchify - conv
+    d = np.array(p) - np.array(c)
+    nz = d[d != 0]
+    assert row.n_pairs == 8 and row.n_ties == 1
+    assert row.n_a_lower == int((d > 0).sum()) and row.n_b_lower == int((d < 0).sum())
+    assert row.wilcoxon_p == pytest.approx(wilcoxon(nz).pvalue)
+    assert row.sign_p == pytest.approx(binomtest(int((nz > 0).sum()), len(nz)).pvalue)
+    assert row.paired_median_diff == pytest.approx(np.median(d))
+    assert row.paired_median_diff_lo <= np.median(d) <= row.paired_median_diff_hi
+    assert row.median_diff == pytest.approx(np.median(p) - np.median(c))
+    assert row.median_diff_lo <= row.median_diff <= row.median_diff_hi
+    assert "conv lower" in analysis.verdict_text(row) or "no clear" in analysis.verdict_text(row)
+
+
+def test_ks_is_signed_and_its_permutation_p_handles_ties_exactly():
+    a = np.array([1.0, 1.0, 2.0, 2.0])
+    b = np.array([2.0, 3.0, 3.0, 3.0])
+    d_ab, d_ba = analysis.ks_signed(a, b)
+    assert (d_ab, d_ba) == (0.5 + 0.25, 0.0) or d_ab == pytest.approx(0.75)
+    assert d_ba == 0.0  # a's EDF is never below b's: a has the lower errors
+    # exact permutation p-value by enumerating every relabelling of the 8 runs
+    pool = np.concatenate([a, b])
+    obs = max(d_ab, d_ba)
+    hits = [max(analysis.ks_signed(pool[list(i)], np.delete(pool, list(i)))) >= obs - 1e-12
+            for i in combinations(range(8), 4)]
+    exact = np.mean(hits)
+    assert analysis.ks_permutation_p(a, b, n_perm=20000, seed=1) == pytest.approx(exact, abs=0.01)
+    row = analysis.compare(pd.DataFrame(
+        [{"stem": "s1", "status": "completed", "top1_err": e} for e in a]
+        + [{"stem": "s2", "status": "completed", "top1_err": e} for e in b]), n_perm=500).iloc[0]
+    assert row.ks_better == "s1" and row.ks == pytest.approx(0.75)
+    assert row.n_pairs == 0 and np.isnan(row.wilcoxon_p)  # nothing to pair on
+
+
+def test_dkw_halfwidth_and_simultaneous_band():
+    assert analysis.dkw_halfwidth(16, 0.9) == pytest.approx(np.sqrt(np.log(20) / 32))
+    assert analysis.dkw_halfwidth(16, 0.9) == pytest.approx(0.306, abs=1e-3)
+    runs = pd.DataFrame({"stem": "s", "status": "completed", "top1_err": np.arange(20.0)})
+    e = analysis.edf(runs, n_boot=400, seed=0)
+    # the simultaneous band is wider than the pointwise one everywhere, and holds F_n
+    assert (e.F_hi_sim >= e.F_hi - 1e-12).all() and (e.F_lo_sim <= e.F_lo + 1e-12).all()
+    assert (e.F_lo_sim <= e.F_right).all() and (e.F_right <= e.F_hi_sim).all()
+    assert set(e.dkw.round(6)) == {round(analysis.dkw_halfwidth(20, 0.9), 6)}
+
+
+def test_relative_band_rechooses_the_best_in_each_resample():
+    runs = pd.DataFrame({"stem": "s", "status": "completed", "top1_err": [10.0, 12, 14, 16, 18]})
+    e = analysis.edf(runs, relative=True, n_boot=500, seed=0)
+    # every resample has a best run at Δ = 0: F*(0) >= 1/5 in all of them
+    assert e.x.iloc[0] == 0 and e.F_lo.iloc[0] >= 0.2 - 1e-12
+
+
+def test_within_uses_delta_at_most_x_with_exact_ties():
+    # errors on a 300-image set: 100 * (1 - correct / 300); float subtraction of two of them is
+    # not exactly 4.0, but the runs are exactly 4 points apart
+    errs = [100 * (1 - c / 300) for c in (146, 134, 130)]
+    assert errs[1] - errs[0] != 4.0
+    delta = np.array(errs) - min(errs)
+    assert analysis.within_fraction(delta, 4.0) == pytest.approx(2 / 3)
+    rel = analysis.edf(pd.DataFrame({"stem": "s", "status": "completed", "top1_err": errs}),
+                       relative=True, n_boot=0)
+    assert rel.x.tolist() == [0.0, 4.0, pytest.approx(16 / 3)]
+    assert rel.F_right.iloc[1] == pytest.approx(2 / 3)  # F just after 4 = within 4
+
+
+def test_grouping_never_pools_sweeps_or_optimizers_by_default():
+    a = _paired_runs([30, 40], [20, 25], sweep="s1", optimizer="adamw")
+    b = _paired_runs([60, 70], [50, 55], sweep="s2", optimizer="sgd")
+    runs = pd.concat([a, b], ignore_index=True)
+    assert analysis.strata(runs) == ["sweep", "optimizer"]
+    e = analysis.edf(runs, n_boot=0)
+    assert {"sweep", "optimizer", "stem"} <= set(e.columns) and set(e.n) == {2}
+    assert set(e.pooled) == {""}
+    pooled = analysis.edf(runs, by=["stem"], n_boot=0)
+    assert set(pooled.pooled) == {"sweep,optimizer"} and set(pooled.n) == {4}
+    cmp = analysis.compare(runs, n_boot=50, n_perm=50)
+    assert len(cmp) == 2 and set(cmp.sweep) == {"s1", "s2"} and set(cmp.n_pairs) == {2}
+    s = analysis.summary(runs)
+    assert len(s) == 4 and set(s.runs) == {2}
+
+
+def test_summary_counts_runs_left_out_of_the_edf():
+    runs = pd.DataFrame([{"stem": "conv", "status": st, "top1_err": e, "collapsed": col}
+                         for st, e, col in [("completed", 20.0, False), ("completed", 88.0, True),
+                                            ("diverged", None, False), ("failed", None, None),
+                                            ("running", None, None), ("preempted", None, None)]])
+    s = analysis.summary(runs).iloc[0]
+    assert (s.runs, s.diverged, s.collapsed, s.failed, s.running, s.preempted) == (3, 1, 1, 1, 1, 1)
+    assert s.worst == 100.0
+
+
+def test_best_configs_by_any_column():
+    runs = _paired_runs([30, 40], [20, 25])
+    best = analysis.best_configs(runs, by=["model"]).set_index("model")
+    assert best.loc["vit_c_tiny", "err"] == 20 and best.loc["vit_p_tiny", "err"] == 30
+    assert set(best.n) == {2}
