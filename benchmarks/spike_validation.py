@@ -74,6 +74,22 @@ def score(runs: pd.DataFrame, traces: pd.DataFrame, params: analysis.SpikeParams
             "fp_per_1000": 1000 * fp_units / max(stable_steps, 1), "n_spikes": len(spikes)}
 
 
+def score_loss(runs: pd.DataFrame, steps: pd.DataFrame, k: float) -> dict[str, float]:
+    """The same scores for a plain alternative: the loss first above ``k`` x ln(classes)."""
+    bound = k * np.log(10)
+    div = runs.set_index("run_id").diverged_at_step.dropna()
+    above = steps[steps.loss > bound]
+    first = above.groupby("run_id").step.min()
+    warned = sum(1 for rid, d in div.items() if rid in first.index and d - HORIZON <= first[rid] < d)
+    stable = runs[runs.status == "completed"].run_id
+    alarms = first[first.index.isin(div.index) | first.index.isin(stable)]
+    good = sum(1 for rid, s in alarms.items() if rid in div.index and 0 < div[rid] - s <= HORIZON)
+    stable_steps = steps[steps.run_id.isin(stable)].groupby("run_id").step.nunique().sum()
+    fp = int(first.index.isin(stable).sum())
+    return {"recall": warned / max(len(div), 1), "precision": good / len(alarms) if len(alarms) else np.nan,
+            "fp_per_1000": 1000 * fp / max(stable_steps, 1), "n_spikes": len(alarms)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", type=Path, default=None, help="results root to fill or reuse")
@@ -96,6 +112,8 @@ def main() -> None:
         for trace, df, col in (("total", steps, "grad_norm"), ("per-layer", layers, "grad_norm")):
             rows.append({"window": window, "factor": factor, "z": z, "trace": trace, **score(runs, df, p, col)})
     table = pd.DataFrame(rows)
+    loss_rows = [{"k": k, **score_loss(runs, res.steps[res.steps.run_id.isin(runs.run_id)], k)}
+                 for k in (1.5, 2.0, 3.0)]
     default = analysis.SpikeParams()
     lines = [f"{len(runs)} runs (vit_tiny P/C on digits, 3 epochs, every step traced): {n_ok} completed, "
              f"{n_div} diverged ({len(late)} after step {HORIZON}); horizon N = {HORIZON} steps.",
@@ -106,6 +124,11 @@ def main() -> None:
     for r in table.sort_values(["trace", "fp_per_1000", "recall"], ascending=[True, True, False]).itertuples():
         lines.append(f"| {r.trace} | {r.window} | {r.factor:g} | {r.z:g} | {r.recall:.2f} | "
                      f"{r.precision:.2f} | {r.fp_per_1000:.2f} | {r.n_spikes} |")
+    lines += ["", "For comparison, a plain alternative warning (one alarm per run: the first step whose "
+              "loss exceeds k x ln 10):", "", "| k | recall | precision | FP / 1k stable steps | alarms |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['k']:g} | {r['recall']:.2f} | {r['precision']:.2f} | {r['fp_per_1000']:.2f} | {r['n_spikes']} |"
+              for r in loss_rows]
     append_results("Spike detector validation (benchmarks/spike_validation.py)", lines)
     if tmp is not None:
         tmp.cleanup()

@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from .augment import AUGMENTS
 from .data import DATASETS
 from .errors import ConfigError
 from .models.presets import STEMS, architecture_revision, resolve
@@ -42,6 +43,7 @@ class RunConfig:
     batch_size: int = 64
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
+    augment: str = "none"  # none | shift | affine: random moves off the patch grid (augment.py)
     # Weight EMA as pycls (OPTIM.EMA_ALPHA, EMA_UPDATE_PERIOD): every ``ema_period`` batches of an
     # epoch, ema += alpha * (w - ema) with alpha = min(1, ema_alpha * batch_size / epochs *
     # ema_period); a plain copy during warmup. Over a run that is ema_alpha x (training images)
@@ -63,7 +65,7 @@ class RunConfig:
 
     # Fields added after run ids were first issued: left out of the id while at their default,
     # so every run planned before they existed keeps its id (and its results).
-    LATER_FIELDS: typing.ClassVar[frozenset[str]] = frozenset({"ema_alpha", "ema_period"})
+    LATER_FIELDS: typing.ClassVar[frozenset[str]] = frozenset({"ema_alpha", "ema_period", "augment"})
     # Fields that say where or how a run executes, not what it computes: not in the run id.
     EXECUTION_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
         {"results", "sweep", "device", "num_workers", "data_root", "download", "accum_steps", "compile"}
@@ -182,6 +184,7 @@ def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
         raise ConfigError(str(e), source) from None
     _check("stem", cfg.stem is None or cfg.stem in STEMS, f"allowed: {', '.join(STEMS)}", cfg.stem, source)
     _check("dataset", cfg.dataset in DATASETS, f"allowed: {', '.join(DATASETS)}", cfg.dataset, source)
+    _check("augment", cfg.augment in AUGMENTS, f"allowed: {', '.join(AUGMENTS)}", cfg.augment, source)
     _check("optimizer", cfg.optimizer in OPTIMIZERS, f"allowed: {', '.join(OPTIMIZERS)}", cfg.optimizer, source)
     _check("device", cfg.device in DEVICES or cfg.device.startswith("cuda:"),
            f"allowed: {', '.join(DEVICES)}, cuda:N", cfg.device, source)

@@ -26,15 +26,26 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+EDF_VALUES = {"x", "F", "F_right", "F_lo", "F_hi", "F_lo_sim", "F_hi_sim", "dkw", "n", "n_diverged", "pooled"}
+
+
 def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
                dash_by: str | None = None, title: str | None = None, max_points: int = 600) -> go.Figure:
-    """Step EDF per group with its shaded bootstrap band (``analysis.edf`` output)."""
+    """Step EDF per group with its shaded bootstrap band (``analysis.edf`` output).
+
+    Every grouping column of ``points`` (sweep, optimizer, epochs ... besides ``by``) draws its
+    own line, never merged: colour follows ``by``, the line style the other columns."""
     fig = go.Figure()
-    keys = [by] + ([dash_by] if dash_by else [])
+    others = [c for c in points.columns if c not in EDF_VALUES and c != by]
+    if dash_by and dash_by not in others:
+        others.append(dash_by)
+    keys = [by, *others]
+    styles = sorted({tuple(str(v) for v in k) for k in points[others].drop_duplicates().itertuples(index=False)}) \
+        if others else []
     for i, (key, g) in enumerate(points.groupby(keys, observed=True, sort=True)):
         key = key if isinstance(key, tuple) else (key,)
         stem = key[0]
-        dash = DASHES[sorted(points[dash_by].unique()).index(key[1]) % len(DASHES)] if dash_by else "solid"
+        dash = DASHES[styles.index(tuple(str(v) for v in key[1:])) % len(DASHES)] if others else "solid"
         color = color_of(stem, i)
         g = g.sort_values("x")
         if len(g) > max_points:  # thousands of runs: keep evenly spaced steps (the curve's shape)

@@ -15,9 +15,10 @@ def build_report(root: str | Path, sweep: str) -> str:
     if runs.empty:
         raise ValueError(f"no runs of sweep {sweep!r} under {root}")
     figures = []
-    points = analysis.edf(runs, by=["stem"], relative=True)
+    by = analysis.default_by(analysis.with_size(runs))  # every design axis that varies: nothing pooled
+    points = analysis.edf(runs, by=by, relative=True)
     figures.append(("EDF of Δ top-1 error per stem", plots.edf_figure(points, relative=True)))
-    figures.append(("EDF of top-1 error per stem", plots.edf_figure(analysis.edf(runs, by=["stem"]))))
+    figures.append(("EDF of top-1 error per stem", plots.edf_figure(analysis.edf(runs, by=by))))
     hp = analysis.error_vs_hparams(runs)
     if not hp.empty:
         figures.append(("Error vs lr and wd", plots.lr_wd_figure(hp)))
@@ -33,8 +34,10 @@ def build_report(root: str | Path, sweep: str) -> str:
     for i, (title, fig) in enumerate(figures):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    tables = [("Summary per stem", analysis.summary(runs)), ("Comparison between stems", analysis.compare(runs)),
-              ("Best configuration per stem", analysis.best_configs(runs))]
+    tables = [("Summary per group (failed, preempted and running runs are counted, not in the EDF)",
+               analysis.summary(runs, by=by)),
+              ("Comparison between stems: effects are b − a with 90% bootstrap intervals", analysis.compare(runs)),
+              ("Best configuration per group", analysis.best_configs(runs, by=by))]
     for title, df in tables:
         parts.append(f"<h2>{html.escape(title)}</h2>" + df.round(4).to_html(index=False, border=0))
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -43,7 +46,8 @@ def build_report(root: str | Path, sweep: str) -> str:
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{padding:2px 8px;border-bottom:1px solid #ddd;font-size:13px}</style></head><body>"
             f"<h1>Sweep {html.escape(sweep)}</h1><p>{len(runs)} runs ({html.escape(counts)}) from "
-            f"<code>{html.escape(str(root))}</code>; made {stamp}. Diverged runs count at 100% error.</p>"
+            f"<code>{html.escape(str(root))}</code>; made {stamp}. Diverged runs count at 100% error. "
+            f"Grouped by {html.escape(' × '.join(by))}: nothing pooled.</p>"
             + "".join(parts) + "</body></html>")
 
 

@@ -33,6 +33,7 @@ from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
 from . import __version__, store
 from .analysis.spikes import count_spikes
+from .augment import augment_batch
 from .config import RunConfig
 from .data import DataBundle, EpochSampler, load_dataset
 from .distributed import Dist, all_reduce, from_env, init
@@ -484,6 +485,7 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
             if st.batch >= spe:
                 break
             x, y = x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
+            x = augment_batch(x, cfg.augment, (cfg.seed * 1_000_003 + st.step) * 64 + d.rank)
             lr = lr_at(st.step, cfg.lr, warmup_steps, total_steps)
             for g in opt.param_groups:
                 g["lr"] = lr

@@ -21,8 +21,11 @@ if runs is not None:
         fig = plots.edf_figure(points, relative=relative, dash_by="sweep" if overlay else None,
                                title=f"{'Δ ' if relative else ''}top-1 error EDF · {sweep_label(runs)}")
         st.plotly_chart(fig, width="stretch", key="edf_chart")
+        pooled = points["pooled"].iloc[0] if "pooled" in points and len(points) else ""
         st.caption("F(e) = fraction of runs with error below e; diverged runs count at 100% "
-                   "(they are never dropped). Bands: 90% bootstrap intervals (200 resamples).")
+                   "(they are never dropped). Bands: 90% pointwise bootstrap intervals (200 resamples)."
+                   + (f" **Pooled here: {pooled}** (filter them to one value to compare like with like)."
+                      if pooled else ""))
         st.subheader("Summary per stem")
         st.dataframe(analysis.summary(runs, by=by), hide_index=True, width="stretch")
         st.subheader("Comparison between stems")
@@ -31,5 +34,8 @@ if runs is not None:
             st.info("Only one stem in the selection.")
         else:
             st.dataframe(cmp.round(4), hide_index=True, width="stretch")
-            st.caption("ks: Kolmogorov-Smirnov distance (p-value ks_p); area: ∫|F_a − F_b| in error "
-                       "points; within_x: fraction of runs within x points of the best run of either stem.")
+            st.caption("Per stratum (sweep, optimizer, epochs ... never pooled); effects are b − a with "
+                       "90% bootstrap intervals (_lo, _hi): median_diff, within_x_diff (fraction of runs "
+                       "within x points of their own group's best). ks: KS distance, ks_better: the "
+                       "group with more runs below at the largest gap, ks_p: permutation p-value. "
+                       "Paired over shared (lr, wd, ...) points: n_pairs, Wilcoxon and sign-test p.")

@@ -25,9 +25,12 @@ if runs is not None:
             k = st.number_input("k", 1, 5, 1, key="spk_k")
             chosen = analysis.worst_runs(traced, k=int(k)).run_id.tolist()
         with st.expander("spike detector"):
-            window = st.slider("window W (trace points)", 5, 200, 50, key="spk_w")
-            factor = st.slider("factor k (x rolling median)", 1.5, 10.0, 3.0, key="spk_f")
-            z = st.slider("z-score", 2.0, 12.0, 6.0, key="spk_z")
+            d = analysis.SpikeParams()
+            window = st.slider("window (steps of history)", 10, 1000, d.window, key="spk_w")
+            factor = st.slider("factor (jump above the trend, x)", 1.1, 10.0, d.factor, key="spk_f")
+            z = st.slider("z (robust standard deviations above the trend)", 2.0, 12.0, d.z, key="spk_z")
+            st.caption("A point is judged once 8 earlier points lie in its window; defaults chosen "
+                       "by benchmarks/spike_validation.py (docs/methodology.md).")
         params = analysis.SpikeParams(window=window, factor=factor, z=z)
         tables = run_tables(root, chosen)
         leads = []

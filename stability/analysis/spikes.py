@@ -28,7 +28,7 @@ import pandas as pd
 class SpikeParams:
     window: int = 100  # steps of history behind each point
     factor: float = 2.0  # the jump above the trend, as a ratio of norms
-    z: float = 6.0  # ... and in robust standard deviations of the residuals
+    z: float = 8.0  # ... and in robust standard deviations of the residuals
     min_points: int = 8  # earlier points in the window before a point is judged
 
     def __post_init__(self) -> None:
