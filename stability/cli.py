@@ -298,10 +298,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     only = args.only.split(",") if args.only else None
     if only and (bad := sorted(set(only) - set(STUDIES))):
         raise ConfigError(f"--only: unknown study {bad[0]!r} (allowed: {', '.join(STUDIES)})")
+    base = parse_overrides(args.set or [])
+    if base:
+        from .config import run_config
+
+        run_config(base, "--set")  # each field checked alone first: the error names --set
     results = run_studies(folder, args.results, _profile(args.profile) or None, only, show_progress=not args.quiet,
-                          console=Console(stderr=True))
+                          console=Console(stderr=True), base=base)
     root = args.results or "results"
-    out = Path(args.out) if args.out else Path(root) / "reproduce" / scale
+    from .reproduce import sweep_suffix
+
+    out = Path(args.out) if args.out else Path(root) / "reproduce" / f"{scale}{sweep_suffix(base)}"
     md, page = write_report(results, scale, root, out)
     for r in results:
         f = r.finding
@@ -368,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results root (overrides the specs' 'results')")
     p.add_argument("--profile", help="cluster profile: slurm/profiles/NAME.yaml or a path")
     p.add_argument("--out", help="report path without suffix (default RESULTS/reproduce/SCALE)")
+    p.add_argument("--set", action="append", metavar="key=value",
+                   help="a RunConfig field for every study, e.g. --set dataset=cifar10 --set data_root=DIR")
     p.add_argument("--quiet", action="store_true", help="no live progress tables")
     p.set_defaults(func=cmd_reproduce)
 

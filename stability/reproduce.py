@@ -51,17 +51,34 @@ def study_specs(folder: Path) -> dict[str, Path]:
     return out
 
 
+def sweep_suffix(base: dict) -> str:
+    """``-cifar10-data`` for ``{"dataset": "cifar10", "data_root": "/data"}``: studies run with
+    changed base fields are sweeps of their own, never mixed with the unchanged ones."""
+    import re
+
+    parts = [re.sub(r"[^A-Za-z0-9_.]+", "_", str(v)).strip("_")[-24:] for v in base.values()]
+    return "".join(f"-{p}" for p in parts if p)
+
+
 def run_studies(folder: Path, results: str | None = None, executor: dict | None = None,
-                only: list[str] | None = None, show_progress: bool = True, console=None) -> list[StudyResult]:
-    """Run every study of ``folder`` (or ``only`` some) and compute its finding."""
+                only: list[str] | None = None, show_progress: bool = True, console=None,
+                base: dict | None = None) -> list[StudyResult]:
+    """Run every study of ``folder`` (or ``only`` some) and compute its finding. ``base`` sets
+    RunConfig fields in every study (e.g. ``dataset: cifar10``, ``data_root``)."""
     from .grid.controller import Controller, RunOptions
     from .grid.spec import load_spec, resolve_kind, with_executor
+    from .yamlio import load_yaml
 
     out = []
     for name, path in study_specs(folder).items():
         if only and name not in only:
             continue
-        spec = load_spec(path, {"results": results} if results else None)
+        overrides: dict = {"results": results} if results else {}
+        raw = load_yaml(path)
+        if base and isinstance(raw, dict):
+            overrides |= {"base": {**(raw.get("base") or {}), **base},
+                          "name": f"{raw.get('name')}{sweep_suffix(base)}"}
+        spec = load_spec(path, overrides or None)
         if executor:
             spec = with_executor(spec, **executor)
         t0 = time.monotonic()

@@ -71,3 +71,20 @@ def test_findings_say_reproduced_not_reproduced_or_inconclusive_by_the_rule():
     # a study without the runs a finding needs says so instead of failing
     assert findings.finding_epochs(good).verdict == "inconclusive"
     assert "two training lengths" in findings.finding_epochs(good).details
+
+
+def test_reproduce_on_cifar_set_from_the_command_line_is_a_sweep_of_its_own(tmp_path):
+    from .test_data import _write_cifar
+
+    _write_cifar(tmp_path / "cifar", n_train=160, n_test=40)
+    out = run_cli("reproduce", "--quick", "--quiet", "--only", "lr_wd", "--results", str(tmp_path / "res"),
+                  "--set", "dataset=cifar10", "--set", f"data_root={tmp_path / 'cifar'}", timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "res/runs").iterdir())
+    assert len(runs) == 1 and runs[0].startswith("sweep=quick_lr_wd-cifar10-")
+    from stability import store
+
+    got = store.read_table(tmp_path / "res", "runs")
+    assert set(got.dataset) == {"cifar10"} and len(got) == 8
+    reports = list((tmp_path / "res/reproduce").glob("quick-cifar10-*.md"))
+    assert len(reports) == 1 and "Fig. 5" in reports[0].read_text()

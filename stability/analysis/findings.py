@@ -78,20 +78,37 @@ def _bootstrap(groups: dict[tuple, np.ndarray], stat: Callable[[dict[tuple, np.n
     return float(point), float(lo), float(hi)
 
 
-def _empty(key: str, title: str, claim: str, paper: str, statistic: str, why: str) -> Finding:
-    return Finding(key, title, claim, paper, statistic, np.nan, np.nan, np.nan, None, "0", why, "inconclusive")
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    title: str
+    claim: str
+    paper: str
+    statistic: str
+
+    def missing(self, why: str) -> Finding:
+        """The finding of a study that lacks the runs it needs: inconclusive, saying why."""
+        return Finding(*asdict(self).values(), np.nan, np.nan, np.nan, None, "0", why, "inconclusive")
+
+    def measured(self, groups: dict[tuple, np.ndarray], stat: Callable[[dict[tuple, np.ndarray]], float],
+                 details: str, names: Callable[[tuple], str], p: float | None = None) -> Finding:
+        """Bootstrap ``stat`` over ``groups`` and apply the verdict rule (n >= 2 per group)."""
+        eff, lo, hi = _bootstrap(groups, stat)
+        n = ", ".join(f"{names(k)} {len(v)}" for k, v in groups.items())
+        return Finding(*asdict(self).values(), eff, lo, hi, p, n, details,
+                       verdict(eff, lo, hi, min(len(v) for v in groups.values()) >= 2))
 
 
 def finding_lr_wd(runs: pd.DataFrame, x: float = 4.0) -> Finding:
     """Fig. 5: ViT_C has more runs within ``x`` points of its best than ViT_P over lr x wd."""
-    key, title = "lr_wd", "Stability over lr and wd (Fig. 5)"
-    claim = f"more ViT_C than ViT_P runs lie within {x:g} points of their own best (Δtop-1 EDF)"
-    paper = "ViT_C-18GF (SGD): ~60% of runs within 4 points of the best; ViT_P-18GF: < 20%"
-    statistic = f"fraction within {x:g} of best, conv − patchify"
+    c = Claim("lr_wd", "Stability over lr and wd (Fig. 5)",
+              f"more ViT_C than ViT_P runs lie within {x:g} points of their own best (Δtop-1 EDF)",
+              "ViT_C-18GF (SGD): ~60% of runs within 4 points of the best; ViT_P-18GF: < 20%",
+              f"fraction within {x:g} of best, conv − patchify")
     cmp = compare(runs, relative=True, within=[x], n_boot=N_BOOT)
-    cmp = cmp[(cmp.a == "conv") & (cmp.b == "patchify")]
+    cmp = cmp[(cmp.a == "conv") & (cmp.b == "patchify")] if len(cmp) else cmp
     if cmp.empty:
-        return _empty(key, title, claim, paper, statistic, "needs finished runs of both stems")
+        return c.missing("needs finished runs of both stems")
     r = cmp.iloc[0]  # one stratum: the study varies lr and wd only
     eff = -float(r[f"within_{x:g}_diff"])
     lo, hi = -float(r[f"within_{x:g}_diff_hi"]), -float(r[f"within_{x:g}_diff_lo"])
@@ -100,81 +117,73 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = 4.0) -> Finding:
                f"(lower Δ: {r.ks_better}, permutation p {r.ks_p:.3f}); paired over {int(r.n_pairs)} "
                f"(lr, wd) points: Wilcoxon p {r.wilcoxon_p:.3g}, patchify lower in {int(r.n_b_lower)}, "
                f"conv lower in {int(r.n_a_lower)}")
-    return Finding(key, title, claim, paper, statistic, eff, lo, hi, float(r.ks_p),
-                   f"{int(r.n_a)} conv, {int(r.n_b)} patchify", details,
-                   verdict(eff, lo, hi, min(r.n_a, r.n_b) >= 2))
+    return Finding(*asdict(c).values(), eff, lo, hi, float(r.ks_p), f"{int(r.n_a)} conv, {int(r.n_b)} patchify",
+                   details, verdict(eff, lo, hi, min(r.n_a, r.n_b) >= 2))
 
 
 def finding_optimizer(runs: pd.DataFrame) -> Finding:
     """Table 3: SGD costs ViT_P more than ViT_C (best over each optimizer's lr sweep)."""
-    key, title = "optimizer", "Optimizer: AdamW vs SGD (Table 3)"
-    claim = "the SGD − AdamW gap in best error is larger for ViT_P than for ViT_C"
-    paper = "4GF, 50 epochs: SGD − AdamW = 5.3 points for ViT_P, 0.7 for ViT_C (ViT_P up to ~10)"
-    statistic = "gap_P − gap_C, gap = best SGD − best AdamW (points)"
+    c = Claim("optimizer", "Optimizer: AdamW vs SGD (Table 3)",
+              "the SGD − AdamW gap in best error is larger for ViT_P than for ViT_C",
+              "4GF, 50 epochs: SGD − AdamW = 5.3 points for ViT_P, 0.7 for ViT_C (ViT_P up to ~10)",
+              "gap_P − gap_C, gap = best SGD − best AdamW (points)")
     df = errors(runs, by=("stem",))
     longest = df["epochs"].max() if "epochs" in df and len(df) else None
     df = df[df["epochs"] == longest] if longest is not None else df
-    groups = _groups(df, ["stem", "optimizer"])
     need = [("patchify", "adamw"), ("patchify", "sgd"), ("conv", "adamw"), ("conv", "sgd")]
-    if not all(k in groups for k in need):
-        return _empty(key, title, claim, paper, statistic, "needs both stems with both optimizers")
+    groups = {k: v for k, v in _groups(df, ["stem", "optimizer"]).items() if k in need}
+    if len(groups) < len(need):
+        return c.missing("needs both stems with both optimizers")
 
     def gaps(g):
         return {s: g[(s, "sgd")].min() - g[(s, "adamw")].min() for s in ("patchify", "conv")}
 
-    eff, lo, hi = _bootstrap(groups, lambda g: gaps(g)["patchify"] - gaps(g)["conv"])
     gp, gc = gaps(groups).values()
     details = (f"at {longest} epochs: gap ViT_P {gp:+.2f}, ViT_C {gc:+.2f}; best AdamW P "
                f"{groups[('patchify', 'adamw')].min():.2f} / C {groups[('conv', 'adamw')].min():.2f}, "
                f"best SGD P {groups[('patchify', 'sgd')].min():.2f} / C {groups[('conv', 'sgd')].min():.2f}")
-    n = ", ".join(f"{s[0].upper()}-{o} {len(groups[(s, o)])}" for s, o in need)
-    return Finding(key, title, claim, paper, statistic, eff, lo, hi, None, n, details,
-                   verdict(eff, lo, hi, min(len(v) for v in groups.values()) >= 2))
+    return c.measured(groups, lambda g: gaps(g)["patchify"] - gaps(g)["conv"], details,
+                      lambda k: f"{k[0][0].upper()}-{k[1]}")
 
 
 def finding_epochs(runs: pd.DataFrame) -> Finding:
     """Fig. 3: ViT_C converges faster: its lead over ViT_P is largest at the shortest schedule."""
-    key, title = "epochs", "Training length (Fig. 3)"
-    claim = "ViT_C converges faster: the ViT_P − ViT_C gap in best error is larger at the shortest schedule than at the longest"
-    paper = "ViT_C's gain is largest at short schedules and shrinks as training lengthens (50 → 400 epochs)"
-    statistic = "(P − C) at the shortest − (P − C) at the longest schedule (points)"
+    c = Claim("epochs", "Training length (Fig. 3)",
+              "ViT_C converges faster: the ViT_P − ViT_C gap in best error is larger at the shortest "
+              "schedule than at the longest",
+              "ViT_C's gain is largest at short schedules and shrinks as training lengthens (50 → 400 epochs)",
+              "(P − C) at the shortest − (P − C) at the longest schedule (points)")
     df = errors(runs, by=("stem",))
     if "epochs" not in df or df["epochs"].nunique() < 2:
-        return _empty(key, title, claim, paper, statistic, "needs at least two training lengths")
+        return c.missing("needs at least two training lengths")
     short, long = df["epochs"].min(), df["epochs"].max()
-    groups = _groups(df[df["epochs"].isin([short, long])], ["stem", "epochs"])
     need = [("patchify", short), ("conv", short), ("patchify", long), ("conv", long)]
-    if not all(k in groups for k in need):
-        return _empty(key, title, claim, paper, statistic, "needs both stems at both lengths")
+    groups = {k: v for k, v in _groups(df, ["stem", "epochs"]).items() if k in need}
+    if len(groups) < len(need):
+        return c.missing("needs both stems at both lengths")
 
     def gap(g, ep):
         return g[("patchify", ep)].min() - g[("conv", ep)].min()
 
-    eff, lo, hi = _bootstrap(groups, lambda g: gap(g, short) - gap(g, long))
     curve = df.groupby(["epochs", "stem"], observed=True)["err"].min().unstack("stem")
     details = "best error per length (P / C): " + "; ".join(
         f"{ep}: {row.get('patchify', np.nan):.2f} / {row.get('conv', np.nan):.2f}" for ep, row in curve.iterrows())
-    n = ", ".join(f"{s[0].upper()}@{ep} {len(groups[(s, ep)])}" for s, ep in need)
-    return Finding(key, title, claim, paper, statistic, eff, lo, hi, None, n, details,
-                   verdict(eff, lo, hi, min(len(v) for v in groups.values()) >= 2))
+    return c.measured(groups, lambda g: gap(g, short) - gap(g, long), details, lambda k: f"{k[0][0].upper()}@{k[1]}")
 
 
 def finding_peak(runs: pd.DataFrame) -> Finding:
     """Sec. 5.4 / Table 4: at its best (lr, wd), ViT_C beats ViT_P by 1–2 points."""
-    key, title = "peak", "Peak performance (Sec. 5.4)"
-    claim = "with each model's best (lr, wd), ViT_C's error is lower than ViT_P's"
-    paper = "400 epochs: 4GF 18.6% (ViT_C) vs 19.6% (ViT_P); 1GF 24.7% vs 27.7%; RegNetY-4GF 18.7%"
-    statistic = "best ViT_P − best ViT_C (points)"
-    df = errors(runs, by=("stem",))
-    groups = _groups(df, ["stem"])
-    if ("patchify",) not in groups or ("conv",) not in groups:
-        return _empty(key, title, claim, paper, statistic, "needs finished runs of both ViTs")
-    eff, lo, hi = _bootstrap(groups, lambda g: g[("patchify",)].min() - g[("conv",)].min())
-    details = "best error: " + ", ".join(f"{k[0]} {v.min():.2f} (median {np.median(v):.2f})"
-                                         for k, v in groups.items())
-    n = ", ".join(f"{k[0]} {len(v)}" for k, v in groups.items())
-    return Finding(key, title, claim, paper, statistic, eff, lo, hi, None, n, details,
-                   verdict(eff, lo, hi, min(len(groups[("patchify",)]), len(groups[("conv",)])) >= 2))
+    c = Claim("peak", "Peak performance (Sec. 5.4)",
+              "with each model's best (lr, wd), ViT_C's error is lower than ViT_P's",
+              "400 epochs: 4GF 18.6% (ViT_C) vs 19.6% (ViT_P); 1GF 24.7% vs 27.7%; RegNetY-4GF 18.7%",
+              "best ViT_P − best ViT_C (points)")
+    every = _groups(errors(runs, by=("stem",)), ["stem"])
+    if ("patchify",) not in every or ("conv",) not in every:
+        return c.missing("needs finished runs of both ViTs")
+    details = "best error: " + ", ".join(f"{k[0]} {v.min():.2f} (median {np.median(v):.2f}, n {len(v)})"
+                                         for k, v in every.items())
+    groups = {k: every[k] for k in (("patchify",), ("conv",))}
+    return c.measured(groups, lambda g: g[("patchify",)].min() - g[("conv",)].min(), details, lambda k: k[0])
 
 
 FINDINGS: dict[str, Callable[[pd.DataFrame], Finding]] = {
