@@ -117,7 +117,7 @@ def cached_edf(runs: pd.DataFrame, by: tuple[str, ...], relative: bool) -> pd.Da
 def cached_compare(runs: pd.DataFrame, relative: bool) -> pd.DataFrame:
     from stability import analysis
 
-    return analysis.compare(runs, by="stem", relative=relative)
+    return analysis.compare(runs, by="stem", relative=relative, n_boot=400, n_perm=1000)
 
 
 def sweep_label(runs: pd.DataFrame) -> str:

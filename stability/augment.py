@@ -15,7 +15,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-AUGMENTS = ("none", "shift", "affine")
 SHIFT_PATCHES = 1.0  # translation up to one 4 px patch of a 32 px image: 0.25 in [-1, 1] units
 SCALE = (0.85, 1.15)
 ROTATE_DEG = 15.0

@@ -288,33 +288,49 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .reproduce import SCALES, STUDIES, run_studies, study_specs, write_report
+    from .config import run_config
+    from .reproduce import (
+        SCALES,
+        STUDIES,
+        prepare,
+        run_studies,
+        study_specs,
+        sweep_suffix,
+        write_report,
+    )
 
     if args.quick and args.paper:
         raise ConfigError("reproduce: --quick and --paper exclude each other (allowed: one of them, or neither)")
     scale = "quick" if args.quick else "paper" if args.paper else "cpu"
     folder = Path(args.grids) if args.grids else SCALES[scale]
+    if args.grids:
+        scale = f"grids {folder.name or folder}"
     study_specs(folder)  # every spec present before anything runs
-    only = args.only.split(",") if args.only else None
-    if only and (bad := sorted(set(only) - set(STUDIES))):
-        raise ConfigError(f"--only: unknown study {bad[0]!r} (allowed: {', '.join(STUDIES)})")
+    only = None
+    if args.only is not None:
+        only = [s.strip() for s in args.only.split(",")]
+        if bad := sorted(s for s in only if s not in STUDIES):
+            raise ConfigError(f"--only: unknown study {bad[0]!r} (allowed: {', '.join(STUDIES)})")
     base = parse_overrides(args.set or [])
+    if where := sorted(set(base) & {"results", "sweep"}):
+        raise ConfigError(f"--set: {where[0]} is not a study field (use --results; sweeps are named by the specs)")
     if base:
-        from .config import run_config
-
         run_config(base, "--set")  # each field checked alone first: the error names --set
-    results = run_studies(folder, args.results, _profile(args.profile) or None, only, show_progress=not args.quiet,
-                          console=Console(stderr=True), base=base)
+    specs = prepare(folder, args.results, _profile(args.profile) or None, only, base)  # no files yet
+    results = run_studies(specs, show_progress=not args.quiet, console=Console(stderr=True))
     root = args.results or "results"
-    from .reproduce import sweep_suffix
-
-    out = Path(args.out) if args.out else Path(root) / "reproduce" / f"{scale}{sweep_suffix(base)}"
-    md, page = write_report(results, scale, root, out)
+    name = scale.replace(" ", "-") + sweep_suffix(base) + (f"-only-{'-'.join(only)}" if only else "")
+    out = Path(args.out) if args.out else Path(root) / "reproduce" / name
+    md, page = write_report(results, scale, root, out, [s for s in STUDIES if only and s not in only])
+    failed = 0
     for r in results:
         f = r.finding
-        print(f"{f.title}: {f.verdict} ({f.statistic} = {f.effect:+.2f} [{f.lo:+.2f}, {f.hi:+.2f}], n {f.n})")
+        print(f"{f.title}: {f.verdict} ({f.statistic} = {f.effect:+.2f} [{f.lo:+.2f}, {f.hi:+.2f}] {f.unit}, n {f.n})")
+        if r.counts.get("failed"):
+            failed += r.counts["failed"]
+            print(f"  {r.counts['failed']} run(s) of sweep {r.sweep} failed; first error: {r.first_error()}")
     print(f"report: {md} and {page}")
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

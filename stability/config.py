@@ -12,12 +12,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from .augment import AUGMENTS
 from .data import DATASETS
 from .errors import ConfigError
 from .models.presets import STEMS, architecture_revision, resolve
 
 OPTIMIZERS = ("adamw", "sgd")
+AUGMENTS = ("none", "shift", "affine")  # what each does: stability/augment.py
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import store
-from .analysis.findings import CI, FINDINGS, Finding
+from .analysis.findings import CI, FINDINGS, MIN_RUNS, Finding, assess
 from .errors import ConfigError
 
 STUDIES = tuple(FINDINGS)
@@ -27,7 +27,10 @@ GRIDS = Path(__file__).resolve().parent.parent / "grids"
 SCALES = {"cpu": GRIDS / "cpu", "quick": GRIDS / "cpu" / "quick", "paper": GRIDS}
 RULE = (f"reproduced: the effect has the paper's sign and its {CI:.0%} bootstrap interval excludes 0; "
         "not reproduced: the interval excludes 0 on the other side; inconclusive: the interval "
-        "contains 0 or a group has fewer than 2 runs.")
+        f"contains 0, a group has fewer than {MIN_RUNS} runs, or more than half of the finished runs "
+        "collapsed (never left chance).")
+CAVEATS = {"quick": "Quick scale: runs of a few steps that mostly stay at chance. These verdicts show "
+                    "that the machinery works, not what the paper found."}
 
 
 @dataclass
@@ -35,8 +38,25 @@ class StudyResult:
     name: str
     sweep: str
     finding: Finding
-    counts: dict[str, int]
-    wall_s: float
+    runs: pd.DataFrame
+    wall_s: float  # this invocation (a rerun that trains nothing takes seconds)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.runs["status"].value_counts().to_dict() if len(self.runs) else {}
+
+    @property
+    def train_s(self) -> float:
+        """The runs' own training time, summed (``wall_time_s`` of each finished run)."""
+        return float(self.runs["wall_time_s"].sum()) if len(self.runs) else 0.0
+
+    @property
+    def collapsed(self) -> int:
+        return int(self.runs.get("collapsed", pd.Series(dtype=bool)).fillna(False).astype(bool).sum())
+
+    def first_error(self) -> str | None:
+        failed = self.runs[self.runs["status"] == "failed"] if len(self.runs) else self.runs
+        return str(failed["error"].iloc[0]) if len(failed) else None
 
 
 def study_specs(folder: Path) -> dict[str, Path]:
@@ -52,24 +72,28 @@ def study_specs(folder: Path) -> dict[str, Path]:
 
 
 def sweep_suffix(base: dict) -> str:
-    """``-cifar10-data`` for ``{"dataset": "cifar10", "data_root": "/data"}``: studies run with
-    changed base fields are sweeps of their own, never mixed with the unchanged ones."""
+    """``-dataset_cifar10-data_root_cifar`` for ``{"dataset": "cifar10", "data_root": "/x/cifar"}``:
+    studies run with changed base fields are sweeps of their own, one per set of changes,
+    never mixed with the unchanged ones or with other changes."""
     import re
 
-    parts = [re.sub(r"[^A-Za-z0-9_.]+", "_", str(v)).strip("_")[-24:] for v in base.values()]
-    return "".join(f"-{p}" for p in parts if p)
+    def clean(v: object) -> str:
+        return re.sub(r"[^A-Za-z0-9_]+", "_", str(v)).strip("_")[-24:]
+
+    return "".join(f"-{clean(k)}_{clean(v)}" for k, v in base.items())
 
 
-def run_studies(folder: Path, results: str | None = None, executor: dict | None = None,
-                only: list[str] | None = None, show_progress: bool = True, console=None,
-                base: dict | None = None) -> list[StudyResult]:
-    """Run every study of ``folder`` (or ``only`` some) and compute its finding. ``base`` sets
-    RunConfig fields in every study (e.g. ``dataset: cifar10``, ``data_root``)."""
-    from .grid.controller import Controller, RunOptions
-    from .grid.spec import load_spec, resolve_kind, with_executor
+def prepare(folder: Path, results: str | None = None, executor: dict | None = None,
+            only: list[str] | None = None, base: dict | None = None) -> dict:
+    """Every study's spec with the overrides applied, each checked by planning it (no runs, no
+    files): a bad spec or override fails before any study trains."""
+    from .grid.plan import make_plan, plan_from_frame, plan_mismatch
+    from .grid.spec import load_spec, with_executor
+    from .grid.state import load_plan
+    from .grid.studies import ask_wave, open_storage
     from .yamlio import load_yaml
 
-    out = []
+    specs = {}
     for name, path in study_specs(folder).items():
         if only and name not in only:
             continue
@@ -81,6 +105,25 @@ def run_studies(folder: Path, results: str | None = None, executor: dict | None 
         spec = load_spec(path, overrides or None)
         if executor:
             spec = with_executor(spec, **executor)
+        if spec.sampler.name == "tpe":
+            ask_wave(spec, [], {}, open_storage(spec, in_memory=True))
+            saved = load_plan(spec.sweep_dir)
+            if saved is not None and len(saved) and (why := plan_mismatch(spec, plan_from_frame(saved))):
+                raise ConfigError(f"sweep {spec.name!r} was planned from a different spec ({why}): give the "
+                                  f"changed study a new name, or remove {spec.sweep_dir}", spec.path)
+        else:
+            make_plan(spec)
+        specs[name] = spec
+    return specs
+
+
+def run_studies(specs: dict, show_progress: bool = True, console=None) -> list[StudyResult]:
+    """Run each prepared study (``prepare``) as ``grid run`` would, then compute its finding."""
+    from .grid.controller import Controller, RunOptions
+    from .grid.spec import resolve_kind
+
+    out = []
+    for name, spec in specs.items():
         t0 = time.monotonic()
         pool = None
         if resolve_kind(spec.executor.kind) == "local":
@@ -93,35 +136,46 @@ def run_studies(folder: Path, results: str | None = None, executor: dict | None 
             if pool is not None:
                 pool.close()
         runs = store.read_table(spec.results, "runs", sweep=spec.name)
-        counts = runs["status"].value_counts().to_dict() if len(runs) else {}
-        out.append(StudyResult(name, spec.name, FINDINGS[name](runs), counts, time.monotonic() - t0))
+        out.append(StudyResult(name, spec.name, assess(name, runs), runs, time.monotonic() - t0))
     return out
 
 
 def _fmt(v: float | None, spec: str = "+.2f") -> str:
-    return "–" if v is None or pd.isna(v) else format(v, spec)
+    return "–" if v is None or pd.isna(v) else format(v + 0.0, spec)
 
 
-def report_markdown(results: list[StudyResult], scale: str, root: str) -> str:
+def report_markdown(results: list[StudyResult], scale: str, root: str, left_out: list[str] = ()) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    total = sum(r.wall_s for r in results)
+    wall = sum(r.wall_s for r in results)
+    train = sum(r.train_s for r in results)
     lines = [f"# Reproduction of Xiao et al. 2021 (scale: {scale})", "",
-             f"Results root `{root}`; made {stamp}; studies ran {total / 60:.1f} min here.", "",
-             f"**Verdict rule.** {RULE}", "",
-             "| finding | verdict | effect [CI] | p | n | the paper |", "|---|---|---|---|---|---|"]
+             f"Results root `{root}`; made {stamp}. This invocation took {wall / 60:.1f} min; the runs' "
+             f"own training time adds up to {train / 60:.1f} min (summed over runs, which run in parallel).", ""]
+    if scale in CAVEATS:
+        lines += [f"**{CAVEATS[scale]}**", ""]
+    if left_out:
+        lines += [f"Studies not run in this invocation (`--only`): {', '.join(left_out)}.", ""]
+    lines += [f"**Verdict rule.** {RULE}", "",
+              "| finding | verdict | effect [90% CI] | unit | p (test) | n | the paper |",
+              "|---|---|---|---|---|---|---|"]
     for r in results:
         f = r.finding
+        p = f"{_fmt(f.p, '.3g')} ({f.p_test})" if f.p is not None else "–"
         lines.append(f"| {f.title} | **{f.verdict}** | {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] | "
-                     f"{_fmt(f.p, '.3g')} | {f.n} | {f.paper} |")
+                     f"{f.unit} | {p} | {f.n} | {f.paper} |")
     for r in results:
         f = r.finding
         counts = ", ".join(f"{v} {k}" for k, v in sorted(r.counts.items())) or "no runs"
         lines += ["", f"## {f.title}: {f.verdict}", "",
                   f"- The paper's claim: {f.claim}.", f"- The paper's numbers: {f.paper}.",
-                  f"- Statistic (> 0 is the paper's direction): {f.statistic} = **{_fmt(f.effect)}**, "
-                  f"{CI:.0%} CI [{_fmt(f.lo)}, {_fmt(f.hi)}]" + (f", p = {_fmt(f.p, '.3g')}" if f.p is not None else ""),
-                  f"- n: {f.n}. Sweep `{r.sweep}`: {counts}; {r.wall_s / 60:.1f} min.",
+                  f"- Statistic (> 0 is the paper's direction): {f.statistic} = **{_fmt(f.effect)}** {f.unit}, "
+                  f"{CI:.0%} CI [{_fmt(f.lo)}, {_fmt(f.hi)}]"
+                  + (f", p = {_fmt(f.p, '.3g')} ({f.p_test})" if f.p is not None else ""),
+                  f"- n: {f.n}. Sweep `{r.sweep}`: {counts}; {r.collapsed} collapsed (never left chance); "
+                  f"training time {r.train_s / 60:.1f} min summed over runs.",
                   f"- Details: {f.details}."]
+        if err := r.first_error():
+            lines.append(f"- A failed run's error: `{err[:300]}`.")
     return "\n".join(lines) + "\n"
 
 
@@ -138,6 +192,8 @@ def report_html(markdown: str, title: str) -> str:
             table.clear()
 
     for line in markdown.splitlines():
+        if body and body[-1].startswith("<li>") and not line.startswith("- "):
+            body.append("</ul>")
         if line.startswith("|"):
             table.append(line)
             continue
@@ -147,10 +203,14 @@ def report_html(markdown: str, title: str) -> str:
         elif line.startswith("# "):
             body.append(f"<h1>{_inline(line[2:])}</h1>")
         elif line.startswith("- "):
+            if not body or not body[-1].startswith("<li>"):
+                body.append("<ul>")
             body.append(f"<li>{_inline(line[2:])}</li>")
         elif line.strip():
             body.append(f"<p>{_inline(line)}</p>")
     flush_table()
+    if body and body[-1].startswith("<li>"):
+        body.append("</ul>")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{padding:3px 8px;border-bottom:1px solid #ddd;font-size:13px;text-align:left}</style></head><body>"
@@ -165,8 +225,9 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
-def write_report(results: list[StudyResult], scale: str, root: str, out: Path) -> tuple[Path, Path]:
-    """``out``.md and ``out``.html (each written to a temp file, then renamed)."""
-    md = report_markdown(results, scale, root)
-    return (store.write_text_atomic(out.with_suffix(".md"), md),
-            store.write_text_atomic(out.with_suffix(".html"), report_html(md, f"stability reproduce ({scale})")))
+def write_report(results: list[StudyResult], scale: str, root: str, out: Path,
+                 left_out: list[str] = ()) -> tuple[Path, Path]:
+    """``out`` + ``.md`` and + ``.html`` (each written to a temp file, then renamed)."""
+    md = report_markdown(results, scale, root, left_out)
+    return (store.write_text_atomic(out.with_name(out.name + ".md"), md),
+            store.write_text_atomic(out.with_name(out.name + ".html"), report_html(md, f"stability reproduce ({scale})")))

@@ -96,6 +96,23 @@ def test_spikes_planted_and_lead():
     assert not analysis.detect_spikes([1, 100, np.nan, np.inf]).any()
 
 
+def test_spike_series_of_two_sweeps_sharing_a_run_id_are_judged_apart():
+    rng = np.random.default_rng(1)
+    rows = []
+    for sweep, planted in (("s1", [80]), ("s2", [])):
+        v = 1 + 0.05 * rng.standard_normal(120)
+        v[planted] = 9.0
+        rows += [{"sweep": sweep, "run_id": "same", "layer": lay, "depth": d, "step": s, "grad_norm": x}
+                 for lay, d in (("stem", 0), ("head", 1)) for s, x in enumerate(v)]
+    g = pd.DataFrame(rows)
+    marked = analysis.mark_spikes(g)
+    assert marked.groupby("sweep").spike.sum().to_dict() == {"s1": 2, "s2": 0}
+    counts = analysis.spike_counts(g)
+    assert len(counts) == 4 and set(counts.n_points) == {120}
+    lead = analysis.first_layer_lead(g)
+    assert lead.sweep.tolist() == ["s1", "s2"] and lead.n_last.tolist() == [1, 0]
+
+
 def test_downsample_keeps_every_spike():
     n = 50_000
     v = np.ones(n)

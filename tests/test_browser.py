@@ -85,6 +85,10 @@ def test_spikes_page_draws_traces(server, page):
     page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot .legend')]"
                            ".some(e => e.textContent.includes('(first)') && e.textContent.includes('(last)'))",
                            timeout=60_000)
+    # one trace per stem's worst run; they stream in one after the other
+    page.wait_for_function("(() => { const t = [...document.querySelectorAll('.js-plotly-plot .gtitle')]"
+                           ".map(e => e.textContent).join(' '); return t.includes('patchify') && t.includes('conv'); })()",
+                           timeout=90_000)
     titles = " ".join(page.locator(".js-plotly-plot .gtitle").all_text_contents())
     assert "patchify" in titles and "conv" in titles, titles
     ticks = " ".join(page.locator(".js-plotly-plot .xtick").all_text_contents())

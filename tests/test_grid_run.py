@@ -134,3 +134,13 @@ def test_tpe_with_model_fixed_stems_finishes_with_n_runs_per_model_and_tells_eac
     again = run_cli("grid", "run", str(spec_path), "--quiet")
     assert again.returncode == 0 and "submitted 0" in again.stdout
     assert len(optuna.load_study(study_name=names[0], storage=storage).trials) == 4
+    # the spec edited after the fact (2 epochs): its saved plan no longer matches; never reused
+    changed = write_spec(tmp_path / "g.yaml", "peak", tmp_path / "res",
+                         base={"optimizer": "adamw", "epochs": 2, "steps_per_epoch": 2},
+                         space={"model": ["vit_p_tiny", "vit_c_tiny"], "lr": {"loguniform": [1e-4, 1e-2]},
+                                "wd": {"loguniform": [1e-3, 0.5]}},
+                         sampler={"name": "tpe", "n": 4, "wave": 2, "seed": 0}, executor={"kind": "debug"})
+    out = run_cli("grid", "run", str(changed), "--quiet")
+    assert out.returncode == 2 and "planned from a different spec" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert len(store.load(tmp_path / "res").runs) == 8

@@ -36,7 +36,11 @@ def test_reproduce_quick_writes_a_report_with_four_verdicts(tmp_path):
 def test_reproduce_bad_input_is_one_line_exit_2(tmp_path):
     for args, needle in ((["--quick", "--paper"], "exclude each other"),
                          (["--grids", str(tmp_path)], "no study spec"),
-                         (["--quick", "--only", "lr_wd,bogus"], "unknown study 'bogus'")):
+                         (["--quick", "--only", "lr_wd,bogus"], "unknown study 'bogus'"),
+                         (["--quick", "--only", ""], "unknown study ''"),
+                         (["--quick", "--set", "results=x"], "not a study field"),
+                         # epochs is an axis of the epochs study: found before any study trains
+                         (["--quick", "--set", "epochs=2"], "space.epochs")):
         out = run_cli("reproduce", *args, "--results", str(tmp_path / "res"))
         assert out.returncode == 2 and needle in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
@@ -56,6 +60,11 @@ def test_findings_say_reproduced_not_reproduced_or_inconclusive_by_the_rule():
     assert findings.finding_peak(good).verdict == "reproduced"
     assert findings.finding_peak(good).effect > 0
     assert findings.finding_peak(bad).verdict == "not reproduced"
+    two = good.groupby("stem").head(2)  # best-of-2: too few runs to bootstrap a minimum
+    assert findings.finding_peak(two).verdict == "inconclusive"
+    collapsed = good.assign(collapsed=[True] * 13 + [False] * 11)
+    f = findings.assess("peak", collapsed)
+    assert f.verdict == "inconclusive" and "13 of 24 finished runs collapsed" in f.details
     one = _runs([{"stem": "conv", "top1_err": 20.0}, {"stem": "patchify", "top1_err": 25.0}])
     assert findings.finding_peak(one).verdict == "inconclusive"  # n = 1 per group
     # optimizer: SGD costs patchify 10 points, conv nothing
@@ -66,7 +75,7 @@ def test_findings_say_reproduced_not_reproduced_or_inconclusive_by_the_rule():
                       "top1_err": 20 + (sgd_cost if opt == "sgd" else 0) + rng.normal(0, 0.2) + i}
                      for i, lr in enumerate((1e-3, 2e-3, 4e-3))]
     f = findings.finding_optimizer(_runs(rows))
-    assert f.verdict == "reproduced" and 9 < f.effect < 11
+    assert f.verdict == "reproduced" and 9 < f.effect < 11 and f.unit == "points"
     assert findings.verdict(1.0, -0.5, 2.0) == "inconclusive" and findings.verdict(-1, -2, -0.1) == "not reproduced"
     # a study without the runs a finding needs says so instead of failing
     assert findings.finding_epochs(good).verdict == "inconclusive"
@@ -81,10 +90,16 @@ def test_reproduce_on_cifar_set_from_the_command_line_is_a_sweep_of_its_own(tmp_
                   "--set", "dataset=cifar10", "--set", f"data_root={tmp_path / 'cifar'}", timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = sorted(p.name for p in (tmp_path / "res/runs").iterdir())
-    assert len(runs) == 1 and runs[0].startswith("sweep=quick_lr_wd-cifar10-")
+    assert len(runs) == 1 and runs[0].startswith("sweep=quick_lr_wd-dataset_cifar10-data_root_")
     from stability import store
 
     got = store.read_table(tmp_path / "res", "runs")
     assert set(got.dataset) == {"cifar10"} and len(got) == 8
-    reports = list((tmp_path / "res/reproduce").glob("quick-cifar10-*.md"))
-    assert len(reports) == 1 and "Fig. 5" in reports[0].read_text()
+    reports = list((tmp_path / "res/reproduce").glob("quick-dataset_cifar10-*-only-lr_wd.md"))
+    assert len(reports) == 1
+    text = reports[0].read_text()
+    assert "Fig. 5" in text and "not run in this invocation (`--only`): optimizer, epochs, peak" in text
+    # a missing data root: every run fails, the command says so and exits 1
+    bad = run_cli("reproduce", "--quick", "--quiet", "--only", "lr_wd", "--results", str(tmp_path / "res"),
+                  "--set", "dataset=cifar10", "--set", f"data_root={tmp_path / 'nowhere'}", timeout=600)
+    assert bad.returncode == 1 and "8 run(s) of sweep" in bad.stdout and "DataError" in bad.stdout, bad.stdout

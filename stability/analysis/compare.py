@@ -1,8 +1,9 @@
 """Is one stem more stable than another, by how much, and how sure: signed, paired statistics.
 
 ``compare`` answers per stratum (sweep x optimizer x epochs x ... : never pooled, see
-``strata``) and per pair of groups (stems), with the sign convention **b − a** everywhere: a
-negative ``median_diff`` means b has the lower error. Every effect comes with a percentile
+``strata``; an explicit ``strata_by`` that pools says so in ``pooled``) and per pair of groups
+(stems, a and b in alphabetical order: conv before patchify), with the sign convention
+**b − a** everywhere: a negative ``median_diff`` means b has the lower error. Every effect comes with a percentile
 bootstrap interval and every test with its n:
 
 - ``median_diff``: median error of b minus that of a (unpaired bootstrap, groups resampled
@@ -105,11 +106,12 @@ def paired_differences(df: pd.DataFrame, by: str, a: str, b: str,
     keys = [k for k in keys if k in df.columns and k != by]
     if not keys:
         return np.array([])
-    key = df[keys].astype(str).agg("|".join, axis=1)
-    ea = df[df[by] == a].groupby(key[df[by] == a])["err"].mean()
-    eb = df[df[by] == b].groupby(key[df[by] == b])["err"].mean()
-    shared = ea.index.intersection(eb.index)
-    return np.round((eb[shared] - ea[shared]).to_numpy(float), 9)
+
+    def mean_err(group: str) -> pd.Series:
+        return df[df[by] == group].groupby(keys, observed=True, dropna=False)["err"].mean()
+
+    both = pd.concat([mean_err(a).rename("a"), mean_err(b).rename("b")], axis=1, join="inner")
+    return np.round((both["b"] - both["a"]).to_numpy(float), 9)
 
 
 def paired_tests(d: np.ndarray) -> dict[str, float]:
@@ -137,6 +139,7 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
     """
     runs = with_size(runs)
     strata_by = list(strata(runs, exclude=(by,)) if strata_by is None else strata_by)
+    pooled_axes = ",".join(pooled(runs, [*strata_by, by]))
     df = errors(runs, value, False, [*strata_by, by])
     rng = np.random.default_rng(seed)
     rows = []
@@ -145,7 +148,8 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
         groups = {k: g["err"].to_numpy(float) for k, g in part.groupby(by, observed=True, sort=True)}
         for a, b in combinations(sorted(groups), 2):
             ea, eb = groups[a], groups[b]
-            row: dict = dict(zip(strata_by, skey, strict=True)) | {"a": a, "b": b, "n_a": len(ea), "n_b": len(eb)}
+            row: dict = dict(zip(strata_by, skey, strict=True)) | {"a": a, "b": b, "n_a": len(ea), "n_b": len(eb),
+                                                                  "pooled": pooled_axes}
             va = ea - ea.min() if relative else ea
             vb = eb - eb.min() if relative else eb
             for name, e in (("a", ea), ("b", eb)):

@@ -139,8 +139,9 @@ def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "t
     """Per group: finished runs (the EDF's n), diverged and collapsed among them, best, median and
     worst error (diverged at 100), and the runs left out of the EDF: failed, preempted, running.
 
-    ``by`` defaults to ``default_by(runs)`` (nothing pooled)."""
-    from .compare import with_size
+    ``by`` defaults to ``default_by(runs)`` (nothing pooled); ``pooled`` names the design axes
+    an explicit ``by`` pools."""
+    from .compare import pooled, with_size
 
     runs = with_size(runs)
     by = list(default_by(runs) if by is None else by)
@@ -152,8 +153,9 @@ def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "t
     out = g.agg(runs=("err", "size"), diverged=("diverged", "sum"), collapsed=("collapsed", "sum"),
                 best=("err", "min"), median=("err", "median"), worst=("err", "max")).reset_index()
     left = outcomes(runs, by)
-    return out.merge(left, on=by, how="outer").fillna(
+    out = out.merge(left, on=by, how="outer").fillna(
         {c: 0 for c in ("runs", "diverged", "collapsed", "failed", "preempted", "running")})
+    return out.assign(pooled=",".join(pooled(runs, by)))
 
 
 def outcomes(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:

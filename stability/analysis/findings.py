@@ -7,7 +7,8 @@ verdict by one rule (``verdict``):
 
 - reproduced: the effect has the paper's sign and its interval excludes 0;
 - not reproduced: the interval excludes 0 on the other side;
-- inconclusive: the interval contains 0, or a group has fewer than 2 runs.
+- inconclusive: the interval contains 0, a group has fewer than ``MIN_RUNS`` (3) runs, or more
+  than half of the finished runs collapsed (never left chance: nothing was learned to compare).
 
 Bootstrap intervals resample runs within each group (stem x optimizer x epochs ...) and
 recompute the whole statistic, best-of-group included (the minimum is a rough statistic to
@@ -27,6 +28,7 @@ from .edf import errors
 
 CI = 0.9
 N_BOOT = 2000
+MIN_RUNS = 3  # per group: a best-of-2 has only a handful of bootstrap values
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,12 @@ class Finding:
     claim: str
     paper: str  # the paper's numbers
     statistic: str  # what ``effect`` is, signed so that > 0 is the paper's direction
+    unit: str  # of effect, lo and hi: "points" (of top-1 error) or "fraction" (of runs)
     effect: float
     lo: float
     hi: float
     p: float | None
+    p_test: str  # what ``p`` tests ("" when there is no test)
     n: str
     details: str
     verdict: str
@@ -85,18 +89,19 @@ class Claim:
     claim: str
     paper: str
     statistic: str
+    unit: str = "points"
 
     def missing(self, why: str) -> Finding:
         """The finding of a study that lacks the runs it needs: inconclusive, saying why."""
-        return Finding(*asdict(self).values(), np.nan, np.nan, np.nan, None, "0", why, "inconclusive")
+        return Finding(*asdict(self).values(), np.nan, np.nan, np.nan, None, "", "0", why, "inconclusive")
 
     def measured(self, groups: dict[tuple, np.ndarray], stat: Callable[[dict[tuple, np.ndarray]], float],
                  details: str, names: Callable[[tuple], str], p: float | None = None) -> Finding:
         """Bootstrap ``stat`` over ``groups`` and apply the verdict rule (n >= 2 per group)."""
-        eff, lo, hi = _bootstrap(groups, stat)
+        eff, lo, hi = (v + 0.0 for v in _bootstrap(groups, stat))  # + 0.0: no "-0.00" bounds
         n = ", ".join(f"{names(k)} {len(v)}" for k, v in groups.items())
-        return Finding(*asdict(self).values(), eff, lo, hi, p, n, details,
-                       verdict(eff, lo, hi, min(len(v) for v in groups.values()) >= 2))
+        return Finding(*asdict(self).values(), eff, lo, hi, p, "", n, details,
+                       verdict(eff, lo, hi, min(len(v) for v in groups.values()) >= MIN_RUNS))
 
 
 def finding_lr_wd(runs: pd.DataFrame, x: float = 4.0) -> Finding:
@@ -104,7 +109,7 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = 4.0) -> Finding:
     c = Claim("lr_wd", "Stability over lr and wd (Fig. 5)",
               f"more ViT_C than ViT_P runs lie within {x:g} points of their own best (Δtop-1 EDF)",
               "ViT_C-18GF (SGD): ~60% of runs within 4 points of the best; ViT_P-18GF: < 20%",
-              f"fraction within {x:g} of best, conv − patchify")
+              f"fraction of runs within {x:g} points of their stem's best, conv − patchify", "fraction")
     cmp = compare(runs, relative=True, within=[x], n_boot=N_BOOT)
     cmp = cmp[(cmp.a == "conv") & (cmp.b == "patchify")] if len(cmp) else cmp
     if cmp.empty:
@@ -117,8 +122,8 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = 4.0) -> Finding:
                f"(lower Δ: {r.ks_better}, permutation p {r.ks_p:.3f}); paired over {int(r.n_pairs)} "
                f"(lr, wd) points: Wilcoxon p {r.wilcoxon_p:.3g}, patchify lower in {int(r.n_b_lower)}, "
                f"conv lower in {int(r.n_a_lower)}")
-    return Finding(*asdict(c).values(), eff, lo, hi, float(r.ks_p), f"{int(r.n_a)} conv, {int(r.n_b)} patchify",
-                   details, verdict(eff, lo, hi, min(r.n_a, r.n_b) >= 2))
+    return Finding(*asdict(c).values(), eff + 0.0, lo + 0.0, hi + 0.0, float(r.ks_p), "KS permutation test on Δ",
+                   f"{int(r.n_a)} conv, {int(r.n_b)} patchify", details, verdict(eff, lo, hi, min(r.n_a, r.n_b) >= MIN_RUNS))
 
 
 def finding_optimizer(runs: pd.DataFrame) -> Finding:
@@ -127,9 +132,10 @@ def finding_optimizer(runs: pd.DataFrame) -> Finding:
               "the SGD − AdamW gap in best error is larger for ViT_P than for ViT_C",
               "4GF, 50 epochs: SGD − AdamW = 5.3 points for ViT_P, 0.7 for ViT_C (ViT_P up to ~10)",
               "gap_P − gap_C, gap = best SGD − best AdamW (points)")
-    df = errors(runs, by=("stem",))
-    longest = df["epochs"].max() if "epochs" in df and len(df) else None
-    df = df[df["epochs"] == longest] if longest is not None else df
+    every = errors(runs, by=("stem",))
+    # The paper's Table 3 numbers are for 50 epochs, its shortest schedule: judge the shortest.
+    shortest = every["epochs"].min() if "epochs" in every and len(every) else None
+    df = every[every["epochs"] == shortest] if shortest is not None else every
     need = [("patchify", "adamw"), ("patchify", "sgd"), ("conv", "adamw"), ("conv", "sgd")]
     groups = {k: v for k, v in _groups(df, ["stem", "optimizer"]).items() if k in need}
     if len(groups) < len(need):
@@ -139,9 +145,14 @@ def finding_optimizer(runs: pd.DataFrame) -> Finding:
         return {s: g[(s, "sgd")].min() - g[(s, "adamw")].min() for s in ("patchify", "conv")}
 
     gp, gc = gaps(groups).values()
-    details = (f"at {longest} epochs: gap ViT_P {gp:+.2f}, ViT_C {gc:+.2f}; best AdamW P "
+    details = (f"at {shortest} epoch(s): gap ViT_P {gp:+.2f}, ViT_C {gc:+.2f}; best AdamW P "
                f"{groups[('patchify', 'adamw')].min():.2f} / C {groups[('conv', 'adamw')].min():.2f}, "
                f"best SGD P {groups[('patchify', 'sgd')].min():.2f} / C {groups[('conv', 'sgd')].min():.2f}")
+    for ep in sorted(set(every["epochs"]) - {shortest}):
+        other = _groups(every[every["epochs"] == ep], ["stem", "optimizer"])
+        if all(k in other for k in need):
+            gp2, gc2 = gaps(other).values()
+            details += f"; at {ep} epochs: gap ViT_P {gp2:+.2f}, ViT_C {gc2:+.2f}"
     return c.measured(groups, lambda g: gaps(g)["patchify"] - gaps(g)["conv"], details,
                       lambda k: f"{k[0][0].upper()}-{k[1]}")
 
@@ -180,8 +191,9 @@ def finding_peak(runs: pd.DataFrame) -> Finding:
     every = _groups(errors(runs, by=("stem",)), ["stem"])
     if ("patchify",) not in every or ("conv",) not in every:
         return c.missing("needs finished runs of both ViTs")
-    details = "best error: " + ", ".join(f"{k[0]} {v.min():.2f} (median {np.median(v):.2f}, n {len(v)})"
-                                         for k, v in every.items())
+    order = sorted(every, key=lambda k: {"patchify": 0, "conv": 1}.get(k[0], 2))
+    details = "best error: " + ", ".join(f"{k[0]} {every[k].min():.2f} (median {np.median(every[k]):.2f}, "
+                                         f"n {len(every[k])})" for k in order)
     groups = {k: every[k] for k in (("patchify",), ("conv",))}
     return c.measured(groups, lambda g: g[("patchify",)].min() - g[("conv",)].min(), details, lambda k: k[0])
 
@@ -189,3 +201,20 @@ def finding_peak(runs: pd.DataFrame) -> Finding:
 FINDINGS: dict[str, Callable[[pd.DataFrame], Finding]] = {
     "lr_wd": finding_lr_wd, "optimizer": finding_optimizer, "epochs": finding_epochs, "peak": finding_peak,
 }
+
+
+def assess(study: str, runs: pd.DataFrame) -> Finding:
+    """``FINDINGS[study](runs)``, made inconclusive when more than half of the finished runs
+    collapsed (a comparison of runs that learned nothing says nothing about stability)."""
+    from dataclasses import replace
+
+    f = FINDINGS[study](runs)
+    done = runs[runs["status"].isin(["completed", "diverged"])] if len(runs) else runs
+    if not len(done) or "collapsed" not in done:
+        return f
+    n = int(done["collapsed"].fillna(False).astype(bool).sum())
+    if n > len(done) / 2:
+        return replace(f, verdict="inconclusive",
+                       details=f"{f.details}; {n} of {len(done)} finished runs collapsed (never left chance): "
+                               "too few learned anything to judge")
+    return f

@@ -81,10 +81,11 @@ def count_spikes(steps: Iterable[Mapping] | pd.DataFrame, column: str = "grad_no
     return int(detect_spikes(df[column].to_numpy(), params, df["step"].to_numpy()).sum())
 
 
-def mark_spikes(trace: pd.DataFrame, value: str = "grad_norm", keys: Sequence[str] = ("run_id", "layer"),
+def mark_spikes(trace: pd.DataFrame, value: str = "grad_norm", keys: Sequence[str] = ("sweep", "run_id", "layer"),
                 params: SpikeParams = SpikeParams()) -> pd.DataFrame:
     """``trace`` (rows of run_id, layer, step, value) with a boolean ``spike`` column, each
-    (run, layer) series judged on its own, in step order."""
+    (sweep, run, layer) series judged on its own, in step order (the same config run in two
+    sweeps has one run id and two series)."""
     keys = [k for k in keys if k in trace.columns]
     out = trace.sort_values([*keys, "step"]).reset_index(drop=True)
     mask = np.zeros(len(out), dtype=bool)
@@ -98,9 +99,9 @@ def mark_spikes(trace: pd.DataFrame, value: str = "grad_norm", keys: Sequence[st
 
 
 def spike_counts(grad_norms: pd.DataFrame, params: SpikeParams = SpikeParams()) -> pd.DataFrame:
-    """Spikes per run and layer: run_id, layer, depth, n_spikes, n_points."""
+    """Spikes per run and layer: (sweep,) run_id, layer, depth, n_spikes, n_points."""
     marked = mark_spikes(grad_norms, params=params)
-    cols = [c for c in ("run_id", "layer", "depth") if c in marked.columns]
+    cols = [c for c in ("sweep", "run_id", "layer", "depth") if c in marked.columns]
     g = marked.groupby(cols, observed=True)["spike"]
     return g.agg(n_spikes="sum", n_points="size").reset_index()
 
@@ -119,14 +120,16 @@ def first_layer_lead(grad_norms: pd.DataFrame, params: SpikeParams = SpikeParams
     """
     marked = mark_spikes(grad_norms, params=params)
     rng = np.random.default_rng(seed)
+    keys = [c for c in ("sweep", "run_id") if c in marked.columns]
     rows = []
-    for run_id, g in marked.groupby("run_id", observed=True):
+    for key, g in marked.groupby(keys, observed=True):
+        key = key if isinstance(key, tuple) else (key,)
         first, last = g["depth"].min(), g["depth"].max()
         traced = np.sort(g.loc[g["depth"] == first, "step"].unique())
         fs = np.sort(g.loc[(g["depth"] == first) & g["spike"], "step"].to_numpy())
         ls = np.sort(g.loc[(g["depth"] == last) & g["spike"], "step"].to_numpy())
-        row = {"run_id": run_id, "n_first": len(fs), "n_last": len(ls), "led": np.nan,
-               "median_lead": np.nan, "baseline": np.nan, "p": np.nan}
+        row = dict(zip(keys, key, strict=True)) | {"n_first": len(fs), "n_last": len(ls), "led": np.nan,
+                                                   "median_lead": np.nan, "baseline": np.nan, "p": np.nan}
         if len(ls):
             leads = _leads(fs, ls, max_lag)
             row["led"] = float(np.isfinite(leads).mean())
@@ -137,7 +140,7 @@ def first_layer_lead(grad_norms: pd.DataFrame, params: SpikeParams = SpikeParams
                 row["baseline"] = float(shuffled.mean())
                 row["p"] = float((1 + (shuffled >= row["led"]).sum()) / (1 + n_shuffle))
         rows.append(row)
-    return pd.DataFrame(rows, columns=["run_id", "n_first", "n_last", "led", "median_lead", "baseline", "p"])
+    return pd.DataFrame(rows, columns=[*keys, "n_first", "n_last", "led", "median_lead", "baseline", "p"])
 
 
 def _leads(first_steps: np.ndarray, last_steps: np.ndarray, max_lag: int) -> np.ndarray:
@@ -149,7 +152,7 @@ def _leads(first_steps: np.ndarray, last_steps: np.ndarray, max_lag: int) -> np.
     return np.where((lead >= 1) & (lead <= max_lag), lead, np.nan).astype(float)
 
 
-def downsample(trace: pd.DataFrame, max_points: int = 2000, keys: Sequence[str] = ("run_id", "layer"),
+def downsample(trace: pd.DataFrame, max_points: int = 2000, keys: Sequence[str] = ("sweep", "run_id", "layer"),
                value: str = "grad_norm") -> pd.DataFrame:
     """At most ~``max_points`` rows per series: per bucket of steps keep the min and max value,
     and keep every row marked ``spike`` (so no spike disappears from a plot)."""

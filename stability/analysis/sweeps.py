@@ -37,8 +37,9 @@ def lr_wd_heatmap(runs: pd.DataFrame, bins: int = 6, value: str = "top1_err",
 
 def best_configs(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err") -> pd.DataFrame:
     """The best finished run per group (any columns of ``runs``; default: nothing pooled) with
-    its knobs and ``n``, the finished runs it was chosen from."""
-    from .compare import with_size
+    its knobs, ``n``, the finished runs it was chosen from, and ``pooled``, the design axes an
+    explicit ``by`` pools."""
+    from .compare import pooled, with_size
     from .edf import default_by
 
     runs = with_size(runs)
@@ -49,7 +50,7 @@ def best_configs(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str
     keep = list(dict.fromkeys(c for c in ("run_id", *by, "sweep", "model", "stem", "optimizer",
                                           "epochs", "lr", "wd", "seed") if c in df.columns))
     n = df.groupby(by, observed=True)["err"].transform("size")
-    df = df[keep + ["err", "diverged"]].assign(n=n)
+    df = df[keep + ["err", "diverged"]].assign(n=n, pooled=",".join(pooled(runs, by)))
     return df.loc[df.groupby(by, observed=True)["err"].idxmin()].reset_index(drop=True)
 
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import ConfigError
 from .launch import job_log_tail, make_executor, slurm_alive, submit
 from .local import pid_alive
-from .plan import PlannedRun, make_plan, plan_frame, plan_from_frame
+from .plan import PlannedRun, make_plan, plan_frame, plan_from_frame, plan_mismatch
 from .spec import GridSpec, resolve_kind
 from .state import (
     DONE,
@@ -58,7 +59,11 @@ def initial_plan(spec: GridSpec, storage) -> list[PlannedRun]:
         return make_plan(spec)
     saved = load_plan(spec.sweep_dir)
     if saved is not None and len(saved):
-        return plan_from_frame(saved)
+        plan = plan_from_frame(saved)
+        if why := plan_mismatch(spec, plan):
+            raise ConfigError(f"sweep {spec.name!r} was planned from a different spec ({why}): give the "
+                              f"changed study a new name, or remove {spec.sweep_dir} to start it again", spec.path)
+        return plan
     return ask_wave(spec, [], {}, storage)
 
 

@@ -283,6 +283,24 @@ def make_plan(spec: GridSpec) -> list[PlannedRun]:
     return plan
 
 
+def plan_mismatch(spec: GridSpec, plan: list[PlannedRun]) -> str | None:
+    """Why a saved plan is not what ``spec`` plans now (None when every saved run still is).
+
+    A tpe plan is read back rather than recomputed, so a spec edited after its first wave
+    (another ``base`` field, seeds, axes) would otherwise reuse runs of the old configuration."""
+    by_cell = {cell_key(c): c for c in cells(spec)}
+    planners: dict[tuple[str, str | None], CellRuns] = {}
+    for r in plan:
+        if r.cell not in by_cell:
+            return f"its cell {r.cell or 'all'!r} is not in the spec's space any more"
+        stem = r.stem if "stem" in spec.axes else None
+        planner = planners.setdefault((r.cell, stem), CellRuns(spec, by_cell[r.cell], [stem]))
+        cfg = r.config
+        if r.run_id not in {x.run_id for x in planner.runs([{k: getattr(cfg, k) for k in spec.ranges}])}:
+            return f"run {r.run_id} ({r.cell or 'all'}, stem {r.stem}, seed {r.seed}) is not what the spec plans now"
+    return None
+
+
 def plan_frame(plan: list[PlannedRun]):
     """The plan as a DataFrame (the ``plan.parquet`` of a sweep)."""
     import pandas as pd
