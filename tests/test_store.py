@@ -19,7 +19,8 @@ def test_roundtrip_pandas_duckdb_and_schema(tmp_path):
     store.write_run(tmp_path, "b", "r2", _run("r2", "diverged"))
     res = store.load(tmp_path)
     assert sorted(res.runs.run_id) == ["r1", "r2"] and set(res.runs.sweep) == {"a", "b"}
-    assert list(res.runs.columns[:2]) == ["run_id", "sweep"] and res.runs.schema_version.eq(1).all()
+    assert list(res.runs.columns[:2]) == ["run_id", "sweep"]
+    assert res.runs.schema_version.eq(store.SCHEMA_VERSION).all()
     assert len(res.epochs) == 6 and len(res.grad_norms) == 2 and not res.errors
     assert res.runs.params.isna().all()  # missing columns are typed nulls, not absent
     assert store.load(tmp_path, sweep="a").runs.run_id.tolist() == ["r1"]
@@ -69,3 +70,20 @@ def test_corrupt_file_is_reported_not_fatal(tmp_path):
 def test_empty_root_gives_typed_empty_tables(tmp_path):
     res = store.load(tmp_path / "missing")
     assert res.runs.empty and "top1_err" in res.runs.columns and "sweep" in res.grad_norms.columns
+
+
+def test_files_of_an_older_schema_read_with_the_new_columns_as_nulls(tmp_path):
+    """A version-1 runs file (before the EMA errors and the collapsed flag) still loads."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    new = {"ema_top1_err", "ema_top5_err", "collapsed"}
+    old = pa.schema([f for f in store.SCHEMAS["runs"] if f.name not in new])
+    path = store.table_dir(tmp_path, "runs", "old") / "r0.parquet"
+    path.parent.mkdir(parents=True)
+    row = {"run_id": "r0", "status": "completed", "top1_err": 10.0, "schema_version": 1}
+    pq.write_table(pa.Table.from_pylist([{n: row.get(n) for n in old.names}], schema=old), path)
+    store.write_run(tmp_path, "new", "r1", _run("r1"))
+    runs = store.load(tmp_path).runs.set_index("run_id")
+    assert runs.loc["r0", "top1_err"] == 10.0 and pd.isna(runs.loc["r0", "ema_top1_err"])
+    assert pd.isna(runs.loc["r0", "collapsed"]) and runs.loc["r1", "schema_version"] == store.SCHEMA_VERSION
