@@ -112,11 +112,14 @@ def test_local_two_task_job_is_one_ddp_run_and_failures_keep_their_log(tmp_path)
 def test_tpe_with_model_fixed_stems_finishes_with_n_runs_per_model_and_tells_each_wave(tmp_path):
     """A peak-like spec (the stem comes from the model name): each model's study gets exactly n
     distinct points, and its second wave is asked only after the first was told."""
-    spec_path = write_spec(tmp_path / "g.yaml", "peak", tmp_path / "res",
-                           base={"optimizer": "adamw", "epochs": 1, "steps_per_epoch": 2},
-                           space={"model": ["vit_p_tiny", "vit_c_tiny"], "lr": {"loguniform": [1e-4, 1e-2]},
-                                  "wd": {"loguniform": [1e-3, 0.5]}},
-                           sampler={"name": "tpe", "n": 4, "wave": 2, "seed": 0}, executor={"kind": "debug"})
+    def peak_spec(epochs):
+        return write_spec(tmp_path / "g.yaml", "peak", tmp_path / "res",
+                          base={"optimizer": "adamw", "epochs": epochs, "steps_per_epoch": 2},
+                          space={"model": ["vit_p_tiny", "vit_c_tiny"], "lr": {"loguniform": [1e-4, 1e-2]},
+                                 "wd": {"loguniform": [1e-3, 0.5]}},
+                          sampler={"name": "tpe", "n": 4, "wave": 2, "seed": 0}, executor={"kind": "debug"})
+
+    spec_path = peak_spec(1)
     out = run_cli("grid", "run", str(spec_path), "--quiet")
     assert out.returncode == 0, out.stderr
     runs = store.load(tmp_path / "res").runs
@@ -135,12 +138,7 @@ def test_tpe_with_model_fixed_stems_finishes_with_n_runs_per_model_and_tells_eac
     assert again.returncode == 0 and "submitted 0" in again.stdout
     assert len(optuna.load_study(study_name=names[0], storage=storage).trials) == 4
     # the spec edited after the fact (2 epochs): its saved plan no longer matches; never reused
-    changed = write_spec(tmp_path / "g.yaml", "peak", tmp_path / "res",
-                         base={"optimizer": "adamw", "epochs": 2, "steps_per_epoch": 2},
-                         space={"model": ["vit_p_tiny", "vit_c_tiny"], "lr": {"loguniform": [1e-4, 1e-2]},
-                                "wd": {"loguniform": [1e-3, 0.5]}},
-                         sampler={"name": "tpe", "n": 4, "wave": 2, "seed": 0}, executor={"kind": "debug"})
-    out = run_cli("grid", "run", str(changed), "--quiet")
+    out = run_cli("grid", "run", str(peak_spec(2)), "--quiet")
     assert out.returncode == 2 and "planned from a different spec" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert len(store.load(tmp_path / "res").runs) == 8
