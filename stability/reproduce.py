@@ -87,10 +87,9 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
             only: list[str] | None = None, base: dict | None = None) -> dict:
     """Every study's spec with the overrides applied, each checked by planning it (no runs, no
     files): a bad spec or override fails before any study trains."""
-    from .grid.plan import make_plan, plan_from_frame, plan_mismatch
+    from .grid.controller import initial_plan
     from .grid.spec import load_spec, with_executor
-    from .grid.state import load_plan
-    from .grid.studies import ask_wave, open_storage
+    from .grid.studies import open_storage
     from .yamlio import load_yaml
 
     specs = {}
@@ -105,14 +104,7 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
         spec = load_spec(path, overrides or None)
         if executor:
             spec = with_executor(spec, **executor)
-        if spec.sampler.name == "tpe":
-            ask_wave(spec, [], {}, open_storage(spec, in_memory=True))
-            saved = load_plan(spec.sweep_dir)
-            if saved is not None and len(saved) and (why := plan_mismatch(spec, plan_from_frame(saved))):
-                raise ConfigError(f"sweep {spec.name!r} was planned from a different spec ({why}): give the "
-                                  f"changed study a new name, or remove {spec.sweep_dir}", spec.path)
-        else:
-            make_plan(spec)
+        initial_plan(spec, open_storage(spec, in_memory=True))  # the check grid run makes, no files
         specs[name] = spec
     return specs
 
