@@ -58,7 +58,7 @@ def main() -> None:
         print(lines[-1], flush=True)
         del models
         torch.cuda.empty_cache()
-    t = tracing_run("vit_c_4gf", args.batch, 224, "cuda", args.reps, args.steps)
+    t, _ = tracing_run("vit_c_4gf", args.batch, 224, "cuda", args.reps, args.steps)
     base = t["off"]
     for k, v in t.items():
         lines.append(f"tracing {k}: {100 * (statistics.median(a / b for a, b in zip(v, base, strict=True)) - 1):+.1f}%")

@@ -3,21 +3,29 @@
 # (each tiny model, 2 epochs, bf16 autocast, EMA, augmentation; the runs table read back), then
 # benchmarks/gpu_check.py (4GF ViT_P/ViT_C images/s and MFU vs timm, tracing overhead).
 #   bash benchmarks/gpu_session.sh [OUT_DIR]    # on the GPU machine, from the repository root
+#   SMOKE_MODELS="" bash benchmarks/gpu_session.sh    # the benchmarks only
 set -u
+fail=0
 out=${1:-${OUT:-/tmp/gpu_session}}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi -L
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0))"
-for m in vit_p_tiny vit_c_tiny regnety_tiny; do
+for m in ${SMOKE_MODELS-vit_p_tiny vit_c_tiny regnety_tiny}; do
   timeout 180 python3 -m stability.cli train model=$m epochs=2 ema_alpha=8.5e-3 ema_period=4 \
-    augment=affine results="$out/results" sweep=cuda_smoke || echo "CUDA TRAIN FAILED: $m"
+    augment=affine results="$out/results" sweep=cuda_smoke || { echo "CUDA TRAIN FAILED: $m"; fail=1; }
 done
 python3 - "$out/results" <<'PY'
 import sys, pandas as pd, pathlib
-runs = pd.concat(pd.read_parquet(p) for p in pathlib.Path(sys.argv[1]).rglob("runs/**/*.parquet"))
+files = list(pathlib.Path(sys.argv[1]).rglob("runs/**/*.parquet"))
+if not files:
+    sys.exit(0)
+runs = pd.concat(pd.read_parquet(p) for p in files)
 cols = [c for c in ("model", "status", "device", "top1_err", "ema_top1_err", "collapsed", "wall_time_s", "error") if c in runs]
 print(runs[cols].to_string())
 PY
-timeout 420 python3 benchmarks/gpu_check.py --batch 128 --reps 3 --steps 10 || echo "GPU CHECK FAILED"
+for flags in "--batch 128" "--batch 256" "--batch 256 --compile"; do
+  timeout 300 python3 benchmarks/gpu_check.py $flags --reps 3 --steps 10 || { echo "GPU CHECK FAILED: $flags"; fail=1; }
+done
 cp benchmarks/RESULTS.md "$out/RESULTS.md"
+exit $fail
