@@ -3,6 +3,9 @@
 - ``digits``: scikit-learn's bundled handwritten digits (1,797 real 8x8 images, offline),
   resized to 32x32x3; a fixed seeded split (1,497 train / 300 val).
 - ``synthetic``: generated class-conditional images of any size (speed tests).
+- ``synthetic_motifs``: a generated 32 px dataset with structure finer than a patch: each class is
+  a 4x4 binary motif, all motifs with the same number of lit pixels, stamped at random off-grid
+  positions among distractor motifs on a smooth background (2,000 train / 1,000 val, fixed).
 - ``cifar10`` / ``cifar100``: torchvision's python-format batches under ``data_root``.
 - ``imagefolder``: ImageNet layout ``data_root/{train,val}/<class>/*.jpg``.
 """
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "synthetic", "synthetic_motifs", "cifar10", "cifar100", "imagefolder")
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -48,6 +51,8 @@ def load_dataset(
         return _digits(image_size or 32)
     if name == "synthetic":
         return _synthetic(image_size or 32, synthetic_size, seed)
+    if name == "synthetic_motifs":
+        return _motifs(image_size or 32)
     if name in ("cifar10", "cifar100"):
         return _cifar(name, _need_root(name, root), image_size or 32, download)
     if name == "imagefolder":
@@ -109,6 +114,66 @@ def _synthetic(image_size: int, n: int, seed: int, num_classes: int = 10) -> Dat
         return TensorDataset(protos[y] + 2.0 * torch.randn(count, 3, image_size, image_size, generator=g), y)
 
     return DataBundle(make(n), make(max(n // 5, num_classes)), num_classes, image_size)
+
+
+MOTIF_SPLIT = (2000, 1000)  # train, val: val large enough for ~0.7-point sampling error at 5%
+
+
+def motif_bank(count: int, size: int = 4):
+    """``count`` distinct ``size`` x ``size`` binary motifs, each lighting half its pixels, none a
+    rotation of another (fixed: seed 0). The first ``num_classes`` are the classes, the rest distractors."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pool: list = []
+    while len(pool) < count:
+        cand = np.zeros(size * size, np.float32)
+        cand[rng.choice(size * size, size * size // 2, replace=False)] = 1.0
+        cand = cand.reshape(size, size)
+        if all(not np.array_equal(np.rot90(cand, k), p) for p in pool for k in range(4)):
+            pool.append(cand)
+    return np.stack(pool)
+
+
+def motif_arrays(n: int, *, seed: int, size: int = 32, num_classes: int = 10, copies: int = 4,
+                 distractors: int = 1, noise: float = 0.2):
+    """``(images (n, 3, size, size) float32, labels)`` of the synthetic motifs task.
+
+    Why it is built this way: a class can be told only from a 4x4 pattern (the patch size of the
+    tiny ViTs), stamped at positions uniform over the image, so a motif straddles patch borders
+    at 15 of 16 offsets; every motif lights 8 of its 16 pixels, so patch means carry no label;
+    distractor motifs (a pool of their own) and a smooth random background make the pattern, not
+    the presence of ink, the cue (``motif_bank``).
+    """
+    import numpy as np
+
+    m = 4
+    motifs = motif_bank(num_classes + 5)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n)
+    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
+    fx, fy, ph = (rng.uniform(0.5, 2.0, (n, 1, 1)) for _ in range(3))
+    background = 0.3 * np.sin(2 * np.pi * (fx * xx + fy * yy) + 6.3 * ph)
+    x = np.repeat(background[:, None], 3, axis=1).astype(np.float32)
+    x += noise * rng.standard_normal(x.shape).astype(np.float32)
+    for i in range(n):
+        kinds = [labels[i]] * copies + list(rng.integers(num_classes, len(motifs), distractors))
+        for k in kinds:
+            r, c = rng.integers(0, size - m + 1, 2)
+            colour = rng.uniform(0.6, 1.4, 3).astype(np.float32) * rng.choice([-1.0, 1.0])
+            x[i, :, r:r + m, c:c + m] += colour[:, None, None] * motifs[k]
+    return x, labels.astype(np.int64)
+
+
+def _motifs(image_size: int) -> DataBundle:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    n_train, n_val = MOTIF_SPLIT
+    x, y = motif_arrays(n_train + n_val, seed=1, size=image_size)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    return DataBundle(TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train:], y[n_train:]),
+                      10, image_size)
 
 
 def _transforms(train: bool, image_size: int, small: bool):

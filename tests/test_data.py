@@ -95,3 +95,27 @@ def test_epoch_sampler_deterministic_resumable_and_rank_strided():
     for i in range(3):
         merged = set(ranks[0][8 * i:8 * i + 8]) | set(ranks[1][8 * i:8 * i + 8])
         assert merged == set(full[16 * i:16 * i + 16])
+
+
+def test_synthetic_motifs_fixed_and_finer_than_a_patch():
+    """The label is in a sub-patch pattern: 4x4 patch means do no better than chance (nearest
+    class mean), while a matched filter for the class motifs, slid over every offset, reads it."""
+    import torch.nn.functional as F
+
+    from stability.data import motif_arrays, motif_bank
+
+    a, b = load_dataset("synthetic_motifs"), load_dataset("synthetic_motifs")
+    assert len(a.train) == 2000 and len(a.val) == 1000 and a.image_size == 32 and a.num_classes == 10
+    assert torch.equal(a.train.tensors[0], b.train.tensors[0])
+    bank = motif_bank(15)
+    assert (bank.reshape(15, -1).sum(1) == 8).all()
+    x, y = motif_arrays(800, seed=5)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    tr, te = slice(0, 500), slice(500, 800)
+    pooled = F.avg_pool2d(x, 4).flatten(1)
+    means = torch.stack([pooled[tr][y[tr] == c].mean(0) for c in range(10)])
+    patch_acc = (torch.cdist(pooled[te], means).argmin(1) == y[te]).float().mean().item()
+    w = torch.from_numpy(bank[:10] - 0.5)[:, None].expand(-1, 3, -1, -1)
+    response = F.conv2d(x - x.mean((2, 3), keepdim=True), w).abs().flatten(2).amax(2)
+    filter_acc = (response[te].argmax(1) == y[te]).float().mean().item()
+    assert patch_acc < 0.25 and filter_acc > 0.7, (patch_acc, filter_acc)

@@ -325,7 +325,8 @@ def estimate_cost(plan: list[PlannedRun]) -> dict[str, float]:
     """Total training FLOPs (3x forward per image, forward + backward) and images seen."""
     from ..models import model_spec
 
-    sizes = {"digits": (1497, 32), "synthetic": (None, 32), "cifar10": (50000, 32),
+    sizes = {"digits": (1497, 32), "synthetic": (None, 32), "synthetic_motifs": (2000, 32),
+             "cifar10": (50000, 32),
              "cifar100": (50000, 32), "imagefolder": (1281167, 224)}
     total_flops = 0.0
     images = 0.0
