@@ -1,7 +1,9 @@
-"""stability dashboard: ``streamlit run dashboard/app.py [-- --results PATH]``.
+"""stability dashboard: ``stability dashboard --results PATH`` (or ``streamlit run dashboard/app.py
+-- --results PATH [--allow-browse]``).
 
-Pages: Overview, EDF, LR x WD, Optimizer & length, Spikes, Runs. Everything is read from a
-results root (stability's parquet layout) through ``stability.store`` and ``stability.analysis``.
+Pages: Overview, EDF, LR x WD, Optimizer & length, Spikes, Runs, Hyperparameters. The results
+root and the filters live in this entry script's sidebar (``common.sidebar``), so they are the
+same on every page and in the URL; pages read them through ``common``.
 """
 
 import sys
@@ -10,6 +12,8 @@ from pathlib import Path
 import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).parent))  # views import common
+
+from common import keep_page_state, sidebar  # noqa: E402
 
 st.set_page_config(page_title="stability", page_icon=":material/show_chart:", layout="wide")
 
@@ -21,5 +25,9 @@ pages = [
     st.Page(VIEWS / "optimizer.py", title="Optimizer & length", icon=":material/balance:"),
     st.Page(VIEWS / "spikes.py", title="Spikes", icon=":material/bolt:"),
     st.Page(VIEWS / "runs.py", title="Runs", icon=":material/table_rows:"),
+    st.Page(VIEWS / "hparams.py", title="Hyperparameters", icon=":material/tune:"),
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+keep_page_state()
+sidebar()
+page.run()

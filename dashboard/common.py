@@ -1,7 +1,11 @@
-"""Shared helpers of the dashboard pages: the results root, cached loading, filters.
+"""The dashboard's one state: results root, filters and page controls, kept across pages and
+mirrored in the URL, plus cached loading and readable run labels.
 
-Heavy work stays out of the pages: they call ``stability.analysis`` on tables loaded here, with
-only the columns they need, cached on the files' mtimes (a new run invalidates the cache).
+``app.py`` calls ``sidebar()`` before the page runs, so the root and the filters are widgets of
+the entry script: they are drawn on every page and never reset by navigation. Page controls use
+keys starting with ``p_`` that ``keep_page_state`` carries over page switches. Every value that
+differs from its default is written to ``st.query_params``, so the URL is a shareable view; a
+page opened by URL restores it once per session.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,51 +23,190 @@ from stability import store
 
 RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "epochs", "batch_size",
                "seed", "dataset", "params", "flops", "top1_err", "top5_err", "best_top1_err",
-               "final_train_loss", "diverged_at_step", "n_spikes", "wall_time_s", "device",
-               "slurm_job_id", "started_at", "finished_at", "error"]
+               "ema_top1_err", "final_train_loss", "collapsed", "diverged_at_step", "n_spikes",
+               "wall_time_s", "device", "slurm_job_id", "started_at", "finished_at", "error"]
+FILTERS = ("sweep", "model", "stem", "optimizer", "epochs", "dataset", "status")
+PAGE_PREFIX = "p_"
 
 
-def _default_root() -> str:
+@dataclass(frozen=True)
+class Settings:
+    root: Path  # the results root the server was started on
+    allow_browse: bool  # may the sidebar point at any folder (else only folders under root)
+
+
+def settings() -> Settings:
+    """From ``streamlit run dashboard/app.py -- --results PATH [--allow-browse]`` or the
+    ``STABILITY_RESULTS`` / ``STABILITY_ALLOW_BROWSE`` environment (``stability dashboard``)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--results")
+    parser.add_argument("--allow-browse", action="store_true")
     args, _ = parser.parse_known_args(sys.argv[1:])
-    return args.results or os.environ.get("STABILITY_RESULTS") or "results"
+    root = args.results or os.environ.get("STABILITY_RESULTS") or "results"
+    browse = args.allow_browse or os.environ.get("STABILITY_ALLOW_BROWSE", "") not in ("", "0")
+    return Settings(Path(root).expanduser().resolve(), browse)
 
 
-def results_root() -> Path:
-    """The results root: ``-- --results PATH``, ``STABILITY_RESULTS``, or the sidebar."""
-    if "results_root" not in st.session_state:
-        st.session_state.results_root = _default_root()
-    st.sidebar.text_input("Results root", key="results_root",
-                          help="A folder with runs/, epochs/, steps/, grad_norms/ (stability's layout)")
-    return Path(st.session_state.results_root).expanduser()
+def candidate_roots(base: Path, depth: int = 2) -> list[Path]:
+    """``base`` and the folders under it (``depth`` levels) that hold a ``runs/`` folder."""
+    found = [base]
+    frontier = [base]
+    for _ in range(depth):
+        nxt = []
+        for d in frontier:
+            try:
+                children = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+            except OSError:
+                continue
+            for c in children:
+                if c.name in store.TABLES:
+                    continue
+                if (c / "runs").is_dir():
+                    found.append(c)
+                nxt.append(c)
+        frontier = nxt
+    return found
+
+
+def _restore_from_url(key: str, options: list | None = None) -> None:
+    """Once per session: a query parameter sets the widget state (only to allowed values)."""
+    if key in st.session_state or key not in st.query_params:
+        return
+    raw = st.query_params.get_all(key)
+    if options is None:
+        st.session_state[key] = raw[0]
+        return
+    by_text = {str(o): o for o in options}
+    chosen = [by_text[v] for v in raw if v in by_text]
+    if chosen:
+        st.session_state[key] = chosen
+
+
+def keep_page_state() -> None:
+    """Page widgets are dropped from the session when their page is left; re-assigning their
+    values keeps them (Streamlit's documented workaround), so a page looks as it was left."""
+    for k in list(st.session_state):
+        if isinstance(k, str) and k.startswith(PAGE_PREFIX):
+            st.session_state[k] = st.session_state[k]
+
+
+def _root_picker(cfg: Settings) -> Path:
+    if cfg.allow_browse:
+        _restore_from_url("root")
+        st.session_state.setdefault("root", str(cfg.root))
+        st.sidebar.text_input("Results root", key="root",
+                              help="Any folder with runs/, epochs/, steps/, grad_norms/ (--allow-browse)")
+        return Path(st.session_state["root"]).expanduser()
+    roots = candidate_roots(cfg.root) if cfg.root.is_dir() else [cfg.root]
+    labels = [str(p.relative_to(cfg.root)) if p != cfg.root else str(cfg.root) for p in roots]
+    if len(roots) == 1:
+        st.sidebar.caption(f"Results root: `{cfg.root}`")
+        return cfg.root
+    if "root" in st.session_state and st.session_state["root"] not in labels:
+        del st.session_state["root"]
+    if "root" not in st.session_state and st.query_params.get("root") in labels:
+        st.session_state["root"] = st.query_params.get("root")
+    choice = st.sidebar.selectbox("Results root", labels, key="root",
+                                  help=f"Folders under {cfg.root} that hold runs/ (start the dashboard "
+                                       "with --allow-browse to open any folder)")
+    return roots[labels.index(choice)]
+
+
+def _multiselect(col: str, values: list) -> list:
+    """A filter over ``values`` (all chosen by default). A selection that was "all" stays "all"
+    when new values appear (a live sweep gains a stem, say)."""
+    key, seen = f"f_{col}", f"_seen_{col}"
+    _restore_from_url(key, values)
+    prev_all = st.session_state.get(seen)
+    if key in st.session_state:
+        kept = [v for v in st.session_state[key] if v in values]
+        was_all = prev_all is not None and set(map(str, st.session_state[key])) >= set(map(str, prev_all))
+        st.session_state[key] = values if was_all else kept
+    else:
+        st.session_state[key] = values
+    st.session_state[seen] = values
+    return st.sidebar.multiselect(col, values, key=key, format_func=str)
+
+
+def sidebar() -> None:
+    """Draw the root and filter widgets (from ``app.py``) and mirror them in the URL."""
+    cfg = settings()
+    root = _root_picker(cfg)
+    st.session_state["_root_path"] = str(root)
+    runs = peek_runs(root)
+    params: dict[str, list[str] | str] = {}
+    if cfg.allow_browse and str(root) != str(cfg.root):
+        params["root"] = str(root)
+    elif not cfg.allow_browse and "root" in st.session_state and st.session_state["root"] != str(cfg.root):
+        params["root"] = st.session_state["root"]
+    if runs is not None and len(runs):
+        st.sidebar.markdown("**Filters** (all pages)")
+        for col in FILTERS:
+            values = sorted(runs[col].dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
+            if len(values) <= 1:
+                continue
+            chosen = _multiselect(col, values)
+            if len(chosen) != len(values):
+                params[f"f_{col}"] = [str(v) for v in chosen]
+    for k in st.query_params:  # a page's controls not drawn yet this session: the page reads them
+        if k.startswith(PAGE_PREFIX) and k not in st.session_state:
+            params[k] = st.query_params.get_all(k)
+    for k in list(st.session_state):  # page controls changed from their defaults
+        if isinstance(k, str) and k.startswith(PAGE_PREFIX) and k in st.session_state.get("_page_defaults", {}):
+            v = st.session_state[k]
+            if v != st.session_state["_page_defaults"][k]:
+                params[k] = [str(x) for x in v] if isinstance(v, list) else str(v)
+    if {k: st.query_params.get_all(k) for k in st.query_params} != {k: v if isinstance(v, list) else [v] for k, v in params.items()}:
+        st.query_params.from_dict(params)
+
+
+def _from_url(key: str, default):
+    if isinstance(default, list):
+        return st.query_params.get_all(key)
+    raw = st.query_params.get(key)
+    if isinstance(default, bool):
+        return raw == "True"
+    try:
+        return type(default)(raw)
+    except (TypeError, ValueError):
+        return default
+
+
+def control(widget, label: str, *args, key: str, default, **kwargs):
+    """A page control whose value survives navigation and is mirrored in the URL: ``widget`` is a
+    Streamlit function (st.radio, st.slider, st.multiselect ...), ``key`` starts with ``p_``;
+    ``default`` is the value when neither the session nor the URL sets one. A value the options
+    no longer hold (filters changed) falls back to the default."""
+    assert key.startswith(PAGE_PREFIX), key
+    st.session_state.setdefault("_page_defaults", {})[key] = default
+    if key not in st.session_state:
+        st.session_state[key] = _from_url(key, default) if key in st.query_params else default
+    options = args[0] if args and isinstance(args[0], list | tuple) else None
+    value = st.session_state[key]
+    if options is not None:
+        if isinstance(default, list):
+            st.session_state[key] = [v for v in value if v in options]
+        elif value not in options:
+            st.session_state[key] = default
+    elif isinstance(default, int | float) and not isinstance(default, bool) and len(args) >= 2:
+        lo, hi = args[0], args[1]
+        if not isinstance(value, int | float) or not lo <= value <= hi:
+            st.session_state[key] = default
+    return widget(label, *args, key=key, **kwargs)
+
+
+def root() -> Path:
+    return Path(st.session_state.get("_root_path") or settings().root)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _load_runs(root: str, sig: tuple) -> tuple[pd.DataFrame, list[str]]:
     errors: list[str] = []
     runs = store.read_table(root, "runs", columns=RUN_COLUMNS, errors=errors)
+    if len(runs):
+        runs["label"] = run_labels(runs)
+        runs["key"] = runs["sweep"].astype(str) + "/" + runs["run_id"]  # one run id can sit in two sweeps
     return runs, errors
-
-
-def load_runs(root: Path) -> pd.DataFrame | None:
-    """The runs table, or None after telling the user what is wrong with the root."""
-    if not root.exists():
-        st.warning(f"No results at `{root}`: the folder does not exist. Run a sweep "
-                   f"(`stability grid run grids/smoke.yaml`) or pick another root in the sidebar.")
-        return None
-    if not (root / "runs").is_dir():
-        st.warning(f"`{root}` holds no `runs/` folder. Expected stability's layout: "
-                   f"`{root}/runs/sweep=<name>/<run_id>.parquet` (and epochs/, steps/, grad_norms/).")
-        return None
-    runs, errors = _load_runs(str(root), store.signature(root, "runs"))
-    if errors:
-        st.error(f"{len(errors)} unreadable file(s) under `{root}` were skipped: "
-                 + "; ".join(e.split(':')[0] for e in errors[:3]) + (" …" if len(errors) > 3 else ""))
-    if runs.empty:
-        st.info(f"`{root}` has no runs yet. Expected `{root}/runs/sweep=<name>/<run_id>.parquet`.")
-        return None
-    return runs
 
 
 def peek_runs(root: Path) -> pd.DataFrame | None:
@@ -70,6 +214,69 @@ def peek_runs(root: Path) -> pd.DataFrame | None:
     if not (root / "runs").is_dir():
         return None
     return _load_runs(str(root), store.signature(root, "runs"))[0]
+
+
+def load_runs(where: Path | None = None) -> pd.DataFrame | None:
+    """All runs of the root, or None after telling the user what is wrong with it."""
+    where = where or root()
+    if not where.exists():
+        st.warning(f"No results at `{where}`: the folder does not exist. Run a sweep "
+                   f"(`stability grid run grids/smoke.yaml`) or start the dashboard on another root.")
+        return None
+    if not (where / "runs").is_dir():
+        st.warning(f"`{where}` holds no `runs/` folder. Expected stability's layout: "
+                   f"`{where}/runs/sweep=<name>/<run_id>.parquet` (and epochs/, steps/, grad_norms/).")
+        return None
+    runs, errors = _load_runs(str(where), store.signature(where, "runs"))
+    if errors:
+        st.error(f"{len(errors)} unreadable file(s) under `{where}` were skipped: "
+                 + "; ".join(e.split(':')[0] for e in errors[:3]) + (" …" if len(errors) > 3 else ""))
+    if runs.empty:
+        st.info(f"`{where}` has no runs yet. Expected `{where}/runs/sweep=<name>/<run_id>.parquet`.")
+        return None
+    return runs
+
+
+def apply_filters(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs the sidebar's filters keep."""
+    out = runs
+    for col in FILTERS:
+        key = f"f_{col}"
+        if key in st.session_state and col in out:
+            out = out[out[col].isin(st.session_state[key])]
+    return out
+
+
+def selected_runs() -> pd.DataFrame | None:
+    """The filtered runs (None, with a message, when there are none to show)."""
+    runs = load_runs()
+    if runs is None:
+        return None
+    out = apply_filters(runs)
+    if out.empty:
+        st.info(f"The sidebar's filters leave none of the {len(runs)} runs.")
+        return None
+    return out
+
+
+def _num(v: float) -> str:
+    return f"{v:.3g}" if pd.notna(v) else "?"
+
+
+def run_labels(runs: pd.DataFrame) -> pd.Series:
+    """sweep · stem · optimizer · lr · wd · epochs (· seed when seeds vary) per run."""
+    seeds = runs["seed"].nunique() > 1 if "seed" in runs else False
+    parts = [runs["sweep"].astype(str), runs["stem"].astype(str), runs["optimizer"].astype(str),
+             "lr " + runs["lr"].map(_num), "wd " + runs["wd"].map(_num),
+             runs["epochs"].map(lambda e: f"{int(e)} ep" if pd.notna(e) else "? ep")]
+    if runs["model"].nunique() > 1:
+        parts.insert(1, runs["model"].astype(str))
+    if seeds:
+        parts.append("seed " + runs["seed"].astype(str))
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + " · " + p
+    return out
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -83,31 +290,20 @@ def load_run_tables(root: str, run_ids: tuple[str, ...], sig: tuple) -> dict[str
     }
 
 
-def run_tables(root: Path, run_ids: list[str]) -> dict[str, pd.DataFrame]:
-    sig = tuple(store.signature(root, t) for t in ("steps",))
-    return load_run_tables(str(root), tuple(sorted(run_ids)), sig)
-
-
-FILTERS = ("sweep", "model", "optimizer", "epochs", "dataset")
-
-
-def filter_runs(runs: pd.DataFrame, key: str, columns: tuple[str, ...] = FILTERS) -> pd.DataFrame:
-    """Sidebar multiselects (all selected by default) for the given columns."""
-    out = runs
-    with st.sidebar:
-        st.markdown("**Filters**")
-        for col in columns:
-            values = sorted(runs[col].dropna().unique().tolist(), key=str)
-            if len(values) <= 1:
-                continue
-            chosen = st.multiselect(col, values, default=values, key=f"{key}_{col}")
-            out = out[out[col].isin(chosen)]
-    return out
+def run_tables(keys: list[str]) -> dict[str, pd.DataFrame]:
+    """Epochs, steps and grad norms of the runs ``keys`` ("sweep/run_id", the runs table's ``key``)."""
+    where = root()
+    sig = tuple(store.signature(where, t) for t in ("steps",))
+    ids = sorted({k.split("/", 1)[1] for k in keys})
+    tables = load_run_tables(str(where), tuple(ids), sig)
+    wanted = set(keys)
+    return {name: t[(t["sweep"].astype(str) + "/" + t["run_id"]).isin(wanted)] if len(t) else t
+            for name, t in tables.items()}
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def cached_edf(runs: pd.DataFrame, by: tuple[str, ...], relative: bool) -> pd.DataFrame:
-    """``analysis.edf`` with its bootstrap band, cached on the (filtered) runs table."""
+    """``analysis.edf`` with its bootstrap bands, cached on the (filtered) runs table."""
     from stability import analysis
 
     return analysis.edf(runs, by=list(by), relative=relative, n_boot=200, seed=0)
@@ -123,3 +319,41 @@ def cached_compare(runs: pd.DataFrame, relative: bool) -> pd.DataFrame:
 def sweep_label(runs: pd.DataFrame) -> str:
     sweeps = sorted(runs["sweep"].dropna().unique().tolist())
     return ", ".join(sweeps) if len(sweeps) <= 3 else f"{len(sweeps)} sweeps"
+
+
+def table(df: pd.DataFrame, key: str | None = None, **kwargs) -> None:
+    """A dataframe at readable precision (errors to 0.01 point, rates to 3 digits), fitting the page."""
+    config = {}
+    for c in df.columns:
+        if pd.api.types.is_float_dtype(df[c]):
+            v = df[c].dropna()
+            if len(v) and (v == v.round()).all() and c not in ("lr", "wd") and v.abs().max() < 1e9:
+                config[c] = st.column_config.NumberColumn(c, format="%d")  # counts
+            else:
+                small = v.abs().max() < 1e-2 if len(v) else False
+                config[c] = st.column_config.NumberColumn(c, format="%.3g" if small or c in ("lr", "wd") else "%.2f")
+    st.dataframe(df, hide_index=True, width="stretch", column_config=config, key=key, **kwargs)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def spec_ranges(where: str, sweeps: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """The sampling ranges of lr and wd in the sweeps' saved specs (their union), where they
+    sample them; {} for sweeps without a record or with listed values."""
+    from stability.errors import ConfigError
+    from stability.grid.spec import Range, load_spec
+
+    out: dict[str, tuple[float, float]] = {}
+    for sweep in sweeps:
+        saved = Path(where) / "_sweeps" / sweep / "spec.yaml"
+        if not saved.is_file():
+            continue
+        try:
+            space = load_spec(saved, {"results": where, "name": sweep}).space
+        except (ConfigError, OSError):
+            continue
+        for knob in ("lr", "wd"):
+            r = space.get(knob)
+            if isinstance(r, Range):
+                lo, hi = out.get(knob, (r.lo, r.hi))
+                out[knob] = (min(lo, r.lo), max(hi, r.hi))
+    return out

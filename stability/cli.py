@@ -339,8 +339,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     if not app.is_file():
         raise ConfigError(f"dashboard: {app} not found (the dashboard ships with the repository)")
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"dashboard: --port {args.port} is not a port (allowed: 1..65535)")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-           "--browser.gatherUsageStats", "false", "--", "--results", args.results]
+           "--server.address", args.host, "--server.headless", "true",
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+           "--", "--results", args.results] + (["--allow-browse"] if args.allow_browse else [])
+    print(f"stability dashboard: http://{args.host}:{args.port} on {Path(args.results).resolve()}"
+          + ("" if args.host != "127.0.0.1" else
+             f" (from a laptop: ssh -L {args.port}:127.0.0.1:{args.port} <this host>)"), flush=True)
     return subprocess.call(cmd)
 
 
@@ -397,8 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("dashboard", help="start the Streamlit dashboard")
-    p.add_argument("--results", default="results")
+    p.add_argument("--results", default="results", help="the results root it shows (and folders under it)")
     p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: only this host; reach it through an SSH tunnel)")
+    p.add_argument("--allow-browse", action="store_true",
+                   help="let the sidebar open any folder on this host, not only folders under --results")
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("models", help="list model presets with counted params and FLOPs")

@@ -6,6 +6,8 @@ no data loading or computing happens here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -20,6 +22,18 @@ def color_of(stem: str, i: int = 0) -> str:
     return STEM_COLORS.get(str(stem), _FALLBACK[i % len(_FALLBACK)])
 
 
+def shade(hex_color: str, k: int) -> str:
+    """The ``k``-th shade of a colour: itself, then alternately darker and lighter (so several
+    lines of one stem stay in that stem's hue but can be told apart)."""
+    if k == 0:
+        return hex_color
+    h = hex_color.lstrip("#")
+    rgb = [int(h[i:i + 2], 16) for i in (0, 2, 4)]
+    f = 0.35 * ((k + 1) // 2) / (1 + 0.35 * ((k + 1) // 2))
+    rgb = [round(c * (1 - f)) for c in rgb] if k % 2 else [round(c + (255 - c) * f) for c in rgb]
+    return "#" + "".join(f"{c:02x}" for c in rgb)
+
+
 def _rgba(hex_color: str, alpha: float) -> str:
     h = hex_color.lstrip("#")
     r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
@@ -29,12 +43,21 @@ def _rgba(hex_color: str, alpha: float) -> str:
 EDF_VALUES = {"x", "F", "F_right", "F_lo", "F_hi", "F_lo_sim", "F_hi_sim", "dkw", "n", "n_diverged", "pooled"}
 
 
+BANDS = {"pointwise": ("F_lo", "F_hi"), "simultaneous": ("F_lo_sim", "F_hi_sim"), "dkw": None}
+LINE_COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+               "#bcbd22", "#7f7f7f"]
+
+
 def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
-               dash_by: str | None = None, title: str | None = None, max_points: int = 600) -> go.Figure:
-    """Step EDF per group with its shaded bootstrap band (``analysis.edf`` output).
+               dash_by: str | None = None, title: str | None = None, max_points: int = 600,
+               band: str = "pointwise", within: float | None = None) -> go.Figure:
+    """Step EDF per group with a shaded band (``analysis.edf`` output).
 
     Every grouping column of ``points`` (sweep, optimizer, epochs ... besides ``by``) draws its
-    own line, never merged: colour follows ``by``, the line style the other columns."""
+    own line, never merged: the hue follows ``by``, each further line of the same ``by`` value
+    gets its own shade (so bands stay apart) and the line style follows the other columns. ``band``: pointwise or simultaneous bootstrap, or DKW. Diverged runs
+    (at 100%) are marked with a cross at the top of their step; ``within`` draws the "within x
+    points of the best" line in relative mode. The x axis is padded so the last step shows."""
     fig = go.Figure()
     others = [c for c in points.columns if c not in EDF_VALUES and c != by]
     if dash_by and dash_by not in others:
@@ -42,137 +65,322 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
     keys = [by, *others]
     styles = sorted({tuple(str(v) for v in k) for k in points[others].drop_duplicates().itertuples(index=False)}) \
         if others else []
-    for i, (key, g) in enumerate(points.groupby(keys, observed=True, sort=True)):
+    groups = list(points.groupby(keys, observed=True, sort=True))
+    stems = sorted(points[by].astype(str).unique())
+    seen: dict[str, int] = {}
+    for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
         stem = key[0]
         dash = DASHES[styles.index(tuple(str(v) for v in key[1:])) % len(DASHES)] if others else "solid"
-        color = color_of(stem, i)
+        k = seen[str(stem)] = seen.get(str(stem), -1) + 1
+        color = shade(color_of(stem, stems.index(str(stem))), k)
         g = g.sort_values("x")
+        full = g
         if len(g) > max_points:  # thousands of runs: keep evenly spaced steps (the curve's shape)
             keep = np.unique(np.linspace(0, len(g) - 1, max_points).round().astype(int))
             g = g.iloc[keep]
-        x0 = [g.x.iloc[0]]
-        x = x0 + g.x.tolist()
+        x = [g.x.iloc[0]] + g.x.tolist()
         name = " / ".join(str(k) for k in key)
         n, nd = int(g.n.iloc[0]), int(g.n_diverged.iloc[0])
-        fig.add_trace(go.Scatter(x=x, y=[0.0] + g.F_hi.tolist(), mode="lines", line_shape="hv",
+        if BANDS.get(band):
+            lo_col, hi_col = BANDS[band]
+            lo, hi = g[lo_col].tolist(), g[hi_col].tolist()
+        else:
+            d = float(g.dkw.iloc[0]) if "dkw" in g and pd.notna(g.dkw.iloc[0]) else 0.0
+            lo, hi = (g.F_right - d).clip(0, 1).tolist(), (g.F_right + d).clip(0, 1).tolist()
+        fig.add_trace(go.Scatter(x=x, y=[0.0] + hi, mode="lines", line_shape="hv",
                                  line=dict(width=0), hoverinfo="skip", showlegend=False,
                                  legendgroup=name))
-        fig.add_trace(go.Scatter(x=x, y=[0.0] + g.F_lo.tolist(), mode="lines", line_shape="hv",
-                                 line=dict(width=0), fill="tonexty", fillcolor=_rgba(color, 0.18),
+        fig.add_trace(go.Scatter(x=x, y=[0.0] + lo, mode="lines", line_shape="hv",
+                                 line=dict(width=0), fill="tonexty", fillcolor=_rgba(color, 0.16),
                                  hoverinfo="skip", showlegend=False, legendgroup=name))
         fig.add_trace(go.Scatter(x=x, y=[0.0] + g.F_right.tolist(), mode="lines", line_shape="hv",
                                  line=dict(color=color, width=2.5, dash=dash), legendgroup=name,
                                  name=f"{name} (n={n}, {nd} diverged)",
                                  hovertemplate="error %{x:.2f}<br>F %{y:.2f}<extra>" + name + "</extra>"))
+        if nd:
+            top = full.iloc[-1]
+            fig.add_trace(go.Scatter(x=[top.x], y=[top.F_right], mode="markers", legendgroup=name,
+                                     showlegend=False, marker=dict(symbol="x", size=11, color=color,
+                                                                   line=dict(width=2, color=color)),
+                                     hovertemplate=f"{nd} diverged run(s), counted at 100%<extra>{name}</extra>"))
+    if len(points):
+        lo_x, hi_x = float(points.x.min()), float(points.x.max())
+        pad = max(1.0, 0.04 * (hi_x - lo_x))
+        fig.update_xaxes(range=[min(0.0, lo_x) - pad if relative else lo_x - pad, hi_x + pad])
+    if relative and within is not None:
+        fig.add_vline(x=within, line=dict(color="#555", dash="dot", width=1),
+                      annotation_text=f"within {within:g}", annotation_position="bottom right")
+    band_text = {"pointwise": "90% pointwise bootstrap band", "simultaneous": "90% simultaneous bootstrap band",
+                 "dkw": "90% DKW band"}.get(band, "")
     fig.update_layout(title=title or ("EDF of Δ top-1 error (error − best of group)" if relative else "EDF of top-1 error"),
-                      xaxis_title="Δ top-1 error (points)" if relative else "top-1 error (%)",
-                      yaxis_title="cumulative prob.", yaxis_range=[0, 1.02], legend_title=by,
-                      template="plotly_white", height=430)
+                      xaxis_title=("Δ top-1 error (points)" if relative else "top-1 error (%)") + f" · {band_text}",
+                      yaxis_title="cumulative prob.", yaxis_range=[0, 1.02], legend_title=" / ".join(keys),
+                      template="plotly_white", height=460)
     return fig
 
 
-def lr_wd_figure(df: pd.DataFrame) -> go.Figure:
-    """Error vs lr and vs wd per stem, log axes; diverged runs as crosses at 100%."""
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=("vs learning rate", "vs weight decay"))
-    for i, (stem, g) in enumerate(df.groupby("stem", observed=True, sort=True)):
-        color = color_of(stem, i)
-        for col, knob in ((1, "lr"), (2, "wd")):
-            for diverged, sub in g.groupby("diverged"):
-                fig.add_trace(go.Scatter(
-                    x=sub[knob], y=sub["err"], mode="markers", legendgroup=str(stem),
-                    name=f"{stem}" + (" (diverged)" if diverged else ""),
-                    showlegend=col == 1, marker=dict(color=color, size=9 if diverged else 7,
-                                                     symbol="x" if diverged else "circle",
-                                                     line=dict(width=0.5, color="white")),
-                    customdata=sub[["run_id"]] if "run_id" in sub else None,
-                    hovertemplate=f"{knob} %{{x:.3g}}<br>error %{{y:.2f}}<extra>{stem}</extra>"), row=1, col=col)
-    fig.update_xaxes(type="log", title_text="lr", row=1, col=1)
-    fig.update_xaxes(type="log", title_text="wd", row=1, col=2)
-    fig.update_yaxes(title_text="top-1 error (%)", row=1, col=1)
-    fig.update_layout(template="plotly_white", height=430, legend_title="stem")
+def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer", "epochs")) -> go.Figure:
+    """Error vs lr and vs wd per stem (colour), log axes, one row per value of the ``facet``
+    columns that vary (sweep, optimizer, epochs: never mixed in one panel); diverged runs as crosses at
+    100%. Hover names the run (``label`` if present); ``customdata`` is the run's ``key`` (else its
+    id), so a click can open it."""
+    facet = [c for c in facet if c in df and df[c].nunique() > 1]
+    rows = list(df.groupby(facet, observed=True, sort=True)) if facet else [((), df)]
+    titles = []
+    for key, _ in rows:
+        key = key if isinstance(key, tuple) else (key,)
+        head = " · ".join(f"{v} ep" if c == "epochs" else str(v) for c, v in zip(facet, key, strict=True))
+        titles += [f"{head} · vs lr" if head else "vs learning rate", f"{head} · vs wd" if head else "vs weight decay"]
+    fig = make_subplots(rows=len(rows), cols=2, shared_yaxes=True, subplot_titles=titles,
+                        vertical_spacing=min(0.12, 0.3 / max(1, len(rows))))
+    stems = sorted(df["stem"].astype(str).unique())
+    for r, (_, part) in enumerate(rows, start=1):
+        for stem, g in part.groupby("stem", observed=True, sort=True):
+            color = color_of(stem, stems.index(str(stem)))
+            for col, knob in ((1, "lr"), (2, "wd")):
+                for diverged, sub in g.groupby("diverged"):
+                    label = sub["label"] if "label" in sub else sub["run_id"] if "run_id" in sub else sub[knob]
+                    fig.add_trace(go.Scatter(
+                        x=sub[knob], y=sub["err"], mode="markers", legendgroup=f"{stem}{diverged}",
+                        name=f"{stem}" + (" (diverged)" if diverged else ""),
+                        showlegend=col == 1 and r == 1, marker=dict(color=color, size=10 if diverged else 8,
+                                                                    symbol="x" if diverged else "circle",
+                                                                    line=dict(width=0.5, color="white")),
+                        customdata=np.stack([sub["key"] if "key" in sub else sub["run_id"] if "run_id" in sub
+                                             else sub[knob], label], axis=1),
+                        hovertemplate=f"%{{customdata[1]}}<br>{knob} %{{x:.3g}} · error %{{y:.2f}}<extra></extra>"),
+                        row=r, col=col)
+        fig.update_xaxes(type="log", title_text="lr", exponentformat="power", row=r, col=1)
+        fig.update_xaxes(type="log", title_text="wd", exponentformat="power", row=r, col=2)
+        fig.update_yaxes(title_text="top-1 error (%)", row=r, col=1)
+    fig.update_layout(template="plotly_white", height=max(430, 330 * len(rows)), legend_title="stem",
+                      clickmode="event+select")
     return fig
 
 
 def lr_wd_heatmap_figure(hm: pd.DataFrame) -> go.Figure:
-    stems = sorted(hm.stem.unique())
+    """Median error per shared (lr, wd) bin, one panel per stem (``analysis.lr_wd_heatmap``);
+    empty bins are drawn grey with n=0, every cell says how many runs it holds."""
+    stems = sorted(hm.stem.astype(str).unique())
     fig = make_subplots(rows=1, cols=max(1, len(stems)), subplot_titles=stems, shared_yaxes=True)
+    lrs, wds = sorted(hm.lr_bin.unique()), sorted(hm.wd_bin.unique())
+    xl, yl = [f"{v:.2g}" for v in lrs], [f"{v:.2g}" for v in wds]
     for i, stem in enumerate(stems, start=1):
-        g = hm[hm.stem == stem]
-        fig.add_trace(go.Heatmap(x=g.lr_bin, y=g.wd_bin, z=g.err, coloraxis="coloraxis",
-                                 hovertemplate="lr %{x:.3g}<br>wd %{y:.3g}<br>median error %{z:.1f}"), 1, i)
-        fig.update_xaxes(type="log", title_text="lr", row=1, col=i)
-    fig.update_yaxes(type="log", title_text="wd", row=1, col=1)
+        g = hm[hm.stem.astype(str) == stem]
+        z = g.pivot_table(index="wd_bin", columns="lr_bin", values="err", dropna=False).reindex(index=wds, columns=lrs)
+        n = g.pivot_table(index="wd_bin", columns="lr_bin", values="n", dropna=False).reindex(index=wds, columns=lrs).fillna(0)
+        fig.add_trace(go.Heatmap(x=xl, y=yl, z=z.to_numpy(), text=n.astype(int).to_numpy(),
+                                 texttemplate="n=%{text}", coloraxis="coloraxis", xgap=2, ygap=2,
+                                 hovertemplate="lr ≈ %{x}<br>wd ≈ %{y}<br>median error %{z:.1f}<br>%{text} run(s)<extra></extra>"),
+                      1, i)
+        fig.update_xaxes(title_text="lr (bin centre)", type="category", row=1, col=i)
+    fig.update_yaxes(title_text="wd (bin centre)", type="category", row=1, col=1)
     fig.update_layout(coloraxis=dict(colorscale="Viridis_r", colorbar_title="median err"),
-                      template="plotly_white", height=380)
+                      template="plotly_white", height=400, plot_bgcolor="#e5e5e5")
     return fig
 
 
 def optimizer_figure(gap: pd.DataFrame) -> go.Figure:
-    """Best error with AdamW and SGD per stem and epoch budget (``analysis.optimizer_gap``)."""
+    """Best error with AdamW and SGD per stem and epoch budget (``analysis.optimizer_gap``); each
+    bar says how many runs its best was chosen from."""
     fig = go.Figure()
+    stems = sorted(gap["stem"].astype(str).unique()) if len(gap) else []
     for opt, pattern in (("adamw", ""), ("sgd", "/")):
         col = f"best_{opt}"
         if col not in gap:
             continue
-        for i, (stem, g) in enumerate(gap.groupby("stem", observed=True, sort=True)):
-            fig.add_trace(go.Bar(x=[f"{stem} · {e} ep" for e in g.epochs], y=g[col], name=f"{stem} {opt}",
-                                 marker=dict(color=color_of(stem, i), pattern_shape=pattern,
-                                             opacity=1.0 if opt == "adamw" else 0.6)))
+        for stem, g in gap.groupby("stem", observed=True, sort=True):
+            n = g.get(f"n_{opt}", pd.Series([np.nan] * len(g), index=g.index)).fillna(0).astype(int)
+            sweep = (g["sweep"].astype(str) + " · ") if "sweep" in g else ""
+            fig.add_trace(go.Bar(x=sweep + str(stem) + " · " + g.epochs.astype(str) + " ep", y=g[col],
+                                 name=f"{stem} {opt}", text=[f"n={v}" for v in n], textposition="outside",
+                                 marker=dict(color=color_of(stem, stems.index(str(stem))), pattern_shape=pattern,
+                                             opacity=1.0 if opt == "adamw" else 0.6),
+                                 hovertemplate="%{x}<br>best %{y:.2f}% of %{text}<extra>" + f"{stem} {opt}</extra>"))
     fig.update_layout(barmode="group", yaxis_title="best top-1 error (%)", template="plotly_white",
-                      height=400, title="AdamW vs SGD (hatched) per stem")
+                      height=420, title="AdamW vs SGD (hatched) per stem: best run of each optimizer's own runs")
     return fig
 
 
 def length_figure(tl: pd.DataFrame) -> go.Figure:
-    """Best error vs training epochs per stem (``analysis.training_length``)."""
+    """Best error vs training epochs per group (``analysis.training_length``); a point whose
+    best run diverged (error 100) is a cross, each point's hover gives its n."""
     fig = go.Figure()
-    for i, (stem, g) in enumerate(tl.groupby("stem", observed=True, sort=True)):
-        fig.add_trace(go.Scatter(x=g.epochs, y=g.best, mode="lines+markers", name=str(stem),
-                                 line=dict(color=color_of(stem, i))))
+    keys = [c for c in tl.columns if c not in ("epochs", "best", "median", "n", "vs_longest")]
+    stems = sorted(tl["stem"].astype(str).unique()) if len(tl) else []
+    for i, (key, g) in enumerate(tl.groupby(keys, observed=True, sort=True)):
+        key = key if isinstance(key, tuple) else (key,)
+        stem = str(key[keys.index("stem")])
+        name = " / ".join(str(k) for k in key)
+        g = g.sort_values("epochs")
+        fig.add_trace(go.Scatter(x=g.epochs, y=g.best, mode="lines+markers", name=name,
+                                 line=dict(color=color_of(stem, stems.index(stem)), dash=DASHES[i % len(DASHES)]),
+                                 marker=dict(symbol=["x" if b >= 100 else "circle" for b in g.best], size=10),
+                                 customdata=g.n, hovertemplate="%{x} epochs: best %{y:.2f}% of %{customdata} run(s)"
+                                                               f"<extra>{name}</extra>"))
+    ticks = sorted(tl.epochs.unique()) if len(tl) else []
     fig.update_layout(xaxis_title="epochs", yaxis_title="best top-1 error (%)", xaxis_type="log",
-                      template="plotly_white", height=400, title="Training length", legend_title="stem")
+                      template="plotly_white", height=400, title="Training length", legend_title=" / ".join(keys))
+    fig.update_xaxes(tickvals=ticks, ticktext=[str(t) for t in ticks])
     return fig
 
 
-def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "") -> go.Figure:
+def _log_floor(values: pd.Series) -> float:
+    """Where a zero is drawn on a log axis: a decade below the smallest positive value."""
+    pos = values[(values > 0) & np.isfinite(values)]
+    return float(pos.min() / 10) if len(pos) else 1e-12
+
+
+def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
+                 diverged_at: float | None = None) -> go.Figure:
     """Per-layer grad norms (log y) with spikes marked, first and last layer emphasised, and the
-    loss underneath on the shared step axis. ``trace`` is ``analysis.mark_spikes`` output of one run."""
+    loss underneath on the shared step axis. ``trace`` is ``analysis.mark_spikes`` output of one
+    run. Zero norms are drawn as open circles a decade below the smallest norm (a log axis has no
+    0); a series of one or two points is drawn with markers; ``diverged_at`` draws a line at the
+    step that diverged."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
     if len(trace):
+        floor = _log_floor(trace.grad_norm)
         first, last = trace.depth.min(), trace.depth.max()
         layers = trace.sort_values("depth").drop_duplicates("layer")[["layer", "depth"]]
         for layer, depth in layers.itertuples(index=False):
             g = trace[trace.layer == layer].sort_values("step")
             edge = depth in (first, last)
             color = "#d62728" if depth == first else "#1f77b4" if depth == last else "rgba(120,120,120,0.35)"
-            fig.add_trace(go.Scattergl(x=g.step, y=g.grad_norm, mode="lines", name=f"{layer}" + (
-                " (first)" if depth == first else " (last)" if depth == last else ""),
-                line=dict(color=color, width=2 if edge else 1), legendgroup=layer,
-                visible=True if edge else "legendonly"), row=1, col=1)
+            visible = True if edge else "legendonly"
+            y = g.grad_norm.where(g.grad_norm > 0, floor)
+            fig.add_trace(go.Scattergl(x=g.step, y=y, mode="lines+markers" if len(g) <= 2 else "lines",
+                                       name=f"{layer}" + (" (first)" if depth == first else " (last)" if depth == last else ""),
+                                       line=dict(color=color, width=2 if edge else 1), legendgroup=layer,
+                                       marker=dict(size=8), visible=visible), row=1, col=1)
+            zeros = g[g.grad_norm == 0]
+            if len(zeros):
+                fig.add_trace(go.Scatter(x=zeros.step, y=[floor] * len(zeros), mode="markers", legendgroup=layer,
+                                         showlegend=False, visible=visible,
+                                         marker=dict(color=color, size=8, symbol="circle-open"),
+                                         hovertemplate="step %{x}: grad norm 0<extra>" + str(layer) + "</extra>"),
+                              row=1, col=1)
             s = g[g.spike] if "spike" in g else g.iloc[:0]
             if len(s):
                 fig.add_trace(go.Scatter(x=s.step, y=s.grad_norm, mode="markers", name=f"{layer} spikes",
-                                         legendgroup=layer, showlegend=False, visible=True if edge else "legendonly",
-                                         marker=dict(color=color, size=9, symbol="triangle-up",
+                                         legendgroup=layer, showlegend=False, visible=visible,
+                                         marker=dict(color=color, size=10, symbol="triangle-up",
                                                      line=dict(color="black", width=1))), row=1, col=1)
     if len(steps):
         st = steps.sort_values("step")
-        fig.add_trace(go.Scattergl(x=st.step, y=st.loss, mode="lines", name="loss",
-                                   line=dict(color="#444", width=1.2)), row=2, col=1)
-    fig.update_yaxes(type="log", title_text="grad norm", row=1, col=1)
+        fig.add_trace(go.Scattergl(x=st.step, y=st.loss, mode="lines+markers" if len(st) <= 2 else "lines",
+                                   name="loss", line=dict(color="#444", width=1.2)), row=2, col=1)
+    if diverged_at is not None and np.isfinite(diverged_at):
+        for row in (1, 2):
+            fig.add_vline(x=float(diverged_at), line=dict(color="black", dash="dash", width=1), row=row, col=1)
+        fig.add_annotation(x=float(diverged_at), y=1, yref="paper", text=f"diverged at step {int(diverged_at)}",
+                           showarrow=False, xanchor="right", yanchor="bottom")
+    fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", row=1, col=1)
     fig.update_yaxes(title_text="loss", row=2, col=1)
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_layout(template="plotly_white", height=560, title=title, legend_title="layer")
     return fig
 
 
-def spike_count_figure(counts: pd.DataFrame) -> go.Figure:
+def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]]) -> go.Figure:
+    """Several runs in one figure: first (solid) and last (dotted) layer's grad norm of each run in
+    its own colour with its spikes, and each run's loss underneath. ``runs``: (label, marked
+    trace, steps) per run."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
+    for i, (label, trace, steps) in enumerate(runs):
+        color = LINE_COLORS[i % len(LINE_COLORS)]
+        if len(trace):
+            floor = _log_floor(trace.grad_norm)
+            for depth, dash, which in ((trace.depth.min(), "solid", "first"), (trace.depth.max(), "dot", "last")):
+                g = trace[trace.depth == depth].sort_values("step")
+                fig.add_trace(go.Scattergl(x=g.step, y=g.grad_norm.where(g.grad_norm > 0, floor),
+                                           mode="lines+markers" if len(g) <= 2 else "lines",
+                                           name=f"{label} ({which})", legendgroup=label,
+                                           line=dict(color=color, dash=dash, width=1.6)), row=1, col=1)
+                s = g[g.spike]
+                if len(s):
+                    fig.add_trace(go.Scatter(x=s.step, y=s.grad_norm, mode="markers", legendgroup=label,
+                                             showlegend=False, marker=dict(color=color, size=10, symbol="triangle-up",
+                                                                           line=dict(color="black", width=1))),
+                                  row=1, col=1)
+        if len(steps):
+            st = steps.sort_values("step")
+            fig.add_trace(go.Scattergl(x=st.step, y=st.loss, mode="lines", name=f"{label} loss", legendgroup=label,
+                                       showlegend=False, line=dict(color=color, width=1.2)), row=2, col=1)
+    fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", row=1, col=1)
+    fig.update_yaxes(title_text="loss", row=2, col=1)
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    fig.update_layout(template="plotly_white", height=600, title="Worst runs overlaid: first (solid) and last (dotted) layer",
+                      legend_title="run")
+    return fig
+
+
+def spike_count_figure(counts: pd.DataFrame, title: str = "Gradient-norm spikes per run") -> go.Figure:
     """Distribution of spikes per run, per stem (``counts``: run_id, stem, n_spikes)."""
     fig = go.Figure()
     for i, (stem, g) in enumerate(counts.groupby("stem", observed=True, sort=True)):
         fig.add_trace(go.Box(y=g.n_spikes, name=str(stem), boxpoints="all" if len(g) <= 500 else "outliers", jitter=0.4,
                              marker_color=color_of(stem, i)))
     fig.update_layout(yaxis_title="spikes per run (all layers)", template="plotly_white", height=360,
-                      title="Gradient-norm spikes per run", showlegend=False)
+                      title=title, showlegend=False)
+    return fig
+
+
+def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optimizer", "epochs")) -> go.Figure:
+    """Parallel coordinates of the knobs that vary and the error, one line per run, coloured by
+    stem (``analysis.error_vs_hparams`` output; diverged runs at 100)."""
+    stems = sorted(df["stem"].astype(str).unique())
+    dims = []
+    for k in knobs:
+        if k not in df or df[k].nunique() < 2:
+            continue
+        if k in ("lr", "wd"):
+            v = np.log10(df[k].astype(float))
+            ticks = np.arange(np.floor(v.min()), np.ceil(v.max()) + 1)
+            dims.append(dict(label=f"{k} (log10)", values=v, tickvals=ticks, ticktext=[f"1e{int(t)}" for t in ticks]))
+        else:
+            cats = sorted(df[k].astype(str).unique(), key=lambda c: (len(c), c))
+            dims.append(dict(label=k, values=df[k].astype(str).map({c: i for i, c in enumerate(cats)}),
+                             tickvals=list(range(len(cats))), ticktext=cats))
+    dims.append(dict(label="top-1 error (%)", values=df["err"], range=[0, 100]))
+    code = df["stem"].astype(str).map({s: i for i, s in enumerate(stems)})
+    scale = [[i / max(1, len(stems) - 1), color_of(s, i)] for i, s in enumerate(stems)] if len(stems) > 1 \
+        else [[0, color_of(stems[0])], [1, color_of(stems[0])]]
+    fig = go.Figure(go.Parcoords(line=dict(color=code, colorscale=scale, cmin=0, cmax=max(1, len(stems) - 1)),
+                                 dimensions=dims))
+    fig.update_layout(template="plotly_white", height=440,
+                      title="Runs across the knobs: " + ", ".join(f"{s} ({color_of(s, i)})" for i, s in enumerate(stems)))
+    return fig
+
+
+def importance_figure(imp: pd.DataFrame) -> go.Figure:
+    """Hyperparameter importance per stem (``analysis.hparam_importance``), grouped bars."""
+    fig = go.Figure()
+    stems = sorted(imp["stem"].astype(str).unique()) if len(imp) else []
+    for i, stem in enumerate(stems):
+        g = imp[imp.stem.astype(str) == stem]
+        fig.add_trace(go.Bar(x=g.param, y=g.importance, name=f"{stem} (n={int(g.n.iloc[0])})",
+                             marker_color=color_of(stem, i)))
+    fig.update_layout(barmode="group", yaxis_title="fANOVA importance", template="plotly_white", height=360,
+                      title="How much of the error each knob explains, per stem", legend_title="stem")
+    return fig
+
+
+STATUS_COLORS = {"completed": "#2ca02c", "diverged": "#d62728", "failed": "#7f7f7f", "preempted": "#ff7f0e",
+                 "running": "#1f77b4", "pending": "#aec7e8", "missing": "#c7c7c7"}
+
+
+def status_figure(counts: pd.DataFrame) -> go.Figure:
+    """Runs per sweep · stem, stacked by status (``counts``: sweep, stem, status, n)."""
+    fig = go.Figure()
+    x = counts["sweep"].astype(str) + " · " + counts["stem"].astype(str)
+    counts = counts.assign(x=x)
+    for status, color in STATUS_COLORS.items():
+        g = counts[counts.status == status]
+        if len(g):
+            fig.add_trace(go.Bar(x=g.x, y=g.n, name=status, marker_color=color,
+                                 hovertemplate="%{x}: %{y} " + status + "<extra></extra>"))
+    fig.update_layout(barmode="stack", template="plotly_white", height=320, yaxis_title="runs",
+                      title="Runs per sweep and stem", legend_title="status")
     return fig

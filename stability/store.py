@@ -62,6 +62,22 @@ def table_dir(root: str | os.PathLike, table: str, sweep: str) -> Path:
     return Path(root) / table / f"sweep={sweep}"
 
 
+def progress_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
+    """A running run's progress note (epoch, step, last errors), rewritten every epoch and
+    removed when the run ends: what the dashboard shows of a run that has no rows yet."""
+    return Path(root) / "_sweeps" / sweep / "progress" / f"{run_id}.json"
+
+
+def read_progress(root: str | os.PathLike, sweep: str, run_id: str) -> dict | None:
+    """The progress note of a running run (None when there is none or it cannot be read)."""
+    import json
+
+    try:
+        return json.loads(progress_path(root, sweep, run_id).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def to_arrow(table: str, rows: pd.DataFrame | list[dict]) -> pa.Table:
     """Rows -> an arrow table with exactly ``SCHEMAS[table]`` (missing columns become null)."""
     schema = SCHEMAS[table]

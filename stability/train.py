@@ -400,6 +400,7 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
                 finished_at=_ts(_now()), **result)
     if d.is_main:
         ckpt.unlink(missing_ok=True)  # the results are the record now; checkpoints are for resume
+        store.progress_path(cfg.results, cfg.sweep, cfg.run_id).unlink(missing_ok=True)
     return row
 
 
@@ -425,6 +426,7 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
     gnorms: list[torch.Tensor] = []
     lrs: list[float] = []
     traces: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    layer_hist: list[torch.Tensor] = []  # every step's per-layer norms: the divergence step's are kept
     correct = torch.zeros((), device=device)
     accum = cfg.accum_steps
 
@@ -443,7 +445,8 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
         # losses are per-rank means: average them over ranks; correct counts add up.
         shared = torch.cat([torch.stack(losses).float() / d.world_size, correct[None]])
         shared = all_reduce(torch.cat([shared, stop_flag]), d)
-        packed = torch.cat([shared, torch.stack(gnorms).float()] + [torch.cat(t[1:]) for t in traces]).tolist()
+        packed = torch.cat([shared, torch.stack(gnorms).float()] + [torch.cat(t[1:]) for t in traces]
+                           + [torch.cat(layer_hist).float()]).tolist()
         loss_vals, st.epoch_correct = packed[:n], st.epoch_correct + packed[n]
         stopped = packed[n + 1] > 0
         gnorm_vals = packed[n + 2:2 * n + 2]
@@ -464,10 +467,16 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
                 st.grad_rows.append({"run_id": cfg.run_id, "step": step, "layer": name, "depth": depth,
                                      "grad_norm": gi, "param_norm": pi,
                                      "update_ratio": ui / pi if pi > 0 else None})
+        if bad is not None and not any(t[0] == bad for t in traces):
+            # The per-layer norms of the step that diverged, traced or not (no parameter norms).
+            at = pos + (bad - first) * L
+            for (name, depth), gi in zip(tracer.layers, packed[at:at + L], strict=True):
+                st.grad_rows.append({"run_id": cfg.run_id, "step": bad, "layer": name, "depth": depth,
+                                     "grad_norm": gi, "param_norm": None, "update_ratio": None})
         st.epoch_loss_sum += sum(v for v in loss_vals if math.isfinite(v))
         if reporter and d.is_main:
             reporter.on_log(st.step, epoch, loss_vals[-1], lrs[-1])
-        losses.clear(), gnorms.clear(), lrs.clear(), traces.clear()
+        losses.clear(), gnorms.clear(), lrs.clear(), traces.clear(), layer_hist.clear()
         return bad, stopped
 
     def diverged(step: int) -> dict[str, Any]:
@@ -513,6 +522,7 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
                 ema.update(model, epoch)
             losses.append(loss)
             gnorms.append(layer_norms.square().sum().sqrt())
+            layer_hist.append(layer_norms)
             lrs.append(lr)
             st.epoch_seen += len(y) * d.world_size
             st.step += 1
@@ -544,6 +554,9 @@ def _loop(cfg: RunConfig, net: nn.Module, model: nn.Module, opt: torch.optim.Opt
         st.epoch_seen = 0
         if st.epoch < cfg.epochs and d.is_main:
             _save_checkpoint(ckpt, model, opt, st, cfg, ema)
+            store.write_text_atomic(store.progress_path(cfg.results, cfg.sweep, cfg.run_id), json.dumps(
+                {"epoch": st.epoch, "epochs": cfg.epochs, "step": st.step, "total_steps": total_steps,
+                 "val_top1_err": top1, "train_loss": row["train_loss"], "updated_at": _now()}))
     last = st.epochs_rows[-1]
     return {"status": "completed", "top1_err": last["val_top1_err"], "top5_err": last["val_top5_err"],
             "best_top1_err": min(r["val_top1_err"] for r in st.epochs_rows),

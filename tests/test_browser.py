@@ -1,13 +1,22 @@
-"""The dashboard in a real browser: Streamlit server + headless Debian Chromium via Playwright."""
+"""The dashboard in a real browser: ``stability dashboard`` + headless Debian Chromium via
+Playwright, clicked through as an analyst would (sidebar twice per entry, every slider to its
+extremes, a shared URL). Screenshots of every page land in tests/artifacts/ (ignored by git)."""
 
+import json
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from stability import store
 from stability.distributed import free_port
 
 ROOT = Path(__file__).parents[1]
@@ -15,21 +24,45 @@ ART = ROOT / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+NAV = ["Overview", "EDF", "LR × WD", "Optimizer & length", "Spikes", "Runs", "Hyperparameters"]
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def server(dash_results):
+def two_sweeps(dash_results, tmp_path_factory):
+    """The dashboard fixture's sweep, plus a second sweep with half of its runs (the same real
+    rows, file by file), one failed run and one still running (with its progress note)."""
+    root = tmp_path_factory.mktemp("browser") / "results"
+    shutil.copytree(dash_results, root)
+    ids = sorted(p.stem for p in (root / "runs" / "sweep=dash").glob("*.parquet"))[:6]
+    for table in store.TABLES:
+        dst = root / table / "sweep=dash2"
+        dst.mkdir(parents=True)
+        for rid in ids:
+            src = root / table / "sweep=dash" / f"{rid}.parquet"
+            if src.exists():
+                shutil.copy(src, dst / src.name)
+    template = store.read_table(root, "runs", sweep="dash", run_ids=ids[:1]).drop(columns=["sweep"]).iloc[0]
+    for rid, status, extra in (("f00000000001", "failed", {"error": "RuntimeError: CUDA out of memory (test)"}),
+                               ("f00000000002", "running", {})):
+        row = {**template.to_dict(), "run_id": rid, "status": status, "top1_err": None,
+               "finished_at": None, **extra}
+        store.write_run(root, "dash2", rid, {"runs": [row]})
+    store.write_text_atomic(store.progress_path(root, "dash2", "f00000000002"), json.dumps(
+        {"epoch": 1, "epochs": 2, "step": 12, "total_steps": 24, "val_top1_err": 71.0,
+         "train_loss": 2.1, "updated_at": "2026-11-27T12:00:00+00:00"}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(two_sweeps):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian chromium is missing: .ci/run installs it (apt-get install chromium)")
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-         "--", "--results", str(dash_results)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "stability", "dashboard", "--results", str(two_sweeps),
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -42,55 +75,154 @@ def server(dash_results):
         assert time.monotonic() < deadline, "streamlit did not come up"
         time.sleep(0.3)
     yield url
-    proc.terminate()
+    os.killpg(proc.pid, signal.SIGTERM)  # the CLI and the Streamlit server it started
     proc.wait(20)
 
 
 @pytest.fixture(scope="module")
-def page():
+def browser():
     from playwright.sync_api import sync_playwright
 
     ART.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
 
 
-def _charts(pg, n=1, timeout=90_000):
-    pg.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n}",
+@pytest.fixture
+def page(browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    yield pg
+    pg.close()
+
+
+def _settle(pg, timeout=90_000):
+    """Wait until Streamlit has finished the rerun a click or key started."""
+    pg.wait_for_timeout(300)
+    pg.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+
+
+def _chart_with_data(pg, timeout=90_000):
+    pg.wait_for_function("[...document.querySelectorAll('.js-plotly-plot')]"
+                         ".some(p => p.data && p.data.length > 0 && p.querySelector('.main-svg'))",
                          timeout=timeout)
 
 
-def test_edf_page_draws_stem_legends_and_follows_a_filter(server, page):
-    page.goto(f"{server}/edf")
-    _charts(page)
-    legend = page.locator(".js-plotly-plot .legend").first
-    legend.wait_for(timeout=60_000)
-    text = legend.text_content()
-    assert "patchify" in text and "conv" in text, text
-    assert "diverged" in text
-    page.screenshot(path=str(ART / "edf.png"), full_page=True)
+def _no_exception(pg):
+    assert pg.locator("[data-testid='stException']").count() == 0, pg.locator("[data-testid='stException']").first.text_content()
+    assert pg.locator("text=Traceback").count() == 0
+
+
+def _root_kept(pg, root):
+    text = pg.locator("[data-testid='stSidebar']").text_content()
+    assert str(root) in text, text[:300]
+    assert pg.locator("text=holds no `runs/` folder").count() == 0
+    assert pg.locator("text=does not exist").count() == 0
+
+
+def _checked(pg):
+    """The labels of the checked radio options on the page."""
+    return pg.evaluate("[...document.querySelectorAll(\"[data-testid='stRadio'] input:checked\")]"
+                       ".map(i => i.closest('label').textContent.trim())")
+
+
+def _chips(pg, label):
+    box = pg.locator("[data-testid='stMultiSelect']").filter(
+        has=pg.locator("[data-testid='stWidgetLabel']", has_text=re.compile(f"^{label}$"))).first
+    return [t.get_attribute("aria-label") for t in box.locator("[data-tag]").all()]
+
+
+def test_every_sidebar_entry_twice_keeps_root_filters_and_controls(server, page, two_sweeps):
+    page.goto(server)
+    _chart_with_data(page)
+    # one filter and one page control, set once
+    stem = page.locator("[data-testid='stMultiSelect']").filter(has_text="stem").first
+    stem.get_by_role("button", name="Remove patchify").click()
+    _settle(page)
+    assert _chips(page, "stem") == ["conv"]
+    nav = page.locator("[data-testid='stSidebarNav']")
+    nav.get_by_text("EDF", exact=True).click()
+    _settle(page)
     page.get_by_text("relative to the best of each group").click()
-    page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot .xtitle')]"
-                           ".some(e => e.textContent.includes('Δ top-1'))", timeout=60_000)
-    page.screenshot(path=str(ART / "edf_relative.png"), full_page=True)
-    assert page.locator("text=Traceback").count() == 0
+    _settle(page)
+    for name in NAV:
+        for _ in range(2):
+            nav.get_by_text(name, exact=True).click()
+            _settle(page)
+            _chart_with_data(page)
+            _no_exception(page)
+            _root_kept(page, two_sweeps)
+            assert _chips(page, "stem") == ["conv"], name
+            assert "f_stem=conv" in page.url, page.url
+        page.screenshot(path=str(ART / f"page_{NAV.index(name)}_{name.split()[0].lower()}.png"), full_page=True)
+    nav.get_by_text("EDF", exact=True).click()
+    _settle(page)
+    assert any(t.startswith("relative") for t in _checked(page))
+    legend = page.locator(".js-plotly-plot .legend").first.text_content()
+    assert "conv" in legend and "patchify" not in legend, legend
+
+
+def test_every_slider_at_its_extremes(server, page):
+    for path in ("edf?p_edf_mode=relative+to+the+best+of+each+group", "lr_wd", "spikes"):
+        page.goto(f"{server}/{path}")
+        _chart_with_data(page)
+        if path == "spikes":
+            page.get_by_text("spike detector").click()
+            _settle(page)
+        sliders = page.locator("[data-testid='stSlider'] input[type='range']")
+        n = sliders.count()
+        assert n >= (5 if path == "spikes" else 1), (path, n)
+        for i in range(n):
+            for key, bound in (("Home", "min"), ("End", "max")):
+                sliders.nth(i).focus()
+                page.keyboard.press(key)
+                _settle(page)
+                _chart_with_data(page)
+                _no_exception(page)
+                s = page.locator("[data-testid='stSlider'] input[type='range']").nth(i)
+                assert float(s.get_attribute("value") or s.input_value()) == float(s.get_attribute(bound)), (path, i, key)
+        page.screenshot(path=str(ART / f"sliders_{path.split('?')[0]}.png"), full_page=True)
+
+
+def test_a_shared_url_restores_filters_and_controls(server, page):
+    page.goto(f"{server}/edf?f_stem=patchify&f_sweep=dash2&p_edf_band=dkw")
+    _chart_with_data(page)
+    _no_exception(page)
+    assert _chips(page, "stem") == ["patchify"] and _chips(page, "sweep") == ["dash2"]
+    assert "dkw" in _checked(page)
+    legend = page.locator(".js-plotly-plot .legend").first.text_content()
+    title = page.locator(".js-plotly-plot .gtitle").first.text_content()
+    assert "patchify" in legend and "conv" not in legend and "dash2" in title, (legend, title)
+    page.screenshot(path=str(ART / "shared_url.png"), full_page=True)
+
+
+def test_overview_shows_failures_and_running_progress(server, page):
+    page.goto(server)
+    _chart_with_data(page)
+    body = page.locator("section.main, [data-testid='stMain']").first.text_content()
+    assert "CUDA out of memory (test)" in body and "dash2" in body
+    page.goto(f"{server}/runs?p_runs_open=dash2/f00000000002")
+    _settle(page)
+    page.wait_for_selector("text=epoch 1/2, step 12/24", timeout=60_000)
+    _no_exception(page)
 
 
 def test_spikes_page_draws_traces(server, page):
     page.goto(f"{server}/spikes")
-    _charts(page, n=2)
+    _chart_with_data(page)
     page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot .legend')]"
                            ".some(e => e.textContent.includes('(first)') && e.textContent.includes('(last)'))",
                            timeout=60_000)
-    # one trace per stem's worst run; they stream in one after the other
     page.wait_for_function("(() => { const t = [...document.querySelectorAll('.js-plotly-plot .gtitle')]"
                            ".map(e => e.textContent).join(' '); return t.includes('patchify') && t.includes('conv'); })()",
                            timeout=90_000)
-    titles = " ".join(page.locator(".js-plotly-plot .gtitle").all_text_contents())
-    assert "patchify" in titles and "conv" in titles, titles
     ticks = " ".join(page.locator(".js-plotly-plot .xtick").all_text_contents())
     assert "patchify" in ticks and "conv" in ticks
     page.screenshot(path=str(ART / "spikes.png"), full_page=True)
+
+
+def test_runs_of_the_fixture_are_all_listed(two_sweeps):
+    runs = store.load(two_sweeps).runs
+    assert isinstance(runs, pd.DataFrame) and set(runs.status) >= {"completed", "diverged", "failed", "running"}
+    assert runs.sweep.nunique() == 2

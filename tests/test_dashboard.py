@@ -1,6 +1,9 @@
-"""The dashboard in Streamlit's AppTest on real results, an empty, a missing and a corrupt root."""
+"""The dashboard in Streamlit's AppTest on real results, an empty, a missing and a corrupt root:
+one state across pages, filters and controls that survive navigation and come back from a URL."""
 
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,17 +13,44 @@ from stability import store
 
 APP = str(Path(__file__).parents[1] / "dashboard" / "app.py")
 PAGES = ["views/overview.py", "views/edf.py", "views/lr_wd.py", "views/optimizer.py", "views/spikes.py",
-         "views/runs.py"]
+         "views/runs.py", "views/hparams.py"]
 
 
-def _run(root, page=None):
+@contextmanager
+def _root(root, browse=False):
+    """The server's results root, as ``stability dashboard --results`` sets it."""
+    old = {k: os.environ.get(k) for k in ("STABILITY_RESULTS", "STABILITY_ALLOW_BROWSE")}
+    os.environ["STABILITY_RESULTS"] = str(root)
+    os.environ["STABILITY_ALLOW_BROWSE"] = "1" if browse else ""
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _app(root, page=None, query=None):
     at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["results_root"] = str(root)
-    at.run()
-    if page:
-        at.switch_page(page).run()
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    with _root(root):
+        at.run()
+        if page:
+            at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def _query(at, key):
+    v = at.query_params.get(key)
+    return v if isinstance(v, list) else [v]
+
+
+def _charts(at):
+    return at.get("plotly_chart")
 
 
 def test_fixture_has_a_diverged_run(dash_results):
@@ -30,32 +60,121 @@ def test_fixture_has_a_diverged_run(dash_results):
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_results(dash_results, page):
-    at = _run(dash_results, page)
+    at = _app(dash_results, page)
     assert at.title, page
-    assert not at.warning, [w.value for w in at.warning]
+    assert not at.warning or page.endswith(("optimizer.py",)), [w.value for w in at.warning]
+    if not page.endswith("overview.py"):
+        assert len(_charts(at)) >= 1, page
     if page.endswith("edf.py"):
-        assert len(at.dataframe) == 2  # summary + comparison
         summary = at.dataframe[0].value
         assert set(summary.stem) == {"patchify", "conv"} and summary.diverged.sum() >= 2
-        at.radio(key="edf_mode").set_value("relative to the best of each group").run()
-        assert not at.exception
+        with _root(dash_results):
+            at.radio(key="p_edf_mode").set_value("relative to the best of each group").run()
+            assert not at.exception
+            summary = at.dataframe[0].value
+            assert "within_4" in summary.columns and (summary.best == 0).all()
+            for band in ("simultaneous", "dkw"):
+                at.radio(key="p_edf_band").set_value(band).run()
+                assert not at.exception
     if page.endswith("runs.py"):
         assert len(at.dataframe[0].value) == 12
+
+
+def test_filters_and_controls_survive_navigation(dash_results):
+    """A filter set once holds on every page, page controls come back as they were left, and the
+    URL mirrors both."""
+    at = _app(dash_results, "views/edf.py")
+    with _root(dash_results):
+        at.multiselect(key="f_stem").set_value(["conv"]).run()
+        at.radio(key="p_edf_mode").set_value("relative to the best of each group").run()
+        assert _query(at, "f_stem") == ["conv"]
+        for page in PAGES[2:] + PAGES:
+            at.switch_page(page).run()
+            assert not at.exception, (page, [e.value for e in at.exception])
+            assert at.session_state["f_stem"] == ["conv"], page
+        at.switch_page("views/runs.py").run()
+        assert set(at.dataframe[0].value.stem) == {"conv"}
+        at.switch_page("views/edf.py").run()
+        assert at.radio(key="p_edf_mode").value.startswith("relative")
+        assert set(at.dataframe[0].value.stem) == {"conv"}
+
+
+def test_a_shared_url_restores_the_view(dash_results):
+    at = _app(dash_results, "views/edf.py",
+              query={"f_stem": "patchify", "p_edf_mode": "relative to the best of each group",
+                     "p_edf_within": "2.5"})
+    assert at.session_state["f_stem"] == ["patchify"]
+    assert at.radio(key="p_edf_mode").value.startswith("relative")
+    assert at.slider(key="p_edf_within").value == 2.5
+    assert set(at.dataframe[0].value.stem) == {"patchify"}
+    # values the data does not hold are ignored, not errors
+    at = _app(dash_results, "views/edf.py", query={"f_stem": "nonsense", "p_edf_within": "oops"})
+    assert set(at.session_state["f_stem"]) == {"patchify", "conv"}
+
+
+def test_spike_controls_at_their_extremes(dash_results):
+    at = _app(dash_results, "views/spikes.py")
+    with _root(dash_results):
+        for key in ("p_spk_w", "p_spk_m", "p_spk_f", "p_spk_z", "p_spk_k"):
+            s = at.slider(key=key)
+            for v in (s.min, s.max):
+                at.slider(key=key).set_value(v).run()
+                assert not at.exception, (key, v, [e.value for e in at.exception])
+                assert len(_charts(at)) >= 2
+        at.radio(key="p_spk_layout").set_value("overlay in one figure").run()
+        assert not at.exception and len(_charts(at)) == 2  # the counts and one overlay
+        at.radio(key="p_spk_how").set_value("choose runs").run()
+        assert not at.exception
+
+
+def test_runs_page_overlays_runs_and_diffs_their_configs(dash_results):
+    at = _app(dash_results, "views/runs.py")
+    runs = store.load(dash_results).runs
+    pick = ("dash/" + runs.sort_values("lr").run_id).tolist()[:3]
+    with _root(dash_results):
+        at.multiselect(key="p_runs_open").set_value(pick).run()
+    assert not at.exception
+    diff = at.dataframe[1].value
+    assert "lr" in diff.index and len(diff.columns) == 3
+
+
+def test_root_is_fixed_unless_browsing_is_allowed(tmp_path, dash_results):
+    """A visitor cannot point the app elsewhere: a ``root`` query naming another folder is
+    ignored; folders under the root that hold runs can be chosen; --allow-browse opens any."""
+    base = tmp_path / "base"
+    shutil.copytree(dash_results, base / "a")
+    shutil.copytree(dash_results, base / "b")
+    at = _app(base, "views/runs.py", query={"root": str(dash_results)})
+    choices = at.selectbox(key="root").options
+    assert set(choices) == {str(base.resolve()), "a", "b"}
+    assert at.selectbox(key="root").value == str(base.resolve())
+    with _root(base):
+        at.selectbox(key="root").set_value("b").run()
+    assert len(at.dataframe[0].value) == 12 and _query(at, "root") == ["b"]
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["root"] = str(dash_results)
+    with _root(base, browse=True):
+        at.run()
+        at.switch_page("views/runs.py").run()
+    assert at.text_input(key="root").value == str(dash_results)
+    assert len(at.dataframe[0].value) == 12
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_empty_missing_and_corrupt_roots_are_friendly(tmp_path, dash_results, page):
     empty = tmp_path / "empty"
     (empty / "runs").mkdir(parents=True)
-    at = _run(empty, page)
+    at = _app(empty, page)
     assert "no runs yet" in " ".join(i.value for i in at.info)
-    at = _run(tmp_path / "missing", page)
+    at = _app(tmp_path / "missing", page)
     assert "does not exist" in " ".join(w.value for w in at.warning)
-    at = _run(tmp_path, page)  # exists, but no runs/ folder
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    at = _app(bare, page)  # exists, but no runs/ folder
     assert "no `runs/` folder" in " ".join(w.value for w in at.warning)
     corrupt = tmp_path / "corrupt"
     shutil.copytree(dash_results, corrupt)
     victim = next((corrupt / "runs" / "sweep=dash").glob("*.parquet"))
     victim.write_bytes(b"PAR1 garbage")
-    at = _run(corrupt, page)
+    at = _app(corrupt, page)
     assert "unreadable" in " ".join(e.value for e in at.error)

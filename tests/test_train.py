@@ -70,6 +70,20 @@ def test_divergence_is_recorded_not_raised(tmp_path):
     assert res.steps.step.max() == step
     bad = res.steps.set_index("step").loss[step]
     assert not math.isfinite(bad) or bad > 10 * math.log(10)
+    # the per-layer norms of the step that diverged are kept, traced or not
+    at = res.grad_norms[res.grad_norms.step == step]
+    assert set(at.layer) == set(res.grad_norms.layer) and len(at) == at.layer.nunique()
+
+
+def test_divergence_between_trace_steps_keeps_that_steps_layer_norms(tmp_path):
+    cfg = run_config({**TINY, "optimizer": "sgd", "lr": 1e3, "trace_every": 7, "results": str(tmp_path)})
+    row = train(cfg)
+    res = store.load(tmp_path)
+    step = row["diverged_at_step"]
+    assert step % 7 != 0, step  # the case under test: a step the tracer does not sample
+    at = res.grad_norms[res.grad_norms.step == step]
+    assert len(at) == res.grad_norms.layer.nunique() and at.param_norm.isna().all()
+    assert res.grad_norms.step.max() == step
 
 
 def test_freeze_stem_traces_no_stem(tmp_path):

@@ -1,39 +1,56 @@
-"""EDF: error distribution per stem with bootstrap bands, and the comparison statistics."""
+"""EDF: error distribution per stem (one line per sweep x optimizer x epochs ... unless pooled on
+purpose) with bands, the Δ-to-best view, the summary and the signed/paired comparison."""
 
 import streamlit as st
-from common import cached_compare, cached_edf, filter_runs, load_runs, results_root, sweep_label
+from common import cached_compare, cached_edf, control, selected_runs, sweep_label, table
 
 from stability import analysis, plots
 
-root = results_root()
 st.title("Error EDF per stem")
-runs = load_runs(root)
+runs = selected_runs()
 if runs is not None:
-    runs = filter_runs(runs, "edf")
-    mode = st.radio("error", ["absolute", "relative to the best of each group"], horizontal=True, key="edf_mode")
+    c1, c2, c3 = st.columns([2, 2, 1])
+    with c1:
+        mode = control(st.radio, "error", ["absolute", "relative to the best of each group"],
+                       key="p_edf_mode", default="absolute", horizontal=True)
+    with c2:
+        band = control(st.radio, "band (90%)", ["pointwise", "simultaneous", "dkw"], key="p_edf_band",
+                       default="pointwise", horizontal=True,
+                       help="pointwise bootstrap; simultaneous: bootstrap of the sup-norm (covers the "
+                            "whole curve at once); dkw: Dvoretzky–Kiefer–Wolfowitz")
+    with c3:
+        pool = control(st.toggle, "pool design axes", key="p_edf_pool", default=False,
+                       help="one line per stem over every sweep, optimizer and length selected "
+                            "(off: nothing is pooled)")
     relative = mode.startswith("relative")
-    overlay = st.toggle("overlay sweeps (one line style per sweep)", value=runs.sweep.nunique() > 1, key="edf_overlay")
-    by = ["stem", "sweep"] if overlay else ["stem"]
+    within = None
+    if relative:
+        within = control(st.slider, "within x points of the best", 0.0, 20.0, key="p_edf_within",
+                         default=4.0, step=0.5,
+                         help="The paper's Fig. 5 reads the fraction of runs within 4 points of the best")
+    by = ["stem"] if pool else analysis.default_by(runs)
     points = cached_edf(runs, tuple(by), relative)
     if points.empty:
         st.info("No finished runs match the filters.")
     else:
-        fig = plots.edf_figure(points, relative=relative, dash_by="sweep" if overlay else None,
+        fig = plots.edf_figure(points, relative=relative, band=band, within=within,
                                title=f"{'Δ ' if relative else ''}top-1 error EDF · {sweep_label(runs)}")
         st.plotly_chart(fig, width="stretch", key="edf_chart")
         pooled = points["pooled"].iloc[0] if "pooled" in points and len(points) else ""
-        st.caption("F(e) = fraction of runs with error below e; diverged runs count at 100% "
-                   "(they are never dropped). Bands: 90% pointwise bootstrap intervals (200 resamples)."
-                   + (f" **Pooled here: {pooled}** (filter them to one value to compare like with like)."
-                      if pooled else ""))
-        st.subheader("Summary per stem")
-        st.dataframe(analysis.summary(runs, by=by), hide_index=True, width="stretch")
+        st.caption("F(e) = fraction of runs with error at or below e; diverged runs count at 100% "
+                   "(marked ×; never dropped); failed, preempted and running runs are left out and "
+                   "counted below. Relative mode: error minus the best run of the same line, the "
+                   "best re-chosen in every bootstrap resample."
+                   + (f" **Pooled here: {pooled}.**" if pooled else " Nothing is pooled."))
+        st.subheader("Summary" + (" (Δ to each line's best, points)" if relative else " (top-1 error, %)"))
+        ws = sorted({1.0, 2.0, 5.0} | ({within} if within is not None else set()))
+        table(analysis.summary(runs, by=by, relative=relative, within=ws), key="edf_summary")
         st.subheader("Comparison between stems")
         cmp = cached_compare(runs, relative)
         if cmp.empty:
             st.info("Only one stem in the selection.")
         else:
-            st.dataframe(cmp.round(4), hide_index=True, width="stretch")
+            table(cmp, key="edf_compare")
             st.caption("Per stratum (sweep, optimizer, epochs ... never pooled); effects are b − a with "
                        "90% bootstrap intervals (_lo, _hi): median_diff, within_x_diff (fraction of runs "
                        "within x points of their own group's best). ks: KS distance, ks_better: the "

@@ -1,23 +1,43 @@
-"""LR x WD: error against learning rate and weight decay per stem."""
+"""LR x WD: error against learning rate and weight decay per stem, one row per optimizer and
+length; click a point to open its run; median error on bins shared by all stems."""
 
 import streamlit as st
-from common import filter_runs, load_runs, results_root
+from common import control, root, selected_runs, spec_ranges, table
 
 from stability import analysis, plots
 
-root = results_root()
 st.title("Error vs learning rate and weight decay")
-runs = load_runs(root)
+runs = selected_runs()
 if runs is not None:
-    runs = filter_runs(runs, "lrwd")
-    df = analysis.error_vs_hparams(runs)
+    df = analysis.error_vs_hparams(runs).merge(runs[["run_id", "sweep", "label", "key"]], on=["run_id", "sweep"])
     if df.empty:
         st.info("No finished runs match the filters.")
     else:
-        st.plotly_chart(plots.lr_wd_figure(df), width="stretch", key="lrwd_scatter")
-        if df.lr.nunique() > 2 and df.wd.nunique() > 2:
-            bins = st.slider("heatmap bins", 3, 12, 6, key="lrwd_bins")
-            st.plotly_chart(plots.lr_wd_heatmap_figure(analysis.lr_wd_heatmap(runs, bins=bins)),
-                            width="stretch", key="lrwd_heat")
-        st.subheader("Best configuration per stem")
-        st.dataframe(analysis.best_configs(runs), hide_index=True, width="stretch")
+        event = st.plotly_chart(plots.lr_wd_figure(df), width="stretch", key="lrwd_scatter",
+                                on_select="rerun", selection_mode="points")
+        st.caption("Colour: stem; × at 100%: diverged. One row per sweep, optimizer and training length. "
+                   "Click a point to open its run.")
+        picked = [p["customdata"][0] for p in (event.selection.points if event and event.selection else [])
+                  if p.get("customdata")]
+        if picked:
+            st.session_state["p_runs_open"] = picked[:1]
+            st.switch_page("views/runs.py")
+        st.subheader("Median error on shared bins")
+        combos = runs.groupby(["sweep", "optimizer", "epochs"], observed=True).ngroups
+        if combos > 1:
+            st.info("The selection mixes sweeps, optimizers or training lengths: choose one of each "
+                    "in the sidebar to see the heatmap (it never mixes them).")
+        elif df.lr.nunique() < 3 or df.wd.nunique() < 3:
+            st.info(f"The heatmap needs at least 3 distinct lr and wd values; the selection has "
+                    f"{df.lr.nunique()} lr and {df.wd.nunique()} wd value(s) (an lr-only sweep, say).")
+        else:
+            bins = control(st.slider, "heatmap bins per axis", 3, 12, key="p_lrwd_bins", default=6)
+            ranges = spec_ranges(str(root()), tuple(sorted(runs.sweep.unique())))
+            hm = analysis.lr_wd_heatmap(runs, bins=bins, lr_range=ranges.get("lr"), wd_range=ranges.get("wd"))
+            st.plotly_chart(plots.lr_wd_heatmap_figure(hm), width="stretch", key="lrwd_heat")
+            clipped = int(hm.groupby("stem", observed=True).clipped.sum().max())
+            src = "the sweeps' sampling ranges" if ranges else "the observed values"
+            st.caption(f"Bins span {src}, the same for every stem; grey cells hold no run."
+                       + (f" {clipped} run(s) outside those ranges are counted in the edge bins." if clipped else ""))
+        st.subheader("Best configuration per group")
+        table(analysis.best_configs(runs), key="lrwd_best")

@@ -1,26 +1,36 @@
-"""Optimizer & training length: AdamW vs SGD per stem, best error vs epochs per stem."""
+"""Optimizer & training length: AdamW vs SGD per stem (best over each optimizer's own runs, with
+n), best error vs epochs per stem."""
 
 import streamlit as st
-from common import filter_runs, load_runs, results_root
+from common import selected_runs, table
 
 from stability import analysis, plots
 
-root = results_root()
 st.title("Optimizer and training length")
-runs = load_runs(root)
+runs = selected_runs()
 if runs is not None:
-    runs = filter_runs(runs, "opt", ("sweep", "model", "dataset"))
     gap = analysis.optimizer_gap(runs)
     st.subheader("AdamW vs SGD")
     if runs.optimizer.nunique() < 2:
         st.info("The selection has one optimizer only; run grids/cpu/optimizer.yaml for both.")
     if not gap.empty:
         st.plotly_chart(plots.optimizer_figure(gap), width="stretch", key="opt_chart")
-        st.dataframe(gap.round(3), hide_index=True, width="stretch")
+        ns = [c for c in gap.columns if c.startswith("n_")]
+        small = gap[ns].min(axis=1).lt(3).any() if ns else False
+        uneven = (gap[ns].nunique(axis=1) > 1).any() if len(ns) > 1 else False
+        if small or uneven:
+            st.warning("Some bars are the best of fewer than 3 runs, or AdamW and SGD had different "
+                       "numbers of runs: a best-of-n grows better with n, so compare with care (n on each bar).")
+        table(gap, key="opt_table")
     st.subheader("Training length")
     tl = analysis.training_length(runs)
     if tl.epochs.nunique() < 2:
         st.info("The selection has one epoch budget only; run grids/cpu/epochs.yaml for several.")
     if not tl.empty:
         st.plotly_chart(plots.length_figure(tl), width="stretch", key="len_chart")
-        st.dataframe(tl.round(3), hide_index=True, width="stretch")
+        if tl.n.lt(3).any():
+            thin = tl[tl.n.lt(3)]
+            st.warning(f"{len(thin)} point(s) rest on fewer than 3 runs"
+                       + (f", {int(thin.best.ge(100).sum())} of them only diverged runs (drawn ×)"
+                          if thin.best.ge(100).any() else "") + ": one run is not a best over lr.")
+        table(tl, key="len_table")

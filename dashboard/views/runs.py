@@ -1,32 +1,81 @@
-"""Runs: the filterable runs table, downloads, and one run's curves."""
+"""Runs: the filterable runs table with downloads; several runs' curves overlaid (loss, lr, val
+error, grad norm), the config keys in which they differ, and progress of running runs."""
 
 import io
+import json
 
-import plotly.express as px
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
-from common import filter_runs, load_runs, results_root, run_tables
+from common import control, root, run_tables, selected_runs, table
+from plotly.subplots import make_subplots
 
-root = results_root()
+from stability import store
+from stability.plots import LINE_COLORS
+
 st.title("Runs")
-runs = load_runs(root)
+runs = selected_runs()
 if runs is not None:
-    runs = filter_runs(runs, "runs", ("sweep", "model", "optimizer", "epochs", "dataset", "status", "stem"))
     st.caption(f"{len(runs)} runs")
-    st.dataframe(runs, hide_index=True, width="stretch")
+    table(runs.drop(columns=["label"]), key="runs_table")
     c1, c2 = st.columns(2)
     c1.download_button("Download CSV", runs.to_csv(index=False).encode(), "runs.csv", "text/csv")
     buf = io.BytesIO()
     runs.to_parquet(buf, index=False)
     c2.download_button("Download parquet", buf.getvalue(), "runs.parquet", "application/octet-stream")
-    if len(runs):
-        rid = st.selectbox("open a run", runs.run_id.tolist(), key="runs_open")
-        t = run_tables(root, [rid])
+
+    order = runs.sort_values(["status", "sweep", "stem", "lr"], key=lambda s: s.map(
+        {"completed": 0, "diverged": 1}).fillna(2) if s.name == "status" else s)
+    labels = dict(zip(order.key, order.label + " · " + order.status, strict=True))
+    first = order.key.tolist()[:1]
+    chosen = control(st.multiselect, "open runs (overlaid)", order.key.tolist(), key="p_runs_open",
+                     default=first, format_func=lambda r: labels.get(r, r), max_selections=8,
+                     help="Pick up to 8 runs; their curves share the axes below")
+    info = runs.set_index("key")
+    live = [r for r in chosen if info.loc[r, "status"] == "running"]
+    for rid in live:
+        p = store.read_progress(root(), info.loc[rid, "sweep"], info.loc[rid, "run_id"])
+        if p:
+            st.progress(min(1.0, p["step"] / max(1, p["total_steps"])),
+                        text=f"{labels[rid]}: epoch {p['epoch']}/{p['epochs']}, step {p['step']}/{p['total_steps']}, "
+                             f"val error {p['val_top1_err']:.2f}% (updated {p['updated_at'][:19]} UTC)")
+        else:
+            st.info(f"{labels[rid]}: running, no epoch finished yet (curves appear when it ends).")
+    if chosen:
+        t = run_tables(chosen)
         ep, steps = t["epochs"], t["steps"]
-        a, b = st.columns(2)
-        if len(steps):
-            a.plotly_chart(px.line(steps.sort_values("step"), x="step", y="loss", title="training loss",
-                                   template="plotly_white"), width="stretch", key="runs_loss")
-        if len(ep):
-            b.plotly_chart(px.line(ep.sort_values("epoch"), x="epoch", y=["val_top1_err", "train_top1_err"],
-                                   markers=True, title="top-1 error (%)", template="plotly_white"),
-                           width="stretch", key="runs_err")
+        fig = make_subplots(rows=2, cols=2, subplot_titles=("training loss", "learning rate",
+                                                            "validation top-1 error (%)", "total grad norm"),
+                            vertical_spacing=0.12)
+        for i, rid in enumerate(chosen):
+            color, name = LINE_COLORS[i % len(LINE_COLORS)], labels[rid]
+            s = steps[steps.sweep.astype(str) + "/" + steps.run_id == rid].sort_values("step") if len(steps) else steps
+            e = ep[ep.sweep.astype(str) + "/" + ep.run_id == rid].sort_values("epoch") if len(ep) else ep
+            common = dict(legendgroup=rid, line=dict(color=color))
+            if len(s):
+                fig.add_trace(go.Scattergl(x=s.step, y=s.loss, name=name, mode="lines", **common), 1, 1)
+                fig.add_trace(go.Scattergl(x=s.step, y=s.lr, name=name, mode="lines", showlegend=False, **common), 1, 2)
+                fig.add_trace(go.Scattergl(x=s.step, y=s.grad_norm, name=name, mode="lines", showlegend=False,
+                                           **common), 2, 2)
+            if len(e):
+                fig.add_trace(go.Scatter(x=e.epoch + 1, y=e.val_top1_err, name=name, mode="lines+markers",
+                                         showlegend=not len(s), **common), 2, 1)
+        for r, c, x, y in ((1, 1, "step", "loss"), (1, 2, "step", "lr"), (2, 1, "epoch", "top-1 error (%)"),
+                           (2, 2, "step", "grad norm")):
+            fig.update_xaxes(title_text=x, row=r, col=c)
+            fig.update_yaxes(title_text=y, row=r, col=c)
+        fig.update_xaxes(range=[0.5, max(1, int(ep.epoch.max()) + 1 if len(ep) else 1) + 0.5], row=2, col=1)
+        fig.update_yaxes(type="log", row=2, col=2)
+        fig.update_layout(template="plotly_white", height=720, legend=dict(orientation="h", y=-0.12))
+        st.plotly_chart(fig, width="stretch", key="runs_curves")
+        if len(chosen) > 1:
+            cfgs = store.read_table(root(), "runs", columns=["config_json"],
+                                    run_ids=[k.split("/", 1)[1] for k in chosen])
+            cfgs = cfgs.set_index(cfgs.sweep.astype(str) + "/" + cfgs.run_id)
+            cfgs = cfgs[~cfgs.index.duplicated(keep="last")]
+            rows = {labels[r]: json.loads(cfgs.loc[r, "config_json"]) for r in chosen if r in cfgs.index}
+            diff = pd.DataFrame(rows)
+            if len(diff):
+                diff = diff[diff.astype(str).nunique(axis=1) > 1]
+                st.subheader("Config keys that differ")
+                st.dataframe(diff.astype(str), width="stretch")

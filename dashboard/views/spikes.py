@@ -1,53 +1,111 @@
-"""Spikes: per-layer gradient-norm traces with detected spikes, loss underneath; counts per stem."""
+"""Spikes: per-layer gradient-norm traces with the spikes one detector finds (the sliders drive
+the traces, the counts and the first-layer lead alike), loss underneath, divergence marked."""
 
+import pandas as pd
 import streamlit as st
-from common import filter_runs, load_runs, results_root, run_tables
+from common import control, run_tables, selected_runs
 
 from stability import analysis, plots
 
-root = results_root()
-st.title("Gradient-norm spikes per layer")
-runs = load_runs(root)
-if runs is not None:
-    runs = filter_runs(runs, "spk")
-    traced = runs[runs.status.isin(["completed", "diverged"])]
-    if traced.empty:
-        st.info("No finished runs match the filters.")
-    else:
-        st.plotly_chart(plots.spike_count_figure(traced.assign(n_spikes=traced.n_spikes.fillna(0))),
-                        width="stretch", key="spike_counts")
-        how = st.radio("runs", ["worst k per stem", "choose a run"], horizontal=True, key="spk_how")
-        if how == "choose a run":
-            labels = {f"{r.stem} · lr {r.lr:.3g} · wd {r.wd:.3g} · {r.status} · {r.run_id}": r.run_id
-                      for r in traced.sort_values(["stem", "lr"]).itertuples()}
-            chosen = [labels[st.selectbox("run", list(labels), key="spk_run")]]
-        else:
-            k = st.number_input("k", 1, 5, 1, key="spk_k")
-            chosen = analysis.worst_runs(traced, k=int(k)).run_id.tolist()
-        with st.expander("spike detector"):
-            d = analysis.SpikeParams()
-            window = st.slider("window (steps of history)", 10, 1000, d.window, key="spk_w")
-            factor = st.slider("factor (jump above the trend, x)", 1.1, 10.0, d.factor, key="spk_f")
-            z = st.slider("z (robust standard deviations above the trend)", 2.0, 12.0, d.z, key="spk_z")
-            st.caption("A point is judged once 8 earlier points lie in its window; defaults chosen "
-                       "by benchmarks/spike_validation.py (docs/methodology.md).")
-        params = analysis.SpikeParams(window=window, factor=factor, z=z)
-        tables = run_tables(root, chosen)
-        leads = []
-        for rid in chosen:
-            row = traced[traced.run_id == rid].iloc[0]
-            gn = tables["grad_norms"][tables["grad_norms"].run_id == rid]
-            marked = analysis.mark_spikes(gn, params=params)
-            small = analysis.downsample(marked, max_points=2000)
-            steps = analysis.downsample(tables["steps"][tables["steps"].run_id == rid], 3000, value="loss")
-            title = (f"{row.stem} · {row.model} · lr {row.lr:.3g} wd {row.wd:.3g} · {row.status}"
-                     f" · top-1 err {row.top1_err if row.status == 'completed' else 100:.1f}%")
-            st.plotly_chart(plots.spike_figure(small, steps, title), width="stretch", key=f"spk_{rid}")
-            lead = analysis.first_layer_lead(gn, params=params)
-            if len(lead):
-                leads.append(lead.assign(stem=row.stem))
-        if leads:
-            import pandas as pd
+COUNT_LIMIT = 300  # runs whose traces the counts re-detect with the sliders' settings
 
-            st.subheader("Lead of first-layer spikes over last-layer spikes (steps)")
-            st.dataframe(pd.concat(leads), hide_index=True, width="stretch")
+st.title("Gradient-norm spikes per layer")
+runs = selected_runs()
+traced = None if runs is None else runs[runs.status.isin(["completed", "diverged"])]
+if traced is not None and traced.empty:
+    st.info("No finished runs match the filters.")
+elif traced is not None:
+    d = analysis.SpikeParams()
+    with st.sidebar.expander("spike detector", expanded=False):
+        window = control(st.slider, "window (steps of history)", 10, 1000, key="p_spk_w", default=d.window)
+        min_points = control(st.slider, "earlier points needed in the window", 2, 50, key="p_spk_m",
+                             default=d.min_points)
+        factor = control(st.slider, "factor (jump above the trend, ×)", 1.1, 10.0, key="p_spk_f",
+                         default=d.factor)
+        z = control(st.slider, "z (robust SDs above the trend)", 1.0, 20.0, key="p_spk_z", default=d.z)
+        st.caption("Defaults chosen on labelled runs by benchmarks/spike_validation.py "
+                   "(docs/methodology.md).")
+    params = analysis.SpikeParams(window=window, factor=factor, z=z, min_points=min_points)
+
+    how = control(st.radio, "runs", ["worst k per stem", "choose runs"], key="p_spk_how",
+                  default="worst k per stem", horizontal=True)
+    if how == "choose runs":
+        options = traced.sort_values(["stem", "lr"]).key.tolist()
+        labels = dict(zip(traced.key, traced.label + " · " + traced.status, strict=True))
+        chosen = control(st.multiselect, "runs", options, key="p_spk_runs", default=options[:1],
+                         format_func=lambda r: labels.get(r, r), max_selections=6)
+        chosen = [r for r in chosen if r in labels]
+    else:
+        k = control(st.slider, "k (worst runs per stem)", 1, 5, key="p_spk_k", default=1)
+        worst = analysis.worst_runs(traced, k=int(k), by=["sweep", "stem"] if traced.sweep.nunique() > 1 else ["stem"])
+        chosen = worst.key.tolist()
+    layout = control(st.radio, "layout", ["one figure per run", "overlay in one figure"], key="p_spk_layout",
+                     default="one figure per run", horizontal=True)
+
+    # Counts per run with the same detector: re-detected on the traces of up to COUNT_LIMIT runs.
+    if len(traced) <= COUNT_LIMIT:
+        all_tables = run_tables(traced.key.tolist())
+        counts = analysis.spike_counts(all_tables["grad_norms"], params=params)
+        per_run = counts.groupby(counts["sweep"].astype(str) + "/" + counts["run_id"])["n_spikes"].sum()
+        box = traced.assign(n_spikes=traced.key.map(per_run).fillna(0))
+        st.plotly_chart(plots.spike_count_figure(box, "Spikes per run (all layers), with these detector settings"),
+                        width="stretch", key="spike_counts")
+    else:
+        st.plotly_chart(plots.spike_count_figure(traced.assign(n_spikes=traced.n_spikes.fillna(0)),
+                                                 "Spikes per run as the trainer counted them (default settings)"),
+                        width="stretch", key="spike_counts")
+        st.caption(f"{len(traced)} runs: the counts are the trainer's (default detector on the total "
+                   f"norm); filter to {COUNT_LIMIT} or fewer to re-detect them with the sliders.")
+
+    tables = run_tables(chosen) if chosen else {"grad_norms": pd.DataFrame(), "steps": pd.DataFrame()}
+    info = traced.set_index("key")
+    leads, overlay = [], []
+
+    def of(t: pd.DataFrame, key: str) -> pd.DataFrame:
+        return t[(t["sweep"].astype(str) + "/" + t["run_id"]) == key] if len(t) else pd.DataFrame()
+
+    for rid in chosen:
+        row = info.loc[rid]
+        gn, steps = of(tables["grad_norms"], rid), of(tables["steps"], rid)
+        if gn.empty:
+            st.warning(f"{row.label}: no per-layer traces recorded.")
+            continue
+        marked = analysis.mark_spikes(gn, params=params)
+        per_layer = int(marked.groupby("layer").size().max())
+        if per_layer <= min_points:
+            steps_traced = marked.step.nunique()
+            every = int(marked.drop_duplicates("step").step.diff().median()) if steps_traced > 1 else None
+            if every == 1 or marked.step.max() < min_points:
+                fix = (f"It was traced at every step but lasted only {int(marked.step.max()) + 1} step(s): "
+                       "too short for any point to be judged.")
+            elif every:
+                fix = (f"It was traced every {every} steps: `trace_every: {max(1, window // (min_points + 1))}` "
+                       "or less would let the detector judge it.")
+            else:
+                fix = "Trace more often (`trace_every`)."
+            st.info(f"{row.label}: {per_layer} traced point(s) per layer; the detector judges a point only "
+                    f"after {min_points} earlier points within {window} steps, so none is judged. {fix}")
+        small = analysis.downsample(marked, max_points=2000)
+        steps = analysis.downsample(steps, 3000, value="loss") if len(steps) else steps
+        err = f"{row.top1_err:.1f}%" if row.status == "completed" else "100% (diverged)"
+        title = f"{row.label} · top-1 err {err}"
+        if layout.startswith("overlay"):
+            overlay.append((row.label, small, steps))
+        else:
+            st.plotly_chart(plots.spike_figure(small, steps, title, diverged_at=row.diverged_at_step),
+                            width="stretch", key=f"spk_{rid.replace('/', '_')}")
+        leads.append(analysis.first_layer_lead(gn, params=params).assign(run=row.label))
+    if overlay:
+        st.plotly_chart(plots.spike_overlay_figure(overlay), width="stretch", key="spk_overlay")
+    st.subheader("Do first-layer spikes lead last-layer spikes? (MoCo v3)")
+    lead = pd.concat(leads) if leads else pd.DataFrame()
+    if lead.empty or lead.n_last.sum() == 0:
+        st.info("No last-layer spike in these runs, so there is nothing for a first-layer spike to "
+                "lead: the MoCo v3 pattern (the patch projection spiking some steps before the head) "
+                "needs spikes in both. Lower z or factor in the sidebar's detector to see weaker jumps.")
+    if not lead.empty:
+        st.dataframe(lead.drop(columns=[c for c in ("run_id", "sweep") if c in lead]).round(3),
+                     hide_index=True, width="stretch")
+        st.caption("led: fraction of last-layer spikes with a first-layer spike 1–50 steps before; "
+                   "baseline: the same with the first-layer spikes placed at random; p: share of "
+                   "200 shuffles reaching the observed fraction.")

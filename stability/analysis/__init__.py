@@ -42,12 +42,19 @@ from .spikes import (
     mark_spikes,
     spike_counts,
 )
-from .sweeps import best_configs, error_vs_hparams, lr_wd_heatmap, optimizer_gap, training_length
+from .sweeps import (
+    best_configs,
+    error_vs_hparams,
+    hparam_importance,
+    lr_wd_heatmap,
+    optimizer_gap,
+    training_length,
+)
 
 __all__ = [
     "DIVERGED_ERROR", "SpikeParams", "area_between", "best_configs", "compare", "count_spikes",
     "default_by", "detect_spikes", "dkw_halfwidth", "downsample", "edf", "edf_at",
-    "error_vs_hparams", "errors", "first_layer_lead", "ks_permutation_p", "ks_signed",
+    "error_vs_hparams", "hparam_importance", "errors", "first_layer_lead", "ks_permutation_p", "ks_signed",
     "lr_wd_heatmap", "mark_spikes", "optimizer_gap", "outcomes", "paired_differences",
     "paired_tests", "pooled", "spike_counts", "strata", "summary", "training_length",
     "verdict_text", "with_size", "within_fraction", "worst_runs",

@@ -135,23 +135,30 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
     return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
 
 
-def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err") -> pd.DataFrame:
+def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err",
+            relative: bool = False, within: Sequence[float] = WITHIN) -> pd.DataFrame:
     """Per group: finished runs (the EDF's n), diverged and collapsed among them, best, median and
     worst error (diverged at 100), and the runs left out of the EDF: failed, preempted, running.
 
+    ``relative``: best, median and worst are Δ to the group's best (best is 0) and
+    ``within_<x>`` gives the fraction of runs at most x points from it, for each x of ``within``.
     ``by`` defaults to ``default_by(runs)`` (nothing pooled); ``pooled`` names the design axes
     an explicit ``by`` pools."""
     from .compare import pooled, with_size
 
     runs = with_size(runs)
     by = list(default_by(runs) if by is None else by)
-    df = errors(runs, value, False, by)
+    df = errors(runs, value, relative, by)
     if "collapsed" not in df.columns:
         df["collapsed"] = False
     df["collapsed"] = df["collapsed"].fillna(False).astype(bool)
     g = df.groupby(by, observed=True)
     out = g.agg(runs=("err", "size"), diverged=("diverged", "sum"), collapsed=("collapsed", "sum"),
                 best=("err", "min"), median=("err", "median"), worst=("err", "max")).reset_index()
+    if relative:
+        for x in within:
+            fr = g["err"].agg(lambda d, x=x: within_fraction(d.to_numpy(), x))
+            out[f"within_{x:g}"] = fr.to_numpy() if len(out) else []
     left = outcomes(runs, by)
     out = out.merge(left, on=by, how="outer").fillna(
         {c: 0 for c in ("runs", "diverged", "collapsed", "failed", "preempted", "running")})

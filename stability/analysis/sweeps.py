@@ -19,20 +19,40 @@ def error_vs_hparams(runs: pd.DataFrame, value: str = "top1_err",
 
 
 def lr_wd_heatmap(runs: pd.DataFrame, bins: int = 6, value: str = "top1_err",
-                  by: Sequence[str] = ("stem",)) -> pd.DataFrame:
+                  by: Sequence[str] = ("stem",), lr_range: tuple[float, float] | None = None,
+                  wd_range: tuple[float, float] | None = None) -> pd.DataFrame:
     """Median error in log-spaced (lr, wd) bins per group: by..., lr_bin, wd_bin (bin centres),
-    err, n. Bins span the observed range so every group shares them."""
+    err, n, and ``clipped`` (runs outside the ranges, counted in the edge bins).
+
+    Every group gets the same bins, all ``bins`` x ``bins`` of them (empty ones with n 0 and err
+    NaN), spanning ``lr_range``/``wd_range`` (e.g. the spec's sampling ranges) or, when not
+    given, the observed values of all groups together."""
     df = error_vs_hparams(runs, value)
+    cols = [*by, "lr_bin", "wd_bin", "err", "n", "clipped"]
     if df.empty:
-        return pd.DataFrame(columns=[*by, "lr_bin", "wd_bin", "err", "n"])
+        return pd.DataFrame(columns=cols)
     out = df.copy()
-    for col in ("lr", "wd"):
-        v = np.log10(out[col].clip(lower=1e-12))
-        edges = np.linspace(v.min(), v.max() + 1e-9, bins + 1)
+    centres = {}
+    clipped = np.zeros(len(out), dtype=bool)
+    for col, rng in (("lr", lr_range), ("wd", wd_range)):
+        v = np.log10(out[col].clip(lower=1e-12).to_numpy(float))
+        lo, hi = (np.log10(rng[0]), np.log10(rng[1])) if rng else (v.min(), v.max())
+        edges = np.linspace(lo, hi + 1e-9, bins + 1)
+        clipped |= (v < lo - 1e-9) | (v > hi + 1e-9)
         idx = np.clip(np.digitize(v, edges) - 1, 0, bins - 1)
-        out[f"{col}_bin"] = 10 ** ((edges[idx] + edges[idx + 1]) / 2)
-    g = out.groupby([*by, "lr_bin", "wd_bin"], observed=True)["err"]
-    return g.agg(err="median", n="size").reset_index()
+        mids = 10 ** ((edges[:-1] + edges[1:]) / 2)
+        out[f"{col}_bin"] = mids[idx]
+        centres[col] = mids
+    out["clipped"] = clipped
+    g = out.groupby([*by, "lr_bin", "wd_bin"], observed=True)
+    agg = g.agg(err=("err", "median"), n=("err", "size"), clipped=("clipped", "sum")).reset_index()
+    groups = out[list(by)].drop_duplicates()
+    grid = pd.MultiIndex.from_product([centres["lr"], centres["wd"]], names=["lr_bin", "wd_bin"]).to_frame(index=False)
+    full = groups.merge(grid, how="cross")
+    res = full.merge(agg, on=[*by, "lr_bin", "wd_bin"], how="left")
+    res["n"] = res["n"].fillna(0).astype(int)
+    res["clipped"] = res["clipped"].fillna(0).astype(int)
+    return res[cols]
 
 
 def best_configs(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err") -> pd.DataFrame:
@@ -89,3 +109,37 @@ def training_length(runs: pd.DataFrame, value: str = "top1_err",
     longest = out.groupby(list(by), observed=True)["best"].transform("last")
     out["vs_longest"] = out["best"] - longest
     return out.reset_index(drop=True)
+
+
+def hparam_importance(runs: pd.DataFrame, params: Sequence[str] = ("lr", "wd", "optimizer", "epochs"),
+                      by: Sequence[str] = ("stem",), value: str = "top1_err", seed: int = 0) -> pd.DataFrame:
+    """How much each knob explains the error, per group: Optuna's fANOVA importance evaluator
+    on the finished runs (diverged at 100, so instability counts), over the knobs that vary in
+    the group. Returns by..., param, importance (summing to 1 per group), n."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    df = errors(runs, value)
+    rows = []
+    for key, g in df.groupby(list(by), observed=True, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        knobs = [p for p in params if p in g and g[p].nunique() > 1]
+        if not knobs or len(g) < 4:
+            continue
+        dists = {}
+        for p in knobs:
+            if p in ("lr", "wd") and (g[p] > 0).all():
+                dists[p] = FloatDistribution(float(g[p].min()), float(g[p].max()), log=True)
+            else:
+                dists[p] = CategoricalDistribution(sorted(g[p].astype(str).unique()))
+        trials = [optuna.trial.create_trial(
+            params={p: (float(r[p]) if isinstance(dists[p], FloatDistribution) else str(r[p])) for p in knobs},
+            distributions=dists, value=float(r["err"])) for _, r in g.iterrows()]
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study()
+        study.add_trials(trials)
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed), normalize=True)
+        for p, v in imp.items():
+            rows.append({**dict(zip(by, key, strict=True)), "param": p, "importance": float(v), "n": len(g)})
+    return pd.DataFrame(rows, columns=[*by, "param", "importance", "n"])

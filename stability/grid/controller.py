@@ -255,6 +255,17 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
     }
 
 
+def sweep_status(results: str | Path, sweep: str) -> dict[str, Any] | None:
+    """``status_report`` of a sweep found under a results root by its saved spec (the dashboard's
+    Overview); None for runs that no grid launched (no ``_sweeps/<sweep>/spec.yaml``)."""
+    from .spec import load_spec
+
+    saved = Path(results) / "_sweeps" / sweep / "spec.yaml"
+    if not saved.is_file():
+        return None
+    return status_report(load_spec(saved, {"results": str(results), "name": sweep}))
+
+
 def clean_logs(spec: GridSpec) -> int:
     """Remove the submitit log files of runs that are done; returns files removed."""
     sweep_dir = spec.sweep_dir

@@ -1,0 +1,35 @@
+"""Hyperparameters: parallel coordinates of every run (lr, wd, optimizer, epochs -> error,
+coloured by stem) and fANOVA hyperparameter importance per stem, diverged runs included."""
+
+import streamlit as st
+from common import selected_runs, table
+
+from stability import analysis, plots
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _importance(runs):
+    return analysis.hparam_importance(runs, by=["sweep", "stem"] if runs.sweep.nunique() > 1 else ["stem"])
+
+
+st.title("Hyperparameters")
+runs = selected_runs()
+if runs is not None:
+    df = analysis.error_vs_hparams(runs)
+    if df.empty:
+        st.info("No finished runs match the filters.")
+    else:
+        st.plotly_chart(plots.parallel_figure(df), width="stretch", key="hp_parallel")
+        st.caption("Drag along an axis to select a range. Diverged runs sit at 100% error.")
+        st.subheader("Hyperparameter importance")
+        imp = _importance(runs)
+        if imp.empty:
+            st.info("Importance needs at least 4 finished runs per stem and a knob that varies.")
+        else:
+            if runs.sweep.nunique() > 1:
+                st.caption("Per sweep and stem (sweeps are never pooled).")
+                table(imp, key="hp_imp")
+            else:
+                st.plotly_chart(plots.importance_figure(imp), width="stretch", key="hp_importance")
+            st.caption("Optuna's fANOVA evaluator on the runs table (seed 0): the share of the error's "
+                       "variance each knob explains, per stem; lr and wd on a log scale.")
