@@ -13,7 +13,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).parent))  # views import common
 
-from common import keep_page_state, sidebar  # noqa: E402
+from common import keep_page_state, sidebar, sync_url  # noqa: E402
 
 st.set_page_config(page_title="stability", page_icon=":material/show_chart:", layout="wide")
 
@@ -31,3 +31,4 @@ page = st.navigation(pages)
 keep_page_state()
 sidebar()
 page.run()
+sync_url()

@@ -129,35 +129,44 @@ def _multiselect(col: str, values: list) -> list:
 
 
 def sidebar() -> None:
-    """Draw the root and filter widgets (from ``app.py``) and mirror them in the URL."""
+    """Draw the root and filter widgets (from ``app.py``, before the page)."""
     cfg = settings()
     root = _root_picker(cfg)
     st.session_state["_root_path"] = str(root)
     runs = peek_runs(root)
-    params: dict[str, list[str] | str] = {}
-    if cfg.allow_browse and str(root) != str(cfg.root):
-        params["root"] = str(root)
-    elif not cfg.allow_browse and "root" in st.session_state and st.session_state["root"] != str(cfg.root):
-        params["root"] = st.session_state["root"]
     if runs is not None and len(runs):
         st.sidebar.markdown("**Filters** (all pages)")
         for col in FILTERS:
             values = sorted(runs[col].dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
             if len(values) <= 1:
                 continue
-            chosen = _multiselect(col, values)
-            if len(chosen) != len(values):
-                params[f"f_{col}"] = [str(v) for v in chosen]
-    for k in st.query_params:  # a page's controls not drawn yet this session: the page reads them
+            _multiselect(col, values)
+
+
+def sync_url() -> None:
+    """Mirror the state in the URL (from ``app.py``, after the page): the root when it is not
+    the default, filters that do not hold every value, page controls away from their default."""
+    cfg = settings()
+    params: dict[str, list[str] | str] = {}
+    root = st.session_state.get("root")
+    if root is not None and root != str(cfg.root):
+        params["root"] = root
+    for col in FILTERS:
+        key, seen = f"f_{col}", f"_seen_{col}"
+        if key in st.session_state and seen in st.session_state \
+                and len(st.session_state[key]) != len(st.session_state[seen]):
+            params[key] = [str(v) for v in st.session_state[key]]
+    defaults = st.session_state.get("_page_defaults", {})
+    for k in st.query_params:  # controls of pages not drawn yet this session: those pages read them
         if k.startswith(PAGE_PREFIX) and k not in st.session_state:
             params[k] = st.query_params.get_all(k)
-    for k in list(st.session_state):  # page controls changed from their defaults
-        if isinstance(k, str) and k.startswith(PAGE_PREFIX) and k in st.session_state.get("_page_defaults", {}):
+    for k, default in defaults.items():
+        if k in st.session_state and st.session_state[k] != default:
             v = st.session_state[k]
-            if v != st.session_state["_page_defaults"][k]:
-                params[k] = [str(x) for x in v] if isinstance(v, list) else str(v)
-    if {k: st.query_params.get_all(k) for k in st.query_params} != {k: v if isinstance(v, list) else [v] for k, v in params.items()}:
-        st.query_params.from_dict(params)
+            params[k] = [str(x) for x in v] if isinstance(v, list) else str(v)
+    # Written on every run: after a click in the page menu the browser's URL has lost its query
+    # while the server's copy still holds it, so "unchanged" cannot be trusted.
+    st.query_params.from_dict(params)
 
 
 def _from_url(key: str, default):

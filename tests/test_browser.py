@@ -129,7 +129,7 @@ def _checked(pg):
 
 def _chips(pg, label):
     box = pg.locator("[data-testid='stMultiSelect']").filter(
-        has=pg.locator("[data-testid='stWidgetLabel']", has_text=re.compile(f"^{label}$"))).first
+        has=pg.locator("[data-testid='stWidgetLabel']", has_text=re.compile(f"^{re.escape(label)}$"))).first
     return [t.get_attribute("aria-label") for t in box.locator("[data-tag]").all()]
 
 
@@ -154,7 +154,7 @@ def test_every_sidebar_entry_twice_keeps_root_filters_and_controls(server, page,
             _no_exception(page)
             _root_kept(page, two_sweeps)
             assert _chips(page, "stem") == ["conv"], name
-            assert "f_stem=conv" in page.url, page.url
+            page.wait_for_url("**f_stem=conv**", timeout=30_000)  # the URL mirrors the filter
         page.screenshot(path=str(ART / f"page_{NAV.index(name)}_{name.split()[0].lower()}.png"), full_page=True)
     nav.get_by_text("EDF", exact=True).click()
     _settle(page)
@@ -206,6 +206,20 @@ def test_overview_shows_failures_and_running_progress(server, page):
     _settle(page)
     page.wait_for_selector("text=epoch 1/2, step 12/24", timeout=60_000)
     _no_exception(page)
+
+
+def test_clicking_a_point_opens_its_run(server, page):
+    page.goto(f"{server}/lr_wd?f_sweep=dash")
+    _chart_with_data(page)
+    assert page.get_by_role("button", name="Deploy").count() == 0  # no Deploy button
+    page.locator(".js-plotly-plot .scatterlayer .point").first.click(force=True)
+    page.wait_for_url("**/runs**", timeout=60_000)
+    _settle(page)
+    _chart_with_data(page)
+    _no_exception(page)
+    assert "p_runs_open=dash" in page.url, page.url
+    chosen = _chips(page, "open runs (overlaid)")
+    assert len(chosen) == 1 and chosen[0].startswith("dash ·"), chosen
 
 
 def test_spikes_page_draws_traces(server, page):
