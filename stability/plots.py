@@ -141,7 +141,8 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
             for col, knob in ((1, "lr"), (2, "wd")):
                 for diverged, sub in g.groupby("diverged"):
                     label = sub["label"] if "label" in sub else sub["run_id"] if "run_id" in sub else sub[knob]
-                    fig.add_trace(go.Scatter(
+                    kind = go.Scattergl if len(df) > 2000 else go.Scatter  # thousands of points: WebGL
+                    fig.add_trace(kind(
                         x=sub[knob], y=sub["err"], mode="markers", legendgroup=f"{stem}{diverged}",
                         name=f"{stem}" + (" (diverged)" if diverged else ""),
                         showlegend=col == 1 and r == 1, marker=dict(color=color, size=10 if diverged else 8,

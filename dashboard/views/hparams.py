@@ -32,4 +32,6 @@ if runs is not None:
             else:
                 st.plotly_chart(plots.importance_figure(imp), width="stretch", key="hp_importance")
             st.caption("Optuna's fANOVA evaluator on the runs table (seed 0): the share of the error's "
-                       "variance each knob explains, per stem; lr and wd on a log scale.")
+                       "variance each knob explains, per stem; lr and wd on a log scale."
+                       + (" Groups of more than 1,000 runs use a seeded sample of 1,000 (n_used)."
+                          if (imp.n > imp.n_used).any() else ""))
