@@ -150,7 +150,8 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
                                                                     line=dict(width=0.5, color="white")),
                         customdata=np.stack([sub["key"] if "key" in sub else sub["run_id"] if "run_id" in sub
                                              else sub[knob], label], axis=1),
-                        hovertemplate=f"%{{customdata[1]}}<br>{knob} %{{x:.3g}} · error %{{y:.2f}}<extra></extra>"),
+                        hovertemplate=f"%{{customdata[1]}}<br>{knob} %{{x:.3g}} · error %{{y:.2f}}"
+                                      "<br>id %{customdata[0]}<extra></extra>"),
                         row=r, col=col)
         fig.update_xaxes(type="log", title_text="lr", exponentformat="power", row=r, col=1)
         fig.update_xaxes(type="log", title_text="wd", exponentformat="power", row=r, col=2)

@@ -57,3 +57,9 @@ def test_train_cli_end_to_end(tmp_path):
     from stability import store
     runs = store.load(tmp_path / "res").runs
     assert runs.stem.tolist() == ["conv"] and runs.model.tolist() == ["vit_c_tiny"]
+
+
+def test_dashboard_refuses_a_bad_port_in_one_line(tmp_path):
+    r = run_cli("dashboard", "--results", str(tmp_path), "--port", "70000", timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--port 70000" in r.stderr and "1..65535" in r.stderr

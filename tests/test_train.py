@@ -38,6 +38,7 @@ def test_tiny_run_lowers_loss_and_writes_four_tables(tiny_run):
                    "hive_partitioning=true) where sweep = 'unit'").fetchall()[0][0]
     assert n == len(res.grad_norms)
     assert not checkpoint_path(cfg).exists()  # removed once the results are written
+    assert not store.progress_path(cfg.results, cfg.sweep, cfg.run_id).exists()  # and the progress note
 
 
 def test_per_layer_norms_match_autograd():
@@ -129,6 +130,8 @@ def test_sigkill_after_epoch_then_resume_gives_same_result(tmp_path, reference):
     assert store.load(tmp_path).runs.status.tolist() == ["running"]
     state = torch.load(checkpoint_path(cfg), weights_only=False)["state"]
     assert state["epoch"] >= 1
+    note = store.read_progress(cfg.results, cfg.sweep, cfg.run_id)  # what the dashboard shows meanwhile
+    assert note["epoch"] >= 1 and note["epochs"] == cfg.epochs and 0 < note["step"] <= note["total_steps"]
     row = train(cfg)  # resumes
     ref_row, ref = reference
     assert row["status"] == "completed"
