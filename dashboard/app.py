@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # views import common
 
 from common import keep_page_state, sidebar, sync_url  # noqa: E402
 
-st.set_page_config(page_title="stability", page_icon=":material/show_chart:", layout="wide")
+st.set_page_config(page_title="stability", layout="wide")  # no page_icon: a material icon is fetched from the web
 
 VIEWS = Path(__file__).parent / "views"
 pages = [
@@ -28,6 +28,7 @@ pages = [
     st.Page(VIEWS / "hparams.py", title="Hyperparameters", icon=":material/tune:"),
 ]
 page = st.navigation(pages)
+st.session_state["_page_path"] = page.url_path
 keep_page_state()
 sidebar()
 page.run()

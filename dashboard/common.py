@@ -26,6 +26,8 @@ RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "ep
                "ema_top1_err", "final_train_loss", "collapsed", "diverged_at_step", "n_spikes",
                "wall_time_s", "device", "slurm_job_id", "started_at", "finished_at", "error"]
 FILTERS = ("sweep", "model", "stem", "optimizer", "epochs", "dataset", "status")
+COUNT_COLUMNS = {"runs", "diverged", "collapsed", "failed", "preempted", "running", "completed", "pending",
+                 "missing", "planned", "total", "epochs", "seed", "batch_size", "diverged_at_step"}
 PAGE_PREFIX = "p_"
 
 
@@ -99,6 +101,11 @@ def _root_picker(cfg: Settings) -> Path:
         return Path(st.session_state["root"]).expanduser()
     roots = candidate_roots(cfg.root) if cfg.root.is_dir() else [cfg.root]
     labels = [str(p.relative_to(cfg.root)) if p != cfg.root else str(cfg.root) for p in roots]
+    asked = st.query_params.get("root")
+    if asked and asked not in labels and "root" not in st.session_state:
+        st.sidebar.warning(f"The link asks for results root `{asked}`, which this dashboard does not "
+                           f"serve: it shows `{cfg.root}` and folders under it (start it with "
+                           "--allow-browse to open any folder).")
     if len(roots) == 1:
         st.sidebar.caption(f"Results root: `{cfg.root}`")
         return cfg.root
@@ -136,11 +143,15 @@ def sidebar() -> None:
     runs = peek_runs(root)
     if runs is not None and len(runs):
         st.sidebar.markdown("**Filters** (all pages)")
+        single = []
         for col in FILTERS:
             values = sorted(runs[col].dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
             if len(values) <= 1:
+                single += [f"{col} {values[0]}"] if values else []
                 continue
             _multiselect(col, values)
+        if single:
+            st.sidebar.caption("One value only, so no filter: " + ", ".join(single))
 
 
 def sync_url() -> None:
@@ -167,6 +178,12 @@ def sync_url() -> None:
     # Written on every run: after a click in the page menu the browser's URL has lost its query
     # while the server's copy still holds it, so "unchanged" cannot be trusted.
     st.query_params.from_dict(params)
+    from urllib.parse import urlencode
+
+    with st.sidebar.expander("share this view"):
+        path = st.session_state.get("_page_path", "")
+        st.code(f"/{path}" + (f"?{urlencode(params, doseq=True)}" if params else ""), language=None)
+        st.caption("Append to the dashboard's address: it opens this page with these filters and controls.")
 
 
 def _from_url(key: str, default):
@@ -269,7 +286,9 @@ def selected_runs() -> pd.DataFrame | None:
 
 
 def _num(v: float) -> str:
-    return f"{v:.3g}" if pd.notna(v) else "?"
+    if pd.isna(v):
+        return "?"
+    return f"{int(v)}" if abs(v) >= 100 and float(v).is_integer() else f"{v:.3g}"
 
 
 def run_labels(runs: pd.DataFrame) -> pd.Series:
@@ -315,14 +334,14 @@ def cached_edf(runs: pd.DataFrame, by: tuple[str, ...], relative: bool) -> pd.Da
     """``analysis.edf`` with its bootstrap bands, cached on the (filtered) runs table."""
     from stability import analysis
 
-    return analysis.edf(runs, by=list(by), relative=relative, n_boot=200, seed=0)
+    return analysis.edf(runs, by=list(by), relative=relative)  # the library's defaults
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def cached_compare(runs: pd.DataFrame, relative: bool) -> pd.DataFrame:
     from stability import analysis
 
-    return analysis.compare(runs, by="stem", relative=relative, n_boot=400, n_perm=1000)
+    return analysis.compare(runs, by="stem", relative=relative)  # the library's defaults, as a notebook gets
 
 
 def sweep_label(runs: pd.DataFrame) -> str:
@@ -336,8 +355,8 @@ def table(df: pd.DataFrame, key: str | None = None, **kwargs) -> None:
     for c in df.columns:
         if pd.api.types.is_float_dtype(df[c]):
             v = df[c].dropna()
-            if len(v) and (v == v.round()).all() and c not in ("lr", "wd") and v.abs().max() < 1e9:
-                config[c] = st.column_config.NumberColumn(c, format="%d")  # counts
+            if c in COUNT_COLUMNS or c == "n" or c.startswith("n_"):
+                config[c] = st.column_config.NumberColumn(c, format="%d")
             else:
                 small = v.abs().max() < 1e-2 if len(v) else False
                 config[c] = st.column_config.NumberColumn(c, format="%.3g" if small or c in ("lr", "wd") else "%.2f")

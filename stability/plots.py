@@ -133,37 +133,41 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
         head = " · ".join(f"{v} ep" if c == "epochs" else str(v) for c, v in zip(facet, key, strict=True))
         titles += [f"{head} · vs lr" if head else "vs learning rate", f"{head} · vs wd" if head else "vs weight decay"]
     fig = make_subplots(rows=len(rows), cols=2, shared_yaxes=True, subplot_titles=titles,
-                        vertical_spacing=min(0.12, 0.3 / max(1, len(rows))))
+                        vertical_spacing=min(0.2, 0.45 / max(1, len(rows))))
     stems = sorted(df["stem"].astype(str).unique())
     for r, (_, part) in enumerate(rows, start=1):
         for stem, g in part.groupby("stem", observed=True, sort=True):
-            color = color_of(stem, stems.index(str(stem)))
+            i = stems.index(str(stem))
+            color = color_of(stem, i)
+            # Paired designs put every stem at the same (lr, wd): nudge each stem sideways by a few
+            # percent on the log axis so no stem hides another (hover gives the true value).
+            nudge = 10 ** (0.025 * (i - (len(stems) - 1) / 2))
             for col, knob in ((1, "lr"), (2, "wd")):
                 for diverged, sub in g.groupby("diverged"):
                     label = sub["label"] if "label" in sub else sub["run_id"] if "run_id" in sub else sub[knob]
                     kind = go.Scattergl if len(df) > 2000 else go.Scatter  # thousands of points: WebGL
                     fig.add_trace(kind(
-                        x=sub[knob], y=sub["err"], mode="markers", legendgroup=f"{stem}{diverged}",
+                        x=sub[knob] * nudge, y=sub["err"], mode="markers", legendgroup=f"{stem}{diverged}",
                         name=f"{stem}" + (" (diverged)" if diverged else ""),
                         showlegend=col == 1 and r == 1, marker=dict(color=color, size=10 if diverged else 8,
                                                                     symbol="x" if diverged else "circle",
                                                                     line=dict(width=0.5, color="white")),
                         customdata=np.stack([sub["key"] if "key" in sub else sub["run_id"] if "run_id" in sub
                                              else sub[knob], label], axis=1),
-                        hovertemplate=f"%{{customdata[1]}}<br>{knob} %{{x:.3g}} · error %{{y:.2f}}"
+                        hovertemplate="%{customdata[1]}<br>error %{y:.2f}"
                                       "<br>id %{customdata[0]}<extra></extra>"),
                         row=r, col=col)
-        fig.update_xaxes(type="log", title_text="lr", exponentformat="power", row=r, col=1)
-        fig.update_xaxes(type="log", title_text="wd", exponentformat="power", row=r, col=2)
+        fig.update_xaxes(type="log", title_text="lr", exponentformat="power", dtick=1, tickangle=0, row=r, col=1)
+        fig.update_xaxes(type="log", title_text="wd", exponentformat="power", dtick=1, tickangle=0, row=r, col=2)
         fig.update_yaxes(title_text="top-1 error (%)", row=r, col=1)
-    fig.update_layout(template="plotly_white", height=max(430, 330 * len(rows)), legend_title="stem",
+    fig.update_layout(template="plotly_white", height=max(430, 360 * len(rows)), legend_title="stem",
                       clickmode="event+select")
     return fig
 
 
 def lr_wd_heatmap_figure(hm: pd.DataFrame) -> go.Figure:
     """Median error per shared (lr, wd) bin, one panel per stem (``analysis.lr_wd_heatmap``);
-    empty bins are drawn grey with n=0, every cell says how many runs it holds."""
+    empty bins are grey, every other cell says how many runs it holds."""
     stems = sorted(hm.stem.astype(str).unique())
     fig = make_subplots(rows=1, cols=max(1, len(stems)), subplot_titles=stems, shared_yaxes=True)
     lrs, wds = sorted(hm.lr_bin.unique()), sorted(hm.wd_bin.unique())
@@ -172,9 +176,10 @@ def lr_wd_heatmap_figure(hm: pd.DataFrame) -> go.Figure:
         g = hm[hm.stem.astype(str) == stem]
         z = g.pivot_table(index="wd_bin", columns="lr_bin", values="err", dropna=False).reindex(index=wds, columns=lrs)
         n = g.pivot_table(index="wd_bin", columns="lr_bin", values="n", dropna=False).reindex(index=wds, columns=lrs).fillna(0)
-        fig.add_trace(go.Heatmap(x=xl, y=yl, z=z.to_numpy(), text=n.astype(int).to_numpy(),
-                                 texttemplate="n=%{text}", coloraxis="coloraxis", xgap=2, ygap=2,
-                                 hovertemplate="lr ≈ %{x}<br>wd ≈ %{y}<br>median error %{z:.1f}<br>%{text} run(s)<extra></extra>"),
+        counts = n.astype(int).to_numpy()
+        fig.add_trace(go.Heatmap(x=xl, y=yl, z=z.to_numpy(), text=np.where(counts > 0, "n=" + counts.astype(str), ""),
+                                 customdata=counts, texttemplate="%{text}", coloraxis="coloraxis", xgap=2, ygap=2,
+                                 hovertemplate="lr ≈ %{x}<br>wd ≈ %{y}<br>median error %{z:.1f}<br>%{customdata} run(s)<extra></extra>"),
                       1, i)
         fig.update_xaxes(title_text="lr (bin centre)", type="category", row=1, col=i)
     fig.update_yaxes(title_text="wd (bin centre)", type="category", row=1, col=1)
@@ -200,8 +205,10 @@ def optimizer_figure(gap: pd.DataFrame) -> go.Figure:
                                  marker=dict(color=color_of(stem, stems.index(str(stem))), pattern_shape=pattern,
                                              opacity=1.0 if opt == "adamw" else 0.6),
                                  hovertemplate="%{x}<br>best %{y:.2f}% of %{text}<extra>" + f"{stem} {opt}</extra>"))
-    fig.update_layout(barmode="group", yaxis_title="best top-1 error (%)", template="plotly_white",
-                      height=420, title="AdamW vs SGD (hatched) per stem: best run of each optimizer's own runs")
+    both = {"best_adamw", "best_sgd"} <= set(gap.columns)
+    fig.update_layout(barmode="group", yaxis_title="best top-1 error (%)", template="plotly_white", height=420,
+                      title="AdamW vs SGD (hatched) per stem: best run of each optimizer's own runs" if both
+                      else "Best run per stem (one optimizer selected)")
     return fig
 
 
@@ -278,14 +285,15 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
             fig.add_vline(x=float(diverged_at), line=dict(color="black", dash="dash", width=1), row=row, col=1)
         fig.add_annotation(x=float(diverged_at), y=1, yref="paper", text=f"diverged at step {int(diverged_at)}",
                            showarrow=False, xanchor="right", yanchor="bottom")
-    fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", row=1, col=1)
-    fig.update_yaxes(title_text="loss", row=2, col=1)
-    fig.update_xaxes(title_text="step", row=2, col=1)
+    fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", dtick=1, row=1, col=1)
+    fig.update_yaxes(type="log", title_text="loss (log)", row=2, col=1)
+    fig.update_xaxes(title_text="step", tickformat="d", row=2, col=1)
+    fig.update_xaxes(tickformat="d", row=1, col=1)
     fig.update_layout(template="plotly_white", height=560, title=title, legend_title="layer")
     return fig
 
 
-def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]]) -> go.Figure:
+def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], title: str = "Runs overlaid") -> go.Figure:
     """Several runs in one figure: first (solid) and last (dotted) layer's grad norm of each run in
     its own colour with its spikes, and each run's loss underneath. ``runs``: (label, marked
     trace, steps) per run."""
@@ -310,22 +318,30 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]]) -> 
             st = steps.sort_values("step")
             fig.add_trace(go.Scattergl(x=st.step, y=st.loss, mode="lines", name=f"{label} loss", legendgroup=label,
                                        showlegend=False, line=dict(color=color, width=1.2)), row=2, col=1)
-    fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", row=1, col=1)
-    fig.update_yaxes(title_text="loss", row=2, col=1)
-    fig.update_xaxes(title_text="step", row=2, col=1)
-    fig.update_layout(template="plotly_white", height=600, title="Worst runs overlaid: first (solid) and last (dotted) layer",
+    fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", dtick=1, row=1, col=1)
+    fig.update_yaxes(type="log", title_text="loss (log)", row=2, col=1)
+    fig.update_xaxes(title_text="step", tickformat="d", row=2, col=1)
+    fig.update_layout(template="plotly_white", height=600, title=f"{title}: first (solid) and last (dotted) layer",
                       legend_title="run")
     return fig
 
 
 def spike_count_figure(counts: pd.DataFrame, title: str = "Gradient-norm spikes per run") -> go.Figure:
-    """Distribution of spikes per run, per stem (``counts``: run_id, stem, n_spikes)."""
+    """Distribution of spikes per run, per stem, one box per sweep and stem when there are several
+    sweeps (``counts``: (sweep,) run_id, stem, n_spikes)."""
     fig = go.Figure()
-    for i, (stem, g) in enumerate(counts.groupby("stem", observed=True, sort=True)):
-        fig.add_trace(go.Box(y=g.n_spikes, name=str(stem), boxpoints="all" if len(g) <= 500 else "outliers", jitter=0.4,
-                             marker_color=color_of(stem, i)))
+    keys = ["sweep", "stem"] if "sweep" in counts and counts["sweep"].nunique() > 1 else ["stem"]
+    stems = sorted(counts["stem"].astype(str).unique())
+    for key, g in counts.groupby(keys, observed=True, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        stem = str(key[-1])
+        fig.add_trace(go.Box(y=g.n_spikes, name=" · ".join(map(str, key)), jitter=0.4,
+                             boxpoints="all" if len(g) <= 500 else "outliers",
+                             marker_color=color_of(stem, stems.index(stem))))
+    top = float(counts.n_spikes.max()) if len(counts) else 0.0
     fig.update_layout(yaxis_title="spikes per run (all layers)", template="plotly_white", height=360,
                       title=title, showlegend=False)
+    fig.update_yaxes(range=[-0.5, max(3.0, top * 1.1 + 0.5)], dtick=1 if top < 10 else None)
     return fig
 
 
@@ -340,19 +356,22 @@ def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optim
         if k in ("lr", "wd"):
             v = np.log10(df[k].astype(float))
             ticks = np.arange(np.floor(v.min()), np.ceil(v.max()) + 1)
-            dims.append(dict(label=f"{k} (log10)", values=v, tickvals=ticks, ticktext=[f"1e{int(t)}" for t in ticks]))
+            dims.append(dict(label=k, values=v, tickvals=ticks, ticktext=[f"1e{int(t)}" for t in ticks]))
         else:
             cats = sorted(df[k].astype(str).unique(), key=lambda c: (len(c), c))
             dims.append(dict(label=k, values=df[k].astype(str).map({c: i for i, c in enumerate(cats)}),
                              tickvals=list(range(len(cats))), ticktext=cats))
-    dims.append(dict(label="top-1 error (%)", values=df["err"], range=[0, 100]))
+    dims.append(dict(label="error %", values=df["err"], range=[0, 100]))
     code = df["stem"].astype(str).map({s: i for i, s in enumerate(stems)})
     scale = [[i / max(1, len(stems) - 1), color_of(s, i)] for i, s in enumerate(stems)] if len(stems) > 1 \
         else [[0, color_of(stems[0])], [1, color_of(stems[0])]]
     fig = go.Figure(go.Parcoords(line=dict(color=code, colorscale=scale, cmin=0, cmax=max(1, len(stems) - 1)),
                                  dimensions=dims))
-    fig.update_layout(template="plotly_white", height=440,
-                      title="Runs across the knobs: " + ", ".join(f"{s} ({color_of(s, i)})" for i, s in enumerate(stems)))
+    for i, s in enumerate(stems):  # a legend: Parcoords has none of its own
+        fig.add_annotation(text=f"<b>━ {s}</b>", x=1.0, y=1.18 - 0.08 * i, xref="paper", yref="paper", showarrow=False,
+                           xanchor="right", font=dict(color=color_of(s, i)))
+    fig.update_layout(template="plotly_white", height=480, margin=dict(l=70, r=90, t=110, b=40),
+                      title="Runs across the knobs (lr, wd on log10 scales; diverged runs at 100%)")
     return fig
 
 
@@ -362,8 +381,9 @@ def importance_figure(imp: pd.DataFrame) -> go.Figure:
     stems = sorted(imp["stem"].astype(str).unique()) if len(imp) else []
     for i, stem in enumerate(stems):
         g = imp[imp.stem.astype(str) == stem]
-        fig.add_trace(go.Bar(x=g.param, y=g.importance, name=f"{stem} (n={int(g.n.iloc[0])})",
-                             marker_color=color_of(stem, i)))
+        x = (g["sweep"].astype(str) + " · " + g.param) if "sweep" in g else g.param
+        fig.add_trace(go.Bar(x=x, y=g.importance, name=str(stem), marker_color=color_of(stem, i),
+                             customdata=g.n, hovertemplate="%{x}: %{y:.2f} (n=%{customdata})<extra>" + stem + "</extra>"))
     fig.update_layout(barmode="group", yaxis_title="fANOVA importance", template="plotly_white", height=360,
                       title="How much of the error each knob explains, per stem", legend_title="stem")
     return fig

@@ -164,7 +164,7 @@ def test_every_sidebar_entry_twice_keeps_root_filters_and_controls(server, page,
 
 
 def test_every_slider_at_its_extremes(server, page):
-    for path in ("edf?p_edf_mode=relative+to+the+best+of+each+group", "lr_wd", "spikes"):
+    for path in ("edf?p_edf_mode=relative+to+the+best+of+each+group", "lr_wd?f_sweep=dash", "spikes"):
         page.goto(f"{server}/{path}")
         _chart_with_data(page)
         if path == "spikes":

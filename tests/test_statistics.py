@@ -121,3 +121,26 @@ def test_best_configs_by_any_column():
     best = analysis.best_configs(runs, by=["model"]).set_index("model")
     assert best.loc["vit_c_tiny", "err"] == 20 and best.loc["vit_p_tiny", "err"] == 30
     assert set(best.n) == {2}
+
+
+def test_relative_mode_puts_every_groups_diverged_runs_at_one_place():
+    """Δ of a diverged run is 100 in every group, not 100 − that group's best: otherwise the
+    stem with the better best run would have its diverged runs drawn further right."""
+    runs = _paired_runs([10.0, 12.0, 14.0, 100.0], [2.0, 3.0, 4.0, 100.0])
+    runs.loc[runs.top1_err == 100.0, "status"] = "diverged"
+    d = analysis.errors(runs, relative=True, by=["stem"])
+    assert d.loc[d.diverged, "err"].tolist() == [100.0, 100.0]
+    assert sorted(d.loc[~d.diverged & d.stem.eq("conv"), "err"]) == [0.0, 1.0, 2.0]
+    pts = analysis.edf(runs, relative=True, n_boot=50)
+    assert set(pts[pts.x == 100.0].stem) == {"conv", "patchify"}
+    row = analysis.compare(runs, relative=True, n_boot=200, n_perm=100).iloc[0]
+    # every column in Δ points: best 0, median of (0, 1 or 2, 2 or 4, 100), worst 100
+    assert row.best_a == row.best_b == 0.0 and row.worst_a == row.worst_b == 100.0
+    assert row.median_a == 1.5 and row.median_b == 3.0 and row.median_diff == 1.5
+    sim = pts.F_hi_sim >= pts.F_hi - 1e-12
+    assert sim.all() and (pts.F_lo_sim <= pts.F_lo + 1e-12).all()  # simultaneous contains pointwise
+
+
+def test_delta_to_best_with_every_run_diverged():
+    out = analysis.delta_to_best(np.array([100.0, 100.0]), np.array([True, True]))
+    assert out.tolist() == [100.0, 100.0]

@@ -50,7 +50,15 @@ if runs is not None:
         if cmp.empty:
             st.info("Only one stem in the selection.")
         else:
-            table(cmp, key="edf_compare")
+            strata_cols = [c for c in cmp.columns if c not in ("a", "b") and cmp.columns.get_loc(c) < cmp.columns.get_loc("a")]
+            for _, row in cmp.iterrows():
+                where = " · ".join(f"{c} {row[c]}" for c in strata_cols) or "all runs"
+                st.markdown(f"- **{where}**: {analysis.verdict_text(row, 'Δ points' if relative else 'points')}")
+            first = [*strata_cols, "a", "b", "n_a", "n_b", "median_diff", "median_diff_lo", "median_diff_hi",
+                     "within_1_diff", "within_1_diff_lo", "within_1_diff_hi", "ks", "ks_better", "ks_p",
+                     "n_pairs", "wilcoxon_p", "sign_p"]
+            first = [c for c in first if c in cmp.columns]
+            table(cmp[first + [c for c in cmp.columns if c not in first]], key="edf_compare")
             st.caption("Per stratum (sweep, optimizer, epochs ... never pooled); effects are b − a with "
                        "90% bootstrap intervals (_lo, _hi): median_diff, within_x_diff (fraction of runs "
                        "within x points of their own group's best). ks: KS distance, ks_better: the "

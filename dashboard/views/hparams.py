@@ -23,15 +23,19 @@ if runs is not None:
         st.caption("Drag along an axis to select a range. Diverged runs sit at 100% error.")
         st.subheader("Hyperparameter importance")
         imp = _importance(runs)
+        by = ["sweep", "stem"] if runs.sweep.nunique() > 1 else ["stem"]
+        groups = df.groupby(by, observed=True).size()
+        done = set(map(tuple, imp[by].drop_duplicates().to_numpy().tolist())) if len(imp) else set()
+        skipped = [" · ".join(map(str, k if isinstance(k, tuple) else (k,))) + f" (n={n})"
+                   for k, n in groups.items() if (k if isinstance(k, tuple) else (k,)) not in done]
         if imp.empty:
             st.info("Importance needs at least 4 finished runs per stem and a knob that varies.")
         else:
-            if runs.sweep.nunique() > 1:
-                st.caption("Per sweep and stem (sweeps are never pooled).")
-                table(imp, key="hp_imp")
-            else:
-                st.plotly_chart(plots.importance_figure(imp), width="stretch", key="hp_importance")
+            st.plotly_chart(plots.importance_figure(imp), width="stretch", key="hp_importance")
+            table(imp, key="hp_imp")
             st.caption("Optuna's fANOVA evaluator on the runs table (seed 0): the share of the error's "
-                       "variance each knob explains, per stem; lr and wd on a log scale."
+                       "variance each knob explains, per sweep and stem (never pooled); lr and wd on a log scale."
                        + (" Groups of more than 1,000 runs use a seeded sample of 1,000 (n_used)."
                           if (imp.n > imp.n_used).any() else ""))
+            if skipped:
+                st.info("Not enough runs (at least 4 with a knob that varies) for: " + ", ".join(skipped))

@@ -12,7 +12,9 @@ if runs is not None:
     gap = analysis.optimizer_gap(runs)
     st.subheader("AdamW vs SGD")
     if runs.optimizer.nunique() < 2:
-        st.info("The selection has one optimizer only; run grids/cpu/optimizer.yaml for both.")
+        st.info(f"The selection has one optimizer only ({runs.optimizer.iloc[0]}): below is its best run "
+                "per stem, with nothing to compare it to; run grids/cpu/optimizer.yaml for both (or "
+                "widen the sidebar's optimizer filter).")
     if not gap.empty:
         st.plotly_chart(plots.optimizer_figure(gap), width="stretch", key="opt_chart")
         ns = [c for c in gap.columns if c.startswith("n_")]
@@ -25,8 +27,9 @@ if runs is not None:
     st.subheader("Training length")
     tl = analysis.training_length(runs)
     if tl.epochs.nunique() < 2:
-        st.info("The selection has one epoch budget only; run grids/cpu/epochs.yaml for several.")
-    if not tl.empty:
+        st.info("The selection has one epoch budget only, so there is no curve to draw; run "
+                "grids/cpu/epochs.yaml for several.")
+    elif not tl.empty:
         st.plotly_chart(plots.length_figure(tl), width="stretch", key="len_chart")
         if tl.n.lt(3).any():
             thin = tl[tl.n.lt(3)]
@@ -34,3 +37,6 @@ if runs is not None:
                        + (f", {int(thin.best.ge(100).sum())} of them only diverged runs (drawn ×)"
                           if thin.best.ge(100).any() else "") + ": one run is not a best over lr.")
         table(tl, key="len_table")
+        st.caption("best: the lowest error of the runs at that length (n of them); vs_longest: best minus "
+                   "the best at the group's longest length (the paper's \"error relative to the longest "
+                   "schedule\"; 0 at the longest).")

@@ -42,10 +42,10 @@ def body() -> None:
         mine = runs[runs.sweep == sweep]
         if rep is None or "broken" in rep:
             counts = mine.status.value_counts()
-            row = {"sweep": sweep, "planned": None, **{s: int(counts.get(s, 0)) for s in ORDER}}
-            row["note"] = rep["broken"] if rep else "no sweep record (runs of `stability train`)"
+            row = {"sweep": sweep, "planned": "", **{s: int(counts.get(s, 0)) for s in ORDER}, "ETA": ""}
+            row["note"] = rep["broken"] if rep else "no sweep record (runs of stability train)"
         else:
-            row = {"sweep": sweep, "planned": rep["planned"], **{s: rep["counts"].get(s, 0) for s in ORDER}}
+            row = {"sweep": sweep, "planned": str(rep["planned"]), **{s: rep["counts"].get(s, 0) for s in ORDER}}
             row["ETA"] = f"{rep['eta_s'] / 60:.0f} min" if rep["eta_s"] else ""
             row["note"] = ""
             logs = {f["run_id"]: f["log"] for f in rep["failures"]}
@@ -67,6 +67,8 @@ def body() -> None:
                 if f.get("log"):
                     st.caption("log tail")
                     st.code(f["log"], language=None)
+                else:
+                    st.caption("No job log for this run (it ran outside a grid, or its logs were cleaned).")
     st.subheader("Runs per sweep, stem and status")
     counts = runs.groupby(["sweep", "stem", "status"], observed=True).size().rename("n").reset_index()
     st.plotly_chart(plots.status_figure(counts), width="stretch", key="overview_chart")

@@ -30,8 +30,13 @@ if runs is not None:
     first = order.key.tolist()[:1]
     chosen = control(st.multiselect, "open runs (overlaid)", order.key.tolist(), key="p_runs_open",
                      default=first, format_func=lambda r: labels.get(r, r), max_selections=8,
-                     help="Pick up to 8 runs; their curves share the axes below")
+                     help="Up to 8 runs (the first 8 when you select all); their curves share the axes below")
     info = runs.set_index("key")
+    for rid in chosen:
+        if info.loc[rid, "status"] in ("failed", "preempted"):
+            st.info(f"{labels[rid]}: {info.loc[rid, 'status']} with no curves recorded"
+                    + (f" ({str(info.loc[rid, 'error'])[:200]})" if isinstance(info.loc[rid, "error"], str) else "")
+                    + "; the Overview page has its log tail.")
     live = [r for r in chosen if info.loc[r, "status"] == "running"]
     for rid in live:
         p = store.read_progress(root(), info.loc[rid, "sweep"], info.loc[rid, "run_id"])
@@ -46,7 +51,7 @@ if runs is not None:
         ep, steps = t["epochs"], t["steps"]
         fig = make_subplots(rows=2, cols=2, subplot_titles=("training loss", "learning rate",
                                                             "validation top-1 error (%)", "total grad norm"),
-                            vertical_spacing=0.12)
+                            vertical_spacing=0.2)
         for i, rid in enumerate(chosen):
             color, name = LINE_COLORS[i % len(LINE_COLORS)], labels[rid]
             s = steps[steps.sweep.astype(str) + "/" + steps.run_id == rid].sort_values("step") if len(steps) else steps
@@ -60,12 +65,14 @@ if runs is not None:
             if len(e):
                 fig.add_trace(go.Scatter(x=e.epoch + 1, y=e.val_top1_err, name=name, mode="lines+markers",
                                          showlegend=not len(s), **common), 2, 1)
-        for r, c, x, y in ((1, 1, "step", "loss"), (1, 2, "step", "lr"), (2, 1, "epoch", "top-1 error (%)"),
-                           (2, 2, "step", "grad norm")):
+        for r, c, x, y in ((1, 1, "step", "loss (log)"), (1, 2, "step", "lr (log)"), (2, 1, "epoch", "top-1 error (%)"),
+                           (2, 2, "step", "grad norm (log)")):
             fig.update_xaxes(title_text=x, row=r, col=c)
             fig.update_yaxes(title_text=y, row=r, col=c)
         fig.update_xaxes(range=[0.5, max(1, int(ep.epoch.max()) + 1 if len(ep) else 1) + 0.5], row=2, col=1)
-        fig.update_yaxes(type="log", row=2, col=2)
+        fig.update_yaxes(type="log", dtick=1, row=2, col=2)
+        fig.update_yaxes(type="log", row=1, col=1)  # a diverged run's loss would flatten the rest
+        fig.update_yaxes(type="log", row=1, col=2)
         fig.update_layout(template="plotly_white", height=720, legend=dict(orientation="h", y=-0.12))
         st.plotly_chart(fig, width="stretch", key="runs_curves")
         if len(chosen) > 1:
@@ -78,4 +85,4 @@ if runs is not None:
             if len(diff):
                 diff = diff[diff.astype(str).nunique(axis=1) > 1]
                 st.subheader("Config keys that differ")
-                st.dataframe(diff.astype(str), width="stretch")
+                st.dataframe(diff.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)), width="stretch")

@@ -21,8 +21,8 @@ elif traced is not None:
         min_points = control(st.slider, "earlier points needed in the window", 2, 50, key="p_spk_m",
                              default=d.min_points)
         factor = control(st.slider, "factor (jump above the trend, ×)", 1.1, 10.0, key="p_spk_f",
-                         default=d.factor)
-        z = control(st.slider, "z (robust SDs above the trend)", 1.0, 20.0, key="p_spk_z", default=d.z)
+                         default=d.factor, step=0.1)
+        z = control(st.slider, "z (robust SDs above the trend)", 1.0, 20.0, key="p_spk_z", default=d.z, step=0.5)
         st.caption("Defaults chosen on labelled runs by benchmarks/spike_validation.py "
                    "(docs/methodology.md).")
     params = analysis.SpikeParams(window=window, factor=factor, z=z, min_points=min_points)
@@ -96,7 +96,8 @@ elif traced is not None:
                             width="stretch", key=f"spk_{rid.replace('/', '_')}")
         leads.append(analysis.first_layer_lead(gn, params=params).assign(run=row.label))
     if overlay:
-        st.plotly_chart(plots.spike_overlay_figure(overlay), width="stretch", key="spk_overlay")
+        st.plotly_chart(plots.spike_overlay_figure(overlay, "Worst runs overlaid" if how.startswith("worst") else "Chosen runs overlaid"),
+                        width="stretch", key="spk_overlay")
     st.subheader("Do first-layer spikes lead last-layer spikes? (MoCo v3)")
     lead = pd.concat(leads) if leads else pd.DataFrame()
     if lead.empty or lead.n_last.sum() == 0:

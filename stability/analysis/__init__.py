@@ -24,6 +24,7 @@ from .compare import (
 from .edf import (
     DIVERGED_ERROR,
     default_by,
+    delta_to_best,
     dkw_halfwidth,
     edf,
     edf_at,
@@ -53,7 +54,7 @@ from .sweeps import (
 
 __all__ = [
     "DIVERGED_ERROR", "SpikeParams", "area_between", "best_configs", "compare", "count_spikes",
-    "default_by", "detect_spikes", "dkw_halfwidth", "downsample", "edf", "edf_at",
+    "default_by", "delta_to_best", "detect_spikes", "dkw_halfwidth", "downsample", "edf", "edf_at",
     "error_vs_hparams", "hparam_importance", "errors", "first_layer_lead", "ks_permutation_p", "ks_signed",
     "lr_wd_heatmap", "mark_spikes", "optimizer_gap", "outcomes", "paired_differences",
     "paired_tests", "pooled", "spike_counts", "strata", "summary", "training_length",

@@ -27,7 +27,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from .edf import WITHIN, errors, within_fraction
+from .edf import WITHIN, delta_to_best, errors, within_fraction
 
 # Axes a study varies on purpose that must never be pooled silently (lr, wd and seeds are the
 # distribution itself and are never strata).
@@ -65,12 +65,14 @@ def _boot_ci(stat: np.ndarray, ci: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _resample(e: np.ndarray, rng: np.random.Generator, n_boot: int, relative: bool) -> np.ndarray:
-    """``n_boot`` resamples of ``e`` (rows); relative: minus each resample's own best."""
-    boots = e[rng.integers(0, len(e), size=(n_boot, len(e)))]
-    if relative:
-        boots = np.round(boots - boots.min(axis=1, keepdims=True), 9)
-    return boots
+def _resample(e: np.ndarray, div: np.ndarray, rng: np.random.Generator, n_boot: int,
+              relative: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``n_boot`` resamples of ``e`` (rows) and of its Δ to each resample's own best
+    (``delta_to_best``: diverged runs at 100); the first is Δ too when ``relative``."""
+    idx = rng.integers(0, len(e), size=(n_boot, len(e)))
+    boots, bdiv = e[idx], div[idx]
+    deltas = delta_to_best(boots, bdiv, axis=1)
+    return (deltas if relative else boots), deltas
 
 
 def ks_signed(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -135,7 +137,8 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
 
     ``strata_by`` defaults to every design axis that varies (``strata``): sweeps, optimizers,
     training lengths ... are compared within themselves, never pooled. ``relative`` reads
-    errors as Δ to each group's best (within each stratum); ``within`` fractions always use Δ.
+    errors as Δ to each group's best (within each stratum; diverged runs at Δ 100, see
+    ``delta_to_best``), and then best/median/worst are Δ too; ``within`` fractions always use Δ.
     """
     runs = with_size(runs)
     strata_by = list(strata(runs, exclude=(by,)) if strata_by is None else strata_by)
@@ -145,22 +148,20 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
     rows = []
     for skey, part in (df.groupby(strata_by, observed=True, sort=True) if strata_by else [((), df)]):
         skey = skey if isinstance(skey, tuple) else (skey,)
-        groups = {k: g["err"].to_numpy(float) for k, g in part.groupby(by, observed=True, sort=True)}
+        groups = {k: (g["err"].to_numpy(float), g["diverged"].to_numpy(bool))
+                  for k, g in part.groupby(by, observed=True, sort=True)}
         for a, b in combinations(sorted(groups), 2):
-            ea, eb = groups[a], groups[b]
+            (ea, diva), (eb, divb) = groups[a], groups[b]
             row: dict = dict(zip(strata_by, skey, strict=True)) | {"a": a, "b": b, "n_a": len(ea), "n_b": len(eb),
                                                                   "pooled": pooled_axes}
-            va = ea - ea.min() if relative else ea
-            vb = eb - eb.min() if relative else eb
-            for name, e in (("a", ea), ("b", eb)):
-                row |= {f"best_{name}": float(e.min()), f"median_{name}": float(np.median(e - e.min() if relative else e)),
-                        f"worst_{name}": float(e.max())}
-            ba, bb = _resample(ea, rng, n_boot, relative), _resample(eb, rng, n_boot, relative)
+            da, db = delta_to_best(ea, diva), delta_to_best(eb, divb)
+            va, vb = (da, db) if relative else (ea, eb)
+            for name, v in (("a", va), ("b", vb)):  # in the unit of the mode: all Δ, or all absolute
+                row |= {f"best_{name}": float(v.min()), f"median_{name}": float(np.median(v)),
+                        f"worst_{name}": float(v.max())}
+            (ba, ra), (bb, rb) = _resample(ea, diva, rng, n_boot, relative), _resample(eb, divb, rng, n_boot, relative)
             row["median_diff"] = float(np.median(vb) - np.median(va))
             row["median_diff_lo"], row["median_diff_hi"] = _boot_ci(np.median(bb, 1) - np.median(ba, 1), ci)
-            da, db = np.round(ea - ea.min(), 9), np.round(eb - eb.min(), 9)
-            ra = np.round(ba - ba.min(axis=1, keepdims=True), 9)
-            rb = np.round(bb - bb.min(axis=1, keepdims=True), 9)
             for t in within:
                 fa, fb = within_fraction(da, t), within_fraction(db, t)
                 row |= {f"within_{t:g}_a": fa, f"within_{t:g}_b": fb, f"within_{t:g}_diff": fb - fa}

@@ -20,9 +20,21 @@ DIVERGED_ERROR = 100.0
 WITHIN = (1.0, 2.0, 5.0)
 
 
+def delta_to_best(err: np.ndarray, diverged: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Δ to the best finished-and-not-diverged run along ``axis``, rounded to 1e-9; a diverged
+    run's Δ is ``DIVERGED_ERROR`` (100 points) whatever the best, so every group's diverged runs
+    sit at one common place. (100 − best would put the diverged runs of the group with the better
+    best further right, and could reverse a comparison.)"""
+    err, diverged = np.asarray(err, float), np.asarray(diverged, bool)
+    best = np.where(diverged, np.inf, err).min(axis=axis, keepdims=True)
+    best = np.where(np.isfinite(best), best, 0.0)
+    return np.where(diverged, DIVERGED_ERROR, np.round(err - best, 9))
+
+
 def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
            by: Sequence[str] = ("stem",)) -> pd.DataFrame:
-    """Finished runs with an ``err`` column: diverged at 100; ``relative``: minus the group's best.
+    """Finished runs with an ``err`` column: diverged at 100; ``relative``: Δ to the group's best
+    (``delta_to_best``: diverged runs at Δ 100). ``err_abs`` keeps the absolute error.
 
     Keeps completed and diverged runs only; ``diverged`` marks the latter.
     """
@@ -32,8 +44,10 @@ def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
     df["err"] = df["err"].fillna(DIVERGED_ERROR)
     df["err_abs"] = df["err"]
     if relative and len(df):
-        best = df.groupby(list(by), observed=True)["err"].transform("min")
-        df["err"] = np.round(df["err"] - best, 9)
+        out = np.empty(len(df))
+        for idx in df.groupby(list(by), observed=True).indices.values():
+            out[idx] = delta_to_best(df["err"].to_numpy()[idx], df["diverged"].to_numpy()[idx])
+        df["err"] = out
     return df
 
 
@@ -85,7 +99,7 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
     ``F`` = F(x) (the fraction strictly below x), ``F_right`` = the fraction at or below x (the
     value just after the step at x), ``F_lo``/``F_hi`` the pointwise bootstrap band of
     ``F_right``, ``F_lo_sim``/``F_hi_sim`` a simultaneous band (the bootstrap quantile of
-    sup|F* − F_n|), ``dkw`` the DKW simultaneous half-width, ``n`` runs and ``n_diverged`` of them
+    sup|F* − F_n|, widened where needed to contain the pointwise band), ``dkw`` the DKW simultaneous half-width, ``n`` runs and ``n_diverged`` of them
     counted at 100%. In relative mode each resample re-chooses its best run. Plot ``x`` vs
     ``F_right`` as a step function (``line_shape='hv'``).
     """
@@ -111,18 +125,23 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
             if w is not None:
                 counts *= w
             order = np.argsort(e, kind="stable")
-            if relative:  # each resample's Δ is to its own best: shift by its best's Δ
+            if relative:  # each resample's Δ is to its own best (diverged runs stay at 100)
                 raw = g["err_abs"].to_numpy(float)[order]
-                shift = np.where(counts[:, order] > 0, raw, np.inf).min(axis=1) - raw.min()
-                boots = np.stack([edf_at(e[order] - s, np.nextafter(xs, np.inf), c)
-                                  for s, c in zip(np.round(shift, 9), counts[:, order], strict=True)])
+                div = g["diverged"].to_numpy(bool)[order]
+                c = counts[:, order]
+                deltas = delta_to_best(np.where(c > 0, raw, np.inf), div | (c == 0), axis=1)
+                deltas = np.where(div, DIVERGED_ERROR, deltas)
+                boots = np.stack([edf_at(dv, np.nextafter(xs, np.inf), ci_) for dv, ci_ in zip(deltas, c, strict=True)])
             else:
                 cum = np.cumsum(counts[:, order], axis=1)
                 last = np.searchsorted(e[order], xs, side="right") - 1  # last run at or below x
                 boots = cum[:, last] / cum[:, -1:]
             lo, hi = np.quantile(boots, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
             sup = np.quantile(np.abs(boots - f_right).max(axis=1), ci)
-            lo_sim, hi_sim = np.clip(f_right - sup, 0, 1), np.clip(f_right + sup, 0, 1)
+            # A 90% sup band can be narrower at one x than that x's one-sided 95% quantile: take
+            # the union, so the simultaneous band always contains the pointwise one.
+            lo_sim = np.minimum(np.clip(f_right - sup, 0, 1), lo)
+            hi_sim = np.maximum(np.clip(f_right + sup, 0, 1), hi)
         key = key if isinstance(key, tuple) else (key,)
         part = pd.DataFrame({"x": xs, "F": f, "F_right": f_right, "F_lo": lo, "F_hi": hi,
                              "F_lo_sim": lo_sim, "F_hi_sim": hi_sim, "dkw": dkw_halfwidth(len(e), ci),
