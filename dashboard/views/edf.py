@@ -46,10 +46,12 @@ if runs is not None:
         ws = sorted({1.0, 2.0, 5.0} | ({within} if within is not None else set()))
         table(analysis.summary(runs, by=by, relative=relative, within=ws), key="edf_summary")
         st.subheader("Comparison between stems")
-        cmp = cached_compare(runs, relative)
-        if cmp.empty:
+        go = len(runs) <= 3000 or st.button(f"Compute the comparison for {len(runs):,} runs (bootstrap and "
+                                            "permutation tests: a few seconds)", key="edf_compute")
+        cmp = cached_compare(runs, relative) if go else None
+        if cmp is not None and cmp.empty:
             st.info("Only one stem in the selection.")
-        else:
+        elif cmp is not None:
             strata_cols = [c for c in cmp.columns if c not in ("a", "b") and cmp.columns.get_loc(c) < cmp.columns.get_loc("a")]
             for _, row in cmp.iterrows():
                 where = " · ".join(f"{c} {row[c]}" for c in strata_cols) or "all runs"

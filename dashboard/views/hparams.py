@@ -6,10 +6,14 @@ from common import selected_runs, table
 
 from stability import analysis, plots
 
+AUTO_RUNS = 500  # above this the evaluator waits for a click (its forest grows with n)
+PARALLEL_LINES = 2000  # lines drawn at most (more only blur into one another and slow the browser)
 
-@st.cache_data(show_spinner=False, max_entries=8)
+
+@st.cache_data(show_spinner="fANOVA importance …", max_entries=8)
 def _importance(runs):
-    return analysis.hparam_importance(runs, by=["sweep", "stem"] if runs.sweep.nunique() > 1 else ["stem"])
+    return analysis.hparam_importance(runs, by=["sweep", "stem"] if runs.sweep.nunique() > 1 else ["stem"],
+                                      max_runs=500)
 
 
 st.title("Hyperparameters")
@@ -19,23 +23,28 @@ if runs is not None:
     if df.empty:
         st.info("No finished runs match the filters.")
     else:
-        st.plotly_chart(plots.parallel_figure(df), width="stretch", key="hp_parallel")
-        st.caption("Drag along an axis to select a range. Diverged runs sit at 100% error.")
+        shown = df.sample(PARALLEL_LINES, random_state=0) if len(df) > PARALLEL_LINES else df
+        st.plotly_chart(plots.parallel_figure(shown), width="stretch", key="hp_parallel")
+        st.caption("Drag along an axis to select a range. Diverged runs sit at 100% error."
+                   + (f" {PARALLEL_LINES:,} of the {len(df):,} runs are drawn (a seeded sample)."
+                      if len(df) > PARALLEL_LINES else ""))
         st.subheader("Hyperparameter importance")
-        imp = _importance(runs)
-        by = ["sweep", "stem"] if runs.sweep.nunique() > 1 else ["stem"]
-        groups = df.groupby(by, observed=True).size()
-        done = set(map(tuple, imp[by].drop_duplicates().to_numpy().tolist())) if len(imp) else set()
-        skipped = [" · ".join(map(str, k if isinstance(k, tuple) else (k,))) + f" (n={n})"
-                   for k, n in groups.items() if (k if isinstance(k, tuple) else (k,)) not in done]
-        if imp.empty:
-            st.info("Importance needs at least 4 finished runs per stem and a knob that varies.")
-        else:
-            st.plotly_chart(plots.importance_figure(imp), width="stretch", key="hp_importance")
-            table(imp, key="hp_imp")
-            st.caption("Optuna's fANOVA evaluator on the runs table (seed 0): the share of the error's "
-                       "variance each knob explains, per sweep and stem (never pooled); lr and wd on a log scale."
-                       + (" Groups of more than 1,000 runs use a seeded sample of 1,000 (n_used)."
-                          if (imp.n > imp.n_used).any() else ""))
-            if skipped:
-                st.info("Not enough runs (at least 4 with a knob that varies) for: " + ", ".join(skipped))
+        if len(df) <= AUTO_RUNS or st.button(f"Compute importance for {len(df):,} runs (fANOVA on up to 500 "
+                                             "runs per group: seconds to a minute)", key="hp_compute"):
+            imp = _importance(runs)
+            by = ["sweep", "stem"] if runs.sweep.nunique() > 1 else ["stem"]
+            groups = df.groupby(by, observed=True).size()
+            done = set(map(tuple, imp[by].drop_duplicates().to_numpy().tolist())) if len(imp) else set()
+            skipped = [" · ".join(map(str, k if isinstance(k, tuple) else (k,))) + f" (n={n})"
+                       for k, n in groups.items() if (k if isinstance(k, tuple) else (k,)) not in done]
+            if imp.empty:
+                st.info("Importance needs at least 4 finished runs per stem and a knob that varies.")
+            else:
+                st.plotly_chart(plots.importance_figure(imp), width="stretch", key="hp_importance")
+                table(imp, key="hp_imp")
+                st.caption("Optuna's fANOVA evaluator on the runs table (seed 0): the share of the error's "
+                           "variance each knob explains, per sweep and stem (never pooled); lr and wd on a log scale."
+                           + (" Groups of more than 500 runs use a seeded sample of 500 (n_used)."
+                              if (imp.n > imp.n_used).any() else ""))
+                if skipped:
+                    st.info("Not enough runs (at least 4 with a knob that varies) for: " + ", ".join(skipped))
