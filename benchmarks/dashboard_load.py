@@ -11,9 +11,7 @@ each page after the server starts) and warm (new tabs afterwards). Aim: under 3 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -98,8 +96,7 @@ def first_paint(root: Path, pages: list[str], repeats: int, baseline: Path | Non
             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"]
            if baseline else
            [sys.executable, "-m", "stability", "dashboard", "--results", str(root), "--port", str(port)])
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -129,8 +126,12 @@ def first_paint(root: Path, pages: list[str], repeats: int, baseline: Path | Non
             browser.close()
         return out
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the CLI and the Streamlit server it started
-        proc.wait(30)
+        proc.terminate()  # `stability dashboard` stops the server it started; bare Streamlit may not
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main() -> None:

@@ -348,7 +348,24 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     print(f"stability dashboard: http://{args.host}:{args.port} on {Path(args.results).resolve()}"
           + ("" if args.host != "127.0.0.1" else
              f" (from a laptop: ssh -L {args.port}:127.0.0.1:{args.port} <this host>)"), flush=True)
-    return subprocess.call(cmd)
+    import signal
+
+    server = subprocess.Popen(cmd)
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)  # stopping this command stops the server it started
+    try:
+        return server.wait()
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:  # Streamlit can sit on SIGTERM while a browser is connected
+                server.kill()
+                server.wait()
 
 
 def build_parser() -> argparse.ArgumentParser:

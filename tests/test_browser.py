@@ -3,10 +3,8 @@ Playwright, clicked through as an analyst would (sidebar twice per entry, every 
 extremes, a shared URL). Screenshots of every page land in tests/artifacts/ (ignored by git)."""
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -62,7 +60,7 @@ def server(two_sweeps):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "stability", "dashboard", "--results", str(two_sweeps),
                              "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -75,8 +73,10 @@ def server(two_sweeps):
         assert time.monotonic() < deadline, "streamlit did not come up"
         time.sleep(0.3)
     yield url
-    os.killpg(proc.pid, signal.SIGTERM)  # the CLI and the Streamlit server it started
-    proc.wait(20)
+    proc.terminate()  # stopping `stability dashboard` stops the Streamlit server it started
+    proc.wait(30)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
 
 
 @pytest.fixture(scope="module")
