@@ -7,7 +7,7 @@
 #
 # Needs root (it writes /etc/slurm/slurm.conf). State lives in $STABILITY_SLURM_DIR
 # (default /var/tmp/stability-slurm): munge socket, a private MariaDB, Slurm spool and logs.
-# Facts this follows: shared/notes/slurm.md.
+# Why it is built this way (the facts it follows): docs/slurm.md.
 set -euo pipefail
 
 DIR=${STABILITY_SLURM_DIR:-/var/tmp/stability-slurm}

@@ -79,9 +79,14 @@ def read_progress(root: str | os.PathLike, sweep: str, run_id: str) -> dict | No
 
 
 def to_arrow(table: str, rows: pd.DataFrame | list[dict]) -> pa.Table:
-    """Rows -> an arrow table with exactly ``SCHEMAS[table]`` (missing columns become null)."""
+    """Rows -> an arrow table with exactly ``SCHEMAS[table]``: missing columns become null, and a
+    column the schema does not have is an error (a misspelt key must not become a silent null)."""
     schema = SCHEMAS[table]
     df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows.copy()
+    unknown = sorted(set(df.columns) - set(schema.names))
+    if unknown:
+        raise ValueError(f"{table}: unknown column(s) {', '.join(map(str, unknown))} "
+                         f"(allowed: {', '.join(schema.names)})")
     df["schema_version"] = SCHEMA_VERSION
     for name in schema.names:
         if name not in df.columns:

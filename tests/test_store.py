@@ -87,3 +87,10 @@ def test_files_of_an_older_schema_read_with_the_new_columns_as_nulls(tmp_path):
     runs = store.load(tmp_path).runs.set_index("run_id")
     assert runs.loc["r0", "top1_err"] == 10.0 and pd.isna(runs.loc["r0", "ema_top1_err"])
     assert pd.isna(runs.loc["r0", "collapsed"]) and runs.loc["r1", "schema_version"] == store.SCHEMA_VERSION
+
+
+def test_a_misspelt_column_is_an_error_not_a_silent_null():
+    with pytest.raises(ValueError, match="runs: unknown column.*top1_eror"):
+        store.to_arrow("runs", [{"run_id": "a", "status": "completed", "top1_eror": 3.0}])
+    t = store.to_arrow("runs", [{"run_id": "a", "status": "completed"}])  # missing columns: null
+    assert t.column("top1_err").null_count == 1
