@@ -155,3 +155,27 @@ def test_run_ids_change_with_the_architecture_only():
     assert run_config({"model": "regnety_tiny"}).identity()["arch_rev"] == 1
     a, b = run_config({"ema_alpha": 1e-5}), run_config({"ema_alpha": 1e-3})
     assert a.run_id == run_config({}).run_id != b.run_id
+
+
+def test_saved_preset_counts_equal_counting_now():
+    """`stability models` reads FLOPs and params from models/complexity.json: every entry must equal
+    a fresh count under the same key (run `python -m stability.models.table` after a model change)."""
+    import json
+
+    from stability.models.table import COUNTS, count_presets, model_table
+
+    saved = json.loads(COUNTS.read_text())
+    fresh = count_presets()
+    assert saved == fresh, "models/complexity.json is stale: run python -m stability.models.table"
+    rows = {r["name"]: r for r in model_table()}
+    assert {n: (r["params"], r["flops"]) for n, r in rows.items()} == {
+        n: (c["params"], c["flops"]) for n, c in fresh.items()}
+
+
+def test_a_preset_missing_from_the_saved_counts_is_counted(tmp_path, monkeypatch):
+    from stability.models import table
+
+    monkeypatch.setattr(table, "COUNTS", tmp_path / "none.json")
+    row = next(r for r in table.model_table() if r["name"] == "vit_c_tiny")
+    c = count_complexity(model_spec("vit_c_tiny"))
+    assert (row["params"], row["flops"]) == (c.params, c.flops)

@@ -9,8 +9,8 @@ from importlib import import_module
 from .presets import PAPER_COMPLEXITY, REGNET_SIZES, STEMS, VIT_SIZES, model_names, resolve
 
 _LAZY = {
-    "Complexity": "build", "ModelSpec": "build", "build_model": "build",
-    "count_complexity": "build", "layer_groups": "build", "model_spec": "build",
+    "Complexity": "build", "ModelSpec": "spec", "build_model": "build",
+    "count_complexity": "build", "layer_groups": "build", "model_spec": "spec",
     "ViT": "vit", "ConvStem": "vit", "PatchifyStem": "vit",
 }
 

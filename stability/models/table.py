@@ -1,11 +1,24 @@
-"""The table of presets printed by ``stability models`` (counted, never typed in)."""
+"""The table of presets printed by ``stability models``: counted, never typed in.
+
+Counting the FLOPs of 20 presets (36GF included) takes seconds, so the counts are kept in
+``complexity.json`` beside this file, each under a key of everything that decides it (the
+resolved spec and the preset's architecture revision). A preset whose key changed is counted
+again; ``tests/test_models.py`` recounts every preset and fails when the file is stale
+(``python -m stability.models.table`` rewrites it).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
-from .build import count_complexity, model_spec
-from .presets import REGNET_SIZES, VIT_SIZES
+from .presets import REGNET_SIZES, VIT_SIZES, architecture_revision, resolve
+from .spec import ModelSpec, model_spec
+
+COUNTS = Path(__file__).with_name("complexity.json")
 
 
 def preset_names() -> list[str]:
@@ -17,12 +30,45 @@ def preset_names() -> list[str]:
     return names + list(REGNET_SIZES)
 
 
-def model_table() -> list[dict[str, Any]]:
-    rows = []
+def spec_key(name: str, spec: ModelSpec) -> str:
+    """A digest of everything that decides a preset's counts."""
+    size, stem = resolve(name)
+    blob = json.dumps([dataclasses.asdict(spec), architecture_revision(size, stem)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def count_presets() -> dict[str, dict[str, Any]]:
+    """Count every preset now (seconds): ``{name: {"key", "params", "flops"}}``."""
+    from .build import count_complexity  # torch: only when something must be counted
+
+    out = {}
     for name in preset_names():
         spec = model_spec(name)
         c = count_complexity(spec)
+        out[name] = {"key": spec_key(name, spec), "params": c.params, "flops": c.flops}
+    return out
+
+
+def model_table() -> list[dict[str, Any]]:
+    try:
+        saved = json.loads(COUNTS.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    rows = []
+    for name in preset_names():
+        spec = model_spec(name)
+        hit = saved.get(name)
+        if hit is None or hit.get("key") != spec_key(name, spec):
+            from .build import count_complexity  # torch: only for a preset the file does not cover
+
+            c = count_complexity(spec)
+            hit = {"params": c.params, "flops": c.flops}
         rows.append({"name": name, "stem": spec.stem or spec.family, "depth": spec.depth,
-                     "width": spec.width or None, "heads": spec.heads, "params": c.params,
-                     "flops": c.flops, "image_size": spec.image_size, "tokens": spec.tokens})
+                     "width": spec.width or None, "heads": spec.heads, "params": hit["params"],
+                     "flops": hit["flops"], "image_size": spec.image_size, "tokens": spec.tokens})
     return rows
+
+
+if __name__ == "__main__":
+    COUNTS.write_text(json.dumps(count_presets(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {COUNTS}")

@@ -149,9 +149,3 @@ class ViT(nn.Module):
         return groups
 
 
-def stem_output_size(image_size: int, strides: Sequence[int], kernels: Sequence[int]) -> int:
-    """Side length of the token grid after the stem (convs with padding k // 2)."""
-    size = image_size
-    for k, s in zip(kernels, strides, strict=True):
-        size = (size + 2 * (k // 2) - k) // s + 1
-    return size
