@@ -18,14 +18,15 @@ from common import keep_page_state, sidebar, sync_url  # noqa: E402
 st.set_page_config(page_title="stability", layout="wide")  # no page_icon: a material icon is fetched from the web
 
 VIEWS = Path(__file__).parent / "views"
+# No page icons: Streamlit fetches material icons from fonts.gstatic.com for them (offline here).
 pages = [
-    st.Page(VIEWS / "overview.py", title="Overview", icon=":material/home:", default=True),
-    st.Page(VIEWS / "edf.py", title="EDF", icon=":material/show_chart:"),
-    st.Page(VIEWS / "lr_wd.py", title="LR × WD", icon=":material/scatter_plot:"),
-    st.Page(VIEWS / "optimizer.py", title="Optimizer & length", icon=":material/balance:"),
-    st.Page(VIEWS / "spikes.py", title="Spikes", icon=":material/bolt:"),
-    st.Page(VIEWS / "runs.py", title="Runs", icon=":material/table_rows:"),
-    st.Page(VIEWS / "hparams.py", title="Hyperparameters", icon=":material/tune:"),
+    st.Page(VIEWS / "overview.py", title="Overview", default=True),
+    st.Page(VIEWS / "edf.py", title="EDF"),
+    st.Page(VIEWS / "lr_wd.py", title="LR × WD"),
+    st.Page(VIEWS / "optimizer.py", title="Optimizer & length"),
+    st.Page(VIEWS / "spikes.py", title="Spikes"),
+    st.Page(VIEWS / "runs.py", title="Runs"),
+    st.Page(VIEWS / "hparams.py", title="Hyperparameters"),
 ]
 page = st.navigation(pages)
 st.session_state["_page_path"] = page.url_path

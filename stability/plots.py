@@ -141,7 +141,7 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
             color = color_of(stem, i)
             # Paired designs put every stem at the same (lr, wd): nudge each stem sideways by a few
             # percent on the log axis so no stem hides another (hover gives the true value).
-            nudge = 10 ** (0.025 * (i - (len(stems) - 1) / 2))
+            nudge = 10 ** (0.06 * (i - (len(stems) - 1) / 2))
             for col, knob in ((1, "lr"), (2, "wd")):
                 for diverged, sub in g.groupby("diverged"):
                     label = sub["label"] if "label" in sub else sub["run_id"] if "run_id" in sub else sub[knob]
@@ -157,8 +157,8 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
                         hovertemplate="%{customdata[1]}<br>error %{y:.2f}"
                                       "<br>id %{customdata[0]}<extra></extra>"),
                         row=r, col=col)
-        fig.update_xaxes(type="log", title_text="lr", exponentformat="power", dtick=1, tickangle=0, row=r, col=1)
-        fig.update_xaxes(type="log", title_text="wd", exponentformat="power", dtick=1, tickangle=0, row=r, col=2)
+        fig.update_xaxes(type="log", title_text="lr", tickformat=".0e", nticks=6, tickangle=0, row=r, col=1)
+        fig.update_xaxes(type="log", title_text="wd", tickformat=".0e", nticks=6, tickangle=0, row=r, col=2)
         fig.update_yaxes(title_text="top-1 error (%)", row=r, col=1)
     fig.update_layout(template="plotly_white", height=max(430, 360 * len(rows)), legend_title="stem",
                       clickmode="event+select")
@@ -286,9 +286,11 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
         fig.add_annotation(x=float(diverged_at), y=1, yref="paper", text=f"diverged at step {int(diverged_at)}",
                            showarrow=False, xanchor="right", yanchor="bottom")
     fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", dtick=1, row=1, col=1)
-    fig.update_yaxes(type="log", title_text="loss (log)", row=2, col=1)
-    fig.update_xaxes(title_text="step", tickformat="d", row=2, col=1)
-    fig.update_xaxes(tickformat="d", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="loss (log)", tickformat=".2g", nticks=4, row=2, col=1)
+    short = len(trace) and trace.step.max() < 10
+    for row in (1, 2):
+        fig.update_xaxes(tickformat="d", dtick=1 if short else None, row=row, col=1)
+    fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_layout(template="plotly_white", height=560, title=title, legend_title="layer")
     return fig
 
@@ -319,7 +321,7 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
             fig.add_trace(go.Scattergl(x=st.step, y=st.loss, mode="lines", name=f"{label} loss", legendgroup=label,
                                        showlegend=False, line=dict(color=color, width=1.2)), row=2, col=1)
     fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", dtick=1, row=1, col=1)
-    fig.update_yaxes(type="log", title_text="loss (log)", row=2, col=1)
+    fig.update_yaxes(type="log", title_text="loss (log)", tickformat=".2g", nticks=4, row=2, col=1)
     fig.update_xaxes(title_text="step", tickformat="d", row=2, col=1)
     fig.update_layout(template="plotly_white", height=600, title=f"{title}: first (solid) and last (dotted) layer",
                       legend_title="run")

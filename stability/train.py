@@ -164,15 +164,13 @@ class RunState:
 
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st: RunState,
                      cfg: RunConfig, ema: WeightEMA | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = {
         "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "state": st.__dict__, "rng": torch.get_rng_state(),
         "ema": ema.state_dict() if ema else None,
     }
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with store.atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,

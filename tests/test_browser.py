@@ -134,6 +134,8 @@ def _chips(pg, label):
 
 
 def test_every_sidebar_entry_twice_keeps_root_filters_and_controls(server, page, two_sweeps):
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
     page.goto(server)
     _chart_with_data(page)
     # one filter and one page control, set once
@@ -161,6 +163,8 @@ def test_every_sidebar_entry_twice_keeps_root_filters_and_controls(server, page,
     assert any(t.startswith("relative") for t in _checked(page))
     legend = page.locator(".js-plotly-plot .legend").first.text_content()
     assert "conv" in legend and "patchify" not in legend, legend
+    outside = sorted({u for u in requested if not u.startswith((server, "data:", "blob:"))})
+    assert not outside, outside  # nothing is fetched from the web (fonts, icons ...)
 
 
 def test_every_slider_at_its_extremes(server, page):

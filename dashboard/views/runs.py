@@ -34,7 +34,7 @@ if runs is not None:
     info = runs.set_index("key")
     for rid in chosen:
         if info.loc[rid, "status"] in ("failed", "preempted"):
-            st.info(f"{labels[rid]}: {info.loc[rid, 'status']} with no curves recorded"
+            st.info(f"{labels[rid]}: no curves recorded"
                     + (f" ({str(info.loc[rid, 'error'])[:200]})" if isinstance(info.loc[rid, "error"], str) else "")
                     + "; the Overview page has its log tail.")
     live = [r for r in chosen if info.loc[r, "status"] == "running"]
@@ -46,7 +46,9 @@ if runs is not None:
                              f"val error {p['val_top1_err']:.2f}% (updated {p['updated_at'][:19]} UTC)")
         else:
             st.info(f"{labels[rid]}: running, no epoch finished yet (curves appear when it ends).")
-    if chosen:
+    with_curves = [r for r in chosen if info.loc[r, "status"] in ("completed", "diverged")]
+    if with_curves:
+        chosen = with_curves
         t = run_tables(chosen)
         ep, steps = t["epochs"], t["steps"]
         fig = make_subplots(rows=2, cols=2, subplot_titles=("training loss", "learning rate",
@@ -71,8 +73,8 @@ if runs is not None:
             fig.update_yaxes(title_text=y, row=r, col=c)
         fig.update_xaxes(range=[0.5, max(1, int(ep.epoch.max()) + 1 if len(ep) else 1) + 0.5], row=2, col=1)
         fig.update_yaxes(type="log", dtick=1, row=2, col=2)
-        fig.update_yaxes(type="log", row=1, col=1)  # a diverged run's loss would flatten the rest
-        fig.update_yaxes(type="log", row=1, col=2)
+        fig.update_yaxes(type="log", tickformat=".2g", row=1, col=1)  # a diverged run's loss would flatten the rest
+        fig.update_yaxes(type="log", tickformat=".0e", row=1, col=2)
         fig.update_layout(template="plotly_white", height=720, legend=dict(orientation="h", y=-0.12))
         st.plotly_chart(fig, width="stretch", key="runs_curves")
         if len(chosen) > 1:

@@ -3,7 +3,7 @@ the traces, the counts and the first-layer lead alike), loss underneath, diverge
 
 import pandas as pd
 import streamlit as st
-from common import control, run_tables, selected_runs
+from common import control, run_tables, selected_runs, table
 
 from stability import analysis, plots
 
@@ -105,8 +105,8 @@ elif traced is not None:
                 "lead: the MoCo v3 pattern (the patch projection spiking some steps before the head) "
                 "needs spikes in both. Lower z or factor in the sidebar's detector to see weaker jumps.")
     if not lead.empty:
-        st.dataframe(lead.drop(columns=[c for c in ("run_id", "sweep") if c in lead]).round(3),
-                     hide_index=True, width="stretch")
+        shown = lead.drop(columns=[c for c in ("run_id", "sweep") if c in lead])
+        table(shown.astype({c: float for c in ("led", "median_lead", "baseline", "p") if c in shown}), key="spk_lead")
         st.caption("led: fraction of last-layer spikes with a first-layer spike 1–50 steps before; "
                    "baseline: the same with the first-layer spikes placed at random; p: share of "
                    "200 shuffles reaching the observed fraction.")

@@ -54,10 +54,8 @@ def read_ledger(sweep_dir: Path) -> dict[str, dict[str, Any]]:
 
 def save_plan(sweep_dir: Path, plan_df: pd.DataFrame) -> None:
     """Write ``plan.parquet`` atomically."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    tmp = sweep_dir / f".plan.parquet.{os.getpid()}.tmp"
-    plan_df.to_parquet(tmp, index=False)
-    os.replace(tmp, sweep_dir / "plan.parquet")
+    with store.atomic_path(sweep_dir / "plan.parquet") as tmp:
+        plan_df.to_parquet(tmp, index=False)
 
 
 def load_plan(sweep_dir: Path) -> pd.DataFrame | None:
