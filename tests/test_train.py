@@ -124,6 +124,7 @@ def test_sigkill_after_epoch_then_resume_gives_same_result(tmp_path, reference):
     cfg = run_config(items)
     proc = _spawn(items)
     _wait_for(checkpoint_path(cfg), proc)
+    _wait_for(store.progress_path(cfg.results, cfg.sweep, cfg.run_id), proc)  # written just after
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
