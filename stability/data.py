@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
 DATASETS = ("digits", "synthetic", "synthetic_motifs", "cifar10", "cifar100", "imagefolder")
+# Training images and native side per dataset, for cost estimates before anything is loaded
+# (None: set by the config, ``synthetic_size``).
+SIZES: dict[str, tuple[int | None, int]] = {
+    "digits": (1497, 32), "synthetic": (None, 32), "synthetic_motifs": (2000, 32),
+    "cifar10": (50000, 32), "cifar100": (50000, 32), "imagefolder": (1281167, 224)}
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

@@ -119,3 +119,12 @@ def test_synthetic_motifs_fixed_and_finer_than_a_patch():
     response = F.conv2d(x - x.mean((2, 3), keepdim=True), w).abs().flatten(2).amax(2)
     filter_acc = (response[te].argmax(1) == y[te]).float().mean().item()
     assert patch_acc < 0.25 and filter_acc > 0.7, (patch_acc, filter_acc)
+
+
+def test_dataset_sizes_cover_every_dataset_and_match_what_loads():
+    from stability.data import DATASETS, SIZES
+
+    assert set(SIZES) == set(DATASETS)
+    for name in ("digits", "synthetic_motifs"):
+        d = load_dataset(name)
+        assert SIZES[name] == (len(d.train), d.image_size), name

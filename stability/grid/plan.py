@@ -323,17 +323,15 @@ def plan_from_frame(df) -> list[PlannedRun]:
 
 def estimate_cost(plan: list[PlannedRun]) -> dict[str, float]:
     """Total training FLOPs (3x forward per image, forward + backward) and images seen."""
+    from ..data import SIZES
     from ..models import model_spec
 
-    sizes = {"digits": (1497, 32), "synthetic": (None, 32), "synthetic_motifs": (2000, 32),
-             "cifar10": (50000, 32),
-             "cifar100": (50000, 32), "imagefolder": (1281167, 224)}
     total_flops = 0.0
     images = 0.0
     cache: dict[tuple, int] = {}
     for run in plan:
         c = run.config
-        n_train, default_px = sizes[c.dataset]
+        n_train, default_px = SIZES[c.dataset]
         n_train = n_train or c.synthetic_size
         per_epoch = n_train // c.batch_size
         steps = c.epochs * min(per_epoch, c.steps_per_epoch or per_epoch)
