@@ -231,8 +231,18 @@ def _load_runs(root: str, sig: tuple) -> tuple[pd.DataFrame, list[str]]:
     runs = store.read_table(root, "runs", columns=RUN_COLUMNS, errors=errors)
     if len(runs):
         runs["label"] = run_labels(runs)
-        runs["key"] = runs["sweep"].astype(str) + "/" + runs["run_id"]  # one run id can sit in two sweeps
+        runs["key"] = run_key(runs)
     return runs, errors
+
+
+def run_key(t: pd.DataFrame) -> pd.Series:
+    """"sweep/run_id" per row: what names a run here (one run id can sit in two sweeps)."""
+    return t["sweep"].astype(str) + "/" + t["run_id"]
+
+
+def rows_of(t: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The rows of one run (``run_key``) in a table of several."""
+    return t[run_key(t) == key] if len(t) else t
 
 
 def peek_runs(root: Path) -> pd.DataFrame | None:
@@ -325,8 +335,7 @@ def run_tables(keys: list[str]) -> dict[str, pd.DataFrame]:
     ids = sorted({k.split("/", 1)[1] for k in keys})
     tables = load_run_tables(str(where), tuple(ids), sig)
     wanted = set(keys)
-    return {name: t[(t["sweep"].astype(str) + "/" + t["run_id"]).isin(wanted)] if len(t) else t
-            for name, t in tables.items()}
+    return {name: t[run_key(t).isin(wanted)] if len(t) else t for name, t in tables.items()}
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -368,19 +377,18 @@ def spec_ranges(where: str, sweeps: tuple[str, ...]) -> dict[str, tuple[float, f
     """The sampling ranges of lr and wd in the sweeps' saved specs (their union), where they
     sample them; {} for sweeps without a record or with listed values."""
     from stability.errors import ConfigError
-    from stability.grid.spec import Range, load_spec
+    from stability.grid.spec import Range, saved_spec
 
     out: dict[str, tuple[float, float]] = {}
     for sweep in sweeps:
-        saved = Path(where) / "_sweeps" / sweep / "spec.yaml"
-        if not saved.is_file():
-            continue
         try:
-            space = load_spec(saved, {"results": where, "name": sweep}).space
+            spec = saved_spec(where, sweep)
         except (ConfigError, OSError):
             continue
+        if spec is None:
+            continue
         for knob in ("lr", "wd"):
-            r = space.get(knob)
+            r = spec.space.get(knob)
             if isinstance(r, Range):
                 lo, hi = out.get(knob, (r.lo, r.hi))
                 out[knob] = (min(lo, r.lo), max(hi, r.hi))

@@ -286,7 +286,7 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
         fig.add_annotation(x=float(diverged_at), y=1, yref="paper", text=f"diverged at step {int(diverged_at)}",
                            showarrow=False, xanchor="right", yanchor="bottom")
     fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", dtick=1, row=1, col=1)
-    fig.update_yaxes(type="log", title_text="loss (log)", tickformat=".2g", nticks=4, row=2, col=1)
+    fig.update_yaxes(type="log", title_text="loss (log)", tickformat=".3g", nticks=4, row=2, col=1)
     short = len(trace) and trace.step.max() < 10
     for row in (1, 2):
         fig.update_xaxes(tickformat="d", dtick=1 if short else None, row=row, col=1)
@@ -321,7 +321,7 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
             fig.add_trace(go.Scattergl(x=st.step, y=st.loss, mode="lines", name=f"{label} loss", legendgroup=label,
                                        showlegend=False, line=dict(color=color, width=1.2)), row=2, col=1)
     fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", dtick=1, row=1, col=1)
-    fig.update_yaxes(type="log", title_text="loss (log)", tickformat=".2g", nticks=4, row=2, col=1)
+    fig.update_yaxes(type="log", title_text="loss (log)", tickformat=".3g", nticks=4, row=2, col=1)
     fig.update_xaxes(title_text="step", tickformat="d", row=2, col=1)
     fig.update_layout(template="plotly_white", height=600, title=f"{title}: first (solid) and last (dotted) layer",
                       legend_title="run")

@@ -64,10 +64,15 @@ def table_dir(root: str | os.PathLike, table: str, sweep: str) -> Path:
     return Path(root) / table / f"sweep={sweep}"
 
 
+def sweep_dir(root: str | os.PathLike, sweep: str) -> Path:
+    """A sweep's own record under a results root: spec, plan, job ledger, checkpoints, logs."""
+    return Path(root) / "_sweeps" / sweep
+
+
 def progress_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
     """A running run's progress note (epoch, step, last errors), rewritten every epoch and
     removed when the run ends: what the dashboard shows of a run that has no rows yet."""
-    return Path(root) / "_sweeps" / sweep / "progress" / f"{run_id}.json"
+    return sweep_dir(root, sweep) / "progress" / f"{run_id}.json"
 
 
 def read_progress(root: str | os.PathLike, sweep: str, run_id: str) -> dict | None:

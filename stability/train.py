@@ -67,7 +67,7 @@ class Reporter(Protocol):
 
 
 def checkpoint_path(cfg: RunConfig) -> Path:
-    return Path(cfg.results) / "_sweeps" / cfg.sweep / "checkpoints" / f"{cfg.run_id}.pt"
+    return store.sweep_dir(cfg.results, cfg.sweep) / "checkpoints" / f"{cfg.run_id}.pt"
 
 
 def resolve_device(name: str) -> torch.device:

@@ -11,9 +11,8 @@ PARALLEL_LINES = 2000  # lines drawn at most (more only blur into one another an
 
 
 @st.cache_data(show_spinner="fANOVA importance …", max_entries=8)
-def _importance(runs):
-    return analysis.hparam_importance(runs, by=["sweep", "stem"] if runs.sweep.nunique() > 1 else ["stem"],
-                                      max_runs=500)
+def _importance(runs, by: tuple[str, ...]):
+    return analysis.hparam_importance(runs, by=list(by), max_runs=500)
 
 
 st.title("Hyperparameters")
@@ -31,8 +30,8 @@ if runs is not None:
         st.subheader("Hyperparameter importance")
         if len(df) <= AUTO_RUNS or st.button(f"Compute importance for {len(df):,} runs (fANOVA on up to 500 "
                                              "runs per group: seconds to a minute)", key="hp_compute"):
-            imp = _importance(runs)
-            by = ["sweep", "stem"] if runs.sweep.nunique() > 1 else ["stem"]
+            by = ["sweep", "stem"] if runs.sweep.nunique() > 1 else ["stem"]  # sweeps never pooled
+            imp = _importance(runs, tuple(by))
             groups = df.groupby(by, observed=True).size()
             done = set(map(tuple, imp[by].drop_duplicates().to_numpy().tolist())) if len(imp) else set()
             skipped = [" · ".join(map(str, k if isinstance(k, tuple) else (k,))) + f" (n={n})"

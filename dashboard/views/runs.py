@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-from common import control, root, run_tables, selected_runs, table
+from common import control, root, rows_of, run_key, run_tables, selected_runs, table
 from plotly.subplots import make_subplots
 
 from stability import store
@@ -56,8 +56,8 @@ if runs is not None:
                             vertical_spacing=0.2)
         for i, rid in enumerate(chosen):
             color, name = LINE_COLORS[i % len(LINE_COLORS)], labels[rid]
-            s = steps[steps.sweep.astype(str) + "/" + steps.run_id == rid].sort_values("step") if len(steps) else steps
-            e = ep[ep.sweep.astype(str) + "/" + ep.run_id == rid].sort_values("epoch") if len(ep) else ep
+            s = rows_of(steps, rid).sort_values("step") if len(steps) else steps
+            e = rows_of(ep, rid).sort_values("epoch") if len(ep) else ep
             common = dict(legendgroup=rid, line=dict(color=color))
             if len(s):
                 fig.add_trace(go.Scattergl(x=s.step, y=s.loss, name=name, mode="lines", **common), 1, 1)
@@ -73,14 +73,14 @@ if runs is not None:
             fig.update_yaxes(title_text=y, row=r, col=c)
         fig.update_xaxes(range=[0.5, max(1, int(ep.epoch.max()) + 1 if len(ep) else 1) + 0.5], row=2, col=1)
         fig.update_yaxes(type="log", dtick=1, row=2, col=2)
-        fig.update_yaxes(type="log", tickformat=".2g", row=1, col=1)  # a diverged run's loss would flatten the rest
+        fig.update_yaxes(type="log", tickformat=".3g", row=1, col=1)  # a diverged run's loss would flatten the rest
         fig.update_yaxes(type="log", tickformat=".0e", row=1, col=2)
         fig.update_layout(template="plotly_white", height=720, legend=dict(orientation="h", y=-0.12))
         st.plotly_chart(fig, width="stretch", key="runs_curves")
         if len(chosen) > 1:
             cfgs = store.read_table(root(), "runs", columns=["config_json"],
                                     run_ids=[k.split("/", 1)[1] for k in chosen])
-            cfgs = cfgs.set_index(cfgs.sweep.astype(str) + "/" + cfgs.run_id)
+            cfgs = cfgs.set_index(run_key(cfgs))
             cfgs = cfgs[~cfgs.index.duplicated(keep="last")]
             rows = {labels[r]: json.loads(cfgs.loc[r, "config_json"]) for r in chosen if r in cfgs.index}
             diff = pd.DataFrame(rows)

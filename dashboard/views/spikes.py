@@ -3,7 +3,7 @@ the traces, the counts and the first-layer lead alike), loss underneath, diverge
 
 import pandas as pd
 import streamlit as st
-from common import control, run_tables, selected_runs, table
+from common import control, rows_of, run_key, run_tables, selected_runs, table
 
 from stability import analysis, plots
 
@@ -43,10 +43,11 @@ elif traced is not None:
                      default="one figure per run", horizontal=True)
 
     # Counts per run with the same detector: re-detected on the traces of up to COUNT_LIMIT runs.
+    all_tables = None
     if len(traced) <= COUNT_LIMIT:
         all_tables = run_tables(traced.key.tolist())
         counts = analysis.spike_counts(all_tables["grad_norms"], params=params)
-        per_run = counts.groupby(counts["sweep"].astype(str) + "/" + counts["run_id"])["n_spikes"].sum()
+        per_run = counts.groupby(run_key(counts))["n_spikes"].sum()
         box = traced.assign(n_spikes=traced.key.map(per_run).fillna(0))
         st.plotly_chart(plots.spike_count_figure(box, "Spikes per run (all layers), with these detector settings"),
                         width="stretch", key="spike_counts")
@@ -57,16 +58,14 @@ elif traced is not None:
         st.caption(f"{len(traced)} runs: the counts are the trainer's (default detector on the total "
                    f"norm); filter to {COUNT_LIMIT} or fewer to re-detect them with the sliders.")
 
-    tables = run_tables(chosen) if chosen else {"grad_norms": pd.DataFrame(), "steps": pd.DataFrame()}
+    # The counts above already read every traced run's tables when there were few enough.
+    empty = {"grad_norms": pd.DataFrame(), "steps": pd.DataFrame()}
+    tables = all_tables if all_tables is not None else run_tables(chosen) if chosen else empty
     info = traced.set_index("key")
     leads, overlay = [], []
-
-    def of(t: pd.DataFrame, key: str) -> pd.DataFrame:
-        return t[(t["sweep"].astype(str) + "/" + t["run_id"]) == key] if len(t) else pd.DataFrame()
-
     for rid in chosen:
         row = info.loc[rid]
-        gn, steps = of(tables["grad_norms"], rid), of(tables["steps"], rid)
+        gn, steps = rows_of(tables["grad_norms"], rid), rows_of(tables["steps"], rid)
         if gn.empty:
             st.warning(f"{row.label}: no per-layer traces recorded.")
             continue

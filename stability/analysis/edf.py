@@ -129,8 +129,8 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
                 raw = g["err_abs"].to_numpy(float)[order]
                 div = g["diverged"].to_numpy(bool)[order]
                 c = counts[:, order]
+                # runs a resample leaves out (count 0) take no part in its best, and weigh 0
                 deltas = delta_to_best(np.where(c > 0, raw, np.inf), div | (c == 0), axis=1)
-                deltas = np.where(div, DIVERGED_ERROR, deltas)
                 boots = np.stack([edf_at(dv, np.nextafter(xs, np.inf), ci_) for dv, ci_ in zip(deltas, c, strict=True)])
             else:
                 cum = np.cumsum(counts[:, order], axis=1)

@@ -258,12 +258,10 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
 def sweep_status(results: str | Path, sweep: str) -> dict[str, Any] | None:
     """``status_report`` of a sweep found under a results root by its saved spec (the dashboard's
     Overview); None for runs that no grid launched (no ``_sweeps/<sweep>/spec.yaml``)."""
-    from .spec import load_spec
+    from .spec import saved_spec
 
-    saved = Path(results) / "_sweeps" / sweep / "spec.yaml"
-    if not saved.is_file():
-        return None
-    return status_report(load_spec(saved, {"results": str(results), "name": sweep}))
+    spec = saved_spec(results, sweep)
+    return None if spec is None else status_report(spec)
 
 
 def clean_logs(spec: GridSpec) -> int:

@@ -99,7 +99,9 @@ class GridSpec:
 
     @property
     def sweep_dir(self) -> Path:
-        return Path(self.results) / "_sweeps" / self.name
+        from ..store import sweep_dir  # pandas/pyarrow: not needed to parse a spec
+
+        return sweep_dir(self.results, self.name)
 
 
 def _err(src: str, path: str, msg: str) -> ConfigError:
@@ -291,6 +293,17 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     if isinstance(d, dict) and overrides:
         d = {**d, **overrides}
     return parse_spec(d, str(path))
+
+
+def saved_spec(results: str | Path, sweep: str) -> GridSpec | None:
+    """The spec a sweep under ``results`` was launched with (its ``spec.yaml`` copy), read with
+    this results root and sweep name; None when no grid launched it."""
+    from ..store import sweep_dir
+
+    saved = sweep_dir(results, sweep) / "spec.yaml"
+    if not saved.is_file():
+        return None
+    return load_spec(saved, {"results": str(results), "name": sweep})
 
 
 def with_executor(spec: GridSpec, **changes: Any) -> GridSpec:
