@@ -19,10 +19,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, spread  # noqa: E402
 
 from stability.config import run_config  # noqa: E402
-from stability.data import load_dataset  # noqa: E402
+from stability.data import (
+    batches,  # noqa: E402
+    load_dataset,  # noqa: E402
+)
 from stability.distributed import Dist  # noqa: E402
 from stability.models import build_model, model_spec  # noqa: E402
-from stability.train import _loader  # noqa: E402
+
+
+def _batches(data, cfg, epoch: int, dev):
+    """The trainer's own training loader for one epoch."""
+    return batches(data, cfg.batch_size, cfg.seed, cfg.num_workers, epoch, 0, True, dev, Dist())
 
 
 def main() -> None:
@@ -43,11 +50,11 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    in_memory = [b for _, b in zip(range(args.steps), _loader(data, cfg, 0, 0, True, dev, Dist()), strict=False)]
+    in_memory = [b for _, b in zip(range(args.steps), _batches(data, cfg, 0, dev), strict=False)]
     results: dict[str, list[float]] = {"real loader": [], "batches in memory": [], "loader alone": []}
     for rep in range(args.reps + 1):
         t = time.perf_counter()
-        for _, (x, y) in zip(range(args.steps), _loader(data, cfg, rep, 0, True, dev, Dist()), strict=False):
+        for _, (x, y) in zip(range(args.steps), _batches(data, cfg, rep, dev), strict=False):
             step(x, y)
         a = args.steps / (time.perf_counter() - t)
         t = time.perf_counter()
@@ -55,7 +62,7 @@ def main() -> None:
             step(x, y)
         b = args.steps / (time.perf_counter() - t)
         t = time.perf_counter()
-        for _, _batch in zip(range(args.steps), _loader(data, cfg, rep, 0, True, dev, Dist()), strict=False):
+        for _, _batch in zip(range(args.steps), _batches(data, cfg, rep, dev), strict=False):
             pass
         c = args.steps / (time.perf_counter() - t)
         if rep:  # the first round is a warm-up

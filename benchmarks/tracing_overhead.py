@@ -3,7 +3,8 @@
 Three variants of the same step (vit_c_tiny, batch 64, 32 px, AdamW) interleaved: no tracing;
 tracing every step (per-parameter norms, per-layer sums, parameter norms and update ratios);
 and the default (the total grad norm every step, the per-layer trace every k=10 steps).
-Buffers stay on the device as in ``stability.train`` (read once per 10 steps).
+Each variant runs the shipped ``stability.train.train_step`` and ``stability.tracing.TraceBuffer``
+(read once per 10 steps), so the benchmark times the trainer's own code, not a copy.
 
 A shared 2-core machine's step time wanders by +-15%, more than the effect, so the tracing work
 is also timed on its own: the per-step part (per-parameter grad norms, per-layer sums, total)
@@ -28,32 +29,30 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, spread  # noqa: E402
 
+from stability.distributed import autocast_for  # noqa: E402
 from stability.models import build_model, model_spec  # noqa: E402
-from stability.train import GradTracer  # noqa: E402
+from stability.tracing import GradTracer, TraceBuffer  # noqa: E402
+from stability.train import Step, train_step  # noqa: E402
 
 
 def loop(model, opt, tracer, x, y, steps: int, every: int | None) -> float:
-    """Seconds for ``steps`` steps; ``every=None`` means no tracing at all."""
-    buf = []
+    """Seconds for ``steps`` of the shipped ``train_step`` with its ``TraceBuffer`` (flushed every
+    10 steps, as ``train``); ``every=None`` means no tracing at all (no grad norms, losses only)."""
+    s = Step(model, opt, tracer if every is not None else None, autocast_for(x.device))
+    buf = TraceBuffer(tracer, x.device, "bench")
+    losses = []
     t = time.perf_counter()
-    for s in range(steps):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):  # as train.py
-            loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-        trace = every is not None and s % every == 0
-        if every is not None:
-            norms = tracer.grad_norms()
-            buf.append(norms.square().sum().sqrt())
-        if trace:
-            tracer.before_step()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if trace:
-            buf.extend(tracer.after_step())
-        buf.append(loss.detach())
-        if len(buf) >= 30:
-            torch.cat([b.reshape(-1) for b in buf]).tolist()  # the flush: one host sync
-            buf.clear()
+    for i in range(steps):
+        out = train_step(s, x, y, 1e-4, trace=every is not None and i % every == 0)
+        if every is None:
+            losses.append(out.loss)
+            if len(losses) >= 10:
+                torch.stack(losses).tolist()  # the same one host sync per flush
+                losses.clear()
+            continue
+        buf.add(i, out.loss, out.correct, out.layer_norms, 1e-4, out.traced)
+        if len(buf) >= 10:
+            buf.flush(i + 1, 0, False)
     if x.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t
@@ -88,12 +87,10 @@ def _min_time(fn, n: int) -> float:
 
 def components(model, opt, tracer, x, y, n: int = 50) -> dict[str, float]:
     """Minimum seconds of: one untraced step; the per-step tracing work; the per-trace work."""
+    untraced = Step(model, opt, None, autocast_for(x.device))
+
     def step():
-        loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
+        train_step(untraced, x, y, 1e-4).loss.item()
 
     def per_step():
         tracer.grad_norms().square().sum().sqrt().item()

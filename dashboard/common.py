@@ -26,8 +26,8 @@ RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "ep
                "ema_top1_err", "final_train_loss", "collapsed", "diverged_at_step", "n_spikes",
                "wall_time_s", "device", "slurm_job_id", "started_at", "finished_at", "error"]
 FILTERS = ("sweep", "model", "stem", "optimizer", "epochs", "dataset", "status")
-COUNT_COLUMNS = {"runs", "diverged", "collapsed", "failed", "preempted", "running", "completed", "pending",
-                 "missing", "planned", "total", "epochs", "seed", "batch_size", "diverged_at_step"}
+COUNT_COLUMNS = {*store.RunStatus, "runs", "collapsed", "planned", "total", "epochs", "seed", "batch_size",
+                 "diverged_at_step"}
 PAGE_PREFIX = "p_"
 
 

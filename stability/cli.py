@@ -20,27 +20,9 @@ def _fail(message: str) -> int:
     return 2
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as YAML scalars (``lr=1e-3``, ``stem=conv``)."""
-    import yaml
-
-    from .yamlio import parse_yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"expected key=value, got {item!r}", "command line")
-        try:
-            out[key] = parse_yaml(value) if value != "" else None
-        except yaml.YAMLError:
-            out[key] = value
-    return out
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import run_config
-    from .yamlio import load_yaml
+    from .yamlio import load_yaml, parse_overrides
 
     values: dict[str, Any] = {}
     source = "command line"
@@ -55,9 +37,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_config(overrides, "command line")
     cfg = run_config({**values, **overrides}, source)
 
+    from .checkpoint import Preempted, checkpoint_path
     from .data import DataError
     from .progress import RichReporter
-    from .train import Preempted, checkpoint_path, train
+    from .store import RunStatus, check_writable, table_dir
+    from .train import train
+
+    check_writable(cfg.results)  # before the data and model are set up
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: one progress bar, one summary
     try:
@@ -76,8 +62,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     err = row.get("top1_err")
     print(f"run {row['run_id']}: {row['status']}, top-1 error {err:.2f}%"
-          + (f" (diverged at step {row['diverged_at_step']})" if row["status"] == "diverged" else ""))
-    print(f"results: {Path(cfg.results) / 'runs' / f'sweep={cfg.sweep}' / (row['run_id'] + '.parquet')} "
+          + (f" (diverged at step {row['diverged_at_step']})" if row["status"] == RunStatus.DIVERGED else ""))
+    print(f"results: {table_dir(cfg.results, 'runs', cfg.sweep) / (row['run_id'] + '.parquet')} "
           f"(and epochs/, steps/, grad_norms/)")
     return 0
 
@@ -105,55 +91,34 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _load_grid(args: argparse.Namespace):
     """The spec of a ``grid`` command, with --results/--executor/--profile/--max-parallel applied."""
-    from .grid.spec import load_spec, with_executor
+    from .grid.spec import load_profile, load_spec, with_executor
 
     spec = load_spec(args.spec, {"results": args.results} if getattr(args, "results", None) else None)
-    changes = _profile(getattr(args, "profile", None))
+    changes = load_profile(getattr(args, "profile", None))
     if getattr(args, "executor", None):
         changes["kind"] = args.executor
-    if getattr(args, "max_parallel", None) is not None:
-        changes["max_parallel"] = args.max_parallel
+    for key in ("max_parallel", "array_size"):
+        if getattr(args, key, None) is not None:
+            changes[key] = getattr(args, key)
     return with_executor(spec, **changes) if changes else spec
-
-
-def _profile(profile: str | None) -> dict[str, Any]:
-    """The executor fields of a cluster profile (a name under slurm/profiles, or a path)."""
-    if not profile:
-        return {}
-    from .yamlio import load_yaml
-
-    path = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else (
-        Path(os.environ.get("STABILITY_PROFILES", "slurm/profiles")) / f"{profile}.yaml")
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-        raise ConfigError(f"--profile: no profile {str(path)!r} (known: {', '.join(known) or 'none'})")
-    loaded = load_yaml(path)
-    if not isinstance(loaded, dict):
-        raise ConfigError("expected a mapping of executor fields", str(path))
-    return loaded
 
 
 def cmd_grid_run(args: argparse.Namespace) -> int:
     spec = _load_grid(args)
-    if args.retry and args.retry != "failed":
-        raise ConfigError(f"--retry: {args.retry!r} is not allowed (allowed: failed)")
-    pool = None
+    backend = None
     if not args.dry_run:
-        from .grid.spec import resolve_kind
+        from .grid.backends import backend_for
 
-        if resolve_kind(spec.executor.kind) == "local":
-            from .grid.local import LocalPool
-
-            # started before the imports below so that its torch import overlaps them
-            pool = LocalPool.for_executor(spec.executor, spec.sweep_dir / "logs")
+        backend = backend_for(spec)
+        backend.start()  # a local launcher's torch import overlaps the imports below
     try:
-        return _grid_run(args, spec, pool)
+        return _grid_run(args, spec, backend)
     finally:
-        if pool is not None:
-            pool.close()
+        if backend is not None:
+            backend.close()
 
 
-def _grid_run(args: argparse.Namespace, spec, pool) -> int:
+def _grid_run(args: argparse.Namespace, spec, backend) -> int:
     from rich.console import Console
 
     from .grid.controller import Controller, RunOptions
@@ -169,20 +134,21 @@ def _grid_run(args: argparse.Namespace, spec, pool) -> int:
             plan = make_plan(spec)
         _print_plan(spec, plan, estimate_cost(plan))
         return 0
-    opts = RunOptions(retry_failed=args.retry == "failed", wait=not args.no_wait,
-                      array_size=args.array_size, show_progress=not args.quiet)
-    outcome = Controller(spec, opts, console, executor=pool).run()
+    opts = RunOptions(retry_failed=args.retry is not None, wait=not args.no_wait, show_progress=not args.quiet)
+    outcome = Controller(spec, opts, console, backend=backend).run()
     from .grid.state import counts
+    from .store import RunStatus
 
     c = counts(outcome.state).iloc[0] if len(outcome.state) else None
-    summary = ", ".join(f"{int(c[s])} {s}" for s in ("completed", "diverged", "failed", "running",
-                                                     "pending", "missing") if c is not None and c[s])
+    summary = ", ".join(f"{int(c[s])} {s}" for s in RunStatus if c is not None and c[s])
     print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)} "
           f"in {outcome.wall_s:.0f} s; results in {spec.results}")
+    for line in outcome.quarantined:
+        print(f"  quarantined {line}")
     for rid, tail in outcome.lost.items():
         print(f"  lost {rid}: its job ended without a result; rerun to resubmit. Log tail:\n    "
               + tail.replace("\n", "\n    "))
-    bad = c is not None and (c["failed"] or c["missing"])
+    bad = c is not None and (c[RunStatus.FAILED] or c[RunStatus.MISSING])
     return 1 if bad and opts.wait else 0
 
 
@@ -205,11 +171,11 @@ def _print_plan(spec, plan, cost) -> None:
     by_stem: dict[str, int] = {}
     for r in plan:
         by_stem[str(r.stem)] = by_stem.get(str(r.stem), 0) + 1
-    gpu_h = cost["train_flops"] / 100e12 / 3600
     extra = " (first wave; later waves follow the results)" if spec.sampler.name == "tpe" else ""
     console.print(f"{len(plan)} runs{extra}: " + ", ".join(f"{k}: {v}" for k, v in by_stem.items())
                   + f"; {cost['images']:.3g} training images, {cost['train_flops']:.3g} "
-                  f"training FLOPs ~ {gpu_h:.3g} GPU-hours at 100 TFLOP/s sustained. Nothing launched.")
+                  f"training FLOPs ~ {cost['gpu_hours']:.3g} GPU-hours at {cost['flops_per_s'] / 1e12:.0f} TFLOP/s "
+                  "sustained. Nothing launched.")
 
 
 def cmd_grid_status(args: argparse.Namespace) -> int:
@@ -243,6 +209,10 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
             console.print("  " + f["log"].replace("\n", "\n  "), markup=False)
     for f in report["lost"]:
         console.print(f"[yellow]lost[/] {f['run_id']} (job {f['job_id']} ended without a result)")
+    for line in report["unreadable"]:
+        console.print("unreadable: " + line, markup=False, style="red")
+    for line in report["ledger_problems"]:
+        console.print("ledger: " + line, markup=False, style="yellow")
     return 0
 
 
@@ -274,13 +244,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import store
     from .report import write_report
 
-    runs_dir = Path(args.results) / "runs"
-    sweeps = sorted(p.name[len("sweep="):] for p in runs_dir.glob("sweep=*")) if runs_dir.is_dir() else []
+    sweeps = store.sweeps(args.results)
     if args.sweep not in sweeps:
         raise ConfigError(f"sweep: no sweep {args.sweep!r} under {args.results} (found: {', '.join(sweeps) or 'none'})")
     if store.read_table(args.results, "runs", sweep=args.sweep, columns=["status"]).empty:
         raise ConfigError(f"sweep: sweep {args.sweep!r} under {args.results} has no readable runs")
-    out = write_report(args.results, args.sweep, args.out)
+    unreadable: list[str] = []
+    out = write_report(args.results, args.sweep, args.out, unreadable)
+    for line in unreadable:
+        print(f"unreadable, left out: {line}", file=sys.stderr)
     print(f"report: {out}")
     return 0
 
@@ -288,47 +260,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .config import run_config
-    from .reproduce import (
-        SCALES,
-        STUDIES,
-        prepare,
-        run_studies,
-        study_specs,
-        sweep_suffix,
-        write_report,
-    )
+    from .reproduce import Invocation, run_studies, write_report
+    from .store import RunStatus
 
-    if args.quick and args.paper:
-        raise ConfigError("reproduce: --quick and --paper exclude each other (allowed: one of them, or neither)")
-    scale = "quick" if args.quick else "paper" if args.paper else "cpu"
-    folder = Path(args.grids) if args.grids else SCALES[scale]
-    if args.grids:
-        scale = f"grids {folder.name or folder}"
-    study_specs(folder)  # every spec present before anything runs
-    only = None
-    if args.only is not None:
-        only = [s.strip() for s in args.only.split(",")]
-        if bad := sorted(s for s in only if s not in STUDIES):
-            raise ConfigError(f"--only: unknown study {bad[0]!r} (allowed: {', '.join(STUDIES)})")
-    base = parse_overrides(args.set or [])
-    if where := sorted(set(base) & {"results", "sweep"}):
-        raise ConfigError(f"--set: {where[0]} is not a study field (use --results; sweeps are named by the specs)")
-    if base:
-        run_config(base, "--set")  # each field checked alone first: the error names --set
-    specs = prepare(folder, args.results, _profile(args.profile) or None, only, base)  # no files yet
-    results = run_studies(specs, show_progress=not args.quiet, console=Console(stderr=True))
-    root = args.results or "results"
-    name = scale.replace(" ", "-") + sweep_suffix(base) + (f"-only-{'-'.join(only)}" if only else "")
-    out = Path(args.out) if args.out else Path(root) / "reproduce" / name
-    md, page = write_report(results, scale, root, out, [s for s in STUDIES if only and s not in only])
+    inv = Invocation.from_options(quick=args.quick, paper=args.paper, grids=args.grids, only=args.only,
+                                  sets=args.set or [], results=args.results, profile=args.profile, out=args.out)
+    results = run_studies(inv.specs, show_progress=not args.quiet, console=Console(stderr=True))
+    md, page = write_report(results, inv.scale, inv.root, inv.out, inv.left_out)
     failed = 0
     for r in results:
         f = r.finding
         print(f"{f.title}: {f.verdict} ({f.statistic} = {f.effect:+.2f} [{f.lo:+.2f}, {f.hi:+.2f}] {f.unit}, n {f.n})")
-        if r.counts.get("failed"):
-            failed += r.counts["failed"]
-            print(f"  {r.counts['failed']} run(s) of sweep {r.sweep} failed; first error: {r.first_error()}")
+        if n := r.counts.get(RunStatus.FAILED):
+            failed += n
+            print(f"  {n} run(s) of sweep {r.sweep} failed; first error: {r.first_error()}")
     print(f"report: {md} and {page}")
     return 1 if failed else 0
 
@@ -390,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = grid_cmd("run", "plan, submit missing runs, wait for them", cmd_grid_run)
     p.add_argument("--dry-run", action="store_true", help="print the plan and totals; launch nothing")
-    p.add_argument("--retry", metavar="failed", help="also resubmit runs that failed")
+    p.add_argument("--retry", choices=["failed"], help="also resubmit runs that failed")
     p.add_argument("--executor", help="override executor.kind: auto, slurm, local, debug")
     p.add_argument("--max-parallel", type=int, help="local executor: runs at a time")
     p.add_argument("--array-size", type=int, help="Slurm array chunk (default: MaxArraySize)")
@@ -446,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as e:
         return _fail(str(e))
+    except OSError as e:  # a results root that is a file, read-only, full ...: one line, the path named
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+        return _fail(f"{where}: {e.strerror or e}" if where else f"{type(e).__name__}: {e}")
     except KeyboardInterrupt:
         return 130
 

@@ -6,17 +6,18 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
-import types
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 from .data import DATASETS
-from .errors import ConfigError
+from .errors import ConfigError, shown
 from .models.presets import STEMS, architecture_revision, resolve
+from .validate import checked_fields
 
 OPTIMIZERS = ("adamw", "sgd")
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a folder name: no '/', '..', '=' or spaces
 AUGMENTS = ("none", "shift", "affine")  # what each does: stability/augment.py
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -121,62 +122,14 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Ru
 FIELD_NAMES = tuple(FIELDS)
 
 
-@functools.cache
-def _hints() -> dict[str, Any]:
-    return typing.get_type_hints(RunConfig)
-
-
-def _coerce(name: str, value: Any, source: str | None) -> Any:
-    """Check ``value`` against the field's annotation (int -> float allowed, no other casts)."""
-    hint = _hints()[name]
-    args = typing.get_args(hint)
-    optional = isinstance(hint, types.UnionType) and type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if optional else hint
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{name}: must not be null", source)
-    origin = typing.get_origin(base)
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(typing.get_args(base)):
-            raise ConfigError(f"{name}: expected a list of {len(typing.get_args(base))} numbers, got {value!r}", source)
-        return tuple(_number(name, v, float, source) for v in value)
-    if base is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}", source)
-        return value
-    if base in (int, float):
-        return _number(name, value, base, source)
-    if base is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a string, got {value!r}", source)
-        return value
-    raise AssertionError(f"unhandled type {hint} for {name}")
-
-
-def _number(name: str, value: Any, kind: type, source: str | None) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {value!r}", source)
-    if kind is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{name}: expected an integer, got {value!r}", source)
-        return int(value)
-    if not math.isfinite(value):
-        raise ConfigError(f"{name}: expected a finite number, got {value!r}", source)
-    return float(value)
-
-
 def _check(name: str, ok: bool, allowed: str, value: Any, source: str | None) -> None:
     if not ok:
-        raise ConfigError(f"{name}: {value!r} is not allowed ({allowed})", source)
+        raise ConfigError(f"{name}: {shown(value)} is not allowed ({allowed})", source)
 
 
 def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
     """Validate a mapping into a ``RunConfig``; raises ``ConfigError`` naming source and field."""
-    unknown = sorted(set(d) - set(FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} (allowed: {', '.join(FIELDS)})", source)
-    values = {k: _coerce(k, v, source) for k, v in d.items()}
+    values = checked_fields(RunConfig, d, source)
     cfg = RunConfig(**values)
     try:
         resolve(cfg.model, cfg.stem)
@@ -209,7 +162,7 @@ def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
     _check("num_workers", cfg.num_workers >= 0, "must be >= 0", cfg.num_workers, source)
     _check("synthetic_size", cfg.synthetic_size >= 1, "must be >= 1", cfg.synthetic_size, source)
     _check("image_size", cfg.image_size is None or cfg.image_size >= 8, "must be >= 8 or null", cfg.image_size, source)
-    _check("sweep", bool(cfg.sweep) and "/" not in cfg.sweep and "=" not in cfg.sweep,
-           "a non-empty name without '/' or '='", cfg.sweep, source)
+    _check("sweep", SWEEP_NAME.fullmatch(cfg.sweep) is not None,
+           "a name of letters, digits, '_', '.', '-' starting with a letter or digit", cfg.sweep, source)
     return cfg
 

@@ -269,3 +269,38 @@ class EpochSampler:
 
     def __len__(self) -> int:
         return len(self._indices())
+
+
+def batches(data: DataBundle, batch_size: int, seed: int, num_workers: int, epoch: int, start: int,
+            train: bool, device, d) -> Any:
+    """The run's data loader. Training: this rank's share of each global batch (strided, see
+    ``EpochSampler``) from batch ``start`` of the epoch (``d``: this process's
+    ``distributed.Dist``). Validation: every example once over all ranks (no drop)."""
+    from torch import Generator
+    from torch.utils.data import BatchSampler, DataLoader, TensorDataset
+
+    ds = data.train if train else data.val
+    per_rank = batch_size // d.world_size
+    if train:
+        sampler = EpochSampler(len(ds), seed=seed, epoch=epoch, rank=d.rank,
+                               world_size=d.world_size, start=start * per_rank)
+    else:
+        sampler = range(d.rank, len(ds), d.world_size)
+    chunks = BatchSampler(sampler, per_rank if train else 2 * batch_size, drop_last=train)
+    if isinstance(ds, TensorDataset):  # in memory: one fancy-index per batch, no collate
+        return DataLoader(ds, sampler=chunks, batch_size=None)
+    return DataLoader(ds, batch_sampler=chunks, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=False,
+                      generator=Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (the model init and anything else drawn from them)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -8,6 +8,7 @@ or by a Slurm job with several tasks (the grid's ``RunJob`` exports the variable
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,26 @@ def from_env() -> Dist:
     if world <= 1:
         return Dist()
     return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def setup_device(name: str, d: Dist) -> torch.device:
+    """The run's device: ``auto`` is CUDA when present; a distributed CUDA run takes its local
+    rank's GPU. TF32 matmuls on CUDA (the bf16 autocast covers the rest)."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda":
+        if d.enabled:
+            device = torch.device("cuda", d.local_rank)
+            torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def autocast_for(device: torch.device):
+    """A context factory: bf16 autocast on CUDA, nothing on CPU (fp32 there)."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext
 
 
 def init(d: Dist, device_type: str) -> bool:

@@ -13,6 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .store import RunStatus
+
 STEM_COLORS = {"patchify": "#d62728", "conv": "#1f77b4", "regnet": "#2ca02c"}
 _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
@@ -391,8 +393,8 @@ def importance_figure(imp: pd.DataFrame) -> go.Figure:
     return fig
 
 
-STATUS_COLORS = {"completed": "#2ca02c", "diverged": "#d62728", "failed": "#7f7f7f", "preempted": "#ff7f0e",
-                 "running": "#1f77b4", "pending": "#aec7e8", "missing": "#c7c7c7"}
+STATUS_COLORS = dict(zip(RunStatus, ["#2ca02c", "#d62728", "#7f7f7f", "#ff7f0e", "#1f77b4", "#aec7e8", "#c7c7c7"],
+                         strict=True))
 
 
 def status_figure(counts: pd.DataFrame) -> go.Figure:

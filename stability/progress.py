@@ -1,8 +1,8 @@
-"""Rich progress display for one training run (the ``Reporter`` of ``stability.train``)."""
+"""Progress of one training run: the ``Reporter`` callbacks ``stability.train`` calls, and a rich bar."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import (
@@ -13,6 +13,14 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+
+class Reporter(Protocol):
+    """Progress callbacks (the CLI draws a rich progress bar with them)."""
+
+    def on_start(self, total_steps: int, start_step: int) -> None: ...
+    def on_log(self, step: int, epoch: int, loss: float, lr: float) -> None: ...
+    def on_epoch(self, row: dict[str, Any]) -> None: ...
 
 
 class RichReporter:

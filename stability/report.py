@@ -9,8 +9,11 @@ from pathlib import Path
 from . import analysis, plots, store
 
 
-def build_report(root: str | Path, sweep: str) -> str:
-    """The report as one HTML string (plotly.js inlined once, no network needed to view it)."""
+def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = None) -> str:
+    """The report as one HTML string (plotly.js inlined once, no network needed to view it).
+    Unreadable result files are named at the top (and appended to ``unreadable``)."""
+    bad = unreadable if unreadable is not None else []
+    bad += [f"{p}: {why}" for p, why in store.unreadable(root, sweep)]
     runs = store.read_table(root, "runs", sweep=sweep)
     if runs.empty:
         raise ValueError(f"no runs of sweep {sweep!r} under {root}")
@@ -48,8 +51,12 @@ def build_report(root: str | Path, sweep: str) -> str:
             f"<h1>Sweep {html.escape(sweep)}</h1><p>{len(runs)} runs ({html.escape(counts)}) from "
             f"<code>{html.escape(str(root))}</code>; made {stamp}. Diverged runs count at 100% error. "
             f"Grouped by {html.escape(' × '.join(by))}: nothing pooled.</p>"
+            + (f"<p style='color:#b00'><b>{len(bad)} unreadable result file(s)</b>, left out of everything below "
+               "(their runs are missing or lack curves; <code>stability grid run</code> quarantines them and "
+               "reruns those runs):</p><ul>" + "".join(f"<li><code>{html.escape(b)}</code></li>" for b in bad)
+               + "</ul>" if bad else "")
             + "".join(parts) + "</body></html>")
 
 
-def write_report(root: str | Path, sweep: str, out: str | Path) -> Path:
-    return store.write_text_atomic(out, build_report(root, sweep))
+def write_report(root: str | Path, sweep: str, out: str | Path, unreadable: list[str] | None = None) -> Path:
+    return store.write_text_atomic(out, build_report(root, sweep, unreadable))

@@ -21,6 +21,7 @@ import pandas as pd
 from . import store
 from .analysis.findings import CI, FINDINGS, MIN_RUNS, Finding, assess
 from .errors import ConfigError
+from .store import RunStatus
 
 STUDIES = tuple(FINDINGS)
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
@@ -55,7 +56,7 @@ class StudyResult:
         return int(self.runs.get("collapsed", pd.Series(dtype=bool)).fillna(False).astype(bool).sum())
 
     def first_error(self) -> str | None:
-        failed = self.runs[self.runs["status"] == "failed"] if len(self.runs) else self.runs
+        failed = self.runs[self.runs["status"] == RunStatus.FAILED] if len(self.runs) else self.runs
         return str(failed["error"].iloc[0]) if len(failed) else None
 
 
@@ -109,24 +110,58 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
     return specs
 
 
+@dataclass
+class Invocation:
+    """One ``stability reproduce``: its scale, prepared specs (checked, nothing written yet),
+    results root, report path, and the studies ``--only`` leaves out."""
+
+    scale: str
+    specs: dict
+    root: str
+    out: Path
+    left_out: list[str]
+
+    @classmethod
+    def from_options(cls, quick: bool = False, paper: bool = False, grids: str | None = None,
+                     only: str | None = None, sets: list[str] = (), results: str | None = None,
+                     profile: str | None = None, out: str | None = None) -> Invocation:
+        """The command line's options, validated (ConfigError naming the option on bad input)."""
+        from .config import run_config
+        from .grid.spec import load_profile
+        from .yamlio import parse_overrides
+
+        if quick and paper:
+            raise ConfigError("reproduce: --quick and --paper exclude each other (allowed: one of them, or neither)")
+        scale = "quick" if quick else "paper" if paper else "cpu"
+        folder = Path(grids) if grids else SCALES[scale]
+        if grids:
+            scale = f"grids {folder.name or folder}"
+        study_specs(folder)  # every spec present before anything runs
+        chosen = None
+        if only is not None:
+            chosen = [s.strip() for s in only.split(",")]
+            if bad := sorted(s for s in chosen if s not in STUDIES):
+                raise ConfigError(f"--only: unknown study {bad[0]!r} (allowed: {', '.join(STUDIES)})")
+        base = parse_overrides(list(sets))
+        if where := sorted(set(base) & {"results", "sweep"}):
+            raise ConfigError(f"--set: {where[0]} is not a study field (use --results; sweeps are named by the specs)")
+        if base:
+            run_config(base, "--set")  # each field checked alone first: the error names --set
+        specs = prepare(folder, results, load_profile(profile) or None, chosen, base)  # no files yet
+        root = results or "results"
+        name = scale.replace(" ", "-") + sweep_suffix(base) + (f"-only-{'-'.join(chosen)}" if chosen else "")
+        return cls(scale, specs, root, Path(out) if out else Path(root) / "reproduce" / name,
+                   [s for s in STUDIES if chosen and s not in chosen])
+
+
 def run_studies(specs: dict, show_progress: bool = True, console=None) -> list[StudyResult]:
     """Run each prepared study (``prepare``) as ``grid run`` would, then compute its finding."""
     from .grid.controller import Controller, RunOptions
-    from .grid.spec import resolve_kind
 
     out = []
     for name, spec in specs.items():
         t0 = time.monotonic()
-        pool = None
-        if resolve_kind(spec.executor.kind) == "local":
-            from .grid.local import LocalPool
-
-            pool = LocalPool.for_executor(spec.executor, spec.sweep_dir / "logs")
-        try:
-            Controller(spec, RunOptions(show_progress=show_progress), console, executor=pool).run()
-        finally:
-            if pool is not None:
-                pool.close()
+        Controller(spec, RunOptions(show_progress=show_progress), console).run()
         runs = store.read_table(spec.results, "runs", sweep=spec.name)
         out.append(StudyResult(name, spec.name, assess(name, runs), runs, time.monotonic() - t0))
     return out

@@ -12,20 +12,49 @@ No torch here: notebooks and the dashboard import this module cheaply.
 
 from __future__ import annotations
 
+import glob
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import ConfigError
+
+
+class CorruptFiles(ConfigError):
+    """Result files that cannot be read; the message names each file and why (exit 2 in the CLI)."""
+
+
+STALE_TMP_S = 600.0  # no write of one file takes ten minutes: an older temp file is a killed writer's
 SCHEMA_VERSION = 2  # 2: EMA errors and the collapsed flag (older files read them as null)
-STATUSES = ("completed", "diverged", "failed", "preempted", "running")
-DONE_STATUSES = ("completed", "diverged")
+
+
+class RunStatus(StrEnum):
+    """Every status a run can have, in display order. A runs row holds one of the first five
+    (``WRITTEN``); ``pending`` (not started: its job is queued, or it was not submitted yet) and
+    ``missing`` (its job ended without a result) are what the grid derives for a planned run that
+    has no current row of its own."""
+
+    COMPLETED = "completed"
+    DIVERGED = "diverged"  # non-finite loss or loss > divergence_factor x ln(classes): a result
+    FAILED = "failed"  # an exception (bad data root, OOM ...): not a result
+    PREEMPTED = "preempted"  # stopped by a signal after saving a checkpoint; resumes
+    RUNNING = "running"
+    PENDING = "pending"
+    MISSING = "missing"
+
+
+WRITTEN = (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED, RunStatus.PREEMPTED, RunStatus.RUNNING)
+DONE = (RunStatus.COMPLETED, RunStatus.DIVERGED)  # results: a rerun does not touch them
+TERMINAL = (*DONE, RunStatus.FAILED)  # nothing more will happen without a rerun
 
 _I, _F, _S, _T = pa.int64(), pa.float64(), pa.string(), pa.timestamp("us", tz="UTC")
 
@@ -64,15 +93,37 @@ def table_dir(root: str | os.PathLike, table: str, sweep: str) -> Path:
     return Path(root) / table / f"sweep={sweep}"
 
 
+def sweeps(root: str | os.PathLike, table: str = "runs") -> list[str]:
+    """The sweeps that have a folder of ``table`` under ``root``, sorted."""
+    base = Path(root) / table
+    return sorted(d.name[len("sweep="):] for d in base.glob("sweep=*")) if base.is_dir() else []
+
+
 def sweep_dir(root: str | os.PathLike, sweep: str) -> Path:
     """A sweep's own record under a results root: spec, plan, job ledger, checkpoints, logs."""
     return Path(root) / "_sweeps" / sweep
+
+
+def logs_dir(root: str | os.PathLike, sweep: str) -> Path:
+    """A sweep's job logs: ``<job_id>_<task>_log.{out,err}`` (submitit's names, every backend)."""
+    return sweep_dir(root, sweep) / "logs"
+
+
+def checkpoint_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
+    """A run's checkpoint while it runs (removed when it ends: the results are the record)."""
+    return sweep_dir(root, sweep) / "checkpoints" / f"{run_id}.pt"
 
 
 def progress_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
     """A running run's progress note (epoch, step, last errors), rewritten every epoch and
     removed when the run ends: what the dashboard shows of a run that has no rows yet."""
     return sweep_dir(root, sweep) / "progress" / f"{run_id}.json"
+
+
+def write_progress(root: str | os.PathLike, sweep: str, run_id: str, note: dict) -> None:
+    import json
+
+    write_text_atomic(progress_path(root, sweep, run_id), json.dumps(note))
 
 
 def read_progress(root: str | os.PathLike, sweep: str, run_id: str) -> dict | None:
@@ -83,6 +134,39 @@ def read_progress(root: str | os.PathLike, sweep: str, run_id: str) -> dict | No
         return json.loads(progress_path(root, sweep, run_id).read_text())
     except (OSError, ValueError):
         return None
+
+
+def check_writable(root: str | os.PathLike) -> None:
+    """Fail now, not after set-up and training, when ``root`` cannot take files (a file in the
+    way, read-only, no permission, full): the ``OSError`` names the path."""
+    with atomic_path(Path(root) / ".write-check") as tmp:
+        tmp.write_bytes(b"ok")
+    (Path(root) / ".write-check").unlink(missing_ok=True)
+
+
+def unreadable(root: str | os.PathLike, sweep: str) -> list[tuple[Path, str]]:
+    """A sweep's result files whose parquet footer cannot be read (truncated, garbage, empty),
+    with why: cheap (the footer only), so a controller can check a whole sweep at start."""
+    out = []
+    for table in TABLES:
+        for p in _sweep_files(Path(root), table, sweep).get(sweep, []):
+            try:
+                pq.read_metadata(p)
+            except FileNotFoundError:
+                continue  # replaced or compacted away meanwhile
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+                out.append((p, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
+    return out
+
+
+def quarantine(root: str | os.PathLike, sweep: str, path: Path) -> Path:
+    """Move a sweep's file into ``_sweeps/<sweep>/quarantine/`` (kept for a post-mortem, out of
+    every reader's way); returns where it went."""
+    rel = path.relative_to(Path(root)) if path.is_relative_to(Path(root)) else Path(path.name)
+    dest = sweep_dir(root, sweep) / "quarantine" / rel.parent / f"{path.name}.{int(time.time())}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, dest)
+    return dest
 
 
 def to_arrow(table: str, rows: pd.DataFrame | list[dict]) -> pa.Table:
@@ -105,8 +189,10 @@ def to_arrow(table: str, rows: pd.DataFrame | list[dict]) -> pa.Table:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A dot-prefixed temp path beside ``path`` to write to; on success it is renamed over
     ``path`` (a reader sees the old file or the new one, never half of one), on any failure it
-    is removed (no stale temp file filling a disk). Dot-prefixed names are skipped by pyarrow
-    datasets and by '*.parquet' globs."""
+    is removed (no stale temp file filling a disk). A temp file of the same target left by a
+    killed writer (SIGKILL skips ``finally``) is removed by the next successful write once it is
+    older than ``STALE_TMP_S``. Dot-prefixed names are skipped by pyarrow datasets and by
+    '*.parquet' globs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -115,6 +201,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    now = time.time()
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - old.stat().st_mtime > STALE_TMP_S:
+                old.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
@@ -268,23 +361,26 @@ def load(root: str | os.PathLike, sweep: str | None = None) -> Results:
 def compact(root: str | os.PathLike, sweep: str) -> dict[str, int]:
     """Merge a sweep's files into one ``part-*.parquet`` per table; returns rows per table.
 
-    The merged file is written atomically before the inputs are removed, so a crash leaves
-    either the old files or the new one (plus stale inputs, which per-run precedence makes
-    harmless). Rows are never lost; a run present twice keeps its newest rows.
+    All four tables or none: every input is read first, and one unreadable file stops the
+    compaction before anything is written (``CorruptFiles`` names each). Then each merged file is
+    written atomically before its inputs are removed, so a crash leaves the old files or the new
+    one (plus stale inputs, which per-run precedence makes harmless). Rows are never lost.
     """
-    counts = {}
+    merged: dict[str, tuple[pd.DataFrame, list[Path]]] = {}
+    errors: list[str] = []
     for table in TABLES:
         files = _sweep_files(Path(root), table, sweep).get(sweep, [])
+        merged[table] = (_read_sweep(files, table, None, errors), files)
+    if errors:
+        raise CorruptFiles(f"sweep {sweep!r}: nothing compacted, {len(errors)} unreadable file(s): "
+                           + "; ".join(e.splitlines()[0][:300] for e in errors))
+    counts = {}
+    for table, (df, files) in merged.items():
+        counts[table] = len(df) if files else 0
         if not files:
-            counts[table] = 0
             continue
-        errors: list[str] = []
-        df = _read_sweep(files, table, None, errors)
-        if errors:
-            raise OSError(f"cannot compact {table} of sweep {sweep!r}: " + "; ".join(errors))
         out = table_dir(root, table, sweep) / f"part-{uuid.uuid4().hex[:12]}.parquet"
         _atomic_write(to_arrow(table, df), out)
         for p in files:
             p.unlink(missing_ok=True)
-        counts[table] = len(df)
     return counts

@@ -1,4 +1,7 @@
-"""YAML reading with YAML 1.2 floats (``1e-3`` is a number, not the string PyYAML makes it)."""
+"""YAML reading for specs, configs and profiles: YAML 1.2 floats (``1e-3`` is a number, not the
+string PyYAML makes it), and bounded: aliases are refused (a few hundred bytes of nested aliases
+expand to gigabytes), a key given twice in one mapping is an error naming both lines, and a file
+over ``MAX_BYTES`` is not read."""
 
 from __future__ import annotations
 
@@ -10,9 +13,28 @@ import yaml
 
 from .errors import ConfigError
 
+MAX_BYTES = 1 << 20  # a grid spec is a few hundred bytes; a megabyte is not a spec
+
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed: write the values out",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (first at line {first[key]})", key_node.start_mark)
+                first[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: the base class reports it
+                pass
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
@@ -37,6 +59,8 @@ def load_yaml(path: str | Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"file not found: {path}")
     try:
+        if (size := p.stat().st_size) > MAX_BYTES:
+            raise ConfigError(f"{size} bytes: over the {MAX_BYTES} byte limit of a spec or config file", str(path))
         return parse_yaml(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -44,3 +68,17 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"not valid YAML{where}: {getattr(e, 'problem', None) or e}", str(path)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {e}", str(path)) from None
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as YAML scalars (``lr=1e-3``, ``stem=conv``)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {item!r}", "command line")
+        try:
+            out[key] = parse_yaml(value) if value != "" else None
+        except yaml.YAMLError:
+            out[key] = value
+    return out

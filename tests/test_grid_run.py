@@ -81,7 +81,7 @@ def test_local_no_wait_runs_outlive_the_controller(tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     counts = json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)["counts"]
-    assert counts["completed"] == 2 and counts["missing"] == 2
+    assert counts["completed"] == 2 and counts["pending"] == 2 and counts["missing"] == 0  # 2 never submitted
     for p in pids:  # each run logs to <pid>_<task>_log.{out,err}, as submitit names them
         assert (spec.sweep_dir / "logs" / f"{p}_0_log.err").exists()
     again = run_cli("grid", "run", str(spec_path), "--quiet")
@@ -142,3 +142,54 @@ def test_tpe_with_model_fixed_stems_finishes_with_n_runs_per_model_and_tells_eac
     assert out.returncode == 2 and "planned from a different spec" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert len(store.load(tmp_path / "res").runs) == 8
+
+
+def test_a_new_backend_is_one_small_class(tmp_path):
+    """A throw-away backend (runs in threads of this process) plugs into the controller unchanged:
+    every run lands, the ledger names the backend, capacity is respected, a rerun submits nothing."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from stability.grid.backends import Submitted
+    from stability.grid.controller import Controller, RunOptions
+    from stability.grid.job import RunJob
+
+    class Threads:
+        name = "threads"
+
+        def __init__(self):
+            self.pool, self.jobs, self.most = ThreadPoolExecutor(2), {}, 0
+
+        def start(self): ...
+        def capacity(self): return 2
+        def parallelism(self): return 2
+        def log_tail(self, job_id, lines=5): return ""
+        def close(self): self.pool.shutdown()
+        def wait(self, timeout): wait(self.jobs.values(), timeout, FIRST_COMPLETED)
+
+        def alive(self, job_ids):
+            return {j: "RUNNING" for j in job_ids if j in self.jobs and not self.jobs[j].done()}
+
+        def submit(self, items):
+            out = []
+            for run_id, config in items:
+                fut = self.pool.submit(RunJob(), config)  # no threads cap: torch is shared here
+                fut.job_id = f"t{len(self.jobs)}"
+                self.jobs[fut.job_id] = fut
+                out.append(Submitted(run_id, fut))
+            self.most = max(self.most, sum(not f.done() for f in self.jobs.values()))
+            return out
+
+    spec = load_spec(write_spec(tmp_path / "g.yaml", "thr", tmp_path / "res",
+                                base={"epochs": 1, "steps_per_epoch": 2},
+                                sampler={"name": "random", "n": 3, "seed": 0}))
+    backend = Threads()
+    try:
+        outcome = Controller(spec, RunOptions(show_progress=False, poll_s=0.2), backend=backend).run()
+    finally:
+        backend.close()
+    assert len(backend.jobs) == 6 and 1 <= backend.most <= 2
+    assert outcome.state.status.eq("completed").all() and len(outcome.state) == 6
+    assert {r["kind"] for r in read_ledger(spec.sweep_dir).values()} == {"threads"}
+    assert sorted(store.load(tmp_path / "res").runs.run_id) == sorted(outcome.state.run_id)
+    again = Threads()
+    assert Controller(spec, RunOptions(show_progress=False), backend=again).run().submitted == [] and not again.jobs

@@ -62,8 +62,12 @@ def test_corrupt_file_is_reported_not_fatal(tmp_path):
     (tmp_path / "runs" / "sweep=s" / "bad.parquet").write_bytes(b"not parquet")
     res = store.load(tmp_path)
     assert res.runs.run_id.tolist() == ["good"] and len(res.errors) == 1 and "bad.parquet" in res.errors[0]
-    with pytest.raises(OSError, match="cannot compact"):
+    (tmp_path / "epochs" / "sweep=s" / "worse.parquet").write_bytes(b"")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.parquet"))
+    with pytest.raises(store.CorruptFiles, match=r"nothing compacted, 2 unreadable.*worse.parquet.*bad.parquet|"
+                                                 r"nothing compacted, 2 unreadable.*bad.parquet.*worse.parquet"):
         store.compact(tmp_path, "s")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.parquet")) == before  # all or nothing
     assert store.load(tmp_path).runs.run_id.tolist() == ["good"]  # nothing lost
 
 

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from stability import store
+from stability.checkpoint import checkpoint_path
 from stability.config import run_config
 from stability.models import build_model, model_spec
-from stability.train import GradTracer, checkpoint_path, lr_at, train
+from stability.optim import lr_at
+from stability.tracing import GradTracer
+from stability.train import train
 
 from .conftest import ROOT, TINY
 
@@ -164,7 +167,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_matches(tmp_path, reference):
 
 def test_regnet_trains_channels_last(tmp_path):
     """RegNetY runs in channels_last (it pays on CPU, benchmarks/step_options.py) and trains."""
-    from stability.train import memory_format
+    from stability.models import memory_format
 
     assert memory_format("regnet") == torch.channels_last and memory_format("vit") == torch.contiguous_format
     model = build_model(model_spec("regnety_tiny", image_size=32)).to(memory_format=memory_format("regnet"))

@@ -8,6 +8,7 @@ from common import apply_filters, load_runs, peek_runs, root, table
 
 from stability import plots
 from stability.grid.state import ORDER
+from stability.store import RunStatus as S
 
 st.title("stability: is ViT_C more stable than ViT_P?")
 
@@ -31,9 +32,8 @@ def body() -> None:
     c = st.columns(5)
     c[0].metric("sweeps", runs.sweep.nunique())
     c[1].metric("runs", len(runs))
-    c[2].metric("diverged", int(runs.status.eq("diverged").sum()))
-    c[3].metric("failed", int(runs.status.eq("failed").sum()))
-    c[4].metric("running", int(runs.status.eq("running").sum()))
+    for col, s in zip(c[2:], (S.DIVERGED, S.FAILED, S.RUNNING), strict=True):
+        col.metric(s, int(runs.status.eq(s).sum()))
     st.caption("Last result: " + ("none yet" if pd.isna(finished) else finished.strftime("%Y-%m-%d %H:%M UTC")))
     rows, failures = [], []
     for sweep in sorted(runs.sweep.dropna().unique()):
@@ -51,14 +51,15 @@ def body() -> None:
             logs = {f["run_id"]: f["log"] for f in rep["failures"]}
             failures += [dict(f, sweep=sweep, error=f"lost: job {f['job_id']} ended without a result")
                          for f in rep["lost"]]
-        for r in mine[mine.status == "failed"].itertuples():
+        for r in mine[mine.status == S.FAILED].itertuples():
             failures.append({"sweep": sweep, "stem": r.stem, "run_id": r.run_id, "label": r.label,
                              "error": r.error, "log": logs.get(r.run_id, "") if rep and "broken" not in rep else ""})
         rows.append(row)
     st.subheader("Sweeps")
     table(pd.DataFrame(rows), key="overview_sweeps")
     st.caption("From each sweep's plan and job ledger (`_sweeps/<sweep>/`), as `stability grid status` "
-               "prints it: pending = submitted, not started; missing = planned, no live job and no result.")
+               "prints it: pending = not started (queued, or not submitted yet); missing = its job ended "
+               "without a result (a rerun resubmits it).")
     if failures:
         st.subheader(f"Failures ({len(failures)})")
         for f in failures:
@@ -74,12 +75,12 @@ def body() -> None:
     st.plotly_chart(plots.status_figure(counts), width="stretch", key="overview_chart")
     t = counts.pivot_table(index=["sweep", "stem"], columns="status", values="n", fill_value=0)
     table(t.reset_index(), key="overview_status")
-    live = int(runs.status.eq("running").sum())
+    live = int(runs.status.eq(S.RUNNING).sum())
     if live:
         st.caption(f"{live} run(s) running: this page refreshes every 5 s.")
 
 
 # Refresh while a sweep is running (the cache key changes with every written file).
 peek = peek_runs(root())
-running_now = peek is not None and bool(peek.status.eq("running").any())
+running_now = peek is not None and bool(peek.status.eq(S.RUNNING).any())
 (st.fragment(run_every=5)(body) if running_now else body)()

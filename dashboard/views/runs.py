@@ -12,6 +12,8 @@ from plotly.subplots import make_subplots
 
 from stability import store
 from stability.plots import LINE_COLORS
+from stability.store import DONE
+from stability.store import RunStatus as S
 
 st.title("Runs")
 runs = selected_runs()
@@ -25,7 +27,7 @@ if runs is not None:
     c2.download_button("Download parquet", buf.getvalue(), "runs.parquet", "application/octet-stream")
 
     order = runs.sort_values(["status", "sweep", "stem", "lr"], key=lambda s: s.map(
-        {"completed": 0, "diverged": 1}).fillna(2) if s.name == "status" else s)
+        {S.COMPLETED: 0, S.DIVERGED: 1}).fillna(2) if s.name == "status" else s)
     labels = dict(zip(order.key, order.label + " · " + order.status, strict=True))
     first = order.key.tolist()[:1]
     chosen = control(st.multiselect, "open runs (overlaid)", order.key.tolist(), key="p_runs_open",
@@ -33,11 +35,11 @@ if runs is not None:
                      help="Up to 8 runs (the first 8 when you select all); their curves share the axes below")
     info = runs.set_index("key")
     for rid in chosen:
-        if info.loc[rid, "status"] in ("failed", "preempted"):
+        if info.loc[rid, "status"] in (S.FAILED, S.PREEMPTED):
             st.info(f"{labels[rid]}: no curves recorded"
                     + (f" ({str(info.loc[rid, 'error'])[:200]})" if isinstance(info.loc[rid, "error"], str) else "")
                     + "; the Overview page has its log tail.")
-    live = [r for r in chosen if info.loc[r, "status"] == "running"]
+    live = [r for r in chosen if info.loc[r, "status"] == S.RUNNING]
     for rid in live:
         p = store.read_progress(root(), info.loc[rid, "sweep"], info.loc[rid, "run_id"])
         if p:
@@ -46,7 +48,7 @@ if runs is not None:
                              f"val error {p['val_top1_err']:.2f}% (updated {p['updated_at'][:19]} UTC)")
         else:
             st.info(f"{labels[rid]}: running, no epoch finished yet (curves appear when it ends).")
-    with_curves = [r for r in chosen if info.loc[r, "status"] in ("completed", "diverged")]
+    with_curves = [r for r in chosen if info.loc[r, "status"] in DONE]
     if with_curves:
         chosen = with_curves
         t = run_tables(chosen)

@@ -6,12 +6,13 @@ import streamlit as st
 from common import control, rows_of, run_key, run_tables, selected_runs, table
 
 from stability import analysis, plots
+from stability.store import DONE, RunStatus
 
 COUNT_LIMIT = 300  # runs whose traces the counts re-detect with the sliders' settings
 
 st.title("Gradient-norm spikes per layer")
 runs = selected_runs()
-traced = None if runs is None else runs[runs.status.isin(["completed", "diverged"])]
+traced = None if runs is None else runs[runs.status.isin(DONE)]
 if traced is not None and traced.empty:
     st.info("No finished runs match the filters.")
 elif traced is not None:
@@ -86,7 +87,7 @@ elif traced is not None:
                     f"after {min_points} earlier points within {window} steps, so none is judged. {fix}")
         small = analysis.downsample(marked, max_points=2000)
         steps = analysis.downsample(steps, 3000, value="loss") if len(steps) else steps
-        err = f"{row.top1_err:.1f}%" if row.status == "completed" else "100% (diverged)"
+        err = f"{row.top1_err:.1f}%" if row.status == RunStatus.COMPLETED else "100% (diverged)"
         title = f"{row.label} · top-1 err {err}"
         if layout.startswith("overlay"):
             overlay.append((row.label, small, steps))

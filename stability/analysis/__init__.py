@@ -16,10 +16,7 @@ from .compare import (
     ks_signed,
     paired_differences,
     paired_tests,
-    pooled,
-    strata,
     verdict_text,
-    with_size,
 )
 from .edf import (
     DIVERGED_ERROR,
@@ -34,6 +31,7 @@ from .edf import (
     within_fraction,
     worst_runs,
 )
+from .grouping import pooled, strata, with_size
 from .spikes import (
     SpikeParams,
     count_spikes,

@@ -16,6 +16,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ..store import DONE, RunStatus
+from .grouping import pooled, strata, with_size
+
+# Not results: counted per group, never in an EDF (plain strings: they name columns).
+LEFT_OUT = tuple(map(str, (RunStatus.FAILED, RunStatus.PREEMPTED, RunStatus.RUNNING)))
+
 DIVERGED_ERROR = 100.0
 WITHIN = (1.0, 2.0, 5.0)
 
@@ -38,8 +44,8 @@ def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
 
     Keeps completed and diverged runs only; ``diverged`` marks the latter.
     """
-    df = runs[runs["status"].isin(["completed", "diverged"])].copy()
-    df["diverged"] = df["status"].eq("diverged")
+    df = runs[runs["status"].isin(DONE)].copy()
+    df["diverged"] = df["status"].eq(RunStatus.DIVERGED)
     df["err"] = np.where(df["diverged"], DIVERGED_ERROR, df[value].astype(float))
     df["err"] = df["err"].fillna(DIVERGED_ERROR)
     df["err_abs"] = df["err"]
@@ -65,7 +71,6 @@ def dkw_halfwidth(n: int, ci: float = 0.9) -> float:
 
 def default_by(runs: pd.DataFrame, group: str = "stem") -> list[str]:
     """The grouping that pools nothing: every design axis that varies, then ``group``."""
-    from .compare import strata
 
     return [*strata(runs, exclude=(group,)), group]
 
@@ -103,7 +108,6 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
     counted at 100%. In relative mode each resample re-chooses its best run. Plot ``x`` vs
     ``F_right`` as a step function (``line_shape='hv'``).
     """
-    from .compare import pooled, with_size
 
     runs = with_size(runs)
     by = list(default_by(runs) if by is None else by)
@@ -163,7 +167,6 @@ def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "t
     ``within_<x>`` gives the fraction of runs at most x points from it, for each x of ``within``.
     ``by`` defaults to ``default_by(runs)`` (nothing pooled); ``pooled`` names the design axes
     an explicit ``by`` pools."""
-    from .compare import pooled, with_size
 
     runs = with_size(runs)
     by = list(default_by(runs) if by is None else by)
@@ -180,13 +183,13 @@ def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "t
             out[f"within_{x:g}"] = fr.to_numpy() if len(out) else []
     left = outcomes(runs, by)
     out = out.merge(left, on=by, how="outer").fillna(
-        {c: 0 for c in ("runs", "diverged", "collapsed", "failed", "preempted", "running")})
+        {c: 0 for c in ("runs", "diverged", "collapsed", *LEFT_OUT)})
     return out.assign(pooled=",".join(pooled(runs, by)))
 
 
 def outcomes(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """Per group: how many runs failed, were preempted or are running (left out of every EDF)."""
-    cols = ["failed", "preempted", "running"]
+    cols = list(LEFT_OUT)
     if runs.empty:
         return pd.DataFrame(columns=[*by, *cols])
     counts = pd.crosstab([runs[c] for c in by], runs["status"])

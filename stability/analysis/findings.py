@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from ..store import DONE
 from .compare import compare
 from .edf import errors
 
@@ -209,7 +210,7 @@ def assess(study: str, runs: pd.DataFrame) -> Finding:
     from dataclasses import replace
 
     f = FINDINGS[study](runs)
-    done = runs[runs["status"].isin(["completed", "diverged"])] if len(runs) else runs
+    done = runs[runs["status"].isin(DONE)] if len(runs) else runs
     if not len(done) or "collapsed" not in done:
         return f
     n = int(done["collapsed"].fillna(False).astype(bool).sum())

@@ -59,8 +59,8 @@ def best_configs(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str
     """The best finished run per group (any columns of ``runs``; default: nothing pooled) with
     its knobs, ``n``, the finished runs it was chosen from, and ``pooled``, the design axes an
     explicit ``by`` pools."""
-    from .compare import pooled, with_size
     from .edf import default_by
+    from .grouping import pooled, with_size
 
     runs = with_size(runs)
     by = list(default_by(runs) if by is None else by)
@@ -97,7 +97,7 @@ def training_length(runs: pd.DataFrame, value: str = "top1_err",
     """Best error per group and epoch budget, and its gap to the longest budget of the group
     (the paper's "error relative to the 400-epoch run"). ``by`` defaults to every design axis
     that varies except epochs, then the stem."""
-    from .compare import strata, with_size
+    from .grouping import strata, with_size
 
     runs = with_size(runs)
     by = list([*strata(runs, exclude=("stem", "epochs")), "stem"] if by is None else by)

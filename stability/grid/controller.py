@@ -8,7 +8,6 @@ once; a job that dies without writing a result leaves its run ``missing`` (rerun
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -17,13 +16,16 @@ from typing import Any
 
 import pandas as pd
 
+from .. import store
 from ..errors import ConfigError
-from .launch import job_log_tail, make_executor, slurm_alive, submit
-from .local import pid_alive
+from ..store import RunStatus as S
+from .backends import BACKENDS, Backend, backend_for
+from .lock import SweepLock
 from .plan import PlannedRun, make_plan, plan_frame, plan_from_frame, plan_mismatch
-from .spec import GridSpec, resolve_kind
+from .spec import GridSpec
 from .state import (
     DONE,
+    RUNNING_JOB_STATES,
     counts,
     eta_seconds,
     load_plan,
@@ -32,6 +34,7 @@ from .state import (
     run_rows,
     save_plan,
     sweep_state,
+    to_submit,
 )
 from .studies import ask_wave, open_storage, tell
 
@@ -41,7 +44,6 @@ class RunOptions:
     retry_failed: bool = False
     wait: bool = True
     poll_s: float = 2.0
-    array_size: int | None = None  # Slurm array chunk; None = MaxArraySize from scontrol
     show_progress: bool = True
 
 
@@ -50,6 +52,7 @@ class Outcome:
     state: pd.DataFrame
     submitted: list[str] = field(default_factory=list)
     lost: dict[str, str] = field(default_factory=dict)  # run_id -> last log lines
+    quarantined: list[str] = field(default_factory=list)  # unreadable files moved aside, and why
     wall_s: float = 0.0
 
 
@@ -57,7 +60,11 @@ def initial_plan(spec: GridSpec, storage) -> list[PlannedRun]:
     """The plan of record: computed for random/sobol/grid; for tpe, read back or first wave."""
     if spec.sampler.name != "tpe":
         return make_plan(spec)
-    saved = load_plan(spec.sweep_dir)
+    try:
+        saved = load_plan(spec.sweep_dir)
+    except store.CorruptFiles as e:
+        raise ConfigError(f"{e}: a tpe plan holds the points Optuna asked for and cannot be rebuilt "
+                          f"from the spec; move it away to start sweep {spec.name!r} again") from None
     if saved is not None and len(saved):
         plan = plan_from_frame(saved)
         if why := plan_mismatch(spec, plan):
@@ -67,61 +74,64 @@ def initial_plan(spec: GridSpec, storage) -> list[PlannedRun]:
     return ask_wave(spec, [], {}, storage)
 
 
-def alive_jobs(sweep_dir: Path, run_ids: list[str]) -> dict[str, str]:
-    """``{run_id: job state}`` for runs whose latest job still lives (slurm or local)."""
-    ledger = read_ledger(sweep_dir)
-    slurm = {ledger[r]["job_id"]: r for r in run_ids if r in ledger and ledger[r]["kind"] == "slurm"}
-    out = {slurm[j]: s for j, s in slurm_alive(list(slurm)).items()}
+def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = None,
+               ledger: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+    """``{run_id: job state}`` for runs whose latest job still lives, asked of the backend that
+    ran it (the ledger names it; ``backend`` answers for its own jobs)."""
+    ledger = read_ledger(spec.sweep_dir) if ledger is None else ledger
+    by_kind: dict[str, dict[str, str]] = {}  # kind -> {job_id: run_id}
     for r in run_ids:
-        rec = ledger.get(r)
-        if rec and rec["kind"] == "local" and pid_alive(rec["job_id"]):
-            out[r] = "local"
+        if r in ledger:
+            by_kind.setdefault(ledger[r]["kind"], {})[str(ledger[r]["job_id"])] = r
+    out = {}
+    for kind, jobs in by_kind.items():
+        if backend is not None and kind == backend.name:
+            asked = backend
+        elif kind in BACKENDS:
+            asked = backend_for(spec, kind)
+        else:
+            continue  # a backend this process does not know: its jobs cannot be seen
+        out |= {jobs[j]: state for j, state in asked.alive(list(jobs)).items() if j in jobs}
     return out
 
 
 class Controller:
-    def __init__(self, spec: GridSpec, opts: RunOptions | None = None, console=None, executor=None):
-        """``executor``: one made already (the CLI starts the local launcher before its own
-        imports); by default the controller makes it."""
+    def __init__(self, spec: GridSpec, opts: RunOptions | None = None, console=None,
+                 backend: Backend | None = None):
+        """``backend``: one made already (the CLI starts the local launcher before its own
+        imports, a test may bring its own); by default the spec's, made and closed here."""
         from rich.console import Console
 
-        self.executor = executor
+        self.backend = backend
         self.spec = spec
         self.opts = opts or RunOptions()
         self.console = console or Console(stderr=True)
-        self.kind = resolve_kind(spec.executor.kind)
         self.dir = spec.sweep_dir
-        self.log_dir = self.dir / "logs"
-
-    def _threads(self) -> int | None:
-        if self.kind in ("local", "debug"):
-            cores = os.cpu_count() or 1
-            ex = self.spec.executor
-            return max(1, cores // (ex.max_parallel * ex.tasks_per_node if self.kind == "local" else 1))
-        return None
 
     def run(self) -> Outcome:
+        """Run the sweep to its end (or one pass with ``wait=False``), holding its lock."""
         t0 = time.monotonic()
-        spec = self.spec
-        if self.executor is not None:  # its maker closes it
-            return self._run(self.executor, t0)
-        executor = make_executor(spec.executor, self.kind, self.log_dir, spec.name)
-        try:
-            return self._run(executor, t0)
-        finally:
-            if self.kind == "local":
-                executor.close()
+        with SweepLock(self.dir, self.spec.name) as self.lock:
+            if self.backend is not None:  # its maker closes it
+                return self._run(self.backend, t0)
+            backend = backend_for(self.spec)
+            try:
+                backend.start()  # the local launcher's torch import overlaps the planning below
+                return self._run(backend, t0)
+            finally:
+                backend.close()
 
-    def _run(self, executor, t0: float) -> Outcome:
+    def _run(self, backend: Backend, t0: float) -> Outcome:
         spec = self.spec
+        store.check_writable(spec.results)  # before anything is planned or submitted
         storage = open_storage(spec)
         plan = initial_plan(spec, storage)
         self.dir.mkdir(parents=True, exist_ok=True)
         if spec.path and Path(spec.path).is_file():
             shutil.copyfile(spec.path, self.dir / "spec.yaml")
         save_plan(self.dir, plan_frame(plan))
-        submitted: dict[str, Any] = {}  # run_id -> submitit job, this invocation
-        outcome = Outcome(state=pd.DataFrame())
+        submitted: dict[str, Any] = {}  # run_id -> job, this invocation
+        outcome = Outcome(state=pd.DataFrame(), quarantined=quarantine_unreadable(spec))
         live = None
         if self.opts.show_progress and self.opts.wait:
             from rich.live import Live
@@ -132,25 +142,24 @@ class Controller:
         told: dict = {}  # points already in the Optuna record
         try:
             while True:
+                self.lock.beat()
                 runs = run_rows(spec.results, spec.name, rows_cache)
                 ids = [r.run_id for r in plan]
-                alive = alive_jobs(self.dir, ids)
+                ledger = read_ledger(self.dir)
+                alive = alive_jobs(spec, ids, backend, ledger)
                 for rid, job in submitted.items():  # this invocation's jobs (reaps local ones)
-                    if rid not in alive and self.kind != "debug" and not job.done():
+                    if rid not in alive and not job.done():
                         alive[rid] = "submitted"
-                state = sweep_state(plan, runs, alive)
+                state = sweep_state(plan, runs, alive, set(ledger))
                 statuses = dict(zip(state.run_id, state.status, strict=True))
-                want = state.status.eq("missing") | (self.opts.retry_failed & state.status.eq("failed"))
+                want = to_submit(state, self.opts.retry_failed)
                 todo = [rid for rid in state.run_id[want] if rid not in submitted]
-                if self.kind == "local":
-                    running = sum(1 for s in state.status if s in ("running", "pending"))
-                    todo = todo[:max(0, executor.capacity(spec.executor.max_parallel) - running)]
+                if (cap := backend.capacity()) is not None:
+                    running = int(state.job_state.notna().sum())  # live jobs, queued ones included
+                    todo = todo[:max(0, cap - running)]
                 if todo:  # submit before telling Optuna: a free slot should not wait on SQLite
-                    self._submit(executor, plan, todo, submitted)
+                    self._submit(backend, plan, todo, submitted)
                     outcome.submitted += todo
-                    if self.kind == "debug":
-                        for rid in todo:
-                            self._run_debug(submitted[rid])
                     continue
                 tell(spec, plan, runs, storage, told)
                 if spec.sampler.name == "tpe":
@@ -160,56 +169,47 @@ class Controller:
                         save_plan(self.dir, plan_frame(plan))
                         continue
                 if live:
-                    live.update(self._render(state))
+                    live.update(self._render(state, backend))
                 if not self.opts.wait:
                     break
-                waiting = state.status.isin(["running", "pending"]).any()
-                pending_local = self.kind == "local" and (want & ~state.run_id.isin(submitted)).any()
-                if not waiting and not pending_local:
+                waiting = state.job_state.notna().any()
+                held_back = (want & ~state.run_id.isin(submitted)).any()  # over capacity until now
+                if not waiting and not held_back:
                     break
-                if self.kind == "local":
-                    executor.wait(self.opts.poll_s)  # wakes as soon as a run ends
-                else:
-                    time.sleep(self.opts.poll_s)
+                backend.wait(self.opts.poll_s)
         finally:
             if live:
                 live.stop()
         runs = run_rows(spec.results, spec.name, rows_cache)
-        outcome.state = sweep_state(plan, runs, alive_jobs(self.dir, [r.run_id for r in plan]))
+        ledger = read_ledger(self.dir)
+        outcome.state = sweep_state(plan, runs, alive_jobs(spec, [r.run_id for r in plan], backend, ledger),
+                                    set(ledger))
         tell(spec, plan, runs, storage, told)
-        for rid in outcome.state.run_id[outcome.state.status.eq("missing")]:
+        for rid in outcome.state.run_id[outcome.state.status.eq(S.MISSING)]:
             if rid in submitted:
-                job = submitted[rid]
-                outcome.lost[rid] = job_log_tail(self.log_dir, str(job.job_id)) or "(no log)"
+                outcome.lost[rid] = backend.log_tail(str(submitted[rid].job_id)) or "(no log)"
         outcome.wall_s = time.monotonic() - t0
         return outcome
 
-    def _submit(self, executor, plan: list[PlannedRun], todo: list[str], submitted: dict) -> None:
+    def _submit(self, backend: Backend, plan: list[PlannedRun], todo: list[str], submitted: dict) -> None:
         by_id = {r.run_id: r for r in plan}
-        items = [(rid, by_id[rid].config.to_dict()) for rid in todo]
-        jobs = submit(executor, self.kind, items, threads=self._threads(), array_size=self.opts.array_size)
-        record_jobs(self.dir, self.kind, [(s.run_id, s.job_id) for s in jobs])
+        jobs = backend.submit([(rid, by_id[rid].config.to_dict()) for rid in todo])
+        record_jobs(self.dir, backend.name, [(s.run_id, s.job_id) for s in jobs])
         for s in jobs:
             submitted[s.run_id] = s.job
 
-    def _run_debug(self, job) -> None:
-        try:
-            job.result()
-        except Exception:  # the run's own failed row says what happened
-            pass
-
-    def _render(self, state: pd.DataFrame):
+    def _render(self, state: pd.DataFrame, backend: Backend):
         from rich.table import Table
 
         spec = self.spec
         by_stem = counts(state, ["stem"]) if len(state) else None
         total = counts(state) if len(state) else None
         done = int(state.status.isin(DONE).sum())
-        eta = eta_seconds(state, spec.executor.max_parallel if self.kind == "local" else spec.executor.array_parallelism)
-        title = (f"sweep {spec.name} [{self.kind}]: {done}/{len(state)} done"
+        eta = eta_seconds(state, backend.parallelism())
+        title = (f"sweep {spec.name} [{backend.name}]: {done}/{len(state)} done"
                  + (f", ETA {eta / 60:.1f} min" if eta else ""))
         table = Table(title=title)
-        cols = ["completed", "diverged", "failed", "running", "pending", "missing", "total"]
+        cols = [*(s for s in S if s != S.PREEMPTED), "total"]
         table.add_column("stem")
         for c in cols:
             table.add_column(c, justify="right")
@@ -220,38 +220,64 @@ class Controller:
         return table
 
 
+def quarantine_unreadable(spec: GridSpec) -> list[str]:
+    """Move the sweep's unreadable result files into ``_sweeps/<name>/quarantine/``: a run with
+    one loses its other files too, so it is missing and rerun whole. One line per moved file."""
+    moved = []
+    for path, why in store.unreadable(spec.results, spec.name):
+        files = [path]
+        if not path.name.startswith("part-"):  # a run's own file: the run goes whole
+            files += [store.table_dir(spec.results, t, spec.name) / path.name for t in store.TABLES]
+        for f in dict.fromkeys(files):
+            if f.exists():
+                dest = store.quarantine(spec.results, spec.name, f)
+                moved.append(f"{f} -> {dest}: " + (f"unreadable ({why})" if f == path else "same run"))
+    return moved
+
+
 def status_report(spec: GridSpec) -> dict[str, Any]:
     """Everything ``stability grid status`` prints, as plain data (``--json``)."""
     sweep_dir = spec.sweep_dir
-    saved = load_plan(sweep_dir)
+    unreadable: list[str] = []
+    try:
+        saved = load_plan(sweep_dir)
+    except store.CorruptFiles as e:
+        if spec.sampler.name == "tpe":
+            raise
+        saved = None  # a plan computed from the spec is the same plan; the next grid run rewrites it
+        unreadable.append(f"{e}; planned from the spec instead")
     plan = plan_from_frame(saved) if saved is not None else (
         make_plan(spec) if spec.sampler.name != "tpe" else [])
-    runs = run_rows(spec.results, spec.name)
+    bad_rows: list[str] = []
+    runs = run_rows(spec.results, spec.name, errors=bad_rows)
     ids = [r.run_id for r in plan]
-    alive = alive_jobs(sweep_dir, ids)
-    state = sweep_state(plan, runs, alive)
-    ledger = read_ledger(sweep_dir)
+    backend = backend_for(spec)
+    problems: list[str] = []
+    ledger = read_ledger(sweep_dir, problems)
+    alive = alive_jobs(spec, ids, backend, ledger)
+    state = sweep_state(plan, runs, alive, set(ledger))
     total = counts(state).iloc[0].to_dict() if len(state) else {}
     cells = counts(state, ["stem", "optimizer", "epochs"]).reset_index() if len(state) else pd.DataFrame()
     failures = []
-    for r in state[state.status.eq("failed")].itertuples():
+    for r in state[state.status.eq(S.FAILED)].itertuples():
         failures.append({"run_id": r.run_id, "stem": r.stem, "error": r.error,
-                         "log": job_log_tail(sweep_dir / "logs", ledger[r.run_id]["job_id"])
+                         "log": backend.log_tail(ledger[r.run_id]["job_id"])
                          if r.run_id in ledger else ""})
     lost = []
-    for r in state[state.status.eq("missing")].itertuples():
+    for r in state[state.status.eq(S.MISSING)].itertuples():
         if r.run_id in ledger:
             lost.append({"run_id": r.run_id, "job_id": ledger[r.run_id]["job_id"],
-                         "log": job_log_tail(sweep_dir / "logs", ledger[r.run_id]["job_id"])})
-    parallel = spec.executor.array_parallelism if resolve_kind(spec.executor.kind) == "slurm" else spec.executor.max_parallel
+                         "log": backend.log_tail(ledger[r.run_id]["job_id"])})
     return {
         "sweep": spec.name, "results": str(spec.results), "planned": len(plan),
         "counts": {k: int(v) for k, v in total.items()},
         "cells": [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
                   for row in cells.to_dict(orient="records")],
-        "jobs": {"alive": len(alive), "running": sum(1 for s in alive.values() if s in ("RUNNING", "local")),
-                 "pending": sum(1 for s in alive.values() if s not in ("RUNNING", "local"))},
-        "failures": failures, "lost": lost, "eta_s": eta_seconds(state, parallel),
+        "jobs": {"alive": len(alive), "running": sum(1 for s in alive.values() if s in RUNNING_JOB_STATES),
+                 "pending": sum(1 for s in alive.values() if s not in RUNNING_JOB_STATES)},
+        "failures": failures, "lost": lost, "ledger_problems": problems,
+        "unreadable": unreadable + [f"{e.splitlines()[0][:300]} (its runs count as missing; `grid run` moves "
+                                    f"it to quarantine and reruns them)" for e in bad_rows], "eta_s": eta_seconds(state, backend.parallelism()),
     }
 
 
@@ -271,7 +297,7 @@ def clean_logs(spec: GridSpec) -> int:
     runs = run_rows(spec.results, spec.name)
     done = set(runs.run_id[runs.status.isin(DONE)])
     removed = 0
-    logs = sweep_dir / "logs"
+    logs = store.logs_dir(spec.results, spec.name)
     for rid, rec in ledger.items():
         if rid not in done:
             continue

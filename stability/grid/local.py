@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 # What a run imports: torch and the trainer, the model families, submitit.
-PRELOAD = ("torch", "stability.train", "stability.models.vit", "stability.models.regnet", "stability.grid.launch")
+PRELOAD = ("torch", "stability.train", "stability.models.vit", "stability.models.regnet", "stability.grid.job")
 
 
 FAILED_TASK_GRACE_S = 30.0
@@ -84,11 +84,6 @@ class LocalPool:
         # Started now so its torch import overlaps the controller's planning.
         self.proc = subprocess.Popen([sys.executable, "-m", "stability.grid.local"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=open(folder / "launcher.err", "ab"))
-
-    @classmethod
-    def for_executor(cls, ex, folder: Path) -> LocalPool:
-        """A pool with an ``ExecutorSpec``'s limits."""
-        return cls(folder, ex.timeout_min, ex.tasks_per_node, ex.gpus_per_node or 0)
 
     def capacity(self, max_parallel: int) -> int:
         """Jobs that may run at once: ``max_parallel``, fewer when each job needs its own GPUs."""
@@ -177,7 +172,7 @@ def _child(msg: dict[str, Any], rank: int, port: int, rank0_pid: int) -> None:
             os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(msg["tasks"]),
                                "LOCAL_WORLD_SIZE": str(msg["tasks"]), "MASTER_ADDR": "127.0.0.1",
                                "MASTER_PORT": str(port)})
-        from .launch import RunJob
+        from .job import RunJob
 
         print(json.dumps(RunJob(msg["threads"])(msg["config"])), flush=True)
         code = 0

@@ -321,8 +321,10 @@ def plan_from_frame(df) -> list[PlannedRun]:
     return [PlannedRun(*row) for row in zip(*cols, strict=True)]
 
 
-def estimate_cost(plan: list[PlannedRun]) -> dict[str, float]:
-    """Total training FLOPs (3x forward per image, forward + backward) and images seen."""
+def estimate_cost(plan: list[PlannedRun], flops_per_s: float = 100e12) -> dict[str, float]:
+    """Total training FLOPs (3x forward per image, forward + backward), images seen, and GPU-hours
+    at ``flops_per_s`` sustained (100 TFLOP/s: about 10% MFU of an H100's bf16 peak, what a 4GF
+    ViT reached eagerly in ``benchmarks/gpu_check.py``)."""
     from ..data import SIZES
     from ..models import model_spec
 
@@ -343,4 +345,5 @@ def estimate_cost(plan: list[PlannedRun]) -> dict[str, float]:
             cache[key] = count_complexity(model_spec(c.model, c.stem, image_size=key[2])).flops
         total_flops += 3 * 2 * cache[key] * seen  # MACs -> FLOPs, forward + backward
         images += seen
-    return {"train_flops": total_flops, "images": images}
+    return {"train_flops": total_flops, "images": images, "flops_per_s": flops_per_s,
+            "gpu_hours": total_flops / flops_per_s / 3600}

@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-import shutil
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import FIELDS, run_config
-from ..errors import ConfigError
+from ..config import FIELDS, SWEEP_NAME, run_config
+from ..errors import ConfigError, shown
+from ..validate import checked_fields
+from .backends import BACKENDS
 
 RANGE_KINDS = ("loguniform", "uniform", "int")
 SAMPLERS = ("random", "sobol", "grid", "tpe")
-EXECUTORS = ("auto", "slurm", "local", "debug")
-TOP_KEYS = ("name", "base", "space", "sampler", "seeds", "executor", "results")
+EXECUTORS = ("auto", *BACKENDS)
+TOP_KEYS = ("name", "base", "space", "sampler", "seeds", "executor", "results", "max_runs")
+MAX_RUNS = 100_000  # a plan this big is a typo until the spec says otherwise (max_runs)
 # Set by the spec itself, never per run.
 RESERVED = ("results", "sweep", "seed")
 
@@ -73,6 +75,7 @@ class ExecutorSpec:
     cpus_per_task: int | None = None
     mem_gb: float | None = None
     max_num_timeout: int = 3
+    array_size: int | None = None  # slurm: jobs per array (None: the cluster's MaxArraySize)
     signal_delay_s: int = 90
     extra: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
 
@@ -116,53 +119,29 @@ def _mapping(src: str, path: str, value: Any) -> dict:
 
 def _int(src: str, path: str, value: Any, lo: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _err(src, path, f"expected an integer, got {value!r}")
+        raise _err(src, path, f"expected an integer, got {shown(value)}")
     if lo is not None and value < lo:
         raise _err(src, path, f"must be >= {lo}, got {value}")
     return value
 
 
 def _dataclass_from(src: str, path: str, cls: type, d: dict) -> Any:
-    """Build ``cls`` from ``d``, checking keys and the simple types of its fields."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in d:
-        if key not in fields:
-            raise _err(src, f"{path}.{key}", f"unknown key (allowed: {', '.join(fields)})")
-    out = {}
-    for key, value in d.items():
-        ftype = str(fields[key].type)
-        where = f"{path}.{key}"
-        if value is None and "None" in ftype:
-            out[key] = None
-        elif ftype.startswith("int"):
-            out[key] = _int(src, where, value)
-        elif ftype.startswith("float"):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _err(src, where, f"expected a number, got {value!r}")
-            out[key] = float(value)
-        elif ftype.startswith("str"):
-            if not isinstance(value, str):
-                raise _err(src, where, f"expected a string, got {value!r}")
-            out[key] = value
-        elif ftype.startswith("dict"):
-            out[key] = _mapping(src, where, value)
-        else:
-            out[key] = value
-    return cls(**out)
+    """Build ``cls`` from ``d``, each value checked against its field's type."""
+    return cls(**checked_fields(cls, d, src, f"{path}."))
 
 
 def _range(src: str, path: str, key: str, value: dict) -> Range:
     if len(value) != 1 or next(iter(value)) not in RANGE_KINDS:
         raise _err(src, path, f"a range is one of {{{', '.join(k + ': [lo, hi]' for k in RANGE_KINDS)}}}, "
-                              f"got {value!r}")
+                              f"got {shown(value)}")
     kind, bounds = next(iter(value.items()))
     where = f"{path}.{kind}"
     if not isinstance(bounds, list) or len(bounds) != 2 or not all(
             isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
-        raise _err(src, where, f"expected [lo, hi] numbers, got {bounds!r}")
+        raise _err(src, where, f"expected [lo, hi] numbers, got {shown(bounds)}")
     lo, hi = bounds
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise _err(src, where, f"bounds must be finite, got {bounds!r}")
+        raise _err(src, where, f"bounds must be finite, got {shown(bounds)}")
     if lo > hi:
         raise _err(src, where, f"lo > hi ({lo} > {hi})")
     if lo == hi:
@@ -170,7 +149,7 @@ def _range(src: str, path: str, key: str, value: dict) -> Range:
     if kind == "loguniform" and lo <= 0:
         raise _err(src, where, f"log range needs lo > 0, got {lo}")
     if kind == "int" and not (float(lo).is_integer() and float(hi).is_integer()):
-        raise _err(src, where, f"int range needs integer bounds, got {bounds!r}")
+        raise _err(src, where, f"int range needs integer bounds, got {shown(bounds)}")
     ftype = str(FIELDS[key].type)
     if kind != "int" and not ftype.startswith(("float", "int")):
         raise _err(src, path, f"{key} is not numeric ({ftype}); use a list of values")
@@ -180,28 +159,19 @@ def _range(src: str, path: str, key: str, value: dict) -> Range:
         try:
             run_config({key: int(b) if kind == "int" else float(b)})
         except ConfigError as e:
-            raise _err(src, where, f"bound {b!r} is invalid: {str(e)}") from None
+            raise _err(src, where, f"bound {shown(b)} is invalid: {str(e)}") from None
     return Range(kind, float(lo), float(hi))
-
-
-def has_slurm() -> bool:
-    return shutil.which("sbatch") is not None
-
-
-def resolve_kind(kind: str) -> str:
-    """``auto`` -> slurm when ``sbatch`` exists, else local."""
-    if kind == "auto":
-        return "slurm" if has_slurm() else "local"
-    return kind
 
 
 def _executor_spec(src: str, d: dict) -> ExecutorSpec:
     """Validate executor fields (from the spec, a profile or the command line)."""
     executor = _dataclass_from(src, "executor", ExecutorSpec, d)
     if executor.kind not in EXECUTORS:
-        raise _err(src, "executor.kind", f"unknown executor {executor.kind!r} (allowed: {', '.join(EXECUTORS)})")
+        raise _err(src, "executor.kind", f"unknown executor {shown(executor.kind)} (allowed: {', '.join(EXECUTORS)})")
     for key in ("max_parallel", "array_parallelism", "timeout_min", "nodes", "tasks_per_node"):
         _int(src, f"executor.{key}", getattr(executor, key), 1)
+    if executor.array_size is not None:
+        _int(src, "executor.array_size", executor.array_size, 1)
     return executor
 
 
@@ -212,8 +182,8 @@ def parse_spec(d: Any, src: str) -> GridSpec:
         if key not in TOP_KEYS:
             raise _err(src, key, f"unknown key (allowed: {', '.join(TOP_KEYS)})")
     name = d.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise _err(src, "name", f"expected a name of letters, digits, '_', '.', '-', got {name!r}")
+    if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name):
+        raise _err(src, "name", f"expected a name of letters, digits, '_', '.', '-', got {shown(name)}")
     base = _mapping(src, "base", d.get("base") or {})
     space = _mapping(src, "space", d.get("space") or {})
     bundle_keys: dict[str, str] = {}  # field -> the bundle axis that sets it
@@ -248,7 +218,7 @@ def parse_spec(d: Any, src: str) -> GridSpec:
             if not value:
                 raise _err(src, path, "empty list: give at least one value")
             if len(set(map(repr, value))) != len(value):
-                raise _err(src, path, f"duplicate values in {value!r}")
+                raise _err(src, path, f"duplicate values in {shown(value)}")
             for i, v in enumerate(value):  # each value must be valid for the field
                 try:
                     run_config(v if isinstance(v, dict) else {key: v})
@@ -259,14 +229,14 @@ def parse_spec(d: Any, src: str) -> GridSpec:
             parsed_space[key] = _range(src, path, key, value)
         else:
             raise _err(src, path, f"expected a list of values or a range {{loguniform|uniform|int: "
-                                  f"[lo, hi]}}, got {value!r}")
+                                  f"[lo, hi]}}, got {shown(value)}")
     try:
         run_config(base)
     except ConfigError as e:
         raise _err(src, "base", str(e)) from None
     sampler = _dataclass_from(src, "sampler", SamplerSpec, _mapping(src, "sampler", d.get("sampler") or {}))
     if sampler.name not in SAMPLERS:
-        raise _err(src, "sampler.name", f"unknown sampler {sampler.name!r} (allowed: {', '.join(SAMPLERS)})")
+        raise _err(src, "sampler.name", f"unknown sampler {shown(sampler.name)} (allowed: {', '.join(SAMPLERS)})")
     _int(src, "sampler.n", sampler.n, 1)
     if sampler.wave is not None:
         _int(src, "sampler.wave", sampler.wave, 1)
@@ -274,15 +244,34 @@ def parse_spec(d: Any, src: str) -> GridSpec:
         raise _err(src, "sampler.name", "tpe needs at least one range in space")
     seeds = d.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds:
-        raise _err(src, "seeds", f"expected a non-empty list of integers, got {seeds!r}")
+        raise _err(src, "seeds", f"expected a non-empty list of integers, got {shown(seeds)}")
     seeds = tuple(_int(src, f"seeds[{i}]", s, 0) for i, s in enumerate(seeds))
     if len(set(seeds)) != len(seeds):
-        raise _err(src, "seeds", f"duplicate seeds in {list(seeds)!r}")
+        raise _err(src, "seeds", f"duplicate seeds in {shown(list(seeds))}")
     executor = _executor_spec(src, _mapping(src, "executor", d.get("executor") or {}))
     results = d.get("results", "results")
     if not isinstance(results, str) or not results:
-        raise _err(src, "results", f"expected a folder path, got {results!r}")
-    return GridSpec(name, base, parsed_space, sampler, seeds, executor, results, src)
+        raise _err(src, "results", f"expected a folder path, got {shown(results)}")
+    spec = GridSpec(name, base, parsed_space, sampler, seeds, executor, results, src)
+    cap = _int(src, "max_runs", d.get("max_runs", MAX_RUNS), 1)
+    if (n := plan_size(spec)) > cap:
+        raise _err(src, "max_runs", f"the plan would hold {n} runs, over the cap of {cap} ("
+                                    f"{' x '.join(f'{v} {k}(s)' for k, v in size_factors(spec).items())}); "
+                                    f"set max_runs: {n} in the spec to run it on purpose")
+    return spec
+
+
+def size_factors(spec: GridSpec) -> dict[str, int]:
+    """What the plan's size multiplies: cells of the non-stem axes, stems, points, seeds."""
+    k = len(spec.ranges)
+    points = spec.sampler.n ** k if spec.sampler.name == "grid" and k else spec.sampler.n if k else 1
+    return {"cell": math.prod(len(v) for a, v in spec.axes.items() if a != "stem"),
+            "stem": len(spec.axes.get("stem", [None])), "point": points, "seed": len(spec.seeds)}
+
+
+def plan_size(spec: GridSpec) -> int:
+    """How many runs the spec plans at most, counted without planning (duplicates not removed)."""
+    return math.prod(size_factors(spec).values())
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> GridSpec:
@@ -304,6 +293,24 @@ def saved_spec(results: str | Path, sweep: str) -> GridSpec | None:
     if not saved.is_file():
         return None
     return load_spec(saved, {"results": str(results), "name": sweep})
+
+
+def load_profile(profile: str | None) -> dict[str, Any]:
+    """The executor fields of a cluster profile (a name under ``$STABILITY_PROFILES``, by default
+    ``slurm/profiles``, or a path to a YAML file); ``{}`` for none."""
+    if not profile:
+        return {}
+    from ..yamlio import load_yaml
+
+    path = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else (
+        Path(os.environ.get("STABILITY_PROFILES", "slurm/profiles")) / f"{profile}.yaml")
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise ConfigError(f"--profile: no profile {str(path)!r} (known: {', '.join(known) or 'none'})")
+    loaded = load_yaml(path)
+    if not isinstance(loaded, dict):
+        raise ConfigError("expected a mapping of executor fields", str(path))
+    return loaded
 
 
 def with_executor(spec: GridSpec, **changes: Any) -> GridSpec:

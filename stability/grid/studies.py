@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..store import TERMINAL, RunStatus
 from .plan import (
     CellRuns,
     PlannedRun,
@@ -24,8 +25,6 @@ from .plan import (
     tpe_sampler,
 )
 from .spec import GridSpec
-
-TERMINAL = ("completed", "diverged", "failed")
 
 
 def open_storage(spec: GridSpec, in_memory: bool = False):
@@ -100,7 +99,6 @@ def tell(spec: GridSpec, plan: list[PlannedRun], runs: pd.DataFrame, storage,
     ``told`` (a dict the caller keeps between calls) remembers the points already in the
     storage with their statuses, so a controller that tells after every finished run does not
     query every study again."""
-    import optuna
     from optuna.trial import TrialState, create_trial
 
     by_id = runs.drop_duplicates("run_id", keep="last").set_index("run_id") if len(runs) else None
@@ -123,9 +121,9 @@ def tell(spec: GridSpec, plan: list[PlannedRun], runs: pd.DataFrame, storage,
             studies[(cell, stem)] = _study(spec, storage, cell_by_key.get(cell, {}), stem)
         study = studies[(cell, stem)]
         ids = [m.run_id for m in members]
-        if "failed" in set(rows.status):
+        if RunStatus.FAILED in set(rows.status):
             state, value, inter = TrialState.FAIL, None, {}
-        elif "diverged" in set(rows.status):
+        elif RunStatus.DIVERGED in set(rows.status):
             step = int(rows.diverged_at_step.dropna().min())
             state, value, inter = TrialState.PRUNED, None, {step: 100.0}
         else:
@@ -142,13 +140,15 @@ def tell(spec: GridSpec, plan: list[PlannedRun], runs: pd.DataFrame, storage,
             continue  # already told with this outcome
         params = {k: members[0].config.to_dict()[k] for k in dists}
         asked = [t for t in same if t.state == TrialState.RUNNING]
-        if asked:  # a tpe trial: tell the one that asked for this point
-            trial = optuna.Trial(study, asked[0]._trial_id)
+        if asked:  # a tpe trial: tell the one that asked for this point, by its number
+            number = asked[0].number
+            trial_id = storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(study.study_name), number)
             for k, v in attrs.items():
-                trial.set_user_attr(k, v)
+                storage.set_trial_user_attr(trial_id, k, v)
             for s, v in inter.items():
-                trial.report(v, s)
-            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+                storage.set_trial_intermediate_value(trial_id, s, v)
+            study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
         else:
             study.add_trial(create_trial(params=params, distributions=dists, value=value,
                                          state=state, user_attrs=attrs, intermediate_values=inter))

@@ -14,7 +14,7 @@ from .regnet import build_regnet, regnet_layer_groups
 from .spec import ModelSpec, model_spec
 from .vit import ConvStem, PatchifyStem, ViT
 
-__all__ = ["Complexity", "ModelSpec", "build_model", "count_complexity", "layer_groups", "model_spec"]
+__all__ = ["Complexity", "ModelSpec", "build_model", "count_complexity", "layer_groups", "memory_format", "model_spec"]
 
 
 def build_model(spec: ModelSpec, *, freeze_stem: bool = False) -> nn.Module:
@@ -30,10 +30,8 @@ def build_model(spec: ModelSpec, *, freeze_stem: bool = False) -> nn.Module:
             stem_module = ConvStem(size.conv_kernels, size.conv_strides, channels)
         else:
             stem_module = PatchifyStem(size.width, size.patch_size)
-        model = ViT(
-            stem_module, spec.tokens, size.width, spec.depth, size.heads, size.mlp_dim,
-            spec.num_classes,
-        )
+        model = ViT(stem_module, tokens=spec.tokens, width=size.width, depth=spec.depth, heads=size.heads,
+                    mlp_dim=size.mlp_dim, num_classes=spec.num_classes)
     if freeze_stem:
         stem_module.requires_grad_(False)
     return model
@@ -66,3 +64,9 @@ def count_complexity(spec: ModelSpec) -> Complexity:
     with counter, torch.no_grad():
         model(x)
     return Complexity(params=params, flops=math.ceil(counter.get_total_flops() / 2))
+
+
+def memory_format(family: str) -> torch.memory_format:
+    """channels_last for the all-conv RegNetY (+11% images/s on CPU, benchmarks/step_options.py);
+    ViTs keep the default: their only convs, the stem, gained nothing measurable."""
+    return torch.channels_last if family == "regnet" else torch.contiguous_format

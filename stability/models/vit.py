@@ -117,6 +117,7 @@ class ViT(nn.Module):
     def __init__(
         self,
         stem: nn.Module,
+        *,
         tokens: int,
         width: int,
         depth: int,
@@ -140,6 +141,11 @@ class ViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x[:, 0]))
+
+    def no_weight_decay(self) -> set[str]:
+        """Embeddings a recipe may exempt from weight decay (timm's convention; the paper and
+        pycls decay them: ``RunConfig.decay_embeddings``)."""
+        return {"cls_token", "pos_embed"}
 
     def layer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
         """Parameters grouped by layer in input -> output order, for gradient tracing."""

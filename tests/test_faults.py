@@ -1,0 +1,228 @@
+"""Faults an operator or an attacker causes, done for real: bombs and duplicates in YAML, torn
+ledgers, two controllers on one sweep, results roots the OS refuses, killed writers."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from stability.grid.lock import SweepLock
+from stability.grid.state import read_ledger, record_jobs
+
+from .conftest import ROOT, run_cli, write_spec
+
+
+def _one_line_exit_2(out, *needles):
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    for n in needles:
+        assert n in line, (n, line)
+    return line
+
+
+def test_yaml_alias_bomb_duplicate_keys_and_size_are_refused_fast(tmp_path):
+    spec = write_spec(tmp_path / "g.yaml", "y", tmp_path / "res")
+    text = spec.read_text()
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)) + text)
+    assert bomb.stat().st_size < 1000
+    line = _one_line_exit_2(run_cli("grid", "run", str(bomb), "--dry-run"), str(bomb), "aliases", "line 2")
+    assert len(line) < 300
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(text.replace("base:\n", "base:\n  epochs: 1\n  epochs: 5\n", 1))
+    _one_line_exit_2(run_cli("grid", "run", str(dup), "--dry-run"), "'epochs' given twice", "first at line")
+    big = tmp_path / "big.yaml"
+    big.write_text(text + "#" + "x" * (1 << 20) + "\n")
+    _one_line_exit_2(run_cli("grid", "run", str(big), "--dry-run"), str(big), "byte limit")
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(text.replace("seeds:\n- 0\n", "seeds: [" + ", ".join(["0"] * 20000) + "]\n"))
+    _one_line_exit_2(run_cli("grid", "run", str(huge), "--dry-run"), "seeds")
+    assert len(run_cli("grid", "run", str(huge), "--dry-run").stderr) < 400  # the value is cut short
+    assert not (tmp_path / "res").exists()
+
+
+def test_train_sweep_name_is_checked_like_the_grid(tmp_path):
+    for bad in ("..", "a/b", "=y", "-x"):
+        _one_line_exit_2(run_cli("train", "model=vit_tiny", "epochs=1", f"sweep={bad}", f"results={tmp_path}"),
+                         "sweep")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_torn_ledger_line_is_ended_and_reported_never_merged(tmp_path):
+    record_jobs(tmp_path, "local", [("r1", "11"), ("r2", "12")])
+    with open(tmp_path / "jobs.jsonl", "a") as f:  # a controller killed mid-append
+        f.write('{"run_id": "r3", "job_id": "1')
+    record_jobs(tmp_path, "local", [("r3", "13")])
+    with open(tmp_path / "jobs.jsonl", "a") as f:  # valid JSON, not records
+        f.write('{"job_id": "1"}\n[1, 2]\n')
+    problems: list[str] = []
+    ledger = read_ledger(tmp_path, problems)
+    assert {r: rec["job_id"] for r, rec in ledger.items()} == {"r1": "11", "r2": "12", "r3": "13"}
+    assert [p.split(" line ")[1].split(":")[0] for p in problems] == ["3", "5", "6"]
+    assert all("jobs.jsonl" in p for p in problems)
+
+
+def test_second_controller_on_a_sweep_exits_2_naming_the_first(tmp_path):
+    spec = write_spec(tmp_path / "g.yaml", "lk", tmp_path / "res", base={"epochs": 2, "steps_per_epoch": 15},
+                      sampler={"name": "random", "n": 1, "seed": 0})
+    first = subprocess.Popen([sys.executable, "-m", "stability", "grid", "run", str(spec), "--quiet"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lease = tmp_path / "res/_sweeps/lk/lease.json"
+        deadline = time.monotonic() + 120
+        while not lease.exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert lease.exists() and first.poll() is None, "the first controller should hold the lock"
+        second = run_cli("grid", "run", str(spec), "--quiet")
+        line = _one_line_exit_2(second, "'lk' is being run by pid", str(first.pid))
+        assert "heartbeat" in line
+        assert run_cli("grid", "status", str(spec)).returncode == 0  # status works while locked
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert json.loads(lease.read_text())["released"] > 0
+    again = run_cli("grid", "run", str(spec), "--quiet")  # released: the next controller gets it
+    assert again.returncode == 0 and "submitted 0" in again.stdout
+
+
+def test_a_lease_from_another_live_host_refuses_a_dead_one_is_taken_over(tmp_path):
+    sweep = tmp_path / "_sweeps/s"
+    sweep.mkdir(parents=True)
+    lease = sweep / "lease.json"
+    lease.write_text(json.dumps({"host": "node-7", "pid": 4242, "since": "2026-01-01T00:00:00+00:00",
+                                 "heartbeat": time.time() - 5}))
+    with pytest.raises(Exception, match="pid 4242 on node-7"):
+        SweepLock(sweep, "s").acquire()
+    lease.write_text(json.dumps({"host": "node-7", "pid": 4242, "since": "x", "heartbeat": time.time() - 3600}))
+    with SweepLock(sweep, "s"):
+        rec = json.loads(lease.read_text())
+        assert rec["pid"] == os.getpid() and rec["took_over"]["host"] == "node-7"
+
+
+def test_os_failures_are_one_line_errors_naming_the_path(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    spec = write_spec(tmp_path / "g.yaml", "os", afile, sampler={"name": "random", "n": 1, "seed": 0})
+    _one_line_exit_2(run_cli("grid", "run", str(spec), "--quiet"), str(afile))
+    assert afile.read_text() == "not a folder"
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
+    from stability import store
+
+    target = tmp_path / "x.json"
+    stale = tmp_path / ".x.json.deadbeef.tmp"
+    fresh = tmp_path / ".x.json.cafef00d.tmp"
+    stale.write_bytes(b"")
+    fresh.write_bytes(b"")
+    old = time.time() - 2 * store.STALE_TMP_S
+    os.utime(stale, (old, old))
+    store.write_text_atomic(target, "{}")
+    assert target.read_text() == "{}" and not stale.exists() and fresh.exists()  # a live writer's is kept
+
+
+def test_collect_with_a_corrupt_file_exits_2_and_compacts_nothing(tmp_path):
+    from stability import store
+
+    spec = write_spec(tmp_path / "g.yaml", "cc", tmp_path / "res")
+    store.write_run(tmp_path / "res", "cc", "good", {"runs": [{"run_id": "good", "status": "completed"}],
+                                                     "steps": [{"run_id": "good", "step": 0, "loss": 1.0}]})
+    bad = tmp_path / "res/steps/sweep=cc/bad.parquet"
+    bad.write_bytes(b"garbage")
+    before = sorted(p.name for p in (tmp_path / "res").rglob("*.parquet"))
+    _one_line_exit_2(run_cli("grid", "collect", str(spec)), "nothing compacted", str(bad))
+    assert sorted(p.name for p in (tmp_path / "res").rglob("*.parquet")) == before
+
+
+def test_corrupt_results_are_named_then_quarantined_and_their_runs_rerun(tmp_path):
+    from stability import store
+
+    spec = write_spec(tmp_path / "g.yaml", "cr", tmp_path / "res", base={"epochs": 1, "steps_per_epoch": 2},
+                      sampler={"name": "random", "n": 1, "seed": 0}, executor={"kind": "debug"})
+    assert run_cli("grid", "run", str(spec), "--quiet").returncode == 0
+    res = tmp_path / "res"
+    first, second = sorted(store.load(res).runs.run_id)
+    runs_file = res / f"runs/sweep=cr/{first}.parquet"
+    runs_file.write_bytes(runs_file.read_bytes()[:40])  # truncated
+    epochs_file = res / f"epochs/sweep=cr/{second}.parquet"
+    epochs_file.write_bytes(b"garbage")  # a completed run's curves
+    status = run_cli("grid", "status", str(spec))
+    assert status.returncode == 0 and f"unreadable: {runs_file}" in " ".join(status.stdout.split())
+    report = run_cli("report", "--results", str(res), "--sweep", "cr", "--out", str(tmp_path / "r.html"))
+    assert report.returncode == 0 and str(epochs_file) in report.stderr and str(runs_file) in report.stderr
+    again = run_cli("grid", "run", str(spec), "--quiet")
+    assert again.returncode == 0 and "submitted 2" in again.stdout, again.stdout + again.stderr
+    assert f"quarantined {runs_file}" in again.stdout and f"quarantined {epochs_file}" in again.stdout
+    after = store.load(res)
+    assert not after.errors and sorted(after.runs.run_id) == [first, second]
+    assert set(after.runs.status) == {"completed"} and set(after.epochs.run_id) == {first, second}
+    assert len(list((res / "_sweeps/cr/quarantine").rglob("*.parquet.*"))) >= 2
+    assert "unreadable" not in run_cli("grid", "status", str(spec)).stdout
+
+
+def test_a_corrupt_plan_is_replanned_or_named(tmp_path):
+    spec = write_spec(tmp_path / "g.yaml", "cp", tmp_path / "res")
+    plan = tmp_path / "res/_sweeps/cp/plan.parquet"
+    plan.parent.mkdir(parents=True)
+    plan.write_bytes(b"PAR1 garbage")
+    status = run_cli("grid", "status", str(spec))
+    assert status.returncode == 0 and "planned from the spec" in status.stdout and "4 planned" in status.stdout
+    tpe = write_spec(tmp_path / "t.yaml", "cp", tmp_path / "res", sampler={"name": "tpe", "n": 4, "wave": 2, "seed": 0})
+    for cmd in ("status", "run"):
+        _one_line_exit_2(run_cli("grid", cmd, str(tpe), "--quiet" if cmd == "run" else "--json"),
+                         str(plan), "unreadable")
+    assert plan.read_bytes() == b"PAR1 garbage"  # named, never overwritten
+
+
+def test_a_garbage_checkpoint_is_quarantined_and_the_run_starts_afresh(tmp_path):
+    from stability.checkpoint import checkpoint_path
+    from stability.config import run_config
+
+    args = ["model=vit_p_tiny", "dataset=digits", "epochs=1", "steps_per_epoch=2", "batch_size=16",
+            f"results={tmp_path}", "sweep=gc"]
+    ckpt = checkpoint_path(run_config(dict(a.split("=", 1) for a in args) | {"epochs": 1, "steps_per_epoch": 2,
+                                                                              "batch_size": 16}))
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"\x80\x04garbage")
+    first = run_cli("train", *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert f"checkpoint {ckpt} is unreadable" in " ".join(first.stderr.split()) and not ckpt.exists()
+    assert run_cli("train", *args).returncode == 0  # an ordinary rerun: nothing left to trip on
+    moved = list((tmp_path / "_sweeps/gc/quarantine").rglob("*.pt.*"))
+    assert len(moved) == 1 and moved[0].read_bytes() == b"\x80\x04garbage"
+
+
+def test_a_huge_plan_is_refused_by_counting_before_anything_is_built(tmp_path):
+    spec = write_spec(tmp_path / "g.yaml", "big", tmp_path / "res", sampler={"name": "random", "n": 10_000_000, "seed": 0})
+    _one_line_exit_2(run_cli("grid", "run", str(spec), "--dry-run"), "20000000 runs", "cap of 100000",
+                     "set max_runs: 20000000")
+    ok = write_spec(tmp_path / "ok.yaml", "big", tmp_path / "res", sampler={"name": "grid", "n": 3, "seed": 0})
+    ok.write_text(ok.read_text() + "max_runs: 6\n")
+    assert run_cli("grid", "run", str(ok), "--dry-run").returncode == 0  # 3 points x 2 stems: under its own cap
+    assert not (tmp_path / "res").exists()
+
+
+def test_eta_divides_by_the_runs_running_now_not_the_array_limit():
+    import pandas as pd
+
+    from stability.grid.state import eta_seconds
+
+    state = pd.DataFrame({"status": ["completed"] * 4 + ["running"] * 2 + ["pending"] * 4,
+                          "wall_time_s": [10.0] * 4 + [None] * 6})
+    assert eta_seconds(state, parallel=64) == 6 * 10.0 / 2
+    assert eta_seconds(state.assign(status=["completed"] * 4 + ["pending"] * 6), parallel=3) == 6 * 10.0 / 3
+
+
+def test_an_unwritable_results_root_fails_train_at_once(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    _one_line_exit_2(run_cli("train", "model=vit_tiny", "epochs=1", f"results={afile / 'r'}"), str(afile))
+    if os.geteuid() != 0:  # root writes anywhere; the read-only case needs another user
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        _one_line_exit_2(run_cli("train", "model=vit_tiny", "epochs=1", f"results={ro}"), str(ro))
