@@ -153,7 +153,7 @@ def test_corrupt_results_are_named_then_quarantined_and_their_runs_rerun(tmp_pat
     epochs_file.write_bytes(b"garbage")  # a completed run's curves
     status = run_cli("grid", "status", str(spec))
     assert status.returncode == 0 and f"unreadable: {runs_file}" in " ".join(status.stdout.split())
-    report = run_cli("report", "--results", str(res), "--sweep", "cr", "--out", str(tmp_path / "r.html"))
+    report = run_cli("report", "cr", "--results", str(res), "--out", str(tmp_path / "r.html"))
     assert report.returncode == 0 and str(epochs_file) in report.stderr and str(runs_file) in report.stderr
     again = run_cli("grid", "run", str(spec), "--quiet")
     assert again.returncode == 0 and "submitted 2" in again.stdout, again.stdout + again.stderr
