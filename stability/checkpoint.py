@@ -83,6 +83,8 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
               f"{dest}; run {cfg.run_id} starts afresh", file=sys.stderr, flush=True)
         return None
     if payload.get("version") != CHECKPOINT_VERSION:
+        print(f"stability: checkpoint {path} is of version {payload.get('version')} (this code writes "
+              f"{CHECKPOINT_VERSION}); run {cfg.run_id} starts afresh", file=sys.stderr, flush=True)
         return None
     model.load_state_dict(payload["model"])
     opt.load_state_dict(payload["optimizer"])
@@ -92,7 +94,8 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
     return RunState(**payload["state"])
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Ctrl-C too: an interrupted run checkpoints and reads as preempted, and the same command resumes it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopFlag:

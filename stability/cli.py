@@ -314,7 +314,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="stability", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="stability", description="Training-stability studies of ViT_P vs ViT_C: train runs, "
+                     "run grids of them (locally or on Slurm), report and reproduce the paper's findings.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run one training run")
@@ -391,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as e:
         return _fail(str(e))
+    except BrokenPipeError:  # `stability grid status --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except OSError as e:  # a results root that is a file, read-only, full ...: one line, the path named
         where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
         return _fail(f"{where}: {e.strerror or e}" if where else f"{type(e).__name__}: {e}")

@@ -31,7 +31,8 @@ _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class DataError(ValueError):
-    """A dataset cannot be loaded (missing root, wrong layout)."""
+    """A dataset cannot be loaded (missing root, wrong layout) or does not fit the run (a batch
+    larger than the training set): the CLI prints it on one line."""
 
 
 @dataclass(frozen=True)

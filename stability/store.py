@@ -12,6 +12,7 @@ No torch here: notebooks and the dashboard import this module cheaply.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import time
@@ -86,7 +87,6 @@ SCHEMAS: dict[str, pa.Schema] = {
     ]),
 }
 TABLES = tuple(SCHEMAS)
-_PARTITION = pa.schema([("sweep", _S)])
 
 
 def table_dir(root: str | os.PathLike, table: str, sweep: str) -> Path:
@@ -110,13 +110,14 @@ def logs_dir(root: str | os.PathLike, sweep: str) -> Path:
 
 
 def checkpoint_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
-    """A run's checkpoint while it runs (removed when it ends: the results are the record)."""
+    """A run's checkpoint while it is unfinished (removed when it completes or diverges: the
+    results are the record; a failed run keeps it, so a rerun resumes)."""
     return sweep_dir(root, sweep) / "checkpoints" / f"{run_id}.pt"
 
 
 def progress_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
     """A running run's progress note (epoch, step, last errors), rewritten every epoch and
-    removed when the run ends: what the dashboard shows of a run that has no rows yet."""
+    removed when the run completes or diverges: what the dashboard shows of a running run."""
     return sweep_dir(root, sweep) / "progress" / f"{run_id}.json"
 
 
@@ -139,6 +140,8 @@ def read_progress(root: str | os.PathLike, sweep: str, run_id: str) -> dict | No
 def check_writable(root: str | os.PathLike) -> None:
     """Fail now, not after set-up and training, when ``root`` cannot take files (a file in the
     way, read-only, no permission, full): the ``OSError`` names the path."""
+    if Path(root).exists() and not Path(root).is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder (a file is in the way of the results root)", str(root))
     with atomic_path(Path(root) / ".write-check") as tmp:
         tmp.write_bytes(b"ok")
     (Path(root) / ".write-check").unlink(missing_ok=True)
@@ -366,11 +369,12 @@ def compact(root: str | os.PathLike, sweep: str) -> dict[str, int]:
     written atomically before its inputs are removed, so a crash leaves the old files or the new
     one (plus stale inputs, which per-run precedence makes harmless). Rows are never lost.
     """
-    merged: dict[str, tuple[pd.DataFrame, list[Path]]] = {}
+    merged: dict[str, tuple[pd.DataFrame, dict[Path, tuple]]] = {}
     errors: list[str] = []
     for table in TABLES:
         files = _sweep_files(Path(root), table, sweep).get(sweep, [])
-        merged[table] = (_read_sweep(files, table, None, errors), files)
+        seen = {p: _identity(p) for p in files}  # before reading: a file rewritten later is newer
+        merged[table] = (_read_sweep(files, table, None, errors), seen)
     if errors:
         raise CorruptFiles(f"sweep {sweep!r}: nothing compacted, {len(errors)} unreadable file(s): "
                            + "; ".join(e.splitlines()[0][:300] for e in errors))
@@ -381,6 +385,15 @@ def compact(root: str | os.PathLike, sweep: str) -> dict[str, int]:
             continue
         out = table_dir(root, table, sweep) / f"part-{uuid.uuid4().hex[:12]}.parquet"
         _atomic_write(to_arrow(table, df), out)
-        for p in files:
-            p.unlink(missing_ok=True)
+        for p, ident in files.items():
+            if _identity(p) == ident:  # a run that rewrote its file meanwhile keeps it (it wins)
+                p.unlink(missing_ok=True)
     return counts
+
+
+def _identity(p: Path) -> tuple | None:
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size

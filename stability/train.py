@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig
-from .data import DataBundle, batches, load_dataset, seed_all
+from .data import DataBundle, DataError, batches, load_dataset, seed_all
 from .distributed import Dist, all_reduce, autocast_for, from_env, init, setup_device
 from .ema import WeightEMA, make_ema
 from .models import build_model, count_complexity, memory_format, model_spec
@@ -172,11 +172,11 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
         ema = make_ema(model, cfg.ema_alpha, cfg.ema_period, cfg.batch_size, cfg.epochs, cfg.warmup_epochs)
         tracer = GradTracer(model, device)
         if cfg.batch_size % (d.world_size * cfg.accum_steps):
-            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by world_size x accum_steps "
+            raise DataError(f"batch_size {cfg.batch_size} is not divisible by world_size x accum_steps "
                              f"= {d.world_size} x {cfg.accum_steps}: the global batch must stay exact")
         n_batches = len(data.train) // cfg.batch_size
         if n_batches == 0:
-            raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set "
+            raise DataError(f"batch_size {cfg.batch_size} is larger than the training set "
                              f"({len(data.train)} images)")
         ckpt = checkpoint_path(cfg)
         if resume and (loaded := load_checkpoint(cfg, model, opt, device, ema)):
@@ -208,7 +208,7 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
     try:
         step = Step(net, opt, tracer, autocast, cfg.accum_steps, cfg.label_smoothing, cfg.grad_clip, d.enabled)
         lp = Loop(cfg, step, model, data, device, fmt, ema, d, st, TraceBuffer(tracer, device, cfg.run_id, d, bound),
-                  flag.event, ckpt, reporter, spe, total_steps, warmup_steps)
+                  flag.event, ckpt, reporter, spe, total_steps, warmup_steps, t0)
         result = _run_loop(lp)
     except Preempted as p:
         st.wall_time_s += time.monotonic() - t0
@@ -253,6 +253,7 @@ class Loop:
     spe: int  # steps per epoch
     total_steps: int
     warmup_steps: int
+    t0: float  # when this process started the run: checkpoints carry the wall time so far
 
 
 def _run_loop(lp: Loop) -> dict[str, Any]:
@@ -321,7 +322,7 @@ def _end_epoch(lp: Loop, epoch: int, seconds: float) -> None:
     row = {"run_id": cfg.run_id, "epoch": epoch, "train_loss": st.epoch_loss_sum / max(st.batch, 1),
            "train_top1_err": 100.0 * (1 - st.epoch_correct / max(st.epoch_seen, 1)),
            "val_top1_err": top1, "val_top5_err": top5, "val_ema_top1_err": ema1,
-           "val_ema_top5_err": ema5, "lr": _last_lr(st), "time_s": seconds}
+           "val_ema_top5_err": ema5, "lr": st.steps_rows[-1]["lr"] if st.steps_rows else None, "time_s": seconds}
     st.epochs_rows.append(row)
     if lp.reporter and d.is_main:
         lp.reporter.on_epoch(row)
@@ -329,7 +330,8 @@ def _end_epoch(lp: Loop, epoch: int, seconds: float) -> None:
     st.epoch_loss_sum = st.epoch_correct = 0.0
     st.epoch_seen = 0
     if st.epoch < cfg.epochs and d.is_main:
-        save_checkpoint(lp.ckpt, lp.model, lp.step.opt, st, cfg, lp.ema)
+        so_far = replace(st, wall_time_s=st.wall_time_s + time.monotonic() - lp.t0)  # a resume counts it
+        save_checkpoint(lp.ckpt, lp.model, lp.step.opt, so_far, cfg, lp.ema)
         store.write_progress(cfg.results, cfg.sweep, cfg.run_id, {
             "epoch": st.epoch, "epochs": cfg.epochs, "step": st.step, "total_steps": lp.total_steps,
             "val_top1_err": top1, "train_loss": row["train_loss"], "updated_at": now()})
@@ -344,6 +346,3 @@ def _diverged(lp: Loop, step: int) -> dict[str, Any]:
             **({"ema_top1_err": 100.0, "ema_top5_err": 100.0} if lp.ema else {}),
             "final_train_loss": st.steps_rows[-1]["loss"] if st.steps_rows else None}
 
-
-def _last_lr(st: RunState) -> float | None:
-    return st.steps_rows[-1]["lr"] if st.steps_rows else None

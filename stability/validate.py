@@ -16,6 +16,8 @@ from typing import Any
 
 from .errors import ConfigError, shown
 
+INT_LIMIT = 2**63
+
 
 @functools.cache
 def hints(cls: type) -> dict[str, Any]:
@@ -63,6 +65,8 @@ def number(where: str, value: Any, kind: type, source: str | None) -> int | floa
     if kind is int:
         if isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{where}: expected an integer, got {shown(value)}", source)
+        if not -INT_LIMIT < value < INT_LIMIT:  # parquet columns are int64
+            raise ConfigError(f"{where}: {shown(value)} is out of range (|value| < 2**63)", source)
         return int(value)
     if not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number, got {shown(value)}", source)

@@ -3,6 +3,7 @@ ledgers, two controllers on one sweep, results roots the OS refuses, killed writ
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -226,3 +227,69 @@ def test_an_unwritable_results_root_fails_train_at_once(tmp_path):
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)
         _one_line_exit_2(run_cli("train", "model=vit_tiny", "epochs=1", f"results={ro}"), str(ro))
+
+
+def test_ctrl_c_checkpoints_a_run_as_preempted_and_the_same_command_resumes_it(tmp_path):
+    from stability import store
+
+    args = ["train", "model=vit_p_tiny", "dataset=digits", "epochs=3", "steps_per_epoch=20", "batch_size=16",
+            f"results={tmp_path}", "sweep=cc"]
+    p = subprocess.Popen([sys.executable, "-m", "stability", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    progress = tmp_path / "_sweeps/cc/progress"
+    deadline = time.monotonic() + 300
+    while not any(progress.glob("*.json")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 143 and "rerun the same command to resume" in err, err[-2000:]
+    assert store.load(tmp_path).runs.status.tolist() == ["preempted"]
+    again = run_cli(*args)
+    assert again.returncode == 0 and "resumes from" in again.stderr, again.stderr[-2000:]
+    runs = store.load(tmp_path).runs
+    assert runs.status.tolist() == ["completed"] and runs.wall_time_s.iloc[0] > 0
+
+
+def test_a_spec_edited_under_the_same_name_is_refused_not_mixed(tmp_path):
+    from stability.grid.plan import make_plan, plan_frame
+    from stability.grid.spec import load_spec
+    from stability.grid.state import save_plan
+
+    path = write_spec(tmp_path / "g.yaml", "ed", tmp_path / "res", executor={"kind": "debug"})
+    spec = load_spec(path)
+    save_plan(spec.sweep_dir, plan_frame(make_plan(spec)))  # as a first grid run leaves it
+    path.write_text(path.read_text().replace("0.0001", "1.0e-05"))
+    _one_line_exit_2(run_cli("grid", "run", str(path), "--quiet"), "planned from a different spec",
+                     "4 of its 4 planned runs", "new name")
+    more = write_spec(tmp_path / "m.yaml", "ed", tmp_path / "res", executor={"kind": "debug"},
+                      seeds=[0, 1], base={"epochs": 1, "steps_per_epoch": 1})
+    assert "planned from a different spec" in run_cli("grid", "run", str(more), "--quiet").stderr  # base changed
+    assert not list((tmp_path / "res").glob("runs/*/*.parquet"))  # nothing trained
+
+
+def test_more_gpus_per_run_than_the_machine_has_is_an_error_not_a_hang(tmp_path):
+    spec = write_spec(tmp_path / "g.yaml", "gp", tmp_path / "res",
+                      executor={"kind": "local", "max_parallel": 2, "gpus_per_node": 1})
+    _one_line_exit_2(run_cli("grid", "run", str(spec), "--quiet", env={"CUDA_VISIBLE_DEVICES": ""}),
+                     "executor.gpus_per_node", "needs 1 GPU(s), this machine has 0")
+
+
+def test_out_of_range_numbers_and_an_oversized_batch_are_one_line_errors(tmp_path):
+    _one_line_exit_2(run_cli("train", "model=vit_tiny", "epochs=100000000000000000000000", f"results={tmp_path}"),
+                     "epochs", "out of range")
+    _one_line_exit_2(run_cli("train", "model=vit_tiny", "seed=1e23", f"results={tmp_path}"), "seed", "out of range")
+    _one_line_exit_2(run_cli("train", "model=vit_tiny", "dataset=digits", "batch_size=100000", "epochs=1",
+                             f"results={tmp_path}"), "larger than the training set")
+
+
+def test_a_takeover_stays_recorded_in_the_lease_through_heartbeats(tmp_path, monkeypatch):
+    import stability.grid.lock as lock
+
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    (sweep / "lease.json").write_text(json.dumps({"host": "node-9", "pid": 1, "since": "x", "heartbeat": "garbage"}))
+    monkeypatch.setattr(lock, "HEARTBEAT_S", 0.0)
+    with SweepLock(sweep, "s") as held:
+        held.beat()
+        assert json.loads((sweep / "lease.json").read_text())["took_over"]["host"] == "node-9"
+    assert json.loads((sweep / "lease.json").read_text())["took_over"]["host"] == "node-9"

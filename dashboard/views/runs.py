@@ -36,9 +36,9 @@ if runs is not None:
     info = runs.set_index("key")
     for rid in chosen:
         if info.loc[rid, "status"] in (S.FAILED, S.PREEMPTED):
-            st.info(f"{labels[rid]}: no curves recorded"
+            st.info(f"{labels[rid]}: stopped early"
                     + (f" ({str(info.loc[rid, 'error'])[:200]})" if isinstance(info.loc[rid, "error"], str) else "")
-                    + "; the Overview page has its log tail.")
+                    + "; its curves below end where it stopped, and the Overview page has its log tail.")
     live = [r for r in chosen if info.loc[r, "status"] == S.RUNNING]
     for rid in live:
         p = store.read_progress(root(), info.loc[rid, "sweep"], info.loc[rid, "run_id"])
@@ -48,7 +48,7 @@ if runs is not None:
                              f"val error {p['val_top1_err']:.2f}% (updated {p['updated_at'][:19]} UTC)")
         else:
             st.info(f"{labels[rid]}: running, no epoch finished yet (curves appear when it ends).")
-    with_curves = [r for r in chosen if info.loc[r, "status"] in DONE]
+    with_curves = [r for r in chosen if info.loc[r, "status"] in (*DONE, S.FAILED, S.PREEMPTED)]
     if with_curves:
         chosen = with_curves
         t = run_tables(chosen)

@@ -1,8 +1,8 @@
-"""Where a grid's runs execute: one :class:`Backend` per kind, the only place that knows kinds.
+"""Where a grid's runs execute: one :class:`Backend` per kind, the only place that branches on kinds.
 
-The controller, ``grid status`` and the CLI talk to a backend through six calls — ``submit``,
-``alive``, ``capacity``, ``wait``, ``log_tail``, ``close`` — and its ``name`` (recorded in the job
-ledger beside each job id). Three ship:
+The controller, ``grid status`` and the CLI talk to a backend through eight calls — ``start``,
+``submit``, ``alive``, ``capacity``, ``parallelism``, ``wait``, ``log_tail``, ``close`` — and its
+``name`` (recorded in the job ledger beside each job id). Three ship:
 
 - ``slurm``: submitit job arrays (chunked below MaxArraySize); liveness from ``squeue``.
 - ``local``: forked from a warm launcher (``stability.grid.local``); the job id is the pid.
@@ -222,8 +222,13 @@ class LocalBackend(_FolderBackend):
     def start(self):
         """Start the launcher now, so that its torch import overlaps the caller's work."""
         if self._pool is None:
-            from .local import LocalPool
+            from ..errors import ConfigError
+            from .local import LocalPool, gpu_ids
 
+            need = self.ex.gpus_per_node or 0
+            if need and len(have := gpu_ids()) < need:  # no run could ever start: say so, do not wait
+                raise ConfigError(f"executor.gpus_per_node: each run needs {need} GPU(s), this machine has "
+                                  f"{len(have)} (CUDA_VISIBLE_DEVICES, else nvidia-smi -L)", self.spec.path)
             self._pool = LocalPool(self.folder, self.ex.timeout_min, self.ex.tasks_per_node,
                                    self.ex.gpus_per_node or 0)
         return self._pool

@@ -8,7 +8,6 @@ once; a job that dies without writing a result leaves its run ``missing`` (rerun
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from ..store import RunStatus as S
 from .backends import BACKENDS, Backend, backend_for
 from .lock import SweepLock
 from .plan import PlannedRun, make_plan, plan_frame, plan_from_frame, plan_mismatch
-from .spec import GridSpec
+from .spec import GridSpec, save_spec_copy
 from .state import (
     DONE,
     RUNNING_JOB_STATES,
@@ -57,9 +56,22 @@ class Outcome:
 
 
 def initial_plan(spec: GridSpec, storage) -> list[PlannedRun]:
-    """The plan of record: computed for random/sobol/grid; for tpe, read back or first wave."""
+    """The plan of record: computed for random/sobol/grid; for tpe, read back or first wave.
+
+    A sweep's runs all come from one spec: a saved plan with a run the spec no longer plans (an
+    edited range, base field or axis under the same name) is refused, so two studies never mix
+    in one sweep. A spec that only adds runs (more points, more seeds) extends the sweep."""
     if spec.sampler.name != "tpe":
-        return make_plan(spec)
+        plan = make_plan(spec)
+        try:
+            saved = load_plan(spec.sweep_dir)
+        except store.CorruptFiles:
+            return plan  # recomputed from the spec and saved over the corrupt file
+        if saved is not None and (gone := set(saved.run_id) - {r.run_id for r in plan}):
+            raise ConfigError(f"sweep {spec.name!r} was planned from a different spec ({len(gone)} of its "
+                              f"{len(saved)} planned runs are not in this spec's plan): give the changed study a "
+                              f"new name, or remove {spec.sweep_dir} to start it again", spec.path)
+        return plan
     try:
         saved = load_plan(spec.sweep_dir)
     except store.CorruptFiles as e:
@@ -127,8 +139,7 @@ class Controller:
         storage = open_storage(spec)
         plan = initial_plan(spec, storage)
         self.dir.mkdir(parents=True, exist_ok=True)
-        if spec.path and Path(spec.path).is_file():
-            shutil.copyfile(spec.path, self.dir / "spec.yaml")
+        save_spec_copy(spec)
         save_plan(self.dir, plan_frame(plan))
         submitted: dict[str, Any] = {}  # run_id -> job, this invocation
         outcome = Outcome(state=pd.DataFrame(), quarantined=quarantine_unreadable(spec))
@@ -206,7 +217,7 @@ class Controller:
         total = counts(state) if len(state) else None
         done = int(state.status.isin(DONE).sum())
         eta = eta_seconds(state, backend.parallelism())
-        title = (f"sweep {spec.name} [{backend.name}]: {done}/{len(state)} done"
+        title = (f"sweep {spec.name} \\[{backend.name}]: {done}/{len(state)} done"
                  + (f", ETA {eta / 60:.1f} min" if eta else ""))
         table = Table(title=title)
         cols = [*(s for s in S if s != S.PREEMPTED), "total"]

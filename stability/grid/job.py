@@ -33,7 +33,7 @@ class RunJob(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         cfg = run_config(config)
         try:
-            row = train(cfg, signals=(signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2))
+            row = train(cfg, signals=(signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT))
         except Preempted as p:
             if p.signum == signal.SIGUSR2 and callable(p.previous_handler):
                 # submitit's handler: dumps our checkpoint() submission and requeues the job.

@@ -33,7 +33,7 @@ PRELOAD = ("torch", "stability.train", "stability.models.vit", "stability.models
 FAILED_TASK_GRACE_S = 30.0
 
 
-def _gpu_ids() -> list[str]:
+def gpu_ids() -> list[str]:
     """GPUs this machine lets us use: CUDA_VISIBLE_DEVICES, else ``nvidia-smi -L``, else none."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -76,7 +76,7 @@ class LocalPool:
         self.timeout_s = 60 * timeout_min
         self.tasks = tasks_per_node
         self.gpus_per_job = gpus_per_node
-        self.free_gpus = _gpu_ids() if gpus_per_node else []
+        self.free_gpus = gpu_ids() if gpus_per_node else []
         self.jobs: dict[str, LocalJob] = {}
         self._token = 0
         self._buf = b""

@@ -24,6 +24,14 @@ LEASE_TIMEOUT_S = 300.0  # a heartbeat older than this is a dead controller's
 HEARTBEAT_S = 30.0
 
 
+def _age(rec: dict) -> float:
+    """Seconds since the lease's heartbeat; a lease without a readable one counts as dead."""
+    try:
+        return time.time() - float(rec.get("heartbeat"))
+    except (TypeError, ValueError):
+        return float("inf")
+
+
 class SweepLock:
     """``with SweepLock(sweep_dir, name):`` — raises ``ConfigError`` naming the holder when taken."""
 
@@ -31,6 +39,7 @@ class SweepLock:
         self.dir, self.name = sweep_dir, name
         self.path, self.lease_path = sweep_dir / "lock", sweep_dir / "lease.json"
         self._fd: int | None = None
+        self._extra: dict = {}
         self._beat = 0.0
         self.since = ""
 
@@ -45,7 +54,7 @@ class SweepLock:
     def _taken(self, rec: dict | None) -> str:
         if not rec:
             return f"sweep {self.name!r} is being run by another controller (lock {self.path})"
-        age = time.time() - float(rec.get("heartbeat", 0))
+        age = _age(rec)
         return (f"sweep {self.name!r} is being run by pid {rec.get('pid')} on {rec.get('host')} since "
                 f"{rec.get('since')} (heartbeat {age:.0f} s ago): wait for it to end, or stop it; "
                 f"`stability grid status` works meanwhile")
@@ -62,15 +71,15 @@ class SweepLock:
         me = socket.gethostname()
         took_over = None
         if rec and rec.get("host") != me and rec.get("released") is None:
-            age = time.time() - float(rec.get("heartbeat", 0))
-            if age < LEASE_TIMEOUT_S:  # another host holds it (flock does not reach across NFS)
+            if _age(rec) < LEASE_TIMEOUT_S:  # another host holds it (flock does not reach across NFS)
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
                 raise ConfigError(self._taken(rec))
             took_over = rec
         self._fd = fd
         self.since = datetime.now(UTC).isoformat(timespec="seconds")
-        self._write(took_over=took_over)
+        self._extra = {"took_over": took_over} if took_over else {}  # kept in every rewrite of the lease
+        self._write()
         return self
 
     def _write(self, **extra) -> None:
@@ -78,7 +87,7 @@ class SweepLock:
 
         now = time.time()
         rec = {"host": socket.gethostname(), "pid": os.getpid(), "since": self.since, "heartbeat": now,
-               **{k: v for k, v in extra.items() if v is not None}}
+               **self._extra, **extra}
         write_text_atomic(self.lease_path, json.dumps(rec))
         self._beat = now
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import FIELDS, SWEEP_NAME, run_config
 from ..errors import ConfigError, shown
-from ..validate import checked_fields
+from ..validate import INT_LIMIT, checked_fields
 from .backends import BACKENDS
 
 RANGE_KINDS = ("loguniform", "uniform", "int")
@@ -120,6 +120,8 @@ def _mapping(src: str, path: str, value: Any) -> dict:
 def _int(src: str, path: str, value: Any, lo: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _err(src, path, f"expected an integer, got {shown(value)}")
+    if not -INT_LIMIT < value < INT_LIMIT:
+        raise _err(src, path, f"{shown(value)} is out of range (|value| < 2**63)")
     if lo is not None and value < lo:
         raise _err(src, path, f"must be >= {lo}, got {value}")
     return value
@@ -284,6 +286,14 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     return parse_spec(d, str(path))
 
 
+def save_spec_copy(spec: GridSpec) -> None:
+    """Keep the spec file a sweep runs with in its record (``_sweeps/<name>/spec.yaml``), atomically."""
+    from ..store import sweep_dir, write_text_atomic
+
+    if spec.path and Path(spec.path).is_file():
+        write_text_atomic(sweep_dir(spec.results, spec.name) / "spec.yaml", Path(spec.path).read_text())
+
+
 def saved_spec(results: str | Path, sweep: str) -> GridSpec | None:
     """The spec a sweep under ``results`` was launched with (its ``spec.yaml`` copy), read with
     this results root and sweep name; None when no grid launched it."""
@@ -296,14 +306,20 @@ def saved_spec(results: str | Path, sweep: str) -> GridSpec | None:
 
 
 def load_profile(profile: str | None) -> dict[str, Any]:
-    """The executor fields of a cluster profile (a name under ``$STABILITY_PROFILES``, by default
-    ``slurm/profiles``, or a path to a YAML file); ``{}`` for none."""
+    """The executor fields of a cluster profile (a name under ``$STABILITY_PROFILES``, else
+    ``./slurm/profiles``, else the repository's ``slurm/profiles``; or a path to a YAML file);
+    ``{}`` for none."""
     if not profile:
         return {}
     from ..yamlio import load_yaml
 
-    path = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else (
-        Path(os.environ.get("STABILITY_PROFILES", "slurm/profiles")) / f"{profile}.yaml")
+    if Path(profile).suffix in (".yaml", ".yml"):
+        path = Path(profile)
+    else:  # $STABILITY_PROFILES, else ./slurm/profiles, else the repository's own
+        folders = [Path(os.environ["STABILITY_PROFILES"])] if "STABILITY_PROFILES" in os.environ else [
+            Path("slurm/profiles"), Path(__file__).resolve().parents[2] / "slurm" / "profiles"]
+        path = next((f / f"{profile}.yaml" for f in folders if (f / f"{profile}.yaml").is_file()),
+                    folders[0] / f"{profile}.yaml")
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         raise ConfigError(f"--profile: no profile {str(path)!r} (known: {', '.join(known) or 'none'})")
