@@ -158,12 +158,17 @@ def main() -> None:
         spec_path = write_spec(d, "chaos", args.runs)
         out = chaos(spec_path, d / "chaos.log", args.kills, args.seed)
         spec = load_spec(spec_path)
-        runs = store.read_table(spec.results, "runs", sweep=spec.name)
         planned = {r.run_id for r in make_plan(spec)}
-        done = set(runs.run_id[runs.status.isin(store.DONE)])
         log = (d / "chaos.log").read_text(errors="replace")
         tracebacks = log.count("Traceback")
         quarantined = log.count("quarantined ")
+        left_corrupt = len(store.unreadable(spec.results, spec.name))  # before the closing pass
+        final = subprocess.run([sys.executable, "-m", "stability", "grid", "run", str(spec_path), "--quiet"],
+                               cwd=ROOT, capture_output=True, text=True)  # what an operator does next
+        runs = store.read_table(spec.results, "runs", sweep=spec.name)
+        done = set(runs.run_id[runs.status.isin(store.DONE)])
+        unreadable_after = len(store.unreadable(spec.results, spec.name))
+        tracebacks += (final.stdout + final.stderr).count("Traceback")
         calm_err = store.read_table(d / "res", "runs", sweep="calm").set_index("run_id").top1_err.sort_index()
         chaos_err = runs.set_index("run_id").top1_err.sort_index()
         same = bool(calm_err.equals(chaos_err)) if set(calm_err.index) == set(chaos_err.index) else "other run ids"
@@ -178,7 +183,10 @@ def main() -> None:
              f"| runs SIGKILLed | {out['killed_runs']} |",
              f"| second controllers refused (exit 2, holder named) / other outcome | {out['second_refused']} / "
              f"{out['second_other']} |",
-             f"| files corrupted / quarantine lines | {', '.join(out['corrupted']) or 'none'} / {quarantined} |",
+             f"| files corrupted / quarantine lines during chaos | {', '.join(out['corrupted']) or 'none'} / "
+             f"{quarantined} |",
+             f"| unreadable files when the chaos ended / after one more `grid run` | {left_corrupt} / "
+             f"{unreadable_after} |",
              f"| top-1 errors equal to the calm run's (same run ids) | {same} |",
              f"| wall: calm / chaos (overhead) | {calm_wall:.0f} s / {out['wall']:.0f} s "
              f"({out['wall'] / calm_wall:.2f}x) |"]

@@ -143,8 +143,6 @@ def _grid_run(args: argparse.Namespace, spec, backend) -> int:
     summary = ", ".join(f"{int(c[s])} {s}" for s in RunStatus if c is not None and c[s])
     print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)} "
           f"in {outcome.wall_s:.0f} s; results in {spec.results}")
-    for line in outcome.quarantined:
-        print(f"  quarantined {line}")
     for rid, tail in outcome.lost.items():
         print(f"  lost {rid}: its job ended without a result; rerun to resubmit. Log tail:\n    "
               + tail.replace("\n", "\n    "))

@@ -158,7 +158,7 @@ def test_corrupt_results_are_named_then_quarantined_and_their_runs_rerun(tmp_pat
     assert report.returncode == 0 and str(epochs_file) in report.stderr and str(runs_file) in report.stderr
     again = run_cli("grid", "run", str(spec), "--quiet")
     assert again.returncode == 0 and "submitted 2" in again.stdout, again.stdout + again.stderr
-    assert f"quarantined {runs_file}" in again.stdout and f"quarantined {epochs_file}" in again.stdout
+    assert f"quarantined {runs_file}" in again.stderr and f"quarantined {epochs_file}" in again.stderr
     after = store.load(res)
     assert not after.errors and sorted(after.runs.run_id) == [first, second]
     assert set(after.runs.status) == {"completed"} and set(after.epochs.run_id) == {first, second}

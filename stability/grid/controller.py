@@ -143,6 +143,8 @@ class Controller:
         save_plan(self.dir, plan_frame(plan))
         submitted: dict[str, Any] = {}  # run_id -> job, this invocation
         outcome = Outcome(state=pd.DataFrame(), quarantined=quarantine_unreadable(spec))
+        for line in outcome.quarantined:  # said now: a controller killed later must not hide it
+            self.console.print(f"quarantined {line}", markup=False, highlight=False, soft_wrap=True)
         live = None
         if self.opts.show_progress and self.opts.wait:
             from rich.live import Live
