@@ -96,7 +96,7 @@ def table_dir(root: str | os.PathLike, table: str, sweep: str) -> Path:
 def sweeps(root: str | os.PathLike, table: str = "runs") -> list[str]:
     """The sweeps that have a folder of ``table`` under ``root``, sorted."""
     base = Path(root) / table
-    return sorted(d.name[len("sweep="):] for d in base.glob("sweep=*")) if base.is_dir() else []
+    return sorted(d.name[len("sweep="):] for d in base.glob("sweep=*") if d.is_dir()) if base.is_dir() else []
 
 
 def sweep_dir(root: str | os.PathLike, sweep: str) -> Path:
@@ -258,13 +258,10 @@ def _empty(table: str) -> pd.DataFrame:
 
 
 def _sweep_files(root: Path, table: str, sweep: str | None) -> dict[str, list[Path]]:
-    base = root / table
-    if not base.is_dir():
-        return {}
     out: dict[str, list[Path]] = {}
-    for d in sorted(base.glob("sweep=*")):
-        name = d.name[len("sweep="):]
-        if d.is_dir() and (sweep is None or name == sweep):
+    for name in sweeps(root, table):
+        if sweep is None or name == sweep:
+            d = table_dir(root, table, name)
             out[name] = sorted(p for p in d.glob("*.parquet") if not p.name.startswith((".", "_")))
     return out
 

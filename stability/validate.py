@@ -65,12 +65,17 @@ def number(where: str, value: Any, kind: type, source: str | None) -> int | floa
     if kind is int:
         if isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{where}: expected an integer, got {shown(value)}", source)
-        if not -INT_LIMIT < value < INT_LIMIT:  # parquet columns are int64
-            raise ConfigError(f"{where}: {shown(value)} is out of range (|value| < 2**63)", source)
-        return int(value)
+        return int(int64(where, value, source))
     if not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number, got {shown(value)}", source)
     return float(value)
+
+
+def int64(where: str, value: int | float, source: str | None) -> int | float:
+    """``value`` when it fits an int64 (parquet's integer columns), else a ``ConfigError``."""
+    if not -INT_LIMIT < value < INT_LIMIT:
+        raise ConfigError(f"{where}: {shown(value)} is out of range (|value| < 2**63)", source)
+    return value
 
 
 def checked_fields(cls: type, d: dict[str, Any], source: str | None, prefix: str = "") -> dict[str, Any]:

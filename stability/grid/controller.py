@@ -137,8 +137,7 @@ class Controller:
         spec = self.spec
         store.check_writable(spec.results)  # before anything is planned or submitted
         storage = open_storage(spec)
-        plan = initial_plan(spec, storage)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        plan = initial_plan(spec, storage)  # the sweep's folder exists: the lock made it
         save_spec_copy(spec)
         save_plan(self.dir, plan_frame(plan))
         submitted: dict[str, Any] = {}  # run_id -> job, this invocation
@@ -290,7 +289,8 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
                  "pending": sum(1 for s in alive.values() if s not in RUNNING_JOB_STATES)},
         "failures": failures, "lost": lost, "ledger_problems": problems,
         "unreadable": unreadable + [f"{e.splitlines()[0][:300]} (its runs count as missing; `grid run` moves "
-                                    f"it to quarantine and reruns them)" for e in bad_rows], "eta_s": eta_seconds(state, backend.parallelism()),
+                                    f"it to quarantine and reruns them)" for e in bad_rows],
+        "eta_s": eta_seconds(state, backend.parallelism()),
     }
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import FIELDS, SWEEP_NAME, run_config
 from ..errors import ConfigError, shown
-from ..validate import INT_LIMIT, checked_fields
+from ..validate import checked_fields, int64
 from .backends import BACKENDS
 
 RANGE_KINDS = ("loguniform", "uniform", "int")
@@ -120,8 +120,7 @@ def _mapping(src: str, path: str, value: Any) -> dict:
 def _int(src: str, path: str, value: Any, lo: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _err(src, path, f"expected an integer, got {shown(value)}")
-    if not -INT_LIMIT < value < INT_LIMIT:
-        raise _err(src, path, f"{shown(value)} is out of range (|value| < 2**63)")
+    int64(path, value, src)
     if lo is not None and value < lo:
         raise _err(src, path, f"must be >= {lo}, got {value}")
     return value
