@@ -1,8 +1,10 @@
-"""Controller costs: planning 100,000 configs, ``grid status`` over 10,000 finished runs, and the
+"""Controller costs: planning 100,000 configs, ``grid status`` over 10,000 finished runs, the
+start-of-run check for unreadable result files over 10,000 uncompacted runs, and the
 orchestration overhead of a local grid of 50 very short runs.
 
     python benchmarks/controller.py [--plan-n 100000] [--status-n 10000] [--grid-n 50]
     python benchmarks/controller.py --grid-only --grid-n 12 --grid-steps 40   # longer runs
+    python benchmarks/controller.py --footer-only [--footer-n 10000]
 """
 
 from __future__ import annotations
@@ -47,9 +49,15 @@ def main() -> None:
     ap.add_argument("--grid-n", type=int, default=50)
     ap.add_argument("--grid-steps", type=int, default=2, help="steps per run of the local grid")
     ap.add_argument("--grid-only", action="store_true")
+    ap.add_argument("--footer-n", type=int, default=10_000, help="uncompacted runs for the unreadable-file check")
+    ap.add_argument("--footer-only", action="store_true")
     args = ap.parse_args()
     d = Path(tempfile.mkdtemp(prefix="stab-ctl-"))
     lines = ["| what | value | goal | met |", "|---|---|---|---|"]
+    if args.footer_only:
+        footer_check(d, args.footer_n, lines)
+        append_results("Controller: unreadable-file check (benchmarks/controller.py --footer-only)", lines)
+        return
     t_plan = t_status = None
     if not args.grid_only:
         t_plan, t_status = plan_and_status(d, args, lines)
@@ -86,6 +94,28 @@ def plan_and_status(d: Path, args, lines: list[str]) -> tuple[float, float]:
     lines.append(f"| `grid status` over {len(st_plan):,} finished runs (compacted; median of "
                  f"{', '.join(f'{t:.2f}' for t in ts)}) | {t_status:.2f} s | < 1 s | {'yes' if t_status < 1 else 'no'} |")
     return t_plan, t_status
+
+
+def footer_check(d: Path, n: int, lines: list[str]) -> None:
+    """What a controller start pays to find unreadable result files (``store.unreadable`` reads
+    every parquet footer of the sweep): ``n`` runs, each with its own file in all four tables."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    one = {t: d / f"one-{t}.parquet" for t in store.TABLES}
+    for t, p in one.items():
+        pq.write_table(store.to_arrow(t, [{"run_id": "x"}]), p)
+    for t in store.TABLES:
+        folder = store.table_dir(d / "results", t, "footers")
+        folder.mkdir(parents=True)
+        for i in range(n):
+            shutil.copyfile(one[t], folder / f"{i:012x}.parquet")
+    t_check, bad, ts = median_time(store.unreadable, d / "results", "footers")
+    assert bad == []
+    lines.append(f"| unreadable-file check at controller start: {n:,} uncompacted runs x 4 tables = {4 * n:,} footers "
+                 f"(warm page cache; median of {', '.join(f'{t:.2f}' for t in ts)}) | {t_check:.2f} s "
+                 f"({1e6 * t_check / (4 * n):.0f} µs per file) | < 5 s | {'yes' if t_check < 5 else 'no'} |")
 
 
 def grid(d: Path, args, lines: list[str], t_plan: float | None, t_status: float | None) -> None:

@@ -5,6 +5,15 @@ MFU = achieved model FLOP/s / the GPU's peak dense bf16 FLOP/s, with model FLOPs
 (forward + backward) x 2 FLOPs per multiply-add, counted by ``torch.utils.flop_counter``.
 
     python benchmarks/gpu_check.py [--batch 128] [--reps 5] [--steps 10] [--peak-tflops 989]
+
+``--pipeline``: is the input pipeline what bounds training? For each 4GF ViT at 224 px, bf16:
+the training step alone (batch already on the GPU) vs the trainer's loader + step with CPU JPEG
+decoding (``num_workers`` auto: the machine's CPUs - 1) vs with GPU decoding (nvJPEG), on
+``--images`` ImageNet-like JPEGs it writes to a temp dir. Prints one table (a failed mode is a
+row saying so) and appends it to RESULTS.md.
+
+    python benchmarks/gpu_check.py --pipeline [--images 2560] [--steps 30] [--batch 256]
+    python benchmarks/gpu_check.py --pipeline --device cpu --tiny   # the same code on a CPU, tiny models
 """
 
 from __future__ import annotations
@@ -33,7 +42,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--pipeline", action="store_true", help="step alone vs loader + step (CPU / GPU decode)")
+    ap.add_argument("--images", type=int, default=2560, help="--pipeline: JPEGs written to a temp dir")
+    ap.add_argument("--device", default="cuda", help="--pipeline: cuda, or cpu for a dry run")
+    ap.add_argument("--tiny", action="store_true", help="--pipeline: vit_{p,c}_tiny at 32 px (a dry run)")
+    ap.add_argument("--workers", default="auto", help="--pipeline: num_workers of the CPU-decode mode")
     args = ap.parse_args()
+    if args.pipeline:
+        from pipeline_check import pipeline_main
+
+        pipeline_main(args, PEAKS)
+        return
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One lent-GPU session's checks in one call (device time is short): the training path on CUDA
 # (each tiny model, 2 epochs, bf16 autocast, EMA, augmentation; the runs table read back), then
-# benchmarks/gpu_check.py (4GF ViT_P/ViT_C images/s and MFU vs timm, tracing overhead).
+# benchmarks/gpu_check.py (4GF ViT_P/ViT_C images/s and MFU vs timm, tracing overhead; then
+# --pipeline: the loader + step with CPU and GPU JPEG decoding vs the step alone).
 #   bash benchmarks/gpu_session.sh [OUT_DIR]    # on the GPU machine, from the repository root
 #   SMOKE_MODELS="" bash benchmarks/gpu_session.sh    # the benchmarks only
 set -u
@@ -27,5 +28,8 @@ PY
 for flags in "--batch 128" "--batch 256" "--batch 256 --compile"; do
   timeout 300 python3 benchmarks/gpu_check.py $flags --reps 3 --steps 10 || { echo "GPU CHECK FAILED: $flags"; fail=1; }
 done
+# the input pipeline: step alone vs loader + step with CPU (workers auto) and GPU (nvJPEG) decoding
+timeout 300 python3 benchmarks/gpu_check.py --pipeline --batch 256 --images 2560 --steps 20 \
+  || { echo "PIPELINE CHECK FAILED"; fail=1; }
 cp benchmarks/RESULTS.md "$out/RESULTS.md"
 exit $fail

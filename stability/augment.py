@@ -11,6 +11,7 @@ generator seeded by (run seed, step, rank), so a resumed run sees the same augme
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -40,3 +41,15 @@ def augment_batch(x: torch.Tensor, kind: str, seed: int) -> torch.Tensor:
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+@contextmanager
+def seeded(seed: int):
+    """torch's global CPU generator seeded with ``seed`` for the block, then restored: torchvision's
+    random transforms draw from it, and the rest of the run must not see those draws."""
+    state = torch.get_rng_state()
+    torch.manual_seed(seed % 2**63)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)

@@ -3,6 +3,8 @@ stop flag that turns a signal (Slurm's preemption, ``scontrol requeue``, Ctrl-C)
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 import threading
@@ -16,8 +18,10 @@ from torch import nn
 from . import store
 from .config import RunConfig
 from .ema import WeightEMA
+from .errors import ConfigError
 
 CHECKPOINT_VERSION = 2  # 2: the weight EMA
+FULL_DISK_BYTES = 1 << 20  # less free than this after a failed write: the disk is full
 
 
 class Preempted(Exception):
@@ -61,15 +65,24 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
         "optimizer": opt.state_dict(), "state": st.__dict__, "rng": torch.get_rng_state(),
         "ema": ema.state_dict() if ema else None,
     }
-    with store.atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Our own file object, closed on any error: torch.save's would stay open in the traceback,
+    # keeping a removed temp file's blocks on a full disk while the failed row is written.
+    with store.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(payload, f)
+        except RuntimeError as e:  # torch reports a failed write as "unexpected pos ..."
+            st = os.fstatvfs(f.fileno())
+            if st.f_bavail * st.f_frsize < FULL_DISK_BYTES:
+                raise OSError(errno.ENOSPC, "No space left on device (writing a checkpoint)", str(path)) from e
+            raise
 
 
 def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer,
                      device: torch.device, ema: WeightEMA | None) -> RunState | None:
     """The run's saved state applied to ``model``, ``opt`` and ``ema`` (None: start afresh).
     A checkpoint that cannot be read is moved to the sweep's quarantine with a warning naming
-    it, and the run starts afresh: a garbage file must not fail every rerun."""
+    it, and the run starts afresh: a garbage file must not fail every rerun. With
+    ``bad_checkpoint=fail`` the run fails instead, naming the file and leaving it in place."""
     path = checkpoint_path(cfg)
     if not path.is_file():
         return None
@@ -78,6 +91,10 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
         if not isinstance(payload, dict) or not {"model", "optimizer", "state", "rng"} <= set(payload):
             raise ValueError("not a stability checkpoint")
     except Exception as e:  # noqa: BLE001 - unpickling garbage raises anything
+        if cfg.bad_checkpoint == "fail":
+            raise ConfigError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:120]}); it is left "
+                              f"in place (bad_checkpoint=fail): inspect it, then remove it or rerun with "
+                              f"bad_checkpoint=restart") from None
         dest = store.quarantine(cfg.results, cfg.sweep, path)
         print(f"stability: checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:120]}); moved to "
               f"{dest}; run {cfg.run_id} starts afresh", file=sys.stderr, flush=True)

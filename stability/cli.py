@@ -105,20 +105,25 @@ def _load_grid(args: argparse.Namespace):
 
 def cmd_grid_run(args: argparse.Namespace) -> int:
     spec = _load_grid(args)
-    backend = None
+    backend = lock = None
     if not args.dry_run:
         from .grid.backends import backend_for
+        from .grid.lock import SweepLock
 
-        backend = backend_for(spec)
-        backend.start()  # a local launcher's torch import overlaps the imports below
+        lock = SweepLock(spec.sweep_dir, spec.name).acquire()  # before any process is started
     try:
-        return _grid_run(args, spec, backend)
+        if lock is not None:
+            backend = backend_for(spec)
+            backend.start()  # a local launcher's torch import overlaps the imports below
+        return _grid_run(args, spec, backend, lock)
     finally:
         if backend is not None:
             backend.close()
+        if lock is not None:
+            lock.release()
 
 
-def _grid_run(args: argparse.Namespace, spec, backend) -> int:
+def _grid_run(args: argparse.Namespace, spec, backend, lock) -> int:
     from rich.console import Console
 
     from .grid.controller import Controller, RunOptions
@@ -133,9 +138,13 @@ def _grid_run(args: argparse.Namespace, spec, backend) -> int:
         else:
             plan = make_plan(spec)
         _print_plan(spec, plan, estimate_cost(plan))
+        from .workers import cpu_warning
+
+        if warning := cpu_warning(spec.executor, [r.config for r in plan]):
+            console.print(warning, markup=False, style="yellow", soft_wrap=True)
         return 0
     opts = RunOptions(retry_failed=args.retry is not None, wait=not args.no_wait, show_progress=not args.quiet)
-    outcome = Controller(spec, opts, console, backend=backend).run()
+    outcome = Controller(spec, opts, console, backend=backend, lock=lock).run()
     from .grid.state import counts
     from .store import RunStatus
 
@@ -228,6 +237,23 @@ def cmd_grid_clean(args: argparse.Namespace) -> int:
 
     spec = _load_grid(args)
     print(f"removed {clean_logs(spec)} log files of finished runs of sweep {spec.name}")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from .packed import PackError, pack
+
+    if args.short_side is not None and args.short_side < 8:
+        raise ConfigError(f"--short-side: {args.short_side} is not allowed (an integer >= 8, or leave it out)")
+    if args.shard_mb <= 0 or (args.workers is not None and args.workers < 1):
+        raise ConfigError("--shard-mb must be > 0 and --workers >= 1")
+    try:
+        counts = pack(args.root, args.out, short_side=args.short_side, shard_mb=args.shard_mb,
+                      workers=args.workers or len(os.sched_getaffinity(0)))
+    except PackError as e:
+        raise ConfigError(str(e)) from None
+    print(f"packed {counts['train']} train and {counts['val']} val images into {args.out} "
+          f"(dataset=packed data_root={args.out})")
     return 0
 
 
@@ -372,6 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-browse", action="store_true",
                    help="let the sidebar open any folder on this host, not only folders under --results")
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("pack", help="pack an ImageFolder into tar shards of JPEG bytes (dataset=packed)")
+    p.add_argument("root", help="an ImageFolder root holding train/ and val/ class folders")
+    p.add_argument("out", help="a new folder for the packed dataset")
+    p.add_argument("--short-side", type=int, help="re-encode images larger than this short side "
+                   "(e.g. 256 for 224 px training); default: keep every file's bytes")
+    p.add_argument("--shard-mb", type=float, default=1024, help="size of one tar shard (default 1024)")
+    p.add_argument("--workers", type=int, help="processes that re-encode (default: this machine's CPUs)")
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("models", help="list model presets with counted params and FLOPs")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from .data import DATASETS
+from .data import DATASETS, DECODED
 from .errors import ConfigError, shown
 from .models.presets import STEMS, architecture_revision, resolve
 from .validate import checked_fields
@@ -20,6 +20,9 @@ OPTIMIZERS = ("adamw", "sgd")
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a folder name: no '/', '..', '=' or spaces
 AUGMENTS = ("none", "shift", "affine")  # what each does: stability/augment.py
 DEVICES = ("auto", "cpu", "cuda")
+BAD_CHECKPOINT = ("restart", "fail")  # what a run does with a checkpoint it cannot read (checkpoint.py)
+AUTO_AUGMENTS = ("none", "autoaugment", "randaugment")  # torchvision's per-image policies (data.py)
+DECODES = ("cpu", "gpu")  # where imagefolder/packed JPEGs are decoded (pipeline.py)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,13 @@ class RunConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     augment: str = "none"  # none | shift | affine: random moves off the patch grid (augment.py)
+    # The paper's recipe (recipe.py): a per-image policy in the dataset transform (decoded image
+    # datasets only), then MixUp/CutMix per batch with soft targets (mix.py). Defaults: off.
+    auto_augment: str = "none"  # none | autoaugment (ImageNet policy) | randaugment
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing weight; 0 = off
+    cutmix_alpha: float = 0.0  # Beta(alpha, alpha) box area; 0 = off
+    mix_prob: float = 1.0  # probability that a batch is mixed at all (when either alpha > 0)
+    mix_switch_prob: float = 0.5  # probability of CutMix rather than MixUp when both are on
     # Weight EMA as pycls (OPTIM.EMA_ALPHA, EMA_UPDATE_PERIOD): every ``ema_period`` batches of an
     # epoch, ema += alpha * (w - ema) with alpha = min(1, ema_alpha * batch_size / epochs *
     # ema_period); a plain copy during warmup. Over a run that is ema_alpha x (training images)
@@ -59,17 +69,25 @@ class RunConfig:
     divergence_factor: float = 10.0  # diverged when loss > factor * ln(num_classes)
     accum_steps: int = 1  # micro-batches per step: batch_size = world_size x accum_steps x micro
     compile: bool = False  # torch.compile the model (pays on GPU; measured in benchmarks/)
-    num_workers: int = 0
+    # An unreadable checkpoint: restart = move it to quarantine and start afresh with a warning;
+    # fail = fail the run naming the file (for a post-mortem before anything is redone).
+    bad_checkpoint: str = "restart"
+    num_workers: int | str = "auto"  # loader processes per rank; auto = the job's CPUs - 1 on CUDA, 0 on CPU
+    prefetch_factor: int = 2  # batches each worker keeps ready
+    decode: str = "cpu"  # cpu | gpu: JPEGs decoded by the workers or on the GPU (imagefolder, packed)
     device: str = "auto"
     results: str = "results"
     sweep: str = "default"
 
     # Fields added after run ids were first issued: left out of the id while at their default,
     # so every run planned before they existed keeps its id (and its results).
-    LATER_FIELDS: typing.ClassVar[frozenset[str]] = frozenset({"ema_alpha", "ema_period", "augment"})
+    LATER_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
+        {"ema_alpha", "ema_period", "augment", "auto_augment", "mixup_alpha", "cutmix_alpha", "mix_prob",
+         "mix_switch_prob"})
     # Fields that say where or how a run executes, not what it computes: not in the run id.
     EXECUTION_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
-        {"results", "sweep", "device", "num_workers", "data_root", "download", "accum_steps", "compile"}
+        {"results", "sweep", "device", "num_workers", "prefetch_factor", "decode", "data_root", "download",
+         "accum_steps", "compile", "bad_checkpoint"}
     )
 
     @functools.cached_property
@@ -159,7 +177,25 @@ def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
     _check("divergence_factor", cfg.divergence_factor > 1, "must be > 1", cfg.divergence_factor, source)
     _check("accum_steps", cfg.accum_steps >= 1 and cfg.batch_size % cfg.accum_steps == 0,
            "must be >= 1 and divide batch_size", cfg.accum_steps, source)
-    _check("num_workers", cfg.num_workers >= 0, "must be >= 0", cfg.num_workers, source)
+    _check("num_workers", cfg.num_workers == "auto" or isinstance(cfg.num_workers, int) and cfg.num_workers >= 0,
+           "an integer >= 0 or auto", cfg.num_workers, source)
+    _check("prefetch_factor", cfg.prefetch_factor >= 1, "must be >= 1", cfg.prefetch_factor, source)
+    _check("bad_checkpoint", cfg.bad_checkpoint in BAD_CHECKPOINT, f"allowed: {', '.join(BAD_CHECKPOINT)}",
+           cfg.bad_checkpoint, source)
+    _check("decode", cfg.decode in DECODES, f"allowed: {', '.join(DECODES)}", cfg.decode, source)
+    _check("decode", cfg.decode == "cpu" or cfg.dataset in ("imagefolder", "packed"),
+           "gpu needs dataset imagefolder or packed (JPEG files)", cfg.decode, source)
+    _check("decode", cfg.decode == "cpu" or cfg.device != "cpu", "gpu needs a CUDA device, not device=cpu",
+           cfg.decode, source)
+    _check("auto_augment", cfg.auto_augment in AUTO_AUGMENTS, f"allowed: {', '.join(AUTO_AUGMENTS)}",
+           cfg.auto_augment, source)
+    _check("auto_augment", cfg.auto_augment == "none" or cfg.dataset in DECODED,
+           f"a policy needs decoded images (dataset {', '.join(DECODED)}); in-memory datasets take augment",
+           cfg.auto_augment, source)
+    for name in ("mixup_alpha", "cutmix_alpha"):
+        _check(name, 0 <= getattr(cfg, name) <= 100, "must be in [0, 100] (0 = off)", getattr(cfg, name), source)
+    for name in ("mix_prob", "mix_switch_prob"):
+        _check(name, 0 <= getattr(cfg, name) <= 1, "must be in [0, 1]", getattr(cfg, name), source)
     _check("synthetic_size", cfg.synthetic_size >= 1, "must be >= 1", cfg.synthetic_size, source)
     _check("image_size", cfg.image_size is None or cfg.image_size >= 8, "must be >= 8 or null", cfg.image_size, source)
     _check("sweep", SWEEP_NAME.fullmatch(cfg.sweep) is not None,

@@ -8,25 +8,34 @@
   positions among distractor motifs on a smooth background (2,000 train / 1,000 val, fixed).
 - ``cifar10`` / ``cifar100``: torchvision's python-format batches under ``data_root``.
 - ``imagefolder``: ImageNet layout ``data_root/{train,val}/<class>/*.jpg``.
+- ``packed``: an imagefolder packed by ``stability pack`` (tar shards of JPEG bytes + an index).
+
+Image datasets (``DECODED``) decode per image with torchvision's transforms; the training transform
+can add a per-image policy (``auto_augment``). ``batches`` keeps one loader per split and options
+across epochs (its workers persist) and seeds every image's random draws by (seed, epoch, index),
+so the batches of a (seed, epoch, start) are the same whatever the workers did before.
 """
 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .workers import DECODED  # noqa: F401 (re-exported: per-image transforms; the rest are tensors in memory)
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-DATASETS = ("digits", "synthetic", "synthetic_motifs", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "synthetic", "synthetic_motifs", "cifar10", "cifar100", "imagefolder", "packed")
 # Training images and native side per dataset, for cost estimates before anything is loaded
 # (None: set by the config, ``synthetic_size``).
 SIZES: dict[str, tuple[int | None, int]] = {
     "digits": (1497, 32), "synthetic": (None, 32), "synthetic_motifs": (2000, 32),
-    "cifar10": (50000, 32), "cifar100": (50000, 32), "imagefolder": (1281167, 224)}
+    "cifar10": (50000, 32), "cifar100": (50000, 32), "imagefolder": (1281167, 224),
+    "packed": (1281167, 224)}  # packed: an estimate (ImageNet); the real count is in its index
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -37,10 +46,15 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class DataBundle:
+    """``train_transform(policy)``: the training transform with a per-image policy (decoded
+    datasets only). ``loaders``: the loaders ``batches`` built, kept for the bundle's life."""
+
     train: Dataset
     val: Dataset
     num_classes: int
     image_size: int
+    train_transform: Callable[[str], Any] | None = None
+    loaders: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def load_dataset(
@@ -63,6 +77,8 @@ def load_dataset(
         return _cifar(name, _need_root(name, root), image_size or 32, download)
     if name == "imagefolder":
         return _imagefolder(_need_root(name, root), image_size or 224)
+    if name == "packed":
+        return _packed(_need_root(name, root), image_size or 224)
     raise DataError(f"dataset: unknown dataset {name!r} (allowed: {', '.join(DATASETS)})")
 
 
@@ -182,7 +198,18 @@ def _motifs(image_size: int) -> DataBundle:
                       10, image_size)
 
 
-def _transforms(train: bool, image_size: int, small: bool):
+def policy(name: str):
+    """torchvision's per-image policy ``name`` (``config.AUTO_AUGMENTS``), or None for ``none``."""
+    from torchvision.transforms import v2
+
+    if name == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)  # the paper's (via DeiT/pycls)
+    if name == "randaugment":
+        return v2.RandAugment()  # torchvision's defaults: 2 ops, magnitude 9
+    return None
+
+
+def _transforms(train: bool, image_size: int, small: bool, auto_augment: str = "none"):
     import torch
     from torchvision.transforms import v2
 
@@ -195,7 +222,13 @@ def _transforms(train: bool, image_size: int, small: bool):
         head = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         head = [v2.Resize(round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
+    if train and (p := policy(auto_augment)) is not None:
+        head.append(p)  # after crop and flip, on the image (PIL or uint8), as timm and DeiT do
     return v2.Compose(head + tail)
+
+
+def _train_transform(image_size: int, small: bool) -> Callable[[str], Any]:
+    return lambda auto_augment: _transforms(True, image_size, small, auto_augment)
 
 
 def _cifar(name: str, root: Path, image_size: int, download: bool) -> DataBundle:
@@ -224,7 +257,7 @@ def _cifar(name: str, root: Path, image_size: int, download: bool) -> DataBundle
             f"data_root: no {name} batches under {root / base.base_folder} "
             f"(expected python-format batches; pass download=true to fetch them)"
         ) from e
-    return DataBundle(train, val, len(train.classes), image_size)
+    return DataBundle(train, val, len(train.classes), image_size, _train_transform(image_size, True))
 
 
 def _imagefolder(root: Path, image_size: int) -> DataBundle:
@@ -237,7 +270,18 @@ def _imagefolder(root: Path, image_size: int) -> DataBundle:
     val = ImageFolder(str(root / "val"), transform=_transforms(False, image_size, False))
     if train.classes != val.classes:
         raise DataError(f"data_root: class folders differ between {root / 'train'} and {root / 'val'}")
-    return DataBundle(train, val, len(train.classes), image_size)
+    return DataBundle(train, val, len(train.classes), image_size, _train_transform(image_size, False))
+
+
+def _packed(root: Path, image_size: int) -> DataBundle:
+    from .packed import PackedDataset, PackError
+
+    try:
+        train = PackedDataset(root, "train", _transforms(True, image_size, False))
+        val = PackedDataset(root, "val", _transforms(False, image_size, False))
+    except PackError as e:
+        raise DataError(f"data_root: {e}") from None
+    return DataBundle(train, val, len(train.classes), image_size, _train_transform(image_size, False))
 
 
 class EpochSampler:
@@ -272,27 +316,77 @@ class EpochSampler:
         return len(self._indices())
 
 
-def batches(data: DataBundle, batch_size: int, seed: int, num_workers: int, epoch: int, start: int,
-            train: bool, device, d) -> Any:
-    """The run's data loader. Training: this rank's share of each global batch (strided, see
+class EpochBatches:
+    """The batch sampler a loader keeps for its life: told the epoch and start batch before each
+    pass (``set``), it yields this rank's batches of ``EpochSampler``. Training batches carry each
+    image's seed, ``(index, seed)``: an image's random draws depend on (seed, epoch, index) only,
+    not on which worker made it or what that worker made before (persistent workers, resumes)."""
+
+    def __init__(self, n: int, size: int, *, seed: int, rank: int, world_size: int, train: bool):
+        self.n, self.size, self.seed, self.rank, self.world_size = n, size, seed, rank, world_size
+        self.train, self.epoch, self.start = train, 0, 0
+
+    def set(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[list]:
+        from .pipeline import sample_seed
+
+        if not self.train:  # validation: every example once over all ranks, no drop
+            idx = list(range(self.rank, self.n, self.world_size))
+            return iter([idx[i:i + self.size] for i in range(0, len(idx), self.size)])
+        order = EpochSampler(self.n, seed=self.seed, epoch=self.epoch, rank=self.rank,
+                             world_size=self.world_size, start=self.start * self.size)._indices()
+        full = len(order) - len(order) % self.size
+        pairs = [(i, sample_seed(self.seed, self.epoch, i)) for i in order[:full]]
+        return iter([pairs[i:i + self.size] for i in range(0, full, self.size)])
+
+    def __len__(self) -> int:
+        if not self.train:
+            return -(-len(range(self.rank, self.n, self.world_size)) // self.size)
+        return max((self.n // self.world_size - self.start * self.size) // self.size, 0)
+
+
+def batches(data: DataBundle, batch_size: int, seed: int, num_workers: int | str, epoch: int, start: int,
+            train: bool, device, d, *, auto_augment: str = "none", decode: str = "cpu",
+            prefetch_factor: int = 2) -> Any:
+    """The run's batches. Training: this rank's share of each global batch (strided, see
     ``EpochSampler``) from batch ``start`` of the epoch (``d``: this process's
-    ``distributed.Dist``). Validation: every example once over all ranks (no drop)."""
-    from torch import Generator
+    ``distributed.Dist``). Validation: every example once over all ranks (no drop).
+
+    Decoded datasets get one loader per split and options, kept on ``data`` so its workers
+    persist across epochs (``pipeline.Loader``); ``num_workers`` ``auto`` is resolved there, and
+    ``auto_augment`` / ``decode`` apply to training batches only (validation decodes on the CPU)."""
     from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
     ds = data.train if train else data.val
     per_rank = batch_size // d.world_size
-    if train:
-        sampler = EpochSampler(len(ds), seed=seed, epoch=epoch, rank=d.rank,
-                               world_size=d.world_size, start=start * per_rank)
-    else:
-        sampler = range(d.rank, len(ds), d.world_size)
-    chunks = BatchSampler(sampler, per_rank if train else 2 * batch_size, drop_last=train)
-    if isinstance(ds, TensorDataset):  # in memory: one fancy-index per batch, no collate
+    if isinstance(ds, TensorDataset):  # in memory: one fancy-index per batch, no collate, no workers
+        if train:
+            sampler = EpochSampler(len(ds), seed=seed, epoch=epoch, rank=d.rank,
+                                   world_size=d.world_size, start=start * per_rank)
+        else:
+            sampler = range(d.rank, len(ds), d.world_size)
+        chunks = BatchSampler(sampler, per_rank if train else 2 * batch_size, drop_last=train)
         return DataLoader(ds, sampler=chunks, batch_size=None)
-    return DataLoader(ds, batch_sampler=chunks, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False,
-                      generator=Generator().manual_seed(seed * 100_003 + epoch))
+    from .pipeline import Loader, resolve_workers
+
+    workers = resolve_workers(num_workers, device.type)
+    decode = decode if train else "cpu"
+    if decode == "gpu" and device.type != "cuda":
+        raise DataError(f"decode: gpu needs a CUDA device (this run is on {device}); use decode: cpu")
+    key = (train, batch_size, seed, workers, str(device), d.rank, d.world_size, auto_augment, decode, prefetch_factor)
+    if key not in data.loaders:
+        if train and auto_augment != "none" and decode == "cpu":
+            import copy
+
+            ds = copy.copy(ds)  # the bundle's dataset keeps its transform; this loader's has the policy
+            ds.transform = data.train_transform(auto_augment)
+        size = per_rank if train else 2 * batch_size
+        sampler = EpochBatches(len(ds), size, seed=seed, rank=d.rank, world_size=d.world_size, train=train)
+        gpu = (data.image_size, policy(auto_augment), _MEAN, _STD) if decode == "gpu" else None
+        data.loaders[key] = Loader(ds, sampler, workers, device, prefetch_factor=prefetch_factor, gpu=gpu)
+    return data.loaders[key].epoch(epoch, start)
 
 
 def seed_all(seed: int) -> None:

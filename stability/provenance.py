@@ -26,7 +26,7 @@ def run_identity(cfg: RunConfig) -> dict[str, Any]:
         "stem": stem or "regnet", "optimizer": cfg.optimizer, "lr": cfg.lr, "wd": cfg.wd,
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "warmup_epochs": cfg.warmup_epochs,
         "seed": cfg.seed, "dataset": cfg.dataset, "world_size": 1, "host": socket.gethostname(),
-        "slurm_job_id": slurm_job_id(), "git_sha": git_sha(), "stability_version": __version__,
+        "slurm_job_id": slurm_job_id(), "job_id": job_id(), "git_sha": git_sha(), "stability_version": __version__,
         "config_json": json.dumps(cfg.to_dict(), sort_keys=True),
     }
 
@@ -46,6 +46,11 @@ def slurm_job_id() -> str | None:
     if array and task:
         return f"{array}_{task}"
     return os.environ.get("SLURM_JOB_ID")
+
+
+def job_id() -> str | None:
+    """The id the grid's ledger knows this process's job by (local launcher or Slurm), if any."""
+    return os.environ.get("STABILITY_JOB_ID") or slurm_job_id()
 
 
 def now() -> str:

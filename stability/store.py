@@ -35,7 +35,9 @@ class CorruptFiles(ConfigError):
 
 
 STALE_TMP_S = 600.0  # no write of one file takes ten minutes: an older temp file is a killed writer's
-SCHEMA_VERSION = 2  # 2: EMA errors and the collapsed flag (older files read them as null)
+# 2: EMA errors and the collapsed flag; 3: job_id, the job that wrote the row (older files read
+# them as null)
+SCHEMA_VERSION = 3
 
 
 class RunStatus(StrEnum):
@@ -67,7 +69,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("top5_err", _F), ("best_top1_err", _F), ("ema_top1_err", _F), ("ema_top5_err", _F),
         ("final_train_loss", _F), ("collapsed", pa.bool_()),
         ("diverged_at_step", _I), ("n_spikes", _I), ("wall_time_s", _F), ("device", _S),
-        ("world_size", _I), ("host", _S), ("slurm_job_id", _S), ("git_sha", _S),
+        ("world_size", _I), ("host", _S), ("slurm_job_id", _S), ("job_id", _S), ("git_sha", _S),
         ("stability_version", _S), ("config_json", _S), ("started_at", _T), ("finished_at", _T),
         ("error", _S), ("schema_version", _I),
     ]),
@@ -115,6 +117,11 @@ def checkpoint_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
     return sweep_dir(root, sweep) / "checkpoints" / f"{run_id}.pt"
 
 
+def owner_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
+    """The lock file the process that trains a run holds (``run_lock.py``)."""
+    return sweep_dir(root, sweep) / "owners" / f"{run_id}.lock"
+
+
 def progress_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
     """A running run's progress note (epoch, step, last errors), rewritten every epoch and
     removed when the run completes or diverges: what the dashboard shows of a running run."""
@@ -137,11 +144,17 @@ def read_progress(root: str | os.PathLike, sweep: str, run_id: str) -> dict | No
         return None
 
 
+def check_root(root: str | os.PathLike) -> None:
+    """``NotADirectoryError`` naming ``root`` when a file is in the way of the results root (a
+    reader would otherwise see an empty root and call every run pending)."""
+    if Path(root).exists() and not Path(root).is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder (a file is in the way of the results root)", str(root))
+
+
 def check_writable(root: str | os.PathLike) -> None:
     """Fail now, not after set-up and training, when ``root`` cannot take files (a file in the
     way, read-only, no permission, full): the ``OSError`` names the path."""
-    if Path(root).exists() and not Path(root).is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "not a folder (a file is in the way of the results root)", str(root))
+    check_root(root)
     with atomic_path(Path(root) / ".write-check") as tmp:
         tmp.write_bytes(b"ok")
     (Path(root) / ".write-check").unlink(missing_ok=True)

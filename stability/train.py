@@ -25,7 +25,6 @@ from torch import nn
 
 from . import store
 from .analysis.spikes import count_spikes
-from .augment import augment_batch
 from .checkpoint import (
     STOP_SIGNALS,
     Preempted,
@@ -37,12 +36,15 @@ from .checkpoint import (
 )
 from .config import RunConfig
 from .data import DataBundle, DataError, batches, load_dataset, seed_all
-from .distributed import Dist, all_reduce, autocast_for, from_env, init, setup_device
+from .distributed import Dist, autocast_for, from_env, init, setup_device
 from .ema import WeightEMA, make_ema
+from .evaluation import evaluate
+from .mix import augment_and_mix, hard_labels
 from .models import build_model, count_complexity, memory_format, model_spec
 from .optim import lr_at, make_optimizer, set_lr
 from .progress import Reporter
-from .provenance import now, run_identity, timestamp
+from .provenance import job_id, now, run_identity, timestamp
+from .run_lock import RunLock
 from .store import RunStatus
 from .tracing import GradTracer, TraceBuffer
 
@@ -78,9 +80,9 @@ class StepOut:
 
 
 def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float, trace: bool = False) -> StepOut:
-    """One optimizer step on the global batch ``x, y`` (``accum_steps`` micro-batches; with DDP the
-    gradients are all-reduced on the last one only, so the traced norms are identical on every
-    rank). No host sync."""
+    """One optimizer step on the global batch ``x, y`` (``y``: class indices or (N, C) soft targets,
+    as MixUp/CutMix make; ``accum_steps`` micro-batches; with DDP the gradients are all-reduced on
+    the last one only, so the traced norms are identical on every rank). No host sync."""
     set_lr(s.opt, lr)
     device = x.device
     loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -92,7 +94,7 @@ def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float, trace: bool
             micro = F.cross_entropy(logits.float(), ym, label_smoothing=s.label_smoothing) / accum
         micro.backward()
         loss += micro.detach()
-        correct += logits.detach().argmax(1).eq(ym).sum()
+        correct += logits.detach().argmax(1).eq(hard_labels(ym)).sum()  # soft targets: their top class
     norms = s.tracer.grad_norms() if s.tracer is not None else None
     if s.grad_clip is not None:
         if norms is None:
@@ -108,37 +110,22 @@ def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float, trace: bool
     return StepOut(loss, correct, norms, s.tracer.after_step() if trace else None)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data: DataBundle, cfg: RunConfig, device: torch.device,
-             autocast: Callable, d: Dist = Dist(), fmt: torch.memory_format = torch.contiguous_format
-             ) -> tuple[float, float]:
-    """(top-1, top-5) error in percent on the validation set (sharded over ranks)."""
-    model.eval()
-    correct1, correct5 = torch.zeros((), device=device), torch.zeros((), device=device)
-    n, k = 0, min(5, data.num_classes)
-    for x, y in batches(data, cfg.batch_size, cfg.seed, cfg.num_workers, 0, 0, False, device, d):
-        x, y = x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
-        with autocast():
-            logits = model(x)
-        top = logits.float().topk(k, dim=1).indices
-        hit = top.eq(y[:, None])
-        correct1 += hit[:, 0].sum()
-        correct5 += hit.any(dim=1).sum()
-        n += len(y)
-    model.train()
-    counts = all_reduce(torch.stack([correct1, correct5, torch.tensor(float(n), device=device)]), d)
-    c1, c5, total = counts.tolist()
-    return 100.0 * (1 - c1 / total), 100.0 * (1 - c5 / total)
-
-
 def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = True,
           stop: threading.Event | None = None,
           signals: tuple[int, ...] = STOP_SIGNALS) -> dict[str, Any]:
     """Run ``cfg`` to completion (or divergence) and write its rows; returns the runs row.
 
     Resumes from the run's checkpoint when one exists. On one of ``signals`` (or ``stop`` set)
-    it saves a checkpoint, records status ``preempted`` and raises :class:`Preempted`.
+    it saves a checkpoint, records status ``preempted`` and raises :class:`Preempted`. The run's
+    lock (``run_lock``) is held throughout: a second process given the same run raises
+    ``RunTaken`` before it writes anything.
     """
+    with RunLock(cfg.results, cfg.sweep, cfg.run_id, job_id()) if from_env().is_main else nullcontext():
+        return _train(cfg, reporter, resume, stop, signals)
+
+
+def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: threading.Event | None,
+           signals: tuple[int, ...]) -> dict[str, Any]:
     t0 = time.monotonic()
     st = RunState(started_at=now())
     base_row = run_identity(cfg)
@@ -278,11 +265,12 @@ def _run_loop(lp: Loop) -> dict[str, Any]:
 def _train_epoch(lp: Loop, epoch: int) -> int | None:
     """The epoch's steps from where the run stands; returns the diverged step, if any."""
     cfg, st, d = lp.cfg, lp.st, lp.d
-    for x, y in batches(lp.data, cfg.batch_size, cfg.seed, cfg.num_workers, epoch, st.batch, True, lp.device, d):
+    for x, y in batches(lp.data, cfg.batch_size, cfg.seed, cfg.num_workers, epoch, st.batch, True, lp.device, d,
+                        auto_augment=cfg.auto_augment, decode=cfg.decode, prefetch_factor=cfg.prefetch_factor):
         if st.batch >= lp.spe:
             break
         x, y = x.to(lp.device, non_blocking=True, memory_format=lp.fmt), y.to(lp.device, non_blocking=True)
-        x = augment_batch(x, cfg.augment, (cfg.seed * 1_000_003 + st.step) * 64 + d.rank)
+        x, y = augment_and_mix(x, y, cfg, lp.data.num_classes, st.step, d.rank)  # y: soft when mixing
         lr = lr_at(st.step, cfg.lr, lp.warmup_steps, lp.total_steps)
         out = train_step(lp.step, x, y, lr, trace=st.step % cfg.trace_every == 0)
         if lp.ema is not None and lp.ema.due(st.batch):

@@ -25,8 +25,8 @@ def hints(cls: type) -> dict[str, Any]:
 
 
 def check_value(hint: Any, where: str, value: Any, source: str | None) -> Any:
-    """``value`` checked against ``hint`` (``int | None``, ``float``, ``str``, ``bool``,
-    ``tuple[float, float]``, ``dict[str, Any]``, ``Any``)."""
+    """``value`` checked against ``hint`` (``int | None``, ``int | str``, ``float``, ``str``,
+    ``bool``, ``tuple[float, float]``, ``dict[str, Any]``, ``Any``)."""
     args = typing.get_args(hint)
     optional = isinstance(hint, types.UnionType) and type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
@@ -34,6 +34,13 @@ def check_value(hint: Any, where: str, value: Any, source: str | None) -> Any:
         if optional:
             return None
         raise ConfigError(f"{where}: must not be null", source)
+    if isinstance(base, types.UnionType):  # e.g. ``int | str``: the value's own type picks the member
+        kinds = [a for a in typing.get_args(base) if a is not type(None)]
+        kind = str if isinstance(value, str) else next((k for k in kinds if k in (int, float)), None)
+        if kind not in kinds:
+            raise ConfigError(f"{where}: expected {' or '.join(k.__name__ for k in kinds)}, got {shown(value)}",
+                              source)
+        return check_value(kind, where, value, source)
     origin = typing.get_origin(base)
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(typing.get_args(base)):

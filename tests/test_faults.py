@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from stability.grid.ledger import read_ledger, record_jobs
 from stability.grid.lock import SweepLock
-from stability.grid.state import read_ledger, record_jobs
 
 from .conftest import ROOT, run_cli, write_spec
 
@@ -190,6 +190,9 @@ def test_a_garbage_checkpoint_is_quarantined_and_the_run_starts_afresh(tmp_path)
                                                                               "batch_size": 16}))
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"\x80\x04garbage")
+    strict = run_cli("train", *args, "bad_checkpoint=fail")  # the option: fail naming it, leave it be
+    _one_line_exit_2(strict, str(ckpt), "bad_checkpoint=fail")
+    assert ckpt.read_bytes() == b"\x80\x04garbage"
     first = run_cli("train", *args)
     assert first.returncode == 0, first.stderr[-2000:]
     assert f"checkpoint {ckpt} is unreadable" in " ".join(first.stderr.split()) and not ckpt.exists()
@@ -293,3 +296,96 @@ def test_a_takeover_stays_recorded_in_the_lease_through_heartbeats(tmp_path, mon
         held.beat()
         assert json.loads((sweep / "lease.json").read_text())["took_over"]["host"] == "node-9"
     assert json.loads((sweep / "lease.json").read_text())["took_over"]["host"] == "node-9"
+
+
+def _wait_for(pred, timeout=240.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_live_run_is_never_trained_twice_even_when_the_ledger_loses_it(tmp_path):
+    """The torn-ledger case end to end: the ledger forgets a live job; status still says running,
+    a rerun submits nothing, and a duplicate job of the run ends before writing anything."""
+    from stability import store
+    from stability.grid.local import pid_alive
+    from stability.grid.spec import load_spec
+    from stability.grid.state import load_plan
+
+    path = write_spec(tmp_path / "g.yaml", "dup", tmp_path / "res",
+                      base={"model": "vit_p_tiny", "epochs": 50, "steps_per_epoch": 20, "batch_size": 16},
+                      space={"lr": [1e-3]}, sampler={"name": "random", "n": 1, "seed": 0})
+    out = run_cli("grid", "run", str(path), "--quiet", "--no-wait")
+    assert out.returncode == 0, out.stderr[-2000:]
+    spec = load_spec(path)
+    (job,) = [rec["job_id"] for rec in read_ledger(spec.sweep_dir).values()]
+    _wait_for(lambda: store.load(spec.results).runs.status.tolist() == ["running"])
+    try:
+        (spec.sweep_dir / "jobs.jsonl").write_text("")  # the ledger lost it
+        status = json.loads(run_cli("grid", "status", str(path), "--json").stdout)
+        assert status["counts"]["running"] == 1 and status["counts"]["missing"] == 0, status["counts"]
+        again = run_cli("grid", "run", str(path), "--quiet", "--no-wait")
+        assert again.returncode == 0 and "submitted 0" in again.stdout, (again.stdout, again.stderr[-2000:])
+        config = json.loads(load_plan(spec.sweep_dir).config_json.iloc[0])
+        dup = subprocess.run([sys.executable, "-c", "import json, sys; from stability.grid.job import RunJob; "
+                              "RunJob(1)(json.loads(sys.argv[1]))", json.dumps(config)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "STABILITY_JOB_ID": "intruder"})
+        assert dup.returncode != 0 and f"is being trained by job {job}" in dup.stderr, dup.stderr[-2000:]
+    finally:
+        os.kill(int(job.split(".")[0]), signal.SIGTERM)  # checkpoints, records preempted
+        _wait_for(lambda: not pid_alive(job))
+    runs = store.load(spec.results).runs
+    assert runs.status.tolist() == ["preempted"] and runs.job_id.tolist() == [job]
+
+
+def test_a_reused_pid_is_not_taken_for_a_live_local_job():
+    from stability.grid.local import job_token, pid_alive
+
+    me = job_token(os.getpid())
+    pid, started = me.split(".")
+    assert pid_alive(me) and pid_alive(pid)  # a bare pid (older ledgers) is judged by the pid only
+    assert not pid_alive(f"{pid}.{int(started) + 1}")  # same pid, another process
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_a_run_on_a_full_disk_ends_failed_in_the_ledger_not_running(tmp_path, tiny_disk):
+    from stability.grid.local import pid_alive
+    from stability.grid.spec import load_spec
+
+    path = write_spec(tmp_path / "g.yaml", "full", tiny_disk / "res",
+                      base={"model": "vit_p_tiny", "epochs": 50, "steps_per_epoch": 10, "batch_size": 16},
+                      space={"lr": [1e-3]}, sampler={"name": "random", "n": 1, "seed": 0})
+    out = run_cli("grid", "run", str(path), "--quiet", "--no-wait")
+    assert out.returncode == 0, out.stderr[-2000:]
+    spec = load_spec(path)
+    (job,) = [rec["job_id"] for rec in read_ledger(spec.sweep_dir).values()]
+    _wait_for(lambda: any((spec.sweep_dir / "checkpoints").glob("*.pt")))
+    with open(tiny_disk / "filler", "wb") as f:  # fill the disk while the run trains
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    _wait_for(lambda: not pid_alive(job))
+    status = json.loads(run_cli("grid", "status", str(path), "--json").stdout)
+    assert status["counts"]["failed"] == 1 and status["counts"]["running"] == 0, status["counts"]
+    (failure,) = status["failures"]
+    assert "No space left on device" in failure["error"] and "could not be written" in failure["error"], failure
+    assert not list(tiny_disk.rglob("*.tmp")), list(tiny_disk.rglob("*.tmp"))  # nothing left to fill the disk
+    (tiny_disk / "filler").unlink()
+    retry = run_cli("grid", "run", str(path), "--quiet", "--no-wait", "--retry", "failed")
+    assert retry.returncode == 0 and "submitted 1" in retry.stdout, (retry.stdout, retry.stderr[-2000:])
+    (job2,) = [rec["job_id"] for rec in read_ledger(spec.sweep_dir).values()]
+    os.kill(int(job2.split(".")[0]), signal.SIGTERM)
+    _wait_for(lambda: not pid_alive(job2))

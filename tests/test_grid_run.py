@@ -6,9 +6,9 @@ import time
 import optuna
 
 from stability import store
+from stability.grid.ledger import read_ledger
 from stability.grid.local import pid_alive
 from stability.grid.spec import load_spec
-from stability.grid.state import read_ledger
 
 from .conftest import run_cli, write_spec
 

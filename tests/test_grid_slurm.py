@@ -12,8 +12,8 @@ import pytest
 
 from stability import store
 from stability.checkpoint import checkpoint_path
+from stability.grid.ledger import read_ledger
 from stability.grid.spec import load_spec
-from stability.grid.state import read_ledger
 
 from .conftest import ROOT, assert_same_rows, run_cli, write_spec
 from .test_data import _write_cifar
@@ -158,3 +158,38 @@ def test_two_task_slurm_run_lands_one_set_of_rows(tmp_path):
     assert res.runs.status.tolist() == ["completed"]
     assert res.steps.step.is_unique and len(res.steps) == 6
     assert not res.grad_norms.duplicated(["step", "layer"]).any()
+
+
+def test_a_duplicate_slurm_job_of_a_running_run_writes_nothing(tmp_path):
+    """A second Slurm job given a live run (a lost ledger, a requeue racing its old self) ends at
+    once naming the owner; the status of a run whose ledger line is gone comes from its owner."""
+    import submitit
+
+    from stability.grid.job import RunJob
+    from stability.grid.state import load_plan
+
+    spec_path = write_spec(tmp_path / "g.yaml", "dupe", tmp_path / "res", executor=SLURM,
+                           base={"model": "vit_p_tiny", "epochs": 50, "steps_per_epoch": 10, "batch_size": 16},
+                           space={"lr": [1e-3]}, sampler={"name": "random", "n": 1, "seed": 0})
+    out = run_cli("grid", "run", str(spec_path), "--quiet", "--no-wait")
+    assert out.returncode == 0, out.stderr
+    spec = load_spec(spec_path)
+    (job,) = [rec["job_id"] for rec in read_ledger(spec.sweep_dir).values()]
+    _wait(lambda: store.load(spec.results).runs.status.tolist() == ["running"], timeout=240)
+    try:
+        (spec.sweep_dir / "jobs.jsonl").write_text("")
+        status = json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)
+        assert status["counts"]["running"] == 1, status["counts"]
+        ex = submitit.AutoExecutor(folder=tmp_path / "dup", cluster="slurm")
+        ex.update_parameters(timeout_min=5, cpus_per_task=1, mem_gb=2)
+        config = json.loads(load_plan(spec.sweep_dir).config_json.iloc[0])
+        dup = ex.submit(RunJob(1), config)
+        with pytest.raises(Exception, match=f"is being trained by job {job}"):
+            dup.result()
+        assert store.load(spec.results).runs.job_id.tolist() == [job]
+    finally:
+        subprocess.run(["scancel", job], check=True)  # SIGTERM: the run checkpoints, preempted
+    _wait(lambda: job not in subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True,
+                                            text=True).stdout.split(), timeout=120)
+    runs = store.load(spec.results).runs
+    assert runs.job_id.tolist() == [job] and runs.status.tolist() == ["preempted"], runs[["status", "job_id"]]

@@ -9,6 +9,7 @@ once; a job that dies without writing a result leaves its run ``missing`` (rerun
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ import pandas as pd
 
 from .. import store
 from ..errors import ConfigError
+from ..run_lock import run_owner
 from ..store import RunStatus as S
 from .backends import BACKENDS, Backend, backend_for
+from .ledger import failures, read_ledger, record_jobs
 from .lock import SweepLock
 from .plan import PlannedRun, make_plan, plan_frame, plan_from_frame, plan_mismatch
 from .spec import GridSpec, save_spec_copy
@@ -28,8 +31,6 @@ from .state import (
     counts,
     eta_seconds,
     load_plan,
-    read_ledger,
-    record_jobs,
     run_rows,
     save_plan,
     sweep_state,
@@ -87,9 +88,12 @@ def initial_plan(spec: GridSpec, storage) -> list[PlannedRun]:
 
 
 def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = None,
-               ledger: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+               ledger: dict[str, dict[str, Any]] | None = None, done: set[str] = frozenset()) -> dict[str, str]:
     """``{run_id: job state}`` for runs whose latest job still lives, asked of the backend that
-    ran it (the ledger names it; ``backend`` answers for its own jobs)."""
+    ran it (the ledger names it; ``backend`` answers for its own jobs). A run that is not ``done``
+    and whose lock a live process holds counts as running too, whatever the ledger says (a job
+    the ledger lost, a ``stability train`` of the same config): submitting it again would only
+    start a process that finds the run taken."""
     ledger = read_ledger(spec.sweep_dir) if ledger is None else ledger
     by_kind: dict[str, dict[str, str]] = {}  # kind -> {job_id: run_id}
     for r in run_ids:
@@ -104,17 +108,26 @@ def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = Non
         else:
             continue  # a backend this process does not know: its jobs cannot be seen
         out |= {jobs[j]: state for j, state in asked.alive(list(jobs)).items() if j in jobs}
+    for r in run_ids:
+        if r not in out and r not in done and run_owner(spec.results, spec.name, r) is not None:
+            out[r] = "RUNNING"
     return out
+
+
+def _done(runs: pd.DataFrame) -> set[str]:
+    return set(runs.run_id[runs.status.isin(DONE)]) if len(runs) else set()
 
 
 class Controller:
     def __init__(self, spec: GridSpec, opts: RunOptions | None = None, console=None,
-                 backend: Backend | None = None):
+                 backend: Backend | None = None, lock: SweepLock | None = None):
         """``backend``: one made already (the CLI starts the local launcher before its own
-        imports, a test may bring its own); by default the spec's, made and closed here."""
+        imports, a test may bring its own); by default the spec's, made and closed here.
+        ``lock``: the sweep's lock, taken already (by the CLI, before it starts a launcher);
+        by default taken and released here."""
         from rich.console import Console
 
-        self.backend = backend
+        self.backend, self.lock = backend, lock
         self.spec = spec
         self.opts = opts or RunOptions()
         self.console = console or Console(stderr=True)
@@ -123,7 +136,7 @@ class Controller:
     def run(self) -> Outcome:
         """Run the sweep to its end (or one pass with ``wait=False``), holding its lock."""
         t0 = time.monotonic()
-        with SweepLock(self.dir, self.spec.name) as self.lock:
+        with nullcontext(self.lock) if self.lock else SweepLock(self.dir, self.spec.name) as self.lock:
             if self.backend is not None:  # its maker closes it
                 return self._run(self.backend, t0)
             backend = backend_for(self.spec)
@@ -158,11 +171,11 @@ class Controller:
                 runs = run_rows(spec.results, spec.name, rows_cache)
                 ids = [r.run_id for r in plan]
                 ledger = read_ledger(self.dir)
-                alive = alive_jobs(spec, ids, backend, ledger)
+                alive = alive_jobs(spec, ids, backend, ledger, _done(runs))
                 for rid, job in submitted.items():  # this invocation's jobs (reaps local ones)
                     if rid not in alive and not job.done():
                         alive[rid] = "submitted"
-                state = sweep_state(plan, runs, alive, set(ledger))
+                state = sweep_state(plan, runs, alive, set(ledger), failures(ledger))
                 statuses = dict(zip(state.run_id, state.status, strict=True))
                 want = to_submit(state, self.opts.retry_failed)
                 todo = [rid for rid in state.run_id[want] if rid not in submitted]
@@ -194,8 +207,8 @@ class Controller:
                 live.stop()
         runs = run_rows(spec.results, spec.name, rows_cache)
         ledger = read_ledger(self.dir)
-        outcome.state = sweep_state(plan, runs, alive_jobs(spec, [r.run_id for r in plan], backend, ledger),
-                                    set(ledger))
+        outcome.state = sweep_state(plan, runs, alive_jobs(spec, [r.run_id for r in plan], backend, ledger,
+                                                           _done(runs)), set(ledger), failures(ledger))
         tell(spec, plan, runs, storage, told)
         for rid in outcome.state.run_id[outcome.state.status.eq(S.MISSING)]:
             if rid in submitted:
@@ -250,6 +263,7 @@ def quarantine_unreadable(spec: GridSpec) -> list[str]:
 def status_report(spec: GridSpec) -> dict[str, Any]:
     """Everything ``stability grid status`` prints, as plain data (``--json``)."""
     sweep_dir = spec.sweep_dir
+    store.check_root(spec.results)
     unreadable: list[str] = []
     try:
         saved = load_plan(sweep_dir)
@@ -266,15 +280,14 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
     backend = backend_for(spec)
     problems: list[str] = []
     ledger = read_ledger(sweep_dir, problems)
-    alive = alive_jobs(spec, ids, backend, ledger)
-    state = sweep_state(plan, runs, alive, set(ledger))
+    alive = alive_jobs(spec, ids, backend, ledger, _done(runs))
+    state = sweep_state(plan, runs, alive, set(ledger), failures(ledger))
     total = counts(state).iloc[0].to_dict() if len(state) else {}
     cells = counts(state, ["stem", "optimizer", "epochs"]).reset_index() if len(state) else pd.DataFrame()
-    failures = []
+    failed_runs = []
     for r in state[state.status.eq(S.FAILED)].itertuples():
-        failures.append({"run_id": r.run_id, "stem": r.stem, "error": r.error,
-                         "log": backend.log_tail(ledger[r.run_id]["job_id"])
-                         if r.run_id in ledger else ""})
+        failed_runs.append({"run_id": r.run_id, "stem": r.stem, "error": r.error,
+                            "log": backend.log_tail(ledger[r.run_id]["job_id"]) if r.run_id in ledger else ""})
     lost = []
     for r in state[state.status.eq(S.MISSING)].itertuples():
         if r.run_id in ledger:
@@ -287,7 +300,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
                   for row in cells.to_dict(orient="records")],
         "jobs": {"alive": len(alive), "running": sum(1 for s in alive.values() if s in RUNNING_JOB_STATES),
                  "pending": sum(1 for s in alive.values() if s not in RUNNING_JOB_STATES)},
-        "failures": failures, "lost": lost, "ledger_problems": problems,
+        "failures": failed_runs, "lost": lost, "ledger_problems": problems,
         "unreadable": unreadable + [f"{e.splitlines()[0][:300]} (its runs count as missing; `grid run` moves "
                                     f"it to quarantine and reruns them)" for e in bad_rows],
         "eta_s": eta_seconds(state, backend.parallelism()),

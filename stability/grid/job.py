@@ -13,6 +13,8 @@ from typing import Any
 
 import submitit
 
+from ..run_lock import RunTaken
+
 
 class RunJob(submitit.helpers.Checkpointable):
     """One training run; ``threads`` caps torch's intra-op threads (None: the job's CPUs)."""
@@ -39,4 +41,29 @@ class RunJob(submitit.helpers.Checkpointable):
                 # submitit's handler: dumps our checkpoint() submission and requeues the job.
                 p.previous_handler(p.signum, None)
             raise
+        except RunTaken:
+            raise  # another job trains it: nothing of ours to record
+        except Exception as e:
+            _note_unwritten_failure(cfg, e)
+            raise
         return {k: row.get(k) for k in ("run_id", "status", "top1_err", "diverged_at_step")}
+
+
+def _note_unwritten_failure(cfg, error: BaseException) -> None:
+    """A run that failed must not stay "running": when its failed row is not on disk (the disk
+    is full, the root read-only), the ledger says so, naming the error (best effort: the ledger
+    may be on the same full disk)."""
+    from .. import store
+    from ..provenance import job_id
+    from .ledger import record_failure
+
+    if int(os.environ.get("RANK", "0")) != 0 or not (job := job_id()):
+        return
+    try:
+        rows = store.read_table(cfg.results, "runs", sweep=cfg.sweep, columns=["status"], run_ids=[cfg.run_id])
+        if rows.status.eq(store.RunStatus.FAILED).any():
+            return
+        record_failure(store.sweep_dir(cfg.results, cfg.sweep), cfg.run_id, job,
+                       f"{type(error).__name__}: {error} (its failed row could not be written)")
+    except OSError:
+        pass

@@ -3,14 +3,15 @@
 A local grid of short runs used to spend most of its time starting Python and importing torch
 (~4 s per run on a small machine). The controller now starts one launcher process
 (``python -m stability.grid.local``) that imports torch and the trainer, then forks one child
-per run task on request. Children are ordinary processes: their pid is the job id in the
-ledger, a crash takes down only that run, SIGTERM checkpoints it (``stability.train``), and they
+per run task on request. Children are ordinary processes: ``<pid>.<start time>`` of rank 0 is
+the job id in the ledger (the start time, in clock ticks since boot, tells a reused pid from
+the job's), a crash takes down only that run, SIGTERM checkpoints it (``stability.train``), and they
 outlive the controller (``--no-wait``). Several tasks per job make one DDP run on this machine
 (gloo on CPU, NCCL on GPUs); with ``gpus_per_node`` each job gets its own GPUs.
 
 Protocol (JSON lines): the controller writes ``{"token", "config", "tasks", "threads", "env",
 "log_dir", "timeout_s"}``; the launcher answers ``{"token", "pid"}`` once forked and
-``{"pid", "code"}`` when the job's last task has exited.
+``{"pid", "code"}`` when the job's last task has exited (``pid`` is the job id).
 """
 
 from __future__ import annotations
@@ -45,18 +46,36 @@ def gpu_ids() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def pid_alive(pid: str) -> bool:
-    """A local job (its id is the pid) still runs; zombies count as dead."""
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process, None when there is none."""
     try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]  # fields 3 and 22 of proc(5), counted after the name
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def job_token(pid: int) -> str:
+    """A local job's id: ``<pid>.<start time>``, which no later process with the same pid has."""
+    st = _stat(pid)
+    return f"{pid}.{st[1]}" if st else str(pid)
+
+
+def pid_alive(job_id: str) -> bool:
+    """A local job (id ``<pid>.<start time>``, or a bare pid) still runs: its process exists, is
+    not a zombie, and started when the job did (a reused pid is another process)."""
+    pid, _, started = str(job_id).partition(".")
+    try:
+        st = _stat(int(pid))
+    except ValueError:
         return False
+    return st is not None and st[0] != "Z" and (not started or st[1] == started)
 
 
 @dataclass
 class LocalJob:
-    """A submitted local job; ``job_id`` is the pid of its rank-0 task."""
+    """A submitted local job; ``job_id`` is ``<pid>.<start time>`` of its rank-0 task."""
 
     pool: LocalPool
     job_id: str
@@ -159,7 +178,8 @@ def _child(msg: dict[str, Any], rank: int, port: int, rank0_pid: int) -> None:
     """In a forked task: logs to files, its own environment, then the run. Never returns."""
     code = 1
     try:
-        name = f"{rank0_pid}_{rank}_log"
+        job_id = job_token(rank0_pid)
+        name = f"{job_id}_{rank}_log"
         out = os.open(os.path.join(msg["log_dir"], f"{name}.out"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         err = os.open(os.path.join(msg["log_dir"], f"{name}.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -168,6 +188,7 @@ def _child(msg: dict[str, Any], rank: int, port: int, rank0_pid: int) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.environ.update(msg["env"])
+        os.environ["STABILITY_JOB_ID"] = job_id  # the runs row names the job that wrote it
         if msg["tasks"] > 1:
             os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(msg["tasks"]),
                                "LOCAL_WORLD_SIZE": str(msg["tasks"]), "MASTER_ADDR": "127.0.0.1",
@@ -206,7 +227,7 @@ def serve() -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     reply = sys.stdout.buffer
     stdin = sys.stdin.buffer.raw
-    jobs: dict[int, dict[str, Any]] = {}  # rank-0 pid -> {"pids", "deadline", "code", "killed"}
+    jobs: dict[int, dict[str, Any]] = {}  # rank-0 pid -> {"id", "pids", "deadline", "code", "killed"}
     owner: dict[int, int] = {}  # task pid -> rank-0 pid
     buf, open_ = b"", True
 
@@ -244,10 +265,10 @@ def serve() -> None:
                         os.close(wake_w)
                         _child(msg, rank, port, pids[0] if pids else os.getpid())
                     pids.append(pid)
-                jobs[pids[0]] = {"pids": set(pids), "deadline": time.monotonic() + msg["timeout_s"],
-                                 "code": 0, "killed": 0.0}
+                jobs[pids[0]] = {"id": job_token(pids[0]), "pids": set(pids), "code": 0, "killed": 0.0,
+                                 "deadline": time.monotonic() + msg["timeout_s"]}
                 owner.update({p: pids[0] for p in pids})
-                send({"token": msg["token"], "pid": pids[0]})
+                send({"token": msg["token"], "pid": jobs[pids[0]]["id"]})
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -268,7 +289,7 @@ def serve() -> None:
                 job["deadline"] = min(job["deadline"], time.monotonic() + FAILED_TASK_GRACE_S)
             if not job["pids"]:
                 del jobs[lead]
-                send({"pid": lead, "code": job["code"]})
+                send({"pid": job["id"], "code": job["code"]})
         now = time.monotonic()
         for job in jobs.values():
             if now > job["deadline"] and not job["killed"]:

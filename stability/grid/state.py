@@ -1,17 +1,14 @@
-"""Sweep state: which planned runs are done, failed, running or missing; the job ledger.
+"""Sweep state: which planned runs are done, failed, running, pending or missing.
 
 A run is *done* when its runs row in the store says completed or diverged. Everything the
 controller needs to pick up after a crash is on disk under ``results/_sweeps/<name>/``:
-``spec.yaml``, ``plan.parquet`` (what should exist) and ``jobs.jsonl`` (which job ran which run).
+``spec.yaml``, ``plan.parquet`` (what should exist) and ``jobs.jsonl`` (which job ran which run:
+``grid/ledger.py``).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -21,52 +18,6 @@ from .plan import PlannedRun
 
 DONE, TERMINAL = store.DONE, store.TERMINAL
 ORDER = tuple(map(str, RunStatus))  # display order; plain strings, they name columns
-
-
-def ledger_path(sweep_dir: Path) -> Path:
-    return sweep_dir / "jobs.jsonl"
-
-
-def record_jobs(sweep_dir: Path, kind: str, items: list[tuple[str, str]]) -> None:
-    """Append ``(run_id, job_id)`` submissions to the ledger: one JSON object per line, all in one
-    write, flushed to disk. A torn last line (a controller killed mid-append) is ended first, so
-    a new record never lands on it."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    text = "".join(json.dumps({"run_id": r, "job_id": str(j), "kind": kind, "t": now}) + "\n" for r, j in items)
-    with open(ledger_path(sweep_dir), "ab+") as f:
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                text = "\n" + text
-        f.write(text.encode())
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_ledger(sweep_dir: Path, problems: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """The latest submission of each run: ``{run_id: {"job_id", "kind", "t"}}``. Lines that are
-    not records (torn, not JSON, JSON of another shape) are skipped; ``problems`` gets one
-    message per skipped line, naming it."""
-    p = ledger_path(sweep_dir)
-    out: dict[str, dict[str, Any]] = {}
-    if not p.exists():
-        return out
-    for i, line in enumerate(p.read_bytes().decode(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            rec = None
-        if not (isinstance(rec, dict) and isinstance(rec.get("run_id"), str)
-                and isinstance(rec.get("job_id"), str | int) and isinstance(rec.get("kind"), str)):
-            if problems is not None:
-                problems.append(f"{p} line {i}: not a job record, skipped ({line[:60]!r})")
-            continue
-        rec["job_id"] = str(rec["job_id"])
-        out[rec["run_id"]] = rec
-    return out
 
 
 def save_plan(sweep_dir: Path, plan_df: pd.DataFrame) -> None:
@@ -100,14 +51,16 @@ RUNNING_JOB_STATES = ("RUNNING", "COMPLETING")
 
 
 def sweep_state(plan: list[PlannedRun], runs: pd.DataFrame, alive: dict[str, str] | None = None,
-                submitted: set[str] | frozenset[str] = frozenset()) -> pd.DataFrame:
+                submitted: set[str] | frozenset[str] = frozenset(),
+                failed: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per planned run: run_id, stem, optimizer, epochs, cell, status, job state.
 
     ``alive`` maps run_id -> scheduler state for runs whose job still lives; ``submitted`` holds
     the runs the ledger has a job for. A run with no row (or a stale running/preempted row) and no
     live job is ``missing`` when a job of it ended without a result, ``pending`` when it was never
     submitted (planned, not started: e.g. waiting for a free local slot). A controller submits
-    both (``to_submit``).
+    both (``to_submit``). ``failed`` maps run_id -> error for runs whose latest job recorded in
+    the ledger that it failed without writing its row: such a run is failed, not missing.
     """
     state = pd.DataFrame({c: [getattr(r, c) for r in plan] for c in STATE_COLUMNS[:5]},
                          columns=STATE_COLUMNS[:5])
@@ -121,6 +74,9 @@ def sweep_state(plan: list[PlannedRun], runs: pd.DataFrame, alive: dict[str, str
     status[~live & status.isin([RunStatus.RUNNING, RunStatus.PREEMPTED])] = RunStatus.MISSING  # its job is gone
     status[status.eq(RunStatus.MISSING) & ~ids.isin(submitted)] = RunStatus.PENDING  # never submitted
     err = ids.map(last["error"]) if "error" in last else pd.Series(None, index=ids.index, dtype=object)
+    unwritten = status.eq(RunStatus.MISSING) & ids.isin(list(failed or {}))
+    status[unwritten] = RunStatus.FAILED
+    err[unwritten] = ids[unwritten].map(failed or {})
     state["status"] = status.astype(str)
     state["error"] = err.where(err.map(lambda e: isinstance(e, str)), None).astype(object)
     state["wall_time_s"] = ids.map(last["wall_time_s"]) if "wall_time_s" in last else None

@@ -1,0 +1,87 @@
+"""The job ledger ``_sweeps/<name>/jobs.jsonl``: which job ran which run, on which backend.
+
+Append-only JSON lines, each written whole in one write and fsync'ed (a killed writer can tear
+only the last line, which the next writer ends first). Two kinds of record: a submission
+``{"run_id", "job_id", "kind", "t"}`` by the controller, and ``{"run_id", "job_id", "event":
+"row_unwritten", "error", "t"}`` by a job that failed and could not write its failed row (a full
+disk, a read-only root), so the run shows as failed rather than running. No grid imports here:
+jobs write to it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+UNWRITTEN = "row_unwritten"
+
+
+def failures(ledger: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """``{run_id: error}`` of the ledger's runs whose latest job failed without a row."""
+    return {r: rec["unwritten"] for r, rec in ledger.items() if "unwritten" in rec}
+
+
+def ledger_path(sweep_dir: Path) -> Path:
+    return sweep_dir / "jobs.jsonl"
+
+
+def record_jobs(sweep_dir: Path, kind: str, items: list[tuple[str, str]]) -> None:
+    """Append ``(run_id, job_id)`` submissions to the ledger."""
+    now = time.time()
+    _append(sweep_dir, [{"run_id": r, "job_id": str(j), "kind": kind, "t": now} for r, j in items])
+
+
+def record_failure(sweep_dir: Path, run_id: str, job_id: str, error: str) -> None:
+    """Note in the ledger that ``job_id`` ended ``run_id`` failed without writing its row (a full
+    disk, a read-only results root): the run shows as failed with ``error``, not as running."""
+    _append(sweep_dir, [{"run_id": run_id, "job_id": str(job_id), "event": UNWRITTEN, "error": error[:2000],
+                         "t": time.time()}])
+
+
+def _append(sweep_dir: Path, records: list[dict[str, Any]]) -> None:
+    """One JSON object per line, all in one write, flushed to disk. A torn last line (a writer
+    killed mid-append) is ended first, so a new record never lands on it."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    with open(ledger_path(sweep_dir), "ab+") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                text = "\n" + text
+        f.write(text.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_ledger(sweep_dir: Path, problems: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The latest submission of each run: ``{run_id: {"job_id", "kind", "t"}}``, plus
+    ``"unwritten"`` (the error) when that job recorded a failure it could not write as a row. Lines that are not
+    records (torn, not JSON, JSON of another shape) are skipped; ``problems`` gets one message per
+    skipped line, naming it."""
+    p = ledger_path(sweep_dir)
+    out: dict[str, dict[str, Any]] = {}
+    if not p.exists():
+        return out
+    for i, line in enumerate(p.read_bytes().decode(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        ok = isinstance(rec, dict) and isinstance(rec.get("run_id"), str) and isinstance(rec.get("job_id"), str | int)
+        if ok and rec.get("event") == UNWRITTEN and isinstance(rec.get("error"), str):
+            sub = out.get(rec["run_id"])
+            if sub is not None and sub["job_id"] == str(rec["job_id"]):
+                sub["unwritten"] = rec["error"]
+            continue
+        if not (ok and isinstance(rec.get("kind"), str)):
+            if problems is not None:
+                problems.append(f"{p} line {i}: not a job record, skipped ({line[:60]!r})")
+            continue
+        rec["job_id"] = str(rec["job_id"])
+        out[rec["run_id"]] = rec
+    return out

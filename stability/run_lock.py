@@ -1,0 +1,99 @@
+"""One writer per run: the process that trains a run holds an OS lock on its owner file.
+
+Two processes can be given the same run: a controller that misread its ledger resubmits a
+live run, two `stability train` commands name the same config, Slurm requeues a job whose first
+incarnation still runs on a node that lost contact. Whoever takes ``_sweeps/<sweep>/owners/
+<run_id>.lock`` first trains the run and writes its rows; the other ends at once with
+:class:`RunTaken`, before it writes anything, so the store never holds rows from two writers.
+The lock file holds the owner's record (job id, host, pid, since); the OS drops the lock when
+its holder dies, even by SIGKILL. Lock files stay (a few bytes each): removing one while
+another process waits on it would let two processes hold "the" lock. Over NFS ``flock`` is
+emulated with POSIX locks, which reach across clients with NFSv4 or NLM; on a filesystem where
+they do not, this guard is local to each node (as the sweep lock, ``grid/lock.py``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from datetime import UTC, datetime
+
+from . import store
+from .errors import ConfigError
+
+TAKE_TIMEOUT_S = 10.0  # a prober holds it for microseconds; a requeued job's old self may be exiting
+
+
+class RunTaken(ConfigError):
+    """Another live process trains this run: this one leaves it alone (the message names it)."""
+
+
+def _record(fd: int) -> dict | None:
+    try:
+        rec = json.loads(os.pread(fd, 4096, 0) or b"null")
+        return rec if isinstance(rec, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _describe(run_id: str, rec: dict | None) -> str:
+    if not rec:
+        return f"run {run_id} is being trained by another process"
+    return (f"run {run_id} is being trained by job {rec.get('job_id')} (pid {rec.get('pid')} on "
+            f"{rec.get('host')}) since {rec.get('since')}: this process leaves it alone")
+
+
+class RunLock:
+    """``with RunLock(root, sweep, run_id, job_id):`` — raises :class:`RunTaken` when held."""
+
+    def __init__(self, root: str | os.PathLike, sweep: str, run_id: str, job_id: str | None = None):
+        self.path, self.run_id, self.job_id = store.owner_path(root, sweep, run_id), run_id, job_id
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + TAKE_TIMEOUT_S
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    rec = _record(fd)
+                    os.close(fd)
+                    raise RunTaken(_describe(self.run_id, rec)) from None
+                time.sleep(0.05)
+        rec = {"job_id": self.job_id, "host": socket.gethostname(), "pid": os.getpid(),
+               "since": datetime.now(UTC).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(rec).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def run_owner(root: str | os.PathLike, sweep: str, run_id: str) -> dict | None:
+    """The record of the live process that trains ``run_id`` (None when no process holds it)."""
+    path = store.owner_path(root, sweep, run_id)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _record(fd) or {}
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

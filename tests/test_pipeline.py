@@ -1,0 +1,197 @@
+"""The input pipeline: workers sized to the job, loaders whose workers persist across epochs with
+resume-exact batches, the packed format, GPU decoding, and the grid's CPU warning."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from stability import store
+from stability.config import run_config
+from stability.data import DataError, batches, load_dataset
+from stability.distributed import Dist
+from stability.grid.spec import ExecutorSpec
+from stability.packed import PackedDataset, pack
+from stability.train import train
+from stability.workers import cpu_warning, job_cpus, resolve_workers, workers_needed
+
+from .conftest import run_cli, write_spec
+
+CPU = torch.device("cpu")
+
+
+def _folder(root, per_class=(8, 2), classes=3, size=(40, 30)):
+    """A tiny ImageFolder of JPEGs (a PNG-free, photo-like gradient with noise)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in zip(("train", "val"), per_class, strict=True):
+        for c in range(classes):
+            (root / split / f"class{c}").mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = (torch.rand(size[1], size[0], 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(arr).save(root / split / f"class{c}" / f"{i:03d}.jpg", quality=85)
+    return root
+
+
+def test_auto_workers_come_from_the_job(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    assert job_cpus() == 6 and resolve_workers("auto", "cuda") == 5
+    assert resolve_workers("auto", "cpu") == 0  # in-memory data on CPU: the measured choice
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert resolve_workers("auto", "cuda") == 0  # never below 0
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    import os
+
+    assert job_cpus() == len(os.sched_getaffinity(0))
+    assert resolve_workers("auto", "cuda", {"LOCAL_WORLD_SIZE": "1000000"}) == 0  # shared by the local ranks
+    assert resolve_workers(3, "cuda") == 3 and resolve_workers(3, "cpu") == 3
+
+
+def _collect(data, epoch, start, workers, stop=None, **kw):
+    out = []
+    for k, (x, y) in enumerate(batches(data, 6, 7, workers, epoch, start, True, CPU, Dist(), **kw)):
+        if stop is not None and k == stop:
+            break
+        out.append((x.clone(), y.clone()))
+    return out
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b, strict=True))
+
+
+def test_workers_persist_across_epochs_and_batches_stay_resume_exact(tmp_path):
+    root = _folder(tmp_path / "f", per_class=(10, 2))
+    data = load_dataset("imagefolder", str(root), image_size=16)
+    e0 = _collect(data, 0, 0, 2)
+    loader = next(iter(data.loaders.values())).loader
+    pids = [w.pid for w in loader._iterator._workers]
+    _collect(data, 1, 0, 2, stop=1)  # an epoch left after one batch (a stop, steps_per_epoch)
+    e1_from_2 = _collect(data, 1, 2, 2)  # a resume at batch 2 on the same workers
+    assert len(data.loaders) == 1 and [w.pid for w in loader._iterator._workers] == pids  # the same processes
+    fresh = load_dataset("imagefolder", str(root), image_size=16)  # a new process: no workers, no history
+    assert _same(_collect(fresh, 0, 0, 0), e0)
+    assert _same(_collect(fresh, 1, 2, 0), e1_from_2)
+    assert _same(_collect(fresh, 1, 0, 0)[2:], e1_from_2)  # resumed == the uninterrupted epoch's tail
+    assert not _same(_collect(fresh, 1, 0, 0), _collect(fresh, 2, 0, 0))  # epochs differ
+    data.loaders.clear()
+
+
+def test_auto_augment_changes_the_images_and_is_seeded(tmp_path):
+    root = _folder(tmp_path / "f")
+    data = load_dataset("imagefolder", str(root), image_size=16)
+    plain = _collect(data, 0, 0, 0)
+    policy = _collect(data, 0, 0, 0, auto_augment="autoaugment")
+    assert [torch.equal(a[1], b[1]) for a, b in zip(plain, policy, strict=True)] == [True] * len(plain)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(plain, policy, strict=True))
+    assert _same(_collect(load_dataset("imagefolder", str(root), image_size=16), 0, 0, 0,
+                          auto_augment="autoaugment"), policy)
+    assert data.train.transform is not None and "AutoAugment" not in repr(data.train.transform)  # bundle untouched
+    rand = _collect(data, 0, 0, 0, auto_augment="randaugment")
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(plain, rand, strict=True))
+
+
+def test_packed_round_trips_an_imagefolder_exactly(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    root = _folder(tmp_path / "f")
+    counts = pack(root, tmp_path / "p", shard_mb=0.004)  # tiny shards: several per split
+    assert counts == {"train": 24, "val": 6}
+    assert len(list((tmp_path / "p").glob("train-*.tar"))) > 1
+    for split in ("train", "val"):
+        folder, packed = ImageFolder(str(root / split)), PackedDataset(tmp_path / "p", split)
+        assert packed.classes == folder.classes and packed.class_to_idx == folder.class_to_idx
+        assert packed.targets == folder.targets
+        for i, (path, _) in enumerate(folder.samples):
+            assert packed.encoded_bytes(i) == open(path, "rb").read()  # byte-identical JPEGs
+    a, b = load_dataset("packed", str(tmp_path / "p"), image_size=16), load_dataset("imagefolder", str(root), image_size=16)
+    assert a.num_classes == b.num_classes == 3
+    assert all(torch.equal(a.val[i][0], b.val[i][0]) and a.val[i][1] == b.val[i][1] for i in range(6))
+    assert _same(_collect(a, 0, 0, 0), _collect(b, 0, 0, 0))  # the same training batches too
+    import tarfile  # and the shards are plain tar files, WebDataset-style
+
+    with tarfile.open(tmp_path / "p" / "train-00000.tar") as t:
+        names = t.getnames()
+    assert names[:2] == ["00000000.jpg", "00000000.cls"]
+
+
+def test_pack_resizes_to_a_short_side(tmp_path):
+    from PIL import Image
+
+    root = _folder(tmp_path / "f", size=(60, 40))
+    pack(root, tmp_path / "p", short_side=20)
+    ds = PackedDataset(tmp_path / "p", "train")
+    assert Image.open(io.BytesIO(ds.encoded_bytes(0))).size == (30, 20)
+
+
+def test_pack_command_errors_are_one_line(tmp_path):
+    out = run_cli("pack", str(tmp_path / "nope"), str(tmp_path / "out"))
+    assert out.returncode == 2 and out.stderr.startswith("error:") and len(out.stderr.strip().splitlines()) == 1
+    assert "nope/train is not a folder" in out.stderr
+    root = _folder(tmp_path / "f", per_class=(2, 1))
+    ok = run_cli("pack", str(root), str(tmp_path / "out"))
+    assert ok.returncode == 0 and "packed 6 train and 3 val images" in ok.stdout, ok.stderr
+    again = run_cli("pack", str(root), str(tmp_path / "out"))
+    assert again.returncode == 2 and "not empty" in again.stderr
+    bad = load_dataset  # a folder that is not packed: a one-line DataError
+    with pytest.raises(DataError, match="not a packed dataset"):
+        bad("packed", str(root))
+
+
+def test_gpu_decode_on_a_cpu_device_is_a_clear_error(tmp_path):
+    data = load_dataset("imagefolder", str(_folder(tmp_path / "f")), image_size=16)
+    with pytest.raises(DataError, match="decode: gpu needs a CUDA device"):
+        _collect(data, 0, 0, 0, decode="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU JPEG decoding needs CUDA (nvJPEG); this machine has none")
+def test_gpu_decode_gives_normalised_seeded_batches(tmp_path):
+    data = load_dataset("imagefolder", str(_folder(tmp_path / "f")), image_size=16)
+    cuda = torch.device("cuda")
+
+    def run(**kw):
+        return [(x.cpu(), y.cpu()) for x, y in batches(data, 6, 7, 2, 0, 0, True, cuda, Dist(), decode="gpu", **kw)]
+
+    got = run()
+    cpu = _collect(data, 0, 0, 0)
+    assert len(got) == len(cpu) and all(torch.equal(a[1], b[1]) for a, b in zip(got, cpu, strict=True))
+    assert got[0][0].shape == (6, 3, 16, 16) and got[0][0].dtype == torch.float32
+    assert -3 < got[0][0].mean().item() < 3
+    assert _same(run(), got)  # seeded per image
+    assert not _same(run(auto_augment="autoaugment"), got)
+
+
+def test_dry_run_warns_when_a_cuda_job_has_too_few_cpus(tmp_path):
+    cfgs = [run_config({"dataset": "imagefolder", "data_root": "/data"})]
+    need = workers_needed()
+    assert cpu_warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=need + 1), cfgs) is None
+    low = cpu_warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=need), cfgs)
+    assert low and "cpus_per_task" in low and str(need) in low
+    assert cpu_warning(ExecutorSpec(cpus_per_task=2), cfgs) is None  # no GPU: nothing to feed
+    assert cpu_warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=2), [run_config({})]) is None  # digits
+    gpu = [run_config({"dataset": "imagefolder", "decode": "gpu"})]
+    assert cpu_warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=2), gpu) is None
+    many = [run_config({"dataset": "imagefolder", "num_workers": 12})]
+    assert "num_workers 12" in cpu_warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=8), many)
+    spec = write_spec(tmp_path / "s.yaml", "warn", tmp_path / "r",
+                      base={"dataset": "imagefolder", "data_root": "/data", "model": "vit_tiny", "image_size": 32},
+                      executor={"kind": "slurm", "gpus_per_node": 8, "tasks_per_node": 8, "cpus_per_task": 4})
+    out = run_cli("grid", "run", str(spec), "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "warning: cpus_per_task 4 gives each GPU 3 data workers" in out.stdout + out.stderr
+
+
+def test_a_tiny_imagefolder_run_with_workers_policy_and_mixing(tmp_path):
+    root = _folder(tmp_path / "f", per_class=(8, 2))
+    cfg = run_config({"dataset": "imagefolder", "data_root": str(root), "image_size": 32, "model": "vit_c_tiny",
+                      "epochs": 2, "batch_size": 8, "num_workers": 2, "auto_augment": "autoaugment",
+                      "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "warmup_epochs": 0, "trace_every": 2,
+                      "results": str(tmp_path / "r")})
+    row = train(cfg)
+    assert row["status"] == "completed", row.get("error")
+    res = store.load(tmp_path / "r")
+    assert len(res.steps) == 2 * 3 and len(res.epochs) == 2
