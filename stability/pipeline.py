@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import seeded
@@ -75,9 +74,15 @@ def _collate_encoded(items: list) -> tuple[torch.Tensor, list[int], torch.Tensor
 
 
 class GpuDecoder:
-    """JPEG bytes -> normalised (N, 3, size, size) float batch on ``device``: nvJPEG decode, then
-    per image RandomResizedCrop, horizontal flip and the optional policy, drawn from each image's
-    seed (as the CPU transform would be)."""
+    """JPEG bytes -> normalised (N, 3, size, size) float batch on ``device``: nvJPEG decode of the
+    batch, then RandomResizedCrop and horizontal flip drawn from each image's seed (as the CPU
+    transform draws them) and done for the whole batch at once: ``roi_align`` over the images
+    padded to a common canvas, one kernel instead of one resize per image (which bound the
+    first version at ~2,200 img/s on an H200). Resampling is bilinear with adaptive supersampling
+    (``sampling_ratio=0``: every output pixel averages ceil(crop/size)^2 samples, as antialiasing
+    does), close to but not bit-identical with the CPU path. The optional policy stays per image."""
+
+    CANVAS_BYTES = 2 << 30  # a padded canvas larger than this is split (a few huge images)
 
     def __init__(self, size: int, policy: Any, mean: tuple, std: tuple, device: torch.device):
         self.size, self.policy, self.device = size, policy, device
@@ -87,28 +92,65 @@ class GpuDecoder:
     def decode(self, data: list[torch.Tensor]) -> list[torch.Tensor]:
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-        try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-        except RuntimeError:  # a PNG or CMYK file among the JPEGs (ImageNet has a few): one by one on the CPU
-            return [decode_image(d, mode=ImageReadMode.RGB).to(self.device) for d in data]
+        if self.device.type == "cuda":
+            try:
+                return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError:  # a PNG or CMYK file among the JPEGs (ImageNet has a few): one by one
+                pass
+        return [decode_image(d, mode=ImageReadMode.RGB).to(self.device) for d in data]
+
+    def crop(self, imgs: list[torch.Tensor], seeds: list[int]) -> torch.Tensor:
+        """Each (3, H, W) uint8 image's seeded RandomResizedCrop, resized to ``size``, flipped with
+        probability 1/2: a float (N, 3, size, size) batch in 0..255."""
+        from torchvision.ops import roi_align
+        from torchvision.transforms import RandomResizedCrop
+
+        boxes, flips = [], []
+        for img, s in zip(imgs, seeds, strict=True):
+            with seeded(s):
+                i, j, h, w = RandomResizedCrop.get_params(img, list(CROP_SCALE), list(CROP_RATIO))
+                flips.append(bool(torch.rand(1) < 0.5))
+            boxes.append((j, i, j + w, i + h))  # x1, y1, x2, y2 in pixel edges (aligned=True)
+        out = torch.empty(len(imgs), 3, self.size, self.size, device=self.device)
+        for chunk in _canvas_chunks([im.shape[-2:] for im in imgs], self.CANVAS_BYTES):
+            hmax = max(imgs[k].shape[-2] for k in chunk)
+            wmax = max(imgs[k].shape[-1] for k in chunk)
+            canvas = torch.zeros(len(chunk), 3, hmax, wmax, device=self.device)
+            for c, k in enumerate(chunk):
+                canvas[c, :, :imgs[k].shape[-2], :imgs[k].shape[-1]] = imgs[k]
+            rois = torch.tensor([(c, *boxes[k]) for c, k in enumerate(chunk)], dtype=torch.float32)
+            out[chunk] = roi_align(canvas, rois.to(self.device), (self.size, self.size), 1.0, 0, aligned=True)
+        flip = torch.tensor(flips).to(self.device).view(-1, 1, 1, 1)
+        return torch.where(flip, out.flip(-1), out)
 
     def __call__(self, data: torch.Tensor, lengths: list[int], labels: torch.Tensor, seeds: list[int]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        from torchvision.transforms import RandomResizedCrop
-
-        out = []
-        for img, s in zip(self.decode(list(data.split(lengths))), seeds, strict=True):
-            with seeded(s):
-                i, j, h, w = RandomResizedCrop.get_params(img, list(CROP_SCALE), list(CROP_RATIO))
-                x = F.interpolate(img[None, :, i:i + h, j:j + w].float(), size=(self.size, self.size),
-                                  mode="bilinear", antialias=True, align_corners=False)
-                if torch.rand(1) < 0.5:
-                    x = x.flip(-1)
-                if self.policy is not None:  # torchvision's policies work on uint8 images
-                    x = self.policy(x.round_().clamp_(0, 255).to(torch.uint8)).float()
-            out.append(x)
-        x = (torch.cat(out) - self.mean) / self.std
+        x = self.crop(self.decode(list(data.split(lengths))), seeds)
+        if self.policy is not None:  # torchvision's policies work on uint8 images, one draw per call
+            u8 = x.round_().clamp_(0, 255).to(torch.uint8)
+            parts = []
+            for k, s in enumerate(seeds):
+                with seeded(s + 1):
+                    parts.append(self.policy(u8[k:k + 1]))
+            x = torch.cat(parts).float()
+        x = (x - self.mean) / self.std
         return x, labels.to(self.device, non_blocking=True)
+
+
+def _canvas_chunks(shapes: list, budget: int) -> list[list[int]]:
+    """Indices of images grouped (by size) so that each group's padded float canvas fits
+    ``budget`` bytes; one group when it all fits."""
+    order = sorted(range(len(shapes)), key=lambda k: shapes[k][0] * shapes[k][1])
+    chunks: list[list[int]] = [[]]
+    hmax = wmax = 0
+    for k in order:
+        h, w = max(hmax, shapes[k][0]), max(wmax, shapes[k][1])
+        if chunks[-1] and (len(chunks[-1]) + 1) * 3 * h * w * 4 > budget:
+            chunks.append([])
+            h, w = shapes[k]
+        chunks[-1].append(k)
+        hmax, wmax = h, w
+    return chunks
 
 
 class Loader:

@@ -195,3 +195,50 @@ def test_a_tiny_imagefolder_run_with_workers_policy_and_mixing(tmp_path):
     assert row["status"] == "completed", row.get("error")
     res = store.load(tmp_path / "r")
     assert len(res.steps) == 2 * 3 and len(res.epochs) == 2
+
+
+def _smooth_images(sizes):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for h, w in sizes:  # smooth content, as photos are: interpolation schemes then agree closely
+        low = torch.rand(1, 3, 6, 6, generator=g) * 255
+        out.append(torch.nn.functional.interpolate(low, size=(h, w), mode="bicubic").clamp(0, 255)[0].to(torch.uint8))
+    return out
+
+
+def test_batched_gpu_crop_matches_a_per_image_resized_crop_and_flip():
+    """The decoder's one-kernel crop (roi_align over a padded canvas) against torchvision's own
+    per-image RandomResizedCrop draw + antialiased resize + flip, from the same seeds (CPU here;
+    the same code runs on CUDA)."""
+    from torchvision.transforms import RandomResizedCrop
+
+    from stability.augment import seeded
+    from stability.pipeline import CROP_RATIO, CROP_SCALE, GpuDecoder
+
+    imgs = _smooth_images([(60, 80), (75, 50), (40, 40), (90, 120)])
+    seeds = [11, 12, 13, 14]
+    dec = GpuDecoder(24, None, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), CPU)
+    got = dec.crop(imgs, seeds)
+    assert got.shape == (4, 3, 24, 24) and got.dtype == torch.float32
+    for img, s, x in zip(imgs, seeds, got, strict=True):
+        with seeded(s):
+            i, j, h, w = RandomResizedCrop.get_params(img, list(CROP_SCALE), list(CROP_RATIO))
+            flip = bool(torch.rand(1) < 0.5)
+        ref = torch.nn.functional.interpolate(img[None, :, i:i + h, j:j + w].float(), size=(24, 24),
+                                              mode="bilinear", antialias=True, align_corners=False)[0]
+        ref = ref.flip(-1) if flip else ref
+        assert (x - ref).abs().mean() < 2.0, (s, (x - ref).abs().mean())  # of 0..255
+        assert (x - ref.flip(-1)).abs().mean() > 2 * (x - ref).abs().mean() or (ref - ref.flip(-1)).abs().mean() < 2
+    dec.CANVAS_BYTES = 1  # one image per canvas: the same batch
+    assert torch.allclose(dec.crop(imgs, seeds), got)
+    x, y = dec(torch.cat([torch.frombuffer(bytearray(_jpeg(im)), dtype=torch.uint8) for im in imgs]),
+               [len(_jpeg(im)) for im in imgs], torch.tensor([0, 1, 2, 0]), seeds)
+    assert x.shape == (4, 3, 24, 24) and y.tolist() == [0, 1, 2, 0]
+
+
+def _jpeg(img):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
