@@ -1,8 +1,10 @@
 """Cost of per-layer gradient-norm tracing in the training step.
 
 Three variants of the same step (vit_c_tiny, batch 64, 32 px, AdamW) interleaved: no tracing;
-tracing every step (per-parameter norms, per-layer sums, parameter norms and update ratios);
-and the default (the total grad norm every step, the per-layer trace every k=10 steps).
+tracing every step (per-parameter norms, per-layer sums, parameter norms and update ratios, the
+attention probe: max logit and entropy per layer from one extra QKᵀ); and the default (the total
+grad norm every step, the per-layer trace every k=10 steps). log Z (the output logits'
+log-partition) is computed every step in every variant: its cost is timed on its own.
 Each variant runs the shipped ``stability.train.train_step`` and ``stability.tracing.TraceBuffer``
 (read once per 10 steps), so the benchmark times the trainer's own code, not a copy.
 
@@ -50,7 +52,7 @@ def loop(model, opt, tracer, x, y, steps: int, every: int | None) -> float:
                 torch.stack(losses).tolist()  # the same one host sync per flush
                 losses.clear()
             continue
-        buf.add(i, out.loss, out.correct, out.layer_norms, 1e-4, out.traced)
+        buf.add(i, out.loss, out.correct, out.layer_norms, 1e-4, out.traced, out.log_z)
         if len(buf) >= 10:
             buf.flush(i + 1, 0, False)
     if x.is_cuda:
@@ -86,7 +88,8 @@ def _min_time(fn, n: int) -> float:
 
 
 def components(model, opt, tracer, x, y, n: int = 50) -> dict[str, float]:
-    """Minimum seconds of: one untraced step; the per-step tracing work; the per-trace work."""
+    """Minimum seconds of: one untraced step; the per-step tracing work (grad norms; log Z); the
+    per-trace work (snapshot and update norms; the attention probe's extra forward work)."""
     untraced = Step(model, opt, None, autocast_for(x.device))
 
     def step():
@@ -99,9 +102,20 @@ def components(model, opt, tracer, x, y, n: int = 50) -> dict[str, float]:
         tracer.before_step()
         torch.cat(tracer.after_step()).sum().item()
 
+    def forward(probe: bool):
+        tracer.probe(probe)
+        with torch.no_grad():
+            model(x).sum().item()
+        tracer.probe(False)
+
     t_step = _min_time(step, max(10, n // 3))
+    with torch.no_grad():
+        logits = model(x).float()
+    t_lz = _min_time(lambda: logits.logsumexp(-1).mean().item(), n)
+    t_probe = max(0.0, _min_time(lambda: forward(True), n) - _min_time(lambda: forward(False), n))
     F.cross_entropy(model(x).float(), y).backward()  # gradients for the tracer to read
-    return {"step": t_step, "per_step": _min_time(per_step, n), "per_trace": _min_time(per_trace, n)}
+    return {"step": t_step, "per_step": _min_time(per_step, n), "log_z": t_lz,
+            "per_trace": _min_time(per_trace, n), "probe": t_probe}
 
 
 def main() -> None:
@@ -119,12 +133,17 @@ def main() -> None:
     lines = [f"{args.model}, batch {args.batch}, {args.px} px, {args.device}",
              "", "Tracing work timed on its own (minimum of 50; the step: minimum of 16):", "",
              "| part | ms | share of an untraced step |", "|---|---|---|"]
-    t_step, t_ps, t_pt = parts["step"], parts["per_step"], parts["per_trace"]
+    t_step, t_ps, t_pt = parts["step"], parts["per_step"] + parts["log_z"], parts["per_trace"] + parts["probe"]
     est_default = (t_ps + t_pt / k) / t_step
     est_every = (t_ps + t_pt) / t_step
     lines += [f"| untraced step | {1000 * t_step:.1f} | 100% |",
-              f"| per step: per-layer grad norms + total | {1000 * t_ps:.2f} | {100 * t_ps / t_step:.2f}% |",
-              f"| per trace: param snapshot + update norms | {1000 * t_pt:.2f} | {100 * t_pt / t_step:.2f}% |",
+              f"| per step: per-layer grad norms + total | {1000 * parts['per_step']:.2f} | "
+              f"{100 * parts['per_step'] / t_step:.2f}% |",
+              f"| per step: log Z of the logits | {1000 * parts['log_z']:.3f} | {100 * parts['log_z'] / t_step:.2f}% |",
+              f"| per trace: param snapshot + update norms | {1000 * parts['per_trace']:.2f} | "
+              f"{100 * parts['per_trace'] / t_step:.2f}% |",
+              f"| per trace: attention probe (extra QKᵀ, max, entropy) | {1000 * parts['probe']:.2f} | "
+              f"{100 * parts['probe'] / t_step:.2f}% |",
               f"| **default (per step + per trace / {k})** | | **{100 * est_default:+.2f}%** |",
               f"| every step (per step + per trace) | | {100 * est_every:+.2f}% |",
               "", f"Interleaved loops ({args.reps} repetitions of {args.steps} steps each):", "",

@@ -56,6 +56,8 @@ class RunState:
     epochs_rows: list[dict] = field(default_factory=list)
     steps_rows: list[dict] = field(default_factory=list)
     grad_rows: list[dict] = field(default_factory=list)
+    init_val_loss: float | None = None  # the model at step 0, before any update (LR sensitivity's ℓ₀)
+    init_top1_err: float | None = None
 
 
 def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st: RunState,

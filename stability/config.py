@@ -64,8 +64,15 @@ class RunConfig:
     grad_clip: float | None = None  # the paper uses none
     decay_embeddings: bool = True  # the paper/pycls decay cls token + pos embedding; timm doesn't
     freeze_stem: bool = False  # MoCo v3: keep the stem at its random init
+    # Fixes for attention/output-logit growth (Wortsman et al. 2023, arXiv 2309.14322): a
+    # LayerNorm on each head's queries and keys, and the z-loss coef * log^2 Z on the output
+    # logits (1e-4 in Wortsman); Adam's epsilon (§3.4: too large an eps shrinks small updates).
+    qk_norm: bool = False
+    z_loss: float = 0.0
+    adam_eps: float = 1e-8
     seed: int = 0
     trace_every: int = 10  # per-layer grad norms every k steps (also the log/flush interval)
+    trace_attention: bool = True  # max attention logit and entropy per layer on trace steps (one extra QKᵀ)
     divergence_factor: float = 10.0  # diverged when loss > factor * ln(num_classes)
     accum_steps: int = 1  # micro-batches per step: batch_size = world_size x accum_steps x micro
     compile: bool = False  # torch.compile the model (pays on GPU; measured in benchmarks/)
@@ -83,11 +90,11 @@ class RunConfig:
     # so every run planned before they existed keeps its id (and its results).
     LATER_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
         {"ema_alpha", "ema_period", "augment", "auto_augment", "mixup_alpha", "cutmix_alpha", "mix_prob",
-         "mix_switch_prob"})
+         "mix_switch_prob", "qk_norm", "z_loss", "adam_eps"})
     # Fields that say where or how a run executes, not what it computes: not in the run id.
     EXECUTION_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
         {"results", "sweep", "device", "num_workers", "prefetch_factor", "decode", "data_root", "download",
-         "accum_steps", "compile", "bad_checkpoint"}
+         "accum_steps", "compile", "bad_checkpoint", "trace_attention"}
     )
 
     @functools.cached_property
@@ -172,6 +179,8 @@ def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
     _check("label_smoothing", 0 <= cfg.label_smoothing < 1, "must be in [0, 1)", cfg.label_smoothing, source)
     _check("momentum", 0 <= cfg.momentum < 1, "must be in [0, 1)", cfg.momentum, source)
     _check("betas", all(0 <= b < 1 for b in cfg.betas), "each must be in [0, 1)", list(cfg.betas), source)
+    _check("z_loss", cfg.z_loss >= 0, "must be >= 0 (0 = off; Wortsman et al. use 1e-4)", cfg.z_loss, source)
+    _check("adam_eps", cfg.adam_eps > 0, "must be > 0", cfg.adam_eps, source)
     _check("grad_clip", cfg.grad_clip is None or cfg.grad_clip > 0, "must be > 0 or null", cfg.grad_clip, source)
     _check("trace_every", cfg.trace_every >= 1, "must be >= 1", cfg.trace_every, source)
     _check("divergence_factor", cfg.divergence_factor > 1, "must be > 1", cfg.divergence_factor, source)

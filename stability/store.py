@@ -35,9 +35,10 @@ class CorruptFiles(ConfigError):
 
 
 STALE_TMP_S = 600.0  # no write of one file takes ten minutes: an older temp file is a killed writer's
-# 2: EMA errors and the collapsed flag; 3: job_id, the job that wrote the row (older files read
-# them as null)
-SCHEMA_VERSION = 3
+# 2: EMA errors and the collapsed flag; 3: job_id, the job that wrote the row; 4: validation
+# losses (final, at init, per epoch), log Z per step, attention logits/entropy and grad/update
+# RMS per traced layer (older files read them all as null)
+SCHEMA_VERSION = 4
 
 
 class RunStatus(StrEnum):
@@ -67,7 +68,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("lr", _F), ("wd", _F), ("epochs", _I), ("batch_size", _I), ("warmup_epochs", _F),
         ("seed", _I), ("dataset", _S), ("params", _I), ("flops", _I), ("top1_err", _F),
         ("top5_err", _F), ("best_top1_err", _F), ("ema_top1_err", _F), ("ema_top5_err", _F),
-        ("final_train_loss", _F), ("collapsed", pa.bool_()),
+        ("final_train_loss", _F), ("final_val_loss", _F), ("init_val_loss", _F), ("init_top1_err", _F),
+        ("collapsed", pa.bool_()),
         ("diverged_at_step", _I), ("n_spikes", _I), ("wall_time_s", _F), ("device", _S),
         ("world_size", _I), ("host", _S), ("slurm_job_id", _S), ("job_id", _S), ("git_sha", _S),
         ("stability_version", _S), ("config_json", _S), ("started_at", _T), ("finished_at", _T),
@@ -76,16 +78,17 @@ SCHEMAS: dict[str, pa.Schema] = {
     "epochs": pa.schema([
         ("run_id", _S), ("epoch", _I), ("train_loss", _F), ("train_top1_err", _F),
         ("val_top1_err", _F), ("val_top5_err", _F), ("val_ema_top1_err", _F),
-        ("val_ema_top5_err", _F), ("lr", _F), ("time_s", _F),
+        ("val_ema_top5_err", _F), ("val_loss", _F), ("lr", _F), ("time_s", _F),
         ("schema_version", _I),
     ]),
     "steps": pa.schema([
         ("run_id", _S), ("step", _I), ("epoch", _I), ("loss", _F), ("lr", _F),
-        ("grad_norm", _F), ("schema_version", _I),
+        ("grad_norm", _F), ("log_z", _F), ("schema_version", _I),
     ]),
     "grad_norms": pa.schema([
         ("run_id", _S), ("step", _I), ("layer", _S), ("depth", _I), ("grad_norm", _F),
-        ("param_norm", _F), ("update_ratio", _F), ("schema_version", _I),
+        ("param_norm", _F), ("update_ratio", _F), ("grad_rms", _F), ("update_rms", _F),
+        ("attn_logit_max", _F), ("attn_entropy", _F), ("schema_version", _I),
     ]),
 }
 TABLES = tuple(SCHEMAS)

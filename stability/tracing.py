@@ -1,7 +1,8 @@
 """What a run records about its own gradients, without a host sync per step.
 
-:class:`GradTracer` computes per-layer gradient norms (every step), parameter norms and update
-norms (on trace steps). :class:`TraceBuffer` keeps every step's loss, correct count, lr and norms
+:class:`GradTracer` computes per-layer gradient norms (every step), parameter norms, update norms
+and, for attention layers, the largest attention logit and the attention entropy (on trace
+steps). :class:`TraceBuffer` keeps every step's loss, correct count, lr and norms
 on the device and turns them into ``steps`` and ``grad_norms`` rows with one ``.tolist()`` per
 flush (one all-reduce when distributed), judging divergence and the stop flag on the way.
 """
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from .distributed import Dist, all_reduce
-from .models import layer_groups
+from .models import attention_layers, layer_groups
 
 
 class GradTracer:
@@ -26,7 +27,7 @@ class GradTracer:
     ``index_add_`` (the total grad norm falls out). Results stay on the device until ``flush``.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device):
+    def __init__(self, model: nn.Module, device: torch.device, attention: bool = True):
         groups = [(name, [p for p in ps if p.requires_grad], depth)
                   for depth, (name, ps) in enumerate(layer_groups(model))]
         self.layers = [(name, depth) for name, ps, depth in groups if ps]  # frozen layers: none
@@ -34,7 +35,28 @@ class GradTracer:
         index = [i for i, (_, ps, _) in enumerate(g for g in groups if g[1]) for _ in ps]
         self.index = torch.tensor(index, device=device)
         self.n_layers = len(self.layers)
+        self.numel = [sum(p.numel() for p in ps) for _, ps, _ in groups if ps]  # RMS = norm / sqrt(numel)
+        rows = {name: i for i, (name, _) in enumerate(self.layers)}
+        self.attn = [(rows[n], m) for n, m in attention_layers(model).items() if n in rows] if attention else []
+        self._nan = torch.full((self.n_layers, 2), math.nan, device=device)
         self._before: list[torch.Tensor] | None = None
+
+    def probe(self, on: bool) -> None:
+        """Record attention statistics in the coming forward passes (trace steps only: each
+        probed forward pays an extra QKᵀ per attention layer)."""
+        for _, m in self.attn:
+            m.probe = on
+            if on:
+                m.probed = None
+
+    def attention(self) -> torch.Tensor:
+        """(layers, 2): [max attention logit, mean attention entropy] of the last probed forward,
+        NaN for layers without attention (a device tensor)."""
+        out = self._nan.clone()
+        for row, m in self.attn:
+            if m.probed is not None:
+                out[row] = m.probed
+        return out
 
     def _per_layer(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         norms = torch.stack(torch._foreach_norm(tensors)).float()
@@ -85,24 +107,30 @@ class TraceBuffer:
         self.tracer, self.device, self.run_id, self.d, self.bound = tracer, device, run_id, d, bound
         self.losses: list[torch.Tensor] = []
         self.gnorms: list[torch.Tensor] = []
+        self.log_z: list[torch.Tensor] = []
         self.lrs: list[float] = []
-        self.traces: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.traces: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.layer_hist: list[torch.Tensor] = []
         self.correct = torch.zeros((), device=device)
+        self._nan = torch.full((), math.nan, device=device)
 
     def __len__(self) -> int:
         return len(self.losses)
 
     def add(self, step: int, loss: torch.Tensor, correct: torch.Tensor, layer_norms: torch.Tensor, lr: float,
-            traced: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """Step ``step``'s values (``traced``: its parameter and update norms on a trace step)."""
+            traced: tuple[torch.Tensor, ...] | None = None, log_z: torch.Tensor | None = None) -> None:
+        """Step ``step``'s values (``traced``: its parameter norms, update norms and, optionally,
+        attention statistics on a trace step; ``log_z``: the mean log-partition of its logits)."""
         self.losses.append(loss)
         self.correct += correct
         self.gnorms.append(layer_norms.square().sum().sqrt())
         self.layer_hist.append(layer_norms)
+        self.log_z.append(self._nan if log_z is None else log_z.float())
         self.lrs.append(lr)
         if traced is not None:
-            self.traces.append((step, layer_norms, *traced))
+            params, updates, *attn = traced
+            self.traces.append((step, layer_norms, params, updates,
+                                attn[0] if attn else self.tracer._nan))
 
     def flush(self, next_step: int, epoch: int, stop: bool) -> Flushed:
         """Read the buffered steps (they end before ``next_step``) into rows and clear them. Every
@@ -116,32 +144,44 @@ class TraceBuffer:
         # losses are per-rank means: average them over ranks; correct counts add up.
         shared = torch.cat([torch.stack(self.losses).float() / d.world_size, self.correct[None]])
         shared = all_reduce(torch.cat([shared, stop_flag]), d)
-        packed = torch.cat([shared, torch.stack(self.gnorms).float()] + [torch.cat(t[1:]) for t in self.traces]
+        packed = torch.cat([shared, torch.stack(self.gnorms).float(), torch.stack(self.log_z)]
+                           + [torch.cat([t[1].float(), t[2].float(), t[3].float(), t[4].float().T.reshape(-1)])
+                              for t in self.traces]
                            + [torch.cat(self.layer_hist).float()]).tolist()
         loss_vals = packed[:n]
         out = Flushed(correct=packed[n], stop=packed[n + 1] > 0, last_loss=loss_vals[-1], last_lr=self.lrs[-1])
-        for i, (loss, gn, lr) in enumerate(zip(loss_vals, packed[n + 2:2 * n + 2], self.lrs, strict=True)):
+        gns, lzs = packed[n + 2:2 * n + 2], packed[2 * n + 2:3 * n + 2]
+        for i, (loss, gn, lz, lr) in enumerate(zip(loss_vals, gns, lzs, self.lrs, strict=True)):
             step = first + i
             out.steps.append({"run_id": self.run_id, "step": step, "epoch": epoch, "loss": loss, "lr": lr,
-                              "grad_norm": gn})
+                              "grad_norm": gn, "log_z": _finite(lz)})
             if out.diverged_at is None and not (math.isfinite(loss) and loss <= self.bound):
                 out.diverged_at = step
-        pos = 2 * n + 2
-        layers = self.tracer.layers
+        pos = 3 * n + 2
+        layers, root = self.tracer.layers, [math.sqrt(k) for k in self.tracer.numel]
         for step, *_ in self.traces:
-            g, p, u = packed[pos:pos + L], packed[pos + L:pos + 2 * L], packed[pos + 2 * L:pos + 3 * L]
-            pos += 3 * L
-            for (name, depth), gi, pi, ui in zip(layers, g, p, u, strict=True):
+            g, p, u, z, h = (packed[pos + k * L:pos + (k + 1) * L] for k in range(5))
+            pos += 5 * L
+            for (name, depth), gi, pi, ui, zi, hi, r in zip(layers, g, p, u, z, h, root, strict=True):
                 out.grads.append({"run_id": self.run_id, "step": step, "layer": name, "depth": depth,
-                                  "grad_norm": gi, "param_norm": pi, "update_ratio": ui / pi if pi > 0 else None})
+                                  "grad_norm": gi, "param_norm": pi, "update_ratio": ui / pi if pi > 0 else None,
+                                  "grad_rms": gi / r, "update_rms": ui / r,
+                                  "attn_logit_max": _finite(zi), "attn_entropy": _finite(hi)})
         bad = out.diverged_at
         if bad is not None and not any(t[0] == bad for t in self.traces):
             # The per-layer norms of the step that diverged, traced or not (no parameter norms).
             at = pos + (bad - first) * L
-            for (name, depth), gi in zip(layers, packed[at:at + L], strict=True):
+            for (name, depth), gi, r in zip(layers, packed[at:at + L], root, strict=True):
                 out.grads.append({"run_id": self.run_id, "step": bad, "layer": name, "depth": depth,
-                                  "grad_norm": gi, "param_norm": None, "update_ratio": None})
+                                  "grad_norm": gi, "param_norm": None, "update_ratio": None, "grad_rms": gi / r})
         out.loss_sum = sum(v for v in loss_vals if math.isfinite(v))
-        self.losses.clear(), self.gnorms.clear(), self.lrs.clear(), self.traces.clear(), self.layer_hist.clear()
+        for buf in (self.losses, self.gnorms, self.log_z, self.lrs, self.traces, self.layer_hist):
+            buf.clear()
         self.correct = torch.zeros((), device=device)
         return out
+
+
+def _finite(v: float) -> float | None:
+    """NaN marks "not measured" in the packed buffer (a layer without attention, a probe that was
+    off): it is stored as null. An inf of a diverged run is a measurement and is kept."""
+    return None if math.isnan(v) else v

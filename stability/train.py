@@ -66,17 +66,19 @@ class Step:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     distributed: bool = False
+    z_loss: float = 0.0  # coefficient of log^2 Z (Wortsman et al. 2023): 0 = off
 
 
 @dataclass
 class StepOut:
-    """Device tensors: the step's mean loss, correct count, per-layer grad norms, and on a trace
-    step (parameter norms, update norms)."""
+    """Device tensors: the step's mean cross-entropy, correct count, per-layer grad norms, on a
+    trace step (parameter norms, update norms, attention statistics), and the mean log Z."""
 
     loss: torch.Tensor
     correct: torch.Tensor
     layer_norms: torch.Tensor | None
-    traced: tuple[torch.Tensor, torch.Tensor] | None
+    traced: tuple[torch.Tensor, ...] | None
+    log_z: torch.Tensor | None = None
 
 
 def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float, trace: bool = False) -> StepOut:
@@ -84,16 +86,20 @@ def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float, trace: bool
     as MixUp/CutMix make; ``accum_steps`` micro-batches; with DDP the gradients are all-reduced on
     the last one only, so the traced norms are identical on every rank). No host sync."""
     set_lr(s.opt, lr)
-    device = x.device
-    loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-    accum = s.accum_steps
+    loss, correct, log_z = (torch.zeros((), device=x.device) for _ in range(3))
+    accum, trace = s.accum_steps, trace and s.tracer is not None
+    if trace:
+        s.tracer.probe(True)
     for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum), strict=True)):
         sync = i == accum - 1 or not s.distributed
         with (nullcontext() if sync else s.net.no_sync()), s.autocast():
             logits = s.net(xm)
-            micro = F.cross_entropy(logits.float(), ym, label_smoothing=s.label_smoothing) / accum
+            ce = F.cross_entropy(logits.float(), ym, label_smoothing=s.label_smoothing)
+            lse = logits.float().logsumexp(-1)  # log Z per example: output-logit growth, and the z-loss
+            micro = (ce + s.z_loss * lse.square().mean() if s.z_loss else ce) / accum
         micro.backward()
-        loss += micro.detach()
+        loss += ce.detach() / accum
+        log_z += lse.detach().mean() / accum
         correct += logits.detach().argmax(1).eq(hard_labels(ym)).sum()  # soft targets: their top class
     norms = s.tracer.grad_norms() if s.tracer is not None else None
     if s.grad_clip is not None:
@@ -102,12 +108,13 @@ def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float, trace: bool
         else:
             total = norms.square().sum().sqrt()
             torch._foreach_mul_(s.tracer.grads(), (s.grad_clip / (total + 1e-6)).clamp(max=1.0))
-    trace = trace and s.tracer is not None
     if trace:
+        s.tracer.probe(False)
+        attn = s.tracer.attention()
         s.tracer.before_step()
     s.opt.step()
     s.opt.zero_grad(set_to_none=True)
-    return StepOut(loss, correct, norms, s.tracer.after_step() if trace else None)
+    return StepOut(loss, correct, norms, (*s.tracer.after_step(), attn) if trace else None, log_z)
 
 
 def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = True,
@@ -135,6 +142,7 @@ def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: thread
 
     def write(status: RunStatus, **extra: Any) -> dict[str, Any]:
         row = {**base_row, "status": str(status), "started_at": timestamp(st.started_at),
+               "init_val_loss": st.init_val_loss, "init_top1_err": st.init_top1_err,
                "wall_time_s": st.wall_time_s + time.monotonic() - t0, **extra}
         if d.is_main:  # one writer per run, whatever the number of processes
             tables: dict[str, Any] = {"runs": [row]}
@@ -154,10 +162,10 @@ def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: thread
         base_row |= {"params": complexity.params, "flops": complexity.flops}
         seed_all(cfg.seed)
         fmt = memory_format(spec.family)
-        model = build_model(spec, freeze_stem=cfg.freeze_stem).to(device, memory_format=fmt)
+        model = build_model(spec, freeze_stem=cfg.freeze_stem, qk_norm=cfg.qk_norm).to(device, memory_format=fmt)
         opt = make_optimizer(cfg, model)
         ema = make_ema(model, cfg.ema_alpha, cfg.ema_period, cfg.batch_size, cfg.epochs, cfg.warmup_epochs)
-        tracer = GradTracer(model, device)
+        tracer = GradTracer(model, device, attention=cfg.trace_attention)
         if cfg.batch_size % (d.world_size * cfg.accum_steps):
             raise DataError(f"batch_size {cfg.batch_size} is not divisible by world_size x accum_steps "
                              f"= {d.world_size} x {cfg.accum_steps}: the global batch must stay exact")
@@ -193,7 +201,8 @@ def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: thread
     flag = StopFlag(stop)
     flag.install(signals)
     try:
-        step = Step(net, opt, tracer, autocast, cfg.accum_steps, cfg.label_smoothing, cfg.grad_clip, d.enabled)
+        step = Step(net, opt, tracer, autocast, cfg.accum_steps, cfg.label_smoothing, cfg.grad_clip, d.enabled,
+                    cfg.z_loss)
         lp = Loop(cfg, step, model, data, device, fmt, ema, d, st, TraceBuffer(tracer, device, cfg.run_id, d, bound),
                   flag.event, ckpt, reporter, spe, total_steps, warmup_steps, t0)
         result = _run_loop(lp)
@@ -245,6 +254,9 @@ class Loop:
 
 def _run_loop(lp: Loop) -> dict[str, Any]:
     """The epochs; returns the final metrics of the runs row (status included)."""
+    if lp.st.step == 0 and lp.st.init_val_loss is None:  # the untrained model: LR sensitivity's ℓ₀
+        lp.st.init_top1_err, _, lp.st.init_val_loss = evaluate(lp.step.net, lp.data, lp.cfg, lp.device,
+                                                               lp.step.autocast, lp.d, lp.fmt)
     lp.step.net.train()
     if lp.reporter and lp.d.is_main:
         lp.reporter.on_start(lp.total_steps, lp.st.step)
@@ -258,7 +270,7 @@ def _run_loop(lp: Loop) -> dict[str, Any]:
     return {"status": RunStatus.COMPLETED, "top1_err": last["val_top1_err"], "top5_err": last["val_top5_err"],
             "best_top1_err": min(r["val_top1_err"] for r in lp.st.epochs_rows),
             "ema_top1_err": last["val_ema_top1_err"], "ema_top5_err": last["val_ema_top5_err"],
-            "final_train_loss": last["train_loss"],
+            "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"],
             "collapsed": last["train_loss"] >= COLLAPSE_FRACTION * math.log(max(lp.data.num_classes, 2))}
 
 
@@ -275,7 +287,7 @@ def _train_epoch(lp: Loop, epoch: int) -> int | None:
         out = train_step(lp.step, x, y, lr, trace=st.step % cfg.trace_every == 0)
         if lp.ema is not None and lp.ema.due(st.batch):
             lp.ema.update(lp.model, epoch)
-        lp.buffer.add(st.step, out.loss, out.correct, out.layer_norms, lr, out.traced)
+        lp.buffer.add(st.step, out.loss, out.correct, out.layer_norms, lr, out.traced, out.log_z)
         st.epoch_seen += len(y) * d.world_size
         st.step += 1
         st.batch += 1
@@ -305,12 +317,12 @@ def _end_epoch(lp: Loop, epoch: int, seconds: float) -> None:
     """Evaluate, record the epoch's row, checkpoint, and rewrite the progress note."""
     cfg, st, d = lp.cfg, lp.st, lp.d
     net, autocast = lp.step.net, lp.step.autocast
-    top1, top5 = evaluate(net, lp.data, cfg, lp.device, autocast, d, lp.fmt)
-    ema1, ema5 = evaluate(lp.ema.model, lp.data, cfg, lp.device, autocast, d, lp.fmt) if lp.ema else (None, None)
+    top1, top5, val_loss = evaluate(net, lp.data, cfg, lp.device, autocast, d, lp.fmt)
+    ema1, ema5, _ = evaluate(lp.ema.model, lp.data, cfg, lp.device, autocast, d, lp.fmt) if lp.ema else (None,) * 3
     row = {"run_id": cfg.run_id, "epoch": epoch, "train_loss": st.epoch_loss_sum / max(st.batch, 1),
            "train_top1_err": 100.0 * (1 - st.epoch_correct / max(st.epoch_seen, 1)),
            "val_top1_err": top1, "val_top5_err": top5, "val_ema_top1_err": ema1,
-           "val_ema_top5_err": ema5, "lr": st.steps_rows[-1]["lr"] if st.steps_rows else None, "time_s": seconds}
+           "val_ema_top5_err": ema5, "val_loss": val_loss, "lr": st.steps_rows[-1]["lr"] if st.steps_rows else None, "time_s": seconds}
     st.epochs_rows.append(row)
     if lp.reporter and d.is_main:
         lp.reporter.on_epoch(row)

@@ -10,7 +10,7 @@ from .presets import PAPER_COMPLEXITY, REGNET_SIZES, STEMS, VIT_SIZES, model_nam
 
 _LAZY = {
     "Complexity": "build", "ModelSpec": "spec", "build_model": "build",
-    "count_complexity": "build", "layer_groups": "build", "memory_format": "build", "model_spec": "spec",
+    "attention_layers": "build", "count_complexity": "build", "layer_groups": "build", "memory_format": "build", "model_spec": "spec",
     "ViT": "vit", "ConvStem": "vit", "PatchifyStem": "vit",
 }
 

@@ -14,11 +14,13 @@ from .regnet import build_regnet, regnet_layer_groups
 from .spec import ModelSpec, model_spec
 from .vit import ConvStem, PatchifyStem, ViT
 
-__all__ = ["Complexity", "ModelSpec", "build_model", "count_complexity", "layer_groups", "memory_format", "model_spec"]
+__all__ = ["Complexity", "ModelSpec", "attention_layers", "build_model", "count_complexity", "layer_groups",
+           "memory_format", "model_spec"]
 
 
-def build_model(spec: ModelSpec, *, freeze_stem: bool = False) -> nn.Module:
-    """Instantiate ``spec``. ``freeze_stem`` keeps the stem at its random init (MoCo v3)."""
+def build_model(spec: ModelSpec, *, freeze_stem: bool = False, qk_norm: bool = False) -> nn.Module:
+    """Instantiate ``spec``. ``freeze_stem`` keeps the stem at its random init (MoCo v3);
+    ``qk_norm`` (ViTs) normalises each head's queries and keys (a RegNet has no attention)."""
     if spec.family == "regnet":
         key = spec.name
         model = build_regnet(replace(REGNET_SIZES[key], depth=spec.depth), spec.num_classes)
@@ -31,10 +33,15 @@ def build_model(spec: ModelSpec, *, freeze_stem: bool = False) -> nn.Module:
         else:
             stem_module = PatchifyStem(size.width, size.patch_size)
         model = ViT(stem_module, tokens=spec.tokens, width=size.width, depth=spec.depth, heads=size.heads,
-                    mlp_dim=size.mlp_dim, num_classes=spec.num_classes)
+                    mlp_dim=size.mlp_dim, num_classes=spec.num_classes, qk_norm=qk_norm)
     if freeze_stem:
         stem_module.requires_grad_(False)
     return model
+
+
+def attention_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``{layer group name: its attention module}`` (empty for a RegNet)."""
+    return model.attention_layers() if isinstance(model, ViT) else {}
 
 
 def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:

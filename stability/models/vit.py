@@ -64,23 +64,47 @@ class ConvStem(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, width: int, heads: int):
+    """Multi-head self-attention. ``qk_norm``: a LayerNorm on each head's queries and keys before
+    the dot product (Dehghani et al. 2023; Wortsman et al. 2023 §3.1.1), which bounds the
+    attention logits. With ``probe`` set, the forward also records the largest attention logit
+    z = q·k/sqrt(d_h) (over heads, tokens and batch) and the mean attention entropy in nats: the
+    fused kernel does not return logits, so a probed forward pays one extra QKᵀ (trace steps only)."""
+
+    def __init__(self, width: int, heads: int, qk_norm: bool = False):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
+        head_dim = width // heads
+        self.q_norm = nn.LayerNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         # As torch.nn.MultiheadAttention (which pycls uses): xavier in-projection, zero biases.
         nn.init.xavier_uniform_(self.qkv.weight)
         nn.init.zeros_(self.qkv.bias)
         nn.init.zeros_(self.proj.bias)
+        self.probe = False
+        self.probed: torch.Tensor | None = None  # (max logit, mean entropy) of the last probed forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.probe:
+            self.probed = attention_stats(q.detach(), k.detach())
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+def attention_stats(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``[max z, mean entropy]`` of the attention of ``q``, ``k`` (B, H, N, d_h), in float32:
+    z = q·k/sqrt(d_h), entropy of softmax(z) over keys in nats, averaged over batch, heads and
+    queries. A device tensor (no sync)."""
+    z = (q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5
+    logp = z.log_softmax(-1)
+    entropy = -(logp.exp() * logp).sum(-1).mean()
+    return torch.stack([z.amax(), entropy])
 
 
 class MLP(nn.Module):
@@ -99,10 +123,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block."""
 
-    def __init__(self, width: int, mlp_dim: int, heads: int):
+    def __init__(self, width: int, mlp_dim: int, heads: int, qk_norm: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=1e-6)
-        self.attn = Attention(width, heads)
+        self.attn = Attention(width, heads, qk_norm)
         self.norm2 = nn.LayerNorm(width, eps=1e-6)
         self.mlp = MLP(width, mlp_dim)
 
@@ -124,12 +148,13 @@ class ViT(nn.Module):
         heads: int,
         mlp_dim: int,
         num_classes: int,
+        qk_norm: bool = False,
     ):
         super().__init__()
         self.stem = stem
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.empty(1, tokens + 1, width).normal_(std=0.02))
-        self.blocks = nn.ModuleList(Block(width, mlp_dim, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, mlp_dim, heads, qk_norm) for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.head = nn.Linear(width, num_classes)
         nn.init.zeros_(self.head.weight)
@@ -146,6 +171,10 @@ class ViT(nn.Module):
         """Embeddings a recipe may exempt from weight decay (timm's convention; the paper and
         pycls decay them: ``RunConfig.decay_embeddings``)."""
         return {"cls_token", "pos_embed"}
+
+    def attention_layers(self) -> dict[str, Attention]:
+        """The attention of each traced layer (``layer_groups``' names), for the logit probe."""
+        return {f"blocks.{i}": b.attn for i, b in enumerate(self.blocks)}
 
     def layer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
         """Parameters grouped by layer in input -> output order, for gradient tracing."""
