@@ -44,6 +44,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     check_writable(cfg.results)  # before the data and model are set up
+    from .store import DONE, read_table
+
+    done = read_table(cfg.results, "runs", sweep=cfg.sweep, columns=["status", "top1_err"], run_ids=[cfg.run_id])
+    done = done[done.status.isin(DONE)]
+    if len(done) and not args.rerun:  # a result is the record: a repeated command must not overwrite it
+        print(f"run {cfg.run_id}: already {done.status.iloc[-1]} (top-1 error {done.top1_err.iloc[-1]:.2f}%) in "
+              f"{table_dir(cfg.results, 'runs', cfg.sweep)}; nothing to do (--rerun trains it again)")
+        return 0
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: one progress bar, one summary
     try:
@@ -132,9 +140,13 @@ def _grid_run(args: argparse.Namespace, spec, backend, lock) -> int:
     console = Console(stderr=True)
     if args.dry_run:
         if spec.sampler.name == "tpe":
-            from .grid.studies import ask_wave, open_storage
+            from .grid.backends import backend_for
+            from .grid.controller import trial_slots
+            from .grid.studies import ask_free, ask_wave, open_storage
 
-            plan = ask_wave(spec, [], {}, open_storage(spec, in_memory=True))
+            storage = open_storage(spec, in_memory=True)
+            plan = ask_wave(spec, [], {}, storage) if spec.sampler.mode == "waves" else ask_free(
+                spec, [], {}, storage, trial_slots(backend_for(spec)))
         else:
             plan = make_plan(spec)
         _print_plan(spec, plan, estimate_cost(plan))
@@ -155,8 +167,10 @@ def _grid_run(args: argparse.Namespace, spec, backend, lock) -> int:
     for rid, tail in outcome.lost.items():
         print(f"  lost {rid}: its job ended without a result; rerun to resubmit. Log tail:\n    "
               + tail.replace("\n", "\n    "))
+    if outcome.stopped:
+        print(outcome.stopped)
     bad = c is not None and (c[RunStatus.FAILED] or c[RunStatus.MISSING])
-    return 1 if bad and opts.wait else 0
+    return 1 if (bad and opts.wait) or outcome.stopped else 0
 
 
 def _print_plan(spec, plan, cost) -> None:
@@ -178,7 +192,8 @@ def _print_plan(spec, plan, cost) -> None:
     by_stem: dict[str, int] = {}
     for r in plan:
         by_stem[str(r.stem)] = by_stem.get(str(r.stem), 0) + 1
-    extra = " (first wave; later waves follow the results)" if spec.sampler.name == "tpe" else ""
+    extra = "" if spec.sampler.name != "tpe" else " (first wave; later waves follow the results)" if (
+        spec.sampler.mode == "waves") else " (one trial per free slot; each finished run's slot asks the next)"
     console.print(f"{len(plan)} runs{extra}: " + ", ".join(f"{k}: {v}" for k, v in by_stem.items())
                   + f"; {cost['images']:.3g} training images, {cost['train_flops']:.3g} "
                   f"training FLOPs ~ {cost['gpu_hours']:.3g} GPU-hours at {cost['flops_per_s'] / 1e12:.0f} TFLOP/s "
@@ -194,6 +209,7 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=1, default=str))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=140)
@@ -211,11 +227,15 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
             table.add_row(*[str(row[k]) for k in keys])
         console.print(table)
     for f in report["failures"]:
-        console.print(f"[red]failed[/] {f['run_id']} ({f['stem']}): {f['error']}")
+        console.print(f"[red]failed[/] {f['run_id']} ({f['stem']}): {escape(str(f['error']))}")
         if f["log"]:
             console.print("  " + f["log"].replace("\n", "\n  "), markup=False)
     for f in report["lost"]:
-        console.print(f"[yellow]lost[/] {f['run_id']} (job {f['job_id']} ended without a result)")
+        if f.get("preempted"):
+            console.print(f"[yellow]preempted[/] {f['run_id']} (job {f['job_id']} stopped after saving a checkpoint; "
+                          "`grid run` resumes it)")
+        else:
+            console.print(f"[yellow]lost[/] {f['run_id']} (job {f['job_id']} ended without a result)")
     for line in report["unreadable"]:
         console.print("unreadable: " + line, markup=False, style="red")
     for line in report["ledger_problems"]:
@@ -227,6 +247,9 @@ def cmd_grid_collect(args: argparse.Namespace) -> int:
     from . import store
 
     spec = _load_grid(args)
+    store.check_root(spec.results)
+    if not any(store.table_dir(spec.results, t, spec.name).is_dir() for t in store.TABLES):
+        raise ConfigError(f"results: no results of sweep {spec.name!r} under {spec.results} (nothing to compact)")
     counts = store.compact(spec.results, spec.name)
     print(f"compacted sweep {spec.name}: " + ", ".join(f"{k} {v} rows" for k, v in counts.items()))
     return 0
@@ -345,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run one training run")
     p.add_argument("--config", help="YAML file of RunConfig fields")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--rerun", action="store_true",
+                   help="train a run that already has a result again (its rows are replaced)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="RunConfig fields")
     p.set_defaults(func=cmd_train)
 

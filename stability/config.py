@@ -106,6 +106,8 @@ class RunConfig:
         """What the run computes: the fields that make its id, with the model alias resolved."""
         d = {k: v for k, v in self.to_dict().items() if k not in self.EXECUTION_FIELDS
              and not (k in self.LATER_FIELDS and v == FIELDS[k].default)}
+        if not (self.mixup_alpha or self.cutmix_alpha):  # mixing off: its probabilities compute nothing
+            d.pop("mix_prob", None), d.pop("mix_switch_prob", None)
         d["model"], d["stem"] = resolve(self.model, self.stem)  # vit_c_4gf == vit_4gf + conv
         if rev := architecture_revision(d["model"], d["stem"]):
             d["arch_rev"] = rev

@@ -10,6 +10,7 @@ on the GPU, with the same per-image seeds.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,38 @@ class Seeded(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         i, s = key
         with seeded(s):
-            return self.ds[i]
+            return named_item(self.ds, i)
+
+
+def image_name(ds: Any, i: int) -> str:
+    """Where image ``i`` of ``ds`` comes from: its file, or its path inside a packed dataset."""
+    if hasattr(ds, "samples"):
+        return str(ds.samples[i][0])
+    if hasattr(ds, "paths"):
+        return f"{getattr(ds, 'root', '')}:{ds.paths[i]}"
+    return f"image {i}"
+
+
+def named_item(ds: Any, i: int) -> Any:
+    """``ds[i]``; an image that cannot be decoded (truncated, not an image) raises an ``OSError``
+    that names it, so one bad file among a million is found from the message."""
+    try:
+        return ds[i]
+    except OSError as e:
+        raise OSError(e.errno or errno.EIO, f"unreadable image ({e})", image_name(ds, i)) from e
+
+
+class Named(Dataset):
+    """``ds[i]`` through :func:`named_item` (the validation split)."""
+
+    def __init__(self, ds: Any):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> Any:
+        return named_item(self.ds, i)
 
 
 def encoded_bytes(ds: Any, i: int) -> bytes:
@@ -162,7 +194,7 @@ class Loader:
                  prefetch_factor: int = 2, gpu: tuple | None = None):
         self.sampler = sampler
         self.decoder = GpuDecoder(*gpu, device) if gpu is not None else None
-        wrapped = (Encoded(ds) if gpu is not None else Seeded(ds)) if sampler.train else ds
+        wrapped = (Encoded(ds) if gpu is not None else Seeded(ds)) if sampler.train else Named(ds)
         self.loader = DataLoader(
             wrapped, batch_sampler=sampler, num_workers=workers,
             collate_fn=_collate_encoded if gpu is not None else None,

@@ -42,8 +42,9 @@ def _record(fd: int) -> dict | None:
 def _describe(run_id: str, rec: dict | None) -> str:
     if not rec:
         return f"run {run_id} is being trained by another process"
-    return (f"run {run_id} is being trained by job {rec.get('job_id')} (pid {rec.get('pid')} on "
-            f"{rec.get('host')}) since {rec.get('since')}: this process leaves it alone")
+    who = (f"job {rec['job_id']} (pid {rec.get('pid')} on {rec.get('host')})" if rec.get("job_id")
+           else f"pid {rec.get('pid')} on {rec.get('host')} (a `stability train`)")
+    return f"run {run_id} is being trained by {who} since {rec.get('since')}: this process leaves it alone"
 
 
 class RunLock:

@@ -181,7 +181,9 @@ def unreadable(root: str | os.PathLike, sweep: str) -> list[tuple[Path, str]]:
 def quarantine(root: str | os.PathLike, sweep: str, path: Path) -> Path:
     """Move a sweep's file into ``_sweeps/<sweep>/quarantine/`` (kept for a post-mortem, out of
     every reader's way); returns where it went."""
-    rel = path.relative_to(Path(root)) if path.is_relative_to(Path(root)) else Path(path.name)
+    own = sweep_dir(root, sweep)
+    rel = (path.relative_to(own) if path.is_relative_to(own)  # checkpoints/<run>.pt, not _sweeps/<name>/...
+           else path.relative_to(Path(root)) if path.is_relative_to(Path(root)) else Path(path.name))
     dest = sweep_dir(root, sweep) / "quarantine" / rel.parent / f"{path.name}.{int(time.time())}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, dest)

@@ -62,9 +62,11 @@ def cpu_warning(executor: Any, configs: Iterable[Any]) -> str | None:
     if explicit and max(explicit) > have:
         return (f"warning: num_workers {max(explicit)} > cpus_per_task - 1 = {have}: the data workers "
                 f"will share CPUs (set num_workers: auto or raise cpus_per_task)")
+    if explicit and len(explicit) == len(cpu):  # every run names its workers: those are what feed the GPU
+        have = min(explicit)
     if have >= need:
         return None
-    return (f"warning: cpus_per_task {executor.cpus_per_task} gives each GPU {have} data workers; "
+    return (f"warning: each GPU gets {have} data workers (cpus_per_task {executor.cpus_per_task}); "
             f"a 4GF ViT at {GPU_IMG_S:.0f} img/s needs ~{need} with CPU JPEG decoding "
             f"({PER_WORKER_IMG_S[policy]:.0f} img/s per worker, benchmarks/RESULTS.md): the GPU will "
             f"wait for data (raise cpus_per_task, or try decode: gpu)")

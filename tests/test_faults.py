@@ -153,7 +153,8 @@ def test_corrupt_results_are_named_then_quarantined_and_their_runs_rerun(tmp_pat
     epochs_file = res / f"epochs/sweep=cr/{second}.parquet"
     epochs_file.write_bytes(b"garbage")  # a completed run's curves
     status = run_cli("grid", "status", str(spec))
-    assert status.returncode == 0 and f"unreadable: {runs_file}" in " ".join(status.stdout.split())
+    shown = " ".join(status.stdout.split())
+    assert status.returncode == 0 and f"unreadable: {runs_file}" in shown and str(epochs_file) in shown, shown
     report = run_cli("report", "cr", "--results", str(res), "--out", str(tmp_path / "r.html"))
     assert report.returncode == 0 and str(epochs_file) in report.stderr and str(runs_file) in report.stderr
     again = run_cli("grid", "run", str(spec), "--quiet")
@@ -164,6 +165,25 @@ def test_corrupt_results_are_named_then_quarantined_and_their_runs_rerun(tmp_pat
     assert set(after.runs.status) == {"completed"} and set(after.epochs.run_id) == {first, second}
     assert len(list((res / "_sweeps/cr/quarantine").rglob("*.parquet.*"))) >= 2
     assert "unreadable" not in run_cli("grid", "status", str(spec)).stdout
+
+
+def test_a_corrupt_compacted_curve_file_is_named_and_its_runs_rerun_not_lost(tmp_path):
+    from stability import store
+
+    spec = write_spec(tmp_path / "g.yaml", "cc", tmp_path / "res", base={"epochs": 1, "steps_per_epoch": 2},
+                      sampler={"name": "random", "n": 1, "seed": 0}, executor={"kind": "debug"})
+    assert run_cli("grid", "run", str(spec), "--quiet").returncode == 0
+    assert run_cli("grid", "collect", str(spec)).returncode == 0
+    res = tmp_path / "res"
+    (part,) = (res / "steps/sweep=cc").glob("part-*.parquet")
+    part.write_bytes(b"junk")
+    status = json.loads(run_cli("grid", "status", str(spec), "--json").stdout)
+    assert any(str(part) in u and "reruns those runs" in u for u in status["unreadable"]), status["unreadable"]
+    again = run_cli("grid", "run", str(spec), "--quiet")
+    assert again.returncode == 0 and "submitted 2" in again.stdout, again.stdout + again.stderr
+    assert f"quarantined {part}" in again.stderr and "lost its steps rows" in again.stderr
+    after = store.load(res)
+    assert not after.errors and set(after.runs.status) == {"completed"} and after.steps.run_id.nunique() == 2
 
 
 def test_a_corrupt_plan_is_replanned_or_named(tmp_path):
@@ -251,6 +271,10 @@ def test_ctrl_c_checkpoints_a_run_as_preempted_and_the_same_command_resumes_it(t
     assert again.returncode == 0 and "resumes from" in again.stderr, again.stderr[-2000:]
     runs = store.load(tmp_path).runs
     assert runs.status.tolist() == ["completed"] and runs.wall_time_s.iloc[0] > 0
+    (row,) = (tmp_path / "runs/sweep=cc").glob("*.parquet")
+    stamp = row.stat().st_mtime_ns
+    third = run_cli(*args)  # the same command once more: the result is the record, nothing retrained
+    assert third.returncode == 0 and "already completed" in third.stdout and row.stat().st_mtime_ns == stamp
 
 
 def test_a_spec_edited_under_the_same_name_is_refused_not_mixed(tmp_path):

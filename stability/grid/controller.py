@@ -1,9 +1,13 @@
-"""The grid controller: plan, submit what is missing, watch, tell Optuna, repeat (tpe waves).
+"""The grid controller: plan, submit what is missing, watch, tell Optuna, ask tpe's next trials
+(one per free slot, or the next wave), repeat.
 
 Idempotent: everything it needs is on disk (plan, job ledger, results), so rerunning the same
 command after a killed controller, a crashed node or a cancelled array submits only the runs that
 have neither a finished row nor a live job. Within one invocation a run is submitted at most
 once; a job that dies without writing a result leaves its run ``missing`` (rerun to resubmit).
+A tpe point is saved in the plan before its runs are submitted, and a trial asked but not saved
+(a controller killed in between) is adopted into the plan by the next one, so no asked point is
+lost or asked twice. ``executor.max_failures`` stops submitting once that many runs failed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ..store import RunStatus as S
 from .backends import BACKENDS, Backend, backend_for
 from .ledger import failures, read_ledger, record_jobs
 from .lock import SweepLock
-from .plan import PlannedRun, make_plan, plan_frame, plan_from_frame, plan_mismatch
+from .plan import PlannedRun, check_cells, make_plan, plan_frame, plan_from_frame, plan_mismatch
 from .spec import GridSpec, save_spec_copy
 from .state import (
     DONE,
@@ -36,7 +40,7 @@ from .state import (
     sweep_state,
     to_submit,
 )
-from .studies import ask_wave, open_storage, tell
+from .studies import adopt_asked, ask_free, ask_wave, open_storage, tell
 
 
 @dataclass
@@ -52,12 +56,23 @@ class Outcome:
     state: pd.DataFrame
     submitted: list[str] = field(default_factory=list)
     lost: dict[str, str] = field(default_factory=dict)  # run_id -> last log lines
+    stopped: str | None = None  # why submitting stopped early (executor.max_failures), one line
     quarantined: list[str] = field(default_factory=list)  # unreadable files moved aside, and why
     wall_s: float = 0.0
 
 
+def trial_slots(backend: Backend) -> int:
+    """Runs an async tpe sweep keeps in flight (queued or running): the backend's capacity
+    (local: ``max_parallel``), else, where the scheduler queues (slurm), its ``parallelism``
+    (``array_parallelism``)."""
+    cap = backend.capacity()
+    return max(1, cap if cap is not None else backend.parallelism())
+
+
 def initial_plan(spec: GridSpec, storage) -> list[PlannedRun]:
-    """The plan of record: computed for random/sobol/grid; for tpe, read back or first wave.
+    """The plan of record: computed for random/sobol/grid; for tpe, read back (with the trials
+    asked but never saved adopted), else its first wave (async: nothing yet, the controller
+    asks one trial per free slot).
 
     A sweep's runs all come from one spec: a saved plan with a run the spec no longer plans (an
     edited range, base field or axis under the same name) is refused, so two studies never mix
@@ -83,8 +98,10 @@ def initial_plan(spec: GridSpec, storage) -> list[PlannedRun]:
         if why := plan_mismatch(spec, plan):
             raise ConfigError(f"sweep {spec.name!r} was planned from a different spec ({why}): give the "
                               f"changed study a new name, or remove {spec.sweep_dir} to start it again", spec.path)
-        return plan
-    return ask_wave(spec, [], {}, storage)
+        return plan + adopt_asked(spec, plan, storage)
+    check_cells(spec)  # a bad config fails now, before anything is asked
+    plan = adopt_asked(spec, [], storage)  # asked by a controller killed before its first save
+    return plan + ask_wave(spec, plan, {}, storage) if spec.sampler.mode == "waves" else plan
 
 
 def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = None,
@@ -154,7 +171,8 @@ class Controller:
         save_spec_copy(spec)
         save_plan(self.dir, plan_frame(plan))
         submitted: dict[str, Any] = {}  # run_id -> job, this invocation
-        outcome = Outcome(state=pd.DataFrame(), quarantined=quarantine_unreadable(spec))
+        quarantined, rerun = quarantine_unreadable(spec)
+        outcome = Outcome(state=pd.DataFrame(), quarantined=quarantined)
         for line in outcome.quarantined:  # said now: a controller killed later must not hide it
             self.console.print(f"quarantined {line}", markup=False, highlight=False, soft_wrap=True)
         live = None
@@ -165,6 +183,7 @@ class Controller:
             live.start()
         rows_cache: dict = {}  # parsed result files, kept until they change
         told: dict = {}  # points already in the Optuna record
+        failed_seen: list[str] = []  # runs this invocation submitted that failed, in the order seen
         try:
             while True:
                 self.lock.beat()
@@ -177,29 +196,36 @@ class Controller:
                         alive[rid] = "submitted"
                 state = sweep_state(plan, runs, alive, set(ledger), failures(ledger))
                 statuses = dict(zip(state.run_id, state.status, strict=True))
-                want = to_submit(state, self.opts.retry_failed)
-                todo = [rid for rid in state.run_id[want] if rid not in submitted]
+                want = to_submit(state, self.opts.retry_failed) | (state.run_id.isin(rerun) & state.job_state.isna())
+                if outcome.stopped is None and (why := self._too_many_failures(state, submitted, failed_seen)):
+                    outcome.stopped = why
+                    self.console.print(why, markup=False, highlight=False, soft_wrap=True, style="red")
+                todo = [rid for rid in state.run_id[want] if rid not in submitted] if not outcome.stopped else []
+                running = int(state.job_state.notna().sum())  # live jobs, queued ones included
                 if (cap := backend.capacity()) is not None:
-                    running = int(state.job_state.notna().sum())  # live jobs, queued ones included
                     todo = todo[:max(0, cap - running)]
                 if todo:  # submit before telling Optuna: a free slot should not wait on SQLite
                     self._submit(backend, plan, todo, submitted)
                     outcome.submitted += todo
                     continue
-                tell(spec, plan, runs, storage, told)
-                if spec.sampler.name == "tpe":
-                    new = ask_wave(spec, plan, statuses, storage)
+                tell(spec, plan, runs, storage, told)  # before asking: each ask sees every result
+                held_back = want & ~state.run_id.isin(submitted)  # over capacity until now
+                if spec.sampler.name == "tpe" and not outcome.stopped:
+                    if spec.sampler.mode == "waves":
+                        new = ask_wave(spec, plan, statuses, storage)
+                    else:  # async: one trial per slot that no run holds, live or about to be submitted
+                        new = ask_free(spec, plan, statuses, storage,
+                                       trial_slots(backend) - running - int(held_back.sum()))
                     if new:
                         plan += new
-                        save_plan(self.dir, plan_frame(plan))
+                        save_plan(self.dir, plan_frame(plan))  # the record of asked points, before submitting
                         continue
                 if live:
                     live.update(self._render(state, backend))
                 if not self.opts.wait:
                     break
                 waiting = state.job_state.notna().any()
-                held_back = (want & ~state.run_id.isin(submitted)).any()  # over capacity until now
-                if not waiting and not held_back:
+                if not waiting and (not held_back.any() or outcome.stopped):
                     break
                 backend.wait(self.opts.poll_s)
         finally:
@@ -215,6 +241,28 @@ class Controller:
                 outcome.lost[rid] = backend.log_tail(str(submitted[rid].job_id)) or "(no log)"
         outcome.wall_s = time.monotonic() - t0
         return outcome
+
+    def _too_many_failures(self, state: pd.DataFrame, submitted: dict, seen: list[str]) -> str | None:
+        """The line that stops submitting once ``executor.max_failures`` runs of those this
+        invocation submitted failed (a fraction: of the runs it submitted); None until then.
+        Diverged runs are results, not failures."""
+        limit = self.spec.executor.max_failures
+        if limit is None:
+            return None
+        failed = state[state.status.eq(S.FAILED) & state.run_id.isin(submitted)]
+        errors = dict(zip(failed.run_id, failed.error, strict=True))
+        seen += [rid for rid in submitted if rid in errors and rid not in seen]  # submission order
+        need = limit if limit >= 1 else limit * len(submitted)
+        if not seen or len(seen) < need:
+            return None
+        rule = f"{limit}" if limit >= 1 else f"{limit} of the {len(submitted)} submitted"
+        first = next(iter(str(errors[seen[0]] or "no error recorded").strip().splitlines()), "")[:300]
+        ids = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
+        unsubmitted = int((to_submit(state, self.opts.retry_failed) & ~state.run_id.isin(submitted)).sum())
+        live = int(state.job_state.notna().sum())
+        return (f"sweep {self.spec.name}: stopped submitting, {len(seen)} runs failed (executor.max_failures: "
+                f"{rule}): {ids}; first error ({seen[0]}): {first}; {unsubmitted} planned runs left unsubmitted"
+                + (f", waiting for the {live} still live" if live and self.opts.wait else ""))
 
     def _submit(self, backend: Backend, plan: list[PlannedRun], todo: list[str], submitted: dict) -> None:
         by_id = {r.run_id: r for r in plan}
@@ -245,19 +293,49 @@ class Controller:
         return table
 
 
-def quarantine_unreadable(spec: GridSpec) -> list[str]:
+def quarantine_unreadable(spec: GridSpec) -> tuple[list[str], set[str]]:
     """Move the sweep's unreadable result files into ``_sweeps/<name>/quarantine/``: a run with
-    one loses its other files too, so it is missing and rerun whole. One line per moved file."""
-    moved = []
+    one loses its other files too, so it is missing and rerun whole. A compacted part file holds
+    rows of many runs: when one of the curve tables goes, the finished runs left without rows in
+    it are marked failed (their runs row says which file took them) and returned, for this
+    controller to rerun. One line per moved file or marked run."""
+    moved, lost_tables = [], set()
     for path, why in store.unreadable(spec.results, spec.name):
         files = [path]
         if not path.name.startswith("part-"):  # a run's own file: the run goes whole
             files += [store.table_dir(spec.results, t, spec.name) / path.name for t in store.TABLES]
+        elif path.parent.parent.name != "runs":
+            lost_tables.add((path.parent.parent.name, path))
         for f in dict.fromkeys(files):
             if f.exists():
                 dest = store.quarantine(spec.results, spec.name, f)
                 moved.append(f"{f} -> {dest}: " + (f"unreadable ({why})" if f == path else "same run"))
-    return moved
+    rerun: set[str] = set()
+    if lost_tables:
+        runs = store.read_table(spec.results, "runs", sweep=spec.name)
+        for table, path in sorted(lost_tables):
+            have = set(store.read_table(spec.results, table, sweep=spec.name, columns=["run_id"]).run_id)
+            # a diverged run may end before its first epoch: it needs steps and traces only
+            need = runs.status.eq(S.COMPLETED) | (runs.status.eq(S.DIVERGED) & (table != "epochs"))
+            for row in runs[need & ~runs.run_id.isin(have)].drop(columns="sweep").to_dict("records"):
+                row |= {"status": str(S.FAILED), "error": f"its {table} rows were in {path.name}, unreadable and "
+                        "quarantined: rerun (`grid run` does it at once; later: --retry failed)"}
+                store.write_run(spec.results, spec.name, row["run_id"], {"runs": [row]})
+                rerun.add(row["run_id"])
+                moved.append(f"run {row['run_id']}: lost its {table} rows with {path.name}; marked failed, rerun")
+    return moved, rerun
+
+
+def _meaning(path: Path) -> str:
+    """What an unreadable result file means for its runs, and what `grid run` does about it."""
+    table, compacted = path.parent.parent.name, path.name.startswith("part-")
+    if table == "runs":
+        return ("the runs whose rows it held count as missing" if compacted else "its run counts as missing"
+                ) + "; `grid run` moves it to quarantine and reruns them"
+    if compacted:
+        return (f"the {table} rows of the finished runs it held are lost; `grid run` moves it to quarantine "
+                "and reruns those runs")
+    return f"its run's {table} rows are lost; `grid run` moves the run's files to quarantine and reruns it"
 
 
 def status_report(spec: GridSpec) -> dict[str, Any]:
@@ -274,8 +352,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
         unreadable.append(f"{e}; planned from the spec instead")
     plan = plan_from_frame(saved) if saved is not None else (
         make_plan(spec) if spec.sampler.name != "tpe" else [])
-    bad_rows: list[str] = []
-    runs = run_rows(spec.results, spec.name, errors=bad_rows)
+    runs = run_rows(spec.results, spec.name)
     ids = [r.run_id for r in plan]
     backend = backend_for(spec)
     problems: list[str] = []
@@ -289,9 +366,11 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
         failed_runs.append({"run_id": r.run_id, "stem": r.stem, "error": r.error,
                             "log": backend.log_tail(ledger[r.run_id]["job_id"]) if r.run_id in ledger else ""})
     lost = []
+    row_status = runs.drop_duplicates("run_id", keep="last").set_index("run_id").status if len(runs) else {}
     for r in state[state.status.eq(S.MISSING)].itertuples():
         if r.run_id in ledger:
             lost.append({"run_id": r.run_id, "job_id": ledger[r.run_id]["job_id"],
+                         "preempted": row_status.get(r.run_id) == S.PREEMPTED,  # a checkpoint to resume
                          "log": backend.log_tail(ledger[r.run_id]["job_id"])})
     return {
         "sweep": spec.name, "results": str(spec.results), "planned": len(plan),
@@ -301,8 +380,8 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
         "jobs": {"alive": len(alive), "running": sum(1 for s in alive.values() if s in RUNNING_JOB_STATES),
                  "pending": sum(1 for s in alive.values() if s not in RUNNING_JOB_STATES)},
         "failures": failed_runs, "lost": lost, "ledger_problems": problems,
-        "unreadable": unreadable + [f"{e.splitlines()[0][:300]} (its runs count as missing; `grid run` moves "
-                                    f"it to quarantine and reruns them)" for e in bad_rows],
+        "unreadable": unreadable + [f"{path}: {why} ({_meaning(path)})"
+                                    for path, why in store.unreadable(spec.results, spec.name)],
         "eta_s": eta_seconds(state, backend.parallelism()),
     }
 

@@ -3,7 +3,8 @@
 Grid axes (lists) are crossed. Range axes are sampled once per *cell* of the non-stem axes and
 the same points are used for every stem: ViT_P and ViT_C see the same (lr, wd) pairs (a paired
 design). ``random``, ``sobol`` and ``grid`` plans are pure functions of the spec; ``tpe`` plans
-grow in waves from the results told to its studies (see ``stability.grid.tell``).
+grow from the results told to its studies, a trial per free slot or a wave at a time (see
+``stability.grid.studies``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class PlannedRun:
     stem: str | None
     point: int  # index of the sampled point in its cell (tpe: the trial number)
     seed: int
-    wave: int
+    wave: int  # tpe waves: the wave; async: the study's points finished when it was asked
     optimizer: str
     epochs: int
     config_json: str  # the validated config (see ``stability.config.config_json``)
@@ -281,6 +282,14 @@ def make_plan(spec: GridSpec) -> list[PlannedRun]:
                 seen.add(run.run_id)
                 plan.append(run)
     return plan
+
+
+def check_cells(spec: GridSpec) -> None:
+    """Build every cell's configs at the ranges' lower ends: a spec whose base, cells and ranges
+    do not make valid runs fails now (``ConfigError``), not at its first ask."""
+    point = {k: int(r.lo) if r.kind == "int" else r.lo for k, r in spec.ranges.items()}
+    for cell in cells(spec):
+        CellRuns(spec, cell).runs([point])
 
 
 def plan_mismatch(spec: GridSpec, plan: list[PlannedRun]) -> str | None:

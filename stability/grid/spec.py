@@ -10,8 +10,10 @@ space:
   # a list of mappings is one axis whose values set several fields together:
   # recipe: [{optimizer: adamw, lr: 1.0e-3}, {optimizer: sgd, lr: 0.5}]
 sampler: {name: sobol, n: 64, seed: 0}   # n points per cell of the non-stem axes, shared by stems
+# sampler: {name: tpe, n: 32, seed: 0}   # tpe: async (a free slot asks the next trial), or
+#                                        # mode: waves, wave: k (ask k, wait for them, repeat)
 seeds: [0]
-executor: {kind: auto, array_parallelism: 64, timeout_min: 240}
+executor: {kind: auto, array_parallelism: 64, timeout_min: 240}   # max_failures: 5 (or 0.5) stops early
 results: results
 ```
 """
@@ -25,18 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import FIELDS, SWEEP_NAME, run_config
+from ..config import FIELDS, SWEEP_NAME, RunConfig, run_config
 from ..errors import ConfigError, shown
 from ..validate import checked_fields, int64
 from .backends import BACKENDS
 
 RANGE_KINDS = ("loguniform", "uniform", "int")
 SAMPLERS = ("random", "sobol", "grid", "tpe")
+TPE_MODES = ("async", "waves")
 EXECUTORS = ("auto", *BACKENDS)
 TOP_KEYS = ("name", "base", "space", "sampler", "seeds", "executor", "results", "max_runs")
 MAX_RUNS = 100_000  # a plan this big is a typo until the spec says otherwise (max_runs)
 # Set by the spec itself, never per run.
 RESERVED = ("results", "sweep", "seed")
+_NOT_AN_AXIS = ("an execution field (where or how a run executes, not part of its id): values along an axis "
+                "would be one run; set it in base, or compare executions in two sweeps")
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,15 @@ class Range:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """``n``: points per cell (for ``grid``: values per range axis). ``wave``: tpe batch size."""
+    """``n``: points per cell (for ``grid``: values per range axis). ``mode`` (tpe only):
+    ``async`` asks one trial per free slot as runs finish; ``waves`` asks ``wave`` trials per
+    study and waits for them all. Left out, it is ``waves`` when ``wave`` is given, else ``async``."""
 
     name: str = "sobol"
     n: int = 16
     seed: int = 0
     wave: int | None = None
+    mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,9 @@ class ExecutorSpec:
     max_num_timeout: int = 3
     array_size: int | None = None  # slurm: jobs per array (None: the cluster's MaxArraySize)
     signal_delay_s: int = 90
+    # Stop submitting once this many runs of a `grid run` failed (a count >= 1) or this fraction
+    # (0 < f < 1) of the runs it submitted did; None: never.
+    max_failures: int | float | None = None  # checked by _executor_spec itself
     extra: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
 
 
@@ -166,7 +177,13 @@ def _range(src: str, path: str, key: str, value: dict) -> Range:
 
 def _executor_spec(src: str, d: dict) -> ExecutorSpec:
     """Validate executor fields (from the spec, a profile or the command line)."""
-    executor = _dataclass_from(src, "executor", ExecutorSpec, d)
+    m = d.get("max_failures")  # an int (a count) or a float (a fraction): not one number type
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int | float) or not (
+            0 < m < 1 or (m >= 1 and math.isfinite(m) and float(m).is_integer()))):
+        raise _err(src, "executor.max_failures", f"expected a count of failed runs (an integer >= 1), a fraction "
+                                                 f"of the submitted runs (0 < f < 1) or null, got {shown(m)}")
+    executor = _dataclass_from(src, "executor", ExecutorSpec, {k: v for k, v in d.items() if k != "max_failures"})
+    executor = dataclasses.replace(executor, max_failures=m if m is None or m < 1 else int(m))
     if executor.kind not in EXECUTORS:
         raise _err(src, "executor.kind", f"unknown executor {shown(executor.kind)} (allowed: {', '.join(EXECUTORS)})")
     for key in ("max_parallel", "array_parallelism", "timeout_min", "nodes", "tasks_per_node"):
@@ -197,6 +214,8 @@ def parse_spec(d: Any, src: str) -> GridSpec:
                                    f"{', '.join(f for f in FIELDS if f not in RESERVED)})")
                     if k in base or (k in space and k != key):
                         raise _err(src, f"space.{key}[{i}].{k}", "also set elsewhere: set it in one place")
+                    if k in RunConfig.EXECUTION_FIELDS and len({shown(b.get(k)) for b in value}) > 1:
+                        raise _err(src, f"space.{key}[{i}].{k}", _NOT_AN_AXIS)
                     bundle_keys[k] = key
     for section, mapping in (("base", base), ("space", space)):
         for key in mapping:
@@ -209,6 +228,8 @@ def parse_spec(d: Any, src: str) -> GridSpec:
             if key not in FIELDS:
                 raise _err(src, f"{section}.{key}", f"unknown RunConfig field (allowed: "
                                                      f"{', '.join(k for k in FIELDS if k not in RESERVED)})")
+            if section == "space" and key in RunConfig.EXECUTION_FIELDS:
+                raise _err(src, f"space.{key}", _NOT_AN_AXIS)
     both = sorted(set(base) & set(space))
     if both:
         raise _err(src, f"space.{both[0]}", "also set in base: set it in one place")
@@ -243,6 +264,14 @@ def parse_spec(d: Any, src: str) -> GridSpec:
         _int(src, "sampler.wave", sampler.wave, 1)
     if sampler.name == "tpe" and not any(isinstance(v, Range) for v in parsed_space.values()):
         raise _err(src, "sampler.name", "tpe needs at least one range in space")
+    if sampler.mode is not None and (sampler.name != "tpe" or sampler.mode not in TPE_MODES):
+        raise _err(src, "sampler.mode", f"{shown(sampler.mode)} is not allowed (allowed: {', '.join(TPE_MODES)}; "
+                                        f"tpe only)")
+    if sampler.name == "tpe":
+        mode = sampler.mode or ("waves" if sampler.wave is not None else "async")
+        if mode == "async" and sampler.wave is not None:
+            raise _err(src, "sampler.wave", "a wave size is for mode: waves (async asks one trial per free slot)")
+        sampler = dataclasses.replace(sampler, mode=mode)
     seeds = d.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds:
         raise _err(src, "seeds", f"expected a non-empty list of integers, got {shown(seeds)}")

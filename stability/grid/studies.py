@@ -4,7 +4,7 @@ Only the controller opens this storage (one SQLite writer; jobs never touch it, 
 on NFS). Every finished point is told: completed -> COMPLETE with its mean top-1 error over
 seeds; diverged -> PRUNED at the step it diverged (intermediate value 100); failed -> FAIL. So
 ``optuna-dashboard`` and ``optuna.visualization`` see every run, the unstable ones included.
-``tpe`` asks its waves from these studies.
+``tpe`` asks its trials from these studies (in waves, or one per free slot: ``ask_free``).
 """
 
 from __future__ import annotations
@@ -54,41 +54,132 @@ def _study(spec: GridSpec, storage, cell: dict[str, Any], stem: str | None):
     return study
 
 
-def ask_wave(spec: GridSpec, plan: list[PlannedRun], statuses: dict[str, str], storage
-             ) -> list[PlannedRun]:
-    """tpe: the next wave of every (cell, stem) study whose previous wave has finished."""
+def _studies(spec: GridSpec):
+    """Every (cell, cell key, stem axis value, stem label) study of a tpe sweep, in spec order."""
+    for cell in cells(spec):
+        for stem in spec.axes.get("stem", [None]):
+            # Runs are recorded under the stem the model fixes when there is no stem axis.
+            yield cell, cell_key(cell), stem, stem_label(spec, cell, stem)
+
+
+def _ask_one(study, planner: CellRuns, dists: dict, planned: set[str], wave: int) -> list[PlannedRun]:
+    """One trial asked from ``study`` as its runs (point = the trial number), recorded on the
+    trial (``run_ids``); [] when the space is exhausted. A point whose runs are planned already
+    (int ranges) is told FAIL and asked again: a point is never planned twice."""
     import optuna
 
+    for _attempt in range(10):
+        trial = study.ask(dists)
+        runs = planner.runs([trial.params], trial.number, wave)
+        if not planned & {r.run_id for r in runs}:
+            trial.set_user_attr("run_ids", [r.run_id for r in runs])
+            planned |= {r.run_id for r in runs}
+            return runs
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return []
+
+
+def ask_wave(spec: GridSpec, plan: list[PlannedRun], statuses: dict[str, str], storage
+             ) -> list[PlannedRun]:
+    """tpe waves: the next wave of every (cell, stem) study whose previous wave has finished."""
     wave = spec.sampler.wave or spec.sampler.n
     dists = distributions(spec.ranges)
     new: list[PlannedRun] = []
-    for cell in cells(spec):
-        key = cell_key(cell)
-        for stem in spec.axes.get("stem", [None]):
-            # Runs are recorded under the stem the model fixes when there is no stem axis.
-            label = stem_label(spec, cell, stem)
-            mine = [r for r in plan if r.cell == key and r.stem == label]
-            if any(statuses.get(r.run_id) not in TERMINAL for r in mine):
-                continue  # this study's wave is still running
-            asked = len({r.point for r in mine})
-            k = min(wave, spec.sampler.n - asked)
-            if k <= 0:
+    planned = {r.run_id for r in plan}
+    for cell, key, stem, label in _studies(spec):
+        mine = [r for r in plan if r.cell == key and r.stem == label]
+        if any(statuses.get(r.run_id) not in TERMINAL for r in mine):
+            continue  # this study's wave is still running
+        asked = len({r.point for r in mine})
+        k = min(wave, spec.sampler.n - asked)
+        if k <= 0:
+            continue
+        study = _study(spec, storage, cell, label)
+        planner = CellRuns(spec, cell, [stem])
+        for _ in range(k):
+            runs = _ask_one(study, planner, dists, planned, asked // wave)
+            if not runs:
+                break  # the space is exhausted: plan no more for this study
+            new += runs
+    return new
+
+
+def ask_free(spec: GridSpec, plan: list[PlannedRun], statuses: dict[str, str], storage, slots: int
+             ) -> list[PlannedRun]:
+    """Async tpe: one new trial per free slot (``slots``: runs that may start now), each from the
+    study with the fewest points in flight (then the fewest asked, then spec order) that has
+    fewer than ``n``. A trial takes one slot per seed. The caller tells finished points first, so
+    each ask sees every result so far; the points in flight are RUNNING trials, which the
+    constant-liar TPE keeps the new one away from. A run's ``wave`` is the number of its study's
+    points that had finished when it was asked."""
+    n, per_trial = spec.sampler.n, len(spec.seeds)
+    todo = []
+    for i, (cell, key, stem, label) in enumerate(_studies(spec)):
+        points: dict[int, bool] = {}  # point -> finished (every seed's run terminal)
+        for r in plan:
+            if r.cell == key and r.stem == label:
+                points[r.point] = points.get(r.point, True) and statuses.get(r.run_id) in TERMINAL
+        if len(points) < n:
+            finished = sum(points.values())
+            todo.append([len(points) - finished, len(points), i, finished, cell, stem, label])
+    if slots <= 0 or not todo:
+        return []
+    dists = distributions(spec.ranges)
+    planned = {r.run_id for r in plan}
+    opened: dict[int, tuple[Any, CellRuns]] = {}
+    new: list[PlannedRun] = []
+    while slots > 0 and todo:
+        entry = min(todo)
+        _, asked, i, finished, cell, stem, label = entry
+        if i not in opened:
+            opened[i] = (_study(spec, storage, cell, label), CellRuns(spec, cell, [stem]))
+        runs = _ask_one(*opened[i], dists, planned, finished)
+        if not runs:
+            todo.remove(entry)  # the space is exhausted: plan no more for this study
+            continue
+        new += runs
+        slots -= per_trial
+        entry[0] += 1
+        entry[1] += 1
+        if entry[1] >= n:
+            todo.remove(entry)
+    return new
+
+
+def adopt_asked(spec: GridSpec, plan: list[PlannedRun], storage) -> list[PlannedRun]:
+    """The runs of trials asked but not in the plan (a controller killed between asking and
+    saving the plan): planned now, so an asked point is neither lost nor asked again. A trial
+    whose point is planned already, or beyond ``n``, is told FAIL."""
+    import optuna
+
+    dists = distributions(spec.ranges)
+    names = set(optuna.get_all_study_names(storage))
+    planned = {r.run_id for r in plan}
+    new: list[PlannedRun] = []
+    for cell, key, stem, label in _studies(spec):
+        if study_name(spec, key, label) not in names:
+            continue
+        mine = [r for r in plan if r.cell == key and r.stem == label]
+        points = {r.point for r in mine}
+        orphans = None
+        study = None
+        for t in optuna.load_study(study_name=study_name(spec, key, label), storage=storage).get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.number in points:
                 continue
-            study = _study(spec, storage, cell, label)
-            planner = CellRuns(spec, cell, [stem])
-            planned = {r.run_id for r in plan} | {r.run_id for r in new}
-            for _ in range(k):
-                for _attempt in range(10):  # a point already planned (int ranges) is asked again
-                    trial = study.ask(dists)
-                    runs = planner.runs([trial.params], trial.number, asked // wave)
-                    if not planned & {r.run_id for r in runs}:
-                        break
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                else:
-                    break  # the space is exhausted: plan no more for this study
-                trial.set_user_attr("run_ids", [r.run_id for r in runs])
-                planned |= {r.run_id for r in runs}
-                new += runs
+            if study is None:
+                study = _study(spec, storage, cell, label)
+                orphans = CellRuns(spec, cell, [stem])
+            runs = orphans.runs([t.params], t.number, 0) if set(t.params) == set(dists) else []
+            if not runs or planned & {r.run_id for r in runs} or len(points) >= spec.sampler.n:
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                continue
+            study_id = storage.get_study_id_from_name(study.study_name)
+            storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
+                                        "run_ids", [r.run_id for r in runs])
+            planned |= {r.run_id for r in runs}
+            points.add(t.number)
+            new += runs
     return new
 
 
