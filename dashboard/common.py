@@ -317,6 +317,27 @@ def run_labels(runs: pd.DataFrame) -> pd.Series:
     return out
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def _load_run_columns(root: str, columns: tuple[str, ...], sig: tuple) -> pd.DataFrame:
+    return store.read_table(root, "runs", columns=list(columns))
+
+
+def with_run_columns(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``runs`` with more columns of the runs table than the pages load (config_json, the
+    validation losses ...): read once per change of the table; a column older results lack is null."""
+    where = root()
+    extra = _load_run_columns(str(where), tuple(columns), store.signature(where, "runs"))
+    extra = extra.reindex(columns=["sweep", "run_id", *columns])
+    return runs.drop(columns=[c for c in columns if c in runs]).merge(extra, on=["sweep", "run_id"], how="left")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def load_attention(root: str, run_ids: tuple[str, ...], sig: tuple) -> pd.DataFrame:
+    """Per traced step and layer, the max attention logit of the runs ``run_ids`` (three columns
+    of grad_norms, filtered in parquet); empty columns for results that predate it."""
+    return store.read_table(root, "grad_norms", columns=["step", "layer", "attn_logit_max"], run_ids=list(run_ids))
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_run_tables(root: str, run_ids: tuple[str, ...], sig: tuple) -> dict[str, pd.DataFrame]:
     """Epochs, steps and grad norms of a few runs (filtered in parquet, never the whole table)."""

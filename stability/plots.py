@@ -410,3 +410,112 @@ def status_figure(counts: pd.DataFrame) -> go.Figure:
     fig.update_layout(barmode="stack", template="plotly_white", height=320, yaxis_title="runs",
                       title="Runs per sweep and stem", legend_title="status")
     return fig
+
+
+METRIC_LABELS = {"loss": "final validation loss", "top1_err": "final top-1 error (%)"}
+
+
+def _panels(df: pd.DataFrame, axes: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per value of the group ``axes`` that vary (one panel when none does)."""
+    axes = [a for a in axes if a in df and df[a].nunique(dropna=False) > 1]
+    if not axes:
+        return [("", df)]
+    return [(" · ".join(f"{a} {v}" for a, v in zip(axes, k if isinstance(k, tuple) else (k,), strict=True)), g)
+            for k, g in df.groupby(axes, observed=True, dropna=False, sort=True)]
+
+
+def _group_axes(df: pd.DataFrame) -> list[str]:
+    cols = list(df.columns)
+    return [c for c in cols[:cols.index("stem")] if c != "run_id"] if "stem" in cols else []
+
+
+def lr_curve_figure(curves: pd.DataFrame, metric: str = "loss") -> go.Figure:
+    """Final value vs peak lr (log x), one line per (stem, fix) and one panel per group
+    (``analysis.lr_curves``: sweep, optimizer, epochs, wd ... never mixed): the mean over seeds
+    of min(value, ℓ₀); a point where a run diverged (or its value was not finite) is a cross at
+    ℓ₀, the loss at init, drawn dotted per line (Wortsman et al. 2023, Fig. 1)."""
+    panels = _panels(curves, _group_axes(curves))
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[t for t, _ in panels],
+                        vertical_spacing=min(0.2, 0.45 / max(1, len(panels))))
+    stems = sorted(curves["stem"].astype(str).unique()) if len(curves) else []
+    fixes = sorted(curves["fix"].astype(str).unique()) if len(curves) else []
+    shown: set[str] = set()
+    for r, (_, part) in enumerate(panels, start=1):
+        for (stem, fix), g in part.groupby(["stem", "fix"], observed=True, sort=True):
+            name = f"{stem} / {fix}"
+            color = color_of(stem, stems.index(str(stem)))
+            dash = DASHES[fixes.index(str(fix)) % len(DASHES)]
+            pts = g.groupby("lr").agg(y=("clipped", "mean"), l0=("l0", "mean"), n=("clipped", "size"),
+                                      div=("diverged", "sum")).reset_index().sort_values("lr")
+            fig.add_trace(go.Scatter(
+                x=pts.lr, y=pts.y, mode="lines+markers", name=name, legendgroup=name, showlegend=name not in shown,
+                line=dict(color=color, dash=dash, width=2),
+                marker=dict(color=color, size=[12 if d else 8 for d in pts["div"]],
+                            symbol=["x" if d else "circle" for d in pts["div"]]),
+                customdata=np.stack([pts.n, pts["div"]], axis=1),
+                hovertemplate="lr %{x:.3g}: %{y:.4g} (mean of %{customdata[0]} run(s), %{customdata[1]} "
+                              "diverged: at ℓ₀)<extra>" + name + "</extra>"), row=r, col=1)
+            shown.add(name)
+            fig.add_trace(go.Scatter(x=[pts.lr.min(), pts.lr.max()], y=[pts.l0.mean()] * 2, mode="lines",
+                                     legendgroup=name, showlegend=False, hoverinfo="skip",
+                                     line=dict(color=color, dash="dot", width=1)), row=r, col=1)
+        fig.update_xaxes(type="log", title_text="peak lr", tickformat=".0e", nticks=6, tickangle=0, row=r, col=1)
+        fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), row=r, col=1)
+    fig.update_layout(template="plotly_white", height=max(420, 340 * len(panels)), legend_title="stem / fix",
+                      title=f"{METRIC_LABELS.get(metric, metric).capitalize()} vs lr (× diverged, at ℓ₀; dotted: ℓ₀, at init)")
+    return fig
+
+
+def lr_sensitivity_figure(sens: pd.DataFrame) -> go.Figure:
+    """LR sensitivity per (stem, fix) with its bootstrap interval over seeds as error bars
+    (``analysis.lr_sensitivity``), one x position per group and fix, one colour per stem; the
+    hover gives n seeds, lrs and diverged runs (a point without a bar had one seed)."""
+    fig = go.Figure()
+    axes = [a for a in _group_axes(sens) if sens[a].nunique(dropna=False) > 1]
+    stems = sorted(sens["stem"].astype(str).unique()) if len(sens) else []
+    for stem, g in sens.groupby("stem", observed=True, sort=True):
+        where = g[axes].astype(str).agg(" · ".join, axis=1) + " · " if axes else ""
+        x = where + g["fix"].astype(str)
+        fig.add_trace(go.Scatter(
+            x=x, y=g.sensitivity, mode="markers", name=str(stem), offsetgroup=str(stem),
+            marker=dict(color=color_of(stem, stems.index(str(stem))), size=11),
+            error_y=dict(type="data", symmetric=False, array=(g.hi - g.sensitivity).to_numpy(float),
+                         arrayminus=(g.sensitivity - g.lo).to_numpy(float), thickness=1.5, width=6),
+            customdata=np.stack([g.n_seeds, g.n_lr, g.n_diverged, g.lo, g.hi], axis=1),
+            hovertemplate="%{x}: %{y:.4g} [%{customdata[3]:.4g}, %{customdata[4]:.4g}]<br>%{customdata[0]} seed(s), "
+                          "%{customdata[1]} lrs, %{customdata[2]} diverged run(s)<extra>" + str(stem) + "</extra>"))
+    metric = str(sens["metric"].iloc[0]) if len(sens) and "metric" in sens else "loss"
+    fig.update_layout(template="plotly_white", height=400, legend_title="stem", xaxis_title="fix",
+                      scattermode="group",  # stems side by side at each fix, not on top of each other
+                      yaxis_title=f"LR sensitivity ({METRIC_LABELS.get(metric, metric)})", xaxis_type="category",
+                      title="LR sensitivity E_η[min(ℓ(η), ℓ₀) − ℓ*] per stem and fix (90% bootstrap interval over seeds)")
+    fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
+def attn_logit_figure(at: pd.DataFrame, thresholds: Sequence[float] = ()) -> go.Figure:
+    """Max attention logit at the chosen early step vs lr per run (``analysis.attn_logit_at``),
+    log axes, colour by stem, crosses for runs that diverged later; ``thresholds`` up to 10x the
+    largest logit as dotted lines. Runs whose trace ended before the step have no point (they are
+    counted in the table)."""
+    fig = go.Figure()
+    seen = at[at["logit_max"].notna()] if len(at) else at
+    stems = sorted(seen["stem"].astype(str).unique()) if len(seen) else []
+    for (stem, fix, diverged), g in seen.groupby(["stem", "fix", "diverged"], observed=True, sort=True):
+        name = f"{stem} / {fix}" + (" (diverged)" if diverged else "")
+        fig.add_trace(go.Scatter(
+            x=g.lr, y=g.logit_max.clip(lower=1e-3), mode="markers", name=name,
+            marker=dict(color=color_of(stem, stems.index(str(stem))), size=11 if diverged else 8,
+                        symbol="x" if diverged else "circle", line=dict(width=0.5, color="white")),
+            customdata=g.at_step, hovertemplate="lr %{x:.3g}: max logit %{y:.4g} at step %{customdata}"
+                                                f"<extra>{name}</extra>"))
+    top = float(seen["logit_max"].max()) if len(seen) else 0.0
+    for t in thresholds:  # those near the data: a line at 1e4 would squash logits of 2-20
+        if t <= 10 * top:
+            fig.add_hline(y=float(t), line=dict(color="#888", dash="dot", width=1),
+                          annotation_text=f"{t:g}", annotation_position="right")
+    fig.update_layout(template="plotly_white", height=400, legend_title="stem / fix",
+                      xaxis=dict(type="log", title="peak lr", tickformat=".0e", nticks=6, tickangle=0),
+                      yaxis=dict(type="log", title="max attention logit q·k/√d_h (over layers)"),
+                      title="Max attention logit early in training vs lr (× diverged later)")
+    return fig

@@ -43,6 +43,7 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
               ("Best configuration per group", analysis.best_configs(runs, by=by))]
     for title, df in tables:
         parts.append(f"<h2>{html.escape(title)}</h2>" + df.round(4).to_html(index=False, border=0))
+    parts.append(sensitivity_section(root, sweep, runs))
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     counts = ", ".join(f"{k}: {v}" for k, v in runs.status.value_counts().items())
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>stability report: {html.escape(sweep)}</title>"
@@ -56,6 +57,52 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
                "reruns those runs):</p><ul>" + "".join(f"<li><code>{html.escape(b)}</code></li>" for b in bad)
                + "</ul>" if bad else "")
             + "".join(parts) + "</body></html>")
+
+
+def _note(df) -> str:
+    text = analysis.sensitivity.note(df)
+    return f"<p><i>{html.escape(text)}</i></p>" if text else ""
+
+
+def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
+    """LR sensitivity (final validation loss and top-1 error) per group, stem and fix with its
+    interval over seeds, the differences between stems and fixes as verdicts, the loss-vs-lr and
+    sensitivity figures, and the attention-logit/divergence table (Wortsman et al. 2023). Results
+    without the columns these need get a line saying so, not an error. Plotly.js is already in
+    the page (the report's first figure)."""
+    out = ["<h2 id='lr-sensitivity'>LR sensitivity and attention-logit growth (Wortsman et al. 2023)</h2>",
+           "<p>LR sensitivity = E<sub>η</sub>[min(ℓ(η), ℓ<sub>0</sub>) − ℓ*] over the lrs of runs that differ only "
+           "in lr and seed: ℓ the final value, ℓ<sub>0</sub> the value at init (a diverged run counts as "
+           "ℓ<sub>0</sub>), ℓ* the best over the range; per seed, then the mean with a 90% bootstrap interval "
+           "over seeds. Lower is less sensitive. Groups: every design axis and fixed hyper-parameter that "
+           "varies, nothing pooled; one line per stem and fix (docs/methodology.md).</p>"]
+    for metric, label in (("loss", "final validation loss"), ("top1_err", "top-1 error (%)")):
+        table = analysis.lr_sensitivity(runs, metric=metric)
+        out.append(f"<h3>LR sensitivity on {label}</h3>" + _note(table))
+        if table.empty:
+            continue
+        out.append(table.round(4).to_html(index=False, border=0))
+        lines = []
+        for axis in ("stem", "fix"):
+            diff = analysis.sensitivity_diff(runs, axis=axis, metric=metric)
+            lines += [analysis.sensitivity_verdict(r) for _, r in diff.iterrows()]
+        if lines:
+            out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in lines) + "</ul>")
+        if metric == "loss":
+            curves = analysis.lr_curves(runs, metric=metric, min_lrs=analysis.sensitivity.MIN_LRS)
+            out.append(plots.lr_curve_figure(curves, metric).to_html(full_html=False, include_plotlyjs=False))
+            out.append(plots.lr_sensitivity_figure(table).to_html(full_html=False, include_plotlyjs=False))
+    gn = store.read_table(root, "grad_norms", sweep=sweep, columns=["step", "layer", "attn_logit_max"])
+    attn = analysis.attn_logit_divergence(runs, gn)
+    out.append("<h3>Does a large attention logit at step 50 go with divergence?</h3>"
+               "<p>Per group and line: runs whose max attention logit q·k/√d<sub>h</sub> (over layers, heads, "
+               "tokens) at the first traced step ≥ 50 is above each threshold vs at or below it, the fraction "
+               "of each that diverged with its 90% Wilson interval and n, and the difference (above − below, "
+               "&gt; 0: a large logit goes with divergence) with Newcombe's interval. Runs that ended before "
+               "the step are counted apart.</p>" + _note(attn))
+    if not attn.empty:
+        out.append(attn.round(4).to_html(index=False, border=0))
+    return "".join(out)
 
 
 def write_report(root: str | Path, sweep: str, out: str | Path, unreadable: list[str] | None = None) -> Path:

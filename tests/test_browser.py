@@ -22,7 +22,7 @@ ART = ROOT / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-NAV = ["Overview", "EDF", "LR × WD", "Optimizer & length", "Spikes", "Runs", "Hyperparameters"]
+NAV = ["Overview", "EDF", "LR × WD", "Optimizer & length", "Spikes", "Runs", "Hyperparameters", "LR sensitivity"]
 
 pytestmark = pytest.mark.browser
 
@@ -168,7 +168,8 @@ def test_every_sidebar_entry_twice_keeps_root_filters_and_controls(server, page,
 
 
 def test_every_slider_at_its_extremes(server, page):
-    for path in ("edf?p_edf_mode=relative+to+the+best+of+each+group", "lr_wd?f_sweep=dash", "spikes"):
+    for path in ("edf?p_edf_mode=relative+to+the+best+of+each+group", "lr_wd?f_sweep=dash", "spikes",
+                 "sensitivity?f_sweep=dash"):
         page.goto(f"{server}/{path}")
         _chart_with_data(page)
         if path == "spikes":

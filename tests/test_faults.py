@@ -413,3 +413,14 @@ def test_a_run_on_a_full_disk_ends_failed_in_the_ledger_not_running(tmp_path, ti
     (job2,) = [rec["job_id"] for rec in read_ledger(spec.sweep_dir).values()]
     os.kill(int(job2.split(".")[0]), signal.SIGTERM)
     _wait_for(lambda: not pid_alive(job2))
+
+
+def test_an_execution_field_as_an_axis_and_cuda_without_a_gpu_are_one_line_errors(tmp_path):
+    import torch
+
+    spec = write_spec(tmp_path / "g.yaml", "ax", tmp_path / "res", space={"num_workers": [0, 1]},
+                      sampler={"name": "grid", "n": 1, "seed": 0})
+    _one_line_exit_2(run_cli("grid", "run", str(spec), "--dry-run"), "space.num_workers", "execution field")
+    if not torch.cuda.is_available():
+        _one_line_exit_2(run_cli("train", "model=vit_tiny", "epochs=1", "device=cuda", f"results={tmp_path / 'r'}"),
+                         "device", "no")

@@ -7,6 +7,7 @@ Typical use in a notebook::
     analysis.edf(res.runs, relative=True)     # per sweep x optimizer x epochs x stem: bands
     analysis.compare(res.runs, by="stem")     # signed effects b − a with CIs, paired tests
     analysis.first_layer_lead(res.grad_norms)               # MoCo v3: first-layer spikes lead
+    analysis.lr_sensitivity(res.runs)         # Wortsman et al. 2023: per group x stem x fix, CI over seeds
 """
 
 from .compare import (
@@ -31,7 +32,16 @@ from .edf import (
     within_fraction,
     worst_runs,
 )
-from .grouping import pooled, strata, with_size
+from .grouping import fix_of, fixed_axes, pooled, strata, with_fix, with_size
+from .sensitivity import (
+    attn_logit_at,
+    attn_logit_divergence,
+    lr_curves,
+    lr_sensitivity,
+    lr_sensitivity_per_seed,
+    sensitivity_diff,
+    sensitivity_verdict,
+)
 from .spikes import (
     SpikeParams,
     count_spikes,
@@ -51,10 +61,11 @@ from .sweeps import (
 )
 
 __all__ = [
-    "DIVERGED_ERROR", "SpikeParams", "area_between", "best_configs", "compare", "count_spikes",
-    "default_by", "delta_to_best", "detect_spikes", "dkw_halfwidth", "downsample", "edf", "edf_at",
-    "error_vs_hparams", "hparam_importance", "errors", "first_layer_lead", "ks_permutation_p", "ks_signed",
+    "DIVERGED_ERROR", "SpikeParams", "area_between", "attn_logit_at", "attn_logit_divergence", "best_configs",
+    "compare", "count_spikes", "default_by", "delta_to_best", "detect_spikes", "dkw_halfwidth", "downsample", "edf",
+    "edf_at", "error_vs_hparams", "hparam_importance", "errors", "first_layer_lead", "fix_of", "fixed_axes",
+    "ks_permutation_p", "ks_signed", "lr_curves", "lr_sensitivity", "lr_sensitivity_per_seed",
     "lr_wd_heatmap", "mark_spikes", "optimizer_gap", "outcomes", "paired_differences",
-    "paired_tests", "pooled", "spike_counts", "strata", "summary", "training_length",
-    "verdict_text", "with_size", "within_fraction", "worst_runs",
+    "paired_tests", "pooled", "sensitivity_diff", "sensitivity_verdict", "spike_counts", "strata", "summary",
+    "training_length", "verdict_text", "with_fix", "with_size", "within_fraction", "worst_runs",
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -32,3 +34,81 @@ def strata(runs: pd.DataFrame, exclude: Sequence[str] = ("stem",)) -> list[str]:
 def pooled(runs: pd.DataFrame, by: Sequence[str]) -> list[str]:
     """Design axes that vary in ``runs`` but are not in ``by``: what a grouping pools."""
     return [c for c in strata(runs, exclude=()) if c not in by]
+
+
+# The fixes of later work, read from a run's config: QK-layernorm and z-loss (Wortsman et al. 2023),
+# a frozen stem (MoCo v3). ``fix`` is one axis of every view; this is its one definition.
+FIX_FIELDS = ("qk_norm", "z_loss", "freeze_stem")
+NO_FIX = "none"
+# Config fields that are never a fixed hyper-parameter of an lr group: the swept lr and the seed,
+# and fields another column already carries (model -> size, stem, the fix fields -> fix).
+NOT_FIXED = ("lr", "seed", "model", "stem", *FIX_FIELDS)
+
+
+def fix_of(cfg: Mapping | None) -> str:
+    """The fixes a run's config turns on, joined with "+": "qk_norm" (config ``qk_norm``),
+    "z_loss" (``z_loss`` > 0), "frozen_stem" (``freeze_stem``); "none" when none is on (or the
+    config predates the field)."""
+    cfg = cfg or {}
+    parts = [name for name, on in (("qk_norm", bool(cfg.get("qk_norm"))),
+                                   ("z_loss", float(cfg.get("z_loss") or 0.0) > 0),
+                                   ("frozen_stem", bool(cfg.get("freeze_stem")))) if on]
+    return "+".join(parts) or NO_FIX
+
+
+def _configs(runs: pd.DataFrame) -> list[dict]:
+    """Each row's config (``config_json``), {} where it is absent or unreadable."""
+    out = []
+    for text in (runs["config_json"] if "config_json" in runs.columns else [None] * len(runs)):
+        try:
+            cfg = json.loads(text) if isinstance(text, str) else {}
+        except ValueError:
+            cfg = {}
+        out.append(cfg if isinstance(cfg, dict) else {})
+    return out
+
+
+def with_fix(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with a ``fix`` column (``fix_of`` of each row's config; kept if already there)."""
+    if "fix" in runs.columns:
+        return runs
+    return runs.assign(fix=[fix_of(c) for c in _configs(runs)])
+
+
+def fixed_axes(runs: pd.DataFrame, series: Sequence[str] = ("stem", "fix")) -> tuple[pd.DataFrame, list[str]]:
+    """The axes that make runs *the same experiment but for lr and seed*: every design axis that
+    varies, then every config field that varies (wd, label smoothing, adam eps, ...) except lr,
+    seed, the execution fields (where and how a run executes) and fields another column carries.
+
+    Returns ``runs`` with ``size``, ``fix`` and a column per such config field (a field an older
+    config lacks reads as its default), and the list of those axes, ``series`` excluded. When
+    runs with z-loss use several coefficients, ``z_loss`` (0 without) is added to the frame and
+    returned as an axis too: two coefficients are never pooled under one "z_loss"."""
+    from ..config import FIELDS, RunConfig
+
+    df = with_fix(with_size(runs))
+    axes = [c for c in strata(df, exclude=tuple(series)) if c not in series]
+    cfgs = _configs(df)
+    skip = set(NOT_FIXED) | set(RunConfig.EXECUTION_FIELDS) | set(DESIGN_AXES) | set(series)
+    keys = sorted({k for c in cfgs for k in c} - skip)
+    extra = {}
+    for k in keys:
+        default = FIELDS[k].default if k in FIELDS else None
+        default = None if default is dataclasses.MISSING else default
+        vals = [_hashable(c.get(k, default)) for c in cfgs]
+        if len(set(vals)) > 1:
+            extra[k] = vals
+    z = [float(c.get("z_loss") or 0.0) for c in cfgs]
+    if len({v for v in z if v > 0}) > 1:
+        extra["z_loss"] = z
+    for k, vals in extra.items():
+        if k in df.columns and k != "z_loss":
+            axes.append(k)  # a runs column (wd ...): its own values
+        else:
+            df = df.assign(**{k: vals})
+            axes.append(k)
+    return df, axes
+
+
+def _hashable(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v

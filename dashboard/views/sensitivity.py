@@ -1,0 +1,111 @@
+"""LR sensitivity (Wortsman et al. 2023): final validation loss or error vs lr per group, one line
+per stem and fix with diverged runs at the value at init; the sensitivity per line with its
+interval over seeds and the signed differences; does a large attention logit early in training
+go with divergence?"""
+
+import streamlit as st
+from common import control, load_attention, root, selected_runs, table, with_run_columns
+
+from stability import analysis, plots, store
+from stability.analysis.sensitivity import ATTN_STEP, MIN_LRS, THRESHOLDS, note
+
+COLUMNS = ["config_json", "final_val_loss", "init_val_loss", "init_top1_err"]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _sensitivity(runs, metric: str, common_lrs: bool, pool: tuple[str, ...]):
+    return (analysis.lr_curves(runs, metric, common_lrs=common_lrs, pool=pool, min_lrs=MIN_LRS),
+            analysis.lr_sensitivity(runs, metric, common_lrs=common_lrs, pool=pool),
+            [analysis.sensitivity_diff(runs, axis, metric, common_lrs=common_lrs, pool=pool)
+             for axis in ("stem", "fix")])
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _group_axes(runs) -> list[str]:
+    return analysis.fixed_axes(runs)[1]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _attention(runs, gn, step: int, pool_lines: bool, pool: tuple[str, ...]):
+    at = analysis.attn_logit_at(runs, gn, step=step)
+    by = None
+    if (pool_lines or pool) and not at.empty:  # what is pooled is named in the table's `pooled`
+        axes = [c for c in list(at.columns)[:list(at.columns).index("stem")] if c != "run_id" and c not in pool]
+        by = axes + ([] if pool_lines else ["stem", "fix"])
+    return at, analysis.attn_logit_divergence(runs, gn, step=step, by=by)
+
+
+def _say(df) -> None:
+    if note(df):
+        st.info(note(df))
+
+
+st.title("LR sensitivity")
+runs = selected_runs()
+if runs is not None:
+    runs = with_run_columns(runs, COLUMNS)
+    c1, c2 = st.columns([2, 1])
+    with c1:
+        value = control(st.radio, "value", ["validation loss", "top-1 error"], key="p_sens_metric",
+                        default="validation loss", horizontal=True,
+                        help="ℓ: the final validation cross-entropy (no label smoothing) or top-1 error; "
+                             "ℓ₀: the same of the model at step 0")
+    with c2:
+        common_lrs = control(st.toggle, "only lrs every line ran", key="p_sens_common", default=True,
+                             help="Compare stems and fixes over one lr range (off: each line over its own lrs)")
+    metric = "loss" if value.startswith("validation") else "top1_err"
+    axes = _group_axes(runs)
+    pool = control(st.multiselect, "pool on purpose", axes, key="p_sens_pool_axes", default=[],
+                   help="Group axes to pool (e.g. wd in an lr × wd sweep, where every lr has its own wd); "
+                        "off: a group is runs equal in everything but lr and seed") if axes else []
+    curves, sens, diffs = _sensitivity(runs, metric, common_lrs, tuple(pool))
+    if curves.empty:
+        _say(sens if note(sens) else curves)
+    else:
+        st.plotly_chart(plots.lr_curve_figure(curves, metric), width="stretch", key="sens_curves")
+        pooled = curves.attrs.get("pooled", "")
+        st.caption("One panel per group (runs equal in everything but lr and seed: sweeps, optimizers, "
+                   "lengths, wd … never mixed), one line per stem / fix (dash: fix), the mean over seeds of "
+                   "min(ℓ, ℓ₀); × a diverged run (or a non-finite loss), counted at ℓ₀; dotted: ℓ₀."
+                   + (f" **Pooled here: {pooled}.**" if pooled else " Nothing is pooled."))
+        st.subheader("LR sensitivity per stem and fix")
+        _say(sens)
+        if not sens.empty:
+            st.plotly_chart(plots.lr_sensitivity_figure(sens), width="stretch", key="sens_bars")
+            for diff in diffs:
+                for _, row in diff.iterrows():
+                    st.markdown(f"- {analysis.sensitivity_verdict(row)}")
+            table(sens, key="sens_table")
+            st.caption("sensitivity = E over the lrs of min(ℓ(η), ℓ₀) − ℓ*, ℓ* the best of the range, per "
+                       "seed; then the mean over seeds with a 90% bootstrap interval over seeds (lo, hi; none "
+                       "with one seed). Lower: less sensitive to the lr. Differences are b − a (fix: a is "
+                       "\"none\"), paired over seeds where both lines ran the same ones.")
+
+    st.subheader("Does a large attention logit early in training go with divergence?")
+    ids = tuple(sorted(runs.run_id.unique()))
+    where = root()
+    gn = load_attention(str(where), ids, store.signature(where, "grad_norms"))
+    gn = gn[gn.sweep.isin(runs.sweep.unique())] if len(gn) else gn
+    traced = gn.loc[gn["attn_logit_max"].notna(), "step"] if "attn_logit_max" in gn else gn.iloc[:0]
+    if traced.empty:
+        st.info(note(analysis.attn_logit_divergence(runs, gn)))
+    else:
+        top = max(1, int(traced.max()))
+        c1, c2 = st.columns([2, 1])
+        with c1:
+            step = control(st.slider, "at the first traced step at or after", 0, top, key="p_sens_step",
+                           default=min(ATTN_STEP, top))
+        with c2:
+            pool_lines = control(st.toggle, "pool stems and fixes", key="p_sens_pool", default=False,
+                                 help="One table per group over every stem and fix (off: nothing pooled "
+                                      "but the axes chosen to pool above)")
+        at, tab = _attention(runs, gn, int(step), pool_lines, tuple(pool))
+        st.plotly_chart(plots.attn_logit_figure(at, THRESHOLDS), width="stretch", key="sens_attn")
+        _say(tab)
+        if not tab.empty:
+            table(tab, key="sens_attn_table")
+            st.caption("Max over layers, heads and tokens of q·k/√d_h at that step. Per threshold: runs above "
+                       "it and at or below it, how many of each diverged (fraction with a 90% Wilson interval), "
+                       "and diff = above − below (> 0: a large logit goes with divergence) with Newcombe's "
+                       "interval. n_ended_before: runs whose trace ended before the step (left out). "
+                       "Thresholds are fixed in advance, not chosen on these runs (docs/methodology.md).")

@@ -1,0 +1,372 @@
+"""LR sensitivity and attention-logit growth (Wortsman et al. 2023) on hand-made tables whose
+answers are worked out by hand; the report section and the dashboard page on hand-made results."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stability import analysis, plots, store
+from stability.analysis import sensitivity as sens
+from stability.analysis.grouping import fix_of, fixed_axes
+
+D, C = str(store.RunStatus.DIVERGED), str(store.RunStatus.COMPLETED)
+
+
+def _cfg(**kw) -> str:
+    base = {"model": "vit_tiny", "optimizer": "adamw", "epochs": 4, "wd": 0.05, "label_smoothing": 0.1,
+            "results": "/somewhere", "sweep": "s", "device": "auto"}
+    return json.dumps(base | kw, sort_keys=True)
+
+
+def _run(rid, stem, lr, seed, status, final, init, err=None, init_err=90.0, optimizer="adamw", epochs=4, **cfg):
+    return {"run_id": rid, "sweep": "s", "status": status, "model": "vit_tiny", "stem": stem, "optimizer": optimizer,
+            "lr": lr, "wd": 0.05, "epochs": epochs, "batch_size": 64, "warmup_epochs": 1.0, "seed": seed,
+            "dataset": "digits", "final_val_loss": final, "init_val_loss": init,
+            "top1_err": (100.0 if status == D else 10.0) if err is None else err, "init_top1_err": init_err,
+            "config_json": _cfg(lr=lr, seed=seed, stem=stem, optimizer=optimizer, epochs=epochs, **cfg)}
+
+
+def hand_runs() -> pd.DataFrame:
+    """patchify, 2 seeds x 3 lrs; conv, 2 seeds x 3 lrs. Worked by hand below."""
+    rows = [
+        # patchify seed 0, l0 = 2.30: clipped 0.5, 0.3, and a diverged run at l0 whatever its loss
+        _run("p0a", "patchify", 1e-3, 0, C, 0.50, 2.30, err=20.0, init_err=90.0),
+        _run("p0b", "patchify", 1e-2, 0, C, 0.30, 2.30, err=10.0, init_err=90.0),
+        _run("p0c", "patchify", 1e-1, 0, D, 0.10, 2.30, err=100.0, init_err=90.0),
+        # patchify seed 1, l0 = 2.31: a NaN loss counts as l0; 2.5 (above init) clips to 2.31
+        _run("p1a", "patchify", 1e-3, 1, C, 0.60, 2.31, err=25.0, init_err=88.0),
+        _run("p1b", "patchify", 1e-2, 1, C, float("nan"), 2.31, err=30.0, init_err=88.0),
+        _run("p1c", "patchify", 1e-1, 1, C, 2.50, 2.31, err=95.0, init_err=88.0),
+        # conv: nothing diverges
+        _run("c0a", "conv", 1e-3, 0, C, 0.40, 2.20, err=8.0, init_err=91.0),
+        _run("c0b", "conv", 1e-2, 0, C, 0.20, 2.20, err=5.0, init_err=91.0),
+        _run("c0c", "conv", 1e-1, 0, C, 0.60, 2.20, err=12.0, init_err=91.0),
+        _run("c1a", "conv", 1e-3, 1, C, 0.45, 2.25, err=9.0, init_err=90.0),
+        _run("c1b", "conv", 1e-2, 1, C, 0.25, 2.25, err=6.0, init_err=90.0),
+        _run("c1c", "conv", 1e-1, 1, C, 0.35, 2.25, err=7.0, init_err=90.0),
+    ]
+    return pd.DataFrame(rows)
+
+
+# By hand: patchify seed 0: clipped (0.5, 0.3, 2.3), l* 0.3 -> mean(0.2, 0, 2.0) = 0.7333
+# patchify seed 1: clipped (0.6, 2.31, 2.31), l* 0.6 -> mean(0, 1.71, 1.71) = 1.14
+# conv seed 0: (0.4, 0.2, 0.6), l* 0.2 -> mean(0.2, 0, 0.4) = 0.2; seed 1: (0.45, 0.25, 0.35) -> 0.1
+P0, P1, C0, C1 = (0.2 + 0 + 2.0) / 3, (0 + 1.71 + 1.71) / 3, 0.6 / 3, 0.3 / 3
+
+
+def test_lr_sensitivity_is_the_formula_by_hand():
+    per = sens.lr_sensitivity_per_seed(hand_runs())
+    got = per.set_index(["stem", "seed"])["sensitivity"]
+    assert got[("patchify", 0)] == pytest.approx(P0)
+    assert got[("patchify", 1)] == pytest.approx(P1)
+    assert got[("conv", 0)] == pytest.approx(C0) and got[("conv", 1)] == pytest.approx(C1)
+    assert per.set_index(["stem", "seed"]).loc[("patchify", 0), "n_diverged"] == 1
+    assert per.set_index(["stem", "seed"]).loc[("patchify", 1), "n_diverged"] == 1  # the NaN loss
+    out = analysis.lr_sensitivity(hand_runs(), n_boot=500).set_index("stem")
+    assert out.loc["patchify", "sensitivity"] == pytest.approx((P0 + P1) / 2)
+    assert out.loc["conv", "sensitivity"] == pytest.approx((C0 + C1) / 2)
+    assert (out["fix"] == "none").all() and (out["n_seeds"] == 2).all() and (out["n_lr"] == 3).all()
+    # the bootstrap over 2 seeds: every resample mean lies between the two seeds' values
+    lo, hi = out.loc["patchify", ["lo", "hi"]]
+    assert P0 - 1e-12 <= lo <= (P0 + P1) / 2 <= hi <= P1 + 1e-12 and lo < hi
+
+
+def test_lr_sensitivity_on_top1_error_clips_to_the_error_at_init():
+    per = sens.lr_sensitivity_per_seed(hand_runs(), metric="top1_err").set_index(["stem", "seed"])
+    # patchify seed 0: (20, 10, diverged -> 90), best 10 -> mean(10, 0, 80); seed 1: (25, 30, 95 -> 88)
+    assert per.loc[("patchify", 0), "sensitivity"] == pytest.approx(90 / 3)
+    assert per.loc[("patchify", 1), "sensitivity"] == pytest.approx((0 + 5 + 63) / 3)
+
+
+def test_different_optimizers_epochs_and_fixed_hparams_are_never_pooled():
+    base = hand_runs()
+    patch = base[base.stem == "patchify"]
+    sgd = patch.assign(run_id=patch.run_id + "s", optimizer="sgd", final_val_loss=0.1, status=C,
+                       config_json=[_cfg(lr=lr, seed=s, stem="patchify", optimizer="sgd") for lr, s in
+                                    zip(patch.lr, patch.seed, strict=True)])
+    longer = patch.assign(run_id=patch.run_id + "e", epochs=8, final_val_loss=0.2,
+                          config_json=[_cfg(lr=lr, seed=s, stem="patchify", epochs=8) for lr, s in
+                                       zip(patch.lr, patch.seed, strict=True)])
+    smooth = patch.assign(run_id=patch.run_id + "l", final_val_loss=0.3,
+                          config_json=[_cfg(lr=lr, seed=s, stem="patchify", label_smoothing=0.0) for lr, s in
+                                       zip(patch.lr, patch.seed, strict=True)])
+    runs = pd.concat([base, sgd, longer, smooth], ignore_index=True)
+    _, axes = fixed_axes(runs)
+    assert {"optimizer", "epochs", "label_smoothing"} <= set(axes) and "lr" not in axes and "seed" not in axes
+    out = analysis.lr_sensitivity(runs, common_lrs=False)
+    assert len(out) == 5  # 2 stems of the base group, and each of the three other patchify groups
+    base_row = out[(out.optimizer == "adamw") & (out.epochs == 4) & (out.label_smoothing == 0.1) & (out.stem == "patchify")]
+    assert base_row.sensitivity.iloc[0] == pytest.approx((P0 + P1) / 2)  # unchanged by the other groups
+    flat = out[out.optimizer == "sgd"].sensitivity.iloc[0]
+    assert flat == pytest.approx(0.0)  # every sgd run at 0.1: nothing to lose over the range
+    # execution fields (results folder, device) never split a group
+    moved = base.assign(config_json=[c.replace("/somewhere", f"/elsewhere{i}") for i, c in enumerate(base.config_json)])
+    assert len(analysis.lr_sensitivity(moved)) == 2
+
+
+def test_fix_axis_from_the_config():
+    assert fix_of({}) == "none" and fix_of({"qk_norm": False, "z_loss": 0.0}) == "none"
+    assert fix_of({"qk_norm": True}) == "qk_norm" and fix_of({"z_loss": 1e-4}) == "z_loss"
+    assert fix_of({"qk_norm": True, "z_loss": 1e-4, "freeze_stem": True}) == "qk_norm+z_loss+frozen_stem"
+    base = hand_runs()
+    qk = base.assign(run_id=base.run_id + "q", final_val_loss=base.final_val_loss.fillna(0.5),
+                     config_json=[c.replace('"lr"', '"qk_norm": true, "lr"') for c in base.config_json])
+    out = analysis.lr_sensitivity(pd.concat([base, qk], ignore_index=True))
+    assert sorted(zip(out.stem, out.fix, strict=True)) == [("conv", "none"), ("conv", "qk_norm"),
+                                                          ("patchify", "none"), ("patchify", "qk_norm")]
+    # two z-loss coefficients are two lines, never one "z_loss"
+    z1 = base.assign(run_id=base.run_id + "z1", config_json=[c.replace('"lr"', '"z_loss": 0.0001, "lr"')
+                                                             for c in base.config_json])
+    z2 = base.assign(run_id=base.run_id + "z2", config_json=[c.replace('"lr"', '"z_loss": 0.001, "lr"')
+                                                             for c in base.config_json])
+    out = analysis.lr_sensitivity(pd.concat([base, z1, z2], ignore_index=True))
+    assert len(out) == 6 and set(out.z_loss) == {0.0, 1e-4, 1e-3}
+    diff = analysis.sensitivity_diff(pd.concat([base, qk], ignore_index=True), axis="fix", n_boot=200)
+    assert set(diff.a) == {"none"} and set(diff.b) == {"qk_norm"}  # the baseline is always a
+
+
+def test_sensitivity_diff_is_signed_b_minus_a_with_n():
+    d = analysis.sensitivity_diff(hand_runs(), axis="stem", n_boot=500).iloc[0]
+    assert (d.a, d.b) == ("conv", "patchify") and d.paired and (d.n_a, d.n_b) == (2, 2)
+    assert d["diff"] == pytest.approx((P0 + P1) / 2 - (C0 + C1) / 2)
+    # paired resamples of 2 seeds: the diff of means lies between the two per-seed differences
+    assert P0 - C0 - 1e-12 <= d.lo <= d["diff"] <= d.hi <= P1 - C1 + 1e-12
+    text = analysis.sensitivity_verdict(d)
+    assert "conv less sensitive" in text and "n = 2 vs 2 seeds" in text
+    one = analysis.sensitivity_diff(hand_runs()[lambda r: r.seed == 0]).iloc[0]
+    assert np.isnan(one.lo) and "no interval" in analysis.sensitivity_verdict(one)
+
+
+def test_too_few_lrs_and_uncommon_lrs_are_left_out_with_a_note():
+    runs = hand_runs()
+    short = runs[~((runs.stem == "conv") & (runs.lr == 1e-1))]
+    out = analysis.lr_sensitivity(short)  # common lrs: patchify loses 1e-1 too -> 2 lrs each, below 3
+    assert out.empty and "fewer than 3 lrs" in sens.note(out) and "common_lrs" in sens.note(out)
+    out = analysis.lr_sensitivity(short, common_lrs=False)
+    assert list(out.stem) == ["patchify"] and "conv" in sens.note(out)
+    ranged = analysis.lr_sensitivity(runs, lr_range=(1e-3, 1e-2), min_lrs=2).set_index("stem")
+    # patchify over [1e-3, 1e-2]: seed 0 (0.5, 0.3) -> 0.1; seed 1 (0.6, NaN -> 2.31) -> 0.855
+    assert ranged.loc["patchify", "sensitivity"] == pytest.approx((0.1 + 0.855) / 2)
+
+
+def test_a_fixed_hparam_sampled_with_lr_splits_groups_unless_pooled_on_purpose():
+    runs = _lr_wd_runs()
+    out = analysis.lr_sensitivity(runs)
+    assert out.empty and "split by wd" in sens.note(out)
+    pooled = analysis.lr_sensitivity(runs, pool=("wd",)).set_index("stem")
+    assert pooled.loc["patchify", "sensitivity"] == pytest.approx((P0 + P1) / 2)
+    assert set(pooled.pooled) == {"wd"} and "wd" not in pooled.columns
+    assert set(analysis.lr_sensitivity(hand_runs()).pooled) == {""}
+
+
+def _trace(rid, steps_vals, layers=("blocks.0", "blocks.1")):
+    """grad_norms rows: the stem without a logit, each block with the given logit per step
+    (block 1 twice block 0, so the max over layers is block 1's)."""
+    rows = []
+    for step, v in steps_vals:
+        rows.append({"run_id": rid, "sweep": "s", "step": step, "layer": "stem", "depth": 0, "grad_norm": 1.0,
+                     "attn_logit_max": None})
+        for i, layer in enumerate(layers):
+            rows.append({"run_id": rid, "sweep": "s", "step": step, "layer": layer, "depth": i + 1,
+                         "grad_norm": 1.0, "attn_logit_max": v * (i + 1) / len(layers)})
+    return rows
+
+
+def hand_attention():
+    """Six patchify runs at six lrs; the block-1 logit at step 60 (the first traced step >= 50):
+    5, 20 (diverged later), 200, 300 (diverged), 500 (diverged), and one that diverged at step 40."""
+    lrs = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2]
+    status = [C, D, C, D, D, D]
+    logit = [5.0, 20.0, 200.0, 300.0, 500.0, None]
+    runs = pd.DataFrame([_run(f"r{i}", "patchify", lr, 0, s, 0.3, 2.3) for i, (lr, s) in enumerate(zip(lrs, status, strict=True))])
+    gn = []
+    for i, v in enumerate(logit):
+        if v is None:
+            gn += _trace(f"r{i}", [(0, 1.0), (40, 9e9)])  # ended before step 50
+        else:
+            gn += _trace(f"r{i}", [(0, 1.0), (40, 1e6), (60, v), (80, 1e6)])
+    return runs, pd.DataFrame(gn)
+
+
+def test_attention_logit_table_by_hand():
+    runs, gn = hand_attention()
+    at = analysis.attn_logit_at(runs, gn, step=50).set_index("run_id")
+    assert at.loc["r2", "logit_max"] == 200.0 and at.loc["r2", "at_step"] == 60
+    assert at.loc["r5", "ended_before"] and np.isnan(at.loc["r5", "logit_max"])
+    tab = analysis.attn_logit_divergence(runs, gn, step=50, thresholds=[100.0, 1000.0], ci=0.9).set_index("threshold")
+    r = tab.loc[100.0]
+    assert (r.n, r.n_above, r.div_above, r.n_below, r.div_below, r.n_ended_before) == (5, 3, 2, 2, 1, 1)
+    assert r.frac_above == pytest.approx(2 / 3) and r.frac_below == pytest.approx(1 / 2)
+    assert r["diff"] == pytest.approx(2 / 3 - 1 / 2)
+    assert (r.frac_above_lo, r.frac_above_hi) == pytest.approx(sens.wilson(2, 3, 0.9))
+    assert r.diff_lo < r["diff"] < r.diff_hi
+    none_above = tab.loc[1000.0]
+    assert none_above.n_above == 0 and np.isnan(none_above.frac_above) and none_above.div_below == 3
+    # 20% of training: the group's completed runs were traced to step 80 -> the first step >= 16 is 40
+    early = analysis.attn_logit_at(runs, gn, step=None, fraction=0.2).set_index("run_id")
+    assert early.loc["r0", "at_step"] == 40 and early.loc["r5", "logit_max"] == 9e9
+
+
+def test_wilson_and_newcombe_against_known_values():
+    # Wilson 95% for 0/10: [0, 0.2775]; for 5/10: [0.2366, 0.7634] (Newcombe 1998, Table I style)
+    assert sens.wilson(0, 10, 0.95) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert sens.wilson(5, 10, 0.95) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    # Newcombe 1998 (method 10), example 56/70 vs 48/80: 0.0524 to 0.3339
+    assert sens.newcombe(56, 70, 48, 80, 0.95) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    assert all(math.isnan(v) for v in sens.wilson(0, 0))
+
+
+def test_results_without_the_new_columns_give_an_empty_frame_and_a_note():
+    old = hand_runs().drop(columns=["final_val_loss", "init_val_loss", "init_top1_err"])
+    nulls = hand_runs().assign(final_val_loss=None, init_val_loss=None)
+    for runs in (old, nulls):
+        for fn in (analysis.lr_sensitivity, sens.lr_sensitivity_per_seed, analysis.lr_curves,
+                   analysis.sensitivity_diff):
+            out = fn(runs)
+            assert out.empty and "final_val_loss" in sens.note(out), fn
+    runs, gn = hand_attention()
+    for g in (gn.drop(columns=["attn_logit_max"]), gn.assign(attn_logit_max=None), pd.DataFrame()):
+        for fn in (analysis.attn_logit_at, analysis.attn_logit_divergence):
+            out = fn(runs, g)
+            assert out.empty and "attn_logit_max" in sens.note(out)
+    # an empty runs table too
+    assert analysis.lr_sensitivity(hand_runs().iloc[:0]).empty
+
+
+def test_figures_draw_the_tables():
+    curves = analysis.lr_curves(hand_runs())
+    fig = plots.lr_curve_figure(curves)
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert len(lines) == 2 and fig.layout.xaxis.type == "log"
+    patch = next(t for t in lines if t.name.startswith("patchify"))
+    assert list(patch.marker.symbol) == ["circle", "x", "x"]  # both seeds' 1e-1 runs (and a NaN) at l0
+    assert patch.y[-1] == pytest.approx((2.30 + 2.31) / 2)
+    bars = plots.lr_sensitivity_figure(analysis.lr_sensitivity(hand_runs()))
+    assert len(bars.data) == 2 and all(t.error_y.array is not None for t in bars.data)
+
+
+def _lr_wd_runs() -> pd.DataFrame:
+    """hand_runs() as an lr x wd sweep: every lr with its own wd."""
+    runs = hand_runs()
+    wd = runs.lr.map({1e-3: 0.01, 1e-2: 0.1, 1e-1: 0.5})
+    return runs.assign(wd=wd, config_json=[_cfg(lr=lr, seed=s, stem=st, wd=w) for lr, s, st, w in
+                                           zip(runs.lr, runs.seed, runs.stem, wd, strict=True)])
+
+
+def _write(root, runs):
+    """``runs`` written as real results (store.write_run): every run traced at steps 0, 60 and
+    120, its block logit growing with lr (x 4 for the runs that diverge)."""
+    for r in runs.to_dict("records"):
+        rid = r.pop("run_id")
+        r.pop("sweep")
+        big = 4.0 if r["status"] == D or not math.isfinite(r["final_val_loss"]) else 1.0
+        trace = [{k: v for k, v in row.items() if k != "sweep"}
+                 for row in _trace(rid, [(s, 3.0 + big * r["lr"] * 1e3 * s / 60) for s in (0, 60, 120)])]
+        steps = [{"step": s, "epoch": 0, "loss": 2.0, "lr": r["lr"], "grad_norm": 1.0, "log_z": 0.1} for s in range(0, 121, 20)]
+        store.write_run(root, "s", rid, {"runs": [{**r, "run_id": rid}], "grad_norms": trace, "steps": steps})
+    return root
+
+
+@pytest.fixture
+def hand_results(tmp_path):
+    return _write(tmp_path / "results", hand_runs())
+
+
+def test_report_has_the_sensitivity_section(hand_results):
+    from stability.report import build_report
+
+    page = build_report(hand_results, "s")
+    section = page[page.index("id='lr-sensitivity'"):]
+    assert "LR sensitivity on final validation loss" in section and "LR sensitivity on top-1 error" in section
+    assert "conv less sensitive" in section and "n = 2 vs 2 seeds" in section
+    assert section.count('class="plotly-graph-div"') == 2  # loss vs lr, sensitivity per line
+    assert "frac_above" in section and "Newcombe" in section
+    assert f"{(P0 + P1) / 2:.4f}"[:5] in section  # the patchify sensitivity, as in the table
+
+
+@pytest.fixture
+def old_results(tmp_path):
+    """hand_runs() as results written before the new columns: no validation losses, no logits."""
+    root = tmp_path / "old"
+    for r in hand_runs().to_dict("records"):
+        rid = r.pop("run_id")
+        r.pop("sweep")
+        old = {k: v for k, v in r.items() if k not in ("final_val_loss", "init_val_loss", "init_top1_err")}
+        store.write_run(root, "s", rid, {"runs": [{**old, "run_id": rid}],
+                                         "grad_norms": [{"run_id": rid, "step": 0, "layer": "stem", "depth": 0,
+                                                         "grad_norm": 1.0}]})
+    return root
+
+
+def test_report_on_results_without_the_new_columns_says_so(old_results):
+    from stability.report import build_report
+
+    page = build_report(old_results, "s")
+    section = page[page.index("id='lr-sensitivity'"):]
+    assert section.count("No final_val_loss, init_val_loss") == 1 and "No init_top1_err" in section
+    assert "No attn_logit_max" in section and 'class="plotly-graph-div"' not in section
+
+
+def _page(root, query=None):
+    from .test_dashboard import _app
+
+    return _app(root, "views/sensitivity.py", query=query)
+
+
+def test_dashboard_page_draws_sensitivity_and_attention(hand_results):
+    from .test_dashboard import _root
+
+    at = _page(hand_results)
+    assert at.title[0].value == "LR sensitivity"
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3  # loss vs lr, sensitivity per line, attention logit vs lr
+    text = " ".join(m.value for m in at.markdown)
+    assert "conv less sensitive" in text
+    sens_table = next(d.value for d in at.dataframe if "sensitivity" in d.value.columns)
+    assert sens_table.set_index("stem").loc["patchify", "sensitivity"] == pytest.approx((P0 + P1) / 2)
+    with _root(hand_results):
+        at.radio(key="p_sens_metric").set_value("top-1 error").run()
+        assert not at.exception
+        sens_table = next(d.value for d in at.dataframe if "sensitivity" in d.value.columns)
+        assert set(sens_table.metric) == {"top1_err"}
+        at.toggle(key="p_sens_common").set_value(False).run()
+        assert not at.exception
+        for v in (at.slider(key="p_sens_step").min, at.slider(key="p_sens_step").max):
+            at.slider(key="p_sens_step").set_value(v).run()
+            assert not at.exception
+        at.toggle(key="p_sens_pool").set_value(True).run()
+        assert not at.exception
+        attn = next(d.value for d in at.dataframe if "frac_above" in d.value.columns)
+        assert set(attn.pooled) == {"stem"} and "stem" not in attn.columns
+    # the controls come back from a shared URL
+    at = _page(hand_results, query={"p_sens_metric": "top-1 error", "p_sens_step": "60"})
+    assert at.radio(key="p_sens_metric").value == "top-1 error" and at.slider(key="p_sens_step").value == 60
+
+
+def test_dashboard_page_on_results_without_the_new_columns(old_results):
+    at = _page(old_results)
+    infos = " ".join(i.value for i in at.info)
+    assert "No final_val_loss" in infos and "attn_logit_max" in infos
+    assert not at.get("plotly_chart")
+
+
+def test_dashboard_page_pools_an_axis_only_when_asked(tmp_path):
+    from .test_dashboard import _root
+
+    root = _write(tmp_path / "lrwd", _lr_wd_runs())
+    at = _page(root)
+    assert "split by wd" in " ".join(i.value for i in at.info)
+    assert len(at.get("plotly_chart")) == 1  # the attention figure only
+    with _root(root):
+        at.multiselect(key="p_sens_pool_axes").set_value(["wd"]).run()
+    assert not at.exception and len(at.get("plotly_chart")) == 3
+    sens_table = next(d.value for d in at.dataframe if "sensitivity" in d.value.columns)
+    assert set(sens_table.pooled) == {"wd"}
+    assert "Pooled here: wd" in " ".join(c.value for c in at.caption)
+    attn = next(d.value for d in at.dataframe if "frac_above" in d.value.columns)
+    assert set(attn.pooled) == {"wd"} and "wd" not in attn.columns  # the attention table pools it too
