@@ -66,7 +66,7 @@ def cpu_warning(executor: Any, configs: Iterable[Any]) -> str | None:
         have = min(explicit)
     if have >= need:
         return None
-    return (f"warning: each GPU gets {have} data workers (cpus_per_task {executor.cpus_per_task}); "
+    return (f"warning: cpus_per_task {executor.cpus_per_task} gives each GPU {have} data workers; "
             f"a 4GF ViT at {GPU_IMG_S:.0f} img/s needs ~{need} with CPU JPEG decoding "
             f"({PER_WORKER_IMG_S[policy]:.0f} img/s per worker, benchmarks/RESULTS.md): the GPU will "
             f"wait for data (raise cpus_per_task, or try decode: gpu)")

@@ -59,7 +59,7 @@ def write_spec(path: Path, name: str, results: Path, *, base: dict | None = None
 
 
 # Columns that legitimately differ between two executions of the same run.
-TIMING = {"wall_time_s", "started_at", "finished_at", "time_s", "host", "slurm_job_id",
+TIMING = {"wall_time_s", "started_at", "finished_at", "time_s", "host", "slurm_job_id", "job_id",
           "device", "sweep"}
 
 

@@ -237,9 +237,12 @@ def test_eta_divides_by_the_runs_running_now_not_the_array_limit():
     from stability.grid.state import eta_seconds
 
     state = pd.DataFrame({"status": ["completed"] * 4 + ["running"] * 2 + ["pending"] * 4,
-                          "wall_time_s": [10.0] * 4 + [None] * 6})
+                          "wall_time_s": [10.0] * 4 + [None] * 6,
+                          "job_state": [None] * 4 + ["RUNNING"] * 2 + ["PENDING"] * 4})
     assert eta_seconds(state, parallel=64) == 6 * 10.0 / 2
-    assert eta_seconds(state.assign(status=["completed"] * 4 + ["pending"] * 6), parallel=3) == 6 * 10.0 / 3
+    queued = state.assign(status=["completed"] * 4 + ["pending"] * 6, job_state=[None] * 4 + ["PENDING"] * 6)
+    assert eta_seconds(queued, parallel=3) == 6 * 10.0 / 3
+    assert eta_seconds(state.assign(job_state=None), parallel=3) is None  # nothing alive: no ETA
 
 
 def test_an_unwritable_results_root_fails_train_at_once(tmp_path):

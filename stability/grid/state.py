@@ -109,7 +109,7 @@ def counts(state: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
 def eta_seconds(state: pd.DataFrame, parallel: int) -> float | None:
     """Remaining runs x mean wall time of finished ones / runs at a time: the runs running now
     when any are (a cluster may run fewer than ``array_parallelism`` allows), else ``parallel``."""
-    if not state.job_state.notna().any():
+    if "job_state" in state and not state.job_state.notna().any():
         return None  # no job alive: nothing progresses until a controller submits again
     running = int(state.status.eq(RunStatus.RUNNING).sum())
     parallel = running or parallel
