@@ -40,12 +40,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import Preempted, checkpoint_path
     from .data import DataError
     from .progress import RichReporter
-    from .store import RunStatus, check_writable, table_dir
+    from .store import DONE, RunStatus, check_writable, read_table, table_dir
     from .train import train
 
     check_writable(cfg.results)  # before the data and model are set up
-    from .store import DONE, read_table
-
     done = read_table(cfg.results, "runs", sweep=cfg.sweep, columns=["status", "top1_err"], run_ids=[cfg.run_id])
     done = done[done.status.isin(DONE)]
     if len(done) and not args.rerun:  # a result is the record: a repeated command must not overwrite it

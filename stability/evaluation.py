@@ -26,9 +26,9 @@ def evaluate(model: nn.Module, data: DataBundle, cfg: RunConfig, device: torch.d
     for x, y in batches(data, cfg.batch_size, cfg.seed, cfg.num_workers, 0, 0, False, device, d):
         x, y = x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
         with autocast():
-            logits = model(x)
-        loss += F.cross_entropy(logits.float(), y, reduction="sum")
-        top = logits.float().topk(k, dim=1).indices
+            logits = model(x).float()
+        loss += F.cross_entropy(logits, y, reduction="sum")
+        top = logits.topk(k, dim=1).indices
         hit = top.eq(y[:, None])
         correct1 += hit[:, 0].sum()
         correct5 += hit.any(dim=1).sum()

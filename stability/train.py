@@ -93,9 +93,9 @@ def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float, trace: bool
     for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum), strict=True)):
         sync = i == accum - 1 or not s.distributed
         with (nullcontext() if sync else s.net.no_sync()), s.autocast():
-            logits = s.net(xm)
-            ce = F.cross_entropy(logits.float(), ym, label_smoothing=s.label_smoothing)
-            lse = logits.float().logsumexp(-1)  # log Z per example: output-logit growth, and the z-loss
+            logits = s.net(xm).float()  # one cast (bf16 under autocast) for the loss and log Z
+            ce = F.cross_entropy(logits, ym, label_smoothing=s.label_smoothing)
+            lse = logits.logsumexp(-1)  # log Z per example: output-logit growth, and the z-loss
             micro = (ce + s.z_loss * lse.square().mean() if s.z_loss else ce) / accum
         micro.backward()
         loss += ce.detach() / accum

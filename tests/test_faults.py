@@ -332,21 +332,29 @@ def _wait_for(pred, timeout=240.0):
         time.sleep(0.2)
 
 
-def test_a_live_run_is_never_trained_twice_even_when_the_ledger_loses_it(tmp_path):
-    """The torn-ledger case end to end: the ledger forgets a live job; status still says running,
-    a rerun submits nothing, and a duplicate job of the run ends before writing anything."""
-    from stability import store
-    from stability.grid.local import pid_alive
+def _start_one_long_run(tmp_path, name, results, steps_per_epoch):
+    """A one-run local grid (50 epochs: it runs until the test stops it) started with --no-wait;
+    returns the spec's path, the spec and the run's job id from the ledger."""
     from stability.grid.spec import load_spec
-    from stability.grid.state import load_plan
 
-    path = write_spec(tmp_path / "g.yaml", "dup", tmp_path / "res",
-                      base={"model": "vit_p_tiny", "epochs": 50, "steps_per_epoch": 20, "batch_size": 16},
+    path = write_spec(tmp_path / "g.yaml", name, results,
+                      base={"model": "vit_p_tiny", "epochs": 50, "steps_per_epoch": steps_per_epoch, "batch_size": 16},
                       space={"lr": [1e-3]}, sampler={"name": "random", "n": 1, "seed": 0})
     out = run_cli("grid", "run", str(path), "--quiet", "--no-wait")
     assert out.returncode == 0, out.stderr[-2000:]
     spec = load_spec(path)
     (job,) = [rec["job_id"] for rec in read_ledger(spec.sweep_dir).values()]
+    return path, spec, job
+
+
+def test_a_live_run_is_never_trained_twice_even_when_the_ledger_loses_it(tmp_path):
+    """The torn-ledger case end to end: the ledger forgets a live job; status still says running,
+    a rerun submits nothing, and a duplicate job of the run ends before writing anything."""
+    from stability import store
+    from stability.grid.local import pid_alive
+    from stability.grid.state import load_plan
+
+    path, spec, job = _start_one_long_run(tmp_path, "dup", tmp_path / "res", steps_per_epoch=20)
     _wait_for(lambda: store.load(spec.results).runs.status.tolist() == ["running"])
     try:
         (spec.sweep_dir / "jobs.jsonl").write_text("")  # the ledger lost it
@@ -388,15 +396,8 @@ def tiny_disk(tmp_path):
 
 def test_a_run_on_a_full_disk_ends_failed_in_the_ledger_not_running(tmp_path, tiny_disk):
     from stability.grid.local import pid_alive
-    from stability.grid.spec import load_spec
 
-    path = write_spec(tmp_path / "g.yaml", "full", tiny_disk / "res",
-                      base={"model": "vit_p_tiny", "epochs": 50, "steps_per_epoch": 10, "batch_size": 16},
-                      space={"lr": [1e-3]}, sampler={"name": "random", "n": 1, "seed": 0})
-    out = run_cli("grid", "run", str(path), "--quiet", "--no-wait")
-    assert out.returncode == 0, out.stderr[-2000:]
-    spec = load_spec(path)
-    (job,) = [rec["job_id"] for rec in read_ledger(spec.sweep_dir).values()]
+    path, spec, job = _start_one_long_run(tmp_path, "full", tiny_disk / "res", steps_per_epoch=10)
     _wait_for(lambda: any((spec.sweep_dir / "checkpoints").glob("*.pt")))
     with open(tiny_disk / "filler", "wb") as f:  # fill the disk while the run trains
         try:
