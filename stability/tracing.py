@@ -71,14 +71,18 @@ class GradTracer:
         return self._per_layer(self.grads())
 
     def before_step(self) -> None:
-        self._before = [p.detach().clone() for p in self.params]
+        # One foreach copy into buffers kept between trace steps: a clone per parameter is a
+        # kernel launch (and an allocation) each, which is what a launch-bound GPU step pays for.
+        params = [p.detach() for p in self.params]
+        if self._before is None:
+            self._before = [torch.empty_like(p) for p in params]
+        torch._foreach_copy_(self._before, params)
 
     def after_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(param norms, update norms) per layer, for the step since ``before_step``."""
         params = [p.detach() for p in self.params]
-        delta = torch._foreach_sub(params, self._before)
-        self._before = None
-        return self._per_layer(params), self._per_layer(delta)
+        torch._foreach_sub_(self._before, params)  # before − after: the update, negated (same norm)
+        return self._per_layer(params), self._per_layer(self._before)
 
 
 @dataclass

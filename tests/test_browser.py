@@ -175,6 +175,11 @@ def test_every_slider_at_its_extremes(server, page):
         if path == "spikes":
             page.get_by_text("spike detector").click()
             _settle(page)
+        if path.startswith("sensitivity"):  # the second outcome: its tables come back
+            page.get_by_text("unstable", exact=True).click()
+            _settle(page)
+            _no_exception(page)
+            page.wait_for_url("**p_sens_outcome=unstable**", timeout=30_000)
         sliders = page.locator("[data-testid='stSlider'] input[type='range']")
         n = sliders.count()
         assert n >= (5 if path == "spikes" else 1), (path, n)

@@ -212,6 +212,66 @@ def test_attention_logit_table_by_hand():
     assert early.loc["r0", "at_step"] == 40 and early.loc["r5", "logit_max"] == 9e9
 
 
+def test_auc_by_hand():
+    # overall: bad {2, 4} vs good {1, 3}: 2>1, 4>1, 4>3 win, 2<3 -> 3/4; within a stratum: 2>1, 4>3 -> 1
+    x, bad, strata = np.array([1.0, 2.0, 3.0, 4.0]), np.array([False, True, False, True]), np.array(["a", "a", "b", "b"])
+    assert sens.auc(x, bad) == (0.75, 4) and sens.auc(x, bad, strata) == (1.0, 2)
+    assert sens.auc(np.array([1.0, 1.0]), np.array([True, False])) == (0.5, 1)  # a tie counts half
+    assert math.isnan(sens.auc(x, bad, np.array(["a", "b", "c", "d"]))[0])  # no pair inside a stratum
+    # the outcome without a run that lacks it: no pair
+    assert sens.auc(x, np.ones(4, bool))[1] == 0
+
+
+def _confounded():
+    """4 lrs x 4 seeds: the logit grows 10x per lr (and 1..4 over seeds); nothing fails at the
+    smallest lr, everything at the largest; in between the failures are seeds 0, 3 then 1, 2, so
+    at one lr the logit says nothing: 2 of 4 pairs won at each -> 0.5 over 8 pairs. Overall: the
+    bad logits 10, 40, 200, 300, 1000..4000 beat 4, 6, 7, 7, 8 x 4 of the 8 good -> 56 / 64."""
+    lrs, rows, gn = [1e-3, 1e-2, 1e-1, 1.0], [], []
+    fails = {0: [], 1: [0, 3], 2: [1, 2], 3: [0, 1, 2, 3]}
+    for i, lr in enumerate(lrs):
+        for seed in range(4):
+            rid = f"r{i}{seed}"
+            bad = seed in fails[i]
+            rows.append(_run(rid, "patchify", lr, seed, C, 2.3 if bad else 0.5, 2.3) | {"collapsed": bad})
+            gn += _trace(rid, [(0, 1.0), (10, 10.0 ** i * (seed + 1)), (100, 1.0)], layers=("blocks.0",))
+    return pd.DataFrame(rows), pd.DataFrame(gn)
+
+
+def test_attention_auc_separates_the_logit_from_the_lr():
+    runs, gn = _confounded()
+    tab = analysis.attn_logit_auc(runs, gn, step=10, outcome="unstable", n_boot=500)
+    assert len(tab) == 1
+    r = tab.iloc[0]
+    assert (r.n, r.n_outcome, r.n_pairs, r.n_pairs_within) == (16, 8, 64, 8)
+    assert r.auc == pytest.approx(56 / 64) and r.auc_within == pytest.approx(0.5)
+    assert 0.5 < r.auc_lo <= r.auc <= r.auc_hi and r.auc_within_lo < 0.5 < r.auc_within_hi
+    text = analysis.auc_verdict(r)
+    assert "8 of 16 runs were unstable" in text and "AUC 0.88" in text and "larger logit, more often" in text
+    assert "no clear direction; 8 pairs" in text
+    # nothing has status diverged here: the strict outcome has no pair
+    strict = analysis.attn_logit_auc(runs, gn, step=10, outcome="diverged").iloc[0]
+    assert strict.n_outcome == 0 and strict.n_pairs == 0 and "no pair" in analysis.auc_verdict(strict)
+    with pytest.raises(ValueError, match="allowed diverged, unstable"):
+        analysis.attn_logit_auc(runs, gn, outcome="collapsed")
+
+
+def test_attention_auc_on_the_hand_table_and_its_thresholds_by_outcome():
+    runs, gn = hand_attention()
+    # seen at step 50: logits 5, 20, 200, 300, 500 with diverged F, T, F, T, T (r5 ended before):
+    # bad {20, 300, 500} vs good {5, 200}: 20>5, 300>5, 300>200, 500>5, 500>200 -> 5 / 6
+    r = analysis.attn_logit_auc(runs, gn, step=50).iloc[0]
+    assert r.auc == pytest.approx(5 / 6) and r.n_pairs == 6 and r.n_ended_before == 1
+    assert np.isnan(r.auc_lo)  # 2 runs without the outcome: too few for an interval
+    assert r.n_pairs_within == 0 and np.isnan(r.auc_within)  # every lr has one run
+    # "unstable" adds collapsed runs: r0 collapsed makes 4 of 5
+    runs = runs.assign(collapsed=[True, False, False, False, False, False])
+    at = analysis.attn_logit_at(runs, gn, step=50).set_index("run_id")
+    assert at.unstable.tolist() == [True, True, False, True, True, True] and at.diverged.sum() == 4
+    tab = analysis.attn_logit_divergence(runs, gn, step=50, thresholds=[100.0], outcome="unstable").iloc[0]
+    assert (tab.outcome, tab.n_above, tab.div_above, tab.n_below, tab.div_below) == ("unstable", 3, 2, 2, 2)
+
+
 def test_wilson_and_newcombe_against_known_values():
     # Wilson 95% for 0/10: [0, 0.2775]; for 5/10: [0.2366, 0.7634] (Newcombe 1998, Table I style)
     assert sens.wilson(0, 10, 0.95) == pytest.approx((0.0, 0.2775), abs=1e-4)
@@ -286,6 +346,10 @@ def test_report_has_the_sensitivity_section(hand_results):
     assert "conv less sensitive" in section and "n = 2 vs 2 seeds" in section
     assert section.count('class="plotly-graph-div"') == 2  # loss vs lr, sensitivity per line
     assert "frac_above" in section and "Newcombe" in section
+    # pooled over stems: the one diverged run (logit 403 at step 60) tops all 11 others, and the 3 at its lr
+    assert "1 of 12 runs diverged: over all lrs AUC 1.00 no interval (no clear direction; 11 pairs); " \
+           "at one lr AUC 1.00 no interval (no clear direction; 3 pairs)" in section
+    assert "auc_within" in section and "unstable" in section
     assert f"{(P0 + P1) / 2:.4f}"[:5] in section  # the patchify sensitivity, as in the table
 
 
@@ -339,10 +403,20 @@ def test_dashboard_page_draws_sensitivity_and_attention(hand_results):
         for v in (at.slider(key="p_sens_step").min, at.slider(key="p_sens_step").max):
             at.slider(key="p_sens_step").set_value(v).run()
             assert not at.exception
+        at.slider(key="p_sens_step").set_value(60).run()
+        aucs = next(d.value for d in at.dataframe if "auc_within" in d.value.columns)
+        assert set(aucs.outcome) == {"diverged"} and set(aucs.stem) == {"conv", "patchify"}
+        at.radio(key="p_sens_outcome").set_value("unstable").run()
+        assert not at.exception
+        attn = next(d.value for d in at.dataframe if "frac_above" in d.value.columns)
+        assert set(attn.outcome) == {"unstable"}
         at.toggle(key="p_sens_pool").set_value(True).run()
         assert not at.exception
         attn = next(d.value for d in at.dataframe if "frac_above" in d.value.columns)
         assert set(attn.pooled) == {"stem"} and "stem" not in attn.columns
+        aucs = next(d.value for d in at.dataframe if "auc_within" in d.value.columns)
+        assert len(aucs) == 1 and aucs.n.iloc[0] == 12 and set(aucs.pooled) == {"stem"}
+        assert any("runs were unstable" in m.value for m in at.markdown)
     # the controls come back from a shared URL
     at = _page(hand_results, query={"p_sens_metric": "top-1 error", "p_sens_step": "60"})
     assert at.radio(key="p_sens_metric").value == "top-1 error" and at.slider(key="p_sens_step").value == 60

@@ -148,3 +148,27 @@ def test_bad_values_of_the_fixes_are_one_line_errors():
     for bad, field in (({"z_loss": -1}, "z_loss"), ({"adam_eps": 0}, "adam_eps"), ({"qk_norm": "maybe"}, "qk_norm")):
         with pytest.raises(ConfigError, match=field):
             run_config({**TINY, **bad})
+
+
+def test_update_norms_equal_the_parameter_change_on_every_trace_step():
+    """The snapshot buffers are reused from one trace step to the next: each step's update norms
+    are still that step's own change (per layer: sqrt of the summed squared changes)."""
+    model = _vit()
+    tracer = GradTracer(model, torch.device("cpu"), attention=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    rows = {name: i for i, (name, _) in enumerate(tracer.layers)}
+    for _ in range(3):
+        before = [p.detach().clone() for p in tracer.params]
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        tracer.before_step()
+        opt.step()
+        params, updates = tracer.after_step()
+        d_sq, p_sq = torch.zeros(tracer.n_layers), torch.zeros(tracer.n_layers)
+        for i, p, b in zip(tracer.index.tolist(), tracer.params, before, strict=True):
+            d_sq[i] += (p.detach() - b).square().sum()
+            p_sq[i] += p.detach().square().sum()
+        assert torch.allclose(updates, d_sq.sqrt(), rtol=1e-5, atol=1e-8)
+        assert torch.allclose(params, p_sq.sqrt(), rtol=1e-5)
+        assert updates[rows["head"]] > 0

@@ -7,7 +7,7 @@ import streamlit as st
 from common import control, load_attention, root, selected_runs, table, with_run_columns
 
 from stability import analysis, plots, store
-from stability.analysis.sensitivity import ATTN_STEP, MIN_LRS, THRESHOLDS, note
+from stability.analysis.sensitivity import ATTN_STEP, MIN_LRS, OUTCOMES, THRESHOLDS, note
 
 COLUMNS = ["config_json", "final_val_loss", "init_val_loss", "init_top1_err"]
 
@@ -26,13 +26,14 @@ def _group_axes(runs) -> list[str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _attention(runs, gn, step: int, pool_lines: bool, pool: tuple[str, ...]):
+def _attention(runs, gn, step: int, outcome: str, pool_lines: bool, pool: tuple[str, ...]):
     at = analysis.attn_logit_at(runs, gn, step=step)
     by = None
     if (pool_lines or pool) and not at.empty:  # what is pooled is named in the table's `pooled`
         axes = [c for c in list(at.columns)[:list(at.columns).index("stem")] if c != "run_id" and c not in pool]
         by = axes + ([] if pool_lines else ["stem", "fix"])
-    return at, analysis.attn_logit_divergence(runs, gn, step=step, by=by)
+    return (at, analysis.attn_logit_divergence(runs, gn, step=step, by=by, outcome=outcome),
+            analysis.attn_logit_auc(runs, gn, step=step, by=by, outcome=outcome, n_boot=1000))
 
 
 def _say(df) -> None:
@@ -91,21 +92,32 @@ if runs is not None:
         st.info(note(analysis.attn_logit_divergence(runs, gn)))
     else:
         top = max(1, int(traced.max()))
-        c1, c2 = st.columns([2, 1])
+        c1, c2, c3 = st.columns([2, 1, 1])
         with c1:
             step = control(st.slider, "at the first traced step at or after", 0, top, key="p_sens_step",
                            default=min(ATTN_STEP, top))
         with c2:
+            outcome = control(st.radio, "outcome", list(OUTCOMES), key="p_sens_outcome", default="diverged",
+                              help="; ".join(f"{k}: {v}" for k, v in OUTCOMES.items()))
+        with c3:
             pool_lines = control(st.toggle, "pool stems and fixes", key="p_sens_pool", default=False,
                                  help="One table per group over every stem and fix (off: nothing pooled "
                                       "but the axes chosen to pool above)")
-        at, tab = _attention(runs, gn, int(step), pool_lines, tuple(pool))
+        at, tab, aucs = _attention(runs, gn, int(step), outcome, pool_lines, tuple(pool))
         st.plotly_chart(plots.attn_logit_figure(at, THRESHOLDS), width="stretch", key="sens_attn")
         _say(tab)
+        if not aucs.empty:
+            for _, row in aucs.iterrows():
+                st.markdown(f"- {analysis.auc_verdict(row)}")
+            table(aucs, key="sens_auc_table")
+            st.caption("AUC: the chance that a run with the outcome had the larger logit than one without (0.5: "
+                       "no information), over all pairs and over pairs at one lr only (auc_within), with 90% "
+                       "bootstrap intervals over runs (none with under 3 runs on a side). The lr raises both "
+                       "logit and failure: only auc_within says whether the logit tells more than the lr.")
         if not tab.empty:
             table(tab, key="sens_attn_table")
             st.caption("Max over layers, heads and tokens of q·k/√d_h at that step. Per threshold: runs above "
-                       "it and at or below it, how many of each diverged (fraction with a 90% Wilson interval), "
-                       "and diff = above − below (> 0: a large logit goes with divergence) with Newcombe's "
+                       "it and at or below it, how many of each had the outcome (fraction with a 90% Wilson interval), "
+                       "and diff = above − below (> 0: a large logit goes with the outcome) with Newcombe's "
                        "interval. n_ended_before: runs whose trace ended before the step (left out). "
                        "Thresholds are fixed in advance, not chosen on these runs (docs/methodology.md).")

@@ -35,7 +35,9 @@ from .edf import (
 from .grouping import fix_of, fixed_axes, pooled, strata, with_fix, with_size
 from .sensitivity import (
     attn_logit_at,
+    attn_logit_auc,
     attn_logit_divergence,
+    auc_verdict,
     lr_curves,
     lr_sensitivity,
     lr_sensitivity_per_seed,
@@ -61,7 +63,8 @@ from .sweeps import (
 )
 
 __all__ = [
-    "DIVERGED_ERROR", "SpikeParams", "area_between", "attn_logit_at", "attn_logit_divergence", "best_configs",
+    "DIVERGED_ERROR", "SpikeParams", "area_between", "attn_logit_at", "attn_logit_auc", "attn_logit_divergence",
+    "auc_verdict", "best_configs",
     "compare", "count_spikes", "default_by", "delta_to_best", "detect_spikes", "dkw_halfwidth", "downsample", "edf",
     "edf_at", "error_vs_hparams", "hparam_importance", "errors", "first_layer_lead", "fix_of", "fixed_axes",
     "ks_permutation_p", "ks_signed", "lr_curves", "lr_sensitivity", "lr_sensitivity_per_seed",

@@ -12,8 +12,14 @@ Wortsman et al. 2023, "Small-scale proxies for large-scale Transformer training 
   with a percentile bootstrap interval over seeds (``compare._boot_ci``).
 - **Attention logits** (§3.3): does the max attention logit q·k/√d_h at an early step predict
   divergence? Per run, the max over layers of ``attn_logit_max`` at the first traced step at or
-  after a given step; then the fraction of runs that diverged among those above a threshold vs
-  those below, each with its n and a Wilson interval, and the difference with Newcombe's interval.
+  after a given step; then the fraction of runs with the outcome among those above a threshold vs
+  those below, each with its n and a Wilson interval, and the difference with Newcombe's interval
+  (``attn_logit_divergence``); and, threshold-free, the AUC of that logit for the outcome over all
+  runs and over pairs at one lr only (``attn_logit_auc``: high lr brings both large logits and
+  divergence, so only the within-lr AUC says whether the logit tells more than the lr). The
+  outcome (``OUTCOMES``) is ``diverged`` or ``unstable``: diverged or collapsed (never left
+  chance), the small-model instability of Wortsman et al., whose high-lr runs end at a loss near
+  ℓ₀ rather than a non-finite one.
 
 A *group* is runs equal in everything but lr and seed (``grouping.fixed_axes``: sweeps,
 optimizers, lengths, wd ... are never pooled); inside a group one line per (stem, fix)
@@ -44,6 +50,11 @@ MIN_LRS = 3  # distinct lrs a (group, seed) needs: with 1 the sensitivity is 0 b
 # to Wortsman's 1e4 at large scale.
 THRESHOLDS = (5.0, 10.0, 30.0, 100.0, 300.0, 1e3, 1e4)
 ATTN_STEP = 50  # the default early step of the attention-logit table
+ATTN_FRACTION = 0.1  # the report's: "early" as a share of training, the same for any length
+MIN_AUC_RUNS = 3  # runs with and without the outcome an AUC interval needs, each
+# what "went wrong" means in the attention-logit tables
+OUTCOMES = {"diverged": "a non-finite loss, or one above the divergence bound",
+            "unstable": "diverged, or collapsed: the final training loss still at chance"}
 
 
 def note(df: pd.DataFrame) -> str:
@@ -257,12 +268,13 @@ def sensitivity_verdict(row: pd.Series | dict) -> str:
 
 def attn_logit_at(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None = ATTN_STEP,
                   fraction: float | None = None) -> pd.DataFrame:
-    """One row per finished run: its group axes, line, ``seed``, ``lr``, ``diverged``, ``at_step``
+    """One row per finished run: its group axes, line, ``seed``, ``lr``, ``diverged``, ``unstable``
+    (diverged or collapsed), ``at_step``
     (the first traced step at or after ``step``, or after ``fraction`` of the group's training:
     ``fraction`` × the last traced step of its completed runs) and ``logit_max`` (the max over
     layers of ``attn_logit_max`` there). A run whose trace ends before that step (it diverged
     earlier) has ``ended_before`` True and no logit: nothing can warn of it at that step."""
-    cols = ["stem", "fix", "seed", "lr", "diverged", "at_step", "logit_max", "ended_before"]
+    cols = ["stem", "fix", "seed", "lr", "diverged", "unstable", "at_step", "logit_max", "ended_before"]
     miss = _missing(runs, ["run_id", "status", "lr"]) + _missing(grad_norms, ["run_id", "step", "attn_logit_max"])
     if miss:
         return _noted(pd.DataFrame(columns=cols), _older(miss, "the attention-logit table"))
@@ -275,6 +287,8 @@ def attn_logit_at(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None
     last = per_step.groupby(join, observed=True)["step"].max().rename("_last").reset_index()
     df = df.merge(last, on=join, how="left")
     df["diverged"] = df["status"].eq(RunStatus.DIVERGED)
+    collapsed = df["collapsed"] if "collapsed" in df.columns else pd.Series(False, index=df.index)
+    df["unstable"] = df["diverged"] | collapsed.astype("boolean").fillna(False).astype(bool)
     if fraction is not None:
         ref = df["_last"].where(~df["diverged"])
         total = (ref.groupby([df[a] for a in axes], dropna=False).transform("max") if axes
@@ -314,49 +328,167 @@ def newcombe(k1: int, n1: int, k2: int, n2: int, ci: float = 0.9) -> tuple[float
     return float(d - np.hypot(p1 - l1, u2 - p2)), float(d + np.hypot(u1 - p1, p2 - l2))
 
 
+def _check_outcome(outcome: str) -> None:
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome={outcome!r}: allowed {', '.join(OUTCOMES)}")
+
+
+def _attn_groups(at: pd.DataFrame, by: Sequence[str] | None) -> tuple[list[str], str]:
+    """The grouping of an attention table (default: every group axis and the line, nothing pooled)
+    and the axes an explicit ``by`` pools (those that vary)."""
+    axes = [c for c in list(at.columns)[:list(at.columns).index("stem")] if c != "run_id"]
+    by = list([*axes, *SERIES] if by is None else by)
+    return by, ",".join(c for c in [*axes, *SERIES] if c not in by and at[c].nunique(dropna=False) > 1)
+
+
+def _where(step: int | None, fraction: float | None) -> str:
+    return (f"first traced step ≥ {int(step or 0)}" if fraction is None
+            else f"first traced step ≥ {fraction:g} of training")
+
+
 def attn_logit_divergence(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None = ATTN_STEP,
                           fraction: float | None = None, thresholds: Sequence[float] = THRESHOLDS,
-                          by: Sequence[str] | None = None, ci: float = 0.9) -> pd.DataFrame:
+                          by: Sequence[str] | None = None, ci: float = 0.9,
+                          outcome: str = "diverged") -> pd.DataFrame:
     """Does a large attention logit early on predict divergence? Per group (``by``: default every
     group axis and the line, nothing pooled; ``pooled`` names what an explicit ``by`` pools) and
     threshold t: among runs whose ``logit_max`` (``attn_logit_at``) is above t, ``n_above``,
-    ``div_above`` of them diverged, ``frac_above`` with its Wilson interval; the same below
-    (at or under t); ``diff`` = frac_above − frac_below (> 0: a large logit goes with
-    divergence) with Newcombe's interval; ``n_ended_before``: runs whose trace ended before the
-    step, as a run that diverged earlier (left out: no warning at that step comes in time)."""
+    ``div_above`` of them had the ``outcome`` (``OUTCOMES``), ``frac_above`` with its Wilson
+    interval; the same below (at or under t); ``diff`` = frac_above − frac_below (> 0: a large
+    logit goes with the outcome) with Newcombe's interval; ``n_ended_before``: runs whose trace
+    ended before the step, as a run that diverged earlier (left out: no warning at that step comes
+    in time)."""
+    _check_outcome(outcome)
     at = attn_logit_at(runs, grad_norms, step, fraction)
-    cols = ["threshold", "n", "n_above", "div_above", "frac_above", "frac_above_lo", "frac_above_hi", "n_below",
-            "div_below", "frac_below", "frac_below_lo", "frac_below_hi", "diff", "diff_lo", "diff_hi",
+    cols = ["outcome", "threshold", "n", "n_above", "div_above", "frac_above", "frac_above_lo", "frac_above_hi",
+            "n_below", "div_below", "frac_below", "frac_below_lo", "frac_below_hi", "diff", "diff_lo", "diff_hi",
             "n_ended_before", "step", "pooled"]
     if at.empty:
         return _noted(pd.DataFrame(columns=cols), note(at) or "No finished runs.")
-    axes = [c for c in list(at.columns)[:list(at.columns).index("stem")] if c != "run_id"]
-    by = list([*axes, *SERIES] if by is None else by)
-    pooled_axes = ",".join(c for c in [*axes, *SERIES] if c not in by and at[c].nunique(dropna=False) > 1)
+    by, pooled_axes = _attn_groups(at, by)
     rows = []
     for key, g in (at.groupby(by, observed=True, dropna=False, sort=True) if by else [((), at)]):
         key = key if isinstance(key, tuple) else (key,)
         seen = g[g["logit_max"].notna()]
-        x, div = seen["logit_max"].to_numpy(float), seen["diverged"].to_numpy(bool)
-        where = (f"first traced step ≥ {int(step or 0)}" if fraction is None
-                 else f"first traced step ≥ {fraction:g} of training")
+        x, div = seen["logit_max"].to_numpy(float), seen[outcome].to_numpy(bool)
         for t in thresholds:
             up = x > t
             ka, na, kb, nb = int(div[up].sum()), int(up.sum()), int(div[~up].sum()), int((~up).sum())
             fa, fb = (ka / na if na else np.nan), (kb / nb if nb else np.nan)
             (la, ha), (lb, hb), (ld, hd) = wilson(ka, na, ci), wilson(kb, nb, ci), newcombe(ka, na, kb, nb, ci)
             rows.append(dict(zip(by, key, strict=True)) | {
-                "threshold": float(t), "n": len(x), "n_above": na, "div_above": ka, "frac_above": fa,
-                "frac_above_lo": la, "frac_above_hi": ha, "n_below": nb, "div_below": kb, "frac_below": fb,
-                "frac_below_lo": lb, "frac_below_hi": hb, "diff": fa - fb, "diff_lo": ld, "diff_hi": hd,
-                "n_ended_before": int(g["ended_before"].sum()), "step": where, "pooled": pooled_axes})
+                "outcome": outcome, "threshold": float(t), "n": len(x), "n_above": na, "div_above": ka,
+                "frac_above": fa, "frac_above_lo": la, "frac_above_hi": ha, "n_below": nb, "div_below": kb,
+                "frac_below": fb, "frac_below_lo": lb, "frac_below_hi": hb, "diff": fa - fb, "diff_lo": ld,
+                "diff_hi": hd, "n_ended_before": int(g["ended_before"].sum()), "step": _where(step, fraction),
+                "pooled": pooled_axes})
     out = pd.DataFrame(rows, columns=[*by, *cols])
     if out["n"].eq(0).all():
-        return _noted(out.iloc[:0], note(at), "No run has an attention logit at or after that step: their "
-                      "traces end before it (choose an earlier step, or fraction=).")
+        return _noted(out.iloc[:0], note(at), _NO_LOGIT)
     return _noted(out, note(at))
 
 
-__all__ = ["ATTN_STEP", "METRICS", "MIN_LRS", "THRESHOLDS", "attn_logit_at", "attn_logit_divergence", "lr_curves",
+_NO_LOGIT = ("No run has an attention logit at or after that step: their traces end before it (choose an "
+             "earlier step, or fraction=).")
+
+
+def auc(x: np.ndarray, bad: np.ndarray, strata: np.ndarray | None = None) -> tuple[float, int]:
+    """(AUC, pairs): the probability that a run with the outcome has the larger ``x`` than one
+    without (ties count half; Mann-Whitney), over all such pairs, or over pairs in one stratum
+    only when ``strata`` is given. NaN without a pair."""
+    x, bad = np.asarray(x, float), np.asarray(bad, bool)
+    xb, xg = x[bad][:, None], x[~bad][None, :]
+    wins = (xb > xg) + 0.5 * (xb == xg)
+    if strata is not None:
+        s = np.asarray(strata)
+        same = s[bad][:, None] == s[~bad][None, :]
+        n = int(same.sum())
+        return (float(wins[same].mean()) if n else np.nan), n
+    return (float(wins.mean()) if wins.size else np.nan), int(wins.size)
+
+
+def _boot_auc(x: np.ndarray, bad: np.ndarray, strata: np.ndarray, within: bool, ci: float, n_boot: int,
+              rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile interval of the AUC over runs resampled inside each stratum (the lr mix stays);
+    none with fewer than ``MIN_AUC_RUNS`` runs on either side of the pairs (a resample of two
+    runs gives a degenerate interval)."""
+    groups = [np.flatnonzero(strata == v) for v in np.unique(strata)]
+    counted = np.concatenate([g for g in groups if 0 < bad[g].sum() < len(g)] or [np.array([], int)]) \
+        if within else np.arange(len(x))
+    if min(bad[counted].sum(), (~bad[counted]).sum()) < MIN_AUC_RUNS:
+        return np.nan, np.nan
+    vals = []
+    for _ in range(n_boot):
+        i = np.concatenate([rng.choice(g, len(g)) for g in groups])
+        v, _n = auc(x[i], bad[i], strata[i] if within else None)
+        if not np.isnan(v):
+            vals.append(v)
+    if len(vals) < n_boot / 2:  # most resamples lack a pair: no interval
+        return np.nan, np.nan
+    return float(np.quantile(vals, (1 - ci) / 2)), float(np.quantile(vals, (1 + ci) / 2))
+
+
+def attn_logit_auc(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None = ATTN_STEP,
+                   fraction: float | None = None, outcome: str = "diverged", by: Sequence[str] | None = None,
+                   within: str = "lr", ci: float = 0.9, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Threshold-free: how well does the early attention logit (``attn_logit_at``) separate runs
+    with the ``outcome`` from runs without? Per group (``by`` as in ``attn_logit_divergence``):
+    ``auc`` over every (with, without) pair, and ``auc_within`` over pairs with the same ``within``
+    value (the lr) only, each with its pairs and a percentile bootstrap interval over runs
+    resampled inside each lr. 0.5: no information; > 0.5: a larger logit goes with the outcome. The
+    lr drives both logit and outcome, so ``auc`` may be all lr; ``auc_within`` is what the logit
+    tells beyond it."""
+    _check_outcome(outcome)
+    at = attn_logit_at(runs, grad_norms, step, fraction)
+    cols = ["outcome", "n", "n_outcome", "auc", "auc_lo", "auc_hi", "n_pairs", "auc_within", "auc_within_lo",
+            "auc_within_hi", "n_pairs_within", "n_ended_before", "step", "pooled"]
+    if at.empty:
+        return _noted(pd.DataFrame(columns=cols), note(at) or "No finished runs.")
+    by, pooled_axes = _attn_groups(at, by)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for key, g in (at.groupby(by, observed=True, dropna=False, sort=True) if by else [((), at)]):
+        key = key if isinstance(key, tuple) else (key,)
+        seen = g[g["logit_max"].notna()]
+        x, bad, s = (seen["logit_max"].to_numpy(float), seen[outcome].to_numpy(bool),
+                     seen[within].to_numpy())
+        a, n_pairs = auc(x, bad)
+        aw, n_within = auc(x, bad, s)
+        lo, hi = _boot_auc(x, bad, s, False, ci, n_boot, rng) if n_pairs else (np.nan, np.nan)
+        wlo, whi = _boot_auc(x, bad, s, True, ci, n_boot, rng) if n_within else (np.nan, np.nan)
+        rows.append(dict(zip(by, key, strict=True)) | {
+            "outcome": outcome, "n": len(x), "n_outcome": int(bad.sum()), "auc": a, "auc_lo": lo, "auc_hi": hi,
+            "n_pairs": n_pairs, "auc_within": aw, "auc_within_lo": wlo, "auc_within_hi": whi,
+            "n_pairs_within": n_within, "n_ended_before": int(g["ended_before"].sum()),
+            "step": _where(step, fraction), "pooled": pooled_axes})
+    out = pd.DataFrame(rows, columns=[*by, *cols])
+    if out["n"].eq(0).all():
+        return _noted(out.iloc[:0], note(at), _NO_LOGIT)
+    return _noted(out, note(at))
+
+
+def auc_verdict(row: pd.Series | dict) -> str:
+    """One line for an ``attn_logit_auc`` row: direction, effect size with its interval, n."""
+    what = "diverged" if row["outcome"] == "diverged" else "were unstable (diverged or collapsed)"
+    parts = []
+    for name, a, lo, hi, n in (("over all lrs", row["auc"], row["auc_lo"], row["auc_hi"], row["n_pairs"]),
+                               ("at one lr", row["auc_within"], row["auc_within_lo"], row["auc_within_hi"],
+                                row["n_pairs_within"])):
+        if not n or np.isnan(a):
+            parts.append(f"{name}: no pair")
+            continue
+        interval = "no interval" if np.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]"
+        if not np.isnan(lo) and lo > 0.5:
+            says = "larger logit, more often"
+        elif not np.isnan(hi) and hi < 0.5:
+            says = "larger logit, less often"
+        else:
+            says = "no clear direction"
+        parts.append(f"{name} AUC {a:.2f} {interval} ({says}; {n} pairs)")
+    return (f"{row['n_outcome']} of {row['n']} runs {what}: " + "; ".join(parts) + ".")
+
+
+__all__ = ["ATTN_FRACTION", "ATTN_STEP", "METRICS", "MIN_LRS", "OUTCOMES", "THRESHOLDS", "attn_logit_at", "attn_logit_auc",
+           "attn_logit_divergence", "auc", "auc_verdict", "lr_curves",
            "lr_sensitivity", "lr_sensitivity_per_seed", "newcombe", "note", "sensitivity_diff", "sensitivity_verdict",
            "wilson"]
