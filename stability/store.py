@@ -12,8 +12,10 @@ No torch here: notebooks and the dashboard import this module cheaply.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
+import json
 import os
 import time
 import uuid
@@ -163,18 +165,38 @@ def check_writable(root: str | os.PathLike) -> None:
     (Path(root) / ".write-check").unlink(missing_ok=True)
 
 
+READABLE = "readable.json"  # in a sweep's folder: {file: [size, mtime_ns, inode]} whose footer read
+
+
 def unreadable(root: str | os.PathLike, sweep: str) -> list[tuple[Path, str]]:
     """A sweep's result files whose parquet footer cannot be read (truncated, garbage, empty),
-    with why: cheap (the footer only), so a controller can check a whole sweep at start."""
+    with why: cheap (the footer only), so a controller can check a whole sweep at start. A file
+    whose size, mtime and inode match the last check's record of a good read is not read again
+    (results are replaced whole, never edited in place: any rewrite changes the inode or mtime);
+    the record is kept best-effort in ``_sweeps/<sweep>/readable.json`` when that folder exists."""
+    root, record = Path(root), sweep_dir(root, sweep) / READABLE
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        known = {}
+    good: dict[str, list[int]] = {}
     out = []
     for table in TABLES:
-        for p in _sweep_files(Path(root), table, sweep).get(sweep, []):
+        for p in _sweep_files(root, table, sweep).get(sweep, []):
             try:
-                pq.read_metadata(p)
+                st = p.stat()
+                key, sig = str(p.relative_to(root)), [st.st_size, st.st_mtime_ns, st.st_ino]
+                if known.get(key) != sig:
+                    pq.read_metadata(pa.OSFile(str(p)))
             except FileNotFoundError:
                 continue  # replaced or compacted away meanwhile
             except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
                 out.append((p, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
+                continue
+            good[key] = sig
+    if good != known and record.parent.is_dir():
+        with contextlib.suppress(OSError):  # a read-only results folder: check in full next time
+            write_text_atomic(record, json.dumps(good, separators=(",", ":")))
     return out
 
 

@@ -1,3 +1,5 @@
+import os
+
 import duckdb
 import pandas as pd
 import pytest
@@ -98,3 +100,29 @@ def test_a_misspelt_column_is_an_error_not_a_silent_null():
         store.to_arrow("runs", [{"run_id": "a", "status": "completed", "top1_eror": 3.0}])
     t = store.to_arrow("runs", [{"run_id": "a", "status": "completed"}])  # missing columns: null
     assert t.column("top1_err").null_count == 1
+
+
+def test_the_unreadable_check_rereads_only_files_changed_since_its_last_good_read(tmp_path, monkeypatch):
+    root = tmp_path / "res"
+    for rid in ("a", "b"):
+        store.write_run(root, "s", rid, _run(rid))  # 4 tables: 8 files
+    store.sweep_dir(root, "s").mkdir(parents=True)
+    reads = []
+    real = store.pq.read_metadata
+    monkeypatch.setattr(store.pq, "read_metadata", lambda f: reads.append(f) or real(f))
+    assert store.unreadable(root, "s") == [] and len(reads) == 8
+    assert (store.sweep_dir(root, "s") / store.READABLE).exists()
+    assert store.unreadable(root, "s") == [] and len(reads) == 8  # nothing changed: nothing read
+    # a replacement of the same size and the same mtime is still a new file (its inode)
+    good = root / "runs/sweep=s/a.parquet"
+    st = good.stat()
+    bad = good.with_name("incoming.tmp")
+    bad.write_bytes(b"x" * st.st_size)
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(bad, good)
+    assert [p for p, _ in store.unreadable(root, "s")] == [good] and len(reads) == 9
+    assert [p for p, _ in store.unreadable(root, "s")] == [good] and len(reads) == 10  # a bad file: every time
+    # a results folder that cannot take the record: the check still answers
+    (store.sweep_dir(root, "s") / store.READABLE).unlink()
+    store.sweep_dir(root, "s").rmdir()
+    assert [p for p, _ in store.unreadable(root, "s")] == [good]
