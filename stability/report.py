@@ -96,34 +96,42 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
             out.append(plots.lr_sensitivity_figure(table).to_html(full_html=False, include_plotlyjs=False))
     gn = store.read_table(root, "grad_norms", sweep=sweep, columns=["step", "layer", "attn_logit_max"])
     sens = analysis.sensitivity
-    at = analysis.attn_logit_at(runs, gn, step=None, fraction=sens.ATTN_FRACTION)
+    steps = store.read_table(root, "steps", sweep=sweep, columns=["step", "loss"])
+    at = analysis.attn_logit_at(runs, gn)
     # the group axes, not the lines: the pooled tables pool stems and fixes only
     axes = [c for c in list(at.columns)[:list(at.columns).index("stem")] if c != "run_id"]
-    early = dict(step=None, fraction=sens.ATTN_FRACTION)
     out.append(f"<h3>Does a large attention logit early in training go with divergence?</h3>"
                f"<p>Per run: the max attention logit q·k/√d<sub>h</sub> (over layers, heads, tokens, batch) at "
-               f"the first traced step ≥ {sens.ATTN_FRACTION:g} of the group's training. Two outcomes: "
-               f"<b>diverged</b> ({html.escape(sens.OUTCOMES['diverged'])}) and <b>unstable</b> "
-               f"({html.escape(sens.OUTCOMES['unstable'])}: how small models fail at high lr in Wortsman et "
-               f"al.). AUC: the chance that a run with the outcome had the larger logit than one without (0.5: "
-               f"no information), over all pairs and over pairs at one lr only, with 90% bootstrap intervals "
-               f"over runs; the lr raises both logit and failure, so only the one-lr AUC says whether the logit "
-               f"tells more than the lr. Per line, then pooled over stems and fixes (named in "
-               f"<code>pooled</code>). Runs that ended before the step are counted apart.</p>" + _note(at))
+               f"the first traced step ≥ {sens.ATTN_FRACTION:g} of the group's training (<code>at_steps</code>). "
+               f"Two outcomes, never merged: <b>diverged</b> ({html.escape(sens.OUTCOMES['diverged'])}) and "
+               f"<b>unstable</b> ({html.escape(sens.OUTCOMES['unstable'])}: how small models fail at high lr in "
+               f"Wortsman et al.). AUC: the chance that a run with the outcome had the larger logit than one "
+               f"without (0.5: no information), over all pairs and over pairs at one lr (and one stem and fix "
+               f"where those are pooled: <code>strata</code>), with 90% bootstrap intervals over runs and "
+               f"permutation p-values; the lr raises both logit and failure, so only the one-lr AUC says whether "
+               f"the logit tells more than the lr. <code>loss_auc</code>: the same for the training loss at that "
+               f"step, the baseline a warning signal has to beat. Per line, then pooled over stems and fixes. "
+               f"Runs that diverged before the step are counted apart.</p>" + _note(at))
     if not at.empty:
-        aucs = [analysis.attn_logit_auc(runs, gn, outcome=o, by=b, **early)
+        aucs = [analysis.attn_logit_auc(runs, gn, outcome=o, by=b, steps=steps)
                 for o in sens.OUTCOMES for b in (None, axes)]
         lines = [analysis.auc_verdict(r) for t in aucs[1::2] for _, r in t.iterrows()]
+        lines += [sens.note(t) for t in aucs[1::2] if t.empty and sens.note(t)]
         out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in lines) + "</ul>")
-        auc = pd.concat([t for t in aucs if not t.empty], ignore_index=True)
-        out.append(auc.round(3).to_html(index=False, border=0, na_rep=""))
+        auc = pd.concat([t for t in aucs if not t.empty], ignore_index=True) if any(not t.empty for t in aucs) \
+            else None
+        if auc is not None:
+            out.append(auc.drop(columns=["step"]).round(3).to_html(index=False, border=0, na_rep=""))
         out.append("<p>Per threshold (fixed in advance), pooled over stems and fixes: the fraction of runs above "
-                   "it and at or below it with the outcome, each with its 90% Wilson interval and n, and the "
-                   "difference (above − below, &gt; 0: a large logit goes with the outcome) with Newcombe's "
-                   "interval.</p>")
+                   "it and at or below it with the outcome (<code>out_above</code>, <code>out_below</code>), each "
+                   "with its 90% Wilson interval and n, and the difference (above − below, &gt; 0: a large logit "
+                   "goes with the outcome) with Newcombe's interval.</p>")
         for o in sens.OUTCOMES:
-            out.append(analysis.attn_logit_divergence(runs, gn, outcome=o, by=axes, **early)
-                       .round(4).to_html(index=False, border=0))
+            table = analysis.attn_logit_divergence(runs, gn, outcome=o, by=axes)
+            if table.empty or not table["out_above"].add(table["out_below"]).any():
+                out.append(f"<p>{o}: {html.escape(sens.note(table) or 'no run had this outcome')}.</p>")
+                continue
+            out.append(table.drop(columns=["step"]).round(4).to_html(index=False, border=0))
     return "".join(out)
 
 

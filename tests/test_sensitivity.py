@@ -28,6 +28,7 @@ def _run(rid, stem, lr, seed, status, final, init, err=None, init_err=90.0, opti
             "lr": lr, "wd": 0.05, "epochs": epochs, "batch_size": 64, "warmup_epochs": 1.0, "seed": seed,
             "dataset": "digits", "final_val_loss": final, "init_val_loss": init,
             "top1_err": (100.0 if status == D else 10.0) if err is None else err, "init_top1_err": init_err,
+            "collapsed": False,
             "config_json": _cfg(lr=lr, seed=seed, stem=stem, optimizer=optimizer, epochs=epochs, **cfg)}
 
 
@@ -200,13 +201,13 @@ def test_attention_logit_table_by_hand():
     assert at.loc["r5", "ended_before"] and np.isnan(at.loc["r5", "logit_max"])
     tab = analysis.attn_logit_divergence(runs, gn, step=50, thresholds=[100.0, 1000.0], ci=0.9).set_index("threshold")
     r = tab.loc[100.0]
-    assert (r.n, r.n_above, r.div_above, r.n_below, r.div_below, r.n_ended_before) == (5, 3, 2, 2, 1, 1)
+    assert (r.n, r.n_above, r.out_above, r.n_below, r.out_below, r.n_ended_before) == (5, 3, 2, 2, 1, 1)
     assert r.frac_above == pytest.approx(2 / 3) and r.frac_below == pytest.approx(1 / 2)
     assert r["diff"] == pytest.approx(2 / 3 - 1 / 2)
     assert (r.frac_above_lo, r.frac_above_hi) == pytest.approx(sens.wilson(2, 3, 0.9))
     assert r.diff_lo < r["diff"] < r.diff_hi
     none_above = tab.loc[1000.0]
-    assert none_above.n_above == 0 and np.isnan(none_above.frac_above) and none_above.div_below == 3
+    assert none_above.n_above == 0 and np.isnan(none_above.frac_above) and none_above.out_below == 3
     # 20% of training: the group's completed runs were traced to step 80 -> the first step >= 16 is 40
     early = analysis.attn_logit_at(runs, gn, step=None, fraction=0.2).set_index("run_id")
     assert early.loc["r0", "at_step"] == 40 and early.loc["r5", "logit_max"] == 9e9
@@ -246,14 +247,41 @@ def test_attention_auc_separates_the_logit_from_the_lr():
     assert (r.n, r.n_outcome, r.n_pairs, r.n_pairs_within) == (16, 8, 64, 8)
     assert r.auc == pytest.approx(56 / 64) and r.auc_within == pytest.approx(0.5)
     assert 0.5 < r.auc_lo <= r.auc <= r.auc_hi and r.auc_within_lo < 0.5 < r.auc_within_hi
+    assert r.p < 0.1 and r.p_within == 1.0  # the permutation p-values: within an lr nothing to see
+    assert r.strata == "lr" and r.at_steps == "10"
     text = analysis.auc_verdict(r)
-    assert "8 of 16 runs were unstable" in text and "AUC 0.88" in text and "larger logit, more often" in text
-    assert "no clear direction; 8 pairs" in text
+    assert text.startswith("8 of 16 runs were unstable") and "AUC 0.88" in text
+    assert "64 pairs): the runs that failed had the larger logit" in text
+    assert "at one lr AUC 0.50" in text and "8 pairs): no clear direction" in text
+    # pooled over two stems whose logits differ 100x: pairs at one lr are also pairs of one stem
+    conv_runs, conv_gn = _confounded()
+    conv_runs = conv_runs.assign(run_id="c" + conv_runs.run_id, stem="conv")
+    conv_gn = conv_gn.assign(run_id="c" + conv_gn.run_id, attn_logit_max=conv_gn.attn_logit_max / 100)
+    both = analysis.attn_logit_auc(pd.concat([runs, conv_runs]), pd.concat([gn, conv_gn]), step=10,
+                                   outcome="unstable", by=[], n_boot=200).iloc[0]
+    assert (both.strata, both.pooled, both.n_pairs_within) == ("lr,stem", "stem", 16)
+    assert both.auc_within == pytest.approx(0.5)
+    # the training loss at that step as the baseline: here the loss is the logit, so the same AUCs
+    steps = gn.loc[gn.layer == "blocks.0", ["run_id", "step"]].assign(loss=gn.loc[gn.layer == "blocks.0",
+                                                                                  "attn_logit_max"])
+    base = analysis.attn_logit_auc(runs, gn, step=10, outcome="unstable", steps=steps, n_boot=200).iloc[0]
+    assert base.loss_auc == pytest.approx(r.auc) and base.loss_auc_within == pytest.approx(0.5)
     # nothing has status diverged here: the strict outcome has no pair
     strict = analysis.attn_logit_auc(runs, gn, step=10, outcome="diverged").iloc[0]
     assert strict.n_outcome == 0 and strict.n_pairs == 0 and "no pair" in analysis.auc_verdict(strict)
     with pytest.raises(ValueError, match="allowed diverged, unstable"):
         analysis.attn_logit_auc(runs, gn, outcome="collapsed")
+    for bad, match in (({"step": -1}, "step=-1: allowed an integer"), ({"fraction": 0.0}, "fraction=0.0: allowed"),
+                       ({"by": ["nope"]}, "by: 'nope' is not a column"), ({"within": "nope"}, "within='nope'")):
+        with pytest.raises(ValueError, match=match):
+            analysis.attn_logit_auc(runs, gn, **bad)
+    assert set(analysis.attn_logit_auc(runs, gn, step=10, by="stem", n_boot=10).stem) == {"patchify"}
+    # results without the collapsed flag: "unstable" cannot be judged, and says so
+    old = analysis.attn_logit_auc(runs.drop(columns=["collapsed"]), gn, step=10, outcome="unstable")
+    assert old.empty and "No collapsed flag" in sens.note(old)
+    # a step past the end: completed runs are not "ended before", they were not traced that far
+    late = analysis.attn_logit_at(runs, gn, step=500)
+    assert not late.ended_before.any() and "16 completed run(s) were not traced that far" in sens.note(late)
 
 
 def test_attention_auc_on_the_hand_table_and_its_thresholds_by_outcome():
@@ -269,7 +297,7 @@ def test_attention_auc_on_the_hand_table_and_its_thresholds_by_outcome():
     at = analysis.attn_logit_at(runs, gn, step=50).set_index("run_id")
     assert at.unstable.tolist() == [True, True, False, True, True, True] and at.diverged.sum() == 4
     tab = analysis.attn_logit_divergence(runs, gn, step=50, thresholds=[100.0], outcome="unstable").iloc[0]
-    assert (tab.outcome, tab.n_above, tab.div_above, tab.n_below, tab.div_below) == ("unstable", 3, 2, 2, 2)
+    assert (tab.outcome, tab.n_above, tab.out_above, tab.n_below, tab.out_below) == ("unstable", 3, 2, 2, 2)
 
 
 def test_wilson_and_newcombe_against_known_values():
@@ -327,7 +355,7 @@ def _write(root, runs):
         big = 4.0 if r["status"] == D or not math.isfinite(r["final_val_loss"]) else 1.0
         trace = [{k: v for k, v in row.items() if k != "sweep"}
                  for row in _trace(rid, [(s, 3.0 + big * r["lr"] * 1e3 * s / 60) for s in (0, 60, 120)])]
-        steps = [{"step": s, "epoch": 0, "loss": 2.0, "lr": r["lr"], "grad_norm": 1.0, "log_z": 0.1} for s in range(0, 121, 20)]
+        steps = [{"run_id": rid, "step": s, "epoch": 0, "loss": 2.0, "lr": r["lr"], "grad_norm": 1.0, "log_z": 0.1} for s in range(0, 121, 20)]
         store.write_run(root, "s", rid, {"runs": [{**r, "run_id": rid}], "grad_norms": trace, "steps": steps})
     return root
 
@@ -347,9 +375,12 @@ def test_report_has_the_sensitivity_section(hand_results):
     assert section.count('class="plotly-graph-div"') == 2  # loss vs lr, sensitivity per line
     assert "frac_above" in section and "Newcombe" in section
     # pooled over stems: the one diverged run (logit 403 at step 60) tops all 11 others, and the 3 at its lr
-    assert "1 of 12 runs diverged: over all lrs AUC 1.00 no interval (no clear direction; 11 pairs); " \
-           "at one lr AUC 1.00 no interval (no clear direction; 3 pairs)" in section
-    assert "auc_within" in section and "unstable" in section
+    # (p ~ 1/12: the largest of 12 logits by chance; the smallest is a 4-way tie); one lr and stem: 1 pair
+    assert "1 of 12 runs diverged. Over all lrs AUC 1.00 (no interval: AUC at its bound; p = 0.083; 11 pairs): " \
+           "the runs that failed had the larger logit; at one lr, stem AUC 1.00 (no interval: AUC at its bound; p = 1; 1 pair): " \
+           "no clear direction." in section
+    assert "auc_within" in section and "1 of 12 runs were unstable (diverged or collapsed)" in section
+    assert "<td>0.5</td>" in section  # loss_auc: every run's training loss at step 60 is 2.0
     assert f"{(P0 + P1) / 2:.4f}"[:5] in section  # the patchify sensitivity, as in the table
 
 

@@ -3,11 +3,13 @@ per stem and fix with diverged runs at the value at init; the sensitivity per li
 interval over seeds and the signed differences; does a large attention logit early in training
 go with divergence?"""
 
+import math
+
 import streamlit as st
 from common import control, load_attention, root, selected_runs, table, with_run_columns
 
 from stability import analysis, plots, store
-from stability.analysis.sensitivity import ATTN_STEP, MIN_LRS, OUTCOMES, THRESHOLDS, note
+from stability.analysis.sensitivity import ATTN_FRACTION, MIN_LRS, OUTCOMES, THRESHOLDS, note
 
 COLUMNS = ["config_json", "final_val_loss", "init_val_loss", "init_top1_err"]
 
@@ -95,7 +97,7 @@ if runs is not None:
         c1, c2, c3 = st.columns([2, 1, 1])
         with c1:
             step = control(st.slider, "at the first traced step at or after", 0, top, key="p_sens_step",
-                           default=min(ATTN_STEP, top))
+                           default=min(top, math.ceil(ATTN_FRACTION * top)))
         with c2:
             outcome = control(st.radio, "outcome", list(OUTCOMES), key="p_sens_outcome", default="diverged",
                               help="; ".join(f"{k}: {v}" for k, v in OUTCOMES.items()))

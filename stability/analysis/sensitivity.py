@@ -49,8 +49,7 @@ MIN_LRS = 3  # distinct lrs a (group, seed) needs: with 1 the sensitivity is 0 b
 # judge), from ~2x the logits of an initialised vit_tiny (2.1-2.5, measured: docs/methodology.md)
 # to Wortsman's 1e4 at large scale.
 THRESHOLDS = (5.0, 10.0, 30.0, 100.0, 300.0, 1e3, 1e4)
-ATTN_STEP = 50  # the default early step of the attention-logit table
-ATTN_FRACTION = 0.1  # the report's: "early" as a share of training, the same for any length
+ATTN_FRACTION = 0.1  # "early": the first traced step after 10% of the group's training, for any length
 MIN_AUC_RUNS = 3  # runs with and without the outcome an AUC interval needs, each
 # what "went wrong" means in the attention-logit tables
 OUTCOMES = {"diverged": "a non-finite loss, or one above the divergence bound",
@@ -266,14 +265,25 @@ def sensitivity_verdict(row: pd.Series | dict) -> str:
             f"[{lo:+.3g}, {hi:+.3g}], n = {row['n_b']} vs {row['n_a']} seeds")
 
 
-def attn_logit_at(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None = ATTN_STEP,
-                  fraction: float | None = None) -> pd.DataFrame:
+def _check_early(step: int | None, fraction: float | None) -> None:
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+            raise ValueError(f"step={step!r}: allowed an integer ≥ 0, or None (then fraction)")
+    elif fraction is None or not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction!r}: allowed 0 < fraction ≤ 1 (or give step)")
+
+
+def attn_logit_at(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None = None,
+                  fraction: float | None = ATTN_FRACTION, steps: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per finished run: its group axes, line, ``seed``, ``lr``, ``diverged``, ``unstable``
-    (diverged or collapsed), ``at_step``
-    (the first traced step at or after ``step``, or after ``fraction`` of the group's training:
-    ``fraction`` × the last traced step of its completed runs) and ``logit_max`` (the max over
-    layers of ``attn_logit_max`` there). A run whose trace ends before that step (it diverged
-    earlier) has ``ended_before`` True and no logit: nothing can warn of it at that step."""
+    (diverged or collapsed; null where the runs table has no ``collapsed``), ``at_step`` (the
+    first traced step at or after ``step``, or when ``step`` is None after ``fraction`` of the
+    group's training: ``fraction`` × the last traced step of its completed runs) and
+    ``logit_max`` (the max over layers of ``attn_logit_max`` there); with ``steps`` (the steps
+    table) also ``loss_at``, the training loss at that step (a baseline predictor). A run that
+    diverged before that step has ``ended_before`` True and no logit: nothing can warn of it at
+    that step. A completed run not traced that far has no logit either (said in the note)."""
+    _check_early(step, fraction)
     cols = ["stem", "fix", "seed", "lr", "diverged", "unstable", "at_step", "logit_max", "ended_before"]
     miss = _missing(runs, ["run_id", "status", "lr"]) + _missing(grad_norms, ["run_id", "step", "attn_logit_max"])
     if miss:
@@ -287,24 +297,31 @@ def attn_logit_at(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None
     last = per_step.groupby(join, observed=True)["step"].max().rename("_last").reset_index()
     df = df.merge(last, on=join, how="left")
     df["diverged"] = df["status"].eq(RunStatus.DIVERGED)
-    collapsed = df["collapsed"] if "collapsed" in df.columns else pd.Series(False, index=df.index)
-    df["unstable"] = df["diverged"] | collapsed.astype("boolean").fillna(False).astype(bool)
-    if fraction is not None:
+    collapsed = (df["collapsed"] if "collapsed" in df.columns else pd.Series(pd.NA, index=df.index)).astype("boolean")
+    df["unstable"] = collapsed.mask(df["diverged"], True)  # null: collapse not recorded
+    if step is None:
         ref = df["_last"].where(~df["diverged"])
         total = (ref.groupby([df[a] for a in axes], dropna=False).transform("max") if axes
                  else pd.Series(ref.max(), index=df.index))
         df["_at"] = np.ceil(fraction * total.fillna(df["_last"]))
     else:
-        df["_at"] = float(step or 0)
+        df["_at"] = float(step)
     merged = per_step.merge(df[[*join, "_at"]], on=join)
     first = merged[merged["step"] >= merged["_at"]].sort_values("step").groupby(join, observed=True).head(1)
     df = df.merge(first[[*join, "step", "attn_logit_max"]].rename(
         columns={"step": "at_step", "attn_logit_max": "logit_max"}), on=join, how="left")
-    df["ended_before"] = df["logit_max"].isna() & (df["diverged"] | df["_last"].notna())
+    df["ended_before"] = df["logit_max"].isna() & df["diverged"]
+    if steps is not None and not _missing(steps, ["run_id", "step", "loss"]):
+        sj = [c for c in join if c in steps.columns]
+        loss = steps[[*sj, "step", "loss"]].rename(columns={"step": "at_step", "loss": "loss_at"})
+        df = df.merge(loss.drop_duplicates([*sj, "at_step"]), on=[*sj, "at_step"], how="left")
+        cols.append("loss_at")
     keep = [*[c for c in ("sweep", "run_id") if c in df.columns], *[a for a in axes if a != "sweep"], *cols]
     out = df[keep].reset_index(drop=True)
     untraced = df["_last"].isna()
-    return _noted(out, f"{int(untraced.sum())} run(s) have no attention-logit trace." if untraced.any() else "")
+    short = df["logit_max"].isna() & ~df["diverged"] & ~untraced
+    return _noted(out, f"{int(untraced.sum())} run(s) have no attention-logit trace." if untraced.any() else "",
+                  f"{int(short.sum())} completed run(s) were not traced that far." if short.any() else "")
 
 
 def wilson(k: int, n: int, ci: float = 0.9) -> tuple[float, float]:
@@ -333,55 +350,67 @@ def _check_outcome(outcome: str) -> None:
         raise ValueError(f"outcome={outcome!r}: allowed {', '.join(OUTCOMES)}")
 
 
-def _attn_groups(at: pd.DataFrame, by: Sequence[str] | None) -> tuple[list[str], str]:
+def _attn_groups(at: pd.DataFrame, by: Sequence[str] | str | None) -> tuple[list[str], list[str]]:
     """The grouping of an attention table (default: every group axis and the line, nothing pooled)
     and the axes an explicit ``by`` pools (those that vary)."""
     axes = [c for c in list(at.columns)[:list(at.columns).index("stem")] if c != "run_id"]
-    by = list([*axes, *SERIES] if by is None else by)
-    return by, ",".join(c for c in [*axes, *SERIES] if c not in by and at[c].nunique(dropna=False) > 1)
+    by = [by] if isinstance(by, str) else list([*axes, *SERIES] if by is None else by)
+    if bad := [c for c in by if c not in at.columns]:
+        raise ValueError(f"by: {bad[0]!r} is not a column (allowed: {', '.join([*axes, *SERIES, 'seed', 'lr'])})")
+    return by, [c for c in [*axes, *SERIES] if c not in by and at[c].nunique(dropna=False) > 1]
 
 
-def _where(step: int | None, fraction: float | None) -> str:
-    return (f"first traced step ≥ {int(step or 0)}" if fraction is None
-            else f"first traced step ≥ {fraction:g} of training")
+def _outcome_of(at: pd.DataFrame, outcome: str) -> str:
+    """Why the outcome cannot be judged on these runs ('' when it can)."""
+    if outcome == "unstable" and len(at) and at["unstable"].isna().any():
+        return ("No collapsed flag for some runs (results written before it was recorded): "
+                "outcome 'unstable' needs it; use outcome='diverged'.")
+    return ""
 
 
-def attn_logit_divergence(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None = ATTN_STEP,
-                          fraction: float | None = None, thresholds: Sequence[float] = THRESHOLDS,
-                          by: Sequence[str] | None = None, ci: float = 0.9,
+def _where(at: pd.DataFrame, step: int | None, fraction: float | None) -> tuple[str, str]:
+    """(how the step was chosen, the traced steps it gave)."""
+    how = f"first traced step ≥ {int(step)}" if step is not None else f"first traced step ≥ {fraction:g} of training"
+    s = at["at_step"].dropna()
+    return how, ("" if s.empty else f"{int(s.min())}" if s.min() == s.max() else f"{int(s.min())}–{int(s.max())}")
+
+
+def attn_logit_divergence(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None = None,
+                          fraction: float | None = ATTN_FRACTION, thresholds: Sequence[float] = THRESHOLDS,
+                          by: Sequence[str] | str | None = None, ci: float = 0.9,
                           outcome: str = "diverged") -> pd.DataFrame:
     """Does a large attention logit early on predict divergence? Per group (``by``: default every
     group axis and the line, nothing pooled; ``pooled`` names what an explicit ``by`` pools) and
     threshold t: among runs whose ``logit_max`` (``attn_logit_at``) is above t, ``n_above``,
-    ``div_above`` of them had the ``outcome`` (``OUTCOMES``), ``frac_above`` with its Wilson
+    ``out_above`` of them had the ``outcome`` (``OUTCOMES``), ``frac_above`` with its Wilson
     interval; the same below (at or under t); ``diff`` = frac_above − frac_below (> 0: a large
-    logit goes with the outcome) with Newcombe's interval; ``n_ended_before``: runs whose trace
-    ended before the step, as a run that diverged earlier (left out: no warning at that step comes
-    in time)."""
+    logit goes with the outcome) with Newcombe's interval; ``n_ended_before``: runs that diverged
+    before the step (left out: no warning at that step comes in time)."""
     _check_outcome(outcome)
     at = attn_logit_at(runs, grad_norms, step, fraction)
-    cols = ["outcome", "threshold", "n", "n_above", "div_above", "frac_above", "frac_above_lo", "frac_above_hi",
-            "n_below", "div_below", "frac_below", "frac_below_lo", "frac_below_hi", "diff", "diff_lo", "diff_hi",
-            "n_ended_before", "step", "pooled"]
-    if at.empty:
-        return _noted(pd.DataFrame(columns=cols), note(at) or "No finished runs.")
-    by, pooled_axes = _attn_groups(at, by)
+    cols = ["outcome", "threshold", "n", "n_above", "out_above", "frac_above", "frac_above_lo", "frac_above_hi",
+            "n_below", "out_below", "frac_below", "frac_below_lo", "frac_below_hi", "diff", "diff_lo", "diff_hi",
+            "n_ended_before", "step", "at_steps", "pooled"]
+    if at.empty or _outcome_of(at, outcome):
+        return _noted(pd.DataFrame(columns=cols), note(at) or _outcome_of(at, outcome) or "No finished runs.")
+    by, pooled = _attn_groups(at, by)
     rows = []
     for key, g in (at.groupby(by, observed=True, dropna=False, sort=True) if by else [((), at)]):
         key = key if isinstance(key, tuple) else (key,)
         seen = g[g["logit_max"].notna()]
-        x, div = seen["logit_max"].to_numpy(float), seen[outcome].to_numpy(bool)
+        x, hit = seen["logit_max"].to_numpy(float), seen[outcome].to_numpy(bool)
+        how, at_steps = _where(seen, step, fraction)
         for t in thresholds:
             up = x > t
-            ka, na, kb, nb = int(div[up].sum()), int(up.sum()), int(div[~up].sum()), int((~up).sum())
+            ka, na, kb, nb = int(hit[up].sum()), int(up.sum()), int(hit[~up].sum()), int((~up).sum())
             fa, fb = (ka / na if na else np.nan), (kb / nb if nb else np.nan)
             (la, ha), (lb, hb), (ld, hd) = wilson(ka, na, ci), wilson(kb, nb, ci), newcombe(ka, na, kb, nb, ci)
             rows.append(dict(zip(by, key, strict=True)) | {
-                "outcome": outcome, "threshold": float(t), "n": len(x), "n_above": na, "div_above": ka,
-                "frac_above": fa, "frac_above_lo": la, "frac_above_hi": ha, "n_below": nb, "div_below": kb,
+                "outcome": outcome, "threshold": float(t), "n": len(x), "n_above": na, "out_above": ka,
+                "frac_above": fa, "frac_above_lo": la, "frac_above_hi": ha, "n_below": nb, "out_below": kb,
                 "frac_below": fb, "frac_below_lo": lb, "frac_below_hi": hb, "diff": fa - fb, "diff_lo": ld,
-                "diff_hi": hd, "n_ended_before": int(g["ended_before"].sum()), "step": _where(step, fraction),
-                "pooled": pooled_axes})
+                "diff_hi": hd, "n_ended_before": int(g["ended_before"].sum()), "step": how, "at_steps": at_steps,
+                "pooled": ",".join(pooled)})
     out = pd.DataFrame(rows, columns=[*by, *cols])
     if out["n"].eq(0).all():
         return _noted(out.iloc[:0], note(at), _NO_LOGIT)
@@ -407,88 +436,130 @@ def auc(x: np.ndarray, bad: np.ndarray, strata: np.ndarray | None = None) -> tup
     return (float(wins.mean()) if wins.size else np.nan), int(wins.size)
 
 
-def _boot_auc(x: np.ndarray, bad: np.ndarray, strata: np.ndarray, within: bool, ci: float, n_boot: int,
-              rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile interval of the AUC over runs resampled inside each stratum (the lr mix stays);
-    none with fewer than ``MIN_AUC_RUNS`` runs on either side of the pairs (a resample of two
-    runs gives a degenerate interval)."""
-    groups = [np.flatnonzero(strata == v) for v in np.unique(strata)]
-    counted = np.concatenate([g for g in groups if 0 < bad[g].sum() < len(g)] or [np.array([], int)]) \
-        if within else np.arange(len(x))
-    if min(bad[counted].sum(), (~bad[counted]).sum()) < MIN_AUC_RUNS:
-        return np.nan, np.nan
-    vals = []
-    for _ in range(n_boot):
-        i = np.concatenate([rng.choice(g, len(g)) for g in groups])
-        v, _n = auc(x[i], bad[i], strata[i] if within else None)
-        if not np.isnan(v):
-            vals.append(v)
+def _auc_stats(x: np.ndarray, bad: np.ndarray, strata: np.ndarray, within: bool, ci: float, n_boot: int,
+               rng: np.random.Generator) -> tuple[float, int, float, float, float]:
+    """(AUC, pairs, lo, hi, p). p: two-sided permutation p-value of AUC = 0.5, the outcomes
+    shuffled inside each stratum (``within``) or over all runs. (lo, hi): percentile bootstrap
+    over runs resampled inside each stratum; none when the AUC is 0 or 1 (the percentile
+    bootstrap cannot leave it) or fewer than ``MIN_AUC_RUNS`` runs stand on either side of the
+    pairs."""
+    s = strata if within else None
+    a, n = auc(x, bad, s)
+    if not n or n_boot < 1:
+        return a, n, np.nan, np.nan, np.nan
+    cells = [np.flatnonzero(strata == v) for v in np.unique(strata)] if within else [np.arange(len(x))]
+    mixed = [c for c in cells if 0 < bad[c].sum() < len(c)]
+    # Ranks inside each cell are fixed under shuffling, so each shuffle's Mann-Whitney U is a dot
+    # product of its outcome vector with them (the cells' outcome counts, hence the offset, stay).
+    ranks = np.zeros(len(x))
+    for c in mixed:
+        ranks[c] = pd.Series(x[c]).rank().to_numpy()
+    shuffled = np.zeros((n_boot, len(x)))
+    for c in mixed:
+        order = np.argsort(rng.random((n_boot, len(c))), axis=1)
+        shuffled[:, c] = bad[c][order]
+    offset = sum(k * (k + 1) / 2 for k in (int(bad[c].sum()) for c in mixed))
+    null = (shuffled @ ranks - offset) / n
+    p = (int(np.sum(np.abs(null - 0.5) >= abs(a - 0.5) - 1e-12)) + 1) / (n_boot + 1)
+    used = np.concatenate(mixed)
+    if a in (0.0, 1.0) or min(bad[used].sum(), (~bad[used]).sum()) < MIN_AUC_RUNS:
+        return a, n, np.nan, np.nan, p
+    # Bootstrap by resample counts: a resample's AUC is (m A m) / (m B m) with B the pairs that
+    # count (with × without, same cell when ``within``) and A those of them won (ties half).
+    b = np.outer(bad, ~bad).astype(float)
+    if within:
+        b *= strata[:, None] == strata[None, :]
+    wins = b * ((x[:, None] > x[None, :]) + 0.5 * (x[:, None] == x[None, :]))
+    counts = np.zeros((n_boot, len(x)))
+    for c in (np.flatnonzero(strata == v) for v in np.unique(strata)):
+        counts[:, c] = rng.multinomial(len(c), np.full(len(c), 1 / len(c)), size=n_boot)
+    den = np.einsum("ki,ij,kj->k", counts, b, counts)
+    vals = np.einsum("ki,ij,kj->k", counts, wins, counts)[den > 0] / den[den > 0]
     if len(vals) < n_boot / 2:  # most resamples lack a pair: no interval
-        return np.nan, np.nan
-    return float(np.quantile(vals, (1 - ci) / 2)), float(np.quantile(vals, (1 + ci) / 2))
+        return a, n, np.nan, np.nan, p
+    return a, n, float(np.quantile(vals, (1 - ci) / 2)), float(np.quantile(vals, (1 + ci) / 2)), p
 
 
-def attn_logit_auc(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None = ATTN_STEP,
-                   fraction: float | None = None, outcome: str = "diverged", by: Sequence[str] | None = None,
-                   within: str = "lr", ci: float = 0.9, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def attn_logit_auc(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None = None,
+                   fraction: float | None = ATTN_FRACTION, outcome: str = "diverged",
+                   by: Sequence[str] | str | None = None, within: str = "lr", steps: pd.DataFrame | None = None,
+                   ci: float = 0.9, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Threshold-free: how well does the early attention logit (``attn_logit_at``) separate runs
     with the ``outcome`` from runs without? Per group (``by`` as in ``attn_logit_divergence``):
-    ``auc`` over every (with, without) pair, and ``auc_within`` over pairs with the same ``within``
-    value (the lr) only, each with its pairs and a percentile bootstrap interval over runs
-    resampled inside each lr. 0.5: no information; > 0.5: a larger logit goes with the outcome. The
-    lr drives both logit and outcome, so ``auc`` may be all lr; ``auc_within`` is what the logit
-    tells beyond it."""
+    ``auc`` over every (with, without) pair, and ``auc_within`` over pairs equal in ``within``
+    (the lr) and in every axis ``by`` pools (a pooled stem or fix is held fixed too), each with
+    its pairs, a percentile bootstrap interval and a permutation p-value (``_auc_stats``). 0.5:
+    no information; > 0.5: runs with the outcome had larger logits. The lr drives both logit and
+    outcome, so ``auc`` may be all lr; ``auc_within`` is what the logit tells beyond it. With
+    ``steps`` (the steps table), ``loss_auc`` and ``loss_auc_within`` (with ``loss_p_within``):
+    the same for the training loss at that step, the baseline the logit should beat."""
     _check_outcome(outcome)
-    at = attn_logit_at(runs, grad_norms, step, fraction)
-    cols = ["outcome", "n", "n_outcome", "auc", "auc_lo", "auc_hi", "n_pairs", "auc_within", "auc_within_lo",
-            "auc_within_hi", "n_pairs_within", "n_ended_before", "step", "pooled"]
-    if at.empty:
-        return _noted(pd.DataFrame(columns=cols), note(at) or "No finished runs.")
-    by, pooled_axes = _attn_groups(at, by)
+    at = attn_logit_at(runs, grad_norms, step, fraction, steps=steps)
+    cols = ["outcome", "n", "n_outcome", "auc", "auc_lo", "auc_hi", "p", "n_pairs", "auc_within", "auc_within_lo",
+            "auc_within_hi", "p_within", "n_pairs_within", "n_ended_before", "step", "at_steps", "strata", "pooled"]
+    if steps is not None:
+        cols[cols.index("n_ended_before"):cols.index("n_ended_before")] = ["loss_auc", "loss_auc_within",
+                                                                          "loss_p_within"]
+    if at.empty or _outcome_of(at, outcome):
+        return _noted(pd.DataFrame(columns=cols), note(at) or _outcome_of(at, outcome) or "No finished runs.")
+    if within not in at.columns:
+        raise ValueError(f"within={within!r}: allowed a column of the runs: lr, seed, stem, fix")
+    by, pooled = _attn_groups(at, by)
+    strata_cols = [within, *[c for c in pooled if c != within]]
     rng = np.random.default_rng(seed)
     rows = []
     for key, g in (at.groupby(by, observed=True, dropna=False, sort=True) if by else [((), at)]):
         key = key if isinstance(key, tuple) else (key,)
         seen = g[g["logit_max"].notna()]
-        x, bad, s = (seen["logit_max"].to_numpy(float), seen[outcome].to_numpy(bool),
-                     seen[within].to_numpy())
-        a, n_pairs = auc(x, bad)
-        aw, n_within = auc(x, bad, s)
-        lo, hi = _boot_auc(x, bad, s, False, ci, n_boot, rng) if n_pairs else (np.nan, np.nan)
-        wlo, whi = _boot_auc(x, bad, s, True, ci, n_boot, rng) if n_within else (np.nan, np.nan)
-        rows.append(dict(zip(by, key, strict=True)) | {
+        x, bad = seen["logit_max"].to_numpy(float), seen[outcome].to_numpy(bool)
+        s = seen[strata_cols].astype(str).agg("|".join, axis=1).to_numpy()
+        a, n_pairs, lo, hi, p = _auc_stats(x, bad, s, False, ci, n_boot, rng)
+        aw, n_within, wlo, whi, pw = _auc_stats(x, bad, s, True, ci, n_boot, rng)
+        how, at_steps = _where(seen, step, fraction)
+        row = dict(zip(by, key, strict=True)) | {
             "outcome": outcome, "n": len(x), "n_outcome": int(bad.sum()), "auc": a, "auc_lo": lo, "auc_hi": hi,
-            "n_pairs": n_pairs, "auc_within": aw, "auc_within_lo": wlo, "auc_within_hi": whi,
-            "n_pairs_within": n_within, "n_ended_before": int(g["ended_before"].sum()),
-            "step": _where(step, fraction), "pooled": pooled_axes})
+            "p": p, "n_pairs": n_pairs, "auc_within": aw, "auc_within_lo": wlo, "auc_within_hi": whi,
+            "p_within": pw, "n_pairs_within": n_within, "n_ended_before": int(g["ended_before"].sum()),
+            "step": how, "at_steps": at_steps, "strata": ",".join(strata_cols), "pooled": ",".join(pooled)}
+        if steps is not None:
+            ok = seen["loss_at"].notna().to_numpy() if "loss_at" in seen else np.zeros(len(seen), bool)
+            la, _n = auc(seen["loss_at"].to_numpy(float)[ok], bad[ok]) if ok.any() else (np.nan, 0)
+            lw, _nw, _lo, _hi, lp = _auc_stats(seen["loss_at"].to_numpy(float)[ok], bad[ok], s[ok], True, ci,
+                                               n_boot, rng) if ok.any() else (np.nan, 0, np.nan, np.nan, np.nan)
+            row |= {"loss_auc": la, "loss_auc_within": lw, "loss_p_within": lp}
+        rows.append(row)
     out = pd.DataFrame(rows, columns=[*by, *cols])
     if out["n"].eq(0).all():
         return _noted(out.iloc[:0], note(at), _NO_LOGIT)
     return _noted(out, note(at))
 
 
-def auc_verdict(row: pd.Series | dict) -> str:
-    """One line for an ``attn_logit_auc`` row: direction, effect size with its interval, n."""
+def _pairs(n: int) -> str:
+    return f"{n} pair" + ("" if n == 1 else "s")
+
+
+def auc_verdict(row: pd.Series | dict, alpha: float = 0.1) -> str:
+    """One line for an ``attn_logit_auc`` row: direction (only where the permutation p < ``alpha``,
+    the 90 % intervals' level), effect size with its interval, p and n."""
     what = "diverged" if row["outcome"] == "diverged" else "were unstable (diverged or collapsed)"
+    held = ", ".join(str(row.get("strata", "lr")).split(","))
     parts = []
-    for name, a, lo, hi, n in (("over all lrs", row["auc"], row["auc_lo"], row["auc_hi"], row["n_pairs"]),
-                               ("at one lr", row["auc_within"], row["auc_within_lo"], row["auc_within_hi"],
-                                row["n_pairs_within"])):
+    for name, a, lo, hi, p, n in (
+            ("Over all lrs", row["auc"], row["auc_lo"], row["auc_hi"], row["p"], row["n_pairs"]),
+            (f"at one {held}", row["auc_within"], row["auc_within_lo"], row["auc_within_hi"], row["p_within"],
+             row["n_pairs_within"])):
         if not n or np.isnan(a):
             parts.append(f"{name}: no pair")
             continue
-        interval = "no interval" if np.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]"
-        if not np.isnan(lo) and lo > 0.5:
-            says = "larger logit, more often"
-        elif not np.isnan(hi) and hi < 0.5:
-            says = "larger logit, less often"
-        else:
-            says = "no clear direction"
-        parts.append(f"{name} AUC {a:.2f} {interval} ({says}; {n} pairs)")
-    return (f"{row['n_outcome']} of {row['n']} runs {what}: " + "; ".join(parts) + ".")
+        interval = (f"[{lo:.2f}, {hi:.2f}]" if not np.isnan(lo) else "no interval: AUC at its bound"
+                    if a in (0.0, 1.0) else "no interval: too few runs")
+        says = ("no clear direction" if np.isnan(p) or p >= alpha
+                else "the runs that failed had the larger logit" if a > 0.5 else "the runs that failed had the smaller logit")
+        parts.append(f"{name} AUC {a:.2f} ({interval}; p = {p:.2g}; {_pairs(int(n))}): {says}")
+    return f"{row['n_outcome']} of {row['n']} runs {what}. " + "; ".join(parts) + "."
 
 
-__all__ = ["ATTN_FRACTION", "ATTN_STEP", "METRICS", "MIN_LRS", "OUTCOMES", "THRESHOLDS", "attn_logit_at", "attn_logit_auc",
+__all__ = ["ATTN_FRACTION", "METRICS", "MIN_LRS", "OUTCOMES", "THRESHOLDS", "attn_logit_at", "attn_logit_auc",
            "attn_logit_divergence", "auc", "auc_verdict", "lr_curves",
            "lr_sensitivity", "lr_sensitivity_per_seed", "newcombe", "note", "sensitivity_diff", "sensitivity_verdict",
            "wilson"]
