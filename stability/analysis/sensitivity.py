@@ -440,7 +440,7 @@ def _auc_stats(x: np.ndarray, bad: np.ndarray, strata: np.ndarray, within: bool,
                rng: np.random.Generator) -> tuple[float, int, float, float, float]:
     """(AUC, pairs, lo, hi, p). p: two-sided permutation p-value of AUC = 0.5, the outcomes
     shuffled inside each stratum (``within``) or over all runs. (lo, hi): percentile bootstrap
-    over runs resampled inside each stratum; none when the AUC is 0 or 1 (the percentile
+    over runs resampled the same way (inside each stratum, or over all runs); none when the AUC is 0 or 1 (the percentile
     bootstrap cannot leave it) or fewer than ``MIN_AUC_RUNS`` runs stand on either side of the
     pairs."""
     s = strata if within else None
@@ -471,7 +471,7 @@ def _auc_stats(x: np.ndarray, bad: np.ndarray, strata: np.ndarray, within: bool,
         b *= strata[:, None] == strata[None, :]
     wins = b * ((x[:, None] > x[None, :]) + 0.5 * (x[:, None] == x[None, :]))
     counts = np.zeros((n_boot, len(x)))
-    for c in (np.flatnonzero(strata == v) for v in np.unique(strata)):
+    for c in cells:
         counts[:, c] = rng.multinomial(len(c), np.full(len(c), 1 / len(c)), size=n_boot)
     den = np.einsum("ki,ij,kj->k", counts, b, counts)
     vals = np.einsum("ki,ij,kj->k", counts, wins, counts)[den > 0] / den[den > 0]
