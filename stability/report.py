@@ -100,11 +100,11 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
     at = analysis.attn_logit_at(runs, gn)
     # the group axes, not the lines: the pooled tables pool stems and fixes only
     axes = [c for c in list(at.columns)[:list(at.columns).index("stem")] if c != "run_id"]
-    out.append(f"<h3>Does a large attention logit early in training go with divergence?</h3>"
+    out.append(f"<h3>Does a large attention logit early in training go with divergence or collapse?</h3>"
                f"<p>Per run: the max attention logit q·k/√d<sub>h</sub> (over layers, heads, tokens, batch) at "
-               f"the first traced step ≥ {sens.ATTN_FRACTION:g} of the group's training (<code>at_steps</code>). "
+               f"the first traced step at or after {sens.ATTN_FRACTION:.0%} of the group's training (<code>at_steps</code>). "
                f"Two outcomes, never merged: <b>diverged</b> ({html.escape(sens.OUTCOMES['diverged'])}) and "
-               f"<b>unstable</b> ({html.escape(sens.OUTCOMES['unstable'])}: how small models fail at high lr in "
+               f"<b>unstable</b> ({html.escape(sens.OUTCOMES['unstable'])}; at high lr, how small models fail in "
                f"Wortsman et al.). AUC: the chance that a run with the outcome had the larger logit than one "
                f"without (0.5: no information), over all pairs and over pairs at one lr (and one stem and fix "
                f"where those are pooled: <code>strata</code>), with 90% bootstrap intervals over runs and "
@@ -131,7 +131,7 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
             if table.empty or not table["out_above"].add(table["out_below"]).any():
                 out.append(f"<p>{o}: {html.escape(sens.note(table) or 'no run had this outcome')}.</p>")
                 continue
-            out.append(table.drop(columns=["step"]).round(4).to_html(index=False, border=0))
+            out.append(table.drop(columns=["step"]).round(4).to_html(index=False, border=0, na_rep=""))
     return "".join(out)
 
 

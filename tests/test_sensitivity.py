@@ -221,6 +221,8 @@ def test_auc_by_hand():
     assert math.isnan(sens.auc(x, bad, np.array(["a", "b", "c", "d"]))[0])  # no pair inside a stratum
     # the outcome without a run that lacks it: no pair
     assert sens.auc(x, np.ones(4, bool))[1] == 0
+    # a run not measured (NaN) is left out, not counted as losing every pair
+    assert sens.auc(np.array([1.0, 2.0, np.nan, 3.0, 4.0]), np.array([False, True, True, False, True])) == (0.75, 4)
 
 
 def _confounded():
@@ -250,7 +252,7 @@ def test_attention_auc_separates_the_logit_from_the_lr():
     assert r.p < 0.1 and r.p_within == 1.0  # the permutation p-values: within an lr nothing to see
     assert r.strata == "lr" and r.at_steps == "10"
     text = analysis.auc_verdict(r)
-    assert text.startswith("8 of 16 runs were unstable") and "AUC 0.88" in text
+    assert text.startswith("8 of 16 runs with a logit were unstable") and "AUC 0.88" in text
     assert "64 pairs): the runs that failed had the larger logit" in text
     assert "at one lr AUC 0.50" in text and "8 pairs): no clear direction" in text
     # pooled over two stems whose logits differ 100x: pairs at one lr are also pairs of one stem
@@ -266,16 +268,18 @@ def test_attention_auc_separates_the_logit_from_the_lr():
                                                                                   "attn_logit_max"])
     base = analysis.attn_logit_auc(runs, gn, step=10, outcome="unstable", steps=steps, n_boot=200).iloc[0]
     assert base.loss_auc == pytest.approx(r.auc) and base.loss_auc_within == pytest.approx(0.5)
+    assert "The training loss at that step: AUC 0.88 over all lrs, 0.50 at one lr" in analysis.auc_verdict(base)
     # nothing has status diverged here: the strict outcome has no pair
     strict = analysis.attn_logit_auc(runs, gn, step=10, outcome="diverged").iloc[0]
     assert strict.n_outcome == 0 and strict.n_pairs == 0 and "no pair" in analysis.auc_verdict(strict)
     with pytest.raises(ValueError, match="allowed diverged, unstable"):
         analysis.attn_logit_auc(runs, gn, outcome="collapsed")
     for bad, match in (({"step": -1}, "step=-1: allowed an integer"), ({"fraction": 0.0}, "fraction=0.0: allowed"),
-                       ({"by": ["nope"]}, "by: 'nope' is not a column"), ({"within": "nope"}, "within='nope'")):
+                       ({"by": ["nope"]}, "by: 'nope' is not a column"), ({"within": "nope"}, "within='nope'"),
+                       ({"n_boot": 1}, "n_boot=1: allowed an integer ≥ 100")):
         with pytest.raises(ValueError, match=match):
             analysis.attn_logit_auc(runs, gn, **bad)
-    assert set(analysis.attn_logit_auc(runs, gn, step=10, by="stem", n_boot=10).stem) == {"patchify"}
+    assert set(analysis.attn_logit_auc(runs, gn, step=10, by="stem", n_boot=100).stem) == {"patchify"}
     # results without the collapsed flag: "unstable" cannot be judged, and says so
     old = analysis.attn_logit_auc(runs.drop(columns=["collapsed"]), gn, step=10, outcome="unstable")
     assert old.empty and "No collapsed flag" in sens.note(old)
@@ -290,6 +294,7 @@ def test_attention_auc_on_the_hand_table_and_its_thresholds_by_outcome():
     # bad {20, 300, 500} vs good {5, 200}: 20>5, 300>5, 300>200, 500>5, 500>200 -> 5 / 6
     r = analysis.attn_logit_auc(runs, gn, step=50).iloc[0]
     assert r.auc == pytest.approx(5 / 6) and r.n_pairs == 6 and r.n_ended_before == 1
+    assert analysis.auc_verdict(r).startswith("3 of 5 runs with a logit diverged (and 1 diverged before the step")
     assert np.isnan(r.auc_lo)  # 2 runs without the outcome: too few for an interval
     assert r.n_pairs_within == 0 and np.isnan(r.auc_within)  # every lr has one run
     # "unstable" adds collapsed runs: r0 collapsed makes 4 of 5
@@ -376,10 +381,10 @@ def test_report_has_the_sensitivity_section(hand_results):
     assert "frac_above" in section and "Newcombe" in section
     # pooled over stems: the one diverged run (logit 403 at step 60) tops all 11 others, and the 3 at its lr
     # (p ~ 1/12: the largest of 12 logits by chance; the smallest is a 4-way tie); one lr and stem: 1 pair
-    assert "1 of 12 runs diverged. Over all lrs AUC 1.00 (no interval: AUC at its bound; p = 0.083; 11 pairs): " \
+    assert "1 of 12 runs with a logit diverged. Over all lrs AUC 1.00 (no interval: AUC at its bound; p = 0.083; 11 pairs): " \
            "the runs that failed had the larger logit; at one lr, stem AUC 1.00 (no interval: AUC at its bound; p = 1; 1 pair): " \
            "no clear direction." in section
-    assert "auc_within" in section and "1 of 12 runs were unstable (diverged or collapsed)" in section
+    assert "auc_within" in section and "1 of 12 runs with a logit were unstable (diverged or collapsed)" in section
     assert "<td>0.5</td>" in section  # loss_auc: every run's training loss at step 60 is 2.0
     assert f"{(P0 + P1) / 2:.4f}"[:5] in section  # the patchify sensitivity, as in the table
 
@@ -447,7 +452,7 @@ def test_dashboard_page_draws_sensitivity_and_attention(hand_results):
         assert set(attn.pooled) == {"stem"} and "stem" not in attn.columns
         aucs = next(d.value for d in at.dataframe if "auc_within" in d.value.columns)
         assert len(aucs) == 1 and aucs.n.iloc[0] == 12 and set(aucs.pooled) == {"stem"}
-        assert any("runs were unstable" in m.value for m in at.markdown)
+        assert any("runs with a logit were unstable" in m.value for m in at.markdown)
     # the controls come back from a shared URL
     at = _page(hand_results, query={"p_sens_metric": "top-1 error", "p_sens_step": "60"})
     assert at.radio(key="p_sens_metric").value == "top-1 error" and at.slider(key="p_sens_step").value == 60

@@ -51,9 +51,11 @@ MIN_LRS = 3  # distinct lrs a (group, seed) needs: with 1 the sensitivity is 0 b
 THRESHOLDS = (5.0, 10.0, 30.0, 100.0, 300.0, 1e3, 1e4)
 ATTN_FRACTION = 0.1  # "early": the first traced step after 10% of the group's training, for any length
 MIN_AUC_RUNS = 3  # runs with and without the outcome an AUC interval needs, each
+MIN_BOOT = 100  # fewer shuffles cannot give a p-value below 0.01 nor a stable 90% interval
 # what "went wrong" means in the attention-logit tables
 OUTCOMES = {"diverged": "a non-finite loss, or one above the divergence bound",
-            "unstable": "diverged, or collapsed: the final training loss still at chance"}
+            "unstable": "diverged, or collapsed: the final training loss still ≥ 0.9 ln(classes) (at high lr "
+                        "an instability; at low lr it can be learning too slowly for the schedule)"}
 
 
 def note(df: pd.DataFrame) -> str:
@@ -280,9 +282,10 @@ def attn_logit_at(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None
     first traced step at or after ``step``, or when ``step`` is None after ``fraction`` of the
     group's training: ``fraction`` × the last traced step of its completed runs) and
     ``logit_max`` (the max over layers of ``attn_logit_max`` there); with ``steps`` (the steps
-    table) also ``loss_at``, the training loss at that step (a baseline predictor). A run that
-    diverged before that step has ``ended_before`` True and no logit: nothing can warn of it at
-    that step. A completed run not traced that far has no logit either (said in the note)."""
+    table) also ``loss_at``, the training loss at that step (a baseline predictor). A diverged
+    run without a logit there has ``ended_before`` True: nothing can warn of it at
+    that step (it diverged before the step or before the next traced step, or was not traced).
+    A completed run not traced that far has no logit either (said in the note)."""
     _check_early(step, fraction)
     cols = ["stem", "fix", "seed", "lr", "diverged", "unstable", "at_step", "logit_max", "ended_before"]
     miss = _missing(runs, ["run_id", "status", "lr"]) + _missing(grad_norms, ["run_id", "step", "attn_logit_max"])
@@ -424,8 +427,12 @@ _NO_LOGIT = ("No run has an attention logit at or after that step: their traces 
 def auc(x: np.ndarray, bad: np.ndarray, strata: np.ndarray | None = None) -> tuple[float, int]:
     """(AUC, pairs): the probability that a run with the outcome has the larger ``x`` than one
     without (ties count half; Mann-Whitney), over all such pairs, or over pairs in one stratum
-    only when ``strata`` is given. NaN without a pair."""
+    only when ``strata`` is given. Runs whose ``x`` is NaN (not measured) are left out. NaN
+    without a pair."""
     x, bad = np.asarray(x, float), np.asarray(bad, bool)
+    keep = ~np.isnan(x)
+    if not keep.all():
+        x, bad, strata = x[keep], bad[keep], None if strata is None else np.asarray(strata)[keep]
     xb, xg = x[bad][:, None], x[~bad][None, :]
     wins = (xb > xg) + 0.5 * (xb == xg)
     if strata is not None:
@@ -443,9 +450,11 @@ def _auc_stats(x: np.ndarray, bad: np.ndarray, strata: np.ndarray, within: bool,
     over runs resampled the same way (inside each stratum, or over all runs); none when the AUC is 0 or 1 (the percentile
     bootstrap cannot leave it) or fewer than ``MIN_AUC_RUNS`` runs stand on either side of the
     pairs."""
+    keep = ~np.isnan(x)
+    x, bad, strata = x[keep], bad[keep], strata[keep]
     s = strata if within else None
     a, n = auc(x, bad, s)
-    if not n or n_boot < 1:
+    if not n:
         return a, n, np.nan, np.nan, np.nan
     cells = [np.flatnonzero(strata == v) for v in np.unique(strata)] if within else [np.arange(len(x))]
     mixed = [c for c in cells if 0 < bad[c].sum() < len(c)]
@@ -494,6 +503,8 @@ def attn_logit_auc(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | Non
     ``steps`` (the steps table), ``loss_auc`` and ``loss_auc_within`` (with ``loss_p_within``):
     the same for the training loss at that step, the baseline the logit should beat."""
     _check_outcome(outcome)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < MIN_BOOT:
+        raise ValueError(f"n_boot={n_boot!r}: allowed an integer ≥ {MIN_BOOT} (shuffles and resamples each)")
     at = attn_logit_at(runs, grad_norms, step, fraction, steps=steps)
     cols = ["outcome", "n", "n_outcome", "auc", "auc_lo", "auc_hi", "p", "n_pairs", "auc_within", "auc_within_lo",
             "auc_within_hi", "p_within", "n_pairs_within", "n_ended_before", "step", "at_steps", "strata", "pooled"]
@@ -556,7 +567,15 @@ def auc_verdict(row: pd.Series | dict, alpha: float = 0.1) -> str:
         says = ("no clear direction" if np.isnan(p) or p >= alpha
                 else "the runs that failed had the larger logit" if a > 0.5 else "the runs that failed had the smaller logit")
         parts.append(f"{name} AUC {a:.2f} ({interval}; p = {p:.2g}; {_pairs(int(n))}): {says}")
-    return f"{row['n_outcome']} of {row['n']} runs {what}. " + "; ".join(parts) + "."
+    early = int(row.get("n_ended_before", 0) or 0)
+    head = f"{row['n_outcome']} of {row['n']} runs with a logit {what}" + (
+        f" (and {early} diverged before the step, left out)" if early else "")
+    text = f"{head}. " + "; ".join(parts) + "."
+    if "loss_auc" in row and not pd.isna(row["loss_auc"]):
+        lw = row.get("loss_auc_within")
+        text += (f" The training loss at that step: AUC {row['loss_auc']:.2f} over all lrs"
+                 + ("" if pd.isna(lw) else f", {lw:.2f} at one {held} (p = {row['loss_p_within']:.2g})") + ".")
+    return text
 
 
 __all__ = ["ATTN_FRACTION", "METRICS", "MIN_LRS", "OUTCOMES", "THRESHOLDS", "attn_logit_at", "attn_logit_auc",
