@@ -28,6 +28,9 @@ PY
 for flags in "--batch 128" "--batch 256" "--batch 256 --compile"; do
   timeout 300 python3 benchmarks/gpu_check.py $flags --reps 3 --steps 10 || { echo "GPU CHECK FAILED: $flags"; fail=1; }
 done
+# the shipped step's tracing with every signal (attention probe, log Z, grad/update RMS): goal <= 3%
+timeout 240 python3 benchmarks/tracing_overhead.py --model vit_c_4gf --px 224 --batch 128 --device cuda \
+  --reps 5 --steps 10 || { echo "TRACING CHECK FAILED"; fail=1; }
 # the input pipeline: step alone vs loader + step with CPU (workers auto) and GPU (nvJPEG) decoding
 timeout 300 python3 benchmarks/gpu_check.py --pipeline --batch 256 --images 2560 --steps 20 \
   || { echo "PIPELINE CHECK FAILED"; fail=1; }
