@@ -36,7 +36,7 @@ from .checkpoint import (
 )
 from .config import RunConfig
 from .data import DataBundle, DataError, batches, load_dataset, seed_all
-from .distributed import Dist, autocast_for, from_env, init, setup_device
+from .distributed import Dist, autocast_for, barrier, from_env, init, setup_device
 from .ema import WeightEMA, make_ema
 from .evaluation import evaluate
 from .mix import augment_and_mix, hard_labels
@@ -206,6 +206,7 @@ def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: thread
         lp = Loop(cfg, step, model, data, device, fmt, ema, d, st, TraceBuffer(tracer, device, cfg.run_id, d, bound),
                   flag.event, ckpt, reporter, spe, total_steps, warmup_steps, t0)
         result = _run_loop(lp)
+        barrier(d)  # every rank done with the group before any tears it down
     except Preempted as p:
         st.wall_time_s += time.monotonic() - t0
         t0 = time.monotonic()

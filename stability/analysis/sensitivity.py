@@ -552,7 +552,7 @@ def _pairs(n: int) -> str:
 def auc_verdict(row: pd.Series | dict, alpha: float = 0.1) -> str:
     """One line for an ``attn_logit_auc`` row: direction (only where the permutation p < ``alpha``,
     the 90 % intervals' level), effect size with its interval, p and n."""
-    what = "diverged" if row["outcome"] == "diverged" else "were unstable (diverged or collapsed)"
+    what = "were unstable (diverged or collapsed)" if row["outcome"] == "unstable" else "diverged"
     held = ", ".join(str(row.get("strata", "lr")).split(","))
     parts = []
     for name, a, lo, hi, p, n in (
