@@ -398,9 +398,7 @@ def attn_logit_divergence(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: in
         return _noted(pd.DataFrame(columns=cols), note(at) or _outcome_of(at, outcome) or "No finished runs.")
     by, pooled = _attn_groups(at, by)
     rows = []
-    for key, g in (at.groupby(by, observed=True, dropna=False, sort=True) if by else [((), at)]):
-        key = key if isinstance(key, tuple) else (key,)
-        seen = g[g["logit_max"].notna()]
+    for keys, g, seen in _each_group(at, by):
         x, hit = seen["logit_max"].to_numpy(float), seen[outcome].to_numpy(bool)
         how, at_steps = _where(seen, step, fraction)
         for t in thresholds:
@@ -408,20 +406,50 @@ def attn_logit_divergence(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: in
             ka, na, kb, nb = int(hit[up].sum()), int(up.sum()), int(hit[~up].sum()), int((~up).sum())
             fa, fb = (ka / na if na else np.nan), (kb / nb if nb else np.nan)
             (la, ha), (lb, hb), (ld, hd) = wilson(ka, na, ci), wilson(kb, nb, ci), newcombe(ka, na, kb, nb, ci)
-            rows.append(dict(zip(by, key, strict=True)) | {
+            rows.append(keys | {
                 "outcome": outcome, "threshold": float(t), "n": len(x), "n_above": na, "out_above": ka,
                 "frac_above": fa, "frac_above_lo": la, "frac_above_hi": ha, "n_below": nb, "out_below": kb,
                 "frac_below": fb, "frac_below_lo": lb, "frac_below_hi": hb, "diff": fa - fb, "diff_lo": ld,
                 "diff_hi": hd, "n_ended_before": int(g["ended_before"].sum()), "step": how, "at_steps": at_steps,
                 "pooled": ",".join(pooled)})
-    out = pd.DataFrame(rows, columns=[*by, *cols])
+    return _finish(pd.DataFrame(rows, columns=[*by, *cols]), at)
+
+
+def _each_group(at: pd.DataFrame, by: list[str]):
+    """(the group's ``by`` values, its runs, those of them with a logit) per group."""
+    for key, g in (at.groupby(by, observed=True, dropna=False, sort=True) if by else [((), at)]):
+        key = key if isinstance(key, tuple) else (key,)
+        yield dict(zip(by, key, strict=True)), g, g[g["logit_max"].notna()]
+
+
+def _finish(out: pd.DataFrame, at: pd.DataFrame) -> pd.DataFrame:
+    """An attention table with the note of its runs; empty, saying why, when no run had a logit."""
     if out["n"].eq(0).all():
-        return _noted(out.iloc[:0], note(at), _NO_LOGIT)
+        return _noted(out.iloc[:0], note(at), "No run has an attention logit at or after that step: their traces "
+                      "end before it (choose an earlier step, or fraction=).")
     return _noted(out, note(at))
 
 
-_NO_LOGIT = ("No run has an attention logit at or after that step: their traces end before it (choose an "
-             "earlier step, or fraction=).")
+def _cells(strata: np.ndarray) -> list[np.ndarray]:
+    return [np.flatnonzero(strata == v) for v in np.unique(strata)]
+
+
+def _weighted_auc(x: np.ndarray, strata: np.ndarray, w_with: np.ndarray, w_without: np.ndarray):
+    """(AUC, weight of the pairs) for each row of the run weights (k, n): the sum over pairs in one
+    stratum of w_with_i · w_without_j · ([x_i > x_j] + ½[x_i = x_j]) over the sum of
+    w_with_i · w_without_j. One sort per stratum and cumulative sums: O(k·n), no n × n matrix.
+    Weights 0/1 give the Mann-Whitney AUC; shuffled outcomes, a permutation's; resample counts
+    times the outcome, a bootstrap resample's."""
+    u, den = np.zeros(len(w_with)), np.zeros(len(w_with))
+    for c in _cells(strata):
+        order = c[np.argsort(x[c], kind="stable")]
+        xs, wi, wo = x[order], w_with[:, order], w_without[:, order]
+        first, past = np.searchsorted(xs, xs, "left"), np.searchsorted(xs, xs, "right")  # each one's ties
+        cum = np.concatenate([np.zeros((len(wo), 1)), np.cumsum(wo, axis=1)], axis=1)
+        u += (wi * (cum[:, first] + 0.5 * (cum[:, past] - cum[:, first]))).sum(1)
+        den += wi.sum(1) * wo.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, u / den, np.nan), den
 
 
 def auc(x: np.ndarray, bad: np.ndarray, strata: np.ndarray | None = None) -> tuple[float, int]:
@@ -430,60 +458,40 @@ def auc(x: np.ndarray, bad: np.ndarray, strata: np.ndarray | None = None) -> tup
     only when ``strata`` is given. Runs whose ``x`` is NaN (not measured) are left out. NaN
     without a pair."""
     x, bad = np.asarray(x, float), np.asarray(bad, bool)
+    strata = np.zeros(len(x), int) if strata is None else np.asarray(strata)
     keep = ~np.isnan(x)
-    if not keep.all():
-        x, bad, strata = x[keep], bad[keep], None if strata is None else np.asarray(strata)[keep]
-    xb, xg = x[bad][:, None], x[~bad][None, :]
-    wins = (xb > xg) + 0.5 * (xb == xg)
-    if strata is not None:
-        s = np.asarray(strata)
-        same = s[bad][:, None] == s[~bad][None, :]
-        n = int(same.sum())
-        return (float(wins[same].mean()) if n else np.nan), n
-    return (float(wins.mean()) if wins.size else np.nan), int(wins.size)
+    a, n = _weighted_auc(x[keep], strata[keep], bad[keep][None].astype(float), (~bad[keep])[None].astype(float))
+    return float(a[0]), int(n[0])
 
 
 def _auc_stats(x: np.ndarray, bad: np.ndarray, strata: np.ndarray, within: bool, ci: float, n_boot: int,
                rng: np.random.Generator) -> tuple[float, int, float, float, float]:
     """(AUC, pairs, lo, hi, p). p: two-sided permutation p-value of AUC = 0.5, the outcomes
     shuffled inside each stratum (``within``) or over all runs. (lo, hi): percentile bootstrap
-    over runs resampled the same way (inside each stratum, or over all runs); none when the AUC is 0 or 1 (the percentile
-    bootstrap cannot leave it) or fewer than ``MIN_AUC_RUNS`` runs stand on either side of the
-    pairs."""
+    over runs resampled the same way (inside each stratum, or over all runs); none when the AUC
+    is 0 or 1 (the percentile bootstrap cannot leave it) or fewer than ``MIN_AUC_RUNS`` runs
+    stand on either side of the pairs. NaN ``x`` are left out."""
     keep = ~np.isnan(x)
-    x, bad, strata = x[keep], bad[keep], strata[keep]
-    s = strata if within else None
-    a, n = auc(x, bad, s)
+    x, bad = x[keep], bad[keep]
+    strata = strata[keep] if within else np.zeros(len(x), int)
+    a, n = auc(x, bad, strata)
     if not n:
         return a, n, np.nan, np.nan, np.nan
-    cells = [np.flatnonzero(strata == v) for v in np.unique(strata)] if within else [np.arange(len(x))]
+    cells = _cells(strata)
     mixed = [c for c in cells if 0 < bad[c].sum() < len(c)]
-    # Ranks inside each cell are fixed under shuffling, so each shuffle's Mann-Whitney U is a dot
-    # product of its outcome vector with them (the cells' outcome counts, hence the offset, stay).
-    ranks = np.zeros(len(x))
-    for c in mixed:
-        ranks[c] = pd.Series(x[c]).rank().to_numpy()
     shuffled = np.zeros((n_boot, len(x)))
     for c in mixed:
-        order = np.argsort(rng.random((n_boot, len(c))), axis=1)
-        shuffled[:, c] = bad[c][order]
-    offset = sum(k * (k + 1) / 2 for k in (int(bad[c].sum()) for c in mixed))
-    null = (shuffled @ ranks - offset) / n
+        shuffled[:, c] = bad[c][np.argsort(rng.random((n_boot, len(c))), axis=1)]
+    null, _den = _weighted_auc(x, strata, shuffled, 1 - shuffled)
     p = (int(np.sum(np.abs(null - 0.5) >= abs(a - 0.5) - 1e-12)) + 1) / (n_boot + 1)
     used = np.concatenate(mixed)
     if a in (0.0, 1.0) or min(bad[used].sum(), (~bad[used]).sum()) < MIN_AUC_RUNS:
         return a, n, np.nan, np.nan, p
-    # Bootstrap by resample counts: a resample's AUC is (m A m) / (m B m) with B the pairs that
-    # count (with × without, same cell when ``within``) and A those of them won (ties half).
-    b = np.outer(bad, ~bad).astype(float)
-    if within:
-        b *= strata[:, None] == strata[None, :]
-    wins = b * ((x[:, None] > x[None, :]) + 0.5 * (x[:, None] == x[None, :]))
     counts = np.zeros((n_boot, len(x)))
     for c in cells:
         counts[:, c] = rng.multinomial(len(c), np.full(len(c), 1 / len(c)), size=n_boot)
-    den = np.einsum("ki,ij,kj->k", counts, b, counts)
-    vals = np.einsum("ki,ij,kj->k", counts, wins, counts)[den > 0] / den[den > 0]
+    vals, den = _weighted_auc(x, strata, counts * bad, counts * ~bad)
+    vals = vals[den > 0]
     if len(vals) < n_boot / 2:  # most resamples lack a pair: no interval
         return a, n, np.nan, np.nan, p
     return a, n, float(np.quantile(vals, (1 - ci) / 2)), float(np.quantile(vals, (1 + ci) / 2)), p
@@ -519,30 +527,23 @@ def attn_logit_auc(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | Non
     strata_cols = [within, *[c for c in pooled if c != within]]
     rng = np.random.default_rng(seed)
     rows = []
-    for key, g in (at.groupby(by, observed=True, dropna=False, sort=True) if by else [((), at)]):
-        key = key if isinstance(key, tuple) else (key,)
-        seen = g[g["logit_max"].notna()]
+    for keys, g, seen in _each_group(at, by):
         x, bad = seen["logit_max"].to_numpy(float), seen[outcome].to_numpy(bool)
         s = seen[strata_cols].astype(str).agg("|".join, axis=1).to_numpy()
         a, n_pairs, lo, hi, p = _auc_stats(x, bad, s, False, ci, n_boot, rng)
         aw, n_within, wlo, whi, pw = _auc_stats(x, bad, s, True, ci, n_boot, rng)
         how, at_steps = _where(seen, step, fraction)
-        row = dict(zip(by, key, strict=True)) | {
+        row = keys | {
             "outcome": outcome, "n": len(x), "n_outcome": int(bad.sum()), "auc": a, "auc_lo": lo, "auc_hi": hi,
             "p": p, "n_pairs": n_pairs, "auc_within": aw, "auc_within_lo": wlo, "auc_within_hi": whi,
             "p_within": pw, "n_pairs_within": n_within, "n_ended_before": int(g["ended_before"].sum()),
             "step": how, "at_steps": at_steps, "strata": ",".join(strata_cols), "pooled": ",".join(pooled)}
-        if steps is not None:
-            ok = seen["loss_at"].notna().to_numpy() if "loss_at" in seen else np.zeros(len(seen), bool)
-            la, _n = auc(seen["loss_at"].to_numpy(float)[ok], bad[ok]) if ok.any() else (np.nan, 0)
-            lw, _nw, _lo, _hi, lp = _auc_stats(seen["loss_at"].to_numpy(float)[ok], bad[ok], s[ok], True, ci,
-                                               n_boot, rng) if ok.any() else (np.nan, 0, np.nan, np.nan, np.nan)
-            row |= {"loss_auc": la, "loss_auc_within": lw, "loss_p_within": lp}
+        if steps is not None:  # runs without a loss at that step are left out (NaN)
+            loss = seen["loss_at"].to_numpy(float) if "loss_at" in seen else np.full(len(seen), np.nan)
+            lw, _nw, _lo, _hi, lp = _auc_stats(loss, bad, s, True, ci, n_boot, rng)
+            row |= {"loss_auc": auc(loss, bad)[0], "loss_auc_within": lw, "loss_p_within": lp}
         rows.append(row)
-    out = pd.DataFrame(rows, columns=[*by, *cols])
-    if out["n"].eq(0).all():
-        return _noted(out.iloc[:0], note(at), _NO_LOGIT)
-    return _noted(out, note(at))
+    return _finish(pd.DataFrame(rows, columns=[*by, *cols]), at)
 
 
 def _pairs(n: int) -> str:
