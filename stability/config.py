@@ -70,6 +70,10 @@ class RunConfig:
     qk_norm: bool = False
     z_loss: float = 0.0
     adam_eps: float = 1e-8
+    # Images held out of the training set as a test split (a fixed seeded subset, disjoint from
+    # val, the same for every run of the dataset): configurations are chosen on val and reported
+    # on test (docs/methodology.md, "Verdicts"). In-memory datasets only; 0 = none.
+    test_split: int = 0
     seed: int = 0
     trace_every: int = 10  # per-layer grad norms every k steps (also the log/flush interval)
     trace_attention: bool = True  # max attention logit and entropy per layer on trace steps (one extra QKᵀ)
@@ -90,7 +94,7 @@ class RunConfig:
     # so every run planned before they existed keeps its id (and its results).
     LATER_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
         {"ema_alpha", "ema_period", "augment", "auto_augment", "mixup_alpha", "cutmix_alpha", "mix_prob",
-         "mix_switch_prob", "qk_norm", "z_loss", "adam_eps"})
+         "mix_switch_prob", "qk_norm", "z_loss", "adam_eps", "test_split"})
     # Fields that say where or how a run executes, not what it computes: not in the run id.
     EXECUTION_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
         {"results", "sweep", "device", "num_workers", "prefetch_factor", "decode", "data_root", "download",
@@ -207,6 +211,9 @@ def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
         _check(name, 0 <= getattr(cfg, name) <= 100, "must be in [0, 100] (0 = off)", getattr(cfg, name), source)
     for name in ("mix_prob", "mix_switch_prob"):
         _check(name, 0 <= getattr(cfg, name) <= 1, "must be in [0, 1]", getattr(cfg, name), source)
+    _check("test_split", cfg.test_split >= 0, "must be >= 0 (0 = no test split)", cfg.test_split, source)
+    _check("test_split", cfg.test_split == 0 or cfg.dataset not in DECODED,
+           f"a test split is held out of in-memory datasets only (not {', '.join(DECODED)})", cfg.test_split, source)
     _check("synthetic_size", cfg.synthetic_size >= 1, "must be >= 1", cfg.synthetic_size, source)
     _check("image_size", cfg.image_size is None or cfg.image_size >= 8, "must be >= 8 or null", cfg.image_size, source)
     _check("sweep", SWEEP_NAME.fullmatch(cfg.sweep) is not None,

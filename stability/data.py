@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,38 @@ class DataBundle:
     image_size: int
     train_transform: Callable[[str], Any] | None = None
     loaders: dict = field(default_factory=dict, compare=False, repr=False)
+    test: Dataset | None = None  # held out of the training images (``hold_out``)
+
+    def split(self, name: str) -> DataBundle:
+        """This bundle with ``name`` (``train``, ``val`` or ``test``) in the validation slot, so that
+        ``batches(..., train=False)`` and ``evaluate`` read it (in order, every image once)."""
+        ds = {"train": self.train, "val": self.val, "test": self.test}[name]
+        if ds is None:
+            raise DataError("test_split: this run holds out no test images (set test_split > 0)")
+        return self if name == "val" else replace(self, val=ds, loaders={})
+
+
+TEST_SPLIT_SEED = 20210614  # fixed for every run and seed: the arXiv date of the paper
+
+
+def hold_out(data: DataBundle, n: int) -> DataBundle:
+    """``data`` with ``n`` training images moved to ``test``: a fixed seeded subset (the same for
+    every run), the remaining training images kept in their order. In-memory datasets only."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    if n <= 0:
+        return data
+    if not isinstance(data.train, TensorDataset):
+        raise DataError("test_split: a test split is held out of in-memory datasets only")
+    total = len(data.train)
+    if n >= total:
+        raise DataError(f"test_split: {n} is not below the {total} training images")
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(TEST_SPLIT_SEED))
+    test_idx, keep = perm[:n].sort().values, perm[n:].sort().values
+    tensors = data.train.tensors
+    return replace(data, train=TensorDataset(*(t[keep] for t in tensors)),
+                   test=TensorDataset(*(t[test_idx] for t in tensors)), loaders={})
 
 
 def load_dataset(
@@ -65,8 +97,15 @@ def load_dataset(
     download: bool = False,
     synthetic_size: int = 1024,
     seed: int = 0,
+    test_split: int = 0,
 ) -> DataBundle:
-    """Load ``name`` (one of ``DATASETS``); raises ``DataError`` with the path on failure."""
+    """Load ``name`` (one of ``DATASETS``), with ``test_split`` training images held out as a
+    test split (``hold_out``); raises ``DataError`` with the path on failure."""
+    return hold_out(_load(name, root, image_size, download, synthetic_size, seed), test_split)
+
+
+def _load(name: str, root: str | None, image_size: int | None, download: bool, synthetic_size: int,
+          seed: int) -> DataBundle:
     if name == "digits":
         return _digits(image_size or 32)
     if name == "synthetic":

@@ -39,8 +39,9 @@ class CorruptFiles(ConfigError):
 STALE_TMP_S = 600.0  # no write of one file takes ten minutes: an older temp file is a killed writer's
 # 2: EMA errors and the collapsed flag; 3: job_id, the job that wrote the row; 4: validation
 # losses (final, at init, per epoch), log Z per step, attention logits/entropy and grad/update
-# RMS per traced layer (older files read them all as null)
-SCHEMA_VERSION = 4
+# RMS per traced layer (older files read them all as null); 5: the held-out test split's errors
+# and per-image correctness (``test_split`` runs)
+SCHEMA_VERSION = 5
 
 
 class RunStatus(StrEnum):
@@ -62,7 +63,7 @@ WRITTEN = (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED, RunStatus.
 DONE = (RunStatus.COMPLETED, RunStatus.DIVERGED)  # results: a rerun does not touch them
 TERMINAL = (*DONE, RunStatus.FAILED)  # nothing more will happen without a rerun
 
-_I, _F, _S, _T = pa.int64(), pa.float64(), pa.string(), pa.timestamp("us", tz="UTC")
+_I, _F, _S, _T, _B = pa.int64(), pa.float64(), pa.string(), pa.timestamp("us", tz="UTC"), pa.binary()
 
 SCHEMAS: dict[str, pa.Schema] = {
     "runs": pa.schema([
@@ -72,6 +73,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("top5_err", _F), ("best_top1_err", _F), ("ema_top1_err", _F), ("ema_top5_err", _F),
         ("final_train_loss", _F), ("final_val_loss", _F), ("init_val_loss", _F), ("init_top1_err", _F),
         ("collapsed", pa.bool_()),
+        # the test split (``test_split`` > 0): final errors, and which images were right
+        # (``np.packbits`` of one bool per image in the split's order; ``analysis.correct_of``)
+        ("test_top1_err", _F), ("test_ema_top1_err", _F), ("test_images", _I), ("test_correct", _B),
+        ("test_ema_correct", _B),
         ("diverged_at_step", _I), ("n_spikes", _I), ("wall_time_s", _F), ("device", _S),
         ("world_size", _I), ("host", _S), ("slurm_job_id", _S), ("job_id", _S), ("git_sha", _S),
         ("stability_version", _S), ("config_json", _S), ("started_at", _T), ("finished_at", _T),

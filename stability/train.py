@@ -38,7 +38,7 @@ from .config import RunConfig
 from .data import DataBundle, DataError, batches, load_dataset, seed_all
 from .distributed import Dist, autocast_for, barrier, from_env, init, setup_device
 from .ema import WeightEMA, make_ema
-from .evaluation import evaluate
+from .evaluation import evaluate, pack_correct, precise_bn
 from .mix import augment_and_mix, hard_labels
 from .models import build_model, count_complexity, memory_format, model_spec
 from .optim import lr_at, make_optimizer, set_lr
@@ -156,7 +156,8 @@ def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: thread
         started_group = init(d, device.type)
         base_row["device"] = str(device)
         data = load_dataset(cfg.dataset, cfg.data_root, image_size=cfg.image_size,
-                            download=cfg.download, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+                            download=cfg.download, synthetic_size=cfg.synthetic_size, seed=cfg.seed,
+                            test_split=cfg.test_split)
         spec = model_spec(cfg.model, cfg.stem, num_classes=data.num_classes, image_size=data.image_size)
         complexity = count_complexity(spec)
         base_row |= {"params": complexity.params, "flops": complexity.flops}
@@ -256,8 +257,8 @@ class Loop:
 def _run_loop(lp: Loop) -> dict[str, Any]:
     """The epochs; returns the final metrics of the runs row (status included)."""
     if lp.st.step == 0 and lp.st.init_val_loss is None:  # the untrained model: LR sensitivity's ℓ₀
-        lp.st.init_top1_err, _, lp.st.init_val_loss = evaluate(lp.step.net, lp.data, lp.cfg, lp.device,
-                                                               lp.step.autocast, lp.d, lp.fmt)
+        init = evaluate(lp.step.net, lp.data, lp.cfg, lp.device, lp.step.autocast, lp.d, lp.fmt)
+        lp.st.init_top1_err, lp.st.init_val_loss = init.top1, init.loss
     lp.step.net.train()
     if lp.reporter and lp.d.is_main:
         lp.reporter.on_start(lp.total_steps, lp.st.step)
@@ -268,7 +269,7 @@ def _run_loop(lp: Loop) -> dict[str, Any]:
             return _diverged(lp, bad)
         _end_epoch(lp, epoch, time.monotonic() - t_epoch)
     last = lp.st.epochs_rows[-1]
-    return {"status": RunStatus.COMPLETED, "top1_err": last["val_top1_err"], "top5_err": last["val_top5_err"],
+    return {**_test(lp), "status": RunStatus.COMPLETED, "top1_err": last["val_top1_err"], "top5_err": last["val_top5_err"],
             "best_top1_err": min(r["val_top1_err"] for r in lp.st.epochs_rows),
             "ema_top1_err": last["val_ema_top1_err"], "ema_top5_err": last["val_ema_top5_err"],
             "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"],
@@ -318,8 +319,14 @@ def _end_epoch(lp: Loop, epoch: int, seconds: float) -> None:
     """Evaluate, record the epoch's row, checkpoint, and rewrite the progress note."""
     cfg, st, d = lp.cfg, lp.st, lp.d
     net, autocast = lp.step.net, lp.step.autocast
-    top1, top5, val_loss = evaluate(net, lp.data, cfg, lp.device, autocast, d, lp.fmt)
-    ema1, ema5, _ = evaluate(lp.ema.model, lp.data, cfg, lp.device, autocast, d, lp.fmt) if lp.ema else (None,) * 3
+    m = evaluate(net, lp.data, cfg, lp.device, autocast, d, lp.fmt)
+    top1, top5, val_loss = m.top1, m.top5, m.loss
+    ema1 = ema5 = None
+    if lp.ema:
+        if epoch == cfg.epochs - 1:  # the final EMA error with precise BN statistics, as pycls
+            precise_bn(lp.ema.model, lp.data, cfg, lp.device, autocast, d, lp.fmt)
+        e = evaluate(lp.ema.model, lp.data, cfg, lp.device, autocast, d, lp.fmt)
+        ema1, ema5 = e.top1, e.top5
     row = {"run_id": cfg.run_id, "epoch": epoch, "train_loss": st.epoch_loss_sum / max(st.batch, 1),
            "train_top1_err": 100.0 * (1 - st.epoch_correct / max(st.epoch_seen, 1)),
            "val_top1_err": top1, "val_top5_err": top5, "val_ema_top1_err": ema1,
@@ -338,12 +345,27 @@ def _end_epoch(lp: Loop, epoch: int, seconds: float) -> None:
             "val_top1_err": top1, "train_loss": row["train_loss"], "updated_at": now()})
 
 
+def _test(lp: Loop) -> dict[str, Any]:
+    """The finished model's (and EMA's) error and per-image correctness on the held-out test split."""
+    if not lp.cfg.test_split:
+        return {}
+    data, out = lp.data.split("test"), {}
+    for prefix, net in (("test", lp.step.net), ("test_ema", lp.ema.model if lp.ema else None)):
+        if net is not None:
+            m = evaluate(net, data, lp.cfg, lp.device, lp.step.autocast, lp.d, lp.fmt, per_image=True)
+            out |= {f"{prefix}_top1_err": m.top1, f"{prefix}_correct": pack_correct(m.correct)}
+            out["test_images"] = len(m.correct)
+    return out
+
+
 def _diverged(lp: Loop, step: int) -> dict[str, Any]:
     st = lp.st
     st.steps_rows = [r for r in st.steps_rows if r["step"] <= step]
     st.grad_rows = [r for r in st.grad_rows if r["step"] <= step]
     return {"status": RunStatus.DIVERGED, "diverged_at_step": step, "top1_err": 100.0,
             "top5_err": 100.0, "best_top1_err": 100.0, "collapsed": False,
+            **({"test_top1_err": 100.0} if lp.cfg.test_split else {}),
+            **({"test_ema_top1_err": 100.0} if lp.cfg.test_split and lp.ema else {}),
             **({"ema_top1_err": 100.0, "ema_top5_err": 100.0} if lp.ema else {}),
             "final_train_loss": st.steps_rows[-1]["loss"] if st.steps_rows else None}
 

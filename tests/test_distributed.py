@@ -98,7 +98,14 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, single):
 @pytest.mark.slow
 def test_killed_two_process_run_resumes(tmp_path, tmp_path_factory):
     slow = {**DDP, "epochs": 3, "steps_per_epoch": 15, "batch_size": 48, "trace_every": 5}
-    ref = _single(slow, tmp_path_factory.mktemp("slowref"))
+    # The reference is an uninterrupted two-process run: a resume must reproduce it bit for bit
+    # (README). Against one process the all-reduce's summation order drifts over 45 steps
+    # (grad norms 2e-4 apart on some CPUs), which says nothing about the resume.
+    ref_root = tmp_path_factory.mktemp("slowref")
+    whole = _torchrun({**slow, "results": str(ref_root)})
+    _, err = whole.communicate(timeout=300)
+    assert whole.returncode == 0, err
+    ref = store.load(ref_root)
     items = {**slow, "results": str(tmp_path)}
     cfg = run_config(items)
     proc = _torchrun(items)
@@ -121,4 +128,7 @@ def test_killed_two_process_run_resumes(tmp_path, tmp_path_factory):
     assert "resumes from" in err
     got = store.load(tmp_path)
     assert got.runs.status.tolist() == ["completed"] and got.runs.world_size.tolist() == [2]
-    _assert_close(got, ref)
+    for table, order in (("steps", ["step"]), ("grad_norms", ["step", "depth"]), ("epochs", ["epoch"])):
+        a, b = (getattr(r, table).sort_values(order).reset_index(drop=True) for r in (got, ref))
+        value = {"steps": "loss", "grad_norms": "grad_norm", "epochs": "val_top1_err"}[table]
+        assert a[value].tolist() == b[value].tolist(), table  # bit-identical, not close

@@ -1,86 +1,51 @@
-"""The paper's four findings as statistics with a direction, an interval, n and a verdict.
+"""The paper's four findings as tested statistics with a direction, n, power and the regime named.
 
-Each ``finding_*`` takes the runs of one study (DataFrame in) and returns a ``Finding``: the
-paper's claim and numbers, this data's effect (signed so that > 0 is the paper's direction),
-its percentile-bootstrap interval, a p-value where a test applies, the n behind it, and the
-verdict by one rule (``verdict``):
+Three findings compare each arm at its best configuration (peak: the stems; optimizer: stem x
+optimizer; training length: stem x length). "Best of n runs" is never the statistic: each arm's
+configuration is chosen on the validation split (``select_arms``), trained again with the same
+k seeds in every arm, and judged on the held-out test split by the mean of the k per-seed
+contrasts ``d`` (``seed_contrast``), with the exact sign-flip test of that mean and its t interval
+(``inference``). The lr/wd finding is one paired statistic over the shared (lr, wd) points with a
+matching permutation test (``finding_lr_wd``).
 
-- reproduced: the effect has the paper's sign and its interval excludes 0;
-- not reproduced: the interval excludes 0 on the other side;
-- inconclusive: the interval contains 0, a group has fewer than ``MIN_RUNS`` (3) runs, or more
-  than half of the finished runs collapsed (never left chance: nothing was learned to compare).
+``judge`` turns a report's findings into verdicts, as a family:
 
-Bootstrap intervals resample runs within each group (stem x optimizer x epochs ...) and
-recompute the whole statistic, best-of-group included (the minimum is a rough statistic to
-bootstrap: with few runs the interval is wide, which the verdict then says).
+- p-values are one-sided in the paper's direction (and, separately, in the other), Holm-adjusted
+  over the findings at family level ``ALPHA``;
+- **reproduced**: the adjusted test passed in the paper's direction and the regime was checked
+  and matches (each long arm converged: within ``CONVERGED_POINTS`` of a 2x longer run; fewer
+  than half the runs stuck at chance; the effect within ``MAGNITUDE`` x the paper's);
+- **same direction (regime differs: ...)**: the test passed but the regime is another or unchecked;
+- **not reproduced**: the adjusted test passed in the other direction;
+- **inconclusive**: neither, with the minimum detectable effect beside the paper's effect, so the
+  reader knows whether the study could have seen it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from ..store import DONE
-from .compare import compare
 from .edf import errors
+from .inference import holm, mde_sign_flip, paired_best_of, sd_upper, seeds_needed, sign_flip_p, t_interval
 
+ALPHA = 0.10  # family-wise error rate of "reproduced" over one report's findings (Holm)
+N_FINDINGS = 4
+SEEDS = seeds_needed(ALPHA / N_FINDINGS)  # 6: 2^-6 = 0.016 <= 0.025, the level Holm asks of the smallest p
 CI = 0.9
-N_BOOT = 2000
-MIN_RUNS = 3  # per group: a best-of-2 has only a handful of bootstrap values
-
-
-@dataclass(frozen=True)
-class Finding:
-    key: str
-    title: str
-    claim: str
-    paper: str  # the paper's numbers
-    statistic: str  # what ``effect`` is, signed so that > 0 is the paper's direction
-    unit: str  # of effect, lo and hi: "points" (of top-1 error) or "fraction" (of runs)
-    effect: float
-    lo: float
-    hi: float
-    p: float | None
-    p_test: str  # what ``p`` tests ("" when there is no test)
-    n: str
-    details: str
-    verdict: str
-
-    def as_row(self) -> dict:
-        return asdict(self)
-
-
-def verdict(effect: float, lo: float, hi: float, enough: bool = True) -> str:
-    """The rule stated in the module docstring (and in every report)."""
-    if not enough or not np.isfinite([effect, lo, hi]).all():
-        return "inconclusive"
-    if lo > 0:
-        return "reproduced"
-    if hi < 0:
-        return "not reproduced"
-    return "inconclusive"
-
-
-def _groups(df: pd.DataFrame, keys: list[str]) -> dict[tuple, np.ndarray]:
-    return {k if isinstance(k, tuple) else (k,): g["err"].to_numpy(float)
-            for k, g in df.groupby(keys, observed=True, sort=True)}
-
-
-def _bootstrap(groups: dict[tuple, np.ndarray], stat: Callable[[dict[tuple, np.ndarray]], float],
-               seed: int = 0, n_boot: int = N_BOOT) -> tuple[float, float, float]:
-    """(statistic, lo, hi): every group resampled with replacement, the statistic recomputed."""
-    rng = np.random.default_rng(seed)
-    point = stat(groups)
-    boots = np.array([stat({k: v[rng.integers(0, len(v), len(v))] for k, v in groups.items()})
-                      for _ in range(n_boot)])
-    boots = boots[np.isfinite(boots)]
-    if not len(boots):
-        return point, np.nan, np.nan
-    lo, hi = np.quantile(boots, [(1 - CI) / 2, (1 + CI) / 2])
-    return float(point), float(lo), float(hi)
+POWER = 0.8
+CONVERGED_POINTS = 1.0  # a long arm is converged when a 2x longer run is at most this much better
+MAGNITUDE = 3.0  # an effect over 3x the paper's is another regime, whatever its sign
+HEADLINE_X = 2.0  # lr/wd: "within x points of the best" (docs/methodology.md, "Verdicts")
+X_GRID = tuple(float(x) for x in np.arange(0.0, 10.01, 0.5))
+# The error every finding reads: the weight-EMA model's (the paper reports pycls' EMA error) on
+# the held-out test split, each arm's configuration having been chosen on the validation split.
+VALUE = "test_ema_top1_err"
+SELECT_BY = "ema_top1_err"  # validation split
 
 
 @dataclass(frozen=True)
@@ -88,134 +53,321 @@ class Claim:
     key: str
     title: str
     claim: str
-    paper: str
-    statistic: str
+    paper: str  # the paper's numbers, in words
+    statistic: str  # what ``effect`` is, signed so that > 0 is the paper's direction
     unit: str = "points"
+    paper_effect: float | None = None  # the same statistic in the paper, where it can be read off
 
     def missing(self, why: str) -> Finding:
         """The finding of a study that lacks the runs it needs: inconclusive, saying why."""
-        return Finding(*asdict(self).values(), np.nan, np.nan, np.nan, None, "", "0", why, "inconclusive")
-
-    def measured(self, groups: dict[tuple, np.ndarray], stat: Callable[[dict[tuple, np.ndarray]], float],
-                 details: str, names: Callable[[tuple], str], p: float | None = None) -> Finding:
-        """Bootstrap ``stat`` over ``groups`` and apply the verdict rule (n >= 2 per group)."""
-        eff, lo, hi = (v + 0.0 for v in _bootstrap(groups, stat))  # + 0.0: no "-0.00" bounds
-        n = ", ".join(f"{names(k)} {len(v)}" for k, v in groups.items())
-        return Finding(*asdict(self).values(), eff, lo, hi, p, "", n, details,
-                       verdict(eff, lo, hi, min(len(v) for v in groups.values()) >= MIN_RUNS))
+        return Finding(**asdict(self), effect=np.nan, lo=np.nan, hi=np.nan, p=np.nan, p_other=np.nan,
+                       p_test="", n=0, n_text="0", sd=np.nan, mde=np.inf, regime="", details=why)
 
 
-def finding_lr_wd(runs: pd.DataFrame, x: float = 4.0) -> Finding:
-    """Fig. 5: ViT_C has more runs within ``x`` points of its best than ViT_P over lr x wd."""
-    c = Claim("lr_wd", "Stability over lr and wd (Fig. 5)",
-              f"more ViT_C than ViT_P runs lie within {x:g} points of their own best (Δtop-1 EDF)",
-              "ViT_C-18GF (SGD): ~60% of runs within 4 points of the best; ViT_P-18GF: < 20%",
-              f"fraction of runs within {x:g} points of their stem's best, conv − patchify", "fraction")
-    cmp = compare(runs, relative=True, within=[x], n_boot=N_BOOT)
-    cmp = cmp[(cmp.a == "conv") & (cmp.b == "patchify")] if len(cmp) else cmp
-    if cmp.empty:
-        return c.missing("needs finished runs of both stems")
-    r = cmp.iloc[0]  # one stratum: the study varies lr and wd only
-    eff = -float(r[f"within_{x:g}_diff"])
-    lo, hi = -float(r[f"within_{x:g}_diff_hi"]), -float(r[f"within_{x:g}_diff_lo"])
-    details = (f"within {x:g}: conv {r[f'within_{x:g}_a']:.0%}, patchify {r[f'within_{x:g}_b']:.0%}; "
-               f"best conv {r.best_a:.2f}, patchify {r.best_b:.2f}; KS (Δ) {r.ks:.2f} "
-               f"(lower Δ: {r.ks_better}, permutation p {r.ks_p:.3f}); paired over {int(r.n_pairs)} "
-               f"(lr, wd) points: Wilcoxon p {r.wilcoxon_p:.3g}, patchify lower in {int(r.n_b_lower)}, "
-               f"conv lower in {int(r.n_a_lower)}")
-    return Finding(*asdict(c).values(), eff + 0.0, lo + 0.0, hi + 0.0, float(r.ks_p), "KS permutation test on Δ",
-                   f"{int(r.n_a)} conv, {int(r.n_b)} patchify", details, verdict(eff, lo, hi, min(r.n_a, r.n_b) >= MIN_RUNS))
+@dataclass(frozen=True)
+class Finding:
+    key: str
+    title: str
+    claim: str
+    paper: str
+    statistic: str
+    unit: str
+    paper_effect: float | None
+    effect: float
+    lo: float  # CI interval (t over seeds; simultaneous band for lr/wd)
+    hi: float
+    p: float  # one-sided, the paper's direction, raw
+    p_other: float  # one-sided, the other direction, raw
+    p_test: str
+    n: int  # seeds (paired contrasts) or shared points
+    n_text: str
+    sd: float  # of the per-seed contrast (or the statistic's bootstrap SD for lr/wd)
+    # minimum detectable effect at POWER with the family's first Holm level, from an 80 % upper
+    # confidence bound of the contrast's SD (``inference.sd_upper``)
+    mde: float
+    regime: str  # "" when checked and matching; otherwise why not
+    details: str
+    p_adj: float = np.nan
+    p_other_adj: float = np.nan
+    verdict: str = "inconclusive"
+    reason: str = ""
+
+    def as_row(self) -> dict:
+        return asdict(self)
 
 
-def finding_optimizer(runs: pd.DataFrame) -> Finding:
-    """Table 3: SGD costs ViT_P more than ViT_C (best over each optimizer's lr sweep)."""
-    c = Claim("optimizer", "Optimizer: AdamW vs SGD (Table 3)",
-              "the SGD − AdamW gap in best error is larger for ViT_P than for ViT_C",
-              "4GF, 50 epochs: SGD − AdamW = 5.3 points for ViT_P, 0.7 for ViT_C (ViT_P up to ~10)",
-              "gap_P − gap_C, gap = best SGD − best AdamW (points)")
-    every = errors(runs, by=("stem",))
-    # The paper's Table 3 numbers are for 50 epochs, its shortest schedule: judge the shortest.
-    shortest = every["epochs"].min() if "epochs" in every and len(every) else None
-    df = every[every["epochs"] == shortest] if shortest is not None else every
-    need = [("patchify", "adamw"), ("patchify", "sgd"), ("conv", "adamw"), ("conv", "sgd")]
-    groups = {k: v for k, v in _groups(df, ["stem", "optimizer"]).items() if k in need}
-    if len(groups) < len(need):
-        return c.missing("needs both stems with both optimizers")
-
-    def gaps(g):
-        return {s: g[(s, "sgd")].min() - g[(s, "adamw")].min() for s in ("patchify", "conv")}
-
-    gp, gc = gaps(groups).values()
-    details = (f"at {shortest} epoch(s): gap ViT_P {gp:+.2f}, ViT_C {gc:+.2f}; best AdamW P "
-               f"{groups[('patchify', 'adamw')].min():.2f} / C {groups[('conv', 'adamw')].min():.2f}, "
-               f"best SGD P {groups[('patchify', 'sgd')].min():.2f} / C {groups[('conv', 'sgd')].min():.2f}")
-    for ep in sorted(set(every["epochs"]) - {shortest}):
-        other = _groups(every[every["epochs"] == ep], ["stem", "optimizer"])
-        if all(k in other for k in need):
-            gp2, gc2 = gaps(other).values()
-            details += f"; at {ep} epochs: gap ViT_P {gp2:+.2f}, ViT_C {gc2:+.2f}"
-    return c.measured(groups, lambda g: gaps(g)["patchify"] - gaps(g)["conv"], details,
-                      lambda k: f"{k[0][0].upper()}-{k[1]}")
+def judge(findings: Sequence[Finding], alpha: float = ALPHA) -> list[Finding]:
+    """Holm-adjust the findings' p-values as one family and give each its verdict and reason."""
+    adj, adj_other = holm([f.p for f in findings]), holm([f.p_other for f in findings])
+    out = []
+    for f, pa, po in zip(findings, adj, adj_other, strict=True):
+        f = replace(f, p_adj=float(pa), p_other_adj=float(po))
+        out.append(replace(f, **dict(zip(("verdict", "reason"), _verdict(f, alpha), strict=True))))
+    return out
 
 
-def finding_epochs(runs: pd.DataFrame) -> Finding:
-    """Fig. 3: ViT_C converges faster: its lead over ViT_P is largest at the shortest schedule."""
-    c = Claim("epochs", "Training length (Fig. 3)",
-              "ViT_C converges faster: the ViT_P − ViT_C gap in best error is larger at the shortest "
-              "schedule than at the longest",
-              "ViT_C's gain is largest at short schedules and shrinks as training lengthens (50 → 400 epochs)",
-              "(P − C) at the shortest − (P − C) at the longest schedule (points)")
-    df = errors(runs, by=("stem",))
-    if "epochs" not in df or df["epochs"].nunique() < 2:
-        return c.missing("needs at least two training lengths")
-    short, long = df["epochs"].min(), df["epochs"].max()
-    need = [("patchify", short), ("conv", short), ("patchify", long), ("conv", long)]
-    groups = {k: v for k, v in _groups(df, ["stem", "epochs"]).items() if k in need}
-    if len(groups) < len(need):
-        return c.missing("needs both stems at both lengths")
-
-    def gap(g, ep):
-        return g[("patchify", ep)].min() - g[("conv", ep)].min()
-
-    curve = df.groupby(["epochs", "stem"], observed=True)["err"].min().unstack("stem")
-    details = "best error per length (P / C): " + "; ".join(
-        f"{ep}: {row.get('patchify', np.nan):.2f} / {row.get('conv', np.nan):.2f}" for ep, row in curve.iterrows())
-    return c.measured(groups, lambda g: gap(g, short) - gap(g, long), details, lambda k: f"{k[0][0].upper()}@{k[1]}")
+def _verdict(f: Finding, alpha: float) -> tuple[str, str]:
+    paper = f"the paper: {f.paper_effect:+.2f} {f.unit}" if f.paper_effect is not None else "the paper gives no number"
+    if not np.isfinite(f.p):
+        return "inconclusive", f.details
+    if f.p_adj <= alpha and f.effect > 0:
+        if not f.regime:
+            return "reproduced", f"paper's sign, Holm-adjusted p {f.p_adj:.3g} <= {alpha:g}, regime checked; {paper}"
+        return f"same direction (regime differs: {f.regime})", f"Holm-adjusted p {f.p_adj:.3g} <= {alpha:g}; {paper}"
+    if f.p_other_adj <= alpha and f.effect < 0:
+        return "not reproduced", f"the opposite sign, Holm-adjusted p {f.p_other_adj:.3g} <= {alpha:g}; {paper}"
+    could = ("" if f.paper_effect is None or not np.isfinite(f.mde) or f.mde <= abs(f.paper_effect)
+             else "; too small a study to see the paper's effect")
+    if not np.isfinite(f.mde):
+        could = f"; with n = {f.n} no result could pass the test"
+    return "inconclusive", (f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; detectable at {POWER:.0%} power: "
+                            f"{f.mde:.2f} {f.unit}; {paper}{could}")
 
 
-def finding_peak(runs: pd.DataFrame) -> Finding:
-    """Sec. 5.4 / Table 4: at its best (lr, wd), ViT_C beats ViT_P by 1–2 points."""
-    c = Claim("peak", "Peak performance (Sec. 5.4)",
-              "with each model's best (lr, wd), ViT_C's error is lower than ViT_P's",
-              "400 epochs: 4GF 18.6% (ViT_C) vs 19.6% (ViT_P); 1GF 24.7% vs 27.7%; RegNetY-4GF 18.7%",
-              "best ViT_P − best ViT_C (points)")
-    every = _groups(errors(runs, by=("stem",)), ["stem"])
-    if ("patchify",) not in every or ("conv",) not in every:
-        return c.missing("needs finished runs of both ViTs")
-    order = sorted(every, key=lambda k: {"patchify": 0, "conv": 1}.get(k[0], 2))
-    details = "best error: " + ", ".join(f"{k[0]} {every[k].min():.2f} (median {np.median(every[k]):.2f}, "
-                                         f"n {len(every[k])})" for k in order)
-    groups = {k: every[k] for k in (("patchify",), ("conv",))}
-    return c.measured(groups, lambda g: g[("patchify",)].min() - g[("conv",)].min(), details, lambda k: k[0])
+# ---- arms: selection on the validation split, replicates on the test split ----------------------
+
+ARM_FIELDS = ("stem", "optimizer", "epochs")
 
 
-FINDINGS: dict[str, Callable[[pd.DataFrame], Finding]] = {
-    "lr_wd": finding_lr_wd, "optimizer": finding_optimizer, "epochs": finding_epochs, "peak": finding_peak,
-}
+def _finished(runs: pd.DataFrame, value: str) -> pd.DataFrame:
+    if value not in runs:
+        return runs.iloc[:0].assign(err=pd.Series(dtype=float), diverged=pd.Series(dtype=bool))
+    return errors(runs, value=value, by=("stem",))
 
 
-def assess(study: str, runs: pd.DataFrame) -> Finding:
-    """``FINDINGS[study](runs)``, made inconclusive when more than half of the finished runs
-    collapsed (a comparison of runs that learned nothing says nothing about stability)."""
-    from dataclasses import replace
+def select_arms(runs: pd.DataFrame, arms: dict[str, dict], value: str = SELECT_BY) -> dict[str, pd.Series]:
+    """Each arm's chosen run: among the finished runs whose fields match the arm's, the one with
+    the lowest ``value`` (validation error; diverged at 100; ties by lr, then wd, then run id).
 
-    f = FINDINGS[study](runs)
+    Args:
+        runs: the selection studies' runs (runs table rows with ``config_json``).
+        arms: arm name -> the fields its runs share (e.g. ``{"stem": "conv", "optimizer": "sgd"}``).
+        value: the column chosen on.
+
+    Returns:
+        arm name -> its chosen runs row; arms without a finished run are left out.
+    """
+    df = _finished(runs, value)
+    out = {}
+    for name, fields in arms.items():
+        mask = np.ones(len(df), bool)
+        for k, v in fields.items():
+            mask &= (df[k] == v).to_numpy() if k in df else False
+        pool = df[mask]
+        if len(pool):
+            out[name] = pool.sort_values(["err", "lr", "wd", "run_id"], kind="stable").iloc[0]
+    return out
+
+
+def seed_contrast(reps: pd.DataFrame, arms: dict[str, dict], weights: dict[str, float],
+                  value: str = VALUE) -> pd.DataFrame:
+    """Per seed, the contrast ``d = sum(weights[arm] * error of arm)`` over the seeds where every
+    arm has a finished run (diverged at 100).
+
+    Args:
+        reps: the replicate runs.
+        arms: arm name -> its fields (as ``select_arms``).
+        weights: arm name -> +1 / -1.
+        value: the error column.
+
+    Returns:
+        One row per seed: ``seed``, each arm's error (a column per arm) and ``d``.
+    """
+    df = _finished(reps, value)
+    cols = {}
+    for name, fields in arms.items():
+        mask = np.ones(len(df), bool)
+        for k, v in fields.items():
+            mask &= (df[k] == v).to_numpy() if k in df else False
+        cols[name] = df[mask].groupby("seed")["err"].mean()
+    table = pd.DataFrame(cols).dropna()
+    table["d"] = sum(w * table[a] for a, w in weights.items())
+    return table.reset_index().rename(columns={"index": "seed"})
+
+
+def convergence(reps: pd.DataFrame, longer: pd.DataFrame | None, arms: dict[str, dict],
+                value: str = VALUE) -> str:
+    """The regime check of long arms: per arm, its mean error over the seeds it shares with the
+    runs at twice its length, minus theirs. "" when every arm is within ``CONVERGED_POINTS``;
+    otherwise the words for the report (an arm not converged, or the check not run)."""
+    if longer is None or not len(longer):
+        return "convergence not checked (no runs at twice the length)"
+    a, b = _finished(reps, value), _finished(longer, value)
+    notes = []
+    for name, fields in arms.items():
+        ma = np.ones(len(a), bool)
+        mb = np.ones(len(b), bool)
+        for k, v in fields.items():
+            if k == "epochs":
+                continue
+            ma &= (a[k] == v).to_numpy() if k in a else False
+            mb &= (b[k] == v).to_numpy() if k in b else False
+        ma &= (a["epochs"] == fields["epochs"]).to_numpy()
+        mb &= (b["epochs"] == 2 * fields["epochs"]).to_numpy()
+        ea, eb = a[ma].groupby("seed")["err"].mean(), b[mb].groupby("seed")["err"].mean()
+        common = ea.index.intersection(eb.index)
+        if not len(common):
+            notes.append(f"{name}: not checked (no run at {2 * fields['epochs']} epochs)")
+            continue
+        gain = float((ea[common] - eb[common]).mean())
+        if gain > CONVERGED_POINTS:
+            notes.append(f"{name} not converged at {fields['epochs']} epochs ({gain:.1f} points better "
+                         f"at {2 * fields['epochs']}, n = {len(common)})")
+    return "; ".join(notes)
+
+
+def _chance(runs: pd.DataFrame) -> str:
     done = runs[runs["status"].isin(DONE)] if len(runs) else runs
     if not len(done) or "collapsed" not in done:
-        return f
+        return ""
     n = int(done["collapsed"].fillna(False).astype(bool).sum())
-    if n > len(done) / 2:
-        return replace(f, verdict="inconclusive",
-                       details=f"{f.details}; {n} of {len(done)} finished runs collapsed (never left chance): "
-                               "too few learned anything to judge")
-    return f
+    return f"{n} of {len(done)} runs never left chance" if n > len(done) / 2 else ""
+
+
+def _magnitude(effect: float, paper: float | None) -> str:
+    if paper is None or not np.isfinite(effect) or abs(effect) <= MAGNITUDE * abs(paper):
+        return ""
+    return f"the effect is {abs(effect) / abs(paper):.0f}x the paper's"
+
+
+def _seed_finding(c: Claim, table: pd.DataFrame, arms: dict[str, dict], regime: list[str],
+                  details: str) -> Finding:
+    """The sign-flip test, t interval and MDE of a seed contrast table (``seed_contrast``)."""
+    d = table["d"].to_numpy(float)
+    k = len(d)
+    if k < 2:
+        return c.missing(f"needs >= 2 seeds with every arm finished (have {k}); {details}".rstrip("; "))
+    eff, lo, hi = t_interval(d, CI)
+    sd = float(d.std(ddof=1))
+    per_arm = ", ".join(f"{a} {table[a].mean():.2f}" for a in arms)
+    regime = [r for r in (*regime, _magnitude(eff, c.paper_effect)) if r]
+    return Finding(**asdict(c), effect=eff + 0.0, lo=lo + 0.0, hi=hi + 0.0,
+                   p=sign_flip_p(d, "greater"), p_other=sign_flip_p(d, "less"),
+                   p_test=f"exact sign-flip over {k} seeds", n=k, n_text=f"{k} seeds x {len(arms)} arms",
+                   sd=sd, mde=mde_sign_flip(sd_upper(sd, k, POWER), k, ALPHA / N_FINDINGS, POWER),
+                   regime="; ".join(regime),
+                   details=f"mean test error per arm: {per_arm}; per-seed d: "
+                           + ", ".join(f"{v:+.2f}" for v in d) + (f"; {details}" if details else ""))
+
+
+# ---- the four findings ------------------------------------------------------------------------
+
+def arms_peak(epochs: int) -> dict[str, dict]:
+    return {"ViT_P": {"stem": "patchify", "optimizer": "adamw", "epochs": epochs},
+            "ViT_C": {"stem": "conv", "optimizer": "adamw", "epochs": epochs}}
+
+
+def arms_optimizer(epochs: int) -> dict[str, dict]:
+    return {f"{s}-{o}": {"stem": stem, "optimizer": o, "epochs": epochs}
+            for s, stem in (("P", "patchify"), ("C", "conv")) for o in ("adamw", "sgd")}
+
+
+def arms_epochs(short: int, long: int) -> dict[str, dict]:
+    return {f"{s}@{ep}": {"stem": stem, "optimizer": "adamw", "epochs": ep}
+            for s, stem in (("P", "patchify"), ("C", "conv")) for ep in (short, long)}
+
+
+PEAK = Claim("peak", "Peak performance (§6, Fig. 6 and Table 2)",
+             "with each model's best (lr, wd), ViT_C's error is lower than ViT_P's",
+             "400 epochs: 4GF 18.6% (ViT_C) vs 19.6% (ViT_P); 1GF 24.7% vs 27.7%; RegNetY-4GF 18.7%",
+             "ViT_P − ViT_C test error at each arm's selected config, mean over seeds", paper_effect=1.0)
+OPTIMIZER = Claim("optimizer", "Optimizer: AdamW vs SGD (§5.2, Fig. 3 and Table 3)",
+                  "the SGD − AdamW gap in error is larger for ViT_P than for ViT_C",
+                  "4GF, 50 epochs: SGD − AdamW = 5.3 points for ViT_P, 0.7 for ViT_C (ViT_P up to ~10)",
+                  "(SGD − AdamW) of ViT_P − (SGD − AdamW) of ViT_C, mean over seeds", paper_effect=4.6)
+EPOCHS = Claim("epochs", "Training length (§5.1, Fig. 2)",
+               "ViT_C converges faster: the ViT_P − ViT_C gap is larger at the shortest schedule than at the longest",
+               "ViT_C's gain is largest at short schedules and shrinks as training lengthens (50 → 400 epochs)",
+               "(P − C) at the shortest − (P − C) at the longest schedule, mean over seeds")
+LR_WD = Claim("lr_wd", "Stability over lr and wd (§5.3, Figs. 4–5)",
+              f"more ViT_C than ViT_P runs lie within x points of their own best (Δtop-1 EDF); headline x = {HEADLINE_X:g}",
+              "ViT_C-18GF (SGD): ~60% of runs within 4 points of the best; ViT_P-18GF: < 20%",
+              f"fraction of (lr, wd) points within {HEADLINE_X:g} points of the stem's best, conv − patchify",
+              "fraction", paper_effect=0.4)
+
+
+def finding_peak(reps: pd.DataFrame, epochs: int, longer: pd.DataFrame | None = None,
+                 value: str = VALUE) -> Finding:
+    """§6: at each stem's selected AdamW config (``epochs`` long), ViT_C's test error is lower."""
+    arms = arms_peak(epochs)
+    table = seed_contrast(reps, arms, {"ViT_P": 1, "ViT_C": -1}, value)
+    regime = [convergence(reps, longer, arms, value), _chance(reps[reps["epochs"] == epochs])]
+    return _seed_finding(PEAK, table, arms, regime, "")
+
+
+def finding_optimizer(reps: pd.DataFrame, epochs: int, longer: pd.DataFrame | None = None,
+                      value: str = VALUE) -> Finding:
+    """§5.2: SGD costs ViT_P more than ViT_C (each optimizer at its selected lr)."""
+    arms = arms_optimizer(epochs)
+    table = seed_contrast(reps, arms, {"P-sgd": 1, "P-adamw": -1, "C-sgd": -1, "C-adamw": 1}, value)
+    regime = [convergence(reps, longer, arms, value), _chance(reps[reps["epochs"] == epochs])]
+    return _seed_finding(OPTIMIZER, table, arms, regime, "")
+
+
+def finding_epochs(reps: pd.DataFrame, short: int, long: int, longer: pd.DataFrame | None = None,
+                   value: str = VALUE) -> Finding:
+    """§5.1: ViT_C's lead over ViT_P is larger at the short schedule than at the long one."""
+    arms = arms_epochs(short, long)
+    table = seed_contrast(reps, arms, {f"P@{short}": 1, f"C@{short}": -1, f"P@{long}": -1, f"C@{long}": 1}, value)
+    long_arms = {k: v for k, v in arms.items() if v["epochs"] == long}
+    regime = [convergence(reps, longer, long_arms, value), _chance(reps[reps["epochs"].isin([short, long])])]
+    return _seed_finding(EPOCHS, table, arms, regime, f"schedules {short} and {long} epochs")
+
+
+def within_curve(a: np.ndarray, b: np.ndarray, x: Sequence[float] = X_GRID) -> np.ndarray:
+    """Fraction of points within x of their own arm's best, ``a`` (conv) minus ``b`` (patchify),
+    per x; the best re-chosen from the arrays given (resamples re-choose it)."""
+    x = np.asarray(x, float)[:, None]
+    da, db = np.round(a - a.min(), 9), np.round(b - b.min(), 9)
+    return (da[None, :] <= x).mean(1) - (db[None, :] <= x).mean(1)
+
+
+def lr_wd_pairs(runs: pd.DataFrame, value: str = VALUE) -> pd.DataFrame:
+    """The lr/wd study's shared points: one row per (lr, wd, seed) with both stems finished,
+    columns ``conv`` and ``patchify`` (errors; diverged at 100)."""
+    df = _finished(runs, value)
+    if not len(df):
+        return pd.DataFrame(columns=["lr", "wd", "seed", "conv", "patchify"])
+    wide = df.pivot_table(index=["lr", "wd", "seed"], columns="stem", values="err", aggfunc="first")
+    return wide.dropna(subset=[c for c in ("conv", "patchify") if c in wide]).reset_index()
+
+
+def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
+                  n_boot: int = 2000, n_perm: int = 2000) -> Finding:
+    """Figs. 4–5: over the shared (lr, wd) points, more ViT_C runs lie within ``x`` points of
+    their own best than ViT_P runs. Points are resampled as pairs (each stem's best re-chosen)
+    for a simultaneous band over x in ``X_GRID``; the p-value permutes the stem labels within
+    each point and recomputes the same statistic."""
+    pairs = lr_wd_pairs(runs, value)
+    if "conv" not in pairs or "patchify" not in pairs or len(pairs) < 2:
+        return LR_WD.missing("needs >= 2 (lr, wd) points with both stems finished")
+    grid = tuple(sorted({*X_GRID, float(x)}))
+    at = grid.index(float(x))
+    a, b = pairs["conv"].to_numpy(float), pairs["patchify"].to_numpy(float)
+    res = paired_best_of(a, b, lambda u, v: within_curve(u, v, grid), np.array(grid), CI, n_boot, n_perm)
+    neg = paired_best_of(b, a, lambda u, v: within_curve(u, v, grid), np.array(grid), CI, 0, n_perm)
+    rng = np.random.default_rng(1)
+    sd = float(np.std([within_curve(a[i], b[i], [x])[0]
+                       for i in (rng.integers(0, len(a), len(a)) for _ in range(500))], ddof=1))
+    from scipy import stats
+
+    z = stats.norm.ppf(1 - ALPHA / N_FINDINGS) + stats.norm.ppf(POWER)
+    curve = ", ".join(f"{g:g}: {e:+.2f}" for g, e in zip(grid, res.effect, strict=True) if g in (0, 1, 2, 4, 6, 10))
+    details = (f"{len(pairs)} shared points; best conv {a.min():.2f}, patchify {b.min():.2f}; "
+               f"within {x:g}: conv {np.mean(np.round(a - a.min(), 9) <= x):.0%}, patchify "
+               f"{np.mean(np.round(b - b.min(), 9) <= x):.0%}; curve (x: conv − patchify) {curve}; "
+               f"simultaneous {CI:.0%} band over x = 0…10")
+    eff = float(res.effect[at])
+    regime = [r for r in (_chance(runs), _magnitude(eff, LR_WD.paper_effect),
+                          _lr_wd_regime(runs)) if r]
+    return Finding(**asdict(LR_WD), effect=eff + 0.0, lo=float(res.lo[at]) + 0.0, hi=float(res.hi[at]) + 0.0,
+                   p=float(res.p[at]), p_other=float(neg.p[at]),
+                   p_test="permutation of stem labels within points, best re-chosen", n=len(pairs),
+                   n_text=f"{len(pairs)} (lr, wd) points x 2 stems", sd=sd, mde=float(z * sd),
+                   regime="; ".join(regime), details=details)
+
+
+def _lr_wd_regime(runs: pd.DataFrame) -> str:
+    """The paper's headline number is for SGD at 18GF: another optimizer is another regime."""
+    opts = sorted(set(runs["optimizer"].dropna())) if "optimizer" in runs else []
+    return "" if opts == ["sgd"] else f"optimizer {', '.join(opts) or '?'} (the paper's headline is SGD)"
