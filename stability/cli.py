@@ -310,12 +310,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     inv = Invocation.from_options(quick=args.quick, paper=args.paper, grids=args.grids, only=args.only,
                                   sets=args.set or [], results=args.results, profile=args.profile, out=args.out)
-    results = run_studies(inv.specs, show_progress=not args.quiet, console=Console(stderr=True))
-    md, page = write_report(results, inv.scale, inv.root, inv.out, inv.left_out)
+    res = run_studies(inv, show_progress=not args.quiet, console=Console(stderr=True))
+    md, page = write_report(res, inv.scale, inv.root, inv.out, inv.left_out)
     failed = 0
-    for r in results:
-        f = r.finding
-        print(f"{f.title}: {f.verdict} ({f.statistic} = {f.effect:+.2f} [{f.lo:+.2f}, {f.hi:+.2f}] {f.unit}, n {f.n})")
+    for f in res.findings:
+        print(f"{f.title}: {f.verdict} ({f.statistic} = {f.effect:+.2f} [{f.lo:+.2f}, {f.hi:+.2f}] {f.unit}, "
+              f"p {f.p:.3g} -> Holm {f.p_adj:.3g}, n {f.n_text}, MDE {f.mde:.2f}) {f.reason}")
+    for r in res.studies:
         if n := r.counts.get(RunStatus.FAILED):
             failed += n
             print(f"  {n} run(s) of sweep {r.sweep} failed; first error: {r.first_error()}")

@@ -1,44 +1,69 @@
-"""``stability reproduce``: run the paper's four studies as grids and write one verdict report.
+"""``stability reproduce``: the paper's four findings, selected on one split, replicated with
+shared seeds, judged on another, and written as one verdict report.
 
-The studies are the grid specs ``lr_wd``, ``optimizer``, ``epochs`` and ``peak`` of one folder:
-``grids/cpu`` (this machine's scale, the default), ``grids/cpu/quick`` (a few minutes, for CI
-and a first look) or ``grids`` (the paper's sizes, for a Slurm cluster with ``--profile``).
-Each study runs exactly as ``stability grid run`` would (idempotent: a rerun only runs what is
-missing), then ``analysis.findings`` turns its runs into a verdict. The report is markdown and
-HTML, written atomically.
+A study folder (``grids/cpu`` by default, ``grids/cpu/quick``, or ``grids`` for a cluster) holds
+four grid specs:
+
+- ``lr_wd.yaml``: AdamW over shared (lr, wd) points per stem. Its own finding (Figs. 4–5), and the
+  pool each stem's AdamW configuration is chosen from (peak, optimizer, training length);
+- ``optimizer.yaml``: an SGD lr sweep per stem at the same length: the pool of the SGD arms;
+- ``epochs.yaml``: an AdamW lr sweep per stem at a short schedule: the pool of the short arms;
+- ``peak.yaml``: the replication study: its ``seeds``, ``executor`` and ``name`` are used, its
+  space is replaced by the selected arms (run alone it replicates its own configurations).
+
+Phase 1 runs the selection studies as ``stability grid run`` would. Phase 2 chooses each arm's
+configuration on the validation split (``findings.select_arms``) and trains it again with the
+replication seeds (fresh seeds: the selected run itself is not reused), plus each long arm at
+twice its length on ``REGIME_SEEDS`` seeds (the convergence check). The replication sweeps are
+written as grid specs under ``<results>/reproduce/specs/`` (named by a hash of the arms, so a
+changed selection is a new sweep) and run like any other. ``analysis.findings`` judges the four
+findings as one Holm family on the held-out test split. Everything is idempotent: a rerun trains
+only what is missing. The report is markdown and HTML, written atomically.
 """
 
 from __future__ import annotations
 
 import html
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import store
-from .analysis.findings import CI, FINDINGS, MIN_RUNS, Finding, assess
+from .analysis import findings as F
 from .errors import ConfigError
 from .store import RunStatus
 
-STUDIES = tuple(FINDINGS)
+STUDIES = ("lr_wd", "optimizer", "epochs", "peak")  # the findings, in report order
+SELECTION = ("lr_wd", "optimizer", "epochs")  # the studies whose runs are chosen from
+NEEDS = {"lr_wd": ("lr_wd",), "peak": ("lr_wd",), "optimizer": ("lr_wd", "optimizer"),
+         "epochs": ("lr_wd", "epochs")}
+REGIME_SEEDS = 2  # long arms trained at 2x their length on the first 2 replication seeds
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
 SCALES = {"cpu": GRIDS / "cpu", "quick": GRIDS / "cpu" / "quick", "paper": GRIDS}
-RULE = (f"reproduced: the effect has the paper's sign and its {CI:.0%} bootstrap interval excludes 0; "
-        "not reproduced: the interval excludes 0 on the other side; inconclusive: the interval "
-        f"contains 0, a group has fewer than {MIN_RUNS} runs, or more than half of the finished runs "
-        "collapsed (never left chance).")
-CAVEATS = {"quick": "Quick scale: runs of a few steps that mostly stay at chance. These verdicts show "
-                    "that the machinery works, not what the paper found."}
+RULE = (f"each arm's configuration is chosen on the validation split and trained again with {F.SEEDS} "
+        "shared seeds; a finding's statistic is the mean per-seed contrast on the held-out test split "
+        "(lr/wd: the paired within-x statistic over the shared points), tested one-sided in the paper's "
+        f"direction (exact sign-flip; lr/wd: label permutation) and Holm-adjusted over the findings at "
+        f"{F.ALPHA:g}. reproduced: the paper's sign, the adjusted test passed and the regime checked (long "
+        f"arms within {F.CONVERGED_POINTS:g} point of a 2x longer run, most runs off chance, the effect "
+        f"within {F.MAGNITUDE:g}x the paper's); same direction (regime differs): the test passed, the regime "
+        "did not match or was not checked; not reproduced: the adjusted test passed in the other "
+        "direction; inconclusive: neither, with the minimum detectable effect at "
+        f"{F.POWER:.0%} power beside the paper's effect.")
+CAVEATS = {"quick": "Quick scale: a few minutes of small runs on 2 cores. They leave chance, so the "
+                    "numbers are real but noisy; they show the machinery, not the paper's effects."}
 
 
 @dataclass
 class StudyResult:
+    """One sweep this invocation ran (a selection study, the replicates or the 2x runs)."""
+
     name: str
     sweep: str
-    finding: Finding
     runs: pd.DataFrame
     wall_s: float  # this invocation (a rerun that trains nothing takes seconds)
 
@@ -58,6 +83,20 @@ class StudyResult:
     def first_error(self) -> str | None:
         failed = self.runs[self.runs["status"] == RunStatus.FAILED] if len(self.runs) else self.runs
         return str(failed["error"].iloc[0]) if len(failed) else None
+
+
+@dataclass
+class Outcome:
+    """What ``run_studies`` found: the sweeps it ran, the arms it chose, the judged findings."""
+
+    studies: list[StudyResult]
+    arms: dict[str, pd.Series] = field(default_factory=dict)  # arm name -> its selected run
+    findings: list[F.Finding] = field(default_factory=list)
+    mcnemar: list[str] = field(default_factory=list)  # lines for the report
+
+    @property
+    def wall_s(self) -> float:
+        return sum(s.wall_s for s in self.studies)
 
 
 def study_specs(folder: Path) -> dict[str, Path]:
@@ -86,16 +125,18 @@ def sweep_suffix(base: dict) -> str:
 
 def prepare(folder: Path, results: str | None = None, executor: dict | None = None,
             only: list[str] | None = None, base: dict | None = None) -> dict:
-    """Every study's spec with the overrides applied, each checked by planning it (no runs, no
-    files): a bad spec or override fails before any study trains."""
+    """Every needed study's spec with the overrides applied, each checked by planning it (no
+    runs, no files): a bad spec or override fails before any study trains. ``peak`` (the
+    replication spec) is always prepared: its seeds and executor run the replicates."""
     from .grid.controller import initial_plan
     from .grid.spec import load_spec, with_executor
     from .grid.studies import open_storage
     from .yamlio import load_yaml
 
+    needed = {s for f in (only or STUDIES) for s in NEEDS[f]} | {"peak"}
     specs = {}
     for name, path in study_specs(folder).items():
-        if only and name not in only:
+        if name not in needed:
             continue
         overrides: dict = {"results": results} if results else {}
         raw = load_yaml(path)
@@ -107,18 +148,23 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
             spec = with_executor(spec, **executor)
         initial_plan(spec, open_storage(spec, in_memory=True))  # the check grid run makes, no files
         specs[name] = spec
+    if len(specs["peak"].seeds) < F.SEEDS and (only is None or set(only) - {"lr_wd"}):
+        raise ConfigError(f"seeds: the replication spec {specs['peak'].path} has {len(specs['peak'].seeds)} "
+                          f"seeds; an exact sign-flip test needs {F.SEEDS} to pass Holm's first level "
+                          f"({F.ALPHA:g} / {F.N_FINDINGS})")
     return specs
 
 
 @dataclass
 class Invocation:
     """One ``stability reproduce``: its scale, prepared specs (checked, nothing written yet),
-    results root, report path, and the studies ``--only`` leaves out."""
+    results root, report path, the findings to judge and those ``--only`` leaves out."""
 
     scale: str
     specs: dict
     root: str
     out: Path
+    chosen: list[str]
     left_out: list[str]
 
     @classmethod
@@ -151,30 +197,159 @@ class Invocation:
         root = results or "results"
         name = scale.replace(" ", "-") + sweep_suffix(base) + (f"-only-{'-'.join(chosen)}" if chosen else "")
         return cls(scale, specs, root, Path(out) if out else Path(root) / "reproduce" / name,
+                   [s for s in STUDIES if not chosen or s in chosen],
                    [s for s in STUDIES if chosen and s not in chosen])
 
 
-def run_studies(specs: dict, show_progress: bool = True, console=None) -> list[StudyResult]:
-    """Run each prepared study (``prepare``) as ``grid run`` would, then compute its finding."""
+def _run(spec, name: str, show_progress: bool, console) -> StudyResult:
     from .grid.controller import Controller, RunOptions
 
-    out = []
-    for name, spec in specs.items():
-        t0 = time.monotonic()
-        Controller(spec, RunOptions(show_progress=show_progress), console).run()
-        runs = store.read_table(spec.results, "runs", sweep=spec.name)
-        out.append(StudyResult(name, spec.name, assess(name, runs), runs, time.monotonic() - t0))
+    t0 = time.monotonic()
+    Controller(spec, RunOptions(show_progress=show_progress), console).run()
+    runs = store.read_table(spec.results, "runs", sweep=spec.name)
+    return StudyResult(name, spec.name, runs, time.monotonic() - t0)
+
+
+def _column(runs: pd.DataFrame, preferred: str, fallback: str) -> str:
+    """``preferred`` where the runs have it (EMA on, a test split), else ``fallback``."""
+    return preferred if preferred in runs and runs[preferred].notna().any() else fallback
+
+
+def arm_fields(chosen: list[str], lr_wd: pd.DataFrame, optimizer: pd.DataFrame | None,
+               epochs: pd.DataFrame | None) -> tuple[dict[str, dict], dict[str, pd.DataFrame], int, int | None]:
+    """The arms the chosen findings need, the pool each is chosen from, the long length
+    (the lr/wd study's) and the short one (the epochs study's shortest)."""
+    long = int(lr_wd["epochs"].max()) if len(lr_wd) else 0
+    arms, pools = {}, {}
+    if set(chosen) & {"peak", "optimizer", "epochs"}:
+        for k, v in F.arms_peak(long).items():
+            arms[f"adamw-{k}"], pools[f"adamw-{k}"] = v, lr_wd
+    if "optimizer" in chosen and optimizer is not None:
+        for k, v in F.arms_optimizer(long).items():
+            if v["optimizer"] == "sgd":
+                arms[f"sgd-{k}"], pools[f"sgd-{k}"] = v, optimizer
+    short = int(epochs["epochs"].min()) if "epochs" in chosen and epochs is not None and len(epochs) else None
+    if short is not None:
+        for k, v in F.arms_epochs(short, long).items():
+            if v["epochs"] == short:
+                arms[f"short-{k}"], pools[f"short-{k}"] = v, epochs
+    return arms, pools, long, short
+
+
+def _identity(row: pd.Series) -> dict:
+    """The selected run's config without seed, sweep and execution fields: what a replicate repeats."""
+    from .config import RunConfig, config_from_json
+
+    cfg = config_from_json(row["config_json"]).to_dict()
+    return {k: v for k, v in cfg.items() if k not in RunConfig.EXECUTION_FIELDS and k not in ("seed", "sweep")}
+
+
+def replication_spec(template, configs: list[dict], name: str, seeds: tuple[int, ...], root: str) -> Path:
+    """A grid spec file under ``<root>/reproduce/specs/`` that runs ``configs`` with ``seeds``:
+    the fields they share in ``base``, the rest as one bundle axis; the template's executor."""
+    import dataclasses
+
+    import yaml
+
+    common = {k: v for k, v in configs[0].items() if all(c.get(k) == v for c in configs)}
+    common = {k: list(v) if isinstance(v, tuple) else v for k, v in common.items()}
+    arms = [{k: v for k, v in c.items() if k not in common} for c in configs]
+    space = {"arm": arms} if arms and arms[0] else {}
+    spec = {"name": name, "base": common, "space": space, "sampler": {"name": "grid", "n": 1, "seed": 0},
+            "seeds": list(seeds), "executor": dataclasses.asdict(template.executor), "results": root}
+    path = Path(root) / "reproduce" / "specs" / f"{name}.yaml"
+    text = ("# Written by `stability reproduce`: each arm's configuration as chosen on the validation split,\n"
+            "# replicated with the seeds below (rerun it with `stability grid run` on this file).\n"
+            + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=110))
+    store.write_text_atomic(path, text)
+    return path
+
+
+def run_studies(inv: Invocation, show_progress: bool = True, console=None) -> Outcome:
+    """Phase 1 (the selection studies), phase 2 (replicates and 2x runs), then the judged findings."""
+    from .config import config_hash
+    from .grid.spec import load_spec
+
+    specs = inv.specs
+    out = Outcome([])
+    done = {}
+    for name in SELECTION:
+        if name in specs:
+            done[name] = _run(specs[name], name, show_progress, console)
+            out.studies.append(done[name])
+    lr_wd = done["lr_wd"].runs
+    arms, pools, long, short = arm_fields(inv.chosen, lr_wd, done.get("optimizer", StudyResult("", "", None, 0)).runs,
+                                          done.get("epochs", StudyResult("", "", None, 0)).runs)
+    for arm, fields in arms.items():
+        pool = pools[arm]
+        picked = F.select_arms(pool, {arm: fields}, _column(pool, F.SELECT_BY, "top1_err"))
+        out.arms.update(picked)
+    reps = longer = None
+    if out.arms:
+        template = specs["peak"]
+        configs = {arm: _identity(row) for arm, row in out.arms.items()}
+        ordered = [configs[a] for a in sorted(configs)]
+        tag = config_hash({"arms": ordered}, 8)
+        rep_spec = load_spec(replication_spec(template, ordered, f"{template.name}-{tag}", template.seeds, inv.root))
+        r = _run(rep_spec, "replicates", show_progress, console)
+        out.studies.append(r)
+        reps = r.runs
+        long_cfgs = [{**c, "epochs": 2 * c["epochs"]} for c in ordered if c["epochs"] == long]
+        if long_cfgs:
+            seeds = template.seeds[:REGIME_SEEDS]
+            x2 = load_spec(replication_spec(template, long_cfgs, f"{template.name}-2x-{tag}", seeds, inv.root))
+            r2 = _run(x2, "2x length", show_progress, console)
+            out.studies.append(r2)
+            longer = r2.runs
+    out.findings = F.judge([_finding(key, lr_wd, reps, longer, long, short) for key in inv.chosen])
+    if reps is not None:
+        out.mcnemar = mcnemar_lines(reps, long)
     return out
 
 
+def _finding(key: str, lr_wd: pd.DataFrame, reps, longer, long: int, short: int | None) -> F.Finding:
+    if key == "lr_wd":
+        return F.finding_lr_wd(lr_wd, value=_column(lr_wd, F.VALUE, "top1_err"))
+    if reps is None or not len(reps):
+        return {"peak": F.PEAK, "optimizer": F.OPTIMIZER, "epochs": F.EPOCHS}[key].missing(
+            "no replicate runs (no arm could be chosen: the selection studies have no finished runs)")
+    value = _column(reps, F.VALUE, "top1_err")
+    if key == "peak":
+        return F.finding_peak(reps, long, longer, value)
+    if key == "optimizer":
+        return F.finding_optimizer(reps, long, longer, value)
+    if short is None:
+        return F.EPOCHS.missing("the epochs study has no finished runs")
+    return F.finding_epochs(reps, short, long, longer, value)
+
+
+def mcnemar_lines(reps: pd.DataFrame, long: int) -> list[str]:
+    """Per seed, ViT_P vs ViT_C (the AdamW arms) on the same test images: the exact McNemar test
+    of evaluation noise beside the seed test."""
+    from .analysis.inference import mcnemar_runs
+
+    col = "test_ema_correct" if "test_ema_correct" in reps and reps["test_ema_correct"].notna().any() else "test_correct"
+    if col not in reps:
+        return []
+    sel = reps[(reps["optimizer"] == "adamw") & (reps["epochs"] == long) & reps[col].notna()]
+    lines = []
+    for seed, g in sel.groupby("seed"):
+        p, c = g[g["stem"] == "patchify"], g[g["stem"] == "conv"]
+        if len(p) and len(c):
+            m = mcnemar_runs(c.iloc[0], p.iloc[0], col)
+            lines.append(f"seed {seed}: ViT_C right where ViT_P is wrong on {m.only_a} images, the reverse on "
+                         f"{m.only_b} (of {m.n}); exact McNemar p = {m.p:.3g}")
+    return lines
+
+
 def _fmt(v: float | None, spec: str = "+.2f") -> str:
-    return "–" if v is None or pd.isna(v) else format(v + 0.0, spec)
+    return "–" if v is None or pd.isna(v) else "inf" if np.isinf(v) else format(v + 0.0, spec)
 
 
-def report_markdown(results: list[StudyResult], scale: str, root: str, left_out: list[str] = ()) -> str:
+def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = ()) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    wall = sum(r.wall_s for r in results)
-    train = sum(r.train_s for r in results)
+    wall = res.wall_s
+    train = sum(r.train_s for r in res.studies)
     lines = [f"# Reproduction of Xiao et al. 2021 (scale: {scale})", "",
              f"Results root `{root}`; made {stamp}. This invocation took {wall / 60:.1f} min; the runs' "
              f"own training time adds up to {train / 60:.1f} min (summed over runs, which run in parallel).", ""]
@@ -183,26 +358,40 @@ def report_markdown(results: list[StudyResult], scale: str, root: str, left_out:
     if left_out:
         lines += [f"Studies not run in this invocation (`--only`): {', '.join(left_out)}.", ""]
     lines += [f"**Verdict rule.** {RULE}", "",
-              "| finding | verdict | effect [90% CI] | unit | p (test) | n | the paper |",
-              "|---|---|---|---|---|---|---|"]
-    for r in results:
-        f = r.finding
-        p = f"{_fmt(f.p, '.3g')} ({f.p_test})" if f.p is not None else "–"
-        lines.append(f"| {f.title} | **{f.verdict}** | {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] | "
-                     f"{f.unit} | {p} | {f.n} | {f.paper} |")
-    for r in results:
-        f = r.finding
-        counts = ", ".join(f"{v} {k}" for k, v in sorted(r.counts.items())) or "no runs"
+              "| finding | verdict | effect [90% CI] | unit | p raw → Holm | n | MDE (80% power) | the paper |",
+              "|---|---|---|---|---|---|---|---|"]
+    for f in res.findings:
+        lines.append(f"| {f.title} | **{f.verdict}** | {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] | {f.unit} | "
+                     f"{_fmt(f.p, '.3g')} → {_fmt(f.p_adj, '.3g')} | {f.n_text} | {_fmt(f.mde, '.2f')} | "
+                     f"{_fmt(f.paper_effect) if f.paper_effect is not None else '–'} |")
+    if res.arms:
+        lines += ["", "## Arms: chosen on the validation split", "",
+                  "| arm | model | optimizer | epochs | lr | wd | validation error (selection) | sweep |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for arm, row in sorted(res.arms.items()):
+            lines.append(f"| {arm} | {row['model']} {row['stem']} | {row['optimizer']} | {int(row['epochs'])} | "
+                         f"{row['lr']:.3g} | {row['wd']:.3g} | {row['err']:.2f} | `{row.get('sweep', '')}` |")
+    for f in res.findings:
         lines += ["", f"## {f.title}: {f.verdict}", "",
                   f"- The paper's claim: {f.claim}.", f"- The paper's numbers: {f.paper}.",
                   f"- Statistic (> 0 is the paper's direction): {f.statistic} = **{_fmt(f.effect)}** {f.unit}, "
-                  f"{CI:.0%} CI [{_fmt(f.lo)}, {_fmt(f.hi)}]"
-                  + (f", p = {_fmt(f.p, '.3g')} ({f.p_test})" if f.p is not None else ""),
-                  f"- n: {f.n}. Sweep `{r.sweep}`: {counts}; {r.collapsed} collapsed (never left chance); "
-                  f"training time {r.train_s / 60:.1f} min summed over runs.",
+                  f"{F.CI:.0%} CI [{_fmt(f.lo)}, {_fmt(f.hi)}]; p = {_fmt(f.p, '.3g')} ({f.p_test}), "
+                  f"Holm-adjusted {_fmt(f.p_adj, '.3g')}.",
+                  f"- Why this verdict: {f.reason}.",
+                  f"- n: {f.n_text}; minimum detectable effect at {F.POWER:.0%} power {_fmt(f.mde, '.2f')} {f.unit}"
+                  + (f" (the paper: {_fmt(f.paper_effect)})" if f.paper_effect is not None else "") + ".",
+                  f"- Regime: {f.regime or 'checked, matches'}.",
                   f"- Details: {f.details}."]
+        if f.key == "peak" and res.mcnemar:
+            lines += ["- Evaluation noise (same test images): " + "; ".join(res.mcnemar) + "."]
+    lines += ["", "## Sweeps", "", "| study | sweep | runs | collapsed | training time (min, summed) | wall (min) |",
+              "|---|---|---|---|---|---|"]
+    for r in res.studies:
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(r.counts.items())) or "no runs"
+        lines.append(f"| {r.name} | `{r.sweep}` | {counts} | {r.collapsed} | {r.train_s / 60:.1f} | {r.wall_s / 60:.1f} |")
+    for r in res.studies:
         if err := r.first_error():
-            lines.append(f"- A failed run's error: `{err[:300]}`.")
+            lines.append(f"\n- A failed run's error ({r.sweep}): `{err[:300]}`.")
     return "\n".join(lines) + "\n"
 
 
@@ -252,9 +441,9 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
-def write_report(results: list[StudyResult], scale: str, root: str, out: Path,
+def write_report(res: Outcome, scale: str, root: str, out: Path,
                  left_out: list[str] = ()) -> tuple[Path, Path]:
     """``out`` + ``.md`` and + ``.html`` (each written to a temp file, then renamed)."""
-    md = report_markdown(results, scale, root, left_out)
+    md = report_markdown(res, scale, root, left_out)
     return (store.write_text_atomic(out.with_name(out.name + ".md"), md),
             store.write_text_atomic(out.with_name(out.name + ".html"), report_html(md, f"stability reproduce ({scale})")))

@@ -151,14 +151,14 @@ def test_regime_named_when_not_converged_or_unchecked():
     rng = np.random.default_rng(3)
     reps, longer = _reps(rng, 8.0)
     f = findings.judge([findings.finding_peak(reps, 20)])[0]  # no longer runs: unchecked
-    assert f.verdict.startswith("same direction (regime differs: convergence not checked")
+    assert f.verdict == "same direction (regime differs)" and f.reason.startswith("convergence not checked")
     slow = longer.assign(test_ema_top1_err=longer["test_ema_top1_err"] - 5.0)  # 5 points better at 2x
     f = findings.judge([findings.finding_peak(reps, 20, slow)])[0]
-    assert "not converged at 20 epochs" in f.verdict
+    assert f.verdict == "same direction (regime differs)" and "not converged at 20 epochs" in f.reason
     # an effect many times the paper's is another regime even when converged
     reps, longer = _reps(rng, 20.0)
     f = findings.judge([findings.finding_peak(reps, 20, longer)])[0]
-    assert "x the paper's" in f.verdict
+    assert "x the paper's" in f.reason and f.regime in f.reason
 
 
 def test_seed_counts_and_mde():

@@ -15,7 +15,8 @@ matching permutation test (``finding_lr_wd``).
 - **reproduced**: the adjusted test passed in the paper's direction and the regime was checked
   and matches (each long arm converged: within ``CONVERGED_POINTS`` of a 2x longer run; fewer
   than half the runs stuck at chance; the effect within ``MAGNITUDE`` x the paper's);
-- **same direction (regime differs: ...)**: the test passed but the regime is another or unchecked;
+- **same direction (regime differs)**: the test passed but the regime is another or unchecked (the
+  reason names it);
 - **not reproduced**: the adjusted test passed in the other direction;
 - **inconclusive**: neither, with the minimum detectable effect beside the paper's effect, so the
   reader knows whether the study could have seen it.
@@ -31,7 +32,15 @@ import pandas as pd
 
 from ..store import DONE
 from .edf import errors
-from .inference import holm, mde_sign_flip, paired_best_of, sd_upper, seeds_needed, sign_flip_p, t_interval
+from .inference import (
+    holm,
+    mde_sign_flip,
+    paired_best_of,
+    sd_upper,
+    seeds_needed,
+    sign_flip_p,
+    t_interval,
+)
 
 ALPHA = 0.10  # family-wise error rate of "reproduced" over one report's findings (Holm)
 N_FINDINGS = 4
@@ -113,13 +122,13 @@ def _verdict(f: Finding, alpha: float) -> tuple[str, str]:
     if f.p_adj <= alpha and f.effect > 0:
         if not f.regime:
             return "reproduced", f"paper's sign, Holm-adjusted p {f.p_adj:.3g} <= {alpha:g}, regime checked; {paper}"
-        return f"same direction (regime differs: {f.regime})", f"Holm-adjusted p {f.p_adj:.3g} <= {alpha:g}; {paper}"
+        return "same direction (regime differs)", f"{f.regime}; Holm-adjusted p {f.p_adj:.3g} <= {alpha:g}; {paper}"
     if f.p_other_adj <= alpha and f.effect < 0:
         return "not reproduced", f"the opposite sign, Holm-adjusted p {f.p_other_adj:.3g} <= {alpha:g}; {paper}"
-    could = ("" if f.paper_effect is None or not np.isfinite(f.mde) or f.mde <= abs(f.paper_effect)
-             else "; too small a study to see the paper's effect")
     if not np.isfinite(f.mde):
-        could = f"; with n = {f.n} no result could pass the test"
+        return "inconclusive", f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; with n = {f.n} no result could pass the test; {paper}"
+    could = ("" if f.paper_effect is None or f.mde <= abs(f.paper_effect)
+             else "; too small a study to see the paper's effect")
     return "inconclusive", (f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; detectable at {POWER:.0%} power: "
                             f"{f.mde:.2f} {f.unit}; {paper}{could}")
 
@@ -346,12 +355,15 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
     a, b = pairs["conv"].to_numpy(float), pairs["patchify"].to_numpy(float)
     res = paired_best_of(a, b, lambda u, v: within_curve(u, v, grid), np.array(grid), CI, n_boot, n_perm)
     neg = paired_best_of(b, a, lambda u, v: within_curve(u, v, grid), np.array(grid), CI, 0, n_perm)
-    rng = np.random.default_rng(1)
-    sd = float(np.std([within_curve(a[i], b[i], [x])[0]
-                       for i in (rng.integers(0, len(a), len(a)) for _ in range(500))], ddof=1))
     from scipy import stats
 
-    z = stats.norm.ppf(1 - ALPHA / N_FINDINGS) + stats.norm.ppf(POWER)
+    # MDE of a permutation test over n pairs: none can pass when even the most extreme of the 2^n
+    # label patterns has p > the first Holm level; otherwise a normal approximation on the
+    # statistic's null spread (the SD over the permutations).
+    first = ALPHA / N_FINDINGS
+    sd = float(res.null_sd[at])
+    z = stats.norm.ppf(1 - first) + stats.norm.ppf(POWER)
+    mde = float("inf") if 2.0 ** -len(pairs) > first else float(z * sd)
     curve = ", ".join(f"{g:g}: {e:+.2f}" for g, e in zip(grid, res.effect, strict=True) if g in (0, 1, 2, 4, 6, 10))
     details = (f"{len(pairs)} shared points; best conv {a.min():.2f}, patchify {b.min():.2f}; "
                f"within {x:g}: conv {np.mean(np.round(a - a.min(), 9) <= x):.0%}, patchify "
@@ -363,7 +375,7 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
     return Finding(**asdict(LR_WD), effect=eff + 0.0, lo=float(res.lo[at]) + 0.0, hi=float(res.hi[at]) + 0.0,
                    p=float(res.p[at]), p_other=float(neg.p[at]),
                    p_test="permutation of stem labels within points, best re-chosen", n=len(pairs),
-                   n_text=f"{len(pairs)} (lr, wd) points x 2 stems", sd=sd, mde=float(z * sd),
+                   n_text=f"{len(pairs)} (lr, wd) points x 2 stems", sd=sd, mde=mde,
                    regime="; ".join(regime), details=details)
 
 

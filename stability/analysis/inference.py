@@ -203,6 +203,7 @@ class PairedBest:
     lo: np.ndarray  # simultaneous band over x (bootstrap of the sup deviation)
     hi: np.ndarray
     p: np.ndarray  # per x, one-sided (effect > 0), permutation of arm labels within pairs
+    null_sd: np.ndarray  # per x, the statistic's SD over the label permutations (its null spread)
     n_points: int
 
 
@@ -236,8 +237,24 @@ def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.
     if n_boot:
         boots = np.array([stat(a[i], b[i]) for i in (rng.integers(0, n, n) for _ in range(n_boot))], float)
         half = float(np.nanquantile(np.nanmax(np.abs(boots - obs), axis=1), ci))
-    hits = np.ones_like(obs)
-    for _ in range(n_perm):
-        swap = rng.random(n) < 0.5
-        hits += np.asarray(stat(np.where(swap, b, a), np.where(swap, a, b)), float) >= obs - 1e-12
-    return PairedBest(np.asarray(x, float), obs, obs - half, obs + half, hits / (n_perm + 1), n)
+    perms = np.array([stat(np.where(swap, b, a), np.where(swap, a, b))
+                      for swap in (rng.random(n) < 0.5 for _ in range(n_perm))], float).reshape(n_perm, -1)
+    hits = 1 + (perms >= obs - 1e-12).sum(0)
+    null_sd = perms.std(0, ddof=1) if n_perm > 1 else np.full_like(obs, np.nan)
+    return PairedBest(np.asarray(x, float), obs, obs - half, obs + half, hits / (n_perm + 1), null_sd, n)
+
+
+def correct_of(packed: bytes, n: int) -> np.ndarray:
+    """The per-image correctness a run stored (``test_correct``: ``np.packbits``) as n booleans."""
+    bits = np.unpackbits(np.frombuffer(bytes(packed), np.uint8))
+    if len(bits) < n or len(bits) - n >= 8:
+        raise ValueError(f"correct_of: {len(packed)} bytes do not hold {n} images")
+    return bits[:n].astype(bool)
+
+
+def mcnemar_runs(a, b, column: str = "test_correct") -> McNemar:
+    """``mcnemar_exact`` of two runs rows (runs table) on their stored test-split correctness."""
+    n = int(a["test_images"])
+    if int(b["test_images"]) != n:
+        raise ValueError(f"mcnemar_runs: {n} vs {int(b['test_images'])} test images (not the same split)")
+    return mcnemar_exact(correct_of(a[column], n), correct_of(b[column], n))
