@@ -27,6 +27,9 @@ class Evaluation:
     loss: float  # mean cross-entropy, no label smoothing
     correct: np.ndarray | None = None  # per image, in the split's order (``per_image=True``)
 
+    def __iter__(self):  # top1, top5, loss, correct = evaluate(...)
+        return iter((self.top1, self.top5, self.loss, self.correct))
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataBundle, cfg: RunConfig, device: torch.device,
@@ -103,3 +106,27 @@ def precise_bn(model: nn.Module, data: DataBundle, cfg: RunConfig, device: torch
         bn.momentum = moms[i]
     model.train(was_training)
     return used
+
+
+def evaluate_ema(ema_model: nn.Module, data: DataBundle, cfg: RunConfig, device: torch.device, autocast: Callable,
+                 d: Dist, fmt: torch.memory_format, final: bool) -> Evaluation:
+    """The EMA model's validation error; ``final``: after ``precise_bn`` (pycls recomputes the
+    statistics before every evaluation; we do before the final one, whose error the analyses read)."""
+    if final:
+        precise_bn(ema_model, data, cfg, device, autocast, d, fmt)
+    return evaluate(ema_model, data, cfg, device, autocast, d, fmt)
+
+
+def split_errors(net: nn.Module, ema_model: nn.Module | None, data: DataBundle, cfg: RunConfig, device: torch.device,
+                autocast: Callable, d: Dist, fmt: torch.memory_format) -> dict:
+    """The finished model's (and EMA's) error and per-image correctness on the held-out test
+    split: the runs row's ``test_*`` columns (none without ``test_split``)."""
+    if not cfg.test_split:
+        return {}
+    test, out = data.split("test"), {}
+    for prefix, model in (("test", net), ("test_ema", ema_model)):
+        if model is not None:
+            m = evaluate(model, test, cfg, device, autocast, d, fmt, per_image=True)
+            out |= {f"{prefix}_top1_err": m.top1, f"{prefix}_correct": pack_correct(m.correct),
+                    "test_images": len(m.correct)}
+    return out

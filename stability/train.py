@@ -38,7 +38,7 @@ from .config import RunConfig
 from .data import DataBundle, DataError, batches, load_dataset, seed_all
 from .distributed import Dist, autocast_for, barrier, from_env, init, setup_device
 from .ema import WeightEMA, make_ema
-from .evaluation import evaluate, pack_correct, precise_bn
+from .evaluation import evaluate, evaluate_ema, split_errors
 from .mix import augment_and_mix, hard_labels
 from .models import build_model, count_complexity, memory_format, model_spec
 from .optim import lr_at, make_optimizer, set_lr
@@ -257,8 +257,8 @@ class Loop:
 def _run_loop(lp: Loop) -> dict[str, Any]:
     """The epochs; returns the final metrics of the runs row (status included)."""
     if lp.st.step == 0 and lp.st.init_val_loss is None:  # the untrained model: LR sensitivity's ℓ₀
-        init = evaluate(lp.step.net, lp.data, lp.cfg, lp.device, lp.step.autocast, lp.d, lp.fmt)
-        lp.st.init_top1_err, lp.st.init_val_loss = init.top1, init.loss
+        lp.st.init_top1_err, _, lp.st.init_val_loss, _ = evaluate(lp.step.net, lp.data, lp.cfg, lp.device,
+                                                                  lp.step.autocast, lp.d, lp.fmt)
     lp.step.net.train()
     if lp.reporter and lp.d.is_main:
         lp.reporter.on_start(lp.total_steps, lp.st.step)
@@ -268,8 +268,8 @@ def _run_loop(lp: Loop) -> dict[str, Any]:
         if bad is not None:
             return _diverged(lp, bad)
         _end_epoch(lp, epoch, time.monotonic() - t_epoch)
-    last = lp.st.epochs_rows[-1]
-    return {**_test(lp), "status": RunStatus.COMPLETED, "top1_err": last["val_top1_err"], "top5_err": last["val_top5_err"],
+    last, ema = lp.st.epochs_rows[-1], lp.ema.model if lp.ema else None
+    return {**split_errors(lp.step.net, ema, lp.data, lp.cfg, lp.device, lp.step.autocast, lp.d, lp.fmt), "status": RunStatus.COMPLETED, "top1_err": last["val_top1_err"], "top5_err": last["val_top5_err"],
             "best_top1_err": min(r["val_top1_err"] for r in lp.st.epochs_rows),
             "ema_top1_err": last["val_ema_top1_err"], "ema_top5_err": last["val_ema_top5_err"],
             "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"],
@@ -320,52 +320,30 @@ def _end_epoch(lp: Loop, epoch: int, seconds: float) -> None:
     cfg, st, d = lp.cfg, lp.st, lp.d
     net, autocast = lp.step.net, lp.step.autocast
     m = evaluate(net, lp.data, cfg, lp.device, autocast, d, lp.fmt)
-    top1, top5, val_loss = m.top1, m.top5, m.loss
-    ema1 = ema5 = None
-    if lp.ema:
-        if epoch == cfg.epochs - 1:  # the final EMA error with precise BN statistics, as pycls
-            precise_bn(lp.ema.model, lp.data, cfg, lp.device, autocast, d, lp.fmt)
-        e = evaluate(lp.ema.model, lp.data, cfg, lp.device, autocast, d, lp.fmt)
-        ema1, ema5 = e.top1, e.top5
+    final = epoch == cfg.epochs - 1  # the EMA's final evaluation with precise BN statistics, as pycls
+    e = evaluate_ema(lp.ema.model, lp.data, cfg, lp.device, autocast, d, lp.fmt, final) if lp.ema else None
     row = {"run_id": cfg.run_id, "epoch": epoch, "train_loss": st.epoch_loss_sum / max(st.batch, 1),
            "train_top1_err": 100.0 * (1 - st.epoch_correct / max(st.epoch_seen, 1)),
-           "val_top1_err": top1, "val_top5_err": top5, "val_ema_top1_err": ema1,
-           "val_ema_top5_err": ema5, "val_loss": val_loss, "lr": st.steps_rows[-1]["lr"] if st.steps_rows else None, "time_s": seconds}
+           "val_top1_err": m.top1, "val_top5_err": m.top5, "val_ema_top1_err": e.top1 if e else None,
+           "val_ema_top5_err": e.top5 if e else None, "val_loss": m.loss, "lr": st.steps_rows[-1]["lr"] if st.steps_rows else None, "time_s": seconds}
     st.epochs_rows.append(row)
     if lp.reporter and d.is_main:
         lp.reporter.on_epoch(row)
-    st.epoch, st.batch = epoch + 1, 0
-    st.epoch_loss_sum = st.epoch_correct = 0.0
-    st.epoch_seen = 0
+    st.epoch, st.batch, st.epoch_loss_sum, st.epoch_correct, st.epoch_seen = epoch + 1, 0, 0.0, 0.0, 0
     if st.epoch < cfg.epochs and d.is_main:
         so_far = replace(st, wall_time_s=st.wall_time_s + time.monotonic() - lp.t0)  # a resume counts it
         save_checkpoint(lp.ckpt, lp.model, lp.step.opt, so_far, cfg, lp.ema)
         store.write_progress(cfg.results, cfg.sweep, cfg.run_id, {
             "epoch": st.epoch, "epochs": cfg.epochs, "step": st.step, "total_steps": lp.total_steps,
-            "val_top1_err": top1, "train_loss": row["train_loss"], "updated_at": now()})
-
-
-def _test(lp: Loop) -> dict[str, Any]:
-    """The finished model's (and EMA's) error and per-image correctness on the held-out test split."""
-    if not lp.cfg.test_split:
-        return {}
-    data, out = lp.data.split("test"), {}
-    for prefix, net in (("test", lp.step.net), ("test_ema", lp.ema.model if lp.ema else None)):
-        if net is not None:
-            m = evaluate(net, data, lp.cfg, lp.device, lp.step.autocast, lp.d, lp.fmt, per_image=True)
-            out |= {f"{prefix}_top1_err": m.top1, f"{prefix}_correct": pack_correct(m.correct)}
-            out["test_images"] = len(m.correct)
-    return out
+            "val_top1_err": m.top1, "train_loss": row["train_loss"], "updated_at": now()})
 
 
 def _diverged(lp: Loop, step: int) -> dict[str, Any]:
     st = lp.st
     st.steps_rows = [r for r in st.steps_rows if r["step"] <= step]
     st.grad_rows = [r for r in st.grad_rows if r["step"] <= step]
-    return {"status": RunStatus.DIVERGED, "diverged_at_step": step, "top1_err": 100.0,
-            "top5_err": 100.0, "best_top1_err": 100.0, "collapsed": False,
-            **({"test_top1_err": 100.0} if lp.cfg.test_split else {}),
-            **({"test_ema_top1_err": 100.0} if lp.cfg.test_split and lp.ema else {}),
-            **({"ema_top1_err": 100.0, "ema_top5_err": 100.0} if lp.ema else {}),
+    errs = ["top1_err", "top5_err", "best_top1_err", *(["test_top1_err"] if lp.cfg.test_split else []),
+            *(["ema_top1_err", "ema_top5_err", *(["test_ema_top1_err"] if lp.cfg.test_split else [])] if lp.ema else [])]
+    return {"status": RunStatus.DIVERGED, "diverged_at_step": step, "collapsed": False, **dict.fromkeys(errs, 100.0),
             "final_train_loss": st.steps_rows[-1]["loss"] if st.steps_rows else None}
 

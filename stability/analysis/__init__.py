@@ -8,6 +8,7 @@ Typical use in a notebook::
     analysis.compare(res.runs, by="stem")     # signed effects b − a with CIs, paired tests
     analysis.first_layer_lead(res.grad_norms)               # MoCo v3: first-layer spikes lead
     analysis.lr_sensitivity(res.runs)         # Wortsman et al. 2023: per group x stem x fix, CI over seeds
+    analysis.sign_flip_p(d), analysis.holm(ps)   # paired seeds, a family of findings (analysis.findings)
 """
 
 from .compare import (
@@ -33,6 +34,16 @@ from .edf import (
     worst_runs,
 )
 from .grouping import fix_of, fixed_axes, pooled, strata, with_fix, with_size
+from .inference import (
+    correct_of,
+    holm,
+    mcnemar_exact,
+    mcnemar_runs,
+    mde_sign_flip,
+    sd_upper,
+    sign_flip_p,
+    t_interval,
+)
 from .sensitivity import (
     attn_logit_at,
     attn_logit_auc,
@@ -65,7 +76,8 @@ from .sweeps import (
 __all__ = [
     "DIVERGED_ERROR", "SpikeParams", "area_between", "attn_logit_at", "attn_logit_auc", "attn_logit_divergence",
     "auc_verdict", "best_configs",
-    "compare", "count_spikes", "default_by", "delta_to_best", "detect_spikes", "dkw_halfwidth", "downsample", "edf",
+    "compare", "correct_of", "count_spikes", "holm", "mcnemar_exact", "mcnemar_runs", "mde_sign_flip",
+    "sd_upper", "sign_flip_p", "t_interval", "default_by", "delta_to_best", "detect_spikes", "dkw_halfwidth", "downsample", "edf",
     "edf_at", "error_vs_hparams", "hparam_importance", "errors", "first_layer_lead", "fix_of", "fixed_axes",
     "ks_permutation_p", "ks_signed", "lr_curves", "lr_sensitivity", "lr_sensitivity_per_seed",
     "lr_wd_heatmap", "mark_spikes", "optimizer_gap", "outcomes", "paired_differences",
