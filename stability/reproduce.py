@@ -148,6 +148,10 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
             spec = with_executor(spec, **executor)
         initial_plan(spec, open_storage(spec, in_memory=True))  # the check grid run makes, no files
         specs[name] = spec
+    reused = sorted(set(specs["peak"].seeds) & {s for k, v in specs.items() if k != "peak" for s in v.seeds})
+    if reused and (only is None or set(only) - {"lr_wd"}):
+        raise ConfigError(f"seeds: the replication spec {specs['peak'].path} reuses seed(s) {reused} of the "
+                          "selection studies; replicates need fresh seeds (a selected run was chosen for its luck)")
     if len(specs["peak"].seeds) < F.SEEDS and (only is None or set(only) - {"lr_wd"}):
         raise ConfigError(f"seeds: the replication spec {specs['peak'].path} has {len(specs['peak'].seeds)} "
                           f"seeds; an exact sign-flip test needs {F.SEEDS} to pass Holm's first level "
@@ -208,11 +212,6 @@ def _run(spec, name: str, show_progress: bool, console) -> StudyResult:
     Controller(spec, RunOptions(show_progress=show_progress), console).run()
     runs = store.read_table(spec.results, "runs", sweep=spec.name)
     return StudyResult(name, spec.name, runs, time.monotonic() - t0)
-
-
-def _column(runs: pd.DataFrame, preferred: str, fallback: str) -> str:
-    """``preferred`` where the runs have it (EMA on, a test split), else ``fallback``."""
-    return preferred if preferred in runs and runs[preferred].notna().any() else fallback
 
 
 def arm_fields(chosen: list[str], lr_wd: pd.DataFrame, optimizer: pd.DataFrame | None,
@@ -282,7 +281,7 @@ def run_studies(inv: Invocation, show_progress: bool = True, console=None) -> Ou
                                           done.get("epochs", StudyResult("", "", None, 0)).runs)
     for arm, fields in arms.items():
         pool = pools[arm]
-        picked = F.select_arms(pool, {arm: fields}, _column(pool, F.SELECT_BY, "top1_err"))
+        picked = F.select_arms(pool, {arm: fields}, F.judged_value(pool, (F.SELECT_BY, "top1_err")))
         out.arms.update(picked)
     reps = longer = None
     if out.arms:
@@ -309,11 +308,11 @@ def run_studies(inv: Invocation, show_progress: bool = True, console=None) -> Ou
 
 def _finding(key: str, lr_wd: pd.DataFrame, reps, longer, long: int, short: int | None) -> F.Finding:
     if key == "lr_wd":
-        return F.finding_lr_wd(lr_wd, value=_column(lr_wd, F.VALUE, "top1_err"))
+        return F.finding_lr_wd(lr_wd, value=F.judged_value(lr_wd))
     if reps is None or not len(reps):
         return {"peak": F.PEAK, "optimizer": F.OPTIMIZER, "epochs": F.EPOCHS}[key].missing(
             "no replicate runs (no arm could be chosen: the selection studies have no finished runs)")
-    value = _column(reps, F.VALUE, "top1_err")
+    value = F.judged_value(reps)
     if key == "peak":
         return F.finding_peak(reps, long, longer, value)
     if key == "optimizer":
@@ -358,12 +357,12 @@ def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = (
     if left_out:
         lines += [f"Studies not run in this invocation (`--only`): {', '.join(left_out)}.", ""]
     lines += [f"**Verdict rule.** {RULE}", "",
-              "| finding | verdict | effect [90% CI] | unit | p raw → Holm | n | MDE (80% power) | the paper |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| finding | verdict | effect [90% CI] | unit | p, paper's direction: raw → Holm | p, other direction: raw → Holm | n | MDE (≥ 80% power) | the paper |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for f in res.findings:
         lines.append(f"| {f.title} | **{f.verdict}** | {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] | {f.unit} | "
-                     f"{_fmt(f.p, '.3g')} → {_fmt(f.p_adj, '.3g')} | {f.n_text} | {_fmt(f.mde, '.2f')} | "
-                     f"{_fmt(f.paper_effect) if f.paper_effect is not None else '–'} |")
+                     f"{_fmt(f.p, '.3g')} → {_fmt(f.p_adj, '.3g')} | {_fmt(f.p_other, '.3g')} → {_fmt(f.p_other_adj, '.3g')} | "
+                     f"{f.n_text} | {_fmt(f.mde, '.2f')} | {_fmt(f.paper_effect) if f.paper_effect is not None else '–'} |")
     if res.arms:
         lines += ["", "## Arms: chosen on the validation split", "",
                   "| arm | model | optimizer | epochs | lr | wd | validation error (selection) | sweep |",
@@ -375,13 +374,25 @@ def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = (
         lines += ["", f"## {f.title}: {f.verdict}", "",
                   f"- The paper's claim: {f.claim}.", f"- The paper's numbers: {f.paper}.",
                   f"- Statistic (> 0 is the paper's direction): {f.statistic} = **{_fmt(f.effect)}** {f.unit}, "
-                  f"{F.CI:.0%} CI [{_fmt(f.lo)}, {_fmt(f.hi)}]; p = {_fmt(f.p, '.3g')} ({f.p_test}), "
-                  f"Holm-adjusted {_fmt(f.p_adj, '.3g')}.",
+                  f"{F.CI:.0%} {'band' if f.curve else 'CI'} [{_fmt(f.lo)}, {_fmt(f.hi)}]; p = {_fmt(f.p, '.3g')} "
+                  f"({f.p_test}), Holm-adjusted {_fmt(f.p_adj, '.3g')}; the other direction {_fmt(f.p_other, '.3g')} → "
+                  f"{_fmt(f.p_other_adj, '.3g')}. Judged on `{f.value or '–'}`"
+                  + ("" if not f.value or f.value.startswith("test") else " (no test split: the validation images that chose the "
+                     "configurations; optimistic)") + ".",
                   f"- Why this verdict: {f.reason}.",
-                  f"- n: {f.n_text}; minimum detectable effect at {F.POWER:.0%} power {_fmt(f.mde, '.2f')} {f.unit}"
+                  f"- n: {f.n_text}; minimum detectable effect with at least {F.POWER:.0%} power "
+                  f"{_fmt(f.mde, '.2f') if not pd.isna(f.mde) else 'n/a (no spread)'} {f.unit}"
                   + (f" (the paper: {_fmt(f.paper_effect)})" if f.paper_effect is not None else "") + ".",
                   f"- Regime: {f.regime or 'checked, matches'}.",
                   f"- Details: {f.details}."]
+        if f.curve:
+            lines += ["", f"The whole curve (x = 0 … 10 points; band: {F.CI:.0%} over all x at once, from a "
+                      "bootstrap that re-chooses each stem's best: descriptive, not a test; p: one-sided, "
+                      "uncorrected; only the headline x is judged):", "",
+                      "| x (points) | ViT_C within x | ViT_P within x | conv − patchify | band | p |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {r['x']:g} | {r['conv']:.0%} | {r['patchify']:.0%} | {r['diff']:+.2f} | "
+                      f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}] | {r['p']:.3g} |" for r in f.curve]
         if f.key == "peak" and res.mcnemar:
             lines += ["- Evaluation noise (same test images): " + "; ".join(res.mcnemar) + "."]
     lines += ["", "## Sweeps", "", "| study | sweep | runs | collapsed | training time (min, summed) | wall (min) |",

@@ -70,7 +70,7 @@ class Claim:
     def missing(self, why: str) -> Finding:
         """The finding of a study that lacks the runs it needs: inconclusive, saying why."""
         return Finding(**asdict(self), effect=np.nan, lo=np.nan, hi=np.nan, p=np.nan, p_other=np.nan,
-                       p_test="", n=0, n_text="0", sd=np.nan, mde=np.inf, regime="", details=why)
+                       p_test="", n=0, n_text="0", sd=np.nan, mde=np.inf, regime="not checked (no data)", details=why)
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Finding:
     p_test: str
     n: int  # seeds (paired contrasts) or shared points
     n_text: str
-    sd: float  # of the per-seed contrast (or the statistic's bootstrap SD for lr/wd)
+    sd: float  # of the per-seed contrast (lr/wd: the statistic's SD over the label permutations)
     # minimum detectable effect at POWER with the family's first Holm level, from an 80 % upper
     # confidence bound of the contrast's SD (``inference.sd_upper``)
     mde: float
@@ -100,6 +100,8 @@ class Finding:
     p_other_adj: float = np.nan
     verdict: str = "inconclusive"
     reason: str = ""
+    curve: tuple = ()  # lr/wd: one dict per x (within fractions, difference, band, p)
+    value: str = ""  # the error column judged (``judged_value``)
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -108,11 +110,31 @@ class Finding:
 def judge(findings: Sequence[Finding], alpha: float = ALPHA) -> list[Finding]:
     """Holm-adjust the findings' p-values as one family and give each its verdict and reason."""
     adj, adj_other = holm([f.p for f in findings]), holm([f.p_other for f in findings])
+    level = alpha / max(len(findings), 1)  # Holm's first level: what the smallest p must reach
     out = []
     for f, pa, po in zip(findings, adj, adj_other, strict=True):
-        f = replace(f, p_adj=float(pa), p_other_adj=float(po))
+        f = replace(f, p_adj=float(pa), p_other_adj=float(po), mde=_family_mde(f, level))
         out.append(replace(f, **dict(zip(("verdict", "reason"), _verdict(f, alpha), strict=True))))
     return out
+
+
+def _family_mde(f: Finding, level: float) -> float:
+    if not np.isfinite(f.sd) or f.n < 2:
+        return f.mde
+    if f.key == "lr_wd":
+        return _mde_permutation(f.sd, f.n, level)
+    return _mde_seeds(f.sd, f.n, level)
+
+
+def _mde_permutation(null_sd: float, n: int, level: float) -> float:
+    """lr/wd: none can pass when even the most extreme of the 2^n label patterns has p > level;
+    otherwise a normal approximation on the statistic's null spread. Approximate, and optimistic
+    where ties make the permutation test conservative (few distinct within-x fractions)."""
+    from scipy import stats
+
+    if 2.0 ** -n > level:
+        return float("inf")
+    return float((stats.norm.ppf(1 - level) + stats.norm.ppf(POWER)) * null_sd)
 
 
 def _verdict(f: Finding, alpha: float) -> tuple[str, str]:
@@ -125,23 +147,37 @@ def _verdict(f: Finding, alpha: float) -> tuple[str, str]:
         return "same direction (regime differs)", f"{f.regime}; Holm-adjusted p {f.p_adj:.3g} <= {alpha:g}; {paper}"
     if f.p_other_adj <= alpha and f.effect < 0:
         return "not reproduced", f"the opposite sign, Holm-adjusted p {f.p_other_adj:.3g} <= {alpha:g}; {paper}"
+    if np.isnan(f.mde):
+        return "inconclusive", f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; the contrast did not vary across seeds; {paper}"
     if not np.isfinite(f.mde):
         return "inconclusive", f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; with n = {f.n} no result could pass the test; {paper}"
     could = ("" if f.paper_effect is None or f.mde <= abs(f.paper_effect)
              else "; too small a study to see the paper's effect")
-    return "inconclusive", (f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; detectable at {POWER:.0%} power: "
-                            f"{f.mde:.2f} {f.unit}; {paper}{could}")
+    approx = " (approximate)" if f.key == "lr_wd" else ""
+    return "inconclusive", (f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; detectable with at least {POWER:.0%} power"
+                            f"{approx}: {f.mde:.2f} {f.unit}; {paper}{could}")
 
 
 # ---- arms: selection on the validation split, replicates on the test split ----------------------
+
+JUDGED = ("test_ema_top1_err", "test_top1_err", "ema_top1_err", "top1_err")  # preferred first
+
+
+def judged_value(runs: pd.DataFrame, order: Sequence[str] = JUDGED) -> str:
+    """The first column of ``order`` the runs have values in: the held-out test split's EMA error
+    where there is one, the validation split's only when there is no test split."""
+    return next((c for c in order if c in runs and runs[c].notna().any()), order[-1])
 
 ARM_FIELDS = ("stem", "optimizer", "epochs")
 
 
 def _finished(runs: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Finished runs with ``err`` (diverged at 100). A completed run without ``value`` (no EMA, no
+    test split) is left out, not counted as diverged."""
     if value not in runs:
         return runs.iloc[:0].assign(err=pd.Series(dtype=float), diverged=pd.Series(dtype=bool))
-    return errors(runs, value=value, by=("stem",))
+    df = errors(runs, value=value, by=("stem",))
+    return df[df["diverged"] | df[value].notna()]
 
 
 def select_arms(runs: pd.DataFrame, arms: dict[str, dict], value: str = SELECT_BY) -> dict[str, pd.Series]:
@@ -195,22 +231,23 @@ def seed_contrast(reps: pd.DataFrame, arms: dict[str, dict], weights: dict[str, 
 
 
 def convergence(reps: pd.DataFrame, longer: pd.DataFrame | None, arms: dict[str, dict],
-                value: str = VALUE) -> str:
+                value: str = VALUE) -> tuple[str, str]:
     """The regime check of long arms: per arm, its mean error over the seeds it shares with the
-    runs at twice its length, minus theirs. "" when every arm is within ``CONVERGED_POINTS``;
-    otherwise the words for the report (an arm not converged, or the check not run)."""
+    runs at twice its length, minus theirs (the gain). Returns (regime, measured): regime is ""
+    when every arm's gain is at most ``CONVERGED_POINTS``, else the words for the report (an arm
+    not converged, or the check not run); measured lists every gain with its n. With two seeds
+    the check is noisy, and errs toward "not converged": it can only withhold "reproduced"."""
     if longer is None or not len(longer):
-        return "convergence not checked (no runs at twice the length)"
+        return "convergence not checked (no runs at twice the length)", ""
     a, b = _finished(reps, value), _finished(longer, value)
-    notes = []
+    notes, measured = [], []
     for name, fields in arms.items():
         ma = np.ones(len(a), bool)
         mb = np.ones(len(b), bool)
         for k, v in fields.items():
-            if k == "epochs":
-                continue
-            ma &= (a[k] == v).to_numpy() if k in a else False
-            mb &= (b[k] == v).to_numpy() if k in b else False
+            if k != "epochs":
+                ma &= (a[k] == v).to_numpy() if k in a else False
+                mb &= (b[k] == v).to_numpy() if k in b else False
         ma &= (a["epochs"] == fields["epochs"]).to_numpy()
         mb &= (b["epochs"] == 2 * fields["epochs"]).to_numpy()
         ea, eb = a[ma].groupby("seed")["err"].mean(), b[mb].groupby("seed")["err"].mean()
@@ -219,18 +256,29 @@ def convergence(reps: pd.DataFrame, longer: pd.DataFrame | None, arms: dict[str,
             notes.append(f"{name}: not checked (no run at {2 * fields['epochs']} epochs)")
             continue
         gain = float((ea[common] - eb[common]).mean())
+        measured.append(f"{name} {gain:+.2f} (n = {len(common)})")
         if gain > CONVERGED_POINTS:
             notes.append(f"{name} not converged at {fields['epochs']} epochs ({gain:.1f} points better "
                          f"at {2 * fields['epochs']}, n = {len(common)})")
-    return "; ".join(notes)
+    return "; ".join(notes), ("gain at 2x length (points): " + ", ".join(measured)) if measured else ""
 
 
-def _chance(runs: pd.DataFrame) -> str:
+def _chance(runs: pd.DataFrame, arms: dict[str, dict] | None = None) -> str:
+    """Arms (or, without ``arms``, the runs as one group) of which at least half never left
+    chance: "most runs off chance" is part of the regime."""
     done = runs[runs["status"].isin(DONE)] if len(runs) else runs
     if not len(done) or "collapsed" not in done:
         return ""
-    n = int(done["collapsed"].fillna(False).astype(bool).sum())
-    return f"{n} of {len(done)} runs never left chance" if n > len(done) / 2 else ""
+    notes = []
+    for name, fields in (arms or {"": {}}).items():
+        mask = np.ones(len(done), bool)
+        for k, v in fields.items():
+            mask &= (done[k] == v).to_numpy() if k in done else False
+        g = done[mask]
+        n = int(g["collapsed"].fillna(False).astype(bool).sum())
+        if len(g) and n >= len(g) / 2:
+            notes.append(f"{name + ': ' if name else ''}{n} of {len(g)} runs never left chance")
+    return "; ".join(notes)
 
 
 def _magnitude(effect: float, paper: float | None) -> str:
@@ -239,8 +287,14 @@ def _magnitude(effect: float, paper: float | None) -> str:
     return f"the effect is {abs(effect) / abs(paper):.0f}x the paper's"
 
 
+def _mde_seeds(sd: float, k: int, level: float) -> float:
+    """The sign-flip test's MDE at ``level`` from an 80 % upper bound of the contrast's SD; NaN when
+    the contrasts do not vary (sd 0: every seed gave the same difference, often both at chance)."""
+    return float("nan") if sd == 0 else mde_sign_flip(sd_upper(sd, k, POWER), k, level, POWER)
+
+
 def _seed_finding(c: Claim, table: pd.DataFrame, arms: dict[str, dict], regime: list[str],
-                  details: str) -> Finding:
+                  details: str, value: str) -> Finding:
     """The sign-flip test, t interval and MDE of a seed contrast table (``seed_contrast``)."""
     d = table["d"].to_numpy(float)
     k = len(d)
@@ -253,8 +307,7 @@ def _seed_finding(c: Claim, table: pd.DataFrame, arms: dict[str, dict], regime: 
     return Finding(**asdict(c), effect=eff + 0.0, lo=lo + 0.0, hi=hi + 0.0,
                    p=sign_flip_p(d, "greater"), p_other=sign_flip_p(d, "less"),
                    p_test=f"exact sign-flip over {k} seeds", n=k, n_text=f"{k} seeds x {len(arms)} arms",
-                   sd=sd, mde=mde_sign_flip(sd_upper(sd, k, POWER), k, ALPHA / N_FINDINGS, POWER),
-                   regime="; ".join(regime),
+                   sd=sd, mde=_mde_seeds(sd, k, ALPHA / N_FINDINGS), regime="; ".join(regime), value=value,
                    details=f"mean test error per arm: {per_arm}; per-seed d: "
                            + ", ".join(f"{v:+.2f}" for v in d) + (f"; {details}" if details else ""))
 
@@ -300,8 +353,8 @@ def finding_peak(reps: pd.DataFrame, epochs: int, longer: pd.DataFrame | None = 
     """§6: at each stem's selected AdamW config (``epochs`` long), ViT_C's test error is lower."""
     arms = arms_peak(epochs)
     table = seed_contrast(reps, arms, {"ViT_P": 1, "ViT_C": -1}, value)
-    regime = [convergence(reps, longer, arms, value), _chance(reps[reps["epochs"] == epochs])]
-    return _seed_finding(PEAK, table, arms, regime, "")
+    conv, measured = convergence(reps, longer, arms, value)
+    return _seed_finding(PEAK, table, arms, [conv, _chance(reps, arms)], measured, value)
 
 
 def finding_optimizer(reps: pd.DataFrame, epochs: int, longer: pd.DataFrame | None = None,
@@ -309,8 +362,8 @@ def finding_optimizer(reps: pd.DataFrame, epochs: int, longer: pd.DataFrame | No
     """§5.2: SGD costs ViT_P more than ViT_C (each optimizer at its selected lr)."""
     arms = arms_optimizer(epochs)
     table = seed_contrast(reps, arms, {"P-sgd": 1, "P-adamw": -1, "C-sgd": -1, "C-adamw": 1}, value)
-    regime = [convergence(reps, longer, arms, value), _chance(reps[reps["epochs"] == epochs])]
-    return _seed_finding(OPTIMIZER, table, arms, regime, "")
+    conv, measured = convergence(reps, longer, arms, value)
+    return _seed_finding(OPTIMIZER, table, arms, [conv, _chance(reps, arms)], measured, value)
 
 
 def finding_epochs(reps: pd.DataFrame, short: int, long: int, longer: pd.DataFrame | None = None,
@@ -319,8 +372,9 @@ def finding_epochs(reps: pd.DataFrame, short: int, long: int, longer: pd.DataFra
     arms = arms_epochs(short, long)
     table = seed_contrast(reps, arms, {f"P@{short}": 1, f"C@{short}": -1, f"P@{long}": -1, f"C@{long}": 1}, value)
     long_arms = {k: v for k, v in arms.items() if v["epochs"] == long}
-    regime = [convergence(reps, longer, long_arms, value), _chance(reps[reps["epochs"].isin([short, long])])]
-    return _seed_finding(EPOCHS, table, arms, regime, f"schedules {short} and {long} epochs")
+    conv, measured = convergence(reps, longer, long_arms, value)
+    return _seed_finding(EPOCHS, table, arms, [conv, _chance(reps, arms)],
+                         f"schedules {short} and {long} epochs; {measured}".rstrip("; "), value)
 
 
 def within_curve(a: np.ndarray, b: np.ndarray, x: Sequence[float] = X_GRID) -> np.ndarray:
@@ -345,7 +399,7 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
                   n_boot: int = 2000, n_perm: int = 2000) -> Finding:
     """Figs. 4–5: over the shared (lr, wd) points, more ViT_C runs lie within ``x`` points of
     their own best than ViT_P runs. Points are resampled as pairs (each stem's best re-chosen)
-    for a simultaneous band over x in ``X_GRID``; the p-value permutes the stem labels within
+    for a descriptive band over x in ``X_GRID``; the p-value permutes the stem labels within
     each point and recomputes the same statistic."""
     pairs = lr_wd_pairs(runs, value)
     if "conv" not in pairs or "patchify" not in pairs or len(pairs) < 2:
@@ -353,29 +407,27 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
     grid = tuple(sorted({*X_GRID, float(x)}))
     at = grid.index(float(x))
     a, b = pairs["conv"].to_numpy(float), pairs["patchify"].to_numpy(float)
-    res = paired_best_of(a, b, lambda u, v: within_curve(u, v, grid), np.array(grid), CI, n_boot, n_perm)
-    neg = paired_best_of(b, a, lambda u, v: within_curve(u, v, grid), np.array(grid), CI, 0, n_perm)
-    from scipy import stats
-
-    # MDE of a permutation test over n pairs: none can pass when even the most extreme of the 2^n
-    # label patterns has p > the first Holm level; otherwise a normal approximation on the
-    # statistic's null spread (the SD over the permutations).
-    first = ALPHA / N_FINDINGS
+    res = paired_best_of(a, b, lambda u, v: within_curve(u, v, grid), np.array(grid), CI, n_boot, n_perm,
+                         bounds=(-1.0, 1.0))
     sd = float(res.null_sd[at])
-    z = stats.norm.ppf(1 - first) + stats.norm.ppf(POWER)
-    mde = float("inf") if 2.0 ** -len(pairs) > first else float(z * sd)
+    mde = _mde_permutation(sd, len(pairs), ALPHA / N_FINDINGS)
     curve = ", ".join(f"{g:g}: {e:+.2f}" for g, e in zip(grid, res.effect, strict=True) if g in (0, 1, 2, 4, 6, 10))
     details = (f"{len(pairs)} shared points; best conv {a.min():.2f}, patchify {b.min():.2f}; "
                f"within {x:g}: conv {np.mean(np.round(a - a.min(), 9) <= x):.0%}, patchify "
                f"{np.mean(np.round(b - b.min(), 9) <= x):.0%}; curve (x: conv − patchify) {curve}; "
-               f"simultaneous {CI:.0%} band over x = 0…10")
+               f"descriptive {CI:.0%} band over x = 0…10 (a bootstrap of a best-relative statistic: not a test)")
     eff = float(res.effect[at])
-    regime = [r for r in (_chance(runs), _magnitude(eff, LR_WD.paper_effect),
+    regime = [r for r in (_chance(runs, {"ViT_P": {"stem": "patchify"}, "ViT_C": {"stem": "conv"}}),
+                          _magnitude(eff, LR_WD.paper_effect),
                           _lr_wd_regime(runs)) if r]
-    return Finding(**asdict(LR_WD), effect=eff + 0.0, lo=float(res.lo[at]) + 0.0, hi=float(res.hi[at]) + 0.0,
-                   p=float(res.p[at]), p_other=float(neg.p[at]),
+    fa = [float(np.mean(np.round(a - a.min(), 9) <= g)) for g in grid]
+    fb = [float(np.mean(np.round(b - b.min(), 9) <= g)) for g in grid]
+    rows = tuple({"x": g, "conv": fa[i], "patchify": fb[i], "diff": float(res.effect[i]), "lo": float(res.lo[i]),
+                  "hi": float(res.hi[i]), "p": float(res.p[i])} for i, g in enumerate(grid) if float(g).is_integer())
+    return Finding(**asdict(LR_WD), curve=rows, value=value, effect=eff + 0.0, lo=float(res.lo[at]) + 0.0,
+                   hi=float(res.hi[at]) + 0.0, p=float(res.p[at]), p_other=float(res.p_less[at]),
                    p_test="permutation of stem labels within points, best re-chosen", n=len(pairs),
-                   n_text=f"{len(pairs)} (lr, wd) points x 2 stems", sd=sd, mde=mde,
+                   n_text=f"{len(pairs)} shared (lr, wd, seed) points x 2 stems", sd=sd, mde=mde,
                    regime="; ".join(regime), details=details)
 
 

@@ -203,13 +203,14 @@ class PairedBest:
     lo: np.ndarray  # simultaneous band over x (bootstrap of the sup deviation)
     hi: np.ndarray
     p: np.ndarray  # per x, one-sided (effect > 0), permutation of arm labels within pairs
+    p_less: np.ndarray  # per x, one-sided (effect < 0), from the same permutations
     null_sd: np.ndarray  # per x, the statistic's SD over the label permutations (its null spread)
     n_points: int
 
 
 def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.ndarray], np.ndarray],
                    x: np.ndarray, ci: float = 0.9, n_boot: int = 2000, n_perm: int = 2000,
-                   seed: int = 0) -> PairedBest:
+                   seed: int = 0, bounds: tuple[float, float] | None = None) -> PairedBest:
     """Resampling answers for ``stat(a, b)`` over n shared points (``a[i]``, ``b[i]``: the two
     arms' errors at point i).
 
@@ -222,10 +223,13 @@ def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.
         n_boot, n_perm: bootstrap resamples (points drawn as pairs) and label permutations
             (each point's two errors swapped with probability 1/2).
         seed: of both.
+        bounds: the statistic's range, to clip the band to (e.g. (-1, 1) for a difference of
+            fractions).
 
     Returns:
-        ``PairedBest`` with the band and one-sided permutation p per x (the observed labelling
-        included, so p >= 1 / (n_perm + 1)).
+        ``PairedBest`` with the band (descriptive where the statistic is relative to a best:
+        the bootstrap of an extreme is inconsistent) and one-sided permutation p per x in each
+        direction (the observed labelling included, so p >= 1 / (n_perm + 1)).
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or a.ndim != 1:
@@ -239,9 +243,10 @@ def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.
         half = float(np.nanquantile(np.nanmax(np.abs(boots - obs), axis=1), ci))
     perms = np.array([stat(np.where(swap, b, a), np.where(swap, a, b))
                       for swap in (rng.random(n) < 0.5 for _ in range(n_perm))], float).reshape(n_perm, -1)
-    hits = 1 + (perms >= obs - 1e-12).sum(0)
+    hits, low = 1 + (perms >= obs - 1e-12).sum(0), 1 + (perms <= obs + 1e-12).sum(0)
     null_sd = perms.std(0, ddof=1) if n_perm > 1 else np.full_like(obs, np.nan)
-    return PairedBest(np.asarray(x, float), obs, obs - half, obs + half, hits / (n_perm + 1), null_sd, n)
+    lo, hi = (np.clip(v, *bounds) for v in (obs - half, obs + half)) if bounds else (obs - half, obs + half)
+    return PairedBest(np.asarray(x, float), obs, lo, hi, hits / (n_perm + 1), low / (n_perm + 1), null_sd, n)
 
 
 def correct_of(packed: bytes, n: int) -> np.ndarray:
