@@ -23,7 +23,8 @@ from stability import store
 
 RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "epochs", "batch_size",
                "seed", "dataset", "params", "flops", "top1_err", "top5_err", "best_top1_err",
-               "ema_top1_err", "final_train_loss", "collapsed", "diverged_at_step", "n_spikes",
+               "ema_top1_err", "test_top1_err", "test_ema_top1_err", "final_train_loss", "collapsed",
+               "diverged_at_step", "n_spikes",
                "wall_time_s", "device", "slurm_job_id", "started_at", "finished_at", "error"]
 FILTERS = ("sweep", "model", "stem", "optimizer", "epochs", "dataset", "status")
 COUNT_COLUMNS = {*store.RunStatus, "runs", "collapsed", "planned", "total", "epochs", "seed", "batch_size",

@@ -6,6 +6,8 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stability import store
 from stability.analysis.inference import correct_of, mcnemar_runs
@@ -78,3 +80,29 @@ def test_precise_bn_replaces_running_stats_by_the_average_of_batch_stats():
     plain = torch.nn.Sequential(torch.nn.Linear(2, 2))
     assert precise_bn(plain, data, cfg, torch.device("cpu"), nullcontext) == 0
     assert np.isfinite(net[1].running_var.numpy()).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=700))
+def test_stored_correctness_reads_back_exactly(bits):
+    from stability.evaluation import pack_correct
+
+    packed = pack_correct(np.array(bits))
+    assert correct_of(packed, len(bits)).tolist() == bits
+    with pytest.raises(ValueError):
+        correct_of(packed, len(bits) + 8)  # too few bytes for the count: named, never a wrong read
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(-6, 6), min_size=1, max_size=8), st.sampled_from(["greater", "less", "two-sided"]))
+def test_sign_flip_p_equals_brute_force(d, alternative):
+    from itertools import product
+
+    from stability.analysis.inference import sign_flip_p
+
+    d = np.array(d, float) / 3  # errors on the 1/3-point grid: ties and zeros are common
+    means = [np.dot(s, d) / len(d) for s in product((1, -1), repeat=len(d))]
+    obs = d.mean()
+    hit = {"greater": lambda m: m >= obs - 1e-12, "less": lambda m: m <= obs + 1e-12,
+           "two-sided": lambda m: abs(m) >= abs(obs) - 1e-12}[alternative]
+    assert sign_flip_p(d, alternative) == pytest.approx(sum(map(hit, means)) / len(means))
