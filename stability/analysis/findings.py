@@ -180,6 +180,14 @@ def _finished(runs: pd.DataFrame, value: str) -> pd.DataFrame:
     return df[df["diverged"] | df[value].notna()]
 
 
+def _matching(df: pd.DataFrame, fields: dict) -> np.ndarray:
+    """Rows of ``df`` whose columns equal every value of ``fields`` (none where a column is missing)."""
+    mask = np.ones(len(df), bool)
+    for k, v in fields.items():
+        mask &= (df[k] == v).to_numpy() if k in df else False
+    return mask
+
+
 def select_arms(runs: pd.DataFrame, arms: dict[str, dict], value: str = SELECT_BY) -> dict[str, pd.Series]:
     """Each arm's chosen run: among the finished runs whose fields match the arm's, the one with
     the lowest ``value`` (validation error; diverged at 100; ties by lr, then wd, then run id).
@@ -195,10 +203,7 @@ def select_arms(runs: pd.DataFrame, arms: dict[str, dict], value: str = SELECT_B
     df = _finished(runs, value)
     out = {}
     for name, fields in arms.items():
-        mask = np.ones(len(df), bool)
-        for k, v in fields.items():
-            mask &= (df[k] == v).to_numpy() if k in df else False
-        pool = df[mask]
+        pool = df[_matching(df, fields)]
         if len(pool):
             out[name] = pool.sort_values(["err", "lr", "wd", "run_id"], kind="stable").iloc[0]
     return out
@@ -221,10 +226,7 @@ def seed_contrast(reps: pd.DataFrame, arms: dict[str, dict], weights: dict[str, 
     df = _finished(reps, value)
     cols = {}
     for name, fields in arms.items():
-        mask = np.ones(len(df), bool)
-        for k, v in fields.items():
-            mask &= (df[k] == v).to_numpy() if k in df else False
-        cols[name] = df[mask].groupby("seed")["err"].mean()
+        cols[name] = df[_matching(df, fields)].groupby("seed")["err"].mean()
     table = pd.DataFrame(cols).dropna()
     table["d"] = sum(w * table[a] for a, w in weights.items())
     return table.reset_index().rename(columns={"index": "seed"})
@@ -242,15 +244,8 @@ def convergence(reps: pd.DataFrame, longer: pd.DataFrame | None, arms: dict[str,
     a, b = _finished(reps, value), _finished(longer, value)
     notes, measured = [], []
     for name, fields in arms.items():
-        ma = np.ones(len(a), bool)
-        mb = np.ones(len(b), bool)
-        for k, v in fields.items():
-            if k != "epochs":
-                ma &= (a[k] == v).to_numpy() if k in a else False
-                mb &= (b[k] == v).to_numpy() if k in b else False
-        ma &= (a["epochs"] == fields["epochs"]).to_numpy()
-        mb &= (b["epochs"] == 2 * fields["epochs"]).to_numpy()
-        ea, eb = a[ma].groupby("seed")["err"].mean(), b[mb].groupby("seed")["err"].mean()
+        ea = a[_matching(a, fields)].groupby("seed")["err"].mean()
+        eb = b[_matching(b, {**fields, "epochs": 2 * fields["epochs"]})].groupby("seed")["err"].mean()
         common = ea.index.intersection(eb.index)
         if not len(common):
             notes.append(f"{name}: not checked (no run at {2 * fields['epochs']} epochs)")
@@ -271,10 +266,7 @@ def _chance(runs: pd.DataFrame, arms: dict[str, dict] | None = None) -> str:
         return ""
     notes = []
     for name, fields in (arms or {"": {}}).items():
-        mask = np.ones(len(done), bool)
-        for k, v in fields.items():
-            mask &= (done[k] == v).to_numpy() if k in done else False
-        g = done[mask]
+        g = done[_matching(done, fields)]
         n = int(g["collapsed"].fillna(False).astype(bool).sum())
         if len(g) and n >= len(g) / 2:
             notes.append(f"{name + ': ' if name else ''}{n} of {len(g)} runs never left chance")
