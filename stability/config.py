@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from .data import DATASETS, DECODED
+from .data import DATASETS, DECODED, SIZES
 from .errors import ConfigError, shown
 from .models.presets import STEMS, architecture_revision, resolve
 from .validate import checked_fields
@@ -212,6 +212,9 @@ def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
     for name in ("mix_prob", "mix_switch_prob"):
         _check(name, 0 <= getattr(cfg, name) <= 1, "must be in [0, 1]", getattr(cfg, name), source)
     _check("test_split", cfg.test_split >= 0, "must be >= 0 (0 = no test split)", cfg.test_split, source)
+    known = SIZES.get(cfg.dataset, (None,))[0] if cfg.dataset != "synthetic" else cfg.synthetic_size
+    _check("test_split", cfg.test_split == 0 or known is None or cfg.test_split < known,
+           f"must be below the dataset's {known} training images", cfg.test_split, source)
     _check("test_split", cfg.test_split == 0 or cfg.dataset not in DECODED,
            f"a test split is held out of in-memory datasets only (not {', '.join(DECODED)})", cfg.test_split, source)
     _check("synthetic_size", cfg.synthetic_size >= 1, "must be >= 1", cfg.synthetic_size, source)

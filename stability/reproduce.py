@@ -24,6 +24,7 @@ only what is missing. The report is markdown and HTML, written atomically.
 from __future__ import annotations
 
 import html
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +45,7 @@ NEEDS = {"lr_wd": ("lr_wd",), "peak": ("lr_wd",), "optimizer": ("lr_wd", "optimi
 REGIME_SEEDS = 2  # long arms trained at 2x their length on the first 2 replication seeds
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
 SCALES = {"cpu": GRIDS / "cpu", "quick": GRIDS / "cpu" / "quick", "paper": GRIDS}
-RULE = (f"each arm's configuration is chosen on the validation split and trained again with {F.SEEDS} "
+RULE = (f"Each arm's configuration is chosen on the validation split and trained again with {F.SEEDS} "
         "shared seeds; a finding's statistic is the mean per-seed contrast on the held-out test split "
         "(lr/wd: the paired within-x statistic over the shared points), tested one-sided in the paper's "
         f"direction (exact sign-flip; lr/wd: label permutation) and Holm-adjusted over the findings at "
@@ -54,8 +55,9 @@ RULE = (f"each arm's configuration is chosen on the validation split and trained
         "did not match or was not checked; not reproduced: the adjusted test passed in the other "
         "direction; inconclusive: neither, with the minimum detectable effect at "
         f"{F.POWER:.0%} power beside the paper's effect.")
-CAVEATS = {"quick": "Quick scale: a few minutes of small runs on 2 cores. They leave chance, so the "
-                    "numbers are real but noisy; they show the machinery, not the paper's effects."}
+CAVEATS = {"quick": "Quick scale: a few minutes of small runs on 2 cores. Most leave chance (not all: "
+                    "the one-epoch short arms and some ViT_P runs stay near it), so the numbers are real "
+                    "but noisy; they show the machinery, not the paper's effects."}
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Outcome:
     arms: dict[str, pd.Series] = field(default_factory=dict)  # arm name -> its selected run
     findings: list[F.Finding] = field(default_factory=list)
     mcnemar: list[str] = field(default_factory=list)  # lines for the report
+    unused: list[str] = field(default_factory=list)  # replication sweeps of earlier arm choices
 
     @property
     def wall_s(self) -> float:
@@ -222,16 +225,16 @@ def arm_fields(chosen: list[str], lr_wd: pd.DataFrame, optimizer: pd.DataFrame |
     arms, pools = {}, {}
     if set(chosen) & {"peak", "optimizer", "epochs"}:
         for k, v in F.arms_peak(long).items():
-            arms[f"adamw-{k}"], pools[f"adamw-{k}"] = v, lr_wd
+            arms[k], pools[k] = v, lr_wd
     if "optimizer" in chosen and optimizer is not None:
         for k, v in F.arms_optimizer(long).items():
             if v["optimizer"] == "sgd":
-                arms[f"sgd-{k}"], pools[f"sgd-{k}"] = v, optimizer
+                arms[k], pools[k] = v, optimizer
     short = int(epochs["epochs"].min()) if "epochs" in chosen and epochs is not None and len(epochs) else None
     if short is not None:
         for k, v in F.arms_epochs(short, long).items():
             if v["epochs"] == short:
-                arms[f"short-{k}"], pools[f"short-{k}"] = v, epochs
+                arms[k], pools[k] = v, epochs
     return arms, pools, long, short
 
 
@@ -264,6 +267,31 @@ def replication_spec(template, configs: list[dict], name: str, seeds: tuple[int,
     return path
 
 
+def _canonical(cfg: dict) -> str:
+    return json.dumps(cfg, sort_keys=True, default=list)
+
+
+def _existing_tag(root: str, name: str, configs: list[dict], seeds: tuple[int, ...]) -> str | None:
+    """The tag of a replication spec under ``root`` that runs exactly ``configs`` with ``seeds``
+    (whatever order or arm names wrote it), so a rerun never trains the same replicates twice."""
+    from .yamlio import load_yaml
+
+    want = {_canonical(c) for c in configs}
+    for path in sorted((Path(root) / "reproduce" / "specs").glob(f"{name}-*.yaml")):
+        tag = path.stem[len(name) + 1:]
+        if tag.startswith("2x-"):
+            continue
+        try:
+            d = load_yaml(path)
+            arms = (d.get("space") or {}).get("arm") or [{}]
+            got = {_canonical({**d["base"], **a}) for a in arms}
+        except (ConfigError, AttributeError, KeyError, TypeError):
+            continue  # not ours, or damaged: ignored, never trusted
+        if got == want and tuple(d.get("seeds") or ()) == tuple(seeds):
+            return tag
+    return None
+
+
 def run_studies(inv: Invocation, show_progress: bool = True, console=None) -> Outcome:
     """Phase 1 (the selection studies), phase 2 (replicates and 2x runs), then the judged findings."""
     from .config import config_hash
@@ -286,9 +314,8 @@ def run_studies(inv: Invocation, show_progress: bool = True, console=None) -> Ou
     reps = longer = None
     if out.arms:
         template = specs["peak"]
-        configs = {arm: _identity(row) for arm, row in out.arms.items()}
-        ordered = [configs[a] for a in sorted(configs)]
-        tag = config_hash({"arms": ordered}, 8)
+        ordered = sorted((_identity(row) for row in out.arms.values()), key=_canonical)
+        tag = _existing_tag(inv.root, template.name, ordered, template.seeds) or config_hash({"arms": ordered}, 8)
         rep_spec = load_spec(replication_spec(template, ordered, f"{template.name}-{tag}", template.seeds, inv.root))
         r = _run(rep_spec, "replicates", show_progress, console)
         out.studies.append(r)
@@ -301,6 +328,10 @@ def run_studies(inv: Invocation, show_progress: bool = True, console=None) -> Ou
             out.studies.append(r2)
             longer = r2.runs
     out.findings = F.judge([_finding(key, lr_wd, reps, longer, long, short) for key in inv.chosen])
+    used = {r.sweep for r in out.studies}
+    prefix = f"{specs['peak'].name}-"
+    out.unused = [s for s in store.sweeps(inv.root) if s.startswith(prefix) and s not in used
+                  and s[len(prefix):].removeprefix("2x-").isalnum()]
     if reps is not None:
         out.mcnemar = mcnemar_lines(reps, long)
     return out
@@ -341,6 +372,18 @@ def mcnemar_lines(reps: pd.DataFrame, long: int) -> list[str]:
     return lines
 
 
+def plain(f: F.Finding) -> str:
+    """One sentence a reader can take away: the effect, how many seeds agree, the verdict."""
+    if not np.isfinite(f.effect):
+        return f"{f.title}: no result ({f.details})."
+    agree = ""
+    if f.key != "lr_wd" and "per-seed d: " in f.details:
+        d = [float(v) for v in f.details.split("per-seed d: ")[1].split(";")[0].split(", ")]
+        agree = f", {sum(v > 0 for v in d)} of {len(d)} seeds in the paper's direction"
+    return (f"{f.title}: {f.statistic} = {f.effect:+.2f} {f.unit} ({f.n_text}{agree}): **{f.verdict}**"
+            + (f" — {f.regime}" if f.verdict.startswith("same direction") else "") + ".")
+
+
 def _fmt(v: float | None, spec: str = "+.2f") -> str:
     return "–" if v is None or pd.isna(v) else "inf" if np.isinf(v) else format(v + 0.0, spec)
 
@@ -356,8 +399,9 @@ def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = (
         lines += [f"**{CAVEATS[scale]}**", ""]
     if left_out:
         lines += [f"Studies not run in this invocation (`--only`): {', '.join(left_out)}.", ""]
+    lines += ["**In short.**", ""] + [f"- {plain(f)}" for f in res.findings] + [""]
     lines += [f"**Verdict rule.** {RULE}", "",
-              "| finding | verdict | effect [90% CI] | unit | p, paper's direction: raw → Holm | p, other direction: raw → Holm | n | MDE (≥ 80% power) | the paper |",
+              "| finding | verdict | effect [90% CI] | unit | p, paper's direction: raw → Holm | p, other direction: raw → Holm | n | MDE (≥ 80% power; lr/wd: smallest passing) | the paper |",
               "|---|---|---|---|---|---|---|---|---|"]
     for f in res.findings:
         lines.append(f"| {f.title} | **{f.verdict}** | {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] | {f.unit} | "
@@ -395,11 +439,17 @@ def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = (
                       f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}] | {r['p']:.3g} |" for r in f.curve]
         if f.key == "peak" and res.mcnemar:
             lines += ["- Evaluation noise (same test images): " + "; ".join(res.mcnemar) + "."]
-    lines += ["", "## Sweeps", "", "| study | sweep | runs | collapsed | training time (min, summed) | wall (min) |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "## Sweeps", "", "| study | sweep | runs | collapsed | training time (min, summed) | "
+              "wall this invocation (min) | code (git) |", "|---|---|---|---|---|---|---|"]
     for r in res.studies:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(r.counts.items())) or "no runs"
-        lines.append(f"| {r.name} | `{r.sweep}` | {counts} | {r.collapsed} | {r.train_s / 60:.1f} | {r.wall_s / 60:.1f} |")
+        shas = ", ".join(sorted({str(v)[:7] for v in r.runs.get("git_sha", pd.Series(dtype=str)).dropna()})) or "–"
+        wall = f"{r.wall_s / 60:.1f}" if r.wall_s >= 30 else "– (nothing left to train)"
+        lines.append(f"| {r.name} | `{r.sweep}` | {counts} | {r.collapsed} | {r.train_s / 60:.1f} | {wall} | {shas} |")
+    if res.unused:
+        lines += ["", "Other replication sweeps under this root (earlier invocations or choices of arms), not used here (their "
+                  "specs are in `reproduce/specs/`; delete both to reclaim the space): "
+                  + ", ".join(f"`{u}`" for u in res.unused) + "."]
     for r in res.studies:
         if err := r.first_error():
             lines.append(f"\n- A failed run's error ({r.sweep}): `{err[:300]}`.")

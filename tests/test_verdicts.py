@@ -62,19 +62,19 @@ def _reps(rng, effect=0.0, seed_sd=1.5, which="peak", base=None):
     rows = []
     arms = {"peak": findings.arms_peak(20), "optimizer": findings.arms_optimizer(20),
             "epochs": findings.arms_epochs(5, 20)}[which]
-    shift = {"peak": {"ViT_P": effect}, "optimizer": {"P-sgd": effect},
-             "epochs": {"P@5": effect}}[which]
+    shift = {"peak": {"P-adamw@20": effect}, "optimizer": {"P-sgd@20": effect},
+             "epochs": {"P-adamw@5": effect}}[which]
     # main effects that cancel in the difference in differences (ViT_P worse everywhere, SGD worse,
     # the short schedule worse): the null of "no interaction" with arms at different error levels
-    main = {"optimizer": {"P-adamw": 6.0, "P-sgd": 9.0, "C-sgd": 3.0},
-            "epochs": {"P@20": 6.0, "P@5": 16.0, "C@5": 10.0}}.get(which, {})
+    main = {"optimizer": {"P-adamw@20": 6.0, "P-sgd@20": 9.0, "C-sgd@20": 3.0},
+            "epochs": {"P-adamw@20": 6.0, "P-adamw@5": 16.0, "C-adamw@5": 10.0}}.get(which, {})
     for seed in range(1, K + 1):
         for name, fields in arms.items():
             true = base + main.get(name, 0.0) + shift.get(name, 0.0) + rng.normal(0, seed_sd)
             for mult in (1, 2):
                 err = _observe(rng, true)
                 rows.append({**fields, "epochs": fields["epochs"] * mult, "seed": seed, "status": "completed",
-                             "collapsed": False, "run_id": f"{name}-{seed}-{mult}",
+                             "collapsed": False, "init_top1_err": 90.0, "run_id": f"{name}-{seed}-{mult}",
                              "test_ema_top1_err": err, "lr": 1e-3, "wd": 0.1, "long": mult == 2})
     df = pd.DataFrame(rows)
     return df[~df["long"]], df[df["long"]]
@@ -89,7 +89,7 @@ def _lr_wd_runs(rng, effect=0.0, points=10, pool=POOL):
         for stem in ("patchify", "conv"):
             true = q + (effect * i if stem == "patchify" else 0.0)
             rows.append({"stem": stem, "lr": 1e-3 * (i + 1), "wd": 0.1, "seed": 0, "status": "completed",
-                         "collapsed": False, "optimizer": "sgd", "run_id": f"{stem}{i}",
+                         "collapsed": False, "init_top1_err": 90.0, "optimizer": "sgd", "run_id": f"{stem}{i}",
                          "test_ema_top1_err": _observe(rng, true)})
     return pd.DataFrame(rows)
 

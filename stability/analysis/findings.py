@@ -39,6 +39,7 @@ from .inference import (
     sd_upper,
     seeds_needed,
     sign_flip_p,
+    smallest_passing,
     t_interval,
 )
 
@@ -102,6 +103,7 @@ class Finding:
     reason: str = ""
     curve: tuple = ()  # lr/wd: one dict per x (within fractions, difference, band, p)
     value: str = ""  # the error column judged (``judged_value``)
+    null: tuple = ()  # lr/wd: the headline statistic under each label permutation
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -122,19 +124,18 @@ def _family_mde(f: Finding, level: float) -> float:
     if not np.isfinite(f.sd) or f.n < 2:
         return f.mde
     if f.key == "lr_wd":
-        return _mde_permutation(f.sd, f.n, level)
+        return _mde_permutation(f.null, f.n, level)
     return _mde_seeds(f.sd, f.n, level)
 
 
-def _mde_permutation(null_sd: float, n: int, level: float) -> float:
-    """lr/wd: none can pass when even the most extreme of the 2^n label patterns has p > level;
-    otherwise a normal approximation on the statistic's null spread. Approximate, and optimistic
-    where ties make the permutation test conservative (few distinct within-x fractions)."""
-    from scipy import stats
-
-    if 2.0 ** -n > level:
+def _mde_permutation(null: Sequence[float], n: int, level: float) -> float:
+    """lr/wd: the smallest effect its permutation test can call significant at ``level`` (from
+    the test's own null draws; ties among the within-x fractions make it large). A lower bound on
+    the effect detectable with 80 % power, which is larger still. ``inf`` when none can pass."""
+    if 2.0 ** -n > level or not len(null):
         return float("inf")
-    return float((stats.norm.ppf(1 - level) + stats.norm.ppf(POWER)) * null_sd)
+    c = max(smallest_passing(np.asarray(null), level), 0.0)
+    return c if c <= 1.0 else float("inf")  # a difference of fractions cannot exceed 1
 
 
 def _verdict(f: Finding, alpha: float) -> tuple[str, str]:
@@ -143,19 +144,21 @@ def _verdict(f: Finding, alpha: float) -> tuple[str, str]:
         return "inconclusive", f.details
     if f.p_adj <= alpha and f.effect > 0:
         if not f.regime:
-            return "reproduced", f"paper's sign, Holm-adjusted p {f.p_adj:.3g} <= {alpha:g}, regime checked; {paper}"
-        return "same direction (regime differs)", f"{f.regime}; Holm-adjusted p {f.p_adj:.3g} <= {alpha:g}; {paper}"
+            return "reproduced", f"paper's sign, Holm-adjusted p {f.p_adj:.3g} ≤ {alpha:g}, regime checked; {paper}"
+        return "same direction (regime differs)", f"{f.regime}; Holm-adjusted p {f.p_adj:.3g} ≤ {alpha:g}; {paper}"
     if f.p_other_adj <= alpha and f.effect < 0:
-        return "not reproduced", f"the opposite sign, Holm-adjusted p {f.p_other_adj:.3g} <= {alpha:g}; {paper}"
+        return "not reproduced", f"the opposite sign, Holm-adjusted p {f.p_other_adj:.3g} ≤ {alpha:g}; {paper}"
     if np.isnan(f.mde):
         return "inconclusive", f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; the contrast did not vary across seeds; {paper}"
     if not np.isfinite(f.mde):
         return "inconclusive", f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; with n = {f.n} no result could pass the test; {paper}"
     could = ("" if f.paper_effect is None or f.mde <= abs(f.paper_effect)
              else "; too small a study to see the paper's effect")
-    approx = " (approximate)" if f.key == "lr_wd" else ""
+    if f.key == "lr_wd":
+        return "inconclusive", (f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; the smallest effect this permutation "
+                                f"test can pass: {f.mde:.2f} {f.unit}; {paper}{could}")
     return "inconclusive", (f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; detectable with at least {POWER:.0%} power"
-                            f"{approx}: {f.mde:.2f} {f.unit}; {paper}{could}")
+                            f": {f.mde:.2f} {f.unit}; {paper}{could}")
 
 
 # ---- arms: selection on the validation split, replicates on the test split ----------------------
@@ -258,18 +261,30 @@ def convergence(reps: pd.DataFrame, longer: pd.DataFrame | None, arms: dict[str,
     return "; ".join(notes), ("gain at 2x length (points): " + ", ".join(measured)) if measured else ""
 
 
-def _chance(runs: pd.DataFrame, arms: dict[str, dict] | None = None) -> str:
-    """Arms (or, without ``arms``, the runs as one group) of which at least half never left
-    chance: "most runs off chance" is part of the regime."""
+CHANCE = 0.9  # a finished run is stuck at chance when its error is >= 0.9 x its error at init
+
+
+def at_chance(runs: pd.DataFrame, value: str) -> pd.Series:
+    """Completed runs whose ``value`` error is at least ``CHANCE`` x their error at
+    initialisation (``init_top1_err``, about chance); without that column, the trainer's
+    ``collapsed`` flag (final training loss near ln C, which a one-epoch run with label
+    smoothing can trip while learning). Diverged runs are not "at chance": they diverged."""
+    done = runs["status"].eq("completed")
+    if "init_top1_err" in runs and value in runs and runs["init_top1_err"].notna().any():
+        return done & (runs[value] >= CHANCE * runs["init_top1_err"])
+    return done & runs.get("collapsed", pd.Series(False, index=runs.index)).fillna(False).astype(bool)
+
+
+def _chance(runs: pd.DataFrame, arms: dict[str, dict], value: str) -> str:
+    """Arms of which at least half the finished runs are stuck at chance: "most runs off chance"
+    is part of the regime."""
     done = runs[runs["status"].isin(DONE)] if len(runs) else runs
-    if not len(done) or "collapsed" not in done:
-        return ""
     notes = []
-    for name, fields in (arms or {"": {}}).items():
+    for name, fields in arms.items():
         g = done[_matching(done, fields)]
-        n = int(g["collapsed"].fillna(False).astype(bool).sum())
+        n = int(at_chance(g, value).sum()) if len(g) else 0
         if len(g) and n >= len(g) / 2:
-            notes.append(f"{name + ': ' if name else ''}{n} of {len(g)} runs never left chance")
+            notes.append(f"{name}: {n} of {len(g)} runs stuck at chance")
     return "; ".join(notes)
 
 
@@ -306,19 +321,23 @@ def _seed_finding(c: Claim, table: pd.DataFrame, arms: dict[str, dict], regime: 
 
 # ---- the four findings ------------------------------------------------------------------------
 
+def arm(stem: str, optimizer: str, epochs: int) -> tuple[str, dict]:
+    """An arm's name (``P-adamw@20``: ViT_P, AdamW, 20 epochs; one name in every finding and
+    report) and its fields."""
+    return f"{'P' if stem == 'patchify' else 'C'}-{optimizer}@{epochs}", {
+        "stem": stem, "optimizer": optimizer, "epochs": epochs}
+
+
 def arms_peak(epochs: int) -> dict[str, dict]:
-    return {"ViT_P": {"stem": "patchify", "optimizer": "adamw", "epochs": epochs},
-            "ViT_C": {"stem": "conv", "optimizer": "adamw", "epochs": epochs}}
+    return dict(arm(s, "adamw", epochs) for s in ("patchify", "conv"))
 
 
 def arms_optimizer(epochs: int) -> dict[str, dict]:
-    return {f"{s}-{o}": {"stem": stem, "optimizer": o, "epochs": epochs}
-            for s, stem in (("P", "patchify"), ("C", "conv")) for o in ("adamw", "sgd")}
+    return dict(arm(s, o, epochs) for s in ("patchify", "conv") for o in ("adamw", "sgd"))
 
 
 def arms_epochs(short: int, long: int) -> dict[str, dict]:
-    return {f"{s}@{ep}": {"stem": stem, "optimizer": "adamw", "epochs": ep}
-            for s, stem in (("P", "patchify"), ("C", "conv")) for ep in (short, long)}
+    return dict(arm(s, "adamw", ep) for s in ("patchify", "conv") for ep in (short, long))
 
 
 PEAK = Claim("peak", "Peak performance (§6, Fig. 6 and Table 2)",
@@ -344,28 +363,28 @@ def finding_peak(reps: pd.DataFrame, epochs: int, longer: pd.DataFrame | None = 
                  value: str = VALUE) -> Finding:
     """§6: at each stem's selected AdamW config (``epochs`` long), ViT_C's test error is lower."""
     arms = arms_peak(epochs)
-    table = seed_contrast(reps, arms, {"ViT_P": 1, "ViT_C": -1}, value)
+    table = seed_contrast(reps, arms, dict(zip(arms, (1, -1), strict=True)), value)
     conv, measured = convergence(reps, longer, arms, value)
-    return _seed_finding(PEAK, table, arms, [conv, _chance(reps, arms)], measured, value)
+    return _seed_finding(PEAK, table, arms, [conv, _chance(reps, arms, value)], measured, value)
 
 
 def finding_optimizer(reps: pd.DataFrame, epochs: int, longer: pd.DataFrame | None = None,
                       value: str = VALUE) -> Finding:
     """§5.2: SGD costs ViT_P more than ViT_C (each optimizer at its selected lr)."""
     arms = arms_optimizer(epochs)
-    table = seed_contrast(reps, arms, {"P-sgd": 1, "P-adamw": -1, "C-sgd": -1, "C-adamw": 1}, value)
+    table = seed_contrast(reps, arms, dict(zip(arms, (-1, 1, 1, -1), strict=True)), value)  # P-adamw, P-sgd, C-adamw, C-sgd
     conv, measured = convergence(reps, longer, arms, value)
-    return _seed_finding(OPTIMIZER, table, arms, [conv, _chance(reps, arms)], measured, value)
+    return _seed_finding(OPTIMIZER, table, arms, [conv, _chance(reps, arms, value)], measured, value)
 
 
 def finding_epochs(reps: pd.DataFrame, short: int, long: int, longer: pd.DataFrame | None = None,
                    value: str = VALUE) -> Finding:
     """§5.1: ViT_C's lead over ViT_P is larger at the short schedule than at the long one."""
     arms = arms_epochs(short, long)
-    table = seed_contrast(reps, arms, {f"P@{short}": 1, f"C@{short}": -1, f"P@{long}": -1, f"C@{long}": 1}, value)
+    table = seed_contrast(reps, arms, dict(zip(arms, (1, -1, -1, 1), strict=True)), value)  # P@short, P@long, C@short, C@long
     long_arms = {k: v for k, v in arms.items() if v["epochs"] == long}
     conv, measured = convergence(reps, longer, long_arms, value)
-    return _seed_finding(EPOCHS, table, arms, [conv, _chance(reps, arms)],
+    return _seed_finding(EPOCHS, table, arms, [conv, _chance(reps, arms, value)],
                          f"schedules {short} and {long} epochs; {measured}".rstrip("; "), value)
 
 
@@ -401,15 +420,15 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
     a, b = pairs["conv"].to_numpy(float), pairs["patchify"].to_numpy(float)
     res = paired_best_of(a, b, lambda u, v: within_curve(u, v, grid), np.array(grid), CI, n_boot, n_perm,
                          bounds=(-1.0, 1.0))
-    sd = float(res.null_sd[at])
-    mde = _mde_permutation(sd, len(pairs), ALPHA / N_FINDINGS)
+    sd, null = float(res.null_sd[at]), tuple(res.perms[:, at])
+    mde = _mde_permutation(null, len(pairs), ALPHA / N_FINDINGS)
     curve = ", ".join(f"{g:g}: {e:+.2f}" for g, e in zip(grid, res.effect, strict=True) if g in (0, 1, 2, 4, 6, 10))
     details = (f"{len(pairs)} shared points; best conv {a.min():.2f}, patchify {b.min():.2f}; "
                f"within {x:g}: conv {np.mean(np.round(a - a.min(), 9) <= x):.0%}, patchify "
                f"{np.mean(np.round(b - b.min(), 9) <= x):.0%}; curve (x: conv − patchify) {curve}; "
                f"descriptive {CI:.0%} band over x = 0…10 (a bootstrap of a best-relative statistic: not a test)")
     eff = float(res.effect[at])
-    regime = [r for r in (_chance(runs, {"ViT_P": {"stem": "patchify"}, "ViT_C": {"stem": "conv"}}),
+    regime = [r for r in (_chance(runs, {"ViT_P": {"stem": "patchify"}, "ViT_C": {"stem": "conv"}}, value),
                           _magnitude(eff, LR_WD.paper_effect),
                           _lr_wd_regime(runs)) if r]
     fa = [float(np.mean(np.round(a - a.min(), 9) <= g)) for g in grid]
@@ -419,7 +438,8 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
     return Finding(**asdict(LR_WD), curve=rows, value=value, effect=eff + 0.0, lo=float(res.lo[at]) + 0.0,
                    hi=float(res.hi[at]) + 0.0, p=float(res.p[at]), p_other=float(res.p_less[at]),
                    p_test="permutation of stem labels within points, best re-chosen", n=len(pairs),
-                   n_text=f"{len(pairs)} shared (lr, wd, seed) points x 2 stems", sd=sd, mde=mde,
+                   n_text=f"{len(pairs)} shared (lr, wd) points x 2 stems"
+                   + (" (per seed)" if pairs["seed"].nunique() > 1 else ", one seed each"), sd=sd, mde=mde, null=null,
                    regime="; ".join(regime), details=details)
 
 

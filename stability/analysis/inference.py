@@ -206,6 +206,7 @@ class PairedBest:
     p_less: np.ndarray  # per x, one-sided (effect < 0), from the same permutations
     null_sd: np.ndarray  # per x, the statistic's SD over the label permutations (its null spread)
     n_points: int
+    perms: np.ndarray | None = None  # (n_perm, len(x)): the statistic under each label permutation
 
 
 def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.ndarray], np.ndarray],
@@ -246,7 +247,21 @@ def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.
     hits, low = 1 + (perms >= obs - 1e-12).sum(0), 1 + (perms <= obs + 1e-12).sum(0)
     null_sd = perms.std(0, ddof=1) if n_perm > 1 else np.full_like(obs, np.nan)
     lo, hi = (np.clip(v, *bounds) for v in (obs - half, obs + half)) if bounds else (obs - half, obs + half)
-    return PairedBest(np.asarray(x, float), obs, lo, hi, hits / (n_perm + 1), low / (n_perm + 1), null_sd, n)
+    return PairedBest(np.asarray(x, float), obs, lo, hi, hits / (n_perm + 1), low / (n_perm + 1), null_sd, n, perms)
+
+
+def smallest_passing(null: np.ndarray, level: float) -> float:
+    """The smallest statistic a one-sided permutation test with these null draws calls
+    significant at ``level`` ((1 + #(null >= t)) / (len(null) + 1) <= level), ``inf`` when no
+    value can (too few distinct label patterns, or too few draws)."""
+    null = np.sort(np.asarray(null, float))[::-1]
+    allowed = int(np.floor(level * (len(null) + 1))) - 1  # null draws that may lie at or above t
+    if allowed < 0:
+        return float("inf")
+    if allowed >= len(null):
+        return float("-inf")
+    # t must exceed the (allowed + 1)-th largest draw (ties at t count against it)
+    return float(np.nextafter(null[allowed], np.inf))
 
 
 def correct_of(packed: bytes, n: int) -> np.ndarray:
