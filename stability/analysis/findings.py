@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pandas as pd
 
-from ..store import DONE
+from ..store import DONE, RunStatus
 from .edf import errors
 from .inference import (
     holm,
@@ -269,7 +269,7 @@ def at_chance(runs: pd.DataFrame, value: str) -> pd.Series:
     initialisation (``init_top1_err``, about chance); without that column, the trainer's
     ``collapsed`` flag (final training loss near ln C, which a one-epoch run with label
     smoothing can trip while learning). Diverged runs are not "at chance": they diverged."""
-    done = runs["status"].eq("completed")
+    done = runs["status"].eq(RunStatus.COMPLETED)
     if "init_top1_err" in runs and value in runs and runs["init_top1_err"].notna().any():
         return done & (runs[value] >= CHANCE * runs["init_top1_err"])
     return done & runs.get("collapsed", pd.Series(False, index=runs.index)).fillna(False).astype(bool)
