@@ -79,7 +79,7 @@ def test_reproduce_on_cifar_set_from_the_command_line_is_a_sweep_of_its_own(tmp_
     reports = list((tmp_path / "res/reproduce").glob("quick-dataset_cifar10-*-only-lr_wd.md"))
     assert len(reports) == 1
     text = reports[0].read_text()
-    assert "Fig. 5" in text and "not run in this invocation (`--only`): optimizer, epochs, peak" in text
+    assert "Figs. 4–5" in text and "not run in this invocation (`--only`): optimizer, epochs, peak" in text
     # a missing data root: every run fails, the command says so and exits 1
     bad = run_cli("reproduce", "--quick", "--quiet", "--only", "lr_wd", "--results", str(tmp_path / "res"),
                   "--set", "dataset=cifar10", "--set", f"data_root={tmp_path / 'nowhere'}", "--set", "test_split=0",
