@@ -253,7 +253,7 @@ def convergence(reps: pd.DataFrame, longer: pd.DataFrame | None, arms: dict[str,
         if not len(common):
             notes.append(f"{name}: not checked (no run at {2 * fields['epochs']} epochs)")
             continue
-        gain = float((ea[common] - eb[common]).mean())
+        gain = round(float((ea[common] - eb[common]).mean()), 9)  # errors are multiples of 1/3 point: no float noise decides
         measured.append(f"{name} {gain:+.2f} (n = {len(common)})")
         if gain > CONVERGED_POINTS:
             notes.append(f"{name} not converged at {fields['epochs']} epochs ({gain:.1f} points better "
