@@ -305,8 +305,8 @@ def run_studies(inv: Invocation, show_progress: bool = True, console=None) -> Ou
             done[name] = _run(specs[name], name, show_progress, console)
             out.studies.append(done[name])
     lr_wd = done["lr_wd"].runs
-    arms, pools, long, short = arm_fields(inv.chosen, lr_wd, done.get("optimizer", StudyResult("", "", None, 0)).runs,
-                                          done.get("epochs", StudyResult("", "", None, 0)).runs)
+    arms, pools, long, short = arm_fields(inv.chosen, lr_wd, *(done[k].runs if k in done else None
+                                                               for k in ("optimizer", "epochs")))
     for arm, fields in arms.items():
         pool = pools[arm]
         picked = F.select_arms(pool, {arm: fields}, F.judged_value(pool, (F.SELECT_BY, "top1_err")))
@@ -376,10 +376,7 @@ def plain(f: F.Finding) -> str:
     """One sentence a reader can take away: the effect, how many seeds agree, the verdict."""
     if not np.isfinite(f.effect):
         return f"{f.title}: no result ({f.details})."
-    agree = ""
-    if f.key != "lr_wd" and "per-seed d: " in f.details:
-        d = [float(v) for v in f.details.split("per-seed d: ")[1].split(";")[0].split(", ")]
-        agree = f", {sum(v > 0 for v in d)} of {len(d)} seeds in the paper's direction"
+    agree = f", {sum(v > 0 for v in f.d)} of {len(f.d)} seeds in the paper's direction" if f.d else ""
     return (f"{f.title}: {f.statistic} = {f.effect:+.2f} {f.unit} ({f.n_text}{agree}): **{f.verdict}**"
             + (f" — {f.regime}" if f.verdict.startswith("same direction") else "") + ".")
 

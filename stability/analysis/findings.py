@@ -104,6 +104,7 @@ class Finding:
     curve: tuple = ()  # lr/wd: one dict per x (within fractions, difference, band, p)
     value: str = ""  # the error column judged (``judged_value``)
     null: tuple = ()  # lr/wd: the headline statistic under each label permutation
+    d: tuple = ()  # replicated findings: the per-seed contrasts
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -311,7 +312,7 @@ def _seed_finding(c: Claim, table: pd.DataFrame, arms: dict[str, dict], regime: 
     sd = float(d.std(ddof=1))
     per_arm = ", ".join(f"{a} {table[a].mean():.2f}" for a in arms)
     regime = [r for r in (*regime, _magnitude(eff, c.paper_effect)) if r]
-    return Finding(**asdict(c), effect=eff + 0.0, lo=lo + 0.0, hi=hi + 0.0,
+    return Finding(**asdict(c), d=tuple(float(v) for v in d), effect=eff + 0.0, lo=lo + 0.0, hi=hi + 0.0,
                    p=sign_flip_p(d, "greater"), p_other=sign_flip_p(d, "less"),
                    p_test=f"exact sign-flip over {k} seeds", n=k, n_text=f"{k} seeds x {len(arms)} arms",
                    sd=sd, mde=_mde_seeds(sd, k, ALPHA / N_FINDINGS), regime="; ".join(regime), value=value,
