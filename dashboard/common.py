@@ -51,20 +51,31 @@ def settings() -> Settings:
 
 
 def candidate_roots(base: Path, depth: int = 2) -> list[Path]:
-    """``base`` and the folders under it (``depth`` levels) that hold a ``runs/`` folder."""
+    """``base`` and the folders under it (``depth`` levels) that hold a ``runs/`` folder, each
+    confined by its resolved path: a symlink inside the root that leads out of it (to the folder
+    or to its ``runs/``) is not offered, so no link can show data from outside the root."""
+    base = base.resolve()
+
+    def inside(p: Path) -> bool:
+        try:
+            return p.resolve(strict=True).is_relative_to(base)
+        except (OSError, RuntimeError):  # gone, or a symlink loop
+            return False
+
     found = [base]
     frontier = [base]
     for _ in range(depth):
         nxt = []
         for d in frontier:
             try:
-                children = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+                children = sorted(p for p in d.iterdir()
+                                  if p.is_dir() and not p.name.startswith((".", "_")) and inside(p))
             except OSError:
                 continue
             for c in children:
                 if c.name in store.TABLES:
                     continue
-                if (c / "runs").is_dir():
+                if (c / "runs").is_dir() and inside(c / "runs"):
                     found.append(c)
                 nxt.append(c)
         frontier = nxt

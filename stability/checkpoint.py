@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from . import store
-from .config import RunConfig
+from .config import RunConfig, config_hash
 from .ema import WeightEMA
 from .errors import ConfigError
 
-CHECKPOINT_VERSION = 2  # 2: the weight EMA
+CHECKPOINT_VERSION = 3  # 2: the weight EMA; 3: the run's identity, loaded without unpickling code
 FULL_DISK_BYTES = 1 << 20  # less free than this after a failed write: the disk is full
 
 
@@ -60,10 +60,39 @@ class RunState:
     init_top1_err: float | None = None
 
 
+def identity_hash(cfg: RunConfig) -> str:
+    """The full hash of what makes the run this run (``run_id`` is its first 12 characters)."""
+    return config_hash(cfg.identity(), 64)
+
+
+class NotThisRun(Exception):
+    """A checkpoint that is not of the run it was found for (copied, or of another config)."""
+
+
+def _check_identity(payload: Any, cfg: RunConfig) -> None:
+    if not isinstance(payload, dict) or not {"model", "optimizer", "state", "rng"} <= set(payload):
+        raise ValueError("not a stability checkpoint")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise NotThisRun(f"of checkpoint version {payload.get('version')!s:.20} (this code writes "
+                         f"{CHECKPOINT_VERSION})")
+    if payload.get("run_id") != cfg.run_id or payload.get("identity") != identity_hash(cfg):
+        raise NotThisRun(f"of run {payload.get('run_id')!s:.40}, not of run {cfg.run_id} (its config differs)")
+
+
+def _check_fits(model: nn.Module, saved: Any, what: str) -> None:
+    """Before anything is copied (``load_state_dict`` copies what matches, then raises): the
+    saved weights have the model's names and shapes."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in saved.items()} if isinstance(saved, dict) else {}
+    if want != have:
+        diff = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+        raise ValueError(f"its {what} weights do not fit this model ({len(diff)} differ, e.g. {diff[0]!s:.60})")
+
+
 def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st: RunState,
                      cfg: RunConfig, ema: WeightEMA | None) -> None:
     payload = {
-        "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
+        "version": CHECKPOINT_VERSION, "run_id": cfg.run_id, "identity": identity_hash(cfg), "config": cfg.to_dict(), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "state": st.__dict__, "rng": torch.get_rng_state(),
         "ema": ema.state_dict() if ema else None,
     }
@@ -82,35 +111,39 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
 def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer,
                      device: torch.device, ema: WeightEMA | None) -> RunState | None:
     """The run's saved state applied to ``model``, ``opt`` and ``ema`` (None: start afresh).
-    A checkpoint that cannot be read is moved to the sweep's quarantine with a warning naming
-    it, and the run starts afresh: a garbage file must not fail every rerun. With
-    ``bad_checkpoint=fail`` the run fails instead, naming the file and leaving it in place."""
+
+    Read with ``weights_only=True``: a file planted in a results root cannot run code. A
+    checkpoint that cannot be read, or that names another run or config (copied onto this run's
+    path), or whose weights do not fit the model, is moved to the sweep's quarantine with a
+    warning naming it and why, and the run starts afresh: a wrong file must neither fail every
+    rerun nor be resumed. With ``bad_checkpoint=fail`` the run fails instead, naming the file
+    and leaving it in place."""
     path = checkpoint_path(cfg)
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location=device, weights_only=False)
-        if not isinstance(payload, dict) or not {"model", "optimizer", "state", "rng"} <= set(payload):
-            raise ValueError("not a stability checkpoint")
+        payload = torch.load(path, map_location=device, weights_only=True)
+        _check_identity(payload, cfg)
+        _check_fits(model, payload["model"], "model")
+        if ema is not None and payload.get("ema") is not None:
+            _check_fits(ema.model, payload["ema"], "EMA")
+        model.load_state_dict(payload["model"])
+        opt.load_state_dict(payload["optimizer"])
+        if ema is not None and payload.get("ema") is not None:
+            ema.load_state_dict(payload["ema"])
+        state = RunState(**payload["state"])
+        torch.set_rng_state(payload["rng"].cpu())  # map_location moved it to the device
     except Exception as e:  # noqa: BLE001 - unpickling garbage raises anything
+        why = (str(e) if isinstance(e, NotThisRun)
+               else f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
         if cfg.bad_checkpoint == "fail":
-            raise ConfigError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:120]}); it is left "
-                              f"in place (bad_checkpoint=fail): inspect it, then remove it or rerun with "
-                              f"bad_checkpoint=restart") from None
+            raise ConfigError(f"checkpoint {path} is {why}; it is left in place (bad_checkpoint=fail): inspect it, "
+                              f"then remove it or rerun with bad_checkpoint=restart") from None
         dest = store.quarantine(cfg.results, cfg.sweep, path)
-        print(f"stability: checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:120]}); moved to "
-              f"{dest}; run {cfg.run_id} starts afresh", file=sys.stderr, flush=True)
+        print(f"stability: checkpoint {path} is {why}; moved to {dest}; run {cfg.run_id} starts afresh",
+              file=sys.stderr, flush=True)
         return None
-    if payload.get("version") != CHECKPOINT_VERSION:
-        print(f"stability: checkpoint {path} is of version {payload.get('version')} (this code writes "
-              f"{CHECKPOINT_VERSION}); run {cfg.run_id} starts afresh", file=sys.stderr, flush=True)
-        return None
-    model.load_state_dict(payload["model"])
-    opt.load_state_dict(payload["optimizer"])
-    if ema is not None and payload.get("ema") is not None:
-        ema.load_state_dict(payload["ema"])
-    torch.set_rng_state(payload["rng"])
-    return RunState(**payload["state"])
+    return state
 
 
 # Ctrl-C too: an interrupted run checkpoints and reads as preempted, and the same command resumes it.

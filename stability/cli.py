@@ -40,24 +40,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import Preempted, checkpoint_path
     from .data import DataError
     from .progress import RichReporter
-    from .store import DONE, RunStatus, check_writable, read_table, table_dir
-    from .train import train
+    from .store import RunStatus, check_writable, table_dir
+    from .train import RunDone, train
 
     check_writable(cfg.results)  # before the data and model are set up
-    done = read_table(cfg.results, "runs", sweep=cfg.sweep, columns=["status", "top1_err"], run_ids=[cfg.run_id])
-    done = done[done.status.isin(DONE)]
-    if len(done) and not args.rerun:  # a result is the record: a repeated command must not overwrite it
-        print(f"run {cfg.run_id}: already {done.status.iloc[-1]} (top-1 error {done.top1_err.iloc[-1]:.2f}%) in "
-              f"{table_dir(cfg.results, 'runs', cfg.sweep)}; nothing to do (--rerun trains it again)")
-        return 0
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: one progress bar, one summary
-    try:
+    try:  # whether the run has a result is decided under its lock (a twin command may be ending it)
         if main_rank:
             with RichReporter(label=f"{cfg.model} {cfg.stem or ''}".strip()) as reporter:
-                row = train(cfg, reporter, resume=not args.no_resume)
+                row = train(cfg, reporter, resume=not args.no_resume, rerun=args.rerun)
         else:
-            row = train(cfg, resume=not args.no_resume)
+            row = train(cfg, resume=not args.no_resume, rerun=args.rerun)
+    except RunDone as e:  # a result is the record: a repeated command must not overwrite it
+        if main_rank:
+            err = e.row.get("top1_err")
+            print(f"run {cfg.run_id}: already {e.row.get('status', 'done')}"
+                  + (f" (top-1 error {err:.2f}%)" if isinstance(err, float) else "")
+                  + f" in {table_dir(cfg.results, 'runs', cfg.sweep)}; nothing to do (--rerun trains it again)")
+        return 0
     except DataError as e:
         raise ConfigError(str(e), source) from None
     except Preempted:
@@ -270,11 +271,12 @@ def cmd_pack(args: argparse.Namespace) -> int:
         raise ConfigError("--shard-mb must be > 0 and --workers >= 1")
     try:
         counts = pack(args.root, args.out, short_side=args.short_side, shard_mb=args.shard_mb,
-                      workers=args.workers or len(os.sched_getaffinity(0)))
+                      workers=args.workers or len(os.sched_getaffinity(0)), bad=args.bad, progress=True)
     except PackError as e:
         raise ConfigError(str(e)) from None
     print(f"packed {counts['train']} train and {counts['val']} val images into {args.out} "
-          f"(dataset=packed data_root={args.out})")
+          f"(dataset=packed data_root={args.out})"
+          + (f"; {counts['skipped']} bad file(s) left out, listed in meta.json" if counts["skipped"] else ""))
     return 0
 
 
@@ -429,7 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=int, help="re-encode images larger than this short side "
                    "(e.g. 256 for 224 px training); default: keep every file's bytes")
     p.add_argument("--shard-mb", type=float, default=1024, help="size of one tar shard (default 1024)")
-    p.add_argument("--workers", type=int, help="processes that re-encode (default: this machine's CPUs)")
+    p.add_argument("--workers", type=int, help="processes that decode and re-encode (default: this machine's CPUs)")
+    p.add_argument("--bad", choices=("refuse", "skip"), default="refuse",
+                   help="files that are not whole images: refuse the pack naming them (default), or leave them "
+                        "out and count them")
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("models", help="list model presets with counted params and FLOPs")
@@ -457,6 +462,25 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{where}: {e.strerror or e}" if where else f"{type(e).__name__}: {e}")
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if (why := _storage_failure(e)) is None:
+            raise
+        return _fail(f"{getattr(args, 'spec', None) or 'optuna storage'}: the sweep's Optuna storage "
+                     f"(_sweeps/<name>/optuna.db) failed: {why}; nothing recorded was lost: fix it (free "
+                     f"space ...), then rerun the same command")
+
+
+def _storage_failure(e: BaseException) -> str | None:
+    """The first line of a database error (Optuna's ``StorageInternalError`` wraps SQLAlchemy's,
+    which wraps sqlite3's "database or disk is full"), or None for any other error."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in ("StorageInternalError", "OperationalError", "DatabaseError"):
+            orig = getattr(e, "orig", None) or e.__cause__ or e.__context__
+            return (str(orig) if orig is not None and str(orig) else str(e)).splitlines()[0][:200]
+        e = e.__cause__ or e.__context__
+    return None
 
 
 if __name__ == "__main__":

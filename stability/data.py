@@ -121,6 +121,32 @@ def _load(name: str, root: str | None, image_size: int | None, download: bool, s
     raise DataError(f"dataset: unknown dataset {name!r} (allowed: {', '.join(DATASETS)})")
 
 
+def check_source(name: str, root: str | None, download: bool = False, here: bool = True) -> None:
+    """A cheap plan-time check that ``name`` can be loaded from ``root`` (``DataError`` if not),
+    so a sweep fails before its first run, not run by run. Reads no image. ``here`` False (jobs
+    that run on other machines, whose filesystems may differ) checks only that a dataset that
+    needs ``data_root`` has one."""
+    if name not in ("cifar10", "cifar100", "imagefolder", "packed"):
+        return
+    path = _need_root(name, root)
+    if not here or (download and name.startswith("cifar")):
+        return
+    if not path.is_dir():
+        raise DataError(f"data_root: {path} is not a folder (dataset {name!r})")
+    if name.startswith("cifar"):
+        folder = path / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+        if not folder.is_dir():
+            raise DataError(f"data_root: no {name} batches under {folder} (expected python-format batches; "
+                            f"pass download=true to fetch them)")
+    elif name == "imagefolder":
+        for split in ("train", "val"):
+            if not (path / split).is_dir():
+                raise DataError(f"data_root: {path / split} is not a folder (expected ImageNet layout "
+                                f"{path}/{{train,val}}/<class>/<image>)")
+    elif not (path / "meta.json").is_file():
+        raise DataError(f"data_root: {path} is not a packed dataset (no meta.json; make one with `stability pack`)")
+
+
 def _need_root(name: str, root: str | None) -> Path:
     if not root:
         raise DataError(f"data_root: dataset {name!r} needs data_root (a local folder)")

@@ -32,76 +32,148 @@ class PackError(ValueError):
     """A folder that cannot be packed, or a packed folder that cannot be read (one line)."""
 
 
-def _encode(path: str, short_side: int | None) -> bytes:
-    data = Path(path).read_bytes()
-    if short_side is None:
-        return data
+def _encode(path: str, short_side: int | None) -> tuple[bytes | None, str | None]:
+    """The bytes to store for one image, decoded in full once to verify it: ``(None, why)`` for
+    a file that is not a whole image (truncated, garbage, text named ``.jpg``)."""
     from PIL import Image
 
-    img = Image.open(io.BytesIO(data))
-    if min(img.size) <= short_side and img.format == "JPEG" and img.mode == "RGB":
-        return data  # already small enough: its bytes as they are
-    img = img.convert("RGB")
-    if min(img.size) > short_side:
-        scale = short_side / min(img.size)
-        img = img.resize((max(round(img.width * scale), 1), max(round(img.height * scale), 1)),
-                         Image.Resampling.BICUBIC, reducing_gap=3.0)
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=JPEG_QUALITY)
-    return out.getvalue()
+    try:
+        data = Path(path).read_bytes()
+        img = Image.open(io.BytesIO(data))
+        img.load()  # the whole image: a truncated file fails here, not at training time
+        if short_side is None:
+            return data, None
+        if min(img.size) <= short_side and img.format == "JPEG" and img.mode == "RGB":
+            return data, None  # already small enough: its bytes as they are
+        img = img.convert("RGB")
+        if min(img.size) > short_side:
+            scale = short_side / min(img.size)
+            img = img.resize((max(round(img.width * scale), 1), max(round(img.height * scale), 1)),
+                             Image.Resampling.BICUBIC, reducing_gap=3.0)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=JPEG_QUALITY)
+        return out.getvalue(), None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
 
 
-def _encode_star(job: tuple[str, int | None]) -> bytes:
+def _encode_star(job: tuple[str, int | None]) -> tuple[bytes | None, str | None]:
     return _encode(*job)
 
 
+def image_files(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """``(classes, [(path, label)])`` of ``split_dir/<class>/...`` in ImageFolder's order (so a
+    packed split has its labels and order), with symlinks followed and resolved: a folder reached
+    twice (a link back up, ``loop -> ..``, or two links to one folder) is refused, naming it."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    if not classes:
+        raise PackError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
+    samples, seen = [], {}
+    for label, name in enumerate(classes):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(split_dir / name, followlinks=True):
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:
+                raise PackError(f"{dirpath} is {seen[(st.st_dev, st.st_ino)]} again (a symlink loop or a second "
+                                f"link to one folder): its images would be packed twice; remove the link")
+            seen[(st.st_dev, st.st_ino)] = dirpath
+            dirnames.sort()
+            found.append((dirpath, sorted(f for f in filenames if f.lower().endswith(IMG_EXTENSIONS))))
+        files = [(os.path.join(d, f), label) for d, fs in sorted(found) for f in fs]
+        if not files:
+            raise PackError(f"{split_dir / name}: no image files ({', '.join(IMG_EXTENSIONS)})")
+        samples += files
+    return classes, samples
+
+
 def pack(root: str | Path, out: str | Path, *, short_side: int | None = None, shard_mb: float = 1024,
-         workers: int = 1) -> dict[str, int]:
-    """Pack ``root/{train,val}/<class>/<image>`` into ``out``; returns the images per split."""
+         workers: int = 1, bad: str = "refuse", progress: bool = False) -> dict[str, int]:
+    """Pack ``root/{train,val}/<class>/<image>`` into ``out``; returns the images per split (and
+    ``skipped``). Every image is decoded once (``workers`` processes); files that are not whole
+    images are refused (``bad="refuse"``: nothing is left in ``out``, the error names them) or
+    left out and counted (``bad="skip"``). ``meta.json`` is written last: a folder without it is
+    not a packed dataset, so a pack that stopped halfway is never read as one."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from torchvision.datasets import ImageFolder
 
+    if bad not in ("refuse", "skip"):
+        raise PackError(f"bad: {bad!r} is not allowed (refuse, skip)")
     root, out = Path(root), Path(out)
     for split in SPLITS:
         if not (root / split).is_dir():
             raise PackError(f"{root / split} is not a folder (expected {root}/{{train,val}}/<class>/<image>)")
     if out.exists() and any(out.iterdir()):
         raise PackError(f"{out} exists and is not empty (pack into a new folder)")
-    try:
-        folders = {s: ImageFolder(str(root / s)) for s in SPLITS}
-    except (FileNotFoundError, RuntimeError) as e:  # no class folders, or no images in one
-        raise PackError(str(e).splitlines()[0]) from None
-    if folders["train"].classes != folders["val"].classes:
+    found = {s: image_files(root / s) for s in SPLITS}
+    if found["train"][0] != found["val"][0]:
         raise PackError(f"class folders differ between {root / 'train'} and {root / 'val'}")
     out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        index, failed = _write_shards(found, root, out, short_side, int(shard_mb * 2**20), workers, progress, written)
+        if failed and bad == "refuse":
+            raise PackError(f"{len(failed)} file(s) are not whole images, nothing packed (--bad skip leaves them "
+                            f"out): " + "; ".join(f"{p} ({why})" for p, why in failed[:3])
+                            + (f"; and {len(failed) - 3} more" if len(failed) > 3 else ""))
+        pq.write_table(pa.table(index), out / "index.parquet")
+        written.append(out / "index.parquet")
+    except BaseException:
+        for p in written:  # only what this call wrote: ``out`` was empty
+            p.unlink(missing_ok=True)
+        raise
+    counts = {s: index["split"].count(s) for s in SPLITS}
+    meta = {"format": FORMAT, "version": VERSION, "classes": found["train"][0], "short_side": short_side,
+            "counts": counts, "skipped": [p for p, _ in failed]}
+    tmp = out / ".meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, out / "meta.json")
+    return {**counts, "skipped": len(failed)}
+
+
+def _write_shards(found: dict, root: Path, out: Path, short_side: int | None, limit: int, workers: int,
+                  progress: bool, written: list[Path]) -> tuple[dict[str, list], list[tuple[str, str]]]:
+    """Decode, encode and append every image to its split's shards; the index, and the bad files."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     index: dict[str, list] = {k: [] for k in ("split", "shard", "offset", "size", "label", "path")}
-    limit = int(shard_mb * 2**20)
-    with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
-        for split, folder in folders.items():
-            shard, tar, written = -1, None, limit
-            jobs = [(p, short_side) for p, _ in folder.samples]
-            for n, ((path, label), data) in enumerate(zip(folder.samples, pool.map(_encode_star, jobs, chunksize=64),
-                                                          strict=True)):
-                if written >= limit:
+    failed: list[tuple[str, str]] = []
+    total = sum(len(samples) for _, samples in found.values())
+    bar = Progress(TextColumn("[bold]pack (decoding every image)"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=Console(stderr=True), disable=not progress)
+    with bar, ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
+        task = bar.add_task("pack", total=total)
+        for split, (_, samples) in found.items():
+            shard, tar, size, n = -1, None, limit, 0
+            jobs = [(p, short_side) for p, _ in samples]
+            for (path, label), (data, why) in zip(samples, pool.map(_encode_star, jobs, chunksize=64), strict=True):
+                bar.advance(task)
+                if data is None:
+                    failed.append((path, why))
+                    continue
+                if size >= limit:
                     if tar is not None:
                         tar.close()
-                    shard, written = shard + 1, 0
-                    tar = tarfile.open(out / f"{split}-{shard:05d}.tar", "w", format=tarfile.USTAR_FORMAT)
+                    shard, size = shard + 1, 0
+                    written.append(out / f"{split}-{shard:05d}.tar")
+                    tar = tarfile.open(written[-1], "w", format=tarfile.USTAR_FORMAT)
                 offset = _add(tar, f"{n:08d}.jpg", data)
                 _add(tar, f"{n:08d}.cls", str(label).encode())
-                written = tar.offset
+                size, n = tar.offset, n + 1
                 for k, v in zip(index, (split, shard, offset, len(data), label,
                                         str(Path(path).relative_to(root / split))), strict=True):
                     index[k].append(v)
             if tar is not None:
                 tar.close()
-    pq.write_table(pa.table(index), out / "index.parquet")
-    counts = {s: index["split"].count(s) for s in SPLITS}
-    meta = {"format": FORMAT, "version": VERSION, "classes": folders["train"].classes,
-            "short_side": short_side, "counts": counts}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    return counts
+    return index, failed
 
 
 class _Serial:

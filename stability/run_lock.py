@@ -20,15 +20,31 @@ import os
 import socket
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from . import store
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import RunConfig
+    from .distributed import Dist
 
 TAKE_TIMEOUT_S = 10.0  # a prober holds it for microseconds; a requeued job's old self may be exiting
 
 
 class RunTaken(ConfigError):
     """Another live process trains this run: this one leaves it alone (the message names it)."""
+
+
+class RunDone(Exception):
+    """The run already has a result (completed or diverged), found under its lock: ``row`` is
+    its runs row. Training it again needs ``rerun``."""
+
+    def __init__(self, row: dict):
+        super().__init__(f"run {row.get('run_id')} already has a result ({row.get('status', 'done')})")
+        self.row = row
 
 
 def _record(fd: int) -> dict | None:
@@ -52,6 +68,7 @@ class RunLock:
 
     def __init__(self, root: str | os.PathLike, sweep: str, run_id: str, job_id: str | None = None):
         self.path, self.run_id, self.job_id = store.owner_path(root, sweep, run_id), run_id, job_id
+        self.root, self.sweep = root, sweep
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -73,6 +90,9 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(rec).encode(), 0)
         self._fd = fd
+        # What a killed writer of this run left (temp files of a checkpoint, a result): the owner's
+        # to remove at any age, since no other live process writes this run while we hold it.
+        store.remove_run_temps(self.root, self.sweep, self.run_id)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -98,3 +118,21 @@ def run_owner(root: str | os.PathLike, sweep: str, run_id: str) -> dict | None:
         return None
     finally:
         os.close(fd)
+
+
+def refuse_if_done(cfg: RunConfig, d: Dist, device: torch.device, rerun: bool = False) -> None:
+    """:class:`RunDone` when the run has a result (completed or diverged) and ``rerun`` is off:
+    read by the lock holder, and agreed on by every rank of a distributed run."""
+    import torch
+
+    from .distributed import all_reduce
+
+    if rerun:
+        return
+    rows = store.read_table(cfg.results, "runs", sweep=cfg.sweep, run_ids=[cfg.run_id]) if d.is_main else None
+    done = rows[rows.status.isin(store.DONE)] if rows is not None else None
+    row = done.drop(columns="sweep").iloc[-1].to_dict() if done is not None and len(done) else None
+    if d.enabled and all_reduce(torch.tensor(float(row is not None), device=device), d, "max").item() and row is None:
+        row = {"run_id": cfg.run_id}  # the lock holder (another rank) found the result
+    if row is not None:
+        raise RunDone(row)

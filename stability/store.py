@@ -174,8 +174,8 @@ READABLE = "readable.json"  # in a sweep's folder: {file: [size, mtime_ns, inode
 
 
 def unreadable(root: str | os.PathLike, sweep: str) -> list[tuple[Path, str]]:
-    """A sweep's result files whose parquet footer cannot be read (truncated, garbage, empty),
-    with why: cheap (the footer only), so a controller can check a whole sweep at start. A file
+    """A sweep's result files that cannot be read whole (truncated, garbage, empty, a page whose
+    bytes no longer match its checksum), with why, so a controller can check a whole sweep at start. A file
     whose size, mtime and inode match the last check's record of a good read is not read again
     (results are replaced whole, never edited in place: any rewrite changes the inode or mtime);
     the record is kept best-effort in ``_sweeps/<sweep>/readable.json`` when that folder exists."""
@@ -191,8 +191,8 @@ def unreadable(root: str | os.PathLike, sweep: str) -> list[tuple[Path, str]]:
             try:
                 st = p.stat()
                 key, sig = str(p.relative_to(root)), [st.st_size, st.st_mtime_ns, st.st_ino]
-                if known.get(key) != sig:
-                    pq.read_metadata(pa.OSFile(str(p)))
+                if known.get(key) != sig:  # every page against its checksum, not the footer only
+                    pq.read_table(pa.OSFile(str(p)), page_checksum_verification=True)
             except FileNotFoundError:
                 continue  # replaced or compacted away meanwhile
             except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
@@ -258,9 +258,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             pass  # gone already, or not ours to remove
 
 
+def remove_run_temps(root: str | os.PathLike, sweep: str, run_id: str) -> int:
+    """Remove the temp files a killed writer of ``run_id`` left (its result files, checkpoint and
+    progress note), whatever their age: only the run's owner calls this, under its lock, so no
+    live writer of this run can own them. Returns how many went."""
+    folders = [table_dir(root, t, sweep) for t in TABLES]
+    names = [f"{run_id}.parquet"] * len(folders)
+    folders += [checkpoint_path(root, sweep, run_id).parent, progress_path(root, sweep, run_id).parent]
+    names += [f"{run_id}.pt", f"{run_id}.json"]
+    removed = 0
+    for folder, name in zip(folders, names, strict=True):
+        for old in folder.glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                unlink_under(old, folder)
+                removed += 1
+    return removed
+
+
+def unlink_under(path: Path, folder: Path) -> None:
+    """Remove ``path`` only when it lies under ``folder`` once both are resolved (symlinked
+    folders followed; a symlink itself is removed, never its target): ``PermissionError``
+    naming both otherwise. Every delete of a file found under a results root goes through here."""
+    where = path.parent.resolve(strict=True) / path.name
+    if not where.is_relative_to(folder.resolve(strict=True)):
+        raise PermissionError(errno.EPERM, f"not under {folder} (resolved: {where}); not removed", str(path))
+    where.unlink()
+
+
 def _atomic_write(table: pa.Table, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    with atomic_path(path) as tmp:  # page checksums: a flipped byte reads as corruption, not as data
+        pq.write_table(table, tmp, write_page_checksum=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -337,7 +364,7 @@ def _read_sweep(files: list[Path], table: str, columns: list[str] | None, errors
                 frames.append(hit[1] if not (compacted and own) else hit[1][~hit[1]["run_id"].isin(own)])
                 continue
         try:
-            t = pq.read_table(p, columns=cols, schema=schema, filters=filters)
+            t = pq.read_table(p, columns=cols, schema=schema, filters=filters, page_checksum_verification=True)
         except Exception as e:  # corrupt or foreign file: report it, keep the rest
             errors.append(f"{p}: {type(e).__name__}: {e}")
             continue

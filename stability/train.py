@@ -44,11 +44,11 @@ from .models import build_model, count_complexity, memory_format, model_spec
 from .optim import lr_at, make_optimizer, set_lr
 from .progress import Reporter
 from .provenance import job_id, now, run_identity, timestamp
-from .run_lock import RunLock
+from .run_lock import RunDone, RunLock, refuse_if_done
 from .store import RunStatus
 from .tracing import GradTracer, TraceBuffer
 
-__all__ = ["Preempted", "Step", "StepOut", "evaluate", "train", "train_step"]
+__all__ = ["Preempted", "RunDone", "Step", "StepOut", "evaluate", "train", "train_step"]
 
 COLLAPSE_FRACTION = 0.9  # collapsed: final train loss >= 0.9 x ln(classes), i.e. never left chance
 
@@ -119,20 +119,19 @@ def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float, trace: bool
 
 def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = True,
           stop: threading.Event | None = None,
-          signals: tuple[int, ...] = STOP_SIGNALS) -> dict[str, Any]:
+          signals: tuple[int, ...] = STOP_SIGNALS, rerun: bool = False) -> dict[str, Any]:
     """Run ``cfg`` to completion (or divergence) and write its rows; returns the runs row.
 
     Resumes from the run's checkpoint when one exists. On one of ``signals`` (or ``stop`` set)
     it saves a checkpoint, records status ``preempted`` and raises :class:`Preempted`. The run's
-    lock (``run_lock``) is held throughout: a second process given the same run raises
-    ``RunTaken`` before it writes anything.
-    """
+    lock is held throughout, every decision on the run's state taken under it: a second process
+    raises ``RunTaken`` before it writes anything, one that gets it late :class:`RunDone`."""
     with RunLock(cfg.results, cfg.sweep, cfg.run_id, job_id()) if from_env().is_main else nullcontext():
-        return _train(cfg, reporter, resume, stop, signals)
+        return _train(cfg, reporter, resume, stop, signals, rerun)
 
 
 def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: threading.Event | None,
-           signals: tuple[int, ...]) -> dict[str, Any]:
+           signals: tuple[int, ...], rerun: bool = False) -> dict[str, Any]:
     t0 = time.monotonic()
     st = RunState(started_at=now())
     base_row = run_identity(cfg)
@@ -154,6 +153,7 @@ def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: thread
     try:  # set-up failures (bad data root ...) are failed runs too, recorded before re-raising
         device = setup_device(cfg.device, d)
         started_group = init(d, device.type)
+        refuse_if_done(cfg, d, device, rerun)
         base_row["device"] = str(device)
         data = load_dataset(cfg.dataset, cfg.data_root, image_size=cfg.image_size,
                             download=cfg.download, synthetic_size=cfg.synthetic_size, seed=cfg.seed,
@@ -188,7 +188,8 @@ def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: thread
         if cfg.compile:
             net = torch.compile(net)
     except Exception as e:
-        write(RunStatus.FAILED, error=f"{type(e).__name__}: {e}"[:2000], finished_at=timestamp(now()))
+        if not isinstance(e, RunDone):  # a result is the record: nothing of this process's to write
+            write(RunStatus.FAILED, error=f"{type(e).__name__}: {e}"[:2000], finished_at=timestamp(now()))
         if started_group:
             torch.distributed.destroy_process_group()
         raise

@@ -12,6 +12,7 @@ lost or asked twice. ``executor.max_failures`` stops submitting once that many r
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from .. import store
 from ..errors import ConfigError
 from ..run_lock import run_owner
 from ..store import RunStatus as S
-from .backends import BACKENDS, Backend, backend_for
+from .backends import BACKENDS, Backend, backend_for, job_files
 from .ledger import failures, read_ledger, record_jobs
 from .lock import SweepLock
 from .plan import PlannedRun, check_cells, make_plan, plan_frame, plan_from_frame, plan_mismatch
@@ -396,20 +397,24 @@ def sweep_status(results: str | Path, sweep: str) -> dict[str, Any] | None:
 
 
 def clean_logs(spec: GridSpec) -> int:
-    """Remove the submitit log files of runs that are done; returns files removed."""
-    sweep_dir = spec.sweep_dir
-    ledger = read_ledger(sweep_dir)
+    """Remove the submitit files of the jobs that ran runs now done; returns files removed.
+    Files are found by parsing their names against the ledger's job ids (``job_files``), and
+    each delete must resolve under the sweep's own folder: nothing a ledger says can reach
+    another job's files or a path outside the sweep."""
+    ledger = read_ledger(spec.sweep_dir)
     runs = run_rows(spec.results, spec.name)
     done = set(runs.run_id[runs.status.isin(DONE)])
-    removed = 0
-    logs = store.logs_dir(spec.results, spec.name)
-    for rid, rec in ledger.items():
-        if rid not in done:
-            continue
-        for p in logs.glob(f"**/{rec['job_id']}_*"):
-            p.unlink(missing_ok=True)
-            removed += 1
-        d = logs / str(rec["job_id"])
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
+    jobs = {rec["job_id"] for rid, rec in ledger.items() if rid in done}
+    logs, removed = store.logs_dir(spec.results, spec.name), 0
+    if not logs.is_dir():
+        return 0
+    for paths in job_files(logs, jobs).values():
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                store.unlink_under(p, spec.sweep_dir)
+                removed += 1
+    for d in sorted(logs.iterdir()):  # a job's own folder (``logs/%j``), once empty
+        if d.name in jobs and d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
+            if d.resolve().is_relative_to(spec.sweep_dir.resolve()):
+                d.rmdir()
     return removed

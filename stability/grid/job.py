@@ -26,7 +26,7 @@ class RunJob(submitit.helpers.Checkpointable):
         import torch
 
         from ..config import run_config
-        from ..train import Preempted, train
+        from ..train import Preempted, RunDone, train
 
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
         if threads:
@@ -43,6 +43,8 @@ class RunJob(submitit.helpers.Checkpointable):
             raise
         except RunTaken:
             raise  # another job trains it: nothing of ours to record
+        except RunDone as done:  # ended by another job before this one got its lock (a requeue)
+            row = done.row
         except Exception as e:
             _note_unwritten_failure(cfg, e)
             raise

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+
 # What a run imports: torch and the trainer, the model families, submitit.
 PRELOAD = ("torch", "stability.train", "stability.models.vit", "stability.models.regnet", "stability.grid.job")
 
@@ -87,6 +89,10 @@ class LocalJob:
         return self.code is not None or not pid_alive(self.job_id)
 
 
+class LauncherGone(ConfigError):
+    """The launcher process died and could not be started again (one line, exit 2)."""
+
+
 class LocalPool:
     """The controller's side: start the launcher, submit runs, wait for any to end."""
 
@@ -100,9 +106,14 @@ class LocalPool:
         self._token = 0
         self._buf = b""
         folder.mkdir(parents=True, exist_ok=True)
-        # Started now so its torch import overlaps the controller's planning.
-        self.proc = subprocess.Popen([sys.executable, "-m", "stability.grid.local"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=open(folder / "launcher.err", "ab"))
+        self.restarts = 0
+        self.proc = self._start()  # now, so its torch import overlaps the controller's planning
+
+    def _start(self) -> subprocess.Popen:
+        self._buf = b""
+        with open(self.folder / "launcher.err", "ab") as err:
+            return subprocess.Popen([sys.executable, "-m", "stability.grid.local"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=err)
 
     def capacity(self, max_parallel: int) -> int:
         """Jobs that may run at once: ``max_parallel``, fewer when each job needs its own GPUs."""
@@ -112,22 +123,41 @@ class LocalPool:
         return min(max_parallel, (len(self.free_gpus) + busy) // self.gpus_per_job)
 
     def submit(self, config: dict[str, Any], threads: int | None) -> LocalJob:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the local launcher exited ({self.proc.returncode}); see {self.folder / 'launcher.err'}")
+        """Start one run; a launcher that died (killed, OOM) is started again once per submit:
+        its jobs go on and are judged by their pids, and a run it may have started before dying
+        is guarded by the run's lock (a second start ends at once, ``RunTaken``)."""
+        for attempt in range(2):
+            if self.proc.poll() is not None:
+                print(f"stability: the local launcher exited ({self.proc.returncode}); starting it again "
+                      f"(see {self.folder / 'launcher.err'})", file=sys.stderr, flush=True)
+                self.proc, self.restarts = self._start(), self.restarts + 1
+            try:
+                return self._submit(config, threads)
+            except (LauncherGone, BrokenPipeError):
+                if attempt:
+                    raise LauncherGone(f"the local launcher exited twice while starting a run; see "
+                                       f"{self.folder / 'launcher.err'}") from None
+        raise AssertionError("unreachable")
+
+    def _submit(self, config: dict[str, Any], threads: int | None) -> LocalJob:
         gpus = self.free_gpus[:self.gpus_per_job] if self.gpus_per_job else []
         del self.free_gpus[:len(gpus)]
         env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if self.gpus_per_job else {}
         self._token += 1
         msg = {"token": self._token, "config": config, "tasks": self.tasks, "threads": threads, "env": env,
                "log_dir": str(self.folder), "timeout_s": self.timeout_s}
-        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-        self.proc.stdin.flush()
-        while True:  # the first answer waits for the launcher's imports
-            for rec in self._read(None):
-                if rec.get("token") == self._token:
-                    job = LocalJob(self, str(rec["pid"]), gpus)
-                    self.jobs[job.job_id] = job
-                    return job
+        try:
+            self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+            self.proc.stdin.flush()
+            while True:  # the first answer waits for the launcher's imports
+                for rec in self._read(None):
+                    if rec.get("token") == self._token:
+                        job = LocalJob(self, str(rec["pid"]), gpus)
+                        self.jobs[job.job_id] = job
+                        return job
+        except BaseException:
+            self.free_gpus += gpus
+            raise
 
     def wait(self, timeout: float | None) -> None:
         """Return when a job ends (its exit is recorded) or after ``timeout`` seconds."""
@@ -154,7 +184,7 @@ class LocalPool:
             chunk = os.read(self.proc.stdout.fileno(), 65536)
             if not chunk:  # the launcher is gone; jobs are judged by their pids
                 if timeout is None:
-                    raise RuntimeError(f"the local launcher exited; see {self.folder / 'launcher.err'}")
+                    raise LauncherGone(f"the local launcher exited; see {self.folder / 'launcher.err'}")
                 time.sleep(left or 0)
                 return out
             self._buf += chunk

@@ -25,11 +25,14 @@ HEARTBEAT_S = 30.0
 
 
 def _age(rec: dict) -> float:
-    """Seconds since the lease's heartbeat; a lease without a readable one counts as dead."""
+    """Seconds since the lease's heartbeat; a lease without a readable one counts as dead, and so
+    does one dated further ahead than the timeout (clock skew between hosts is seconds, not that:
+    a future date is a corrupt or forged lease and must not lock a sweep forever)."""
     try:
-        return time.time() - float(rec.get("heartbeat"))
+        age = time.time() - float(rec.get("heartbeat"))
     except (TypeError, ValueError):
         return float("inf")
+    return age if -LEASE_TIMEOUT_S < age < float("inf") else float("inf")
 
 
 class SweepLock:

@@ -286,10 +286,23 @@ def make_plan(spec: GridSpec) -> list[PlannedRun]:
 
 def check_cells(spec: GridSpec) -> None:
     """Build every cell's configs at the ranges' lower ends: a spec whose base, cells and ranges
-    do not make valid runs fails now (``ConfigError``), not at its first ask."""
+    do not make valid runs fails now (``ConfigError``), not at its first ask; so does one whose
+    data cannot be found (``data.check_source``: on this machine for local jobs; for Slurm jobs,
+    whose nodes may mount other filesystems, only a missing ``data_root``)."""
+    from ..data import DataError, check_source
+    from .backends import resolve_kind
+
     point = {k: int(r.lo) if r.kind == "int" else r.lo for k, r in spec.ranges.items()}
+    sources = set()
     for cell in cells(spec):
-        CellRuns(spec, cell).runs([point])
+        for run in CellRuns(spec, cell).runs([point]):
+            cfg = config_from_json(run.config_json)
+            sources.add((cfg.dataset, cfg.data_root, cfg.download))
+    for dataset, root, download in sorted(sources, key=str):
+        try:
+            check_source(dataset, root, download, here=resolve_kind(spec.executor.kind) == "local")
+        except DataError as e:
+            raise ConfigError(str(e), spec.path) from None
 
 
 def plan_mismatch(spec: GridSpec, plan: list[PlannedRun]) -> str | None:

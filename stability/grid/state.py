@@ -26,13 +26,27 @@ def save_plan(sweep_dir: Path, plan_df: pd.DataFrame) -> None:
         plan_df.to_parquet(tmp, index=False)
 
 
+PLAN_NEEDS = ("run_id", "cell", "stem", "point", "seed", "wave", "config_json")
+
+
 def load_plan(sweep_dir: Path) -> pd.DataFrame | None:
-    """The saved plan (None when there is none); ``store.CorruptFiles`` naming it when unreadable."""
+    """The saved plan (None when there is none); ``store.CorruptFiles`` naming it when it cannot
+    be read as a plan: garbage, a folder, parquet of another schema, values of the wrong type."""
+    from .plan import plan_from_frame
+
     p = sweep_dir / "plan.parquet"
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         return None
     try:
-        return pd.read_parquet(p)
+        if not p.is_file():
+            raise IsADirectoryError("not a file")
+        df = pd.read_parquet(p)
+        if missing := [c for c in PLAN_NEEDS if c not in df.columns]:
+            raise ValueError(f"not a plan: no column {', '.join(missing)} (a plan has {', '.join(PLAN_NEEDS)})")
+        plan_from_frame(df)  # every value of the type a plan holds
+        if not all(isinstance(v, str) for v in (*df.run_id, *df.config_json)):
+            raise ValueError("not a plan: run_id and config_json must be text")
+        return df
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
         raise store.CorruptFiles(f"{p} is unreadable ({type(e).__name__}: {str(e)[:160]})") from None
 

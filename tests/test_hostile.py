@@ -1,0 +1,373 @@
+"""Issue 23's attacks, each done for real: twin commands, copied and planted checkpoints,
+hostile ledger values, flipped bytes, killed writers, bad packs, symlinks out of the root."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from stability import store
+from stability.config import run_config
+
+from .conftest import ROOT, TINY, run_cli, write_spec
+
+FAST = dict(TINY, epochs=1, steps_per_epoch=2, batch_size=16)
+
+
+def _cfg(tmp_path, sweep="h", **kw):
+    return run_config({**FAST, "results": str(tmp_path), "sweep": sweep, **kw})
+
+
+def _args(cfg) -> list[str]:
+    return [f"{k}={v}" for k, v in cfg.to_dict().items() if v is not None and k in {*FAST, "results", "sweep", "lr",
+                                                                                        "stem", "model"}]
+
+
+def _wait_for(pred, timeout=120.0):
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def _holds_open(pid: int, path: Path) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def test_a_twin_command_that_gets_the_lock_after_the_run_ended_does_not_train_it_again(tmp_path):
+    """Case 1: the done-check is taken under the owner lock. The twin is held on the lock while
+    the first command's result lands (it passed every check before the lock); it must then find
+    the result, not train the run again over it."""
+    from stability.run_lock import RunLock
+    from stability.train import train
+
+    cfg = _cfg(tmp_path)
+    train(cfg)
+    result = store.table_dir(tmp_path, "runs", "h") / f"{cfg.run_id}.parquet"
+    aside = tmp_path / "result.aside"
+    before = store.read_table(tmp_path, "runs", sweep="h")
+    with RunLock(tmp_path, "h", cfg.run_id):  # the first command, still writing its result
+        os.replace(result, aside)
+        twin = subprocess.Popen([sys.executable, "-m", "stability", "train", *_args(cfg)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: _holds_open(twin.pid, store.owner_path(tmp_path, "h", cfg.run_id)))
+        os.replace(aside, result)  # its result lands, then it lets go of the lock
+    out, err = twin.communicate(timeout=300)
+    assert twin.returncode == 0, err[-2000:]
+    assert "already completed" in out, out + err[-2000:]
+    after = store.read_table(tmp_path, "runs", sweep="h")
+    assert after.finished_at.tolist() == before.finished_at.tolist() and len(after) == 1
+
+
+def test_a_checkpoint_copied_onto_another_run_is_set_aside_not_resumed(tmp_path, capsys):
+    """Case 2: a checkpoint names its run and config hash; another run's (or another stem's)
+    is quarantined with a message naming both runs, and the run starts afresh."""
+    from stability.checkpoint import checkpoint_path
+    from stability.train import Preempted, train
+
+    donor = _cfg(tmp_path, lr=0.005, epochs=2)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Preempted):
+        train(donor, stop=stop)
+    for other in (_cfg(tmp_path, lr=0.009, epochs=2), _cfg(tmp_path, model="vit_p_tiny", epochs=2)):
+        planted = checkpoint_path(other)
+        planted.write_bytes(checkpoint_path(donor).read_bytes())
+        capsys.readouterr()
+        row = train(other)
+        err = " ".join(capsys.readouterr().err.split())
+        assert row["status"] == "completed"
+        assert f"checkpoint {planted} is of run {donor.run_id}, not of run {other.run_id}" in err, err
+        assert "resumes" not in err and not planted.exists()
+        epochs = store.read_table(tmp_path, "epochs", sweep="h", run_ids=[other.run_id])
+        assert set(epochs.run_id) == {other.run_id} and epochs.epoch.tolist() == [0, 1]  # from scratch
+    assert len(list((tmp_path / "_sweeps/h/quarantine").rglob("*.pt.*"))) == 2
+    row = train(donor)  # its own checkpoint still resumes
+    assert row["status"] == "completed"
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_a_planted_checkpoint_runs_no_code(tmp_path, how):
+    """Case 3: a checkpoint is loaded with weights_only=True: a pickle that calls os.system is
+    refused and quarantined, and its command never runs."""
+    import torch
+
+    from stability.checkpoint import checkpoint_path
+
+    cfg = _cfg(tmp_path)
+    marker = tmp_path / "pwned"
+    path = checkpoint_path(cfg)
+    path.parent.mkdir(parents=True)
+    payload = {"model": _Exploit(marker), "optimizer": {}, "state": {}, "rng": None}
+    if how == "pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path)
+    out = run_cli("train", *_args(cfg))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not marker.exists(), "the planted checkpoint ran its command"
+    assert f"checkpoint {path} is unreadable" in " ".join(out.stderr.split()) and not path.exists()
+
+
+def test_grid_clean_never_deletes_by_a_ledger_pattern_nor_outside_the_sweep(tmp_path):
+    """Case 4: ledger job ids are compared with parsed file names, never globbed; every delete
+    resolves under the sweep's folder."""
+    from stability.grid.controller import clean_logs
+    from stability.grid.ledger import record_jobs
+    from stability.grid.spec import load_spec
+
+    res = tmp_path / "res"
+    spec = load_spec(write_spec(tmp_path / "g.yaml", "cl", res))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "x_0_log.err").write_text("outside")
+    logs = store.logs_dir(res, "cl")
+    (logs / "777").mkdir(parents=True)
+    keep = [logs / "999_0_log.err", logs / "999_0_log.out", victim / "x_0_log.err"]
+    for p in keep[:2]:
+        p.write_text("a live job's log")
+    gone = [logs / "777" / "777_0_log.err", logs / "777" / "777_0_log.out", logs / "777_submitted.pkl"]
+    for p in gone:
+        p.write_text("a finished job's log")
+    (logs / "link").symlink_to(victim, target_is_directory=True)  # a folder out of the sweep
+    rows = [{"run_id": r, "status": "completed"} for r in ("r1", "r2", "r3", "r4")]
+    for r in rows:
+        store.write_run(res, "cl", r["run_id"], {"runs": [r]})
+    depth = "../" * len(logs.relative_to(tmp_path).parts)
+    record_jobs(spec.sweep_dir, "local", [("r1", "*"), ("r2", f"{depth}victim/x"), ("r3", "777"), ("r4", "x")])
+    assert clean_logs(spec) == len(gone)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
+    assert not (logs / "777").exists() and (victim / "x_0_log.err").read_text() == "outside"
+
+
+def _one_line_exit_2(out, *needles):
+    assert out.returncode == 2, (out.returncode, out.stdout[-1000:], out.stderr[-2000:])
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    for n in needles:
+        assert n in line, (n, line)
+    return line
+
+
+def _tiny_sweep(tmp_path, name, **kw):
+    path = write_spec(tmp_path / f"{name}.yaml", name, tmp_path / "res",
+                      base={"model": "vit_c_tiny", "epochs": 1, "steps_per_epoch": 2, "batch_size": 16},
+                      space={"lr": [1e-3]}, sampler={"name": "random", "n": 1, "seed": 0}, **kw)
+    out = run_cli("grid", "run", str(path), "--quiet")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return path
+
+
+def test_a_flipped_byte_in_a_result_file_is_named_corrupt_not_lost(tmp_path):
+    """Case 5: result files carry page checksums, verified on read: bytes flipped in the middle of
+    a finished run's file (footer intact) are named as corruption by status and report."""
+    import pyarrow.parquet as pq
+
+    path = _tiny_sweep(tmp_path, "flip")
+    (f,) = (tmp_path / "res/runs/sweep=flip").glob("*.parquet")
+    col = pq.read_metadata(f).row_group(0).column(pq.read_schema(f).names.index("config_json"))
+    raw = bytearray(f.read_bytes())
+    # the config's text in its page (the dictionary page comes first; the footer's copy is later)
+    at = raw.index(b"vit_c_tiny", col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset)
+    raw[at:at + 4] = bytes(b ^ 0x5A for b in raw[at:at + 4])  # unchecked, this reads as another config
+    f.write_bytes(raw)
+    status = run_cli("grid", "status", str(path), "--json")
+    assert status.returncode == 0, status.stderr[-2000:]
+    named = [u for u in json.loads(status.stdout)["unreadable"] if u.startswith(f"{f}: ")]
+    assert len(named) == 1 and "checksum" in named[0].lower(), named
+    report = run_cli("report", "--results", str(tmp_path / "res"), "--sweep", "flip",
+                     "--out", str(tmp_path / "r.md"))
+    assert str(f) in report.stderr and "unreadable" in report.stderr, report.stderr[-2000:]
+
+
+@pytest.mark.parametrize("bad", ["other_schema", "folder"])
+def test_a_plan_of_another_schema_or_a_folder_is_named_in_one_line(tmp_path, bad):
+    """Case 6: a plan.parquet that is parquet of another schema, or a folder."""
+    import pandas as pd
+
+    spec = write_spec(tmp_path / "g.yaml", "ps", tmp_path / "res")
+    plan = tmp_path / "res/_sweeps/ps/plan.parquet"
+    plan.parent.mkdir(parents=True)
+    if bad == "folder":
+        plan.mkdir()
+    else:
+        pd.DataFrame({"x": [1, 2]}).to_parquet(plan)
+    status = run_cli("grid", "status", str(spec))
+    assert status.returncode == 0 and "planned from the spec" in status.stdout, status.stderr[-2000:]
+    tpe = write_spec(tmp_path / "t.yaml", "ps", tmp_path / "res", sampler={"name": "tpe", "n": 4, "wave": 2, "seed": 0})
+    _one_line_exit_2(run_cli("grid", "status", str(tpe)), str(plan), "unreadable")
+
+
+def test_optuna_storage_on_a_full_disk_is_one_line(tmp_path):
+    """Case 7: sqlite's "database or disk is full" under Optuna is a one-line error, exit 2."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    assert subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)]).returncode == 0
+    try:
+        spec = write_spec(tmp_path / "t.yaml", "full", mnt / "res", sampler={"name": "tpe", "n": 4, "wave": 2, "seed": 0})
+        (mnt / "res/_sweeps/full").mkdir(parents=True)
+        st = os.statvfs(mnt)
+        (mnt / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 96 * 1024))  # room for small files only
+        out = run_cli("grid", "run", str(spec), "--quiet", "--no-wait")
+        line = _one_line_exit_2(out, str(spec))
+        assert "full" in line or "No space" in line, line
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_a_killed_writers_fresh_temp_files_are_removed_by_the_runs_next_owner(tmp_path):
+    """Case 8: temp files a SIGKILL left (a checkpoint's, a result's) go when the run is next
+    trained, whatever their age: the new owner holds the run's lock."""
+    from stability.checkpoint import checkpoint_path
+    from stability.train import train
+
+    cfg = _cfg(tmp_path, epochs=2)
+    ckpt = checkpoint_path(cfg)
+    ckpt.parent.mkdir(parents=True)
+    left = [ckpt.with_name(f".{ckpt.name}.0badc0de.tmp"),
+            store.table_dir(tmp_path, "steps", "h") / f".{cfg.run_id}.parquet.0badc0de.tmp"]
+    left[1].parent.mkdir(parents=True)
+    other = store.table_dir(tmp_path, "steps", "h") / ".another-run.parquet.0badc0de.tmp"
+    for p in (*left, other):
+        p.write_bytes(b"half a file")
+    assert train(cfg)["status"] == "completed"
+    assert not any(p.exists() for p in left) and other.exists()  # not this run's: not ours to remove
+
+
+def _image_folder(root: Path, n=3):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (24, 20), (40 * i, 90, 160)).save(root / split / c / f"{i}.jpg")
+
+
+def test_pack_decodes_every_image_and_names_the_bad_ones(tmp_path):
+    """Case 9: a truncated JPEG, a text file named .jpg and a binary named .png are refused by
+    default, named (with or without --short-side), and nothing is left that reads as a pack;
+    --bad skip leaves them out and counts them."""
+    from stability.packed import PackedDataset
+
+    root = tmp_path / "imgs"
+    _image_folder(root)
+    good = (root / "train/cat/0.jpg").read_bytes()
+    bad = [root / "train/cat/cut.jpg", root / "train/dog/text.jpg", root / "val/dog/bin.png"]
+    bad[0].write_bytes(good[: len(good) // 2])
+    bad[1].write_text("this is not an image")
+    bad[2].write_bytes(os.urandom(300))
+    for extra in ([], ["--short-side", "16"]):
+        out = tmp_path / f"p{len(extra)}"
+        line = _one_line_exit_2(run_cli("pack", str(root), str(out), "--workers", "2", *extra), "3 file(s)")
+        assert sum(str(p) in line for p in bad) >= 3, line
+        assert not (out / "meta.json").exists() and not any(out.glob("*")), list(out.glob("*"))
+    skip = run_cli("pack", str(root), str(tmp_path / "s"), "--bad", "skip")
+    assert skip.returncode == 0 and "3 bad file(s) left out" in skip.stdout, skip.stderr[-2000:]
+    assert len(PackedDataset(tmp_path / "s", "train")) == 6 and len(PackedDataset(tmp_path / "s", "val")) == 6
+    meta = json.loads((tmp_path / "s/meta.json").read_text())
+    assert sorted(meta["skipped"]) == sorted(map(str, bad))
+
+
+def test_pack_refuses_a_symlink_loop(tmp_path):
+    """Case 10: ``train/cat/loop -> ..`` would pack the tree again and again."""
+    root = tmp_path / "imgs"
+    _image_folder(root)
+    (root / "train/cat/loop").symlink_to("..", target_is_directory=True)
+    line = _one_line_exit_2(run_cli("pack", str(root), str(tmp_path / "p")), "loop")
+    assert "train/cat/loop" in line, line
+    assert not (tmp_path / "p/meta.json").exists()
+
+
+def test_the_dashboard_offers_no_symlink_out_of_its_root(tmp_path, dash_results):
+    """Case 11: a folder inside the root that links to a sweep outside is not a root to pick."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    base = tmp_path / "base"
+    shutil.copytree(dash_results, base / "a")
+    (base / "outlink").symlink_to(dash_results, target_is_directory=True)
+    (base / "b").mkdir()
+    (base / "b/runs").symlink_to(dash_results / "runs", target_is_directory=True)
+    at = AppTest.from_file(str(ROOT / "dashboard/app.py"), default_timeout=120)
+    at.query_params["root"] = "outlink"
+    old = os.environ.get("STABILITY_RESULTS")
+    os.environ["STABILITY_RESULTS"] = str(base)
+    try:
+        at.run()
+    finally:
+        os.environ.pop("STABILITY_RESULTS") if old is None else os.environ.update(STABILITY_RESULTS=old)
+    assert not at.exception, [e.value for e in at.exception]
+    assert set(at.selectbox(key="root").options) == {str(base.resolve()), "a"}
+    assert at.selectbox(key="root").value == str(base.resolve())
+
+
+def test_a_killed_local_launcher_is_started_again_and_nothing_runs_twice(tmp_path):
+    """Case 12: SIGKILL the local launcher while the controller still has runs to submit."""
+    import signal
+
+    path = write_spec(tmp_path / "g.yaml", "kl", tmp_path / "res",
+                      base={"model": "vit_c_tiny", "epochs": 1, "steps_per_epoch": 4, "batch_size": 16},
+                      space={"lr": [1e-3, 2e-3, 3e-3]}, sampler={"name": "random", "n": 1, "seed": 0},
+                      executor={"kind": "local", "max_parallel": 1, "timeout_min": 20})
+    ctl = subprocess.Popen([sys.executable, "-m", "stability", "grid", "run", str(path), "--quiet"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def launcher():
+        kids = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(ctl.pid)], capture_output=True, text=True)
+        return next((int(line.split()[0]) for line in kids.stdout.splitlines() if "stability.grid.local" in line), None)
+
+    ledger = tmp_path / "res/_sweeps/kl/jobs.jsonl"
+    _wait_for(lambda: ledger.exists() and ledger.read_text().count("\n") >= 1 and launcher())
+    os.kill(launcher(), signal.SIGKILL)
+    out, err = ctl.communicate(timeout=600)
+    assert ctl.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert "starting it again" in err, err[-2000:]
+    runs = store.read_table(tmp_path / "res", "runs", sweep="kl")
+    assert sorted(runs.status) == ["completed"] * 3 and runs.run_id.is_unique
+
+
+def test_reproduce_checks_every_studys_data_before_training(tmp_path):
+    """Case 13: ``--set dataset=cifar10`` without data_root fails at once, as ``train`` does."""
+    out = run_cli("reproduce", "--quick", "--results", str(tmp_path / "r"), "--set", "dataset=cifar10", timeout=120)
+    _one_line_exit_2(out, "data_root", "cifar10")
+    assert not (tmp_path / "r/runs").exists()
+    missing = run_cli("reproduce", "--quick", "--results", str(tmp_path / "r"), "--set", "dataset=imagefolder",
+                      "--set", f"data_root={tmp_path / 'nowhere'}", timeout=120)
+    _one_line_exit_2(missing, "data_root", str(tmp_path / "nowhere"))
+
+
+def test_a_lease_heartbeat_dated_in_the_future_does_not_lock_the_sweep_forever(tmp_path):
+    """Case 14: a heartbeat far in the future is a corrupt lease (taken over, and said so);
+    one a few seconds ahead is another host's clock skew (still refused)."""
+    from stability.grid.lock import SweepLock
+
+    sweep = tmp_path / "_sweeps/s"
+    sweep.mkdir(parents=True)
+    lease = sweep / "lease.json"
+    lease.write_text(json.dumps({"host": "node-7", "pid": 4242, "since": "x", "heartbeat": time.time() + 5}))
+    with pytest.raises(Exception, match="pid 4242 on node-7"):
+        SweepLock(sweep, "s").acquire()
+    lease.write_text(json.dumps({"host": "node-7", "pid": 4242, "since": "x", "heartbeat": time.time() + 999999}))
+    with SweepLock(sweep, "s"):
+        assert json.loads(lease.read_text())["took_over"]["heartbeat"] > time.time()
