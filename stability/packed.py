@@ -53,6 +53,8 @@ def _encode(path: str, short_side: int | None) -> tuple[bytes | None, str | None
         out = io.BytesIO()
         img.save(out, "JPEG", quality=JPEG_QUALITY)
         return out.getvalue(), None
+    except Image.UnidentifiedImageError:
+        return None, "not an image format PIL can read"
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
         return None, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis, plots, store
+from .errors import ConfigError
 
 
 def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = None) -> str:
@@ -18,7 +19,8 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
     bad += [f"{p}: {why}" for p, why in store.unreadable(root, sweep)]
     runs = store.read_table(root, "runs", sweep=sweep)
     if runs.empty:
-        raise ValueError(f"no runs of sweep {sweep!r} under {root}")
+        raise ConfigError(f"sweep: no readable runs of sweep {sweep!r} under {root}"
+                          + (f" (unreadable: {'; '.join(b.splitlines()[0][:300] for b in bad)})" if bad else ""))
     figures = []
     by = analysis.default_by(analysis.with_size(runs))  # every design axis that varies: nothing pooled
     points = analysis.edf(runs, by=by, relative=True)

@@ -166,10 +166,10 @@ def _one_line_exit_2(out, *needles):
     return line
 
 
-def _tiny_sweep(tmp_path, name, **kw):
+def _tiny_sweep(tmp_path, name, lrs=(1e-3,), **kw):
     path = write_spec(tmp_path / f"{name}.yaml", name, tmp_path / "res",
                       base={"model": "vit_c_tiny", "epochs": 1, "steps_per_epoch": 2, "batch_size": 16},
-                      space={"lr": [1e-3]}, sampler={"name": "random", "n": 1, "seed": 0}, **kw)
+                      space={"lr": list(lrs)}, sampler={"name": "random", "n": 1, "seed": 0}, **kw)
     out = run_cli("grid", "run", str(path), "--quiet")
     assert out.returncode == 0, out.stderr[-2000:]
     return path
@@ -180,8 +180,8 @@ def test_a_flipped_byte_in_a_result_file_is_named_corrupt_not_lost(tmp_path):
     a finished run's file (footer intact) are named as corruption by status and report."""
     import pyarrow.parquet as pq
 
-    path = _tiny_sweep(tmp_path, "flip")
-    (f,) = (tmp_path / "res/runs/sweep=flip").glob("*.parquet")
+    path = _tiny_sweep(tmp_path, "flip", lrs=(1e-3, 2e-3))
+    f, _ = sorted((tmp_path / "res/runs/sweep=flip").glob("*.parquet"))
     col = pq.read_metadata(f).row_group(0).column(pq.read_schema(f).names.index("config_json"))
     raw = bytearray(f.read_bytes())
     # the config's text in its page (the dictionary page comes first; the footer's copy is later)
@@ -192,9 +192,10 @@ def test_a_flipped_byte_in_a_result_file_is_named_corrupt_not_lost(tmp_path):
     assert status.returncode == 0, status.stderr[-2000:]
     named = [u for u in json.loads(status.stdout)["unreadable"] if u.startswith(f"{f}: ")]
     assert len(named) == 1 and "checksum" in named[0].lower(), named
-    report = run_cli("report", "--results", str(tmp_path / "res"), "--sweep", "flip",
-                     "--out", str(tmp_path / "r.md"))
-    assert str(f) in report.stderr and "unreadable" in report.stderr, report.stderr[-2000:]
+    report = run_cli("report", "flip", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "r.html"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert f"unreadable, left out: {f}" in report.stderr and "checksum" in report.stderr, report.stderr[-2000:]
+    assert str(f) in (tmp_path / "r.html").read_text()  # named at the top of the report too
 
 
 @pytest.mark.parametrize("bad", ["other_schema", "folder"])
@@ -210,7 +211,7 @@ def test_a_plan_of_another_schema_or_a_folder_is_named_in_one_line(tmp_path, bad
     else:
         pd.DataFrame({"x": [1, 2]}).to_parquet(plan)
     status = run_cli("grid", "status", str(spec))
-    assert status.returncode == 0 and "planned from the spec" in status.stdout, status.stderr[-2000:]
+    assert status.returncode == 0 and "planned from the spec" in " ".join(status.stdout.split()), status.stdout
     tpe = write_spec(tmp_path / "t.yaml", "ps", tmp_path / "res", sampler={"name": "tpe", "n": 4, "wave": 2, "seed": 0})
     _one_line_exit_2(run_cli("grid", "status", str(tpe)), str(plan), "unreadable")
 
@@ -349,11 +350,12 @@ def test_a_killed_local_launcher_is_started_again_and_nothing_runs_twice(tmp_pat
 
 def test_reproduce_checks_every_studys_data_before_training(tmp_path):
     """Case 13: ``--set dataset=cifar10`` without data_root fails at once, as ``train`` does."""
-    out = run_cli("reproduce", "--quick", "--results", str(tmp_path / "r"), "--set", "dataset=cifar10", timeout=120)
+    out = run_cli("reproduce", "--quick", "--results", str(tmp_path / "r"), "--set", "dataset=cifar10",
+                  "--set", "test_split=0", timeout=120)
     _one_line_exit_2(out, "data_root", "cifar10")
     assert not (tmp_path / "r/runs").exists()
     missing = run_cli("reproduce", "--quick", "--results", str(tmp_path / "r"), "--set", "dataset=imagefolder",
-                      "--set", f"data_root={tmp_path / 'nowhere'}", timeout=120)
+                      "--set", f"data_root={tmp_path / 'nowhere'}", "--set", "test_split=0", timeout=120)
     _one_line_exit_2(missing, "data_root", str(tmp_path / "nowhere"))
 
 

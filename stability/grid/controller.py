@@ -28,7 +28,15 @@ from ..store import RunStatus as S
 from .backends import BACKENDS, Backend, backend_for, job_files
 from .ledger import failures, read_ledger, record_jobs
 from .lock import SweepLock
-from .plan import PlannedRun, check_cells, make_plan, plan_frame, plan_from_frame, plan_mismatch
+from .plan import (
+    PlannedRun,
+    check_cells,
+    check_data,
+    make_plan,
+    plan_frame,
+    plan_from_frame,
+    plan_mismatch,
+)
 from .spec import GridSpec, save_spec_copy
 from .state import (
     DONE,
@@ -80,6 +88,7 @@ def initial_plan(spec: GridSpec, storage) -> list[PlannedRun]:
     in one sweep. A spec that only adds runs (more points, more seeds) extends the sweep."""
     if spec.sampler.name != "tpe":
         plan = make_plan(spec)
+        check_data(spec, plan)
         try:
             saved = load_plan(spec.sweep_dir)
         except store.CorruptFiles:

@@ -287,17 +287,22 @@ def make_plan(spec: GridSpec) -> list[PlannedRun]:
 def check_cells(spec: GridSpec) -> None:
     """Build every cell's configs at the ranges' lower ends: a spec whose base, cells and ranges
     do not make valid runs fails now (``ConfigError``), not at its first ask; so does one whose
-    data cannot be found (``data.check_source``: on this machine for local jobs; for Slurm jobs,
-    whose nodes may mount other filesystems, only a missing ``data_root``)."""
+    data cannot be found (:func:`check_data`)."""
+    point = {k: int(r.lo) if r.kind == "int" else r.lo for k, r in spec.ranges.items()}
+    check_data(spec, [run for cell in cells(spec) for run in CellRuns(spec, cell).runs([point])])
+
+
+def check_data(spec: GridSpec, runs: list[PlannedRun]) -> None:
+    """``ConfigError`` naming the spec when the runs' data cannot be found (``data.check_source``:
+    on this machine for local jobs; for Slurm jobs, whose nodes may mount other filesystems, only
+    a missing ``data_root``), so a sweep fails before its first run rather than run by run."""
     from ..data import DataError, check_source
     from .backends import resolve_kind
 
-    point = {k: int(r.lo) if r.kind == "int" else r.lo for k, r in spec.ranges.items()}
     sources = set()
-    for cell in cells(spec):
-        for run in CellRuns(spec, cell).runs([point]):
-            cfg = config_from_json(run.config_json)
-            sources.add((cfg.dataset, cfg.data_root, cfg.download))
+    for run in runs:
+        cfg = config_from_json(run.config_json)
+        sources.add((cfg.dataset, cfg.data_root, cfg.download))
     for dataset, root, download in sorted(sources, key=str):
         try:
             check_source(dataset, root, download, here=resolve_kind(spec.executor.kind) == "local")
