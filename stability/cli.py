@@ -16,7 +16,7 @@ from .errors import ConfigError
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message held
     return 2
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import json
 import os
 import time
@@ -191,8 +192,8 @@ def unreadable(root: str | os.PathLike, sweep: str) -> list[tuple[Path, str]]:
             try:
                 st = p.stat()
                 key, sig = str(p.relative_to(root)), [st.st_size, st.st_mtime_ns, st.st_ino]
-                if known.get(key) != sig:  # every page against its checksum, not the footer only
-                    pq.read_table(pa.OSFile(str(p)), page_checksum_verification=True)
+                if known.get(key) != sig:  # every page against its checksum, then the values' digest
+                    check_digest(pq.read_table(pa.OSFile(str(p)), page_checksum_verification=True))
             except FileNotFoundError:
                 continue  # replaced or compacted away meanwhile
             except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
@@ -215,6 +216,30 @@ def quarantine(root: str | os.PathLike, sweep: str, path: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, dest)
     return dest
+
+
+DIGEST_KEY = b"stability.digest"
+
+
+def digest(df: pd.DataFrame) -> str:
+    """A hash of a frame's values and column names: stored in each result file's metadata when it
+    is written and compared when a file is checked (``unreadable``). Page checksums cover page
+    data only; a flipped byte in a page header can turn a value into null without any error."""
+    rows = pd.util.hash_pandas_object(df, index=False).to_numpy()
+    return hashlib.sha256(rows.tobytes() + "\0".join(map(str, df.columns)).encode()).hexdigest()[:32]
+
+
+def with_digest(t: pa.Table) -> pa.Table:
+    """``t`` with the digest of its values (as a reader will get them) in its schema metadata."""
+    return t.replace_schema_metadata({**(t.schema.metadata or {}), DIGEST_KEY: digest(t.to_pandas()).encode()})
+
+
+def check_digest(t: pa.Table) -> None:
+    """``ValueError`` when a whole table read back does not hash to the digest it was written
+    with (files written before digests have none and pass)."""
+    want = (t.schema.metadata or {}).get(DIGEST_KEY)
+    if want is not None and digest(t.to_pandas()).encode() != want:
+        raise ValueError("its values do not match the digest they were written with (corrupt)")
 
 
 def to_arrow(table: str, rows: pd.DataFrame | list[dict]) -> pa.Table:
@@ -286,8 +311,8 @@ def unlink_under(path: Path, folder: Path) -> None:
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
-    with atomic_path(path) as tmp:  # page checksums: a flipped byte reads as corruption, not as data
-        pq.write_table(table, tmp, write_page_checksum=True)
+    with atomic_path(path) as tmp:  # page checksums and a digest: a flipped byte reads as corruption
+        pq.write_table(with_digest(table), tmp, write_page_checksum=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

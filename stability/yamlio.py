@@ -65,7 +65,8 @@ def load_yaml(path: str | Path) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"not valid YAML{where}: {getattr(e, 'problem', None) or e}", str(path)) from None
+        why = getattr(e, "problem", None) or " ".join(str(e).split())  # a reader error spans two lines
+        raise ConfigError(f"not valid YAML{where}: {why}", str(path)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {e}", str(path)) from None
 

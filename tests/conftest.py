@@ -7,7 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tempfile
+
 import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Nothing of Hypothesis in the work tree (its example database, its caches): a test run leaves no
+# files behind; failing examples are printed, with the seed that reproduces them.
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hypothesis-"))
+settings.register_profile("stability", database=None)
+settings.load_profile("stability")
 
 ROOT = Path(__file__).resolve().parents[1]
 
