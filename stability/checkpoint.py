@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,9 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign pickle protocol: we say why below
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=device, weights_only=True)
         _check_identity(payload, cfg)
         _check_fits(model, payload["model"], "model")
         if ema is not None and payload.get("ema") is not None:

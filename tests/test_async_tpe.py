@@ -176,10 +176,12 @@ def test_max_failures_counts_submitted_failures_not_divergence():
 
 
 def test_max_failures_stops_submitting_and_exits_non_zero(tmp_path):
-    """Every cifar10 run fails at once (its data_root points nowhere). With max_failures 2 the
-    controller (one run at a time) stops after the second failure, leaves the rest unsubmitted,
-    says why on one line and exits 1 (that diverged runs do not count is checked above)."""
+    """Every cifar10 run fails at once (its data_root has the batches' folder, which passes the
+    plan-time check, but no batches in it). With max_failures 2 the controller (one run at a
+    time) stops after the second failure, leaves the rest unsubmitted, says why on one line and
+    exits 1 (that diverged runs do not count is checked above)."""
     nowhere = tmp_path / "nowhere"
+    (nowhere / "cifar-10-batches-py").mkdir(parents=True)
     spec_path = write_spec(tmp_path / "g.yaml", "ff", tmp_path / "res", space={"lr": [1e-3, 2e-3, 3e-3, 4e-3]},
                            base={"dataset": "cifar10", "epochs": 1, "steps_per_epoch": 2, "data_root": str(nowhere)},
                            executor={"kind": "local", "max_parallel": 1, "timeout_min": 20, "max_failures": 2})

@@ -80,8 +80,9 @@ def test_reproduce_on_cifar_set_from_the_command_line_is_a_sweep_of_its_own(tmp_
     assert len(reports) == 1
     text = reports[0].read_text()
     assert "Figs. 4–5" in text and "not run in this invocation (`--only`): optimizer, epochs, peak" in text
-    # a missing data root: every run fails, the command says so and exits 1
+    # a missing data root: refused when the studies are planned, before any run (issue 23)
     bad = run_cli("reproduce", "--quick", "--quiet", "--only", "lr_wd", "--results", str(tmp_path / "res"),
                   "--set", "dataset=cifar10", "--set", f"data_root={tmp_path / 'nowhere'}", "--set", "test_split=0",
                   timeout=600)
-    assert bad.returncode == 1 and "12 run(s) of sweep" in bad.stdout and "DataError" in bad.stdout, bad.stdout
+    assert bad.returncode == 2 and "data_root" in bad.stderr and str(tmp_path / "nowhere") in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

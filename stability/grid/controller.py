@@ -336,12 +336,23 @@ def quarantine_unreadable(spec: GridSpec) -> tuple[list[str], set[str]]:
     return moved, rerun
 
 
+def _unreadable_lines(spec: GridSpec, read_errors: list[str]) -> list[str]:
+    """One line per corrupt result file of the sweep, with what it means: those the full check
+    finds (``store.unreadable``) and those a read just failed on (a file the check had passed
+    before, damaged in place since)."""
+    found = {path: why for path, why in store.unreadable(spec.results, spec.name)}
+    for e in read_errors:
+        path, _, why = e.partition(": ")
+        found.setdefault(Path(path), " ".join(why.split())[:200])
+    return [f"{path}: {why} ({_meaning(path)})" for path, why in found.items()]
+
+
 def _meaning(path: Path) -> str:
     """What an unreadable result file means for its runs, and what `grid run` does about it."""
     table, compacted = path.parent.parent.name, path.name.startswith("part-")
     if table == "runs":
-        return ("the runs whose rows it held count as missing" if compacted else "its run counts as missing"
-                ) + "; `grid run` moves it to quarantine and reruns them"
+        return ("its runs' results cannot be trusted; `grid run` moves it to quarantine and reruns them" if compacted
+                else "its run's result cannot be trusted; `grid run` moves the run's files to quarantine and reruns it")
     if compacted:
         return (f"the {table} rows of the finished runs it held are lost; `grid run` moves it to quarantine "
                 "and reruns those runs")
@@ -362,7 +373,8 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
         unreadable.append(f"{e}; planned from the spec instead")
     plan = plan_from_frame(saved) if saved is not None else (
         make_plan(spec) if spec.sampler.name != "tpe" else [])
-    runs = run_rows(spec.results, spec.name)
+    read_errors: list[str] = []  # a page that fails its checksum in a column read here: named below
+    runs = run_rows(spec.results, spec.name, errors=read_errors)
     ids = [r.run_id for r in plan]
     backend = backend_for(spec)
     problems: list[str] = []
@@ -390,8 +402,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
         "jobs": {"alive": len(alive), "running": sum(1 for s in alive.values() if s in RUNNING_JOB_STATES),
                  "pending": sum(1 for s in alive.values() if s not in RUNNING_JOB_STATES)},
         "failures": failed_runs, "lost": lost, "ledger_problems": problems,
-        "unreadable": unreadable + [f"{path}: {why} ({_meaning(path)})"
-                                    for path, why in store.unreadable(spec.results, spec.name)],
+        "unreadable": unreadable + _unreadable_lines(spec, read_errors),
         "eta_s": eta_seconds(state, backend.parallelism()),
     }
 
