@@ -90,7 +90,7 @@ def test_local_no_wait_runs_outlive_the_controller(tmp_path):
 
 def test_local_two_task_job_is_one_ddp_run_and_failures_keep_their_log(tmp_path):
     data = tmp_path / "empty"
-    data.mkdir()
+    (data / "cifar-10-batches-py").mkdir(parents=True)  # passes the plan-time check; no batches in it
     spec_path = write_spec(tmp_path / "g.yaml", "ddp", tmp_path / "res",
                            executor={"kind": "local", "max_parallel": 1, "tasks_per_node": 2, "timeout_min": 20},
                            base={"model": "vit_p_tiny", "batch_size": 32, "data_root": str(data)},

@@ -100,7 +100,7 @@ def test_packed_round_trips_an_imagefolder_exactly(tmp_path):
 
     root = _folder(tmp_path / "f")
     counts = pack(root, tmp_path / "p", shard_mb=0.004)  # tiny shards: several per split
-    assert counts == {"train": 24, "val": 6}
+    assert counts == {"train": 24, "val": 6, "skipped": 0}
     assert len(list((tmp_path / "p").glob("train-*.tar"))) > 1
     for split in ("train", "val"):
         folder, packed = ImageFolder(str(root / split)), PackedDataset(tmp_path / "p", split)
