@@ -131,7 +131,7 @@ def check_source(name: str, root: str | None, download: bool = False, here: bool
     path = _need_root(name, root)
     if not here or (download and name.startswith("cifar")):
         return
-    if not path.is_dir():
+    if name != "imagefolder" and not path.is_dir():  # imagefolder's message names its layout (below)
         raise DataError(f"data_root: {path} is not a folder (dataset {name!r})")
     if name.startswith("cifar"):
         folder = path / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
@@ -328,9 +328,7 @@ def _cifar(name: str, root: Path, image_size: int, download: bool) -> DataBundle
 def _imagefolder(root: Path, image_size: int) -> DataBundle:
     from torchvision.datasets import ImageFolder
 
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise DataError(f"data_root: {root / split} is not a folder (expected ImageNet layout {root}/{{train,val}}/<class>/<image>)")
+    check_source("imagefolder", str(root))  # the layout, as a sweep's plan checks it
     train = ImageFolder(str(root / "train"), transform=_transforms(True, image_size, False))
     val = ImageFolder(str(root / "val"), transform=_transforms(False, image_size, False))
     if train.classes != val.classes:

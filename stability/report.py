@@ -16,10 +16,9 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
     """The report as one HTML string (plotly.js inlined once, no network needed to view it).
     Unreadable result files are named at the top (and appended to ``unreadable``)."""
     bad = unreadable if unreadable is not None else []
-    found = [f"{p}: {why}" for p, why in store.unreadable(root, sweep)]
     errors: list[str] = []  # a file damaged in place after the check passed it fails here
     runs = store.read_table(root, "runs", sweep=sweep, errors=errors)
-    bad += found + [e for e in errors if not any(f.startswith(e.partition(": ")[0] + ": ") for f in found)]
+    bad += [f"{p}: {why}" for p, why in store.damaged(root, sweep, errors).items()]
     if runs.empty:
         raise ConfigError(f"sweep: no readable runs of sweep {sweep!r} under {root}"
                           + (f" (unreadable: {'; '.join(b.splitlines()[0][:300] for b in bad)})" if bad else ""))

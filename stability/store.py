@@ -206,6 +206,17 @@ def unreadable(root: str | os.PathLike, sweep: str) -> list[tuple[Path, str]]:
     return out
 
 
+def damaged(root: str | os.PathLike, sweep: str, read_errors: list[str]) -> dict[Path, str]:
+    """``{file: why}`` of a sweep's corrupt result files: those the full check finds
+    (:func:`unreadable`) and those a read just failed on (``read_table``'s ``errors`` lines,
+    ``"<file>: <why>"``: a file the cached check passed before, damaged in place since)."""
+    found = dict(unreadable(root, sweep))
+    for e in read_errors:
+        path, _, why = e.partition(": ")
+        found.setdefault(Path(path), " ".join(why.split())[:200])
+    return found
+
+
 def quarantine(root: str | os.PathLike, sweep: str, path: Path) -> Path:
     """Move a sweep's file into ``_sweeps/<sweep>/quarantine/`` (kept for a post-mortem, out of
     every reader's way); returns where it went."""

@@ -340,10 +340,7 @@ def _unreadable_lines(spec: GridSpec, read_errors: list[str]) -> list[str]:
     """One line per corrupt result file of the sweep, with what it means: those the full check
     finds (``store.unreadable``) and those a read just failed on (a file the check had passed
     before, damaged in place since)."""
-    found = {path: why for path, why in store.unreadable(spec.results, spec.name)}
-    for e in read_errors:
-        path, _, why = e.partition(": ")
-        found.setdefault(Path(path), " ".join(why.split())[:200])
+    found = store.damaged(spec.results, spec.name, read_errors)
     return [f"{path}: {why} ({_meaning(path)})" for path, why in found.items()]
 
 
