@@ -1,0 +1,162 @@
+"""How the runs of each stem ended, per stratum, and the stem comparison only where it means something.
+
+``stem_outcomes`` is the findings view's table (dashboard Overview, ``stability report``,
+``grid status``): per stratum (sweep x optimizer x epochs ...: never pooled) and stem, the
+finished runs, how many diverged and how many are stuck at chance (``findings.at_chance``: the
+report's one definition), the median error with n, and ``never_left_chance`` where no run of
+the stem learned anything.
+
+``stem_verdicts`` turns ``compare`` into verdicts with a rule that was checked against its null
+(tests/test_stems.py simulates stems drawn from one distribution):
+
+- the statistic is the median error of b minus that of a (diverged runs at 100), with its 90%
+  bootstrap interval from ``compare``;
+- the test is a two-sided label-permutation test of that difference, Holm-adjusted over the
+  strata of the call (a family: one stratum per sweep x optimizer x epochs ...), verdict at
+  ``ALPHA`` in the direction of the observed difference;
+- no verdict, saying why, when a side has fewer than ``MIN_RUNS`` finished runs (the smallest
+  two-sided p of 3 vs 3 is 0.1: a verdict could never pass) or when both stems sit at chance
+  or diverged in every run (there is no learning to compare).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .compare import compare
+from .edf import errors
+from .findings import at_chance
+from .grouping import strata, with_size
+from .inference import holm
+
+ALPHA = 0.10  # family-wise error rate of the verdicts of one call (Holm over its strata)
+MIN_RUNS = 4  # per side: 4 vs 4 reaches a two-sided permutation p of 2/70 = 0.029
+N_PERM = 4000
+
+
+def chance_error(runs: pd.DataFrame) -> float:
+    """The error of an untrained model for these runs: the median ``init_top1_err`` (measured at
+    step 0 on the validation split); NaN when the results predate it."""
+    if "init_top1_err" not in runs:
+        return float("nan")
+    v = pd.to_numeric(runs["init_top1_err"], errors="coerce").dropna()
+    return float(v.median()) if len(v) else float("nan")
+
+
+def stem_outcomes(runs: pd.DataFrame, value: str = "top1_err", by: Sequence[str] | None = None,
+                  group: str = "stem") -> pd.DataFrame:
+    """Per stratum and stem: ``runs`` finished (completed or diverged), ``diverged``,
+    ``at_chance`` (completed but stuck at chance), their percentages, ``learned`` (the rest),
+    ``median_err`` and ``best_err`` (diverged at 100), ``chance_err`` (``chance_error``),
+    ``never_left_chance`` (no run learned) and the runs left out (failed, preempted, running).
+
+    ``by`` defaults to every design axis that varies (nothing pooled)."""
+    runs = with_size(runs)
+    by = list(strata(runs, exclude=(group,)) if by is None else by)
+    keys = [*by, group]
+    cols = [*keys, "runs", "diverged", "at_chance", "learned", "diverged_pct", "at_chance_pct", "median_err",
+            "best_err", "chance_err", "never_left_chance", "left_out"]
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    runs = runs.assign(_chance=at_chance(runs, value).to_numpy(bool))
+    df = errors(runs, value, False, keys)
+    rows = []
+    for key, g in runs.groupby(keys, observed=True, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        done = df[np.logical_and.reduce([df[k].eq(v) if pd.notna(v) else df[k].isna()
+                                         for k, v in zip(keys, key, strict=True)])] if len(df) else df
+        n, nd = len(done), int(done["diverged"].sum()) if len(done) else 0
+        nc = int(g["_chance"].sum())
+        rows.append(dict(zip(keys, key, strict=True)) | {
+            "runs": n, "diverged": nd, "at_chance": nc, "learned": n - nd - nc,
+            "diverged_pct": 100.0 * nd / n if n else np.nan, "at_chance_pct": 100.0 * nc / n if n else np.nan,
+            "median_err": float(done["err"].median()) if n else np.nan,
+            "best_err": float(done["err"].min()) if n else np.nan,
+            "chance_err": chance_error(g), "never_left_chance": bool(n and n - nd - nc == 0),
+            "left_out": int(len(g) - n)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def median_perm_p(a: np.ndarray, b: np.ndarray, n_perm: int = N_PERM, seed: int = 0) -> float:
+    """Two-sided p of median(b) − median(a) by permuting the labels: (1 + #{|D*| ≥ |D|}) / (1 + n_perm)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    observed = abs(np.median(b) - np.median(a))
+    pool = np.concatenate([a, b])
+    rng = np.random.default_rng(seed)
+    perms = np.argsort(rng.random((n_perm, len(pool))), axis=1)
+    shuffled = pool[perms]
+    d = np.abs(np.median(shuffled[:, len(a):], axis=1) - np.median(shuffled[:, :len(a)], axis=1))
+    return float((1 + np.sum(d >= observed - 1e-9)) / (1 + n_perm))
+
+
+def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 1000, n_perm: int = N_PERM,
+                  alpha: float = ALPHA, seed: int = 0) -> pd.DataFrame:
+    """``compare(runs, by="stem")`` per stratum with ``p`` (permutation, two-sided), ``p_holm``
+    (over the rows), ``verdict`` ("<stem> lower", "no clear difference" or "none") and ``why``
+    (the reason in words: the test, or what is missing for one). Same rows and sign as
+    ``compare``: effects are b − a."""
+    cmp = compare(runs, by="stem", value=value, n_boot=n_boot, n_perm=min(n_perm, 2000), seed=seed)
+    if cmp.empty:
+        return cmp.assign(p=[], p_holm=[], verdict=[], why=[])
+    runs = with_size(runs)
+    keys = [c for c in cmp.columns[:cmp.columns.get_loc("a")]]
+    out = stem_outcomes(runs, value, by=keys)
+    runs = runs.assign(_chance=at_chance(runs, value).to_numpy(bool))
+    df = errors(runs, value, False, [*keys, "stem"])
+    ps, why = [], []
+    for _, row in cmp.iterrows():
+        here = np.logical_and.reduce([df[k].eq(row[k]) for k in keys]) if keys else np.ones(len(df), bool)
+        ea = df.loc[here & df["stem"].eq(row["a"]).to_numpy(), "err"].to_numpy(float)
+        eb = df.loc[here & df["stem"].eq(row["b"]).to_numpy(), "err"].to_numpy(float)
+        o = out[np.logical_and.reduce([out[k].eq(row[k]) for k in keys])] if keys else out
+        dead = o[o["stem"].isin([row["a"], row["b"]])]["never_left_chance"]
+        if min(len(ea), len(eb)) < MIN_RUNS:
+            ps.append(np.nan)
+            why.append(f"n = {len(eb)} vs {len(ea)}: a verdict needs at least {MIN_RUNS} finished runs per stem")
+        elif len(dead) == 2 and dead.all():
+            ps.append(np.nan)
+            why.append("both stems sit at chance (or diverged) in every run: nothing learned to compare")
+        else:
+            ps.append(median_perm_p(ea, eb, n_perm, seed))
+            why.append("")
+    cmp = cmp.assign(p=ps)
+    tested = cmp["p"].notna().to_numpy()
+    adj = np.full(len(cmp), np.nan)
+    if tested.any():
+        adj[tested] = holm(cmp.loc[tested, "p"].to_numpy(float))
+    cmp["p_holm"] = adj
+    verdicts = []
+    for i, row in cmp.reset_index(drop=True).iterrows():
+        if why[i]:
+            verdicts.append("none")
+            continue
+        m = int(tested.sum())
+        fam = f"Holm over {m} strata" if m > 1 else "one stratum"
+        if adj[i] <= alpha:
+            lower = row["b"] if row["median_diff"] < 0 else row["a"]
+            verdicts.append(f"{lower} lower")
+            why[i] = f"permutation p = {row['p']:.3g}, {fam}: {adj[i]:.3g} ≤ {alpha:g}"
+        else:
+            verdicts.append("no clear difference")
+            why[i] = f"permutation p = {row['p']:.3g}, {fam}: {adj[i]:.3g} > {alpha:g}"
+    cmp["verdict"], cmp["why"] = verdicts, why
+    return cmp
+
+
+def verdict_line(row: pd.Series | dict, unit: str = "points") -> str:
+    """One line naming the stratum's result: the verdict, the effect b − a with its interval and n,
+    and why (or only why, where there is no verdict)."""
+    n = f"n = {int(row['n_b'])} vs {int(row['n_a'])}"
+    if row["verdict"] == "none":
+        return f"no verdict ({row['why']})"
+    lo, hi = row["median_diff_lo"], row["median_diff_hi"]
+    ci = f"[{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) and np.isfinite(hi) else "[n/a]"
+    return (f"{row['verdict']}: median {row['b']} − {row['a']} = {row['median_diff']:+.2f} {unit} {ci}, "
+            f"{n} ({row['why']})")
+
+
+__all__ = ["ALPHA", "MIN_RUNS", "chance_error", "median_perm_p", "stem_outcomes", "stem_verdicts",
+           "verdict_line"]
