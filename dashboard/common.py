@@ -23,7 +23,7 @@ from stability import store
 
 RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "epochs", "batch_size",
                "seed", "dataset", "params", "flops", "top1_err", "top5_err", "best_top1_err",
-               "ema_top1_err", "test_top1_err", "test_ema_top1_err", "final_train_loss", "collapsed",
+               "ema_top1_err", "test_top1_err", "test_ema_top1_err", "final_train_loss", "collapsed", "init_top1_err",
                "diverged_at_step", "n_spikes",
                "wall_time_s", "device", "slurm_job_id", "started_at", "finished_at", "error"]
 FILTERS = ("sweep", "model", "stem", "optimizer", "epochs", "dataset", "status")
@@ -380,6 +380,38 @@ def cached_edf(runs: pd.DataFrame, by: tuple[str, ...], relative: bool) -> pd.Da
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
+def cached_verdicts(runs: pd.DataFrame) -> pd.DataFrame:
+    """``analysis.stem_verdicts``: the stem comparison per stratum, with a verdict only where one
+    means something (the same rows ``stability report`` prints)."""
+    from stability import analysis
+
+    return analysis.stem_verdicts(runs)
+
+
+VERDICT_RUNS = 3000  # above this the permutation tests wait for a click
+
+
+def verdict_lines(runs: pd.DataFrame, key: str, ready: bool = False) -> pd.DataFrame | None:
+    """One bullet per stratum (its verdict, effect, n and why), shared by Overview and EDF; None
+    while a large selection waits for its button (``ready``: the page already asked)."""
+    from stability import analysis
+
+    if not ready and len(runs) > VERDICT_RUNS and not st.button(
+            f"Compute the stem verdicts for {len(runs):,} runs (bootstrap and permutation tests: seconds)", key=key):
+        return None
+    v = cached_verdicts(runs)
+    if v.empty:
+        st.info("Only one stem in the selection: there is nothing to compare.")
+        return v
+    strata_cols = list(v.columns[:v.columns.get_loc("a")])
+    for _, row in v.iterrows():
+        where = " · ".join(f"{row[c]} ep" if c == "epochs" else f"{row[c]}" for c in strata_cols) or "all runs"
+        line = analysis.verdict_line(row)
+        st.markdown(f"- **{where}**: " + (f":gray[{line}]" if row["verdict"] == "none" else line))
+    return v
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
 def cached_compare(runs: pd.DataFrame, relative: bool) -> pd.DataFrame:
     from stability import analysis
 
@@ -391,8 +423,9 @@ def sweep_label(runs: pd.DataFrame) -> str:
     return ", ".join(sweeps) if len(sweeps) <= 3 else f"{len(sweeps)} sweeps"
 
 
-def table(df: pd.DataFrame, key: str | None = None, **kwargs) -> None:
-    """A dataframe at readable precision (errors to 0.01 point, rates to 3 digits), fitting the page."""
+def table(df: pd.DataFrame, key: str | None = None, whole: bool = False, **kwargs) -> None:
+    """A dataframe at readable precision (errors to 0.01 point, rates to 3 digits), fitting the page;
+    ``whole``: tall enough to show every row (no scroll box that hides rows)."""
     config = {}
     for c in df.columns:
         if pd.api.types.is_float_dtype(df[c]):
@@ -402,6 +435,8 @@ def table(df: pd.DataFrame, key: str | None = None, **kwargs) -> None:
             else:
                 small = v.abs().max() < 1e-2 if len(v) else False
                 config[c] = st.column_config.NumberColumn(c, format="%.3g" if small or c in ("lr", "wd") else "%.2f")
+    if whole:
+        kwargs.setdefault("height", 38 + 35 * len(df))
     st.dataframe(df, hide_index=True, width="stretch", column_config=config, key=key, **kwargs)
 
 

@@ -20,6 +20,57 @@ _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
 
 
+# Above this many points a figure's scatter traces are drawn with WebGL (benchmarks/plot_render.py:
+# below it SVG draws as fast or faster, and a page may hold only a few WebGL figures: Chromium keeps
+# 16 contexts and drops the oldest, leaving its figure blank).
+WEBGL_POINTS = 20_000
+
+
+def scatter_kind(n_points: int) -> type:
+    """``go.Scatter`` (SVG) up to ``WEBGL_POINTS`` points in a figure, ``go.Scattergl`` above."""
+    return go.Scattergl if n_points > WEBGL_POINTS else go.Scatter
+
+
+def _sci(v: float, sci: bool = True) -> str:
+    """A tick label: ``sci`` 1e-3, 2.5e-3 (mantissa to 2 digits), else 0.01, 250."""
+    if not np.isfinite(v) or v <= 0:
+        return str(v)
+    if not sci:
+        return f"{float(f'{v:.3g}'):g}"
+    e = int(np.floor(np.log10(v) + 1e-9))
+    return f"{float(f'{v / 10.0 ** e:.2g}'):g}e{e}"
+
+
+def _labels(vals: Sequence[float]) -> list[str]:
+    """One format per axis: scientific when any tick is below 0.01 or above 10,000."""
+    sci = any(t < 0.01 or t > 1e4 for t in vals)
+    return [_sci(t, sci) for t in vals]
+
+
+def log_ticks(values, max_ticks: int = 7) -> dict:
+    """Tick values and labels for a log axis over ``values``: decades (every k-th when there are
+    many), 1-2-5 steps when the data spans under two decades, the value itself when there is one;
+    the same format on every axis (``_sci``). Pass as ``fig.update_xaxes(type="log", **log_ticks(v))``."""
+    v = np.asarray(pd.Series(values).dropna(), float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v):
+        return {}
+    lo, hi = float(v.min()), float(v.max())
+    if hi / lo < 1.0001:
+        return {"tickvals": [lo], "ticktext": _labels([float(f"{lo:.3g}")])}
+    d0, d1 = int(np.floor(np.log10(lo) + 1e-9)), int(np.ceil(np.log10(hi) - 1e-9))
+    decades = list(range(d0, d1 + 1))
+    step = max(1, int(np.ceil(len(decades) / max_ticks)))
+    vals = [10.0 ** d for d in decades[::step]]
+    inside = [t for t in vals if lo / 1.001 <= t <= hi * 1.001]
+    if len(inside) < 3:  # under two decades: the 1-2-5 grid inside the data
+        grid = [m * 10.0 ** d for d in range(d0, d1 + 1) for m in (1, 2, 5)]
+        vals = [t for t in grid if lo / 1.001 <= t <= hi * 1.001]
+        if len(vals) < 2:  # inside one 1-2-5 step: the ends of the data
+            vals = [float(f"{lo:.2g}"), float(f"{hi:.2g}")]
+    return {"tickvals": vals, "ticktext": _labels(vals)}
+
+
 def color_of(stem: str, i: int = 0) -> str:
     return STEM_COLORS.get(str(stem), _FALLBACK[i % len(_FALLBACK)])
 
@@ -52,102 +103,134 @@ LINE_COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 
 def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
                dash_by: str | None = None, title: str | None = None, max_points: int = 600,
-               band: str = "pointwise", within: float | None = None) -> go.Figure:
-    """Step EDF per group with a shaded band (``analysis.edf`` output).
+               band: str = "pointwise", within: float | None = None, chance: float | None = None,
+               full_axis: bool = False) -> go.Figure:
+    """Step EDF per group with a shaded band (``analysis.edf`` output), one panel per stratum.
 
-    Every grouping column of ``points`` (sweep, optimizer, epochs ... besides ``by``) draws its
-    own line, never merged: the hue follows ``by``, each further line of the same ``by`` value
-    gets its own shade (so bands stay apart) and the line style follows the other columns. ``band``: pointwise or simultaneous bootstrap, or DKW. Diverged runs
-    (at 100%) are marked with a cross at the top of their step; ``within`` draws the "within x
-    points of the best" line in relative mode. The x axis is padded so the last step shows."""
-    fig = go.Figure()
-    others = [c for c in points.columns if c not in EDF_VALUES and c != by]
-    if dash_by and dash_by not in others:
-        others.append(dash_by)
-    keys = [by, *others]
-    styles = sorted({tuple(str(v) for v in k) for k in points[others].drop_duplicates().itertuples(index=False)}) \
-        if others else []
-    groups = list(points.groupby(keys, observed=True, sort=True))
-    stems = sorted(points[by].astype(str).unique())
-    seen: dict[str, int] = {}
-    for key, g in groups:
+    Every grouping column of ``points`` besides ``by`` (sweep, optimizer, epochs ...) is a
+    stratum: each value gets its own panel (small multiples, never merged into one plot), the
+    hue follows ``by``; ``dash_by`` styles lines within a panel instead of splitting panels.
+    ``band``: pointwise or simultaneous bootstrap, or DKW. Diverged runs (at 100%) are marked
+    with a cross at the top of their step; ``within`` draws the "within x points of the best"
+    line in relative mode; ``chance`` the error of an untrained model (absolute mode);
+    ``full_axis`` fixes the x axis to 0–100 (else padded to the data so the last step shows)."""
+    strata_cols = [c for c in points.columns if c not in EDF_VALUES and c not in (by, dash_by)]
+    panels = list(points.groupby(strata_cols, observed=True, sort=True)) if strata_cols and len(points) \
+        else [((), points)]
+    ncols = 1 if len(panels) == 1 else 2
+    nrows = -(-len(panels) // ncols)
+    titles = []
+    for key, part in panels:
         key = key if isinstance(key, tuple) else (key,)
-        stem = key[0]
-        dash = DASHES[styles.index(tuple(str(v) for v in key[1:])) % len(DASHES)] if others else "solid"
-        k = seen[str(stem)] = seen.get(str(stem), -1) + 1
-        color = shade(color_of(stem, stems.index(str(stem))), k)
-        g = g.sort_values("x")
-        full = g
-        if len(g) > max_points:  # thousands of runs: keep evenly spaced steps (the curve's shape)
-            keep = np.unique(np.linspace(0, len(g) - 1, max_points).round().astype(int))
-            g = g.iloc[keep]
-        x = [g.x.iloc[0]] + g.x.tolist()
-        name = " / ".join(str(k) for k in key)
-        n, nd = int(g.n.iloc[0]), int(g.n_diverged.iloc[0])
-        if BANDS.get(band):
-            lo_col, hi_col = BANDS[band]
-            lo, hi = g[lo_col].tolist(), g[hi_col].tolist()
-        else:
-            d = float(g.dkw.iloc[0]) if "dkw" in g and pd.notna(g.dkw.iloc[0]) else 0.0
-            lo, hi = (g.F_right - d).clip(0, 1).tolist(), (g.F_right + d).clip(0, 1).tolist()
-        fig.add_trace(go.Scatter(x=x, y=[0.0] + hi, mode="lines", line_shape="hv",
-                                 line=dict(width=0), hoverinfo="skip", showlegend=False,
-                                 legendgroup=name))
-        fig.add_trace(go.Scatter(x=x, y=[0.0] + lo, mode="lines", line_shape="hv",
-                                 line=dict(width=0), fill="tonexty", fillcolor=_rgba(color, 0.16),
-                                 hoverinfo="skip", showlegend=False, legendgroup=name))
-        fig.add_trace(go.Scatter(x=x, y=[0.0] + g.F_right.tolist(), mode="lines", line_shape="hv",
-                                 line=dict(color=color, width=2.5, dash=dash), legendgroup=name,
-                                 name=f"{name} (n={n}, {nd} diverged)",
-                                 hovertemplate="error %{x:.2f}<br>F %{y:.2f}<extra>" + name + "</extra>"))
-        if nd:
-            top = full.iloc[-1]
-            fig.add_trace(go.Scatter(x=[top.x], y=[top.F_right], mode="markers", legendgroup=name,
-                                     showlegend=False, marker=dict(symbol="x", size=11, color=color,
-                                                                   line=dict(width=2, color=color)),
-                                     hovertemplate=f"{nd} diverged run(s), counted at 100%<extra>{name}</extra>"))
-    if len(points):
+        head = " · ".join(f"{v} ep" if c == "epochs" else str(v) for c, v in zip(strata_cols, key, strict=True))
+        ns = part.drop_duplicates([by] + ([dash_by] if dash_by else []))
+        count = ", ".join(f"{r[by]} n={int(r.n)}" + (f" ({int(r.n_diverged)} div.)" if r.n_diverged else "")
+                          for _, r in ns.iterrows())
+        titles.append(f"{head}: {count}" if head else count)
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles, shared_xaxes="all", shared_yaxes="all",
+                        vertical_spacing=min(0.12, 0.5 / nrows), horizontal_spacing=0.06)
+    stems = sorted(points[by].astype(str).unique()) if len(points) else []
+    dash_values = sorted(points[dash_by].astype(str).unique()) if dash_by and len(points) else []
+    shown: set[str] = set()
+    for p_i, (_, part) in enumerate(panels):
+        row, col = p_i // ncols + 1, p_i % ncols + 1
+        keys = [by] + ([dash_by] if dash_by else [])
+        for key, g in part.groupby(keys, observed=True, sort=True):
+            key = key if isinstance(key, tuple) else (key,)
+            stem = str(key[0])
+            color = color_of(stem, stems.index(stem))
+            dash = DASHES[dash_values.index(str(key[1])) % len(DASHES)] if dash_by else "solid"
+            g = g.sort_values("x")
+            full = g
+            if len(g) > max_points:  # thousands of runs: keep evenly spaced steps (the curve's shape)
+                keep = np.unique(np.linspace(0, len(g) - 1, max_points).round().astype(int))
+                g = g.iloc[keep]
+            x = [g.x.iloc[0]] + g.x.tolist()
+            name = " / ".join(str(k) for k in key)
+            n, nd = int(g.n.iloc[0]), int(g.n_diverged.iloc[0])
+            if BANDS.get(band):
+                lo_col, hi_col = BANDS[band]
+                lo, hi = g[lo_col].tolist(), g[hi_col].tolist()
+            else:
+                d = float(g.dkw.iloc[0]) if "dkw" in g and pd.notna(g.dkw.iloc[0]) else 0.0
+                lo, hi = (g.F_right - d).clip(0, 1).tolist(), (g.F_right + d).clip(0, 1).tolist()
+            fig.add_trace(go.Scatter(x=x, y=[0.0] + hi, mode="lines", line_shape="hv", line=dict(width=0),
+                                     hoverinfo="skip", showlegend=False, legendgroup=name), row=row, col=col)
+            fig.add_trace(go.Scatter(x=x, y=[0.0] + lo, mode="lines", line_shape="hv", line=dict(width=0),
+                                     fill="tonexty", fillcolor=_rgba(color, 0.16), hoverinfo="skip",
+                                     showlegend=False, legendgroup=name), row=row, col=col)
+            fig.add_trace(go.Scatter(x=x, y=[0.0] + g.F_right.tolist(), mode="lines", line_shape="hv",
+                                     line=dict(color=color, width=2.5, dash=dash), legendgroup=name, name=name,
+                                     showlegend=name not in shown,
+                                     hovertemplate="error %{x:.2f}<br>F %{y:.2f}<extra>" + name + f" (n={n})</extra>"),
+                          row=row, col=col)
+            shown.add(name)
+            if nd:
+                top = full.iloc[-1]
+                fig.add_trace(go.Scatter(x=[top.x], y=[top.F_right], mode="markers", legendgroup=name,
+                                         showlegend=False, marker=dict(symbol="x", size=11, color=color,
+                                                                       line=dict(width=2, color=color)),
+                                         hovertemplate=f"{nd} diverged run(s), counted at 100%<extra>{name}</extra>"),
+                              row=row, col=col)
+        if relative and within is not None:
+            fig.add_vline(x=within, line=dict(color="#555", dash="dot", width=1), row=row, col=col,
+                          annotation_text=f"within {within:g}" if p_i == 0 else None,
+                          annotation_position="bottom right")
+        if not relative and chance is not None and np.isfinite(chance):
+            fig.add_vline(x=chance, line=dict(color="#888", dash="dash", width=1), row=row, col=col,
+                          annotation_text="chance" if p_i == 0 else None, annotation_position="top left")
+    if full_axis:
+        fig.update_xaxes(range=[-2.0, 102.0])
+    elif len(points):
         lo_x, hi_x = float(points.x.min()), float(points.x.max())
         pad = max(1.0, 0.04 * (hi_x - lo_x))
         fig.update_xaxes(range=[min(0.0, lo_x) - pad if relative else lo_x - pad, hi_x + pad])
-    if relative and within is not None:
-        fig.add_vline(x=within, line=dict(color="#555", dash="dot", width=1),
-                      annotation_text=f"within {within:g}", annotation_position="bottom right")
     band_text = {"pointwise": "90% pointwise bootstrap band", "simultaneous": "90% simultaneous bootstrap band",
                  "dkw": "90% DKW band"}.get(band, "")
-    fig.update_layout(title=title or ("EDF of Δ top-1 error (error − best of group)" if relative else "EDF of top-1 error"),
-                      xaxis_title=("Δ top-1 error (points)" if relative else "top-1 error (%)") + f" · {band_text}",
-                      yaxis_title="cumulative prob.", yaxis_range=[0, 1.02], legend_title=" / ".join(keys),
-                      template="plotly_white", height=460)
+    fig.update_xaxes(title_text=("Δ top-1 error (points)" if relative else "top-1 error (%)"), row=nrows)
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_yaxes(title_text="cumulative prob.", col=1)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(title=(title or ("EDF of Δ top-1 error (error − best of group)" if relative
+                                       else "EDF of top-1 error")) + f" · {band_text}",
+                      legend_title=" / ".join([by] + ([dash_by] if dash_by else [])),
+                      template="plotly_white", height=max(420, 300 * nrows + 120))
     return fig
 
 
-def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer", "epochs")) -> go.Figure:
+def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer", "epochs"),
+                 chance: float | None = None) -> go.Figure:
     """Error vs lr and vs wd per stem (colour), log axes, one row per value of the ``facet``
     columns that vary (sweep, optimizer, epochs: never mixed in one panel); diverged runs as crosses at
-    100%. Hover names the run (``label`` if present); ``customdata`` is the run's ``key`` (else its
-    id), so a click can open it."""
+    100%; ``chance``: a dashed line at the error of an untrained model. A knob with one value in
+    every run gets no panel (the title says its value). Hover names
+    the run (``label`` if present); ``customdata`` is the run's ``key`` (else its id), so a click can
+    open it."""
     facet = [c for c in facet if c in df and df[c].nunique() > 1]
     rows = list(df.groupby(facet, observed=True, sort=True)) if facet else [((), df)]
+    knobs = [k for k in ("lr", "wd") if df[k].nunique() > 1] or ["lr"]
+    fixed = [f"{k} = {_sci(float(df[k].iloc[0]), float(df[k].iloc[0]) < 0.01)}" for k in ("lr", "wd")
+             if k not in knobs and len(df)]
     titles = []
     for key, _ in rows:
         key = key if isinstance(key, tuple) else (key,)
         head = " · ".join(f"{v} ep" if c == "epochs" else str(v) for c, v in zip(facet, key, strict=True))
-        titles += [f"{head} · vs lr" if head else "vs learning rate", f"{head} · vs wd" if head else "vs weight decay"]
-    fig = make_subplots(rows=len(rows), cols=2, shared_yaxes=True, subplot_titles=titles,
+        titles += [f"{head} · vs {k}" if head else f"vs {k}" for k in knobs]
+    fig = make_subplots(rows=len(rows), cols=len(knobs), shared_yaxes=True, subplot_titles=titles,
                         vertical_spacing=min(0.2, 0.45 / max(1, len(rows))))
     stems = sorted(df["stem"].astype(str).unique())
+    kind = scatter_kind(len(df) * len(knobs))
     for r, (_, part) in enumerate(rows, start=1):
         for stem, g in part.groupby("stem", observed=True, sort=True):
             i = stems.index(str(stem))
             color = color_of(stem, i)
-            # Paired designs put every stem at the same (lr, wd): nudge each stem sideways by a few
-            # percent on the log axis so no stem hides another (hover gives the true value).
-            nudge = 10 ** (0.06 * (i - (len(stems) - 1) / 2))
-            for col, knob in ((1, "lr"), (2, "wd")):
+            for col, knob in enumerate(knobs, start=1):
+                # Paired designs put every stem at the same values: nudge each stem sideways by a
+                # few percent on the log axis so no stem hides another (hover gives the true value).
+                paired = part.groupby("stem", observed=True)[knob].apply(frozenset).nunique() == 1
+                nudge = 10 ** (0.06 * (i - (len(stems) - 1) / 2)) if paired and len(stems) > 1 else 1.0
                 for diverged, sub in g.groupby("diverged"):
                     label = sub["label"] if "label" in sub else sub["run_id"] if "run_id" in sub else sub[knob]
-                    kind = go.Scattergl if len(df) > 2000 else go.Scatter  # thousands of points: WebGL
                     fig.add_trace(kind(
                         x=sub[knob] * nudge, y=sub["err"], mode="markers", legendgroup=f"{stem}{diverged}",
                         name=f"{stem}" + (" (diverged)" if diverged else ""),
@@ -155,15 +238,19 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
                                                                     symbol="x" if diverged else "circle",
                                                                     line=dict(width=0.5, color="white")),
                         customdata=np.stack([sub["key"] if "key" in sub else sub["run_id"] if "run_id" in sub
-                                             else sub[knob], label], axis=1),
-                        hovertemplate="%{customdata[1]}<br>error %{y:.2f}"
+                                             else sub[knob], label, sub[knob]], axis=1),
+                        hovertemplate="%{customdata[1]}<br>" + knob + " %{customdata[2]:.3g}<br>error %{y:.2f}"
                                       "<br>id %{customdata[0]}<extra></extra>"),
                         row=r, col=col)
-        fig.update_xaxes(type="log", title_text="lr", tickformat=".0e", nticks=6, tickangle=0, row=r, col=1)
-        fig.update_xaxes(type="log", title_text="wd", tickformat=".0e", nticks=6, tickangle=0, row=r, col=2)
+        for col, knob in enumerate(knobs, start=1):
+            fig.update_xaxes(type="log", title_text=knob, tickangle=0, **log_ticks(df[knob]), row=r, col=col)
         fig.update_yaxes(title_text="top-1 error (%)", row=r, col=1)
+    if chance is not None and np.isfinite(chance):
+        fig.add_hline(y=chance, line=dict(color="#888", dash="dash", width=1), annotation_text="chance",
+                      annotation_position="bottom right")
     fig.update_layout(template="plotly_white", height=max(430, 360 * len(rows)), legend_title="stem",
-                      clickmode="event+select")
+                      clickmode="event+select",
+                      title=("Every run has " + " and ".join(fixed)) if fixed else None)
     return fig
 
 
@@ -201,6 +288,9 @@ def optimizer_figure(gap: pd.DataFrame) -> go.Figure:
             continue
         for stem, g in gap.groupby("stem", observed=True, sort=True):
             n = g.get(f"n_{opt}", pd.Series([np.nan] * len(g), index=g.index)).fillna(0).astype(int)
+            g, n = g[n > 0], n[n > 0]  # no bar for an optimizer a group never ran
+            if g.empty:
+                continue
             sweep = (g["sweep"].astype(str) + " · ") if "sweep" in g else ""
             fig.add_trace(go.Bar(x=sweep + str(stem) + " · " + g.epochs.astype(str) + " ep", y=g[col],
                                  name=f"{stem} {opt}", text=[f"n={v}" for v in n], textposition="outside",
@@ -208,7 +298,8 @@ def optimizer_figure(gap: pd.DataFrame) -> go.Figure:
                                              opacity=1.0 if opt == "adamw" else 0.6),
                                  hovertemplate="%{x}<br>best %{y:.2f}% of %{text}<extra>" + f"{stem} {opt}</extra>"))
     both = {"best_adamw", "best_sgd"} <= set(gap.columns)
-    fig.update_layout(barmode="group", yaxis_title="best top-1 error (%)", template="plotly_white", height=420,
+    fig.update_layout(barmode="group", yaxis_title="best top-1 error (%)", template="plotly_white", height=460,
+                      legend=dict(orientation="h", y=-0.25), margin=dict(b=120),
                       title="AdamW vs SGD (hatched) per stem: best run of each optimizer's own runs" if both
                       else "Best run per stem (one optimizer selected)")
     return fig
@@ -251,6 +342,7 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
     0); a series of one or two points is drawn with markers; ``diverged_at`` draws a line at the
     step that diverged."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
+    line = scatter_kind(len(trace) + len(steps))
     if len(trace):
         floor = _log_floor(trace.grad_norm)
         first, last = trace.depth.min(), trace.depth.max()
@@ -261,7 +353,7 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
             color = "#d62728" if depth == first else "#1f77b4" if depth == last else "rgba(120,120,120,0.35)"
             visible = True if edge else "legendonly"
             y = g.grad_norm.where(g.grad_norm > 0, floor)
-            fig.add_trace(go.Scattergl(x=g.step, y=y, mode="lines+markers" if len(g) <= 2 else "lines",
+            fig.add_trace(line(x=g.step, y=y, mode="lines+markers" if len(g) <= 2 else "lines",
                                        name=f"{layer}" + (" (first)" if depth == first else " (last)" if depth == last else ""),
                                        line=dict(color=color, width=2 if edge else 1), legendgroup=layer,
                                        marker=dict(size=8), visible=visible), row=1, col=1)
@@ -280,15 +372,16 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
                                                      line=dict(color="black", width=1))), row=1, col=1)
     if len(steps):
         st = steps.sort_values("step")
-        fig.add_trace(go.Scattergl(x=st.step, y=st.loss, mode="lines+markers" if len(st) <= 2 else "lines",
+        fig.add_trace(line(x=st.step, y=st.loss, mode="lines+markers" if len(st) <= 2 else "lines",
                                    name="loss", line=dict(color="#444", width=1.2)), row=2, col=1)
     if diverged_at is not None and np.isfinite(diverged_at):
         for row in (1, 2):
             fig.add_vline(x=float(diverged_at), line=dict(color="black", dash="dash", width=1), row=row, col=1)
         fig.add_annotation(x=float(diverged_at), y=1, yref="paper", text=f"diverged at step {int(diverged_at)}",
                            showarrow=False, xanchor="right", yanchor="bottom")
-    fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", dtick=1, row=1, col=1)
-    fig.update_yaxes(type="log", title_text="loss (log)", tickformat=".3g", nticks=4, row=2, col=1)
+    norms = trace.grad_norm.where(trace.grad_norm > 0, floor) if len(trace) else []
+    fig.update_yaxes(type="log", title_text="grad norm", **log_ticks(norms), row=1, col=1)
+    fig.update_yaxes(type="log", title_text="loss (log)", **log_ticks(steps.loss if len(steps) else []), row=2, col=1)
     short = len(trace) and trace.step.max() < 10
     for row in (1, 2):
         fig.update_xaxes(tickformat="d", dtick=1 if short else None, row=row, col=1)
@@ -302,16 +395,18 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
     its own colour with its spikes, and each run's loss underneath. ``runs``: (label, marked
     trace, steps) per run."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
+    line = scatter_kind(sum(2 * len(t) // max(1, t.layer.nunique()) + len(s) for _, t, s in runs))
     for i, (label, trace, steps) in enumerate(runs):
         color = LINE_COLORS[i % len(LINE_COLORS)]
         if len(trace):
             floor = _log_floor(trace.grad_norm)
             for depth, dash, which in ((trace.depth.min(), "solid", "first"), (trace.depth.max(), "dot", "last")):
                 g = trace[trace.depth == depth].sort_values("step")
-                fig.add_trace(go.Scattergl(x=g.step, y=g.grad_norm.where(g.grad_norm > 0, floor),
-                                           mode="lines+markers" if len(g) <= 2 else "lines",
-                                           name=f"{label} ({which})", legendgroup=label,
-                                           line=dict(color=color, dash=dash, width=1.6)), row=1, col=1)
+                fig.add_trace(line(x=g.step, y=g.grad_norm.where(g.grad_norm > 0, floor),
+                                   mode="lines+markers" if len(g) <= 2 else "lines", name=label, legendgroup=label,
+                                   showlegend=which == "first", line=dict(color=color, dash=dash, width=1.6),
+                                   hovertemplate="step %{x}: %{y:.3g}<extra>" + f"{label} ({which} layer)</extra>"),
+                              row=1, col=1)
                 s = g[g.spike]
                 if len(s):
                     fig.add_trace(go.Scatter(x=s.step, y=s.grad_norm, mode="markers", legendgroup=label,
@@ -320,10 +415,12 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
                                   row=1, col=1)
         if len(steps):
             st = steps.sort_values("step")
-            fig.add_trace(go.Scattergl(x=st.step, y=st.loss, mode="lines", name=f"{label} loss", legendgroup=label,
-                                       showlegend=False, line=dict(color=color, width=1.2)), row=2, col=1)
-    fig.update_yaxes(type="log", title_text="grad norm", exponentformat="power", dtick=1, row=1, col=1)
-    fig.update_yaxes(type="log", title_text="loss (log)", tickformat=".3g", nticks=4, row=2, col=1)
+            fig.add_trace(line(x=st.step, y=st.loss, mode="lines", name=f"{label} loss", legendgroup=label,
+                               showlegend=False, line=dict(color=color, width=1.2)), row=2, col=1)
+    norms = pd.concat([t.grad_norm for _, t, _ in runs if len(t)]) if any(len(t) for _, t, _ in runs) else []
+    losses = pd.concat([s.loss for _, _, s in runs if len(s)]) if any(len(s) for _, _, s in runs) else []
+    fig.update_yaxes(type="log", title_text="grad norm", **log_ticks(norms), row=1, col=1)
+    fig.update_yaxes(type="log", title_text="loss (log)", **log_ticks(losses), row=2, col=1)
     fig.update_xaxes(title_text="step", tickformat="d", row=2, col=1)
     fig.update_layout(template="plotly_white", height=600, title=f"{title}: first (solid) and last (dotted) layer",
                       legend_title="run")
@@ -387,9 +484,10 @@ def importance_figure(imp: pd.DataFrame) -> go.Figure:
         g = imp[imp.stem.astype(str) == stem]
         x = (g["sweep"].astype(str) + " · " + g.param) if "sweep" in g else g.param
         fig.add_trace(go.Bar(x=x, y=g.importance, name=str(stem), marker_color=color_of(stem, i),
-                             customdata=g.n, hovertemplate="%{x}: %{y:.2f} (n=%{customdata})<extra>" + stem + "</extra>"))
-    fig.update_layout(barmode="group", yaxis_title="fANOVA importance", template="plotly_white", height=360,
-                      title="How much of the error each knob explains, per stem", legend_title="stem")
+                             text=[f"n={int(n)}" for n in g.n], textposition="outside", customdata=g.n, hovertemplate="%{x}: %{y:.2f} (n=%{customdata})<extra>" + stem + "</extra>"))
+    fig.update_layout(barmode="group", yaxis_title="fANOVA importance", template="plotly_white", height=380,
+                      title="How much of the error each knob explains, per stem (n: runs it rests on)",
+                      legend_title="stem", yaxis_range=[0, 1.12])
     return fig
 
 
@@ -459,7 +557,7 @@ def lr_curve_figure(curves: pd.DataFrame, metric: str = "loss") -> go.Figure:
             fig.add_trace(go.Scatter(x=[pts.lr.min(), pts.lr.max()], y=[pts.l0.mean()] * 2, mode="lines",
                                      legendgroup=name, showlegend=False, hoverinfo="skip",
                                      line=dict(color=color, dash="dot", width=1)), row=r, col=1)
-        fig.update_xaxes(type="log", title_text="peak lr", tickformat=".0e", nticks=6, tickangle=0, row=r, col=1)
+        fig.update_xaxes(type="log", title_text="peak lr", tickangle=0, **log_ticks(curves.lr), row=r, col=1)
         fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), row=r, col=1)
     fig.update_layout(template="plotly_white", height=max(420, 340 * len(panels)), legend_title="stem / fix",
                       title=f"{METRIC_LABELS.get(metric, metric).capitalize()} vs lr (× diverged, at ℓ₀; dotted: ℓ₀, at init)")
@@ -515,7 +613,8 @@ def attn_logit_figure(at: pd.DataFrame, thresholds: Sequence[float] = ()) -> go.
             fig.add_hline(y=float(t), line=dict(color="#888", dash="dot", width=1),
                           annotation_text=f"{t:g}", annotation_position="right")
     fig.update_layout(template="plotly_white", height=400, legend_title="stem / fix",
-                      xaxis=dict(type="log", title="peak lr", tickformat=".0e", nticks=6, tickangle=0),
-                      yaxis=dict(type="log", title="max attention logit q·k/√d_h (over layers)"),
+                      xaxis=dict(type="log", title="peak lr", tickangle=0, **log_ticks(seen["lr"] if len(seen) else [])),
+                      yaxis=dict(type="log", title="max attention logit q·k/√d_h (over layers)",
+                                 **log_ticks(seen["logit_max"].clip(lower=1e-3) if len(seen) else [])),
                       title="Max attention logit early in training vs lr (× diverged later)")
     return fig

@@ -250,3 +250,61 @@ def test_runs_of_the_fixture_are_all_listed(two_sweeps):
     runs = store.load(two_sweeps).runs
     assert isinstance(runs, pd.DataFrame) and set(runs.status) >= {"completed", "diverged", "failed", "running"}
     assert runs.sweep.nunique() == 2
+
+
+# Per figure: its visible traces, those drawn with WebGL, and the SVG marks drawn (line paths
+# with a path, points, boxes, bars, heatmap images): a figure whose traces hold data but drew no
+# mark is blank.
+FIGURES = """() => [...document.querySelectorAll('.js-plotly-plot')].map((p, i) => {
+  const data = (p._fullData || []).filter(t => t.visible === true);
+  const gl = data.filter(t => /gl$/.test(t.type) || t.type === 'parcoords');
+  let drawn = 0;
+  p.querySelectorAll('.scatterlayer .trace path.js-line').forEach(e => {
+    if ((e.getAttribute('d') || '').length > 4) drawn++; });
+  drawn += p.querySelectorAll('.scatterlayer .trace path.point, .boxlayer .trace path.box, '
+    + '.barlayer .trace path, .heatmaplayer image, .parcoords .y-axis').length;
+  const t = p.querySelector('.gtitle');
+  return {title: t ? t.textContent : 'figure ' + i, traces: data.length, gl: gl.length,
+          svg: data.length - gl.length, drawn: drawn};
+})"""
+MAX_WEBGL_FIGURES = 2  # per page: Chromium keeps 16 WebGL contexts, a plotly WebGL figure takes several
+
+
+def _every_figure_drawn(pg, where: str, console: list[str]) -> list[dict]:
+    _settle(pg)
+    pg.wait_for_timeout(1500)  # charts below the fold are drawn after the script run ends
+    figs = pg.evaluate(FIGURES)
+    assert figs, f"{where}: no figure"
+    for f in figs:
+        assert f["traces"] > 0, f"{where}: {f['title']!r} has no trace"
+        assert f["svg"] == 0 or f["drawn"] > 0, f"{where}: {f['title']!r} drew nothing ({f})"
+    gl = [f["title"] for f in figs if f["gl"]]
+    assert len(gl) <= MAX_WEBGL_FIGURES, f"{where}: {len(gl)} WebGL figures: {gl}"
+    lost = [m for m in console if "webgl" in m.lower()]
+    assert not lost, f"{where}: {lost[:3]}"
+    return figs
+
+
+def test_every_figure_draws_on_every_page_with_many_runs(server, page):
+    """≥ 16 finished runs, diverged ones among them: every figure of every page (Spikes with its
+    most runs per stem) draws its traces, and no WebGL context is lost."""
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text))
+    page.goto(server)
+    _chart_with_data(page)
+    nav = page.locator("[data-testid='stSidebarNav']")
+    for name in NAV:
+        nav.get_by_text(name, exact=True).click()
+        _chart_with_data(page)
+        _no_exception(page)
+        if name == "Spikes":
+            k = page.locator("[data-testid='stSlider']").filter(has_text="k (worst runs per stem)")
+            k.locator("input[type='range']").focus()
+            page.keyboard.press("End")
+            _settle(page)
+            figs = _every_figure_drawn(page, name, console)
+            assert len(figs) >= 12, [f["title"] for f in figs]  # the worst 5 per sweep and stem
+            assert any("diverged" in f["title"] for f in figs), [f["title"] for f in figs]
+            page.screenshot(path=str(ART / "spikes_many.png"), full_page=True)
+        else:
+            _every_figure_drawn(page, name, console)

@@ -2,9 +2,36 @@
 purpose) with bands, the Δ-to-best view, the summary and the signed/paired comparison."""
 
 import streamlit as st
-from common import cached_compare, cached_edf, control, selected_runs, sweep_label, table
+from common import (
+    cached_compare,
+    cached_edf,
+    control,
+    selected_runs,
+    sweep_label,
+    table,
+    verdict_lines,
+)
 
 from stability import analysis, plots
+
+
+def _pooling_warning(runs, pooled: str) -> None:
+    """Pooling on purpose, said where it is seen; louder when it changes which stem looks better
+    (a stratum's lower-median stem differs from the pooled one: Simpson's paradox)."""
+    per = analysis.stem_outcomes(runs)
+    whole = analysis.stem_outcomes(runs, by=[])
+    msg = f"Pooled here: {pooled} (one line per stem over all of them)."
+    if whole.stem.nunique() > 1 and len(per):
+        best_all = whole.loc[whole.median_err.idxmin(), "stem"]
+        keys = list(per.columns[:per.columns.get_loc("stem")])
+        flips = [" · ".join(str(v) for v in k) if isinstance(k, tuple) else str(k)
+                 for k, g in (per.groupby(keys, observed=True) if keys else [])
+                 if g.stem.nunique() > 1 and g.loc[g.median_err.idxmin(), "stem"] != best_all]
+        if flips:
+            msg += (f" **Pooling changes the picture**: pooled, {best_all} has the lower median error, but not in "
+                    + ", ".join(flips[:6]) + (" …" if len(flips) > 6 else "") + ". Turn pooling off to see each.")
+    st.warning(msg)
+
 
 st.title("Error EDF per stem")
 runs = selected_runs()
@@ -23,6 +50,9 @@ if runs is not None:
                        help="one line per stem over every sweep, optimizer and length selected "
                             "(off: nothing is pooled)")
     relative = mode.startswith("relative")
+    full_axis = control(st.toggle, "error axis 0–100 %", key="p_edf_full", default=False,
+                        help="Fix the x axis to the whole error range, so that a few points between runs at "
+                             "chance do not fill the plot and look like an effect (off: zoom to the data)")
     within = None
     if relative:
         within = control(st.slider, "within x points of the best", 0.0, 20.0, key="p_edf_within",
@@ -33,35 +63,38 @@ if runs is not None:
     if points.empty:
         st.info("No finished runs match the filters.")
     else:
-        fig = plots.edf_figure(points, relative=relative, band=band, within=within,
+        pooled = points["pooled"].iloc[0] if "pooled" in points and len(points) else ""
+        if pooled:
+            _pooling_warning(runs, pooled)
+        fig = plots.edf_figure(points, relative=relative, band=band, within=within, full_axis=full_axis,
+                               chance=None if relative else analysis.chance_error(runs),
                                title=f"{'Δ ' if relative else ''}top-1 error EDF · {sweep_label(runs)}")
         st.plotly_chart(fig, width="stretch", key="edf_chart")
-        pooled = points["pooled"].iloc[0] if "pooled" in points and len(points) else ""
-        st.caption("F(e) = fraction of runs with error at or below e; diverged runs count at 100% "
-                   "(marked ×; never dropped); failed, preempted and running runs are left out and "
-                   "counted below. Relative mode: error minus the best run of the same line, the "
-                   "best re-chosen in every bootstrap resample."
-                   + (f" **Pooled here: {pooled}.**" if pooled else " Nothing is pooled."))
+        st.caption("One panel per stratum (sweep, optimizer, epochs …), one line per stem; F(e) = fraction of "
+                   "runs with error at or below e; diverged runs count at 100% (marked ×; never dropped); "
+                   "failed, preempted and running runs are left out and counted below. Dashed: chance (the "
+                   "error at init). Relative mode: error minus the best run of the same line, the best "
+                   "re-chosen in every bootstrap resample." + ("" if pooled else " Nothing is pooled."))
         st.subheader("Summary" + (" (Δ to each line's best, points)" if relative else " (top-1 error, %)"))
         ws = sorted({1.0, 2.0, 5.0} | ({within} if within is not None else set()))
-        table(analysis.summary(runs, by=by, relative=relative, within=ws), key="edf_summary")
+        table(analysis.summary(runs, by=by, relative=relative, within=ws), key="edf_summary", whole=True)
         st.subheader("Comparison between stems")
         go = len(runs) <= 3000 or st.button(f"Compute the comparison for {len(runs):,} runs (bootstrap and "
                                             "permutation tests: a few seconds)", key="edf_compute")
+        if go:
+            verdict_lines(runs, key="edf_verdicts", ready=True)
         cmp = cached_compare(runs, relative) if go else None
-        if cmp is not None and cmp.empty:
-            st.info("Only one stem in the selection.")
-        elif cmp is not None:
+        if cmp is not None and not cmp.empty:
             strata_cols = [c for c in cmp.columns if c not in ("a", "b") and cmp.columns.get_loc(c) < cmp.columns.get_loc("a")]
-            for _, row in cmp.iterrows():
-                where = " · ".join(f"{c} {row[c]}" for c in strata_cols) or "all runs"
-                st.markdown(f"- **{where}**: {analysis.verdict_text(row, 'Δ points' if relative else 'points')}")
             first = [*strata_cols, "a", "b", "n_a", "n_b", "median_diff", "median_diff_lo", "median_diff_hi",
                      "within_1_diff", "within_1_diff_lo", "within_1_diff_hi", "ks", "ks_better", "ks_p",
                      "n_pairs", "wilcoxon_p", "sign_p"]
             first = [c for c in first if c in cmp.columns]
             table(cmp[first + [c for c in cmp.columns if c not in first]], key="edf_compare")
-            st.caption("Per stratum (sweep, optimizer, epochs ... never pooled); effects are b − a with "
+            st.caption("Verdicts: on the absolute error (median b − a), a two-sided permutation test per "
+                       "stratum, Holm-adjusted over the strata at 10%; no verdict where a stem has fewer than 4 "
+                       "finished runs or both stems sit at chance in every run (docs/methodology.md). "
+                       "Table, per stratum (sweep, optimizer, epochs ... never pooled); effects are b − a with "
                        "90% bootstrap intervals (_lo, _hi): median_diff, within_x_diff (fraction of runs "
                        "within x points of their own group's best). ks: KS distance, ks_better: the "
                        "group with more runs below at the largest gap, ks_p: permutation p-value. "

@@ -13,9 +13,11 @@ if runs is not None:
     if df.empty:
         st.info("No finished runs match the filters.")
     else:
-        event = st.plotly_chart(plots.lr_wd_figure(df), width="stretch", key="lrwd_scatter",
+        event = st.plotly_chart(plots.lr_wd_figure(df, chance=analysis.chance_error(runs)), width="stretch",
+                                key="lrwd_scatter",
                                 on_select="rerun", selection_mode="points")
-        st.caption("Colour: stem; × at 100%: diverged. One row per sweep, optimizer and training length. "
+        st.caption("Colour: stem; × at 100%: diverged; dashed: chance (the error at init). One row per sweep, "
+                   "optimizer and training length. "
                    "Click a point to open its run.")
         picked = [p["customdata"][0] for p in (event.selection.points if event and event.selection else [])
                   if p.get("customdata")]

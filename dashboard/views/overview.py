@@ -1,12 +1,16 @@
-"""Overview: per sweep what is planned, pending, running, done, diverged and failed (from the
+"""Overview: the findings first (per stratum and stem how the runs ended, the stem verdicts, and
+the verdicts of the last ``stability reproduce`` on this root), then per sweep what is planned, pending, running, done, diverged and failed (from the
 sweep's own record: plan and job ledger), ETA, failures with their error and log tail; it
 refreshes every 5 s while runs are live."""
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
-from common import apply_filters, load_runs, peek_runs, root, table
+from common import apply_filters, load_runs, peek_runs, root, table, verdict_lines
 
-from stability import plots
+from stability import analysis, plots
 from stability.grid.state import ORDER
 from stability.store import RunStatus as S
 
@@ -23,11 +27,90 @@ def _status(where: str, sweep: str) -> dict | None:
         return {"broken": f"{type(e).__name__}: {e}"}
 
 
+REPRODUCE_FIELDS = ("title", "verdict", "effect", "lo", "hi", "unit", "p", "p_adj", "n_text", "mde", "paper_effect",
+                    "reason")
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def _reproduce_reports(where: str) -> list[tuple[str, dict]]:
+    """The verdicts ``stability reproduce`` wrote under ``<root>/reproduce/`` (``<scale>.json``):
+    plain JSON, read as data only (never trusted for a path), malformed files skipped."""
+    folder = Path(where) / "reproduce"
+    out = []
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix == ".json" and p.is_file() and not p.is_symlink())
+    except OSError:
+        return out
+    for path in files[:10]:
+        try:
+            rep = json.loads(path.read_text()[:1_000_000])
+            if isinstance(rep, dict) and isinstance(rep.get("findings"), list):
+                out.append((path.name, rep))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _fmt(v, spec: str = "+.2f") -> str:
+    return format(v, spec) if isinstance(v, int | float) and v == v and abs(v) != float("inf") else "n/a"
+
+
+def findings(runs: pd.DataFrame) -> None:
+    """How each stem's runs ended per stratum, the flags, and the verdicts."""
+    st.subheader("Findings: how each stem's runs ended")
+    t = analysis.stem_outcomes(runs)
+    if t.empty:
+        st.info("No finished run yet: nothing to judge.")
+        return
+    keys = list(t.columns[:t.columns.get_loc("runs")])
+    strata_cols = keys[:-1]
+
+    def where(r) -> str:
+        return " · ".join(f"{r[c]} ep" if c == "epochs" else str(r[c]) for c in strata_cols) or "all runs"
+
+    flags = []
+    for _, part in (t.groupby(strata_cols, observed=True, sort=True) if strata_cols else [((), t)]):
+        dead = part[part.never_left_chance]
+        if len(dead) and len(dead) == len(part):
+            flags.append(f"**{where(part.iloc[0])}**: every run of every stem sits at chance or diverged: "
+                         "no stem learned, so nothing here says which is more stable.")
+        for _, r in dead.iterrows() if len(dead) != len(part) else []:
+            flags.append(f"**{where(r)} · {r['stem']}**: 0 of {int(r['runs'])} runs left chance "
+                         f"({int(r['at_chance'])} at chance, {int(r['diverged'])} diverged; median error "
+                         f"{r['median_err']:.1f}%, chance {_fmt(r['chance_err'], '.1f')}%).")
+    for f in flags:
+        st.warning(f)
+    shown = t.drop(columns=["never_left_chance"]).assign(
+        **{"left chance": t.never_left_chance.map({True: "never", False: "yes"})})
+    table(shown, key="overview_findings", whole=True)
+    st.caption("Per stratum (sweep, optimizer, epochs …: never pooled) and stem. runs: finished (completed or "
+               "diverged); at_chance: completed with an error ≥ 0.9 × the error at init (the report's rule); "
+               "learned: the rest; median_err and best_err count diverged runs at 100%; chance_err: the error "
+               "at init; left_out: failed, preempted or running.")
+    st.markdown("**Stem verdicts** (median error b − a, 90% bootstrap interval; permutation test, Holm over "
+                "strata at 10%; none where a side has fewer than 4 runs or both stems sit at chance)")
+    verdict_lines(runs, key="overview_verdicts")
+    reports = _reproduce_reports(str(root()))
+    for name, rep in reports:
+        rows = [{k: f.get(k) for k in REPRODUCE_FIELDS} for f in rep["findings"] if isinstance(f, dict)]
+        if not rows:
+            continue
+        st.markdown(f"**The paper's findings** (`stability reproduce`, {str(rep.get('scale', name))[:40]}, "
+                    f"written {str(rep.get('written_at', '?'))[:19]}):")
+        df = pd.DataFrame(rows)
+        df["effect [90% CI]"] = [f"{_fmt(r.effect)} [{_fmt(r.lo)}, {_fmt(r.hi)}] {r.unit or ''}" for r in df.itertuples()]
+        df["p → Holm"] = [f"{_fmt(r.p, '.3g')} → {_fmt(r.p_adj, '.3g')}" for r in df.itertuples()]
+        table(df[["title", "verdict", "effect [90% CI]", "p → Holm", "n_text", "mde", "paper_effect", "reason"]]
+              .rename(columns={"n_text": "n", "paper_effect": "paper"}), key=f"overview_repro_{name}", whole=True)
+
+
 def body() -> None:
     runs = load_runs()
     if runs is None:
         return
     runs = apply_filters(runs)
+    findings(runs)
+    st.subheader("Sweeps")
     finished = pd.to_datetime(runs["finished_at"], utc=True).max()
     c = st.columns(5)
     c[0].metric("sweeps", runs.sweep.nunique())
@@ -55,8 +138,7 @@ def body() -> None:
             failures.append({"sweep": sweep, "stem": r.stem, "run_id": r.run_id, "label": r.label,
                              "error": r.error, "log": logs.get(r.run_id, "") if rep and "broken" not in rep else ""})
         rows.append(row)
-    st.subheader("Sweeps")
-    table(pd.DataFrame(rows), key="overview_sweeps")
+    table(pd.DataFrame(rows), key="overview_sweeps", whole=True)
     st.caption("From each sweep's plan and job ledger (`_sweeps/<sweep>/`), as `stability grid status` "
                "prints it: pending = not started (queued, or not submitted yet); missing = its job ended "
                "without a result (a rerun resubmits it).")

@@ -11,7 +11,7 @@ from common import control, root, rows_of, run_key, run_tables, selected_runs, t
 from plotly.subplots import make_subplots
 
 from stability import store
-from stability.plots import LINE_COLORS
+from stability.plots import LINE_COLORS, log_ticks, scatter_kind
 from stability.store import DONE
 from stability.store import RunStatus as S
 
@@ -56,16 +56,21 @@ if runs is not None:
         fig = make_subplots(rows=2, cols=2, subplot_titles=("training loss", "learning rate",
                                                             "validation top-1 error (%)", "total grad norm"),
                             vertical_spacing=0.2)
+        line = scatter_kind(3 * len(steps))
+        no_epoch = []
         for i, rid in enumerate(chosen):
             color, name = LINE_COLORS[i % len(LINE_COLORS)], labels[rid]
             s = rows_of(steps, rid).sort_values("step") if len(steps) else steps
             e = rows_of(ep, rid).sort_values("epoch") if len(ep) else ep
             common = dict(legendgroup=rid, line=dict(color=color))
             if len(s):
-                fig.add_trace(go.Scattergl(x=s.step, y=s.loss, name=name, mode="lines", **common), 1, 1)
-                fig.add_trace(go.Scattergl(x=s.step, y=s.lr, name=name, mode="lines", showlegend=False, **common), 1, 2)
-                fig.add_trace(go.Scattergl(x=s.step, y=s.grad_norm, name=name, mode="lines", showlegend=False,
-                                           **common), 2, 2)
+                fig.add_trace(line(x=s.step, y=s.loss, name=name, mode="lines", **common), 1, 1)
+                fig.add_trace(line(x=s.step, y=s.lr, name=name, mode="lines", showlegend=False, **common), 1, 2)
+                fig.add_trace(line(x=s.step, y=s.grad_norm, name=name, mode="lines", showlegend=False, **common), 2, 2)
+            if not len(e):
+                stop = info.loc[rid, "diverged_at_step"]
+                no_epoch.append(f"{name}: " + (f"diverged at step {int(stop)}, " if stop == stop and stop is not None
+                                               else "") + "before its first validation")
             if len(e):
                 fig.add_trace(go.Scatter(x=e.epoch + 1, y=e.val_top1_err, name=name, mode="lines+markers",
                                          showlegend=not len(s), **common), 2, 1)
@@ -74,9 +79,14 @@ if runs is not None:
             fig.update_xaxes(title_text=x, row=r, col=c)
             fig.update_yaxes(title_text=y, row=r, col=c)
         fig.update_xaxes(range=[0.5, max(1, int(ep.epoch.max()) + 1 if len(ep) else 1) + 0.5], row=2, col=1)
-        fig.update_yaxes(type="log", dtick=1, row=2, col=2)
-        fig.update_yaxes(type="log", tickformat=".3g", row=1, col=1)  # a diverged run's loss would flatten the rest
-        fig.update_yaxes(type="log", tickformat=".0e", row=1, col=2)
+        positive = steps[["loss", "lr", "grad_norm"]].where(steps[["loss", "lr", "grad_norm"]] > 0) if len(steps) \
+            else pd.DataFrame(columns=["loss", "lr", "grad_norm"])
+        fig.update_yaxes(type="log", **log_ticks(positive.grad_norm), row=2, col=2)
+        fig.update_yaxes(type="log", **log_ticks(positive.loss), row=1, col=1)  # a diverged run's loss would flatten the rest
+        fig.update_yaxes(type="log", **log_ticks(positive.lr), row=1, col=2)
+        if no_epoch:
+            fig.add_annotation(text="no validation epoch:<br>" + "<br>".join(no_epoch), showarrow=False,
+                               xref="x3 domain", yref="y3 domain", x=0.5, y=0.5, font=dict(size=11, color="#555"))
         fig.update_layout(template="plotly_white", height=720, legend=dict(orientation="h", y=-0.12))
         st.plotly_chart(fig, width="stretch", key="runs_curves")
         if len(chosen) > 1:
@@ -89,4 +99,5 @@ if runs is not None:
             if len(diff):
                 diff = diff[diff.astype(str).nunique(axis=1) > 1]
                 st.subheader("Config keys that differ")
-                st.dataframe(diff.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)), width="stretch")
+                shown = diff.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+                st.table(shown.rename_axis("config key"))  # a static table: whole key names, every row

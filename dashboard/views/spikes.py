@@ -10,6 +10,24 @@ from stability.store import DONE, RunStatus
 
 COUNT_LIMIT = 300  # runs whose traces the counts re-detect with the sliders' settings
 
+
+
+def _why_unjudged(label: str, marked: pd.DataFrame, per_layer: int, window: int, min_points: int) -> str:
+    """Why no point of a run is judged, in its own trace interval: too few steps at every step
+    traced, or a trace interval too long for the window."""
+    steps = marked.drop_duplicates("step").step.sort_values()
+    every = int(steps.diff().median()) if len(steps) > 1 else None
+    last = int(marked.step.max()) + 1
+    if every == 1:
+        return f"{label}: traced at every step, but it lasted {last} step(s) ({per_layer} point(s) per layer)"
+    if every:
+        need = max(1, window // (min_points + 1))
+        fix = (f"`trace_every: {need}` or less would let the detector judge it" if need < every else
+               f"it lasted {last} step(s): too few for {min_points} earlier points at any interval")
+        return f"{label}: traced every {every} steps, {per_layer} point(s) per layer; {fix}"
+    return f"{label}: {per_layer} traced point(s) per layer; trace more often (`trace_every`)"
+
+
 st.title("Gradient-norm spikes per layer")
 runs = selected_runs()
 traced = None if runs is None else runs[runs.status.isin(DONE)]
@@ -63,28 +81,17 @@ elif traced is not None:
     empty = {"grad_norms": pd.DataFrame(), "steps": pd.DataFrame()}
     tables = all_tables if all_tables is not None else run_tables(chosen) if chosen else empty
     info = traced.set_index("key")
-    leads, overlay = [], []
+    leads, overlay, unjudged, untraced = [], [], [], []
     for rid in chosen:
         row = info.loc[rid]
         gn, steps = rows_of(tables["grad_norms"], rid), rows_of(tables["steps"], rid)
         if gn.empty:
-            st.warning(f"{row.label}: no per-layer traces recorded.")
+            untraced.append(row.label)
             continue
         marked = analysis.mark_spikes(gn, params=params)
         per_layer = int(marked.groupby("layer").size().max())
         if per_layer <= min_points:
-            steps_traced = marked.step.nunique()
-            every = int(marked.drop_duplicates("step").step.diff().median()) if steps_traced > 1 else None
-            if every == 1 or marked.step.max() < min_points:
-                fix = (f"It was traced at every step but lasted only {int(marked.step.max()) + 1} step(s): "
-                       "too short for any point to be judged.")
-            elif every:
-                fix = (f"It was traced every {every} steps: `trace_every: {max(1, window // (min_points + 1))}` "
-                       "or less would let the detector judge it.")
-            else:
-                fix = "Trace more often (`trace_every`)."
-            st.info(f"{row.label}: {per_layer} traced point(s) per layer; the detector judges a point only "
-                    f"after {min_points} earlier points within {window} steps, so none is judged. {fix}")
+            unjudged.append(_why_unjudged(row.label, marked, per_layer, window, min_points))
         small = analysis.downsample(marked, max_points=2000)
         steps = analysis.downsample(steps, 3000, value="loss") if len(steps) else steps
         err = f"{row.top1_err:.1f}%" if row.status == RunStatus.COMPLETED else "100% (diverged)"
@@ -95,6 +102,12 @@ elif traced is not None:
             st.plotly_chart(plots.spike_figure(small, steps, title, diverged_at=row.diverged_at_step),
                             width="stretch", key=f"spk_{rid.replace('/', '_')}")
         leads.append(analysis.first_layer_lead(gn, params=params).assign(run=row.label))
+    if untraced:
+        st.warning("No per-layer traces recorded for: " + "; ".join(untraced))
+    if unjudged:
+        st.info(f"**{len(unjudged)} of the {len(chosen)} runs shown are too short for the detector to judge any "
+                f"point**: it judges a point only after {min_points} earlier points within {window} steps.\n"
+                + "\n".join(f"- {u}" for u in unjudged))
     if overlay:
         st.plotly_chart(plots.spike_overlay_figure(overlay, "Worst runs overlaid" if how.startswith("worst") else "Chosen runs overlaid"),
                         width="stretch", key="spk_overlay")
