@@ -1,4 +1,5 @@
-"""A self-contained HTML report of one sweep: EDF, lr x wd and spike figures, summary tables."""
+"""A self-contained HTML report of one sweep: the findings view (how each stem's runs ended, per stratum, and
+the stem verdicts: the dashboard Overview's table and lines), EDF, lr x wd and spike figures, tables, LR sensitivity."""
 
 from __future__ import annotations
 
@@ -6,10 +7,102 @@ import html
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import analysis, plots, store
+from .analysis.edf import LEFT_OUT
 from .errors import ConfigError
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+         "table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;font-size:13px;"
+         "text-align:right;white-space:nowrap}th{position:sticky;top:0;background:#fff}"
+         ".wide{overflow-x:auto;max-width:100%;margin:0.5em 0}"  # a wide table scrolls sideways, never cut
+         ".flag{color:#b00;font-weight:bold}.dim{color:#777}li{margin:2px 0}")
+
+
+def cell(v) -> str:
+    """One format for every number of every table: 3 significant digits (lr 0.00141, wd 0.0014 and
+    0.001 are one value printed one way), whole numbers whole, "n/a" for a missing one."""
+    if v is None or v is pd.NA or (isinstance(v, float | np.floating) and np.isnan(v)):
+        return "n/a"
+    if isinstance(v, bool | np.bool_):
+        return "yes" if v else "no"
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if isinstance(v, float | np.floating):
+        v = 0.0 if abs(v) < 1e-12 else float(v)  # an interval's bound at 0 up to rounding
+        return str(int(v)) if v.is_integer() and abs(v) < 1e6 else f"{v:.3g}"
+    return str(v)
+
+
+def interval(lo, hi, fmt=cell) -> str:
+    """"[lo, hi]", or "n/a" when the interval is undefined."""
+    if pd.isna(lo) or pd.isna(hi):
+        return "n/a"
+    return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def table(df: pd.DataFrame, escape: bool = True) -> str:
+    """A table with every row, numbers by ``cell``, columns holding nothing (every value missing or
+    empty) left out, in a container that scrolls sideways when it is wider than the page."""
+    df = df.loc[:, [c for c in df.columns if not df[c].map(lambda v: cell(v) in ("n/a", "")).all()]]
+    text = df.map(cell) if len(df) else df
+    return "<div class='wide'>" + text.to_html(index=False, border=0, escape=escape) + "</div>"
+
+
+def _bullets(lines, named: bool = False) -> str:
+    """A list of lines; ``named``: each line is (its group, the line), the group in bold."""
+    items = [f"<b>{html.escape(t[0])}</b>: {html.escape(t[1])}" if named else html.escape(t) for t in lines]
+    return "<ul>" + "".join(f"<li>{t}</li>" for t in items) + "</ul>" if items else ""
+
+
+def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str) -> str:
+    """Per stratum (sweep x optimizer x epochs ...: never pooled) and stem how the runs ended
+    (``analysis.stem_outcomes``), then one verdict line per stratum (``analysis.stem_verdicts``,
+    ``analysis.verdict_line``): the same table and lines as the dashboard's Overview."""
+    from .analysis import findings, stems
+
+    out = analysis.stem_outcomes(runs)
+    keys = list(out.columns[:list(out.columns).index("stem")])
+    rows = []
+    for r in out.itertuples(index=False):
+        r = r._asdict()
+        n = int(r["runs"])
+        row = {k: r[k] for k in keys} | {"stem": r["stem"], "finished runs": n}
+        row["diverged"] = f"{r['diverged']} ({cell(r['diverged_pct'])} %)" if n else "0"
+        row["stuck at chance"] = f"{r['at_chance']} ({cell(r['at_chance_pct'])} %)" if n else "0"
+        row["median error (n)"] = f"{cell(r['median_err'])} % (n = {n})" if n else "n/a (n = 0)"
+        row["best error"] = f"{cell(r['best_err'])} %" if n else "n/a"
+        row["error at init"] = f"{cell(r['chance_err'])} %" if pd.notna(r["chance_err"]) else "n/a"
+        row[""] = "<span class='flag'>never left chance</span>" if r["never_left_chance"] else ""
+        if out["left_out"].any():
+            row["left out (failed, preempted, running)"] = r["left_out"]
+        rows.append(row)
+    head = ("<h2 id='findings'>Findings: how each stem's runs ended</h2>"
+            f"<p>Per {html.escape(' × '.join(keys) or 'sweep')} (never pooled) and stem. <b>Diverged</b>: a "
+            "non-finite loss or one past the divergence bound (counted at 100 % error in the medians). "
+            f"<b>Stuck at chance</b>: completed with a top-1 error ≥ {findings.CHANCE:g} × its error at "
+            "initialisation (the error of an untrained model). <b>Never left chance</b>: no run of the stem "
+            "learned anything.</p>")
+    if out.empty:
+        return head + "<p>No run of this sweep has finished.</p>"
+    lines = []
+    done = set()
+    for _, v in verdicts.iterrows():
+        name = analysis.sensitivity.group_text({k: v[k] for k in keys}) if keys else f"sweep {sweep}"
+        lines.append((name, analysis.verdict_line(v)))
+        done.add(tuple(v[k] for k in keys))
+    for key, g in out.groupby(keys, sort=True) if keys else [((), out)]:
+        key = key if isinstance(key, tuple) else (key,)
+        if key not in done:
+            name = analysis.sensitivity.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
+            lines.append((name, f"no verdict (only {', '.join(map(str, g['stem']))} ran here: nothing to compare)"))
+    rule = (f"<p class='dim'>Verdict: the median error of b − a (diverged runs at 100) with its 90 % bootstrap "
+            f"interval; a two-sided permutation test of it, Holm-adjusted over the strata, at "
+            f"α = {stems.ALPHA:g}. No verdict where a stem has fewer than {stems.MIN_RUNS} finished runs or "
+            "both stems never left chance.</p>")
+    return head + table(pd.DataFrame(rows), escape=False) + "<h3>Verdicts per stratum</h3>" + _bullets(lines, named=True) + rule
 
 
 def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = None) -> str:
@@ -22,6 +115,8 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
     if runs.empty:
         raise ConfigError(f"sweep: no readable runs of sweep {sweep!r} under {root}"
                           + (f" (unreadable: {'; '.join(b.splitlines()[0][:300] for b in bad)})" if bad else ""))
+    verdicts = analysis.stem_verdicts(runs)  # compare(runs, by="stem") with the gated verdicts
+    parts = [findings_section(runs, verdicts, sweep)]
     figures = []
     by = analysis.default_by(analysis.with_size(runs))  # every design axis that varies: nothing pooled
     points = analysis.edf(runs, by=by, relative=True)
@@ -32,28 +127,24 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
         figures.append(("Error vs lr and wd", plots.lr_wd_figure(hp)))
     worst = analysis.worst_runs(runs, k=1)
     ids = worst.run_id.tolist()
+    chance = dict(zip(runs.run_id, analysis.findings.at_chance(runs, "top1_err"), strict=True))
     gn = store.read_table(root, "grad_norms", sweep=sweep, run_ids=ids)
     steps = store.read_table(root, "steps", sweep=sweep, run_ids=ids)
     for r in worst.itertuples():
         trace = analysis.downsample(analysis.mark_spikes(gn[gn.run_id == r.run_id]), 2000)
-        figures.append((f"Worst {r.stem} run ({r.run_id}, {r.status}): gradient norms per layer",
+        how = f"{r.status}, stuck at chance" if chance.get(r.run_id) else str(r.status)
+        figures.append((f"Worst {r.stem} run ({r.run_id}, {how}, top-1 error {cell(r.err)} %): gradient norms "
+                        "per layer",
                         plots.spike_figure(trace, analysis.downsample(steps[steps.run_id == r.run_id], 3000, value="loss"))))
-    parts = []
     for i, (title, fig) in enumerate(figures):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    tables = [("Summary per group (failed, preempted and running runs are counted, not in the EDF)",
-               analysis.summary(runs, by=by)),
-              ("Comparison between stems: effects are b − a with 90% bootstrap intervals", analysis.compare(runs)),
-              ("Best configuration per group", analysis.best_configs(runs, by=by))]
-    for title, df in tables:
-        parts.append(f"<h2>{html.escape(title)}</h2>" + df.round(4).to_html(index=False, border=0))
+    parts.append(_tables(runs, verdicts, by))
     parts.append(sensitivity_section(root, sweep, runs))
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     counts = ", ".join(f"{k}: {v}" for k, v in runs.status.value_counts().items())
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>stability report: {html.escape(sweep)}</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{padding:2px 8px;border-bottom:1px solid #ddd;font-size:13px}</style></head><body>"
+            f"<style>{STYLE}</style></head><body>"
             f"<h1>Sweep {html.escape(sweep)}</h1><p>{len(runs)} runs ({html.escape(counts)}) from "
             f"<code>{html.escape(str(root))}</code>; made {stamp}. Diverged runs count at 100% error. "
             f"Grouped by {html.escape(' × '.join(by))}: nothing pooled.</p>"
@@ -62,6 +153,38 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
                "reruns those runs):</p><ul>" + "".join(f"<li><code>{html.escape(b)}</code></li>" for b in bad)
                + "</ul>" if bad else "")
             + "".join(parts) + "</body></html>")
+
+
+def _tables(runs: pd.DataFrame, verdicts: pd.DataFrame, by: list[str]) -> str:
+    """The comparison between stems (the columns that matter of ``stem_verdicts``, intervals in one
+    cell) and the best configuration per group; runs left out of everything, only where some are."""
+    out = []
+    left = analysis.outcomes(runs, by)
+    if len(left) and left[list(LEFT_OUT)].to_numpy().any():
+        out.append("<h2>Runs left out (failed, preempted, running: not in the EDFs nor the findings)</h2>"
+                   + table(left[left[list(LEFT_OUT)].to_numpy().any(axis=1)]))
+    if not verdicts.empty:
+        keys = list(verdicts.columns[:list(verdicts.columns).index("a")])
+        cmp = verdicts[keys].copy()
+        for c in ("a", "b", "verdict", "n_a", "n_b", "median_a", "median_b", "median_diff"):
+            cmp[c] = verdicts[c]
+        cmp["median_diff 90% CI"] = [interval(lo, hi) for lo, hi in
+                                     zip(verdicts.median_diff_lo, verdicts.median_diff_hi, strict=True)]
+        for c in ("p", "p_holm", "ks_p", "n_pairs", "paired_median_diff", "sign_p"):
+            if c in verdicts:
+                cmp[c] = verdicts[c]
+        if "n_pairs" in cmp and not cmp["n_pairs"].any():
+            cmp = cmp.drop(columns=[c for c in ("n_pairs", "paired_median_diff", "sign_p") if c in cmp])
+        out.append("<h2>Comparison between stems</h2><p>Effects are b − a in error points (negative: b lower) "
+                   "with 90% bootstrap intervals; <code>ks_p</code>: KS permutation test; <code>p</code>: the "
+                   "verdict's permutation test of the median difference, <code>p_holm</code> over the strata "
+                   "(all columns: <code>analysis.stem_verdicts</code>).</p>" + table(cmp))
+    best = analysis.best_configs(runs, by=by)
+    if not best.empty:
+        best = best.rename(columns={"err": "top1_err"})
+        out.append("<h2>Best configuration per group</h2>" + table(best.drop(columns=["pooled"])
+                                                                    if not best["pooled"].any() else best))
+    return "".join(out)
 
 
 def _note(df) -> str:
@@ -82,21 +205,24 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
            "over seeds. Lower is less sensitive. Groups: every design axis and fixed hyper-parameter that "
            "varies, nothing pooled; one line per stem and fix (docs/methodology.md).</p>"]
     for metric, label in (("loss", "final validation loss"), ("top1_err", "top-1 error (%)")):
-        table = analysis.lr_sensitivity(runs, metric=metric)
-        out.append(f"<h3>LR sensitivity on {label}</h3>" + _note(table))
-        if table.empty:
+        sens_table = analysis.lr_sensitivity(runs, metric=metric)
+        said = _note(sens_table)
+        out.append(f"<h3>LR sensitivity on {label}</h3>"
+                   + ("<p><i>The same groups left out, for the same reason, as on the loss.</i></p>"
+                      if said and said in "".join(out) else said))
+        if sens_table.empty:
             continue
-        out.append(table.round(4).to_html(index=False, border=0))
+        shown = _ci(sens_table.drop(columns=["metric"]), "sensitivity", "lo", "hi")
+        out.append(table(shown.drop(columns=["pooled"]) if not shown["pooled"].any() else shown))
         lines = []
         for axis in ("stem", "fix"):
             diff = analysis.sensitivity_diff(runs, axis=axis, metric=metric)
             lines += [analysis.sensitivity_verdict(r) for _, r in diff.iterrows()]
-        if lines:
-            out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in lines) + "</ul>")
+        out.append(_bullets(lines))
         if metric == "loss":
             curves = analysis.lr_curves(runs, metric=metric, min_lrs=analysis.sensitivity.MIN_LRS)
             out.append(plots.lr_curve_figure(curves, metric).to_html(full_html=False, include_plotlyjs=False))
-            out.append(plots.lr_sensitivity_figure(table).to_html(full_html=False, include_plotlyjs=False))
+            out.append(plots.lr_sensitivity_figure(sens_table).to_html(full_html=False, include_plotlyjs=False))
     gn = store.read_table(root, "grad_norms", sweep=sweep, columns=["step", "layer", "attn_logit_max"])
     sens = analysis.sensitivity
     steps = store.read_table(root, "steps", sweep=sweep, columns=["step", "loss"])
@@ -118,24 +244,93 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
     if not at.empty:
         aucs = [analysis.attn_logit_auc(runs, gn, outcome=o, by=b, steps=steps)
                 for o in sens.OUTCOMES for b in (None, axes)]
-        lines = [analysis.auc_verdict(r) for t in aucs[1::2] for _, r in t.iterrows()]
-        lines += [sens.note(t) for t in aucs[1::2] if t.empty and sens.note(t)]
-        out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in lines) + "</ul>")
+        out.append(_bullets(_auc_lines(aucs[1::2])))
         auc = pd.concat([t for t in aucs if not t.empty], ignore_index=True) if any(not t.empty for t in aucs) \
-            else None
-        if auc is not None:
-            out.append(auc.drop(columns=["step"]).round(3).to_html(index=False, border=0, na_rep=""))
-        out.append("<p>Per threshold (fixed in advance), pooled over stems and fixes: the fraction of runs above "
-                   "it and at or below it with the outcome (<code>out_above</code>, <code>out_below</code>), each "
-                   "with its 90% Wilson interval and n, and the difference (above − below, &gt; 0: a large logit "
-                   "goes with the outcome) with Newcombe's interval.</p>")
+            else pd.DataFrame()
+        if len(auc):
+            for c in sens.SERIES:  # the pooled rows hold every stem and fix
+                if c in auc:
+                    auc[c] = auc[c].astype(object).where(auc[c].notna(), "pooled")
+            paired = auc[(auc["n_pairs"] > 0) | (auc["n_pairs_within"] > 0)]
+            if paired.empty:
+                out.append("<p>No AUC table: in every group (and every line) no run or every run had the outcome, "
+                           "so there is no pair to compare.</p>")
+            elif len(paired) < len(auc):
+                out.append(f"<p>{len(auc) - len(paired)} of {len(auc)} rows of the AUC table are left out: no run "
+                           "or every run of their group had the outcome (no pair to compare).</p>")
+            if len(paired):
+                shown = _ci(_ci(paired.drop(columns=["step"]), "auc", "auc_lo", "auc_hi"),
+                            "auc_within", "auc_within_lo", "auc_within_hi")
+                out.append(table(shown))
+        out.append("<p>Per threshold (fixed in advance), pooled over stems and fixes: the runs above it and at or "
+                   "below it, how many of each had the outcome (<code>out_above</code> of <code>n_above</code>) and "
+                   "the fraction with its 90% Wilson interval, and the difference (above − below, &gt; 0: a large "
+                   "logit goes with the outcome) with Newcombe's interval. Only thresholds with runs on both sides "
+                   "are shown.</p>")
         for o in sens.OUTCOMES:
-            table = analysis.attn_logit_divergence(runs, gn, outcome=o, by=axes)
-            if table.empty or not table["out_above"].add(table["out_below"]).any():
-                out.append(f"<p>{o}: {html.escape(sens.note(table) or 'no run had this outcome')}.</p>")
-                continue
-            out.append(table.drop(columns=["step"]).round(4).to_html(index=False, border=0, na_rep=""))
+            out.append(_threshold_table(analysis.attn_logit_divergence(runs, gn, outcome=o, by=axes), o, at))
     return "".join(out)
+
+
+def _ci(df: pd.DataFrame, col: str, lo: str, hi: str) -> pd.DataFrame:
+    """``df`` with the interval (``lo``, ``hi``) of ``col`` in one column beside it ("n/a" where undefined)."""
+    df = df.copy()
+    where = list(df.columns).index(col) + 1
+    ci = [interval(a, b) for a, b in zip(df[lo], df[hi], strict=True)]
+    df = df.drop(columns=[lo, hi])
+    df.insert(min(where, len(df.columns)), f"{col} 90% CI", ci)
+    return df
+
+
+def _auc_lines(tables: list[pd.DataFrame]) -> list[str]:
+    """One line per group with a pair to compare (``auc_verdict``); the groups without one (no run,
+    or every run, had the outcome) in one line per outcome, named."""
+    sens = analysis.sensitivity
+    lines, without = [], {}
+    for t in tables:
+        if t.empty:
+            if sens.note(t):
+                lines.append(sens.note(t))
+            continue
+        for _, r in t.iterrows():
+            if 0 < r["n_outcome"] < r["n"]:
+                lines.append(analysis.auc_verdict(r))
+            else:
+                side = "no run" if r["n_outcome"] == 0 else "every run"
+                keys = list(r.index[:list(r.index).index("outcome")])
+                pooled = f" (pooled over {r['pooled'].replace(',', ', ')})" if r["pooled"] else ""
+                without.setdefault((r["outcome"], side, pooled), []).append(
+                    sens.group_text({k: r[k] for k in keys}))
+    for (o, side, pooled), groups in without.items():
+        what = "was unstable" if o == "unstable" else "diverged"
+        more = f" … ({len(groups)} in all)" if len(groups) > 6 else ""
+        lines.append(f"{o}: no AUC in {len(groups)} group(s){pooled}, where {side} with a logit {what} (no pair "
+                     f"to compare): {'; '.join(groups[:6])}{more}.")
+    return lines
+
+
+def _threshold_table(tab: pd.DataFrame, outcome: str, at: pd.DataFrame) -> str:
+    """The threshold table of one outcome, its rows with runs on both sides of the threshold only;
+    one line for the rows left out, or instead of the table when none is left."""
+    sens = analysis.sensitivity
+    what = "was unstable" if outcome == "unstable" else "diverged"
+    if tab.empty:
+        return f"<p>{outcome}: {html.escape(sens.note(tab) or 'no finished run')}.</p>"
+    if not tab["out_above"].add(tab["out_below"]).any():
+        return f"<p>{outcome}: no run {what} in any group: nothing to compare.</p>"
+    split = tab[(tab["n_above"] > 0) & (tab["n_below"] > 0)]
+    top = at["logit_max"].max()
+    if split.empty:
+        return (f"<p>{outcome}: no threshold has runs on both sides in any group (the largest logit at that step "
+                f"is {cell(top)}; thresholds {', '.join(cell(t) for t in sens.THRESHOLDS)}): nothing to "
+                "compare.</p>")
+    note = (f"<p>{outcome}: {len(tab) - len(split)} of {len(tab)} (group, threshold) rows left out: every run of "
+            f"the group on one side of the threshold (the largest logit at that step is {cell(top)}).</p>"
+            if len(split) < len(tab) else "")
+    shown = split.drop(columns=["step"])
+    for c in ("frac_above", "frac_below", "diff"):
+        shown = _ci(shown, c, f"{c}_lo", f"{c}_hi")
+    return note + table(shown)
 
 
 def write_report(root: str | Path, sweep: str, out: str | Path, unreadable: list[str] | None = None) -> Path:

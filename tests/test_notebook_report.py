@@ -34,3 +34,78 @@ def test_report_is_self_contained(dash_results, tmp_path):
     bad = run_cli("report", "nope", "--results", str(dash_results), "--out", str(tmp_path / "x.html"))
     assert bad.returncode == 2 and "dash" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.html").exists()
+
+
+def _text(page: str) -> str:
+    """The page's words: no scripts (the figures' data), no tags."""
+    import re
+
+    return re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", "", page, flags=re.S))
+
+
+def test_report_opens_with_the_findings_view(dash_results):
+    import html
+    import re
+
+    from stability import analysis, store
+    from stability.report import build_report, cell
+
+    page = build_report(dash_results, "dash")
+    runs = store.read_table(dash_results, "runs", sweep="dash")
+    top = page[page.index("id='findings'"):page.index("EDF of")]  # the findings come before every figure
+    # the very table and lines of analysis.stems (the dashboard's Overview shows the same)
+    out = analysis.stem_outcomes(runs)
+    assert len(out) == 2 and out.runs.sum() == 12 and out.diverged.sum() >= 2  # lr 1000 diverges in both stems
+    for r in out.itertuples():
+        assert (f"<td>{r.stem}</td>\n      <td>{r.runs}</td>\n      <td>{r.diverged} ({cell(r.diverged_pct)} %)</td>\n"
+                f"      <td>{r.at_chance} ({cell(r.at_chance_pct)} %)</td>\n"
+                f"      <td>{cell(r.median_err)} % (n = {r.runs})</td>") in top
+    verdicts = analysis.stem_verdicts(runs)
+    assert len(verdicts) == 1
+    line = html.escape(analysis.verdict_line(verdicts.iloc[0]))
+    assert f"<li><b>sweep dash</b>: {line}</li>" in top
+    # every table scrolls sideways in its container instead of running off the page, every row shown
+    assert page.count("<table") == page.count("<div class='wide'><table") > 0
+    assert "overflow-x:auto" in page
+    # one number format: lr and wd at 3 significant digits wherever they are printed
+    best = analysis.best_configs(runs)
+    for v in (*best.lr, *best.wd):
+        assert f"<td>{float(v):.3g}</td>" in page
+    assert not re.search(r"\bnan\b", _text(page), flags=re.I)
+
+
+def test_report_findings_per_stratum_and_the_run_stuck_at_chance(tmp_path):
+    """Two optimizers, never pooled: with adamw conv learns and patchify never leaves chance (a
+    verdict); with sgd every run sits at chance (no verdict, saying why). The worst patchify run
+    completed at chance and its figure says so."""
+    import re
+
+    import pandas as pd
+
+    from stability.report import build_report
+
+    from .test_sensitivity import C, _run, _write
+
+    rows = []
+    for opt, conv_err in (("adamw", [12.0, 10.0, 14.0, 16.0]), ("sgd", [85.0, 86.0, 87.0, 88.0])):
+        for i, lr in enumerate([1e-3, 1.4142e-3, 3e-3, 1e-2]):
+            rows.append(_run(f"{opt}c{i}", "conv", lr, 0, C, 0.5, 2.3, err=conv_err[i], optimizer=opt))
+            rows.append(_run(f"{opt}p{i}", "patchify", lr, 0, C, 2.3, 2.3, err=86.0 + i - (opt == "sgd"),
+                             optimizer=opt))
+    root = _write(tmp_path / "results", pd.DataFrame(rows))
+    page = build_report(root, "s")
+    top = page[page.index("id='findings'"):page.index("EDF of")]
+    assert "Per optimizer (never pooled) and stem" in top
+    assert top.count("<td>4 (100 %)</td>") == 3 and top.count("never left chance</span>") == 3
+    assert "<td>13 % (n = 4)</td>" in top and "<td>87.5 % (n = 4)</td>" in top  # the medians
+    assert re.search(r"<li><b>optimizer adamw</b>: conv lower: median patchify − conv = \+74\.50 points "
+                     r"\[[^]]+\], n = 4 vs 4 \(permutation p = [\d.]+, one stratum: [\d.]+ ≤ 0\.1\)</li>", top)
+    assert ("<li><b>optimizer sgd</b>: no verdict (both stems sit at chance (or diverged) in every run: "
+            "nothing learned to compare)</li>") in top
+    # the worst patchify run completed but learned nothing: its heading says both
+    assert re.search(r"Worst patchify run \(adamwp3, completed, stuck at chance, top-1 error 89 %\)", page)
+    assert re.search(r"Worst conv run \(sgdc3, completed, stuck at chance, top-1 error 88 %\)", page)
+    # one format for lr: 1.4142e-3 is 0.00141 in every table
+    words = _text(page)
+    assert " 0.00141 " in words and not re.search(r"0\.0014(\d\d+)?\b", words)
+    assert not re.search(r"\bnan\b", words, flags=re.I)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -138,9 +139,16 @@ def test_sensitivity_diff_is_signed_b_minus_a_with_n():
     # paired resamples of 2 seeds: the diff of means lies between the two per-seed differences
     assert P0 - C0 - 1e-12 <= d.lo <= d["diff"] <= d.hi <= P1 - C1 + 1e-12
     text = analysis.sensitivity_verdict(d)
-    assert "conv less sensitive" in text and "n = 2 vs 2 seeds" in text
+    # the group first (its axes and the line held fixed), then the verdict with its numbers
+    assert text.startswith("sweep s, fix none: conv less sensitive: LR sensitivity (loss) patchify − conv = ")
+    assert f"= {d['diff']:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}], n = 2 vs 2 seeds" in text
     one = analysis.sensitivity_diff(hand_runs()[lambda r: r.seed == 0]).iloc[0]
-    assert np.isnan(one.lo) and "no interval" in analysis.sensitivity_verdict(one)
+    text = analysis.sensitivity_verdict(one)
+    assert np.isnan(one.lo) and "no interval (one seed)" in text and "nan" not in text
+    assert text.endswith(f"= {one['diff']:+.3g} [n/a], n = 1 vs 1 seeds")
+    # a dict row names its group the same way; a group of two axes names both, floats at 3 digits
+    row = {"sweep": "s", "wd": 0.0014142, "fix": "none"} | {k: one[k] for k in list(one.index)[2:]}
+    assert analysis.sensitivity_verdict(row).startswith("sweep s, wd 0.00141, fix none: no interval")
 
 
 def test_too_few_lrs_and_uncommon_lrs_are_left_out_with_a_note():
@@ -148,8 +156,14 @@ def test_too_few_lrs_and_uncommon_lrs_are_left_out_with_a_note():
     short = runs[~((runs.stem == "conv") & (runs.lr == 1e-1))]
     out = analysis.lr_sensitivity(short)  # common lrs: patchify loses 1e-1 too -> 2 lrs each, below 3
     assert out.empty and "fewer than 3 lrs" in sens.note(out) and "common_lrs" in sens.note(out)
+    # every group left out is named by its axes: the 2 patchify runs at 1e-1 dropped by common_lrs
+    assert "2 run(s) at lrs not every line of their group ran were left out (common_lrs): " \
+           "sweep s, stem patchify, fix none: 2." in sens.note(out)
+    assert "sweep s, stem conv, fix none, seed 0: 2 lrs; sweep s, stem conv, fix none, seed 1: 2 lrs" in sens.note(out)
     out = analysis.lr_sensitivity(short, common_lrs=False)
-    assert list(out.stem) == ["patchify"] and "conv" in sens.note(out)
+    assert list(out.stem) == ["patchify"]
+    assert sens.note(out).endswith("Left out, fewer than 3 lrs: sweep s, stem conv, fix none, seed 0: 2 lrs; "
+                                   "sweep s, stem conv, fix none, seed 1: 2 lrs.")
     ranged = analysis.lr_sensitivity(runs, lr_range=(1e-3, 1e-2), min_lrs=2).set_index("stem")
     # patchify over [1e-3, 1e-2]: seed 0 (0.5, 0.3) -> 0.1; seed 1 (0.6, NaN -> 2.31) -> 0.855
     assert ranged.loc["patchify", "sensitivity"] == pytest.approx((0.1 + 0.855) / 2)
@@ -252,7 +266,8 @@ def test_attention_auc_separates_the_logit_from_the_lr():
     assert r.p < 0.1 and r.p_within == 1.0  # the permutation p-values: within an lr nothing to see
     assert r.strata == "lr" and r.at_steps == "10"
     text = analysis.auc_verdict(r)
-    assert text.startswith("8 of 16 runs with a logit were unstable") and "AUC 0.88" in text
+    assert text.startswith("sweep s, stem patchify, fix none: 8 of 16 runs with a logit were unstable")
+    assert "AUC 0.88" in text
     assert "64 pairs): the runs that failed had the larger logit" in text
     assert "at one lr AUC 0.50" in text and "8 pairs): no clear direction" in text
     # pooled over two stems whose logits differ 100x: pairs at one lr are also pairs of one stem
@@ -263,6 +278,7 @@ def test_attention_auc_separates_the_logit_from_the_lr():
                                    outcome="unstable", by=[], n_boot=200).iloc[0]
     assert (both.strata, both.pooled, both.n_pairs_within) == ("lr,stem", "stem", 16)
     assert both.auc_within == pytest.approx(0.5)
+    assert analysis.auc_verdict(both).startswith("all runs (pooled over stem): 16 of 32 runs with a logit were unstable")
     # the training loss at that step as the baseline: here the loss is the logit, so the same AUCs
     steps = gn.loc[gn.layer == "blocks.0", ["run_id", "step"]].assign(loss=gn.loc[gn.layer == "blocks.0",
                                                                                   "attn_logit_max"])
@@ -271,7 +287,12 @@ def test_attention_auc_separates_the_logit_from_the_lr():
     assert "The training loss at that step: AUC 0.88 over all lrs, 0.50 at one lr" in analysis.auc_verdict(base)
     # nothing has status diverged here: the strict outcome has no pair
     strict = analysis.attn_logit_auc(runs, gn, step=10, outcome="diverged").iloc[0]
-    assert strict.n_outcome == 0 and strict.n_pairs == 0 and "no pair" in analysis.auc_verdict(strict)
+    assert strict.n_outcome == 0 and strict.n_pairs == 0
+    # said plainly, with its group, and no AUC or p of a comparison that has no pair
+    assert analysis.auc_verdict(strict) == ("sweep s, stem patchify, fix none: no run of the 16 with a logit "
+                                            "diverged: no pair to compare, no AUC.")
+    every = dict(strict) | {"n_outcome": 16}
+    assert analysis.auc_verdict(every).startswith("sweep s, stem patchify, fix none: every one of the 16 runs")
     with pytest.raises(ValueError, match="allowed diverged, unstable"):
         analysis.attn_logit_auc(runs, gn, outcome="collapsed")
     for bad, match in (({"step": -1}, "step=-1: allowed an integer"), ({"fraction": 0.0}, "fraction=0.0: allowed"),
@@ -285,7 +306,8 @@ def test_attention_auc_separates_the_logit_from_the_lr():
     assert old.empty and "No collapsed flag" in sens.note(old)
     # a step past the end: completed runs are not "ended before", they were not traced that far
     late = analysis.attn_logit_at(runs, gn, step=500)
-    assert not late.ended_before.any() and "16 completed run(s) were not traced that far" in sens.note(late)
+    assert not late.ended_before.any() and "16 completed run(s) were not traced that far (sweep s, stem patchify, fix none: 16)." \
+        in sens.note(late)
 
 
 def test_attention_auc_on_the_hand_table_and_its_thresholds_by_outcome():
@@ -294,7 +316,8 @@ def test_attention_auc_on_the_hand_table_and_its_thresholds_by_outcome():
     # bad {20, 300, 500} vs good {5, 200}: 20>5, 300>5, 300>200, 500>5, 500>200 -> 5 / 6
     r = analysis.attn_logit_auc(runs, gn, step=50).iloc[0]
     assert r.auc == pytest.approx(5 / 6) and r.n_pairs == 6 and r.n_ended_before == 1
-    assert analysis.auc_verdict(r).startswith("3 of 5 runs with a logit diverged (and 1 diverged before the step")
+    assert analysis.auc_verdict(r).startswith("sweep s, stem patchify, fix none: 3 of 5 runs with a logit diverged "
+                                              "(and 1 diverged before the step")
     assert np.isnan(r.auc_lo)  # 2 runs without the outcome: too few for an interval
     assert r.n_pairs_within == 0 and np.isnan(r.auc_within)  # every lr has one run
     # "unstable" adds collapsed runs: r0 collapsed makes 4 of 5
@@ -381,12 +404,20 @@ def test_report_has_the_sensitivity_section(hand_results):
     assert "frac_above" in section and "Newcombe" in section
     # pooled over stems: the one diverged run (logit 403 at step 60) tops all 11 others, and the 3 at its lr
     # (p ~ 1/12: the largest of 12 logits by chance; the smallest is a 4-way tie); one lr and stem: 1 pair
-    assert "1 of 12 runs with a logit diverged. Over all lrs AUC 1.00 (no interval: AUC at its bound; p = 0.083; 11 pairs): " \
+    assert "sweep s (pooled over stem): 1 of 12 runs with a logit diverged. Over all lrs AUC 1.00 (no interval: AUC at its bound; p = 0.083; 11 pairs): " \
            "the runs that failed had the larger logit; at one lr, stem AUC 1.00 (no interval: AUC at its bound; p = 1; 1 pair): " \
            "no clear direction." in section
-    assert "auc_within" in section and "1 of 12 runs with a logit were unstable (diverged or collapsed)" in section
+    assert "auc_within" in section
+    assert "sweep s (pooled over stem): 1 of 12 runs with a logit were unstable (diverged or collapsed)" in section
+    # the conv line has no run that diverged: no pair, so its rows leave the AUC table, said in one line
+    assert "2 of 6 rows of the AUC table are left out: no run or every run of their group had the outcome" in section
     assert "<td>0.5</td>" in section  # loss_auc: every run's training loss at step 60 is 2.0
-    assert f"{(P0 + P1) / 2:.4f}"[:5] in section  # the patchify sensitivity, as in the table
+    # numbers at 3 significant digits: the patchify sensitivity and its interval over the 2 seeds
+    assert f"<td>{(P0 + P1) / 2:.3g}</td>" in section and f"<td>[{P0:.3g}, {P1:.3g}]</td>" in section
+    # thresholds 1000 and 10000 have every run at or below them: no comparison, left out and said so
+    assert section.count("2 of 7 (group, threshold) rows left out") == 2 and "<td>1000</td>" not in section
+    words = re.sub(r"<script.*?</script>", "", section, flags=re.S)  # the text, not the figures' data
+    assert not re.search(r"\bnan\b", words, flags=re.I)  # no "[+nan, +nan]", no "nan" cell
 
 
 @pytest.fixture

@@ -78,6 +78,61 @@ def _older(cols: Sequence[str], what: str) -> str:
             f"finished run): {what} needs them; rerun the runs with the current trainer.")
 
 
+def value_text(v) -> str:
+    """A value of a group axis as the report and dashboard print it: floats (lr, wd ...) with 3
+    significant digits, everywhere the same; "n/a" for a missing one."""
+    if v is None or (isinstance(v, float | np.floating) and np.isnan(v)):
+        return "n/a"
+    if isinstance(v, float | np.floating):
+        return f"{float(v):.3g}"
+    return str(v)
+
+
+def group_text(values: dict) -> str:
+    """A group named by its axes: "sweep s, wd 0.00141, stem conv, fix none" ("all runs" when
+    there is no axis)."""
+    return ", ".join(f"{k} {value_text(v)}" for k, v in values.items()) or "all runs"
+
+
+def _groups_of(df: pd.DataFrame, cols: Sequence[str], limit: int = 6) -> str:
+    """The groups (by ``cols``) the rows of ``df`` fall in, each with its row count."""
+    if df.empty:
+        return ""
+    if not cols:
+        return f"all runs: {len(df)}"
+    counts = df.groupby(list(cols), observed=True, dropna=False, sort=True).size()
+    items = [f"{group_text(dict(zip(cols, k if isinstance(k, tuple) else (k,), strict=True)))}: {n}"
+             for k, n in counts.items()]
+    more = f" … ({len(items)} groups in all)" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
+
+def _named(df: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """The columns that name a run's group and line: the sweep (even when it does not vary), the
+    group axes, stem and fix."""
+    return [*[c for c in ("sweep",) if c in df.columns and c not in axes], *axes,
+            *[c for c in SERIES if c in df.columns]]
+
+
+def row_group(row: pd.Series | dict, stop: str) -> str:
+    """The group of a row of these tables: its columns before ``stop`` (the group axes, then the
+    line held fixed), named by ``group_text``; what it pools (``pooled``) said after."""
+    keys = list(row.index if isinstance(row, pd.Series) else row.keys())
+    cols = keys[:keys.index(stop)] if stop in keys else []
+    text = group_text({c: row[c] for c in cols if c != "run_id"})
+    pooled = row.get("pooled", "") if hasattr(row, "get") else ""
+    if isinstance(pooled, str) and pooled:
+        text += f" (pooled over {pooled.replace(',', ', ')})"
+    return text
+
+
+def _interval(lo: float, hi: float, fmt: str = "+.3g") -> str:
+    """"[lo, hi]", or "[n/a]" where the interval is undefined (as ``stems.verdict_line``)."""
+    if pd.isna(lo) or pd.isna(hi):
+        return "[n/a]"
+    return f"[{lo:{fmt}}, {hi:{fmt}}]"
+
+
 def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, float] | None = None,
               common_lrs: bool = True, pool: Sequence[str] = (), min_lrs: int = 1) -> pd.DataFrame:
     """One row per finished run: its group's axes, ``stem``, ``fix``, ``seed``, ``lr``, the raw
@@ -113,7 +168,7 @@ def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, f
     df["l0"] = df.groupby(keys, observed=True, dropna=False)[init].transform("median").astype(float)
     no_init = df["l0"].isna()
     if no_init.any():
-        notes.append(f"{int(no_init.sum())} run(s) without {init} left out.")
+        notes.append(f"{int(no_init.sum())} run(s) without {init} left out ({_groups_of(df[no_init], _named(df, axes))}).")
         df = df[~no_init]
     df["diverged"] = df["status"].eq(RunStatus.DIVERGED) | ~np.isfinite(df["value"].to_numpy(float))
     df["clipped"] = np.where(df["diverged"], df["l0"], np.minimum(df["value"], df["l0"]))
@@ -125,7 +180,7 @@ def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, f
         common = per_lr.eq(n_lines)
         if (~common).any():
             notes.append(f"{int((~common).sum())} run(s) at lrs not every line of their group ran were "
-                         "left out (common_lrs).")
+                         f"left out (common_lrs): {_groups_of(df[~common], _named(df, axes))}.")
         df = df[common].drop(columns="_line")
     if min_lrs > 1 and len(df):
         df = df[df.groupby(keys, observed=True, dropna=False)["lr"].transform("nunique") >= min_lrs]
@@ -159,8 +214,7 @@ def lr_sensitivity_per_seed(runs: pd.DataFrame, metric: str = "loss", lr_range: 
         per_lr = g.groupby("lr")["clipped"].mean()
         row = dict(zip(keys, key, strict=True))
         if len(per_lr) < min_lrs:
-            thin.append(" · ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in key)
-                        + f" ({len(per_lr)} lr)")
+            thin.append(f"{group_text(row)}: {len(per_lr)} lr" + ("" if len(per_lr) == 1 else "s"))
             continue
         l_star = float(per_lr.min())
         rows.append(row | {"sensitivity": float((per_lr - l_star).mean()), "l_star": l_star,
@@ -174,7 +228,7 @@ def lr_sensitivity_per_seed(runs: pd.DataFrame, metric: str = "loss", lr_range: 
                      "an axis on purpose).")
     if thin:
         more = f" … ({len(thin)} in all)" if len(thin) > 6 else ""
-        notes.append(f"Left out, fewer than {min_lrs} lrs: {', '.join(thin[:6])}{more}.")
+        notes.append(f"Left out, fewer than {min_lrs} lrs: {'; '.join(thin[:6])}{more}.")
     out = pd.DataFrame(rows, columns=[*axes, *cols])
     out.attrs["pooled"] = curves.attrs.get("pooled", "")
     return _noted(out, *notes)
@@ -208,7 +262,7 @@ def lr_sensitivity(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[flo
             "l0": float(g["l0"].mean()), "l_star": float(g["l_star"].mean()), "pooled": per.attrs.get("pooled", "")})
     out = pd.DataFrame(rows, columns=[*axes, *cols])
     one = out["n_seeds"].lt(2).any()
-    return _noted(out, note(per), "One seed per line: no interval (lo, hi NaN); run several seeds "
+    return _noted(out, note(per), "One seed per line: no interval (lo and hi left empty); run several seeds "
                                   "for one." if one else "")
 
 
@@ -256,15 +310,18 @@ def sensitivity_diff(runs: pd.DataFrame, axis: str = "stem", metric: str = "loss
 
 
 def sensitivity_verdict(row: pd.Series | dict) -> str:
-    """One line: which line is less LR-sensitive, by how much, with the interval and n."""
+    """One line for a ``sensitivity_diff`` row: its group (the group axes and the line held
+    fixed), which line is less LR-sensitive, by how much, with the interval ("n/a" where there
+    is none) and n."""
     lo, hi = row["lo"], row["hi"]
     if pd.isna(lo) or pd.isna(hi):
-        side = "no interval (one seed)"
+        few = min(int(row["n_a"]), int(row["n_b"])) < 2
+        side = "no interval (one seed)" if few else "no interval"
     else:
         side = f"{row['b']} less sensitive" if hi < 0 else f"{row['a']} less sensitive" if lo > 0 \
             else "no clear difference"
-    return (f"{side}: LR sensitivity ({row['metric']}) {row['b']} − {row['a']} = {row['diff']:+.3g} "
-            f"[{lo:+.3g}, {hi:+.3g}], n = {row['n_b']} vs {row['n_a']} seeds")
+    return (f"{row_group(row, 'a')}: {side}: LR sensitivity ({row['metric']}) {row['b']} − {row['a']} = "
+            f"{row['diff']:+.3g} {_interval(lo, hi)}, n = {row['n_b']} vs {row['n_a']} seeds")
 
 
 def _check_early(step: int | None, fraction: float | None) -> None:
@@ -323,8 +380,10 @@ def attn_logit_at(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None
     out = df[keep].reset_index(drop=True)
     untraced = df["_last"].isna()
     short = df["logit_max"].isna() & ~df["diverged"] & ~untraced
-    return _noted(out, f"{int(untraced.sum())} run(s) have no attention-logit trace." if untraced.any() else "",
-                  f"{int(short.sum())} completed run(s) were not traced that far." if short.any() else "")
+    return _noted(out, f"{int(untraced.sum())} run(s) have no attention-logit trace "
+                       f"({_groups_of(df[untraced], _named(df, axes))})." if untraced.any() else "",
+                  f"{int(short.sum())} completed run(s) were not traced that far "
+                  f"({_groups_of(df[short], _named(df, axes))})." if short.any() else "")
 
 
 def wilson(k: int, n: int, ci: float = 0.9) -> tuple[float, float]:
@@ -551,27 +610,35 @@ def _pairs(n: int) -> str:
 
 
 def auc_verdict(row: pd.Series | dict, alpha: float = 0.1) -> str:
-    """One line for an ``attn_logit_auc`` row: direction (only where the permutation p < ``alpha``,
-    the 90 % intervals' level), effect size with its interval, p and n."""
+    """One line for an ``attn_logit_auc`` row: its group (the ``by`` values, and what it pools),
+    then the direction (only where the permutation p < ``alpha``, the 90 % intervals' level),
+    effect size with its interval, p and n. A group with no run on one side (none, or every
+    one, had the outcome) says so and nothing more: there is no pair to compare."""
     what = "were unstable (diverged or collapsed)" if row["outcome"] == "unstable" else "diverged"
     held = ", ".join(str(row.get("strata", "lr")).split(","))
+    n, k = int(row["n"]), int(row["n_outcome"])
+    early = int(row.get("n_ended_before", 0) or 0)
+    before = f" (and {early} diverged before the step, left out)" if early else ""
+    group = row_group(row, "outcome")
+    if k == 0 or k == n:
+        side = (f"no run of the {n} with a logit {what}" if k == 0
+                else f"every one of the {n} runs with a logit {what}")
+        return f"{group}: {side}{before}: no pair to compare, no AUC."
     parts = []
-    for name, a, lo, hi, p, n in (
+    for name, a, lo, hi, p, pairs in (
             ("Over all lrs", row["auc"], row["auc_lo"], row["auc_hi"], row["p"], row["n_pairs"]),
             (f"at one {held}", row["auc_within"], row["auc_within_lo"], row["auc_within_hi"], row["p_within"],
              row["n_pairs_within"])):
-        if not n or np.isnan(a):
+        if not pairs or np.isnan(a):
             parts.append(f"{name}: no pair")
             continue
         interval = (f"[{lo:.2f}, {hi:.2f}]" if not np.isnan(lo) else "no interval: AUC at its bound"
                     if a in (0.0, 1.0) else "no interval: too few runs")
         says = ("no clear direction" if np.isnan(p) or p >= alpha
                 else "the runs that failed had the larger logit" if a > 0.5 else "the runs that failed had the smaller logit")
-        parts.append(f"{name} AUC {a:.2f} ({interval}; p = {p:.2g}; {_pairs(int(n))}): {says}")
-    early = int(row.get("n_ended_before", 0) or 0)
-    head = f"{row['n_outcome']} of {row['n']} runs with a logit {what}" + (
-        f" (and {early} diverged before the step, left out)" if early else "")
-    text = f"{head}. " + "; ".join(parts) + "."
+        pv = "p n/a" if np.isnan(p) else f"p = {p:.2g}"
+        parts.append(f"{name} AUC {a:.2f} ({interval}; {pv}; {_pairs(int(pairs))}): {says}")
+    text = f"{group}: {k} of {n} runs with a logit {what}{before}. " + "; ".join(parts) + "."
     if "loss_auc" in row and not pd.isna(row["loss_auc"]):
         lw = row.get("loss_auc_within")
         text += (f" The training loss at that step: AUC {row['loss_auc']:.2f} over all lrs"
@@ -580,6 +647,6 @@ def auc_verdict(row: pd.Series | dict, alpha: float = 0.1) -> str:
 
 
 __all__ = ["ATTN_FRACTION", "METRICS", "MIN_LRS", "OUTCOMES", "THRESHOLDS", "attn_logit_at", "attn_logit_auc",
-           "attn_logit_divergence", "auc", "auc_verdict", "lr_curves",
-           "lr_sensitivity", "lr_sensitivity_per_seed", "newcombe", "note", "sensitivity_diff", "sensitivity_verdict",
-           "wilson"]
+           "attn_logit_divergence", "auc", "auc_verdict", "group_text", "lr_curves",
+           "lr_sensitivity", "lr_sensitivity_per_seed", "newcombe", "note", "row_group", "sensitivity_diff", "sensitivity_verdict",
+           "value_text", "wilson"]
