@@ -178,7 +178,7 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
                           annotation_position="bottom right")
         if not relative and chance is not None and np.isfinite(chance):
             fig.add_vline(x=chance, line=dict(color="#888", dash="dash", width=1), row=row, col=col,
-                          annotation_text="chance" if p_i == 0 else None, annotation_position="top left")
+                          annotation_text="chance" if p_i == 0 else None, annotation_position="bottom left")
     if full_axis:
         fig.update_xaxes(range=[-2.0, 102.0])
     elif len(points):

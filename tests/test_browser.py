@@ -280,7 +280,7 @@ def _every_figure_drawn(pg, where: str, console: list[str]) -> list[dict]:
         assert f["svg"] == 0 or f["drawn"] > 0, f"{where}: {f['title']!r} drew nothing ({f})"
     gl = [f["title"] for f in figs if f["gl"]]
     assert len(gl) <= MAX_WEBGL_FIGURES, f"{where}: {len(gl)} WebGL figures: {gl}"
-    lost = [m for m in console if "webgl" in m.lower()]
+    lost = [m for m in console if re.search(r"too many active webgl|context lost|context_lost", m, re.I)]
     assert not lost, f"{where}: {lost[:3]}"
     return figs
 

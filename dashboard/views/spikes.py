@@ -81,6 +81,7 @@ elif traced is not None:
     empty = {"grad_norms": pd.DataFrame(), "steps": pd.DataFrame()}
     tables = all_tables if all_tables is not None else run_tables(chosen) if chosen else empty
     info = traced.set_index("key")
+    notes = st.container()  # filled after the loop, shown above the figures
     leads, overlay, unjudged, untraced = [], [], [], []
     for rid in chosen:
         row = info.loc[rid]
@@ -103,9 +104,9 @@ elif traced is not None:
                             width="stretch", key=f"spk_{rid.replace('/', '_')}")
         leads.append(analysis.first_layer_lead(gn, params=params).assign(run=row.label))
     if untraced:
-        st.warning("No per-layer traces recorded for: " + "; ".join(untraced))
+        notes.warning("No per-layer traces recorded for: " + "; ".join(untraced))
     if unjudged:
-        st.info(f"**{len(unjudged)} of the {len(chosen)} runs shown are too short for the detector to judge any "
+        notes.info(f"**{len(unjudged)} of the {len(chosen)} runs shown are too short for the detector to judge any "
                 f"point**: it judges a point only after {min_points} earlier points within {window} steps.\n"
                 + "\n".join(f"- {u}" for u in unjudged))
     if overlay:
