@@ -82,8 +82,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from .progress import make_console
 
     table = Table(title="Models (FLOPs: multiply-adds per image, 1 MAC = 1 FLOP, as the paper)")
     for col in ("name", "stem", "depth", "width", "heads", "params M", "GFLOPs", "image", "tokens"):
@@ -92,7 +93,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         table.add_row(r["name"], r["stem"], str(r["depth"]), str(r["width"] or "-"), str(r["heads"] or "-"),
                       f"{r['params'] / 1e6:.2f}", f"{r['flops'] / 1e9:.3f}", str(r["image_size"]),
                       str(r["tokens"] or "-"))
-    Console(width=120).print(table)
+    make_console().print(table)
     return 0
 
 
@@ -131,12 +132,11 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
 
 
 def _grid_run(args: argparse.Namespace, spec, backend, lock) -> int:
-    from rich.console import Console
-
     from .grid.controller import Controller, RunOptions
     from .grid.plan import estimate_cost, make_plan
+    from .progress import make_console
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     if args.dry_run:
         if spec.sampler.name == "tpe":
             from .grid.backends import backend_for
@@ -163,6 +163,7 @@ def _grid_run(args: argparse.Namespace, spec, backend, lock) -> int:
     summary = ", ".join(f"{int(c[s])} {s}" for s in RunStatus if c is not None and c[s])
     print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)} "
           f"in {outcome.wall_s:.0f} s; results in {spec.results}")
+    _print_stems(outcome.stems, print)
     for rid, tail in outcome.lost.items():
         print(f"  lost {rid}: its job ended without a result; rerun to resubmit. Log tail:\n    "
               + tail.replace("\n", "\n    "))
@@ -172,11 +173,28 @@ def _grid_run(args: argparse.Namespace, spec, backend, lock) -> int:
     return 1 if (bad and opts.wait) or outcome.stopped else 0
 
 
+def _print_stems(stems: list[dict], say) -> None:
+    """How each stem's finished runs ended, one line each, and a flag on a stem that never left
+    chance (every finished run at chance or diverged): the sweep's answer, not only its counts."""
+    from .analysis.findings import CHANCE
+
+    if not any(o["runs"] for o in stems):
+        return
+    say(f"per stem (at chance: error >= {CHANCE:g} x the error at init; median error: diverged at 100 %):")
+    for o in stems:
+        say("  " + o["line"])
+    for o in stems:
+        if o["never_left_chance"]:
+            say(f"warning: {o['name']} never left chance: none of its {o['runs']} finished runs learned "
+                f"({o['at_chance']} at chance, {o['diverged']} diverged)")
+
+
 def _print_plan(spec, plan, cost) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=140)
+    from .progress import make_console
+
+    console = make_console()
     ranges = list(spec.ranges)
     table = Table(title=f"plan of sweep {spec.name} ({spec.sampler.name}, n={spec.sampler.n})")
     for col in ["#", "run_id", "cell", "stem", "seed", *ranges]:
@@ -207,11 +225,12 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=1, default=str))
         return 0
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(width=140)
+    from .progress import make_console
+
+    console = make_console()
     c = report["counts"]
     console.print(f"[bold]sweep {report['sweep']}[/] ({report['results']}): {report['planned']} planned; "
                   + ", ".join(f"{k} {v}" for k, v in c.items() if v and k != "total")
@@ -225,6 +244,9 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
         for row in report["cells"]:
             table.add_row(*[str(row[k]) for k in keys])
         console.print(table)
+    _print_stems(report["stems"], lambda line: console.print(
+        line, markup=False, highlight=False, soft_wrap=True,
+        style="bold red" if line.startswith("warning:") else None))
     for f in report["failures"]:
         console.print(f"[red]failed[/] {f['run_id']} ({f['stem']}): {escape(str(f['error']))}")
         if f["log"]:
@@ -304,24 +326,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from .reproduce import Invocation, run_studies, write_report
+    from .progress import make_console
+    from .reproduce import Invocation, run_studies, verdict_line, write_report
     from .store import RunStatus
 
     inv = Invocation.from_options(quick=args.quick, paper=args.paper, grids=args.grids, only=args.only,
                                   sets=args.set or [], results=args.results, profile=args.profile, out=args.out)
-    res = run_studies(inv, show_progress=not args.quiet, console=Console(stderr=True))
-    md, page = write_report(res, inv.scale, inv.root, inv.out, inv.left_out)
+    res = run_studies(inv, show_progress=not args.quiet, console=make_console(stderr=True))
+    md, page, data = write_report(res, inv.scale, inv.root, inv.out, inv.left_out)
     failed = 0
     for f in res.findings:
-        print(f"{f.title}: {f.verdict} ({f.statistic} = {f.effect:+.2f} [{f.lo:+.2f}, {f.hi:+.2f}] {f.unit}, "
-              f"p {f.p:.3g} -> Holm {f.p_adj:.3g}, n {f.n_text}, MDE {f.mde:.2f}) {f.reason}")
+        print(verdict_line(f))
     for r in res.studies:
         if n := r.counts.get(RunStatus.FAILED):
             failed += n
             print(f"  {n} run(s) of sweep {r.sweep} failed; first error: {r.first_error()}")
-    print(f"report: {md} and {page}")
+    print(f"report: {md}, {page} and {data}")
     return 1 if failed else 0
 
 

@@ -14,6 +14,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+PIPE_WIDTH = 200  # columns of output that goes to a file or a pipe (rich's own default there: 80)
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console: the terminal's width on a terminal; piped or redirected, ``PIPE_WIDTH``
+    columns, so tables keep whole words (at rich's 80 they are cut: "complet…", "0:0…")."""
+    out = Console(stderr=stderr)
+    return out if out.is_terminal else Console(stderr=stderr, width=PIPE_WIDTH)
+
 
 class Reporter(Protocol):
     """Progress callbacks (the CLI draws a rich progress bar with them)."""
@@ -27,7 +36,7 @@ class RichReporter:
     """Progress bar with epoch, step, loss, lr and the last validation error."""
 
     def __init__(self, console: Console | None = None, label: str = "train"):
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.progress = Progress(
             TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("epoch {task.fields[epoch]} loss {task.fields[loss]} lr {task.fields[lr]} "

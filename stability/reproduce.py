@@ -18,7 +18,8 @@ twice its length on ``REGIME_SEEDS`` seeds (the convergence check). The replicat
 written as grid specs under ``<results>/reproduce/specs/`` (named by a hash of the arms, so a
 changed selection is a new sweep) and run like any other. ``analysis.findings`` judges the four
 findings as one Holm family on the held-out test split. Everything is idempotent: a rerun trains
-only what is missing. The report is markdown and HTML, written atomically.
+only what is missing. The report is markdown and HTML, with its verdicts as JSON beside them
+(``<out>.json``, what the dashboard reads), written atomically.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ class StudyResult:
         return float(self.runs["wall_time_s"].sum()) if len(self.runs) else 0.0
 
     @property
-    def collapsed(self) -> int:
-        return int(self.runs.get("collapsed", pd.Series(dtype=bool)).fillna(False).astype(bool).sum())
+    def at_chance(self) -> int:
+        """Completed runs stuck at chance (``findings.at_chance`` on the final validation error, as
+        ``grid status`` counts them)."""
+        return int(F.at_chance(self.runs, "top1_err").sum()) if len(self.runs) else 0
 
     def first_error(self) -> str | None:
         failed = self.runs[self.runs["status"] == RunStatus.FAILED] if len(self.runs) else self.runs
@@ -436,13 +439,13 @@ def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = (
                       f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}] | {r['p']:.3g} |" for r in f.curve]
         if f.key == "peak" and res.mcnemar:
             lines += ["- Evaluation noise (same test images): " + "; ".join(res.mcnemar) + "."]
-    lines += ["", "## Sweeps", "", "| study | sweep | runs | collapsed | training time (min, summed) | "
+    lines += ["", "## Sweeps", "", "| study | sweep | runs | at chance | training time (min, summed) | "
               "wall this invocation (min) | code (git) |", "|---|---|---|---|---|---|---|"]
     for r in res.studies:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(r.counts.items())) or "no runs"
         shas = ", ".join(sorted({str(v)[:7] for v in r.runs.get("git_sha", pd.Series(dtype=str)).dropna()})) or "–"
         wall = f"{r.wall_s / 60:.1f}" if r.wall_s >= 30 else "– (nothing left to train)"
-        lines.append(f"| {r.name} | `{r.sweep}` | {counts} | {r.collapsed} | {r.train_s / 60:.1f} | {wall} | {shas} |")
+        lines.append(f"| {r.name} | `{r.sweep}` | {counts} | {r.at_chance} | {r.train_s / 60:.1f} | {wall} | {shas} |")
     if res.unused:
         lines += ["", "Other replication sweeps under this root (earlier invocations or choices of arms), not used here (their "
                   "specs are in `reproduce/specs/`; delete both to reclaim the space): "
@@ -499,9 +502,48 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
+def reason(f: F.Finding) -> str:
+    """Why ``f`` got its verdict, never empty (``judge`` gives every finding one; an unjudged
+    finding says so)."""
+    return f.reason or f.details or "not judged"
+
+
+def verdict_line(f: F.Finding) -> str:
+    """One line of ``stability reproduce``'s output: the finding, its verdict, the numbers and the
+    reason beside them (an inconclusive verdict beside an interval that excludes 0 says why)."""
+    line = (f"{f.title}: {f.verdict} ({f.statistic} = {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] {f.unit}, "
+            f"p {_fmt(f.p, '.3g')} -> Holm {_fmt(f.p_adj, '.3g')}, n {f.n_text}, MDE {_fmt(f.mde, '.2f')})"
+            f" — why: {reason(f)}")
+    if f.verdict == "inconclusive" and np.isfinite(f.lo) and np.isfinite(f.hi) and (f.lo > 0 or f.hi < 0):
+        line += (f" (the {F.CI:.0%} {'band' if f.curve else 't interval'} excludes 0, but the verdict rests on "
+                 f"the {f.p_test or 'test'}, Holm-adjusted over the findings judged together)")
+    return line
+
+
+JSON_FIELDS = ("key", "title", "claim", "verdict", "reason", "statistic", "unit", "effect", "lo", "hi", "p",
+               "p_adj", "p_other", "p_other_adj", "p_test", "n", "n_text", "mde", "paper_effect", "regime", "value")
+
+
+def _json_value(v):
+    """A finding's value as JSON: numpy scalars as Python ones, NaN and infinities as null."""
+    v = v.item() if isinstance(v, np.generic) else v
+    return None if isinstance(v, float) and not np.isfinite(v) else v
+
+
+def report_data(res: Outcome, scale: str, root: str, left_out: list[str] = ()) -> dict:
+    """The verdicts as data (``<out>.json``: the dashboard shows the last reproduce run's)."""
+    return {"scale": scale, "root": str(root), "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "left_out": list(left_out),
+            "findings": [{k: _json_value(reason(f) if k == "reason" else getattr(f, k)) for k in JSON_FIELDS}
+                         for f in res.findings]}
+
+
 def write_report(res: Outcome, scale: str, root: str, out: Path,
-                 left_out: list[str] = ()) -> tuple[Path, Path]:
-    """``out`` + ``.md`` and + ``.html`` (each written to a temp file, then renamed)."""
+                 left_out: list[str] = ()) -> tuple[Path, Path, Path]:
+    """``out`` + ``.md``, + ``.html`` and + ``.json`` (``report_data``), each written to a temp
+    file, then renamed."""
     md = report_markdown(res, scale, root, left_out)
+    data = json.dumps(report_data(res, scale, root, left_out), indent=1, allow_nan=False)
     return (store.write_text_atomic(out.with_name(out.name + ".md"), md),
-            store.write_text_atomic(out.with_name(out.name + ".html"), report_html(md, f"stability reproduce ({scale})")))
+            store.write_text_atomic(out.with_name(out.name + ".html"), report_html(md, f"stability reproduce ({scale})")),
+            store.write_text_atomic(out.with_name(out.name + ".json"), data + "\n"))

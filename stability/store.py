@@ -460,7 +460,18 @@ def signature(root: str | os.PathLike, table: str = "runs") -> tuple:
 
 
 def load(root: str | os.PathLike, sweep: str | None = None) -> Results:
-    """Load every table of ``root`` (all sweeps, or one). Unreadable files land in ``.errors``."""
+    """Load every table of ``root`` (all sweeps, or one). Unreadable files land in ``.errors``.
+
+    A root (or sweep) without a single runs file is a ``ConfigError`` naming the path and the
+    layout looked for, not empty tables: a wrong path must not read as "no runs yet"."""
+    if not any(_sweep_files(Path(root), "runs", sweep).values()):
+        where = Path(root)
+        shown = f"{where} ({where.resolve()})" if not where.is_absolute() else str(where)
+        found, expected = sweeps(root), table_dir(where, "runs", sweep or "<name>") / "<run_id>.parquet"
+        raise ConfigError(
+            f"{shown}: no results" + (f" of sweep {sweep!r}" if sweep else "") + f" (expected {expected}"
+            + (f"; sweeps here: {', '.join(found)}" if sweep and found else "")
+            + "; a results root is the folder a grid spec's 'results' or train's results= names)")
     errors: list[str] = []
     tables = {t: read_table(root, t, sweep, errors=errors) for t in TABLES}
     return Results(**tables, root=Path(root), errors=errors)

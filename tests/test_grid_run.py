@@ -38,9 +38,48 @@ def test_debug_grid_records_divergence_and_optuna_study(tmp_path):
     done = states["dbg/lr=0.01/stem=conv"]
     assert done.state == optuna.trial.TrialState.COMPLETE and done.value == runs.loc[0.01].set_index("stem").top1_err["conv"]
     # idempotent: a second run submits nothing and tells nothing twice
-    again = run_cli("grid", "run", str(spec_path), "--quiet")
+    again = run_cli("grid", "run", str(spec_path))  # with its progress table, to a pipe
     assert again.returncode == 0 and "submitted 0" in again.stdout
     assert sum(len(optuna.load_study(study_name=s.study_name, storage=storage).trials) for s in summaries) == 4
+    # piped, the table keeps whole words (rich cuts at 80 columns off a terminal: "complet…")
+    assert "│ patchify │         1 │        1 │" in again.stderr and "…" not in again.stderr, again.stderr
+    assert again.stderr.endswith("┘\n")
+    # the sweep's answer, not only its counts: 4 steps at lr 0.01 learn nothing and lr 1000 diverges,
+    # so neither stem left chance, and the end-of-run summary, status and --json all say so
+    for stem in ("patchify", "conv"):
+        line = f"  {stem}: 0 of 2 runs left chance (1 completed: 1 at chance, "
+        assert line in out.stdout and line in again.stdout, out.stdout
+        assert f"warning: {stem} never left chance" in out.stdout
+    stems = {o["stem"]: o for o in json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)["stems"]}
+    for o in stems.values():
+        assert (o["runs"], o["completed"], o["at_chance"], o["diverged"], o["learned"]) == (2, 1, 1, 1, 0)
+        assert o["never_left_chance"] is True and o["median_err"] == 100 - (100 - o["at_chance_err"][0]) / 2
+    status = run_cli("grid", "status", str(spec_path))  # stdout is a pipe here, not a terminal
+    assert status.returncode == 0 and "warning: patchify never left chance" in status.stdout
+    assert "…" not in status.stdout and "preempted" in status.stdout and "completed" in status.stdout
+
+
+def test_grid_summary_counts_a_stem_that_left_chance():
+    """``state.stem_outcomes`` on a hand-made state: the flag is per stem, ``at_chance`` is
+    ``findings.at_chance`` (error >= 0.9 x the error at init), diverged runs never count as learned."""
+    import pandas as pd
+
+    from stability.grid.state import stem_outcomes
+
+    state = pd.DataFrame({"run_id": list("abcdefg"), "stem": ["conv"] * 3 + ["patchify"] * 4,
+                          "optimizer": "adamw", "epochs": 2, "cell": None,
+                          "status": ["completed", "completed", "diverged", "completed", "completed", "diverged",
+                                     "failed"]})
+    runs = pd.DataFrame({"run_id": list("abcdef"), "status": state.status[:6],
+                         "top1_err": [5.0, 80.0, 100.0, 61.0, 91.0, 100.0],
+                         "init_top1_err": [90.0, 90.0, 90.0, 67.0, 92.0, 90.0]})
+    conv, patchify = stem_outcomes(state, runs)
+    assert (conv["learned"], conv["at_chance"], conv["never_left_chance"]) == (2, 0, False)
+    assert (patchify["runs"], patchify["at_chance"], patchify["left_out"]) == (3, 2, 1)
+    assert patchify["never_left_chance"] and patchify["at_chance_err"] == [61.0, 91.0]
+    assert patchify["line"].startswith("patchify: 0 of 3 runs left chance (2 completed: 2 at chance, 61–91 % error; "
+                                       "1 diverged)") and patchify["line"].endswith("<- never left chance")
+    assert conv["line"] == "conv: 2 of 3 runs left chance (2 completed: 0 at chance; 1 diverged); median error 80.0 %"
 
 
 def test_local_grid_status_collect_clean(tmp_path):

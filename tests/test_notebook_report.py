@@ -1,26 +1,50 @@
 """The analyst notebook executes on real results; the static report is one self-contained file."""
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
 
 from .conftest import run_cli
 
 ROOT = Path(__file__).parents[1]
 
 
-def test_notebook_executes_on_results(dash_results, monkeypatch):
-    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
-    monkeypatch.setenv("STABILITY_RESULTS", str(dash_results))
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+def _jupyter_execute(repo: Path, env: dict) -> subprocess.CompletedProcess:
+    """The README's command, from the root of a checkout: ``jupyter execute notebooks/analysis.ipynb``
+    (here writing the executed copy beside it, to read its outputs)."""
+    env = {k: v for k, v in os.environ.items() if k != "STABILITY_RESULTS"} | {"PYTHONPATH": str(ROOT)} | env
+    return subprocess.run([sys.executable, "-m", "jupyter", "execute", "notebooks/analysis.ipynb",
+                           "--output=executed", "--timeout=300"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_notebook_runs_as_the_readme_says(dash_results, tmp_path):
+    """From a checkout's root, with no variable set, the notebook finds ``<repository root>/results``
+    (jupyter runs it in notebooks/); ``STABILITY_RESULTS`` points it elsewhere, and a root without
+    results stops it with the error naming the path, not with empty tables."""
+    repo = tmp_path / "checkout"
+    (repo / "notebooks").mkdir(parents=True)
+    shutil.copy(ROOT / "notebooks" / "analysis.ipynb", repo / "notebooks")
+    (repo / "pyproject.toml").write_text("")
+    (repo / "results").symlink_to(dash_results)
+    out = _jupyter_execute(repo, {})
+    assert out.returncode == 0, out.stderr[-3000:]
+    nb = nbformat.read(repo / "notebooks" / "executed.ipynb", as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = " ".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert str(repo / "results") in text and "never_left_chance" in text
     assert "patchify" in text and "conv" in text and "diverged" in text
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) == 2
-    assert os.environ.get("STABILITY_RESULTS") == str(dash_results)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = _jupyter_execute(repo, {"STABILITY_RESULTS": str(empty)})
+    assert bad.returncode != 0 and "ConfigError" in bad.stderr
+    assert f"{empty}: no results (expected {empty}/runs/sweep=<name>/<run_id>.parquet" in bad.stderr, bad.stderr[-3000:]
 
 
 def test_report_is_self_contained(dash_results, tmp_path):

@@ -1,7 +1,15 @@
 """`stability reproduce`: selection studies, replicates, four judged findings, one report (the verdict
 rules themselves are calibrated in test_verdicts.py)."""
 
+import json
 import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stability import reproduce
+from stability.analysis import findings as F
 
 from .conftest import run_cli
 
@@ -19,7 +27,12 @@ def test_reproduce_quick_writes_a_report_with_four_verdicts(tmp_path):
     for title in ("Figs. 4–5", "Table 3", "Fig. 2", "Table 2"):
         assert title in md and title in page
     assert page.startswith("<!doctype html>") and page.count("<h2>") == 4 + 2  # + arms, sweeps
-    assert len(re.findall(rf"^(Stability|Optimizer|Training|Peak).*: {VERDICT} \(", out.stdout, flags=re.M)) == 4
+    assert len(re.findall(rf"^(Stability|Optimizer|Training|Peak).*: {VERDICT} \(.* — why: \S", out.stdout, flags=re.M)) == 4
+    data = json.loads((tmp_path / "res/reproduce/quick.json").read_text())  # what the dashboard reads
+    assert data["scale"] == "quick" and data["root"] == str(tmp_path / "res") and data["written_at"].endswith("+00:00")
+    assert [f["key"] for f in data["findings"]] == ["lr_wd", "optimizer", "epochs", "peak"]
+    for f in data["findings"]:
+        assert f["reason"] and f"## {f['title']}: {f['verdict']}" in md and f"Why this verdict: {f['reason']}." in md
     # selection studies, the replicates (6 seeds per arm) and the 2x-length runs: sweeps of their own
     sweeps = sorted(p.name for p in (tmp_path / "res/runs").iterdir())
     assert sweeps[:3] == ["sweep=quick_epochs", "sweep=quick_lr_wd", "sweep=quick_optimizer"]
@@ -80,9 +93,37 @@ def test_reproduce_on_cifar_set_from_the_command_line_is_a_sweep_of_its_own(tmp_
     assert len(reports) == 1
     text = reports[0].read_text()
     assert "Figs. 4–5" in text and "not run in this invocation (`--only`): optimizer, epochs, peak" in text
+    data = json.loads(reports[0].with_suffix(".json").read_text())
+    assert data["left_out"] == ["optimizer", "epochs", "peak"] and [f["key"] for f in data["findings"]] == ["lr_wd"]
+    assert data["findings"][0]["reason"] and f"{data['findings'][0]['title']}: " in out.stdout
     # a missing data root: refused when the studies are planned, before any run (issue 23)
     bad = run_cli("reproduce", "--quick", "--quiet", "--only", "lr_wd", "--results", str(tmp_path / "res"),
                   "--set", "dataset=cifar10", "--set", f"data_root={tmp_path / 'nowhere'}", "--set", "test_split=0",
                   timeout=600)
     assert bad.returncode == 2 and "data_root" in bad.stderr and str(tmp_path / "nowhere") in bad.stderr, bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_verdicts_print_their_reason_and_land_in_json(tmp_path):
+    """An inconclusive verdict beside a t interval that excludes 0 (3 seeds: the sign-flip test
+    cannot pass) says why on its line; a finding without data writes nulls, not NaN."""
+    d = [1.0, 1.2, 0.9]  # ViT_P - ViT_C on 3 seeds: all positive, too few for the test (p >= 1/8)
+    reps = pd.DataFrame([{"stem": s, "optimizer": "adamw", "epochs": 3, "seed": k, "status": "completed",
+                          "run_id": f"{s}{k}", F.VALUE: 10.0 + (v if s == "patchify" else 0.0)}
+                         for k, v in enumerate(d) for s in ("patchify", "conv")])
+    peak, lr_wd = F.judge([F.finding_peak(reps, 3), F.LR_WD.missing("needs >= 2 (lr, wd) points")])
+    assert peak.verdict == "inconclusive" and peak.lo > 0 and peak.reason.startswith("Holm-adjusted p")
+    line = reproduce.verdict_line(peak)
+    assert line.startswith("Peak performance") and f"— why: {peak.reason}" in line and "excludes 0" in line
+    assert "why: needs >= 2 (lr, wd) points" in reproduce.verdict_line(lr_wd) and "[–, –]" in reproduce.verdict_line(lr_wd)
+    res = reproduce.Outcome([], findings=[lr_wd, peak])
+    paths = reproduce.write_report(res, "quick", str(tmp_path), tmp_path / "out" / "quick")
+    assert [p.name for p in paths] == ["quick.md", "quick.html", "quick.json"]
+    data = json.loads(paths[2].read_text())  # strict JSON: a NaN would not parse in a browser
+    a, b = data["findings"]
+    assert (a["key"], a["effect"], a["lo"], a["p"], a["mde"], a["verdict"]) == ("lr_wd", None, None, None, None, "inconclusive")
+    assert b["key"] == "peak" and b["effect"] == peak.effect == pytest.approx(np.mean(d)) and b["lo"] > 0 and b["reason"] == peak.reason
+    assert b["p_adj"] == peak.p_adj and b["n_text"] == "3 seeds x 2 arms" and b["paper_effect"] == 1.0
+    assert set(b) >= {"key", "title", "claim", "verdict", "reason", "statistic", "unit", "effect", "lo", "hi", "p",
+                      "p_adj", "n_text", "mde", "paper_effect", "regime"}
+    assert not list((tmp_path / "out").glob(".*"))  # written atomically: no temp file left

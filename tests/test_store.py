@@ -73,9 +73,24 @@ def test_corrupt_file_is_reported_not_fatal(tmp_path):
     assert store.load(tmp_path).runs.run_id.tolist() == ["good"]  # nothing lost
 
 
-def test_empty_root_gives_typed_empty_tables(tmp_path):
-    res = store.load(tmp_path / "missing")
-    assert res.runs.empty and "top1_err" in res.runs.columns and "sweep" in res.grad_norms.columns
+def test_load_of_a_path_without_results_is_an_error_naming_it(tmp_path):
+    """``load`` on a wrong path says so (a notebook run from the wrong folder must not show empty
+    tables); ``read_table``, which the dashboard polls while runs start, stays typed and empty."""
+    from stability.errors import ConfigError
+
+    for root in (tmp_path / "missing", tmp_path):  # no folder at all; a folder without runs/
+        with pytest.raises(ConfigError, match="no results") as e:
+            store.load(root)
+        assert str(root) in str(e.value) and f"{root}/runs/sweep=<name>/<run_id>.parquet" in str(e.value)
+    (tmp_path / "runs" / "sweep=a").mkdir(parents=True)  # a sweep folder with no file in it yet
+    with pytest.raises(ConfigError, match="no results"):
+        store.load(tmp_path)
+    store.write_run(tmp_path, "b", "r1", _run("r1"))
+    assert store.load(tmp_path).runs.run_id.tolist() == ["r1"]
+    with pytest.raises(ConfigError, match=r"no results of sweep 'c'.*sweep=c/<run_id>.parquet.*sweeps here: a, b"):
+        store.load(tmp_path, sweep="c")
+    empty = store.read_table(tmp_path / "missing", "runs")
+    assert empty.empty and "top1_err" in empty.columns and "sweep" in store.read_table(tmp_path, "grad_norms", "c")
 
 
 def test_files_of_an_older_schema_read_with_the_new_columns_as_nulls(tmp_path):

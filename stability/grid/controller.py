@@ -46,6 +46,7 @@ from .state import (
     load_plan,
     run_rows,
     save_plan,
+    stem_outcomes,
     sweep_state,
     to_submit,
 )
@@ -68,6 +69,7 @@ class Outcome:
     stopped: str | None = None  # why submitting stopped early (executor.max_failures), one line
     quarantined: list[str] = field(default_factory=list)  # unreadable files moved aside, and why
     wall_s: float = 0.0
+    stems: list[dict] = field(default_factory=list)  # how each stem's runs ended (state.stem_outcomes)
 
 
 def trial_slots(backend: Backend) -> int:
@@ -152,12 +154,12 @@ class Controller:
         imports, a test may bring its own); by default the spec's, made and closed here.
         ``lock``: the sweep's lock, taken already (by the CLI, before it starts a launcher);
         by default taken and released here."""
-        from rich.console import Console
+        from ..progress import make_console
 
         self.backend, self.lock = backend, lock
         self.spec = spec
         self.opts = opts or RunOptions()
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.dir = spec.sweep_dir
 
     def run(self) -> Outcome:
@@ -241,11 +243,14 @@ class Controller:
         finally:
             if live:
                 live.stop()
+                if not self.console.is_terminal:  # rich ends a piped table without its newline
+                    self.console.line()
         runs = run_rows(spec.results, spec.name, rows_cache)
         ledger = read_ledger(self.dir)
         outcome.state = sweep_state(plan, runs, alive_jobs(spec, [r.run_id for r in plan], backend, ledger,
                                                            _done(runs)), set(ledger), failures(ledger))
         tell(spec, plan, runs, storage, told)
+        outcome.stems = stem_outcomes(outcome.state, runs)
         for rid in outcome.state.run_id[outcome.state.status.eq(S.MISSING)]:
             if rid in submitted:
                 outcome.lost[rid] = backend.log_tail(str(submitted[rid].job_id)) or "(no log)"
@@ -401,6 +406,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
         "failures": failed_runs, "lost": lost, "ledger_problems": problems,
         "unreadable": unreadable + _unreadable_lines(spec, read_errors),
         "eta_s": eta_seconds(state, backend.parallelism()),
+        "stems": stem_outcomes(state, runs),
     }
 
 

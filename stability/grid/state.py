@@ -56,7 +56,7 @@ def run_rows(results: str | Path, sweep: str, cache: dict | None = None, errors:
     """The sweep's runs rows, only the columns state needs (``cache``: see ``store.read_table``;
     ``errors`` gets one line per unreadable file)."""
     cols = ["run_id", "status", "stem", "optimizer", "epochs", "top1_err", "diverged_at_step",
-            "wall_time_s", "error", "finished_at"]
+            "wall_time_s", "error", "finished_at", "init_top1_err", "collapsed"]
     return store.read_table(results, "runs", sweep=sweep, columns=cols, cache=cache, errors=errors)
 
 
@@ -132,3 +132,59 @@ def eta_seconds(state: pd.DataFrame, parallel: int) -> float | None:
     if done.empty or not done.wall_time_s.notna().any():
         return None
     return float(left * done.wall_time_s.mean() / max(1, parallel))
+
+
+def stem_outcomes(state: pd.DataFrame, runs: pd.DataFrame, value: str = "top1_err") -> list[dict]:
+    """How each stem's finished runs ended, per optimizer and length where the sweep varies them:
+    the rows of ``analysis.stems.stem_outcomes`` (at chance: ``analysis.findings.at_chance``, the
+    one definition every view uses) for the planned runs, with the status ``state`` gives them.
+    Each row also has ``completed``, ``at_chance_err`` (the error range of the runs at chance),
+    ``name`` (the stem, and its optimizer / length where those vary) and ``line`` (the row in
+    words). JSON-ready: NaN is None. ``never_left_chance``: every finished run of the stem sits
+    at chance or diverged."""
+    from ..analysis.findings import at_chance
+    from ..analysis.stems import stem_outcomes as outcomes_table
+
+    if not len(state):
+        return []
+    last = runs.drop_duplicates("run_id", keep="last").set_index("run_id") if len(runs) else pd.DataFrame()
+    df = state[["run_id", "stem", "optimizer", "epochs", "status"]].copy()
+    for c in (value, "init_top1_err", "collapsed"):
+        df[c] = df["run_id"].map(last[c]) if c in last else None
+    df[value] = pd.to_numeric(df[value], errors="coerce")
+    df["init_top1_err"] = pd.to_numeric(df["init_top1_err"], errors="coerce")
+    by = [c for c in ("optimizer", "epochs") if df[c].nunique(dropna=False) > 1]
+    table = outcomes_table(df, value, by=by)
+    chance = df[at_chance(df, value).to_numpy(bool)]
+    out = []
+    for row in table.to_dict("records"):
+        here = chance
+        for k in (*by, "stem"):
+            here = here[here[k].eq(row[k])]
+        o = {k: _plain(v) for k, v in row.items()}
+        o["completed"] = o["runs"] - o["diverged"]
+        o["at_chance_err"] = [_plain(here[value].min()), _plain(here[value].max())] if len(here) else None
+        o["name"] = str(o["stem"]) + ("" if not by else " (" + ", ".join(f"{k} {o[k]}" for k in by) + ")")
+        o["line"] = outcome_line(o)
+        out.append(o)
+    return out
+
+
+def _plain(v):
+    """A JSON value: numpy scalars as Python ones, NaN as None."""
+    v = v.item() if hasattr(v, "item") else v
+    return None if isinstance(v, float) and v != v else v
+
+
+def outcome_line(o: dict) -> str:
+    """One stem's outcomes in words: "patchify: 0 of 4 runs left chance (4 completed: 4 at chance,
+    61–91 % error; 0 diverged); median error 80.3 %  <- never left chance"."""
+    name = o["name"]
+    if not o["runs"]:
+        return f"{name}: no finished run yet"
+    rng = o.get("at_chance_err")
+    span = "" if not rng else f", {rng[0]:.0f} % error" if round(rng[0]) == round(rng[1]) else \
+        f", {rng[0]:.0f}–{rng[1]:.0f} % error"
+    text = (f"{name}: {o['learned']} of {o['runs']} runs left chance ({o['completed']} completed: "
+            f"{o['at_chance']} at chance{span}; {o['diverged']} diverged); median error {o['median_err']:.1f} %")
+    return text + ("  <- never left chance" if o["never_left_chance"] else "")
