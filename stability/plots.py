@@ -260,7 +260,7 @@ def lr_wd_heatmap_figure(hm: pd.DataFrame) -> go.Figure:
     stems = sorted(hm.stem.astype(str).unique())
     fig = make_subplots(rows=1, cols=max(1, len(stems)), subplot_titles=stems, shared_yaxes=True)
     lrs, wds = sorted(hm.lr_bin.unique()), sorted(hm.wd_bin.unique())
-    xl, yl = [f"{v:.2g}" for v in lrs], [f"{v:.2g}" for v in wds]
+    xl, yl = _labels([float(f"{v:.2g}") for v in lrs]), _labels([float(f"{v:.2g}") for v in wds])
     for i, stem in enumerate(stems, start=1):
         g = hm[hm.stem.astype(str) == stem]
         z = g.pivot_table(index="wd_bin", columns="lr_bin", values="err", dropna=False).reindex(index=wds, columns=lrs)
@@ -450,14 +450,15 @@ def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optim
     """Parallel coordinates of the knobs that vary and the error, one line per run, coloured by
     stem (``analysis.error_vs_hparams`` output; diverged runs at 100)."""
     stems = sorted(df["stem"].astype(str).unique())
+    df = df.sample(frac=1.0, random_state=0)  # lines drawn in a mixed order: no stem hides under the other
     dims = []
     for k in knobs:
         if k not in df or df[k].nunique() < 2:
             continue
         if k in ("lr", "wd"):
-            v = np.log10(df[k].astype(float))
-            ticks = np.arange(np.floor(v.min()), np.ceil(v.max()) + 1)
-            dims.append(dict(label=k, values=v, tickvals=ticks, ticktext=[f"1e{int(t)}" for t in ticks]))
+            ticks = log_ticks(df[k])
+            dims.append(dict(label=k, values=np.log10(df[k].astype(float)),
+                             tickvals=np.log10(ticks["tickvals"]), ticktext=ticks["ticktext"]))
         else:
             cats = sorted(df[k].astype(str).unique(), key=lambda c: (len(c), c))
             dims.append(dict(label=k, values=df[k].astype(str).map({c: i for i, c in enumerate(cats)}),
@@ -469,8 +470,8 @@ def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optim
     fig = go.Figure(go.Parcoords(line=dict(color=code, colorscale=scale, cmin=0, cmax=max(1, len(stems) - 1)),
                                  dimensions=dims))
     for i, s in enumerate(stems):  # a legend: Parcoords has none of its own
-        fig.add_annotation(text=f"<b>━ {s}</b>", x=1.0, y=1.18 - 0.08 * i, xref="paper", yref="paper", showarrow=False,
-                           xanchor="right", font=dict(color=color_of(s, i)))
+        fig.add_annotation(text=f"<b>━ {s}</b>", x=0.12 * i, y=1.25, xref="paper", yref="paper", showarrow=False,
+                           xanchor="left", font=dict(color=color_of(s, i)))
     fig.update_layout(template="plotly_white", height=480, margin=dict(l=70, r=90, t=110, b=40),
                       title="Runs across the knobs (lr, wd on log10 scales; diverged runs at 100%)")
     return fig
@@ -608,13 +609,14 @@ def attn_logit_figure(at: pd.DataFrame, thresholds: Sequence[float] = ()) -> go.
             customdata=g.at_step, hovertemplate="lr %{x:.3g}: max logit %{y:.4g} at step %{customdata}"
                                                 f"<extra>{name}</extra>"))
     top = float(seen["logit_max"].max()) if len(seen) else 0.0
-    for t in thresholds:  # those near the data: a line at 1e4 would squash logits of 2-20
-        if t <= 10 * top:
-            fig.add_hline(y=float(t), line=dict(color="#888", dash="dot", width=1),
-                          annotation_text=f"{t:g}", annotation_position="right")
+    drawn = [float(t) for t in thresholds if t <= 10 * top]  # near the data: a line at 1e4 would squash 2-20
+    for t in drawn:
+        fig.add_hline(y=float(t), line=dict(color="#888", dash="dot", width=1),
+                      annotation_text=f"{t:g}", annotation_position="right")
     fig.update_layout(template="plotly_white", height=400, legend_title="stem / fix",
                       xaxis=dict(type="log", title="peak lr", tickangle=0, **log_ticks(seen["lr"] if len(seen) else [])),
                       yaxis=dict(type="log", title="max attention logit q·k/√d_h (over layers)",
-                                 **log_ticks(seen["logit_max"].clip(lower=1e-3) if len(seen) else [])),
+                                 **log_ticks(pd.concat([seen["logit_max"].clip(lower=1e-3), pd.Series(drawn, dtype=float)])
+                                             if len(seen) else [])),
                       title="Max attention logit early in training vs lr (× diverged later)")
     return fig

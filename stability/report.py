@@ -244,7 +244,7 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
     if not at.empty:
         aucs = [analysis.attn_logit_auc(runs, gn, outcome=o, by=b, steps=steps)
                 for o in sens.OUTCOMES for b in (None, axes)]
-        out.append(_bullets(_auc_lines(aucs[1::2])))
+        out.append(_bullets(analysis.auc_lines(aucs[1::2])))
         auc = pd.concat([t for t in aucs if not t.empty], ignore_index=True) if any(not t.empty for t in aucs) \
             else pd.DataFrame()
         if len(auc):
@@ -280,33 +280,6 @@ def _ci(df: pd.DataFrame, col: str, lo: str, hi: str) -> pd.DataFrame:
     df = df.drop(columns=[lo, hi])
     df.insert(min(where, len(df.columns)), f"{col} 90% CI", ci)
     return df
-
-
-def _auc_lines(tables: list[pd.DataFrame]) -> list[str]:
-    """One line per group with a pair to compare (``auc_verdict``); the groups without one (no run,
-    or every run, had the outcome) in one line per outcome, named."""
-    sens = analysis.sensitivity
-    lines, without = [], {}
-    for t in tables:
-        if t.empty:
-            if sens.note(t):
-                lines.append(sens.note(t))
-            continue
-        for _, r in t.iterrows():
-            if 0 < r["n_outcome"] < r["n"]:
-                lines.append(analysis.auc_verdict(r))
-            else:
-                side = "no run" if r["n_outcome"] == 0 else "every run"
-                keys = list(r.index[:list(r.index).index("outcome")])
-                pooled = f" (pooled over {r['pooled'].replace(',', ', ')})" if r["pooled"] else ""
-                without.setdefault((r["outcome"], side, pooled), []).append(
-                    sens.group_text({k: r[k] for k in keys}))
-    for (o, side, pooled), groups in without.items():
-        what = "was unstable" if o == "unstable" else "diverged"
-        more = f" … ({len(groups)} in all)" if len(groups) > 6 else ""
-        lines.append(f"{o}: no AUC in {len(groups)} group(s){pooled}, where {side} with a logit {what} (no pair "
-                     f"to compare): {'; '.join(groups[:6])}{more}.")
-    return lines
 
 
 def _threshold_table(tab: pd.DataFrame, outcome: str, at: pd.DataFrame) -> str:

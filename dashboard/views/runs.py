@@ -86,7 +86,8 @@ if runs is not None:
         fig.update_yaxes(type="log", **log_ticks(positive.lr), row=1, col=2)
         if no_epoch:
             fig.add_annotation(text="no validation epoch:<br>" + "<br>".join(no_epoch), showarrow=False,
-                               xref="x3 domain", yref="y3 domain", x=0.5, y=0.5, font=dict(size=11, color="#555"))
+                               xref="x domain", yref="y domain", x=0.5, y=0.5, row=2, col=1,
+                               font=dict(size=11, color="#555"))
         fig.update_layout(template="plotly_white", height=720, legend=dict(orientation="h", y=-0.12))
         st.plotly_chart(fig, width="stretch", key="runs_curves")
         if len(chosen) > 1:

@@ -108,16 +108,21 @@ if runs is not None:
         at, tab, aucs = _attention(runs, gn, int(step), outcome, pool_lines, tuple(pool))
         st.plotly_chart(plots.attn_logit_figure(at, THRESHOLDS), width="stretch", key="sens_attn")
         _say(tab)
+        for line in analysis.auc_lines([aucs]):
+            st.markdown(f"- {line}")
+        aucs = aucs[(aucs["n_outcome"] > 0) & (aucs["n_outcome"] < aucs["n"])] if not aucs.empty else aucs
         if not aucs.empty:
-            for _, row in aucs.iterrows():
-                st.markdown(f"- {analysis.auc_verdict(row)}")
             table(aucs, key="sens_auc_table")
             st.caption("AUC: the chance that a run with the outcome had the larger logit than one without (0.5: "
                        "no information), over all pairs and over pairs at one lr only (auc_within), with 90% "
                        "bootstrap intervals over runs (none with under 3 runs on a side). The lr raises both "
                        "logit and failure: only auc_within says whether the logit tells more than the lr.")
-        if not tab.empty:
-            table(tab, key="sens_attn_table")
+        split = tab[(tab["n_above"] > 0) & (tab["n_below"] > 0)] if not tab.empty else tab
+        if len(split) < len(tab):
+            st.caption(f"{len(tab) - len(split)} of {len(tab)} (group, threshold) rows hidden: every run of the "
+                       "group on one side of the threshold, so there is nothing to compare.")
+        if not split.empty:
+            table(split, key="sens_attn_table")
             st.caption("Max over layers, heads and tokens of q·k/√d_h at that step. Per threshold: runs above "
                        "it and at or below it, how many of each had the outcome (fraction with a 90% Wilson interval), "
                        "and diff = above − below (> 0: a large logit goes with the outcome) with Newcombe's "

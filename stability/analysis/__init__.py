@@ -48,6 +48,7 @@ from .sensitivity import (
     attn_logit_at,
     attn_logit_auc,
     attn_logit_divergence,
+    auc_lines,
     auc_verdict,
     lr_curves,
     lr_sensitivity,
@@ -76,7 +77,7 @@ from .sweeps import (
 
 __all__ = [
     "DIVERGED_ERROR", "SpikeParams", "area_between", "attn_logit_at", "attn_logit_auc", "attn_logit_divergence",
-    "auc_verdict", "best_configs",
+    "auc_lines", "auc_verdict", "best_configs",
     "compare", "correct_of", "count_spikes", "holm", "mcnemar_exact", "mcnemar_runs", "mde_sign_flip",
     "sd_upper", "sign_flip_p", "t_interval", "default_by", "delta_to_best", "detect_spikes", "dkw_halfwidth", "downsample", "edf",
     "edf_at", "error_vs_hparams", "hparam_importance", "errors", "first_layer_lead", "fix_of", "fixed_axes",

@@ -650,3 +650,30 @@ __all__ = ["ATTN_FRACTION", "METRICS", "MIN_LRS", "OUTCOMES", "THRESHOLDS", "att
            "attn_logit_divergence", "auc", "auc_verdict", "group_text", "lr_curves",
            "lr_sensitivity", "lr_sensitivity_per_seed", "newcombe", "note", "row_group", "sensitivity_diff", "sensitivity_verdict",
            "value_text", "wilson"]
+
+
+def auc_lines(tables: list[pd.DataFrame]) -> list[str]:
+    """Bullets of ``attn_logit_auc`` tables: one line per group with a pair to compare
+    (``auc_verdict``); the groups without one (no run, or every run, had the outcome) in one line
+    per outcome, named (the report and the dashboard print the same)."""
+    lines, without = [], {}
+    for t in tables:
+        if t.empty:
+            if note(t):
+                lines.append(note(t))
+            continue
+        for _, r in t.iterrows():
+            if 0 < r["n_outcome"] < r["n"]:
+                lines.append(auc_verdict(r))
+            else:
+                side = "no run" if r["n_outcome"] == 0 else "every run"
+                keys = list(r.index[:list(r.index).index("outcome")])
+                pooled = f" (pooled over {r['pooled'].replace(',', ', ')})" if r["pooled"] else ""
+                without.setdefault((r["outcome"], side, pooled), []).append(
+                    group_text({k: r[k] for k in keys}))
+    for (o, side, pooled), groups in without.items():
+        what = "was unstable" if o == "unstable" else "diverged"
+        more = f" … ({len(groups)} in all)" if len(groups) > 6 else ""
+        lines.append(f"{o}: no AUC in {len(groups)} group(s){pooled}, where {side} with a logit {what} (no pair "
+                     f"to compare): {'; '.join(groups[:6])}{more}.")
+    return lines
