@@ -345,9 +345,12 @@ def with_run_columns(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def load_attention(root: str, run_ids: tuple[str, ...], sig: tuple) -> pd.DataFrame:
-    """Per traced step and layer, the max attention logit of the runs ``run_ids`` (three columns
-    of grad_norms, filtered in parquet); empty columns for results that predate it."""
-    return store.read_table(root, "grad_norms", columns=["step", "layer", "attn_logit_max"], run_ids=list(run_ids))
+    """Per traced step, the max over layers of the attention logit of the runs ``run_ids`` (what
+    ``analysis.attn_logit_at`` reads), reduced before it is cached: the per-layer rows of 10,000
+    runs are ~20M, their traced maxima a few thousand; empty for results that predate it."""
+    gn = store.read_table(root, "grad_norms", columns=["step", "attn_logit_max"], run_ids=list(run_ids))
+    gn = gn[gn["attn_logit_max"].notna()]
+    return gn.groupby(["sweep", "run_id", "step"], observed=True, as_index=False)["attn_logit_max"].max()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

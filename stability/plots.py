@@ -24,11 +24,13 @@ DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
 # below it SVG draws as fast or faster, and a page may hold only a few WebGL figures: Chromium keeps
 # 16 contexts and drops the oldest, leaving its figure blank).
 WEBGL_POINTS = 20_000
+WEBGL_MARKERS = 2_000  # markers are one SVG element each: WebGL pays far sooner than for a line's path
 
 
-def scatter_kind(n_points: int) -> type:
-    """``go.Scatter`` (SVG) up to ``WEBGL_POINTS`` points in a figure, ``go.Scattergl`` above."""
-    return go.Scattergl if n_points > WEBGL_POINTS else go.Scatter
+def scatter_kind(n_points: int, markers: bool = False) -> type:
+    """``go.Scatter`` (SVG) up to ``WEBGL_POINTS`` line points (``WEBGL_MARKERS`` markers) in a
+    figure, ``go.Scattergl`` above."""
+    return go.Scattergl if n_points > (WEBGL_MARKERS if markers else WEBGL_POINTS) else go.Scatter
 
 
 def _sci(v: float, sci: bool = True) -> str:
@@ -219,7 +221,7 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
     fig = make_subplots(rows=len(rows), cols=len(knobs), shared_yaxes=True, subplot_titles=titles,
                         vertical_spacing=min(0.2, 0.45 / max(1, len(rows))))
     stems = sorted(df["stem"].astype(str).unique())
-    kind = scatter_kind(len(df) * len(knobs))
+    kind = scatter_kind(len(df) * len(knobs), markers=True)
     for r, (_, part) in enumerate(rows, start=1):
         for stem, g in part.groupby("stem", observed=True, sort=True):
             i = stems.index(str(stem))

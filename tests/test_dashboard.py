@@ -185,3 +185,49 @@ def test_empty_missing_and_corrupt_roots_are_friendly(tmp_path, dash_results, pa
     victim.write_bytes(b"PAR1 garbage")
     at = _app(corrupt, page)
     assert "unreadable" in " ".join(e.value for e in at.error)
+
+
+def test_overview_findings_are_the_analysis_numbers_and_reproduce_verdicts(tmp_path, dash_results):
+    """The findings table is ``analysis.stem_outcomes`` of the runs (the report prints the same);
+    a ``stability reproduce`` record under the root shows its verdicts; a malformed one is skipped."""
+    import json
+
+    from stability import analysis
+
+    root = tmp_path / "r"
+    shutil.copytree(dash_results, root)
+    (root / "reproduce").mkdir()
+    (root / "reproduce" / "quick.json").write_text(json.dumps({"scale": "quick", "written_at": "2026-12-05T12:00:00",
+        "findings": [{"title": "peak", "verdict": "inconclusive", "effect": 1.5, "lo": None, "hi": 3.0,
+                      "unit": "points", "p": 0.2, "p_adj": 0.4, "n_text": "6 seeds", "mde": 4.0,
+                      "paper_effect": 1.0, "reason": "Holm 0.4 > 0.10"}]}))
+    (root / "reproduce" / "bad.json").write_text("{not json")
+    at = _app(root, "views/overview.py")
+    shown = at.dataframe[0].value
+    want = analysis.stem_outcomes(store.load(root).runs)
+    assert shown["stem"].tolist() == want["stem"].tolist()
+    for col in ("runs", "diverged", "at_chance", "learned", "median_err"):
+        assert shown[col].tolist() == want[col].tolist(), col
+    repro = at.dataframe[1].value
+    assert repro["verdict"].tolist() == ["inconclusive"] and repro["reason"].tolist() == ["Holm 0.4 > 0.10"]
+    assert "n/a" in repro["effect [90% CI]"].iloc[0]  # an undefined bound, not "nan"
+
+
+def test_edf_pooling_warns_and_the_axis_can_be_fixed(tmp_path, dash_results):
+    """Two sweeps: pooling them is said in a warning; the 0-100 toggle fixes the error axis."""
+    import json
+
+    root = tmp_path / "r"
+    shutil.copytree(dash_results, root)
+    for table in store.TABLES:
+        shutil.copytree(root / table / "sweep=dash", root / table / "sweep=dash2")
+    at = _app(root, "views/edf.py")
+    assert not at.warning
+    with _root(root):
+        at.toggle(key="p_edf_full").set_value(True).run()
+    assert not at.exception
+    assert json.loads(_charts(at)[0].proto.spec)["layout"]["xaxis"]["range"] == [-2, 102]
+    with _root(root):
+        at.toggle(key="p_edf_pool").set_value(True).run()
+    assert not at.exception
+    assert any("Pooled here: sweep" in w.value for w in at.warning), [w.value for w in at.warning]
