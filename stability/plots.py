@@ -20,11 +20,12 @@ _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
 
 
-# Above this many points a figure's scatter traces are drawn with WebGL (benchmarks/plot_render.py:
-# below it SVG draws as fast or faster, and a page may hold only a few WebGL figures: Chromium keeps
-# 16 contexts and drops the oldest, leaving its figure blank).
-WEBGL_POINTS = 20_000
-WEBGL_MARKERS = 2_000  # markers are one SVG element each: WebGL pays far sooner than for a line's path
+# When a figure's scatter traces are drawn with WebGL (benchmarks/plot_render.py, headless
+# Chromium): an SVG line is one path, faster than WebGL up to 100,000 points (116 vs 1,377 ms);
+# SVG markers are one node each and lose past ~10,000 (732 vs 432 ms at 20,000). WebGL also costs
+# a context, and Chromium keeps 16 per page: past that the oldest figure goes blank.
+WEBGL_POINTS = 100_000
+WEBGL_MARKERS = 5_000
 
 
 def scatter_kind(n_points: int, markers: bool = False) -> type:
