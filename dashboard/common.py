@@ -394,6 +394,12 @@ def cached_verdicts(runs: pd.DataFrame) -> pd.DataFrame:
 VERDICT_RUNS = 3000  # above this the permutation tests wait for a click
 
 
+def whole_name(runs: pd.DataFrame) -> str:
+    """The name of a selection with no stratum: its sweep(s), as the report names it."""
+    sweeps = sorted(runs["sweep"].dropna().astype(str).unique()) if "sweep" in runs else []
+    return ("sweep " + ", ".join(sweeps)) if sweeps else "all runs"
+
+
 def verdict_lines(runs: pd.DataFrame, key: str, ready: bool = False) -> pd.DataFrame | None:
     """One bullet per stratum (its verdict, effect, n and why), shared by Overview and EDF; None
     while a large selection waits for its button (``ready``: the page already asked)."""
@@ -408,7 +414,7 @@ def verdict_lines(runs: pd.DataFrame, key: str, ready: bool = False) -> pd.DataF
         return v
     strata_cols = list(v.columns[:v.columns.get_loc("a")])
     for _, row in v.iterrows():
-        where = " · ".join(f"{row[c]} ep" if c == "epochs" else f"{row[c]}" for c in strata_cols) or "all runs"
+        where = " · ".join(f"{row[c]} ep" if c == "epochs" else f"{row[c]}" for c in strata_cols) or whole_name(runs)
         line = analysis.verdict_line(row)
         st.markdown(f"- **{where}**: " + (f":gray[{line}]" if row["verdict"] == "none" else line))
     return v

@@ -69,8 +69,11 @@ def log_ticks(values, max_ticks: int = 7) -> dict:
     if len(inside) < 3:  # under two decades: the 1-2-5 grid inside the data
         grid = [m * 10.0 ** d for d in range(d0, d1 + 1) for m in (1, 2, 5)]
         vals = [t for t in grid if lo / 1.001 <= t <= hi * 1.001]
-        if len(vals) < 2:  # inside one 1-2-5 step: the ends of the data
-            vals = [float(f"{lo:.2g}"), float(f"{hi:.2g}")]
+        if len(vals) < 3:  # inside one 1-2-5 step: evenly spaced (on the log axis) through the data
+            for digits in (2, 3, 4):
+                vals = sorted({float(f"{v:.{digits}g}") for v in np.geomspace(lo, hi, 4)})
+                if len(vals) >= min(3, len(np.unique(v))):
+                    break
     return {"tickvals": vals, "ticktext": _labels(vals)}
 
 
@@ -355,7 +358,7 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
             edge = depth in (first, last)
             color = "#d62728" if depth == first else "#1f77b4" if depth == last else "rgba(120,120,120,0.35)"
             visible = True if edge else "legendonly"
-            y = g.grad_norm.where(g.grad_norm > 0, floor)
+            y = g.grad_norm.where(g.grad_norm > 0)  # a zero is a gap, marked below: never a made-up value
             fig.add_trace(line(x=g.step, y=y, mode="lines+markers" if len(g) <= 2 else "lines",
                                        name=f"{layer}" + (" (first)" if depth == first else " (last)" if depth == last else ""),
                                        line=dict(color=color, width=2 if edge else 1), legendgroup=layer,
@@ -405,7 +408,13 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
             floor = _log_floor(trace.grad_norm)
             for depth, dash, which in ((trace.depth.min(), "solid", "first"), (trace.depth.max(), "dot", "last")):
                 g = trace[trace.depth == depth].sort_values("step")
-                fig.add_trace(line(x=g.step, y=g.grad_norm.where(g.grad_norm > 0, floor),
+                zeros = g[g.grad_norm == 0]
+                if len(zeros):
+                    fig.add_trace(go.Scatter(x=zeros.step, y=[floor] * len(zeros), mode="markers", legendgroup=label,
+                                             showlegend=False, marker=dict(color=color, size=8, symbol="circle-open"),
+                                             hovertemplate="step %{x}: grad norm 0<extra>" + f"{label} ({which})</extra>"),
+                                  row=1, col=1)
+                fig.add_trace(line(x=g.step, y=g.grad_norm.where(g.grad_norm > 0),
                                    mode="lines+markers" if len(g) <= 2 else "lines", name=label, legendgroup=label,
                                    showlegend=which == "first", line=dict(color=color, dash=dash, width=1.6),
                                    hovertemplate="step %{x}: %{y:.3g}<extra>" + f"{label} ({which} layer)</extra>"),
@@ -613,9 +622,12 @@ def attn_logit_figure(at: pd.DataFrame, thresholds: Sequence[float] = ()) -> go.
                                                 f"<extra>{name}</extra>"))
     top = float(seen["logit_max"].max()) if len(seen) else 0.0
     drawn = [float(t) for t in thresholds if t <= 10 * top]  # near the data: a line at 1e4 would squash 2-20
-    for t in drawn:
-        fig.add_hline(y=float(t), line=dict(color="#888", dash="dot", width=1),
-                      annotation_text=f"{t:g}", annotation_position="right")
+    if drawn and len(seen):  # traces, not add_hline: its label lands at log10(t) on a log axis
+        lo, hi = float(seen["lr"].min()), float(seen["lr"].max())
+        for t in drawn:
+            fig.add_trace(go.Scatter(x=[lo, hi], y=[t, t], mode="lines+text", text=["", f"threshold {t:g}"],
+                                     textposition="top left", showlegend=False, hoverinfo="skip",
+                                     line=dict(color="#888", dash="dot", width=1), textfont=dict(color="#888")))
     fig.update_layout(template="plotly_white", height=400, legend_title="stem / fix",
                       xaxis=dict(type="log", title="peak lr", tickangle=0, **log_ticks(seen["lr"] if len(seen) else [])),
                       yaxis=dict(type="log", title="max attention logit q·k/√d_h (over layers)",

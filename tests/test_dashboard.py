@@ -64,7 +64,7 @@ def test_every_page_renders_results(dash_results, page):
     assert at.title, page
     if page.endswith("overview.py"):  # the findings view flags the fixture's patchify runs: none learned
         assert [w.value for w in at.warning] == [
-            "**all runs · patchify**: 0 of 6 runs left chance (3 at chance, 3 diverged; median error 96.3%, "
+            "**sweep dash · patchify**: 0 of 6 runs left chance (3 at chance, 3 diverged; median error 96.3%, "
             "chance 89.0%)."], [w.value for w in at.warning]
         lines = " ".join(m.value for m in at.markdown)
         assert "no verdict (both stems sit at chance" not in lines and "n = 6 vs 6" in lines, lines

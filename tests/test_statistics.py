@@ -112,7 +112,7 @@ def test_summary_counts_runs_left_out_of_the_edf():
                                             ("diverged", None, False), ("failed", None, None),
                                             ("running", None, None), ("preempted", None, None)]])
     s = analysis.summary(runs).iloc[0]
-    assert (s.runs, s.diverged, s.collapsed, s.failed, s.running, s.preempted) == (3, 1, 1, 1, 1, 1)
+    assert (s.runs, s.diverged, s.at_chance, s.failed, s.running, s.preempted) == (3, 1, 1, 1, 1, 1)
     assert s.worst == 100.0
 
 

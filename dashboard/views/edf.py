@@ -77,10 +77,7 @@ if runs is not None:
                    "re-chosen in every bootstrap resample." + ("" if pooled else " Nothing is pooled."))
         st.subheader("Summary" + (" (Δ to each line's best, points)" if relative else " (top-1 error, %)"))
         ws = sorted({1.0, 2.0, 5.0} | ({within} if within is not None else set()))
-        # One definition of "stuck at chance" on screen: the findings view's (Overview), not the
-        # trainer's loss flag that ``summary`` carries.
-        table(analysis.summary(runs, by=by, relative=relative, within=ws).drop(columns=["collapsed"]),
-              key="edf_summary", whole=True)
+        table(analysis.summary(runs, by=by, relative=relative, within=ws), key="edf_summary", whole=True)
         st.subheader("Comparison between stems")
         go = len(runs) <= 3000 or st.button(f"Compute the comparison for {len(runs):,} runs (bootstrap and "
                                             "permutation tests: a few seconds)", key="edf_compute")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-from common import apply_filters, load_runs, peek_runs, root, table, verdict_lines
+from common import apply_filters, load_runs, peek_runs, root, table, verdict_lines, whole_name
 
 from stability import analysis, plots
 from stability.grid.state import ORDER
@@ -66,7 +66,7 @@ def findings(runs: pd.DataFrame) -> None:
     strata_cols = keys[:-1]
 
     def where(r) -> str:
-        return " · ".join(f"{r[c]} ep" if c == "epochs" else str(r[c]) for c in strata_cols) or "all runs"
+        return " · ".join(f"{r[c]} ep" if c == "epochs" else str(r[c]) for c in strata_cols) or whole_name(runs)
 
     flags = []
     for _, part in (t.groupby(strata_cols, observed=True, sort=True) if strata_cols else [((), t)]):

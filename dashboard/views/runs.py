@@ -19,7 +19,11 @@ st.title("Runs")
 runs = selected_runs()
 if runs is not None:
     st.caption(f"{len(runs)} runs")
-    table(runs.drop(columns=["label"]), key="runs_table")
+    from stability.analysis import at_chance
+
+    # One "stuck at chance" everywhere (the findings' rule), not the trainer's looser loss flag.
+    shown = runs.drop(columns=["label", "collapsed"]).assign(at_chance=at_chance(runs, "top1_err").to_numpy(bool))
+    table(shown, key="runs_table")
     c1, c2 = st.columns(2)
     c1.download_button("Download CSV", runs.to_csv(index=False).encode(), "runs.csv", "text/csv")
     buf = io.BytesIO()

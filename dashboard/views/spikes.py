@@ -70,6 +70,14 @@ elif traced is not None:
         box = traced.assign(n_spikes=traced.key.map(per_run).fillna(0))
         st.plotly_chart(plots.spike_count_figure(box, "Spikes per run (all layers), with these detector settings"),
                         width="stretch", key="spike_counts")
+        total = int(counts.n_points.sum())
+        judged = int((counts.n_points - min_points).clip(lower=0).sum())  # at most: window permitting
+        if total and judged < total / 2:
+            st.warning(f"The detector could judge at most {judged:,} of the {total:,} traced points "
+                       f"({judged / total:.0%}): it judges a point only after {min_points} earlier points within "
+                       f"{window} steps, and these runs have a median of {int(counts.n_points.median())} traced "
+                       "points per layer. Few or no spikes here means little was judged, not that the runs were "
+                       "calm: trace more often (`trace_every`) or lower the points needed (sidebar).")
     else:
         st.plotly_chart(plots.spike_count_figure(traced.assign(n_spikes=traced.n_spikes.fillna(0)),
                                                  "Spikes per run as the trainer counted them (default settings)"),

@@ -22,6 +22,7 @@ from .compare import (
 )
 from .edf import (
     DIVERGED_ERROR,
+    at_chance,
     default_by,
     delta_to_best,
     dkw_halfwidth,
@@ -76,7 +77,7 @@ from .sweeps import (
 )
 
 __all__ = [
-    "DIVERGED_ERROR", "SpikeParams", "area_between", "attn_logit_at", "attn_logit_auc", "attn_logit_divergence",
+    "DIVERGED_ERROR", "SpikeParams", "at_chance", "area_between", "attn_logit_at", "attn_logit_auc", "attn_logit_divergence",
     "auc_lines", "auc_verdict", "best_configs",
     "compare", "correct_of", "count_spikes", "holm", "mcnemar_exact", "mcnemar_runs", "mde_sign_flip",
     "sd_upper", "sign_flip_p", "t_interval", "default_by", "delta_to_best", "detect_spikes", "dkw_halfwidth", "downsample", "edf",

@@ -26,6 +26,20 @@ DIVERGED_ERROR = 100.0
 WITHIN = (1.0, 2.0, 5.0)
 
 
+CHANCE = 0.9  # a finished run is stuck at chance when its error is >= 0.9 x its error at init
+
+
+def at_chance(runs: pd.DataFrame, value: str) -> pd.Series:
+    """Completed runs whose ``value`` error is at least ``CHANCE`` x their error at
+    initialisation (``init_top1_err``, about chance); without that column, the trainer's
+    ``collapsed`` flag (final training loss near ln C, which a one-epoch run with label
+    smoothing can trip while learning). Diverged runs are not "at chance": they diverged."""
+    done = runs["status"].eq(RunStatus.COMPLETED)
+    if "init_top1_err" in runs and value in runs and runs["init_top1_err"].notna().any():
+        return done & (runs[value] >= CHANCE * runs["init_top1_err"])
+    return done & runs.get("collapsed", pd.Series(False, index=runs.index)).fillna(False).astype(bool)
+
+
 def delta_to_best(err: np.ndarray, diverged: np.ndarray, axis: int = -1) -> np.ndarray:
     """Δ to the best finished-and-not-diverged run along ``axis``, rounded to 1e-9; a diverged
     run's Δ is ``DIVERGED_ERROR`` (100 points) whatever the best, so every group's diverged runs
@@ -160,7 +174,7 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
 
 def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err",
             relative: bool = False, within: Sequence[float] = WITHIN) -> pd.DataFrame:
-    """Per group: finished runs (the EDF's n), diverged and collapsed among them, best, median and
+    """Per group: finished runs (the EDF's n), diverged and stuck at chance (``at_chance``) among them, best, median and
     worst error (diverged at 100), and the runs left out of the EDF: failed, preempted, running.
 
     ``relative``: best, median and worst are Δ to the group's best (best is 0) and
@@ -171,11 +185,9 @@ def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "t
     runs = with_size(runs)
     by = list(default_by(runs) if by is None else by)
     df = errors(runs, value, relative, by)
-    if "collapsed" not in df.columns:
-        df["collapsed"] = False
-    df["collapsed"] = df["collapsed"].fillna(False).astype(bool)
+    df["at_chance"] = at_chance(df, value).to_numpy(bool)
     g = df.groupby(by, observed=True)
-    out = g.agg(runs=("err", "size"), diverged=("diverged", "sum"), collapsed=("collapsed", "sum"),
+    out = g.agg(runs=("err", "size"), diverged=("diverged", "sum"), at_chance=("at_chance", "sum"),
                 best=("err", "min"), median=("err", "median"), worst=("err", "max")).reset_index()
     if relative:
         for x in within:
@@ -183,7 +195,7 @@ def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "t
             out[f"within_{x:g}"] = fr.to_numpy() if len(out) else []
     left = outcomes(runs, by)
     out = out.merge(left, on=by, how="outer").fillna(
-        {c: 0 for c in ("runs", "diverged", "collapsed", *LEFT_OUT)})
+        {c: 0 for c in ("runs", "diverged", "at_chance", *LEFT_OUT)})
     return out.assign(pooled=",".join(pooled(runs, by)))
 
 

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pandas as pd
 
-from ..store import DONE, RunStatus
-from .edf import errors
+from ..store import DONE
+from .edf import CHANCE, at_chance, errors  # noqa: F401 (CHANCE, at_chance: re-exported)
 from .inference import (
     holm,
     mde_sign_flip,
@@ -260,20 +260,6 @@ def convergence(reps: pd.DataFrame, longer: pd.DataFrame | None, arms: dict[str,
             notes.append(f"{name} not converged at {fields['epochs']} epochs ({gain:.1f} points better "
                          f"at {2 * fields['epochs']}, n = {len(common)})")
     return "; ".join(notes), ("gain at 2x length (points): " + ", ".join(measured)) if measured else ""
-
-
-CHANCE = 0.9  # a finished run is stuck at chance when its error is >= 0.9 x its error at init
-
-
-def at_chance(runs: pd.DataFrame, value: str) -> pd.Series:
-    """Completed runs whose ``value`` error is at least ``CHANCE`` x their error at
-    initialisation (``init_top1_err``, about chance); without that column, the trainer's
-    ``collapsed`` flag (final training loss near ln C, which a one-epoch run with label
-    smoothing can trip while learning). Diverged runs are not "at chance": they diverged."""
-    done = runs["status"].eq(RunStatus.COMPLETED)
-    if "init_top1_err" in runs and value in runs and runs["init_top1_err"].notna().any():
-        return done & (runs[value] >= CHANCE * runs["init_top1_err"])
-    return done & runs.get("collapsed", pd.Series(False, index=runs.index)).fillna(False).astype(bool)
 
 
 def _chance(runs: pd.DataFrame, arms: dict[str, dict], value: str) -> str:
