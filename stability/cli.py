@@ -417,9 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid_cmd("clean", "remove job logs of finished runs", cmd_grid_clean)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of one sweep")
-    p.add_argument("sweep")
-    p.add_argument("--out", default="report.html")
-    p.add_argument("--results", default="results")
+    p.add_argument("sweep", help="the sweep's name (`stability grid status` lists them)")
+    p.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    p.add_argument("--results", default="results", help="the results root (default: results)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="run the paper's four studies and write a verdict report")

@@ -475,7 +475,7 @@ def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optim
             cats = sorted(df[k].astype(str).unique(), key=lambda c: (len(c), c))
             dims.append(dict(label=k, values=df[k].astype(str).map({c: i for i, c in enumerate(cats)}),
                              tickvals=list(range(len(cats))), ticktext=cats))
-    dims.append(dict(label="error %", values=df["err"], range=[0, 100]))
+    dims.append(dict(label="error %", values=df["err"], range=[0, 100], tickvals=[0, 20, 40, 60, 80, 100]))
     code = df["stem"].astype(str).map({s: i for i, s in enumerate(stems)})
     scale = [[i / max(1, len(stems) - 1), color_of(s, i)] for i, s in enumerate(stems)] if len(stems) > 1 \
         else [[0, color_of(stems[0])], [1, color_of(stems[0])]]

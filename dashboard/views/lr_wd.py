@@ -17,7 +17,8 @@ if runs is not None:
                                 key="lrwd_scatter",
                                 on_select="rerun", selection_mode="points")
         st.caption("Colour: stem; × at 100%: diverged; dashed: chance (the error at init). One row per sweep, "
-                   "optimizer and training length. "
+                   "optimizer and training length. Where stems share their lr (or wd) values, each stem is "
+                   "nudged a few percent sideways so none hides another; hover gives the true value. "
                    "Click a point to open its run.")
         picked = [p["customdata"][0] for p in (event.selection.points if event and event.selection else [])
                   if p.get("customdata")]
