@@ -18,8 +18,11 @@ def test_debug_grid_records_divergence_and_optuna_study(tmp_path):
                            base={"optimizer": "sgd", "epochs": 1, "steps_per_epoch": 4},
                            space={"stem": ["patchify", "conv"], "lr": [0.01, 1000.0]},
                            executor={"kind": "debug"})
-    out = run_cli("grid", "run", str(spec_path), "--quiet")
+    out = run_cli("grid", "run", str(spec_path))  # piped: a line per run as it ends, not only the final table
     assert out.returncode == 0, out.stderr
+    ended = [line for line in out.stderr.splitlines() if " run " in line and " ended]" in line]
+    assert len(ended) == 4 and sum("(conv): diverged" in line for line in ended) == 1, out.stderr
+    assert ended[-1].endswith("[4 of 4 ended]") and "top-1 error" in " ".join(ended), ended
     runs = store.load(tmp_path / "res").runs.set_index("lr")
     assert sorted(runs.index) == [0.01, 0.01, 1000.0, 1000.0]
     assert set(runs.loc[1000.0].status) == {"diverged"} and set(runs.loc[1000.0].top1_err) == {100.0}
@@ -40,6 +43,7 @@ def test_debug_grid_records_divergence_and_optuna_study(tmp_path):
     # idempotent: a second run submits nothing and tells nothing twice
     again = run_cli("grid", "run", str(spec_path))  # with its progress table, to a pipe
     assert again.returncode == 0 and "submitted 0" in again.stdout
+    assert "4 of 4 runs had ended before this start" in again.stderr and " run " not in again.stderr
     assert sum(len(optuna.load_study(study_name=s.study_name, storage=storage).trials) for s in summaries) == 4
     # piped, the table keeps whole words (rich cuts at 80 columns off a terminal: "complet…")
     assert "│ patchify │         1 │        1 │" in again.stderr and "…" not in again.stderr, again.stderr
@@ -175,6 +179,7 @@ def test_tpe_with_model_fixed_stems_finishes_with_n_runs_per_model_and_tells_eac
     # rerunning finds the sweep complete: nothing asked, nothing submitted
     again = run_cli("grid", "run", str(spec_path), "--quiet")
     assert again.returncode == 0 and "submitted 0" in again.stdout
+    assert "4 of 4 runs had ended before this start" in again.stderr and " run " not in again.stderr
     assert len(optuna.load_study(study_name=names[0], storage=storage).trials) == 4
     # the spec edited after the fact (2 epochs): its saved plan no longer matches; never reused
     out = run_cli("grid", "run", str(peak_spec(2)), "--quiet")

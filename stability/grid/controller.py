@@ -196,6 +196,8 @@ class Controller:
         rows_cache: dict = {}  # parsed result files, kept until they change
         told: dict = {}  # points already in the Optuna record
         failed_seen: list[str] = []  # runs this invocation submitted that failed, in the order seen
+        # Piped output: rich draws a live table only when it stops, so say each run as it ends.
+        said: set[str] | None = None if self.console.is_terminal or not self.opts.show_progress else set()
         try:
             while True:
                 self.lock.beat()
@@ -208,6 +210,8 @@ class Controller:
                         alive[rid] = "submitted"
                 state = sweep_state(plan, runs, alive, set(ledger), failures(ledger))
                 statuses = dict(zip(state.run_id, state.status, strict=True))
+                if said is not None:  # every look, the first before anything is submitted
+                    self._say_ended(state, runs, said)
                 want = to_submit(state, self.opts.retry_failed) | (state.run_id.isin(rerun) & state.job_state.isna())
                 if outcome.stopped is None and (why := self._too_many_failures(state, submitted, failed_seen)):
                     outcome.stopped = why
@@ -285,6 +289,26 @@ class Controller:
         record_jobs(self.dir, backend.name, [(s.run_id, s.job_id) for s in jobs])
         for s in jobs:
             submitted[s.run_id] = s.job
+
+    def _say_ended(self, state: pd.DataFrame, runs: pd.DataFrame, said: set[str]) -> None:
+        """One line per run that ended since the last look (piped output only): the first look
+        counts what had ended before, so a resumed sweep does not repeat its history."""
+        ended = state[state.status.isin([*DONE, S.FAILED])]
+        if "" not in said:  # the first look
+            said.update(["", *ended.run_id])
+            if len(ended):
+                self.console.print(f"{len(ended)} of {len(state)} runs had ended before this start",
+                                   markup=False, highlight=False, soft_wrap=True)
+            return
+        new = [r for r in ended.itertuples() if r.run_id not in said]
+        errs = runs.drop_duplicates("run_id", keep="last").set_index("run_id")["top1_err"] if len(runs) else {}
+        for r in new:
+            said.add(r.run_id)
+            err = errs.get(r.run_id) if hasattr(errs, "get") else None
+            what = f"{r.status}, top-1 error {err:.1f} %" if r.status == S.COMPLETED and err == err and err is not None \
+                else str(r.status)
+            self.console.print(f"{time.strftime('%H:%M:%S')} run {r.run_id} ({r.stem}): {what} "
+                               f"[{len(said) - 1} of {len(state)} ended]", markup=False, highlight=False, soft_wrap=True)
 
     def _render(self, state: pd.DataFrame, backend: Backend):
         from rich.table import Table
