@@ -175,7 +175,7 @@ def test_a_duplicate_slurm_job_of_a_running_run_writes_nothing(tmp_path):
     assert out.returncode == 0, out.stderr
     spec = load_spec(spec_path)
     (job,) = [rec["job_id"] for rec in read_ledger(spec.sweep_dir).values()]
-    _wait(lambda: store.load(spec.results).runs.status.tolist() == ["running"], timeout=240)
+    _wait(lambda: store.read_table(spec.results, "runs").status.tolist() == ["running"], timeout=240)  # load() refuses an empty root
     try:
         (spec.sweep_dir / "jobs.jsonl").write_text("")
         status = json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)
