@@ -179,7 +179,6 @@ def test_tpe_with_model_fixed_stems_finishes_with_n_runs_per_model_and_tells_eac
     # rerunning finds the sweep complete: nothing asked, nothing submitted
     again = run_cli("grid", "run", str(spec_path), "--quiet")
     assert again.returncode == 0 and "submitted 0" in again.stdout
-    assert "4 of 4 runs had ended before this start" in again.stderr and " run " not in again.stderr
     assert len(optuna.load_study(study_name=names[0], storage=storage).trials) == 4
     # the spec edited after the fact (2 epochs): its saved plan no longer matches; never reused
     out = run_cli("grid", "run", str(peak_spec(2)), "--quiet")
