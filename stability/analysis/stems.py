@@ -66,8 +66,7 @@ def stem_outcomes(runs: pd.DataFrame, value: str = "top1_err", by: Sequence[str]
     rows = []
     for key, g in runs.groupby(keys, observed=True, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        done = df[np.logical_and.reduce([df[k].eq(v) if pd.notna(v) else df[k].isna()
-                                         for k, v in zip(keys, key, strict=True)])] if len(df) else df
+        done = df[df.index.isin(g.index)]  # errors() keeps the runs' index: this group's finished runs
         n, nd = len(done), int(done["diverged"].sum()) if len(done) else 0
         nc = int(g["_chance"].sum())
         rows.append(dict(zip(keys, key, strict=True)) | {
@@ -104,7 +103,6 @@ def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 100
     runs = with_size(runs)
     keys = [c for c in cmp.columns[:cmp.columns.get_loc("a")]]
     out = stem_outcomes(runs, value, by=keys)
-    runs = runs.assign(_chance=at_chance(runs, value).to_numpy(bool))
     df = errors(runs, value, False, [*keys, "stem"])
     ps, why = [], []
     for _, row in cmp.iterrows():
