@@ -100,7 +100,10 @@ def page(browser):
 def _settle(pg, timeout=90_000):
     """Wait until Streamlit has finished the rerun a click or key started."""
     pg.wait_for_timeout(300)
-    pg.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+    # Done = no running-man status and no element left over (stale) from the previous run: a
+    # rerun that started late on a loaded machine still has its old elements marked stale.
+    pg.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')"
+                         " && !document.querySelector('[data-stale=\"true\"]')", timeout=timeout)
 
 
 def _chart_with_data(pg, timeout=90_000):
@@ -302,8 +305,10 @@ def test_every_figure_draws_on_every_page_with_many_runs(server, page):
             k.locator("input[type='range']").focus()
             page.keyboard.press("End")
             _settle(page)
+            # The worst 5 per sweep and stem (≥ 12 with the two sweeps) stream in one by one.
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 13", timeout=90_000)
             figs = _every_figure_drawn(page, name, console)
-            assert len(figs) >= 12, [f["title"] for f in figs]  # the worst 5 per sweep and stem
+            assert len(figs) >= 13, [f["title"] for f in figs]  # the counts, then one per run
             assert any("diverged" in f["title"] for f in figs), [f["title"] for f in figs]
             page.screenshot(path=str(ART / "spikes_many.png"), full_page=True)
         else:
