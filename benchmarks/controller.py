@@ -25,7 +25,8 @@ from common import append_results, timed  # noqa: E402
 
 from stability import store  # noqa: E402
 from stability.grid.controller import status_report  # noqa: E402
-from stability.grid.plan import make_plan, plan_frame  # noqa: E402
+from stability.grid.plan import plan_frame  # noqa: E402
+from stability.grid.samplers import make_plan  # noqa: E402
 from stability.grid.spec import load_spec  # noqa: E402
 from stability.grid.state import save_plan  # noqa: E402
 

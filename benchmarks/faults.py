@@ -32,7 +32,7 @@ from common import append_results  # noqa: E402
 
 from stability import store  # noqa: E402
 from stability.grid.local import pid_alive  # noqa: E402
-from stability.grid.plan import make_plan  # noqa: E402
+from stability.grid.samplers import make_plan  # noqa: E402
 from stability.grid.spec import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

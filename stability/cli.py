@@ -132,27 +132,15 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
 
 
 def _grid_run(args: argparse.Namespace, spec, backend, lock) -> int:
-    from .grid.controller import Controller, RunOptions
-    from .grid.plan import estimate_cost, make_plan
+    from .grid.controller import Controller, RunOptions, dry_run
     from .progress import make_console
 
     console = make_console(stderr=True)
     if args.dry_run:
-        if spec.sampler.name == "tpe":
-            from .grid.backends import backend_for
-            from .grid.controller import trial_slots
-            from .grid.studies import ask_free, ask_wave, open_storage
-
-            storage = open_storage(spec, in_memory=True)
-            plan = ask_wave(spec, [], {}, storage) if spec.sampler.mode == "waves" else ask_free(
-                spec, [], {}, storage, trial_slots(backend_for(spec)))
-        else:
-            plan = make_plan(spec)
-        _print_plan(spec, plan, estimate_cost(plan))
-        from .workers import cpu_warning
-
-        if warning := cpu_warning(spec.executor, [r.config for r in plan]):
-            console.print(warning, markup=False, style="yellow", soft_wrap=True)
+        dry = dry_run(spec)
+        _print_plan(spec, dry)
+        if dry.warning:
+            console.print(dry.warning, markup=False, style="yellow", soft_wrap=True)
         return 0
     opts = RunOptions(retry_failed=args.retry is not None, wait=not args.no_wait, show_progress=not args.quiet)
     outcome = Controller(spec, opts, console, backend=backend, lock=lock).run()
@@ -189,12 +177,13 @@ def _print_stems(stems: list[dict], say) -> None:
                 f"({o['at_chance']} at chance, {o['diverged']} diverged)")
 
 
-def _print_plan(spec, plan, cost) -> None:
+def _print_plan(spec, dry) -> None:
     from rich.table import Table
 
     from .progress import make_console
 
     console = make_console()
+    plan, cost = dry.plan, dry.cost
     ranges = list(spec.ranges)
     table = Table(title=f"plan of sweep {spec.name} ({spec.sampler.name}, n={spec.sampler.n})")
     for col in ["#", "run_id", "cell", "stem", "seed", *ranges]:
@@ -209,9 +198,7 @@ def _print_plan(spec, plan, cost) -> None:
     by_stem: dict[str, int] = {}
     for r in plan:
         by_stem[str(r.stem)] = by_stem.get(str(r.stem), 0) + 1
-    extra = "" if spec.sampler.name != "tpe" else " (first wave; later waves follow the results)" if (
-        spec.sampler.mode == "waves") else " (one trial per free slot; each finished run's slot asks the next)"
-    console.print(f"{len(plan)} runs{extra}: " + ", ".join(f"{k}: {v}" for k, v in by_stem.items())
+    console.print(f"{len(plan)} runs{dry.note}: " + ", ".join(f"{k}: {v}" for k, v in by_stem.items())
                   + f"; {cost['images']:.3g} training images, {cost['train_flops']:.3g} "
                   f"training FLOPs ~ {cost['gpu_hours']:.3g} GPU-hours at {cost['flops_per_s'] / 1e12:.0f} TFLOP/s "
                   "sustained. Nothing launched.")

@@ -134,7 +134,7 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
     """Every needed study's spec with the overrides applied, each checked by planning it (no
     runs, no files): a bad spec or override fails before any study trains. ``peak`` (the
     replication spec) is always prepared: its seeds and executor run the replicates."""
-    from .grid.controller import initial_plan
+    from .grid.samplers import sampler_for
     from .grid.spec import load_spec, with_executor
     from .grid.studies import open_storage
     from .yamlio import load_yaml
@@ -152,7 +152,7 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
         spec = load_spec(path, overrides or None)
         if executor:
             spec = with_executor(spec, **executor)
-        initial_plan(spec, open_storage(spec, in_memory=True))  # the check grid run makes, no files
+        sampler_for(spec).plan_of_record(open_storage(spec, in_memory=True))  # the check grid run makes, no files
         specs[name] = spec
     reused = sorted(set(specs["peak"].seeds) & {s for k, v in specs.items() if k != "peak" for s in v.seeds})
     if reused and (only is None or set(only) - {"lr_wd"}):

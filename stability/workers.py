@@ -46,6 +46,10 @@ def workers_needed(auto_augment: str = "none", gpu_img_s: float = GPU_IMG_S) -> 
     return math.ceil(gpu_img_s / PER_WORKER_IMG_S.get(auto_augment, PER_WORKER_IMG_S["none"]))
 
 
+# The config fields cpu_warning reads.
+WORKER_FIELDS = ("dataset", "decode", "device", "auto_augment", "num_workers")
+
+
 def cpu_warning(executor: Any, configs: Iterable[Any]) -> str | None:
     """A warning when a CUDA job's CPUs per task cannot feed its GPU (``executor``: the spec's
     ``ExecutorSpec``; ``configs``: its planned ``RunConfig``s), else None."""

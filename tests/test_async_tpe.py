@@ -12,10 +12,11 @@ import pytest
 from stability import store
 from stability.errors import ConfigError
 from stability.grid.backends import Submitted
-from stability.grid.controller import Controller, RunOptions, initial_plan
+from stability.grid.controller import Controller, RunOptions
 from stability.grid.job import RunJob
 from stability.grid.ledger import read_ledger
 from stability.grid.plan import distributions, plan_frame, plan_from_frame
+from stability.grid.samplers import sampler_for
 from stability.grid.spec import load_spec, parse_spec
 from stability.grid.state import load_plan, save_plan
 from stability.grid.studies import ask_free, open_storage, study_name
@@ -128,11 +129,11 @@ def test_a_trial_asked_but_never_saved_is_adopted_not_lost_or_asked_again(tmp_pa
     study = optuna.load_study(study_name=study_name(spec, "", "patchify"), storage=storage)
     study.enqueue_trial({k: getattr(saved[0].config, k) for k in SPACE})
     dup = study.ask(distributions(spec.ranges))  # an orphan repeating a planned point
-    plan = initial_plan(spec, storage)
+    plan = sampler_for(spec).plan_of_record(storage)
     assert [r.run_id for r in plan] == [r.run_id for r in saved + lost]
     states = {t.number: t.state for t in study.get_trials()}
     assert states[dup.number] == optuna.trial.TrialState.FAIL
-    assert initial_plan(spec, storage) == plan  # adopting is idempotent
+    assert sampler_for(spec).plan_of_record(storage) == plan  # adopting is idempotent
     more = ask_free(spec, plan, {}, storage, 5)
     assert len(more) == 1  # n = 3: one left to ask, whatever the free slots
     ids = [r.run_id for r in plan + more]

@@ -281,7 +281,8 @@ def test_ctrl_c_checkpoints_a_run_as_preempted_and_the_same_command_resumes_it(t
 
 
 def test_a_spec_edited_under_the_same_name_is_refused_not_mixed(tmp_path):
-    from stability.grid.plan import make_plan, plan_frame
+    from stability.grid.plan import plan_frame
+    from stability.grid.samplers import make_plan
     from stability.grid.spec import load_spec
     from stability.grid.state import save_plan
 

@@ -236,3 +236,41 @@ def test_a_new_backend_is_one_small_class(tmp_path):
     assert sorted(store.load(tmp_path / "res").runs.run_id) == sorted(outcome.state.run_id)
     again = Threads()
     assert Controller(spec, RunOptions(show_progress=False), backend=again).run().submitted == [] and not again.jobs
+
+
+def test_a_new_sampler_is_one_small_class(tmp_path, monkeypatch, capsys):
+    """A throw-away strategy (each range's two ends, crossed) registered under a new name: the spec
+    accepts the name (and names it among the allowed ones when misspelt), the dry run, the grid
+    run and `grid status` all plan its points, and nothing else in the project changed for it."""
+    import itertools
+
+    import pytest
+
+    from stability.cli import main
+    from stability.errors import ConfigError
+    from stability.grid.controller import Controller, RunOptions, dry_run, status_report
+    from stability.grid.samplers import SAMPLERS, Sampler
+
+    class Corners(Sampler):
+        name = "corners"
+
+        @classmethod
+        def points_per_cell(cls, n, ranges):
+            return 2 ** ranges
+
+        def points(self, n, seed):
+            ends = {k: (r.lo, r.hi) for k, r in self.spec.ranges.items()}
+            return [dict(zip(ends, v, strict=True)) for v in itertools.product(*ends.values())]
+
+    path = write_spec(tmp_path / "g.yaml", "corners", tmp_path / "res", base={"epochs": 1, "steps_per_epoch": 2},
+                      sampler={"name": "corners", "n": 1, "seed": 0}, executor={"kind": "debug"})
+    with pytest.raises(ConfigError, match="unknown sampler 'corners'"):
+        load_spec(path)
+    monkeypatch.setitem(SAMPLERS, "corners", Corners)
+    spec = load_spec(path)
+    assert sorted(r.config.lr for r in dry_run(spec).plan) == [1e-4, 1e-4, 1e-2, 1e-2]
+    outcome = Controller(spec, RunOptions(show_progress=False)).run()
+    assert len(outcome.state) == 4 and outcome.state.status.isin(["completed", "diverged"]).all()
+    assert status_report(spec)["planned"] == 4
+    assert main(["grid", "run", str(path), "--dry-run"]) == 0
+    assert "4 runs: patchify: 2, conv: 2" in capsys.readouterr().out.replace("\n", " ")

@@ -6,7 +6,8 @@ import pytest
 
 from stability import store
 from stability.config import config_json, run_config
-from stability.grid.plan import make_plan, plan_frame, plan_from_frame
+from stability.grid.plan import plan_frame, plan_from_frame
+from stability.grid.samplers import make_plan
 from stability.grid.spec import load_spec
 from stability.grid.studies import ask_wave, open_storage, tell
 
@@ -116,12 +117,15 @@ def test_tpe_waves_use_told_results(tmp_path):
 
 @pytest.mark.parametrize("name", ["random", "sobol"])
 def test_vectorised_draws_equal_optunas_samplers(name):
-    from stability.grid.plan import optuna_points, sample_points
+    from stability.grid.plan import optuna_points, vectorised_points
+    from stability.grid.samplers import SAMPLERS
     from stability.grid.spec import Range
 
     ranges = {"lr": Range("loguniform", 1e-4, 1e-2), "wd": Range("loguniform", 1e-3, 1.0),
               "momentum": Range("uniform", 0.5, 0.95)}
-    fast, slow = sample_points(ranges, name, 17, 5), optuna_points(ranges, name, 17, 5)
+    assert SAMPLERS[name].vectorised
+    fast = vectorised_points(ranges, name, 17, 5)
+    slow = optuna_points(ranges, *SAMPLERS[name].optuna_sampler(ranges, 17, 5))
     assert [p.keys() for p in fast] == [p.keys() for p in slow]
     for a, b in zip(fast, slow, strict=True):
         assert a == pytest.approx(b, rel=1e-12)

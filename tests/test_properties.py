@@ -53,12 +53,12 @@ def _mutate(spec: dict, path: tuple, value, delete: bool) -> dict:
 
 
 def _parse_and_plan(path: Path):
-    from stability.grid.controller import initial_plan
+    from stability.grid.samplers import sampler_for
     from stability.grid.spec import load_spec
     from stability.grid.studies import open_storage
 
     spec = load_spec(path)
-    return initial_plan(spec, open_storage(spec, in_memory=True))
+    return sampler_for(spec).plan_of_record(open_storage(spec, in_memory=True))
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

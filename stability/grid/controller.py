@@ -22,35 +22,26 @@ from typing import Any
 import pandas as pd
 
 from .. import store
-from ..errors import ConfigError
 from ..run_lock import run_owner
 from ..store import RunStatus as S
 from .backends import BACKENDS, Backend, backend_for, job_files
 from .ledger import failures, read_ledger, record_jobs
 from .lock import SweepLock
-from .plan import (
-    PlannedRun,
-    check_cells,
-    check_data,
-    make_plan,
-    plan_frame,
-    plan_from_frame,
-    plan_mismatch,
-)
+from .plan import COST_FIELDS, PlannedRun, config_groups, estimate_cost, plan_frame
+from .samplers import sampler_for
 from .spec import GridSpec, save_spec_copy
 from .state import (
     DONE,
     RUNNING_JOB_STATES,
     counts,
     eta_seconds,
-    load_plan,
     run_rows,
     save_plan,
     stem_outcomes,
     sweep_state,
     to_submit,
 )
-from .studies import adopt_asked, ask_free, ask_wave, open_storage, tell
+from .studies import open_storage, tell
 
 
 @dataclass
@@ -80,40 +71,25 @@ def trial_slots(backend: Backend) -> int:
     return max(1, cap if cap is not None else backend.parallelism())
 
 
-def initial_plan(spec: GridSpec, storage) -> list[PlannedRun]:
-    """The plan of record: computed for random/sobol/grid; for tpe, read back (with the trials
-    asked but never saved adopted), else its first wave (async: nothing yet, the controller
-    asks one trial per free slot).
+@dataclass
+class DryRun:
+    """Everything ``grid run --dry-run`` prints: the plan (made in memory, nothing written; an
+    async tpe sweep asks one trial per slot of the spec's backend), what its count leaves out,
+    the training cost (``plan.estimate_cost``) and a data-worker warning (or None)."""
 
-    A sweep's runs all come from one spec: a saved plan with a run the spec no longer plans (an
-    edited range, base field or axis under the same name) is refused, so two studies never mix
-    in one sweep. A spec that only adds runs (more points, more seeds) extends the sweep."""
-    if spec.sampler.name != "tpe":
-        plan = make_plan(spec)
-        check_data(spec, plan)
-        try:
-            saved = load_plan(spec.sweep_dir)
-        except store.CorruptFiles:
-            return plan  # recomputed from the spec and saved over the corrupt file
-        if saved is not None and (gone := set(saved.run_id) - {r.run_id for r in plan}):
-            raise ConfigError(f"sweep {spec.name!r} was planned from a different spec ({len(gone)} of its "
-                              f"{len(saved)} planned runs are not in this spec's plan): give the changed study a "
-                              f"new name, or remove {spec.sweep_dir} to start it again", spec.path)
-        return plan
-    try:
-        saved = load_plan(spec.sweep_dir)
-    except store.CorruptFiles as e:
-        raise ConfigError(f"{e}: a tpe plan holds the points Optuna asked for and cannot be rebuilt "
-                          f"from the spec; move it away to start sweep {spec.name!r} again") from None
-    if saved is not None and len(saved):
-        plan = plan_from_frame(saved)
-        if why := plan_mismatch(spec, plan):
-            raise ConfigError(f"sweep {spec.name!r} was planned from a different spec ({why}): give the "
-                              f"changed study a new name, or remove {spec.sweep_dir} to start it again", spec.path)
-        return plan + adopt_asked(spec, plan, storage)
-    check_cells(spec)  # a bad config fails now, before anything is asked
-    plan = adopt_asked(spec, [], storage)  # asked by a controller killed before its first save
-    return plan + ask_wave(spec, plan, {}, storage) if spec.sampler.mode == "waves" else plan
+    plan: list[PlannedRun]
+    note: str
+    cost: dict[str, float]
+    warning: str | None
+
+
+def dry_run(spec: GridSpec) -> DryRun:
+    from ..workers import WORKER_FIELDS, cpu_warning
+
+    sampler = sampler_for(spec)
+    plan = sampler.dry_run(lambda: trial_slots(backend_for(spec)))
+    groups = config_groups(plan, COST_FIELDS + WORKER_FIELDS, set(spec.ranges))
+    return DryRun(plan, sampler.dry_run_note(), estimate_cost(groups), cpu_warning(spec.executor, [c for c, _ in groups]))
 
 
 def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = None,
@@ -179,7 +155,8 @@ class Controller:
         spec = self.spec
         store.check_writable(spec.results)  # before anything is planned or submitted
         storage = open_storage(spec)
-        plan = initial_plan(spec, storage)  # the sweep's folder exists: the lock made it
+        sampler = sampler_for(spec)
+        plan = sampler.plan_of_record(storage)  # the sweep's folder exists: the lock made it
         save_spec_copy(spec)
         save_plan(self.dir, plan_frame(plan))
         submitted: dict[str, Any] = {}  # run_id -> job, this invocation
@@ -226,13 +203,9 @@ class Controller:
                     continue
                 tell(spec, plan, runs, storage, told)  # before asking: each ask sees every result
                 held_back = want & ~state.run_id.isin(submitted)  # over capacity until now
-                if spec.sampler.name == "tpe" and not outcome.stopped:
-                    if spec.sampler.mode == "waves":
-                        new = ask_wave(spec, plan, statuses, storage)
-                    else:  # async: one trial per slot that no run holds, live or about to be submitted
-                        new = ask_free(spec, plan, statuses, storage,
-                                       trial_slots(backend) - running - int(held_back.sum()))
-                    if new:
+                if not outcome.stopped:  # free: slots no run holds, live or about to be submitted
+                    free = trial_slots(backend) - running - int(held_back.sum())
+                    if new := sampler.ask(plan, statuses, storage, free):
                         plan += new
                         save_plan(self.dir, plan_frame(plan))  # the record of asked points, before submitting
                         continue
@@ -389,16 +362,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
     """Everything ``stability grid status`` prints, as plain data (``--json``)."""
     sweep_dir = spec.sweep_dir
     store.check_root(spec.results)
-    unreadable: list[str] = []
-    try:
-        saved = load_plan(sweep_dir)
-    except store.CorruptFiles as e:
-        if spec.sampler.name == "tpe":
-            raise
-        saved = None  # a plan computed from the spec is the same plan; the next grid run rewrites it
-        unreadable.append(f"{e}; planned from the spec instead")
-    plan = plan_from_frame(saved) if saved is not None else (
-        make_plan(spec) if spec.sampler.name != "tpe" else [])
+    plan, unreadable = sampler_for(spec).recorded_plan()  # a fixed plan: the next grid run rewrites it
     read_errors: list[str] = []  # a page that fails its checksum in a column read here: named below
     runs = run_rows(spec.results, spec.name, errors=read_errors)
     ids = [r.run_id for r in plan]

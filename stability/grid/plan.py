@@ -2,9 +2,8 @@
 
 Grid axes (lists) are crossed. Range axes are sampled once per *cell* of the non-stem axes and
 the same points are used for every stem: ViT_P and ViT_C see the same (lr, wd) pairs (a paired
-design). ``random``, ``sobol`` and ``grid`` plans are pure functions of the spec; ``tpe`` plans
-grow from the results told to its studies, a trial per free slot or a wave at a time (see
-``stability.grid.studies``).
+design). Which points a cell gets is the sampler's choice (``stability.grid.samplers``); this
+module turns points into runs.
 """
 
 from __future__ import annotations
@@ -16,15 +15,18 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import HASH_SEPARATORS, RunConfig, canonical_hash, config_from_json, run_config
 from ..errors import ConfigError
 from ..models.presets import resolve
-from .spec import GridSpec, Range
+
+if TYPE_CHECKING:  # plans read a spec's fields; the spec checks its sampler with .samplers
+    from .spec import GridSpec, Range
 
 PLAN_COLUMNS = ("run_id", "cell", "stem", "point", "seed", "wave", "optimizer", "epochs", "config_json")
 
@@ -123,24 +125,11 @@ def grid_values(r: Range, n: int) -> list[float | int]:
     return [float(v) for v in space(r.lo, r.hi, n)]
 
 
-def sample_points(ranges: dict[str, Range], sampler: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` points (grid: ``n`` values per axis, crossed), as Optuna's samplers draw them.
-
-    Float ranges with ``random`` or ``sobol`` take a vectorised path that reproduces Optuna's
-    RandomSampler / QMCSampler draws exactly (a test compares them); everything else asks an
-    in-memory Optuna study.
-    """
-    if not ranges:
-        return [{}]
-    if sampler in ("random", "sobol") and all(r.kind != "int" for r in ranges.values()):
-        return _vectorised_points(ranges, sampler, n, seed)
-    return optuna_points(ranges, sampler, n, seed)
-
-
-def _vectorised_points(ranges: dict[str, Range], sampler: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """Optuna's draws without a study: RandomSampler draws uniforms in the (log) space of each
-    parameter in order with ``RandomState(seed)``; QMCSampler maps scrambled Sobol points
-    (dimensions in spec order, sample ids from 0) the same way."""
+def vectorised_points(ranges: dict[str, Range], sampler: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """Optuna's ``random``/``sobol`` draws of float ranges without a study: RandomSampler draws
+    uniforms in the (log) space of each parameter in order with ``RandomState(seed)``; QMCSampler
+    maps scrambled Sobol points (dimensions in spec order, sample ids from 0) the same way. A test
+    compares them with :func:`optuna_points`."""
     names = list(ranges)
     lo = np.array([math.log(ranges[k].lo) if ranges[k].kind == "loguniform" else ranges[k].lo for k in names])
     hi = np.array([math.log(ranges[k].hi) if ranges[k].kind == "loguniform" else ranges[k].hi for k in names])
@@ -160,32 +149,16 @@ def _vectorised_points(ranges: dict[str, Range], sampler: str, n: int, seed: int
     return [{k: cols[k][i] for k in keys} for i in range(n)]
 
 
-def optuna_points(ranges: dict[str, Range], sampler: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` points asked from an in-memory Optuna study with the named sampler."""
+def optuna_points(ranges: dict[str, Range], sampler, count: int, skip: int = 0) -> list[dict[str, Any]]:
+    """``count`` points asked from an in-memory Optuna study with ``sampler`` (an Optuna
+    sampler object), the first ``skip`` dropped; ``[{}]`` when there is no range."""
     import optuna
 
+    if not ranges:
+        return [{}]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = distributions(ranges)
-    skip = 0
-    if sampler == "grid":
-        grid = {k: grid_values(r, n) for k, r in ranges.items()}
-        sampler_obj = optuna.samplers.GridSampler(grid, seed=seed)
-        count = math.prod(len(v) for v in grid.values())
-    elif sampler == "random":
-        sampler_obj, count = optuna.samplers.RandomSampler(seed=seed), n
-    elif sampler == "sobol":
-        # Optuna's QMC sampler draws a study's first trial at random (to learn the search
-        # space); we ask one extra trial and drop it so every point is a Sobol point.
-        with warnings.catch_warnings():  # "experimental" since Optuna 3.0; stable in use
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler_obj = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
-                                                     warn_independent_sampling=False)
-        count, skip = n + 1, 1
-    elif sampler == "tpe":
-        sampler_obj, count = tpe_sampler(seed), n
-    else:
-        raise ValueError(f"unknown sampler {sampler!r}")
-    study = optuna.create_study(sampler=sampler_obj)
+    study = optuna.create_study(sampler=sampler)
     points = []
     for i in range(count):
         trial = study.ask(dists)
@@ -266,18 +239,13 @@ class CellRuns:
         return out
 
 
-def make_plan(spec: GridSpec) -> list[PlannedRun]:
-    """The full plan of a random/sobol/grid spec (tpe: its first wave). Duplicate configs
-    (possible with int ranges) are planned once."""
-    n = spec.sampler.n
-    if spec.sampler.name == "tpe":
-        n = min(spec.sampler.wave or n, n)
+def plan_cells(spec: GridSpec, points: Callable[[int, int], list[dict[str, Any]]], n: int) -> list[PlannedRun]:
+    """Every cell's runs of the ``n`` points ``points(n, cell seed)`` draws, in spec order.
+    Duplicate configs (possible with int ranges) are planned once."""
     plan: list[PlannedRun] = []
     seen: set[str] = set()
     for cell in cells(spec):
-        seed = cell_seed(spec.sampler.seed, cell)
-        points = sample_points(spec.ranges, spec.sampler.name, n, seed)
-        for run in CellRuns(spec, cell).runs(points):
+        for run in CellRuns(spec, cell).runs(points(n, cell_seed(spec.sampler.seed, cell))):
             if run.run_id not in seen:
                 seen.add(run.run_id)
                 plan.append(run)
@@ -348,29 +316,48 @@ def plan_from_frame(df) -> list[PlannedRun]:
     return [PlannedRun(*row) for row in zip(*cols, strict=True)]
 
 
-def estimate_cost(plan: list[PlannedRun], flops_per_s: float = 100e12) -> dict[str, float]:
+# The fields that decide a run's training cost (images seen x FLOPs per image).
+COST_FIELDS = ("dataset", "synthetic_size", "batch_size", "steps_per_epoch", "epochs", "model", "stem", "image_size")
+
+
+def config_groups(plan: list[PlannedRun], fields: tuple[str, ...], ranged: set[str]) -> list[tuple[RunConfig, int]]:
+    """One parsed config per group of runs that agree on ``fields``, with the group's size.
+
+    Runs of one (cell, stem) differ only in their seed and sampled (``ranged``) values, so when
+    no ranged field is among ``fields`` one config per (cell, stem) stands for all of them: a
+    100,000-run plan parses a handful of configs, not 100,000."""
+    if ranged & set(fields):
+        return [(r.config, 1) for r in plan]
+    first: dict[tuple, PlannedRun] = {}
+    sizes: dict[tuple, int] = {}
+    for r in plan:
+        key = (r.cell, r.stem, r.epochs)
+        first.setdefault(key, r)
+        sizes[key] = sizes.get(key, 0) + 1
+    return [(first[k].config, sizes[k]) for k in first]
+
+
+def estimate_cost(groups: list[tuple[RunConfig, int]], flops_per_s: float = 100e12) -> dict[str, float]:
     """Total training FLOPs (3x forward per image, forward + backward), images seen, and GPU-hours
     at ``flops_per_s`` sustained (100 TFLOP/s: about 10% MFU of an H100's bf16 peak, what a 4GF
-    ViT reached eagerly in ``benchmarks/gpu_check.py``)."""
+    ViT reached eagerly in ``benchmarks/gpu_check.py``) of ``groups`` (:func:`config_groups` over
+    :data:`COST_FIELDS`). FLOPs per image come from ``models/complexity.json`` where it holds
+    the model, else are counted once per model."""
     from ..data import SIZES
     from ..models import model_spec
+    from ..models.table import complexity, saved_counts
 
-    total_flops = 0.0
-    images = 0.0
-    cache: dict[tuple, int] = {}
-    for run in plan:
-        c = run.config
+    total_flops = images = 0.0
+    saved, per_image = saved_counts(), {}
+    for c, count in groups:
         n_train, default_px = SIZES[c.dataset]
         n_train = n_train or c.synthetic_size
         per_epoch = n_train // c.batch_size
-        steps = c.epochs * min(per_epoch, c.steps_per_epoch or per_epoch)
-        seen = steps * c.batch_size
+        seen = c.epochs * min(per_epoch, c.steps_per_epoch or per_epoch) * c.batch_size * count
         key = (*resolve(c.model, c.stem), c.image_size or default_px)
-        if key not in cache:
-            from ..models.build import count_complexity
-
-            cache[key] = count_complexity(model_spec(c.model, c.stem, image_size=key[2])).flops
-        total_flops += 3 * 2 * cache[key] * seen  # MACs -> FLOPs, forward + backward
+        if key not in per_image:
+            per_image[key] = complexity(model_spec(c.model, c.stem, image_size=key[2]), saved)["flops"]
+        total_flops += 3 * 2 * per_image[key] * seen  # MACs -> FLOPs, forward + backward
         images += seen
     return {"train_flops": total_flops, "images": images, "flops_per_s": flops_per_s,
             "gpu_hours": total_flops / flops_per_s / 3600}

@@ -31,10 +31,9 @@ from ..config import FIELDS, SWEEP_NAME, RunConfig, run_config
 from ..errors import ConfigError, shown
 from ..validate import checked_fields, int64
 from .backends import BACKENDS
+from .samplers import SAMPLERS, BadSetting, settle
 
 RANGE_KINDS = ("loguniform", "uniform", "int")
-SAMPLERS = ("random", "sobol", "grid", "tpe")
-TPE_MODES = ("async", "waves")
 EXECUTORS = ("auto", *BACKENDS)
 TOP_KEYS = ("name", "base", "space", "sampler", "seeds", "executor", "results", "max_runs")
 MAX_RUNS = 100_000  # a plan this big is a typo until the spec says otherwise (max_runs)
@@ -257,21 +256,13 @@ def parse_spec(d: Any, src: str) -> GridSpec:
     except ConfigError as e:
         raise _err(src, "base", str(e)) from None
     sampler = _dataclass_from(src, "sampler", SamplerSpec, _mapping(src, "sampler", d.get("sampler") or {}))
-    if sampler.name not in SAMPLERS:
-        raise _err(src, "sampler.name", f"unknown sampler {shown(sampler.name)} (allowed: {', '.join(SAMPLERS)})")
     _int(src, "sampler.n", sampler.n, 1)
     if sampler.wave is not None:
         _int(src, "sampler.wave", sampler.wave, 1)
-    if sampler.name == "tpe" and not any(isinstance(v, Range) for v in parsed_space.values()):
-        raise _err(src, "sampler.name", "tpe needs at least one range in space")
-    if sampler.mode is not None and (sampler.name != "tpe" or sampler.mode not in TPE_MODES):
-        raise _err(src, "sampler.mode", f"{shown(sampler.mode)} is not allowed (allowed: {', '.join(TPE_MODES)}; "
-                                        f"tpe only)")
-    if sampler.name == "tpe":
-        mode = sampler.mode or ("waves" if sampler.wave is not None else "async")
-        if mode == "async" and sampler.wave is not None:
-            raise _err(src, "sampler.wave", "a wave size is for mode: waves (async asks one trial per free slot)")
-        sampler = dataclasses.replace(sampler, mode=mode)
+    try:
+        sampler = settle(sampler, any(isinstance(v, Range) for v in parsed_space.values()))
+    except BadSetting as e:
+        raise _err(src, e.field, str(e)) from None
     seeds = d.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds:
         raise _err(src, "seeds", f"expected a non-empty list of integers, got {shown(seeds)}")
@@ -294,7 +285,7 @@ def parse_spec(d: Any, src: str) -> GridSpec:
 def size_factors(spec: GridSpec) -> dict[str, int]:
     """What the plan's size multiplies: cells of the non-stem axes, stems, points, seeds."""
     k = len(spec.ranges)
-    points = spec.sampler.n ** k if spec.sampler.name == "grid" and k else spec.sampler.n if k else 1
+    points = SAMPLERS[spec.sampler.name].points_per_cell(spec.sampler.n, k)
     return {"cell": math.prod(len(v) for a, v in spec.axes.items() if a != "stem"),
             "stem": len(spec.axes.get("stem", [None])), "point": points, "seed": len(spec.seeds)}
 

@@ -9,7 +9,7 @@ seeds; diverged -> PRUNED at the step it diverged (intermediate value 100); fail
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -24,7 +24,9 @@ from .plan import (
     stem_label,
     tpe_sampler,
 )
-from .spec import GridSpec
+
+if TYPE_CHECKING:
+    from .spec import GridSpec
 
 
 def open_storage(spec: GridSpec, in_memory: bool = False):

@@ -49,20 +49,37 @@ def count_presets() -> dict[str, dict[str, Any]]:
     return out
 
 
-def model_table() -> list[dict[str, Any]]:
+def saved_counts() -> dict[str, dict[str, Any]]:
+    """``complexity.json`` as saved (``{}`` when it cannot be read)."""
     try:
         saved = json.loads(COUNTS.read_text())
     except (OSError, ValueError):
-        saved = {}
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def complexity(spec: ModelSpec, saved: dict[str, dict[str, Any]] | None = None) -> dict[str, int]:
+    """``{"params", "flops"}`` of ``spec``: from ``complexity.json`` when it holds this exact
+    spec (a preset at its own image size and classes), else counted (torch, about a second)."""
+    saved = saved_counts() if saved is None else saved
+    hit = saved.get(spec.name)
+    try:
+        if hit is not None and hit.get("key") == spec_key(spec.name, spec):
+            return {"params": hit["params"], "flops": hit["flops"]}
+    except ValueError:  # not a preset name: counted below
+        pass
+    from .build import count_complexity  # torch: only for a spec the file does not cover
+
+    c = count_complexity(spec)
+    return {"params": c.params, "flops": c.flops}
+
+
+def model_table() -> list[dict[str, Any]]:
+    saved = saved_counts()
     rows = []
     for name in preset_names():
         spec = model_spec(name)
-        hit = saved.get(name)
-        if hit is None or hit.get("key") != spec_key(name, spec):
-            from .build import count_complexity  # torch: only for a preset the file does not cover
-
-            c = count_complexity(spec)
-            hit = {"params": c.params, "flops": c.flops}
+        hit = complexity(spec, saved)
         rows.append({"name": name, "stem": spec.stem or spec.family, "depth": spec.depth,
                      "width": spec.width or None, "heads": spec.heads, "params": hit["params"],
                      "flops": hit["flops"], "image_size": spec.image_size, "tokens": spec.tokens})
