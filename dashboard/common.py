@@ -453,20 +453,6 @@ def table(df: pd.DataFrame, key: str | None = None, whole: bool = False, **kwarg
 def spec_ranges(where: str, sweeps: tuple[str, ...]) -> dict[str, tuple[float, float]]:
     """The sampling ranges of lr and wd in the sweeps' saved specs (their union), where they
     sample them; {} for sweeps without a record or with listed values."""
-    from stability.errors import ConfigError
-    from stability.grid.spec import Range, saved_spec
+    from stability.grid.record import sampled_ranges
 
-    out: dict[str, tuple[float, float]] = {}
-    for sweep in sweeps:
-        try:
-            spec = saved_spec(where, sweep)
-        except (ConfigError, OSError):
-            continue
-        if spec is None:
-            continue
-        for knob in ("lr", "wd"):
-            r = spec.space.get(knob)
-            if isinstance(r, Range):
-                lo, hi = out.get(knob, (r.lo, r.hi))
-                out[knob] = (min(lo, r.lo), max(hi, r.hi))
-    return out
+    return sampled_ranges(where, list(sweeps))

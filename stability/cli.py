@@ -113,25 +113,6 @@ def _load_grid(args: argparse.Namespace):
 
 def cmd_grid_run(args: argparse.Namespace) -> int:
     spec = _load_grid(args)
-    backend = lock = None
-    if not args.dry_run:
-        from .grid.backends import backend_for
-        from .grid.lock import SweepLock
-
-        lock = SweepLock(spec.sweep_dir, spec.name).acquire()  # before any process is started
-    try:
-        if lock is not None:
-            backend = backend_for(spec)
-            backend.start()  # a local launcher's torch import overlaps the imports below
-        return _grid_run(args, spec, backend, lock)
-    finally:
-        if backend is not None:
-            backend.close()
-        if lock is not None:
-            lock.release()
-
-
-def _grid_run(args: argparse.Namespace, spec, backend, lock) -> int:
     from .grid.controller import Controller, RunOptions, dry_run
     from .progress import make_console
 
@@ -143,12 +124,9 @@ def _grid_run(args: argparse.Namespace, spec, backend, lock) -> int:
             console.print(dry.warning, markup=False, style="yellow", soft_wrap=True)
         return 0
     opts = RunOptions(retry_failed=args.retry is not None, wait=not args.no_wait, show_progress=not args.quiet)
-    outcome = Controller(spec, opts, console, backend=backend, lock=lock).run()
-    from .grid.state import counts
-    from .store import RunStatus
-
-    c = counts(outcome.state).iloc[0] if len(outcome.state) else None
-    summary = ", ".join(f"{int(c[s])} {s}" for s in RunStatus if c is not None and c[s])
+    outcome = Controller(spec, opts, console).run()  # takes the sweep's lock, then starts the backend
+    c = outcome.counts()
+    summary = ", ".join(f"{n} {s}" for s, n in c.items())
     print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)} "
           f"in {outcome.wall_s:.0f} s; results in {spec.results}")
     _print_stems(outcome.stems, print)
@@ -157,7 +135,7 @@ def _grid_run(args: argparse.Namespace, spec, backend, lock) -> int:
               + tail.replace("\n", "\n    "))
     if outcome.stopped:
         print(outcome.stopped)
-    bad = c is not None and (c[RunStatus.FAILED] or c[RunStatus.MISSING])
+    bad = bool(c.get("failed") or c.get("missing"))
     return 1 if (bad and opts.wait) or outcome.stopped else 0
 
 

@@ -158,3 +158,65 @@ def test_nothing_points_outside_the_project():
              *(ROOT / ".ci").rglob("*")]
     bad = [str(p.relative_to(ROOT)) for p in files if p.is_file() and pattern.search(p.read_text(errors="replace"))]
     assert bad == []
+
+
+def _imports_of(path: Path) -> set[str]:
+    """The ``stability`` modules (or names) a file outside the package imports, lazy ones included."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "stability"}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "stability":
+            out |= {f"{node.module}.{a.name}" if node.module == "stability" else node.module for a in node.names}
+    return out
+
+
+def _closure(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph.get(todo.pop(), ()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+DASHBOARD_READS = ("stability.store", "stability.analysis", "stability.plots", "stability.grid.record")
+
+
+def test_the_dashboard_reads_through_store_analysis_plots_and_the_sweep_record_only():
+    """The dashboard never writes, never asks a scheduler: it imports the store, analysis, plots and
+    the read-only sweep record, nothing else of the package; the record reaches no controller,
+    backend launcher or trainer."""
+    for path in (ROOT / "dashboard").rglob("*.py"):
+        bad = [m for m in _imports_of(path) if not any(m == a or m.startswith(a + ".") for a in DASHBOARD_READS)]
+        assert bad == [], f"{path.relative_to(ROOT)} imports {bad}"
+    reach = _closure(import_graph(), "stability.grid.record")
+    assert not reach & {"stability.grid.controller", "stability.grid.backends", "stability.grid.local",
+                        "stability.grid.job", "stability.train"}
+
+
+def test_every_executor_kind_has_a_backend():
+    from stability.grid.backends import BACKENDS
+    from stability.grid.kinds import EXECUTOR_KINDS
+
+    assert tuple(BACKENDS) == EXECUTOR_KINDS
+
+
+def test_a_sampler_is_asked_through_its_class_never_by_name():
+    """Only grid/samplers.py may look at which sampler a spec names: everywhere else asks the
+    sampler object (``sampler_for(spec)``), so a new sampler is one class."""
+    pattern = re.compile(r"sampler\.(name|mode)\s*(==|!=|in\b)|\bname\s*==\s*[\"'](tpe|sobol|random|grid)[\"']")
+    bad = [f"{p.relative_to(ROOT)}:{i}" for p in PKG.rglob("*.py") if p.name != "samplers.py"
+           for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert bad == []
+
+
+def test_the_cli_parses_and_prints_only():
+    """cli.py reaches the grid through its entry points (controller, spec) only: no planning,
+    sampling, scheduler or lock code of its own, and no pandas."""
+    imports = import_graph()["stability.cli"]
+    grid = {m for m in imports if m.startswith("stability.grid.")}
+    assert grid <= {"stability.grid.controller", "stability.grid.spec"}, grid
+    text = (PKG / "cli.py").read_text()
+    assert "import pandas" not in text and "SweepLock" not in text and "backend_for" not in text

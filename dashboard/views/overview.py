@@ -11,18 +11,19 @@ import streamlit as st
 from common import apply_filters, load_runs, peek_runs, root, table, verdict_lines, whole_name
 
 from stability import analysis, plots
-from stability.grid.state import ORDER
+from stability.grid.record import sweep_record
 from stability.store import RunStatus as S
 
 st.title("stability: is ViT_C more stable than ViT_P?")
 
 
+ORDER = tuple(map(str, S))
+
+
 @st.cache_data(show_spinner=False, ttl=5)
 def _status(where: str, sweep: str) -> dict | None:
-    from stability.grid.controller import sweep_status
-
     try:
-        return sweep_status(where, sweep)
+        return sweep_record(where, sweep)
     except Exception as e:  # a broken record must not hide the rest of the page
         return {"broken": f"{type(e).__name__}: {e}"}
 
@@ -139,9 +140,11 @@ def body() -> None:
                              "error": r.error, "log": logs.get(r.run_id, "") if rep and "broken" not in rep else ""})
         rows.append(row)
     table(pd.DataFrame(rows), key="overview_sweeps", whole=True)
-    st.caption("From each sweep's plan and job ledger (`_sweeps/<sweep>/`), as `stability grid status` "
-               "prints it: pending = not started (queued, or not submitted yet); missing = its job ended "
-               "without a result (a rerun resubmits it).")
+    st.caption("From each sweep's files (`_sweeps/<sweep>/`: plan, job ledger, the controller's lease, each "
+               "run's lock), never the scheduler: running = a live process holds the run; pending = not started "
+               "(submitted while a controller watches the sweep, or not submitted yet); missing = its job was "
+               "submitted but no controller watches it and it has no result (`grid run` resubmits it; `grid "
+               "status` asks the scheduler).")
     if failures:
         st.subheader(f"Failures ({len(failures)})")
         for f in failures:

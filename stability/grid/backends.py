@@ -8,21 +8,22 @@ The controller, ``grid status`` and the CLI talk to a backend through eight call
 - ``local``: forked from a warm launcher (``stability.grid.local``); the job id is the pid.
 - ``debug``: submitit's DebugExecutor, in this process, one run after another.
 
-A new backend (another scheduler) is one class with these methods and one entry in
-:data:`BACKENDS`; a test or notebook may also hand an instance to the controller directly.
+A new backend (another scheduler) is one class with these methods, one entry in
+:data:`BACKENDS` and its name in ``kinds.EXECUTOR_KINDS`` (what a spec may name); a test or notebook may also hand an instance to the controller directly.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
+
+from .joblogs import job_log_tail
+from .kinds import resolve_kind
 
 
 @dataclass
@@ -74,35 +75,6 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release what the backend holds; submitted jobs go on where the backend allows."""
-
-
-_JOB_FILE = re.compile(r"(?:(?P<task>\d+)_(?:log\.out|log\.err|result\.pkl)|submitted\.pkl)")
-
-
-def job_files(folder: Path, job_ids: set[str]) -> dict[str, list[Path]]:
-    """The submitit files under ``folder`` of each of ``job_ids`` (``<job_id>_<task>_log.err``,
-    ``_log.out``, ``_result.pkl``, ``<job_id>_submitted.pkl``), sorted. Names are parsed and
-    compared, never globbed from a job id (a ledger is not trusted: ``*`` or ``../x`` must match
-    nothing), and symlinked folders are not followed."""
-    out: dict[str, list[Path]] = {}
-    for dirpath, _, names in os.walk(folder, followlinks=False):
-        for name in names:
-            for job in {name[:i] for i, c in enumerate(name) if c == "_"} & job_ids:
-                if _JOB_FILE.fullmatch(name[len(job) + 1:]):
-                    out.setdefault(job, []).append(Path(dirpath) / name)
-    return {job: sorted(paths) for job, paths in out.items()}
-
-
-def job_log_tail(folder: Path, job_id: str, lines: int = 5) -> str:
-    """Last lines of a job's stderr log (``<job_id>_<task>_log.err``, as submitit names them):
-    the first task's that says anything (a failed rank 0, not a rank its failure stopped)."""
-    for p in job_files(folder, {str(job_id)}).get(str(job_id), []):
-        if not p.name.endswith("_log.err"):
-            continue
-        text = p.read_text(errors="replace").strip().splitlines()
-        if text:
-            return "\n".join(text[-lines:])
-    return ""
 
 
 class _FolderBackend:
@@ -312,17 +284,6 @@ class DebugBackend(_FolderBackend):
 
 
 BACKENDS: dict[str, Callable[..., Backend]] = {"slurm": SlurmBackend, "local": LocalBackend, "debug": DebugBackend}
-
-
-def has_slurm() -> bool:
-    return shutil.which("sbatch") is not None
-
-
-def resolve_kind(kind: str) -> str:
-    """``auto`` -> slurm when ``sbatch`` exists, else local."""
-    if kind == "auto":
-        return "slurm" if has_slurm() else "local"
-    return kind
 
 
 def backend_for(spec, kind: str | None = None) -> Backend:

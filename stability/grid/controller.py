@@ -24,7 +24,8 @@ import pandas as pd
 from .. import store
 from ..run_lock import run_owner
 from ..store import RunStatus as S
-from .backends import BACKENDS, Backend, backend_for, job_files
+from .backends import BACKENDS, Backend, backend_for
+from .joblogs import job_files
 from .ledger import failures, read_ledger, record_jobs
 from .lock import SweepLock
 from .plan import COST_FIELDS, PlannedRun, config_groups, estimate_cost, plan_frame
@@ -61,6 +62,11 @@ class Outcome:
     quarantined: list[str] = field(default_factory=list)  # unreadable files moved aside, and why
     wall_s: float = 0.0
     stems: list[dict] = field(default_factory=list)  # how each stem's runs ended (state.stem_outcomes)
+
+    def counts(self) -> dict[str, int]:
+        """Runs per status, in status order, the statuses that have runs only."""
+        c = self.state.status.value_counts() if len(self.state) else pd.Series(dtype=int)
+        return {str(s): int(c[s]) for s in S if c.get(s, 0)}
 
 
 def trial_slots(backend: Backend) -> int:
@@ -396,15 +402,6 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
         "eta_s": eta_seconds(state, backend.parallelism()),
         "stems": stem_outcomes(state, runs),
     }
-
-
-def sweep_status(results: str | Path, sweep: str) -> dict[str, Any] | None:
-    """``status_report`` of a sweep found under a results root by its saved spec (the dashboard's
-    Overview); None for runs that no grid launched (no ``_sweeps/<sweep>/spec.yaml``)."""
-    from .spec import saved_spec
-
-    spec = saved_spec(results, sweep)
-    return None if spec is None else status_report(spec)
 
 
 def clean_logs(spec: GridSpec) -> int:

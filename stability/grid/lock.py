@@ -35,6 +35,17 @@ def _age(rec: dict) -> float:
     return age if -LEASE_TIMEOUT_S < age < float("inf") else float("inf")
 
 
+def controller_lease(sweep_dir: Path) -> dict | None:
+    """The lease of the controller running the sweep now (host, pid, since, heartbeat), read
+    without taking the lock; None when it was released or not renewed within ``LEASE_TIMEOUT_S``."""
+    try:
+        rec = json.loads((sweep_dir / "lease.json").read_text())
+    except (OSError, ValueError):
+        return None
+    live = isinstance(rec, dict) and rec.get("released") is None and _age(rec) < LEASE_TIMEOUT_S
+    return rec if live else None
+
+
 class SweepLock:
     """``with SweepLock(sweep_dir, name):`` — raises ``ConfigError`` naming the holder when taken."""
 

@@ -265,7 +265,7 @@ def check_data(spec: GridSpec, runs: list[PlannedRun]) -> None:
     on this machine for local jobs; for Slurm jobs, whose nodes may mount other filesystems, only
     a missing ``data_root``), so a sweep fails before its first run rather than run by run."""
     from ..data import DataError, check_source
-    from .backends import resolve_kind
+    from .kinds import resolve_kind
 
     sources = set()
     for run in runs:

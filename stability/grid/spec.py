@@ -30,11 +30,10 @@ from typing import Any
 from ..config import FIELDS, SWEEP_NAME, RunConfig, run_config
 from ..errors import ConfigError, shown
 from ..validate import checked_fields, int64
-from .backends import BACKENDS
+from .kinds import EXECUTORS
 from .samplers import SAMPLERS, BadSetting, settle
 
 RANGE_KINDS = ("loguniform", "uniform", "int")
-EXECUTORS = ("auto", *BACKENDS)
 TOP_KEYS = ("name", "base", "space", "sampler", "seeds", "executor", "results", "max_runs")
 MAX_RUNS = 100_000  # a plan this big is a typo until the spec says otherwise (max_runs)
 # Set by the spec itself, never per run.
