@@ -192,7 +192,9 @@ def _executor_spec(src: str, d: dict) -> ExecutorSpec:
 
 
 def parse_spec(d: Any, src: str) -> GridSpec:
-    """Validate a loaded YAML mapping into a ``GridSpec``."""
+    """Validate a loaded YAML mapping into a ``GridSpec``: its keys and name, the fields of
+    ``base`` and ``space``, the space's values, the sampler, seeds, executor, results and the
+    plan's size, in that order (the first problem is the one reported)."""
     d = _mapping(src, "spec", d)
     for key in d:
         if key not in TOP_KEYS:
@@ -202,36 +204,64 @@ def parse_spec(d: Any, src: str) -> GridSpec:
         raise _err(src, "name", f"expected a name of letters, digits, '_', '.', '-', got {shown(name)}")
     base = _mapping(src, "base", d.get("base") or {})
     space = _mapping(src, "space", d.get("space") or {})
-    bundle_keys: dict[str, str] = {}  # field -> the bundle axis that sets it
+    _check_fields(src, base, space)
+    parsed_space = _parse_space(src, space)
+    try:
+        run_config(base)
+    except ConfigError as e:
+        raise _err(src, "base", str(e)) from None
+    sampler = _parse_sampler(src, d.get("sampler"), any(isinstance(v, Range) for v in parsed_space.values()))
+    seeds = _parse_seeds(src, d.get("seeds", [0]))
+    executor = _executor_spec(src, _mapping(src, "executor", d.get("executor") or {}))
+    results = d.get("results", "results")
+    if not isinstance(results, str) or not results:
+        raise _err(src, "results", f"expected a folder path, got {shown(results)}")
+    spec = GridSpec(name, base, parsed_space, sampler, seeds, executor, results, src)
+    cap = _int(src, "max_runs", d.get("max_runs", MAX_RUNS), 1)
+    if (n := plan_size(spec)) > cap:
+        raise _err(src, "max_runs", f"the plan would hold {n} runs, over the cap of {cap} ("
+                                    f"{' x '.join(f'{v} {k}(s)' for k, v in size_factors(spec).items())}); "
+                                    f"set max_runs: {n} in the spec to run it on purpose")
+    return spec
+
+
+def _is_bundle(value: Any) -> bool:
+    """A list of mappings: one axis whose values set several fields together."""
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _check_fields(src: str, base: dict[str, Any], space: dict[str, Any]) -> None:
+    """Every field named in ``base``, ``space`` and the bundle axes is a RunConfig field, set in
+    one place, not reserved for the spec itself, and no execution field varies along an axis."""
+    allowed = ", ".join(f for f in FIELDS if f not in RESERVED)
     for key, value in space.items():
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            for i, v in enumerate(value):
-                for k in v:
-                    if k in RESERVED or k not in FIELDS:
-                        raise _err(src, f"space.{key}[{i}].{k}", "unknown RunConfig field (allowed: "
-                                   f"{', '.join(f for f in FIELDS if f not in RESERVED)})")
-                    if k in base or (k in space and k != key):
-                        raise _err(src, f"space.{key}[{i}].{k}", "also set elsewhere: set it in one place")
-                    if k in RunConfig.EXECUTION_FIELDS and len({shown(b.get(k)) for b in value}) > 1:
-                        raise _err(src, f"space.{key}[{i}].{k}", _NOT_AN_AXIS)
-                    bundle_keys[k] = key
+        for i, v in enumerate(value if _is_bundle(value) else []):
+            for k in v:
+                if k in RESERVED or k not in FIELDS:
+                    raise _err(src, f"space.{key}[{i}].{k}", f"unknown RunConfig field (allowed: {allowed})")
+                if k in base or (k in space and k != key):
+                    raise _err(src, f"space.{key}[{i}].{k}", "also set elsewhere: set it in one place")
+                if k in RunConfig.EXECUTION_FIELDS and len({shown(b.get(k)) for b in value}) > 1:
+                    raise _err(src, f"space.{key}[{i}].{k}", _NOT_AN_AXIS)
     for section, mapping in (("base", base), ("space", space)):
         for key in mapping:
-            if section == "space" and key in space and isinstance(space[key], list) and space[key] \
-                    and all(isinstance(v, dict) for v in space[key]):
+            if section == "space" and _is_bundle(space[key]):
                 continue  # a bundle axis: its name is a label, its values set several fields
             if key in RESERVED:
                 where = "seeds" if key == "seed" else key
                 raise _err(src, f"{section}.{key}", f"set by the spec's top-level '{where}', not per run")
             if key not in FIELDS:
-                raise _err(src, f"{section}.{key}", f"unknown RunConfig field (allowed: "
-                                                     f"{', '.join(k for k in FIELDS if k not in RESERVED)})")
+                raise _err(src, f"{section}.{key}", f"unknown RunConfig field (allowed: {allowed})")
             if section == "space" and key in RunConfig.EXECUTION_FIELDS:
                 raise _err(src, f"space.{key}", _NOT_AN_AXIS)
     both = sorted(set(base) & set(space))
     if both:
         raise _err(src, f"space.{both[0]}", "also set in base: set it in one place")
-    parsed_space: dict[str, list[Any] | Range] = {}
+
+
+def _parse_space(src: str, space: dict[str, Any]) -> dict[str, list[Any] | Range]:
+    """Each axis: a list of values (each valid for its field, no duplicates) or a range."""
+    parsed: dict[str, list[Any] | Range] = {}
     for key, value in space.items():
         path = f"space.{key}"
         if isinstance(value, list):
@@ -244,41 +274,34 @@ def parse_spec(d: Any, src: str) -> GridSpec:
                     run_config(v if isinstance(v, dict) else {key: v})
                 except ConfigError as e:
                     raise _err(src, f"{path}[{i}]", str(e).split(": ", 1)[-1]) from None
-            parsed_space[key] = value
+            parsed[key] = value
         elif isinstance(value, dict):
-            parsed_space[key] = _range(src, path, key, value)
+            parsed[key] = _range(src, path, key, value)
         else:
             raise _err(src, path, f"expected a list of values or a range {{loguniform|uniform|int: "
                                   f"[lo, hi]}}, got {shown(value)}")
-    try:
-        run_config(base)
-    except ConfigError as e:
-        raise _err(src, "base", str(e)) from None
-    sampler = _dataclass_from(src, "sampler", SamplerSpec, _mapping(src, "sampler", d.get("sampler") or {}))
+    return parsed
+
+
+def _parse_sampler(src: str, value: Any, has_ranges: bool) -> SamplerSpec:
+    """The ``sampler:`` mapping, checked by the strategy its name picks (``samplers.settle``)."""
+    sampler = _dataclass_from(src, "sampler", SamplerSpec, _mapping(src, "sampler", value or {}))
     _int(src, "sampler.n", sampler.n, 1)
     if sampler.wave is not None:
         _int(src, "sampler.wave", sampler.wave, 1)
     try:
-        sampler = settle(sampler, any(isinstance(v, Range) for v in parsed_space.values()))
+        return settle(sampler, has_ranges)
     except BadSetting as e:
         raise _err(src, e.field, str(e)) from None
-    seeds = d.get("seeds", [0])
+
+
+def _parse_seeds(src: str, seeds: Any) -> tuple[int, ...]:
     if not isinstance(seeds, list) or not seeds:
         raise _err(src, "seeds", f"expected a non-empty list of integers, got {shown(seeds)}")
-    seeds = tuple(_int(src, f"seeds[{i}]", s, 0) for i, s in enumerate(seeds))
-    if len(set(seeds)) != len(seeds):
-        raise _err(src, "seeds", f"duplicate seeds in {shown(list(seeds))}")
-    executor = _executor_spec(src, _mapping(src, "executor", d.get("executor") or {}))
-    results = d.get("results", "results")
-    if not isinstance(results, str) or not results:
-        raise _err(src, "results", f"expected a folder path, got {shown(results)}")
-    spec = GridSpec(name, base, parsed_space, sampler, seeds, executor, results, src)
-    cap = _int(src, "max_runs", d.get("max_runs", MAX_RUNS), 1)
-    if (n := plan_size(spec)) > cap:
-        raise _err(src, "max_runs", f"the plan would hold {n} runs, over the cap of {cap} ("
-                                    f"{' x '.join(f'{v} {k}(s)' for k, v in size_factors(spec).items())}); "
-                                    f"set max_runs: {n} in the spec to run it on purpose")
-    return spec
+    out = tuple(_int(src, f"seeds[{i}]", s, 0) for i, s in enumerate(seeds))
+    if len(set(out)) != len(out):
+        raise _err(src, "seeds", f"duplicate seeds in {shown(list(out))}")
+    return out
 
 
 def size_factors(spec: GridSpec) -> dict[str, int]:
