@@ -29,7 +29,7 @@ from .joblogs import job_files
 from .ledger import failures, read_ledger, record_jobs
 from .lock import SweepLock
 from .plan import COST_FIELDS, PlannedRun, config_groups, estimate_cost, plan_frame
-from .samplers import sampler_for
+from .samplers import Sampler, sampler_for
 from .spec import GridSpec, save_spec_copy
 from .state import (
     DONE,
@@ -129,6 +129,22 @@ def _done(runs: pd.DataFrame) -> set[str]:
     return set(runs.run_id[runs.status.isin(DONE)]) if len(runs) else set()
 
 
+@dataclass
+class _Sweep:
+    """What one ``grid run`` keeps between its looks at the sweep."""
+
+    sampler: Sampler
+    storage: Any  # the Optuna record
+    plan: list[PlannedRun]
+    rerun: set[str]  # runs whose unreadable files were quarantined: submitted again
+    outcome: Outcome
+    said: set[str] | None  # runs whose end was printed (piped output), None: a live table
+    submitted: dict[str, Any] = field(default_factory=dict)  # run_id -> job, this invocation
+    rows_cache: dict = field(default_factory=dict)  # parsed result files, kept until they change
+    told: dict = field(default_factory=dict)  # points already in the Optuna record
+    failed_seen: list[str] = field(default_factory=list)  # submitted runs that failed, in the order seen
+
+
 class Controller:
     def __init__(self, spec: GridSpec, opts: RunOptions | None = None, console=None,
                  backend: Backend | None = None, lock: SweepLock | None = None):
@@ -158,6 +174,27 @@ class Controller:
                 backend.close()
 
     def _run(self, backend: Backend, t0: float) -> Outcome:
+        """Start (plan of record, quarantine), then look / submit / tell / ask until nothing is
+        left to wait for, then the final state."""
+        sweep = self._start()
+        live = None
+        if self.opts.show_progress and self.opts.wait:
+            from rich.live import Live
+
+            live = Live(console=self.console, refresh_per_second=2, transient=False)
+            live.start()
+        try:
+            while (step := self._step(backend, sweep, live)) != "done":
+                if step == "wait":
+                    backend.wait(self.opts.poll_s)
+        finally:
+            if live:
+                live.stop()
+                if not self.console.is_terminal:  # rich ends a piped table without its newline
+                    self.console.line()
+        return self._finish(backend, sweep, t0)
+
+    def _start(self) -> _Sweep:
         spec = self.spec
         store.check_writable(spec.results)  # before anything is planned or submitted
         storage = open_storage(spec)
@@ -165,78 +202,67 @@ class Controller:
         plan = sampler.plan_of_record(storage)  # the sweep's folder exists: the lock made it
         save_spec_copy(spec)
         save_plan(self.dir, plan_frame(plan))
-        submitted: dict[str, Any] = {}  # run_id -> job, this invocation
         quarantined, rerun = quarantine_unreadable(spec)
-        outcome = Outcome(state=pd.DataFrame(), quarantined=quarantined)
-        for line in outcome.quarantined:  # said now: a controller killed later must not hide it
+        for line in quarantined:  # said now: a controller killed later must not hide it
             self.console.print(f"quarantined {line}", markup=False, highlight=False, soft_wrap=True)
-        live = None
-        if self.opts.show_progress and self.opts.wait:
-            from rich.live import Live
-
-            live = Live(console=self.console, refresh_per_second=2, transient=False)
-            live.start()
-        rows_cache: dict = {}  # parsed result files, kept until they change
-        told: dict = {}  # points already in the Optuna record
-        failed_seen: list[str] = []  # runs this invocation submitted that failed, in the order seen
         # Piped output: rich draws a live table only when it stops, so say each run as it ends.
         said: set[str] | None = None if self.console.is_terminal or not self.opts.show_progress else set()
-        try:
-            while True:
-                self.lock.beat()
-                runs = run_rows(spec.results, spec.name, rows_cache)
-                ids = [r.run_id for r in plan]
-                ledger = read_ledger(self.dir)
-                alive = alive_jobs(spec, ids, backend, ledger, _done(runs))
-                for rid, job in submitted.items():  # this invocation's jobs (reaps local ones)
-                    if rid not in alive and not job.done():
-                        alive[rid] = "submitted"
-                state = sweep_state(plan, runs, alive, set(ledger), failures(ledger))
-                statuses = dict(zip(state.run_id, state.status, strict=True))
-                if said is not None:  # every look, the first before anything is submitted
-                    self._say_ended(state, runs, said)
-                want = to_submit(state, self.opts.retry_failed) | (state.run_id.isin(rerun) & state.job_state.isna())
-                if outcome.stopped is None and (why := self._too_many_failures(state, submitted, failed_seen)):
-                    outcome.stopped = why
-                    self.console.print(why, markup=False, highlight=False, soft_wrap=True, style="red")
-                todo = [rid for rid in state.run_id[want] if rid not in submitted] if not outcome.stopped else []
-                running = int(state.job_state.notna().sum())  # live jobs, queued ones included
-                if (cap := backend.capacity()) is not None:
-                    todo = todo[:max(0, cap - running)]
-                if todo:  # submit before telling Optuna: a free slot should not wait on SQLite
-                    self._submit(backend, plan, todo, submitted)
-                    outcome.submitted += todo
-                    continue
-                tell(spec, plan, runs, storage, told)  # before asking: each ask sees every result
-                held_back = want & ~state.run_id.isin(submitted)  # over capacity until now
-                if not outcome.stopped:  # free: slots no run holds, live or about to be submitted
-                    free = trial_slots(backend) - running - int(held_back.sum())
-                    if new := sampler.ask(plan, statuses, storage, free):
-                        plan += new
-                        save_plan(self.dir, plan_frame(plan))  # the record of asked points, before submitting
-                        continue
-                if live:
-                    live.update(self._render(state, backend))
-                if not self.opts.wait:
-                    break
-                waiting = state.job_state.notna().any()
-                if not waiting and (not held_back.any() or outcome.stopped):
-                    break
-                backend.wait(self.opts.poll_s)
-        finally:
-            if live:
-                live.stop()
-                if not self.console.is_terminal:  # rich ends a piped table without its newline
-                    self.console.line()
-        runs = run_rows(spec.results, spec.name, rows_cache)
+        return _Sweep(sampler, storage, plan, rerun, Outcome(state=pd.DataFrame(), quarantined=quarantined), said)
+
+    def _step(self, backend: Backend, sw: _Sweep, live) -> str:
+        """One look at the sweep: submit what is due (``again``), else tell Optuna and ask the
+        sampler's next points (``again`` when it gave some), else ``wait`` or ``done``."""
+        spec, outcome, submitted = self.spec, sw.outcome, sw.submitted
+        self.lock.beat()
+        runs = run_rows(spec.results, spec.name, sw.rows_cache)
         ledger = read_ledger(self.dir)
-        outcome.state = sweep_state(plan, runs, alive_jobs(spec, [r.run_id for r in plan], backend, ledger,
-                                                           _done(runs)), set(ledger), failures(ledger))
-        tell(spec, plan, runs, storage, told)
+        alive = alive_jobs(spec, [r.run_id for r in sw.plan], backend, ledger, _done(runs))
+        for rid, job in submitted.items():  # this invocation's jobs (reaps local ones)
+            if rid not in alive and not job.done():
+                alive[rid] = "submitted"
+        state = sweep_state(sw.plan, runs, alive, set(ledger), failures(ledger))
+        if sw.said is not None:  # every look, the first before anything is submitted
+            self._say_ended(state, runs, sw.said)
+        want = to_submit(state, self.opts.retry_failed) | (state.run_id.isin(sw.rerun) & state.job_state.isna())
+        if outcome.stopped is None and (why := self._too_many_failures(state, submitted, sw.failed_seen)):
+            outcome.stopped = why
+            self.console.print(why, markup=False, highlight=False, soft_wrap=True, style="red")
+        todo = [rid for rid in state.run_id[want] if rid not in submitted] if not outcome.stopped else []
+        running = int(state.job_state.notna().sum())  # live jobs, queued ones included
+        if (cap := backend.capacity()) is not None:
+            todo = todo[:max(0, cap - running)]
+        if todo:  # submit before telling Optuna: a free slot should not wait on SQLite
+            self._submit(backend, sw.plan, todo, submitted)
+            outcome.submitted += todo
+            return "again"
+        tell(spec, sw.plan, runs, sw.storage, sw.told)  # before asking: each ask sees every result
+        held_back = want & ~state.run_id.isin(submitted)  # over capacity until now
+        if not outcome.stopped:  # free: slots no run holds, live or about to be submitted
+            statuses = dict(zip(state.run_id, state.status, strict=True))
+            free = trial_slots(backend) - running - int(held_back.sum())
+            if new := sw.sampler.ask(sw.plan, statuses, sw.storage, free):
+                sw.plan += new
+                save_plan(self.dir, plan_frame(sw.plan))  # the record of asked points, before submitting
+                return "again"
+        if live:
+            live.update(self._render(state, backend))
+        if not self.opts.wait:
+            return "done"
+        if not state.job_state.notna().any() and (not held_back.any() or outcome.stopped):
+            return "done"
+        return "wait"
+
+    def _finish(self, backend: Backend, sw: _Sweep, t0: float) -> Outcome:
+        spec, outcome = self.spec, sw.outcome
+        runs = run_rows(spec.results, spec.name, sw.rows_cache)
+        ledger = read_ledger(self.dir)
+        outcome.state = sweep_state(sw.plan, runs, alive_jobs(spec, [r.run_id for r in sw.plan], backend, ledger,
+                                                              _done(runs)), set(ledger), failures(ledger))
+        tell(spec, sw.plan, runs, sw.storage, sw.told)
         outcome.stems = stem_outcomes(outcome.state, runs)
         for rid in outcome.state.run_id[outcome.state.status.eq(S.MISSING)]:
-            if rid in submitted:
-                outcome.lost[rid] = backend.log_tail(str(submitted[rid].job_id)) or "(no log)"
+            if rid in sw.submitted:
+                outcome.lost[rid] = backend.log_tail(str(sw.submitted[rid].job_id)) or "(no log)"
         outcome.wall_s = time.monotonic() - t0
         return outcome
 

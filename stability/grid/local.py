@@ -241,75 +241,94 @@ def serve() -> None:
     """The launcher: fork jobs on request, report their ends, enforce time limits."""
     import importlib
 
-    from ..distributed import free_port
-
     for name in PRELOAD:  # the point: imported once, shared by every fork
         try:
             importlib.import_module(name)
         except ImportError:
             pass
+    _Launcher().loop()
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the runs, not the launcher
-    wake_r, wake_w = os.pipe()  # a child's exit wakes the loop at once (set_wakeup_fd)
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    reply = sys.stdout.buffer
-    stdin = sys.stdin.buffer.raw
-    jobs: dict[int, dict[str, Any]] = {}  # rank-0 pid -> {"id", "pids", "deadline", "code", "killed"}
-    owner: dict[int, int] = {}  # task pid -> rank-0 pid
-    buf, open_ = b"", True
 
-    def send(rec: dict[str, Any]) -> None:
+class _Launcher:
+    """The launcher's state and its phases: wake, read requests (fork), reap, enforce limits."""
+
+    def __init__(self):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the runs, not the launcher
+        self.wake_r, self.wake_w = os.pipe()  # a child's exit wakes the loop at once (set_wakeup_fd)
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.reply = sys.stdout.buffer
+        self.stdin = sys.stdin.buffer.raw
+        self.jobs: dict[int, dict[str, Any]] = {}  # rank-0 pid -> {"id", "pids", "deadline", "code", "killed"}
+        self.owner: dict[int, int] = {}  # task pid -> rank-0 pid
+        self.buf, self.open = b"", True
+
+    def loop(self) -> None:
+        while self.open or self.jobs:
+            ready, _, _ = select.select([self.stdin, self.wake_r] if self.open else [self.wake_r], [], [], 0.5)
+            if self.wake_r in ready:
+                self._drain_wakeups()
+            if self.open:
+                self._read_requests(self.stdin in ready)
+            self._reap()
+            self._enforce_limits()
+
+    def send(self, rec: dict[str, Any]) -> None:
         try:
-            reply.write((json.dumps(rec) + "\n").encode())
-            reply.flush()
+            self.reply.write((json.dumps(rec) + "\n").encode())
+            self.reply.flush()
         except (BrokenPipeError, ValueError):
             pass  # the controller went away: its jobs go on
 
-    while open_ or jobs:
-        ready, _, _ = select.select([stdin, wake_r] if open_ else [wake_r], [], [], 0.5)
-        if wake_r in ready:
-            while True:
-                try:
-                    if not os.read(wake_r, 4096):
-                        break
-                except BlockingIOError:
-                    break
-        if open_:
-            if stdin in ready:
-                chunk = os.read(stdin.fileno(), 65536)
-                open_ = bool(chunk)
-                buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                msg = json.loads(line)
-                port = free_port() if msg["tasks"] > 1 else 0
-                pids: list[int] = []
-                for rank in range(msg["tasks"]):
-                    pid = os.fork()
-                    if pid == 0:
-                        signal.set_wakeup_fd(-1)
-                        os.close(wake_r)
-                        os.close(wake_w)
-                        _child(msg, rank, port, pids[0] if pids else os.getpid())
-                    pids.append(pid)
-                jobs[pids[0]] = {"id": job_token(pids[0]), "pids": set(pids), "code": 0, "killed": 0.0,
-                                 "deadline": time.monotonic() + msg["timeout_s"]}
-                owner.update({p: pids[0] for p in pids})
-                send({"token": msg["token"], "pid": jobs[pids[0]]["id"]})
+    def _drain_wakeups(self) -> None:
+        while True:
+            try:
+                if not os.read(self.wake_r, 4096):
+                    return
+            except BlockingIOError:
+                return
+
+    def _read_requests(self, readable: bool) -> None:
+        """Fork each requested job's tasks and answer with its job id; stdin closed: stop reading."""
+        from ..distributed import free_port
+
+        if readable:
+            chunk = os.read(self.stdin.fileno(), 65536)
+            self.open = bool(chunk)
+            self.buf += chunk
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            msg = json.loads(line)
+            port = free_port() if msg["tasks"] > 1 else 0
+            pids: list[int] = []
+            for rank in range(msg["tasks"]):
+                pid = os.fork()
+                if pid == 0:
+                    signal.set_wakeup_fd(-1)
+                    os.close(self.wake_r)
+                    os.close(self.wake_w)
+                    _child(msg, rank, port, pids[0] if pids else os.getpid())
+                pids.append(pid)
+            self.jobs[pids[0]] = {"id": job_token(pids[0]), "pids": set(pids), "code": 0, "killed": 0.0,
+                                  "deadline": time.monotonic() + msg["timeout_s"]}
+            self.owner.update({p: pids[0] for p in pids})
+            self.send({"token": msg["token"], "pid": self.jobs[pids[0]]["id"]})
+
+    def _reap(self) -> None:
+        """Collect ended tasks; a job whose tasks have all ended is reported with its first failure."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                break
+                return
             if pid == 0:
-                break
-            lead = owner.pop(pid, None)
+                return
+            lead = self.owner.pop(pid, None)
             if lead is None:
                 continue
-            job = jobs[lead]
+            job = self.jobs[lead]
             job["pids"].discard(pid)
             code = os.waitstatus_to_exitcode(status)
             if code != 0:
@@ -318,10 +337,12 @@ def serve() -> None:
                 # (rank 0 may be writing its own failed row), then the time-limit path stops them.
                 job["deadline"] = min(job["deadline"], time.monotonic() + FAILED_TASK_GRACE_S)
             if not job["pids"]:
-                del jobs[lead]
-                send({"pid": job["id"], "code": job["code"]})
+                del self.jobs[lead]
+                self.send({"pid": job["id"], "code": job["code"]})
+
+    def _enforce_limits(self) -> None:
         now = time.monotonic()
-        for job in jobs.values():
+        for job in self.jobs.values():
             if now > job["deadline"] and not job["killed"]:
                 job["killed"] = now  # SIGTERM: the run checkpoints and records "preempted"
                 for p in job["pids"]:
