@@ -5,7 +5,7 @@ optimizer; training length: stem x length). "Best of n runs" is never the statis
 configuration is chosen on the validation split (``select_arms``), trained again with the same
 k seeds in every arm, and judged on the held-out test split by the mean of the k per-seed
 contrasts ``d`` (``seed_contrast``), with the exact sign-flip test of that mean and its t interval
-(``inference``). The lr/wd finding is one paired statistic over the shared (lr, wd) points with a
+(``stats``). The lr/wd finding is one paired statistic over the shared (lr, wd) points with a
 matching permutation test (``finding_lr_wd``).
 
 ``judge`` turns a report's findings into verdicts, as a family:
@@ -32,7 +32,7 @@ import pandas as pd
 
 from ..store import DONE
 from .edf import CHANCE, at_chance, errors  # noqa: F401 (CHANCE, at_chance: re-exported)
-from .inference import (
+from .stats import (
     holm,
     mde_sign_flip,
     paired_best_of,
@@ -93,7 +93,7 @@ class Finding:
     n_text: str
     sd: float  # of the per-seed contrast (lr/wd: the statistic's SD over the label permutations)
     # minimum detectable effect at POWER with the family's first Holm level, from an 80 % upper
-    # confidence bound of the contrast's SD (``inference.sd_upper``)
+    # confidence bound of the contrast's SD (``stats.sd_upper``)
     mde: float
     regime: str  # "" when checked and matching; otherwise why not
     details: str

@@ -30,7 +30,7 @@ from .compare import compare
 from .edf import errors
 from .findings import at_chance
 from .grouping import strata, with_size
-from .inference import holm
+from .stats import holm, median_perm_p
 
 ALPHA = 0.10  # family-wise error rate of the verdicts of one call (Holm over its strata)
 MIN_RUNS = 4  # per side: 4 vs 4 reaches a two-sided permutation p of 2/70 = 0.029
@@ -79,29 +79,17 @@ def stem_outcomes(runs: pd.DataFrame, value: str = "top1_err", by: Sequence[str]
     return pd.DataFrame(rows, columns=cols)
 
 
-def median_perm_p(a: np.ndarray, b: np.ndarray, n_perm: int = N_PERM, seed: int = 0) -> float:
-    """Two-sided p of median(b) − median(a) by permuting the labels: (1 + #{|D*| ≥ |D|}) / (1 + n_perm)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    observed = abs(np.median(b) - np.median(a))
-    pool = np.concatenate([a, b])
-    rng = np.random.default_rng(seed)
-    perms = np.argsort(rng.random((n_perm, len(pool))), axis=1)
-    shuffled = pool[perms]
-    d = np.abs(np.median(shuffled[:, len(a):], axis=1) - np.median(shuffled[:, :len(a)], axis=1))
-    return float((1 + np.sum(d >= observed - 1e-9)) / (1 + n_perm))
-
-
 def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 1000, n_perm: int = N_PERM,
                   alpha: float = ALPHA, seed: int = 0) -> pd.DataFrame:
     """``compare(runs, by="stem")`` per stratum with ``p`` (permutation, two-sided), ``p_holm``
     (over the rows), ``verdict`` ("<stem> lower", "no clear difference" or "none") and ``why``
     (the reason in words: the test, or what is missing for one). Same rows and sign as
     ``compare``: effects are b − a."""
-    cmp = compare(runs, by="stem", value=value, n_boot=n_boot, n_perm=min(n_perm, 2000), seed=seed)
+    runs = with_size(runs)
+    keys = strata(runs, exclude=("stem",))  # the strata, named: compare's rows are per stratum
+    cmp = compare(runs, by="stem", value=value, strata_by=keys, n_boot=n_boot, n_perm=min(n_perm, 2000), seed=seed)
     if cmp.empty:
         return cmp.assign(p=[], p_holm=[], verdict=[], why=[])
-    runs = with_size(runs)
-    keys = [c for c in cmp.columns[:cmp.columns.get_loc("a")]]
     out = stem_outcomes(runs, value, by=keys)
     df = errors(runs, value, False, [*keys, "stem"])
     ps, why = [], []
@@ -156,5 +144,5 @@ def verdict_line(row: pd.Series | dict, unit: str = "points") -> str:
             f"{n} ({row['why']})")
 
 
-__all__ = ["ALPHA", "MIN_RUNS", "chance_error", "median_perm_p", "stem_outcomes", "stem_verdicts",
+__all__ = ["ALPHA", "MIN_RUNS", "chance_error", "stem_outcomes", "stem_verdicts",
            "verdict_line"]

@@ -1,6 +1,12 @@
-"""Tests, intervals and power for verdicts over replicated seeds (pure numpy/scipy).
+"""Statistics shared by the analysis modules: intervals, permutation and paired tests, Holm,
+power (pure numpy/scipy; arrays in, numbers out).
 
-The rules (sources in docs/methodology.md, "Verdicts"):
+- **Bootstrap and rank statistics** (``boot_ci``, ``ks_signed``/``ks_permutation_p``,
+  ``area_between``, ``paired_tests``, ``median_perm_p``, ``auc``/``auc_test``): the building blocks
+  of ``compare``, ``stem_verdicts`` and the attention-logit study.
+- **Proportions** (``wilson``, ``newcombe``): score intervals of a fraction and of a difference.
+
+The rules of the verdicts over replicated seeds (sources in docs/methodology.md, "Verdicts"):
 
 - **Paired seeds.** Each arm's chosen configuration is trained again with the same k seeds; the
   statistic is the mean of the k per-seed differences ``d``. Its p-value is the exact sign-flip
@@ -24,6 +30,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import product
+from statistics import NormalDist
 
 import numpy as np
 
@@ -278,3 +285,270 @@ def mcnemar_runs(a, b, column: str = "test_correct") -> McNemar:
     if int(b["test_images"]) != n:
         raise ValueError(f"mcnemar_runs: {n} vs {int(b['test_images'])} test images (not the same split)")
     return mcnemar_exact(correct_of(a[column], n), correct_of(b[column], n))
+
+
+# ---- bootstrap, rank and permutation statistics (compare, stems, the attention-logit study) ----
+
+MIN_AUC_RUNS = 3  # runs with and without the outcome an AUC interval needs, each
+
+
+def boot_ci(stat: np.ndarray, ci: float) -> tuple[float, float]:
+    """The percentile interval of bootstrap replicates.
+
+    Args:
+        stat: the statistic over the resamples (non-finite replicates are left out).
+        ci: the coverage, e.g. 0.9 for the 5 % and 95 % quantiles.
+
+    Returns:
+        (lo, hi); (NaN, NaN) without a finite replicate.
+
+    >>> boot_ci(np.arange(101.0), 0.9)
+    (5.0, 95.0)
+    >>> boot_ci(np.array([np.nan]), 0.9)
+    (nan, nan)
+    """
+    stat = stat[np.isfinite(stat)]
+    if not len(stat):
+        return np.nan, np.nan
+    lo, hi = np.quantile(stat, [(1 - ci) / 2, (1 + ci) / 2])
+    return float(lo), float(hi)
+
+
+def ks_signed(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """The two one-sided Kolmogorov-Smirnov distances of two samples, ties exact (evaluated on
+    the pooled distinct values).
+
+    Args:
+        a, b: the two samples.
+
+    Returns:
+        (max of F_a − F_b, max of F_b − F_a) over every value, F(e) = the fraction at or below e.
+
+    >>> ks_signed(np.array([1.0, 2.0]), np.array([2.0, 3.0]))
+    (0.5, 0.0)
+    """
+    xs = np.unique(np.concatenate([a, b]))
+    fa = np.searchsorted(np.sort(a), xs, side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), xs, side="right") / len(b)
+    return float(max(0.0, (fa - fb).max())), float(max(0.0, (fb - fa).max()))
+
+
+def ks_permutation_p(a: np.ndarray, b: np.ndarray, n_perm: int = 2000, seed: int = 0) -> float:
+    """Two-sided KS p-value by permuting the group labels, exact under ties.
+
+    Args:
+        a, b: the two samples.
+        n_perm: label permutations.
+        seed: of the permutations.
+
+    Returns:
+        (1 + #{D* ≥ D}) / (1 + n_perm), D the larger of ``ks_signed``.
+    """
+    observed = max(ks_signed(a, b))
+    pool = np.concatenate([a, b])
+    xs = np.unique(pool)
+    rank = np.searchsorted(xs, pool)  # the value index of every run
+    rng = np.random.default_rng(seed)
+    na, count = len(a), 0
+    for _ in range(n_perm):
+        perm = rng.permutation(len(pool))
+        ca = np.bincount(rank[perm[:na]], minlength=len(xs)).cumsum() / na
+        cb = np.bincount(rank[perm[na:]], minlength=len(xs)).cumsum() / (len(pool) - na)
+        count += np.abs(ca - cb).max() >= observed - 1e-12
+    return (1 + count) / (1 + n_perm)
+
+
+def area_between(a: np.ndarray, b: np.ndarray) -> float:
+    """The area between two EDFs.
+
+    Args:
+        a, b: the two samples (errors, in points).
+
+    Returns:
+        The integral of |F_a(e) − F_b(e)| de over the errors (in the samples' unit).
+
+    >>> area_between(np.array([0.0, 10.0]), np.array([10.0, 20.0]))
+    10.0
+    """
+    xs = np.unique(np.concatenate([a, b]))
+    if len(xs) < 2:
+        return 0.0
+    fa = np.searchsorted(np.sort(a), xs[:-1], side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), xs[:-1], side="right") / len(b)
+    return float(np.sum(np.abs(fa - fb) * np.diff(xs)))
+
+
+def paired_tests(d: np.ndarray) -> dict[str, float]:
+    """Wilcoxon signed-rank and sign-test p-values of paired differences (zeros dropped, as
+    Wilcoxon's original).
+
+    Args:
+        d: the paired differences b − a.
+
+    Returns:
+        ``n_pairs``, ``n_b_lower`` (d < 0), ``n_a_lower``, ``n_ties``, ``wilcoxon_p`` and ``sign_p``
+        (NaN without a non-zero difference).
+    """
+    from scipy.stats import binomtest, wilcoxon
+
+    nz = d[d != 0]
+    out = {"n_pairs": len(d), "n_b_lower": int((d < 0).sum()), "n_a_lower": int((d > 0).sum()),
+           "n_ties": int((d == 0).sum()), "wilcoxon_p": np.nan, "sign_p": np.nan}
+    if len(nz):
+        out["wilcoxon_p"] = float(wilcoxon(nz, zero_method="wilcox").pvalue)
+        out["sign_p"] = float(binomtest(int((nz > 0).sum()), len(nz), 0.5).pvalue)
+    return out
+
+
+def median_perm_p(a: np.ndarray, b: np.ndarray, n_perm: int = 4000, seed: int = 0) -> float:
+    """Two-sided permutation p-value of median(b) − median(a).
+
+    Args:
+        a, b: the two samples.
+        n_perm: label permutations.
+        seed: of the permutations.
+
+    Returns:
+        (1 + #{|D*| ≥ |D|}) / (1 + n_perm).
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    observed = abs(np.median(b) - np.median(a))
+    pool = np.concatenate([a, b])
+    rng = np.random.default_rng(seed)
+    perms = np.argsort(rng.random((n_perm, len(pool))), axis=1)
+    shuffled = pool[perms]
+    d = np.abs(np.median(shuffled[:, len(a):], axis=1) - np.median(shuffled[:, :len(a)], axis=1))
+    return float((1 + np.sum(d >= observed - 1e-9)) / (1 + n_perm))
+
+
+def wilson(k: int, n: int, ci: float = 0.9) -> tuple[float, float]:
+    """Wilson score interval of a proportion.
+
+    Args:
+        k: successes.
+        n: trials.
+        ci: the coverage.
+
+    Returns:
+        (lo, hi) of k / n; (NaN, NaN) when n is 0.
+
+    >>> [round(v, 4) for v in wilson(5, 10, 0.95)]
+    [0.2366, 0.7634]
+    """
+    if n == 0:
+        return np.nan, np.nan
+    z = NormalDist().inv_cdf((1 + ci) / 2)
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(0.0, mid - half)), float(min(1.0, mid + half))
+
+
+def newcombe(k1: int, n1: int, k2: int, n2: int, ci: float = 0.9) -> tuple[float, float]:
+    """Newcombe's hybrid score interval of a difference of proportions, from the two Wilson
+    intervals.
+
+    Args:
+        k1, n1: successes and trials of the first proportion.
+        k2, n2: the same of the second.
+        ci: the coverage.
+
+    Returns:
+        (lo, hi) of k1 / n1 − k2 / n2; (NaN, NaN) when either n is 0.
+    """
+    if n1 == 0 or n2 == 0:
+        return np.nan, np.nan
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = wilson(k1, n1, ci), wilson(k2, n2, ci)
+    d = p1 - p2
+    return float(d - np.hypot(p1 - l1, u2 - p2)), float(d + np.hypot(u1 - p1, p2 - l2))
+
+
+def _cells(strata: np.ndarray) -> list[np.ndarray]:
+    return [np.flatnonzero(strata == v) for v in np.unique(strata)]
+
+
+def _weighted_auc(x: np.ndarray, strata: np.ndarray, w_with: np.ndarray, w_without: np.ndarray):
+    """(AUC, weight of the pairs) for each row of the run weights (k, n): the sum over pairs in one
+    stratum of w_with_i · w_without_j · ([x_i > x_j] + ½[x_i = x_j]) over the sum of
+    w_with_i · w_without_j. One sort per stratum and cumulative sums: O(k·n), no n × n matrix.
+    Weights 0/1 give the Mann-Whitney AUC; shuffled outcomes, a permutation's; resample counts
+    times the outcome, a bootstrap resample's."""
+    u, den = np.zeros(len(w_with)), np.zeros(len(w_with))
+    for c in _cells(strata):
+        order = c[np.argsort(x[c], kind="stable")]
+        xs, wi, wo = x[order], w_with[:, order], w_without[:, order]
+        first, past = np.searchsorted(xs, xs, "left"), np.searchsorted(xs, xs, "right")  # each one's ties
+        cum = np.concatenate([np.zeros((len(wo), 1)), np.cumsum(wo, axis=1)], axis=1)
+        u += (wi * (cum[:, first] + 0.5 * (cum[:, past] - cum[:, first]))).sum(1)
+        den += wi.sum(1) * wo.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, u / den, np.nan), den
+
+
+def auc(x: np.ndarray, bad: np.ndarray, strata: np.ndarray | None = None) -> tuple[float, int]:
+    """The Mann-Whitney AUC of ``x`` for an outcome.
+
+    Args:
+        x: the predictor per run; NaN (not measured) is left out.
+        bad: whether each run had the outcome.
+        strata: pairs only inside one stratum when given; over all runs otherwise.
+
+    Returns:
+        (AUC, pairs): the probability that a run with the outcome has the larger ``x`` than one
+        without (ties count half); NaN without a pair.
+
+    >>> auc(np.array([1.0, 2.0, 3.0, 4.0]), np.array([False, True, False, True]))
+    (0.75, 4)
+    """
+    x, bad = np.asarray(x, float), np.asarray(bad, bool)
+    strata = np.zeros(len(x), int) if strata is None else np.asarray(strata)
+    keep = ~np.isnan(x)
+    a, n = _weighted_auc(x[keep], strata[keep], bad[keep][None].astype(float), (~bad[keep])[None].astype(float))
+    return float(a[0]), int(n[0])
+
+
+def auc_test(x: np.ndarray, bad: np.ndarray, strata: np.ndarray, within: bool, ci: float, n_boot: int,
+             rng: np.random.Generator) -> tuple[float, int, float, float, float]:
+    """The AUC of ``x`` for an outcome with its interval and test.
+
+    Args:
+        x: the predictor per run (NaN left out).
+        bad: whether each run had the outcome.
+        strata: a label per run; pairs, shuffles and resamples stay inside one stratum when
+            ``within``, else run over all runs.
+        within: see ``strata``.
+        ci: the coverage of the interval.
+        n_boot: shuffles and resamples, each.
+        rng: draws both.
+
+    Returns:
+        (AUC, pairs, lo, hi, p). p: two-sided permutation p-value of AUC = 0.5, the outcomes
+        shuffled. (lo, hi): percentile bootstrap over runs; none when the AUC is 0 or 1 (the
+        percentile bootstrap cannot leave it), when fewer than ``MIN_AUC_RUNS`` runs stand on
+        either side of the pairs, or when most resamples lack a pair.
+    """
+    keep = ~np.isnan(x)
+    x, bad = x[keep], bad[keep]
+    strata = strata[keep] if within else np.zeros(len(x), int)
+    a, n = auc(x, bad, strata)
+    if not n:
+        return a, n, np.nan, np.nan, np.nan
+    cells = _cells(strata)
+    mixed = [c for c in cells if 0 < bad[c].sum() < len(c)]
+    shuffled = np.zeros((n_boot, len(x)))
+    for c in mixed:
+        shuffled[:, c] = bad[c][np.argsort(rng.random((n_boot, len(c))), axis=1)]
+    null, _den = _weighted_auc(x, strata, shuffled, 1 - shuffled)
+    p = (int(np.sum(np.abs(null - 0.5) >= abs(a - 0.5) - 1e-12)) + 1) / (n_boot + 1)
+    used = np.concatenate(mixed)
+    if a in (0.0, 1.0) or min(bad[used].sum(), (~bad[used]).sum()) < MIN_AUC_RUNS:
+        return a, n, np.nan, np.nan, p
+    counts = np.zeros((n_boot, len(x)))
+    for c in cells:
+        counts[:, c] = rng.multinomial(len(c), np.full(len(c), 1 / len(c)), size=n_boot)
+    vals, den = _weighted_auc(x, strata, counts * bad, counts * ~bad)
+    vals = vals[den > 0]
+    if len(vals) < n_boot / 2:  # most resamples lack a pair: no interval
+        return a, n, np.nan, np.nan, p
+    return a, n, float(np.quantile(vals, (1 - ci) / 2)), float(np.quantile(vals, (1 + ci) / 2)), p
