@@ -44,8 +44,18 @@ def _resample(e: np.ndarray, div: np.ndarray, rng: np.random.Generator, n_boot: 
 
 def paired_differences(df: pd.DataFrame, by: str, a: str, b: str,
                        keys: Sequence[str] = PAIR_KEYS) -> np.ndarray:
-    """d = e_b − e_a over the points both groups ran (one pair per shared key; a key run more
-    than once in a group is averaged)."""
+    """The paired differences of two groups over the design points both ran.
+
+    Args:
+        df: finished runs with ``err`` (``errors``).
+        by: the column of the groups.
+        a, b: the two groups.
+        keys: the columns that make a design point (those present, ``by`` excluded).
+
+    Returns:
+        d = e_b − e_a, one per shared point (a point run more than once in a group is
+        averaged), rounded to 1e-9; empty without a key column.
+    """
     keys = [k for k in keys if k in df.columns and k != by]
     if not keys:
         return np.array([])
@@ -60,13 +70,32 @@ def paired_differences(df: pd.DataFrame, by: str, a: str, b: str,
 def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relative: bool = False,
             within: Sequence[float] = WITHIN, strata_by: Sequence[str] | None = None,
             n_boot: int = 1000, n_perm: int = 2000, ci: float = 0.9, seed: int = 0) -> pd.DataFrame:
-    """One row per stratum and pair (a, b) of ``by`` groups: signed effects b − a with their
-    bootstrap intervals, the KS permutation test and, for paired designs, paired tests.
+    """Signed, paired comparisons of groups (stems) within each stratum.
 
-    ``strata_by`` defaults to every design axis that varies (``strata``): sweeps, optimizers,
-    training lengths ... are compared within themselves, never pooled. ``relative`` reads
-    errors as Δ to each group's best (within each stratum; diverged runs at Δ 100, see
-    ``delta_to_best``), and then best/median/worst are Δ too; ``within`` fractions always use Δ.
+    Args:
+        runs: the runs table.
+        by: the column of the groups compared.
+        value: the error column.
+        relative: errors as Δ to each group's best (within each stratum; diverged runs at Δ 100,
+            see ``delta_to_best``); then best/median/worst are Δ too.
+        within: the x of the ``within_<x>`` fractions (always on Δ).
+        strata_by: the strata; default ``strata(runs, exclude=(by,))``, every design axis that
+            varies: sweeps, optimizers, training lengths ... are compared within themselves,
+            never pooled.
+        n_boot, n_perm, ci, seed: of the bootstrap intervals and permutation tests.
+
+    Returns:
+        One row per stratum (its ``strata_by`` columns) and pair (a, b) of groups, a before b
+        alphabetically: ``n_a``/``n_b``, best/median/worst per group, signed effects b − a with
+        their bootstrap intervals (``median_diff``, ``within_<x>_diff``), the KS permutation test
+        (``ks``, ``ks_better``, ``ks_p``), ``area`` between the EDFs, ``pooled`` and, for paired
+        designs, paired tests (``stats.paired_tests``, ``paired_median_diff``).
+
+    >>> runs = pd.DataFrame({"stem": ["conv"] * 4 + ["patchify"] * 4, "status": "completed",
+    ...                      "top1_err": [20.0, 22, 24, 26, 30, 32, 34, 36]})
+    >>> row = compare(runs, n_boot=200, n_perm=200).iloc[0]
+    >>> row[["a", "b", "median_diff", "ks", "ks_better"]].to_dict()
+    {'a': 'conv', 'b': 'patchify', 'median_diff': 10.0, 'ks': 1.0, 'ks_better': 'conv'}
     """
     runs = with_size(runs)
     strata_by = list(strata(runs, exclude=(by,)) if strata_by is None else strata_by)
@@ -111,7 +140,16 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
 
 
 def verdict_text(row: pd.Series | dict, unit: str = "points") -> str:
-    """One line: which group is lower, by how much, with the interval and n."""
+    """One line for a ``compare`` row.
+
+    Args:
+        row: a row of ``compare``.
+        unit: of the errors.
+
+    Returns:
+        Which group is lower (where the interval of the median difference excludes 0), by how
+        much, with the interval and n.
+    """
     lo, hi = row["median_diff_lo"], row["median_diff_hi"]
     side = (f"{row['b']} lower" if hi < 0 else f"{row['a']} lower" if lo > 0 else "no clear difference")
     return (f"{side}: median {row['b']} − {row['a']} = {row['median_diff']:+.2f} {unit} "

@@ -77,7 +77,15 @@ def sign_flip_p(d: np.ndarray, alternative: str = "greater", n_perm: int = N_PER
 
 
 def t_interval(d: np.ndarray, ci: float = 0.9) -> tuple[float, float, float]:
-    """(mean, lo, hi): the two-sided ``ci`` t interval of the mean of ``d`` (NaN bounds for k < 2)."""
+    """The t interval of a mean.
+
+    Args:
+        d: the values (per-seed contrasts).
+        ci: the two-sided coverage.
+
+    Returns:
+        (mean, lo, hi); NaN bounds for fewer than 2 values, all NaN for none.
+    """
     from scipy import stats
 
     d = np.asarray(d, float)
@@ -91,9 +99,18 @@ def t_interval(d: np.ndarray, ci: float = 0.9) -> tuple[float, float, float]:
 
 
 def holm(p: list[float] | np.ndarray) -> np.ndarray:
-    """Holm (1979) adjusted p-values, in the input order: sorted ascending, p_(i) * (m - i + 1),
-    made monotone and capped at 1. Rejecting where adjusted p <= alpha is Holm's step-down rule.
-    NaN entries are left out of the family and stay NaN."""
+    """Holm (1979) adjusted p-values.
+
+    Args:
+        p: the family's p-values; NaN entries are left out of the family and stay NaN.
+
+    Returns:
+        The adjusted p-values in the input order: sorted ascending, p_(i) * (m - i + 1), made
+        monotone and capped at 1. Rejecting where adjusted p <= alpha is Holm's step-down rule.
+
+    >>> holm([0.01, 0.04, 0.03, 0.5]).tolist()
+    [0.04, 0.09, 0.09, 0.5]
+    """
     p = np.asarray(p, float)
     out = np.full(len(p), np.nan)
     ok = np.flatnonzero(np.isfinite(p))
@@ -107,20 +124,45 @@ def holm(p: list[float] | np.ndarray) -> np.ndarray:
 
 
 def min_sign_flip_p(k: int) -> float:
-    """The smallest one-sided p an exact sign-flip test over k seeds can give: 2^-k."""
+    """The smallest one-sided p an exact sign-flip test can give.
+
+    Args:
+        k: seeds.
+
+    Returns:
+        2^-k.
+    """
     return 2.0 ** -k
 
 
 def seeds_needed(alpha_first: float) -> int:
-    """The fewest seeds k with 2^-k <= ``alpha_first`` (the level the smallest p of a Holm
-    family must reach: alpha / m)."""
+    """The fewest seeds an exact sign-flip test needs to reach a level.
+
+    Args:
+        alpha_first: the level the smallest p of a Holm family must reach (alpha / m).
+
+    Returns:
+        The fewest k with 2^-k <= ``alpha_first``.
+
+    >>> seeds_needed(0.1 / 4)
+    6
+    """
     return int(np.ceil(-np.log2(alpha_first)))
 
 
 def mde(sd: float, k: int, alpha: float = 0.025, power: float = 0.8) -> float:
-    """Minimum detectable effect of a one-sided paired test over ``k`` seeds with per-seed
-    difference SD ``sd``: (t_{1-alpha,k-1} + t_{power,k-1}) * sd / sqrt(k); ``inf`` when the
-    exact sign-flip test cannot reach ``alpha`` at all (2^-k > alpha) or k < 2."""
+    """The t formula's minimum detectable effect of a one-sided paired test.
+
+    Args:
+        sd: SD of the per-seed differences.
+        k: seeds.
+        alpha: one-sided level.
+        power: the power asked.
+
+    Returns:
+        (t_{1-alpha,k-1} + t_{power,k-1}) * sd / sqrt(k); ``inf`` when the exact sign-flip test
+        cannot reach ``alpha`` at all (2^-k > alpha) or k < 2.
+    """
     from scipy import stats
 
     if k < 2 or min_sign_flip_p(k) > alpha or not np.isfinite(sd):
@@ -129,8 +171,19 @@ def mde(sd: float, k: int, alpha: float = 0.025, power: float = 0.8) -> float:
 
 
 def sign_flip_power(effect: float, sd: float, k: int, alpha: float, n_sim: int = 4000, seed: int = 0) -> float:
-    """Power of the one-sided exact sign-flip test at level ``alpha`` over ``k`` seeds when the
-    per-seed contrasts are normal with mean ``effect`` and SD ``sd`` (Monte Carlo, seeded)."""
+    """The power of the one-sided exact sign-flip test (Monte Carlo, seeded).
+
+    Args:
+        effect: the mean of the normal per-seed contrasts.
+        sd: their SD.
+        k: seeds.
+        alpha: one-sided level.
+        n_sim: simulated studies.
+        seed: of the simulation.
+
+    Returns:
+        The share of simulated studies whose p is at most ``alpha``; 0 when no result can reach it.
+    """
     if k < 1 or min_sign_flip_p(k) > alpha:
         return 0.0
     rng = np.random.default_rng(seed)
@@ -142,9 +195,19 @@ def sign_flip_power(effect: float, sd: float, k: int, alpha: float, n_sim: int =
 
 
 def sd_upper(sd: float, k: int, conf: float = 0.8) -> float:
-    """The one-sided ``conf`` upper confidence bound of a normal SD from the sample SD of k values:
-    sd * sqrt((k - 1) / chi2_{1-conf, k-1}). An MDE from the sample SD alone is optimistic at small
-    k (the sample SD of 6 values is below the true one more often than not)."""
+    """An upper confidence bound of a normal SD.
+
+    An MDE from the sample SD alone is optimistic at small k (the sample SD of 6 values is below
+    the true one more often than not).
+
+    Args:
+        sd: the sample SD.
+        k: values it was computed from.
+        conf: the one-sided confidence.
+
+    Returns:
+        sd * sqrt((k - 1) / chi2_{1-conf, k-1}); NaN for k < 2 or a non-finite sd.
+    """
     from scipy import stats
 
     if k < 2 or not np.isfinite(sd):
@@ -153,10 +216,19 @@ def sd_upper(sd: float, k: int, conf: float = 0.8) -> float:
 
 
 def mde_sign_flip(sd: float, k: int, alpha: float = 0.025, power: float = 0.8) -> float:
-    """The smallest mean contrast the exact sign-flip test over ``k`` seeds detects with
-    ``power`` at one-sided level ``alpha``, for normal contrasts of SD ``sd`` (``sign_flip_power``
-    by bisection, in units of sd); ``inf`` when no result can reach ``alpha`` (2^-k > alpha) or
-    sd is not finite. (k = 6 at 0.025: only "all six positive" passes, so the MDE is 1.79 sd.)"""
+    """The minimum detectable effect of the exact sign-flip test itself.
+
+    Args:
+        sd: SD of the normal per-seed contrasts.
+        k: seeds.
+        alpha: one-sided level.
+        power: the power asked.
+
+    Returns:
+        The smallest mean contrast detected with ``power`` (``sign_flip_power`` by bisection, in
+        units of sd); ``inf`` when no result can reach ``alpha`` (2^-k > alpha) or sd is not
+        finite. (k = 6 at 0.025: only "all six positive" passes, so the MDE is 1.79 sd.)
+    """
     if k < 2 or min_sign_flip_p(k) > alpha or not np.isfinite(sd):
         return float("inf")
     return float(sd * _unit_mde(k, alpha, power))
@@ -258,9 +330,16 @@ def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.
 
 
 def smallest_passing(null: np.ndarray, level: float) -> float:
-    """The smallest statistic a one-sided permutation test with these null draws calls
-    significant at ``level`` ((1 + #(null >= t)) / (len(null) + 1) <= level), ``inf`` when no
-    value can (too few distinct label patterns, or too few draws)."""
+    """The smallest statistic a one-sided permutation test calls significant.
+
+    Args:
+        null: the statistic under each label permutation.
+        level: the one-sided level.
+
+    Returns:
+        The smallest t with (1 + #(null >= t)) / (len(null) + 1) <= level; ``inf`` when no value
+        can pass (too few distinct label patterns, or too few draws).
+    """
     null = np.sort(np.asarray(null, float))[::-1]
     allowed = int(np.floor(level * (len(null) + 1))) - 1  # null draws that may lie at or above t
     if allowed < 0:
@@ -272,7 +351,18 @@ def smallest_passing(null: np.ndarray, level: float) -> float:
 
 
 def correct_of(packed: bytes, n: int) -> np.ndarray:
-    """The per-image correctness a run stored (``test_correct``: ``np.packbits``) as n booleans."""
+    """A run's stored per-image correctness.
+
+    Args:
+        packed: ``test_correct`` (``np.packbits`` of the booleans).
+        n: images.
+
+    Returns:
+        n booleans.
+
+    >>> correct_of(np.packbits([True, False, True]).tobytes(), 3).tolist()
+    [True, False, True]
+    """
     bits = np.unpackbits(np.frombuffer(bytes(packed), np.uint8))
     if len(bits) < n or len(bits) - n >= 8:
         raise ValueError(f"correct_of: {len(packed)} bytes do not hold {n} images")
@@ -280,7 +370,15 @@ def correct_of(packed: bytes, n: int) -> np.ndarray:
 
 
 def mcnemar_runs(a, b, column: str = "test_correct") -> McNemar:
-    """``mcnemar_exact`` of two runs rows (runs table) on their stored test-split correctness."""
+    """The exact McNemar test of two runs on their stored test-split correctness.
+
+    Args:
+        a, b: runs rows (runs table) with ``test_images`` and ``column``.
+        column: the packed correctness.
+
+    Returns:
+        ``mcnemar_exact`` of the two.
+    """
     n = int(a["test_images"])
     if int(b["test_images"]) != n:
         raise ValueError(f"mcnemar_runs: {n} vs {int(b['test_images'])} test images (not the same split)")
@@ -302,8 +400,8 @@ def boot_ci(stat: np.ndarray, ci: float) -> tuple[float, float]:
     Returns:
         (lo, hi); (NaN, NaN) without a finite replicate.
 
-    >>> boot_ci(np.arange(101.0), 0.9)
-    (5.0, 95.0)
+    >>> [round(v, 9) for v in boot_ci(np.arange(101.0), 0.9)]
+    [5.0, 95.0]
     >>> boot_ci(np.array([np.nan]), 0.9)
     (nan, nan)
     """

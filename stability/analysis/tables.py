@@ -38,17 +38,43 @@ class Table:
 
 
 def noted(table: pd.DataFrame, by: Sequence[str], *notes: str, pooled: Sequence[str] = ()) -> Table:
-    """A ``Table`` whose note is the non-empty ``notes`` joined by spaces."""
+    """A ``Table`` with its notes.
+
+    Args:
+        table: the rows.
+        by: the columns naming each row's group.
+        notes: what was left out, in words ("" ones are skipped).
+        pooled: the axes pooled on purpose that varied.
+
+    Returns:
+        The ``Table``, its note the non-empty ``notes`` joined by spaces.
+    """
     return Table(table, tuple(by), " ".join(n for n in notes if n), tuple(pooled))
 
 
 def missing_columns(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
-    """The columns of ``cols`` that ``df`` lacks or holds only nulls in."""
+    """The columns a study needs that results lack.
+
+    Args:
+        df: a table.
+        cols: the columns needed.
+
+    Returns:
+        Those of ``cols`` that ``df`` lacks or holds only nulls in.
+    """
     return [c for c in cols if c not in df.columns or df[c].isna().all()]
 
 
 def older_results(cols: Sequence[str], what: str) -> str:
-    """The note of a study whose columns are absent: results written before they were recorded."""
+    """The note of a study whose columns are absent.
+
+    Args:
+        cols: the missing columns (``missing_columns``).
+        what: the study.
+
+    Returns:
+        The sentence: results written before they were recorded; rerun with the current trainer.
+    """
     return (f"No {', '.join(cols)} in these results (written before they were recorded, or no "
             f"finished run): {what} needs them; rerun the runs with the current trainer.")
 
@@ -88,7 +114,16 @@ def group_text(values: dict) -> str:
 
 
 def groups_of(df: pd.DataFrame, cols: Sequence[str], limit: int = 6) -> str:
-    """The groups (by ``cols``) the rows of ``df`` fall in, each with its row count."""
+    """The groups the rows of a table fall in, for a note.
+
+    Args:
+        df: the rows (runs left out, say).
+        cols: the columns naming a group (``naming_columns``).
+        limit: groups named before "… (n groups in all)".
+
+    Returns:
+        "group: count" items joined by "; " ("" for no row).
+    """
     if df.empty:
         return ""
     if not cols:
@@ -101,8 +136,15 @@ def groups_of(df: pd.DataFrame, cols: Sequence[str], limit: int = 6) -> str:
 
 
 def naming_columns(df: pd.DataFrame, axes: Sequence[str]) -> list[str]:
-    """The columns that name a run's group and line: the sweep (even when it does not vary), the
-    group axes, stem and fix."""
+    """The columns that name a run's group and line.
+
+    Args:
+        df: the runs.
+        axes: the group axes.
+
+    Returns:
+        The sweep (even when it does not vary), the group axes, stem and fix (those present).
+    """
     return [*[c for c in ("sweep",) if c in df.columns and c not in axes], *axes,
             *[c for c in SERIES if c in df.columns]]
 
@@ -128,13 +170,32 @@ def row_group(row: pd.Series | dict, by: Sequence[str]) -> str:
 
 
 def interval_text(lo: float, hi: float, fmt: str = "+.3g") -> str:
-    """"[lo, hi]", or "[n/a]" where the interval is undefined (as ``stems.verdict_line``)."""
+    """An interval as the report and dashboard print it.
+
+    Args:
+        lo, hi: the bounds.
+        fmt: their format.
+
+    Returns:
+        "[lo, hi]", or "[n/a]" where the interval is undefined (as ``stems.verdict_line``).
+
+    >>> interval_text(-0.1234, 0.5), interval_text(float("nan"), 1.0)
+    ('[-0.123, +0.5]', '[n/a]')
+    """
     if pd.isna(lo) or pd.isna(hi):
         return "[n/a]"
     return f"[{lo:{fmt}}, {hi:{fmt}}]"
 
 
 def group_columns(df: pd.DataFrame, axes: Sequence[str]) -> list[str]:
-    """The group of a study's rows as its columns: the sweep first (where the runs have one, even
-    when it does not vary: every group is named with it), then the other group ``axes``."""
+    """A study's ``Table.by`` for rows of runs.
+
+    Args:
+        df: the runs.
+        axes: the group axes (``grouping.fixed_axes``).
+
+    Returns:
+        The sweep first (where the runs have one, even when it does not vary: every group is
+        named with it), then the other group ``axes``.
+    """
     return [*(["sweep"] if "sweep" in df.columns else []), *[a for a in axes if a != "sweep"]]
