@@ -167,6 +167,16 @@ def test_no_private_helper_is_imported_across_modules():
     assert offenders == []
 
 
+def test_group_axes_are_named_not_read_from_column_positions():
+    """A table's group axes are passed or returned by name (``by=``, ``Table.by``,
+    ``analysis.strata``), never taken as "the columns before stem" (or before "a", "runs" ...)."""
+    pattern = re.compile(r"columns\[:|\.get_loc\(|\(\w+\.columns\)\[:")
+    files = [*PKG.rglob("*.py"), *(ROOT / "dashboard").rglob("*.py")]
+    bad = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+           if pattern.search(line)]
+    assert bad == []
+
+
 def test_train_module_stays_small():
     """train.py keeps train(), train_step, evaluation; its parts live in optim/tracing/checkpoint."""
     assert len((PKG / "train.py").read_text().splitlines()) <= 350
