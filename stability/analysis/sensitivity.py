@@ -175,6 +175,12 @@ def lr_sensitivity(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[flo
         (NaN with one seed: there is nothing to resample), ``n_seeds``, ``n_lr`` (distinct lrs),
         the lr range, ``n_runs``, ``n_diverged``, mean ``l0`` and ``l_star``, ``metric`` and
         ``pooled`` (the axes of ``pool`` that varied: "" when nothing is pooled).
+
+    Results written before the losses were recorded give an empty table that says why:
+
+    >>> res = lr_sensitivity(pd.DataFrame({"status": ["completed"], "lr": [0.1], "seed": [0]}))
+    >>> res.table.empty, res.note.split(" in these results")[0]
+    (True, 'No final_val_loss, init_val_loss')
     """
     res = lr_sensitivity_per_seed(runs, metric, lr_range, common_lrs, min_lrs, pool)
     per = res.table

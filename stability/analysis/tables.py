@@ -19,7 +19,7 @@ import pandas as pd
 SERIES = ("stem", "fix")  # the lines inside a group of runs equal in everything but lr and seed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq would compare DataFrames elementwise: identity instead
 class Table:
     """A study's result.
 
