@@ -412,7 +412,7 @@ def verdict_lines(runs: pd.DataFrame, key: str, ready: bool = False) -> pd.DataF
     if v.empty:
         st.info("Only one stem in the selection: there is nothing to compare.")
         return v
-    strata_cols = list(v.columns[:v.columns.get_loc("a")])
+    strata_cols = analysis.strata(runs)  # stem_verdicts' strata, named
     for _, row in v.iterrows():
         where = " · ".join(f"{row[c]} ep" if c == "epochs" else f"{row[c]}" for c in strata_cols) or whole_name(runs)
         line = analysis.verdict_line(row)

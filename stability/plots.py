@@ -7,6 +7,7 @@ no data loading or computing happens here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .store import RunStatus
+
+if TYPE_CHECKING:
+    from .analysis.tables import Table
 
 STEM_COLORS = {"patchify": "#d62728", "conv": "#1f77b4", "regnet": "#2ca02c"}
 _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -535,17 +539,13 @@ def _panels(df: pd.DataFrame, axes: Sequence[str]) -> list[tuple[str, pd.DataFra
             for k, g in df.groupby(axes, observed=True, dropna=False, sort=True)]
 
 
-def _group_axes(df: pd.DataFrame) -> list[str]:
-    cols = list(df.columns)
-    return [c for c in cols[:cols.index("stem")] if c != "run_id"] if "stem" in cols else []
-
-
-def lr_curve_figure(curves: pd.DataFrame, metric: str = "loss") -> go.Figure:
+def lr_curve_figure(res: Table, metric: str = "loss") -> go.Figure:
     """Final value vs peak lr (log x), one line per (stem, fix) and one panel per group
-    (``analysis.lr_curves``: sweep, optimizer, epochs, wd ... never mixed): the mean over seeds
-    of min(value, ℓ₀); a point where a run diverged (or its value was not finite) is a cross at
-    ℓ₀, the loss at init, drawn dotted per line (Wortsman et al. 2023, Fig. 1)."""
-    panels = _panels(curves, _group_axes(curves))
+    (``analysis.lr_curves``: its ``by``, sweep, optimizer, epochs, wd ... never mixed): the mean
+    over seeds of min(value, ℓ₀); a point where a run diverged (or its value was not finite) is a
+    cross at ℓ₀, the loss at init, drawn dotted per line (Wortsman et al. 2023, Fig. 1)."""
+    curves = res.table
+    panels = _panels(curves, res.by)
     fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[t for t, _ in panels],
                         vertical_spacing=min(0.2, 0.45 / max(1, len(panels))))
     stems = sorted(curves["stem"].astype(str).unique()) if len(curves) else []
@@ -577,12 +577,13 @@ def lr_curve_figure(curves: pd.DataFrame, metric: str = "loss") -> go.Figure:
     return fig
 
 
-def lr_sensitivity_figure(sens: pd.DataFrame) -> go.Figure:
+def lr_sensitivity_figure(res: Table) -> go.Figure:
     """LR sensitivity per (stem, fix) with its bootstrap interval over seeds as error bars
-    (``analysis.lr_sensitivity``), one x position per group and fix, one colour per stem; the
-    hover gives n seeds, lrs and diverged runs (a point without a bar had one seed)."""
+    (``analysis.lr_sensitivity``), one x position per group (its ``by``) and fix, one colour per
+    stem; the hover gives n seeds, lrs and diverged runs (a point without a bar had one seed)."""
     fig = go.Figure()
-    axes = [a for a in _group_axes(sens) if sens[a].nunique(dropna=False) > 1]
+    sens = res.table
+    axes = [a for a in res.by if sens[a].nunique(dropna=False) > 1]
     stems = sorted(sens["stem"].astype(str).unique()) if len(sens) else []
     for stem, g in sens.groupby("stem", observed=True, sort=True):
         where = g[axes].astype(str).agg(" · ".join, axis=1) + " · " if axes else ""
@@ -604,12 +605,13 @@ def lr_sensitivity_figure(sens: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def attn_logit_figure(at: pd.DataFrame, thresholds: Sequence[float] = ()) -> go.Figure:
+def attn_logit_figure(res: Table, thresholds: Sequence[float] = ()) -> go.Figure:
     """Max attention logit at the chosen early step vs lr per run (``analysis.attn_logit_at``),
     log axes, colour by stem, crosses for runs that diverged later; ``thresholds`` up to 10x the
     largest logit as dotted lines. Runs whose trace ended before the step have no point (they are
     counted in the table)."""
     fig = go.Figure()
+    at = res.table
     seen = at[at["logit_max"].notna()] if len(at) else at
     stems = sorted(seen["stem"].astype(str).unique()) if len(seen) else []
     for (stem, fix, diverged), g in seen.groupby(["stem", "fix", "diverged"], observed=True, sort=True):

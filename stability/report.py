@@ -63,8 +63,8 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str) -> 
     ``analysis.verdict_line``): the same table and lines as the dashboard's Overview."""
     from .analysis import findings, stems
 
-    out = analysis.stem_outcomes(runs)
-    keys = list(out.columns[:list(out.columns).index("stem")])
+    keys = analysis.strata(runs)  # the strata, named (stem_outcomes' default grouping)
+    out = analysis.stem_outcomes(runs, by=keys)
     rows = []
     for r in out.itertuples(index=False):
         r = r._asdict()
@@ -90,13 +90,13 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str) -> 
     lines = []
     done = set()
     for _, v in verdicts.iterrows():
-        name = analysis.sensitivity.group_text({k: v[k] for k in keys}) if keys else f"sweep {sweep}"
+        name = analysis.group_text({k: v[k] for k in keys}) if keys else f"sweep {sweep}"
         lines.append((name, analysis.verdict_line(v)))
         done.add(tuple(v[k] for k in keys))
     for key, g in out.groupby(keys, sort=True) if keys else [((), out)]:
         key = key if isinstance(key, tuple) else (key,)
         if key not in done:
-            name = analysis.sensitivity.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
+            name = analysis.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
             lines.append((name, f"no verdict (only {', '.join(map(str, g['stem']))} ran here: nothing to compare)"))
     rule = (f"<p class='dim'>Verdict: the median error of b − a (diverged runs at 100) with its 90 % bootstrap "
             f"interval; a two-sided permutation test of it, Holm-adjusted over the strata, at "
@@ -164,7 +164,7 @@ def _tables(runs: pd.DataFrame, verdicts: pd.DataFrame, by: list[str]) -> str:
         out.append("<h2>Runs left out (failed, preempted, running: not in the EDFs nor the findings)</h2>"
                    + table(left[left[list(LEFT_OUT)].to_numpy().any(axis=1)]))
     if not verdicts.empty:
-        keys = list(verdicts.columns[:list(verdicts.columns).index("a")])
+        keys = analysis.strata(runs)  # stem_verdicts' strata, named
         cmp = verdicts[keys].copy()
         for c in ("a", "b", "verdict", "n_a", "n_b", "median_a", "median_b", "median_diff"):
             cmp[c] = verdicts[c]
@@ -187,8 +187,7 @@ def _tables(runs: pd.DataFrame, verdicts: pd.DataFrame, by: list[str]) -> str:
     return "".join(out)
 
 
-def _note(df) -> str:
-    text = analysis.sensitivity.note(df)
+def _note(text: str) -> str:
     return f"<p><i>{html.escape(text)}</i></p>" if text else ""
 
 
@@ -205,8 +204,9 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
            "over seeds. Lower is less sensitive. Groups: every design axis and fixed hyper-parameter that "
            "varies, nothing pooled; one line per stem and fix (docs/methodology.md).</p>"]
     for metric, label in (("loss", "final validation loss"), ("top1_err", "top-1 error (%)")):
-        sens_table = analysis.lr_sensitivity(runs, metric=metric)
-        said = _note(sens_table)
+        sens = analysis.lr_sensitivity(runs, metric=metric)
+        sens_table = sens.table
+        said = _note(sens.note)
         out.append(f"<h3>LR sensitivity on {label}</h3>"
                    + ("<p><i>The same groups left out, for the same reason, as on the loss.</i></p>"
                       if said and said in "".join(out) else said))
@@ -217,38 +217,37 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
         lines = []
         for axis in ("stem", "fix"):
             diff = analysis.sensitivity_diff(runs, axis=axis, metric=metric)
-            lines += [analysis.sensitivity_verdict(r) for _, r in diff.iterrows()]
+            lines += [analysis.sensitivity_verdict(r, diff.by) for _, r in diff.table.iterrows()]
         out.append(_bullets(lines))
         if metric == "loss":
             curves = analysis.lr_curves(runs, metric=metric, min_lrs=analysis.sensitivity.MIN_LRS)
             out.append(plots.lr_curve_figure(curves, metric).to_html(full_html=False, include_plotlyjs=False))
-            out.append(plots.lr_sensitivity_figure(sens_table).to_html(full_html=False, include_plotlyjs=False))
+            out.append(plots.lr_sensitivity_figure(sens).to_html(full_html=False, include_plotlyjs=False))
     gn = store.read_table(root, "grad_norms", sweep=sweep, columns=["step", "layer", "attn_logit_max"])
-    sens = analysis.sensitivity
+    attn = analysis.attention
     steps = store.read_table(root, "steps", sweep=sweep, columns=["step", "loss"])
     at = analysis.attn_logit_at(runs, gn)
-    # the group axes, not the lines: the pooled tables pool stems and fixes only
-    axes = [c for c in list(at.columns)[:list(at.columns).index("stem")] if c != "run_id"]
+    axes = list(at.by)  # the group axes, not the lines: the pooled tables pool stems and fixes only
     out.append(f"<h3>Does a large attention logit early in training go with divergence or collapse?</h3>"
                f"<p>Per run: the max attention logit q·k/√d<sub>h</sub> (over layers, heads, tokens, batch) at "
-               f"the first traced step at or after {sens.ATTN_FRACTION:.0%} of the group's training (<code>at_steps</code>). "
-               f"Two outcomes, never merged: <b>diverged</b> ({html.escape(sens.OUTCOMES['diverged'])}) and "
-               f"<b>unstable</b> ({html.escape(sens.OUTCOMES['unstable'])}; at high lr, how small models fail in "
+               f"the first traced step at or after {attn.ATTN_FRACTION:.0%} of the group's training (<code>at_steps</code>). "
+               f"Two outcomes, never merged: <b>diverged</b> ({html.escape(attn.OUTCOMES['diverged'])}) and "
+               f"<b>unstable</b> ({html.escape(attn.OUTCOMES['unstable'])}; at high lr, how small models fail in "
                f"Wortsman et al.). AUC: the chance that a run with the outcome had the larger logit than one "
                f"without (0.5: no information), over all pairs and over pairs at one lr (and one stem and fix "
                f"where those are pooled: <code>strata</code>), with 90% bootstrap intervals over runs and "
                f"permutation p-values; the lr raises both logit and failure, so only the one-lr AUC says whether "
                f"the logit tells more than the lr. <code>loss_auc</code>: the same for the training loss at that "
                f"step, the baseline a warning signal has to beat. Per line, then pooled over stems and fixes. "
-               f"Runs that diverged before the step are counted apart.</p>" + _note(at))
-    if not at.empty:
+               f"Runs that diverged before the step are counted apart.</p>" + _note(at.note))
+    if not at.table.empty:
         aucs = [analysis.attn_logit_auc(runs, gn, outcome=o, by=b, steps=steps)
-                for o in sens.OUTCOMES for b in (None, axes)]
+                for o in attn.OUTCOMES for b in (None, axes)]
         out.append(_bullets(analysis.auc_lines(aucs[1::2])))
-        auc = pd.concat([t for t in aucs if not t.empty], ignore_index=True) if any(not t.empty for t in aucs) \
-            else pd.DataFrame()
+        shown_aucs = [t.table for t in aucs if not t.table.empty]
+        auc = pd.concat(shown_aucs, ignore_index=True) if shown_aucs else pd.DataFrame()
         if len(auc):
-            for c in sens.SERIES:  # the pooled rows hold every stem and fix
+            for c in analysis.tables.SERIES:  # the pooled rows hold every stem and fix
                 if c in auc:
                     auc[c] = auc[c].astype(object).where(auc[c].notna(), "pooled")
             paired = auc[(auc["n_pairs"] > 0) | (auc["n_pairs_within"] > 0)]
@@ -267,8 +266,8 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
                    "the fraction with its 90% Wilson interval, and the difference (above − below, &gt; 0: a large "
                    "logit goes with the outcome) with Newcombe's interval. Only thresholds with runs on both sides "
                    "are shown.</p>")
-        for o in sens.OUTCOMES:
-            out.append(_threshold_table(analysis.attn_logit_divergence(runs, gn, outcome=o, by=axes), o, at))
+        for o in attn.OUTCOMES:
+            out.append(_threshold_table(analysis.attn_logit_divergence(runs, gn, outcome=o, by=axes), o, at.table))
     return "".join(out)
 
 
@@ -282,20 +281,21 @@ def _ci(df: pd.DataFrame, col: str, lo: str, hi: str) -> pd.DataFrame:
     return df
 
 
-def _threshold_table(tab: pd.DataFrame, outcome: str, at: pd.DataFrame) -> str:
-    """The threshold table of one outcome, its rows with runs on both sides of the threshold only;
-    one line for the rows left out, or instead of the table when none is left."""
-    sens = analysis.sensitivity
+def _threshold_table(res: analysis.Table, outcome: str, at: pd.DataFrame) -> str:
+    """The threshold table of one outcome (``analysis.attn_logit_divergence``), its rows with runs on
+    both sides of the threshold only; one line for the rows left out, or instead of the table when
+    none is left. ``at``: the runs' logits (``analysis.attn_logit_at``)."""
+    tab = res.table
     what = "was unstable" if outcome == "unstable" else "diverged"
     if tab.empty:
-        return f"<p>{outcome}: {html.escape(sens.note(tab) or 'no finished run')}.</p>"
+        return f"<p>{outcome}: {html.escape(res.note or 'no finished run')}.</p>"
     if not tab["out_above"].add(tab["out_below"]).any():
         return f"<p>{outcome}: no run {what} in any group: nothing to compare.</p>"
     split = tab[(tab["n_above"] > 0) & (tab["n_below"] > 0)]
     top = at["logit_max"].max()
     if split.empty:
         return (f"<p>{outcome}: no threshold has runs on both sides in any group (the largest logit at that step "
-                f"is {cell(top)}; thresholds {', '.join(cell(t) for t in sens.THRESHOLDS)}): nothing to "
+                f"is {cell(top)}; thresholds {', '.join(cell(t) for t in analysis.attention.THRESHOLDS)}): nothing to "
                 "compare.</p>")
     note = (f"<p>{outcome}: {len(tab) - len(split)} of {len(tab)} (group, threshold) rows left out: every run of "
             f"the group on one side of the threshold (the largest logit at that step is {cell(top)}).</p>"

@@ -359,7 +359,7 @@ def _finding(key: str, lr_wd: pd.DataFrame, reps, longer, long: int, short: int 
 def mcnemar_lines(reps: pd.DataFrame, long: int) -> list[str]:
     """Per seed, ViT_P vs ViT_C (the AdamW arms) on the same test images: the exact McNemar test
     of evaluation noise beside the seed test."""
-    from .analysis.inference import mcnemar_runs
+    from .analysis.stats import mcnemar_runs
 
     col = "test_ema_correct" if "test_ema_correct" in reps and reps["test_ema_correct"].notna().any() else "test_correct"
     if col not in reps:

@@ -145,6 +145,38 @@ def test_run_statuses_have_one_owner():
     assert offenders == []
 
 
+def _private_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """Names with a leading underscore imported from another module of the package (relative
+    imports, or ``stability.``): a helper two modules share is public, in one place."""
+    return [(node.lineno, alias.name) for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "stability")
+            for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+
+
+def test_private_import_finder_sees_each_form():
+    src = ("from .compare import _boot_ci\nfrom ..store import DONE\nfrom stability.x import _y, z\n"
+           "from numpy import _core\nfrom . import __version__\ndef f():\n    from .a import _b\n")
+    assert sorted(_private_imports(ast.parse(src))) == [(1, "_boot_ci"), (3, "_y"), (7, "_b")]
+
+
+def test_no_private_helper_is_imported_across_modules():
+    """Shared helpers are public (the statistics live in ``analysis.stats``): no module imports
+    another's ``_name``."""
+    offenders = [f"{path.relative_to(ROOT)}:{line}: {name}" for path in sorted(PKG.rglob("*.py"))
+                 for line, name in _private_imports(ast.parse(path.read_text()))]
+    assert offenders == []
+
+
+def test_group_axes_are_named_not_read_from_column_positions():
+    """A table's group axes are passed or returned by name (``by=``, ``Table.by``,
+    ``analysis.strata``), never taken as "the columns before stem" (or before "a", "runs" ...)."""
+    pattern = re.compile(r"columns\[:|\.get_loc\(|\(\w+\.columns\)\[:")
+    files = [*PKG.rglob("*.py"), *(ROOT / "dashboard").rglob("*.py")]
+    bad = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+           if pattern.search(line)]
+    assert bad == []
+
+
 def test_train_module_stays_small():
     """train.py keeps train(), train_step, evaluation; its parts live in optim/tracing/checkpoint."""
     assert len((PKG / "train.py").read_text().splitlines()) <= 350

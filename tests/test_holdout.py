@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stability import store
-from stability.analysis.inference import correct_of, mcnemar_runs
+from stability.analysis.stats import correct_of, mcnemar_runs
 from stability.config import run_config
 from stability.data import load_dataset
 from stability.errors import ConfigError
@@ -98,7 +98,7 @@ def test_stored_correctness_reads_back_exactly(bits):
 def test_sign_flip_p_equals_brute_force(d, alternative):
     from itertools import product
 
-    from stability.analysis.inference import sign_flip_p
+    from stability.analysis.stats import sign_flip_p
 
     d = np.array(d, float) / 3  # errors on the 1/3-point grid: ties and zeros are common
     means = [np.dot(s, d) / len(d) for s in product((1, -1), repeat=len(d))]

@@ -13,6 +13,7 @@ import pytest
 
 from stability import analysis, plots, store
 from stability.analysis import sensitivity as sens
+from stability.analysis import stats
 from stability.analysis.grouping import fix_of, fixed_axes
 
 D, C = str(store.RunStatus.DIVERGED), str(store.RunStatus.COMPLETED)
@@ -62,14 +63,14 @@ P0, P1, C0, C1 = (0.2 + 0 + 2.0) / 3, (0 + 1.71 + 1.71) / 3, 0.6 / 3, 0.3 / 3
 
 
 def test_lr_sensitivity_is_the_formula_by_hand():
-    per = sens.lr_sensitivity_per_seed(hand_runs())
+    per = sens.lr_sensitivity_per_seed(hand_runs()).table
     got = per.set_index(["stem", "seed"])["sensitivity"]
     assert got[("patchify", 0)] == pytest.approx(P0)
     assert got[("patchify", 1)] == pytest.approx(P1)
     assert got[("conv", 0)] == pytest.approx(C0) and got[("conv", 1)] == pytest.approx(C1)
     assert per.set_index(["stem", "seed"]).loc[("patchify", 0), "n_diverged"] == 1
     assert per.set_index(["stem", "seed"]).loc[("patchify", 1), "n_diverged"] == 1  # the NaN loss
-    out = analysis.lr_sensitivity(hand_runs(), n_boot=500).set_index("stem")
+    out = analysis.lr_sensitivity(hand_runs(), n_boot=500).table.set_index("stem")
     assert out.loc["patchify", "sensitivity"] == pytest.approx((P0 + P1) / 2)
     assert out.loc["conv", "sensitivity"] == pytest.approx((C0 + C1) / 2)
     assert (out["fix"] == "none").all() and (out["n_seeds"] == 2).all() and (out["n_lr"] == 3).all()
@@ -79,7 +80,7 @@ def test_lr_sensitivity_is_the_formula_by_hand():
 
 
 def test_lr_sensitivity_on_top1_error_clips_to_the_error_at_init():
-    per = sens.lr_sensitivity_per_seed(hand_runs(), metric="top1_err").set_index(["stem", "seed"])
+    per = sens.lr_sensitivity_per_seed(hand_runs(), metric="top1_err").table.set_index(["stem", "seed"])
     # patchify seed 0: (20, 10, diverged -> 90), best 10 -> mean(10, 0, 80); seed 1: (25, 30, 95 -> 88)
     assert per.loc[("patchify", 0), "sensitivity"] == pytest.approx(90 / 3)
     assert per.loc[("patchify", 1), "sensitivity"] == pytest.approx((0 + 5 + 63) / 3)
@@ -100,7 +101,7 @@ def test_different_optimizers_epochs_and_fixed_hparams_are_never_pooled():
     runs = pd.concat([base, sgd, longer, smooth], ignore_index=True)
     _, axes = fixed_axes(runs)
     assert {"optimizer", "epochs", "label_smoothing"} <= set(axes) and "lr" not in axes and "seed" not in axes
-    out = analysis.lr_sensitivity(runs, common_lrs=False)
+    out = analysis.lr_sensitivity(runs, common_lrs=False).table
     assert len(out) == 5  # 2 stems of the base group, and each of the three other patchify groups
     base_row = out[(out.optimizer == "adamw") & (out.epochs == 4) & (out.label_smoothing == 0.1) & (out.stem == "patchify")]
     assert base_row.sensitivity.iloc[0] == pytest.approx((P0 + P1) / 2)  # unchanged by the other groups
@@ -108,7 +109,7 @@ def test_different_optimizers_epochs_and_fixed_hparams_are_never_pooled():
     assert flat == pytest.approx(0.0)  # every sgd run at 0.1: nothing to lose over the range
     # execution fields (results folder, device) never split a group
     moved = base.assign(config_json=[c.replace("/somewhere", f"/elsewhere{i}") for i, c in enumerate(base.config_json)])
-    assert len(analysis.lr_sensitivity(moved)) == 2
+    assert len(analysis.lr_sensitivity(moved).table) == 2
 
 
 def test_fix_axis_from_the_config():
@@ -118,7 +119,7 @@ def test_fix_axis_from_the_config():
     base = hand_runs()
     qk = base.assign(run_id=base.run_id + "q", final_val_loss=base.final_val_loss.fillna(0.5),
                      config_json=[c.replace('"lr"', '"qk_norm": true, "lr"') for c in base.config_json])
-    out = analysis.lr_sensitivity(pd.concat([base, qk], ignore_index=True))
+    out = analysis.lr_sensitivity(pd.concat([base, qk], ignore_index=True)).table
     assert sorted(zip(out.stem, out.fix, strict=True)) == [("conv", "none"), ("conv", "qk_norm"),
                                                           ("patchify", "none"), ("patchify", "qk_norm")]
     # two z-loss coefficients are two lines, never one "z_loss"
@@ -126,45 +127,47 @@ def test_fix_axis_from_the_config():
                                                              for c in base.config_json])
     z2 = base.assign(run_id=base.run_id + "z2", config_json=[c.replace('"lr"', '"z_loss": 0.001, "lr"')
                                                              for c in base.config_json])
-    out = analysis.lr_sensitivity(pd.concat([base, z1, z2], ignore_index=True))
+    out = analysis.lr_sensitivity(pd.concat([base, z1, z2], ignore_index=True)).table
     assert len(out) == 6 and set(out.z_loss) == {0.0, 1e-4, 1e-3}
-    diff = analysis.sensitivity_diff(pd.concat([base, qk], ignore_index=True), axis="fix", n_boot=200)
+    diff = analysis.sensitivity_diff(pd.concat([base, qk], ignore_index=True), axis="fix", n_boot=200).table
     assert set(diff.a) == {"none"} and set(diff.b) == {"qk_norm"}  # the baseline is always a
 
 
 def test_sensitivity_diff_is_signed_b_minus_a_with_n():
-    d = analysis.sensitivity_diff(hand_runs(), axis="stem", n_boot=500).iloc[0]
+    diff = analysis.sensitivity_diff(hand_runs(), axis="stem", n_boot=500)
+    assert diff.by == ("sweep", "fix")  # the group axes, then the line held fixed
+    d = diff.table.iloc[0]
     assert (d.a, d.b) == ("conv", "patchify") and d.paired and (d.n_a, d.n_b) == (2, 2)
     assert d["diff"] == pytest.approx((P0 + P1) / 2 - (C0 + C1) / 2)
     # paired resamples of 2 seeds: the diff of means lies between the two per-seed differences
     assert P0 - C0 - 1e-12 <= d.lo <= d["diff"] <= d.hi <= P1 - C1 + 1e-12
-    text = analysis.sensitivity_verdict(d)
+    text = analysis.sensitivity_verdict(d, diff.by)
     # the group first (its axes and the line held fixed), then the verdict with its numbers
     assert text.startswith("sweep s, fix none: conv less sensitive: LR sensitivity (loss) patchify − conv = ")
     assert f"= {d['diff']:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}], n = 2 vs 2 seeds" in text
-    one = analysis.sensitivity_diff(hand_runs()[lambda r: r.seed == 0]).iloc[0]
-    text = analysis.sensitivity_verdict(one)
+    one = analysis.sensitivity_diff(hand_runs()[lambda r: r.seed == 0]).table.iloc[0]
+    text = analysis.sensitivity_verdict(one, diff.by)
     assert np.isnan(one.lo) and "no interval (one seed)" in text and "nan" not in text
     assert text.endswith(f"= {one['diff']:+.3g} [n/a], n = 1 vs 1 seeds")
     # a dict row names its group the same way; a group of two axes names both, floats at 3 digits
     row = {"sweep": "s", "wd": 0.0014142, "fix": "none"} | {k: one[k] for k in list(one.index)[2:]}
-    assert analysis.sensitivity_verdict(row).startswith("sweep s, wd 0.00141, fix none: no interval")
+    assert analysis.sensitivity_verdict(row, ("sweep", "wd", "fix")).startswith("sweep s, wd 0.00141, fix none: no interval")
 
 
 def test_too_few_lrs_and_uncommon_lrs_are_left_out_with_a_note():
     runs = hand_runs()
     short = runs[~((runs.stem == "conv") & (runs.lr == 1e-1))]
     out = analysis.lr_sensitivity(short)  # common lrs: patchify loses 1e-1 too -> 2 lrs each, below 3
-    assert out.empty and "fewer than 3 lrs" in sens.note(out) and "common_lrs" in sens.note(out)
+    assert out.table.empty and "fewer than 3 lrs" in out.note and "common_lrs" in out.note
     # every group left out is named by its axes: the 2 patchify runs at 1e-1 dropped by common_lrs
     assert "2 run(s) at lrs not every line of their group ran were left out (common_lrs): " \
-           "sweep s, stem patchify, fix none: 2." in sens.note(out)
-    assert "sweep s, stem conv, fix none, seed 0: 2 lrs; sweep s, stem conv, fix none, seed 1: 2 lrs" in sens.note(out)
+           "sweep s, stem patchify, fix none: 2." in out.note
+    assert "sweep s, stem conv, fix none, seed 0: 2 lrs; sweep s, stem conv, fix none, seed 1: 2 lrs" in out.note
     out = analysis.lr_sensitivity(short, common_lrs=False)
-    assert list(out.stem) == ["patchify"]
-    assert sens.note(out).endswith("Left out, fewer than 3 lrs: sweep s, stem conv, fix none, seed 0: 2 lrs; "
+    assert list(out.table.stem) == ["patchify"]
+    assert out.note.endswith("Left out, fewer than 3 lrs: sweep s, stem conv, fix none, seed 0: 2 lrs; "
                                    "sweep s, stem conv, fix none, seed 1: 2 lrs.")
-    ranged = analysis.lr_sensitivity(runs, lr_range=(1e-3, 1e-2), min_lrs=2).set_index("stem")
+    ranged = analysis.lr_sensitivity(runs, lr_range=(1e-3, 1e-2), min_lrs=2).table.set_index("stem")
     # patchify over [1e-3, 1e-2]: seed 0 (0.5, 0.3) -> 0.1; seed 1 (0.6, NaN -> 2.31) -> 0.855
     assert ranged.loc["patchify", "sensitivity"] == pytest.approx((0.1 + 0.855) / 2)
 
@@ -172,11 +175,12 @@ def test_too_few_lrs_and_uncommon_lrs_are_left_out_with_a_note():
 def test_a_fixed_hparam_sampled_with_lr_splits_groups_unless_pooled_on_purpose():
     runs = _lr_wd_runs()
     out = analysis.lr_sensitivity(runs)
-    assert out.empty and "split by wd" in sens.note(out)
-    pooled = analysis.lr_sensitivity(runs, pool=("wd",)).set_index("stem")
+    assert out.table.empty and "split by wd" in out.note
+    pooled = analysis.lr_sensitivity(runs, pool=("wd",)).table.set_index("stem")
     assert pooled.loc["patchify", "sensitivity"] == pytest.approx((P0 + P1) / 2)
     assert set(pooled.pooled) == {"wd"} and "wd" not in pooled.columns
-    assert set(analysis.lr_sensitivity(hand_runs()).pooled) == {""}
+    assert set(analysis.lr_sensitivity(hand_runs()).table.pooled) == {""}
+    assert analysis.lr_curves(runs, pool=("wd",)).pooled == ("wd",)
 
 
 def _trace(rid, steps_vals, layers=("blocks.0", "blocks.1")):
@@ -210,33 +214,33 @@ def hand_attention():
 
 def test_attention_logit_table_by_hand():
     runs, gn = hand_attention()
-    at = analysis.attn_logit_at(runs, gn, step=50).set_index("run_id")
+    at = analysis.attn_logit_at(runs, gn, step=50).table.set_index("run_id")
     assert at.loc["r2", "logit_max"] == 200.0 and at.loc["r2", "at_step"] == 60
     assert at.loc["r5", "ended_before"] and np.isnan(at.loc["r5", "logit_max"])
-    tab = analysis.attn_logit_divergence(runs, gn, step=50, thresholds=[100.0, 1000.0], ci=0.9).set_index("threshold")
+    tab = analysis.attn_logit_divergence(runs, gn, step=50, thresholds=[100.0, 1000.0], ci=0.9).table.set_index("threshold")
     r = tab.loc[100.0]
     assert (r.n, r.n_above, r.out_above, r.n_below, r.out_below, r.n_ended_before) == (5, 3, 2, 2, 1, 1)
     assert r.frac_above == pytest.approx(2 / 3) and r.frac_below == pytest.approx(1 / 2)
     assert r["diff"] == pytest.approx(2 / 3 - 1 / 2)
-    assert (r.frac_above_lo, r.frac_above_hi) == pytest.approx(sens.wilson(2, 3, 0.9))
+    assert (r.frac_above_lo, r.frac_above_hi) == pytest.approx(stats.wilson(2, 3, 0.9))
     assert r.diff_lo < r["diff"] < r.diff_hi
     none_above = tab.loc[1000.0]
     assert none_above.n_above == 0 and np.isnan(none_above.frac_above) and none_above.out_below == 3
     # 20% of training: the group's completed runs were traced to step 80 -> the first step >= 16 is 40
-    early = analysis.attn_logit_at(runs, gn, step=None, fraction=0.2).set_index("run_id")
+    early = analysis.attn_logit_at(runs, gn, step=None, fraction=0.2).table.set_index("run_id")
     assert early.loc["r0", "at_step"] == 40 and early.loc["r5", "logit_max"] == 9e9
 
 
 def test_auc_by_hand():
     # overall: bad {2, 4} vs good {1, 3}: 2>1, 4>1, 4>3 win, 2<3 -> 3/4; within a stratum: 2>1, 4>3 -> 1
     x, bad, strata = np.array([1.0, 2.0, 3.0, 4.0]), np.array([False, True, False, True]), np.array(["a", "a", "b", "b"])
-    assert sens.auc(x, bad) == (0.75, 4) and sens.auc(x, bad, strata) == (1.0, 2)
-    assert sens.auc(np.array([1.0, 1.0]), np.array([True, False])) == (0.5, 1)  # a tie counts half
-    assert math.isnan(sens.auc(x, bad, np.array(["a", "b", "c", "d"]))[0])  # no pair inside a stratum
+    assert stats.auc(x, bad) == (0.75, 4) and stats.auc(x, bad, strata) == (1.0, 2)
+    assert stats.auc(np.array([1.0, 1.0]), np.array([True, False])) == (0.5, 1)  # a tie counts half
+    assert math.isnan(stats.auc(x, bad, np.array(["a", "b", "c", "d"]))[0])  # no pair inside a stratum
     # the outcome without a run that lacks it: no pair
-    assert sens.auc(x, np.ones(4, bool))[1] == 0
+    assert stats.auc(x, np.ones(4, bool))[1] == 0
     # a run not measured (NaN) is left out, not counted as losing every pair
-    assert sens.auc(np.array([1.0, 2.0, np.nan, 3.0, 4.0]), np.array([False, True, True, False, True])) == (0.75, 4)
+    assert stats.auc(np.array([1.0, 2.0, np.nan, 3.0, 4.0]), np.array([False, True, True, False, True])) == (0.75, 4)
 
 
 def _confounded():
@@ -257,15 +261,16 @@ def _confounded():
 
 def test_attention_auc_separates_the_logit_from_the_lr():
     runs, gn = _confounded()
-    tab = analysis.attn_logit_auc(runs, gn, step=10, outcome="unstable", n_boot=500)
-    assert len(tab) == 1
+    res = analysis.attn_logit_auc(runs, gn, step=10, outcome="unstable", n_boot=500)
+    tab, by = res.table, res.by
+    assert len(tab) == 1 and by == ("sweep", "stem", "fix")
     r = tab.iloc[0]
     assert (r.n, r.n_outcome, r.n_pairs, r.n_pairs_within) == (16, 8, 64, 8)
     assert r.auc == pytest.approx(56 / 64) and r.auc_within == pytest.approx(0.5)
     assert 0.5 < r.auc_lo <= r.auc <= r.auc_hi and r.auc_within_lo < 0.5 < r.auc_within_hi
     assert r.p < 0.1 and r.p_within == 1.0  # the permutation p-values: within an lr nothing to see
     assert r.strata == "lr" and r.at_steps == "10"
-    text = analysis.auc_verdict(r)
+    text = analysis.auc_verdict(r, by)
     assert text.startswith("sweep s, stem patchify, fix none: 8 of 16 runs with a logit were unstable")
     assert "AUC 0.88" in text
     assert "64 pairs): the runs that failed had the larger logit" in text
@@ -275,24 +280,24 @@ def test_attention_auc_separates_the_logit_from_the_lr():
     conv_runs = conv_runs.assign(run_id="c" + conv_runs.run_id, stem="conv")
     conv_gn = conv_gn.assign(run_id="c" + conv_gn.run_id, attn_logit_max=conv_gn.attn_logit_max / 100)
     both = analysis.attn_logit_auc(pd.concat([runs, conv_runs]), pd.concat([gn, conv_gn]), step=10,
-                                   outcome="unstable", by=[], n_boot=200).iloc[0]
+                                   outcome="unstable", by=[], n_boot=200).table.iloc[0]
     assert (both.strata, both.pooled, both.n_pairs_within) == ("lr,stem", "stem", 16)
     assert both.auc_within == pytest.approx(0.5)
-    assert analysis.auc_verdict(both).startswith("all runs (pooled over stem): 16 of 32 runs with a logit were unstable")
+    assert analysis.auc_verdict(both, ()).startswith("all runs (pooled over stem): 16 of 32 runs with a logit were unstable")
     # the training loss at that step as the baseline: here the loss is the logit, so the same AUCs
     steps = gn.loc[gn.layer == "blocks.0", ["run_id", "step"]].assign(loss=gn.loc[gn.layer == "blocks.0",
                                                                                   "attn_logit_max"])
-    base = analysis.attn_logit_auc(runs, gn, step=10, outcome="unstable", steps=steps, n_boot=200).iloc[0]
+    base = analysis.attn_logit_auc(runs, gn, step=10, outcome="unstable", steps=steps, n_boot=200).table.iloc[0]
     assert base.loss_auc == pytest.approx(r.auc) and base.loss_auc_within == pytest.approx(0.5)
-    assert "The training loss at that step: AUC 0.88 over all lrs, 0.50 at one lr" in analysis.auc_verdict(base)
+    assert "The training loss at that step: AUC 0.88 over all lrs, 0.50 at one lr" in analysis.auc_verdict(base, by)
     # nothing has status diverged here: the strict outcome has no pair
-    strict = analysis.attn_logit_auc(runs, gn, step=10, outcome="diverged").iloc[0]
+    strict = analysis.attn_logit_auc(runs, gn, step=10, outcome="diverged").table.iloc[0]
     assert strict.n_outcome == 0 and strict.n_pairs == 0
     # said plainly, with its group, and no AUC or p of a comparison that has no pair
-    assert analysis.auc_verdict(strict) == ("sweep s, stem patchify, fix none: no run of the 16 with a logit "
+    assert analysis.auc_verdict(strict, by) == ("sweep s, stem patchify, fix none: no run of the 16 with a logit "
                                             "diverged: no pair to compare, no AUC.")
     every = dict(strict) | {"n_outcome": 16}
-    assert analysis.auc_verdict(every).startswith("sweep s, stem patchify, fix none: every one of the 16 runs")
+    assert analysis.auc_verdict(every, by).startswith("sweep s, stem patchify, fix none: every one of the 16 runs")
     with pytest.raises(ValueError, match="allowed diverged, unstable"):
         analysis.attn_logit_auc(runs, gn, outcome="collapsed")
     for bad, match in (({"step": -1}, "step=-1: allowed an integer"), ({"fraction": 0.0}, "fraction=0.0: allowed"),
@@ -300,41 +305,42 @@ def test_attention_auc_separates_the_logit_from_the_lr():
                        ({"n_boot": 1}, "n_boot=1: allowed an integer ≥ 100")):
         with pytest.raises(ValueError, match=match):
             analysis.attn_logit_auc(runs, gn, **bad)
-    assert set(analysis.attn_logit_auc(runs, gn, step=10, by="stem", n_boot=100).stem) == {"patchify"}
+    assert set(analysis.attn_logit_auc(runs, gn, step=10, by="stem", n_boot=100).table.stem) == {"patchify"}
     # results without the collapsed flag: "unstable" cannot be judged, and says so
     old = analysis.attn_logit_auc(runs.drop(columns=["collapsed"]), gn, step=10, outcome="unstable")
-    assert old.empty and "No collapsed flag" in sens.note(old)
+    assert old.table.empty and "No collapsed flag" in old.note
     # a step past the end: completed runs are not "ended before", they were not traced that far
     late = analysis.attn_logit_at(runs, gn, step=500)
-    assert not late.ended_before.any() and "16 completed run(s) were not traced that far (sweep s, stem patchify, fix none: 16)." \
-        in sens.note(late)
+    assert not late.table.ended_before.any() and "16 completed run(s) were not traced that far (sweep s, stem patchify, fix none: 16)." \
+        in late.note
 
 
 def test_attention_auc_on_the_hand_table_and_its_thresholds_by_outcome():
     runs, gn = hand_attention()
     # seen at step 50: logits 5, 20, 200, 300, 500 with diverged F, T, F, T, T (r5 ended before):
     # bad {20, 300, 500} vs good {5, 200}: 20>5, 300>5, 300>200, 500>5, 500>200 -> 5 / 6
-    r = analysis.attn_logit_auc(runs, gn, step=50).iloc[0]
+    res = analysis.attn_logit_auc(runs, gn, step=50)
+    r = res.table.iloc[0]
     assert r.auc == pytest.approx(5 / 6) and r.n_pairs == 6 and r.n_ended_before == 1
-    assert analysis.auc_verdict(r).startswith("sweep s, stem patchify, fix none: 3 of 5 runs with a logit diverged "
+    assert analysis.auc_verdict(r, res.by).startswith("sweep s, stem patchify, fix none: 3 of 5 runs with a logit diverged "
                                               "(and 1 diverged before the step")
     assert np.isnan(r.auc_lo)  # 2 runs without the outcome: too few for an interval
     assert r.n_pairs_within == 0 and np.isnan(r.auc_within)  # every lr has one run
     # "unstable" adds collapsed runs: r0 collapsed makes 4 of 5
     runs = runs.assign(collapsed=[True, False, False, False, False, False])
-    at = analysis.attn_logit_at(runs, gn, step=50).set_index("run_id")
+    at = analysis.attn_logit_at(runs, gn, step=50).table.set_index("run_id")
     assert at.unstable.tolist() == [True, True, False, True, True, True] and at.diverged.sum() == 4
-    tab = analysis.attn_logit_divergence(runs, gn, step=50, thresholds=[100.0], outcome="unstable").iloc[0]
+    tab = analysis.attn_logit_divergence(runs, gn, step=50, thresholds=[100.0], outcome="unstable").table.iloc[0]
     assert (tab.outcome, tab.n_above, tab.out_above, tab.n_below, tab.out_below) == ("unstable", 3, 2, 2, 2)
 
 
 def test_wilson_and_newcombe_against_known_values():
     # Wilson 95% for 0/10: [0, 0.2775]; for 5/10: [0.2366, 0.7634] (Newcombe 1998, Table I style)
-    assert sens.wilson(0, 10, 0.95) == pytest.approx((0.0, 0.2775), abs=1e-4)
-    assert sens.wilson(5, 10, 0.95) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert stats.wilson(0, 10, 0.95) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert stats.wilson(5, 10, 0.95) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     # Newcombe 1998 (method 10), example 56/70 vs 48/80: 0.0524 to 0.3339
-    assert sens.newcombe(56, 70, 48, 80, 0.95) == pytest.approx((0.0524, 0.3339), abs=1e-4)
-    assert all(math.isnan(v) for v in sens.wilson(0, 0))
+    assert stats.newcombe(56, 70, 48, 80, 0.95) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    assert all(math.isnan(v) for v in stats.wilson(0, 0))
 
 
 def test_results_without_the_new_columns_give_an_empty_frame_and_a_note():
@@ -344,14 +350,14 @@ def test_results_without_the_new_columns_give_an_empty_frame_and_a_note():
         for fn in (analysis.lr_sensitivity, sens.lr_sensitivity_per_seed, analysis.lr_curves,
                    analysis.sensitivity_diff):
             out = fn(runs)
-            assert out.empty and "final_val_loss" in sens.note(out), fn
+            assert out.table.empty and "final_val_loss" in out.note, fn
     runs, gn = hand_attention()
     for g in (gn.drop(columns=["attn_logit_max"]), gn.assign(attn_logit_max=None), pd.DataFrame()):
         for fn in (analysis.attn_logit_at, analysis.attn_logit_divergence):
             out = fn(runs, g)
-            assert out.empty and "attn_logit_max" in sens.note(out)
+            assert out.table.empty and "attn_logit_max" in out.note
     # an empty runs table too
-    assert analysis.lr_sensitivity(hand_runs().iloc[:0]).empty
+    assert analysis.lr_sensitivity(hand_runs().iloc[:0]).table.empty
 
 
 def test_figures_draw_the_tables():

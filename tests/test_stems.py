@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 
 from stability import analysis
-from stability.analysis.stems import ALPHA, MIN_RUNS, median_perm_p, stem_outcomes, stem_verdicts
+from stability.analysis.stats import median_perm_p
+from stability.analysis.stems import ALPHA, MIN_RUNS, stem_outcomes, stem_verdicts
 
 
 def _runs(errs: dict[tuple[str, str], list[float]], init: float = 90.0) -> pd.DataFrame:

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stability.analysis import findings, inference
+from stability.analysis import findings
+from stability.analysis import stats as astats
 
 N_TEST = 300
 K = findings.SEEDS
@@ -175,15 +176,15 @@ def test_regime_named_when_not_converged_or_unchecked():
 
 
 def test_seed_counts_and_mde():
-    assert K == 6 and inference.min_sign_flip_p(5) > 0.025 >= inference.min_sign_flip_p(6)
-    assert inference.mde_sign_flip(1.0, 5, 0.025) == np.inf
+    assert K == 6 and astats.min_sign_flip_p(5) > 0.025 >= astats.min_sign_flip_p(6)
+    assert astats.mde_sign_flip(1.0, 5, 0.025) == np.inf
     # k = 6 at 0.025: only all six positive pass, so power = Phi(mde / sd)^6 = 0.8
     from scipy import stats
 
-    assert inference.mde_sign_flip(1.0, 6, 0.025) == pytest.approx(stats.norm.ppf(0.8 ** (1 / 6)), abs=0.05)
-    assert inference.sign_flip_p(np.ones(6)) == pytest.approx(1 / 64)
-    assert inference.sign_flip_p([1.0, 2.0, -0.5, 3.0]) == pytest.approx(2 / 16)
-    adj = inference.holm([0.01, 0.04, 0.03, 0.5])
+    assert astats.mde_sign_flip(1.0, 6, 0.025) == pytest.approx(stats.norm.ppf(0.8 ** (1 / 6)), abs=0.05)
+    assert astats.sign_flip_p(np.ones(6)) == pytest.approx(1 / 64)
+    assert astats.sign_flip_p([1.0, 2.0, -0.5, 3.0]) == pytest.approx(2 / 16)
+    adj = astats.holm([0.01, 0.04, 0.03, 0.5])
     assert adj.tolist() == pytest.approx([0.04, 0.09, 0.09, 0.5])
 
 
@@ -199,10 +200,10 @@ def test_inconclusive_says_what_could_have_been_seen():
 def test_mcnemar_exact():
     a = np.array([1] * 10 + [0] * 2 + [1] * 50, bool)
     b = np.array([0] * 10 + [1] * 2 + [1] * 50, bool)
-    m = inference.mcnemar_exact(a, b)
+    m = astats.mcnemar_exact(a, b)
     assert (m.only_a, m.only_b, m.n) == (10, 2, 62)
     from scipy import stats
 
     assert m.p == pytest.approx(stats.binomtest(10, 12, 0.5).pvalue)
     with pytest.raises(ValueError):
-        inference.mcnemar_exact(a, b[:-1])
+        astats.mcnemar_exact(a, b[:-1])

@@ -18,12 +18,12 @@ from stability import analysis, plots
 def _pooling_warning(runs, pooled: str) -> None:
     """Pooling on purpose, said where it is seen; louder when it changes which stem looks better
     (a stratum's lower-median stem differs from the pooled one: Simpson's paradox)."""
-    per = analysis.stem_outcomes(runs)
+    keys = analysis.strata(runs)  # the strata, named (stem_outcomes' default grouping)
+    per = analysis.stem_outcomes(runs, by=keys)
     whole = analysis.stem_outcomes(runs, by=[])
     msg = f"Pooled here: {pooled} (one line per stem over all of them)."
     if whole.stem.nunique() > 1 and len(per):
         best_all = whole.loc[whole.median_err.idxmin(), "stem"]
-        keys = list(per.columns[:per.columns.get_loc("stem")])
         flips = [" · ".join(str(v) for v in k) if isinstance(k, tuple) else str(k)
                  for k, g in (per.groupby(keys, observed=True) if keys else [])
                  if g.stem.nunique() > 1 and g.loc[g.median_err.idxmin(), "stem"] != best_all]
@@ -85,7 +85,7 @@ if runs is not None:
             verdict_lines(runs, key="edf_verdicts", ready=True)
         cmp = cached_compare(runs, relative) if go else None
         if cmp is not None and not cmp.empty:
-            strata_cols = [c for c in cmp.columns if c not in ("a", "b") and cmp.columns.get_loc(c) < cmp.columns.get_loc("a")]
+            strata_cols = analysis.strata(runs)  # compare's strata, named
             first = [*strata_cols, "a", "b", "n_a", "n_b", "median_diff", "median_diff_lo", "median_diff_hi",
                      "within_1_diff", "within_1_diff_lo", "within_1_diff_hi", "ks", "ks_better", "ks_p",
                      "n_pairs", "wilcoxon_p", "sign_p"]

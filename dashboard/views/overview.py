@@ -59,12 +59,11 @@ def _fmt(v, spec: str = "+.2f") -> str:
 def findings(runs: pd.DataFrame) -> None:
     """How each stem's runs ended per stratum, the flags, and the verdicts."""
     st.subheader("Findings: how each stem's runs ended")
-    t = analysis.stem_outcomes(runs)
+    strata_cols = analysis.strata(runs)  # stem_outcomes' strata, named
+    t = analysis.stem_outcomes(runs, by=strata_cols)
     if t.empty:
         st.info("No finished run yet: nothing to judge.")
         return
-    keys = list(t.columns[:t.columns.get_loc("runs")])
-    strata_cols = keys[:-1]
 
     def where(r) -> str:
         return " · ".join(f"{r[c]} ep" if c == "epochs" else str(r[c]) for c in strata_cols) or whole_name(runs)

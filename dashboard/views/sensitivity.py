@@ -9,7 +9,8 @@ import streamlit as st
 from common import control, load_attention, root, selected_runs, table, with_run_columns
 
 from stability import analysis, plots, store
-from stability.analysis.sensitivity import ATTN_FRACTION, MIN_LRS, OUTCOMES, THRESHOLDS, note
+from stability.analysis.attention import ATTN_FRACTION, OUTCOMES, THRESHOLDS
+from stability.analysis.sensitivity import MIN_LRS
 
 COLUMNS = ["config_json", "final_val_loss", "init_val_loss", "init_top1_err"]
 
@@ -31,16 +32,16 @@ def _group_axes(runs) -> list[str]:
 def _attention(runs, gn, step: int, outcome: str, pool_lines: bool, pool: tuple[str, ...]):
     at = analysis.attn_logit_at(runs, gn, step=step)
     by = None
-    if (pool_lines or pool) and not at.empty:  # what is pooled is named in the table's `pooled`
-        axes = [c for c in list(at.columns)[:list(at.columns).index("stem")] if c != "run_id" and c not in pool]
+    if (pool_lines or pool) and not at.table.empty:  # what is pooled is named in the table's `pooled`
+        axes = [c for c in at.by if c not in pool]
         by = axes + ([] if pool_lines else ["stem", "fix"])
     return (at, analysis.attn_logit_divergence(runs, gn, step=step, by=by, outcome=outcome),
             analysis.attn_logit_auc(runs, gn, step=step, by=by, outcome=outcome, n_boot=1000))
 
 
-def _say(df) -> None:
-    if note(df):
-        st.info(note(df))
+def _say(res) -> None:
+    if res.note:
+        st.info(res.note)
 
 
 st.title("LR sensitivity")
@@ -62,23 +63,23 @@ if runs is not None:
                    help="Group axes to pool (e.g. wd in an lr × wd sweep, where every lr has its own wd); "
                         "off: a group is runs equal in everything but lr and seed") if axes else []
     curves, sens, diffs = _sensitivity(runs, metric, common_lrs, tuple(pool))
-    if curves.empty:
-        _say(sens if note(sens) else curves)
+    if curves.table.empty:
+        _say(sens if sens.note else curves)
     else:
         st.plotly_chart(plots.lr_curve_figure(curves, metric), width="stretch", key="sens_curves")
-        pooled = curves.attrs.get("pooled", "")
+        pooled = ",".join(curves.pooled)
         st.caption("One panel per group (runs equal in everything but lr and seed: sweeps, optimizers, "
                    "lengths, wd … never mixed), one line per stem / fix (dash: fix), the mean over seeds of "
                    "min(ℓ, ℓ₀); × a diverged run (or a non-finite loss), counted at ℓ₀; dotted: ℓ₀."
                    + (f" **Pooled here: {pooled}.**" if pooled else " Nothing is pooled."))
         st.subheader("LR sensitivity per stem and fix")
         _say(sens)
-        if not sens.empty:
+        if not sens.table.empty:
             st.plotly_chart(plots.lr_sensitivity_figure(sens), width="stretch", key="sens_bars")
             for diff in diffs:
-                for _, row in diff.iterrows():
-                    st.markdown(f"- {analysis.sensitivity_verdict(row)}")
-            table(sens, key="sens_table")
+                for _, row in diff.table.iterrows():
+                    st.markdown(f"- {analysis.sensitivity_verdict(row, diff.by)}")
+            table(sens.table, key="sens_table")
             st.caption("sensitivity = E over the lrs of min(ℓ(η), ℓ₀) − ℓ*, ℓ* the best of the range, per "
                        "seed; then the mean over seeds with a 90% bootstrap interval over seeds (lo, hi; none "
                        "with one seed). Lower: less sensitive to the lr. Differences are b − a (fix: a is "
@@ -91,7 +92,7 @@ if runs is not None:
     gn = gn[gn.sweep.isin(runs.sweep.unique())] if len(gn) else gn
     traced = gn.loc[gn["attn_logit_max"].notna(), "step"] if "attn_logit_max" in gn else gn.iloc[:0]
     if traced.empty:
-        st.info(note(analysis.attn_logit_divergence(runs, gn)))
+        st.info(analysis.attn_logit_divergence(runs, gn).note)
     else:
         top = max(1, int(traced.max()))
         c1, c2, c3 = st.columns([2, 1, 1])
@@ -105,11 +106,12 @@ if runs is not None:
             pool_lines = control(st.toggle, "pool stems and fixes", key="p_sens_pool", default=False,
                                  help="One table per group over every stem and fix (off: nothing pooled "
                                       "but the axes chosen to pool above)")
-        at, tab, aucs = _attention(runs, gn, int(step), outcome, pool_lines, tuple(pool))
+        at, res, auc_res = _attention(runs, gn, int(step), outcome, pool_lines, tuple(pool))
         st.plotly_chart(plots.attn_logit_figure(at, THRESHOLDS), width="stretch", key="sens_attn")
-        _say(tab)
-        for line in analysis.auc_lines([aucs]):
+        _say(res)
+        for line in analysis.auc_lines([auc_res]):
             st.markdown(f"- {line}")
+        tab, aucs = res.table, auc_res.table
         aucs = aucs[(aucs["n_outcome"] > 0) & (aucs["n_outcome"] < aucs["n"])] if not aucs.empty else aucs
         if not aucs.empty:
             table(aucs, key="sens_auc_table")

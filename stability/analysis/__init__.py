@@ -7,19 +7,19 @@ Typical use in a notebook::
     analysis.edf(res.runs, relative=True)     # per sweep x optimizer x epochs x stem: bands
     analysis.compare(res.runs, by="stem")     # signed effects b − a with CIs, paired tests
     analysis.first_layer_lead(res.grad_norms)               # MoCo v3: first-layer spikes lead
-    analysis.lr_sensitivity(res.runs)         # Wortsman et al. 2023: per group x stem x fix, CI over seeds
+    sens = analysis.lr_sensitivity(res.runs)  # Wortsman et al. 2023: a Table, per group x stem x fix, CI over seeds
+    sens.table, sens.by, sens.note            # its rows, the columns naming each row's group, what it left out
     analysis.sign_flip_p(d), analysis.holm(ps)   # paired seeds, a family of findings (analysis.findings)
+
+Modules: ``grouping`` (design axes), ``edf``, ``compare``, ``stems``, ``findings``, ``sweeps``,
+``spikes``, the two studies of Wortsman et al. 2023 (``sensitivity``: LR sensitivity;
+``attention``: attention logits vs divergence) returning ``tables.Table``, and ``stats``, the
+one home of the statistics they share (bootstrap intervals, permutation and paired tests, Holm,
+power, Wilson/Newcombe, AUC).
 """
 
-from .compare import (
-    area_between,
-    compare,
-    ks_permutation_p,
-    ks_signed,
-    paired_differences,
-    paired_tests,
-    verdict_text,
-)
+from .attention import attn_logit_at, attn_logit_auc, attn_logit_divergence, auc_lines, auc_verdict
+from .compare import compare, paired_differences, verdict_text
 from .edf import (
     DIVERGED_ERROR,
     at_chance,
@@ -35,22 +35,7 @@ from .edf import (
     worst_runs,
 )
 from .grouping import fix_of, fixed_axes, pooled, strata, with_fix, with_size
-from .inference import (
-    correct_of,
-    holm,
-    mcnemar_exact,
-    mcnemar_runs,
-    mde_sign_flip,
-    sd_upper,
-    sign_flip_p,
-    t_interval,
-)
 from .sensitivity import (
-    attn_logit_at,
-    attn_logit_auc,
-    attn_logit_divergence,
-    auc_lines,
-    auc_verdict,
     lr_curves,
     lr_sensitivity,
     lr_sensitivity_per_seed,
@@ -66,6 +51,24 @@ from .spikes import (
     mark_spikes,
     spike_counts,
 )
+from .stats import (
+    area_between,
+    boot_ci,
+    correct_of,
+    holm,
+    ks_permutation_p,
+    ks_signed,
+    mcnemar_exact,
+    mcnemar_runs,
+    mde_sign_flip,
+    median_perm_p,
+    newcombe,
+    paired_tests,
+    sd_upper,
+    sign_flip_p,
+    t_interval,
+    wilson,
+)
 from .stems import chance_error, stem_outcomes, stem_verdicts, verdict_line
 from .sweeps import (
     best_configs,
@@ -75,9 +78,11 @@ from .sweeps import (
     optimizer_gap,
     training_length,
 )
+from .tables import Table, group_text, row_group, value_text
 
 __all__ = [
-    "DIVERGED_ERROR", "SpikeParams", "at_chance", "area_between", "attn_logit_at", "attn_logit_auc", "attn_logit_divergence",
+    "DIVERGED_ERROR", "SpikeParams", "Table", "boot_ci", "group_text", "median_perm_p", "newcombe", "row_group",
+    "value_text", "wilson", "at_chance", "area_between", "attn_logit_at", "attn_logit_auc", "attn_logit_divergence",
     "auc_lines", "auc_verdict", "best_configs",
     "compare", "correct_of", "count_spikes", "holm", "mcnemar_exact", "mcnemar_runs", "mde_sign_flip",
     "sd_upper", "sign_flip_p", "t_interval", "default_by", "delta_to_best", "detect_spikes", "dkw_halfwidth", "downsample", "edf",

@@ -29,14 +29,7 @@ import pandas as pd
 
 from .edf import WITHIN, delta_to_best, errors, within_fraction
 from .grouping import PAIR_KEYS, pooled, strata, with_size
-
-
-def _boot_ci(stat: np.ndarray, ci: float) -> tuple[float, float]:
-    stat = stat[np.isfinite(stat)]
-    if not len(stat):
-        return np.nan, np.nan
-    lo, hi = np.quantile(stat, [(1 - ci) / 2, (1 + ci) / 2])
-    return float(lo), float(hi)
+from .stats import area_between, boot_ci, ks_permutation_p, ks_signed, paired_tests
 
 
 def _resample(e: np.ndarray, div: np.ndarray, rng: np.random.Generator, n_boot: int,
@@ -49,36 +42,20 @@ def _resample(e: np.ndarray, div: np.ndarray, rng: np.random.Generator, n_boot: 
     return (deltas if relative else boots), deltas
 
 
-def ks_signed(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(max of F_a − F_b, max of F_b − F_a) over every error, F(e) = fraction at or below e.
-
-    Evaluating on the pooled distinct values handles ties exactly."""
-    xs = np.unique(np.concatenate([a, b]))
-    fa = np.searchsorted(np.sort(a), xs, side="right") / len(a)
-    fb = np.searchsorted(np.sort(b), xs, side="right") / len(b)
-    return float(max(0.0, (fa - fb).max())), float(max(0.0, (fb - fa).max()))
-
-
-def ks_permutation_p(a: np.ndarray, b: np.ndarray, n_perm: int = 2000, seed: int = 0) -> float:
-    """Two-sided KS p-value by permuting the group labels: (1 + #{D* ≥ D}) / (1 + n_perm)."""
-    observed = max(ks_signed(a, b))
-    pool = np.concatenate([a, b])
-    xs = np.unique(pool)
-    rank = np.searchsorted(xs, pool)  # the value index of every run
-    rng = np.random.default_rng(seed)
-    na, count = len(a), 0
-    for _ in range(n_perm):
-        perm = rng.permutation(len(pool))
-        ca = np.bincount(rank[perm[:na]], minlength=len(xs)).cumsum() / na
-        cb = np.bincount(rank[perm[na:]], minlength=len(xs)).cumsum() / (len(pool) - na)
-        count += np.abs(ca - cb).max() >= observed - 1e-12
-    return (1 + count) / (1 + n_perm)
-
-
 def paired_differences(df: pd.DataFrame, by: str, a: str, b: str,
                        keys: Sequence[str] = PAIR_KEYS) -> np.ndarray:
-    """d = e_b − e_a over the points both groups ran (one pair per shared key; a key run more
-    than once in a group is averaged)."""
+    """The paired differences of two groups over the design points both ran.
+
+    Args:
+        df: finished runs with ``err`` (``errors``).
+        by: the column of the groups.
+        a, b: the two groups.
+        keys: the columns that make a design point (those present, ``by`` excluded).
+
+    Returns:
+        d = e_b − e_a, one per shared point (a point run more than once in a group is
+        averaged), rounded to 1e-9; empty without a key column.
+    """
     keys = [k for k in keys if k in df.columns and k != by]
     if not keys:
         return np.array([])
@@ -90,29 +67,35 @@ def paired_differences(df: pd.DataFrame, by: str, a: str, b: str,
     return np.round((both["b"] - both["a"]).to_numpy(float), 9)
 
 
-def paired_tests(d: np.ndarray) -> dict[str, float]:
-    """Wilcoxon signed-rank and sign-test p-values of paired differences ``d`` (zeros dropped)."""
-    from scipy.stats import binomtest, wilcoxon
-
-    nz = d[d != 0]
-    out = {"n_pairs": len(d), "n_b_lower": int((d < 0).sum()), "n_a_lower": int((d > 0).sum()),
-           "n_ties": int((d == 0).sum()), "wilcoxon_p": np.nan, "sign_p": np.nan}
-    if len(nz):
-        out["wilcoxon_p"] = float(wilcoxon(nz, zero_method="wilcox").pvalue)
-        out["sign_p"] = float(binomtest(int((nz > 0).sum()), len(nz), 0.5).pvalue)
-    return out
-
-
 def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relative: bool = False,
             within: Sequence[float] = WITHIN, strata_by: Sequence[str] | None = None,
             n_boot: int = 1000, n_perm: int = 2000, ci: float = 0.9, seed: int = 0) -> pd.DataFrame:
-    """One row per stratum and pair (a, b) of ``by`` groups: signed effects b − a with their
-    bootstrap intervals, the KS permutation test and, for paired designs, paired tests.
+    """Signed, paired comparisons of groups (stems) within each stratum.
 
-    ``strata_by`` defaults to every design axis that varies (``strata``): sweeps, optimizers,
-    training lengths ... are compared within themselves, never pooled. ``relative`` reads
-    errors as Δ to each group's best (within each stratum; diverged runs at Δ 100, see
-    ``delta_to_best``), and then best/median/worst are Δ too; ``within`` fractions always use Δ.
+    Args:
+        runs: the runs table.
+        by: the column of the groups compared.
+        value: the error column.
+        relative: errors as Δ to each group's best (within each stratum; diverged runs at Δ 100,
+            see ``delta_to_best``); then best/median/worst are Δ too.
+        within: the x of the ``within_<x>`` fractions (always on Δ).
+        strata_by: the strata; default ``strata(runs, exclude=(by,))``, every design axis that
+            varies: sweeps, optimizers, training lengths ... are compared within themselves,
+            never pooled.
+        n_boot, n_perm, ci, seed: of the bootstrap intervals and permutation tests.
+
+    Returns:
+        One row per stratum (its ``strata_by`` columns) and pair (a, b) of groups, a before b
+        alphabetically: ``n_a``/``n_b``, best/median/worst per group, signed effects b − a with
+        their bootstrap intervals (``median_diff``, ``within_<x>_diff``), the KS permutation test
+        (``ks``, ``ks_better``, ``ks_p``), ``area`` between the EDFs, ``pooled`` and, for paired
+        designs, paired tests (``stats.paired_tests``, ``paired_median_diff``).
+
+    >>> runs = pd.DataFrame({"stem": ["conv"] * 4 + ["patchify"] * 4, "status": "completed",
+    ...                      "top1_err": [20.0, 22, 24, 26, 30, 32, 34, 36]})
+    >>> row = compare(runs, n_boot=200, n_perm=200).iloc[0]
+    >>> row[["a", "b", "median_diff", "ks", "ks_better"]].to_dict()
+    {'a': 'conv', 'b': 'patchify', 'median_diff': 10.0, 'ks': 1.0, 'ks_better': 'conv'}
     """
     runs = with_size(runs)
     strata_by = list(strata(runs, exclude=(by,)) if strata_by is None else strata_by)
@@ -135,11 +118,11 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
                         f"worst_{name}": float(v.max())}
             (ba, ra), (bb, rb) = _resample(ea, diva, rng, n_boot, relative), _resample(eb, divb, rng, n_boot, relative)
             row["median_diff"] = float(np.median(vb) - np.median(va))
-            row["median_diff_lo"], row["median_diff_hi"] = _boot_ci(np.median(bb, 1) - np.median(ba, 1), ci)
+            row["median_diff_lo"], row["median_diff_hi"] = boot_ci(np.median(bb, 1) - np.median(ba, 1), ci)
             for t in within:
                 fa, fb = within_fraction(da, t), within_fraction(db, t)
                 row |= {f"within_{t:g}_a": fa, f"within_{t:g}_b": fb, f"within_{t:g}_diff": fb - fa}
-                lo, hi = _boot_ci((rb <= t).mean(1) - (ra <= t).mean(1), ci)
+                lo, hi = boot_ci((rb <= t).mean(1) - (ra <= t).mean(1), ci)
                 row |= {f"within_{t:g}_diff_lo": lo, f"within_{t:g}_diff_hi": hi}
             d_ab, d_ba = ks_signed(va, vb)
             row["ks"] = max(d_ab, d_ba)
@@ -151,23 +134,22 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
             if len(d):
                 row["paired_median_diff"] = float(np.median(d))
                 boots = np.median(d[rng.integers(0, len(d), size=(n_boot, len(d)))], axis=1)
-                row["paired_median_diff_lo"], row["paired_median_diff_hi"] = _boot_ci(boots, ci)
+                row["paired_median_diff_lo"], row["paired_median_diff_hi"] = boot_ci(boots, ci)
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def area_between(a: np.ndarray, b: np.ndarray) -> float:
-    """Integral of |F_a(e) − F_b(e)| de over the errors (in error points, e.g. percent)."""
-    xs = np.unique(np.concatenate([a, b]))
-    if len(xs) < 2:
-        return 0.0
-    fa = np.searchsorted(np.sort(a), xs[:-1], side="right") / len(a)
-    fb = np.searchsorted(np.sort(b), xs[:-1], side="right") / len(b)
-    return float(np.sum(np.abs(fa - fb) * np.diff(xs)))
-
-
 def verdict_text(row: pd.Series | dict, unit: str = "points") -> str:
-    """One line: which group is lower, by how much, with the interval and n."""
+    """One line for a ``compare`` row.
+
+    Args:
+        row: a row of ``compare``.
+        unit: of the errors.
+
+    Returns:
+        Which group is lower (where the interval of the median difference excludes 0), by how
+        much, with the interval and n.
+    """
     lo, hi = row["median_diff_lo"], row["median_diff_hi"]
     side = (f"{row['b']} lower" if hi < 0 else f"{row['a']} lower" if lo > 0 else "no clear difference")
     return (f"{side}: median {row['b']} − {row['a']} = {row['median_diff']:+.2f} {unit} "

@@ -30,10 +30,19 @@ CHANCE = 0.9  # a finished run is stuck at chance when its error is >= 0.9 x its
 
 
 def at_chance(runs: pd.DataFrame, value: str) -> pd.Series:
-    """Completed runs whose ``value`` error is at least ``CHANCE`` x their error at
-    initialisation (``init_top1_err``, about chance); without that column, the trainer's
-    ``collapsed`` flag (final training loss near ln C, which a one-epoch run with label
-    smoothing can trip while learning). Diverged runs are not "at chance": they diverged."""
+    """Which completed runs are stuck at chance.
+
+    Args:
+        runs: the runs table.
+        value: the error column judged.
+
+    Returns:
+        A boolean Series (``runs``' index): completed runs whose ``value`` is at least
+        ``CHANCE`` x their error at initialisation (``init_top1_err``, about chance); without
+        that column, the trainer's ``collapsed`` flag (final training loss near ln C, which a
+        one-epoch run with label smoothing can trip while learning). Diverged runs are not "at
+        chance": they diverged.
+    """
     done = runs["status"].eq(RunStatus.COMPLETED)
     if "init_top1_err" in runs and value in runs and runs["init_top1_err"].notna().any():
         return done & (runs[value] >= CHANCE * runs["init_top1_err"])
@@ -41,10 +50,22 @@ def at_chance(runs: pd.DataFrame, value: str) -> pd.Series:
 
 
 def delta_to_best(err: np.ndarray, diverged: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Δ to the best finished-and-not-diverged run along ``axis``, rounded to 1e-9; a diverged
-    run's Δ is ``DIVERGED_ERROR`` (100 points) whatever the best, so every group's diverged runs
-    sit at one common place. (100 − best would put the diverged runs of the group with the better
-    best further right, and could reverse a comparison.)"""
+    """Δ to the best run that did not diverge.
+
+    Args:
+        err: errors.
+        diverged: whether each run diverged.
+        axis: the axis the best is taken along (1: one best per resample row).
+
+    Returns:
+        err − best, rounded to 1e-9; a diverged run's Δ is ``DIVERGED_ERROR`` (100 points)
+        whatever the best, so every group's diverged runs sit at one common place. (100 − best
+        would put the diverged runs of the group with the better best further right, and could
+        reverse a comparison.)
+
+    >>> delta_to_best(np.array([20.0, 25.0, 90.0]), np.array([False, False, True])).tolist()
+    [0.0, 5.0, 100.0]
+    """
     err, diverged = np.asarray(err, float), np.asarray(diverged, bool)
     best = np.where(diverged, np.inf, err).min(axis=axis, keepdims=True)
     best = np.where(np.isfinite(best), best, 0.0)
@@ -53,10 +74,25 @@ def delta_to_best(err: np.ndarray, diverged: np.ndarray, axis: int = -1) -> np.n
 
 def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
            by: Sequence[str] = ("stem",)) -> pd.DataFrame:
-    """Finished runs with an ``err`` column: diverged at 100; ``relative``: Δ to the group's best
-    (``delta_to_best``: diverged runs at Δ 100). ``err_abs`` keeps the absolute error.
+    """The finished runs with their error.
 
-    Keeps completed and diverged runs only; ``diverged`` marks the latter.
+    Args:
+        runs: the runs table.
+        value: the error column.
+        relative: ``err`` is Δ to the best of the run's group (``delta_to_best``: diverged runs
+            at Δ 100).
+        by: the groups of ``relative``.
+
+    Returns:
+        The completed and diverged runs (their index kept) with ``diverged``, ``err`` (diverged
+        at 100) and ``err_abs`` (the absolute error).
+
+    >>> runs = pd.DataFrame({"stem": ["conv", "conv", "conv"], "status": ["completed", "diverged", "failed"],
+    ...                      "top1_err": [20.0, None, None]})
+    >>> errors(runs)[["err", "diverged"]]
+         err  diverged
+    0   20.0     False
+    1  100.0      True
     """
     df = runs[runs["status"].isin(DONE)].copy()
     df["diverged"] = df["status"].eq(RunStatus.DIVERGED)
@@ -72,32 +108,92 @@ def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
 
 
 def within_fraction(delta: np.ndarray, x: float) -> float:
-    """Fraction of runs whose Δ-to-best is at most ``x`` points (Δ rounded to 1e-9)."""
+    """The fraction of runs within ``x`` points of their best.
+
+    Args:
+        delta: Δ to the best per run.
+        x: points.
+
+    Returns:
+        The fraction with Δ ≤ x (Δ rounded to 1e-9); NaN without runs.
+
+    >>> within_fraction(np.array([0.0, 1.0, 3.0, 100.0]), 1.0)
+    0.5
+    """
     delta = np.asarray(delta, dtype=float)
     return float(np.mean(np.round(delta, 9) <= x)) if len(delta) else float("nan")
 
 
 def dkw_halfwidth(n: int, ci: float = 0.9) -> float:
-    """Dvoretzky-Kiefer-Wolfowitz: P(sup|F_n − F| > eps) ≤ 2 exp(−2 n eps²), so a simultaneous
-    ``ci`` band is F_n ± sqrt(ln(2 / (1 − ci)) / (2 n)) (n=16, 90%: 0.306)."""
+    """The half-width of the DKW simultaneous band of an EDF.
+
+    Args:
+        n: runs.
+        ci: the coverage.
+
+    Returns:
+        sqrt(ln(2 / (1 − ci)) / (2 n)) (Dvoretzky-Kiefer-Wolfowitz: P(sup|F_n − F| > eps) ≤
+        2 exp(−2 n eps²)); NaN for n = 0.
+
+    >>> round(dkw_halfwidth(16, 0.9), 3)
+    0.306
+    """
     return float(np.sqrt(np.log(2 / (1 - ci)) / (2 * n))) if n else float("nan")
 
 
 def default_by(runs: pd.DataFrame, group: str = "stem") -> list[str]:
-    """The grouping that pools nothing: every design axis that varies, then ``group``."""
+    """The grouping that pools nothing.
 
+    Args:
+        runs: the runs table.
+        group: the column compared (the stem).
+
+    Returns:
+        Every design axis that varies (``grouping.strata``), then ``group``.
+    """
     return [*strata(runs, exclude=(group,)), group]
 
 
 def worst_runs(runs: pd.DataFrame, k: int = 1, by: Sequence[str] = ("stem",),
                value: str = "top1_err") -> pd.DataFrame:
-    """The ``k`` finished runs with the highest error per group (diverged first, at 100)."""
+    """The worst finished runs of each group.
+
+    Args:
+        runs: the runs table.
+        k: runs per group.
+        by: the groups.
+        value: the error column.
+
+    Returns:
+        The ``k`` finished runs (``errors`` rows) with the highest error per group, worst first
+        (diverged runs at 100).
+
+    >>> runs = pd.DataFrame({"stem": ["conv"] * 3 + ["patchify"] * 3,
+    ...                      "status": ["completed", "completed", "diverged"] + ["completed"] * 3,
+    ...                      "top1_err": [20.0, 30.0, None, 25.0, 35.0, 45.0]})
+    >>> worst_runs(runs, k=1)[["stem", "err", "diverged"]]
+           stem    err  diverged
+    2      conv  100.0      True
+    5  patchify   45.0     False
+    """
     df = errors(runs, value, False, by)
     return df.sort_values("err", ascending=False).groupby(list(by), observed=True).head(k)
 
 
 def edf_at(values: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """F(x) = sum_i w_i 1[v_i < x] / sum_i w_i for every x (strict inequality, as the paper)."""
+    """The (weighted) EDF of ``values`` at ``x``.
+
+    Args:
+        values: the sample.
+        x: where to evaluate.
+        weights: per value (default 1).
+
+    Returns:
+        F(x) = sum_i w_i 1[v_i < x] / sum_i w_i for every x (strict inequality, as the paper).
+
+    >>> edf_at(np.array([10, 20, 20, 100]), np.array([0, 15, 20.5, 101])).tolist()
+    [0.0, 0.25, 0.75, 1.0]
+    """
     values = np.asarray(values, dtype=float)
     x = np.asarray(x, dtype=float)
     if weights is None:
@@ -112,15 +208,38 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
         seed: int = 0) -> pd.DataFrame:
     """EDF points per group with seeded bootstrap bands.
 
-    ``by`` defaults to ``default_by(runs)``: sweep, optimizer, epochs ... whichever vary, then the
-    stem, so nothing is pooled unless asked; the ``pooled`` column names the design axes a
-    given ``by`` pools ("" when none). Returns one row per group and distinct error ``x``:
-    ``F`` = F(x) (the fraction strictly below x), ``F_right`` = the fraction at or below x (the
-    value just after the step at x), ``F_lo``/``F_hi`` the pointwise bootstrap band of
-    ``F_right``, ``F_lo_sim``/``F_hi_sim`` a simultaneous band (the bootstrap quantile of
-    sup|F* − F_n|, widened where needed to contain the pointwise band), ``dkw`` the DKW simultaneous half-width, ``n`` runs and ``n_diverged`` of them
-    counted at 100%. In relative mode each resample re-chooses its best run. Plot ``x`` vs
-    ``F_right`` as a step function (``line_shape='hv'``).
+    Args:
+        runs: the runs table.
+        by: the groups; default ``default_by(runs)``: sweep, optimizer, epochs ... whichever
+            vary, then the stem, so nothing is pooled unless asked.
+        value: the error column.
+        relative: errors as Δ to each group's best; each resample re-chooses its best run.
+        weights: a column of per-run weights.
+        n_boot: bootstrap resamples (0: no bands).
+        ci: the bands' coverage.
+        seed: of the resamples.
+
+    Returns:
+        One row per group (its ``by`` columns) and distinct error ``x``: ``F`` = F(x) (the
+        fraction strictly below x), ``F_right`` = the fraction at or below x (the value just
+        after the step at x), ``F_lo``/``F_hi`` the pointwise bootstrap band of ``F_right``,
+        ``F_lo_sim``/``F_hi_sim`` a simultaneous band (the bootstrap quantile of sup|F* − F_n|,
+        widened where needed to contain the pointwise band), ``dkw`` the DKW simultaneous
+        half-width, ``n`` runs and ``n_diverged`` of them counted at 100 %, and ``pooled``, the
+        design axes a given ``by`` pools ("" when none). Plot ``x`` vs ``F_right`` as a step
+        function (``line_shape='hv'``).
+
+    >>> runs = pd.DataFrame({"stem": ["conv"] * 3 + ["patchify"] * 3,
+    ...                      "status": ["completed", "completed", "diverged"] + ["completed"] * 3,
+    ...                      "top1_err": [20.0, 30.0, None, 25.0, 35.0, 45.0]})
+    >>> edf(runs, n_boot=0)[["stem", "x", "F_right", "n", "n_diverged"]]
+           stem      x   F_right  n  n_diverged
+    0      conv   20.0  0.333333  3           1
+    1      conv   30.0  0.666667  3           1
+    2      conv  100.0  1.000000  3           1
+    3  patchify   25.0  0.333333  3           0
+    4  patchify   35.0  0.666667  3           0
+    5  patchify   45.0  1.000000  3           0
     """
 
     runs = with_size(runs)
@@ -174,13 +293,22 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
 
 def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err",
             relative: bool = False, within: Sequence[float] = WITHIN) -> pd.DataFrame:
-    """Per group: finished runs (the EDF's n), diverged and stuck at chance (``at_chance``) among them, best, median and
-    worst error (diverged at 100), and the runs left out of the EDF: failed, preempted, running.
+    """How the runs of each group ended.
 
-    ``relative``: best, median and worst are Δ to the group's best (best is 0) and
-    ``within_<x>`` gives the fraction of runs at most x points from it, for each x of ``within``.
-    ``by`` defaults to ``default_by(runs)`` (nothing pooled); ``pooled`` names the design axes
-    an explicit ``by`` pools."""
+    Args:
+        runs: the runs table.
+        by: the groups; default ``default_by(runs)`` (nothing pooled).
+        value: the error column.
+        relative: best, median and worst are Δ to the group's best (best is 0).
+        within: in relative mode, ``within_<x>`` gives the fraction of runs at most x points
+            from the best, for each x.
+
+    Returns:
+        One row per group: ``runs`` finished (the EDF's n), ``diverged`` and ``at_chance``
+        (``at_chance``) among them, ``best``, ``median`` and ``worst`` error (diverged at 100),
+        the runs left out of the EDF (failed, preempted, running: a column each), and
+        ``pooled``, the design axes an explicit ``by`` pools.
+    """
 
     runs = with_size(runs)
     by = list(default_by(runs) if by is None else by)
@@ -200,7 +328,16 @@ def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "t
 
 
 def outcomes(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """Per group: how many runs failed, were preempted or are running (left out of every EDF)."""
+    """The runs of each group that are not results.
+
+    Args:
+        runs: the runs table.
+        by: the groups.
+
+    Returns:
+        One row per group: how many runs failed, were preempted or are running (a column each:
+        left out of every EDF).
+    """
     cols = list(LEFT_OUT)
     if runs.empty:
         return pd.DataFrame(columns=[*by, *cols])

@@ -5,7 +5,7 @@ optimizer; training length: stem x length). "Best of n runs" is never the statis
 configuration is chosen on the validation split (``select_arms``), trained again with the same
 k seeds in every arm, and judged on the held-out test split by the mean of the k per-seed
 contrasts ``d`` (``seed_contrast``), with the exact sign-flip test of that mean and its t interval
-(``inference``). The lr/wd finding is one paired statistic over the shared (lr, wd) points with a
+(``stats``). The lr/wd finding is one paired statistic over the shared (lr, wd) points with a
 matching permutation test (``finding_lr_wd``).
 
 ``judge`` turns a report's findings into verdicts, as a family:
@@ -32,7 +32,7 @@ import pandas as pd
 
 from ..store import DONE
 from .edf import CHANCE, at_chance, errors  # noqa: F401 (CHANCE, at_chance: re-exported)
-from .inference import (
+from .stats import (
     holm,
     mde_sign_flip,
     paired_best_of,
@@ -93,7 +93,7 @@ class Finding:
     n_text: str
     sd: float  # of the per-seed contrast (lr/wd: the statistic's SD over the label permutations)
     # minimum detectable effect at POWER with the family's first Holm level, from an 80 % upper
-    # confidence bound of the contrast's SD (``inference.sd_upper``)
+    # confidence bound of the contrast's SD (``stats.sd_upper``)
     mde: float
     regime: str  # "" when checked and matching; otherwise why not
     details: str
@@ -111,7 +111,16 @@ class Finding:
 
 
 def judge(findings: Sequence[Finding], alpha: float = ALPHA) -> list[Finding]:
-    """Holm-adjust the findings' p-values as one family and give each its verdict and reason."""
+    """The findings' verdicts, as one family.
+
+    Args:
+        findings: one report's findings.
+        alpha: the family-wise level.
+
+    Returns:
+        The findings with Holm-adjusted p-values (both directions), the MDE at the family's first
+        Holm level, and each its verdict and reason.
+    """
     adj, adj_other = holm([f.p for f in findings]), holm([f.p_other for f in findings])
     level = alpha / max(len(findings), 1)  # Holm's first level: what the smallest p must reach
     out = []
@@ -168,8 +177,16 @@ JUDGED = ("test_ema_top1_err", "test_top1_err", "ema_top1_err", "top1_err")  # p
 
 
 def judged_value(runs: pd.DataFrame, order: Sequence[str] = JUDGED) -> str:
-    """The first column of ``order`` the runs have values in: the held-out test split's EMA error
-    where there is one, the validation split's only when there is no test split."""
+    """The error column the findings judge.
+
+    Args:
+        runs: the runs.
+        order: the columns in order of preference.
+
+    Returns:
+        The first column of ``order`` the runs have values in: the held-out test split's EMA error
+        where there is one, the validation split's only when there is no test split.
+    """
     return next((c for c in order if c in runs and runs[c].notna().any()), order[-1])
 
 ARM_FIELDS = ("stem", "optimizer", "epochs")
@@ -238,11 +255,23 @@ def seed_contrast(reps: pd.DataFrame, arms: dict[str, dict], weights: dict[str, 
 
 def convergence(reps: pd.DataFrame, longer: pd.DataFrame | None, arms: dict[str, dict],
                 value: str = VALUE) -> tuple[str, str]:
-    """The regime check of long arms: per arm, its mean error over the seeds it shares with the
-    runs at twice its length, minus theirs (the gain). Returns (regime, measured): regime is ""
-    when every arm's gain is at most ``CONVERGED_POINTS``, else the words for the report (an arm
-    not converged, or the check not run); measured lists every gain with its n. With two seeds
-    the check is noisy, and errs toward "not converged": it can only withhold "reproduced"."""
+    """The regime check of long arms.
+
+    Per arm, its mean error over the seeds it shares with the runs at twice its length, minus
+    theirs (the gain). With two seeds the check is noisy, and errs toward "not converged": it
+    can only withhold "reproduced".
+
+    Args:
+        reps: the replicate runs.
+        longer: the runs at twice the length (None: not run).
+        arms: arm name -> its fields (with ``epochs``).
+        value: the error column.
+
+    Returns:
+        (regime, measured): regime is "" when every arm's gain is at most ``CONVERGED_POINTS``,
+        else the words for the report (an arm not converged, or the check not run); measured
+        lists every gain with its n.
+    """
     if longer is None or not len(longer):
         return "convergence not checked (no runs at twice the length)", ""
     a, b = _finished(reps, value), _finished(longer, value)
@@ -309,21 +338,57 @@ def _seed_finding(c: Claim, table: pd.DataFrame, arms: dict[str, dict], regime: 
 # ---- the four findings ------------------------------------------------------------------------
 
 def arm(stem: str, optimizer: str, epochs: int) -> tuple[str, dict]:
-    """An arm's name (``P-adamw@20``: ViT_P, AdamW, 20 epochs; one name in every finding and
-    report) and its fields."""
+    """An arm of a finding.
+
+    Args:
+        stem: "patchify" or "conv".
+        optimizer: the optimizer.
+        epochs: the length.
+
+    Returns:
+        (its name, its fields): the name ``P-adamw@20`` (ViT_P, AdamW, 20 epochs) is one name in
+        every finding and report.
+
+    >>> arm("conv", "sgd", 50)
+    ('C-sgd@50', {'stem': 'conv', 'optimizer': 'sgd', 'epochs': 50})
+    """
     return f"{'P' if stem == 'patchify' else 'C'}-{optimizer}@{epochs}", {
         "stem": stem, "optimizer": optimizer, "epochs": epochs}
 
 
 def arms_peak(epochs: int) -> dict[str, dict]:
+    """The arms of the peak finding.
+
+    Args:
+        epochs: the length.
+
+    Returns:
+        arm name -> fields: each stem with AdamW.
+    """
     return dict(arm(s, "adamw", epochs) for s in ("patchify", "conv"))
 
 
 def arms_optimizer(epochs: int) -> dict[str, dict]:
+    """The arms of the optimizer finding.
+
+    Args:
+        epochs: the length.
+
+    Returns:
+        arm name -> fields: each stem with AdamW and with SGD.
+    """
     return dict(arm(s, o, epochs) for s in ("patchify", "conv") for o in ("adamw", "sgd"))
 
 
 def arms_epochs(short: int, long: int) -> dict[str, dict]:
+    """The arms of the training-length finding.
+
+    Args:
+        short, long: the two lengths.
+
+    Returns:
+        arm name -> fields: each stem with AdamW at each length.
+    """
     return dict(arm(s, "adamw", ep) for s in ("patchify", "conv") for ep in (short, long))
 
 
@@ -348,7 +413,17 @@ LR_WD = Claim("lr_wd", "Stability over lr and wd (§5.3, Figs. 4–5)",
 
 def finding_peak(reps: pd.DataFrame, epochs: int, longer: pd.DataFrame | None = None,
                  value: str = VALUE) -> Finding:
-    """§6: at each stem's selected AdamW config (``epochs`` long), ViT_C's test error is lower."""
+    """§6: at each stem's selected AdamW config, ViT_C's test error is lower.
+
+    Args:
+        reps: the replicate runs.
+        epochs: the arms' length.
+        longer: the runs at twice the length (the convergence check), if any.
+        value: the error column.
+
+    Returns:
+        The ``Finding`` (not yet judged: ``judge``).
+    """
     arms = arms_peak(epochs)
     table = seed_contrast(reps, arms, dict(zip(arms, (1, -1), strict=True)), value)
     conv, measured = convergence(reps, longer, arms, value)
@@ -357,7 +432,17 @@ def finding_peak(reps: pd.DataFrame, epochs: int, longer: pd.DataFrame | None = 
 
 def finding_optimizer(reps: pd.DataFrame, epochs: int, longer: pd.DataFrame | None = None,
                       value: str = VALUE) -> Finding:
-    """§5.2: SGD costs ViT_P more than ViT_C (each optimizer at its selected lr)."""
+    """§5.2: SGD costs ViT_P more than ViT_C (each optimizer at its selected lr).
+
+    Args:
+        reps: the replicate runs.
+        epochs: the arms' length.
+        longer: the runs at twice the length (the convergence check), if any.
+        value: the error column.
+
+    Returns:
+        The ``Finding`` (not yet judged: ``judge``).
+    """
     arms = arms_optimizer(epochs)
     table = seed_contrast(reps, arms, dict(zip(arms, (-1, 1, 1, -1), strict=True)), value)  # P-adamw, P-sgd, C-adamw, C-sgd
     conv, measured = convergence(reps, longer, arms, value)
@@ -366,7 +451,17 @@ def finding_optimizer(reps: pd.DataFrame, epochs: int, longer: pd.DataFrame | No
 
 def finding_epochs(reps: pd.DataFrame, short: int, long: int, longer: pd.DataFrame | None = None,
                    value: str = VALUE) -> Finding:
-    """§5.1: ViT_C's lead over ViT_P is larger at the short schedule than at the long one."""
+    """§5.1: ViT_C's lead over ViT_P is larger at the short schedule than at the long one.
+
+    Args:
+        reps: the replicate runs.
+        short, long: the two lengths.
+        longer: the runs at twice the long length (the convergence check), if any.
+        value: the error column.
+
+    Returns:
+        The ``Finding`` (not yet judged: ``judge``).
+    """
     arms = arms_epochs(short, long)
     table = seed_contrast(reps, arms, dict(zip(arms, (1, -1, -1, 1), strict=True)), value)  # P@short, P@long, C@short, C@long
     long_arms = {k: v for k, v in arms.items() if v["epochs"] == long}
@@ -376,16 +471,35 @@ def finding_epochs(reps: pd.DataFrame, short: int, long: int, longer: pd.DataFra
 
 
 def within_curve(a: np.ndarray, b: np.ndarray, x: Sequence[float] = X_GRID) -> np.ndarray:
-    """Fraction of points within x of their own arm's best, ``a`` (conv) minus ``b`` (patchify),
-    per x; the best re-chosen from the arrays given (resamples re-choose it)."""
+    """The within-x curve of two arms over shared points.
+
+    Args:
+        a, b: errors per shared point of conv and of patchify.
+        x: points.
+
+    Returns:
+        Per x, the fraction of ``a``'s points within x of ``a``'s best minus the same of ``b``;
+        the best re-chosen from the arrays given (resamples re-choose it).
+
+    >>> within_curve(np.array([10.0, 11.0, 20.0]), np.array([10.0, 15.0, 20.0]), [1.0]).round(3).tolist()
+    [0.333]
+    """
     x = np.asarray(x, float)[:, None]
     da, db = np.round(a - a.min(), 9), np.round(b - b.min(), 9)
     return (da[None, :] <= x).mean(1) - (db[None, :] <= x).mean(1)
 
 
 def lr_wd_pairs(runs: pd.DataFrame, value: str = VALUE) -> pd.DataFrame:
-    """The lr/wd study's shared points: one row per (lr, wd, seed) with both stems finished,
-    columns ``conv`` and ``patchify`` (errors; diverged at 100)."""
+    """The lr/wd study's shared points.
+
+    Args:
+        runs: the study's runs.
+        value: the error column.
+
+    Returns:
+        One row per (lr, wd, seed) with both stems finished: ``lr``, ``wd``, ``seed``, ``conv`` and
+        ``patchify`` (errors; diverged at 100).
+    """
     df = _finished(runs, value)
     if not len(df):
         return pd.DataFrame(columns=["lr", "wd", "seed", "conv", "patchify"])
@@ -396,9 +510,21 @@ def lr_wd_pairs(runs: pd.DataFrame, value: str = VALUE) -> pd.DataFrame:
 def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
                   n_boot: int = 2000, n_perm: int = 2000) -> Finding:
     """Figs. 4–5: over the shared (lr, wd) points, more ViT_C runs lie within ``x`` points of
-    their own best than ViT_P runs. Points are resampled as pairs (each stem's best re-chosen)
-    for a descriptive band over x in ``X_GRID``; the p-value permutes the stem labels within
-    each point and recomputes the same statistic."""
+    their own best than ViT_P runs.
+
+    Points are resampled as pairs (each stem's best re-chosen) for a descriptive band over x in
+    ``X_GRID``; the p-value permutes the stem labels within each point and recomputes the same
+    statistic.
+
+    Args:
+        runs: the lr/wd study's runs.
+        x: the headline x.
+        value: the error column.
+        n_boot, n_perm: bootstrap resamples and label permutations.
+
+    Returns:
+        The ``Finding`` with its ``curve`` over x (not yet judged: ``judge``).
+    """
     pairs = lr_wd_pairs(runs, value)
     if "conv" not in pairs or "patchify" not in pairs or len(pairs) < 2:
         return LR_WD.missing("needs >= 2 (lr, wd) points with both stems finished")

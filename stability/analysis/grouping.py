@@ -17,7 +17,15 @@ PAIR_KEYS = ("sweep", "size", "dataset", "optimizer", "epochs", "batch_size", "w
 
 
 def with_size(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with a ``size`` column: the model without its stem (vit_c_tiny -> vit_tiny)."""
+    """The runs with their model size.
+
+    Args:
+        runs: the runs table.
+
+    Returns:
+        ``runs`` with a ``size`` column: the model without its stem (vit_c_tiny -> vit_tiny);
+        ``runs`` itself when it has one already or has no ``model``.
+    """
     if "size" in runs.columns or "model" not in runs.columns:
         return runs
     size = runs["model"].astype("string").str.replace(r"^vit_[pc]_", "vit_", regex=True)
@@ -25,14 +33,35 @@ def with_size(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def strata(runs: pd.DataFrame, exclude: Sequence[str] = ("stem",)) -> list[str]:
-    """The design axes that vary in ``runs``: the default grouping besides the stem."""
+    """The design axes that vary: the strata, the default grouping besides the stem.
+
+    Args:
+        runs: the runs table.
+        exclude: axes left out (the compared column).
+
+    Returns:
+        The ``DESIGN_AXES`` present in ``runs`` with more than one value, in that order. The
+        named strata of ``compare``, ``stem_outcomes`` and ``stem_verdicts``: a consumer that
+        needs a row's stratum reads these columns.
+
+    >>> strata(pd.DataFrame({"sweep": ["a", "b"], "optimizer": "adamw", "stem": ["conv", "patchify"]}))
+    ['sweep']
+    """
     df = with_size(runs)
     return [c for c in DESIGN_AXES if c in df.columns and c not in exclude
             and df[c].nunique(dropna=False) > 1]
 
 
 def pooled(runs: pd.DataFrame, by: Sequence[str]) -> list[str]:
-    """Design axes that vary in ``runs`` but are not in ``by``: what a grouping pools."""
+    """What a grouping pools.
+
+    Args:
+        runs: the runs table.
+        by: the grouping.
+
+    Returns:
+        The design axes that vary in ``runs`` but are not in ``by``.
+    """
     return [c for c in strata(runs, exclude=()) if c not in by]
 
 
@@ -46,9 +75,19 @@ NOT_FIXED = ("lr", "seed", "model", "stem", *FIX_FIELDS)
 
 
 def fix_of(cfg: Mapping | None) -> str:
-    """The fixes a run's config turns on, joined with "+": "qk_norm" (config ``qk_norm``),
-    "z_loss" (``z_loss`` > 0), "frozen_stem" (``freeze_stem``); "none" when none is on (or the
-    config predates the field)."""
+    """The fixes a run's config turns on.
+
+    Args:
+        cfg: the run's config (``config_json`` read), or None.
+
+    Returns:
+        "qk_norm" (config ``qk_norm``), "z_loss" (``z_loss`` > 0), "frozen_stem"
+        (``freeze_stem``) joined with "+"; "none" when none is on (or the config predates the
+        field).
+
+    >>> fix_of({"qk_norm": True, "z_loss": 1e-4}), fix_of(None)
+    ('qk_norm+z_loss', 'none')
+    """
     cfg = cfg or {}
     parts = [name for name, on in (("qk_norm", bool(cfg.get("qk_norm"))),
                                    ("z_loss", float(cfg.get("z_loss") or 0.0) > 0),
@@ -69,21 +108,34 @@ def _configs(runs: pd.DataFrame) -> list[dict]:
 
 
 def with_fix(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with a ``fix`` column (``fix_of`` of each row's config; kept if already there)."""
+    """The runs with their fix.
+
+    Args:
+        runs: the runs table.
+
+    Returns:
+        ``runs`` with a ``fix`` column (``fix_of`` of each row's config; kept if already there).
+    """
     if "fix" in runs.columns:
         return runs
     return runs.assign(fix=[fix_of(c) for c in _configs(runs)])
 
 
 def fixed_axes(runs: pd.DataFrame, series: Sequence[str] = ("stem", "fix")) -> tuple[pd.DataFrame, list[str]]:
-    """The axes that make runs *the same experiment but for lr and seed*: every design axis that
-    varies, then every config field that varies (wd, label smoothing, adam eps, ...) except lr,
-    seed, the execution fields (where and how a run executes) and fields another column carries.
+    """The axes that make runs *the same experiment but for lr and seed*.
 
-    Returns ``runs`` with ``size``, ``fix`` and a column per such config field (a field an older
-    config lacks reads as its default), and the list of those axes, ``series`` excluded. When
-    runs with z-loss use several coefficients, ``z_loss`` (0 without) is added to the frame and
-    returned as an axis too: two coefficients are never pooled under one "z_loss"."""
+    Args:
+        runs: the runs table (``config_json`` gives the config fields).
+        series: the lines inside a group, never axes.
+
+    Returns:
+        ``runs`` with ``size``, ``fix`` and a column per such config field (a field an older
+        config lacks reads as its default), and the axes: every design axis that varies, then
+        every config field that varies (wd, label smoothing, adam eps, ...) except lr, seed, the
+        execution fields (where and how a run executes) and fields another column carries.
+        When runs with z-loss use several coefficients, ``z_loss`` (0 without) is added and
+        returned as an axis too: two coefficients are never pooled under one "z_loss".
+    """
     from ..config import FIELDS, RunConfig
 
     df = with_fix(with_size(runs))

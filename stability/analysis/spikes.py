@@ -46,10 +46,18 @@ def _rolling_prev(s: pd.Series, window: int, min_points: int, fn: str) -> pd.Ser
 
 def detect_spikes(values: Iterable[float], params: SpikeParams = SpikeParams(),
                   steps: Iterable[int] | None = None) -> np.ndarray:
-    """Boolean mask: True where ``values[i]`` (at ``steps[i]``, default 0, 1, 2 ...) is a spike.
+    """Where a series spikes.
 
-    Non-finite and non-positive values are never spikes (divergence is recorded separately)
-    and are left out of the history.
+    Non-finite and non-positive values are never spikes (divergence is recorded separately) and
+    are left out of the history.
+
+    Args:
+        values: the series (e.g. a layer's gradient norm per traced step).
+        params: the detector's window and thresholds.
+        steps: the step of each value (default 0, 1, 2 ...).
+
+    Returns:
+        A boolean mask: True where ``values[i]`` (at ``steps[i]``) is a spike.
     """
     v = np.asarray(list(values) if not isinstance(values, np.ndarray | pd.Series) else values, dtype=float)
     st = np.arange(len(v)) if steps is None else np.asarray(list(steps) if not isinstance(steps, np.ndarray | pd.Series) else steps)
@@ -73,7 +81,16 @@ def detect_spikes(values: Iterable[float], params: SpikeParams = SpikeParams(),
 
 def count_spikes(steps: Iterable[Mapping] | pd.DataFrame, column: str = "grad_norm",
                  params: SpikeParams = SpikeParams()) -> int:
-    """Number of spikes in a run's per-step trace (rows with ``step`` and ``column``)."""
+    """The number of spikes in a run's per-step trace.
+
+    Args:
+        steps: rows with ``step`` and ``column``.
+        column: the series.
+        params: the detector's.
+
+    Returns:
+        How many ``detect_spikes`` marks.
+    """
     df = steps if isinstance(steps, pd.DataFrame) else pd.DataFrame(list(steps))
     if df.empty or column not in df:
         return 0
@@ -83,9 +100,18 @@ def count_spikes(steps: Iterable[Mapping] | pd.DataFrame, column: str = "grad_no
 
 def mark_spikes(trace: pd.DataFrame, value: str = "grad_norm", keys: Sequence[str] = ("sweep", "run_id", "layer"),
                 params: SpikeParams = SpikeParams()) -> pd.DataFrame:
-    """``trace`` (rows of run_id, layer, step, value) with a boolean ``spike`` column, each
-    (sweep, run, layer) series judged on its own, in step order (the same config run in two
-    sweeps has one run id and two series)."""
+    """Spikes marked in every series of a trace.
+
+    Args:
+        trace: rows of run_id, layer, step and ``value``.
+        value: the series column.
+        keys: the columns of one series (the same config run in two sweeps has one run id and
+            two series).
+        params: the detector's.
+
+    Returns:
+        ``trace`` with a boolean ``spike`` column, each series judged on its own, in step order.
+    """
     keys = [k for k in keys if k in trace.columns]
     out = trace.sort_values([*keys, "step"]).reset_index(drop=True)
     mask = np.zeros(len(out), dtype=bool)
@@ -99,7 +125,15 @@ def mark_spikes(trace: pd.DataFrame, value: str = "grad_norm", keys: Sequence[st
 
 
 def spike_counts(grad_norms: pd.DataFrame, params: SpikeParams = SpikeParams()) -> pd.DataFrame:
-    """Spikes per run and layer: (sweep,) run_id, layer, depth, n_spikes, n_points."""
+    """Spikes per run and layer.
+
+    Args:
+        grad_norms: the grad_norms table.
+        params: the detector's.
+
+    Returns:
+        (sweep,) run_id, layer, depth, ``n_spikes``, ``n_points``.
+    """
     marked = mark_spikes(grad_norms, params=params)
     cols = [c for c in ("sweep", "run_id", "layer", "depth") if c in marked.columns]
     g = marked.groupby(cols, observed=True)["spike"]
@@ -108,15 +142,25 @@ def spike_counts(grad_norms: pd.DataFrame, params: SpikeParams = SpikeParams()) 
 
 def first_layer_lead(grad_norms: pd.DataFrame, params: SpikeParams = SpikeParams(),
                      max_lag: int = 50, n_shuffle: int = 200, seed: int = 0) -> pd.DataFrame:
-    """Per run: do first-layer (min depth) spikes come shortly before last-layer (max depth)
-    ones, more often than chance? MoCo v3 saw the patch projection spike some iterations first.
+    """Do first-layer spikes come shortly before last-layer ones, more often than chance?
 
-    For each last-layer spike: the nearest first-layer spike strictly before it, at most
-    ``max_lag`` steps earlier (a lead of 0, the same step, is not a lead). ``led`` is the
-    fraction of last-layer spikes so led; ``baseline`` the same fraction with the first-layer
-    spike steps placed at random among the traced steps (``n_shuffle`` times, mean), and
-    ``p`` the share of shuffles that reach the observed fraction. Runs whose last layer has no
-    spike are listed with ``n_last`` 0 so an empty verdict is visible, not silent.
+    MoCo v3 saw the patch projection spike some iterations first. For each last-layer (max depth)
+    spike: the nearest first-layer (min depth) spike strictly before it, at most ``max_lag``
+    steps earlier (a lead of 0, the same step, is not a lead).
+
+    Args:
+        grad_norms: the grad_norms table.
+        params: the detector's.
+        max_lag: steps.
+        n_shuffle: random placements of the first-layer spikes for the baseline.
+        seed: of the placements.
+
+    Returns:
+        One row per run: ``led``, the fraction of last-layer spikes so led; ``baseline``, the same
+        fraction with the first-layer spike steps placed at random among the traced steps (mean
+        over ``n_shuffle``); ``p``, the share of shuffles that reach the observed fraction. Runs
+        whose last layer has no spike are listed with ``n_last`` 0 so an empty verdict is visible,
+        not silent.
     """
     marked = mark_spikes(grad_norms, params=params)
     rng = np.random.default_rng(seed)
@@ -154,8 +198,17 @@ def _leads(first_steps: np.ndarray, last_steps: np.ndarray, max_lag: int) -> np.
 
 def downsample(trace: pd.DataFrame, max_points: int = 2000, keys: Sequence[str] = ("sweep", "run_id", "layer"),
                value: str = "grad_norm") -> pd.DataFrame:
-    """At most ~``max_points`` rows per series: per bucket of steps keep the min and max value,
-    and keep every row marked ``spike`` (so no spike disappears from a plot)."""
+    """A trace thinned for plotting, no spike lost.
+
+    Args:
+        trace: rows of a series (``keys``), step and ``value``.
+        max_points: about this many rows per series.
+        keys: the columns of one series.
+        value: the series column.
+
+    Returns:
+        Per bucket of steps the rows with the min and max value, and every row marked ``spike``.
+    """
     keys = [k for k in keys if k in trace.columns]
     parts = []
     for _, g in (trace.groupby(keys, observed=True, sort=False) if keys else [(None, trace)]):

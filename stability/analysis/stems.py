@@ -30,7 +30,7 @@ from .compare import compare
 from .edf import errors
 from .findings import at_chance
 from .grouping import strata, with_size
-from .inference import holm
+from .stats import holm, median_perm_p
 
 ALPHA = 0.10  # family-wise error rate of the verdicts of one call (Holm over its strata)
 MIN_RUNS = 4  # per side: 4 vs 4 reaches a two-sided permutation p of 2/70 = 0.029
@@ -38,8 +38,15 @@ N_PERM = 4000
 
 
 def chance_error(runs: pd.DataFrame) -> float:
-    """The error of an untrained model for these runs: the median ``init_top1_err`` (measured at
-    step 0 on the validation split); NaN when the results predate it."""
+    """The error of an untrained model for these runs.
+
+    Args:
+        runs: the runs table.
+
+    Returns:
+        The median ``init_top1_err`` (measured at step 0 on the validation split); NaN when the
+        results predate it.
+    """
     if "init_top1_err" not in runs:
         return float("nan")
     v = pd.to_numeric(runs["init_top1_err"], errors="coerce").dropna()
@@ -48,12 +55,30 @@ def chance_error(runs: pd.DataFrame) -> float:
 
 def stem_outcomes(runs: pd.DataFrame, value: str = "top1_err", by: Sequence[str] | None = None,
                   group: str = "stem") -> pd.DataFrame:
-    """Per stratum and stem: ``runs`` finished (completed or diverged), ``diverged``,
-    ``at_chance`` (completed but stuck at chance), their percentages, ``learned`` (the rest),
-    ``median_err`` and ``best_err`` (diverged at 100), ``chance_err`` (``chance_error``),
-    ``never_left_chance`` (no run learned) and the runs left out (failed, preempted, running).
+    """How the runs of each stem ended, per stratum.
 
-    ``by`` defaults to every design axis that varies (nothing pooled)."""
+    Args:
+        runs: the runs table.
+        value: the error column.
+        by: the strata; default ``strata(runs, exclude=(group,))``, every design axis that
+            varies (nothing pooled). Consumers that name the strata pass them here.
+        group: the column compared.
+
+    Returns:
+        One row per stratum (its ``by`` columns) and stem: ``runs`` finished (completed or
+        diverged), ``diverged``, ``at_chance`` (completed but stuck at chance), their
+        percentages, ``learned`` (the rest), ``median_err`` and ``best_err`` (diverged at 100),
+        ``chance_err`` (``chance_error``), ``never_left_chance`` (no run learned) and
+        ``left_out`` (failed, preempted, running).
+
+    >>> runs = pd.DataFrame({"stem": ["conv"] * 3 + ["patchify"] * 3,
+    ...                      "status": ["completed", "completed", "diverged"] + ["completed"] * 3,
+    ...                      "top1_err": [20.0, 30.0, None, 25.0, 35.0, 45.0]})
+    >>> stem_outcomes(runs)[["stem", "runs", "diverged", "median_err", "best_err"]]
+           stem  runs  diverged  median_err  best_err
+    0      conv     3         1        30.0      20.0
+    1  patchify     3         0        35.0      25.0
+    """
     runs = with_size(runs)
     by = list(strata(runs, exclude=(group,)) if by is None else by)
     keys = [*by, group]
@@ -79,29 +104,29 @@ def stem_outcomes(runs: pd.DataFrame, value: str = "top1_err", by: Sequence[str]
     return pd.DataFrame(rows, columns=cols)
 
 
-def median_perm_p(a: np.ndarray, b: np.ndarray, n_perm: int = N_PERM, seed: int = 0) -> float:
-    """Two-sided p of median(b) − median(a) by permuting the labels: (1 + #{|D*| ≥ |D|}) / (1 + n_perm)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    observed = abs(np.median(b) - np.median(a))
-    pool = np.concatenate([a, b])
-    rng = np.random.default_rng(seed)
-    perms = np.argsort(rng.random((n_perm, len(pool))), axis=1)
-    shuffled = pool[perms]
-    d = np.abs(np.median(shuffled[:, len(a):], axis=1) - np.median(shuffled[:, :len(a)], axis=1))
-    return float((1 + np.sum(d >= observed - 1e-9)) / (1 + n_perm))
-
-
 def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 1000, n_perm: int = N_PERM,
                   alpha: float = ALPHA, seed: int = 0) -> pd.DataFrame:
-    """``compare(runs, by="stem")`` per stratum with ``p`` (permutation, two-sided), ``p_holm``
-    (over the rows), ``verdict`` ("<stem> lower", "no clear difference" or "none") and ``why``
-    (the reason in words: the test, or what is missing for one). Same rows and sign as
-    ``compare``: effects are b − a."""
-    cmp = compare(runs, by="stem", value=value, n_boot=n_boot, n_perm=min(n_perm, 2000), seed=seed)
+    """The stem comparison per stratum, with a verdict only where one means something.
+
+    Args:
+        runs: the runs table.
+        value: the error column.
+        n_boot: bootstrap resamples of ``compare``.
+        n_perm: permutations of the verdict's test (``stats.median_perm_p``).
+        alpha: the family-wise level (Holm over the strata).
+        seed: of both.
+
+    Returns:
+        ``compare(runs, by="stem")`` per stratum (its strata: ``strata(runs)``) with ``p``
+        (permutation, two-sided), ``p_holm`` (over the rows), ``verdict`` ("<stem> lower", "no
+        clear difference" or "none") and ``why`` (the reason in words: the test, or what is
+        missing for one). Same rows and sign as ``compare``: effects are b − a.
+    """
+    runs = with_size(runs)
+    keys = strata(runs, exclude=("stem",))  # the strata, named: compare's rows are per stratum
+    cmp = compare(runs, by="stem", value=value, strata_by=keys, n_boot=n_boot, n_perm=min(n_perm, 2000), seed=seed)
     if cmp.empty:
         return cmp.assign(p=[], p_holm=[], verdict=[], why=[])
-    runs = with_size(runs)
-    keys = [c for c in cmp.columns[:cmp.columns.get_loc("a")]]
     out = stem_outcomes(runs, value, by=keys)
     df = errors(runs, value, False, [*keys, "stem"])
     ps, why = [], []
@@ -145,8 +170,16 @@ def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 100
 
 
 def verdict_line(row: pd.Series | dict, unit: str = "points") -> str:
-    """One line naming the stratum's result: the verdict, the effect b − a with its interval and n,
-    and why (or only why, where there is no verdict)."""
+    """One line for a ``stem_verdicts`` row.
+
+    Args:
+        row: a row of ``stem_verdicts``.
+        unit: of the errors.
+
+    Returns:
+        The verdict, the effect b − a with its interval and n, and why (or only why, where there
+        is no verdict).
+    """
     n = f"n = {int(row['n_b'])} vs {int(row['n_a'])}"
     if row["verdict"] == "none":
         return f"no verdict ({row['why']})"
@@ -156,5 +189,5 @@ def verdict_line(row: pd.Series | dict, unit: str = "points") -> str:
             f"{n} ({row['why']})")
 
 
-__all__ = ["ALPHA", "MIN_RUNS", "chance_error", "median_perm_p", "stem_outcomes", "stem_verdicts",
+__all__ = ["ALPHA", "MIN_RUNS", "chance_error", "stem_outcomes", "stem_verdicts",
            "verdict_line"]

@@ -12,7 +12,16 @@ from .edf import errors
 
 def error_vs_hparams(runs: pd.DataFrame, value: str = "top1_err",
                      cols: Sequence[str] = ("stem", "optimizer", "epochs", "lr", "wd")) -> pd.DataFrame:
-    """One row per finished run: the knobs, ``err`` (diverged at 100) and ``diverged``."""
+    """The error of every finished run against its knobs.
+
+    Args:
+        runs: the runs table.
+        value: the error column.
+        cols: the knobs kept (those present, after ``run_id`` and ``sweep``).
+
+    Returns:
+        One row per finished run: the knobs, ``err`` (diverged at 100) and ``diverged``.
+    """
     df = errors(runs, value)
     keep = [c for c in ("run_id", "sweep", *cols) if c in df.columns]
     return df[[*keep, "err", "diverged"]].reset_index(drop=True)
@@ -21,12 +30,21 @@ def error_vs_hparams(runs: pd.DataFrame, value: str = "top1_err",
 def lr_wd_heatmap(runs: pd.DataFrame, bins: int = 6, value: str = "top1_err",
                   by: Sequence[str] = ("stem",), lr_range: tuple[float, float] | None = None,
                   wd_range: tuple[float, float] | None = None) -> pd.DataFrame:
-    """Median error in log-spaced (lr, wd) bins per group: by..., lr_bin, wd_bin (bin centres),
-    err, n, and ``clipped`` (runs outside the ranges, counted in the edge bins).
+    """Median error in log-spaced (lr, wd) bins per group.
 
-    Every group gets the same bins, all ``bins`` x ``bins`` of them (empty ones with n 0 and err
-    NaN), spanning ``lr_range``/``wd_range`` (e.g. the spec's sampling ranges) or, when not
-    given, the observed values of all groups together."""
+    Args:
+        runs: the runs table.
+        bins: per axis.
+        value: the error column.
+        by: the groups.
+        lr_range, wd_range: the span of the bins (e.g. the spec's sampling ranges); default the
+            observed values of all groups together.
+
+    Returns:
+        by..., ``lr_bin``, ``wd_bin`` (bin centres), ``err``, ``n``, and ``clipped`` (runs
+        outside the ranges, counted in the edge bins). Every group gets the same bins, all
+        ``bins`` x ``bins`` of them (empty ones with n 0 and err NaN).
+    """
     df = error_vs_hparams(runs, value)
     cols = [*by, "lr_bin", "wd_bin", "err", "n", "clipped"]
     if df.empty:
@@ -56,9 +74,18 @@ def lr_wd_heatmap(runs: pd.DataFrame, bins: int = 6, value: str = "top1_err",
 
 
 def best_configs(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err") -> pd.DataFrame:
-    """The best finished run per group (any columns of ``runs``; default: nothing pooled) with
-    its knobs, ``n``, the finished runs it was chosen from, and ``pooled``, the design axes an
-    explicit ``by`` pools."""
+    """The best finished run of each group.
+
+    Args:
+        runs: the runs table.
+        by: the groups (any columns of ``runs``); default ``default_by(runs)``, nothing pooled.
+        value: the error column.
+
+    Returns:
+        One row per group: the best run with its knobs, ``err``, ``diverged``, ``n`` (the
+        finished runs it was chosen from) and ``pooled``, the design axes an explicit ``by``
+        pools.
+    """
     from .edf import default_by
     from .grouping import pooled, with_size
 
@@ -75,9 +102,18 @@ def best_configs(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str
 
 
 def optimizer_gap(runs: pd.DataFrame, value: str = "top1_err") -> pd.DataFrame:
-    """Per sweep (when several), stem and epoch budget: best (over each optimizer's own lr/wd
-    runs, as the paper) and median error with AdamW and with SGD, ``n_`` runs behind each, and
-    the gaps (SGD minus AdamW; the paper: up to ~10 points for ViT_P, < 0.2 for ViT_C)."""
+    """The cost of SGD against AdamW.
+
+    Args:
+        runs: the runs table.
+        value: the error column.
+
+    Returns:
+        One row per sweep (when several), stem and epoch budget: best (over each optimizer's
+        own lr/wd runs, as the paper) and median error with AdamW and with SGD, ``n_`` runs
+        behind each, and the gaps (SGD minus AdamW; the paper: up to ~10 points for ViT_P,
+        < 0.2 for ViT_C).
+    """
     df = error_vs_hparams(runs, value)
     if df.empty:
         return pd.DataFrame(columns=["stem", "epochs"])
@@ -94,9 +130,18 @@ def optimizer_gap(runs: pd.DataFrame, value: str = "top1_err") -> pd.DataFrame:
 
 def training_length(runs: pd.DataFrame, value: str = "top1_err",
                     by: Sequence[str] | None = None) -> pd.DataFrame:
-    """Best error per group and epoch budget, and its gap to the longest budget of the group
-    (the paper's "error relative to the 400-epoch run"). ``by`` defaults to every design axis
-    that varies except epochs, then the stem."""
+    """Best error against the training length.
+
+    Args:
+        runs: the runs table.
+        value: the error column.
+        by: the groups; default every design axis that varies except epochs, then the stem.
+
+    Returns:
+        One row per group and epoch budget: ``best``, ``median``, ``n`` and ``vs_longest``, the
+        best's gap to the longest budget of the group (the paper's "error relative to the
+        400-epoch run").
+    """
     from .grouping import strata, with_size
 
     runs = with_size(runs)
@@ -114,11 +159,24 @@ def training_length(runs: pd.DataFrame, value: str = "top1_err",
 def hparam_importance(runs: pd.DataFrame, params: Sequence[str] = ("lr", "wd", "optimizer", "epochs"),
                       by: Sequence[str] = ("stem",), value: str = "top1_err", seed: int = 0,
                       max_runs: int = 1000) -> pd.DataFrame:
-    """How much each knob explains the error, per group: Optuna's fANOVA importance evaluator
-    on the finished runs (diverged at 100, so instability counts), over the knobs that vary in
-    the group. A group of more than ``max_runs`` runs is subsampled (seeded) to that many: the
-    evaluator's forest grows with n and the importances settle long before. Returns by...,
-    param, importance (summing to 1 per group), n (runs in the group), n_used."""
+    """How much each knob explains the error, per group.
+
+    Optuna's fANOVA importance evaluator on the finished runs (diverged at 100, so instability
+    counts), over the knobs that vary in the group.
+
+    Args:
+        runs: the runs table.
+        params: the knobs.
+        by: the groups.
+        value: the error column.
+        seed: of the evaluator and the subsample.
+        max_runs: a larger group is subsampled to that many (the evaluator's forest grows with
+            n and the importances settle long before).
+
+    Returns:
+        by..., ``param``, ``importance`` (summing to 1 per group), ``n`` (runs in the group),
+        ``n_used``.
+    """
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
