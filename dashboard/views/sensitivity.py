@@ -6,10 +6,17 @@ go with divergence?"""
 import math
 
 import streamlit as st
-from common import control, load_attention, root, selected_runs, table, with_run_columns
 
 from stability import analysis, plots, store
 from stability.analysis.sensitivity import ATTN_FRACTION, MIN_LRS, OUTCOMES, THRESHOLDS, note
+from stability.dashboard.common import (
+    control,
+    load_attention,
+    root,
+    selected_runs,
+    table,
+    with_run_columns,
+)
 
 COLUMNS = ["config_json", "final_val_loss", "init_val_loss", "init_top1_err"]
 
