@@ -352,7 +352,8 @@ def load_profile(profile: str | None) -> dict[str, Any]:
                     folders[0] / f"{profile}.yaml")
     if not path.is_file():
         known = sorted({p.stem for f in folders or [path.parent] if f.is_dir() for p in f.glob("*.yaml")})
-        raise ConfigError(f"--profile: no profile {str(path)!r} (known: {', '.join(known) or 'none'})")
+        where = f"{profile!r} in {', '.join(map(str, folders))}" if folders else repr(str(path))
+        raise ConfigError(f"--profile: no profile {where} (known: {', '.join(known) or 'none'})")
     loaded = load_yaml(path)
     if not isinstance(loaded, dict):
         raise ConfigError("expected a mapping of executor fields", str(path))
