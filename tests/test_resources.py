@@ -2,6 +2,8 @@
 any folder; a name that ships nothing is a one-line error listing what does ship. The wheel
 itself is built, installed and run by .ci/installed_wheel.py."""
 
+import re
+
 import pytest
 
 from stability import resources
@@ -60,3 +62,13 @@ def test_named_spec_and_profile_from_another_folder(tmp_path):
     p = run_cli("reproduce", "--quick", "--only", "nosuch", cwd=tmp_path, env=ANYWHERE)
     assert p.returncode == 2 and "--only: unknown study 'nosuch'" in p.stderr, p.stderr
     assert sorted(x.name for x in tmp_path.iterdir()) == []  # a dry run and errors write nothing
+
+
+def test_nothing_finds_shipped_files_by_repository_path():
+    """Only resources.py knows where shipped files live; the dashboard leaves sys.path alone."""
+    pattern = re.compile(r"""(parent|parents\[\d\]).*["'](grids|dashboard|slurm|profiles)["']""")
+    files = [*(ROOT / "stability").rglob("*.py"), *(ROOT / "dashboard").rglob("*.py")]
+    assert len(files) > 40
+    bad = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+           if pattern.search(line) or (p.is_relative_to(ROOT / "dashboard") and "sys.path" in line)]
+    assert bad == []
