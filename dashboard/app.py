@@ -6,14 +6,11 @@ root and the filters live in this entry script's sidebar (``common.sidebar``), s
 same on every page and in the URL; pages read them through ``common``.
 """
 
-import sys
 from pathlib import Path
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).parent))  # views import common
-
-from common import keep_page_state, sidebar, sync_url  # noqa: E402
+from stability.dashboard.common import keep_page_state, sidebar, sync_url
 
 st.set_page_config(page_title="stability", layout="wide")  # no page_icon: a material icon is fetched from the web
 

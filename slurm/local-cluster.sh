@@ -43,7 +43,8 @@ install_packages() {
   local need=()
   for bin in slurmctld:slurm-wlm slurmd:slurm-wlm sbatch:slurm-client munged:munge \
              slurmdbd:slurmdbd mariadbd:mariadb-server; do
-    command -v "${bin%%:*}" >/dev/null 2>&1 || need+=("${bin##*:}")
+    # slurmctld and slurmd both come from slurm-wlm: name each package once
+    command -v "${bin%%:*}" >/dev/null 2>&1 || [[ " ${need[*]-} " == *" ${bin##*:} "* ]] || need+=("${bin##*:}")
   done
   [ ${#need[@]} -eq 0 ] && return 0
   log "installing ${need[*]} (apt-get)"

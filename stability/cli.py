@@ -100,8 +100,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _load_grid(args: argparse.Namespace):
     """The spec of a ``grid`` command, with --results/--executor/--profile/--max-parallel applied."""
     from .grid.spec import load_profile, load_spec, with_executor
+    from .resources import spec_path
 
-    spec = load_spec(args.spec, {"results": args.results} if getattr(args, "results", None) else None)
+    spec = load_spec(spec_path(args.spec), {"results": args.results} if getattr(args, "results", None) else None)
     changes = load_profile(getattr(args, "profile", None))
     if getattr(args, "executor", None):
         changes["kind"] = args.executor
@@ -313,9 +314,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import subprocess
 
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-    if not app.is_file():
-        raise ConfigError(f"dashboard: {app} not found (the dashboard ships with the repository)")
+    from .resources import dashboard_app
+
+    app = dashboard_app()
     if not 0 < args.port < 65536:
         raise ConfigError(f"dashboard: --port {args.port} is not a port (allowed: 1..65535)")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
@@ -362,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def grid_cmd(name: str, help: str, func) -> argparse.ArgumentParser:
         p = grid.add_parser(name, help=help)
-        p.add_argument("spec", help="grid spec YAML (see grids/)")
+        p.add_argument("spec", help="grid spec YAML, or a shipped spec's name: smoke, cpu/lr_wd (see grids/)")
         p.add_argument("--results", help="results root (overrides the spec's 'results')")
         p.add_argument("--profile", help="cluster profile: slurm/profiles/NAME.yaml or a path")
         p.set_defaults(func=func)

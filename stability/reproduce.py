@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import store
+from . import resources, store
 from .analysis import findings as F
 from .errors import ConfigError
 from .store import RunStatus
@@ -44,7 +44,7 @@ SELECTION = ("lr_wd", "optimizer", "epochs")  # the studies whose runs are chose
 NEEDS = {"lr_wd": ("lr_wd",), "peak": ("lr_wd",), "optimizer": ("lr_wd", "optimizer"),
          "epochs": ("lr_wd", "epochs")}
 REGIME_SEEDS = 2  # long arms trained at 2x their length on the first 2 replication seeds
-GRIDS = Path(__file__).resolve().parent.parent / "grids"
+GRIDS = resources.folder("grids")
 SCALES = {"cpu": GRIDS / "cpu", "quick": GRIDS / "cpu" / "quick", "paper": GRIDS}
 RULE = (f"Each arm's configuration is chosen on the validation split and trained again with {F.SEEDS} "
         "shared seeds; a finding's statistic is the mean per-seed contrast on the held-out test split "

@@ -2,7 +2,9 @@
 purpose) with bands, the Δ-to-best view, the summary and the signed/paired comparison."""
 
 import streamlit as st
-from common import (
+
+from stability import analysis, plots
+from stability.dashboard.common import (
     cached_compare,
     cached_edf,
     control,
@@ -11,8 +13,6 @@ from common import (
     table,
     verdict_lines,
 )
-
-from stability import analysis, plots
 
 
 def _pooling_warning(runs, pooled: str) -> None:

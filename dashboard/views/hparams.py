@@ -2,9 +2,9 @@
 coloured by stem) and fANOVA hyperparameter importance per stem, diverged runs included."""
 
 import streamlit as st
-from common import selected_runs, table
 
 from stability import analysis, plots
+from stability.dashboard.common import selected_runs, table
 
 AUTO_RUNS = 500  # above this the evaluator waits for a click (its forest grows with n)
 PARALLEL_LINES = 2000  # lines drawn at most (more only blur into one another and slow the browser)

@@ -2,9 +2,9 @@
 length; click a point to open its run; median error on bins shared by all stems."""
 
 import streamlit as st
-from common import control, root, selected_runs, spec_ranges, table
 
 from stability import analysis, plots
+from stability.dashboard.common import control, root, selected_runs, spec_ranges, table
 
 st.title("Error vs learning rate and weight decay")
 runs = selected_runs()

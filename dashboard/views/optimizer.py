@@ -2,9 +2,9 @@
 n), best error vs epochs per stem."""
 
 import streamlit as st
-from common import selected_runs, table
 
 from stability import analysis, plots
+from stability.dashboard.common import selected_runs, table
 
 st.title("Optimizer and training length")
 runs = selected_runs()

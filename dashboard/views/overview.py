@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-from common import apply_filters, load_runs, peek_runs, root, table, verdict_lines, whole_name
 
 from stability import analysis, plots
+from stability.dashboard.common import (
+    apply_filters,
+    load_runs,
+    peek_runs,
+    root,
+    table,
+    verdict_lines,
+    whole_name,
+)
 from stability.grid.record import sweep_record
 from stability.store import RunStatus as S
 

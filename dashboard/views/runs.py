@@ -7,10 +7,18 @@ import json
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-from common import control, root, rows_of, run_key, run_tables, selected_runs, table
 from plotly.subplots import make_subplots
 
 from stability import store
+from stability.dashboard.common import (
+    control,
+    root,
+    rows_of,
+    run_key,
+    run_tables,
+    selected_runs,
+    table,
+)
 from stability.plots import LINE_COLORS, log_ticks, scatter_kind
 from stability.store import DONE
 from stability.store import RunStatus as S

@@ -6,11 +6,18 @@ go with divergence?"""
 import math
 
 import streamlit as st
-from common import control, load_attention, root, selected_runs, table, with_run_columns
 
 from stability import analysis, plots, store
 from stability.analysis.attention import ATTN_FRACTION, OUTCOMES, THRESHOLDS
 from stability.analysis.sensitivity import MIN_LRS
+from stability.dashboard.common import (
+    control,
+    load_attention,
+    root,
+    selected_runs,
+    table,
+    with_run_columns,
+)
 
 COLUMNS = ["config_json", "final_val_loss", "init_val_loss", "init_top1_err"]
 

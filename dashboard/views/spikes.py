@@ -3,9 +3,9 @@ the traces, the counts and the first-layer lead alike), loss underneath, diverge
 
 import pandas as pd
 import streamlit as st
-from common import control, rows_of, run_key, run_tables, selected_runs, table
 
 from stability import analysis, plots
+from stability.dashboard.common import control, rows_of, run_key, run_tables, selected_runs, table
 from stability.store import DONE, RunStatus
 
 COUNT_LIMIT = 300  # runs whose traces the counts re-detect with the sliders' settings

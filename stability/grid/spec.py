@@ -348,22 +348,25 @@ def saved_spec(results: str | Path, sweep: str) -> GridSpec | None:
 
 def load_profile(profile: str | None) -> dict[str, Any]:
     """The executor fields of a cluster profile (a name under ``$STABILITY_PROFILES``, else
-    ``./slurm/profiles``, else the repository's ``slurm/profiles``; or a path to a YAML file);
+    ``./slurm/profiles``, else the package's own, ``slurm/profiles`` in a clone; or a path to a YAML file);
     ``{}`` for none."""
     if not profile:
         return {}
+    from ..resources import folder
     from ..yamlio import load_yaml
 
+    folders = []
     if Path(profile).suffix in (".yaml", ".yml"):
         path = Path(profile)
-    else:  # $STABILITY_PROFILES, else ./slurm/profiles, else the repository's own
+    else:  # $STABILITY_PROFILES, else ./slurm/profiles, else the package's own
         folders = [Path(os.environ["STABILITY_PROFILES"])] if "STABILITY_PROFILES" in os.environ else [
-            Path("slurm/profiles"), Path(__file__).resolve().parents[2] / "slurm" / "profiles"]
+            Path("slurm/profiles"), folder("profiles")]
         path = next((f / f"{profile}.yaml" for f in folders if (f / f"{profile}.yaml").is_file()),
                     folders[0] / f"{profile}.yaml")
     if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-        raise ConfigError(f"--profile: no profile {str(path)!r} (known: {', '.join(known) or 'none'})")
+        known = sorted({p.stem for f in folders or [path.parent] if f.is_dir() for p in f.glob("*.yaml")})
+        where = f"{profile!r} in {', '.join(map(str, folders))}" if folders else repr(str(path))
+        raise ConfigError(f"--profile: no profile {where} (known: {', '.join(known) or 'none'})")
     loaded = load_yaml(path)
     if not isinstance(loaded, dict):
         raise ConfigError("expected a mapping of executor fields", str(path))
