@@ -296,3 +296,19 @@ def test_the_documented_import_graph_is_the_code_s():
 if __name__ == "__main__":
     DOC.write_text(_doc_with_graph())
     print(f"wrote the import graph into {DOC}")
+
+
+def _third_party(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_analysis_is_dataframes_in_and_out():
+    """analysis/ imports no UI, plotting or torch: notebooks call it with pandas alone."""
+    for path in (PKG / "analysis").glob("*.py"):
+        assert not _third_party(path) & {"streamlit", "plotly", "torch"}, path.name
