@@ -379,11 +379,11 @@ def _chunk_path(root: str | os.PathLike, table: str, sweep: str, run_id: str, to
 
 
 def append_rows(root: str | os.PathLike, sweep: str, run_id: str, to_step: int,
-                rows: dict[str, list[dict]]) -> None:
+                rows: dict[str, pd.DataFrame | list[dict]]) -> None:
     """Stream a running run's new rows (all before step ``to_step``) as one chunk per table,
     each atomically; ``steps`` last, so a reader that sees the new steps (the dashboard keys its
     cache on that table) sees the rest too. Tables without new rows write nothing."""
-    for table in sorted((t for t in rows if rows[t]), key=lambda t: t == "steps"):
+    for table in sorted((t for t in rows if len(rows[t])), key=lambda t: t == "steps"):
         _atomic_write(to_arrow(table, rows[table]), _chunk_path(root, table, sweep, run_id, to_step))
 
 
