@@ -4,6 +4,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT
 
 PKG = ROOT / "stability"
@@ -158,3 +160,23 @@ def test_nothing_points_outside_the_project():
              *(ROOT / ".ci").rglob("*")]
     bad = [str(p.relative_to(ROOT)) for p in files if p.is_file() and pattern.search(p.read_text(errors="replace"))]
     assert bad == []
+
+
+def test_the_trainer_imports_no_analysis():
+    """train → (tracing, detector, store, ...) never reaches ``analysis``: the layers go one way."""
+    graph, seen, todo = import_graph(), set(), ["stability.train"]
+    while todo:
+        mod = todo.pop()
+        if mod not in seen:
+            seen.add(mod)
+            todo += graph.get(mod, ())
+    assert "stability.detector" in seen and sorted(m for m in seen if m.startswith("stability.analysis")) == []
+
+
+def test_each_rows_builder_covers_its_schema(monkeypatch):
+    from stability import rows, store
+
+    rows._check_builders()
+    monkeypatch.setitem(store.SCHEMAS, "steps", store.SCHEMAS["steps"].append(store.pa.field("extra", store.pa.int64())))
+    with pytest.raises(AssertionError, match="step_row"):
+        rows._check_builders()
