@@ -160,8 +160,11 @@ def resume_state(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, d
               f"step {st.step})", file=sys.stderr, flush=True)
     if is_main:
         _, moved = store.truncate_rows(cfg.results, cfg.sweep, cfg.run_id, st.step, st.epoch)
-        for p in moved:
-            print(f"stability: unreadable streamed rows of run {cfg.run_id} moved to {p}", file=sys.stderr, flush=True)
+        if moved and st.step:  # rows before the checkpoint are lost: resuming would leave a gap
+            dest = store.quarantine(cfg.results, cfg.sweep, checkpoint_path(cfg))
+            raise ConfigError(f"run {cfg.run_id}: its streamed rows in {moved[0].name} are unreadable (moved to "
+                              f"{moved[0].parent}); its checkpoint cannot resume it exactly and was moved to {dest}: "
+                              "the next attempt starts afresh")
     return st
 
 

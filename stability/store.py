@@ -378,6 +378,16 @@ def _chunk_path(root: str | os.PathLike, table: str, sweep: str, run_id: str, to
     return table_dir(root, table, sweep) / f"{run_id}{CHUNK}{to_step:010d}.parquet"
 
 
+def run_files(root: str | os.PathLike, sweep: str, run_id: str) -> list[Path]:
+    """Every file of a run's results (its own files and chunks, all tables), and its checkpoint
+    when it has chunks: what goes to quarantine together when one is unreadable (a resume whose
+    streamed rows went would leave a gap, so its checkpoint goes with them)."""
+    own = [table_dir(root, t, sweep) / f"{run_id}.parquet" for t in TABLES]
+    chunks = [c for t in ROW_TABLES for c in run_chunks(root, t, sweep, run_id)]
+    ckpt = [checkpoint_path(root, sweep, run_id)] if chunks else []
+    return [p for p in (*own, *chunks, *ckpt) if p.exists()]
+
+
 def append_rows(root: str | os.PathLike, sweep: str, run_id: str, to_step: int,
                 rows: dict[str, pd.DataFrame | list[dict]]) -> None:
     """Stream a running run's new rows (all before step ``to_step``) as one chunk per table,

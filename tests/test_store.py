@@ -222,3 +222,14 @@ def test_temp_files_of_a_killed_chunk_writer_are_removed(tmp_path):
     (d / ".r2.parquet.abcd1234.tmp").write_bytes(b"x")  # another run's: not ours
     assert store.remove_run_temps(tmp_path, "s", "r1") == 1
     assert [p.name for p in d.glob(".*")] == [".r2.parquet.abcd1234.tmp"]
+
+
+def test_a_runs_files_go_together_with_its_checkpoint_only_when_it_streams(tmp_path):
+    store.write_run(tmp_path, "s", "r1", {"runs": [{"run_id": "r1", "status": "failed"}]})
+    ckpt = store.checkpoint_path(tmp_path, "s", "r1")
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    assert store.run_files(tmp_path, "s", "r1") == [store.table_dir(tmp_path, "runs", "s") / "r1.parquet"]
+    store.append_rows(tmp_path, "s", "r1", 4, _steps("r1", 0, 4))
+    files = store.run_files(tmp_path, "s", "r1")
+    assert ckpt in files and len([f for f in files if store.is_chunk(f)]) == 2  # steps and epochs chunks
