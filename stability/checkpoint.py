@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ from .config import RunConfig, config_hash
 from .ema import WeightEMA
 from .errors import ConfigError
 
-CHECKPOINT_VERSION = 3  # 2: the weight EMA; 3: the run's identity, loaded without unpickling code
+# 2: the weight EMA; 3: the run's identity, loaded without unpickling code; 4: no rows (they are
+# streamed to the store: ``store.append_rows``), only model, optimizer, EMA and loop state
+CHECKPOINT_VERSION = 4
 FULL_DISK_BYTES = 1 << 20  # less free than this after a failed write: the disk is full
 
 
@@ -44,7 +46,8 @@ def checkpoint_path(cfg: RunConfig) -> Path:
 
 @dataclass
 class RunState:
-    """Everything a checkpoint holds beyond model and optimizer state."""
+    """The loop state a checkpoint holds beyond model and optimizer state (no rows: those are in
+    the store, up to ``step``)."""
 
     epoch: int = 0  # current epoch (0-based)
     batch: int = 0  # batches done in ``epoch``
@@ -54,9 +57,7 @@ class RunState:
     epoch_seen: int = 0
     wall_time_s: float = 0.0
     started_at: str = ""
-    epochs_rows: list[dict] = field(default_factory=list)
-    steps_rows: list[dict] = field(default_factory=list)
-    grad_rows: list[dict] = field(default_factory=list)
+    best_top1_err: float | None = None  # over the epochs so far (their rows are in the store)
     init_val_loss: float | None = None  # the model at step 0, before any update (LR sensitivity's ℓ₀)
     init_top1_err: float | None = None
 
@@ -75,7 +76,7 @@ def _check_identity(payload: Any, cfg: RunConfig) -> None:
         raise ValueError("not a stability checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:
         raise NotThisRun(f"of checkpoint version {payload.get('version')!s:.20} (this code writes "
-                         f"{CHECKPOINT_VERSION})")
+                         f"{CHECKPOINT_VERSION} and cannot resume older ones)")
     if payload.get("run_id") != cfg.run_id or payload.get("identity") != identity_hash(cfg):
         raise NotThisRun(f"of run {payload.get('run_id')!s:.40}, not of run {cfg.run_id} (its config differs)")
 
@@ -147,6 +148,24 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
               file=sys.stderr, flush=True)
         return None
     return state
+
+
+def resume_state(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device,
+                 ema: WeightEMA | None, fresh: RunState, resume: bool, is_main: bool) -> RunState:
+    """The checkpoint's state applied (``fresh`` without one), and the store's streamed rows cut
+    back to it: rows an attempt streamed after its last save are trained and written again, once."""
+    st = (load_checkpoint(cfg, model, opt, device, ema) if resume else None) or fresh
+    if is_main and st is not fresh:
+        print(f"stability: run {cfg.run_id} resumes from {checkpoint_path(cfg)} (epoch {st.epoch}, "
+              f"step {st.step})", file=sys.stderr, flush=True)
+    if is_main:
+        _, moved = store.truncate_rows(cfg.results, cfg.sweep, cfg.run_id, st.step, st.epoch)
+        if moved and st.step:  # rows before the checkpoint are lost: resuming would leave a gap
+            dest = store.quarantine(cfg.results, cfg.sweep, checkpoint_path(cfg))
+            raise ConfigError(f"run {cfg.run_id}: its streamed rows in {moved[0].name} are unreadable (moved to "
+                              f"{moved[0].parent}); its checkpoint cannot resume it exactly and was moved to {dest}: "
+                              "the next attempt starts afresh")
+    return st
 
 
 # Ctrl-C too: an interrupted run checkpoints and reads as preempted, and the same command resumes it.

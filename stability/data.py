@@ -462,3 +462,15 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def steps_per_epoch(data: DataBundle, batch_size: int, cap: int | None, world_size: int, accum: int) -> int:
+    """Optimizer steps per epoch (at most ``cap``); ``DataError`` when the global batch cannot be
+    cut into world size x accumulation equal parts or is larger than the training set."""
+    if batch_size % (world_size * accum):
+        raise DataError(f"batch_size {batch_size} is not divisible by world_size x accum_steps "
+                        f"= {world_size} x {accum}: the global batch must stay exact")
+    n_batches = len(data.train) // batch_size
+    if n_batches == 0:
+        raise DataError(f"batch_size {batch_size} is larger than the training set ({len(data.train)} images)")
+    return min(n_batches, cap or n_batches)

@@ -16,19 +16,20 @@ from . import __version__
 from .config import RunConfig
 from .models import resolve
 from .models.presets import canonical_name
+from .rows import run_row
 
 
 def run_identity(cfg: RunConfig) -> dict[str, Any]:
     """The runs-row columns known before training: the config's axes and the provenance."""
     size, stem = resolve(cfg.model, cfg.stem)
-    return {
-        "run_id": cfg.run_id, "model": size if stem is None else canonical_name(size, stem),
-        "stem": stem or "regnet", "optimizer": cfg.optimizer, "lr": cfg.lr, "wd": cfg.wd,
-        "epochs": cfg.epochs, "batch_size": cfg.batch_size, "warmup_epochs": cfg.warmup_epochs,
-        "seed": cfg.seed, "dataset": cfg.dataset, "world_size": 1, "host": socket.gethostname(),
-        "slurm_job_id": slurm_job_id(), "job_id": job_id(), "git_sha": git_sha(), "stability_version": __version__,
-        "config_json": json.dumps(cfg.to_dict(), sort_keys=True),
-    }
+    return run_row(
+        run_id=cfg.run_id, model=size if stem is None else canonical_name(size, stem),
+        stem=stem or "regnet", optimizer=cfg.optimizer, lr=cfg.lr, wd=cfg.wd,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, warmup_epochs=cfg.warmup_epochs,
+        seed=cfg.seed, dataset=cfg.dataset, world_size=1, host=socket.gethostname(),
+        slurm_job_id=slurm_job_id(), job_id=job_id(), git_sha=git_sha(), stability_version=__version__,
+        config_json=json.dumps(cfg.to_dict(), sort_keys=True),
+    )
 
 
 def git_sha() -> str | None:

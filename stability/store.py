@@ -2,11 +2,20 @@
 
 Layout (``root`` is the results folder)::
 
-    root/<table>/sweep=<name>/<run_id>.parquet      one run's rows (rewritten atomically)
-    root/<table>/sweep=<name>/part-<id>.parquet     compacted rows of many runs
+    root/<table>/sweep=<name>/<run_id>.parquet                 one run's rows (written atomically)
+    root/<table>/sweep=<name>/<run_id>.chunk-<step>.parquet    a running run's streamed rows
+    root/<table>/sweep=<name>/part-<id>.parquet                compacted rows of many runs
 
-A run's own file wins over its rows in a compacted file, so rewriting a run after compaction
-never duplicates it. ``sweep`` lives in the path only (hive partition), never inside files.
+A running run appends its epochs/steps/grad_norms rows as chunks (:func:`append_rows`, each
+holding the rows before ``<step>`` that the previous chunks do not), so readers see its curves
+while it trains and a checkpoint never carries rows. When it ends, :func:`finish_rows` merges the
+chunks into ``<run_id>.parquet`` and removes them. Every rows file is written by temp file and
+rename. Precedence makes every row readable exactly once in each state a crash can leave: a run's
+own file wins over its chunks, and either wins over the run's rows in a compacted file (so
+rewriting or rerunning a run after compaction never duplicates it). Plain duckdb/pandas globs see
+the same rows except in the instant between writing a run's file and removing its chunks (as
+in :func:`compact`). A resumed run first drops its rows past its checkpoint (:func:`truncate_rows`).
+``sweep`` lives in the path only (hive partition), never inside files.
 No torch here: notebooks and the dashboard import this module cheaply.
 """
 
@@ -295,16 +304,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def remove_run_temps(root: str | os.PathLike, sweep: str, run_id: str) -> int:
-    """Remove the temp files a killed writer of ``run_id`` left (its result files, checkpoint and
-    progress note), whatever their age: only the run's owner calls this, under its lock, so no
-    live writer of this run can own them. Returns how many went."""
+    """Remove the temp files a killed writer of ``run_id`` left (its result files and chunks,
+    checkpoint and progress note), whatever their age: only the run's owner calls this, under its
+    lock, so no live writer of this run can own them. Returns how many went."""
     folders = [table_dir(root, t, sweep) for t in TABLES]
-    names = [f"{run_id}.parquet"] * len(folders)
+    names = [f"{glob.escape(run_id)}.*parquet"] * len(folders)  # its file and its chunks
     folders += [checkpoint_path(root, sweep, run_id).parent, progress_path(root, sweep, run_id).parent]
-    names += [f"{run_id}.pt", f"{run_id}.json"]
+    names += [f"{glob.escape(run_id)}.pt", f"{glob.escape(run_id)}.json"]
     removed = 0
     for folder, name in zip(folders, names, strict=True):
-        for old in folder.glob(f".{glob.escape(name)}.*.tmp"):
+        for old in folder.glob(f".{name}.*.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 unlink_under(old, folder)
                 removed += 1
@@ -347,6 +356,115 @@ def write_run(
         _atomic_write(to_arrow(name, tables[name]), table_dir(root, name, sweep) / f"{run_id}.parquet")
 
 
+ROW_TABLES = ("epochs", "steps", "grad_norms")  # what a run streams; its one runs row is rewritten
+CHUNK = ".chunk-"  # <run_id>.chunk-<step>.parquet: the rows before <step> the earlier chunks lack
+
+
+def is_chunk(p: Path) -> bool:
+    return CHUNK in p.name
+
+
+def run_of(p: Path) -> str:
+    """The run a per-run file (its own or a chunk) belongs to."""
+    return p.name.split(CHUNK)[0].removesuffix(".parquet")
+
+
+def run_chunks(root: str | os.PathLike, table: str, sweep: str, run_id: str) -> list[Path]:
+    """A run's chunks of ``table``, in step order (the step in the name is zero-padded)."""
+    return sorted(table_dir(root, table, sweep).glob(f"{glob.escape(run_id)}{CHUNK}*.parquet"))
+
+
+def _chunk_path(root: str | os.PathLike, table: str, sweep: str, run_id: str, to_step: int) -> Path:
+    return table_dir(root, table, sweep) / f"{run_id}{CHUNK}{to_step:010d}.parquet"
+
+
+def run_files(root: str | os.PathLike, sweep: str, run_id: str) -> list[Path]:
+    """Every file of a run's results (its own files and chunks, all tables), and its checkpoint
+    when it has chunks: what goes to quarantine together when one is unreadable (a resume whose
+    streamed rows went would leave a gap, so its checkpoint goes with them)."""
+    own = [table_dir(root, t, sweep) / f"{run_id}.parquet" for t in TABLES]
+    chunks = [c for t in ROW_TABLES for c in run_chunks(root, t, sweep, run_id)]
+    ckpt = [checkpoint_path(root, sweep, run_id)] if chunks else []
+    return [p for p in (*own, *chunks, *ckpt) if p.exists()]
+
+
+def append_rows(root: str | os.PathLike, sweep: str, run_id: str, to_step: int,
+                rows: dict[str, pd.DataFrame | list[dict]]) -> None:
+    """Stream a running run's new rows (all before step ``to_step``) as one chunk per table,
+    each atomically; ``steps`` last, so a reader that sees the new steps (the dashboard keys its
+    cache on that table) sees the rest too. Tables without new rows write nothing."""
+    for table in sorted((t for t in rows if len(rows[t])), key=lambda t: t == "steps"):
+        _atomic_write(to_arrow(table, rows[table]), _chunk_path(root, table, sweep, run_id, to_step))
+
+
+def _read_rows(p: Path) -> pd.DataFrame:
+    """One rows file, whole and checked (page checksums, then the digest it was written with)."""
+    t = pq.read_table(pa.OSFile(str(p)), page_checksum_verification=True)
+    check_digest(t)
+    return t.to_pandas()
+
+
+def truncate_rows(root: str | os.PathLike, sweep: str, run_id: str, step: int, epoch: int
+                  ) -> tuple[int, list[Path]]:
+    """Drop a run's streamed rows from step ``step`` on (epochs rows from ``epoch``): what its
+    checkpoint does not cover (streamed after the save, by a killed or failed attempt), so a
+    resumed run writes each row once. A finished attempt's own file (a rerun's predecessor)
+    becomes a chunk of the rows it keeps, an empty one from step 0, which also keeps the run's
+    compacted rows hidden. An unreadable chunk is quarantined. Returns (rows dropped, files
+    quarantined)."""
+    dropped, moved = 0, []
+    for table in ROW_TABLES:
+        d, col = table_dir(root, table, sweep), "epoch" if table == "epochs" else "step"
+        limit = epoch if table == "epochs" else step
+        final, chunks = d / f"{run_id}.parquet", run_chunks(root, table, sweep, run_id)
+        if final.exists():  # the file hides the chunks: removing them first changes no reader's view
+            for c in chunks:
+                unlink_under(c, d)
+            chunks = [final]
+        for p in chunks:
+            try:
+                df = _read_rows(p)
+            except Exception:  # noqa: BLE001 - pyarrow raises several types for bad files
+                moved.append(quarantine(root, sweep, p))
+                continue
+            keep = df[df[col] < limit]
+            dropped += len(df) - len(keep)
+            if p == final:  # the chunk first: the file wins over it until the file goes
+                _atomic_write(to_arrow(table, keep), _chunk_path(root, table, sweep, run_id, step))
+                unlink_under(p, d)
+            elif len(keep) < len(df):  # removed first: a reader may miss these rows a moment, never doubles them
+                unlink_under(p, d)
+                if len(keep):
+                    _atomic_write(to_arrow(table, keep), _chunk_path(root, table, sweep, run_id, step))
+        if step == 0 and not run_chunks(root, table, sweep, run_id) and any(d.glob("part-*.parquet")):
+            _atomic_write(to_arrow(table, []), _chunk_path(root, table, sweep, run_id, 0))
+    return dropped, moved
+
+
+def finish_rows(root: str | os.PathLike, sweep: str, run_id: str) -> dict[str, pd.DataFrame]:
+    """Merge a run's chunks into its own file per table (each written atomically before its
+    chunks are removed: the file wins over them meanwhile); returns the merged rows. A chunk that
+    cannot be read is ``CorruptFiles`` naming it, before anything is written."""
+    frames, errors = {}, []
+    for table in ROW_TABLES:
+        parts = []
+        for c in run_chunks(root, table, sweep, run_id):
+            try:
+                parts.append(_read_rows(c))
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+                errors.append(f"{c}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        parts = [p for p in parts if len(p)]
+        frames[table] = pd.concat(parts, ignore_index=True) if parts else SCHEMAS[table].empty_table().to_pandas()
+    if errors:
+        raise CorruptFiles(f"run {run_id}: its streamed rows cannot be merged: " + "; ".join(errors))
+    for table, df in frames.items():
+        chunks = run_chunks(root, table, sweep, run_id)
+        _atomic_write(to_arrow(table, df), table_dir(root, table, sweep) / f"{run_id}.parquet")
+        for c in chunks:
+            unlink_under(c, table_dir(root, table, sweep))
+    return frames
+
+
 @dataclass
 class Results:
     """The four tables of a results root as pandas DataFrames (``sweep`` column included)."""
@@ -376,17 +494,19 @@ def _sweep_files(root: Path, table: str, sweep: str | None) -> dict[str, list[Pa
 
 def _read_sweep(files: list[Path], table: str, columns: list[str] | None, errors: list[str],
                 run_ids: set[str] | None = None, cache: dict | None = None) -> pd.DataFrame:
-    """Read one sweep's files; per-run files override compacted rows of the same run."""
+    """Read one sweep's files; a run's own file wins over its chunks, and either over the
+    run's compacted rows (module docstring)."""
     schema = SCHEMAS[table]
     cols = [c for c in (columns or schema.names) if c in schema.names]
     if "run_id" not in cols:
         cols = ["run_id", *cols]
-    own = {p.stem for p in files if not p.name.startswith("part-")}
+    final = {p.stem for p in files if not p.name.startswith("part-") and not is_chunk(p)}
+    own = {run_of(p) for p in files if not p.name.startswith("part-")}
     frames = []
     for p in files:
         compacted = p.name.startswith("part-")
-        if run_ids is not None and not compacted and p.stem not in run_ids:
-            continue  # a per-run file of another run: not even opened
+        if not compacted and ((run_ids is not None and run_of(p) not in run_ids) or (is_chunk(p) and run_of(p) in final)):
+            continue  # a per-run file of another run, or a chunk its run's file replaces: not even opened
         filters = [("run_id", "in", sorted(run_ids))] if run_ids is not None and compacted else None
         key = None
         if cache is not None:  # files are replaced atomically: (mtime, size) changes with any write
@@ -407,7 +527,7 @@ def _read_sweep(files: list[Path], table: str, columns: list[str] | None, errors
         df = t.to_pandas()
         if key is not None:
             cache[p] = (key, df)
-        if p.name.startswith("part-") and own:
+        if compacted and own:
             df = df[~df["run_id"].isin(own)]
         frames.append(df)
     frames = [f for f in frames if len(f)]
@@ -480,15 +600,18 @@ def load(root: str | os.PathLike, sweep: str | None = None) -> Results:
 def compact(root: str | os.PathLike, sweep: str) -> dict[str, int]:
     """Merge a sweep's files into one ``part-*.parquet`` per table; returns rows per table.
 
-    All four tables or none: every input is read first, and one unreadable file stops the
+    Runs that have chunks (running, or stopped unfinished) are left out: their writer owns
+    their files. All four tables or none: every input is read first, and one unreadable file stops the
     compaction before anything is written (``CorruptFiles`` names each). Then each merged file is
     written atomically before its inputs are removed, so a crash leaves the old files or the new
     one (plus stale inputs, which per-run precedence makes harmless). Rows are never lost.
     """
     merged: dict[str, tuple[pd.DataFrame, dict[Path, tuple]]] = {}
     errors: list[str] = []
-    for table in TABLES:
-        files = _sweep_files(Path(root), table, sweep).get(sweep, [])
+    streaming = {run_of(p) for t in ROW_TABLES for p in _sweep_files(Path(root), t, sweep).get(sweep, []) if is_chunk(p)}
+    for table in TABLES:  # a run that has chunks is left whole to its writer (finish_rows, truncate_rows)
+        files = [p for p in _sweep_files(Path(root), table, sweep).get(sweep, [])
+                 if p.name.startswith("part-") or run_of(p) not in streaming]
         seen = {p: _identity(p) for p in files}  # before reading: a file rewritten later is newer
         merged[table] = (_read_sweep(files, table, None, errors), seen)
     if errors:

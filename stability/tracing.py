@@ -18,6 +18,7 @@ from torch import nn
 
 from .distributed import Dist, all_reduce
 from .models import attention_layers, layer_groups
+from .rows import grad_row, step_row
 
 
 class GradTracer:
@@ -157,8 +158,8 @@ class TraceBuffer:
         gns, lzs = packed[n + 2:2 * n + 2], packed[2 * n + 2:3 * n + 2]
         for i, (loss, gn, lz, lr) in enumerate(zip(loss_vals, gns, lzs, self.lrs, strict=True)):
             step = first + i
-            out.steps.append({"run_id": self.run_id, "step": step, "epoch": epoch, "loss": loss, "lr": lr,
-                              "grad_norm": gn, "log_z": _finite(lz)})
+            out.steps.append(step_row(run_id=self.run_id, step=step, epoch=epoch, loss=loss, lr=lr,
+                                      grad_norm=gn, log_z=_finite(lz)))
             if out.diverged_at is None and not (math.isfinite(loss) and loss <= self.bound):
                 out.diverged_at = step
         pos = 3 * n + 2
@@ -167,17 +168,17 @@ class TraceBuffer:
             g, p, u, z, h = (packed[pos + k * L:pos + (k + 1) * L] for k in range(5))
             pos += 5 * L
             for (name, depth), gi, pi, ui, zi, hi, r in zip(layers, g, p, u, z, h, root, strict=True):
-                out.grads.append({"run_id": self.run_id, "step": step, "layer": name, "depth": depth,
-                                  "grad_norm": gi, "param_norm": pi, "update_ratio": ui / pi if pi > 0 else None,
-                                  "grad_rms": gi / r, "update_rms": ui / r,
-                                  "attn_logit_max": _finite(zi), "attn_entropy": _finite(hi)})
+                out.grads.append(grad_row(run_id=self.run_id, step=step, layer=name, depth=depth, grad_norm=gi,
+                                          param_norm=pi, update_ratio=ui / pi if pi > 0 else None,
+                                          grad_rms=gi / r, update_rms=ui / r,
+                                          attn_logit_max=_finite(zi), attn_entropy=_finite(hi)))
         bad = out.diverged_at
         if bad is not None and not any(t[0] == bad for t in self.traces):
             # The per-layer norms of the step that diverged, traced or not (no parameter norms).
             at = pos + (bad - first) * L
             for (name, depth), gi, r in zip(layers, packed[at:at + L], root, strict=True):
-                out.grads.append({"run_id": self.run_id, "step": bad, "layer": name, "depth": depth,
-                                  "grad_norm": gi, "param_norm": None, "update_ratio": None, "grad_rms": gi / r})
+                out.grads.append(grad_row(run_id=self.run_id, step=bad, layer=name, depth=depth, grad_norm=gi,
+                                          grad_rms=gi / r))
         out.loss_sum = sum(v for v in loss_vals if math.isfinite(v))
         for buf in (self.losses, self.gnorms, self.log_z, self.lrs, self.traces, self.layer_hist):
             buf.clear()

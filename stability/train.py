@@ -10,12 +10,11 @@ save/resume, the stop flag). Hot-loop rule: no host sync per step; the buffer is
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from contextlib import nullcontext, suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import store
-from .analysis.spikes import count_spikes
 from .checkpoint import (
     STOP_SIGNALS,
     Preempted,
     RunState,
     StopFlag,
     checkpoint_path,
-    load_checkpoint,
+    resume_state,
     save_checkpoint,
 )
 from .config import RunConfig
-from .data import DataBundle, DataError, batches, load_dataset, seed_all
+from .data import DataBundle, batches, load_dataset, seed_all, steps_per_epoch
+from .detector import count_spikes
 from .distributed import Dist, autocast_for, barrier, from_env, init, setup_device
 from .ema import WeightEMA, make_ema
 from .evaluation import evaluate, evaluate_ema, split_errors
@@ -44,7 +43,9 @@ from .models import build_model, count_complexity, memory_format, model_spec
 from .optim import lr_at, make_optimizer, set_lr
 from .progress import Reporter
 from .provenance import job_id, now, run_identity, timestamp
+from .rows import epoch_row
 from .run_lock import RunDone, RunLock, refuse_if_done
+from .run_record import Record, Rows
 from .store import RunStatus
 from .tracing import GradTracer, TraceBuffer
 
@@ -117,8 +118,7 @@ def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float, trace: bool
     return StepOut(loss, correct, norms, (*s.tracer.after_step(), attn) if trace else None, log_z)
 
 
-def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = True,
-          stop: threading.Event | None = None,
+def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = True, stop: threading.Event | None = None,
           signals: tuple[int, ...] = STOP_SIGNALS, rerun: bool = False) -> dict[str, Any]:
     """Run ``cfg`` to completion (or divergence) and write its rows; returns the runs row.
 
@@ -132,101 +132,97 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
 
 def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: threading.Event | None,
            signals: tuple[int, ...], rerun: bool = False) -> dict[str, Any]:
-    t0 = time.monotonic()
-    st = RunState(started_at=now())
-    base_row = run_identity(cfg)
+    """Set up (a failure there is a failed run too, recorded before re-raising), then run."""
     d = from_env()
-    base_row["world_size"] = d.world_size
-    started_group = False
-
-    def write(status: RunStatus, **extra: Any) -> dict[str, Any]:
-        row = {**base_row, "status": str(status), "started_at": timestamp(st.started_at),
-               "init_val_loss": st.init_val_loss, "init_top1_err": st.init_top1_err,
-               "wall_time_s": st.wall_time_s + time.monotonic() - t0, **extra}
-        if d.is_main:  # one writer per run, whatever the number of processes
-            tables: dict[str, Any] = {"runs": [row]}
-            if status != RunStatus.RUNNING:
-                tables |= {"epochs": st.epochs_rows, "steps": st.steps_rows, "grad_norms": st.grad_rows}
-            store.write_run(cfg.results, cfg.sweep, cfg.run_id, tables)
-        return row
-
-    try:  # set-up failures (bad data root ...) are failed runs too, recorded before re-raising
+    rec = Record(cfg, d, run_identity(cfg) | {"world_size": d.world_size}, RunState(started_at=now()), time.monotonic())
+    flag, started_group = StopFlag(stop), False
+    try:
         device = setup_device(cfg.device, d)
         started_group = init(d, device.type)
         refuse_if_done(cfg, d, device, rerun)
-        base_row["device"] = str(device)
-        data = load_dataset(cfg.dataset, cfg.data_root, image_size=cfg.image_size,
-                            download=cfg.download, synthetic_size=cfg.synthetic_size, seed=cfg.seed,
-                            test_split=cfg.test_split)
-        spec = model_spec(cfg.model, cfg.stem, num_classes=data.num_classes, image_size=data.image_size)
-        complexity = count_complexity(spec)
-        base_row |= {"params": complexity.params, "flops": complexity.flops}
-        seed_all(cfg.seed)
-        fmt = memory_format(spec.family)
-        model = build_model(spec, freeze_stem=cfg.freeze_stem, qk_norm=cfg.qk_norm).to(device, memory_format=fmt)
-        opt = make_optimizer(cfg, model)
-        ema = make_ema(model, cfg.ema_alpha, cfg.ema_period, cfg.batch_size, cfg.epochs, cfg.warmup_epochs)
-        tracer = GradTracer(model, device, attention=cfg.trace_attention)
-        if cfg.batch_size % (d.world_size * cfg.accum_steps):
-            raise DataError(f"batch_size {cfg.batch_size} is not divisible by world_size x accum_steps "
-                             f"= {d.world_size} x {cfg.accum_steps}: the global batch must stay exact")
-        n_batches = len(data.train) // cfg.batch_size
-        if n_batches == 0:
-            raise DataError(f"batch_size {cfg.batch_size} is larger than the training set "
-                             f"({len(data.train)} images)")
-        ckpt = checkpoint_path(cfg)
-        if resume and (loaded := load_checkpoint(cfg, model, opt, device, ema)):
-            st = loaded
-            if d.is_main:
-                print(f"stability: run {cfg.run_id} resumes from {ckpt} (epoch {st.epoch}, "
-                      f"step {st.step})", file=sys.stderr, flush=True)
-        net: nn.Module = model
-        if d.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg.compile:
-            net = torch.compile(net)
+        lp = _setup(cfg, d, device, rec, reporter, resume, flag.event)
     except Exception as e:
         if not isinstance(e, RunDone):  # a result is the record: nothing of this process's to write
-            write(RunStatus.FAILED, error=f"{type(e).__name__}: {e}"[:2000], finished_at=timestamp(now()))
+            rec.write(RunStatus.FAILED, error=f"{type(e).__name__}: {e}"[:2000], finished_at=timestamp(now()))
         if started_group:
             torch.distributed.destroy_process_group()
         raise
-    spe = min(n_batches, cfg.steps_per_epoch or n_batches)
-    total_steps = cfg.epochs * spe
-    warmup_steps = round(cfg.warmup_epochs * spe)
-    bound = cfg.divergence_factor * math.log(max(data.num_classes, 2))
-    autocast = autocast_for(device)
+    return _run(lp, rec, flag, signals, started_group)
 
-    write(RunStatus.RUNNING)
-    flag = StopFlag(stop)
+
+def _setup(cfg: RunConfig, d: Dist, device: torch.device, rec: Record, reporter: Reporter | None,
+           resume: bool, stop: threading.Event) -> Loop:
+    """Data, model, optimizer, EMA and tracer; the checkpoint's state, if any; the loop."""
+    rec.base["device"] = str(device)
+    data = load_dataset(cfg.dataset, cfg.data_root, image_size=cfg.image_size, download=cfg.download,
+                        synthetic_size=cfg.synthetic_size, seed=cfg.seed, test_split=cfg.test_split)
+    spec = model_spec(cfg.model, cfg.stem, num_classes=data.num_classes, image_size=data.image_size)
+    rec.base |= {"params": (c := count_complexity(spec)).params, "flops": c.flops}
+    seed_all(cfg.seed)
+    fmt = memory_format(spec.family)
+    model = build_model(spec, freeze_stem=cfg.freeze_stem, qk_norm=cfg.qk_norm).to(device, memory_format=fmt)
+    opt = make_optimizer(cfg, model)
+    ema = make_ema(model, cfg.ema_alpha, cfg.ema_period, cfg.batch_size, cfg.epochs, cfg.warmup_epochs)
+    tracer = GradTracer(model, device, attention=cfg.trace_attention)
+    spe = steps_per_epoch(data, cfg.batch_size, cfg.steps_per_epoch, d.world_size, cfg.accum_steps)
+    rec.st = resume_state(cfg, model, opt, device, ema, rec.st, resume, d.is_main)
+    net: nn.Module = model
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    step = Step(net=net, opt=opt, tracer=tracer, autocast=autocast_for(device), accum_steps=cfg.accum_steps,
+                label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip, distributed=d.enabled, z_loss=cfg.z_loss)
+    bound = cfg.divergence_factor * math.log(max(data.num_classes, 2))
+    return Loop(cfg=cfg, step=step, model=model, data=data, device=device, fmt=fmt, ema=ema, d=d, st=rec.st,
+                buffer=TraceBuffer(tracer, device, cfg.run_id, d, bound), stop=stop, ckpt=checkpoint_path(cfg),
+                reporter=reporter, spe=spe, total_steps=cfg.epochs * spe, warmup_steps=round(cfg.warmup_epochs * spe),
+                t0=rec.t0)
+
+
+def _run(lp: Loop, rec: Record, flag: StopFlag, signals: tuple[int, ...], started_group: bool) -> dict[str, Any]:
+    """The loop, and the runs row of how it ended: result, preempted (checkpointed) or failed."""
+    rec.write(RunStatus.RUNNING)
     flag.install(signals)
     try:
-        step = Step(net, opt, tracer, autocast, cfg.accum_steps, cfg.label_smoothing, cfg.grad_clip, d.enabled,
-                    cfg.z_loss)
-        lp = Loop(cfg, step, model, data, device, fmt, ema, d, st, TraceBuffer(tracer, device, cfg.run_id, d, bound),
-                  flag.event, ckpt, reporter, spe, total_steps, warmup_steps, t0)
         result = _run_loop(lp)
-        barrier(d)  # every rank done with the group before any tears it down
+        barrier(lp.d)  # every rank done with the group before any tears it down
     except Preempted as p:
-        st.wall_time_s += time.monotonic() - t0
-        t0 = time.monotonic()
-        if d.is_main:
-            save_checkpoint(ckpt, model, opt, st, cfg, ema)
-        write(RunStatus.PREEMPTED)
+        _save(lp, rec)
+        rec.write(RunStatus.PREEMPTED)
         raise flag.preempted(str(p)) from None
     except BaseException as e:
-        write(RunStatus.FAILED, error=f"{type(e).__name__}: {e}"[:2000], finished_at=timestamp(now()))
+        with suppress(OSError):  # rows past the checkpoint, for a post-mortem (a resume drops them)
+            lp.rows.stream(lp.cfg, lp.d, lp.st.step)
+        rec.write(RunStatus.FAILED, error=f"{type(e).__name__}: {e}"[:2000], finished_at=timestamp(now()))
         raise
     finally:
         flag.uninstall()
         if started_group:
             torch.distributed.destroy_process_group()
-    row = write(result.pop("status"), n_spikes=count_spikes(st.steps_rows),
-                finished_at=timestamp(now()), **result)
-    if d.is_main:
-        ckpt.unlink(missing_ok=True)  # the results are the record now; checkpoints are for resume
+    return _finish(lp, rec, result)
+
+
+def _save(lp: Loop, rec: Record) -> None:
+    """Stream the rows so far, then checkpoint: what a checkpoint covers is always in the store."""
+    lp.rows.stream(lp.cfg, lp.d, lp.st.step)
+    rec.st.wall_time_s += time.monotonic() - rec.t0
+    rec.t0 = time.monotonic()
+    if lp.d.is_main:
+        save_checkpoint(lp.ckpt, lp.model, lp.step.opt, lp.st, lp.cfg, lp.ema)
+
+
+def _finish(lp: Loop, rec: Record, result: dict[str, Any]) -> dict[str, Any]:
+    """The last rows streamed, the run's chunks merged into its files, then the runs row."""
+    cfg = lp.cfg
+    lp.rows.stream(cfg, lp.d, lp.st.step)
+    tables = store.finish_rows(cfg.results, cfg.sweep, cfg.run_id) if lp.d.is_main else None
+    row = rec.write(result.pop("status"), n_spikes=count_spikes(tables["steps"]) if tables else None,
+                    finished_at=timestamp(now()), **result)
+    if lp.d.is_main:
+        lp.ckpt.unlink(missing_ok=True)  # the results are the record now; checkpoints are for resume
         store.progress_path(cfg.results, cfg.sweep, cfg.run_id).unlink(missing_ok=True)
     return row
 
@@ -253,6 +249,8 @@ class Loop:
     total_steps: int
     warmup_steps: int
     t0: float  # when this process started the run: checkpoints carry the wall time so far
+    rows: Rows = field(default_factory=Rows)
+    last_epoch: dict[str, Any] | None = None  # the final epoch's row: the runs row's errors
 
 
 def _run_loop(lp: Loop) -> dict[str, Any]:
@@ -269,9 +267,10 @@ def _run_loop(lp: Loop) -> dict[str, Any]:
         if bad is not None:
             return _diverged(lp, bad)
         _end_epoch(lp, epoch, time.monotonic() - t_epoch)
-    last, ema = lp.st.epochs_rows[-1], lp.ema.model if lp.ema else None
-    return {**split_errors(lp.step.net, ema, lp.data, lp.cfg, lp.device, lp.step.autocast, lp.d, lp.fmt), "status": RunStatus.COMPLETED, "top1_err": last["val_top1_err"], "top5_err": last["val_top5_err"],
-            "best_top1_err": min(r["val_top1_err"] for r in lp.st.epochs_rows),
+    last, ema = lp.last_epoch, lp.ema.model if lp.ema else None
+    return {**split_errors(lp.step.net, ema, lp.data, lp.cfg, lp.device, lp.step.autocast, lp.d, lp.fmt),
+            "status": RunStatus.COMPLETED, "top1_err": last["val_top1_err"], "top5_err": last["val_top5_err"],
+            "best_top1_err": lp.st.best_top1_err,
             "ema_top1_err": last["val_ema_top1_err"], "ema_top5_err": last["val_ema_top5_err"],
             "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"],
             "collapsed": last["train_loss"] >= COLLAPSE_FRACTION * math.log(max(lp.data.num_classes, 2))}
@@ -305,10 +304,9 @@ def _flush(lp: Loop, epoch: int) -> int | None:
     """Buffered steps into the run's rows; the diverged step, or :class:`Preempted` on a stop."""
     st = lp.st
     f = lp.buffer.flush(st.step, epoch, lp.stop.is_set())
-    st.steps_rows += f.steps
-    st.grad_rows += f.grads
-    st.epoch_loss_sum += f.loss_sum
-    st.epoch_correct += f.correct
+    lp.rows.steps += f.steps
+    lp.rows.grads += f.grads
+    st.epoch_loss_sum, st.epoch_correct = st.epoch_loss_sum + f.loss_sum, st.epoch_correct + f.correct
     if f.steps and lp.reporter and lp.d.is_main:
         lp.reporter.on_log(st.step, epoch, f.last_loss, f.last_lr)
     if f.diverged_at is None and f.stop:
@@ -317,20 +315,22 @@ def _flush(lp: Loop, epoch: int) -> int | None:
 
 
 def _end_epoch(lp: Loop, epoch: int, seconds: float) -> None:
-    """Evaluate, record the epoch's row, checkpoint, and rewrite the progress note."""
-    cfg, st, d = lp.cfg, lp.st, lp.d
-    net, autocast = lp.step.net, lp.step.autocast
+    """Evaluate, record the epoch's row, stream the rows, checkpoint, rewrite the progress note."""
+    cfg, st, d, net, autocast = lp.cfg, lp.st, lp.d, lp.step.net, lp.step.autocast
     m = evaluate(net, lp.data, cfg, lp.device, autocast, d, lp.fmt)
     final = epoch == cfg.epochs - 1  # the EMA's final evaluation with precise BN statistics, as pycls
     e = evaluate_ema(lp.ema.model, lp.data, cfg, lp.device, autocast, d, lp.fmt, final) if lp.ema else None
-    row = {"run_id": cfg.run_id, "epoch": epoch, "train_loss": st.epoch_loss_sum / max(st.batch, 1),
-           "train_top1_err": 100.0 * (1 - st.epoch_correct / max(st.epoch_seen, 1)),
-           "val_top1_err": m.top1, "val_top5_err": m.top5, "val_ema_top1_err": e.top1 if e else None,
-           "val_ema_top5_err": e.top5 if e else None, "val_loss": m.loss, "lr": st.steps_rows[-1]["lr"] if st.steps_rows else None, "time_s": seconds}
-    st.epochs_rows.append(row)
+    row = epoch_row(run_id=cfg.run_id, epoch=epoch, train_loss=st.epoch_loss_sum / max(st.batch, 1),
+                    train_top1_err=100.0 * (1 - st.epoch_correct / max(st.epoch_seen, 1)),
+                    val_top1_err=m.top1, val_top5_err=m.top5, val_ema_top1_err=e.top1 if e else None,
+                    val_ema_top5_err=e.top5 if e else None, val_loss=m.loss,
+                    lr=lr_at(st.step - 1, cfg.lr, lp.warmup_steps, lp.total_steps) if st.step else None, time_s=seconds)
+    lp.rows.epochs.append(row)
+    lp.last_epoch, st.best_top1_err = row, min(m.top1, st.best_top1_err if st.best_top1_err is not None else m.top1)
     if lp.reporter and d.is_main:
         lp.reporter.on_epoch(row)
     st.epoch, st.batch, st.epoch_loss_sum, st.epoch_correct, st.epoch_seen = epoch + 1, 0, 0.0, 0.0, 0
+    lp.rows.stream(cfg, d, st.step)
     if st.epoch < cfg.epochs and d.is_main:
         so_far = replace(st, wall_time_s=st.wall_time_s + time.monotonic() - lp.t0)  # a resume counts it
         save_checkpoint(lp.ckpt, lp.model, lp.step.opt, so_far, cfg, lp.ema)
@@ -340,11 +340,11 @@ def _end_epoch(lp: Loop, epoch: int, seconds: float) -> None:
 
 
 def _diverged(lp: Loop, step: int) -> dict[str, Any]:
-    st = lp.st
-    st.steps_rows = [r for r in st.steps_rows if r["step"] <= step]
-    st.grad_rows = [r for r in st.grad_rows if r["step"] <= step]
+    rows = lp.rows  # rows past the diverged step are in the unstreamed buffer only
+    rows.steps = [r for r in rows.steps if r["step"] <= step]
+    rows.grads = [r for r in rows.grads if r["step"] <= step]
     errs = ["top1_err", "top5_err", "best_top1_err", *(["test_top1_err"] if lp.cfg.test_split else []),
             *(["ema_top1_err", "ema_top5_err", *(["test_ema_top1_err"] if lp.cfg.test_split else [])] if lp.ema else [])]
     return {"status": RunStatus.DIVERGED, "diverged_at_step": step, "collapsed": False, **dict.fromkeys(errs, 100.0),
-            "final_train_loss": st.steps_rows[-1]["loss"] if st.steps_rows else None}
+            "final_train_loss": rows.steps[-1]["loss"] if rows.steps else None}
 

@@ -4,6 +4,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT
 
 PKG = ROOT / "stability"
@@ -312,3 +314,23 @@ def test_analysis_is_dataframes_in_and_out():
     """analysis/ imports no UI, plotting or torch: notebooks call it with pandas alone."""
     for path in (PKG / "analysis").glob("*.py"):
         assert not _third_party(path) & {"streamlit", "plotly", "torch"}, path.name
+
+
+def test_the_trainer_imports_no_analysis():
+    """train → (tracing, detector, store, ...) never reaches ``analysis``: the layers go one way."""
+    graph, seen, todo = import_graph(), set(), ["stability.train"]
+    while todo:
+        mod = todo.pop()
+        if mod not in seen:
+            seen.add(mod)
+            todo += graph.get(mod, ())
+    assert "stability.detector" in seen and sorted(m for m in seen if m.startswith("stability.analysis")) == []
+
+
+def test_each_rows_builder_covers_its_schema(monkeypatch):
+    from stability import rows, store
+
+    rows._check_builders()
+    monkeypatch.setitem(store.SCHEMAS, "steps", store.SCHEMAS["steps"].append(store.pa.field("extra", store.pa.int64())))
+    with pytest.raises(AssertionError, match="step_row"):
+        rows._check_builders()

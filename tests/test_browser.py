@@ -47,10 +47,25 @@ def two_sweeps(dash_results, tmp_path_factory):
         row = {**template.to_dict(), "run_id": rid, "status": status, "top1_err": None,
                "finished_at": None, **extra}
         store.write_run(root, "dash2", rid, {"runs": [row]})
+    _stream(root, first=0, to=12)  # the running run's first epoch, streamed as it would be
     store.write_text_atomic(store.progress_path(root, "dash2", "f00000000002"), json.dumps(
         {"epoch": 1, "epochs": 2, "step": 12, "total_steps": 24, "val_top1_err": 71.0,
          "train_loss": 2.1, "updated_at": "2026-11-27T12:00:00+00:00"}))
     return root
+
+
+def _stream(root, first, to, run="f00000000002"):
+    """Append the rows of steps ``first``..``to``-1 (and their epochs) of a real run of sweep dash
+    to the running run ``run`` of dash2, as ``train`` streams them (``store.append_rows``)."""
+    runs = store.read_table(root, "runs", sweep="dash")
+    src = runs[runs.status == store.RunStatus.COMPLETED].run_id.min()
+    rows = {}
+    for table in store.ROW_TABLES:
+        t = store.read_table(root, table, sweep="dash", run_ids=[src]).drop(columns=["sweep"])
+        t = t[t.epoch.between(first // 12, to // 12 - 1)] if table == "epochs" else t[t.step.between(first, to - 1)]
+        rows[table] = t.assign(run_id=run)
+    store.append_rows(root, "dash2", run, to, rows)
+    return store.run_chunks(root, "steps", "dash2", run)[-1]
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +234,29 @@ def test_overview_shows_failures_and_running_progress(server, page):
     _settle(page)
     page.wait_for_selector("text=epoch 1/2, step 12/24", timeout=60_000)
     _no_exception(page)
+
+
+_MAX_STEP = ("Math.max(-1, ...[...document.querySelectorAll('.js-plotly-plot')].flatMap(p => (p._fullData || [])"
+             ".filter(t => t.xaxis === 'x').flatMap(t => Array.from(t.x || []))))")
+
+
+def test_a_running_runs_streamed_rows_draw_and_grow_without_a_reload(server, page, two_sweeps):
+    page.goto(f"{server}/runs?p_runs_open=dash2/f00000000002")
+    _settle(page)
+    _chart_with_data(page)
+    assert page.evaluate(_MAX_STEP) == 11  # the streamed first epoch's loss trace
+    added = _stream(two_sweeps, first=12, to=24)  # the run streams its second epoch meanwhile
+    try:
+        page.wait_for_function(f"{_MAX_STEP} === 23", timeout=60_000)  # redrawn by the page's own refresh
+        _no_exception(page)
+        page.goto(f"{server}/spikes")
+        page.wait_for_selector("text=Running runs (refreshed every 5 s)", timeout=90_000)
+        page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot .gtitle')]"
+                               ".some(e => e.textContent.includes('running, up to step 23'))", timeout=90_000)
+        _no_exception(page)
+    finally:
+        for table in store.ROW_TABLES:  # the other tests see the fixture as it was
+            store.table_dir(two_sweeps, table, "dash2").joinpath(added.name).unlink(missing_ok=True)
 
 
 def test_clicking_a_point_opens_its_run(server, page):

@@ -141,3 +141,95 @@ def test_the_unreadable_check_rereads_only_files_changed_since_its_last_good_rea
     (store.sweep_dir(root, "s") / store.READABLE).unlink()
     store.sweep_dir(root, "s").rmdir()
     assert [p for p, _ in store.unreadable(root, "s")] == [good]
+
+
+def _steps(run_id, first, to):
+    return {"steps": [{"run_id": run_id, "step": s, "epoch": s // 2, "loss": 1.0 / (s + 1)} for s in range(first, to)],
+            "epochs": [{"run_id": run_id, "epoch": e, "val_top1_err": 50.0 - e} for e in range(first // 2, to // 2)]}
+
+
+def _seen(root, table="steps", run_id="r1"):
+    """The rows of ``run_id`` as each reader sees them: store, load, plain duckdb over the folders."""
+    col = "epoch" if table == "epochs" else "step"
+    via_store = sorted(store.read_table(root, table, run_ids=[run_id])[col])
+    assert sorted(store.load(root).__getattribute__(table).query("run_id == @run_id")[col]) == via_store
+    return via_store
+
+
+def _duckdb(root, table="steps"):
+    return sorted(r[0] for r in duckdb.sql(f"select step from read_parquet('{root}/{table}/*/*.parquet', "
+                                           "hive_partitioning=true) where run_id = 'r1'").fetchall())
+
+
+def test_a_running_runs_streamed_rows_read_once_through_its_life(tmp_path):
+    store.write_run(tmp_path, "s", "r1", {"runs": [{"run_id": "r1", "status": "running"}]})
+    store.write_run(tmp_path, "s", "r0", _run("r0"))
+    store.append_rows(tmp_path, "s", "r1", 4, _steps("r1", 0, 4))
+    store.append_rows(tmp_path, "s", "r1", 8, _steps("r1", 4, 8))
+    assert _seen(tmp_path) == list(range(8)) == _duckdb(tmp_path)  # while it runs
+    assert _seen(tmp_path, "epochs") == [0, 1, 2, 3]
+    assert store.compact(tmp_path, "s")["steps"] == 3  # r0's rows only: r1's chunks are its writer's
+    assert _seen(tmp_path) == list(range(8)) == _duckdb(tmp_path)
+    # a resume from a checkpoint at step 4 drops what was streamed after it
+    assert store.truncate_rows(tmp_path, "s", "r1", 4, 2) == (6, [])
+    assert _seen(tmp_path) == list(range(4)) == _duckdb(tmp_path) and _seen(tmp_path, "epochs") == [0, 1]
+    store.append_rows(tmp_path, "s", "r1", 8, _steps("r1", 4, 8))
+    frames = store.finish_rows(tmp_path, "s", "r1")
+    assert frames["steps"].step.tolist() == list(range(8)) and not store.run_chunks(tmp_path, "steps", "s", "r1")
+    assert _seen(tmp_path) == list(range(8)) == _duckdb(tmp_path)  # after it ends: its own file
+
+
+def test_a_crash_between_merging_and_removing_chunks_reads_the_merged_file_only(tmp_path):
+    store.write_run(tmp_path, "s", "r1", {"runs": [{"run_id": "r1", "status": "running"}]})
+    store.append_rows(tmp_path, "s", "r1", 4, _steps("r1", 0, 4))
+    chunk = store.run_chunks(tmp_path, "steps", "s", "r1")[0]
+    kept = chunk.read_bytes()
+    store.finish_rows(tmp_path, "s", "r1")
+    chunk.write_bytes(kept)  # the state a kill between the two leaves
+    assert _seen(tmp_path) == list(range(4))
+    # a rerun from scratch: the finished file becomes an empty chunk, and nothing of it is read
+    store.truncate_rows(tmp_path, "s", "r1", 0, 0)
+    assert _seen(tmp_path) == [] and not (store.table_dir(tmp_path, "steps", "s") / "r1.parquet").exists()
+
+
+def test_a_rerun_of_a_compacted_run_hides_its_old_rows_from_the_first_step(tmp_path):
+    store.write_run(tmp_path, "s", "r1", _run("r1"))
+    store.compact(tmp_path, "s")
+    assert _seen(tmp_path) == [0, 1, 2]
+    store.truncate_rows(tmp_path, "s", "r1", 0, 0)
+    assert _seen(tmp_path) == []
+    store.append_rows(tmp_path, "s", "r1", 2, _steps("r1", 0, 2))
+    assert _seen(tmp_path) == [0, 1]
+
+
+def test_an_unreadable_chunk_is_quarantined_on_resume_and_named_at_the_end(tmp_path):
+    store.write_run(tmp_path, "s", "r1", {"runs": [{"run_id": "r1", "status": "running"}]})
+    store.append_rows(tmp_path, "s", "r1", 4, _steps("r1", 0, 4))
+    store.append_rows(tmp_path, "s", "r1", 8, _steps("r1", 4, 8))
+    bad = store.run_chunks(tmp_path, "steps", "s", "r1")[1]
+    bad.write_bytes(b"garbage")
+    with pytest.raises(store.CorruptFiles, match=bad.name):
+        store.finish_rows(tmp_path, "s", "r1")
+    dropped, moved = store.truncate_rows(tmp_path, "s", "r1", 8, 4)
+    assert len(moved) == 1 and moved[0].parent.name == "sweep=s" and "quarantine" in str(moved[0])
+    assert _seen(tmp_path) == [0, 1, 2, 3]
+
+
+def test_temp_files_of_a_killed_chunk_writer_are_removed(tmp_path):
+    store.append_rows(tmp_path, "s", "r1", 4, _steps("r1", 0, 4))
+    d = store.table_dir(tmp_path, "steps", "s")
+    (d / f".r1{store.CHUNK}0000000008.parquet.abcd1234.tmp").write_bytes(b"x")
+    (d / ".r2.parquet.abcd1234.tmp").write_bytes(b"x")  # another run's: not ours
+    assert store.remove_run_temps(tmp_path, "s", "r1") == 1
+    assert [p.name for p in d.glob(".*")] == [".r2.parquet.abcd1234.tmp"]
+
+
+def test_a_runs_files_go_together_with_its_checkpoint_only_when_it_streams(tmp_path):
+    store.write_run(tmp_path, "s", "r1", {"runs": [{"run_id": "r1", "status": "failed"}]})
+    ckpt = store.checkpoint_path(tmp_path, "s", "r1")
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    assert store.run_files(tmp_path, "s", "r1") == [store.table_dir(tmp_path, "runs", "s") / "r1.parquet"]
+    store.append_rows(tmp_path, "s", "r1", 4, _steps("r1", 0, 4))
+    files = store.run_files(tmp_path, "s", "r1")
+    assert ckpt in files and len([f for f in files if store.is_chunk(f)]) == 2  # steps and epochs chunks

@@ -1,5 +1,6 @@
 """Runs: the filterable runs table with downloads; several runs' curves overlaid (loss, lr, val
-error, grad norm), the config keys in which they differ, and progress of running runs."""
+error, grad norm), the config keys in which they differ, and progress of running runs (their curves
+from the rows they have streamed so far, redrawn every 5 s)."""
 
 import io
 import json
@@ -20,37 +21,12 @@ from stability.dashboard.common import (
     table,
 )
 from stability.plots import LINE_COLORS, log_ticks, scatter_kind
-from stability.store import DONE
 from stability.store import RunStatus as S
 
-st.title("Runs")
-runs = selected_runs()
-if runs is not None:
-    st.caption(f"{len(runs)} runs")
-    from stability.analysis import at_chance
 
-    # One "stuck at chance" everywhere (the findings' rule), not the trainer's looser loss flag.
-    shown = runs.drop(columns=["label", "collapsed"]).assign(at_chance=at_chance(runs, "top1_err").to_numpy(bool))
-    table(shown, key="runs_table")
-    c1, c2 = st.columns(2)
-    c1.download_button("Download CSV", runs.to_csv(index=False).encode(), "runs.csv", "text/csv")
-    buf = io.BytesIO()
-    runs.to_parquet(buf, index=False)
-    c2.download_button("Download parquet", buf.getvalue(), "runs.parquet", "application/octet-stream")
-
-    order = runs.sort_values(["status", "sweep", "stem", "lr"], key=lambda s: s.map(
-        {S.COMPLETED: 0, S.DIVERGED: 1}).fillna(2) if s.name == "status" else s)
-    labels = dict(zip(order.key, order.label + " · " + order.status, strict=True))
-    first = order.key.tolist()[:1]
-    chosen = control(st.multiselect, "open runs (overlaid)", order.key.tolist(), key="p_runs_open",
-                     default=first, format_func=lambda r: labels.get(r, r), max_selections=8,
-                     help="Up to 8 runs (the first 8 when you select all); their curves share the axes below")
-    info = runs.set_index("key")
-    for rid in chosen:
-        if info.loc[rid, "status"] in (S.FAILED, S.PREEMPTED):
-            st.info(f"{labels[rid]}: stopped early"
-                    + (f" ({str(info.loc[rid, 'error'])[:200]})" if isinstance(info.loc[rid, "error"], str) else "")
-                    + "; its curves below end where it stopped, and the Overview page has its log tail.")
+def curves(chosen: list[str], info: pd.DataFrame, labels: dict[str, str]) -> None:
+    """Progress of the running runs among ``chosen``, and the chosen runs' curves overlaid (a
+    running run's from the rows it has streamed so far)."""
     live = [r for r in chosen if info.loc[r, "status"] == S.RUNNING]
     for rid in live:
         p = store.read_progress(root(), info.loc[rid, "sweep"], info.loc[rid, "run_id"])
@@ -59,10 +35,8 @@ if runs is not None:
                         text=f"{labels[rid]}: epoch {p['epoch']}/{p['epochs']}, step {p['step']}/{p['total_steps']}, "
                              f"val error {p['val_top1_err']:.2f}% (updated {p['updated_at'][:19]} UTC)")
         else:
-            st.info(f"{labels[rid]}: running, no epoch finished yet (curves appear when it ends).")
-    with_curves = [r for r in chosen if info.loc[r, "status"] in (*DONE, S.FAILED, S.PREEMPTED)]
-    if with_curves:
-        chosen = with_curves
+            st.info(f"{labels[rid]}: running, no epoch finished yet (its curves grow as it streams its rows).")
+    if chosen:
         t = run_tables(chosen)
         ep, steps = t["epochs"], t["steps"]
         fig = make_subplots(rows=2, cols=2, subplot_titles=("training loss", "learning rate",
@@ -102,15 +76,49 @@ if runs is not None:
                                font=dict(size=11, color="#555"))
         fig.update_layout(template="plotly_white", height=720, legend=dict(orientation="h", y=-0.12))
         st.plotly_chart(fig, width="stretch", key="runs_curves")
-        if len(chosen) > 1:
-            cfgs = store.read_table(root(), "runs", columns=["config_json"],
-                                    run_ids=[k.split("/", 1)[1] for k in chosen])
-            cfgs = cfgs.set_index(run_key(cfgs))
-            cfgs = cfgs[~cfgs.index.duplicated(keep="last")]
-            rows = {labels[r]: json.loads(cfgs.loc[r, "config_json"]) for r in chosen if r in cfgs.index}
-            diff = pd.DataFrame(rows)
-            if len(diff):
-                diff = diff[diff.astype(str).nunique(axis=1) > 1]
-                st.subheader("Config keys that differ")
-                shown = diff.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
-                st.table(shown.rename_axis("config key"))  # a static table: whole key names, every row
+
+
+st.title("Runs")
+runs = selected_runs()
+if runs is not None:
+    st.caption(f"{len(runs)} runs")
+    from stability.analysis import at_chance
+
+    # One "stuck at chance" everywhere (the findings' rule), not the trainer's looser loss flag.
+    shown = runs.drop(columns=["label", "collapsed"]).assign(at_chance=at_chance(runs, "top1_err").to_numpy(bool))
+    table(shown, key="runs_table")
+    c1, c2 = st.columns(2)
+    c1.download_button("Download CSV", runs.to_csv(index=False).encode(), "runs.csv", "text/csv")
+    buf = io.BytesIO()
+    runs.to_parquet(buf, index=False)
+    c2.download_button("Download parquet", buf.getvalue(), "runs.parquet", "application/octet-stream")
+
+    order = runs.sort_values(["status", "sweep", "stem", "lr"], key=lambda s: s.map(
+        {S.COMPLETED: 0, S.DIVERGED: 1}).fillna(2) if s.name == "status" else s)
+    labels = dict(zip(order.key, order.label + " · " + order.status, strict=True))
+    first = order.key.tolist()[:1]
+    chosen = control(st.multiselect, "open runs (overlaid)", order.key.tolist(), key="p_runs_open",
+                     default=first, format_func=lambda r: labels.get(r, r), max_selections=8,
+                     help="Up to 8 runs (the first 8 when you select all); their curves share the axes below")
+    info = runs.set_index("key")
+    for rid in chosen:
+        if info.loc[rid, "status"] in (S.FAILED, S.PREEMPTED):
+            st.info(f"{labels[rid]}: stopped early"
+                    + (f" ({str(info.loc[rid, 'error'])[:200]})" if isinstance(info.loc[rid, "error"], str) else "")
+                    + "; its curves below end where it stopped, and the Overview page has its log tail.")
+    # A running run's curves grow as it streams rows: redraw them every 5 s (the cache key is the
+    # steps table's files, which change with every chunk).
+    live = any(info.loc[r, "status"] == S.RUNNING for r in chosen)
+    (st.fragment(run_every=5)(curves) if live else curves)(chosen, info, labels)
+    if len(chosen) > 1:
+        cfgs = store.read_table(root(), "runs", columns=["config_json"],
+                                run_ids=[k.split("/", 1)[1] for k in chosen])
+        cfgs = cfgs.set_index(run_key(cfgs))
+        cfgs = cfgs[~cfgs.index.duplicated(keep="last")]
+        rows = {labels[r]: json.loads(cfgs.loc[r, "config_json"]) for r in chosen if r in cfgs.index}
+        diff = pd.DataFrame(rows)
+        if len(diff):
+            diff = diff[diff.astype(str).nunique(axis=1) > 1]
+            st.subheader("Config keys that differ")
+            shown = diff.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+            st.table(shown.rename_axis("config key"))  # a static table: whole key names, every row

@@ -1,5 +1,6 @@
 """Spikes: per-layer gradient-norm traces with the spikes one detector finds (the sliders drive
-the traces, the counts and the first-layer lead alike), loss underneath, divergence marked."""
+the traces, the counts and the first-layer lead alike), loss underneath, divergence marked; running
+runs' traces from the rows they have streamed, redrawn every 5 s."""
 
 import pandas as pd
 import streamlit as st
@@ -9,6 +10,7 @@ from stability.dashboard.common import control, rows_of, run_key, run_tables, se
 from stability.store import DONE, RunStatus
 
 COUNT_LIMIT = 300  # runs whose traces the counts re-detect with the sliders' settings
+LIVE_LIMIT = 6  # running runs whose traces are redrawn as they stream
 
 
 
@@ -28,9 +30,24 @@ def _why_unjudged(label: str, marked: pd.DataFrame, per_layer: int, window: int,
     return f"{label}: {per_layer} traced point(s) per layer; trace more often (`trace_every`)"
 
 
+def live_traces(keys: list[str], labels: dict[str, str], params: analysis.SpikeParams) -> None:
+    """The per-layer traces of running runs, from the rows they have streamed so far."""
+    tables = run_tables(keys)
+    for rid in keys:
+        gn, steps = rows_of(tables["grad_norms"], rid), rows_of(tables["steps"], rid)
+        if gn.empty:
+            st.info(f"{labels[rid]}: running, no rows streamed yet (a run streams them at each epoch's end).")
+            continue
+        small = analysis.downsample(analysis.mark_spikes(gn, params=params), max_points=2000)
+        steps = analysis.downsample(steps, 3000, value="loss") if len(steps) else steps
+        st.plotly_chart(plots.spike_figure(small, steps, f"{labels[rid]} · running, up to step {int(gn.step.max())}"),
+                        width="stretch", key=f"spk_live_{rid.replace('/', '_')}")
+
+
 st.title("Gradient-norm spikes per layer")
 runs = selected_runs()
 traced = None if runs is None else runs[runs.status.isin(DONE)]
+params = analysis.SpikeParams()
 if traced is not None and traced.empty:
     st.info("No finished runs match the filters.")
 elif traced is not None:
@@ -68,8 +85,9 @@ elif traced is not None:
         counts = analysis.spike_counts(all_tables["grad_norms"], params=params)
         per_run = counts.groupby(run_key(counts))["n_spikes"].sum()
         box = traced.assign(n_spikes=traced.key.map(per_run).fillna(0))
-        st.plotly_chart(plots.spike_count_figure(box, "Spikes per run (all layers), with these detector settings"),
-                        width="stretch", key="spike_counts")
+        fig = plots.spike_count_figure(box, "Spikes per run (all layers), re-detected with these settings")
+        fig.update_layout(yaxis_title="spikes re-detected with these settings")
+        st.plotly_chart(fig, width="stretch", key="spike_counts")
         total = int(counts.n_points.sum())
         judged = int((counts.n_points - min_points).clip(lower=0).sum())  # at most: window permitting
         if total and judged < total / 2:
@@ -79,9 +97,10 @@ elif traced is not None:
                        "points per layer. Few or no spikes here means little was judged, not that the runs were "
                        "calm: trace more often (`trace_every`) or lower the points needed (sidebar).")
     else:
-        st.plotly_chart(plots.spike_count_figure(traced.assign(n_spikes=traced.n_spikes.fillna(0)),
-                                                 "Spikes per run as the trainer counted them (default settings)"),
-                        width="stretch", key="spike_counts")
+        fig = plots.spike_count_figure(traced.assign(n_spikes=traced.n_spikes.fillna(0)),
+                                       "Spikes per run: trainer's count, default detector on the total norm")
+        fig.update_layout(yaxis_title="trainer's count (default detector, total norm)")
+        st.plotly_chart(fig, width="stretch", key="spike_counts")
         st.caption(f"{len(traced)} runs: the counts are the trainer's (default detector on the total "
                    f"norm); filter to {COUNT_LIMIT} or fewer to re-detect them with the sliders.")
 
@@ -132,3 +151,11 @@ elif traced is not None:
         st.caption("led: fraction of last-layer spikes with a first-layer spike 1–50 steps before; "
                    "baseline: the same with the first-layer spikes placed at random; p: share of "
                    "200 shuffles reaching the observed fraction.")
+
+running = None if runs is None else runs[runs.status == RunStatus.RUNNING].head(LIVE_LIMIT)
+if running is not None and len(running):
+    st.subheader("Running runs (refreshed every 5 s)")
+    st.caption("Their traces so far, from the rows each run streams to the store at every epoch's end; the "
+               "spikes marked with the sidebar's settings.")
+    st.fragment(run_every=5)(live_traces)(running.key.tolist(), dict(zip(running.key, running.label, strict=True)),
+                                          params)

@@ -346,8 +346,8 @@ def quarantine_unreadable(spec: GridSpec) -> tuple[list[str], set[str]]:
     moved, lost_tables = [], set()
     for path, why in store.unreadable(spec.results, spec.name):
         files = [path]
-        if not path.name.startswith("part-"):  # a run's own file: the run goes whole
-            files += [store.table_dir(spec.results, t, spec.name) / path.name for t in store.TABLES]
+        if not path.name.startswith("part-"):  # a run's own file or chunk: the run goes whole
+            files += store.run_files(spec.results, spec.name, store.run_of(path))
         elif path.parent.parent.name != "runs":
             lost_tables.add((path.parent.parent.name, path))
         for f in dict.fromkeys(files):
