@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, timed  # noqa: E402
 
 from stability import analysis, store  # noqa: E402
-from stability.distributed import free_port  # noqa: E402
+from stability.trainer.distributed import free_port  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 # "" is the Overview; LR sensitivity pools wd on purpose (every synthetic run has its own wd)

@@ -19,12 +19,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, spread  # noqa: E402
 
 from stability.config import run_config  # noqa: E402
-from stability.data import (
+from stability.data.datasets import (
     batches,  # noqa: E402
     load_dataset,  # noqa: E402
 )
-from stability.distributed import Dist  # noqa: E402
 from stability.models import build_model, model_spec  # noqa: E402
+from stability.trainer.distributed import Dist  # noqa: E402
 
 
 def _batches(data, cfg, epoch: int, dev):

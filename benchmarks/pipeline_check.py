@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results  # noqa: E402
 from pipeline_workers import write_jpegs  # noqa: E402
 
-from stability.data import batches, load_dataset  # noqa: E402
-from stability.distributed import Dist, autocast_for  # noqa: E402
+from stability.data.datasets import batches, load_dataset  # noqa: E402
+from stability.data.workers import resolve_workers  # noqa: E402
 from stability.models import build_model, count_complexity, model_spec  # noqa: E402
-from stability.train import Step, train_step  # noqa: E402
-from stability.workers import resolve_workers  # noqa: E402
+from stability.trainer.distributed import Dist, autocast_for  # noqa: E402
+from stability.trainer.train import Step, train_step  # noqa: E402
 
 WARMUP = 5
 

@@ -3,7 +3,7 @@ one GPU needs.
 
 Writes ImageNet-like JPEGs (~500x375, smooth random content with grain, so they compress like
 photos) to a temp dir, packs them (``stability pack``), then runs the trainer's own training
-loader (``stability.data.batches``: RandomResizedCrop + flip + tensor + normalize, with and
+loader (``stability.data.datasets.batches``: RandomResizedCrop + flip + tensor + normalize, with and
 without AutoAugment) over them for 0/1/2 workers, on the ImageFolder and on the packed copy. Also
 the random-access read of one image's bytes: a file, a tar shard (pread at the indexed offset),
 a parquet row (its row group decoded). Workers needed = a GPU's img/s / img/s per worker.
@@ -56,8 +56,8 @@ def loader_rate(dataset: str, root: Path, workers: int, policy: str, batch: int,
     """Images/s of the training loader over whole epochs (an epoch first as warm-up: workers start)."""
     import torch
 
-    from stability.data import batches, load_dataset
-    from stability.distributed import Dist
+    from stability.data.datasets import batches, load_dataset
+    from stability.trainer.distributed import Dist
 
     data = load_dataset(dataset, str(root))
     dev, rates = torch.device("cpu"), []
@@ -76,7 +76,7 @@ def read_rates(folder: Path, packed: Path, k: int = 200) -> dict[str, float]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from stability.packed import PackedDataset
+    from stability.data.packed import PackedDataset
 
     ds = PackedDataset(packed, "train")
     files = sorted((folder / "train").rglob("*.jpg"))
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", default="0,1,2")
     args = ap.parse_args()
-    from stability.packed import pack
+    from stability.data.packed import pack
 
     with tempfile.TemporaryDirectory() as tmp:
         folder, packed = Path(tmp) / "folder", Path(tmp) / "packed" / "p"

@@ -5,7 +5,7 @@ tracing every step (per-parameter norms, per-layer sums, parameter norms and upd
 attention probe: max logit and entropy per layer from one extra QKᵀ); and the default (the total
 grad norm every step, the per-layer trace every k=10 steps). log Z (the output logits'
 log-partition) is computed every step in every variant: its cost is timed on its own.
-Each variant runs the shipped ``stability.train.train_step`` and ``stability.tracing.TraceBuffer``
+Each variant runs the shipped ``stability.trainer.train.train_step`` and ``stability.trainer.tracing.TraceBuffer``
 (read once per 10 steps), so the benchmark times the trainer's own code, not a copy.
 
 A shared 2-core machine's step time wanders by +-15%, more than the effect, so the tracing work
@@ -31,10 +31,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, spread  # noqa: E402
 
-from stability.distributed import autocast_for  # noqa: E402
 from stability.models import build_model, model_spec  # noqa: E402
-from stability.tracing import GradTracer, TraceBuffer  # noqa: E402
-from stability.train import Step, train_step  # noqa: E402
+from stability.trainer.distributed import autocast_for  # noqa: E402
+from stability.trainer.tracing import GradTracer, TraceBuffer  # noqa: E402
+from stability.trainer.train import Step, train_step  # noqa: E402
 
 
 def loop(model, opt, tracer, x, y, steps: int, every: int | None) -> float:

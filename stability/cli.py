@@ -37,11 +37,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_config(overrides, "command line")
     cfg = run_config({**values, **overrides}, source)
 
-    from .checkpoint import Preempted, checkpoint_path
-    from .data import DataError
+    from .data.datasets import DataError
     from .progress import RichReporter
     from .store import RunStatus, check_writable, table_dir
-    from .train import RunDone, train
+    from .trainer.checkpoint import Preempted, checkpoint_path
+    from .trainer.train import RunDone, train
 
     check_writable(cfg.results)  # before the data and model are set up
 
@@ -251,7 +251,7 @@ def cmd_grid_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from .packed import PackError, pack
+    from .data.packed import PackError, pack
 
     if args.short_side is not None and args.short_side < 8:
         raise ConfigError(f"--short-side: {args.short_side} is not allowed (an integer >= 8, or leave it out)")

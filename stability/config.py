@@ -11,18 +11,18 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from .data import DATASETS, DECODED, SIZES
+from .data.datasets import DATASETS, DECODED, SIZES
 from .errors import ConfigError, shown
 from .models.presets import STEMS, architecture_revision, resolve
 from .validate import checked_fields
 
 OPTIMIZERS = ("adamw", "sgd")
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a folder name: no '/', '..', '=' or spaces
-AUGMENTS = ("none", "shift", "affine")  # what each does: stability/augment.py
+AUGMENTS = ("none", "shift", "affine")  # what each does: stability/data/augment.py
 DEVICES = ("auto", "cpu", "cuda")
-BAD_CHECKPOINT = ("restart", "fail")  # what a run does with a checkpoint it cannot read (checkpoint.py)
-AUTO_AUGMENTS = ("none", "autoaugment", "randaugment")  # torchvision's per-image policies (data.py)
-DECODES = ("cpu", "gpu")  # where imagefolder/packed JPEGs are decoded (pipeline.py)
+BAD_CHECKPOINT = ("restart", "fail")  # what a run does with a checkpoint it cannot read (trainer/checkpoint.py)
+AUTO_AUGMENTS = ("none", "autoaugment", "randaugment")  # torchvision's per-image policies (data/datasets.py)
+DECODES = ("cpu", "gpu")  # where imagefolder/packed JPEGs are decoded (data/pipeline.py)
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,9 @@ class RunConfig:
     batch_size: int = 64
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    augment: str = "none"  # none | shift | affine: random moves off the patch grid (augment.py)
+    augment: str = "none"  # none | shift | affine: random moves off the patch grid (data/augment.py)
     # The paper's recipe (recipe.py): a per-image policy in the dataset transform (decoded image
-    # datasets only), then MixUp/CutMix per batch with soft targets (mix.py). Defaults: off.
+    # datasets only), then MixUp/CutMix per batch with soft targets (data/mix.py). Defaults: off.
     auto_augment: str = "none"  # none | autoaugment (ImageNet policy) | randaugment
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing weight; 0 = off
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) box area; 0 = off

@@ -1,4 +1,4 @@
-"""Progress of one training run: the ``Reporter`` callbacks ``stability.train`` calls, and a rich bar."""
+"""Progress of one training run: the ``Reporter`` callbacks ``stability.trainer.train`` calls, and a rich bar."""
 
 from __future__ import annotations
 

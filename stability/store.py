@@ -138,7 +138,7 @@ def checkpoint_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
 
 
 def owner_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
-    """The lock file the process that trains a run holds (``run_lock.py``)."""
+    """The lock file the process that trains a run holds (``trainer/run_lock.py``)."""
     return sweep_dir(root, sweep) / "owners" / f"{run_id}.lock"
 
 

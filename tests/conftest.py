@@ -38,7 +38,7 @@ TINY = dict(model="vit_c_tiny", dataset="digits", epochs=2, steps_per_epoch=6, b
 def tiny_run(tmp_path_factory):
     """One completed tiny run on digits: (config, runs row)."""
     from stability.config import run_config
-    from stability.train import train
+    from stability.trainer.train import train
 
     root = tmp_path_factory.mktemp("tiny_results")
     cfg = run_config({**TINY, "results": str(root), "sweep": "unit"})

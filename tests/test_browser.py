@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from stability import store
-from stability.distributed import free_port
+from stability.trainer.distributed import free_port
 
 ROOT = Path(__file__).parents[1]
 ART = ROOT / "tests" / "artifacts"

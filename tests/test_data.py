@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stability.data import DataError, EpochSampler, digits_arrays, load_dataset
+from stability.data.datasets import DataError, EpochSampler, digits_arrays, load_dataset
 
 
 def test_digits_real_images_fixed_split():
@@ -102,7 +102,7 @@ def test_synthetic_motifs_fixed_and_finer_than_a_patch():
     class mean), while a matched filter for the class motifs, slid over every offset, reads it."""
     import torch.nn.functional as F
 
-    from stability.data import motif_arrays, motif_bank
+    from stability.data.datasets import motif_arrays, motif_bank
 
     a, b = load_dataset("synthetic_motifs"), load_dataset("synthetic_motifs")
     assert len(a.train) == 2000 and len(a.val) == 1000 and a.image_size == 32 and a.num_classes == 10
@@ -122,7 +122,7 @@ def test_synthetic_motifs_fixed_and_finer_than_a_patch():
 
 
 def test_dataset_sizes_cover_every_dataset_and_match_what_loads():
-    from stability.data import DATASETS, SIZES
+    from stability.data.datasets import DATASETS, SIZES
 
     assert set(SIZES) == set(DATASETS)
     for name in ("digits", "synthetic_motifs"):

@@ -14,11 +14,11 @@ import time
 import pytest
 
 from stability import store
-from stability.checkpoint import checkpoint_path
 from stability.config import run_config
-from stability.distributed import free_port
 from stability.grid.local import pid_alive
-from stability.train import train
+from stability.trainer.checkpoint import checkpoint_path
+from stability.trainer.distributed import free_port
+from stability.trainer.train import train
 
 from .conftest import ROOT
 

@@ -201,8 +201,8 @@ def test_a_corrupt_plan_is_replanned_or_named(tmp_path):
 
 
 def test_a_garbage_checkpoint_is_quarantined_and_the_run_starts_afresh(tmp_path):
-    from stability.checkpoint import checkpoint_path
     from stability.config import run_config
+    from stability.trainer.checkpoint import checkpoint_path
 
     args = ["model=vit_p_tiny", "dataset=digits", "epochs=1", "steps_per_epoch=2", "batch_size=16",
             f"results={tmp_path}", "sweep=gc"]

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from stability import store
-from stability.checkpoint import checkpoint_path
 from stability.grid.ledger import read_ledger
 from stability.grid.spec import load_spec
+from stability.trainer.checkpoint import checkpoint_path
 
 from .conftest import ROOT, assert_same_rows, run_cli, write_spec
 from .test_data import _write_cifar

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from stability import store
 from stability.analysis.stats import correct_of, mcnemar_runs
 from stability.config import run_config
-from stability.data import load_dataset
+from stability.data.datasets import load_dataset
 from stability.errors import ConfigError
-from stability.evaluation import precise_bn
-from stability.train import train
+from stability.trainer.evaluation import precise_bn
+from stability.trainer.train import train
 
 
 def test_test_split_is_fixed_disjoint_and_taken_from_training():
@@ -85,7 +85,7 @@ def test_precise_bn_replaces_running_stats_by_the_average_of_batch_stats():
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=700))
 def test_stored_correctness_reads_back_exactly(bits):
-    from stability.evaluation import pack_correct
+    from stability.trainer.evaluation import pack_correct
 
     packed = pack_correct(np.array(bits))
     assert correct_of(packed, len(bits)).tolist() == bits

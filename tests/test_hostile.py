@@ -47,8 +47,8 @@ def test_a_twin_command_that_gets_the_lock_after_the_run_ended_does_not_train_it
     """Case 1: the done-check is taken under the owner lock. The twin is held on the lock while
     the first command's result lands (it passed every check before the lock); it must then find
     the result, not train the run again over it."""
-    from stability.run_lock import RunLock
-    from stability.train import train
+    from stability.trainer.run_lock import RunLock
+    from stability.trainer.train import train
 
     cfg = _cfg(tmp_path)
     train(cfg)
@@ -71,8 +71,8 @@ def test_a_twin_command_that_gets_the_lock_after_the_run_ended_does_not_train_it
 def test_a_checkpoint_copied_onto_another_run_is_set_aside_not_resumed(tmp_path, capsys):
     """Case 2: a checkpoint names its run and config hash; another run's (or another stem's)
     is quarantined with a message naming both runs, and the run starts afresh."""
-    from stability.checkpoint import checkpoint_path
-    from stability.train import Preempted, train
+    from stability.trainer.checkpoint import checkpoint_path
+    from stability.trainer.train import Preempted, train
 
     donor = _cfg(tmp_path, lr=0.005, epochs=2)
     stop = threading.Event()
@@ -109,7 +109,7 @@ def test_a_planted_checkpoint_runs_no_code(tmp_path, how):
     refused and quarantined, and its command never runs."""
     import torch
 
-    from stability.checkpoint import checkpoint_path
+    from stability.trainer.checkpoint import checkpoint_path
 
     cfg = _cfg(tmp_path)
     marker = tmp_path / "pwned"
@@ -238,8 +238,8 @@ def test_optuna_storage_on_a_full_disk_is_one_line(tmp_path):
 def test_a_killed_writers_fresh_temp_files_are_removed_by_the_runs_next_owner(tmp_path):
     """Case 8: temp files a SIGKILL left (a checkpoint's, a result's) go when the run is next
     trained, whatever their age: the new owner holds the run's lock."""
-    from stability.checkpoint import checkpoint_path
-    from stability.train import train
+    from stability.trainer.checkpoint import checkpoint_path
+    from stability.trainer.train import train
 
     cfg = _cfg(tmp_path, epochs=2)
     ckpt = checkpoint_path(cfg)
@@ -268,7 +268,7 @@ def test_pack_decodes_every_image_and_names_the_bad_ones(tmp_path):
     """Case 9: a truncated JPEG, a text file named .jpg and a binary named .png are refused by
     default, named (with or without --short-side), and nothing is left that reads as a pack;
     --bad skip leaves them out and counts them."""
-    from stability.packed import PackedDataset
+    from stability.data.packed import PackedDataset
 
     root = tmp_path / "imgs"
     _image_folder(root)

@@ -10,12 +10,12 @@ import torch
 
 from stability import store
 from stability.config import run_config
-from stability.data import DataError, batches, load_dataset
-from stability.distributed import Dist
+from stability.data.datasets import DataError, batches, load_dataset
+from stability.data.packed import PackedDataset, pack
+from stability.data.workers import cpu_warning, job_cpus, resolve_workers, workers_needed
 from stability.grid.spec import ExecutorSpec
-from stability.packed import PackedDataset, pack
-from stability.train import train
-from stability.workers import cpu_warning, job_cpus, resolve_workers, workers_needed
+from stability.trainer.distributed import Dist
+from stability.trainer.train import train
 
 from .conftest import run_cli, write_spec
 
@@ -212,8 +212,8 @@ def test_batched_gpu_crop_matches_a_per_image_resized_crop_and_flip():
     the same code runs on CUDA)."""
     from torchvision.transforms import RandomResizedCrop
 
-    from stability.augment import seeded
-    from stability.pipeline import CROP_RATIO, CROP_SCALE, GpuDecoder
+    from stability.data.augment import seeded
+    from stability.data.pipeline import CROP_RATIO, CROP_SCALE, GpuDecoder
 
     imgs = _smooth_images([(60, 80), (75, 50), (40, 40), (90, 120)])
     seeds = [11, 12, 13, 14]

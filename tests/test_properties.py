@@ -125,7 +125,7 @@ def test_the_ledger_reader_keeps_the_records_and_names_every_other_line(tmp_path
 def good_result(tmp_path_factory):
     """A real finished run's four result files (a tiny run on digits)."""
     from stability.config import run_config
-    from stability.train import train
+    from stability.trainer.train import train
 
     from .conftest import TINY
 

@@ -12,10 +12,10 @@ import yaml
 
 from stability import store
 from stability.config import RunConfig, run_config
+from stability.data.mix import augment_and_mix, mix_batch, step_seed
 from stability.errors import ConfigError
-from stability.mix import augment_and_mix, mix_batch, step_seed
 from stability.recipe import RECIPES
-from stability.train import Step, train, train_step
+from stability.trainer.train import Step, train, train_step
 
 from .conftest import ROOT, TINY
 
@@ -112,7 +112,7 @@ def test_switch_prob_and_mix_prob_pick_as_defined():
 def test_augment_and_mix_keeps_the_augment_seed():
     x, y = _batch()
     cfg = _cfg(augment="shift")
-    from stability.augment import augment_batch
+    from stability.data.augment import augment_batch
 
     xa, ya = augment_and_mix(x, y, cfg, 4, step=7, rank=1)
     assert torch.equal(xa, augment_batch(x, "shift", step_seed(cfg.seed, 7, 1))) and ya is y

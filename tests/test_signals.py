@@ -15,8 +15,8 @@ from stability import store
 from stability.config import run_config
 from stability.models import build_model, model_spec
 from stability.models.vit import Attention
-from stability.tracing import GradTracer
-from stability.train import Step, train, train_step
+from stability.trainer.tracing import GradTracer
+from stability.trainer.train import Step, train, train_step
 
 from .conftest import TINY
 

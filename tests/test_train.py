@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from stability import store
-from stability.checkpoint import checkpoint_path
 from stability.config import run_config
 from stability.models import build_model, model_spec
-from stability.optim import lr_at
-from stability.tracing import GradTracer
-from stability.train import train
+from stability.trainer.checkpoint import checkpoint_path
+from stability.trainer.optim import lr_at
+from stability.trainer.tracing import GradTracer
+from stability.trainer.train import train
 
 from .conftest import ROOT, TINY, comparable
 
@@ -249,7 +249,7 @@ def test_regnet_trains_channels_last(tmp_path):
 def test_weight_ema_follows_pycls():
     """pycls update_model_ema: every period-th batch, ema <- (1 - a) ema + a w with
     a = min(1, alpha * batch_size / epochs * period); a plain copy during warmup epochs."""
-    from stability.ema import make_ema
+    from stability.trainer.ema import make_ema
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))

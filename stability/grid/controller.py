@@ -22,8 +22,8 @@ from typing import Any
 import pandas as pd
 
 from .. import store
-from ..run_lock import run_owner
 from ..store import RunStatus as S
+from ..trainer.run_lock import run_owner
 from .backends import BACKENDS, Backend, backend_for
 from .joblogs import job_files
 from .ledger import failures, read_ledger, record_jobs
@@ -90,7 +90,7 @@ class DryRun:
 
 
 def dry_run(spec: GridSpec) -> DryRun:
-    from ..workers import WORKER_FIELDS, cpu_warning
+    from ..data.workers import WORKER_FIELDS, cpu_warning
 
     sampler = sampler_for(spec)
     plan = sampler.dry_run(lambda: trial_slots(backend_for(spec)))

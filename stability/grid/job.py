@@ -13,7 +13,7 @@ from typing import Any
 
 import submitit
 
-from ..run_lock import RunTaken
+from ..trainer.run_lock import RunTaken
 
 
 class RunJob(submitit.helpers.Checkpointable):
@@ -26,7 +26,7 @@ class RunJob(submitit.helpers.Checkpointable):
         import torch
 
         from ..config import run_config
-        from ..train import Preempted, RunDone, train
+        from ..trainer.train import Preempted, RunDone, train
 
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
         if threads:
@@ -56,7 +56,7 @@ def _note_unwritten_failure(cfg, error: BaseException) -> None:
     is full, the root read-only), the ledger says so, naming the error (best effort: the ledger
     may be on the same full disk)."""
     from .. import store
-    from ..provenance import job_id
+    from ..trainer.provenance import job_id
     from .ledger import record_failure
 
     if int(os.environ.get("RANK", "0")) != 0 or not (job := job_id()):

@@ -5,7 +5,7 @@ A local grid of short runs used to spend most of its time starting Python and im
 (``python -m stability.grid.local``) that imports torch and the trainer, then forks one child
 per run task on request. Children are ordinary processes: ``<pid>.<start time>`` of rank 0 is
 the job id in the ledger (the start time, in clock ticks since boot, tells a reused pid from
-the job's), a crash takes down only that run, SIGTERM checkpoints it (``stability.train``), and they
+the job's), a crash takes down only that run, SIGTERM checkpoints it (``stability.trainer.train``), and they
 outlive the controller (``--no-wait``). Several tasks per job make one DDP run on this machine
 (gloo on CPU, NCCL on GPUs); with ``gpus_per_node`` each job gets its own GPUs.
 
@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import ConfigError
 
 # What a run imports: torch and the trainer, the model families, submitit.
-PRELOAD = ("torch", "stability.train", "stability.models.vit", "stability.models.regnet", "stability.grid.job")
+PRELOAD = ("torch", "stability.trainer.train", "stability.models.vit", "stability.models.regnet", "stability.grid.job")
 
 
 FAILED_TASK_GRACE_S = 30.0
@@ -292,7 +292,7 @@ class _Launcher:
 
     def _read_requests(self, readable: bool) -> None:
         """Fork each requested job's tasks and answer with its job id; stdin closed: stop reading."""
-        from ..distributed import free_port
+        from ..trainer.distributed import free_port
 
         if readable:
             chunk = os.read(self.stdin.fileno(), 65536)

@@ -264,7 +264,7 @@ def check_data(spec: GridSpec, runs: list[PlannedRun]) -> None:
     """``ConfigError`` naming the spec when the runs' data cannot be found (``data.check_source``:
     on this machine for local jobs; for Slurm jobs, whose nodes may mount other filesystems, only
     a missing ``data_root``), so a sweep fails before its first run rather than run by run."""
-    from ..data import DataError, check_source
+    from ..data.datasets import DataError, check_source
     from .kinds import resolve_kind
 
     sources = set()
@@ -343,7 +343,7 @@ def estimate_cost(groups: list[tuple[RunConfig, int]], flops_per_s: float = 100e
     ViT reached eagerly in ``benchmarks/gpu_check.py``) of ``groups`` (:func:`config_groups` over
     :data:`COST_FIELDS`). FLOPs per image come from ``models/complexity.json`` where it holds
     the model, else are counted once per model."""
-    from ..data import SIZES
+    from ..data.datasets import SIZES
     from ..models import model_spec
     from ..models.table import complexity, saved_counts
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import store
-from ..run_lock import run_owner
 from ..store import RunStatus as S
+from ..trainer.run_lock import run_owner
 from .joblogs import job_log_tail
 from .ledger import failures, read_ledger
 from .lock import controller_lease

@@ -51,7 +51,7 @@ def setup_device(name: str, d: Dist) -> torch.device:
     rank's GPU. TF32 matmuls on CUDA (the bf16 autocast covers the rest)."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"device: {name!r} asks for a GPU and this machine has none that torch can use "
                           f"(allowed here: auto, cpu)")

@@ -8,13 +8,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import store
+from .. import store
+from ..config import RunConfig
+from ..store import RunStatus
 from .checkpoint import RunState
-from .config import RunConfig
 from .distributed import Dist
 from .provenance import timestamp
 from .rows import run_row
-from .store import RunStatus
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .store import SCHEMAS
+from ..store import SCHEMAS
 
 
 def run_row(**columns: Any) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models import attention_layers, layer_groups
 from .distributed import Dist, all_reduce
-from .models import attention_layers, layer_groups
 from .rows import grad_row, step_row
 
 

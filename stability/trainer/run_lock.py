@@ -22,13 +22,13 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from . import store
-from .errors import ConfigError
+from .. import store
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
-    from .config import RunConfig
+    from ..config import RunConfig
     from .distributed import Dist
 
 TAKE_TIMEOUT_S = 10.0  # a prober holds it for microseconds; a requeued job's old self may be exiting

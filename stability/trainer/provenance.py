@@ -12,10 +12,10 @@ from typing import Any
 
 import pandas as pd
 
-from . import __version__
-from .config import RunConfig
-from .models import resolve
-from .models.presets import canonical_name
+from .. import __version__
+from ..config import RunConfig
+from ..models import resolve
+from ..models.presets import canonical_name
 from .rows import run_row
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import store
-from .config import RunConfig, config_hash
+from .. import store
+from ..config import RunConfig, config_hash
+from ..errors import ConfigError
 from .ema import WeightEMA
-from .errors import ConfigError
 
 # 2: the weight EMA; 3: the run's identity, loaded without unpickling code; 4: no rows (they are
 # streamed to the store: ``store.append_rows``), only model, optimizer, EMA and loop state

@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import store
+from .. import store
+from ..config import RunConfig
+from ..data.datasets import DataBundle, batches, load_dataset, seed_all, steps_per_epoch
+from ..data.mix import augment_and_mix, hard_labels
+from ..detector import count_spikes
+from ..models import build_model, count_complexity, memory_format, model_spec
+from ..progress import Reporter
+from ..store import RunStatus
 from .checkpoint import (
     STOP_SIGNALS,
     Preempted,
@@ -32,21 +39,14 @@ from .checkpoint import (
     resume_state,
     save_checkpoint,
 )
-from .config import RunConfig
-from .data import DataBundle, batches, load_dataset, seed_all, steps_per_epoch
-from .detector import count_spikes
 from .distributed import Dist, autocast_for, barrier, from_env, init, setup_device
 from .ema import WeightEMA, make_ema
 from .evaluation import evaluate, evaluate_ema, split_errors
-from .mix import augment_and_mix, hard_labels
-from .models import build_model, count_complexity, memory_format, model_spec
 from .optim import lr_at, make_optimizer, set_lr
-from .progress import Reporter
 from .provenance import job_id, now, run_identity, timestamp
 from .rows import epoch_row
 from .run_lock import RunDone, RunLock, refuse_if_done
 from .run_record import Record, Rows
-from .store import RunStatus
 from .tracing import GradTracer, TraceBuffer
 
 __all__ = ["Preempted", "RunDone", "Step", "StepOut", "evaluate", "train", "train_step"]

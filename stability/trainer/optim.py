@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import RunConfig
+from ..config import RunConfig
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:

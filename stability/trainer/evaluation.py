@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import RunConfig
-from .data import DataBundle, batches
+from ..config import RunConfig
+from ..data.datasets import DataBundle, batches
 from .distributed import Dist, all_reduce
 
 # pycls' BN.NUM_SAMPLES_PRECISE: the training images whose batch statistics replace the running

@@ -1,0 +1,1 @@
+"""The input pipeline: datasets by name, loaders, decoding workers, augmentation, mixing."""
