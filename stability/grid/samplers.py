@@ -58,7 +58,6 @@ class Sampler:
     """
 
     name: ClassVar[str] = ""
-    adaptive: ClassVar[bool] = False  # points follow the results: the plan is a record, not a function
 
     def __init__(self, spec: GridSpec):
         self.spec = spec
@@ -199,7 +198,6 @@ class TpeSampler(Sampler):
     :class:`TpeAsync` (one trial per free slot) or :class:`TpeWaves`."""
 
     name = "tpe"
-    adaptive = True
     modes: ClassVar[tuple[str, ...]] = ("async", "waves")
 
     @classmethod
