@@ -177,7 +177,7 @@ def _print_plan(spec, dry) -> None:
     by_stem: dict[str, int] = {}
     for r in plan:
         by_stem[str(r.stem)] = by_stem.get(str(r.stem), 0) + 1
-    console.print(f"{len(plan)} runs{dry.note}: " + ", ".join(f"{k}: {v}" for k, v in by_stem.items())
+    console.print(f"{len(plan)} run{'s' if len(plan) != 1 else ''}{dry.note}: " + ", ".join(f"{k}: {v}" for k, v in by_stem.items())
                   + f"; {cost['images']:.3g} training images, {cost['train_flops']:.3g} "
                   f"training FLOPs ~ {cost['gpu_hours']:.3g} GPU-hours at {cost['flops_per_s'] / 1e12:.0f} TFLOP/s "
                   "sustained. Nothing launched.")

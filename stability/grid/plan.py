@@ -14,7 +14,6 @@ import itertools
 import json
 import math
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -125,28 +124,18 @@ def grid_values(r: Range, n: int) -> list[float | int]:
     return [float(v) for v in space(r.lo, r.hi, n)]
 
 
-def vectorised_points(ranges: dict[str, Range], sampler: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """Optuna's ``random``/``sobol`` draws of float ranges without a study: RandomSampler draws
-    uniforms in the (log) space of each parameter in order with ``RandomState(seed)``; QMCSampler
-    maps scrambled Sobol points (dimensions in spec order, sample ids from 0) the same way. A test
-    compares them with :func:`optuna_points`."""
+def points_from_unit(ranges: dict[str, Range], u: np.ndarray) -> list[dict[str, Any]]:
+    """Points of float ranges from draws ``u`` in the unit cube (one row per point, one column per
+    range in spec order): scaled into each range's (log) space, as Optuna's samplers map theirs."""
     names = list(ranges)
     lo = np.array([math.log(ranges[k].lo) if ranges[k].kind == "loguniform" else ranges[k].lo for k in names])
     hi = np.array([math.log(ranges[k].hi) if ranges[k].kind == "loguniform" else ranges[k].hi for k in names])
-    if sampler == "random":
-        u = np.random.RandomState(seed).uniform(lo, hi, size=(n, len(names)))
-    else:
-        from scipy.stats import qmc
-
-        with warnings.catch_warnings():  # "balance needs n = 2^k": Optuna draws any n, so do we
-            warnings.simplefilter("ignore", UserWarning)
-            u = lo + qmc.Sobol(len(names), seed=seed, scramble=True).random(n) * (hi - lo)
+    x = lo + u * (hi - lo)
     cols = {}
     for j, k in enumerate(names):
-        v = np.exp(u[:, j]) if ranges[k].kind == "loguniform" else u[:, j]
+        v = np.exp(x[:, j]) if ranges[k].kind == "loguniform" else x[:, j]
         cols[k] = np.clip(v, ranges[k].lo, ranges[k].hi).tolist()
-    keys = list(ranges)
-    return [{k: cols[k][i] for k in keys} for i in range(n)]
+    return [{k: cols[k][i] for k in names} for i in range(len(u))]
 
 
 def optuna_points(ranges: dict[str, Range], sampler, count: int, skip: int = 0) -> list[dict[str, Any]]:

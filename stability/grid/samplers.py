@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from ..errors import ConfigError, shown
 from .plan import (
     PlannedRun,
@@ -34,8 +36,8 @@ from .plan import (
     plan_cells,
     plan_from_frame,
     plan_mismatch,
+    points_from_unit,
     tpe_sampler,
-    vectorised_points,
 )
 
 if TYPE_CHECKING:
@@ -74,11 +76,20 @@ class Sampler:
         return settings
 
     @classmethod
+    def for_spec(cls, spec: GridSpec) -> Sampler:
+        """The object that runs ``spec`` (a strategy with modes returns the mode's class)."""
+        return cls(spec)
+
+    @classmethod
     def points_per_cell(cls, n: int, ranges: int) -> int:
         """Points a cell holds at most, for the spec's size cap (``ranges``: range axes)."""
         return n if ranges else 1
 
-    vectorised: ClassVar[bool] = False  # float ranges drawn by ``plan.vectorised_points``, as Optuna would
+    @classmethod
+    def unit_draws(cls, n: int, dims: int, seed: int) -> np.ndarray | None:
+        """``n`` x ``dims`` draws in the unit cube that stand for the Optuna sampler's own on float
+        ranges (bit for bit: a test compares them), or None where only Optuna can draw them."""
+        return None
 
     @classmethod
     def optuna_sampler(cls, ranges: dict[str, Range], n: int, seed: int) -> tuple[Any, int, int]:
@@ -89,8 +100,10 @@ class Sampler:
     def points(self, n: int, seed: int) -> list[dict[str, Any]]:
         """``n`` points of the spec's ranges for a cell whose sampler seed is ``seed``."""
         ranges = self.spec.ranges
-        if self.vectorised and ranges and all(r.kind != "int" for r in ranges.values()):
-            return vectorised_points(ranges, self.name, n, seed)
+        if ranges and all(r.kind != "int" for r in ranges.values()):
+            u = self.unit_draws(n, len(ranges), seed)
+            if u is not None:
+                return points_from_unit(ranges, u)
         return optuna_points(ranges, *self.optuna_sampler(ranges, n, seed))
 
     def plan(self) -> list[PlannedRun]:
@@ -148,7 +161,12 @@ class Sampler:
 class RandomSampler(Sampler):
     """Independent uniform draws (log-uniform for ``loguniform``), Optuna's ``RandomSampler``."""
 
-    name, vectorised = "random", True
+    name = "random"
+
+    @classmethod
+    def unit_draws(cls, n, dims, seed):
+        # RandomSampler draws each parameter in order with RandomState(seed).uniform(lo, hi).
+        return np.random.RandomState(seed).random_sample((n, dims))
 
     @classmethod
     def optuna_sampler(cls, ranges, n, seed):
@@ -160,7 +178,16 @@ class RandomSampler(Sampler):
 class SobolSampler(Sampler):
     """Scrambled Sobol points, Optuna's ``QMCSampler(qmc_type="sobol")``: fills the space evenly."""
 
-    name, vectorised = "sobol", True
+    name = "sobol"
+
+    @classmethod
+    def unit_draws(cls, n, dims, seed):
+        # QMCSampler's scrambled Sobol points: dimensions in spec order, sample ids from 0.
+        from scipy.stats import qmc
+
+        with warnings.catch_warnings():  # "balance needs n = 2^k": Optuna draws any n, so do we
+            warnings.simplefilter("ignore", UserWarning)
+            return qmc.Sobol(dims, seed=seed, scramble=True).random(n)
 
     @classmethod
     def optuna_sampler(cls, ranges, n, seed):
@@ -210,6 +237,10 @@ class TpeSampler(Sampler):
         if mode == "async" and settings.wave is not None:
             raise BadSetting("sampler.wave", "a wave size is for mode: waves (async asks one trial per free slot)")
         return dataclasses.replace(settings, mode=mode)
+
+    @classmethod
+    def for_spec(cls, spec: GridSpec) -> Sampler:
+        return {"async": TpeAsync, "waves": TpeWaves}[spec.sampler.mode or "async"](spec)
 
     @classmethod
     def optuna_sampler(cls, ranges, n, seed):
@@ -268,7 +299,8 @@ class TpeAsync(TpeSampler):
         return ask_free(self.spec, plan, statuses, storage, free_slots)
 
     def dry_run_note(self) -> str:
-        return " (one trial per free slot; each finished run's slot asks the next)"
+        return (" (one trial per free slot; each finished run's slot asks the next, up to "
+                f"{plan_size(self.spec)} runs in all; the cost counts the runs shown)")
 
 
 class TpeWaves(TpeSampler):
@@ -285,14 +317,14 @@ class TpeWaves(TpeSampler):
         return ask_wave(self.spec, plan, statuses, storage)
 
     def dry_run_note(self) -> str:
-        return " (first wave; later waves follow the results)"
+        return (f" (first wave; later waves follow the results, up to {plan_size(self.spec)} runs in all; "
+                "the cost counts the runs shown)")
 
 
 SAMPLERS: dict[str, type[Sampler]] = {c.name: c for c in (RandomSampler, SobolSampler, GridSampler, TpeSampler)}
-_TPE_MODES: dict[str, type[TpeSampler]] = {"async": TpeAsync, "waves": TpeWaves}
 
 
-def settle(settings: SamplerSpec, has_ranges: bool) -> SamplerSpec:
+def check_settings(settings: SamplerSpec, has_ranges: bool) -> SamplerSpec:
     """The spec's ``sampler:`` settings checked by the class its name picks (``BadSetting``)."""
     if settings.name not in SAMPLERS:
         raise BadSetting("sampler.name", f"unknown sampler {shown(settings.name)} (allowed: {', '.join(SAMPLERS)})")
@@ -301,12 +333,22 @@ def settle(settings: SamplerSpec, has_ranges: bool) -> SamplerSpec:
 
 def sampler_for(spec: GridSpec) -> Sampler:
     """The strategy object of ``spec``: the class its ``sampler.name`` names in :data:`SAMPLERS`."""
-    cls = SAMPLERS[spec.sampler.name]
-    if cls is TpeSampler:
-        cls = _TPE_MODES[spec.sampler.mode or "async"]
-    return cls(spec)
+    return SAMPLERS[spec.sampler.name].for_spec(spec)
 
 
 def make_plan(spec: GridSpec) -> list[PlannedRun]:
     """The plan of a random/sobol/grid spec (tpe: its first points), computed from the spec."""
     return sampler_for(spec).plan()
+
+
+def size_factors(spec: GridSpec) -> dict[str, int]:
+    """What the plan's size multiplies: cells of the non-stem axes, stems, points, seeds."""
+    k = len(spec.ranges)
+    points = SAMPLERS[spec.sampler.name].points_per_cell(spec.sampler.n, k)
+    return {"cell": math.prod(len(v) for a, v in spec.axes.items() if a != "stem"),
+            "stem": len(spec.axes.get("stem", [None])), "point": points, "seed": len(spec.seeds)}
+
+
+def plan_size(spec: GridSpec) -> int:
+    """How many runs the spec plans at most, counted without planning (duplicates not removed)."""
+    return math.prod(size_factors(spec).values())

@@ -31,7 +31,7 @@ from ..config import FIELDS, SWEEP_NAME, RunConfig, run_config
 from ..errors import ConfigError, shown
 from ..validate import checked_fields, int64
 from .kinds import EXECUTORS
-from .samplers import SAMPLERS, BadSetting, settle
+from .samplers import BadSetting, check_settings, plan_size, size_factors
 
 RANGE_KINDS = ("loguniform", "uniform", "int")
 TOP_KEYS = ("name", "base", "space", "sampler", "seeds", "executor", "results", "max_runs")
@@ -284,13 +284,13 @@ def _parse_space(src: str, space: dict[str, Any]) -> dict[str, list[Any] | Range
 
 
 def _parse_sampler(src: str, value: Any, has_ranges: bool) -> SamplerSpec:
-    """The ``sampler:`` mapping, checked by the strategy its name picks (``samplers.settle``)."""
+    """The ``sampler:`` mapping, checked by the strategy its name picks (``samplers.check_settings``)."""
     sampler = _dataclass_from(src, "sampler", SamplerSpec, _mapping(src, "sampler", value or {}))
     _int(src, "sampler.n", sampler.n, 1)
     if sampler.wave is not None:
         _int(src, "sampler.wave", sampler.wave, 1)
     try:
-        return settle(sampler, has_ranges)
+        return check_settings(sampler, has_ranges)
     except BadSetting as e:
         raise _err(src, e.field, str(e)) from None
 
@@ -302,19 +302,6 @@ def _parse_seeds(src: str, seeds: Any) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise _err(src, "seeds", f"duplicate seeds in {shown(list(out))}")
     return out
-
-
-def size_factors(spec: GridSpec) -> dict[str, int]:
-    """What the plan's size multiplies: cells of the non-stem axes, stems, points, seeds."""
-    k = len(spec.ranges)
-    points = SAMPLERS[spec.sampler.name].points_per_cell(spec.sampler.n, k)
-    return {"cell": math.prod(len(v) for a, v in spec.axes.items() if a != "stem"),
-            "stem": len(spec.axes.get("stem", [None])), "point": points, "seed": len(spec.seeds)}
-
-
-def plan_size(spec: GridSpec) -> int:
-    """How many runs the spec plans at most, counted without planning (duplicates not removed)."""
-    return math.prod(size_factors(spec).values())
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> GridSpec:
