@@ -201,12 +201,12 @@ def unreadable(root: str | os.PathLike, sweep: str) -> list[tuple[Path, str]]:
             try:
                 st = p.stat()
                 key, sig = str(p.relative_to(root)), [st.st_size, st.st_mtime_ns, st.st_ino]
-                if known.get(key) != sig:  # every page against its checksum, then the values' digest
-                    check_digest(pq.read_table(pa.OSFile(str(p)), page_checksum_verification=True))
+                if known.get(key) != sig:
+                    _read_checked(p)
             except FileNotFoundError:
                 continue  # replaced or compacted away meanwhile
             except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
-                out.append((p, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
+                out.append((p, _why(e)))
                 continue
             good[key] = sig
     if good != known and record.parent.is_dir():
@@ -397,11 +397,21 @@ def append_rows(root: str | os.PathLike, sweep: str, run_id: str, to_step: int,
         _atomic_write(to_arrow(table, rows[table]), _chunk_path(root, table, sweep, run_id, to_step))
 
 
-def _read_rows(p: Path) -> pd.DataFrame:
-    """One rows file, whole and checked (page checksums, then the digest it was written with)."""
+def _read_checked(p: Path) -> pa.Table:
+    """One result file, whole and checked: every page against its checksum, then the values
+    against the digest they were written with."""
     t = pq.read_table(pa.OSFile(str(p)), page_checksum_verification=True)
     check_digest(t)
-    return t.to_pandas()
+    return t
+
+
+def _why(e: Exception) -> str:
+    """An unreadable file's reason on one line."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def _read_rows(p: Path) -> pd.DataFrame:
+    return _read_checked(p).to_pandas()
 
 
 def truncate_rows(root: str | os.PathLike, sweep: str, run_id: str, step: int, epoch: int
@@ -452,7 +462,7 @@ def finish_rows(root: str | os.PathLike, sweep: str, run_id: str) -> dict[str, p
             try:
                 parts.append(_read_rows(c))
             except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
-                errors.append(f"{c}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+                errors.append(f"{c}: {_why(e)}")
         parts = [p for p in parts if len(p)]
         frames[table] = pd.concat(parts, ignore_index=True) if parts else SCHEMAS[table].empty_table().to_pandas()
     if errors:

@@ -35,15 +35,20 @@ def _age(rec: dict) -> float:
     return age if -LEASE_TIMEOUT_S < age < float("inf") else float("inf")
 
 
-def controller_lease(sweep_dir: Path) -> dict | None:
-    """The lease of the controller running the sweep now (host, pid, since, heartbeat), read
-    without taking the lock; None when it was released or not renewed within ``LEASE_TIMEOUT_S``."""
+def read_lease(sweep_dir: Path) -> dict | None:
+    """The sweep's lease record (``lease.json``), if one can be read."""
     try:
         rec = json.loads((sweep_dir / "lease.json").read_text())
     except (OSError, ValueError):
         return None
-    live = isinstance(rec, dict) and rec.get("released") is None and _age(rec) < LEASE_TIMEOUT_S
-    return rec if live else None
+    return rec if isinstance(rec, dict) else None
+
+
+def controller_lease(sweep_dir: Path) -> dict | None:
+    """The lease of the controller running the sweep now (host, pid, since, heartbeat), read
+    without taking the lock; None when it was released or not renewed within ``LEASE_TIMEOUT_S``."""
+    rec = read_lease(sweep_dir)
+    return rec if rec is not None and rec.get("released") is None and _age(rec) < LEASE_TIMEOUT_S else None
 
 
 class SweepLock:
@@ -59,11 +64,7 @@ class SweepLock:
 
     def holder(self) -> dict | None:
         """The lease record, if one can be read."""
-        try:
-            rec = json.loads(self.lease_path.read_text())
-            return rec if isinstance(rec, dict) else None
-        except (OSError, ValueError):
-            return None
+        return read_lease(self.dir)
 
     def _taken(self, rec: dict | None) -> str:
         if not rec:
