@@ -35,6 +35,7 @@ from .state import (
     DONE,
     RUNNING_JOB_STATES,
     counts,
+    done_ids,
     eta_seconds,
     run_rows,
     save_plan,
@@ -125,10 +126,6 @@ def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = Non
     return out
 
 
-def _done(runs: pd.DataFrame) -> set[str]:
-    return set(runs.run_id[runs.status.isin(DONE)]) if len(runs) else set()
-
-
 @dataclass
 class _Sweep:
     """What one ``grid run`` keeps between its looks at the sweep."""
@@ -216,7 +213,7 @@ class Controller:
         self.lock.beat()
         runs = run_rows(spec.results, spec.name, sw.rows_cache)
         ledger = read_ledger(self.dir)
-        alive = alive_jobs(spec, [r.run_id for r in sw.plan], backend, ledger, _done(runs))
+        alive = alive_jobs(spec, [r.run_id for r in sw.plan], backend, ledger, done_ids(runs))
         for rid, job in submitted.items():  # this invocation's jobs (reaps local ones)
             if rid not in alive and not job.done():
                 alive[rid] = "submitted"
@@ -257,7 +254,7 @@ class Controller:
         runs = run_rows(spec.results, spec.name, sw.rows_cache)
         ledger = read_ledger(self.dir)
         outcome.state = sweep_state(sw.plan, runs, alive_jobs(spec, [r.run_id for r in sw.plan], backend, ledger,
-                                                              _done(runs)), set(ledger), failures(ledger))
+                                                              done_ids(runs)), set(ledger), failures(ledger))
         tell(spec, sw.plan, runs, sw.storage, sw.told)
         outcome.stems = stem_outcomes(outcome.state, runs)
         for rid in outcome.state.run_id[outcome.state.status.eq(S.MISSING)]:
@@ -401,7 +398,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
     backend = backend_for(spec)
     problems: list[str] = []
     ledger = read_ledger(sweep_dir, problems)
-    alive = alive_jobs(spec, ids, backend, ledger, _done(runs))
+    alive = alive_jobs(spec, ids, backend, ledger, done_ids(runs))
     state = sweep_state(plan, runs, alive, set(ledger), failures(ledger))
     total = counts(state).iloc[0].to_dict() if len(state) else {}
     cells = counts(state, ["stem", "optimizer", "epochs"]).reset_index() if len(state) else pd.DataFrame()
@@ -437,7 +434,7 @@ def clean_logs(spec: GridSpec) -> int:
     another job's files or a path outside the sweep."""
     ledger = read_ledger(spec.sweep_dir)
     runs = run_rows(spec.results, spec.name)
-    done = set(runs.run_id[runs.status.isin(DONE)])
+    done = done_ids(runs)
     jobs = {rec["job_id"] for rid, rec in ledger.items() if rid in done}
     logs, removed = store.logs_dir(spec.results, spec.name), 0
     if not logs.is_dir():

@@ -256,10 +256,8 @@ def check_data(spec: GridSpec, runs: list[PlannedRun]) -> None:
     from ..data.datasets import DataError, check_source
     from .kinds import resolve_kind
 
-    sources = set()
-    for run in runs:
-        cfg = config_from_json(run.config_json)
-        sources.add((cfg.dataset, cfg.data_root, cfg.download))
+    sources = {(cfg.dataset, cfg.data_root, cfg.download)
+               for cfg, _ in config_groups(runs, ("dataset", "data_root", "download"), set(spec.ranges))}
     for dataset, root, download in sorted(sources, key=str):
         try:
             check_source(dataset, root, download, here=resolve_kind(spec.executor.kind) == "local")

@@ -22,7 +22,7 @@ from .ledger import failures, read_ledger
 from .lock import controller_lease
 from .samplers import sampler_for
 from .spec import Range, saved_spec
-from .state import DONE, counts, eta_seconds, run_rows, sweep_state
+from .state import counts, done_ids, eta_seconds, run_rows, sweep_state
 
 
 def sweep_record(results: str | Path, sweep: str) -> dict[str, Any] | None:
@@ -36,7 +36,7 @@ def sweep_record(results: str | Path, sweep: str) -> dict[str, Any] | None:
     runs = run_rows(results, sweep)
     ledger = read_ledger(spec.sweep_dir)
     lease = controller_lease(spec.sweep_dir)
-    done = set(runs.run_id[runs.status.isin(DONE)]) if len(runs) else set()
+    done = done_ids(runs)
     alive = {}
     for r in plan:
         if r.run_id in done:

@@ -20,6 +20,11 @@ DONE, TERMINAL = store.DONE, store.TERMINAL
 ORDER = tuple(map(str, RunStatus))  # display order; plain strings, they name columns
 
 
+def done_ids(runs: pd.DataFrame) -> set[str]:
+    """The runs that have a result (completed or diverged) in ``runs`` rows."""
+    return set(runs.run_id[runs.status.isin(DONE)]) if len(runs) else set()
+
+
 def save_plan(sweep_dir: Path, plan_df: pd.DataFrame) -> None:
     """Write ``plan.parquet`` atomically."""
     with store.atomic_path(sweep_dir / "plan.parquet") as tmp:
