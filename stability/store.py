@@ -50,18 +50,20 @@ STALE_TMP_S = 600.0  # no write of one file takes ten minutes: an older temp fil
 # 2: EMA errors and the collapsed flag; 3: job_id, the job that wrote the row; 4: validation
 # losses (final, at init, per epoch), log Z per step, attention logits/entropy and grad/update
 # RMS per traced layer (older files read them all as null); 5: the held-out test split's errors
-# and per-image correctness (``test_split`` runs)
-SCHEMA_VERSION = 5
+# and per-image correctness (``test_split`` runs); 6: the pruner's verdict (``pruned`` runs, and
+# runs a rerun continued past it: ``pruned_at_step``, ``prune_rule``, ``prune_signals``)
+SCHEMA_VERSION = 6
 
 
 class RunStatus(StrEnum):
-    """Every status a run can have, in display order. A runs row holds one of the first five
+    """Every status a run can have, in display order. A runs row holds one of the first six
     (``WRITTEN``); ``pending`` (not started: its job is queued, or it was not submitted yet) and
     ``missing`` (its job ended without a result) are what the grid derives for a planned run that
     has no current row of its own."""
 
     COMPLETED = "completed"
     DIVERGED = "diverged"  # non-finite loss or loss > divergence_factor x ln(classes): a result
+    PRUNED = "pruned"  # stopped by the run's pruner as doomed (checkpoint kept: a rerun continues it)
     FAILED = "failed"  # an exception (bad data root, OOM ...): not a result
     PREEMPTED = "preempted"  # stopped by a signal after saving a checkpoint; resumes
     RUNNING = "running"
@@ -69,8 +71,9 @@ class RunStatus(StrEnum):
     MISSING = "missing"
 
 
-WRITTEN = (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED, RunStatus.PREEMPTED, RunStatus.RUNNING)
-DONE = (RunStatus.COMPLETED, RunStatus.DIVERGED)  # results: a rerun does not touch them
+WRITTEN = (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.PRUNED, RunStatus.FAILED, RunStatus.PREEMPTED,
+           RunStatus.RUNNING)
+DONE = (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.PRUNED)  # results: a grid does not train them again
 TERMINAL = (*DONE, RunStatus.FAILED)  # nothing more will happen without a rerun
 
 _I, _F, _S, _T, _B = pa.int64(), pa.float64(), pa.string(), pa.timestamp("us", tz="UTC"), pa.binary()
@@ -87,7 +90,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         # (``np.packbits`` of one bool per image in the split's order; ``analysis.correct_of``)
         ("test_top1_err", _F), ("test_ema_top1_err", _F), ("test_images", _I), ("test_correct", _B),
         ("test_ema_correct", _B),
-        ("diverged_at_step", _I), ("n_spikes", _I), ("wall_time_s", _F), ("device", _S),
+        ("diverged_at_step", _I),
+        # the pruner's verdict: the step it fired at, its rule, the signal values (JSON); kept on
+        # the row of a run that ``--rerun`` continued past it (pruner.py)
+        ("pruned_at_step", _I), ("prune_rule", _S), ("prune_signals", _S),
+        ("n_spikes", _I), ("wall_time_s", _F), ("device", _S),
         ("world_size", _I), ("host", _S), ("slurm_job_id", _S), ("job_id", _S), ("git_sha", _S),
         ("stability_version", _S), ("config_json", _S), ("started_at", _T), ("finished_at", _T),
         ("error", _S), ("schema_version", _I),
