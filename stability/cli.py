@@ -70,6 +70,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     err = row.get("top1_err")
     print(f"run {row['run_id']}: {row['status']}, top-1 error {err:.2f}%"
           + (f" (diverged at step {row['diverged_at_step']})" if row["status"] == RunStatus.DIVERGED else ""))
+    if row["status"] == RunStatus.PRUNED:
+        print(f"pruned at step {row['pruned_at_step']} by rule {row['prune_rule']} ({row['prune_signals']}); "
+              f"checkpoint kept at {checkpoint_path(cfg)}: --rerun continues it with the pruner off")
+    elif row.get("pruned_at_step") is not None:
+        print(f"(continued past the pruner's verdict at step {row['pruned_at_step']}, rule {row['prune_rule']})")
     print(f"results: {table_dir(cfg.results, 'runs', cfg.sweep) / (row['run_id'] + '.parquet')} "
           f"(and epochs/, steps/, grad_norms/)")
     return 0
@@ -291,6 +296,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from . import replay
+    from .progress import make_console
+
+    try:
+        every = [None] if not args.every else [int(v) for v in args.every.split(",")]
+    except ValueError:
+        raise ConfigError(f"replay: --every {args.every!r} is not a comma-separated list of step counts") from None
+    if any(k is not None and k < 1 for k in every) or args.workers < 1:
+        raise ConfigError("replay: --every and --workers must be >= 1")
+    scored = replay.load(args.results, args.sweeps, args.within)
+    tuning = replay.load(args.results, args.tune, args.within) if args.tune else []
+    if set(args.sweeps) & set(args.tune or []):
+        raise ConfigError("replay: a sweep is both tuned on and scored (--tune takes other sweeps)")
+    console = make_console(stderr=True)
+    try:
+        with console.status("replaying") as status:
+            res = replay.study(scored, tuning, every, args.workers, not args.no_baselines,
+                               on_candidate=lambda what: status.update(f"replaying {what}"))
+    except ValueError as e:
+        raise ConfigError(f"replay: {e}") from None
+    out = make_console()
+    out.print(replay.table_text(res, args.sweeps, args.tune or [], args.workers, args.within))
+    if args.out:
+        path = Path(args.out)
+        res.curve.assign(scored=",".join(args.sweeps)).to_csv(path, index=False)
+        if len(res.chosen):
+            res.chosen.to_csv(path.with_name(path.stem + "-chosen.csv"), index=False)
+        print(f"tables: {path}" + (f" and {path.with_name(path.stem + '-chosen.csv')}" if len(res.chosen) else ""))
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .progress import make_console
     from .reproduce import Invocation, run_studies, verdict_line, write_report
@@ -387,6 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
     p.add_argument("--results", default="results", help="the results root (default: results)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("replay", help="replay pruners over recorded sweeps: compute saved vs good runs stopped")
+    p.add_argument("sweeps", nargs="+", help="the sweeps scored")
+    p.add_argument("--tune", nargs="+", metavar="SWEEP",
+                   help="other sweeps on which each pruner family's setting is chosen, then scored on SWEEPS")
+    p.add_argument("--results", default="results", help="the results root (default: results)")
+    p.add_argument("--every", help="trace intervals to replay, e.g. 1,5,10 (default: as recorded)")
+    p.add_argument("--workers", type=int, default=2, help="asynchronous workers simulated (default 2)")
+    p.add_argument("--within", type=float, default=4.0,
+                   help="a stopped run this many points from its group's best is the costly mistake (default 4)")
+    p.add_argument("--no-baselines", action="store_true", help="ours only, not Optuna's pruners")
+    p.add_argument("--out", help="also write the table as CSV (the chosen settings beside it)")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("reproduce", help="run the paper's four studies and write a verdict report")
     p.add_argument("--quick", action="store_true", help="grids/cpu/quick: a few minutes, tiny runs")

@@ -14,6 +14,7 @@ from typing import Any
 from .data.datasets import DATASETS, DECODED, SIZES
 from .errors import ConfigError, shown
 from .models.presets import STEMS, architecture_revision, resolve
+from .pruner import canonical as pruner_canonical
 from .validate import checked_fields
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -78,6 +79,9 @@ class RunConfig:
     trace_every: int = 10  # per-layer grad norms every k steps (also the log/flush interval)
     trace_attention: bool = True  # max attention logit and entropy per layer on trace steps (one extra QKᵀ)
     divergence_factor: float = 10.0  # diverged when loss > factor * ln(num_classes)
+    # Stop doomed runs early (pruner.py): a preset name, "name:key=value,...", or in YAML a mapping
+    # {preset: default, after: 0.3}; None = off. A pruned run is recorded as ``pruned``, checkpointed.
+    pruner: str | None = None
     accum_steps: int = 1  # micro-batches per step: batch_size = world_size x accum_steps x micro
     compile: bool = False  # torch.compile the model (pays on GPU; measured in benchmarks/)
     # An unreadable checkpoint: restart = move it to quarantine and start afresh with a warning;
@@ -94,7 +98,7 @@ class RunConfig:
     # so every run planned before they existed keeps its id (and its results).
     LATER_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
         {"ema_alpha", "ema_period", "augment", "auto_augment", "mixup_alpha", "cutmix_alpha", "mix_prob",
-         "mix_switch_prob", "qk_norm", "z_loss", "adam_eps", "test_split"})
+         "mix_switch_prob", "qk_norm", "z_loss", "adam_eps", "test_split", "pruner"})
     # Fields that say where or how a run executes, not what it computes: not in the run id.
     EXECUTION_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
         {"results", "sweep", "device", "num_workers", "prefetch_factor", "decode", "data_root", "download",
@@ -160,6 +164,8 @@ def _check(name: str, ok: bool, allowed: str, value: Any, source: str | None) ->
 
 def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
     """Validate a mapping into a ``RunConfig``; raises ``ConfigError`` naming source and field."""
+    if d.get("pruner") is not None:  # one text per pruner, so the same settings give one run id
+        d = {**d, "pruner": pruner_canonical(d["pruner"], source)}
     values = checked_fields(RunConfig, d, source)
     cfg = RunConfig(**values)
     try:

@@ -180,7 +180,7 @@ def test_group_axes_are_named_not_read_from_column_positions():
 
 
 def test_train_module_stays_small():
-    """trainer/train.py keeps train() in phases and train_step; its parts live beside it in trainer/."""
+    """trainer/train.py keeps train() in phases; its parts (the step, tracing, pruning ...) live beside it in trainer/."""
     assert len((PKG / "trainer" / "train.py").read_text().splitlines()) <= 350
 
 

@@ -60,6 +60,9 @@ class RunState:
     best_top1_err: float | None = None  # over the epochs so far (their rows are in the store)
     init_val_loss: float | None = None  # the model at step 0, before any update (LR sensitivity's ℓ₀)
     init_top1_err: float | None = None
+    # The pruner's verdict when it stopped the run ({"rule", "step", "signals"}): a rerun that
+    # continues the run past it keeps it on the runs row, with the pruner off (trainer/pruning.py)
+    pruned: dict | None = None
 
 
 def identity_hash(cfg: RunConfig) -> str:

@@ -12,23 +12,22 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import store
 from ..config import RunConfig
 from ..data.datasets import DataBundle, batches, load_dataset, seed_all, steps_per_epoch
-from ..data.mix import augment_and_mix, hard_labels
+from ..data.mix import augment_and_mix
 from ..detector import count_spikes
 from ..models import build_model, count_complexity, memory_format, model_spec
 from ..progress import Reporter
+from ..pruner import RunPruner
 from ..store import RunStatus
 from .checkpoint import (
     STOP_SIGNALS,
@@ -42,80 +41,18 @@ from .checkpoint import (
 from .distributed import Dist, autocast_for, barrier, from_env, init, setup_device
 from .ema import WeightEMA, make_ema
 from .evaluation import evaluate, evaluate_ema, split_errors
-from .optim import lr_at, make_optimizer, set_lr
+from .optim import lr_at, make_optimizer
 from .provenance import job_id, now, run_identity, timestamp
+from .pruning import Pruned, make_pruner, pruned_result, verdict_columns
 from .rows import epoch_row
 from .run_lock import RunDone, RunLock, refuse_if_done
 from .run_record import Record, Rows
+from .step import Step, StepOut, train_step
 from .tracing import GradTracer, TraceBuffer
 
 __all__ = ["Preempted", "RunDone", "Step", "StepOut", "evaluate", "train", "train_step"]
 
 COLLAPSE_FRACTION = 0.9  # collapsed: final train loss >= 0.9 x ln(classes), i.e. never left chance
-
-
-@dataclass
-class Step:
-    """What one optimizer step needs. ``net`` runs forward (DDP and/or compiled); ``tracer``
-    None means no gradient norms at all (a benchmark's baseline)."""
-
-    net: nn.Module
-    opt: torch.optim.Optimizer
-    tracer: GradTracer | None
-    autocast: Callable[[], Any] = nullcontext
-    accum_steps: int = 1
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    distributed: bool = False
-    z_loss: float = 0.0  # coefficient of log^2 Z (Wortsman et al. 2023): 0 = off
-
-
-@dataclass
-class StepOut:
-    """Device tensors: the step's mean cross-entropy, correct count, per-layer grad norms, on a
-    trace step (parameter norms, update norms, attention statistics), and the mean log Z."""
-
-    loss: torch.Tensor
-    correct: torch.Tensor
-    layer_norms: torch.Tensor | None
-    traced: tuple[torch.Tensor, ...] | None
-    log_z: torch.Tensor | None = None
-
-
-def train_step(s: Step, x: torch.Tensor, y: torch.Tensor, lr: float, trace: bool = False) -> StepOut:
-    """One optimizer step on the global batch ``x, y`` (``y``: class indices or (N, C) soft targets,
-    as MixUp/CutMix make; ``accum_steps`` micro-batches; with DDP the gradients are all-reduced on
-    the last one only, so the traced norms are identical on every rank). No host sync."""
-    set_lr(s.opt, lr)
-    loss, correct, log_z = (torch.zeros((), device=x.device) for _ in range(3))
-    accum, trace = s.accum_steps, trace and s.tracer is not None
-    if trace:
-        s.tracer.probe(True)
-    for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum), strict=True)):
-        sync = i == accum - 1 or not s.distributed
-        with (nullcontext() if sync else s.net.no_sync()), s.autocast():
-            logits = s.net(xm).float()  # one cast (bf16 under autocast) for the loss and log Z
-            ce = F.cross_entropy(logits, ym, label_smoothing=s.label_smoothing)
-            lse = logits.logsumexp(-1)  # log Z per example: output-logit growth, and the z-loss
-            micro = (ce + s.z_loss * lse.square().mean() if s.z_loss else ce) / accum
-        micro.backward()
-        loss += ce.detach() / accum
-        log_z += lse.detach().mean() / accum
-        correct += logits.detach().argmax(1).eq(hard_labels(ym)).sum()  # soft targets: their top class
-    norms = s.tracer.grad_norms() if s.tracer is not None else None
-    if s.grad_clip is not None:
-        if norms is None:
-            torch.nn.utils.clip_grad_norm_(s.net.parameters(), s.grad_clip)
-        else:
-            total = norms.square().sum().sqrt()
-            torch._foreach_mul_(s.tracer.grads(), (s.grad_clip / (total + 1e-6)).clamp(max=1.0))
-    if trace:
-        s.tracer.probe(False)
-        attn = s.tracer.attention()
-        s.tracer.before_step()
-    s.opt.step()
-    s.opt.zero_grad(set_to_none=True)
-    return StepOut(loss, correct, norms, (*s.tracer.after_step(), attn) if trace else None, log_z)
 
 
 def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = True, stop: threading.Event | None = None,
@@ -179,7 +116,7 @@ def _setup(cfg: RunConfig, d: Dist, device: torch.device, rec: Record, reporter:
     return Loop(cfg=cfg, step=step, model=model, data=data, device=device, fmt=fmt, ema=ema, d=d, st=rec.st,
                 buffer=TraceBuffer(tracer, device, cfg.run_id, d, bound), stop=stop, ckpt=checkpoint_path(cfg),
                 reporter=reporter, spe=spe, total_steps=cfg.epochs * spe, warmup_steps=round(cfg.warmup_epochs * spe),
-                t0=rec.t0)
+                t0=rec.t0, pruner=make_pruner(cfg, rec.st, cfg.epochs * spe, data.num_classes))
 
 
 def _run(lp: Loop, rec: Record, flag: StopFlag, signals: tuple[int, ...], started_group: bool) -> dict[str, Any]:
@@ -193,6 +130,10 @@ def _run(lp: Loop, rec: Record, flag: StopFlag, signals: tuple[int, ...], starte
         _save(lp, rec)
         rec.write(RunStatus.PREEMPTED)
         raise flag.preempted(str(p)) from None
+    except Pruned as p:  # a result, checkpointed: ``--rerun`` continues it with the pruner off
+        result = {"status": RunStatus.PRUNED, **pruned_result(lp.st, p.verdict, lp.last_epoch, lp.pruner.signals.loss[-1])}
+        _save(lp, rec)
+        return _finish(lp, rec, result, keep_checkpoint=True)
     except BaseException as e:
         with suppress(OSError):  # rows past the checkpoint, for a post-mortem (a resume drops them)
             lp.rows.stream(lp.cfg, lp.d, lp.st.step)
@@ -214,14 +155,14 @@ def _save(lp: Loop, rec: Record) -> None:
         save_checkpoint(lp.ckpt, lp.model, lp.step.opt, lp.st, lp.cfg, lp.ema)
 
 
-def _finish(lp: Loop, rec: Record, result: dict[str, Any]) -> dict[str, Any]:
+def _finish(lp: Loop, rec: Record, result: dict[str, Any], keep_checkpoint: bool = False) -> dict[str, Any]:
     """The last rows streamed, the run's chunks merged into its files, then the runs row."""
     cfg = lp.cfg
     lp.rows.stream(cfg, lp.d, lp.st.step)
     tables = store.finish_rows(cfg.results, cfg.sweep, cfg.run_id) if lp.d.is_main else None
     row = rec.write(result.pop("status"), n_spikes=count_spikes(tables["steps"]) if tables else None,
-                    finished_at=timestamp(now()), **result)
-    if lp.d.is_main:
+                    finished_at=timestamp(now()), **{**verdict_columns(lp.st), **result})
+    if lp.d.is_main and not keep_checkpoint:
         lp.ckpt.unlink(missing_ok=True)  # the results are the record now; checkpoints are for resume
         store.progress_path(cfg.results, cfg.sweep, cfg.run_id).unlink(missing_ok=True)
     return row
@@ -249,6 +190,7 @@ class Loop:
     total_steps: int
     warmup_steps: int
     t0: float  # when this process started the run: checkpoints carry the wall time so far
+    pruner: RunPruner | None = None  # None: no pruner, or a rerun continuing past its verdict
     rows: Rows = field(default_factory=Rows)
     last_epoch: dict[str, Any] | None = None  # the final epoch's row: the runs row's errors
 
@@ -309,6 +251,8 @@ def _flush(lp: Loop, epoch: int) -> int | None:
     st.epoch_loss_sum, st.epoch_correct = st.epoch_loss_sum + f.loss_sum, st.epoch_correct + f.correct
     if f.steps and lp.reporter and lp.d.is_main:
         lp.reporter.on_log(st.step, epoch, f.last_loss, f.last_lr)
+    if f.diverged_at is None and lp.pruner and (verdict := lp.pruner.observe(f.steps, f.grads)):
+        raise Pruned(verdict)
     if f.diverged_at is None and f.stop:
         raise Preempted(f"stopped at step {st.step}")
     return f.diverged_at
