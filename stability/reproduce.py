@@ -149,6 +149,9 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
         if base and isinstance(raw, dict):
             overrides |= {"base": {**(raw.get("base") or {}), **base},
                           "name": f"{raw.get('name')}{sweep_suffix(base)}"}
+        if isinstance(raw, dict) and (raw.get("base") or {}).get("pruner") is not None and "pruner" not in (base or {}):
+            # A pruner changes the EDF the findings judge: off unless asked (--set pruner=...).
+            overrides["base"] = {**overrides.get("base", raw.get("base")), "pruner": None}
         spec = load_spec(path, overrides or None)
         if executor:
             spec = with_executor(spec, **executor)

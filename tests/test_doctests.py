@@ -24,6 +24,9 @@ def test_docstring_examples_run():
         assert res.failed == 0, name
         attempted += res.attempted
     assert attempted >= 20
+    for mod in ("stability.pruner", "stability.replay"):  # the pruner's rules and the replay's bound
+        res = doctest.testmod(importlib.import_module(mod))
+        assert res.failed == 0 and res.attempted >= 1, mod
     for path in EXAMPLES:
         mod, fn = path.split(".")
         assert ">>> " in (getattr(importlib.import_module(f"stability.analysis.{mod}"), fn).__doc__ or ""), path
