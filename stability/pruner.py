@@ -17,8 +17,8 @@ step by step, and says whether to stop now, with the rule and the signal values 
   logit, the total gradient norm over its running median, |mean log Z|, the largest per-layer
   update/parameter ratio, each against a bound.
 
-``chance``, ``rise`` and the signal rules wait until ``after`` of the run's steps have passed: a
-good run can sit at ln C for a third of a short schedule before it learns. The same
+``chance`` and ``rise`` wait until ``after`` of the run's steps have passed (a good run can sit at
+ln C for half of a short schedule before it learns), the signal rules until ``signal_after``. The same
 function runs in three places: the trainer (``pruner:`` in a run config; checked at every flush,
 i.e. every ``trace_every`` steps), an Optuna ``BasePruner`` (:func:`optuna_pruner`) and
 ``stability replay`` (recorded sweeps, no training). The thresholds of the shipped presets were
@@ -49,7 +49,7 @@ class PrunerSettings:
         window: fraction of the run's steps each mean loss is taken over (at least one step).
         above: ``above`` rule: the window's mean loss is at least this x ln C.
         above_after: fraction of the run's steps before ``above`` may fire.
-        after: fraction of the run's steps before ``chance``, ``rise`` and the signal rules may fire.
+        after: fraction of the run's steps before ``chance`` and ``rise`` may fire.
         chance: ``chance`` rule: the window's mean loss is at least this x ln C ...
         stall: ... and fell by less than this x ln C since the window before.
         rise: ``rise`` rule: the window's mean loss is this x ln C above the run's lowest.
@@ -58,6 +58,7 @@ class PrunerSettings:
         log_z: |mean log Z| over the window is at least this.
         update_ratio: the largest per-layer update/parameter ratio of the last trace step is at
             least this.
+        signal_after: fraction of the run's steps before the signal rules may fire.
         divergence_factor: ``nonfinite`` also fires above this x ln C (the trainer's bound).
     """
 
@@ -72,6 +73,7 @@ class PrunerSettings:
     grad_jump: float | None = None
     log_z: float | None = None
     update_ratio: float | None = None
+    signal_after: float = 0.1
     divergence_factor: float = 10.0
 
     def text(self) -> str:
@@ -88,8 +90,8 @@ PRESETS: dict[str, PrunerSettings] = {
     "nonfinite": PrunerSettings(above=None, chance=None),
 }
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(PrunerSettings))
-_BOUNDS = {"after": (0.0, 1.0), "above_after": (0.0, 1.0), "window": (0.0, 1.0)}
-_ZERO_OK = ("after", "above_after", "stall")
+_BOUNDS = {"after": (0.0, 1.0), "above_after": (0.0, 1.0), "signal_after": (0.0, 1.0), "window": (0.0, 1.0)}
+_ZERO_OK = ("after", "above_after", "signal_after", "stall")
 
 
 def parse(spec: str | Mapping[str, Any], source: str | None = None) -> PrunerSettings:
@@ -125,7 +127,7 @@ def parse(spec: str | Mapping[str, Any], source: str | None = None) -> PrunerSet
 
 
 def _number(key: str, value: Any, source: str | None) -> float | None:
-    optional = key not in ("after", "above_after", "window", "stall", "divergence_factor")
+    optional = key not in ("after", "above_after", "signal_after", "window", "stall", "divergence_factor")
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "off")):
         if optional:
             return None
@@ -253,18 +255,19 @@ def decide(s: PrunerSettings, sig: Signals, total_steps: int, n_classes: int, ne
     m_now = _mean(loss, steps, now - w, now)
     if s.above is not None and now + 1 >= s.above_after * total_steps and m_now >= s.above * ln_c:
         return Verdict("above", now, {"loss_window": m_now, "ln_c": ln_c})
-    if now + 1 < s.after * total_steps:
+    if now + 1 >= s.after * total_steps:
+        if s.chance is not None:
+            m_before = _mean(loss, steps, now - 2 * w, now - w)
+            if m_before != m_before:  # nothing before the window: the first step's loss
+                m_before = float(loss[0]) if math.isfinite(loss[0]) else m_now
+            if m_now >= s.chance * ln_c and m_before - m_now < s.stall * ln_c:
+                return Verdict("chance", now, {"loss_window": m_now, "loss_before": m_before, "ln_c": ln_c})
+        if s.rise is not None:
+            lowest = _lowest_window_mean(loss, steps, w)
+            if m_now - lowest >= s.rise * ln_c:
+                return Verdict("rise", now, {"loss_window": m_now, "loss_lowest": lowest, "ln_c": ln_c})
+    if now + 1 < s.signal_after * total_steps:
         return None
-    if s.chance is not None:
-        m_before = _mean(loss, steps, now - 2 * w, now - w)
-        if m_before != m_before:  # nothing before the window: the first step's loss
-            m_before = float(loss[0]) if math.isfinite(loss[0]) else m_now
-        if m_now >= s.chance * ln_c and m_before - m_now < s.stall * ln_c:
-            return Verdict("chance", now, {"loss_window": m_now, "loss_before": m_before, "ln_c": ln_c})
-    if s.rise is not None:
-        lowest = _lowest_window_mean(loss, steps, w)
-        if m_now - lowest >= s.rise * ln_c:
-            return Verdict("rise", now, {"loss_window": m_now, "loss_lowest": lowest, "ln_c": ln_c})
     if s.attn_logit is not None and sig.attn_logit and sig.attn_logit[-1] >= s.attn_logit:
         return Verdict("attn_logit", now, {"attn_logit_max": sig.attn_logit[-1]})
     if s.grad_jump is not None and len(sig.grad_norm) > 1:
@@ -273,8 +276,7 @@ def decide(s: PrunerSettings, sig: Signals, total_steps: int, n_classes: int, ne
         if med > 0 and g[-1] >= s.grad_jump * med:
             return Verdict("grad_jump", now, {"grad_norm": float(g[-1]), "median_before": float(med)})
     if s.log_z is not None:
-        z = np.asarray(sig.log_z, float)
-        lz = _mean(z, steps, now - w, now)
+        lz = _mean(np.asarray(sig.log_z, float), steps, now - w, now)
         if abs(lz) >= s.log_z:
             return Verdict("log_z", now, {"log_z_window": lz})
     if s.update_ratio is not None and sig.update_ratio and sig.update_ratio[-1] >= s.update_ratio:

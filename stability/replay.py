@@ -313,10 +313,13 @@ def our_candidates() -> list[Candidate]:
     for above in (1.35, 1.5, 2.0):
         for after in (0.6, 0.7, 0.8):
             out.append(_ours("loss", above=above, after=after))
-    for key, values in (("rise", (0.2, 0.3, 0.5)), ("attn_logit", (10.0, 20.0, 50.0)), ("grad_jump", (5.0, 10.0, 30.0)),
-                        ("log_z", (5.0, 10.0)), ("update_ratio", (0.01, 0.05))):
+    for v in (0.2, 0.3, 0.5):
+        out.append(_ours("loss+rise", rise=v))
+    for key, values in (("attn_logit", (30.0, 50.0, 75.0, 100.0, 150.0, 200.0)), ("grad_jump", (5.0, 10.0, 30.0)),
+                        ("log_z", (5.0, 10.0, 20.0)), ("update_ratio", (0.01, 0.03, 0.1))):
         for v in values:
-            out.append(_ours(f"loss+{key}", **{key: v}))
+            for after in (0.1, 0.2):
+                out.append(_ours(f"loss+{key}", **{key: v, "signal_after": after}))
     return out
 
 
