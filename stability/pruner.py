@@ -330,7 +330,7 @@ def optuna_pruner(settings: PrunerSettings, total_steps: int, n_classes: int):
         def __init__(self) -> None:
             self.settings, self.total_steps, self.n_classes = settings, total_steps, n_classes
 
-        def should_prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:  # trial.should_prune() asks
             values = trial.intermediate_values
             if not values:
                 return False
