@@ -300,9 +300,11 @@ class Candidate:
 
 
 def our_candidates() -> list[Candidate]:
-    """The rules' threshold grid: each loss rule alone, both (``loss``: the loss-only pruner),
-    then each other signal added to the default."""
-    out = [Candidate("nonfinite", "-", PrunerSettings(above=None, chance=None))]
+    """The shipped presets, then the rules' threshold grid: each loss rule alone, both (``loss``:
+    loss-only pruners), then each other signal added to the loss rules."""
+    from .pruner import PRESETS
+
+    out = [Candidate(f"preset {name}", name, s) for name, s in PRESETS.items()]
     for above in (1.2, 1.35, 1.5, 2.0, 3.0):
         for above_after in (0.0, 0.1):
             out.append(_ours("above", above=above, above_after=above_after, chance=None))
@@ -315,11 +317,13 @@ def our_candidates() -> list[Candidate]:
             out.append(_ours("loss", above=above, after=after))
     for v in (0.2, 0.3, 0.5):
         out.append(_ours("loss+rise", rise=v))
-    for key, values in (("attn_logit", (30.0, 50.0, 75.0, 100.0, 150.0, 200.0)), ("grad_jump", (5.0, 10.0, 30.0)),
-                        ("log_z", (5.0, 10.0, 20.0)), ("update_ratio", (0.01, 0.03, 0.1))):
+    for v in (30.0, 50.0, 75.0, 100.0, 150.0, 200.0):
+        for after in (0.7, 0.8):
+            out.append(_ours("loss+attn_logit", attn_logit=v, after=after))
+    for key, values in (("grad_jump", (5.0, 10.0, 30.0)), ("log_z", (5.0, 10.0, 20.0)),
+                        ("update_ratio", (0.01, 0.03, 0.1))):
         for v in values:
-            for after in (0.1, 0.2):
-                out.append(_ours(f"loss+{key}", **{key: v, "signal_after": after}))
+            out.append(_ours(f"loss+{key}", **{key: v}))
     return out
 
 
