@@ -120,7 +120,7 @@ def parse(spec: str | Mapping[str, Any], source: str | None = None) -> PrunerSet
             items[key.strip()] = value.strip()
     else:
         raise ConfigError(f"pruner: expected a preset name or a mapping, got {shown(spec)}", source)
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:  # a YAML list or mapping is no name (nor hashable)
         raise ConfigError(f"pruner: {shown(name)} is not a preset (allowed: {', '.join(PRESETS)})", source)
     values: dict[str, float | None] = {}
     for key, value in items.items():
@@ -138,12 +138,12 @@ def _number(key: str, value: Any, source: str | None) -> float | None:
         raise ConfigError(f"pruner.{key}: must be a number", source)
     try:
         v = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         v = math.nan
     lo, hi = _BOUNDS.get(key, (0.0, math.inf))
     if not (math.isfinite(v) and lo <= v <= hi and (v > 0 or key in _ZERO_OK)):
         raise ConfigError(f"pruner.{key}: {shown(value)} is not allowed (a number in "
-                          f"{'(' if key not in _ZERO_OK else '['}{lo:g}, {hi:g}]"
+                          f"{'(' if key not in _ZERO_OK else '['}{lo:g}, {hi:g}{']' if math.isfinite(hi) else ')'}"
                           f"{', or none to turn it off' if optional else ''})", source)
     return v
 

@@ -193,3 +193,30 @@ def test_a_duplicate_slurm_job_of_a_running_run_writes_nothing(tmp_path):
                                             text=True).stdout.split(), timeout=120)
     runs = store.load(spec.results).runs
     assert runs.job_id.tolist() == [job] and runs.status.tolist() == ["preempted"], runs[["status", "job_id"]]
+
+
+def test_slurm_grid_prunes_the_doomed_lr(tmp_path):
+    """The pruner under real sbatch: the doomed lr's job ends with its run recorded ``pruned``
+    (checkpoint kept), the other completes, and a second ``grid run`` submits nothing."""
+    from stability.config import config_from_json
+
+    from .test_pruner import GRID_BASE
+
+    spec_path = write_spec(tmp_path / "g.yaml", "prune", tmp_path / "res", executor=SLURM, base=GRID_BASE,
+                           space={"lr": [1e-3, 0.3]}, sampler={"name": "grid", "n": 1, "seed": 0})
+    out = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert out.returncode == 0, out.stderr
+    runs = store.load(tmp_path / "res").runs.set_index("lr")
+    assert runs.status.to_dict() == {1e-3: "completed", 0.3: "pruned"}, runs.status
+    assert (runs.pruned_at_step[0.3], runs.prune_rule[0.3]) == (1, "above")
+    assert json.loads(runs.prune_signals[0.3])["loss_window"] >= 1.5 * json.loads(runs.prune_signals[0.3])["ln_c"]
+    assert runs.slurm_job_id.str.fullmatch(r"\d+(_\d+)?").all()
+    assert checkpoint_path(config_from_json(runs.config_json[0.3])).exists()
+    spec = load_spec(spec_path)
+    ledger = read_ledger(spec.sweep_dir)
+    assert len(ledger) == 2
+    again = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert again.returncode == 0 and "submitted 0" in again.stdout, again.stdout + again.stderr
+    assert read_ledger(spec.sweep_dir) == ledger
+    status = json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)
+    assert (status["counts"]["pruned"], status["counts"]["completed"]) == (1, 1), status["counts"]

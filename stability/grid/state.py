@@ -60,8 +60,8 @@ def run_rows(results: str | Path, sweep: str, cache: dict | None = None, errors:
              ) -> pd.DataFrame:
     """The sweep's runs rows, only the columns state needs (``cache``: see ``store.read_table``;
     ``errors`` gets one line per unreadable file)."""
-    cols = ["run_id", "status", "stem", "optimizer", "epochs", "top1_err", "diverged_at_step",
-            "wall_time_s", "error", "finished_at", "init_top1_err", "collapsed"]
+    cols = ["run_id", "status", "stem", "optimizer", "epochs", "top1_err", "diverged_at_step", "pruned_at_step",
+            "prune_rule", "wall_time_s", "error", "finished_at", "init_top1_err", "collapsed"]
     return store.read_table(results, "runs", sweep=sweep, columns=cols, cache=cache, errors=errors)
 
 

@@ -2,7 +2,10 @@
 
 Only the controller opens this storage (one SQLite writer; jobs never touch it, so it is safe
 on NFS). Every finished point is told: completed -> COMPLETE with its mean top-1 error over
-seeds; diverged -> PRUNED at the step it diverged (intermediate value 100); failed -> FAIL. So
+seeds; diverged -> PRUNED at the step it diverged (intermediate value 100); stopped by the run's
+pruner (status ``pruned``) -> PRUNED at the earliest step it was pruned at (intermediate value: the
+top-1 error the pruned runs recorded), with ``pruned_at_step`` and ``prune_rule``; failed -> FAIL.
+A point with a failed run is FAIL, else one with a diverged run is told as diverged. So
 ``optuna-dashboard`` and ``optuna.visualization`` see every run, the unstable ones included.
 ``tpe`` asks its trials from these studies (in waves, or one per free slot: ``ask_free``).
 """
@@ -214,17 +217,19 @@ def tell(spec: GridSpec, plan: list[PlannedRun], runs: pd.DataFrame, storage,
             studies[(cell, stem)] = _study(spec, storage, cell_by_key.get(cell, {}), stem)
         study = studies[(cell, stem)]
         ids = [m.run_id for m in members]
+        verdict: dict[str, Any] = {}
         if RunStatus.FAILED in set(rows.status):
             state, value, inter = TrialState.FAIL, None, {}
         elif RunStatus.DIVERGED in set(rows.status):
             step = int(rows.diverged_at_step.dropna().min())
             state, value, inter = TrialState.PRUNED, None, {step: 100.0}
+            verdict = {"diverged_at_step": step}
+        elif RunStatus.PRUNED in set(rows.status):
+            state, value, inter, verdict = TrialState.PRUNED, None, *_pruned(rows)
         else:
             state, value, inter = TrialState.COMPLETE, float(rows.top1_err.mean()), {}
         attrs = {"run_ids": ids, "point": point, "stem": stem, "cell": cell,
-                 "statuses": rows.status.tolist(), "top1_err": rows.top1_err.tolist()}
-        if state == TrialState.PRUNED:
-            attrs["diverged_at_step"] = step
+                 "statuses": rows.status.tolist(), "top1_err": rows.top1_err.tolist(), **verdict}
         trials = study.get_trials(deepcopy=False)
         same = [t for t in trials if t.user_attrs.get("run_ids") == ids]
         if any(t.state == state and t.user_attrs.get("statuses") == attrs["statuses"] for t in same):
@@ -249,3 +254,17 @@ def tell(spec: GridSpec, plan: list[PlannedRun], runs: pd.DataFrame, storage,
             told[(cell, stem, point)] = outcome
         count += 1
     return count
+
+
+def _pruned(rows: pd.DataFrame) -> tuple[dict[int, float], dict[str, Any]]:
+    """A point's pruned runs as Optuna sees a pruned trial: one intermediate value at the
+    earliest step a run was pruned at (the mean top-1 error its pruned runs recorded; 100 when
+    none was), and that run's verdict (``pruned_at_step``, ``prune_rule``) as user attributes."""
+    hit = rows[rows.status == RunStatus.PRUNED]
+    at = pd.to_numeric(hit.get("pruned_at_step", pd.Series(None, index=hit.index)), errors="coerce")
+    first = hit.loc[at.idxmin()] if at.notna().any() else hit.iloc[0]
+    step = int(at.min()) if at.notna().any() else 0
+    err = pd.to_numeric(hit.top1_err, errors="coerce").mean()
+    rule = first.get("prune_rule")
+    return ({step: float(err) if err == err else 100.0},
+            {"pruned_at_step": step, "prune_rule": None if rule is None or rule != rule else str(rule)})
