@@ -24,11 +24,11 @@ from stability import store
 RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "epochs", "batch_size",
                "seed", "dataset", "params", "flops", "top1_err", "top5_err", "best_top1_err",
                "ema_top1_err", "test_top1_err", "test_ema_top1_err", "final_train_loss", "collapsed", "init_top1_err",
-               "diverged_at_step", "n_spikes",
+               "diverged_at_step", "pruned_at_step", "prune_rule", "n_spikes",
                "wall_time_s", "device", "slurm_job_id", "started_at", "finished_at", "error"]
 FILTERS = ("sweep", "model", "stem", "optimizer", "epochs", "dataset", "status")
 COUNT_COLUMNS = {*store.RunStatus, "runs", "collapsed", "planned", "total", "epochs", "seed", "batch_size",
-                 "diverged_at_step"}
+                 "diverged_at_step", "pruned_at_step"}
 PAGE_PREFIX = "p_"
 
 
@@ -375,11 +375,12 @@ def run_tables(keys: list[str]) -> dict[str, pd.DataFrame]:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def cached_edf(runs: pd.DataFrame, by: tuple[str, ...], relative: bool) -> pd.DataFrame:
-    """``analysis.edf`` with its bootstrap bands, cached on the (filtered) runs table."""
+def cached_edf(runs: pd.DataFrame, by: tuple[str, ...], relative: bool, pruned: str = "diverged") -> pd.DataFrame:
+    """``analysis.edf`` with its bootstrap bands, cached on the (filtered) runs table; ``pruned``:
+    how it scores pruned runs (``analysis.edf.PRUNED_AS``)."""
     from stability import analysis
 
-    return analysis.edf(runs, by=list(by), relative=relative)  # the library's defaults
+    return analysis.edf(runs, by=list(by), relative=relative, pruned=pruned)  # else the library's defaults
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

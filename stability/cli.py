@@ -68,8 +68,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not main_rank:
         return 0
     err = row.get("top1_err")
-    print(f"run {row['run_id']}: {row['status']}, top-1 error {err:.2f}%"
-          + (f" (diverged at step {row['diverged_at_step']})" if row["status"] == RunStatus.DIVERGED else ""))
+    stop = ""
+    if row["status"] == RunStatus.DIVERGED:
+        stop = f" (diverged at step {row['diverged_at_step']})"
+    elif row["status"] == RunStatus.PRUNED:  # its error is its last validation error
+        stop = " (its last validation error)"
+    print(f"run {row['run_id']}: {row['status']}, top-1 error {err:.2f}%{stop}")
     if row["status"] == RunStatus.PRUNED:
         print(f"pruned at step {row['pruned_at_step']} by rule {row['prune_rule']} ({row['prune_signals']}); "
               f"checkpoint kept at {checkpoint_path(cfg)}: --rerun continues it with the pruner off")
@@ -147,18 +151,20 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
 
 def _print_stems(stems: list[dict], say) -> None:
     """How each stem's finished runs ended, one line each, and a flag on a stem that never left
-    chance (every finished run at chance or diverged): the sweep's answer, not only its counts."""
+    chance (every finished run at chance, diverged or pruned): the sweep's answer, not only its counts."""
     from .analysis.findings import CHANCE
 
     if not any(o["runs"] for o in stems):
         return
-    say(f"per stem (at chance: error >= {CHANCE:g} x the error at init; median error: diverged at 100 %):")
+    say(f"per stem (at chance: error >= {CHANCE:g} x the error at init; median error: diverged"
+        + (" and pruned" if any(o.get("pruned") for o in stems) else "") + " at 100 %):")
     for o in stems:
         say("  " + o["line"])
     for o in stems:
         if o["never_left_chance"]:
             say(f"warning: {o['name']} never left chance: none of its {o['runs']} finished runs learned "
-                f"({o['at_chance']} at chance, {o['diverged']} diverged)")
+                f"({o['at_chance']} at chance, {o['diverged']} diverged"
+                + (f", {o['pruned']} pruned" if o.get("pruned") else "") + ")")
 
 
 def _print_plan(spec, dry) -> None:

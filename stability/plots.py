@@ -103,9 +103,11 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-EDF_VALUES = {"x", "F", "F_right", "F_lo", "F_hi", "F_lo_sim", "F_hi_sim", "dkw", "n", "n_diverged", "pooled"}
+EDF_VALUES = {"x", "F", "F_right", "F_lo", "F_hi", "F_lo_sim", "F_hi_sim", "dkw", "n", "n_diverged", "n_pruned",
+              "pruned_as", "pooled"}
 
 
+END_SYMBOLS = {"": "circle", "diverged": "x", "pruned": "diamond-open"}  # how a run ended, as a marker
 BANDS = {"pointwise": ("F_lo", "F_hi"), "simultaneous": ("F_lo_sim", "F_hi_sim"), "dkw": None}
 LINE_COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                "#bcbd22", "#7f7f7f"]
@@ -121,8 +123,9 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
     stratum: each value gets its own panel (small multiples, never merged into one plot), the
     hue follows ``by``; ``dash_by`` styles lines within a panel instead of splitting panels.
     ``band``: pointwise or simultaneous bootstrap, or DKW. Diverged runs (at 100%) are marked
-    with a cross at the top of their step; ``within`` draws the "within x points of the best"
-    line in relative mode; ``chance`` the error of an untrained model (absolute mode);
+    with a cross at the top of their step, and pruned runs with them when the EDF scores them as
+    diverged (``pruned_as``); a panel's title counts both; ``within`` draws the "within x points
+    of the best" line in relative mode; ``chance`` the error of an untrained model (absolute mode);
     ``full_axis`` fixes the x axis to 0–100 (else padded to the data so the last step shows)."""
     strata_cols = [c for c in points.columns if c not in EDF_VALUES and c not in (by, dash_by)]
     panels = list(points.groupby(strata_cols, observed=True, sort=True)) if strata_cols and len(points) \
@@ -134,8 +137,7 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
         key = key if isinstance(key, tuple) else (key,)
         head = " · ".join(f"{v} ep" if c == "epochs" else str(v) for c, v in zip(strata_cols, key, strict=True))
         ns = part.drop_duplicates([by] + ([dash_by] if dash_by else []))
-        count = ", ".join(f"{r[by]} n={int(r.n)}" + (f" ({int(r.n_diverged)} div.)" if r.n_diverged else "")
-                          for _, r in ns.iterrows())
+        count = ", ".join(f"{r[by]} n={int(r.n)}" + _stopped_text(r) for _, r in ns.iterrows())
         titles.append(f"{head}: {count}" if head else count)
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles, shared_xaxes="all", shared_yaxes="all",
                         vertical_spacing=min(0.12, 0.5 / nrows), horizontal_spacing=0.06)
@@ -158,6 +160,8 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
             x = [g.x.iloc[0]] + g.x.tolist()
             name = " / ".join(str(k) for k in key)
             n, nd = int(g.n.iloc[0]), int(g.n_diverged.iloc[0])
+            npr = int(g.n_pruned.iloc[0]) if "n_pruned" in g else 0
+            at_top = nd + (npr if _pruned_as(g.iloc[0]) == RunStatus.DIVERGED else 0)
             if BANDS.get(band):
                 lo_col, hi_col = BANDS[band]
                 lo, hi = g[lo_col].tolist(), g[hi_col].tolist()
@@ -175,12 +179,13 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
                                      hovertemplate="error %{x:.2f}<br>F %{y:.2f}<extra>" + name + f" (n={n})</extra>"),
                           row=row, col=col)
             shown.add(name)
-            if nd:
+            if at_top:
                 top = full.iloc[-1]
+                what = f"{nd} diverged" + (f" and {npr} pruned" if at_top > nd else "")
                 fig.add_trace(go.Scatter(x=[top.x], y=[top.F_right], mode="markers", legendgroup=name,
                                          showlegend=False, marker=dict(symbol="x", size=11, color=color,
                                                                        line=dict(width=2, color=color)),
-                                         hovertemplate=f"{nd} diverged run(s), counted at 100%<extra>{name}</extra>"),
+                                         hovertemplate=f"{what} run(s), counted at 100%<extra>{name}</extra>"),
                               row=row, col=col)
         if relative and within is not None:
             fig.add_vline(x=within, line=dict(color="#555", dash="dot", width=1), row=row, col=col,
@@ -208,11 +213,25 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
     return fig
 
 
+def _pruned_as(r) -> str:
+    """How an ``analysis.edf`` row scored its pruned runs (points of older code have no column)."""
+    return str(r["pruned_as"]) if "pruned_as" in r and isinstance(r["pruned_as"], str) else str(RunStatus.DIVERGED)
+
+
+def _stopped_text(r) -> str:
+    """" (k div., j pruned)" for an ``analysis.edf`` row: its diverged runs and its pruned runs, the
+    latter with how the EDF scored them where not as diverged ("at last error", "left out")."""
+    nd, npr = int(r.n_diverged), int(r.n_pruned) if "n_pruned" in r else 0
+    how = {"last": " at last error", "out": " left out"}.get(_pruned_as(r), "")
+    parts = ([f"{nd} div."] if nd else []) + ([f"{npr} pruned{how}"] if npr else [])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer", "epochs"),
                  chance: float | None = None) -> go.Figure:
     """Error vs lr and vs wd per stem (colour), log axes, one row per value of the ``facet``
     columns that vary (sweep, optimizer, epochs: never mixed in one panel); diverged runs as crosses at
-    100%; ``chance``: a dashed line at the error of an untrained model. A knob with one value in
+    100%, pruned runs (``pruned``, at 100%) as open diamonds; ``chance``: a dashed line at the error of an untrained model. A knob with one value in
     every run gets no panel (the title says its value). Hover names
     the run (``label`` if present); ``customdata`` is the run's ``key`` (else its id), so a click can
     open it."""
@@ -239,13 +258,15 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
                 # few percent on the log axis so no stem hides another (hover gives the true value).
                 paired = part.groupby("stem", observed=True)[knob].apply(frozenset).nunique() == 1
                 nudge = 10 ** (0.06 * (i - (len(stems) - 1) / 2)) if paired and len(stems) > 1 else 1.0
-                for diverged, sub in g.groupby("diverged"):
+                pruned = np.asarray(g.get("pruned", False), bool)  # older tables have no column
+                ends = np.where(g["diverged"].to_numpy(bool), "diverged", np.where(pruned, "pruned", ""))
+                for end, sub in g.groupby(ends):
                     label = sub["label"] if "label" in sub else sub["run_id"] if "run_id" in sub else sub[knob]
                     fig.add_trace(kind(
-                        x=sub[knob] * nudge, y=sub["err"], mode="markers", legendgroup=f"{stem}{diverged}",
-                        name=f"{stem}" + (" (diverged)" if diverged else ""),
-                        showlegend=col == 1 and r == 1, marker=dict(color=color, size=10 if diverged else 8,
-                                                                    symbol="x" if diverged else "circle",
+                        x=sub[knob] * nudge, y=sub["err"], mode="markers", legendgroup=f"{stem}{end}",
+                        name=f"{stem}" + (f" ({end})" if end else ""),
+                        showlegend=col == 1 and r == 1, marker=dict(color=color, size=10 if end else 8,
+                                                                    symbol=END_SYMBOLS[end],
                                                                     line=dict(width=0.5, color="white")),
                         customdata=np.stack([sub["key"] if "key" in sub else sub["run_id"] if "run_id" in sub
                                              else sub[knob], label, sub[knob]], axis=1),
@@ -464,7 +485,7 @@ def spike_count_figure(counts: pd.DataFrame, title: str = "Gradient-norm spikes 
 
 def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optimizer", "epochs")) -> go.Figure:
     """Parallel coordinates of the knobs that vary and the error, one line per run, coloured by
-    stem (``analysis.error_vs_hparams`` output; diverged runs at 100)."""
+    stem (``analysis.error_vs_hparams`` output; diverged and pruned runs at 100)."""
     stems = sorted(df["stem"].astype(str).unique())
     df = df.sample(frac=1.0, random_state=0)  # lines drawn in a mixed order: no stem hides under the other
     dims = []
@@ -489,7 +510,7 @@ def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optim
         fig.add_annotation(text=f"<b>━ {s}</b>", x=0.12 * i, y=1.25, xref="paper", yref="paper", showarrow=False,
                            xanchor="left", font=dict(color=color_of(s, i)))
     fig.update_layout(template="plotly_white", height=480, margin=dict(l=70, r=90, t=110, b=40),
-                      title="Runs across the knobs (lr, wd on log10 scales; diverged runs at 100%)")
+                      title="Runs across the knobs (lr, wd on log10 scales; diverged and pruned runs at 100%)")
     return fig
 
 
@@ -508,8 +529,8 @@ def importance_figure(imp: pd.DataFrame) -> go.Figure:
     return fig
 
 
-STATUS_COLORS = dict(zip(RunStatus, ["#2ca02c", "#d62728", "#7f7f7f", "#ff7f0e", "#1f77b4", "#aec7e8", "#c7c7c7"],
-                         strict=True))
+STATUS_COLORS = dict(zip(RunStatus, ["#2ca02c", "#d62728", "#9467bd", "#7f7f7f", "#ff7f0e", "#1f77b4", "#aec7e8",
+                                     "#c7c7c7"], strict=True))
 
 
 def status_figure(counts: pd.DataFrame) -> go.Figure:
@@ -542,8 +563,8 @@ def _panels(df: pd.DataFrame, axes: Sequence[str]) -> list[tuple[str, pd.DataFra
 def lr_curve_figure(res: Table, metric: str = "loss") -> go.Figure:
     """Final value vs peak lr (log x), one line per (stem, fix) and one panel per group
     (``analysis.lr_curves``: its ``by``, sweep, optimizer, epochs, wd ... never mixed): the mean
-    over seeds of min(value, ℓ₀); a point where a run diverged (or its value was not finite) is a
-    cross at ℓ₀, the loss at init, drawn dotted per line (Wortsman et al. 2023, Fig. 1)."""
+    over seeds of min(value, ℓ₀); a point where a run diverged (or its value was not finite) or was
+    pruned is a cross at ℓ₀, the loss at init, drawn dotted per line (Wortsman et al. 2023, Fig. 1)."""
     curves = res.table
     panels = _panels(curves, res.by)
     fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[t for t, _ in panels],
@@ -556,16 +577,18 @@ def lr_curve_figure(res: Table, metric: str = "loss") -> go.Figure:
             name = f"{stem} / {fix}"
             color = color_of(stem, stems.index(str(stem)))
             dash = DASHES[fixes.index(str(fix)) % len(DASHES)]
+            g = g.assign(pruned=g.get("pruned", False))  # older tables have no column
             pts = g.groupby("lr").agg(y=("clipped", "mean"), l0=("l0", "mean"), n=("clipped", "size"),
-                                      div=("diverged", "sum")).reset_index().sort_values("lr")
+                                      nd=("diverged", "sum"), npr=("pruned", "sum")).reset_index().sort_values("lr")
+            pts["div"] = pts["nd"] + pts["npr"]
             fig.add_trace(go.Scatter(
                 x=pts.lr, y=pts.y, mode="lines+markers", name=name, legendgroup=name, showlegend=name not in shown,
                 line=dict(color=color, dash=dash, width=2),
                 marker=dict(color=color, size=[12 if d else 8 for d in pts["div"]],
                             symbol=["x" if d else "circle" for d in pts["div"]]),
-                customdata=np.stack([pts.n, pts["div"]], axis=1),
+                customdata=np.stack([pts.n, pts["nd"], pts["npr"]], axis=1),
                 hovertemplate="lr %{x:.3g}: %{y:.4g} (mean of %{customdata[0]} run(s), %{customdata[1]} "
-                              "diverged: at ℓ₀)<extra>" + name + "</extra>"), row=r, col=1)
+                              "diverged and %{customdata[2]} pruned: at ℓ₀)<extra>" + name + "</extra>"), row=r, col=1)
             shown.add(name)
             fig.add_trace(go.Scatter(x=[pts.lr.min(), pts.lr.max()], y=[pts.l0.mean()] * 2, mode="lines",
                                      legendgroup=name, showlegend=False, hoverinfo="skip",
@@ -573,7 +596,8 @@ def lr_curve_figure(res: Table, metric: str = "loss") -> go.Figure:
         fig.update_xaxes(type="log", title_text="peak lr", tickangle=0, **log_ticks(curves.lr), row=r, col=1)
         fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), row=r, col=1)
     fig.update_layout(template="plotly_white", height=max(420, 340 * len(panels)), legend_title="stem / fix",
-                      title=f"{METRIC_LABELS.get(metric, metric).capitalize()} vs lr (× diverged, at ℓ₀; dotted: ℓ₀, at init)")
+                      title=f"{METRIC_LABELS.get(metric, metric).capitalize()} vs lr (× diverged or pruned, at ℓ₀; "
+                            "dotted: ℓ₀, at init)")
     return fig
 
 
@@ -593,9 +617,11 @@ def lr_sensitivity_figure(res: Table) -> go.Figure:
             marker=dict(color=color_of(stem, stems.index(str(stem))), size=11),
             error_y=dict(type="data", symmetric=False, array=(g.hi - g.sensitivity).to_numpy(float),
                          arrayminus=(g.sensitivity - g.lo).to_numpy(float), thickness=1.5, width=6),
-            customdata=np.stack([g.n_seeds, g.n_lr, g.n_diverged, g.lo, g.hi], axis=1),
+            customdata=np.stack([g.n_seeds, g.n_lr, g.n_diverged, g.lo, g.hi,
+                                 g.n_pruned if "n_pruned" in g else np.zeros(len(g))], axis=1),
             hovertemplate="%{x}: %{y:.4g} [%{customdata[3]:.4g}, %{customdata[4]:.4g}]<br>%{customdata[0]} seed(s), "
-                          "%{customdata[1]} lrs, %{customdata[2]} diverged run(s)<extra>" + str(stem) + "</extra>"))
+                          "%{customdata[1]} lrs, %{customdata[2]} diverged and %{customdata[5]} pruned run(s)"
+                          "<extra>" + str(stem) + "</extra>"))
     metric = str(sens["metric"].iloc[0]) if len(sens) and "metric" in sens else "loss"
     fig.update_layout(template="plotly_white", height=400, legend_title="stem", xaxis_title="fix",
                       scattermode="group",  # stems side by side at each fix, not on top of each other

@@ -65,12 +65,15 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str) -> 
 
     keys = analysis.strata(runs)  # the strata, named (stem_outcomes' default grouping)
     out = analysis.stem_outcomes(runs, by=keys)
+    pruned = bool(len(out) and out["pruned"].any())  # a pruner stopped runs: counted beside diverged
     rows = []
     for r in out.itertuples(index=False):
         r = r._asdict()
         n = int(r["runs"])
         row = {k: r[k] for k in keys} | {"stem": r["stem"], "finished runs": n}
         row["diverged"] = f"{r['diverged']} ({cell(r['diverged_pct'])} %)" if n else "0"
+        if pruned:
+            row["pruned"] = f"{r['pruned']} ({cell(r['pruned_pct'])} %)" if n else "0"
         row["stuck at chance"] = f"{r['at_chance']} ({cell(r['at_chance_pct'])} %)" if n else "0"
         row["median error (n)"] = f"{cell(r['median_err'])} % (n = {n})" if n else "n/a (n = 0)"
         row["best error"] = f"{cell(r['best_err'])} %" if n else "n/a"
@@ -82,6 +85,8 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str) -> 
     head = ("<h2 id='findings'>Findings: how each stem's runs ended</h2>"
             f"<p>Per {html.escape(' × '.join(keys) or 'sweep')} (never pooled) and stem. <b>Diverged</b>: a "
             "non-finite loss or one past the divergence bound (counted at 100 % error in the medians). "
+            + ("<b>Pruned</b>: stopped early by the run's pruner as doomed (counted apart, and at 100 % error "
+               "like a diverged run; never as completed). " if pruned else "") +
             f"<b>Stuck at chance</b>: completed with a top-1 error ≥ {findings.CHANCE:g} × its error at "
             "initialisation (the error of an untrained model). <b>Never left chance</b>: no run of the stem "
             "learned anything.</p>")
@@ -98,7 +103,7 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str) -> 
         if key not in done:
             name = analysis.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
             lines.append((name, f"no verdict (only {', '.join(map(str, g['stem']))} ran here: nothing to compare)"))
-    rule = (f"<p class='dim'>Verdict: the median error of b − a (diverged runs at 100) with its 90 % bootstrap "
+    rule = (f"<p class='dim'>Verdict: the median error of b − a (diverged and pruned runs at 100) with its 90 % bootstrap "
             f"interval; a two-sided permutation test of it, Holm-adjusted over the strata, at "
             f"α = {stems.ALPHA:g}. No verdict where a stem has fewer than {stems.MIN_RUNS} finished runs or "
             "both stems never left chance.</p>")
@@ -133,6 +138,8 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
     for r in worst.itertuples():
         trace = analysis.downsample(analysis.mark_spikes(gn[gn.run_id == r.run_id]), 2000)
         how = f"{r.status}, stuck at chance" if chance.get(r.run_id) else str(r.status)
+        if r.pruned:  # scored as diverged (the EDF's default); its own last error said beside
+            how = f"pruned at a last error of {cell(r.top1_err)} %, scored as diverged"
         figures.append((f"Worst {r.stem} run ({r.run_id}, {how}, top-1 error {cell(r.err)} %): gradient norms "
                         "per layer",
                         plots.spike_figure(trace, analysis.downsample(steps[steps.run_id == r.run_id], 3000, value="loss"))))
@@ -146,7 +153,9 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>stability report: {html.escape(sweep)}</title>"
             f"<style>{STYLE}</style></head><body>"
             f"<h1>Sweep {html.escape(sweep)}</h1><p>{len(runs)} runs ({html.escape(counts)}) from "
-            f"<code>{html.escape(str(root))}</code>; made {stamp}. Diverged runs count at 100% error. "
+            f"<code>{html.escape(str(root))}</code>; made {stamp}. Diverged runs count at 100% error"
+            + (", and so do pruned runs (stopped early by their pruner as doomed; counted apart)"
+               if runs.status.eq(store.RunStatus.PRUNED).any() else "") + ". "
             f"Grouped by {html.escape(' × '.join(by))}: nothing pooled.</p>"
             + (f"<p style='color:#b00'><b>{len(bad)} unreadable result file(s)</b>, left out of everything below "
                "(their runs are missing or lack curves; <code>stability grid run</code> quarantines them and "
@@ -199,8 +208,8 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
     the page (the report's first figure)."""
     out = ["<h2 id='lr-sensitivity'>LR sensitivity and attention-logit growth (Wortsman et al. 2023)</h2>",
            "<p>LR sensitivity = E<sub>η</sub>[min(ℓ(η), ℓ<sub>0</sub>) − ℓ*] over the lrs of runs that differ only "
-           "in lr and seed: ℓ the final value, ℓ<sub>0</sub> the value at init (a diverged run counts as "
-           "ℓ<sub>0</sub>), ℓ* the best over the range; per seed, then the mean with a 90% bootstrap interval "
+           "in lr and seed: ℓ the final value, ℓ<sub>0</sub> the value at init (a diverged or pruned run counts "
+           "as ℓ<sub>0</sub>), ℓ* the best over the range; per seed, then the mean with a 90% bootstrap interval "
            "over seeds. Lower is less sensitive. Groups: every design axis and fixed hyper-parameter that "
            "varies, nothing pooled; one line per stem and fix (docs/methodology.md).</p>"]
     for metric, label in (("loss", "final validation loss"), ("top1_err", "top-1 error (%)")):
@@ -239,7 +248,8 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
                f"permutation p-values; the lr raises both logit and failure, so only the one-lr AUC says whether "
                f"the logit tells more than the lr. <code>loss_auc</code>: the same for the training loss at that "
                f"step, the baseline a warning signal has to beat. Per line, then pooled over stems and fixes. "
-               f"Runs that diverged before the step are counted apart.</p>" + _note(at.note))
+               f"Runs that diverged before the step are counted apart; pruned runs are left out (whether they "
+               f"would have diverged or collapsed is unknown), counted in the note.</p>" + _note(at.note))
     if not at.table.empty:
         aucs = [analysis.attn_logit_auc(runs, gn, outcome=o, by=b, steps=steps)
                 for o in attn.OUTCOMES for b in (None, axes)]

@@ -9,7 +9,7 @@ import pytest
 from .conftest import ROOT
 
 PKG = ROOT / "stability"
-STATUS_NAMES = {"completed", "diverged", "failed", "preempted", "running", "pending", "missing"}
+STATUS_NAMES = {"completed", "diverged", "pruned", "failed", "preempted", "running", "pending", "missing"}
 
 
 def _module(path: Path) -> str:

@@ -231,3 +231,36 @@ def test_edf_pooling_warns_and_the_axis_can_be_fixed(tmp_path, dash_results):
         at.toggle(key="p_edf_pool").set_value(True).run()
     assert not at.exception
     assert any("Pooled here: sweep" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
+def test_edf_scores_pruned_runs_as_the_control_says(tmp_path, dash_results):
+    """A run rewritten as pruned (stopped early by its pruner): scored as diverged by default, at
+    its last error or left out on request; the caption names the choice and the count, the
+    summary counts it whatever the choice, and the Overview and Runs pages list it apart."""
+    root = tmp_path / "r"
+    shutil.copytree(dash_results, root)
+    runs = store.read_table(root, "runs", sweep="dash")
+    row = runs[runs.status.eq(str(store.RunStatus.COMPLETED)) & runs.stem.eq("conv")].iloc[0]
+    rec = row.drop(labels=["sweep"]).to_dict() | {"status": str(store.RunStatus.PRUNED), "pruned_at_step": 5,
+                                                  "prune_rule": "loss_ratio", "top1_err": 50.0}
+    store.write_run(root, "dash", row.run_id, {"runs": [rec]})
+    at = _app(root, "views/edf.py")
+    assert at.radio(key="p_edf_pruned").value == "diverged"
+    for choice, n_conv, said in (("diverged", 6, "at 100% like diverged runs"), ("last", 6, "at their last "
+                                 "validation error"), ("out", 5, "left out of the EDF")):
+        with _root(root):
+            at.radio(key="p_edf_pruned").set_value(choice).run()
+        assert not at.exception, [e.value for e in at.exception]
+        caption = " ".join(c.value for c in at.caption)
+        assert f"pruned runs (stopped early as doomed by their pruner): 1, scored {said}" in caption, caption
+        summary = at.dataframe[0].value.set_index("stem")
+        assert summary.loc["conv", "pruned"] == 1 and summary.loc["conv", "runs"] == n_conv, choice
+        assert _query(at, "p_edf_pruned") == ([None] if choice == "diverged" else [choice])
+    with _root(root):
+        at.switch_page("views/overview.py").run()
+    assert not at.exception
+    assert at.dataframe[0].value.set_index("stem").loc["conv", "pruned"] == 1
+    assert any(m.label == "pruned" and m.value == "1" for m in at.metric), [(m.label, m.value) for m in at.metric]
+    with _root(root):
+        at.switch_page("views/runs.py").run()
+    assert not at.exception and (at.dataframe[0].value.status == "pruned").sum() == 1

@@ -124,8 +124,8 @@ def test_report_findings_per_stratum_and_the_run_stuck_at_chance(tmp_path):
     assert "<td>13 % (n = 4)</td>" in top and "<td>87.5 % (n = 4)</td>" in top  # the medians
     assert re.search(r"<li><b>optimizer adamw</b>: conv lower: median patchify − conv = \+74\.50 points "
                      r"\[[^]]+\], n = 4 vs 4 \(permutation p = [\d.]+, one stratum: [\d.]+ ≤ 0\.1\)</li>", top)
-    assert ("<li><b>optimizer sgd</b>: no verdict (both stems sit at chance (or diverged) in every run: "
-            "nothing learned to compare)</li>") in top
+    assert ("<li><b>optimizer sgd</b>: no verdict (both stems sit at chance (or diverged, or were pruned) in "
+            "every run: nothing learned to compare)</li>") in top
     # the worst patchify run completed but learned nothing: its heading says both
     assert re.search(r"Worst patchify run \(adamwp3, completed, stuck at chance, top-1 error 89 %\)", page)
     assert re.search(r"Worst conv run \(sgdc3, completed, stuck at chance, top-1 error 88 %\)", page)

@@ -1,9 +1,11 @@
 """EDF: error distribution per stem (one line per sweep x optimizer x epochs ... unless pooled on
-purpose) with bands, the Δ-to-best view, the summary and the signed/paired comparison."""
+purpose) with bands, the Δ-to-best view, the summary and the signed/paired comparison; pruned runs
+scored as the page's control says (``analysis.edf.PRUNED_AS``, default as diverged)."""
 
 import streamlit as st
 
 from stability import analysis, plots
+from stability.analysis.edf import PRUNED_AS
 from stability.dashboard.common import (
     cached_compare,
     cached_edf,
@@ -13,6 +15,7 @@ from stability.dashboard.common import (
     table,
     verdict_lines,
 )
+from stability.store import RunStatus as S
 
 
 def _pooling_warning(runs, pooled: str) -> None:
@@ -31,6 +34,19 @@ def _pooling_warning(runs, pooled: str) -> None:
             msg += (f" **Pooling changes the picture**: pooled, {best_all} has the lower median error, but not in "
                     + ", ".join(flips[:6]) + (" …" if len(flips) > 6 else "") + ". Turn pooling off to see each.")
     st.warning(msg)
+
+
+PRUNED_LABELS = dict(zip(PRUNED_AS, ("diverged (100%)", "their last error", "left out"), strict=True))
+
+
+def _pruned_caption(scored: str, n: int) -> str:
+    """The policy and how many pruned runs it scored, for the figure's caption."""
+    if not n:
+        return "no run of the selection was pruned."
+    how = {PRUNED_AS[0]: "at 100% like diverged runs (marked × with them)",
+           PRUNED_AS[1]: "at their last validation error",
+           PRUNED_AS[2]: "left out of the EDF (counted in the summary)"}[scored]
+    return f"pruned runs (stopped early as doomed by their pruner): {n}, scored {how}."
 
 
 st.title("Error EDF per stem")
@@ -53,15 +69,25 @@ if runs is not None:
     full_axis = control(st.toggle, "error axis 0–100 %", key="p_edf_full", default=False,
                         help="Fix the x axis to the whole error range, so that a few points between runs at "
                              "chance do not fill the plot and look like an effect (off: zoom to the data)")
+    scored = control(st.radio, "pruned runs scored as", list(PRUNED_AS), key="p_edf_pruned", default=PRUNED_AS[0],
+                     horizontal=True, format_func=PRUNED_LABELS.get,
+                     help="A pruned run was stopped early by its pruner as doomed (it would have diverged or "
+                          "ended at chance). diverged: at 100% like a diverged run (the default: dropping them "
+                          "hides the instability measured); last: at its last validation error; out: left out "
+                          "of the EDF (still counted in the summary). docs/methodology.md, \"Pruned runs in "
+                          "the EDF\"")
     within = None
     if relative:
         within = control(st.slider, "within x points of the best", 0.0, 20.0, key="p_edf_within",
                          default=4.0, step=0.5,
                          help="The paper's Fig. 5 reads the fraction of runs within 4 points of the best")
     by = ["stem"] if pool else analysis.default_by(runs)
-    points = cached_edf(runs, tuple(by), relative)
+    points = cached_edf(runs, tuple(by), relative, scored)
+    n_pruned = int(runs.status.eq(S.PRUNED).sum())
     if points.empty:
-        st.info("No finished runs match the filters.")
+        st.info(f"Every finished run of the selection was pruned ({n_pruned}), and pruned runs are left out: "
+                "score them another way to see them." if n_pruned and scored == PRUNED_AS[2]
+                else "No finished runs match the filters.")
     else:
         pooled = points["pooled"].iloc[0] if "pooled" in points and len(points) else ""
         if pooled:
@@ -72,16 +98,21 @@ if runs is not None:
         st.plotly_chart(fig, width="stretch", key="edf_chart")
         st.caption("One panel per stratum (sweep, optimizer, epochs …), one line per stem; F(e) = fraction of "
                    "runs with error at or below e; diverged runs count at 100% (marked ×; never dropped); "
-                   "failed, preempted and running runs are left out and counted below. Dashed: chance (the "
+                   f"{_pruned_caption(scored, n_pruned)} "
+                   "Failed, preempted and running runs are left out and counted below. Dashed: chance (the "
                    "error at init). Relative mode: error minus the best run of the same line, the best "
                    "re-chosen in every bootstrap resample." + ("" if pooled else " Nothing is pooled."))
         st.subheader("Summary" + (" (Δ to each line's best, points)" if relative else " (top-1 error, %)"))
         ws = sorted({1.0, 2.0, 5.0} | ({within} if within is not None else set()))
-        table(analysis.summary(runs, by=by, relative=relative, within=ws), key="edf_summary", whole=True)
+        table(analysis.summary(runs, by=by, relative=relative, within=ws, pruned=scored), key="edf_summary",
+              whole=True)
         st.subheader("Comparison between stems")
         go = len(runs) <= 3000 or st.button(f"Compute the comparison for {len(runs):,} runs (bootstrap and "
                                             "permutation tests: a few seconds)", key="edf_compute")
         if go:
+            if n_pruned and scored != PRUNED_AS[0]:  # the comparison keeps the library's default
+                st.caption(f"The comparison and verdicts score the {n_pruned} pruned run(s) as diverged (the "
+                           "default), whatever the choice above.")
             verdict_lines(runs, key="edf_verdicts", ready=True)
         cmp = cached_compare(runs, relative) if go else None
         if cmp is not None and not cmp.empty:

@@ -1,5 +1,5 @@
 """Hyperparameters: parallel coordinates of every run (lr, wd, optimizer, epochs -> error,
-coloured by stem) and fANOVA hyperparameter importance per stem, diverged runs included."""
+coloured by stem) and fANOVA hyperparameter importance per stem, diverged and pruned runs included."""
 
 import streamlit as st
 
@@ -24,7 +24,7 @@ if runs is not None:
     else:
         shown = df.sample(PARALLEL_LINES, random_state=0) if len(df) > PARALLEL_LINES else df
         st.plotly_chart(plots.parallel_figure(shown), width="stretch", key="hp_parallel")
-        st.caption("Drag along an axis to select a range. Diverged runs sit at 100% error."
+        st.caption("Drag along an axis to select a range. Diverged and pruned runs sit at 100% error."
                    + (f" {PARALLEL_LINES:,} of the {len(df):,} runs are drawn (a seeded sample)."
                       if len(df) > PARALLEL_LINES else ""))
         st.subheader("Hyperparameter importance")

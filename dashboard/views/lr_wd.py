@@ -16,7 +16,7 @@ if runs is not None:
         event = st.plotly_chart(plots.lr_wd_figure(df, chance=analysis.chance_error(runs)), width="stretch",
                                 key="lrwd_scatter",
                                 on_select="rerun", selection_mode="points")
-        st.caption("Colour: stem; × at 100%: diverged; dashed: chance (the error at init). One row per sweep, "
+        st.caption("Colour: stem; × at 100%: diverged; ◇ at 100%: pruned; dashed: chance (the error at init). One row per sweep, "
                    "optimizer and training length. Where stems share their lr (or wd) values, each stem is "
                    "nudged a few percent sideways so none hides another; hover gives the true value. "
                    "Click a point to open its run.")

@@ -34,7 +34,7 @@ if runs is not None:
         if tl.n.lt(3).any():
             thin = tl[tl.n.lt(3)]
             st.warning(f"{len(thin)} point(s) rest on fewer than 3 runs"
-                       + (f", {int(thin.best.ge(100).sum())} of them only diverged runs (drawn ×)"
+                       + (f", {int(thin.best.ge(100).sum())} of them only diverged or pruned runs (drawn ×)"
                           if thin.best.ge(100).any() else "") + ": one run is not a best over lr.")
         table(tl, key="len_table")
         st.caption("best: the lowest error of the runs at that length (n of them); vs_longest: best minus "

@@ -1,5 +1,5 @@
 """Overview: the findings first (per stratum and stem how the runs ended, the stem verdicts, and
-the verdicts of the last ``stability reproduce`` on this root), then per sweep what is planned, pending, running, done, diverged and failed (from the
+the verdicts of the last ``stability reproduce`` on this root), then per sweep what is planned, pending, running, done, diverged, pruned and failed (from the
 sweep's own record: plan and job ledger), ETA, failures with their error and log tail; it
 refreshes every 5 s while runs are live."""
 
@@ -80,21 +80,23 @@ def findings(runs: pd.DataFrame) -> None:
     for _, part in (t.groupby(strata_cols, observed=True, sort=True) if strata_cols else [((), t)]):
         dead = part[part.never_left_chance]
         if len(dead) and len(dead) == len(part):
-            flags.append(f"**{where(part.iloc[0])}**: every run of every stem sits at chance or diverged: "
+            flags.append(f"**{where(part.iloc[0])}**: every run of every stem sits at chance, diverged or was pruned: "
                          "no stem learned, so nothing here says which is more stable.")
         for _, r in dead.iterrows() if len(dead) != len(part) else []:
             flags.append(f"**{where(r)} · {r['stem']}**: 0 of {int(r['runs'])} runs left chance "
-                         f"({int(r['at_chance'])} at chance, {int(r['diverged'])} diverged; median error "
+                         f"({int(r['at_chance'])} at chance, {int(r['diverged'])} diverged"
+                         + (f", {int(r['pruned'])} pruned" if r["pruned"] else "") + "; median error "
                          f"{r['median_err']:.1f}%, chance {_fmt(r['chance_err'], '.1f')}%).")
     for f in flags:
         st.warning(f)
     shown = t.drop(columns=["never_left_chance"]).assign(
         **{"left chance": t.never_left_chance.map({True: "never", False: "yes"})})
     table(shown, key="overview_findings", whole=True)
-    st.caption("Per stratum (sweep, optimizer, epochs …: never pooled) and stem. runs: finished (completed or "
-               "diverged); at_chance: completed with an error ≥ 0.9 × the error at init (the report's rule); "
-               "learned: the rest; median_err and best_err count diverged runs at 100%; chance_err: the error "
-               "at init; left_out: failed, preempted or running.")
+    st.caption("Per stratum (sweep, optimizer, epochs …: never pooled) and stem. runs: finished (completed, "
+               "diverged or pruned); pruned: stopped early by the run's pruner as doomed (counted apart, never as "
+               "completed); at_chance: completed with an error ≥ 0.9 × the error at init (the report's rule); "
+               "learned: the rest; median_err and best_err count diverged and pruned runs at 100%; chance_err: "
+               "the error at init; left_out: failed, preempted or running.")
     st.markdown("**Stem verdicts** (median error b − a, 90% bootstrap interval; permutation test, Holm over "
                 "strata at 10%; none where a side has fewer than 4 runs or both stems sit at chance)")
     verdict_lines(runs, key="overview_verdicts")
@@ -120,10 +122,10 @@ def body() -> None:
     findings(runs)
     st.subheader("Sweeps")
     finished = pd.to_datetime(runs["finished_at"], utc=True).max()
-    c = st.columns(5)
+    c = st.columns(6)
     c[0].metric("sweeps", runs.sweep.nunique())
     c[1].metric("runs", len(runs))
-    for col, s in zip(c[2:], (S.DIVERGED, S.FAILED, S.RUNNING), strict=True):
+    for col, s in zip(c[2:], (S.DIVERGED, S.PRUNED, S.FAILED, S.RUNNING), strict=True):
         col.metric(s, int(runs.status.eq(s).sum()))
     st.caption("Last result: " + ("none yet" if pd.isna(finished) else finished.strftime("%Y-%m-%d %H:%M UTC")))
     rows, failures = [], []

@@ -54,9 +54,10 @@ def curves(chosen: list[str], info: pd.DataFrame, labels: dict[str, str]) -> Non
                 fig.add_trace(line(x=s.step, y=s.lr, name=name, mode="lines", showlegend=False, **common), 1, 2)
                 fig.add_trace(line(x=s.step, y=s.grad_norm, name=name, mode="lines", showlegend=False, **common), 2, 2)
             if not len(e):
-                stop = info.loc[rid, "diverged_at_step"]
-                no_epoch.append(f"{name}: " + (f"diverged at step {int(stop)}, " if stop == stop and stop is not None
-                                               else "") + "before its first validation")
+                pruned = info.loc[rid, "status"] == S.PRUNED
+                stop = info.loc[rid, "pruned_at_step" if pruned else "diverged_at_step"]
+                no_epoch.append(f"{name}: " + (f"{'pruned' if pruned else 'diverged'} at step {int(stop)}, "
+                                               if stop == stop and stop is not None else "") + "before its first validation")
             if len(e):
                 fig.add_trace(go.Scatter(x=e.epoch + 1, y=e.val_top1_err, name=name, mode="lines+markers",
                                          showlegend=not len(s), **common), 2, 1)
@@ -94,7 +95,7 @@ if runs is not None:
     c2.download_button("Download parquet", buf.getvalue(), "runs.parquet", "application/octet-stream")
 
     order = runs.sort_values(["status", "sweep", "stem", "lr"], key=lambda s: s.map(
-        {S.COMPLETED: 0, S.DIVERGED: 1}).fillna(2) if s.name == "status" else s)
+        {S.COMPLETED: 0, S.DIVERGED: 1, S.PRUNED: 2}).fillna(3) if s.name == "status" else s)
     labels = dict(zip(order.key, order.label + " · " + order.status, strict=True))
     first = order.key.tolist()[:1]
     chosen = control(st.multiselect, "open runs (overlaid)", order.key.tolist(), key="p_runs_open",
@@ -102,6 +103,12 @@ if runs is not None:
                      help="Up to 8 runs (the first 8 when you select all); their curves share the axes below")
     info = runs.set_index("key")
     for rid in chosen:
+        if info.loc[rid, "status"] == S.PRUNED:
+            step, rule = info.loc[rid, "pruned_at_step"], info.loc[rid, "prune_rule"]
+            st.info(f"{labels[rid]}: pruned" + (f" at step {int(step)}" if pd.notna(step) else "")
+                    + (f" by {rule}" if isinstance(rule, str) else "") + ": stopped early by its pruner as doomed; "
+                    "its curves end there, and its top-1 error is its last validation error (the EDF scores it "
+                    "as diverged by default).")
         if info.loc[rid, "status"] in (S.FAILED, S.PREEMPTED):
             st.info(f"{labels[rid]}: stopped early"
                     + (f" ({str(info.loc[rid, 'error'])[:200]})" if isinstance(info.loc[rid, "error"], str) else "")

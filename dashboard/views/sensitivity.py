@@ -1,5 +1,5 @@
 """LR sensitivity (Wortsman et al. 2023): final validation loss or error vs lr per group, one line
-per stem and fix with diverged runs at the value at init; the sensitivity per line with its
+per stem and fix with diverged (and pruned) runs at the value at init; the sensitivity per line with its
 interval over seeds and the signed differences; does a large attention logit early in training
 go with divergence?"""
 
@@ -77,7 +77,7 @@ if runs is not None:
         pooled = ",".join(curves.pooled)
         st.caption("One panel per group (runs equal in everything but lr and seed: sweeps, optimizers, "
                    "lengths, wd … never mixed), one line per stem / fix (dash: fix), the mean over seeds of "
-                   "min(ℓ, ℓ₀); × a diverged run (or a non-finite loss), counted at ℓ₀; dotted: ℓ₀."
+                   "min(ℓ, ℓ₀); × a diverged or pruned run (or a non-finite loss), counted at ℓ₀; dotted: ℓ₀."
                    + (f" **Pooled here: {pooled}.**" if pooled else " Nothing is pooled."))
         st.subheader("LR sensitivity per stem and fix")
         _say(sens)

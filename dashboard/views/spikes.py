@@ -122,7 +122,9 @@ elif traced is not None:
             unjudged.append(_why_unjudged(row.label, marked, per_layer, window, min_points))
         small = analysis.downsample(marked, max_points=2000)
         steps = analysis.downsample(steps, 3000, value="loss") if len(steps) else steps
-        err = f"{row.top1_err:.1f}%" if row.status == RunStatus.COMPLETED else "100% (diverged)"
+        err = (f"{row.top1_err:.1f}%" if row.status == RunStatus.COMPLETED
+               else f"{row.top1_err:.1f}% when pruned (scored 100%)" if row.status == RunStatus.PRUNED
+               and pd.notna(row.top1_err) else f"100% ({row.status})")
         title = f"{row.label} · top-1 err {err}"
         if layout.startswith("overlay"):
             overlay.append((row.label, small, steps))

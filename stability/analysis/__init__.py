@@ -22,6 +22,7 @@ from .attention import attn_logit_at, attn_logit_auc, attn_logit_divergence, auc
 from .compare import compare, paired_differences, verdict_text
 from .edf import (
     DIVERGED_ERROR,
+    PRUNED_AS,
     at_chance,
     default_by,
     delta_to_best,
@@ -81,7 +82,7 @@ from .sweeps import (
 from .tables import Table, group_text, row_group, value_text
 
 __all__ = [
-    "DIVERGED_ERROR", "SpikeParams", "Table", "boot_ci", "group_text", "median_perm_p", "newcombe", "row_group",
+    "DIVERGED_ERROR", "PRUNED_AS", "SpikeParams", "Table", "boot_ci", "group_text", "median_perm_p", "newcombe", "row_group",
     "value_text", "wilson", "at_chance", "area_between", "attn_logit_at", "attn_logit_auc", "attn_logit_divergence",
     "auc_lines", "auc_verdict", "best_configs",
     "compare", "correct_of", "count_spikes", "holm", "mcnemar_exact", "mcnemar_runs", "mde_sign_flip",

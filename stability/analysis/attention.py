@@ -12,6 +12,10 @@ outcome (``OUTCOMES``) is ``diverged`` or ``unstable``: diverged or collapsed (n
 chance), the small-model instability of Wortsman et al., whose high-lr runs end at a loss near
 ℓ₀ rather than a non-finite one.
 
+Pruned runs (stopped early by the run's pruner as doomed) are left out of every table here, and
+counted in the note: whether one would have diverged is unknown, and calling it unstable would
+take the pruner's own early-signal prediction as the outcome an early signal is scored against.
+
 Groups are those of the LR-sensitivity study (``sensitivity``): runs equal in everything but lr
 and seed, one line per (stem, fix). Every function returns a ``tables.Table`` (rows, ``by``, a
 ``note``); results written before the logits were traced give an empty table whose note says why.
@@ -81,14 +85,17 @@ def attn_logit_at(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None
         ``collapsed``), ``at_step`` and ``logit_max`` (the max over layers there). A diverged
         run without a logit there has ``ended_before`` True: nothing can warn of it at that step
         (it diverged before the step or before the next traced step, or was not traced). A
-        completed run not traced that far has no logit either (said in the note).
+        completed run not traced that far has no logit either (said in the note). Pruned runs
+        are left out (their outcome is unknown), counted in the note.
     """
     _check_early(step, fraction)
     cols = ["stem", "fix", "seed", "lr", "diverged", "unstable", "at_step", "logit_max", "ended_before"]
     miss = missing_columns(runs, ["run_id", "status", "lr"]) + missing_columns(grad_norms, ["run_id", "step", "attn_logit_max"])
     if miss:
         return noted(pd.DataFrame(columns=cols), (), older_results(miss, "the attention-logit table"))
-    df, axes = fixed_axes(runs[runs["status"].isin(DONE)], SERIES)
+    done = runs[runs["status"].isin(DONE)]
+    cut = done["status"].eq(RunStatus.PRUNED)
+    df, axes = fixed_axes(done[~cut], SERIES)
     if "seed" not in df.columns:
         df = df.assign(seed=0)
     join = [c for c in ("sweep", "run_id") if c in df.columns and c in grad_norms.columns]
@@ -121,6 +128,9 @@ def attn_logit_at(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None
     untraced = df["_last"].isna()
     short = df["logit_max"].isna() & ~df["diverged"] & ~untraced
     return noted(out, group_columns(df, axes),
+                 f"{int(cut.sum())} pruned run(s) left out: stopped early by their pruner, so whether they "
+                 "would have diverged or collapsed is unknown (and the pruner's verdict, itself from early "
+                 "signals, cannot be the outcome an early signal is scored against)." if cut.any() else "",
                  f"{int(untraced.sum())} run(s) have no attention-logit trace "
                  f"({groups_of(df[untraced], naming_columns(df, axes))})." if untraced.any() else "",
                  f"{int(short.sum())} completed run(s) were not traced that far "

@@ -27,7 +27,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from .edf import WITHIN, delta_to_best, errors, within_fraction
+from .edf import WITHIN, delta_to_best, errors, scored_diverged, within_fraction
 from .grouping import PAIR_KEYS, pooled, strata, with_size
 from .stats import area_between, boot_ci, ks_permutation_p, ks_signed, paired_tests
 
@@ -77,7 +77,8 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
         by: the column of the groups compared.
         value: the error column.
         relative: errors as Δ to each group's best (within each stratum; diverged runs at Δ 100,
-            see ``delta_to_best``); then best/median/worst are Δ too.
+            see ``delta_to_best``, and pruned runs too: ``errors``' default); then best/median/worst
+            are Δ too.
         within: the x of the ``within_<x>`` fractions (always on Δ).
         strata_by: the strata; default ``strata(runs, exclude=(by,))``, every design axis that
             varies: sweeps, optimizers, training lengths ... are compared within themselves,
@@ -105,7 +106,7 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
     rows = []
     for skey, part in (df.groupby(strata_by, observed=True, sort=True) if strata_by else [((), df)]):
         skey = skey if isinstance(skey, tuple) else (skey,)
-        groups = {k: (g["err"].to_numpy(float), g["diverged"].to_numpy(bool))
+        groups = {k: (g["err"].to_numpy(float), scored_diverged(g))  # pruned runs at 100, as diverged ones
                   for k, g in part.groupby(by, observed=True, sort=True)}
         for a, b in combinations(sorted(groups), 2):
             (ea, diva), (eb, divb) = groups[a], groups[b]

@@ -2,11 +2,19 @@
 
 The EDF of n errors e_i is F(e) = (1/n) * sum_i 1[e_i < e]. Diverged runs count at 100% error
 (``DIVERGED_ERROR``): pycls and Optuna drop them, which hides exactly the instability we measure.
-Runs that failed, were preempted or are still running are not errors of the model: they are left
-out of the EDF and counted in ``summary`` (``outcomes``). Relative errors (Δ to the group's best)
-are rounded to 1e-9 so that float subtraction never decides a tie: errors are multiples of
-100 / n_val, and "within x points" means Δ ≤ x (``within_fraction``), the value of the EDF just
-after x.
+Pruned runs (stopped early by the run's pruner as doomed: they would have diverged or ended at
+chance) are counted apart and scored by the ``pruned`` argument (``PRUNED_AS``): by default
+"diverged", at 100% like a diverged run (Δ 100 in relative mode too), because dropping them
+would hide exactly the instability we measure, as pycls and Optuna do with diverged runs, and
+scoring them keeps the EDF's n equal to the runs planned; the pruner's wrong-stop rate, which
+the replay measures, bounds how many of them would have ended well (docs/methodology.md,
+"Pruning"). "last" scores one at its last recorded error (``top1_err``: the last epoch's, or the
+error at init when it was pruned in its first epoch; 100 when null), "out" leaves it out of the
+EDF (``summary`` still counts it). Runs that failed, were preempted or are still running are not
+errors of the model: they are left out of the EDF and counted in ``summary`` (``outcomes``).
+Relative errors (Δ to the group's best) are rounded to 1e-9 so that float subtraction never
+decides a tie: errors are multiples of 100 / n_val, and "within x points" means Δ ≤ x
+(``within_fraction``), the value of the EDF just after x.
 """
 
 from __future__ import annotations
@@ -24,6 +32,57 @@ LEFT_OUT = tuple(map(str, (RunStatus.FAILED, RunStatus.PREEMPTED, RunStatus.RUNN
 
 DIVERGED_ERROR = 100.0
 WITHIN = (1.0, 2.0, 5.0)
+# How a pruned run is scored (``errors``' ``pruned``): at DIVERGED_ERROR like a diverged run (the
+# default, spelled as that status), at its last recorded error, or left out of the EDF.
+PRUNED_AS = (str(RunStatus.DIVERGED), "last", "out")
+
+
+def check_pruned(pruned: str) -> str:
+    """A checked pruned-run policy.
+
+    Args:
+        pruned: how a pruned run is scored.
+
+    Returns:
+        ``pruned`` when it is one of ``PRUNED_AS``; a ValueError naming them otherwise.
+    """
+    if not isinstance(pruned, str) or pruned not in PRUNED_AS:
+        raise ValueError(f"pruned={pruned!r}: allowed {', '.join(map(repr, PRUNED_AS))}")
+    return pruned
+
+
+def scored_diverged(df: pd.DataFrame, pruned: str = "diverged") -> np.ndarray:
+    """Which runs sit at ``DIVERGED_ERROR`` as diverged runs.
+
+    Args:
+        df: ``errors`` rows (their ``diverged`` and ``pruned`` columns).
+        pruned: the policy (``PRUNED_AS``).
+
+    Returns:
+        A boolean array: the diverged runs, and the pruned ones when ``pruned`` is "diverged"
+        (they take no part in a group's best, and their Δ is 100: ``delta_to_best``).
+    """
+    as_diverged = check_pruned(pruned) == RunStatus.DIVERGED
+    return (df["diverged"].to_numpy(bool) | (as_diverged & df["pruned"].to_numpy(bool))) if len(df) \
+        else np.zeros(0, bool)
+
+
+def pruned_counts(runs: pd.DataFrame, by: Sequence[str], name: str = "pruned") -> pd.DataFrame:
+    """The pruned runs of each group, whatever the policy.
+
+    Args:
+        runs: the runs table.
+        by: the groups (those of ``outcomes``).
+        name: the count's column.
+
+    Returns:
+        One row per group: its ``by`` columns and ``name``, how many of its runs were pruned.
+    """
+    by = list(by)
+    if runs.empty:
+        return pd.DataFrame(columns=[*by, name])
+    hit = runs["status"].eq(RunStatus.PRUNED).rename(name)
+    return hit.groupby([runs[c] for c in by], observed=True).sum().astype(int).reset_index()
 
 
 CHANCE = 0.9  # a finished run is stuck at chance when its error is >= 0.9 x its error at init
@@ -40,8 +99,8 @@ def at_chance(runs: pd.DataFrame, value: str) -> pd.Series:
         A boolean Series (``runs``' index): completed runs whose ``value`` is at least
         ``CHANCE`` x their error at initialisation (``init_top1_err``, about chance); without
         that column, the trainer's ``collapsed`` flag (final training loss near ln C, which a
-        one-epoch run with label smoothing can trip while learning). Diverged runs are not "at
-        chance": they diverged.
+        one-epoch run with label smoothing can trip while learning). Diverged and pruned runs are
+        not "at chance": they diverged, or were stopped before they ended.
     """
     done = runs["status"].eq(RunStatus.COMPLETED)
     if "init_top1_err" in runs and value in runs and runs["init_top1_err"].notna().any():
@@ -73,7 +132,7 @@ def delta_to_best(err: np.ndarray, diverged: np.ndarray, axis: int = -1) -> np.n
 
 
 def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
-           by: Sequence[str] = ("stem",)) -> pd.DataFrame:
+           by: Sequence[str] = ("stem",), pruned: str = "diverged") -> pd.DataFrame:
     """The finished runs with their error.
 
     Args:
@@ -82,10 +141,13 @@ def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
         relative: ``err`` is Δ to the best of the run's group (``delta_to_best``: diverged runs
             at Δ 100).
         by: the groups of ``relative``.
+        pruned: how a pruned run is scored (``PRUNED_AS``): "diverged" at 100 (Δ 100), "last" at
+            its ``value`` (its last error; 100 when null), "out" left out.
 
     Returns:
-        The completed and diverged runs (their index kept) with ``diverged``, ``err`` (diverged
-        at 100) and ``err_abs`` (the absolute error).
+        The completed, diverged and pruned runs (their index kept; no pruned one under "out")
+        with ``diverged``, ``pruned``, ``err`` (diverged at 100) and ``err_abs`` (the absolute
+        error).
 
     >>> runs = pd.DataFrame({"stem": ["conv", "conv", "conv"], "status": ["completed", "diverged", "failed"],
     ...                      "top1_err": [20.0, None, None]})
@@ -93,16 +155,33 @@ def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
          err  diverged
     0   20.0     False
     1  100.0      True
+
+    A pruned run under each policy (its last error was 85):
+
+    >>> runs = pd.DataFrame({"stem": "conv", "status": ["completed", "diverged", "pruned"],
+    ...                      "top1_err": [20.0, None, 85.0]})
+    >>> errors(runs)[["err", "diverged", "pruned"]]
+         err  diverged  pruned
+    0   20.0     False   False
+    1  100.0      True   False
+    2  100.0     False    True
+    >>> errors(runs, pruned="last")["err"].tolist(), errors(runs, pruned="out")["err"].tolist()
+    ([20.0, 100.0, 85.0], [20.0, 100.0])
     """
+    check_pruned(pruned)
     df = runs[runs["status"].isin(DONE)].copy()
     df["diverged"] = df["status"].eq(RunStatus.DIVERGED)
-    df["err"] = np.where(df["diverged"], DIVERGED_ERROR, df[value].astype(float))
+    df["pruned"] = df["status"].eq(RunStatus.PRUNED)
+    if pruned == "out":
+        df = df[~df["pruned"]].copy()
+    top = scored_diverged(df, pruned)
+    df["err"] = np.where(top, DIVERGED_ERROR, df[value].astype(float))
     df["err"] = df["err"].fillna(DIVERGED_ERROR)
     df["err_abs"] = df["err"]
     if relative and len(df):
         out = np.empty(len(df))
         for idx in df.groupby(list(by), observed=True).indices.values():
-            out[idx] = delta_to_best(df["err"].to_numpy()[idx], df["diverged"].to_numpy()[idx])
+            out[idx] = delta_to_best(df["err"].to_numpy()[idx], top[idx])
         df["err"] = out
     return df
 
@@ -205,7 +284,7 @@ def edf_at(values: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None)
 
 def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err",
         relative: bool = False, weights: str | None = None, n_boot: int = 200, ci: float = 0.9,
-        seed: int = 0) -> pd.DataFrame:
+        seed: int = 0, pruned: str = "diverged") -> pd.DataFrame:
     """EDF points per group with seeded bootstrap bands.
 
     Args:
@@ -218,6 +297,7 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
         n_boot: bootstrap resamples (0: no bands).
         ci: the bands' coverage.
         seed: of the resamples.
+        pruned: how a pruned run is scored (``PRUNED_AS``; ``errors``).
 
     Returns:
         One row per group (its ``by`` columns) and distinct error ``x``: ``F`` = F(x) (the
@@ -225,9 +305,10 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
         after the step at x), ``F_lo``/``F_hi`` the pointwise bootstrap band of ``F_right``,
         ``F_lo_sim``/``F_hi_sim`` a simultaneous band (the bootstrap quantile of sup|F* − F_n|,
         widened where needed to contain the pointwise band), ``dkw`` the DKW simultaneous
-        half-width, ``n`` runs and ``n_diverged`` of them counted at 100 %, and ``pooled``, the
-        design axes a given ``by`` pools ("" when none). Plot ``x`` vs ``F_right`` as a step
-        function (``line_shape='hv'``).
+        half-width, ``n`` runs and ``n_diverged`` of them counted at 100 %, ``n_pruned`` pruned
+        runs of the group (in ``n`` unless ``pruned`` is "out"; at 100 % under "diverged"),
+        ``pruned_as`` (the policy) and ``pooled``, the design axes a given ``by`` pools ("" when
+        none). Plot ``x`` vs ``F_right`` as a step function (``line_shape='hv'``).
 
     >>> runs = pd.DataFrame({"stem": ["conv"] * 3 + ["patchify"] * 3,
     ...                      "status": ["completed", "completed", "diverged"] + ["completed"] * 3,
@@ -245,7 +326,7 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
     runs = with_size(runs)
     by = list(default_by(runs) if by is None else by)
     pooled_axes = ",".join(pooled(runs, by))
-    df = errors(runs, value, relative, by)
+    df = errors(runs, value, relative, by, pruned)
     rng = np.random.default_rng(seed)
     rows = []
     for key, g in df.groupby(list(by), observed=True, sort=True):
@@ -264,7 +345,7 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
             order = np.argsort(e, kind="stable")
             if relative:  # each resample's Δ is to its own best (diverged runs stay at 100)
                 raw = g["err_abs"].to_numpy(float)[order]
-                div = g["diverged"].to_numpy(bool)[order]
+                div = scored_diverged(g, pruned)[order]
                 c = counts[:, order]
                 # runs a resample leaves out (count 0) take no part in its best, and weigh 0
                 deltas = delta_to_best(np.where(c > 0, raw, np.inf), div | (c == 0), axis=1)
@@ -282,17 +363,23 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
         key = key if isinstance(key, tuple) else (key,)
         part = pd.DataFrame({"x": xs, "F": f, "F_right": f_right, "F_lo": lo, "F_hi": hi,
                              "F_lo_sim": lo_sim, "F_hi_sim": hi_sim, "dkw": dkw_halfwidth(len(e), ci),
-                             "n": len(e), "n_diverged": int(g["diverged"].sum()), "pooled": pooled_axes})
+                             "n": len(e), "n_diverged": int(g["diverged"].sum()), "pruned_as": pruned,
+                             "pooled": pooled_axes})
         for col, value in zip(by, key, strict=True):
             part.insert(list(by).index(col), col, value)
         rows.append(part)
     cols = [*by, "x", "F", "F_right", "F_lo", "F_hi", "F_lo_sim", "F_hi_sim", "dkw", "n", "n_diverged",
-            "pooled"]
-    return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
+            "n_pruned", "pruned_as", "pooled"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(rows, ignore_index=True)
+    out = out.merge(pruned_counts(runs, by, "n_pruned"), on=by, how="left")  # "out" keeps them off ``n`` only
+    out["n_pruned"] = out["n_pruned"].fillna(0).astype(int)
+    return out[cols]
 
 
 def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_err",
-            relative: bool = False, within: Sequence[float] = WITHIN) -> pd.DataFrame:
+            relative: bool = False, within: Sequence[float] = WITHIN, pruned: str = "diverged") -> pd.DataFrame:
     """How the runs of each group ended.
 
     Args:
@@ -302,17 +389,20 @@ def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "t
         relative: best, median and worst are Δ to the group's best (best is 0).
         within: in relative mode, ``within_<x>`` gives the fraction of runs at most x points
             from the best, for each x.
+        pruned: how a pruned run is scored (``PRUNED_AS``; ``errors``).
 
     Returns:
-        One row per group: ``runs`` finished (the EDF's n), ``diverged`` and ``at_chance``
-        (``at_chance``) among them, ``best``, ``median`` and ``worst`` error (diverged at 100),
-        the runs left out of the EDF (failed, preempted, running: a column each), and
-        ``pooled``, the design axes an explicit ``by`` pools.
+        One row per group: ``runs`` finished (the EDF's n: pruned runs in it unless ``pruned`` is
+        "out"), ``diverged`` among them, ``pruned`` (the group's pruned runs, whatever the
+        policy), ``at_chance`` (``at_chance``), ``best``, ``median`` and ``worst`` error
+        (diverged at 100; pruned as the policy scores them), the runs left out of the EDF
+        (failed, preempted, running: a column each), and ``pooled``, the design axes an
+        explicit ``by`` pools.
     """
 
     runs = with_size(runs)
     by = list(default_by(runs) if by is None else by)
-    df = errors(runs, value, relative, by)
+    df = errors(runs, value, relative, by, pruned)
     df["at_chance"] = at_chance(df, value).to_numpy(bool)
     g = df.groupby(by, observed=True)
     out = g.agg(runs=("err", "size"), diverged=("diverged", "sum"), at_chance=("at_chance", "sum"),
@@ -321,10 +411,12 @@ def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "t
         for x in within:
             fr = g["err"].agg(lambda d, x=x: within_fraction(d.to_numpy(), x))
             out[f"within_{x:g}"] = fr.to_numpy() if len(out) else []
-    left = outcomes(runs, by)
-    out = out.merge(left, on=by, how="outer").fillna(
-        {c: 0 for c in ("runs", "diverged", "at_chance", *LEFT_OUT)})
-    return out.assign(pooled=",".join(pooled(runs, by)))
+    out = out.merge(pruned_counts(runs, by), on=by, how="outer").merge(outcomes(runs, by), on=by, how="outer")
+    counts = ["runs", "diverged", "pruned", "at_chance", *LEFT_OUT]
+    out[counts] = out[counts].fillna(0).astype(int)
+    cols = list(out.columns)
+    cols.insert(cols.index("diverged") + 1, cols.pop(cols.index("pruned")))
+    return out[cols].assign(pooled=",".join(pooled(runs, by)))
 
 
 def outcomes(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:

@@ -193,12 +193,14 @@ ARM_FIELDS = ("stem", "optimizer", "epochs")
 
 
 def _finished(runs: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Finished runs with ``err`` (diverged at 100). A completed run without ``value`` (no EMA, no
+    """Finished runs with ``err`` (diverged at 100, pruned too: ``errors``' default; a pruned run
+    has no test error but is kept, never dropped). A completed run without ``value`` (no EMA, no
     test split) is left out, not counted as diverged."""
     if value not in runs:
-        return runs.iloc[:0].assign(err=pd.Series(dtype=float), diverged=pd.Series(dtype=bool))
+        return runs.iloc[:0].assign(err=pd.Series(dtype=float), diverged=pd.Series(dtype=bool),
+                                    pruned=pd.Series(dtype=bool))
     df = errors(runs, value=value, by=("stem",))
-    return df[df["diverged"] | df[value].notna()]
+    return df[df["diverged"] | df["pruned"] | df[value].notna()]
 
 
 def _matching(df: pd.DataFrame, fields: dict) -> np.ndarray:
@@ -293,7 +295,8 @@ def convergence(reps: pd.DataFrame, longer: pd.DataFrame | None, arms: dict[str,
 
 def _chance(runs: pd.DataFrame, arms: dict[str, dict], value: str) -> str:
     """Arms of which at least half the finished runs are stuck at chance: "most runs off chance"
-    is part of the regime."""
+    is part of the regime. Diverged and pruned runs are finished runs, not runs at chance (only a
+    completed run can be: ``at_chance``)."""
     done = runs[runs["status"].isin(DONE)] if len(runs) else runs
     notes = []
     for name, fields in arms.items():

@@ -4,7 +4,8 @@
 §2.2: for runs that differ only in the peak lr η over a range [a, b],
 ``E_η[min(ℓ(η), ℓ₀) − ℓ*]``, with ℓ(η) the final validation loss, ℓ₀ the loss at initialisation
 (measured at step 0) and ℓ* the best over the range. A diverged run (status diverged, or a loss
-that is not finite) counts as ℓ₀ through the clip. The expectation is the mean over the lrs the
+that is not finite) counts as ℓ₀ through the clip; so does a pruned run (stopped early by its
+pruner as doomed: scored as diverged, as the EDF's default, and counted apart as ``pruned``). The expectation is the mean over the lrs the
 runs were given (log-spaced in an lr grid, so E over log η). The same on top-1 error (ℓ₀ = the
 error at init). Computed per (group, seed), then the mean over seeds with a percentile bootstrap
 interval over seeds (``stats.boot_ci``).
@@ -66,8 +67,8 @@ def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, f
         A ``Table``, one row per run: its group axes (``by``), ``stem``, ``fix``, ``seed``,
         ``lr``, the raw final ``value``, ``l0`` (the value at init of its (group, line, seed):
         the median over its runs, which share one initialisation), ``clipped`` = min(value, l0)
-        with a diverged or non-finite run at l0, and ``diverged``; ``pooled``: the axes of
-        ``pool`` that varied.
+        with a diverged, non-finite or pruned run at l0, ``diverged`` and ``pruned`` (apart: a
+        pruned run is never ``diverged``); ``pooled``: the axes of ``pool`` that varied.
     """
     final, init = METRICS[metric]
     need = ["status", "lr", "seed", final, init]
@@ -77,7 +78,7 @@ def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, f
         df = runs[runs["status"].isin(DONE)]
         miss = missing_columns(df, [final, init])
     if miss:
-        return noted(pd.DataFrame(columns=[*SERIES, "seed", "lr", "value", "l0", "clipped", "diverged"]), (),
+        return noted(pd.DataFrame(columns=[*SERIES, "seed", "lr", "value", "l0", "clipped", "diverged", "pruned"]), (),
                      older_results(miss, "LR sensitivity"))
     df, axes = fixed_axes(df, SERIES)
     pooled_axes = [a for a in axes if a in pool]
@@ -95,8 +96,9 @@ def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, f
     if no_init.any():
         notes.append(f"{int(no_init.sum())} run(s) without {init} left out ({groups_of(df[no_init], naming_columns(df, axes))}).")
         df = df[~no_init]
-    df["diverged"] = df["status"].eq(RunStatus.DIVERGED) | ~np.isfinite(df["value"].to_numpy(float))
-    df["clipped"] = np.where(df["diverged"], df["l0"], np.minimum(df["value"], df["l0"]))
+    df["pruned"] = df["status"].eq(RunStatus.PRUNED)
+    df["diverged"] = (df["status"].eq(RunStatus.DIVERGED) | ~np.isfinite(df["value"].to_numpy(float))) & ~df["pruned"]
+    df["clipped"] = np.where(df["diverged"] | df["pruned"], df["l0"], np.minimum(df["value"], df["l0"]))
     if common_lrs and len(df):
         df = df.assign(_line=df[list(SERIES)].astype(str).agg(" / ".join, axis=1))
         n_lines = (df.groupby(axes, observed=True, dropna=False)["_line"].transform("nunique") if axes
@@ -111,7 +113,7 @@ def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, f
         df = df[df.groupby(keys, observed=True, dropna=False)["lr"].transform("nunique") >= min_lrs]
     cols = [c for c in ("sweep", "run_id") if c in df.columns]
     out = df[[*cols, *[a for a in axes if a not in cols], *SERIES, "seed", "lr", "status", "value", "l0",
-              "clipped", "diverged"]].reset_index(drop=True)
+              "clipped", "diverged", "pruned"]].reset_index(drop=True)
     return noted(out, group_columns(df, axes), *notes, pooled=pooled_axes)
 
 
@@ -126,11 +128,13 @@ def lr_sensitivity_per_seed(runs: pd.DataFrame, metric: str = "loss", lr_range: 
     Returns:
         A ``Table``, one row per (group, line, seed): ``sensitivity`` = mean over its lrs of
         clipped − ℓ* (runs at one lr averaged first), ``l_star`` (ℓ*, the min of the clipped
-        values), ``l0``, ``n_lr``, ``lr_min``, ``lr_max``, ``n_runs``, ``n_diverged``.
+        values), ``l0``, ``n_lr``, ``lr_min``, ``lr_max``, ``n_runs``, ``n_diverged``,
+        ``n_pruned``.
     """
     res = lr_curves(runs, metric, lr_range, common_lrs, pool)
     curves = res.table
-    cols = ["stem", "fix", "seed", "sensitivity", "l_star", "l0", "n_lr", "lr_min", "lr_max", "n_runs", "n_diverged"]
+    cols = ["stem", "fix", "seed", "sensitivity", "l_star", "l0", "n_lr", "lr_min", "lr_max", "n_runs", "n_diverged",
+            "n_pruned"]
     if curves.empty:
         return noted(pd.DataFrame(columns=cols), (), res.note or "No finished runs.")
     axes = list(res.by)
@@ -146,7 +150,7 @@ def lr_sensitivity_per_seed(runs: pd.DataFrame, metric: str = "loss", lr_range: 
         rows.append(row | {"sensitivity": float((per_lr - l_star).mean()), "l_star": l_star,
                            "l0": float(g["l0"].iloc[0]), "n_lr": len(per_lr), "lr_min": float(per_lr.index.min()),
                            "lr_max": float(per_lr.index.max()), "n_runs": len(g),
-                           "n_diverged": int(g["diverged"].sum())})
+                           "n_diverged": int(g["diverged"].sum()), "n_pruned": int(g["pruned"].sum())})
     notes = [res.note]
     if thin and not rows and axes:
         notes.append("A group is runs equal in everything but lr and seed; here groups are split by "
@@ -173,7 +177,7 @@ def lr_sensitivity(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[flo
         A ``Table``, one row per (group, line): ``sensitivity`` = the mean over seeds of the
         per-seed LR sensitivity, ``lo``/``hi`` its percentile bootstrap interval over seeds
         (NaN with one seed: there is nothing to resample), ``n_seeds``, ``n_lr`` (distinct lrs),
-        the lr range, ``n_runs``, ``n_diverged``, mean ``l0`` and ``l_star``, ``metric`` and
+        the lr range, ``n_runs``, ``n_diverged``, ``n_pruned``, mean ``l0`` and ``l_star``, ``metric`` and
         ``pooled`` (the axes of ``pool`` that varied: "" when nothing is pooled).
 
     Results written before the losses were recorded give an empty table that says why:
@@ -185,7 +189,7 @@ def lr_sensitivity(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[flo
     res = lr_sensitivity_per_seed(runs, metric, lr_range, common_lrs, min_lrs, pool)
     per = res.table
     cols = ["stem", "fix", "metric", "sensitivity", "lo", "hi", "n_seeds", "n_lr", "lr_min", "lr_max",
-            "n_runs", "n_diverged", "l0", "l_star", "pooled"]
+            "n_runs", "n_diverged", "n_pruned", "l0", "l_star", "pooled"]
     if per.empty:
         return noted(pd.DataFrame(columns=cols), (), res.note)
     axes = list(res.by)
@@ -200,6 +204,7 @@ def lr_sensitivity(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[flo
             "metric": metric, "sensitivity": float(s.mean()), "lo": lo, "hi": hi, "n_seeds": len(s),
             "n_lr": int(g["n_lr"].max()), "lr_min": float(g["lr_min"].min()), "lr_max": float(g["lr_max"].max()),
             "n_runs": int(g["n_runs"].sum()), "n_diverged": int(g["n_diverged"].sum()),
+            "n_pruned": int(g["n_pruned"].sum()),
             "l0": float(g["l0"].mean()), "l_star": float(g["l_star"].mean()), "pooled": ",".join(res.pooled)})
     out = pd.DataFrame(rows, columns=[*axes, *cols])
     one = out["n_seeds"].lt(2).any()

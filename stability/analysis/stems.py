@@ -2,21 +2,22 @@
 
 ``stem_outcomes`` is the findings view's table (dashboard Overview, ``stability report``,
 ``grid status``): per stratum (sweep x optimizer x epochs ...: never pooled) and stem, the
-finished runs, how many diverged and how many are stuck at chance (``findings.at_chance``: the
-report's one definition), the median error with n, and ``never_left_chance`` where no run of
-the stem learned anything.
+finished runs, how many diverged, how many were pruned (stopped early by the run's pruner as
+doomed: counted apart, scored at 100 as ``errors`` does by default, never as completed) and how
+many are stuck at chance (``findings.at_chance``: the report's one definition), the median error
+with n, and ``never_left_chance`` where no run of the stem learned anything.
 
 ``stem_verdicts`` turns ``compare`` into verdicts with a rule that was checked against its null
 (tests/test_stems.py simulates stems drawn from one distribution):
 
-- the statistic is the median error of b minus that of a (diverged runs at 100), with its 90%
+- the statistic is the median error of b minus that of a (diverged and pruned runs at 100), with its 90%
   bootstrap interval from ``compare``;
 - the test is a two-sided label-permutation test of that difference, Holm-adjusted over the
   strata of the call (a family: one stratum per sweep x optimizer x epochs ...), verdict at
   ``ALPHA`` in the direction of the observed difference;
 - no verdict, saying why, when a side has fewer than ``MIN_RUNS`` finished runs (the smallest
-  two-sided p of 3 vs 3 is 0.1: a verdict could never pass) or when both stems sit at chance
-  or diverged in every run (there is no learning to compare).
+  two-sided p of 3 vs 3 is 0.1: a verdict could never pass) or when both stems sit at chance,
+  diverged or were pruned in every run (there is no learning to compare).
 """
 
 from __future__ import annotations
@@ -65,11 +66,12 @@ def stem_outcomes(runs: pd.DataFrame, value: str = "top1_err", by: Sequence[str]
         group: the column compared.
 
     Returns:
-        One row per stratum (its ``by`` columns) and stem: ``runs`` finished (completed or
-        diverged), ``diverged``, ``at_chance`` (completed but stuck at chance), their
-        percentages, ``learned`` (the rest), ``median_err`` and ``best_err`` (diverged at 100),
-        ``chance_err`` (``chance_error``), ``never_left_chance`` (no run learned) and
-        ``left_out`` (failed, preempted, running).
+        One row per stratum (its ``by`` columns) and stem: ``runs`` finished (completed,
+        diverged or pruned), ``diverged``, ``pruned``, ``at_chance`` (completed but stuck at
+        chance), their percentages, ``learned`` (the rest: completed and off chance),
+        ``median_err`` and ``best_err`` (diverged and pruned at 100), ``chance_err``
+        (``chance_error``), ``never_left_chance`` (no run learned) and ``left_out`` (failed,
+        preempted, running).
 
     >>> runs = pd.DataFrame({"stem": ["conv"] * 3 + ["patchify"] * 3,
     ...                      "status": ["completed", "completed", "diverged"] + ["completed"] * 3,
@@ -82,8 +84,8 @@ def stem_outcomes(runs: pd.DataFrame, value: str = "top1_err", by: Sequence[str]
     runs = with_size(runs)
     by = list(strata(runs, exclude=(group,)) if by is None else by)
     keys = [*by, group]
-    cols = [*keys, "runs", "diverged", "at_chance", "learned", "diverged_pct", "at_chance_pct", "median_err",
-            "best_err", "chance_err", "never_left_chance", "left_out"]
+    cols = [*keys, "runs", "diverged", "pruned", "at_chance", "learned", "diverged_pct", "pruned_pct",
+            "at_chance_pct", "median_err", "best_err", "chance_err", "never_left_chance", "left_out"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     runs = runs.assign(_chance=at_chance(runs, value).to_numpy(bool))
@@ -92,14 +94,17 @@ def stem_outcomes(runs: pd.DataFrame, value: str = "top1_err", by: Sequence[str]
     for key, g in runs.groupby(keys, observed=True, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         done = df[df.index.isin(g.index)]  # errors() keeps the runs' index: this group's finished runs
-        n, nd = len(done), int(done["diverged"].sum()) if len(done) else 0
+        n = len(done)
+        nd, npr = (int(done["diverged"].sum()), int(done["pruned"].sum())) if n else (0, 0)
         nc = int(g["_chance"].sum())
+        learned = n - nd - npr - nc
         rows.append(dict(zip(keys, key, strict=True)) | {
-            "runs": n, "diverged": nd, "at_chance": nc, "learned": n - nd - nc,
-            "diverged_pct": 100.0 * nd / n if n else np.nan, "at_chance_pct": 100.0 * nc / n if n else np.nan,
+            "runs": n, "diverged": nd, "pruned": npr, "at_chance": nc, "learned": learned,
+            "diverged_pct": 100.0 * nd / n if n else np.nan, "pruned_pct": 100.0 * npr / n if n else np.nan,
+            "at_chance_pct": 100.0 * nc / n if n else np.nan,
             "median_err": float(done["err"].median()) if n else np.nan,
             "best_err": float(done["err"].min()) if n else np.nan,
-            "chance_err": chance_error(g), "never_left_chance": bool(n and n - nd - nc == 0),
+            "chance_err": chance_error(g), "never_left_chance": bool(n and learned == 0),
             "left_out": int(len(g) - n)})
     return pd.DataFrame(rows, columns=cols)
 
@@ -141,7 +146,8 @@ def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 100
             why.append(f"n = {len(eb)} vs {len(ea)}: a verdict needs at least {MIN_RUNS} finished runs per stem")
         elif len(dead) == 2 and dead.all():
             ps.append(np.nan)
-            why.append("both stems sit at chance (or diverged) in every run: nothing learned to compare")
+            why.append("both stems sit at chance (or diverged, or were pruned) in every run: nothing learned to "
+                       "compare")
         else:
             ps.append(median_perm_p(ea, eb, n_perm, seed))
             why.append("")

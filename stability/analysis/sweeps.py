@@ -1,4 +1,7 @@
-"""Error against the swept knobs: lr and wd, optimizer, training length (pure pandas)."""
+"""Error against the swept knobs: lr and wd, optimizer, training length (pure pandas).
+
+Every function scores runs as ``errors`` does by default: diverged and pruned runs at 100 (a
+pruned run is flagged ``pruned``, never counted as completed)."""
 
 from __future__ import annotations
 
@@ -20,11 +23,12 @@ def error_vs_hparams(runs: pd.DataFrame, value: str = "top1_err",
         cols: the knobs kept (those present, after ``run_id`` and ``sweep``).
 
     Returns:
-        One row per finished run: the knobs, ``err`` (diverged at 100) and ``diverged``.
+        One row per finished run: the knobs, ``err`` (diverged and pruned at 100), ``diverged``
+        and ``pruned``.
     """
     df = errors(runs, value)
     keep = [c for c in ("run_id", "sweep", *cols) if c in df.columns]
-    return df[[*keep, "err", "diverged"]].reset_index(drop=True)
+    return df[[*keep, "err", "diverged", "pruned"]].reset_index(drop=True)
 
 
 def lr_wd_heatmap(runs: pd.DataFrame, bins: int = 6, value: str = "top1_err",
@@ -82,7 +86,7 @@ def best_configs(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str
         value: the error column.
 
     Returns:
-        One row per group: the best run with its knobs, ``err``, ``diverged``, ``n`` (the
+        One row per group: the best run with its knobs, ``err``, ``diverged``, ``pruned``, ``n`` (the
         finished runs it was chosen from) and ``pooled``, the design axes an explicit ``by``
         pools.
     """
@@ -97,7 +101,7 @@ def best_configs(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str
     keep = list(dict.fromkeys(c for c in ("run_id", *by, "sweep", "model", "stem", "optimizer",
                                           "epochs", "lr", "wd", "seed") if c in df.columns))
     n = df.groupby(by, observed=True)["err"].transform("size")
-    df = df[keep + ["err", "diverged"]].assign(n=n, pooled=",".join(pooled(runs, by)))
+    df = df[keep + ["err", "diverged", "pruned"]].assign(n=n, pooled=",".join(pooled(runs, by)))
     return df.loc[df.groupby(by, observed=True)["err"].idxmin()].reset_index(drop=True)
 
 
@@ -161,7 +165,7 @@ def hparam_importance(runs: pd.DataFrame, params: Sequence[str] = ("lr", "wd", "
                       max_runs: int = 1000) -> pd.DataFrame:
     """How much each knob explains the error, per group.
 
-    Optuna's fANOVA importance evaluator on the finished runs (diverged at 100, so instability
+    Optuna's fANOVA importance evaluator on the finished runs (diverged and pruned at 100, so instability
     counts), over the knobs that vary in the group.
 
     Args:

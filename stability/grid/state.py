@@ -1,6 +1,7 @@
 """Sweep state: which planned runs are done, failed, running, pending or missing.
 
-A run is *done* when its runs row in the store says completed or diverged. Everything the
+A run is *done* when its runs row in the store says completed, diverged or pruned (stopped
+early by its pruner: a result the grid does not train again, counted apart). Everything the
 controller needs to pick up after a crash is on disk under ``results/_sweeps/<name>/``:
 ``spec.yaml``, ``plan.parquet`` (what should exist) and ``jobs.jsonl`` (which job ran which run:
 ``grid/ledger.py``).
@@ -21,7 +22,7 @@ ORDER = tuple(map(str, RunStatus))  # display order; plain strings, they name co
 
 
 def done_ids(runs: pd.DataFrame) -> set[str]:
-    """The runs that have a result (completed or diverged) in ``runs`` rows."""
+    """The runs that have a result (completed, diverged or pruned) in ``runs`` rows."""
     return set(runs.run_id[runs.status.isin(DONE)]) if len(runs) else set()
 
 
@@ -143,10 +144,11 @@ def stem_outcomes(state: pd.DataFrame, runs: pd.DataFrame, value: str = "top1_er
     """How each stem's finished runs ended, per optimizer and length where the sweep varies them:
     the rows of ``analysis.stems.stem_outcomes`` (at chance: ``analysis.findings.at_chance``, the
     one definition every view uses) for the planned runs, with the status ``state`` gives them.
-    Each row also has ``completed``, ``at_chance_err`` (the error range of the runs at chance),
-    ``name`` (the stem, and its optimizer / length where those vary) and ``line`` (the row in
-    words). JSON-ready: NaN is None. ``never_left_chance``: every finished run of the stem sits
-    at chance or diverged."""
+    Each row also has ``completed`` (finished runs that neither diverged nor were pruned),
+    ``at_chance_err`` (the error range of the runs at chance), ``name`` (the stem, and its
+    optimizer / length where those vary) and ``line`` (the row in words). JSON-ready: NaN is
+    None. ``never_left_chance``: every finished run of the stem sits at chance, diverged or was
+    pruned."""
     from ..analysis.findings import at_chance
     from ..analysis.stems import stem_outcomes as outcomes_table
 
@@ -167,7 +169,7 @@ def stem_outcomes(state: pd.DataFrame, runs: pd.DataFrame, value: str = "top1_er
         for k in (*by, "stem"):
             here = here[here[k].eq(row[k])]
         o = {k: _plain(v) for k, v in row.items()}
-        o["completed"] = o["runs"] - o["diverged"]
+        o["completed"] = o["runs"] - o["diverged"] - o["pruned"]
         o["at_chance_err"] = [_plain(here[value].min()), _plain(here[value].max())] if len(here) else None
         o["name"] = str(o["stem"]) + ("" if not by else " (" + ", ".join(f"{k} {o[k]}" for k in by) + ")")
         o["line"] = outcome_line(o)
@@ -181,9 +183,17 @@ def _plain(v):
     return None if isinstance(v, float) and v != v else v
 
 
+def _pruned_text(o: dict) -> str:
+    """"; k pruned" for an outcome row with pruned runs, "" without (a sweep with no pruner reads
+    as before)."""
+    k = o.get("pruned") or 0
+    return f"; {int(k)} pruned" if k else ""
+
+
 def outcome_line(o: dict) -> str:
     """One stem's outcomes in words: "patchify: 0 of 4 runs left chance (4 completed: 4 at chance,
-    61–91 % error; 0 diverged); median error 80.3 %  <- never left chance"."""
+    61–91 % error; 0 diverged); median error 80.3 %  <- never left chance"; pruned runs beside the
+    diverged ones where there are any ("...; 1 diverged; 2 pruned)")."""
     name = o["name"]
     if not o["runs"]:
         return f"{name}: no finished run yet"
@@ -191,5 +201,6 @@ def outcome_line(o: dict) -> str:
     span = "" if not rng else f", {rng[0]:.0f} % error" if round(rng[0]) == round(rng[1]) else \
         f", {rng[0]:.0f}–{rng[1]:.0f} % error"
     text = (f"{name}: {o['learned']} of {o['runs']} runs left chance ({o['completed']} completed: "
-            f"{o['at_chance']} at chance{span}; {o['diverged']} diverged); median error {o['median_err']:.1f} %")
+            f"{o['at_chance']} at chance{span}; {o['diverged']} diverged{_pruned_text(o)}); median error "
+            f"{o['median_err']:.1f} %")
     return text + ("  <- never left chance" if o["never_left_chance"] else "")
