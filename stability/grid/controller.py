@@ -356,8 +356,8 @@ def quarantine_unreadable(spec: GridSpec) -> tuple[list[str], set[str]]:
         runs = store.read_table(spec.results, "runs", sweep=spec.name)
         for table, path in sorted(lost_tables):
             have = set(store.read_table(spec.results, table, sweep=spec.name, columns=["run_id"]).run_id)
-            # a diverged run may end before its first epoch: it needs steps and traces only
-            need = runs.status.eq(S.COMPLETED) | (runs.status.eq(S.DIVERGED) & (table != "epochs"))
+            # a diverged or pruned run may end before its first epoch: it needs steps and traces only
+            need = runs.status.eq(S.COMPLETED) | (runs.status.isin([S.DIVERGED, S.PRUNED]) & (table != "epochs"))
             for row in runs[need & ~runs.run_id.isin(have)].drop(columns="sweep").to_dict("records"):
                 row |= {"status": str(S.FAILED), "error": f"its {table} rows were in {path.name}, unreadable and "
                         "quarantined: rerun (`grid run` does it at once; later: --retry failed)"}
