@@ -58,6 +58,7 @@ class Recorded:
     near_best: bool
     steps: pd.DataFrame  # step, loss, grad_norm, log_z (sorted)
     traces: pd.DataFrame  # step, attn_logit_max, update_ratio (per trace step: largest over layers)
+    gap: float = math.nan  # a good run's error minus its group's best (points)
 
 
 def _config(text: Any) -> dict:
@@ -79,7 +80,8 @@ def outcomes(runs: pd.DataFrame, within: float = WITHIN) -> pd.DataFrame:
     fixes = [json.dumps({k: c.get(k) for k in ("qk_norm", "z_loss", "freeze_stem")}, sort_keys=True) for c in cfgs]
     df["group"] = list(zip(df.sweep, df.stem, df.optimizer, df.epochs, fixes, strict=True))
     best = df[df.good].groupby("group").top1_err.min()
-    df["near_best"] = df.good & (df.top1_err <= df.group.map(best).astype(float) + within + 1e-9)
+    df["gap"] = (df.top1_err - df.group.map(best).astype(float)).where(df.good)
+    df["near_best"] = df.good & (df.gap <= within + 1e-9)
     df["config"] = cfgs
     return df
 
@@ -113,7 +115,7 @@ def recorded(runs: pd.DataFrame, steps: pd.DataFrame, grad_norms: pd.DataFrame,
         out.append(Recorded(r.sweep, r.run_id, r.group, (str(r.started_at), r.run_id), total, int(spe), used,
                             int(cfg.get("trace_every", 1)), n_classes,
                             float(r.wall_time_s or 0) / max(used, 1), bool(r.doomed), bool(r.good),
-                            bool(r.near_best), s, t.reset_index(drop=True)))
+                            bool(r.near_best), s, t.reset_index(drop=True), float(r.gap)))
     return sorted(out, key=lambda x: x.order)
 
 
@@ -285,7 +287,10 @@ def score(runs: Sequence[Recorded], stops: Sequence[int | None], workers: int = 
             "doomed_saved": doomed_share[0], "doomed_saved_lo": doomed_share[1], "doomed_saved_hi": doomed_share[2],
             "good_stopped": k_good, "good_stopped_rate": k_good / n_good if n_good else math.nan,
             "good_stopped_hi": upper_bound(k_good, n_good),
-            "near_best_stopped": k_near, "near_best_stopped_hi": upper_bound(k_near, int(near.sum())),
+            "near_best_stopped": k_near,
+            # the costliest wrong stop: how close to its group's best the best good run stopped was
+            "closest_stopped_gap": min((r.gap for r, st in zip(runs, stopped, strict=True) if st and r.good),
+                                       default=math.nan), "near_best_stopped_hi": upper_bound(k_near, int(near.sum())),
             "wall_time": wall_time(runs, stops, workers) / base if base > 0 else math.nan}
 
 
@@ -456,13 +461,16 @@ def table_text(res: Study, scored: Sequence[str], tuned: Sequence[str], workers:
     def table(df: pd.DataFrame, title: str) -> Table:
         t = Table(title=title, title_justify="left")
         for col in ("family", "setting", "every", "stopped", "doomed saved % [90% CI]", "all steps saved %",
-                    "good stopped (≤ 90% bound)", f"near-best stopped (≤{within:g} pts)", f"wall time ({workers} workers)"):
+                    "good stopped (≤ 90% bound)", f"near-best stopped (≤{within:g} pts)",
+                    "closest good stopped (pts from best)", f"wall time ({workers} workers)"):
             t.add_column(col)
         for r in df.itertuples():
             t.add_row(r.family, r.setting, str(r.every or "recorded"), f"{r.stopped}/{r.runs}",
                       f"{_pct(r.doomed_saved)} [{_pct(r.doomed_saved_lo)}, {_pct(r.doomed_saved_hi)}]",
                       _pct(r.steps_saved), f"{r.good_stopped}/{r.good} (≤ {100 * r.good_stopped_hi:.1f} %)",
-                      f"{r.near_best_stopped}/{r.near_best}", f"{r.wall_time:.2f}x")
+                      f"{r.near_best_stopped}/{r.near_best}",
+                      "-" if r.closest_stopped_gap != r.closest_stopped_gap else f"{r.closest_stopped_gap:.1f}",
+                      f"{r.wall_time:.2f}x")
         return t
 
     n = res.curve.iloc[0] if len(res.curve) else None
@@ -472,6 +480,8 @@ def table_text(res: Study, scored: Sequence[str], tuned: Sequence[str], workers:
     if len(res.chosen):
         parts.append(table(res.chosen, f"Chosen on {', '.join(tuned)} (most doomed steps saved with no good run "
                                        f"stopped there), scored on {', '.join(scored)}"))
-    parts.append(table(res.curve[res.curve.pareto], f"Pareto settings on {', '.join(scored)} "
-                                                     "(no other saves more doomed steps with fewer good runs stopped)"))
+    front = res.curve[res.curve.pareto].drop_duplicates(  # settings that did the same: the first named
+        ["family", "every", "stopped", "doomed_saved", "good_stopped", "near_best_stopped"])
+    parts.append(table(front, f"Pareto settings on {', '.join(scored)} (no other saves more doomed steps with "
+                              "fewer good runs stopped; a family's settings that did the same: the first)"))
     return Group(*parts)
