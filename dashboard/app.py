@@ -1,7 +1,7 @@
 """stability dashboard: ``stability dashboard --results PATH`` (or ``streamlit run dashboard/app.py
 -- --results PATH [--allow-browse]``).
 
-Pages: Overview, EDF, LR x WD, Optimizer & length, Spikes, Runs, Hyperparameters, LR sensitivity. The results
+Pages: Overview, EDF, LR x WD, Optimizer & length, Spikes, Runs, Hyperparameters, LR sensitivity, Pruning. The results
 root and the filters live in this entry script's sidebar (``common.sidebar``), so they are the
 same on every page and in the URL; pages read them through ``common``.
 """
@@ -25,6 +25,7 @@ pages = [
     st.Page(VIEWS / "runs.py", title="Runs"),
     st.Page(VIEWS / "hparams.py", title="Hyperparameters"),
     st.Page(VIEWS / "sensitivity.py", title="LR sensitivity"),
+    st.Page(VIEWS / "pruning.py", title="Pruning"),
 ]
 page = st.navigation(pages)
 st.session_state["_page_path"] = page.url_path

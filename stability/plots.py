@@ -663,3 +663,79 @@ def attn_logit_figure(res: Table, thresholds: Sequence[float] = ()) -> go.Figure
                                              if len(seen) else [])),
                       title="Max attention logit early in training vs lr (× diverged later)")
     return fig
+
+
+# Pruner families (stability.replay): ours solid, Optuna's open; a family keeps its colour in
+# every figure, whichever others are shown.
+PRUNER_COLORS = {"nonfinite": "#7f7f7f", "above": "#d62728", "chance": "#1f77b4", "loss": "#2ca02c",
+                 "loss+rise": "#ff7f0e", "loss+attn_logit": "#9467bd", "loss+grad_jump": "#8c564b",
+                 "loss+log_z": "#e377c2", "loss+update_ratio": "#17becf",
+                 "optuna-median": "#111111", "optuna-percentile": "#bcbd22", "optuna-wilcoxon": "#7570b3",
+                 "optuna-threshold": "#a6761d", "optuna-hyperband": "#e7298a"}
+OPTUNA_SYMBOLS = ["circle-open", "square-open", "diamond-open", "triangle-up-open", "star-open", "hexagon-open"]
+
+
+def _every_text(k) -> str:
+    return "as recorded" if not k else "every step" if int(k) == 1 else f"every {int(k)} steps"
+
+
+def pruning_pareto(curve: pd.DataFrame) -> go.Figure:
+    """What each pruner setting saves against what it costs (``replay.study(...).curve``): per
+    setting, the good runs it stopped (% of the good runs) against the doomed runs' steps it saved
+    (% of their steps, with the 90 % bootstrap interval as error bars); one colour per family, ours
+    solid, Optuna's open; our rules' Pareto settings joined by a step line (the most saved for at
+    most that many good runs stopped). One panel per trace interval replayed (``every``, 0: as
+    recorded) when there are several. Hover: the setting, its interval, runs stopped, good and
+    near-best runs stopped, wall time."""
+    from .replay import pareto  # the front `stability replay` marks, here over our rules alone
+
+    everies = sorted(curve["every"].unique()) if len(curve) else [0]
+    fig = make_subplots(rows=1, cols=len(everies), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[_every_text(k) for k in everies] if len(everies) > 1 else None)
+    families = list(dict.fromkeys(curve["family"])) if len(curve) else []
+    theirs = [f for f in families if str(f).startswith("optuna")]
+    fallback = iter(LINE_COLORS * 2)
+    colors = {f: PRUNER_COLORS.get(f) or next(fallback) for f in families}
+    for col, k in enumerate(everies, start=1):
+        part = curve[curve["every"] == k]
+        ours = part[~part["family"].isin(theirs)]
+        ours = ours[ours["good_stopped_rate"].notna() & ours["doomed_saved"].notna()]
+        if len(ours):
+            front = ours[pareto(ours).to_numpy()].sort_values(["good_stopped_rate", "doomed_saved"])
+            front = front.drop_duplicates(["good_stopped_rate", "doomed_saved"])
+            fig.add_trace(go.Scatter(x=100 * front["good_stopped_rate"], y=100 * front["doomed_saved"],
+                                     mode="lines", line=dict(color="#333", width=2, dash="dash", shape="hv"),
+                                     name="Pareto front (ours)", legendgroup="pareto", legendrank=2000,
+                                     showlegend=col == 1, hoverinfo="skip"), row=1, col=col)
+        for fam in families:
+            g = part[part["family"] == fam]
+            if g.empty:
+                continue
+            optuna = fam in theirs
+            x, y = 100 * g["good_stopped_rate"].astype(float), 100 * g["doomed_saved"].astype(float)
+            up = np.nan_to_num(100 * g["doomed_saved_hi"].astype(float) - y)
+            down = np.nan_to_num(y - 100 * g["doomed_saved_lo"].astype(float))
+            custom = pd.DataFrame({
+                "setting": g["setting"].astype(str), "every": [_every_text(v) for v in g["every"]],
+                "stopped": g["stopped"], "runs": g["runs"], "good_stopped": g["good_stopped"], "good": g["good"],
+                "near": g["near_best_stopped"], "n_near": g["near_best"], "lo": 100 * g["doomed_saved_lo"].astype(float),
+                "hi": 100 * g["doomed_saved_hi"].astype(float), "wall": g["wall_time"].astype(float)}).to_numpy(object)
+            fig.add_trace(go.Scatter(
+                x=x, y=y, mode="markers", name=str(fam), legendgroup=str(fam), showlegend=col == 1,
+                marker=dict(color=colors[fam], size=10 if optuna else 9, line=dict(width=2 if optuna else 0.5,
+                            color=colors[fam] if optuna else "white"),
+                            symbol=OPTUNA_SYMBOLS[theirs.index(fam) % len(OPTUNA_SYMBOLS)] if optuna else "circle"),
+                error_y=dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1, width=3,
+                             color=_rgba(colors[fam], 0.5)),
+                customdata=custom,
+                hovertemplate=f"<b>{fam}</b> %{{customdata[0]}}<br>trace interval: %{{customdata[1]}}<br>"
+                              "stopped %{customdata[2]} of %{customdata[3]} runs<br>good runs stopped "
+                              "%{customdata[4]} of %{customdata[5]} (%{x:.0f} %)<br>near-best stopped "
+                              "%{customdata[6]} of %{customdata[7]}<br>doomed steps saved %{y:.0f} % "
+                              "[%{customdata[8]:.0f}, %{customdata[9]:.0f}]<br>wall time "
+                              "%{customdata[10]:.2f}×<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="good runs wrongly stopped (%)", row=1, col=col)
+    fig.update_yaxes(title_text="doomed runs' steps saved (%)", row=1, col=1)
+    fig.update_layout(template="plotly_white", height=520, legend=dict(title="pruner (open: Optuna's)", tracegroupgap=0),
+                      margin=dict(t=40 if len(everies) > 1 else 20))
+    return fig

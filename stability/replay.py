@@ -485,3 +485,38 @@ def table_text(res: Study, scored: Sequence[str], tuned: Sequence[str], workers:
     parts.append(table(front, f"Pareto settings on {', '.join(scored)} (no other saves more doomed steps with "
                               "fewer good runs stopped; a family's settings that did the same: the first)"))
     return Group(*parts)
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``Study.curve`` or ``Study.chosen`` as the dashboard and the report show them:
+    shares in % (one decimal), counts as "k/n", the interval of the doomed steps saved in one cell.
+
+    >>> row = dict(family="loss", setting="defaults", every=0, runs=10, doomed=4, good=6, near_best=2, stopped=3,
+    ...            doomed_saved=0.5, doomed_saved_lo=0.25, doomed_saved_hi=0.75, steps_saved=0.2, good_stopped=1,
+    ...            good_stopped_hi=0.5, near_best_stopped=0, wall_time=0.8)
+    >>> readable(pd.DataFrame([row])).iloc[0].to_dict()  # doctest: +NORMALIZE_WHITESPACE
+    {'family': 'loss', 'setting': 'defaults', 'trace interval': 'as recorded', 'runs stopped': '3/10',
+     'doomed steps saved %': 50.0, 'its 90% CI': '[25.0, 75.0]', 'all steps saved %': 20.0, 'good stopped': '1/6',
+     'good stopped ≤ % (90% bound)': 50.0, 'near-best stopped': '0/2', 'wall time (× unpruned)': 0.8}
+    """
+    def pct(v: pd.Series) -> pd.Series:
+        return (100 * v.astype(float)).round(1)
+
+    out = pd.DataFrame({
+        "family": table["family"], "setting": table["setting"],
+        "trace interval": ["as recorded" if not k else "every step" if k == 1 else f"every {int(k)} steps"
+                           for k in table["every"]],
+        "runs stopped": [f"{a}/{b}" for a, b in zip(table["stopped"], table["runs"], strict=True)],
+        "doomed steps saved %": pct(table["doomed_saved"]),
+        "its 90% CI": ["n/a" if lo != lo or hi != hi else f"[{lo:.1f}, {hi:.1f}]"
+                       for lo, hi in zip(pct(table["doomed_saved_lo"]), pct(table["doomed_saved_hi"]), strict=True)],
+        "all steps saved %": pct(table["steps_saved"]),
+        "good stopped": [f"{a}/{b}" for a, b in zip(table["good_stopped"], table["good"], strict=True)],
+        "good stopped ≤ % (90% bound)": pct(table["good_stopped_hi"]),
+        "near-best stopped": [f"{a}/{b}" for a, b in zip(table["near_best_stopped"], table["near_best"], strict=True)],
+        "wall time (× unpruned)": table["wall_time"].astype(float).round(2),
+    }, index=table.index)
+    if "tuned_doomed_saved" in table:
+        out["on the tuning sweeps: doomed steps saved %"] = pct(table["tuned_doomed_saved"])
+        out["on the tuning sweeps: good stopped"] = table["tuned_good_stopped"]
+    return out.reset_index(drop=True)

@@ -216,19 +216,21 @@ def _closure(graph: dict[str, set[str]], start: str) -> set[str]:
 
 
 DASHBOARD_READS = ("stability.store", "stability.analysis", "stability.plots", "stability.grid.record",
+                   "stability.replay",  # pure: recorded tables in, the pruners' replay out (writes nothing)
                    "stability.dashboard")  # the last: its own pages and common.py, shipped in the package
 
 
 def test_the_dashboard_reads_through_store_analysis_plots_and_the_sweep_record_only():
-    """The dashboard never writes, never asks a scheduler: it imports the store, analysis, plots and
-    the read-only sweep record, nothing else of the package; the record reaches no controller,
-    backend launcher or trainer."""
+    """The dashboard never writes, never asks a scheduler: it imports the store, analysis, plots,
+    the read-only sweep record and the pruners' replay, nothing else of the package; neither the
+    record nor the replay reaches a controller, backend launcher or trainer."""
     for path in (ROOT / "dashboard").rglob("*.py"):
         bad = [m for m in _imports_of(path) if not any(m == a or m.startswith(a + ".") for a in DASHBOARD_READS)]
         assert bad == [], f"{path.relative_to(ROOT)} imports {bad}"
-    reach = _closure(import_graph(), "stability.grid.record")
-    assert not reach & {"stability.grid.controller", "stability.grid.backends", "stability.grid.local",
-                        "stability.grid.job", "stability.trainer.train"}
+    for start in ("stability.grid.record", "stability.replay"):
+        reach = _closure(import_graph(), start)
+        assert not reach & {"stability.grid.controller", "stability.grid.backends", "stability.grid.local",
+                            "stability.grid.job", "stability.trainer.train"}, start
 
 
 def test_every_executor_kind_has_a_backend():

@@ -22,7 +22,8 @@ ART = ROOT / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-NAV = ["Overview", "EDF", "LR × WD", "Optimizer & length", "Spikes", "Runs", "Hyperparameters", "LR sensitivity"]
+NAV = ["Overview", "EDF", "LR × WD", "Optimizer & length", "Spikes", "Runs", "Hyperparameters", "LR sensitivity",
+       "Pruning"]
 
 pytestmark = pytest.mark.browser
 
@@ -351,3 +352,60 @@ def test_every_figure_draws_on_every_page_with_many_runs(server, page):
             page.screenshot(path=str(ART / "spikes_many.png"), full_page=True)
         else:
             _every_figure_drawn(page, name, console)
+
+
+def _pruning_drawn(pg, where: str) -> None:
+    """The Pruning page after a rerun: one figure whose points are drawn, the Pareto table shown."""
+    _settle(pg)
+    _chart_with_data(pg)
+    _no_exception(pg)
+    assert pg.locator(".js-plotly-plot").count() == 1, where
+    figs = _every_figure_drawn(pg, where, [])
+    assert figs[0]["drawn"] >= 5, (where, figs)  # a point per setting (many coincide), the front's line
+    assert pg.locator("[data-testid='stDataFrame']").count() >= 1, where
+    assert pg.get_by_text("Pareto settings", exact=True).count() == 1, where
+
+
+def test_pruning_view_with_every_control_at_its_extremes(server, page):
+    """Opened from the sidebar with one sweep selected: the replay draws its points and the Pareto
+    table at each extreme of each control (trace interval, workers, within, Optuna's pruners), and
+    tuned on the other sweep it adds the chosen settings."""
+    page.goto(f"{server}/?f_sweep=dash")
+    _chart_with_data(page)
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Pruning", exact=True).click()
+    page.wait_for_url("**/pruning**", timeout=30_000)
+    _pruning_drawn(page, "opened")
+    caption = page.locator("[data-testid='stMain'] [data-testid='stCaptionContainer']").filter(
+        has_text="replayed").first.text_content()
+    assert "12 runs of dash replayed" in caption and "doomed" in caption and "near-best" in caption, caption
+    radio = page.locator("[data-testid='stRadio']").filter(has_text="trace interval replayed")
+    for option in ("10", "1", "as recorded"):
+        radio.get_by_text(option, exact=True).click()
+        _pruning_drawn(page, f"every {option}")
+        assert option in _checked(page)
+    sliders = page.locator("[data-testid='stSlider'] input[type='range']")
+    assert sliders.count() == 2  # workers, within
+    for i in range(2):
+        for key, bound in (("Home", "min"), ("End", "max")):
+            sliders.nth(i).focus()
+            page.keyboard.press(key)
+            _pruning_drawn(page, f"slider {i} {key}")
+            s = page.locator("[data-testid='stSlider'] input[type='range']").nth(i)
+            assert float(s.get_attribute("value") or s.input_value()) == float(s.get_attribute(bound)), (i, key)
+    page.wait_for_url("**p_prune_workers=16**", timeout=30_000)
+    optuna = page.locator("[data-testid='stCheckbox']").filter(has_text="include Optuna's pruners")
+    for _ in range(2):  # off (ours only), then on again
+        optuna.locator("label").click()
+        _pruning_drawn(page, "optuna toggled")
+    legend = page.locator(".js-plotly-plot .legend").first.text_content()
+    assert "optuna-median" in legend and "loss" in legend, legend
+    tune = page.locator("[data-testid='stMultiSelect']").filter(has_text="tune on (other sweeps)")
+    tune.locator("input").click()
+    page.get_by_role("option", name="dash2").click()
+    page.keyboard.press("Escape")
+    _pruning_drawn(page, "tuned on dash2")
+    page.get_by_text("Chosen on dash2, scored here").wait_for(timeout=90_000)
+    assert page.locator("[data-testid='stDataFrame']").count() == 2
+    page.set_viewport_size({"width": 1400, "height": 2200})  # the page scrolls inside: tall enough for the tables
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(ART / "pruning.png"), full_page=True)

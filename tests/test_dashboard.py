@@ -13,7 +13,7 @@ from stability import store
 
 APP = str(Path(__file__).parents[1] / "dashboard" / "app.py")
 PAGES = ["views/overview.py", "views/edf.py", "views/lr_wd.py", "views/optimizer.py", "views/spikes.py",
-         "views/runs.py", "views/hparams.py", "views/sensitivity.py"]
+         "views/runs.py", "views/hparams.py", "views/sensitivity.py", "views/pruning.py"]
 
 
 @contextmanager
