@@ -57,7 +57,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             err = e.row.get("top1_err")
             print(f"run {cfg.run_id}: already {e.row.get('status', 'done')}"
                   + (f" (top-1 error {err:.2f}%)" if isinstance(err, float) else "")
-                  + f" in {table_dir(cfg.results, 'runs', cfg.sweep)}; nothing to do (--rerun trains it again)")
+                  + f" in {table_dir(cfg.results, 'runs', cfg.sweep)}; nothing to do ("
+                  + ("--rerun continues it from its checkpoint with the pruner off)"
+                     if e.row.get("status") == RunStatus.PRUNED else "--rerun trains it again)"))
         return 0
     except DataError as e:
         raise ConfigError(str(e), source) from None
@@ -312,10 +314,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError(f"replay: --every {args.every!r} is not a comma-separated list of step counts") from None
     if any(k is not None and k < 1 for k in every) or args.workers < 1:
         raise ConfigError("replay: --every and --workers must be >= 1")
-    scored = replay.load(args.results, args.sweeps, args.within)
-    tuning = replay.load(args.results, args.tune, args.within) if args.tune else []
     if set(args.sweeps) & set(args.tune or []):
         raise ConfigError("replay: a sweep is both tuned on and scored (--tune takes other sweeps)")
+    scored = replay.load(args.results, args.sweeps, args.within)
+    tuning = replay.load(args.results, args.tune, args.within) if args.tune else []
+    for what, runs, sweeps in (("scored", scored, args.sweeps), ("tuning", tuning, args.tune or [])):
+        if (n := replay.count_left_out(args.results, sweeps, runs)):
+            print(f"{what}: {n} run(s) of {', '.join(sweeps)} left out: recorded pruned, failed or unfinished "
+                  "(a pruned run's pruner already stopped it: nothing to replay)", file=sys.stderr)
+        if sweeps and (not any(r.doomed for r in runs) or not any(r.good for r in runs)):
+            print(f"{what}: {', '.join(sweeps)} holds {sum(r.doomed for r in runs)} doomed and "
+                  f"{sum(r.good for r in runs)} good replayable runs: a replay needs both to measure anything",
+                  file=sys.stderr)
     console = make_console(stderr=True)
     try:
         with console.status("replaying") as status:

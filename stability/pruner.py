@@ -38,6 +38,7 @@ import numpy as np
 
 from .errors import ConfigError, shown
 
+OFF = ("none", "off", "false", "null", "")  # texts that turn the pruner off
 RULES = ("nonfinite", "above", "chance", "rise", "attn_logit", "grad_jump", "log_z", "update_ratio")
 
 
@@ -149,8 +150,9 @@ def _number(key: str, value: Any, source: str | None) -> float | None:
 
 
 def canonical(spec: str | Mapping[str, Any] | None, source: str | None = None) -> str | None:
-    """The one text of a pruner (what a run config stores and its id hashes), validated."""
-    if spec is None:
+    """The one text of a pruner (what a run config stores and its id hashes), validated; None
+    (off) for None, false, or the words none / off / false / null."""
+    if spec is None or spec is False or (isinstance(spec, str) and spec.strip().lower() in OFF):
         return None
     settings = parse(spec, source)
     name = spec.get("preset", "default") if isinstance(spec, Mapping) else spec.partition(":")[0]

@@ -391,6 +391,14 @@ def choose(table: pd.DataFrame, max_good_stopped: int = 0) -> pd.DataFrame:
     return ok.groupby("family", sort=False).head(1).reset_index(drop=True)
 
 
+def count_left_out(root: str, sweeps: Sequence[str], runs: Sequence[Recorded]) -> int:
+    """How many runs of ``sweeps`` are not among the replayable ``runs`` (pruned, failed, unfinished)."""
+    from . import store
+
+    ids = {(s, r) for s in sweeps for r in store.read_table(root, "runs", sweep=s, columns=["run_id"]).run_id}
+    return len(ids - {(r.sweep, r.run_id) for r in runs})
+
+
 def load(root: str, sweeps: Sequence[str], within: float = WITHIN) -> list[Recorded]:
     """The recorded runs of ``sweeps`` under ``root`` (a ``ConfigError`` names a missing sweep)."""
     from . import store
@@ -462,8 +470,8 @@ def table_text(res: Study, scored: Sequence[str], tuned: Sequence[str], workers:
         t = Table(title=title, title_justify="left")
         for col in ("family", "setting", "every", "stopped", "doomed saved % [90% CI]", "all steps saved %",
                     "good stopped (≤ 90% bound)", f"near-best stopped (≤{within:g} pts)",
-                    "closest good stopped (pts from best)", f"wall time ({workers} workers)"):
-            t.add_column(col)
+                    "closest good stopped (pts from best)", f"wall time vs unpruned ({workers} workers)"):
+            t.add_column(col, overflow="fold")
         for r in df.itertuples():
             t.add_row(r.family, r.setting, str(r.every or "recorded"), f"{r.stopped}/{r.runs}",
                       f"{_pct(r.doomed_saved)} [{_pct(r.doomed_saved_lo)}, {_pct(r.doomed_saved_hi)}]",
@@ -478,8 +486,9 @@ def table_text(res: Study, scored: Sequence[str], tuned: Sequence[str], workers:
             f"{n.near_best} within {within:g} points of their group's best" if n is not None else "no runs")
     parts.append(head)
     if len(res.chosen):
-        parts.append(table(res.chosen, f"Chosen on {', '.join(tuned)} (most doomed steps saved with no good run "
-                                       f"stopped there), scored on {', '.join(scored)}"))
+        parts.append(table(res.chosen, f"Each family's setting chosen on {', '.join(tuned)} at each interval (most "
+                                       f"doomed steps saved with no good run stopped there; the presets as shipped), "
+                                       f"scored on {', '.join(scored)}"))
     front = res.curve[res.curve.pareto].drop_duplicates(  # settings that did the same: the first named
         ["family", "every", "stopped", "doomed_saved", "good_stopped", "near_best_stopped"])
     parts.append(table(front, f"Pareto settings on {', '.join(scored)} (no other saves more doomed steps with "
