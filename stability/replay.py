@@ -107,7 +107,11 @@ def recorded(runs: pd.DataFrame, steps: pd.DataFrame, grad_norms: pd.DataFrame,
         cfg = r.config
         spe = cfg.get("steps_per_epoch") or spe_of.get(r.sweep) or len(s)
         total = int(r.epochs) * int(spe)
-        used = int(r.diverged_at_step) + 1 if r.status == RunStatus.DIVERGED else total
+        if r.status != RunStatus.DIVERGED:
+            used = total
+        else:  # its diverged step, or (a row without it) its last recorded step
+            at = r.diverged_at_step
+            used = int(at) + 1 if at is not None and np.isfinite(at) else int(s.step.max()) + 1 if len(s) else 1
         init = getattr(r, "init_val_loss", None)
         n_classes = round(math.exp(init)) if init is not None and np.isfinite(init) and init < 10 else 10
         t = tr_by.get(key)

@@ -36,10 +36,13 @@ def test_reproduce_quick_writes_a_report_with_four_verdicts(tmp_path):
     # selection studies, the replicates (6 seeds per arm) and the 2x-length runs: sweeps of their own
     sweeps = sorted(p.name for p in (tmp_path / "res/runs").iterdir())
     assert sweeps[:3] == ["sweep=quick_epochs", "sweep=quick_lr_wd", "sweep=quick_optimizer"]
-    assert re.fullmatch(r"sweep=quick_peak-2x-[0-9a-f]{8}", sweeps[3]) and re.fullmatch(r"sweep=quick_peak-[0-9a-f]{8}", sweeps[4])
+    # by name, not sorted position: a tag such as 260eb27d sorts before "2x-"
+    two_x = [s for s in sweeps if re.fullmatch(r"sweep=quick_peak-2x-[0-9a-f]{8}", s)]
+    rep = [s for s in sweeps if re.fullmatch(r"sweep=quick_peak-[0-9a-f]{8}", s)]
+    assert len(two_x) == 1 and len(rep) == 1, sweeps
     from stability import store
 
-    reps = store.read_table(tmp_path / "res", "runs", sweep=sweeps[4][len("sweep="):])
+    reps = store.read_table(tmp_path / "res", "runs", sweep=rep[0][len("sweep="):])
     assert sorted(set(reps.seed)) == [1, 2, 3, 4, 5, 6] and len(reps) == 6 * 6  # 6 arms
     # every arm's replicate is the selected config with another seed, evaluated on the test split
     assert reps.test_ema_top1_err.notna().all() and (reps.test_images == 300).all()
