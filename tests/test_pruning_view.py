@@ -4,9 +4,7 @@ section, on hand-made recorded runs written as real results (and on the dashboar
 
 import json
 import math
-import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,10 @@ import pandas as pd
 from streamlit.testing.v1 import AppTest
 
 from stability import plots, replay, store
+
+from .test_dashboard import (
+    _root,  # the server's results root, as `stability dashboard --results` sets it
+)
 
 APP = str(Path(__file__).parents[1] / "dashboard" / "app.py")
 SPE, EPOCHS = 10, 2
@@ -100,18 +102,6 @@ def test_readable_rows_say_counts_and_intervals():
     assert shown["its 90% CI"].str.fullmatch(r"\[\d+\.\d, \d+\.\d\]").all()
 
 
-@contextmanager
-def _root(root):
-    old = {k: os.environ.get(k) for k in ("STABILITY_RESULTS", "STABILITY_ALLOW_BROWSE")}
-    os.environ["STABILITY_RESULTS"], os.environ["STABILITY_ALLOW_BROWSE"] = str(root), ""
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _page(root, query=None):
