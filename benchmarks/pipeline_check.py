@@ -70,10 +70,17 @@ def _timed_feed(feed, steps: int, device: torch.device) -> float:
     return n / (time.perf_counter() - t)
 
 
-def _loader_feed(data, batch: int, workers, device: torch.device, decode: str):
+# feed -> the loader's options (decode, overlap, auto_augment); "step alone" feeds one batch again
+FEEDS = {"CPU decode": ("cpu", True, "none"), "GPU decode, no overlap": ("gpu", False, "none"),
+         "GPU decode": ("gpu", True, "none"), "GPU decode + autoaugment": ("gpu", True, "autoaugment")}
+
+
+def _loader_feed(data, batch: int, workers, device: torch.device, feed: str):
     """The trainer's training batches, epoch after epoch (the loader and its workers persist)."""
+    decode, overlap, policy = FEEDS[feed]
     for epoch in itertools.count():
-        yield from batches(data, batch, 0, workers, epoch, 0, True, device, Dist(), decode=decode)
+        yield from batches(data, batch, 0, workers, epoch, 0, True, device, Dist(), decode=decode,
+                           overlap=overlap, auto_augment=policy)
 
 
 def pipeline_main(args, peaks: dict[str, float]) -> None:
@@ -94,8 +101,8 @@ def pipeline_main(args, peaks: dict[str, float]) -> None:
         print(f"wrote {args.images} JPEGs in {time.perf_counter() - t:.1f} s; {workers} workers "
               f"({os.cpu_count()} CPUs)", flush=True)
         for model_name in models:
-            for mode in ("step alone", "CPU decode", "GPU decode"):
-                if mode == "GPU decode" and not cuda:
+            for mode in ("step alone", *FEEDS):
+                if FEEDS.get(mode, ("cpu",))[0] == "gpu" and not cuda:
                     rows.append((model_name, mode, None, "skipped: GPU decoding needs CUDA"))
                     continue
                 try:
@@ -107,15 +114,16 @@ def pipeline_main(args, peaks: dict[str, float]) -> None:
                 print(rows[-1], flush=True)
                 if cuda:
                     torch.cuda.empty_cache()
-        for decode in ("cpu", "gpu") if cuda else ("cpu",):  # is the loader alone fast enough?
+        for feed in FEEDS if cuda else ("CPU decode",):  # is the loader alone fast enough?
             data = load_dataset("imagefolder", str(root), image_size=px)
             try:
-                rate = _timed_feed(_loader_feed(data, args.batch, workers, device, decode), args.steps, device)
-                rows.append(("-", f"loader alone, {decode.upper()} decode", rate, None))
+                rate = _timed_feed(_loader_feed(data, args.batch, workers, device, feed), args.steps, device)
+                rows.append(("-", f"loader alone, {feed}", rate, None))
             except Exception as e:
                 traceback.print_exc()
-                rows.append(("-", f"loader alone, {decode.upper()} decode", None, f"{type(e).__name__}: {e}"[:120]))
+                rows.append(("-", f"loader alone, {feed}", None, f"{type(e).__name__}: {e}"[:120]))
             finally:
+                data.close()
                 data.loaders.clear()
             print(rows[-1], flush=True)
     flops = {m: 3 * 2 * count_complexity(model_spec(m)).flops for m in models}
@@ -149,7 +157,7 @@ def _measure(model_name: str, mode: str, root: Path, px: int, args, device: torc
         return _timed_steps(step, itertools.repeat((x, y)), args.steps, device)
     data = load_dataset("imagefolder", str(root), image_size=px)
     try:
-        feed = _loader_feed(data, args.batch, workers, device, "gpu" if mode == "GPU decode" else "cpu")
-        return _timed_steps(step, feed, args.steps, device)
+        return _timed_steps(step, _loader_feed(data, args.batch, workers, device, mode), args.steps, device)
     finally:
+        data.close()
         data.loaders.clear()  # stop the persistent workers before the next mode

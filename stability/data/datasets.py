@@ -65,6 +65,11 @@ class DataBundle:
             raise DataError("test_split: this run holds out no test images (set test_split > 0)")
         return self if name == "val" else replace(self, val=ds, loaders={})
 
+    def close(self) -> None:
+        """Stop the loaders' prefetch threads (the run is over; their workers end with them)."""
+        for loader in self.loaders.values():
+            loader.close()
+
 
 TEST_SPLIT_SEED = 20210614  # fixed for every run and seed: the arXiv date of the paper
 
@@ -412,14 +417,15 @@ class EpochBatches:
 
 def batches(data: DataBundle, batch_size: int, seed: int, num_workers: int | str, epoch: int, start: int,
             train: bool, device, d, *, auto_augment: str = "none", decode: str = "cpu",
-            prefetch_factor: int = 2) -> Any:
+            prefetch_factor: int = 2, overlap: bool = True) -> Any:
     """The run's batches. Training: this rank's share of each global batch (strided, see
     ``EpochSampler``) from batch ``start`` of the epoch (``d``: this process's
     ``distributed.Dist``). Validation: every example once over all ranks (no drop).
 
     Decoded datasets get one loader per split and options, kept on ``data`` so its workers
     persist across epochs (``pipeline.Loader``); ``num_workers`` ``auto`` is resolved there, and
-    ``auto_augment`` / ``decode`` apply to training batches only (validation decodes on the CPU)."""
+    ``auto_augment`` / ``decode`` apply to training batches only (validation decodes on the CPU);
+    ``overlap`` (GPU decoding): the next batches decoded in a thread while the step runs."""
     from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
     ds = data.train if train else data.val
@@ -438,7 +444,8 @@ def batches(data: DataBundle, batch_size: int, seed: int, num_workers: int | str
     decode = decode if train else "cpu"
     if decode == "gpu" and device.type != "cuda":
         raise DataError(f"decode: gpu needs a CUDA device (this run is on {device}); use decode: cpu")
-    key = (train, batch_size, seed, workers, str(device), d.rank, d.world_size, auto_augment, decode, prefetch_factor)
+    key = (train, batch_size, seed, workers, str(device), d.rank, d.world_size, auto_augment, decode, prefetch_factor,
+           overlap)
     if key not in data.loaders:
         if train and auto_augment != "none" and decode == "cpu":
             import copy
@@ -448,7 +455,8 @@ def batches(data: DataBundle, batch_size: int, seed: int, num_workers: int | str
         size = per_rank if train else 2 * batch_size
         sampler = EpochBatches(len(ds), size, seed=seed, rank=d.rank, world_size=d.world_size, train=train)
         gpu = (data.image_size, policy(auto_augment), _MEAN, _STD) if decode == "gpu" else None
-        data.loaders[key] = Loader(ds, sampler, workers, device, prefetch_factor=prefetch_factor, gpu=gpu)
+        data.loaders[key] = Loader(ds, sampler, workers, device, prefetch_factor=prefetch_factor, gpu=gpu,
+                                   overlap=overlap)
     return data.loaders[key].epoch(epoch, start)
 
 

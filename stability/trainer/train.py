@@ -141,6 +141,7 @@ def _run(lp: Loop, rec: Record, flag: StopFlag, signals: tuple[int, ...], starte
         raise
     finally:
         flag.uninstall()
+        lp.data.close()
         if started_group:
             torch.distributed.destroy_process_group()
     return _finish(lp, rec, result)
