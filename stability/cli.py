@@ -129,9 +129,11 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
     from .progress import make_console
 
     console = make_console(stderr=True)
+    _gpu_only_with_dry_run(args)
     if args.dry_run:
-        dry = dry_run(spec)
+        dry = dry_run(spec, args.gpu)
         _print_plan(spec, dry)
+        _print_costs([dry.cost])
         if dry.warning:
             console.print(dry.warning, markup=False, style="yellow", soft_wrap=True)
         return 0
@@ -191,9 +193,37 @@ def _print_plan(spec, dry) -> None:
     for r in plan:
         by_stem[str(r.stem)] = by_stem.get(str(r.stem), 0) + 1
     console.print(f"{len(plan)} run{'s' if len(plan) != 1 else ''}{dry.note}: " + ", ".join(f"{k}: {v}" for k, v in by_stem.items())
-                  + f"; {cost['images']:.3g} training images, {cost['train_flops']:.3g} "
-                  f"training FLOPs ~ {cost['gpu_hours']:.3g} GPU-hours at {cost['flops_per_s'] / 1e12:.0f} TFLOP/s "
-                  "sustained. Nothing launched.")
+                  + f"; {cost.images:.3g} training images, {cost.flops:.3g} training FLOPs ~ "
+                  f"{cost.gpu_hours:.3g} GPU-hours on {cost.device.name} (img/s as measured, "
+                  "benchmarks/RESULTS.md; sources below). Nothing launched.")
+
+
+def _print_costs(costs: list, total: bool = False) -> None:
+    """The cost per study (``grid.cost.StudyCost``): runs, images, the step's and the input's
+    img/s, GPU-hours and where each rate came from; with ``total``, a total row."""
+    from rich.table import Table
+
+    from .progress import make_console
+
+    def rate(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.0f}"
+
+    table = Table(title=f"cost on {costs[0].device.name} (img/s per GPU)" if costs else "cost")
+    for col in ("study", "runs", "images", "step img/s", "input img/s", "input bound", "img/s", "GPU-hours"):
+        table.add_column(col, justify="left" if col in ("study", "input bound") else "right")
+    for c in costs:
+        table.add_row(c.name, str(c.runs), f"{c.images:.3g}", rate(c.step_img_s), rate(c.feed_img_s), c.bound,
+                      rate(c.img_s), f"{c.gpu_hours:,.4g}")
+    if total and costs:
+        table.add_row("total", str(sum(c.runs for c in costs)), f"{sum(c.images for c in costs):.3g}",
+                      "", "", "", "", f"{sum(c.gpu_hours for c in costs):,.4g}", style="bold")
+    console = make_console()
+    console.print(table)
+    by_source: dict[str, list[str]] = {}  # on their own lines, once each: a cell would wrap them unreadably
+    for c in costs:
+        by_source.setdefault(c.source, []).append(c.name)
+    for source, names in by_source.items():
+        console.print(f"{', '.join(names)}: {source}", markup=False, highlight=False, soft_wrap=True)
 
 
 def cmd_grid_status(args: argparse.Namespace) -> int:
@@ -351,6 +381,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     inv = Invocation.from_options(quick=args.quick, paper=args.paper, grids=args.grids, only=args.only,
                                   sets=args.set or [], results=args.results, profile=args.profile, out=args.out)
+    _gpu_only_with_dry_run(args)
+    if args.dry_run:
+        from .reproduce import dry_run
+
+        _print_costs(dry_run(inv, args.gpu), total=True)
+        print("Nothing launched.")
+        return 0
     res = run_studies(inv, show_progress=not args.quiet, console=make_console(stderr=True))
     md, page, data = write_report(res, inv.scale, inv.root, inv.out, inv.left_out)
     failed = 0
@@ -399,6 +436,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                 server.wait()
 
 
+def _gpu_only_with_dry_run(args: argparse.Namespace) -> None:
+    if args.gpu is not None and not args.dry_run:  # it names the GPU a cost is for, never the one runs get
+        raise ConfigError("--gpu: only with --dry-run (the GPU runs get is the executor's or profile's)")
+
+
+def gpu_option(p: argparse.ArgumentParser) -> None:
+    from .models import throughput
+
+    table = throughput.load()
+    p.add_argument("--gpu", help=f"--dry-run: the GPU its cost is computed for, from measured img/s "
+                   f"(allowed: {', '.join(table.devices)}; default {table.default_device})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stability", description="Training-stability studies of ViT_P vs ViT_C: train runs, "
                      "run grids of them (locally or on Slurm), report and reproduce the paper's findings.")
@@ -424,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = grid_cmd("run", "plan, submit missing runs, wait for them", cmd_grid_run)
     p.add_argument("--dry-run", action="store_true", help="print the plan and totals; launch nothing")
+    gpu_option(p)
     p.add_argument("--retry", choices=["failed"], help="also resubmit runs that failed")
     p.add_argument("--executor", help="override executor.kind: auto, slurm, local, debug")
     p.add_argument("--max-parallel", type=int, help="local executor: runs at a time")
@@ -465,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="key=value",
                    help="a RunConfig field for every study, e.g. --set dataset=cifar10 --set data_root=DIR")
     p.add_argument("--quiet", action="store_true", help="no live progress tables")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each sweep it would launch and its cost; launch nothing, write nothing")
+    gpu_option(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("dashboard", help="start the Streamlit dashboard")

@@ -24,6 +24,7 @@ only what is missing. The report is markdown and HTML, with its verdicts as JSON
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import time
@@ -212,6 +213,48 @@ class Invocation:
         return cls(scale, specs, root, Path(out) if out else Path(root) / "reproduce" / name,
                    [s for s in STUDIES if not chosen or s in chosen],
                    [s for s in STUDIES if chosen and s not in chosen])
+
+
+def dry_run(inv: Invocation, gpu: str | None = None) -> list:
+    """The cost (``grid.cost.StudyCost``) of every sweep :func:`run_studies` would launch, nothing
+    written: the selection studies as planned, then the replicates (each arm x the replication
+    seeds) and the 2x-length runs. An arm's configuration is its pool's first planned run of its
+    stem, optimizer and length: which lr/wd the selection picks does not change its cost."""
+    from .config import run_config
+    from .grid.controller import dry_run as grid_dry_run
+    from .grid.cost import study_cost
+    from .models import throughput
+
+    table = throughput.load()
+    device = table.device(gpu or table.default_device)
+    costs, pools = [], {}
+    for name in SELECTION:
+        if name in inv.specs:
+            dry = grid_dry_run(inv.specs[name], gpu)
+            # a tpe study's later trials follow results: only the ones it asks first are costed
+            costs.append(dataclasses.replace(dry.cost, name=f"{dry.cost.name} (first trials only)") if dry.note
+                         else dry.cost)
+            pools[name] = pd.DataFrame({"stem": [r.stem for r in dry.plan], "run": dry.plan,
+                                        "optimizer": [r.optimizer for r in dry.plan],
+                                        "epochs": [r.epochs for r in dry.plan]})
+    arms, arm_pools, long, _ = arm_fields(inv.chosen, pools["lr_wd"], pools.get("optimizer"), pools.get("epochs"))
+    configs = []
+    for arm, fields in arms.items():
+        pool = arm_pools[arm]
+        hit = pool[(pool["stem"] == fields["stem"]) & (pool["optimizer"] == fields["optimizer"])
+                   & (pool["epochs"] == fields["epochs"])]
+        if len(hit):  # replicates keep what a run computes; execution fields are the defaults
+            configs.append(run_config(_identity(pd.Series({"config_json": hit["run"].iloc[0].config_json}))))
+    if configs:
+        template = inv.specs["peak"]
+        seeds = len(template.seeds)
+        costs.append(study_cost(f"{template.name}-… (replicates)", [(c, seeds) for c in configs],
+                                template.executor, table, device))
+        longer = [(dataclasses.replace(c, epochs=2 * c.epochs), min(REGIME_SEEDS, seeds))
+                  for c in configs if c.epochs == long]
+        if longer:
+            costs.append(study_cost(f"{template.name}-2x-… (2x length)", longer, template.executor, table, device))
+    return costs
 
 
 def _run(spec, name: str, show_progress: bool, console) -> StudyResult:

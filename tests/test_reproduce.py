@@ -71,7 +71,9 @@ def test_reproduce_bad_input_is_one_line_exit_2(tmp_path):
                          # lr is an axis of the studies: found before any study trains
                          (["--quick", "--set", "lr=0.1"], "space.lr"),
                          # decoded datasets hold out no test split: refused at plan time
-                         (["--quick", "--set", "dataset=cifar10", "--set", "data_root=/x"], "test_split")):
+                         (["--quick", "--set", "dataset=cifar10", "--set", "data_root=/x"], "test_split"),
+                         # a dry run's cost is only for a measured GPU
+                         (["--paper", "--dry-run", "--gpu", "a100"], "(allowed: h200)")):
         out = run_cli("reproduce", *args, "--results", str(tmp_path / "res"))
         assert out.returncode == 2 and needle in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr

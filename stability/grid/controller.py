@@ -25,10 +25,11 @@ from .. import store
 from ..store import RunStatus as S
 from ..trainer.run_lock import run_owner
 from .backends import BACKENDS, Backend, backend_for
+from .cost import RATE_FIELDS, StudyCost, study_cost
 from .joblogs import job_files
 from .ledger import failures, read_ledger, record_jobs
 from .lock import SweepLock
-from .plan import COST_FIELDS, PlannedRun, config_groups, estimate_cost, plan_frame
+from .plan import COST_FIELDS, PlannedRun, config_groups, plan_frame
 from .samplers import Sampler, sampler_for
 from .spec import GridSpec, save_spec_copy
 from .state import (
@@ -82,21 +83,27 @@ def trial_slots(backend: Backend) -> int:
 class DryRun:
     """Everything ``grid run --dry-run`` prints: the plan (made in memory, nothing written; an
     async tpe sweep asks one trial per slot of the spec's backend), what its count leaves out,
-    the training cost (``plan.estimate_cost``) and a data-worker warning (or None)."""
+    the training cost on one GPU model (``grid.cost``) and a data-worker warning (or None)."""
 
     plan: list[PlannedRun]
     note: str
-    cost: dict[str, float]
+    cost: StudyCost
     warning: str | None
 
 
-def dry_run(spec: GridSpec) -> DryRun:
+def dry_run(spec: GridSpec, gpu: str | None = None) -> DryRun:
+    """The dry run of ``spec``, costed on the device ``gpu`` names (a key of
+    ``models/throughput.json``; None: its default). An unknown ``gpu`` is a ``ConfigError``."""
     from ..data.workers import WORKER_FIELDS, cpu_warning
+    from ..models import throughput
 
+    table = throughput.load()
+    device = table.device(gpu or table.default_device)  # checked before anything is planned
     sampler = sampler_for(spec)
     plan = sampler.dry_run(lambda: trial_slots(backend_for(spec)))
-    groups = config_groups(plan, COST_FIELDS + WORKER_FIELDS, set(spec.ranges))
-    return DryRun(plan, sampler.dry_run_note(), estimate_cost(groups), cpu_warning(spec.executor, [c for c, _ in groups]))
+    groups = config_groups(plan, COST_FIELDS + WORKER_FIELDS + RATE_FIELDS, set(spec.ranges))
+    return DryRun(plan, sampler.dry_run_note(), study_cost(spec.name, groups, spec.executor, table, device),
+                  cpu_warning(spec.executor, [c for c, _ in groups]))
 
 
 def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = None,

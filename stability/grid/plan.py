@@ -303,7 +303,7 @@ def plan_from_frame(df) -> list[PlannedRun]:
     return [PlannedRun(*row) for row in zip(*cols, strict=True)]
 
 
-# The fields that decide a run's training cost (images seen x FLOPs per image).
+# The fields that decide a run's training cost (images seen x FLOPs per image; grid/cost.py).
 COST_FIELDS = ("dataset", "synthetic_size", "batch_size", "steps_per_epoch", "epochs", "model", "stem", "image_size")
 
 
@@ -322,29 +322,3 @@ def config_groups(plan: list[PlannedRun], fields: tuple[str, ...], ranged: set[s
         first.setdefault(key, r)
         sizes[key] = sizes.get(key, 0) + 1
     return [(first[k].config, sizes[k]) for k in first]
-
-
-def estimate_cost(groups: list[tuple[RunConfig, int]], flops_per_s: float = 100e12) -> dict[str, float]:
-    """Total training FLOPs (3x forward per image, forward + backward), images seen, and GPU-hours
-    at ``flops_per_s`` sustained (100 TFLOP/s: about 10% MFU of an H100's bf16 peak, what a 4GF
-    ViT reached eagerly in ``benchmarks/gpu_check.py``) of ``groups`` (:func:`config_groups` over
-    :data:`COST_FIELDS`). FLOPs per image come from ``models/complexity.json`` where it holds
-    the model, else are counted once per model."""
-    from ..data.datasets import SIZES
-    from ..models import model_spec
-    from ..models.table import complexity, saved_counts
-
-    total_flops = images = 0.0
-    saved, per_image = saved_counts(), {}
-    for c, count in groups:
-        n_train, default_px = SIZES[c.dataset]
-        n_train = n_train or c.synthetic_size
-        per_epoch = n_train // c.batch_size
-        seen = c.epochs * min(per_epoch, c.steps_per_epoch or per_epoch) * c.batch_size * count
-        key = (*resolve(c.model, c.stem), c.image_size or default_px)
-        if key not in per_image:
-            per_image[key] = complexity(model_spec(c.model, c.stem, image_size=key[2]), saved)["flops"]
-        total_flops += 3 * 2 * per_image[key] * seen  # MACs -> FLOPs, forward + backward
-        images += seen
-    return {"train_flops": total_flops, "images": images, "flops_per_s": flops_per_s,
-            "gpu_hours": total_flops / flops_per_s / 3600}
