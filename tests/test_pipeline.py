@@ -12,7 +12,7 @@ from stability import store
 from stability.config import run_config
 from stability.data.datasets import DataError, batches, load_dataset
 from stability.data.packed import PackedDataset, pack
-from stability.data.workers import cpu_warning, job_cpus, resolve_workers, workers_needed
+from stability.data.workers import job_cpus, resolve_workers
 from stability.grid.spec import ExecutorSpec
 from stability.trainer.distributed import Dist
 from stability.trainer.train import train
@@ -165,20 +165,36 @@ def test_gpu_decode_gives_normalised_seeded_batches(tmp_path):
     assert not _same(run(auto_augment="autoaugment"), got)
 
 
+def _warning(executor, cfgs):
+    from stability.grid.cost import feed_warning, study_cost
+    from stability.models import throughput
+
+    table = throughput.load()
+    groups = [(c, 1) for c in cfgs]
+    cost = study_cost("s", groups, executor, table, table.device("h200"))
+    return feed_warning(executor, groups, cost), cost
+
+
 def test_dry_run_warns_when_a_cuda_job_has_too_few_cpus(tmp_path):
+    import math
+
     cfgs = [run_config({"dataset": "imagefolder", "data_root": "/data"})]
-    need = workers_needed()
-    assert cpu_warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=need + 1), cfgs) is None
-    low = cpu_warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=need), cfgs)
-    assert low and "cpus_per_task" in low and str(need) in low
-    assert cpu_warning(ExecutorSpec(cpus_per_task=2), cfgs) is None  # no GPU: nothing to feed
-    assert cpu_warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=2), [run_config({})]) is None  # digits
+    _, cost = _warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=2), cfgs)
+    g = cost.groups[0]  # 1 worker: its rate is the measured per-worker rate
+    need = math.ceil(g.step.img_s / g.feed.img_s)
+    assert need > 10  # a 4GF-scale step outruns a few CPU workers (measured rates)
+    assert _warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=need + 1), cfgs)[0] is None
+    low = _warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=need), cfgs)[0]
+    assert low and f"gives each GPU {need - 1} data workers" in low and f"needs ~{need} workers" in low
+    assert _warning(ExecutorSpec(cpus_per_task=2), cfgs)[0] is None  # no GPU: nothing to feed
+    assert _warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=2), [run_config({})])[0] is None  # digits
     gpu = [run_config({"dataset": "imagefolder", "decode": "gpu"})]
-    assert cpu_warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=2), gpu) is None
+    assert _warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=2), gpu)[0] is None
     many = [run_config({"dataset": "imagefolder", "num_workers": 12})]
-    assert "num_workers 12" in cpu_warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=8), many)
+    assert "num_workers 12" in _warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=8), many)[0]
     spec = write_spec(tmp_path / "s.yaml", "warn", tmp_path / "r",
-                      base={"dataset": "imagefolder", "data_root": "/data", "model": "vit_tiny", "image_size": 32},
+                      base={"dataset": "imagefolder", "data_root": "/data", "model": "vit_4gf", "image_size": 224,
+                            "batch_size": 2048},
                       executor={"kind": "slurm", "gpus_per_node": 8, "tasks_per_node": 8, "cpus_per_task": 4})
     out = run_cli("grid", "run", str(spec), "--dry-run")
     assert out.returncode == 0, out.stderr

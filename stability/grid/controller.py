@@ -25,7 +25,7 @@ from .. import store
 from ..store import RunStatus as S
 from ..trainer.run_lock import run_owner
 from .backends import BACKENDS, Backend, backend_for
-from .cost import RATE_FIELDS, StudyCost, study_cost
+from .cost import RATE_FIELDS, StudyCost, feed_warning, study_cost
 from .joblogs import job_files
 from .ledger import failures, read_ledger, record_jobs
 from .lock import SweepLock
@@ -94,16 +94,15 @@ class DryRun:
 def dry_run(spec: GridSpec, gpu: str | None = None) -> DryRun:
     """The dry run of ``spec``, costed on the device ``gpu`` names (a key of
     ``models/throughput.json``; None: its default). An unknown ``gpu`` is a ``ConfigError``."""
-    from ..data.workers import WORKER_FIELDS, cpu_warning
     from ..models import throughput
 
     table = throughput.load()
     device = table.device(gpu or table.default_device)  # checked before anything is planned
     sampler = sampler_for(spec)
     plan = sampler.dry_run(lambda: trial_slots(backend_for(spec)))
-    groups = config_groups(plan, COST_FIELDS + WORKER_FIELDS + RATE_FIELDS, set(spec.ranges))
-    return DryRun(plan, sampler.dry_run_note(), study_cost(spec.name, groups, spec.executor, table, device),
-                  cpu_warning(spec.executor, [c for c, _ in groups]))
+    groups = config_groups(plan, COST_FIELDS + RATE_FIELDS, set(spec.ranges))
+    cost = study_cost(spec.name, groups, spec.executor, table, device)
+    return DryRun(plan, sampler.dry_run_note(), cost, feed_warning(spec.executor, groups, cost))
 
 
 def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = None,

@@ -26,7 +26,7 @@ from ..models.throughput import DecodeRate, Device, StepRate, Throughput
 
 MFU = 0.10  # the FLOPs fallback: about what an eager 4GF ViT reached on the H200 (10-14%, RESULTS.md)
 # Config fields besides plan.COST_FIELDS that decide a run's img/s.
-RATE_FIELDS = ("compile", "accum_steps", "decode", "num_workers", "auto_augment")
+RATE_FIELDS = ("compile", "accum_steps", "decode", "num_workers", "auto_augment", "device")
 
 
 @dataclass(frozen=True)
@@ -241,3 +241,29 @@ def study_cost(name: str, groups: list[tuple[RunConfig, int]], executor: Any, ta
         The study's :class:`StudyCost`: one :class:`GroupCost` per group.
     """
     return StudyCost(name, device, tuple(group_cost(c, n, executor, table, device, flops) for c, n in groups))
+
+
+def feed_warning(executor: Any, groups: list[tuple[RunConfig, int]], study: StudyCost) -> str | None:
+    """A warning when a GPU job's CPU data workers cannot keep up with its step (the rates of
+    ``study``, costed from ``groups`` under ``executor``), or name more workers than it has CPUs;
+    else None."""
+    if not (executor.gpus_per_node or executor.gpus_per_task):
+        return None
+    have = max((executor.cpus_per_task or 1) - 1, 0)
+    cpu = [(c, g) for (c, _), g in zip(groups, study.groups, strict=True)
+           if c.dataset in DECODED and c.decode == "cpu" and c.device != "cpu"]
+    explicit = [c.num_workers for c, _ in cpu if c.num_workers != "auto"]
+    if explicit and max(explicit) > have:
+        return (f"warning: num_workers {max(explicit)} > cpus_per_task - 1 = {have}: the data workers "
+                f"will share CPUs (set num_workers: auto or raise cpus_per_task)")
+    starved = [(c, g) for c, g in cpu if g.feed.img_s is not None and g.feed.img_s < g.step.img_s]
+    if not starved:
+        return None
+    c, g = max(starved, key=lambda cg: cg[1].step.img_s / cg[1].feed.img_s)
+    workers = have if c.num_workers == "auto" else int(c.num_workers)
+    per = g.feed.img_s / max(workers, 1)
+    return (f"warning: cpus_per_task {executor.cpus_per_task} gives each GPU {workers} data workers: "
+            f"~{g.feed.img_s:,.0f} img/s of CPU JPEG decoding ({per:.0f} img/s per worker, from "
+            f"models/throughput.json) against a step of ~{g.step.img_s:,.0f} img/s on {study.device.name}: "
+            f"the GPU will wait for data; it needs ~{math.ceil(g.step.img_s / per)} workers "
+            f"(raise cpus_per_task, or try decode: gpu)")
