@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stability.data.augment import seeded
-from stability.data.datasets import _MEAN, _STD, EpochBatches, load_dataset
+from stability.data.datasets import _MEAN, _STD, EpochBatches, load_dataset, policy
 from stability.data.pipeline import CROP_RATIO, CROP_SCALE, Loader, crop_params
 from stability.data.prefetch import Prefetcher
 
@@ -103,7 +103,8 @@ def test_the_thread_leaves_the_training_threads_seeded_draws_alone(folder):
 
     batch = _collate_encoded([Encoded(ds)[(i, 100 + i)] for i in range(8)])
     want = draws()
-    p = Prefetcher(((batch) for _ in range(400)), GpuDecoder(16, None, _MEAN, _STD, CPU), CPU, depth=10**6)
+    decoder = GpuDecoder(16, policy("autoaugment"), _MEAN, _STD, CPU)  # crop and policy draws
+    p = Prefetcher(((batch) for _ in range(400)), decoder, CPU, depth=10**6)
     try:
         for _ in range(500):
             assert draws() == want

@@ -4,9 +4,11 @@ workers), each image's random draws seeded by (seed, epoch, index), and JPEG dec
 ``data.batches`` builds a ``Loader`` once per split and options and keeps it on the
 ``DataBundle``; each epoch tells its batch sampler the epoch and start batch, so the workers
 stay up and a resumed run still gets the same batches. With ``decode: gpu`` the workers only read
-JPEG bytes; ``GpuDecoder`` decodes them with nvJPEG and crops, flips (and applies the policy)
-on the GPU, with the same per-image seeds, in a thread on a side stream while the step runs
-(``prefetch.Prefetcher``: the same batches as without it, tested).
+JPEG bytes; ``GpuDecoder`` decodes them with nvJPEG and crops, flips and applies the policy on the
+GPU, each for the whole batch at once, with the same per-image seeds (the policy through
+``batch_policy``: each image's own draws, images that drew the same op transformed together),
+in a thread on a side stream while the step runs (``prefetch.Prefetcher``: the same batches as
+without it, tested).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import seeded
+from .batch_policy import apply_policy
 from .prefetch import Prefetcher
 from .workers import resolve_workers
 
@@ -140,7 +143,9 @@ class GpuDecoder:
     padded to a common canvas, one kernel instead of one resize per image (which bound the
     first version at ~2,200 img/s on an H200). Resampling is bilinear with adaptive supersampling
     (``sampling_ratio=0``: every output pixel averages ceil(crop/size)^2 samples, as antialiasing
-    does), close to but not bit-identical with the CPU path. The optional policy stays per image."""
+    does), close to but not bit-identical with the CPU path. The optional policy (``policy``:
+    ``datasets.policy``'s torchvision AutoAugment / RandAugment) draws per image from seed + 1 and
+    runs batched by op (``batch_policy.apply_policy``), bit-identical on CPU to calling it per image."""
 
     CANVAS_BYTES = 2 << 30  # a padded canvas larger than this is split (a few huge images)
 
@@ -185,13 +190,10 @@ class GpuDecoder:
     def __call__(self, data: torch.Tensor, lengths: list[int], labels: torch.Tensor, seeds: list[int]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.crop(self.decode(list(data.split(lengths))), seeds)
-        if self.policy is not None:  # torchvision's policies work on uint8 images, one draw per call
+        if self.policy is not None:  # on uint8 images, as torchvision's policies are defined
             u8 = x.round_().clamp_(0, 255).to(torch.uint8)
-            parts = []
-            for k, s in enumerate(seeds):
-                with seeded(s + 1):
-                    parts.append(self.policy(u8[k:k + 1]))
-            x = torch.cat(parts).float()
+            # seed + 1: the policy's draws are not the crop's (seeded by the seed itself)
+            x = apply_policy(self.policy, u8, [s + 1 for s in seeds]).float()
         x = (x - self.mean) / self.std
         return x, labels.to(self.device, non_blocking=True)
 
