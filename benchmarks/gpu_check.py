@@ -47,6 +47,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", help="--pipeline: cuda, or cpu for a dry run")
     ap.add_argument("--tiny", action="store_true", help="--pipeline: vit_{p,c}_tiny at 32 px (a dry run)")
     ap.add_argument("--workers", default="auto", help="--pipeline: num_workers of the CPU-decode mode")
+    ap.add_argument("--feeds", nargs="*", default=None,
+                    help="--pipeline: only these feeds (default all: 'CPU decode', 'GPU decode, no overlap', "
+                         "'GPU decode', 'GPU decode + autoaugment')")
     args = ap.parse_args()
     if args.pipeline:
         from pipeline_check import pipeline_main

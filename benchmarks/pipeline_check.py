@@ -100,13 +100,15 @@ def pipeline_main(args, peaks: dict[str, float]) -> None:
         _write(root, args.images)
         print(f"wrote {args.images} JPEGs in {time.perf_counter() - t:.1f} s; {workers} workers "
               f"({os.cpu_count()} CPUs)", flush=True)
+        feeds = [f for f in FEEDS if not args.feeds or f in args.feeds]
         for model_name in models:
-            for mode in ("step alone", *FEEDS):
+            step = _step(model_name, px, args, device)  # one model (compiled once) for every feed
+            for mode in ("step alone", *feeds):
                 if FEEDS.get(mode, ("cpu",))[0] == "gpu" and not cuda:
                     rows.append((model_name, mode, None, "skipped: GPU decoding needs CUDA"))
                     continue
                 try:
-                    rate = _measure(model_name, mode, root, px, args, device, workers)
+                    rate = _measure(step, mode, root, px, args, device, workers)
                     rows.append((model_name, mode, rate, None))
                 except Exception as e:  # one table at the end, whatever failed
                     traceback.print_exc()
@@ -114,7 +116,8 @@ def pipeline_main(args, peaks: dict[str, float]) -> None:
                 print(rows[-1], flush=True)
                 if cuda:
                     torch.cuda.empty_cache()
-        for feed in FEEDS if cuda else ("CPU decode",):  # is the loader alone fast enough?
+            del step
+        for feed in [f for f in feeds if cuda or FEEDS[f][0] == "cpu"]:  # is the loader alone fast enough?
             data = load_dataset("imagefolder", str(root), image_size=px)
             try:
                 rate = _timed_feed(_loader_feed(data, args.batch, workers, device, feed), args.steps, device)
@@ -145,12 +148,16 @@ def pipeline_main(args, peaks: dict[str, float]) -> None:
         print("\n".join(lines) + f"\n(not appended to RESULTS.md: {e})")
 
 
-def _measure(model_name: str, mode: str, root: Path, px: int, args, device: torch.device, workers: int) -> float:
+def _step(model_name: str, px: int, args, device: torch.device) -> Step:
+    """The training step the feeds are timed with (no tracing: the input pipeline is what is measured)."""
     torch.manual_seed(0)
     model = build_model(model_spec(model_name, image_size=px)).to(device)
     net = torch.compile(model) if args.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    step = Step(net, opt, None, autocast_for(device), label_smoothing=0.1)
+    return Step(net, opt, None, autocast_for(device), label_smoothing=0.1)
+
+
+def _measure(step: Step, mode: str, root: Path, px: int, args, device: torch.device, workers: int) -> float:
     if mode == "step alone":
         x = torch.randn(args.batch, 3, px, px, device=device)
         y = torch.randint(0, 10, (args.batch,), device=device)  # the written JPEGs have 10 classes
