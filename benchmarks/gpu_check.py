@@ -112,16 +112,17 @@ def _compare(model_name: str, batch: int, px: int, dtype, peak: float | None, ar
     kw = {"fused": args.optimizer_impl == "fused", "foreach": args.optimizer_impl == "foreach"}
     try:
         r = measure(models, batch, px, args.device, args.reps, args.steps, dtype, opt_kw=kw)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError only from torch 2.5
         return f"| {model_name} | {batch} | out of memory | | | | |", None
     finally:
         del models
         if args.device == "cuda":
             torch.cuda.empty_cache()
     ratio = statistics.median(a / b for a, b in zip(r["ours"], r["timm"], strict=True))
-    mfu = {k: statistics.median(v) * flops_per_img / peak if peak else float("nan") for k, v in r.items()}
+    mfu = {k: statistics.median(v) * flops_per_img / peak if peak else None for k, v in r.items()}
+    shown = {k: "n/a" if v is None else f"{100 * v:.1f}%" for k, v in mfu.items()}
     return (f"| {model_name} | {batch} | {spread(r['ours'])} | {spread(r['timm'])} | {ratio:.3f} | "
-            f"{100 * mfu['ours']:.1f}% | {100 * mfu['timm']:.1f}% |"), mfu["ours"] if peak else None
+            f"{shown['ours']} | {shown['timm']} |"), mfu["ours"]
 
 
 if __name__ == "__main__":
