@@ -1,11 +1,18 @@
-"""Do ``torch.compile`` and ``channels_last`` pay for a training step here?
+"""Do ``torch.compile``, ``channels_last`` and the optimizer's implementation pay for a training
+step here?
 
 Same model, batch and data; variants interleaved in each repetition: eager (the default),
 ``channels_last`` (memory format of the model and input: only convolutions care, i.e. ViT_C's
 stem and RegNetY), and ``torch.compile`` (default mode; its one-off compile time is reported
 apart). Ratio = best repetition of the variant / best repetition of eager (images/s).
 
+``--optimizers``: instead, AdamW's implementations (the trainer's ``optimizer_impl``): the
+per-parameter loop (torch's own default on a CPU), foreach (multi-tensor; ours on CPU) and fused
+(one kernel; ours on CUDA; torch >= 2.4 has CPU kernels too), each over the whole step (img/s, vs
+loop) and over ``opt.step()`` alone (ms, best of the repetitions).
+
     python benchmarks/step_options.py [--reps 7] [--steps 3] [--device cpu]
+    python benchmarks/step_options.py --optimizers [--reps 7] [--steps 3] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, spread  # noqa: E402
@@ -46,13 +54,59 @@ def variants(name: str, px: int, batch: int, device: str, with_compile: bool):
     return out, compile_s
 
 
+IMPLS = {"loop": {"foreach": False, "fused": False}, "foreach": {"foreach": True, "fused": False},
+         "fused": {"foreach": False, "fused": True}}
+
+
+def optimizer_ms(model: nn.Module, impl: dict, reps: int, n: int = 20) -> float:
+    """Best-of-``reps`` milliseconds of one AdamW ``step()`` on ``model``'s parameters (random
+    gradients, state already initialised): the update alone, which the whole step dilutes."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **impl)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
+    best = float("inf")
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        for _ in range(n):
+            opt.step()
+        sync()
+        best = min(best, (time.perf_counter() - t) / n)
+    return 1e3 * best
+
+
+def optimizer_lines(args) -> list[str]:
+    """The optimizer comparison's table (fused only where torch has the kernel for the device)."""
+    lines = ["| model | AdamW | step img/s | step vs loop (best / best) | opt.step() ms | vs loop |",
+             "|---|---|---|---|---|---|"]
+    for name, px, batch in CASES:
+        fns, models = {}, {}
+        for impl, kw in IMPLS.items():
+            torch.manual_seed(0)
+            models[impl] = build_model(model_spec(name, image_size=px)).to(args.device)
+            fns[impl] = step_fn(models[impl], batch, px, args.device, None, opt_kw=kw)
+        ips = time_steps(fns, batch, args.device, args.reps, args.steps)
+        ms = {impl: optimizer_ms(models[impl], kw, args.reps) for impl, kw in IMPLS.items()}
+        for impl, xs in ips.items():
+            lines.append(f"| {name} {px}px b{batch} | {impl} | {spread(xs)} | {max(xs) / max(ips['loop']):.3f} | "
+                         f"{ms[impl]:.2f} | {ms[impl] / ms['loop']:.3f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--optimizers", action="store_true", help="AdamW loop vs foreach vs fused instead")
     args = ap.parse_args()
+    if args.optimizers:
+        append_results(f"Step options: optimizer implementation ({args.device})", optimizer_lines(args))
+        return
     lines = ["| model | variant | img/s | vs eager (best / best) |", "|---|---|---|---|"]
     notes = []
     for name, px, batch in CASES:

@@ -63,8 +63,9 @@ def timm_twin(name: str, image_size: int) -> nn.Module:
 
 
 def step_fn(model: nn.Module, batch: int, image_size: int, device: str, dtype: torch.dtype | None,
-            channels_last: bool = False):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            channels_last: bool = False, opt_kw: dict | None = None):
+    """One forward + backward + AdamW step (``opt_kw``: e.g. ``fused=True``) on a fixed batch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **(opt_kw or {}))
     x = torch.randn(batch, 3, image_size, image_size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -81,9 +82,10 @@ def step_fn(model: nn.Module, batch: int, image_size: int, device: str, dtype: t
 
 
 def measure(models: dict[str, nn.Module], batch: int, image_size: int, device: str, reps: int,
-            steps: int, dtype: torch.dtype | None = None) -> dict[str, list[float]]:
+            steps: int, dtype: torch.dtype | None = None, opt_kw: dict | None = None) -> dict[str, list[float]]:
     """images/s per model over ``reps`` interleaved repetitions of ``steps`` steps each."""
-    fns = {k: step_fn(m.to(device).train(), batch, image_size, device, dtype) for k, m in models.items()}
+    fns = {k: step_fn(m.to(device).train(), batch, image_size, device, dtype, opt_kw=opt_kw)
+           for k, m in models.items()}
     return time_steps(fns, batch, device, reps, steps)
 
 

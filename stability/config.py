@@ -24,6 +24,8 @@ DEVICES = ("auto", "cpu", "cuda")
 BAD_CHECKPOINT = ("restart", "fail")  # what a run does with a checkpoint it cannot read (trainer/checkpoint.py)
 AUTO_AUGMENTS = ("none", "autoaugment", "randaugment")  # torchvision's per-image policies (data/datasets.py)
 DECODES = ("cpu", "gpu")  # where imagefolder/packed JPEGs are decoded (data/pipeline.py)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's; reduce-overhead: CUDA graphs
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")  # auto: fused on CUDA, foreach elsewhere (trainer/optim.py)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,13 @@ class RunConfig:
     # {preset: default, after: 0.3}; None = off. A pruned run is recorded as ``pruned``, checkpointed.
     pruner: str | None = None
     accum_steps: int = 1  # micro-batches per step: batch_size = world_size x accum_steps x micro
-    compile: bool = False  # torch.compile the model (pays on GPU; measured in benchmarks/)
+    # How the step executes (benchmarks/RESULTS.md): torch.compile pays x1.6-2.1 for a 4GF ViT on
+    # an H200 but only after minutes on a CPU, so auto = on for CUDA, off on CPU; the optimizer's
+    # update as one fused kernel, a foreach (multi-tensor) one, or a Python loop per parameter.
+    # None changes the maths beyond float rounding: not in the run id, recorded on the runs row.
+    compile: bool | str = "auto"  # auto | true | false
+    compile_mode: str = "default"  # default | reduce-overhead | max-autotune (torch.compile's mode)
+    optimizer_impl: str = "auto"  # auto | fused | foreach | loop
     # An unreadable checkpoint: restart = move it to quarantine and start afresh with a warning;
     # fail = fail the run naming the file (for a post-mortem before anything is redone).
     bad_checkpoint: str = "restart"
@@ -102,7 +110,7 @@ class RunConfig:
     # Fields that say where or how a run executes, not what it computes: not in the run id.
     EXECUTION_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
         {"results", "sweep", "device", "num_workers", "prefetch_factor", "decode", "data_root", "download",
-         "accum_steps", "compile", "bad_checkpoint", "trace_attention"}
+         "accum_steps", "compile", "compile_mode", "optimizer_impl", "bad_checkpoint", "trace_attention"}
     )
 
     @functools.cached_property
@@ -201,6 +209,12 @@ def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
     _check("num_workers", cfg.num_workers == "auto" or isinstance(cfg.num_workers, int) and cfg.num_workers >= 0,
            "an integer >= 0 or auto", cfg.num_workers, source)
     _check("prefetch_factor", cfg.prefetch_factor >= 1, "must be >= 1", cfg.prefetch_factor, source)
+    _check("compile", isinstance(cfg.compile, bool) or cfg.compile == "auto", "allowed: auto, true, false",
+           cfg.compile, source)
+    _check("compile_mode", cfg.compile_mode in COMPILE_MODES, f"allowed: {', '.join(COMPILE_MODES)}",
+           cfg.compile_mode, source)
+    _check("optimizer_impl", cfg.optimizer_impl in OPTIMIZER_IMPLS, f"allowed: {', '.join(OPTIMIZER_IMPLS)}",
+           cfg.optimizer_impl, source)
     _check("bad_checkpoint", cfg.bad_checkpoint in BAD_CHECKPOINT, f"allowed: {', '.join(BAD_CHECKPOINT)}",
            cfg.bad_checkpoint, source)
     _check("decode", cfg.decode in DECODES, f"allowed: {', '.join(DECODES)}", cfg.decode, source)

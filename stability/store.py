@@ -51,8 +51,9 @@ STALE_TMP_S = 600.0  # no write of one file takes ten minutes: an older temp fil
 # losses (final, at init, per epoch), log Z per step, attention logits/entropy and grad/update
 # RMS per traced layer (older files read them all as null); 5: the held-out test split's errors
 # and per-image correctness (``test_split`` runs); 6: the pruner's verdict (``pruned`` runs, and
-# runs a rerun continued past it: ``pruned_at_step``, ``prune_rule``, ``prune_signals``)
-SCHEMA_VERSION = 6
+# runs a rerun continued past it: ``pruned_at_step``, ``prune_rule``, ``prune_signals``); 7: how
+# the step executed (``compiled``, ``compile_mode``, ``optimizer_impl``, ``amp_dtype``)
+SCHEMA_VERSION = 7
 
 
 class RunStatus(StrEnum):
@@ -95,6 +96,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         # the row of a run that ``--rerun`` continued past it (pruner.py)
         ("pruned_at_step", _I), ("prune_rule", _S), ("prune_signals", _S),
         ("n_spikes", _I), ("wall_time_s", _F), ("device", _S),
+        # how the step executed (trainer/execution.py): torch.compile and its mode (null when not
+        # compiled), the optimizer's implementation (fused | foreach | loop), the autocast dtype
+        # (null: fp32); older files read them as null
+        ("compiled", pa.bool_()), ("compile_mode", _S), ("optimizer_impl", _S), ("amp_dtype", _S),
         ("world_size", _I), ("host", _S), ("slurm_job_id", _S), ("job_id", _S), ("git_sha", _S),
         ("stability_version", _S), ("config_json", _S), ("started_at", _T), ("finished_at", _T),
         ("error", _S), ("schema_version", _I),

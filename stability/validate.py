@@ -25,7 +25,7 @@ def hints(cls: type) -> dict[str, Any]:
 
 
 def check_value(hint: Any, where: str, value: Any, source: str | None) -> Any:
-    """``value`` checked against ``hint`` (``int | None``, ``int | str``, ``float``, ``str``,
+    """``value`` checked against ``hint`` (``int | None``, ``int | str``, ``bool | str``, ``float``, ``str``,
     ``bool``, ``tuple[float, float]``, ``dict[str, Any]``, ``Any``)."""
     args = typing.get_args(hint)
     optional = isinstance(hint, types.UnionType) and type(None) in args
@@ -36,7 +36,10 @@ def check_value(hint: Any, where: str, value: Any, source: str | None) -> Any:
         raise ConfigError(f"{where}: must not be null", source)
     if isinstance(base, types.UnionType):  # e.g. ``int | str``: the value's own type picks the member
         kinds = [a for a in typing.get_args(base) if a is not type(None)]
-        kind = str if isinstance(value, str) else next((k for k in kinds if k in (int, float)), None)
+        if isinstance(value, str) or isinstance(value, bool) and bool in kinds:  # bool before int: True is an int
+            kind = type(value)
+        else:
+            kind = next((k for k in kinds if k in (int, float)), None)
         if kind not in kinds:
             raise ConfigError(f"{where}: expected {' or '.join(k.__name__ for k in kinds)}, got {shown(value)}",
                               source)

@@ -98,7 +98,7 @@ def test_files_of_an_older_schema_read_with_the_new_columns_as_nulls(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    new = {"ema_top1_err", "ema_top5_err", "collapsed"}
+    new = {"ema_top1_err", "ema_top5_err", "collapsed", "compiled", "compile_mode", "optimizer_impl", "amp_dtype"}
     old = pa.schema([f for f in store.SCHEMAS["runs"] if f.name not in new])
     path = store.table_dir(tmp_path, "runs", "old") / "r0.parquet"
     path.parent.mkdir(parents=True)
@@ -108,6 +108,7 @@ def test_files_of_an_older_schema_read_with_the_new_columns_as_nulls(tmp_path):
     runs = store.load(tmp_path).runs.set_index("run_id")
     assert runs.loc["r0", "top1_err"] == 10.0 and pd.isna(runs.loc["r0", "ema_top1_err"])
     assert pd.isna(runs.loc["r0", "collapsed"]) and runs.loc["r1", "schema_version"] == store.SCHEMA_VERSION
+    assert runs.loc["r0", ["compiled", "compile_mode", "optimizer_impl", "amp_dtype"]].isna().all()  # version 7's
 
 
 def test_a_misspelt_column_is_an_error_not_a_silent_null():

@@ -45,6 +45,16 @@ def test_tiny_run_lowers_loss_and_writes_four_tables(tiny_run):
     assert not store.progress_path(cfg.results, cfg.sweep, cfg.run_id).exists()  # and the progress note
 
 
+def test_tiny_run_records_how_its_step_executed(tiny_run):
+    """On a CPU ``compile: auto`` is off and ``optimizer_impl: auto`` is foreach; fp32, no autocast."""
+    cfg, row = tiny_run
+    runs = store.load(cfg.results).runs
+    assert cfg.compile == "auto" and cfg.optimizer_impl == "auto"
+    assert runs.compiled.tolist() == [False] and runs.optimizer_impl.tolist() == ["foreach"]
+    assert runs.compile_mode.isna().all() and runs.amp_dtype.isna().all()
+    assert row["optimizer_impl"] == "foreach"
+
+
 def test_per_layer_norms_match_autograd():
     torch.manual_seed(0)
     model = build_model(model_spec("vit_c_tiny"))

@@ -20,6 +20,7 @@ from .. import store
 from ..config import RunConfig, config_hash
 from ..errors import ConfigError
 from .ema import WeightEMA
+from .optim import keep_impl
 
 # 2: the weight EMA; 3: the run's identity, loaded without unpickling code; 4: no rows (they are
 # streamed to the store: ``store.append_rows``), only model, optimizer, EMA and loop state
@@ -135,7 +136,7 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
         if ema is not None and payload.get("ema") is not None:
             _check_fits(ema.model, payload["ema"], "EMA")
         model.load_state_dict(payload["model"])
-        opt.load_state_dict(payload["optimizer"])
+        keep_impl(opt, lambda: opt.load_state_dict(payload["optimizer"]))
         if ema is not None and payload.get("ema") is not None:
             ema.load_state_dict(payload["ema"])
         state = RunState(**payload["state"])

@@ -64,10 +64,15 @@ def setup_device(name: str, d: Dist) -> torch.device:
     return device
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype on ``device``: bf16 on CUDA (fp32 master weights), None on CPU (fp32)."""
+    return torch.bfloat16 if device.type == "cuda" else None
+
+
 def autocast_for(device: torch.device):
-    """A context factory: bf16 autocast on CUDA, nothing on CPU (fp32 there)."""
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    """A context factory: autocast to :func:`amp_dtype` on CUDA, nothing on CPU."""
+    if (dtype := amp_dtype(device)) is not None:
+        return lambda: torch.autocast(device.type, dtype=dtype)
     return nullcontext
 
 

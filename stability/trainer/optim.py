@@ -1,14 +1,19 @@
-"""The optimizer side of a run: parameter groups, optimizer, and the lr schedule (per step)."""
+"""The optimizer side of a run: parameter groups, optimizer, its implementation, and the lr
+schedule (per step)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import RunConfig
+from ..errors import ConfigError
+
+IMPLS = ("fused", "foreach", "loop")  # what ``optimizer_impl: auto`` resolves to, per device
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -31,11 +36,53 @@ def param_groups(model: nn.Module, wd: float, decay_embeddings: bool) -> list[di
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+def resolve_impl(impl: str, device_type: str) -> str:
+    """``auto``: fused on CUDA (one kernel for every parameter's update), foreach elsewhere (torch's
+    own default on CPU is the per-parameter loop; benchmarks/step_options.py measures the three)."""
+    if impl != "auto":
+        return impl
+    return "fused" if device_type == "cuda" else "foreach"
+
+
+def impl_flags(impl: str) -> dict[str, bool]:
+    """The optimizer keywords of a resolved implementation (explicit False: torch's None would pick)."""
+    return {"fused": impl == "fused", "foreach": impl == "foreach"}
+
+
+def impl_of(opt: torch.optim.Optimizer) -> str:
+    """The implementation ``opt``'s (first) parameter group runs: fused, foreach or loop."""
+    g = opt.param_groups[0]
+    return "fused" if g.get("fused") else "foreach" if g.get("foreach") else "loop"
+
+
+def make_optimizer(cfg: RunConfig, model: nn.Module, device_type: str | None = None) -> torch.optim.Optimizer:
+    """AdamW or SGD over :func:`param_groups`, as ``cfg.optimizer_impl`` resolves on ``device_type``
+    (default: the device of the model's parameters)."""
+    device_type = device_type or next(model.parameters()).device.type
+    impl = resolve_impl(cfg.optimizer_impl, device_type)
     groups = param_groups(model, cfg.wd, cfg.decay_embeddings)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+    try:
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **impl_flags(impl))
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, **impl_flags(impl))
+    except RuntimeError as e:  # a device torch has no fused kernel for
+        raise ConfigError(f"optimizer_impl: {impl} is not supported by torch {torch.__version__} for "
+                          f"{cfg.optimizer} on {device_type} (use foreach or loop): {e}") from None
+
+
+def keep_impl(opt: torch.optim.Optimizer, load: Callable[[], None]) -> None:
+    """Run ``load`` (``opt.load_state_dict``), keeping ``opt``'s implementation: a state dict brings
+    its groups' fused/foreach flags, so a checkpoint written under another implementation (or
+    before there was a choice) would silently replace the chosen one. The step counts follow:
+    fused wants them on the parameter's device, the others on the CPU (no host sync per step)."""
+    flags = {k: opt.param_groups[0].get(k) for k in ("fused", "foreach")}
+    load()
+    for g in opt.param_groups:
+        g.update(flags)
+        for p in g["params"]:
+            state = opt.state.get(p, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(p.device if flags["fused"] else "cpu", torch.float32)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

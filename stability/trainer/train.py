@@ -41,6 +41,7 @@ from .checkpoint import (
 from .distributed import Dist, autocast_for, barrier, from_env, init, setup_device
 from .ema import WeightEMA, make_ema
 from .evaluation import evaluate, evaluate_ema, split_errors
+from .execution import compile_net, execution_columns, resolve_compile
 from .optim import lr_at, make_optimizer
 from .provenance import job_id, now, run_identity, timestamp
 from .pruning import Pruned, make_pruner, pruned_result, verdict_columns
@@ -98,7 +99,7 @@ def _setup(cfg: RunConfig, d: Dist, device: torch.device, rec: Record, reporter:
     seed_all(cfg.seed)
     fmt = memory_format(spec.family)
     model = build_model(spec, freeze_stem=cfg.freeze_stem, qk_norm=cfg.qk_norm).to(device, memory_format=fmt)
-    opt = make_optimizer(cfg, model)
+    opt = make_optimizer(cfg, model, device.type)
     ema = make_ema(model, cfg.ema_alpha, cfg.ema_period, cfg.batch_size, cfg.epochs, cfg.warmup_epochs)
     tracer = GradTracer(model, device, attention=cfg.trace_attention)
     spe = steps_per_epoch(data, cfg.batch_size, cfg.steps_per_epoch, d.world_size, cfg.accum_steps)
@@ -108,8 +109,9 @@ def _setup(cfg: RunConfig, d: Dist, device: torch.device, rec: Record, reporter:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
+    if compiled := resolve_compile(cfg.compile, device.type):
+        net = compile_net(net, cfg.compile_mode)
+    rec.base |= execution_columns(compiled, cfg.compile_mode, opt, device)
     step = Step(net=net, opt=opt, tracer=tracer, autocast=autocast_for(device), accum_steps=cfg.accum_steps,
                 label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip, distributed=d.enabled, z_loss=cfg.z_loss)
     bound = cfg.divergence_factor * math.log(max(data.num_classes, 2))
