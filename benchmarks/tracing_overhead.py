@@ -33,14 +33,16 @@ from common import append_results, spread  # noqa: E402
 
 from stability.models import build_model, model_spec  # noqa: E402
 from stability.trainer.distributed import autocast_for  # noqa: E402
+from stability.trainer.execution import resolve_compile  # noqa: E402
+from stability.trainer.optim import impl_flags, resolve_impl  # noqa: E402
 from stability.trainer.tracing import GradTracer, TraceBuffer  # noqa: E402
 from stability.trainer.train import Step, train_step  # noqa: E402
 
 
-def loop(model, opt, tracer, x, y, steps: int, every: int | None) -> float:
+def loop(net, opt, tracer, x, y, steps: int, every: int | None) -> float:
     """Seconds for ``steps`` of the shipped ``train_step`` with its ``TraceBuffer`` (flushed every
     10 steps, as ``train``); ``every=None`` means no tracing at all (no grad norms, losses only)."""
-    s = Step(model, opt, tracer if every is not None else None, autocast_for(x.device))
+    s = Step(net, opt, tracer if every is not None else None, autocast_for(x.device))
     buf = TraceBuffer(tracer, x.device, "bench")
     losses = []
     t = time.perf_counter()
@@ -60,21 +62,28 @@ def loop(model, opt, tracer, x, y, steps: int, every: int | None) -> float:
     return time.perf_counter() - t
 
 
-def run(model_name: str, batch: int, px: int, device: str, reps: int, steps: int, k: int = 10):
+def run(model_name: str, batch: int, px: int, device: str, reps: int, steps: int, k: int = 10,
+        shipped: bool = False):
+    """``shipped``: the trainer's own step on ``device`` (``compile: auto`` and ``optimizer_impl:
+    auto`` resolved for it: compiled with fused AdamW on CUDA); else eager with foreach AdamW."""
     torch.manual_seed(0)
     model = build_model(model_spec(model_name, image_size=px)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tracer = GradTracer(model, torch.device(device))
+    dev = torch.device(device)
+    compiled = shipped and resolve_compile("auto", dev.type)
+    impl = resolve_impl("auto", dev.type) if shipped else "foreach"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **impl_flags(impl))
+    net = torch.compile(model) if compiled else model
+    tracer = GradTracer(model, dev)
     x = torch.randn(batch, 3, px, px, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     variants = {"off": None, "every step": 1, f"every {k} steps (default)": k}
     for every in variants.values():
-        loop(model, opt, tracer, x, y, 3, every)
+        loop(net, opt, tracer, x, y, 3, every)
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(reps):
         for name, every in variants.items():
-            times[name].append(loop(model, opt, tracer, x, y, steps, every))
-    parts = components(model, opt, tracer, x, y)
+            times[name].append(loop(net, opt, tracer, x, y, steps, every))
+    parts = components(net, opt, tracer, x, y)
     return times, parts
 
 
@@ -88,6 +97,7 @@ def _min_time(fn, n: int) -> float:
 
 
 def components(model, opt, tracer, x, y, n: int = 50) -> dict[str, float]:
+    # ``model``: what the step runs forward (compiled or not)
     """Minimum seconds of: one untraced step; the per-step tracing work (grad norms; log Z); the
     per-trace work (snapshot and update norms; the attention probe's extra forward work)."""
     untraced = Step(model, opt, None, autocast_for(x.device))
@@ -126,11 +136,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--px", type=int, default=32)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shipped", action="store_true",
+                    help="the trainer's step on --device: compile and optimizer_impl auto (compiled, fused AdamW on CUDA)")
     args = ap.parse_args()
-    times, parts = run(args.model, args.batch, args.px, args.device, args.reps, args.steps)
+    times, parts = run(args.model, args.batch, args.px, args.device, args.reps, args.steps, shipped=args.shipped)
     k = 10
     base = times["off"]
-    lines = [f"{args.model}, batch {args.batch}, {args.px} px, {args.device}",
+    lines = [f"{args.model}, batch {args.batch}, {args.px} px, {args.device}"
+             + (", the shipped step (compile and optimizer_impl auto)" if args.shipped else ""),
              "", "Tracing work timed on its own (minimum of 50; the step: minimum of 16):", "",
              "| part | ms | share of an untraced step |", "|---|---|---|"]
     t_step, t_ps, t_pt = parts["step"], parts["per_step"] + parts["log_z"], parts["per_trace"] + parts["probe"]
