@@ -219,7 +219,8 @@ def group_cost(cfg: RunConfig, runs: int, executor: Any, table: Throughput, devi
     ranks = max(executor.nodes * executor.tasks_per_node, 1)
     batch = cfg.batch_size // (ranks * max(cfg.accum_steps, 1))
     images = float(images_seen(cfg) * runs)
-    step = step_rate(table, device, model, px, batch, bool(cfg.compile), flops)
+    compiled = cfg.compile == "auto" or bool(cfg.compile)  # auto is on for CUDA, the device costed here
+    step = step_rate(table, device, model, px, batch, compiled, flops)
     feed, bound = feed_rate(table, device, cfg, executor.cpus_per_task)
     return GroupCost(runs, images, 3 * 2 * flops(model, px) * images, step, feed, bound)
 
