@@ -19,6 +19,7 @@ out=${1:-${OUT:-/tmp/gpu_session}}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 deadline=$(( $(date +%s) + ${DEADLINE:-480} ))
+cp benchmarks/RESULTS.md "$out/RESULTS.before.md"  # what this call appends is the difference
 parts=${PARTS:-mfu pipeline tracing smoke policy batch512}
 fail=0
 
@@ -37,8 +38,9 @@ part() {  # part NAME CAP_SECONDS COMMAND...: run it if named in $parts, within 
   [ "$rc" -eq 0 ] || fail=1
 }
 
-nvidia-smi -L
-python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0))"
+nvidia-smi -L || { echo "no NVIDIA GPU here (nvidia-smi): nothing to measure"; exit 2; }
+python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0))" \
+  || { echo "needs torch with CUDA and timm (pip install -e '.[bench]')"; exit 2; }
 
 smoke() {
   python3 - "$out/jpegs" <<'PY' || return 1
@@ -78,6 +80,6 @@ part smoke 120 bash -c smoke
 part policy 30 python3 benchmarks/batch_policy.py --device cuda --px 224 --reps 3
 part batch512 100 python3 benchmarks/gpu_check.py --batch 512 --compile --reps 3 --steps 10
 cp benchmarks/RESULTS.md "$out/RESULTS.md"
-git diff --no-color -- benchmarks/RESULTS.md > "$out/RESULTS.diff" 2>/dev/null || true
+diff -u "$out/RESULTS.before.md" benchmarks/RESULTS.md > "$out/RESULTS.diff"
 echo "== done: fail=$fail"
 exit $fail

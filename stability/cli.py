@@ -134,8 +134,8 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
         dry = dry_run(spec, args.gpu)
         _print_plan(spec, dry)
         _print_costs([dry.cost])
-        if dry.warning:
-            console.print(dry.warning, markup=False, style="yellow", soft_wrap=True)
+        for line in dry.warnings:
+            console.print(line, markup=False, style="yellow", soft_wrap=True)
         return 0
     opts = RunOptions(retry_failed=args.retry is not None, wait=not args.no_wait, show_progress=not args.quiet)
     outcome = Controller(spec, opts, console).run()  # takes the sweep's lock, then starts the backend
@@ -383,9 +383,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                   sets=args.set or [], results=args.results, profile=args.profile, out=args.out)
     _gpu_only_with_dry_run(args)
     if args.dry_run:
-        from .reproduce import dry_run
+        from .reproduce import dry_run, dry_run_notes
 
-        _print_costs(dry_run(inv, args.gpu), total=True)
+        costs = dry_run(inv, args.gpu)
+        _print_costs(costs, total=True)
+        for note in dry_run_notes(inv, costs):
+            print(note)
         print("Nothing launched.")
         return 0
     res = run_studies(inv, show_progress=not args.quiet, console=make_console(stderr=True))

@@ -243,8 +243,9 @@ def dry_run(inv: Invocation, gpu: str | None = None) -> list:
         pool = arm_pools[arm]
         hit = pool[(pool["stem"] == fields["stem"]) & (pool["optimizer"] == fields["optimizer"])
                    & (pool["epochs"] == fields["epochs"])]
-        if len(hit):  # replicates keep what a run computes; execution fields are the defaults
-            configs.append(run_config(_identity(pd.Series({"config_json": hit["run"].iloc[0].config_json}))))
+        if len(hit):  # replicates repeat what a run computes, where the selection ran
+            row = pd.Series({"config_json": hit["run"].iloc[0].config_json})
+            configs.append(run_config(_identity(row) | _execution([row])))
     if configs:
         template = inv.specs["peak"]
         seeds = len(template.seeds)
@@ -287,6 +288,14 @@ def arm_fields(chosen: list[str], lr_wd: pd.DataFrame, optimizer: pd.DataFrame |
     return arms, pools, long, short
 
 
+def dry_run_notes(inv: Invocation, costs: list) -> list[str]:
+    """What the dry run's costs need said beside them: a note when no study's executor asks for a GPU."""
+    from .grid.cost import no_gpu_note
+
+    note = no_gpu_note([s.executor for s in inv.specs.values()], costs[0].device) if costs else None
+    return [note] if note else []
+
+
 def _identity(row: pd.Series) -> dict:
     """The selected run's config without seed, sweep and execution fields: what a replicate repeats."""
     from .config import RunConfig, config_from_json
@@ -295,14 +304,28 @@ def _identity(row: pd.Series) -> dict:
     return {k: v for k, v in cfg.items() if k not in RunConfig.EXECUTION_FIELDS and k not in ("seed", "sweep")}
 
 
-def replication_spec(template, configs: list[dict], name: str, seeds: tuple[int, ...], root: str) -> Path:
+def _execution(rows: list[pd.Series]) -> dict:
+    """Where and how the first selected run executed (``data_root``, ``decode``, ``compile``, ...:
+    the execution fields it set away from the defaults, results and sweep apart): the replicates
+    run where the selection ran (its data, its devices) without these entering what they repeat."""
+    from .config import RunConfig, config_from_json
+
+    if not rows:
+        return {}
+    cfg, default = config_from_json(rows[0]["config_json"]).to_dict(), RunConfig().to_dict()
+    return {k: cfg[k] for k in sorted(RunConfig.EXECUTION_FIELDS - {"results", "sweep"}) if cfg[k] != default[k]}
+
+
+def replication_spec(template, configs: list[dict], name: str, seeds: tuple[int, ...], root: str,
+                     execution: dict | None = None) -> Path:
     """A grid spec file under ``<root>/reproduce/specs/`` that runs ``configs`` with ``seeds``:
-    the fields they share in ``base``, the rest as one bundle axis; the template's executor."""
+    the fields they share in ``base`` (with ``execution``: see :func:`_execution`), the rest as
+    one bundle axis; the template's executor."""
     import dataclasses
 
     import yaml
 
-    common = {k: v for k, v in configs[0].items() if all(c.get(k) == v for c in configs)}
+    common = {k: v for k, v in configs[0].items() if all(c.get(k) == v for c in configs)} | (execution or {})
     common = {k: list(v) if isinstance(v, tuple) else v for k, v in common.items()}
     arms = [{k: v for k, v in c.items() if k not in common} for c in configs]
     space = {"arm": arms} if arms and arms[0] else {}
@@ -323,6 +346,7 @@ def _canonical(cfg: dict) -> str:
 def _existing_tag(root: str, name: str, configs: list[dict], seeds: tuple[int, ...]) -> str | None:
     """The tag of a replication spec under ``root`` that runs exactly ``configs`` with ``seeds``
     (whatever order or arm names wrote it), so a rerun never trains the same replicates twice."""
+    from .config import RunConfig
     from .yamlio import load_yaml
 
     want = {_canonical(c) for c in configs}
@@ -333,7 +357,8 @@ def _existing_tag(root: str, name: str, configs: list[dict], seeds: tuple[int, .
         try:
             d = load_yaml(path)
             arms = (d.get("space") or {}).get("arm") or [{}]
-            got = {_canonical({**d["base"], **a}) for a in arms}
+            got = {_canonical({k: v for k, v in {**d["base"], **a}.items() if k not in RunConfig.EXECUTION_FIELDS})
+                   for a in arms}
         except (ConfigError, AttributeError, KeyError, TypeError):
             continue  # not ours, or damaged: ignored, never trusted
         if got == want and tuple(d.get("seeds") or ()) == tuple(seeds):
@@ -364,15 +389,18 @@ def run_studies(inv: Invocation, show_progress: bool = True, console=None) -> Ou
     if out.arms:
         template = specs["peak"]
         ordered = sorted((_identity(row) for row in out.arms.values()), key=_canonical)
+        execution = _execution(list(out.arms.values()))
         tag = _existing_tag(inv.root, template.name, ordered, template.seeds) or config_hash({"arms": ordered}, 8)
-        rep_spec = load_spec(replication_spec(template, ordered, f"{template.name}-{tag}", template.seeds, inv.root))
+        rep_spec = load_spec(replication_spec(template, ordered, f"{template.name}-{tag}", template.seeds, inv.root,
+                                              execution))
         r = _run(rep_spec, "replicates", show_progress, console)
         out.studies.append(r)
         reps = r.runs
         long_cfgs = [{**c, "epochs": 2 * c["epochs"]} for c in ordered if c["epochs"] == long]
         if long_cfgs:
             seeds = template.seeds[:REGIME_SEEDS]
-            x2 = load_spec(replication_spec(template, long_cfgs, f"{template.name}-2x-{tag}", seeds, inv.root))
+            x2 = load_spec(replication_spec(template, long_cfgs, f"{template.name}-2x-{tag}", seeds, inv.root,
+                                            execution))
             r2 = _run(x2, "2x length", show_progress, console)
             out.studies.append(r2)
             longer = r2.runs

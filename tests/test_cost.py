@@ -66,6 +66,8 @@ def test_cpu_workers_bound_the_feed_and_the_lower_rate_wins():
     assert (g.feed.img_s, g.bound) == (800.0, "8 CPU workers") and "measured (gpu box" in g.feed.source
     assert g.img_s == 800.0 and g.gpu_hours == g.images / 800 / 3600
     assert _cost(executor=ex, dataset="imagefolder", data_root="/x", num_workers=3).feed.img_s == 300.0
+    # more workers than CPUs share them: 12 named, 8 CPUs' worth of decoding
+    assert _cost(executor=ex, dataset="imagefolder", data_root="/x", num_workers=12).feed.img_s == 800.0
     one = _cost(dataset="imagefolder", data_root="/x")  # no cpus_per_task: one CPU, decoding in the training process
     assert (one.feed.img_s, one.bound) == (100.0, "decoding in the training process")
     fast = ExecutorSpec(kind="slurm", gpus_per_node=1, cpus_per_task=101)  # 100 workers x 100 > the step
@@ -75,6 +77,19 @@ def test_cpu_workers_bound_the_feed_and_the_lower_rate_wins():
 def test_gpu_decode_is_bounded_by_its_measured_rate():
     g = _cost(dataset="imagefolder", data_root="/x", decode="gpu")
     assert (g.feed.img_s, g.bound, g.img_s) == (3000.0, "GPU decode", 3000.0)
+
+
+def test_gpu_decoding_shares_the_gpu_with_the_step():
+    """With the decoder's own GPU rate known, a step and a decode add up on the one GPU."""
+    import dataclasses
+
+    row = dataclasses.replace(TABLE.gpu_decode[0], decoder_img_s=6000.0)
+    table = dataclasses.replace(TABLE, gpu_decode=(row,))
+    cfg = run_config({"dataset": "imagefolder", "data_root": "/x", "decode": "gpu", "model": "vit_p_4gf",
+                      "image_size": 224, "batch_size": 256, "epochs": 1, "compile": False})
+    g = group_cost(cfg, 1, ExecutorSpec(), table, GPU, lambda m, px: MACS[m, px])
+    assert g.step.img_s == pytest.approx(1 / (1 / 5120 + 1 / 6000)) and "GPU decoder's own GPU time" in g.step.source
+    assert g.feed.img_s == 3000.0 and g.img_s == g.step.img_s < 3000.0  # the shared GPU, not the loader, is the bound
 
 
 def test_an_unmeasured_policy_is_scaled_by_a_machine_that_measured_both_and_says_so():

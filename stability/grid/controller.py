@@ -25,7 +25,7 @@ from .. import store
 from ..store import RunStatus as S
 from ..trainer.run_lock import run_owner
 from .backends import BACKENDS, Backend, backend_for
-from .cost import RATE_FIELDS, StudyCost, feed_warning, study_cost
+from .cost import RATE_FIELDS, StudyCost, feed_warning, no_gpu_note, study_cost
 from .joblogs import job_files
 from .ledger import failures, read_ledger, record_jobs
 from .lock import SweepLock
@@ -83,12 +83,12 @@ def trial_slots(backend: Backend) -> int:
 class DryRun:
     """Everything ``grid run --dry-run`` prints: the plan (made in memory, nothing written; an
     async tpe sweep asks one trial per slot of the spec's backend), what its count leaves out,
-    the training cost on one GPU model (``grid.cost``) and a data-worker warning (or None)."""
+    the training cost on one GPU model (``grid.cost``) and its warnings (data workers, no GPU)."""
 
     plan: list[PlannedRun]
     note: str
     cost: StudyCost
-    warning: str | None
+    warnings: list[str]
 
 
 def dry_run(spec: GridSpec, gpu: str | None = None) -> DryRun:
@@ -102,7 +102,8 @@ def dry_run(spec: GridSpec, gpu: str | None = None) -> DryRun:
     plan = sampler.dry_run(lambda: trial_slots(backend_for(spec)))
     groups = config_groups(plan, COST_FIELDS + RATE_FIELDS, set(spec.ranges))
     cost = study_cost(spec.name, groups, spec.executor, table, device)
-    return DryRun(plan, sampler.dry_run_note(), cost, feed_warning(spec.executor, groups, cost))
+    warnings = [w for w in (feed_warning(spec.executor, groups, cost), no_gpu_note([spec.executor], device)) if w]
+    return DryRun(plan, sampler.dry_run_note(), cost, warnings)
 
 
 def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = None,

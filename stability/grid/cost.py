@@ -155,8 +155,10 @@ def step_rate(table: Throughput, device: Device, model: str, image_size: int, ba
                     abs(math.log(r.batch / max(batch, 1))))
         r = min(rows, key=distance)
         scale = flops(r.model, r.image_size) / flops(model, image_size)
+        caveat = (f" (x{scale:.0f} fewer FLOPs: a small model is bound by per-step overhead on a GPU, "
+                  f"so this rate is optimistic)" if scale > 10 else "")
         return Rate(r.img_s * scale, f"scaled from {r.model} {r.image_size} px batch {r.batch} "
-                                     f"{'compiled' if r.compile else 'eager'} measured")
+                                     f"{'compiled' if r.compile else 'eager'} measured{caveat}")
     per_image = 3 * 2 * flops(model, image_size)  # MACs -> FLOPs, forward + backward
     return Rate(device.peak_bf16_tflops * 1e12 * MFU / per_image,
                 f"flops-estimate at {MFU:.0%} MFU of {device.peak_bf16_tflops:g} TFLOP/s")
@@ -192,36 +194,46 @@ def cpu_worker_rate(table: Throughput, device: Device, dataset: str, policy: str
     return Rate(None, f"{dataset} decoding not measured: no bound")
 
 
-def feed_rate(table: Throughput, device: Device, cfg: RunConfig, cpus_per_task: int | None) -> tuple[Rate, str]:
-    """The input pipeline's img/s bound per GPU, and what bounds it. ``num_workers: auto`` is
-    ``cpus_per_task - 1`` (as ``data.workers.resolve_workers`` on CUDA; no cpus_per_task: one CPU)."""
+def feed_rate(table: Throughput, device: Device, cfg: RunConfig, cpus_per_task: int | None
+              ) -> tuple[Rate, str, float | None]:
+    """The input pipeline's img/s bound per GPU, what bounds it, and the img/s of its own GPU work
+    (GPU decoding: the step's GPU time and the decoder's add up; None otherwise). Workers are
+    ``cpus_per_task - 1`` for ``num_workers: auto`` (as ``data.workers.resolve_workers`` on CUDA;
+    no cpus_per_task: one CPU), and never more than those CPUs (more workers share them)."""
     if cfg.dataset not in DECODED:
-        return Rate(None, "in memory"), "none"
+        return Rate(None, "in memory"), "none", None
     if cfg.decode == "gpu":
         rows = [r for r in table.gpu_decode if r.device == device.name]
         r = next((r for r in rows if r.dataset == cfg.dataset), rows[0] if rows else None)
         if r is None:
-            return Rate(None, f"GPU decode not measured on {device.name}: no bound"), "none"
-        return Rate(r.img_s, f"GPU decode measured ({r.dataset}/{r.policy})"), "GPU decode"
-    workers = int(cfg.num_workers) if cfg.num_workers != "auto" else max((cpus_per_task or 1) - 1, 0)
+            return Rate(None, f"GPU decode not measured on {device.name}: no bound"), "none", None
+        return (Rate(r.img_s, f"GPU decode measured ({r.dataset}/{r.policy}, loader alone)"), "GPU decode",
+                r.decoder_img_s)
+    cpus = max((cpus_per_task or 1) - 1, 0)
+    workers = min(int(cfg.num_workers), cpus) if cfg.num_workers != "auto" else cpus
     per = cpu_worker_rate(table, device, cfg.dataset, cfg.auto_augment)
     if per.img_s is None:
-        return per, "none"
+        return per, "none", None
     what = f"{workers} CPU worker{'s' if workers != 1 else ''}" if workers else "decoding in the training process"
-    return Rate(per.img_s * max(workers, 1), f"{per.img_s:.0f} img/s per worker, {per.source}"), what
+    return Rate(per.img_s * max(workers, 1), f"{per.img_s:.0f} img/s per worker, {per.source}"), what, None
 
 
 def group_cost(cfg: RunConfig, runs: int, executor: Any, table: Throughput, device: Device,
                flops: Callable[[str, int], float] = flops_per_image) -> GroupCost:
     """The cost of ``runs`` runs of ``cfg`` under ``executor`` (a ``grid.spec.ExecutorSpec``: its
-    ranks, nodes x tasks_per_node, split each global batch; its cpus_per_task feed each rank)."""
+    ranks, nodes x tasks_per_node, split each global batch; its cpus_per_task feed each rank).
+    With GPU decoding the step's rate is the step and the decoder sharing the GPU (their GPU
+    times per image add: no overlap of the two on the device is assumed)."""
     model, px = model_key(cfg)
     ranks = max(executor.nodes * executor.tasks_per_node, 1)
     batch = cfg.batch_size // (ranks * max(cfg.accum_steps, 1))
     images = float(images_seen(cfg) * runs)
     compiled = cfg.compile == "auto" or bool(cfg.compile)  # auto is on for CUDA, the device costed here
     step = step_rate(table, device, model, px, batch, compiled, flops)
-    feed, bound = feed_rate(table, device, cfg, executor.cpus_per_task)
+    feed, bound, decoder = feed_rate(table, device, cfg, executor.cpus_per_task)
+    if decoder:
+        step = Rate(1 / (1 / step.img_s + 1 / decoder),
+                    f"{step.source}, + the GPU decoder's own GPU time ({decoder:,.0f} img/s alone, measured)")
     return GroupCost(runs, images, 3 * 2 * flops(model, px) * images, step, feed, bound)
 
 
@@ -261,10 +273,20 @@ def feed_warning(executor: Any, groups: list[tuple[RunConfig, int]], study: Stud
     if not starved:
         return None
     c, g = max(starved, key=lambda cg: cg[1].step.img_s / cg[1].feed.img_s)
-    workers = have if c.num_workers == "auto" else int(c.num_workers)
+    workers = have if c.num_workers == "auto" else min(int(c.num_workers), have)
     per = g.feed.img_s / max(workers, 1)
     return (f"warning: cpus_per_task {executor.cpus_per_task} gives each GPU {workers} data workers: "
             f"~{g.feed.img_s:,.0f} img/s of CPU JPEG decoding ({per:.0f} img/s per worker, from "
-            f"models/throughput.json) against a step of ~{g.step.img_s:,.0f} img/s on {study.device.name}: "
+            f"models/throughput.json) against {model_key(c)[0]}'s step of ~{g.step.img_s:,.0f} img/s on "
+            f"{study.device.name}: "
             f"the GPU will wait for data; it needs ~{math.ceil(g.step.img_s / per)} workers "
             f"(raise cpus_per_task, or try decode: gpu)")
+
+
+def no_gpu_note(executors: list[Any], device: Device) -> str | None:
+    """A note when no executor asks for a GPU (a local or CPU spec): its cost is what the runs
+    would take on ``device``, not what they take where the spec runs them."""
+    if any(e.gpus_per_node or e.gpus_per_task for e in executors):
+        return None
+    return (f"note: the executor asks for no GPU: the GPU-hours are what these runs would take on one "
+            f"{device.name} each, not their time on this spec's CPUs")

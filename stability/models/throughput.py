@@ -52,6 +52,7 @@ class DecodeRate:
     img_s: float
     source: str
     note: str = ""
+    decoder_img_s: float | None = None  # GPU decoding: the decoder's own GPU work alone (it shares the GPU)
 
     @property
     def per_worker(self) -> float:
