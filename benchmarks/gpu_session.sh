@@ -13,14 +13,15 @@
 #   smoke     the trainer on CUDA with its defaults (compile auto = on, fused AdamW, bf16) and the
 #             GPU-decode path (nvJPEG, the prefetch thread, the batched AutoAugment) on written JPEGs
 #   policy    the batched policy vs the per-image loop on the GPU (224 px)
-#   batch512  mfu at batch 512 (each batch size compiles anew: last, if time is left)
+#   batch512  mfu at batch 512 (each batch size compiles anew: late, if time is left)
+#   optimizers  AdamW loop / foreach / fused on the tiny models (step_options.py --optimizers)
 set -u
 out=${1:-${OUT:-/tmp/gpu_session}}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 deadline=$(( $(date +%s) + ${DEADLINE:-480} ))
 cp benchmarks/RESULTS.md "$out/RESULTS.before.md"  # what this call appends is the difference
-parts=${PARTS:-mfu pipeline tracing smoke policy batch512}
+parts=${PARTS:-mfu pipeline tracing smoke policy batch512 optimizers}
 fail=0
 
 part() {  # part NAME CAP_SECONDS COMMAND...: run it if named in $parts, within min(cap, time left)
@@ -79,6 +80,7 @@ part tracing 70 python3 benchmarks/tracing_overhead.py --model vit_c_4gf --px 22
 part smoke 120 bash -c smoke
 part policy 30 python3 benchmarks/batch_policy.py --device cuda --px 224 --reps 3
 part batch512 100 python3 benchmarks/gpu_check.py --batch 512 --compile --reps 3 --steps 10
+part optimizers 40 python3 benchmarks/step_options.py --optimizers --device cuda --reps 5 --steps 5
 cp benchmarks/RESULTS.md "$out/RESULTS.md"
 diff -u "$out/RESULTS.before.md" benchmarks/RESULTS.md > "$out/RESULTS.diff"
 echo "== done: fail=$fail"
