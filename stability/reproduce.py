@@ -121,13 +121,18 @@ def study_specs(folder: Path) -> dict[str, Path]:
 def sweep_suffix(base: dict) -> str:
     """``-dataset_cifar10-data_root_cifar`` for ``{"dataset": "cifar10", "data_root": "/x/cifar"}``:
     studies run with changed base fields are sweeps of their own, one per set of changes,
-    never mixed with the unchanged ones or with other changes."""
+    never mixed with the unchanged ones or with other changes. Fields that only say how a run
+    executes (``decode``, ``compile``, ``num_workers``...: not in the run id) name no sweep: the
+    same runs, faster or slower; ``data_root`` does (other data may lie there)."""
     import re
+
+    from .config import RunConfig
 
     def clean(v: object) -> str:
         return re.sub(r"[^A-Za-z0-9_]+", "_", str(v)).strip("_")[-24:]
 
-    return "".join(f"-{clean(k)}_{clean(v)}" for k, v in base.items())
+    how = RunConfig.EXECUTION_FIELDS - {"data_root"}
+    return "".join(f"-{clean(k)}_{clean(v)}" for k, v in base.items() if k not in how)
 
 
 def prepare(folder: Path, results: str | None = None, executor: dict | None = None,
@@ -188,7 +193,7 @@ class Invocation:
         """The command line's options, validated (ConfigError naming the option on bad input)."""
         from .config import run_config
         from .grid.spec import load_profile
-        from .yamlio import parse_overrides
+        from .yamlio import load_yaml, parse_overrides
 
         if quick and paper:
             raise ConfigError("reproduce: --quick and --paper exclude each other (allowed: one of them, or neither)")
@@ -205,8 +210,11 @@ class Invocation:
         base = parse_overrides(list(sets))
         if where := sorted(set(base) & {"results", "sweep"}):
             raise ConfigError(f"--set: {where[0]} is not a study field (use --results; sweeps are named by the specs)")
-        if base:
-            run_config(base, "--set")  # each field checked alone first: the error names --set
+        if base:  # checked on the studies' data first (decode: gpu needs their JPEGs): the error names --set
+            first = load_yaml(study_specs(folder)[STUDIES[0]])
+            data = {k: v for k, v in ((first.get("base") or {}) if isinstance(first, dict) else {}).items()
+                    if k in ("dataset", "data_root", "device")}
+            run_config(data | base, "--set")
         specs = prepare(folder, results, load_profile(profile) or None, chosen, base)  # no files yet
         root = results or "results"
         name = scale.replace(" ", "-") + sweep_suffix(base) + (f"-only-{'-'.join(chosen)}" if chosen else "")

@@ -155,3 +155,16 @@ def test_replicates_run_where_the_selection_ran_and_a_rerun_finds_their_spec(tmp
     assert spec.base["data_root"] == str(tmp_path / "imnet") and spec.base["decode"] == "gpu"
     assert _existing_tag(str(tmp_path), "quick_peak", [ident], (1, 2)) == "abc12345"
     assert _existing_tag(str(tmp_path), "quick_peak", [{**ident, "lr": 2e-3}], (1, 2)) is None
+
+
+def test_an_execution_field_set_on_the_paper_studies_keeps_their_sweeps(tmp_path):
+    """``--set decode=gpu`` is checked on the studies' own data (ImageNet JPEGs), names no new
+    sweep (the runs compute the same), and reaches the replicates too; on digits it is refused."""
+    out = run_cli("reproduce", "--paper", "--dry-run", "--set", "decode=gpu", "--results", str(tmp_path / "res"))
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "decode_gpu" not in text and "│ lr_wd │" in text
+    assert text.count("GPU decode │") == 5, text  # the three studies, the replicates and the 2x runs
+    bad = run_cli("reproduce", "--quick", "--dry-run", "--set", "decode=gpu", "--results", str(tmp_path / "res"))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --set: decode:"), bad.stderr
+    assert not (tmp_path / "res").exists()
