@@ -383,12 +383,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                   sets=args.set or [], results=args.results, profile=args.profile, out=args.out)
     _gpu_only_with_dry_run(args)
     if args.dry_run:
-        from .reproduce import dry_run, dry_run_notes
+        from .reproduce import dry_run
 
-        costs = dry_run(inv, args.gpu)
+        costs, warnings = dry_run(inv, args.gpu)
         _print_costs(costs, total=True)
-        for note in dry_run_notes(inv, costs):
-            print(note)
+        for line in warnings:
+            print(line)
         print("Nothing launched.")
         return 0
     res = run_studies(inv, show_progress=not args.quiet, console=make_console(stderr=True))

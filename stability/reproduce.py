@@ -223,11 +223,12 @@ class Invocation:
                    [s for s in STUDIES if chosen and s not in chosen])
 
 
-def dry_run(inv: Invocation, gpu: str | None = None) -> list:
+def dry_run(inv: Invocation, gpu: str | None = None) -> tuple[list, list[str]]:
     """The cost (``grid.cost.StudyCost``) of every sweep :func:`run_studies` would launch, nothing
     written: the selection studies as planned, then the replicates (each arm x the replication
-    seeds) and the 2x-length runs. An arm's configuration is its pool's first planned run of its
-    stem, optimizer and length: which lr/wd the selection picks does not change its cost."""
+    seeds) and the 2x-length runs; and the selection studies' dry-run warnings (data workers, no
+    GPU), each once. An arm's configuration is its pool's first planned run of its stem,
+    optimizer and length: which lr/wd the selection picks does not change its cost."""
     from .config import run_config
     from .grid.controller import dry_run as grid_dry_run
     from .grid.cost import study_cost
@@ -235,10 +236,11 @@ def dry_run(inv: Invocation, gpu: str | None = None) -> list:
 
     table = throughput.load()
     device = table.device(gpu or table.default_device)
-    costs, pools = [], {}
+    costs, pools, warnings = [], {}, {}
     for name in SELECTION:
         if name in inv.specs:
             dry = grid_dry_run(inv.specs[name], gpu)
+            warnings |= dict.fromkeys(dry.warnings)
             # a tpe study's later trials follow results: only the ones it asks first are costed
             costs.append(dataclasses.replace(dry.cost, name=f"{dry.cost.name} (first trials only)") if dry.note
                          else dry.cost)
@@ -263,7 +265,7 @@ def dry_run(inv: Invocation, gpu: str | None = None) -> list:
                   for c in configs if c.epochs == long]
         if longer:
             costs.append(study_cost(f"{template.name}-2x-… (2x length)", longer, template.executor, table, device))
-    return costs
+    return costs, list(warnings)
 
 
 def _run(spec, name: str, show_progress: bool, console) -> StudyResult:
@@ -294,14 +296,6 @@ def arm_fields(chosen: list[str], lr_wd: pd.DataFrame, optimizer: pd.DataFrame |
             if v["epochs"] == short:
                 arms[k], pools[k] = v, epochs
     return arms, pools, long, short
-
-
-def dry_run_notes(inv: Invocation, costs: list) -> list[str]:
-    """What the dry run's costs need said beside them: a note when no study's executor asks for a GPU."""
-    from .grid.cost import no_gpu_note
-
-    note = no_gpu_note([s.executor for s in inv.specs.values()], costs[0].device) if costs else None
-    return [note] if note else []
 
 
 def _identity(row: pd.Series) -> dict:
