@@ -172,6 +172,7 @@ def test_the_dry_run_of_a_paper_grid_prints_the_cost_table():
 
 
 def test_an_unknown_gpu_is_one_line_exit_2_naming_the_measured_ones(tmp_path):
+    assert throughput.load().device("H200").key == "h200"  # as people write the card's name
     out = run_cli("grid", "run", "grids/lr_wd.yaml", "--dry-run", "--gpu", "a100")
     assert out.returncode == 2 and out.stderr == "error: --gpu: no measured throughput for 'a100' (allowed: h200)\n"
     out = run_cli("grid", "run", "grids/lr_wd.yaml", "--gpu", "h200", "--results", str(tmp_path / "r"))

@@ -69,9 +69,9 @@ class Throughput:
 
     def device(self, key: str) -> Device:
         """The device ``key`` names; ``ConfigError`` naming the allowed keys when none does."""
-        if key not in self.devices:
+        if key.lower() not in self.devices:  # H200 or h200: the card's name as people write it
             raise ConfigError(f"--gpu: no measured throughput for {key!r} (allowed: {', '.join(self.devices)})")
-        return self.devices[key]
+        return self.devices[key.lower()]
 
 
 @functools.cache
