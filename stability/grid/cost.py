@@ -207,8 +207,9 @@ def feed_rate(table: Throughput, device: Device, cfg: RunConfig, cpus_per_task: 
         r = next((r for r in rows if r.dataset == cfg.dataset), rows[0] if rows else None)
         if r is None:
             return Rate(None, f"GPU decode not measured on {device.name}: no bound"), "none", None
-        return (Rate(r.img_s, f"GPU decode measured ({r.dataset}/{r.policy}, loader alone)"), "GPU decode",
-                r.decoder_img_s)
+        unmeasured = f"; {cfg.auto_augment} on the GPU not measured" if cfg.auto_augment != r.policy else ""
+        return (Rate(r.img_s, f"GPU decode measured ({r.dataset}/{r.policy}, loader alone{unmeasured})"),
+                "GPU decode", r.decoder_img_s)
     cpus = max((cpus_per_task or 1) - 1, 0)
     workers = min(int(cfg.num_workers), cpus) if cfg.num_workers != "auto" else cpus
     per = cpu_worker_rate(table, device, cfg.dataset, cfg.auto_augment)
