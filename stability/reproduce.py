@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -253,9 +254,9 @@ def dry_run(inv: Invocation, gpu: str | None = None) -> tuple[list, list[str]]:
         pool = arm_pools[arm]
         hit = pool[(pool["stem"] == fields["stem"]) & (pool["optimizer"] == fields["optimizer"])
                    & (pool["epochs"] == fields["epochs"])]
-        if len(hit):  # replicates repeat what a run computes, where the selection ran
+        if len(hit):  # replicates repeat what a run computes, where the replication study says
             row = pd.Series({"config_json": hit["run"].iloc[0].config_json})
-            configs.append(run_config(_identity(row) | _execution([row])))
+            configs.append(run_config(_identity(row) | _execution(inv.specs["peak"])))
     if configs:
         template = inv.specs["peak"]
         seeds = len(template.seeds)
@@ -306,16 +307,13 @@ def _identity(row: pd.Series) -> dict:
     return {k: v for k, v in cfg.items() if k not in RunConfig.EXECUTION_FIELDS and k not in ("seed", "sweep")}
 
 
-def _execution(rows: list[pd.Series]) -> dict:
-    """Where and how the first selected run executed (``data_root``, ``decode``, ``compile``, ...:
-    the execution fields it set away from the defaults, results and sweep apart): the replicates
-    run where the selection ran (its data, its devices) without these entering what they repeat."""
-    from .config import RunConfig, config_from_json
+def _execution(template) -> dict:
+    """Where and how the replication study's runs execute: the execution fields of its spec's
+    ``base`` (``data_root``, ``decode``, ``compile``, ...; ``--set`` included), never part of
+    what the replicates repeat, so the replicates run where the invocation says, on its data."""
+    from .config import RunConfig
 
-    if not rows:
-        return {}
-    cfg, default = config_from_json(rows[0]["config_json"]).to_dict(), RunConfig().to_dict()
-    return {k: cfg[k] for k in sorted(RunConfig.EXECUTION_FIELDS - {"results", "sweep"}) if cfg[k] != default[k]}
+    return {k: v for k, v in sorted(template.base.items()) if k in RunConfig.EXECUTION_FIELDS - {"results", "sweep"}}
 
 
 def replication_spec(template, configs: list[dict], name: str, seeds: tuple[int, ...], root: str,
@@ -354,7 +352,7 @@ def _existing_tag(root: str, name: str, configs: list[dict], seeds: tuple[int, .
     want = {_canonical(c) for c in configs}
     for path in sorted((Path(root) / "reproduce" / "specs").glob(f"{name}-*.yaml")):
         tag = path.stem[len(name) + 1:]
-        if tag.startswith("2x-"):
+        if not re.fullmatch(r"[0-9a-f]{8}", tag):  # a 2x spec, or another invocation's (peak-data_root_x-<tag>)
             continue
         try:
             d = load_yaml(path)
@@ -391,7 +389,7 @@ def run_studies(inv: Invocation, show_progress: bool = True, console=None) -> Ou
     if out.arms:
         template = specs["peak"]
         ordered = sorted((_identity(row) for row in out.arms.values()), key=_canonical)
-        execution = _execution(list(out.arms.values()))
+        execution = _execution(template)
         tag = _existing_tag(inv.root, template.name, ordered, template.seeds) or config_hash({"arms": ordered}, 8)
         rep_spec = load_spec(replication_spec(template, ordered, f"{template.name}-{tag}", template.seeds, inv.root,
                                               execution))

@@ -54,6 +54,13 @@ def test_a_measured_row_gives_images_over_its_img_s():
     assert _cost(compile="auto").step.img_s == 9000.0  # the default: compiled on CUDA, as the trainer runs
 
 
+def test_held_out_test_images_are_not_trained_on():
+    from stability.grid.cost import images_seen
+
+    cfg = run_config({"dataset": "digits", "batch_size": 64, "epochs": 2, "test_split": 300})
+    assert images_seen(cfg) == 2 * ((1497 - 300) // 64) * 64
+
+
 def test_the_per_gpu_batch_is_the_global_batch_over_the_ranks():
     ex = ExecutorSpec(kind="slurm", nodes=2, tasks_per_node=4, gpus_per_node=4)
     g = _cost(executor=ex, batch_size=2048, synthetic_size=20480)

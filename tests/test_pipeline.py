@@ -191,7 +191,9 @@ def test_dry_run_warns_when_a_cuda_job_has_too_few_cpus(tmp_path):
     gpu = [run_config({"dataset": "imagefolder", "decode": "gpu"})]
     assert _warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=2), gpu)[0] is None
     many = [run_config({"dataset": "imagefolder", "num_workers": 12})]
-    assert "num_workers 12" in _warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=8), many)[0]
+    both = _warning(ExecutorSpec(gpus_per_node=8, cpus_per_task=8), many)[0].splitlines()
+    assert "num_workers 12 > cpus_per_task - 1 = 7" in both[0]  # shared CPUs, and still starved: both said
+    assert both[1].startswith("warning: num_workers 12 gives each GPU 7 data workers") and "raise cpus_per_task and" in both[1]
     spec = write_spec(tmp_path / "s.yaml", "warn", tmp_path / "r",
                       base={"dataset": "imagefolder", "data_root": "/data", "model": "vit_4gf", "image_size": 224,
                             "batch_size": 2048},

@@ -134,27 +134,33 @@ def test_verdicts_print_their_reason_and_land_in_json(tmp_path):
     assert not list((tmp_path / "out").glob(".*"))  # written atomically: no temp file left
 
 
-def test_replicates_run_where_the_selection_ran_and_a_rerun_finds_their_spec(tmp_path):
-    """A replication spec keeps the selected run's execution fields (its data_root, decode, compile:
-    where its data is), and the tag lookup ignores them, so a rerun trains nothing twice."""
+def test_replicates_run_where_the_replication_study_says_and_a_rerun_finds_only_its_own_spec(tmp_path):
+    """A replication spec keeps the replication study's execution fields (its data_root, and a
+    --set decode), the tag lookup ignores them, and it never takes another invocation's spec
+    (``peak-data_root_x-<tag>``) for its own."""
+    import dataclasses
+
     import pandas as pd
 
     from stability.config import run_config
     from stability.grid.spec import load_spec
     from stability.reproduce import SCALES, _execution, _existing_tag, _identity, replication_spec
 
-    cfg = run_config({"dataset": "imagefolder", "data_root": str(tmp_path / "imnet"), "decode": "gpu",
-                      "compile": False, "num_workers": 3, "lr": 1e-3, "seed": 4, "sweep": "sel", "test_split": 0})
-    row = pd.Series({"config_json": json.dumps(cfg.to_dict())})
-    ident, execution = _identity(row), _execution([row])
-    assert "data_root" not in ident and ident["lr"] == 1e-3 and ident["dataset"] == "imagefolder"
-    assert execution == {"compile": False, "data_root": str(tmp_path / "imnet"), "decode": "gpu", "num_workers": 3}
-    template = load_spec(SCALES["quick"] / "peak.yaml")
-    path = replication_spec(template, [ident], "quick_peak-abc12345", (1, 2), str(tmp_path), execution)
-    spec = load_spec(path)
-    assert spec.base["data_root"] == str(tmp_path / "imnet") and spec.base["decode"] == "gpu"
-    assert _existing_tag(str(tmp_path), "quick_peak", [ident], (1, 2)) == "abc12345"
-    assert _existing_tag(str(tmp_path), "quick_peak", [{**ident, "lr": 2e-3}], (1, 2)) is None
+    cfg = run_config({"dataset": "imagefolder", "data_root": "/old", "decode": "cpu", "lr": 1e-3, "seed": 4,
+                      "sweep": "sel", "test_split": 0})
+    ident = _identity(pd.Series({"config_json": json.dumps(cfg.to_dict())}))
+    assert "data_root" not in ident and "decode" not in ident and ident["lr"] == 1e-3
+    template = load_spec(SCALES["paper"] / "peak.yaml")
+    template = dataclasses.replace(template, base={**template.base, "decode": "gpu"})  # as --set decode=gpu leaves it
+    execution = _execution(template)
+    assert execution == {"data_root": "/datasets/imagenet", "decode": "gpu"}
+    spec = load_spec(replication_spec(template, [ident], "peak-abc12345", (1, 2), str(tmp_path), execution))
+    assert spec.base["data_root"] == "/datasets/imagenet" and spec.base["decode"] == "gpu"
+    assert _existing_tag(str(tmp_path), "peak", [ident], (1, 2)) == "abc12345"
+    assert _existing_tag(str(tmp_path), "peak", [{**ident, "lr": 2e-3}], (1, 2)) is None
+    other = replication_spec(template, [ident], "peak-data_root_x-12345678", (1, 2), str(tmp_path), execution)
+    (tmp_path / "reproduce/specs/peak-abc12345.yaml").unlink()
+    assert other.exists() and _existing_tag(str(tmp_path), "peak", [ident], (1, 2)) is None
 
 
 def test_an_execution_field_set_on_the_paper_studies_keeps_their_sweeps(tmp_path):

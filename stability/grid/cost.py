@@ -115,10 +115,11 @@ class StudyCost:
 
 
 def images_seen(cfg: RunConfig) -> int:
-    """Training images one run of ``cfg`` sees (full global batches, ``steps_per_epoch`` capped)."""
+    """Training images one run of ``cfg`` sees (full global batches, ``steps_per_epoch`` capped;
+    the ``test_split`` images held out of training)."""
     from ..data.datasets import SIZES
 
-    n_train = SIZES[cfg.dataset][0] or cfg.synthetic_size
+    n_train = (SIZES[cfg.dataset][0] or cfg.synthetic_size) - (cfg.test_split or 0)
     per_epoch = n_train // cfg.batch_size
     return cfg.epochs * min(per_epoch, cfg.steps_per_epoch or per_epoch) * cfg.batch_size
 
@@ -267,21 +268,22 @@ def feed_warning(executor: Any, groups: list[tuple[RunConfig, int]], study: Stud
     cpu = [(c, g) for (c, _), g in zip(groups, study.groups, strict=True)
            if c.dataset in DECODED and c.decode == "cpu" and c.device != "cpu"]
     explicit = [c.num_workers for c, _ in cpu if c.num_workers != "auto"]
-    if explicit and max(explicit) > have:
-        return (f"warning: num_workers {max(explicit)} > cpus_per_task - 1 = {have}: the data workers "
-                f"will share CPUs (set num_workers: auto or raise cpus_per_task)")
+    shared = (f"warning: num_workers {max(explicit)} > cpus_per_task - 1 = {have}: the data workers will share "
+              f"CPUs, decoding as {have} (set num_workers: auto or raise cpus_per_task)"
+              if explicit and max(explicit) > have else None)
     starved = [(c, g) for c, g in cpu if g.feed.img_s is not None and g.feed.img_s < g.step.img_s]
     if not starved:
-        return None
+        return shared
     c, g = max(starved, key=lambda cg: cg[1].step.img_s / cg[1].feed.img_s)
     workers = have if c.num_workers == "auto" else min(int(c.num_workers), have)
     per = g.feed.img_s / max(workers, 1)
-    return (f"warning: cpus_per_task {executor.cpus_per_task} gives each GPU {workers} data workers: "
-            f"~{g.feed.img_s:,.0f} img/s of CPU JPEG decoding ({per:.0f} img/s per worker, from "
-            f"models/throughput.json) against {model_key(c)[0]}'s step of ~{g.step.img_s:,.0f} img/s on "
-            f"{study.device.name}: "
-            f"the GPU will wait for data; it needs ~{math.ceil(g.step.img_s / per)} workers "
-            f"(raise cpus_per_task, or try decode: gpu)")
+    given = (f"cpus_per_task {executor.cpus_per_task} gives each GPU {workers} data workers" if c.num_workers == "auto"
+             else f"num_workers {c.num_workers} gives each GPU {workers} data workers")
+    starving = (f"warning: {given}: ~{g.feed.img_s:,.0f} img/s of CPU JPEG decoding ({per:.0f} img/s per worker, "
+                f"from models/throughput.json) against {model_key(c)[0]}'s step of ~{g.step.img_s:,.0f} img/s on "
+                f"{study.device.name}: the GPU will wait for data; it needs ~{math.ceil(g.step.img_s / per)} workers "
+                f"(raise cpus_per_task{' and num_workers' if c.num_workers != 'auto' else ''}, or try decode: gpu)")
+    return "\n".join(w for w in (shared, starving) if w)
 
 
 def no_gpu_note(executors: list[Any], device: Device) -> str | None:
