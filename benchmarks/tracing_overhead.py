@@ -31,9 +31,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, spread  # noqa: E402
 
+from stability.config import resolve_compile  # noqa: E402
 from stability.models import build_model, model_spec  # noqa: E402
 from stability.trainer.distributed import autocast_for  # noqa: E402
-from stability.trainer.execution import resolve_compile  # noqa: E402
 from stability.trainer.optim import impl_flags, resolve_impl  # noqa: E402
 from stability.trainer.tracing import GradTracer, TraceBuffer  # noqa: E402
 from stability.trainer.train import Step, train_step  # noqa: E402

@@ -125,8 +125,6 @@ def sweep_suffix(base: dict) -> str:
     never mixed with the unchanged ones or with other changes. Fields that only say how a run
     executes (``decode``, ``compile``, ``num_workers``...: not in the run id) name no sweep: the
     same runs, faster or slower; ``data_root`` does (other data may lie there)."""
-    import re
-
     from .config import RunConfig
 
     def clean(v: object) -> str:
@@ -316,16 +314,15 @@ def _execution(template) -> dict:
     return {k: v for k, v in sorted(template.base.items()) if k in RunConfig.EXECUTION_FIELDS - {"results", "sweep"}}
 
 
-def replication_spec(template, configs: list[dict], name: str, seeds: tuple[int, ...], root: str,
-                     execution: dict | None = None) -> Path:
+def replication_spec(template, configs: list[dict], name: str, seeds: tuple[int, ...], root: str) -> Path:
     """A grid spec file under ``<root>/reproduce/specs/`` that runs ``configs`` with ``seeds``:
-    the fields they share in ``base`` (with ``execution``: see :func:`_execution`), the rest as
-    one bundle axis; the template's executor."""
+    the fields they share in ``base`` (with the template's execution fields: :func:`_execution`),
+    the rest as one bundle axis; the template's executor."""
     import dataclasses
 
     import yaml
 
-    common = {k: v for k, v in configs[0].items() if all(c.get(k) == v for c in configs)} | (execution or {})
+    common = {k: v for k, v in configs[0].items() if all(c.get(k) == v for c in configs)} | _execution(template)
     common = {k: list(v) if isinstance(v, tuple) else v for k, v in common.items()}
     arms = [{k: v for k, v in c.items() if k not in common} for c in configs]
     space = {"arm": arms} if arms and arms[0] else {}
@@ -389,18 +386,15 @@ def run_studies(inv: Invocation, show_progress: bool = True, console=None) -> Ou
     if out.arms:
         template = specs["peak"]
         ordered = sorted((_identity(row) for row in out.arms.values()), key=_canonical)
-        execution = _execution(template)
         tag = _existing_tag(inv.root, template.name, ordered, template.seeds) or config_hash({"arms": ordered}, 8)
-        rep_spec = load_spec(replication_spec(template, ordered, f"{template.name}-{tag}", template.seeds, inv.root,
-                                              execution))
+        rep_spec = load_spec(replication_spec(template, ordered, f"{template.name}-{tag}", template.seeds, inv.root))
         r = _run(rep_spec, "replicates", show_progress, console)
         out.studies.append(r)
         reps = r.runs
         long_cfgs = [{**c, "epochs": 2 * c["epochs"]} for c in ordered if c["epochs"] == long]
         if long_cfgs:
             seeds = template.seeds[:REGIME_SEEDS]
-            x2 = load_spec(replication_spec(template, long_cfgs, f"{template.name}-2x-{tag}", seeds, inv.root,
-                                            execution))
+            x2 = load_spec(replication_spec(template, long_cfgs, f"{template.name}-2x-{tag}", seeds, inv.root))
             r2 = _run(x2, "2x length", show_progress, console)
             out.studies.append(r2)
             longer = r2.runs
@@ -569,8 +563,6 @@ def report_html(markdown: str, title: str) -> str:
 
 
 def _inline(text: str) -> str:
-    import re
-
     out = html.escape(text)
     out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from stability.config import RunConfig, run_config
+from stability.config import RunConfig, resolve_compile, run_config
 from stability.errors import ConfigError
 from stability.trainer import execution, optim
-from stability.trainer.execution import compile_net, execution_columns, resolve_compile
+from stability.trainer.execution import compile_net, execution_columns
 from stability.trainer.optim import impl_of, keep_impl, make_optimizer, resolve_impl
 from stability.yamlio import parse_overrides
 

@@ -154,11 +154,11 @@ def test_replicates_run_where_the_replication_study_says_and_a_rerun_finds_only_
     template = dataclasses.replace(template, base={**template.base, "decode": "gpu"})  # as --set decode=gpu leaves it
     execution = _execution(template)
     assert execution == {"data_root": "/datasets/imagenet", "decode": "gpu"}
-    spec = load_spec(replication_spec(template, [ident], "peak-abc12345", (1, 2), str(tmp_path), execution))
+    spec = load_spec(replication_spec(template, [ident], "peak-abc12345", (1, 2), str(tmp_path)))
     assert spec.base["data_root"] == "/datasets/imagenet" and spec.base["decode"] == "gpu"
     assert _existing_tag(str(tmp_path), "peak", [ident], (1, 2)) == "abc12345"
     assert _existing_tag(str(tmp_path), "peak", [{**ident, "lr": 2e-3}], (1, 2)) is None
-    other = replication_spec(template, [ident], "peak-data_root_x-12345678", (1, 2), str(tmp_path), execution)
+    other = replication_spec(template, [ident], "peak-data_root_x-12345678", (1, 2), str(tmp_path))
     (tmp_path / "reproduce/specs/peak-abc12345.yaml").unlink()
     assert other.exists() and _existing_tag(str(tmp_path), "peak", [ident], (1, 2)) is None
 

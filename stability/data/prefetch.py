@@ -70,7 +70,7 @@ class Prefetcher:
     """
 
     def __init__(self, source: Iterable, fn: Callable[..., tuple], device: torch.device, depth: int = 2):
-        self._source, self._fn, self._device = iter(source), fn, device
+        self._source, self._device = iter(source), device
         self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import RunConfig
+from ..config import RunConfig, resolve_compile
 from ..data.workers import DECODED
 from ..models.presets import canonical_name, resolve
 from ..models.throughput import DecodeRate, Device, StepRate, Throughput
@@ -230,8 +230,7 @@ def group_cost(cfg: RunConfig, runs: int, executor: Any, table: Throughput, devi
     ranks = max(executor.nodes * executor.tasks_per_node, 1)
     batch = cfg.batch_size // (ranks * max(cfg.accum_steps, 1))
     images = float(images_seen(cfg) * runs)
-    compiled = cfg.compile == "auto" or bool(cfg.compile)  # auto is on for CUDA, the device costed here
-    step = step_rate(table, device, model, px, batch, compiled, flops)
+    step = step_rate(table, device, model, px, batch, resolve_compile(cfg.compile, "cuda"), flops)  # a GPU is costed
     feed, bound, decoder = feed_rate(table, device, cfg, executor.cpus_per_task)
     if decoder:
         step = Rate(1 / (1 / step.img_s + 1 / decoder),

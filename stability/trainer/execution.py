@@ -14,14 +14,6 @@ from .distributed import amp_dtype
 from .optim import impl_of
 
 
-def resolve_compile(setting: bool | str, device_type: str) -> bool:
-    """``auto``: on for CUDA (a 4GF ViT steps x1.6-2.1 faster on an H200), off elsewhere (on a CPU
-    the first compile takes 23-64 s and then gains 6-19%: a loss for short runs). RESULTS.md."""
-    if setting == "auto":
-        return device_type == "cuda"
-    return bool(setting)
-
-
 def compile_net(net: nn.Module, mode: str) -> nn.Module:
     """``torch.compile(net)`` in ``mode`` (default | reduce-overhead: CUDA graphs | max-autotune)."""
     return torch.compile(net) if mode == "default" else torch.compile(net, mode=mode)

@@ -13,8 +13,6 @@ from torch import nn
 from ..config import RunConfig
 from ..errors import ConfigError
 
-IMPLS = ("fused", "foreach", "loop")  # what ``optimizer_impl: auto`` resolves to, per device
-
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
     """Linear warmup to ``base_lr`` over ``warmup_steps``, then half-cosine to 0 (per step)."""

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import store
-from ..config import RunConfig
+from ..config import RunConfig, resolve_compile
 from ..data.datasets import DataBundle, batches, load_dataset, seed_all, steps_per_epoch
 from ..data.mix import augment_and_mix
 from ..detector import count_spikes
@@ -41,7 +41,7 @@ from .checkpoint import (
 from .distributed import Dist, autocast_for, barrier, from_env, init, setup_device
 from .ema import WeightEMA, make_ema
 from .evaluation import evaluate, evaluate_ema, split_errors
-from .execution import compile_net, execution_columns, resolve_compile
+from .execution import compile_net, execution_columns
 from .optim import lr_at, make_optimizer
 from .provenance import job_id, now, run_identity, timestamp
 from .pruning import Pruned, make_pruner, pruned_result, verdict_columns
