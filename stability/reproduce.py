@@ -119,19 +119,27 @@ def study_specs(folder: Path) -> dict[str, Path]:
     return out
 
 
-def sweep_suffix(base: dict) -> str:
+def sweep_suffix(base: dict, spec_base: dict | None = None) -> str:
     """``-dataset_cifar10-data_root_cifar`` for ``{"dataset": "cifar10", "data_root": "/x/cifar"}``:
     studies run with changed base fields are sweeps of their own, one per set of changes,
     never mixed with the unchanged ones or with other changes. Fields that only say how a run
     executes (``decode``, ``compile``, ``num_workers``...: not in the run id) name no sweep: the
-    same runs, faster or slower; ``data_root`` does (other data may lie there)."""
-    from .config import RunConfig
+    same runs, faster or slower; ``data_root`` does (other data may lie there). A field set to
+    the value ``spec_base`` (the spec's own base) already has changes nothing. The fields come
+    in ``RunConfig``'s order, whatever the order of the ``--set`` options; a value too long to
+    show whole keeps its tail and a hash of the whole, so two long paths ending alike differ."""
+    from .config import FIELDS, RunConfig, canonical_hash
 
     def clean(v: object) -> str:
-        return re.sub(r"[^A-Za-z0-9_]+", "_", str(v)).strip("_")[-24:]
+        c = re.sub(r"[^A-Za-z0-9_]+", "_", str(v)).strip("_")
+        return c if len(c) <= 24 else f"{c[-24:]}_{canonical_hash(str(v), 6)}"
 
     how = RunConfig.EXECUTION_FIELDS - {"data_root"}
-    return "".join(f"-{clean(k)}_{clean(v)}" for k, v in base.items() if k not in how)
+    own = spec_base if isinstance(spec_base, dict) else {}
+    order = {k: i for i, k in enumerate(FIELDS)}
+    changed = sorted((k for k in base if k not in how and not (k in own and own[k] == base[k])),
+                     key=lambda k: (order.get(k, len(order)), k))
+    return "".join(f"-{clean(k)}_{clean(base[k])}" for k in changed)
 
 
 def prepare(folder: Path, results: str | None = None, executor: dict | None = None,
@@ -153,7 +161,7 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
         raw = load_yaml(path)
         if base and isinstance(raw, dict):
             overrides |= {"base": {**(raw.get("base") or {}), **base},
-                          "name": f"{raw.get('name')}{sweep_suffix(base)}"}
+                          "name": f"{raw.get('name')}{sweep_suffix(base, raw.get('base'))}"}
         if isinstance(raw, dict) and (raw.get("base") or {}).get("pruner") is not None and "pruner" not in (base or {}):
             # A pruner changes the EDF the findings judge: off unless asked (--set pruner=...).
             overrides["base"] = {**overrides.get("base", raw.get("base")), "pruner": None}

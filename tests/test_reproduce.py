@@ -174,3 +174,18 @@ def test_an_execution_field_set_on_the_paper_studies_keeps_their_sweeps(tmp_path
     bad = run_cli("reproduce", "--quick", "--dry-run", "--set", "decode=gpu", "--results", str(tmp_path / "res"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: --set: decode:"), bad.stderr
     assert not (tmp_path / "res").exists()
+
+
+def test_a_sweep_is_named_by_what_the_set_options_change_whatever_their_order():
+    """The same changes name the same sweep in any ``--set`` order; a field set to the spec's own
+    value changes nothing; two long data roots that end alike still name two sweeps."""
+    from stability.reproduce import sweep_suffix
+
+    a = sweep_suffix({"data_root": "/x/cifar", "dataset": "cifar10", "test_split": 0})
+    assert a == sweep_suffix({"test_split": 0, "dataset": "cifar10", "data_root": "/x/cifar"})
+    assert a == "-dataset_cifar10-data_root_x_cifar-test_split_0"
+    assert sweep_suffix({"data_root": "/data/imagenet", "lr": 1e-3}, {"data_root": "/data/imagenet"}) == "-lr_0_001"
+    assert sweep_suffix({"data_root": "/data/imagenet"}, {"data_root": "/other"}) == "-data_root_data_imagenet"
+    long1, long2 = (sweep_suffix({"data_root": f"/{who}/shared/datasets/imagenet-jpeg/train"}) for who in "ab")
+    assert long1 != long2 and long1.startswith("-data_root_") and len(long1) < 60
+    assert sweep_suffix({"decode": "gpu", "compile": False}) == ""
