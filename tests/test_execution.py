@@ -98,12 +98,45 @@ def test_implementations_agree_and_a_checkpoint_keeps_the_chosen_one():
     _steps(opt, model, 1)  # and it steps
 
 
-def test_compile_net_passes_the_mode_only_when_it_is_not_the_default(monkeypatch):
+def test_compile_net_asks_for_static_shapes_and_passes_the_mode_only_when_it_is_not_the_default(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda net, **kw: calls.append(kw) or net)
     net = nn.Linear(2, 2)
     assert compile_net(net, "default") is net and compile_net(net, "reduce-overhead") is net
-    assert calls == [{}, {"mode": "reduce-overhead"}]
+    assert calls == [{"dynamic": False}, {"dynamic": False, "mode": "reduce-overhead"}]
+
+
+def test_a_compiled_model_is_evaluated_at_one_batch_shape_with_the_same_errors():
+    """The validation split's partial last batch is padded for a compiled net (no graph for a
+    third batch size); its errors are those of the same net uncompiled."""
+    from contextlib import nullcontext
+
+    from torch._dynamo import reset
+
+    from stability.data.datasets import load_dataset
+    from stability.trainer.evaluation import evaluate
+
+    cfg = run_config({**TINY, "batch_size": 20})
+    data = load_dataset("digits", seed=0)
+    assert len(data.val) % (2 * cfg.batch_size), "the split must end in a partial batch"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * data.image_size ** 2, 32), nn.GELU(),
+                          nn.Linear(32, data.num_classes))
+    shapes = []
+
+    def backend(gm, inputs):  # each compiled graph, with the input shapes it was compiled for
+        shapes.append([tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)])
+        return gm.forward
+
+    reset()
+    net = torch.compile(model, backend=backend, dynamic=False)
+    assert execution.is_compiled(net) and not execution.is_compiled(model)
+    got = evaluate(net, data, cfg, torch.device("cpu"), nullcontext)
+    want = evaluate(model, data, cfg, torch.device("cpu"), nullcontext)
+    assert len(shapes) == 1 and (2 * cfg.batch_size, 3, data.image_size, data.image_size) in shapes[0], shapes
+    assert (got.top1, got.top5) == (want.top1, want.top5)
+    assert got.loss == pytest.approx(want.loss, rel=1e-6)
+    reset()
 
 
 def test_the_runs_row_columns_say_what_ran():

@@ -14,6 +14,7 @@ from torch import nn
 from ..config import RunConfig
 from ..data.datasets import DataBundle, batches
 from .distributed import Dist, all_reduce
+from .execution import is_compiled
 
 # pycls' BN.NUM_SAMPLES_PRECISE: the training images whose batch statistics replace the running
 # ones before an evaluation (``precise_bn``); a smaller training set uses all of its images.
@@ -42,11 +43,15 @@ def evaluate(model: nn.Module, data: DataBundle, cfg: RunConfig, device: torch.d
     correct1, correct5 = torch.zeros((), device=device), torch.zeros((), device=device)
     loss = torch.zeros((), device=device)
     hits = torch.zeros(len(data.val), device=device) if per_image else None
-    n, k, seen = 0, min(5, data.num_classes), 0
+    n, k, seen, full = 0, min(5, data.num_classes), 0, None
+    pad = is_compiled(model)  # a partial last batch would compile one more graph
     for x, y in batches(data, cfg.batch_size, cfg.seed, cfg.num_workers, 0, 0, False, device, d):
         x, y = x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
+        full = full or len(y)
+        if pad and len(y) < full:  # zeros: in eval mode no image's output depends on another's
+            x = torch.cat([x, x.new_zeros((full - len(y), *x.shape[1:]))]).contiguous(memory_format=fmt)
         with autocast():
-            logits = model(x).float()
+            logits = model(x).float()[: len(y)]
         loss += F.cross_entropy(logits, y, reduction="sum")
         top = logits.topk(k, dim=1).indices
         hit = top.eq(y[:, None])

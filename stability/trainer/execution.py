@@ -15,8 +15,17 @@ from .optim import impl_of
 
 
 def compile_net(net: nn.Module, mode: str) -> nn.Module:
-    """``torch.compile(net)`` in ``mode`` (default | reduce-overhead: CUDA graphs | max-autotune)."""
-    return torch.compile(net) if mode == "default" else torch.compile(net, mode=mode)
+    """``torch.compile(net)`` in ``mode`` (default | reduce-overhead: CUDA graphs | max-autotune),
+    with static shapes. By default dynamo marks the batch dimension dynamic at the second batch
+    size it sees, and the evaluation's batches (twice the training batch) came before the first
+    step: every training step then ran a graph compiled for any batch size, not the one the
+    benchmarks measure. ``evaluate`` pads its last batch, so no third size is compiled."""
+    return torch.compile(net, dynamic=False, **({} if mode == "default" else {"mode": mode}))
+
+
+def is_compiled(net: nn.Module) -> bool:
+    """Whether ``net`` is ``torch.compile``'s wrapper (whose inputs should keep one shape)."""
+    return isinstance(net, torch._dynamo.eval_frame.OptimizedModule)
 
 
 def execution_columns(compiled: bool, mode: str, opt: torch.optim.Optimizer, device: torch.device) -> dict[str, Any]:
