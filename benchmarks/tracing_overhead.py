@@ -34,6 +34,7 @@ from common import append_results, spread  # noqa: E402
 from stability.config import resolve_compile  # noqa: E402
 from stability.models import build_model, model_spec  # noqa: E402
 from stability.trainer.distributed import autocast_for  # noqa: E402
+from stability.trainer.execution import compile_net  # noqa: E402
 from stability.trainer.optim import impl_flags, resolve_impl  # noqa: E402
 from stability.trainer.tracing import GradTracer, TraceBuffer  # noqa: E402
 from stability.trainer.train import Step, train_step  # noqa: E402
@@ -72,7 +73,7 @@ def run(model_name: str, batch: int, px: int, device: str, reps: int, steps: int
     compiled = shipped and resolve_compile("auto", dev.type)
     impl = resolve_impl("auto", dev.type) if shipped else "foreach"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **impl_flags(impl))
-    net = torch.compile(model) if compiled else model
+    net = compile_net(model, "default") if compiled else model  # as the trainer compiles
     tracer = GradTracer(model, dev)
     x = torch.randn(batch, 3, px, px, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
