@@ -5,6 +5,10 @@
 # appended to benchmarks/RESULTS.md (copied to OUT_DIR with every part's log), the card named.
 #   bash benchmarks/gpu_session.sh [OUT_DIR]        # on the GPU machine, from the repository root
 #   DEADLINE=300 PARTS="mfu pipeline" bash benchmarks/gpu_session.sh out/
+#   REHEARSE=1 bash benchmarks/gpu_session.sh out/  # here, before a GPU session: every part's command
+#       and the code it runs, CPU-sized (tiny models, 32 px, eager, few steps, CPU decoding; ~4 min
+#       on 2 cores); RESULTS.md is left as it was. What only CUDA runs (nvJPEG, the side stream,
+#       inductor's GPU kernels) it cannot check.
 # Parts, in order (the goals' figures first):
 #   mfu       ours vs timm, 4GF ViT_P / ViT_C, 224 px, compiled + fused AdamW, batch 256
 #   pipeline  loader + step vs the step alone (compiled): GPU decode with and without the overlap,
@@ -39,11 +43,33 @@ part() {  # part NAME CAP_SECONDS COMMAND...: run it if named in $parts, within 
   [ "$rc" -eq 0 ] || fail=1
 }
 
-nvidia-smi -L || { echo "no NVIDIA GPU here (nvidia-smi): nothing to measure"; exit 2; }
-python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0))" \
-  || { echo "needs torch with CUDA and timm (pip install -e '.[bench]')"; exit 2; }
+if [ -n "${REHEARSE:-}" ]; then
+  python3 -c "import torch, timm; print('rehearsal on the CPU: torch', torch.__version__, 'timm', timm.__version__)" \
+    || { echo "needs torch and timm (pip install -e '.[bench]')"; exit 2; }
+  dev=cpu
+  mfu=(--device cpu --tiny --batch 8 --reps 1 --steps 2)
+  pipe=(--device cpu --tiny --batch 8 --images 48 --steps 2 --workers 1 --feeds "CPU decode" "GPU decode")
+  trace=(--model vit_c_tiny --px 32 --batch 8 --device cpu --shipped --reps 1 --steps 2)
+  smoke_train=(device=cpu decode=cpu compile=false steps_per_epoch=2 epochs=1)
+  policy=(--device cpu --px 32 --batch 16 --reps 1)
+  b512=(--device cpu --tiny --batch 16 --reps 1 --steps 2)
+  opts=(--optimizers --device cpu --reps 1 --steps 1)
+else
+  nvidia-smi -L || { echo "no NVIDIA GPU here (nvidia-smi): nothing to measure"; exit 2; }
+  python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0))" \
+    || { echo "needs torch with CUDA and timm (pip install -e '.[bench]')"; exit 2; }
+  dev=cuda
+  mfu=(--batch 256 --compile --reps 3 --steps 10)
+  pipe=(--compile --batch 256 --images 2560 --steps 20 --feeds "GPU decode, no overlap" "GPU decode"
+        "GPU decode + autoaugment")
+  trace=(--model vit_c_4gf --px 224 --batch 256 --device cuda --shipped --reps 3 --steps 10)
+  smoke_train=(decode=gpu epochs=2)
+  policy=(--device cuda --px 224 --reps 3)
+  b512=(--batch 512 --compile --reps 3 --steps 10)
+  opts=(--optimizers --device cuda --reps 5 --steps 5)
+fi
 
-smoke() {
+smoke() {  # smoke TRAIN_OVERRIDES...: the trainer's defaults on the device, then a RegNet
   python3 - "$out/jpegs" <<'PY' || return 1
 import sys, pathlib, torch
 from PIL import Image
@@ -55,33 +81,35 @@ for split, n in (("train", 48), ("val", 8)):
             arr = (torch.rand(60, 80, 3, generator=g) * 255).to(torch.uint8).numpy()
             Image.fromarray(arr).save(root / split / f"c{c}" / f"{i}.jpg", quality=85)
 PY
-  python3 -m stability.cli train model=vit_c_tiny epochs=2 dataset=imagefolder data_root="$out/jpegs" \
-    image_size=32 batch_size=32 decode=gpu auto_augment=autoaugment mixup_alpha=0.8 cutmix_alpha=1.0 \
-    results="$out/results" sweep=cuda_smoke || return 1
+  python3 -m stability.cli train model=vit_c_tiny dataset=imagefolder data_root="$out/jpegs" image_size=32 \
+    batch_size=32 auto_augment=autoaugment mixup_alpha=0.8 cutmix_alpha=1.0 results="$out/results" sweep=cuda_smoke \
+    "$@" || return 1
   python3 -m stability.cli train model=regnety_tiny epochs=1 compile=false results="$out/results" sweep=cuda_smoke \
-    || return 1
-  python3 - "$out/results" <<'PY'
+    ${REHEARSE:+device=cpu steps_per_epoch=2} || return 1
+  python3 - "$out/results" "$dev" <<'PY'
 import sys, pandas as pd, pathlib
 runs = pd.concat(pd.read_parquet(p) for p in pathlib.Path(sys.argv[1]).rglob("runs/**/*.parquet"))
 cols = [c for c in ("model", "dataset", "status", "device", "compiled", "optimizer_impl", "amp_dtype", "top1_err",
                     "wall_time_s", "error") if c in runs]
 print(runs[cols].to_string())
-sys.exit(0 if (runs["status"] == "completed").all() and (runs["device"].str.startswith("cuda")).all() else 1)
+sys.exit(0 if (runs["status"] == "completed").all() and (runs["device"].str.startswith(sys.argv[2])).all() else 1)
 PY
 }
 
+part mfu 170 python3 benchmarks/gpu_check.py "${mfu[@]}"
+part pipeline 130 python3 benchmarks/gpu_check.py --pipeline "${pipe[@]}"
+part tracing 70 python3 benchmarks/tracing_overhead.py "${trace[@]}"
 export -f smoke
-export out
-part mfu 170 python3 benchmarks/gpu_check.py --batch 256 --compile --reps 3 --steps 10
-part pipeline 130 python3 benchmarks/gpu_check.py --pipeline --compile --batch 256 --images 2560 --steps 20 \
-  --feeds "GPU decode, no overlap" "GPU decode" "GPU decode + autoaugment"
-part tracing 70 python3 benchmarks/tracing_overhead.py --model vit_c_4gf --px 224 --batch 256 --device cuda \
-  --shipped --reps 3 --steps 10
-part smoke 120 bash -c smoke
-part policy 30 python3 benchmarks/batch_policy.py --device cuda --px 224 --reps 3
-part batch512 100 python3 benchmarks/gpu_check.py --batch 512 --compile --reps 3 --steps 10
-part optimizers 40 python3 benchmarks/step_options.py --optimizers --device cuda --reps 5 --steps 5
+export out dev
+part smoke 120 bash -c 'smoke "$@"' smoke "${smoke_train[@]}"
+part policy 30 python3 benchmarks/batch_policy.py "${policy[@]}"
+part batch512 100 python3 benchmarks/gpu_check.py "${b512[@]}"
+part optimizers 40 python3 benchmarks/step_options.py "${opts[@]}"
 cp benchmarks/RESULTS.md "$out/RESULTS.md"
 diff -u "$out/RESULTS.before.md" benchmarks/RESULTS.md > "$out/RESULTS.diff"
+if [ -n "${REHEARSE:-}" ]; then  # CPU-sized figures are not results
+  cp "$out/RESULTS.before.md" benchmarks/RESULTS.md
+  echo "== rehearsal: RESULTS.md restored; what the parts would have appended is in $out/RESULTS.diff"
+fi
 echo "== done: fail=$fail"
 exit $fail

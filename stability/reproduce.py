@@ -351,10 +351,15 @@ def _canonical(cfg: dict) -> str:
 def _existing_tag(root: str, name: str, configs: list[dict], seeds: tuple[int, ...]) -> str | None:
     """The tag of a replication spec under ``root`` that runs exactly ``configs`` with ``seeds``
     (whatever order or arm names wrote it), so a rerun never trains the same replicates twice."""
-    from .config import RunConfig
+    from .config import RunConfig, run_config
     from .yamlio import load_yaml
 
-    want = {_canonical(c) for c in configs}
+    def repeats(cfg: dict) -> str:  # the run's identity without its seed: a field added later at its
+        ident = run_config(cfg).identity()  # default, or a model alias, matches the spec written before
+        ident.pop("seed", None)
+        return _canonical(ident)
+
+    want = {repeats(c) for c in configs}
     for path in sorted((Path(root) / "reproduce" / "specs").glob(f"{name}-*.yaml")):
         tag = path.stem[len(name) + 1:]
         if not re.fullmatch(r"[0-9a-f]{8}", tag):  # a 2x spec, or another invocation's (peak-data_root_x-<tag>)
@@ -362,9 +367,9 @@ def _existing_tag(root: str, name: str, configs: list[dict], seeds: tuple[int, .
         try:
             d = load_yaml(path)
             arms = (d.get("space") or {}).get("arm") or [{}]
-            got = {_canonical({k: v for k, v in {**d["base"], **a}.items() if k not in RunConfig.EXECUTION_FIELDS})
+            got = {repeats({k: v for k, v in {**d["base"], **a}.items() if k not in RunConfig.EXECUTION_FIELDS})
                    for a in arms}
-        except (ConfigError, AttributeError, KeyError, TypeError):
+        except (ConfigError, AttributeError, KeyError, TypeError, ValueError):
             continue  # not ours, or damaged: ignored, never trusted
         if got == want and tuple(d.get("seeds") or ()) == tuple(seeds):
             return tag

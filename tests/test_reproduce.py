@@ -158,6 +158,10 @@ def test_replicates_run_where_the_replication_study_says_and_a_rerun_finds_only_
     assert spec.base["data_root"] == "/datasets/imagenet" and spec.base["decode"] == "gpu"
     assert _existing_tag(str(tmp_path), "peak", [ident], (1, 2)) == "abc12345"
     assert _existing_tag(str(tmp_path), "peak", [{**ident, "lr": 2e-3}], (1, 2)) is None
+    # a spec written before a field existed (here z_loss and qk_norm, at their defaults) is still
+    # the same replicates: the identity compared is the run id's, not the whole config
+    older = {k: v for k, v in ident.items() if k not in ("z_loss", "qk_norm")}
+    assert older != ident and _existing_tag(str(tmp_path), "peak", [older], (1, 2)) == "abc12345"
     other = replication_spec(template, [ident], "peak-data_root_x-12345678", (1, 2), str(tmp_path))
     (tmp_path / "reproduce/specs/peak-abc12345.yaml").unlink()
     assert other.exists() and _existing_tag(str(tmp_path), "peak", [ident], (1, 2)) is None
