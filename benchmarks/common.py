@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: timing and appending to RESULTS.md."""
+"""Helpers shared by the benchmark scripts: timing, the GPU check's device set-up, appending to RESULTS.md."""
 
 from __future__ import annotations
 
@@ -17,6 +17,23 @@ def timed(fn, *args, **kwargs):
     t = time.perf_counter()
     out = fn(*args, **kwargs)
     return time.perf_counter() - t, out
+
+
+def gpu_setup(args, peaks: dict[str, float]) -> tuple[bool, str, float | None, tuple[str, str], int]:
+    """``gpu_check.py``'s device (TF32 on for CUDA) from its ``args``: (cuda, the device's name,
+    its peak dense bf16 FLOP/s or None, the two models and their px: the 4GF ViTs at 224, or
+    with ``--tiny`` the tiny ones at 32)."""
+    import torch
+
+    cuda = args.device == "cuda"
+    assert not cuda or torch.cuda.is_available(), "needs a CUDA GPU (or --device cpu --tiny for a dry run)"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in peaks.items() if k in name), None)
+    names, px = (("vit_p_tiny", "vit_c_tiny"), 32) if args.tiny else (("vit_p_4gf", "vit_c_4gf"), 224)
+    return cuda, name, peak, names, px
 
 
 def spread(xs: list[float]) -> str:

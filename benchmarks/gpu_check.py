@@ -31,11 +31,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results, spread  # noqa: E402
+from common import append_results, gpu_setup, spread  # noqa: E402
 from tracing_overhead import run as tracing_run  # noqa: E402
 from train_step import measure, timm_twin  # noqa: E402
 
 from stability.models import build_model, count_complexity, model_spec  # noqa: E402
+from stability.trainer.execution import compile_net  # noqa: E402
 
 PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense bf16
 
@@ -75,14 +76,7 @@ def main() -> None:
 def throughput_lines(args) -> list[str]:
     """Ours vs timm per model and batch size (a batch that does not fit is a row saying so), then
     the tracing overhead at the first batch size, then the MFU goal."""
-    cuda = args.device == "cuda"
-    assert not cuda or torch.cuda.is_available(), "needs a CUDA GPU (or --device cpu --tiny for a dry run)"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    name = torch.cuda.get_device_name(0) if cuda else "cpu"
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAKS.items() if k in name), None)
-    names, px = (("vit_p_tiny", "vit_c_tiny"), 32) if args.tiny else (("vit_p_4gf", "vit_c_4gf"), 224)
+    cuda, name, peak, names, px = gpu_setup(args, PEAKS)
     dtype = torch.bfloat16 if cuda else None
     lines = [f"{name}; peak bf16 {peak / 1e12 if peak else '?'} TFLOP/s; {px} px, "
              f"{'bf16 autocast' if cuda else 'fp32'}, AdamW {args.optimizer_impl}"
@@ -111,7 +105,7 @@ def _compare(model_name: str, batch: int, px: int, dtype, peak: float | None, ar
     flops_per_img = 3 * 2 * count_complexity(spec).flops
     models = {"ours": build_model(spec), "timm": timm_twin(model_name, px)}
     if args.compile:
-        models = {k: torch.compile(m) for k, m in models.items()}
+        models = {k: compile_net(m, "default") for k, m in models.items()}  # as the trainer compiles
     kw = {"fused": args.optimizer_impl == "fused", "foreach": args.optimizer_impl == "foreach"}
     try:
         r = measure(models, batch, px, args.device, args.reps, args.steps, dtype, opt_kw=kw)

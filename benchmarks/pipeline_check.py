@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results  # noqa: E402
+from common import append_results, gpu_setup  # noqa: E402
 from pipeline_workers import write_jpegs  # noqa: E402
 
 from stability.data.datasets import batches, load_dataset  # noqa: E402
 from stability.data.workers import resolve_workers  # noqa: E402
 from stability.models import build_model, count_complexity, model_spec  # noqa: E402
 from stability.trainer.distributed import Dist, autocast_for  # noqa: E402
+from stability.trainer.execution import compile_net  # noqa: E402
 from stability.trainer.train import Step, train_step  # noqa: E402
 
 WARMUP = 5
@@ -85,13 +86,7 @@ def _loader_feed(data, batch: int, workers, device: torch.device, feed: str):
 
 def pipeline_main(args, peaks: dict[str, float]) -> None:
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    name = torch.cuda.get_device_name(0) if cuda else "cpu"
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in peaks.items() if k in name), None)
-    models, px = (("vit_p_tiny", "vit_c_tiny"), 32) if args.tiny else (("vit_p_4gf", "vit_c_4gf"), 224)
+    cuda, name, peak, models, px = gpu_setup(args, peaks)
     workers = resolve_workers(args.workers if args.workers == "auto" else int(args.workers), "cuda")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +147,7 @@ def _step(model_name: str, px: int, args, device: torch.device) -> Step:
     """The training step the feeds are timed with (no tracing: the input pipeline is what is measured)."""
     torch.manual_seed(0)
     model = build_model(model_spec(model_name, image_size=px)).to(device)
-    net = torch.compile(model) if args.compile else model
+    net = compile_net(model, "default") if args.compile else model  # as the trainer compiles
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     return Step(net, opt, None, autocast_for(device), label_smoothing=0.1)
 

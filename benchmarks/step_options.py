@@ -30,6 +30,7 @@ from common import append_results, spread  # noqa: E402
 from train_step import step_fn, time_steps  # noqa: E402
 
 from stability.models import build_model, model_spec  # noqa: E402
+from stability.trainer.execution import compile_net  # noqa: E402
 
 CASES = [("vit_c_tiny", 32, 64), ("vit_p_tiny", 32, 64), ("regnety_tiny", 32, 64)]
 
@@ -45,7 +46,7 @@ def variants(name: str, px: int, batch: int, device: str, with_compile: bool):
     compile_s = None
     if with_compile:
         torch.manual_seed(0)
-        compiled = torch.compile(build_model(model_spec(name, image_size=px)).to(device))
+        compiled = compile_net(build_model(model_spec(name, image_size=px)).to(device), "default")
         fn = step_fn(compiled, batch, px, device, None)
         t = time.perf_counter()
         fn()  # the compile
