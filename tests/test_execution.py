@@ -107,8 +107,8 @@ def test_compile_net_asks_for_static_shapes_and_passes_the_mode_only_when_it_is_
 
 
 def test_a_compiled_model_is_evaluated_at_one_batch_shape_with_the_same_errors():
-    """The validation split's partial last batch is padded for a compiled net (no graph for a
-    third batch size); its errors are those of the same net uncompiled."""
+    """A compiled net's partial last batches (validation, test split) are padded to the one
+    evaluation batch size (no graph for another size); the errors are the uncompiled net's."""
     from contextlib import nullcontext
 
     from torch._dynamo import reset
@@ -117,8 +117,10 @@ def test_a_compiled_model_is_evaluated_at_one_batch_shape_with_the_same_errors()
     from stability.trainer.evaluation import evaluate
 
     cfg = run_config({**TINY, "batch_size": 20})
-    data = load_dataset("digits", seed=0)
-    assert len(data.val) % (2 * cfg.batch_size), "the split must end in a partial batch"
+    data = load_dataset("digits", seed=0, test_split=250)
+    test = data.split("test")
+    sizes = {len(data.val) % (2 * cfg.batch_size), len(test.val) % (2 * cfg.batch_size)}
+    assert 0 not in sizes and len(sizes) == 2, "each split must end in a partial batch of its own size"
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * data.image_size ** 2, 32), nn.GELU(),
                           nn.Linear(32, data.num_classes))
@@ -131,11 +133,12 @@ def test_a_compiled_model_is_evaluated_at_one_batch_shape_with_the_same_errors()
     reset()
     net = torch.compile(model, backend=backend, dynamic=False)
     assert execution.is_compiled(net) and not execution.is_compiled(model)
-    got = evaluate(net, data, cfg, torch.device("cpu"), nullcontext)
-    want = evaluate(model, data, cfg, torch.device("cpu"), nullcontext)
+    for split in (data, test):
+        got = evaluate(net, split, cfg, torch.device("cpu"), nullcontext, per_image=True)
+        want = evaluate(model, split, cfg, torch.device("cpu"), nullcontext, per_image=True)
+        assert (got.top1, got.top5) == (want.top1, want.top5) and (got.correct == want.correct).all()
+        assert got.loss == pytest.approx(want.loss, rel=1e-6)
     assert len(shapes) == 1 and (2 * cfg.batch_size, 3, data.image_size, data.image_size) in shapes[0], shapes
-    assert (got.top1, got.top5) == (want.top1, want.top5)
-    assert got.loss == pytest.approx(want.loss, rel=1e-6)
     reset()
 
 

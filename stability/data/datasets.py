@@ -415,6 +415,12 @@ class EpochBatches:
         return max((self.n // self.world_size - self.start * self.size) // self.size, 0)
 
 
+def eval_batch_size(batch_size: int) -> int:
+    """Images per evaluation batch on each rank: twice the training batch (no activations kept
+    for a backward pass)."""
+    return 2 * batch_size
+
+
 def batches(data: DataBundle, batch_size: int, seed: int, num_workers: int | str, epoch: int, start: int,
             train: bool, device, d, *, auto_augment: str = "none", decode: str = "cpu",
             prefetch_factor: int = 2, overlap: bool = True) -> Any:
@@ -436,7 +442,7 @@ def batches(data: DataBundle, batch_size: int, seed: int, num_workers: int | str
                                    world_size=d.world_size, start=start * per_rank)
         else:
             sampler = range(d.rank, len(ds), d.world_size)
-        chunks = BatchSampler(sampler, per_rank if train else 2 * batch_size, drop_last=train)
+        chunks = BatchSampler(sampler, per_rank if train else eval_batch_size(batch_size), drop_last=train)
         return DataLoader(ds, sampler=chunks, batch_size=None)
     from .pipeline import Loader, resolve_workers
 
@@ -452,7 +458,7 @@ def batches(data: DataBundle, batch_size: int, seed: int, num_workers: int | str
 
             ds = copy.copy(ds)  # the bundle's dataset keeps its transform; this loader's has the policy
             ds.transform = data.train_transform(auto_augment)
-        size = per_rank if train else 2 * batch_size
+        size = per_rank if train else eval_batch_size(batch_size)
         sampler = EpochBatches(len(ds), size, seed=seed, rank=d.rank, world_size=d.world_size, train=train)
         gpu = (data.image_size, policy(auto_augment), _MEAN, _STD) if decode == "gpu" else None
         data.loaders[key] = Loader(ds, sampler, workers, device, prefetch_factor=prefetch_factor, gpu=gpu,

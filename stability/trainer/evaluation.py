@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
-from ..data.datasets import DataBundle, batches
+from ..data.datasets import DataBundle, batches, eval_batch_size
 from .distributed import Dist, all_reduce
 from .execution import is_compiled
 
@@ -43,12 +43,11 @@ def evaluate(model: nn.Module, data: DataBundle, cfg: RunConfig, device: torch.d
     correct1, correct5 = torch.zeros((), device=device), torch.zeros((), device=device)
     loss = torch.zeros((), device=device)
     hits = torch.zeros(len(data.val), device=device) if per_image else None
-    n, k, seen, full = 0, min(5, data.num_classes), 0, None
-    pad = is_compiled(model)  # a partial last batch would compile one more graph
+    n, k, seen = 0, min(5, data.num_classes), 0
+    full = eval_batch_size(cfg.batch_size) if is_compiled(model) else 0  # one graph for every split
     for x, y in batches(data, cfg.batch_size, cfg.seed, cfg.num_workers, 0, 0, False, device, d):
         x, y = x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
-        full = full or len(y)
-        if pad and len(y) < full:  # zeros: in eval mode no image's output depends on another's
+        if len(y) < full:  # zeros: in eval mode no image's output depends on another's
             x = torch.cat([x, x.new_zeros((full - len(y), *x.shape[1:]))]).contiguous(memory_format=fmt)
         with autocast():
             logits = model(x).float()[: len(y)]
@@ -85,7 +84,7 @@ def precise_bn(model: nn.Module, data: DataBundle, cfg: RunConfig, device: torch
     if not bns:
         return 0
     train_split = data.split("train")
-    per_batch = 2 * cfg.batch_size  # evaluation batches of the training images, in order
+    per_batch = eval_batch_size(cfg.batch_size)  # evaluation batches of the training images, in order
     n_iter = max(1, min(samples // per_batch, -(-len(data.train) // per_batch)))
     mus = [torch.zeros_like(bn.running_mean) for bn in bns]
     sqs = [torch.zeros_like(bn.running_var) for bn in bns]
