@@ -41,17 +41,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .progress import RichReporter
     from .store import RunStatus, check_writable, table_dir
     from .trainer.checkpoint import Preempted, checkpoint_path
-    from .trainer.train import RunDone, train
+    from .trainer.train import RunDone, refuse_bad_input, train
 
     check_writable(cfg.results)  # before the data and model are set up
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: one progress bar, one summary
     try:  # whether the run has a result is decided under its lock (a twin command may be ending it)
+        refuse_bad_input(cfg)  # before the lock and the progress bar: a refused command writes nothing
         if main_rank:
             with RichReporter(label=f"{cfg.model} {cfg.stem or ''}".strip()) as reporter:
-                row = train(cfg, reporter, resume=not args.no_resume, rerun=args.rerun)
+                row = train(cfg, reporter, resume=not args.no_resume, rerun=args.rerun, record_refusals=False)
         else:
-            row = train(cfg, resume=not args.no_resume, rerun=args.rerun)
+            row = train(cfg, resume=not args.no_resume, rerun=args.rerun, record_refusals=False)
     except RunDone as e:  # a result is the record: a repeated command must not overwrite it
         if main_rank:
             err = e.row.get("top1_err")

@@ -47,18 +47,19 @@ class RichReporter:
         self.task = None
 
     def __enter__(self) -> RichReporter:
-        self.progress.start()
-        return self
+        return self  # the bar starts with the run (on_start): a refused set-up prints only its error
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.stop()
+        if self.task is not None:
+            self.progress.stop()
 
     def on_start(self, total_steps: int, start_step: int) -> None:
+        self.progress.start()
         self.task = self.progress.add_task("run", total=total_steps, completed=start_step,
-                                           epoch=0, loss="-", lr="-", val="-")
+                                           epoch="-", loss="-", lr="-", val="-")
 
-    def on_log(self, step: int, epoch: int, loss: float, lr: float) -> None:
-        self.progress.update(self.task, completed=step, epoch=epoch, loss=f"{loss:.4g}", lr=f"{lr:.3g}")
+    def on_log(self, step: int, epoch: int, loss: float, lr: float) -> None:  # epoch counted from 1, as the JSON
+        self.progress.update(self.task, completed=step, epoch=epoch + 1, loss=f"{loss:.4g}", lr=f"{lr:.3g}")
 
     def on_epoch(self, row: dict[str, Any]) -> None:
         self.progress.update(self.task, val=f"{row['val_top1_err']:.2f}%")

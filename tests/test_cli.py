@@ -48,6 +48,25 @@ def test_bad_input_writes_nothing(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["device=cuda"], "device"),  # this machine has no GPU
+    (["dataset=cifar100"], "data_root"),
+    (["dataset=imagefolder", "data_root=/nonexistent"], "data_root"),
+    (["batch_size=100000"], "batch_size"),  # refused once the data is loaded, under the run's lock
+])
+def test_a_refused_train_command_writes_no_run(args, needle, tmp_path):
+    """A command refused at set-up leaves no failed run for the analyses to count (a grid job's
+    refusal is a failed run: its controller reads it), and its error is the first line on stderr."""
+    import torch
+
+    if args == ["device=cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = run_cli("train", f"results={tmp_path / 'r'}", "epochs=1", *args)
+    _assert_one_line_error(out, needle)
+    assert out.stderr.startswith("error:"), repr(out.stderr[:80])
+    assert not (tmp_path / "r" / "runs").exists()
+
+
 def test_train_cli_end_to_end(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model: vit_tiny\nstem: conv\nepochs: 1\nsteps_per_epoch: 3\nbatch_size: 16\nlr: 1e-3\n")

@@ -415,6 +415,12 @@ class EpochBatches:
         return max((self.n // self.world_size - self.start * self.size) // self.size, 0)
 
 
+def check_decode(decode: str, device) -> None:
+    """``DataError`` when ``decode: gpu`` meets a device that is not CUDA."""
+    if decode == "gpu" and device.type != "cuda":
+        raise DataError(f"decode: gpu needs a CUDA device (this run is on {device}); use decode: cpu")
+
+
 def eval_batch_size(batch_size: int) -> int:
     """Images per evaluation batch on each rank: twice the training batch (no activations kept
     for a backward pass)."""
@@ -448,8 +454,7 @@ def batches(data: DataBundle, batch_size: int, seed: int, num_workers: int | str
 
     workers = resolve_workers(num_workers, device.type)
     decode = decode if train else "cpu"
-    if decode == "gpu" and device.type != "cuda":
-        raise DataError(f"decode: gpu needs a CUDA device (this run is on {device}); use decode: cpu")
+    check_decode(decode, device)
     key = (train, batch_size, seed, workers, str(device), d.rank, d.world_size, auto_augment, decode, prefetch_factor,
            overlap)
     if key not in data.loaders:

@@ -22,9 +22,19 @@ from torch import nn
 
 from .. import store
 from ..config import RunConfig, resolve_compile
-from ..data.datasets import DataBundle, batches, load_dataset, seed_all, steps_per_epoch
+from ..data.datasets import (
+    DataBundle,
+    DataError,
+    batches,
+    check_decode,
+    check_source,
+    load_dataset,
+    seed_all,
+    steps_per_epoch,
+)
 from ..data.mix import augment_and_mix
 from ..detector import count_spikes
+from ..errors import ConfigError
 from ..models import build_model, count_complexity, memory_format, model_spec
 from ..progress import Reporter
 from ..pruner import RunPruner
@@ -57,20 +67,32 @@ COLLAPSE_FRACTION = 0.9  # collapsed: final train loss >= 0.9 x ln(classes), i.e
 
 
 def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = True, stop: threading.Event | None = None,
-          signals: tuple[int, ...] = STOP_SIGNALS, rerun: bool = False) -> dict[str, Any]:
+          signals: tuple[int, ...] = STOP_SIGNALS, rerun: bool = False, record_refusals: bool = True) -> dict[str, Any]:
     """Run ``cfg`` to completion (or divergence) and write its rows; returns the runs row.
 
     Resumes from the run's checkpoint when one exists. On one of ``signals`` (or ``stop`` set)
     it saves a checkpoint, records status ``preempted`` and raises :class:`Preempted`. The run's
     lock is held throughout, every decision on the run's state taken under it: a second process
-    raises ``RunTaken`` before it writes anything, one that gets it late :class:`RunDone`."""
+    raises ``RunTaken`` before it writes anything, one that gets it late :class:`RunDone`.
+    ``record_refusals`` False: a set-up refused for bad input (``ConfigError``, ``DataError``)
+    writes no runs row (the command line, whose user reads the error); a grid job keeps it
+    True, so its controller sees the run failed and why."""
     with RunLock(cfg.results, cfg.sweep, cfg.run_id, job_id()) if from_env().is_main else nullcontext():
-        return _train(cfg, reporter, resume, stop, signals, rerun)
+        return _train(cfg, reporter, resume, stop, signals, rerun, record_refusals)
+
+
+def refuse_bad_input(cfg: RunConfig) -> None:
+    """What a run's set-up would refuse and can be known before it takes its lock (the device,
+    the data's presence, ``decode: gpu`` off CUDA): ``ConfigError`` or ``DataError``."""
+    device = setup_device(cfg.device, from_env())
+    check_source(cfg.dataset, cfg.data_root, cfg.download)
+    check_decode(cfg.decode, device)
 
 
 def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: threading.Event | None,
-           signals: tuple[int, ...], rerun: bool = False) -> dict[str, Any]:
-    """Set up (a failure there is a failed run too, recorded before re-raising), then run."""
+           signals: tuple[int, ...], rerun: bool = False, record_refusals: bool = True) -> dict[str, Any]:
+    """Set up (a failure there is a failed run too, recorded before re-raising, unless it is a
+    refused input and ``record_refusals`` is off), then run."""
     d = from_env()
     rec = Record(cfg, d, run_identity(cfg) | {"world_size": d.world_size}, RunState(started_at=now()), time.monotonic())
     flag, started_group = StopFlag(stop), False
@@ -80,7 +102,8 @@ def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: thread
         refuse_if_done(cfg, d, device, rerun)
         lp = _setup(cfg, d, device, rec, reporter, resume, flag.event)
     except Exception as e:
-        if not isinstance(e, RunDone):  # a result is the record: nothing of this process's to write
+        refused = not record_refusals and isinstance(e, ConfigError | DataError)
+        if not isinstance(e, RunDone) and not refused:  # a result is the record: nothing of ours to write
             rec.write(RunStatus.FAILED, error=f"{type(e).__name__}: {e}"[:2000], finished_at=timestamp(now()))
         if started_group:
             torch.distributed.destroy_process_group()
