@@ -123,7 +123,7 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
     verdicts = analysis.stem_verdicts(runs)  # compare(runs, by="stem") with the gated verdicts
     parts = [findings_section(runs, verdicts, sweep)]
     figures = []
-    by = analysis.default_by(analysis.with_size(runs))  # every design axis that varies: nothing pooled
+    by = analysis.default_by(analysis.with_design(runs))  # every design axis that varies: nothing pooled
     points = analysis.edf(runs, by=by, relative=True)
     figures.append(("EDF of Δ top-1 error per stem", plots.edf_figure(points, relative=True)))
     figures.append(("EDF of top-1 error per stem", plots.edf_figure(analysis.edf(runs, by=by))))

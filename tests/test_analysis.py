@@ -1,5 +1,7 @@
 """Analysis functions against hand-computed values."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -122,3 +124,36 @@ def test_downsample_keeps_every_spike():
     small = analysis.downsample(df, max_points=500)
     assert len(small) <= 600 and {123, 40_000} <= set(small.step)
     assert small.step.is_monotonic_increasing
+
+
+def _ad_hoc_runs() -> pd.DataFrame:
+    """One sweep of ad-hoc runs: both stems at 32 px and at 17 px, one patchify run with qk-norm."""
+    import json
+
+    rows = []
+    for i, (stem, px, qk) in enumerate([("patchify", 32, False), ("conv", 32, False), ("patchify", 17, False),
+                                        ("conv", 17, False), ("patchify", 32, True), ("conv", 32, False)]):
+        cfg = {"model": f"vit_{stem[0]}_tiny", "stem": stem, "image_size": px, "qk_norm": qk, "lr": 1e-3 * (i + 1),
+               "wd": 0.05, "seed": i, "label_smoothing": 0.1, "num_workers": i}  # num_workers: execution, never a stratum
+        rows.append({"run_id": f"r{i}", "sweep": "default", "status": "completed", "model": cfg["model"],
+                     "stem": stem, "optimizer": "adamw", "dataset": "digits", "epochs": 1, "batch_size": 64,
+                     "warmup_epochs": 1.0, "lr": cfg["lr"], "wd": 0.05, "seed": i, "top1_err": 10.0 + 30 * (px == 17),
+                     "config_json": json.dumps(cfg)})
+    return pd.DataFrame(rows)
+
+
+def test_runs_of_other_image_sizes_or_fixes_are_strata_never_pooled():
+    """Every config field that varies (besides lr, wd, seed and the execution fields) is a
+    stratum of the default grouping, as the design axes are; so is the fix."""
+    runs = _ad_hoc_runs()
+    assert analysis.strata(runs) == ["fix", "image_size"]
+    s = analysis.summary(runs)
+    assert len(s) == 5 and set(s.image_size) == {17, 32} and (s["pooled"] == "").all(), s
+    assert s.loc[s.image_size.eq(17), "median"].eq(40.0).all() and s.loc[s.image_size.eq(32), "median"].eq(10.0).all()
+    cmp = analysis.compare(runs)
+    assert sorted(zip(cmp.fix, cmp.image_size, strict=True)) == [("none", 17), ("none", 32)]
+    assert sorted(cmp.n_a + cmp.n_b) == [2, 3]  # 17 px: one run a stem; 32 px without a fix: three
+    # a grouping given explicitly that leaves them out says so
+    assert analysis.pooled(runs, ["stem"]) == ["fix", "image_size"]
+    plain = [json.loads(c)["image_size"] == 32 and not json.loads(c)["qk_norm"] for c in runs.config_json]
+    assert analysis.strata(runs[plain]) == []

@@ -35,7 +35,7 @@ from .edf import (
     within_fraction,
     worst_runs,
 )
-from .grouping import fix_of, fixed_axes, pooled, strata, with_fix, with_size
+from .grouping import fix_of, fixed_axes, pooled, strata, with_design, with_fix, with_size
 from .sensitivity import (
     lr_curves,
     lr_sensitivity,
@@ -92,5 +92,5 @@ __all__ = [
     "lr_wd_heatmap", "mark_spikes", "optimizer_gap", "outcomes", "paired_differences",
     "paired_tests", "pooled", "sensitivity_diff", "sensitivity_verdict", "spike_counts", "chance_error", "stem_outcomes", "stem_verdicts", "strata", "summary",
     "verdict_line",
-    "training_length", "verdict_text", "with_fix", "with_size", "within_fraction", "worst_runs",
+    "training_length", "verdict_text", "with_design", "with_fix", "with_size", "within_fraction", "worst_runs",
 ]

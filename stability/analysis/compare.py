@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .edf import WITHIN, delta_to_best, errors, scored_diverged, within_fraction
-from .grouping import PAIR_KEYS, pooled, strata, with_size
+from .grouping import PAIR_KEYS, pooled, strata, with_design
 from .stats import area_between, boot_ci, ks_permutation_p, ks_signed, paired_tests
 
 
@@ -98,7 +98,7 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
     >>> row[["a", "b", "median_diff", "ks", "ks_better"]].to_dict()
     {'a': 'conv', 'b': 'patchify', 'median_diff': 10.0, 'ks': 1.0, 'ks_better': 'conv'}
     """
-    runs = with_size(runs)
+    runs = with_design(runs)
     strata_by = list(strata(runs, exclude=(by,)) if strata_by is None else strata_by)
     pooled_axes = ",".join(pooled(runs, [*strata_by, by]))
     df = errors(runs, value, False, [*strata_by, by])

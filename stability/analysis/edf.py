@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..store import DONE, RunStatus
-from .grouping import pooled, strata, with_size
+from .grouping import pooled, strata, with_design
 
 # Not results: counted per group, never in an EDF (plain strings: they name columns).
 LEFT_OUT = tuple(map(str, (RunStatus.FAILED, RunStatus.PREEMPTED, RunStatus.RUNNING)))
@@ -323,7 +323,7 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
     5  patchify   45.0  1.000000  3           0
     """
 
-    runs = with_size(runs)
+    runs = with_design(runs)
     by = list(default_by(runs) if by is None else by)
     pooled_axes = ",".join(pooled(runs, by))
     df = errors(runs, value, relative, by, pruned)
@@ -400,7 +400,7 @@ def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "t
         explicit ``by`` pools.
     """
 
-    runs = with_size(runs)
+    runs = with_design(runs)
     by = list(default_by(runs) if by is None else by)
     df = errors(runs, value, relative, by, pruned)
     df["at_chance"] = at_chance(df, value).to_numpy(bool)

@@ -32,6 +32,53 @@ def with_size(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(size=size)
 
 
+def with_design(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with every column their strata need.
+
+    Args:
+        runs: the runs table.
+
+    Returns:
+        ``with_size(runs)``, plus a column per config field that varies among the runs besides
+        the ``DESIGN_AXES`` (image size, label smoothing, momentum, pruner ...: read from
+        ``config_json``, a field an older config lacks as its default), and ``fix`` when the
+        fixes vary. Left out, as never strata: lr, wd and the seed (the distribution itself),
+        the execution fields (where and how a run executes), and fields another column carries
+        (model -> size, stem, the fix fields -> fix). Two ad-hoc runs at different image sizes
+        in one sweep are two strata, never one group.
+    """
+    if runs.attrs.get(_DESIGN) == len(runs):  # done already (each view calls it, 10k configs cost ~0.3 s)
+        return runs
+    df = with_size(runs)
+    if "config_json" not in df.columns or not len(df):
+        return df
+    cfgs = _configs(df)
+    if "fix" not in df.columns and len({fix_of(c) for c in cfgs}) > 1:
+        df = df.assign(fix=[fix_of(c) for c in cfgs])
+    extra = _varying_fields(cfgs, set(df.columns) | set(NOT_STRATA))
+    df = df.assign(**extra) if extra else df.copy()
+    df.attrs[_DESIGN] = len(df)
+    return df
+
+
+_DESIGN = "stability.with_design"  # the marker ``with_design`` leaves on its result (and the row count)
+
+
+def _varying_fields(cfgs: list[dict], skip: set[str]) -> dict[str, list]:
+    """Config field -> each run's value (hashable), for the fields not in ``skip`` that vary."""
+    from ..config import FIELDS, RunConfig
+
+    skip = skip | set(RunConfig.EXECUTION_FIELDS)
+    out = {}
+    for k in sorted({k for c in cfgs for k in c} - skip):
+        default = FIELDS[k].default if k in FIELDS else None
+        default = None if default is dataclasses.MISSING else default
+        vals = [_hashable(c.get(k, default)) for c in cfgs]
+        if len(set(vals)) > 1:
+            out[k] = vals
+    return out
+
+
 def strata(runs: pd.DataFrame, exclude: Sequence[str] = ("stem",)) -> list[str]:
     """The design axes that vary: the strata, the default grouping besides the stem.
 
@@ -40,15 +87,20 @@ def strata(runs: pd.DataFrame, exclude: Sequence[str] = ("stem",)) -> list[str]:
         exclude: axes left out (the compared column).
 
     Returns:
-        The ``DESIGN_AXES`` present in ``runs`` with more than one value, in that order. The
-        named strata of ``compare``, ``stem_outcomes`` and ``stem_verdicts``: a consumer that
-        needs a row's stratum reads these columns.
+        The ``DESIGN_AXES`` present in ``runs`` with more than one value, in that order, then
+        ``fix`` and every other config field that varies (``with_design``: a consumer groups
+        ``with_design(runs)``). The named strata of ``compare``, ``stem_outcomes`` and
+        ``stem_verdicts``: a consumer that needs a row's stratum reads these columns.
 
     >>> strata(pd.DataFrame({"sweep": ["a", "b"], "optimizer": "adamw", "stem": ["conv", "patchify"]}))
     ['sweep']
     """
-    df = with_size(runs)
-    return [c for c in DESIGN_AXES if c in df.columns and c not in exclude
+    from ..config import FIELDS, RunConfig
+
+    df = with_design(runs)
+    never = {*DESIGN_AXES, *NOT_STRATA, *RunConfig.EXECUTION_FIELDS}
+    fields = sorted(c for c in df.columns if c in FIELDS and c not in never)
+    return [c for c in (*DESIGN_AXES, "fix", *fields) if c in df.columns and c not in exclude
             and df[c].nunique(dropna=False) > 1]
 
 
@@ -72,6 +124,8 @@ NO_FIX = "none"
 # Config fields that are never a fixed hyper-parameter of an lr group: the swept lr and the seed,
 # and fields another column already carries (model -> size, stem, the fix fields -> fix).
 NOT_FIXED = ("lr", "seed", "model", "stem", *FIX_FIELDS)
+# Config fields that are never strata: those, and wd (with lr, the distribution itself).
+NOT_STRATA = (*NOT_FIXED, "wd")
 
 
 def fix_of(cfg: Mapping | None) -> str:
@@ -136,20 +190,10 @@ def fixed_axes(runs: pd.DataFrame, series: Sequence[str] = ("stem", "fix")) -> t
         When runs with z-loss use several coefficients, ``z_loss`` (0 without) is added and
         returned as an axis too: two coefficients are never pooled under one "z_loss".
     """
-    from ..config import FIELDS, RunConfig
-
-    df = with_fix(with_size(runs))
+    df = with_design(with_fix(runs))
     axes = [c for c in strata(df, exclude=tuple(series)) if c not in series]
     cfgs = _configs(df)
-    skip = set(NOT_FIXED) | set(RunConfig.EXECUTION_FIELDS) | set(DESIGN_AXES) | set(series)
-    keys = sorted({k for c in cfgs for k in c} - skip)
-    extra = {}
-    for k in keys:
-        default = FIELDS[k].default if k in FIELDS else None
-        default = None if default is dataclasses.MISSING else default
-        vals = [_hashable(c.get(k, default)) for c in cfgs]
-        if len(set(vals)) > 1:
-            extra[k] = vals
+    extra = _varying_fields(cfgs, set(NOT_FIXED) | set(DESIGN_AXES) | set(series) | set(axes))
     z = [float(c.get("z_loss") or 0.0) for c in cfgs]
     if len({v for v in z if v > 0}) > 1:
         extra["z_loss"] = z

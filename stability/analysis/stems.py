@@ -30,7 +30,7 @@ import pandas as pd
 from .compare import compare
 from .edf import errors
 from .findings import at_chance
-from .grouping import strata, with_size
+from .grouping import strata, with_design
 from .stats import holm, median_perm_p
 
 ALPHA = 0.10  # family-wise error rate of the verdicts of one call (Holm over its strata)
@@ -81,7 +81,7 @@ def stem_outcomes(runs: pd.DataFrame, value: str = "top1_err", by: Sequence[str]
     0      conv     3         1        30.0      20.0
     1  patchify     3         0        35.0      25.0
     """
-    runs = with_size(runs)
+    runs = with_design(runs)
     by = list(strata(runs, exclude=(group,)) if by is None else by)
     keys = [*by, group]
     cols = [*keys, "runs", "diverged", "pruned", "at_chance", "learned", "diverged_pct", "pruned_pct",
@@ -127,7 +127,7 @@ def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 100
         clear difference" or "none") and ``why`` (the reason in words: the test, or what is
         missing for one). Same rows and sign as ``compare``: effects are b − a.
     """
-    runs = with_size(runs)
+    runs = with_design(runs)
     keys = strata(runs, exclude=("stem",))  # the strata, named: compare's rows are per stratum
     cmp = compare(runs, by="stem", value=value, strata_by=keys, n_boot=n_boot, n_perm=min(n_perm, 2000), seed=seed)
     if cmp.empty:

@@ -91,9 +91,9 @@ def best_configs(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str
         pools.
     """
     from .edf import default_by
-    from .grouping import pooled, with_size
+    from .grouping import pooled, with_design
 
-    runs = with_size(runs)
+    runs = with_design(runs)
     by = list(default_by(runs) if by is None else by)
     df = errors(runs, value, False, by)
     if df.empty:
@@ -146,9 +146,9 @@ def training_length(runs: pd.DataFrame, value: str = "top1_err",
         best's gap to the longest budget of the group (the paper's "error relative to the
         400-epoch run").
     """
-    from .grouping import strata, with_size
+    from .grouping import strata, with_design
 
-    runs = with_size(runs)
+    runs = with_design(runs)
     by = list([*strata(runs, exclude=("stem", "epochs")), "stem"] if by is None else by)
     df = errors(runs, value, False, by)
     if df.empty:
