@@ -81,3 +81,27 @@ def test_shipped_grids_are_valid():
     for g in grids:
         spec = load_spec(g)
         assert spec.name and spec.sampler.n >= 1
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("cpus_per_task", -4, ">= 1"), ("cpus_per_task", 0, ">= 1"), ("gpus_per_node", -1, ">= 0"),
+    ("gpus_per_task", -1, ">= 0"), ("mem_gb", -5, "> 0"), ("mem_gb", "lots", "expected a number"), ("array_size", 0, ">= 1"),
+    ("signal_delay_s", -1, ">= 0")])
+def test_executor_resources_are_checked(field, value, needle):
+    from stability.errors import ConfigError
+    from stability.grid.spec import parse_spec
+
+    with pytest.raises(ConfigError) as e:
+        parse_spec({"name": "g", "executor": {field: value}}, "g.yaml")
+    assert str(e.value).startswith(f"g.yaml: executor.{field}:") and needle in str(e.value), str(e.value)
+    assert parse_spec({"name": "g", "executor": {"gpus_per_node": 0, "mem_gb": 0.5}}, "g.yaml").executor.mem_gb == 0.5
+
+
+def test_a_bad_profile_field_names_the_profile_not_the_spec(tmp_path):
+    p = write_spec(tmp_path / "g.yaml", "g", tmp_path / "results")
+    for text, needle in (("partiton: gpu\n", "unknown key 'executor.partiton'"),
+                         ("cpus_per_task: -4\n", "executor.cpus_per_task: must be >= 1")):
+        (tmp_path / "prof.yaml").write_text(text)
+        out = run_cli("grid", "run", str(p), "--dry-run", "--profile", str(tmp_path / "prof.yaml"))
+        assert out.returncode == 2 and out.stderr.startswith(f"error: {tmp_path / 'prof.yaml'}: {needle}"), out.stderr
+    assert not (tmp_path / "results").exists()

@@ -186,8 +186,13 @@ def _executor_spec(src: str, d: dict) -> ExecutorSpec:
         raise _err(src, "executor.kind", f"unknown executor {shown(executor.kind)} (allowed: {', '.join(EXECUTORS)})")
     for key in ("max_parallel", "array_parallelism", "timeout_min", "nodes", "tasks_per_node"):
         _int(src, f"executor.{key}", getattr(executor, key), 1)
-    if executor.array_size is not None:
-        _int(src, "executor.array_size", executor.array_size, 1)
+    for key, lo in (("array_size", 1), ("cpus_per_task", 1), ("gpus_per_node", 0), ("gpus_per_task", 0),
+                    ("max_num_timeout", 0), ("signal_delay_s", 0)):
+        if getattr(executor, key) is not None:
+            _int(src, f"executor.{key}", getattr(executor, key), lo)
+    mem = executor.mem_gb
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or not 0 < mem < math.inf):
+        raise _err(src, "executor.mem_gb", f"expected a number of GiB > 0, or null, got {shown(mem)}")
     return executor
 
 
@@ -357,6 +362,7 @@ def load_profile(profile: str | None) -> dict[str, Any]:
     loaded = load_yaml(path)
     if not isinstance(loaded, dict):
         raise ConfigError("expected a mapping of executor fields", str(path))
+    _executor_spec(str(path), loaded)  # a bad field is the profile's, named as such (not the spec's)
     return loaded
 
 
