@@ -159,6 +159,10 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
             continue
         overrides: dict = {"results": results} if results else {}
         raw = load_yaml(path)
+        if base and isinstance(raw, dict) and (clash := sorted(set(base) & {*(raw.get("space") or {}), "seed"})):
+            why = ("each study's seeds are its spec's `seeds`" if clash[0] == "seed" else
+                   f"study {name} varies it ({path.name}'s space): the studies' axes cannot be fixed")
+            raise ConfigError(f"--set: {clash[0]} cannot be set ({why})")
         if base and isinstance(raw, dict):
             overrides |= {"base": {**(raw.get("base") or {}), **base},
                           "name": f"{raw.get('name')}{sweep_suffix(base, raw.get('base'))}"}

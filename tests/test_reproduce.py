@@ -68,8 +68,9 @@ def test_reproduce_bad_input_is_one_line_exit_2(tmp_path):
                          (["--quick", "--only", "lr_wd,bogus"], "unknown study 'bogus'"),
                          (["--quick", "--only", ""], "unknown study ''"),
                          (["--quick", "--set", "results=x"], "not a study field"),
-                         # lr is an axis of the studies: found before any study trains
-                         (["--quick", "--set", "lr=0.1"], "space.lr"),
+                         # lr is an axis of the studies: found before any study trains, named as --set's
+                         (["--quick", "--set", "lr=0.1"], "--set: lr cannot be set (study lr_wd varies it"),
+                         (["--paper", "--dry-run", "--set", "seed=3"], "--set: seed cannot be set"),
                          # decoded datasets hold out no test split: refused at plan time
                          (["--quick", "--set", "dataset=cifar10", "--set", "data_root=/x"], "test_split"),
                          # a dry run's cost is only for a measured GPU
