@@ -6,8 +6,8 @@
 #   bash benchmarks/gpu_session.sh [OUT_DIR]        # on the GPU machine, from the repository root
 #   DEADLINE=300 PARTS="mfu pipeline" bash benchmarks/gpu_session.sh out/
 #   REHEARSE=1 bash benchmarks/gpu_session.sh out/  # here, before a GPU session: every part's command
-#       and the code it runs, CPU-sized (tiny models, 32 px, eager, few steps, CPU decoding; ~4 min
-#       on 2 cores); RESULTS.md is left as it was. What only CUDA runs (nvJPEG, the side stream,
+#       and the code it runs, CPU-sized (tiny models, 32 px, eager, few steps, CPU decoding; ~1 min
+#       on 2 idle cores); RESULTS.md is left as it was. What only CUDA runs (nvJPEG, the side stream,
 #       inductor's GPU kernels) it cannot check.
 # Parts, in order (the goals' figures first):
 #   mfu       ours vs timm, 4GF ViT_P / ViT_C, 224 px, compiled + fused AdamW, batch 256
@@ -27,6 +27,22 @@ deadline=$(( $(date +%s) + ${DEADLINE:-480} ))
 cp benchmarks/RESULTS.md "$out/RESULTS.before.md"  # what this call appends is the difference
 parts=${PARTS:-mfu pipeline tracing smoke policy batch512 optimizers}
 fail=0
+child=
+
+finish() {  # at any exit, a kill included: no part left running, the tables kept, a rehearsal undone
+  trap - EXIT TERM INT
+  # timeout(1) runs its command in a process group of its own: a killed script would leave it
+  # running (holding the GPU, appending to RESULTS.md later); TERM to timeout is passed on.
+  if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi
+  cp benchmarks/RESULTS.md "$out/RESULTS.md"
+  diff -u "$out/RESULTS.before.md" benchmarks/RESULTS.md > "$out/RESULTS.diff"
+  if [ -n "${REHEARSE:-}" ]; then  # CPU-sized figures are not results
+    cp "$out/RESULTS.before.md" benchmarks/RESULTS.md
+    echo "== rehearsal: RESULTS.md restored; what the parts would have appended is in $out/RESULTS.diff"
+  fi
+}
+trap finish EXIT
+trap 'echo "== stopped by a signal"; exit 143' TERM INT
 
 part() {  # part NAME CAP_SECONDS COMMAND...: run it if named in $parts, within min(cap, time left)
   local name=$1 cap=$2; shift 2
@@ -36,8 +52,11 @@ part() {  # part NAME CAP_SECONDS COMMAND...: run it if named in $parts, within 
   local limit=$(( cap < left ? cap : left ))
   echo "== $name (limit ${limit} s)"
   local t0=$(date +%s)
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1 &
+  child=$!
+  wait "$child"
   local rc=$?
+  child=
   tail -n 30 "$out/$name.log"
   echo "== $name: rc $rc after $(( $(date +%s) - t0 )) s"
   [ "$rc" -eq 0 ] || fail=1
@@ -105,11 +124,6 @@ part smoke 120 bash -c 'smoke "$@"' smoke "${smoke_train[@]}"
 part policy 30 python3 benchmarks/batch_policy.py "${policy[@]}"
 part batch512 100 python3 benchmarks/gpu_check.py "${b512[@]}"
 part optimizers 40 python3 benchmarks/step_options.py "${opts[@]}"
-cp benchmarks/RESULTS.md "$out/RESULTS.md"
-diff -u "$out/RESULTS.before.md" benchmarks/RESULTS.md > "$out/RESULTS.diff"
-if [ -n "${REHEARSE:-}" ]; then  # CPU-sized figures are not results
-  cp "$out/RESULTS.before.md" benchmarks/RESULTS.md
-  echo "== rehearsal: RESULTS.md restored; what the parts would have appended is in $out/RESULTS.diff"
-fi
+finish
 echo "== done: fail=$fail"
 exit $fail
