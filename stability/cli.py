@@ -325,6 +325,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     sweeps = store.sweeps(args.results)
+    if args.sweep is None:  # what could be reported
+        print(f"sweeps under {args.results}: {', '.join(sweeps) or 'none'}")
+        return 0
     if args.sweep not in sweeps:
         raise ConfigError(f"sweep: no sweep {args.sweep!r} under {args.results} (found: {', '.join(sweeps) or 'none'})")
     unreadable: list[str] = []
@@ -491,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid_cmd("clean", "remove job logs of finished runs", cmd_grid_clean)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of one sweep")
-    p.add_argument("sweep", help="the sweep's name (`stability grid status` lists them)")
+    p.add_argument("sweep", nargs="?", help="the sweep's name (left out: the sweeps under --results are listed)")
     p.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
     p.add_argument("--results", default="results", help="the results root (default: results)")
     p.set_defaults(func=cmd_report)

@@ -58,6 +58,8 @@ def test_report_is_self_contained(dash_results, tmp_path):
     bad = run_cli("report", "nope", "--results", str(dash_results), "--out", str(tmp_path / "x.html"))
     assert bad.returncode == 2 and "dash" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.html").exists()
+    listed = run_cli("report", "--results", str(dash_results))  # no sweep named: what there is to report
+    assert listed.returncode == 0 and listed.stdout.startswith(f"sweeps under {dash_results}: ") and "dash" in listed.stdout
 
 
 def _text(page: str) -> str:
