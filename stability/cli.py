@@ -43,7 +43,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer.checkpoint import Preempted, checkpoint_path
     from .trainer.train import RunDone, refuse_bad_input, train
 
-    check_writable(cfg.results)  # before the data and model are set up
+    try:
+        check_writable(cfg.results)  # before the data and model are set up
+    except OSError as e:
+        raise ConfigError(f"results: {cfg.results} cannot take files ({e.strerror or e})", source) from None
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: one progress bar, one summary
     try:  # whether the run has a result is decided under its lock (a twin command may be ending it)
@@ -466,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--rerun", action="store_true",
                    help="train a run that already has a result again (its rows are replaced)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="RunConfig fields")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="RunConfig fields (stability/config.py; an unknown key lists the allowed ones)")
     p.set_defaults(func=cmd_train)
 
     grid = sub.add_parser("grid", help="run and inspect sweeps").add_subparsers(dest="grid_command", required=True)
@@ -489,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="submit and return")
     p.add_argument("--quiet", action="store_true", help="no live progress table")
     p = grid_cmd("status", "counts per status and cell, failures, ETA", cmd_grid_status)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the status as JSON (counts, failures, ETA)")
     grid_cmd("collect", "compact the sweep's per-run parquet files", cmd_grid_collect)
     grid_cmd("clean", "remove job logs of finished runs", cmd_grid_clean)
 
@@ -530,14 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dashboard", help="start the Streamlit dashboard")
     p.add_argument("--results", default="results", help="the results root it shows (and folders under it)")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: only this host; reach it through an SSH tunnel)")
     p.add_argument("--allow-browse", action="store_true",
                    help="let the sidebar open any folder on this host, not only folders under --results")
     p.set_defaults(func=cmd_dashboard)
 
-    p = sub.add_parser("pack", help="pack an ImageFolder into tar shards of JPEG bytes (dataset=packed)")
+    p = sub.add_parser("pack", help="pack an ImageFolder into tar shards of its image files' bytes, with an index (dataset=packed)")
     p.add_argument("root", help="an ImageFolder root holding train/ and val/ class folders")
     p.add_argument("out", help="a new folder for the packed dataset")
     p.add_argument("--short-side", type=int, help="re-encode images larger than this short side "

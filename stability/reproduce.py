@@ -218,7 +218,7 @@ class Invocation:
             chosen = [s.strip() for s in only.split(",")]
             if bad := sorted(s for s in chosen if s not in STUDIES):
                 raise ConfigError(f"--only: unknown study {bad[0]!r} (allowed: {', '.join(STUDIES)})")
-        base = parse_overrides(list(sets))
+        base = parse_overrides(list(sets), "--set")
         if where := sorted(set(base) & {"results", "sweep"}):
             raise ConfigError(f"--set: {where[0]} is not a study field (use --results; sweeps are named by the specs)")
         if base:  # checked on the studies' data first (decode: gpu needs their JPEGs): the error names --set
@@ -246,7 +246,7 @@ def dry_run(inv: Invocation, gpu: str | None = None) -> tuple[list, list[str]]:
     from .models import throughput
 
     table = throughput.load()
-    device = table.device(gpu or table.default_device)
+    device = table.device(table.default_device if gpu is None else gpu)
     costs, pools, warnings = [], {}, {}
     for name in SELECTION:
         if name in inv.specs:

@@ -71,13 +71,14 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"cannot read: {e}", str(path)) from None
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as YAML scalars (``lr=1e-3``, ``stem=conv``)."""
+def parse_overrides(items: list[str], source: str = "command line") -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as YAML scalars (``lr=1e-3``, ``stem=conv``); an error
+    names ``source`` (the option that gave them, e.g. ``--set``)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"expected key=value, got {item!r}", "command line")
+            raise ConfigError(f"expected key=value, got {item!r}", source)
         try:
             out[key] = parse_yaml(value) if value != "" else None
         except yaml.YAMLError:

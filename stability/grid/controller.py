@@ -97,7 +97,7 @@ def dry_run(spec: GridSpec, gpu: str | None = None) -> DryRun:
     from ..models import throughput
 
     table = throughput.load()
-    device = table.device(gpu or table.default_device)  # checked before anything is planned
+    device = table.device(table.default_device if gpu is None else gpu)  # checked before anything is planned
     sampler = sampler_for(spec)
     plan = sampler.dry_run(lambda: trial_slots(backend_for(spec)))
     groups = config_groups(plan, COST_FIELDS + RATE_FIELDS, set(spec.ranges))
