@@ -203,8 +203,9 @@ def _print_plan(spec, dry) -> None:
 
 
 def _print_costs(costs: list, total: bool = False) -> None:
-    """The cost per study (``grid.cost.StudyCost``): runs, images, the step's and the input's
-    img/s, GPU-hours and where each rate came from; with ``total``, a total row."""
+    """The cost per study (``grid.cost.StudyCost``): runs, images, the GPU's img/s (the step, and
+    with ``decode: gpu`` the decoding it also does) and the input's, GPU-hours and where each rate
+    came from; with ``total``, a total row."""
     from rich.table import Table
 
     from .progress import make_console
@@ -213,7 +214,7 @@ def _print_costs(costs: list, total: bool = False) -> None:
         return "-" if v is None else f"{v:,.0f}"
 
     table = Table(title=f"cost on {costs[0].device.name} (img/s per GPU)" if costs else "cost")
-    for col in ("study", "runs", "images", "step img/s", "input img/s", "input bound", "img/s", "GPU-hours"):
+    for col in ("study", "runs", "images", "GPU img/s", "input img/s", "input bound", "img/s", "GPU-hours"):
         table.add_column(col, justify="left" if col in ("study", "input bound") else "right")
     for c in costs:
         table.add_row(c.name, str(c.runs), f"{c.images:.3g}", rate(c.step_img_s), rate(c.feed_img_s), c.bound,
