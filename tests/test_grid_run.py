@@ -268,9 +268,14 @@ def test_a_new_sampler_is_one_small_class(tmp_path, monkeypatch, capsys):
         load_spec(path)
     monkeypatch.setitem(SAMPLERS, "corners", Corners)
     spec = load_spec(path)
-    assert sorted(r.config.lr for r in dry_run(spec).plan) == [1e-4, 1e-4, 1e-2, 1e-2]
+    before = dry_run(spec)
+    assert sorted(r.config.lr for r in before.plan) == [1e-4, 1e-4, 1e-2, 1e-2]
+    assert before.done == 0 and before.cost.runs == 4
     outcome = Controller(spec, RunOptions(show_progress=False)).run()
     assert len(outcome.state) == 4 and outcome.state.status.isin(["completed", "diverged"]).all()
     assert status_report(spec)["planned"] == 4
+    after = dry_run(spec)  # every planned run has its result: counted, nothing left to cost
+    assert after.done == 4 and after.cost.runs == 0 and after.cost.gpu_hours == 0
     assert main(["grid", "run", str(path), "--dry-run"]) == 0
-    assert "4 runs: patchify: 2, conv: 2" in capsys.readouterr().out.replace("\n", " ")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "4 runs: patchify: 2, conv: 2; 4 already have results, the other 0 are costed" in text, text

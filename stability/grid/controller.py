@@ -87,23 +87,28 @@ class DryRun:
 
     plan: list[PlannedRun]
     note: str
-    cost: StudyCost
+    cost: StudyCost  # of the planned runs that have no result yet
     warnings: list[str]
+    done: int = 0  # planned runs that already have a result (a `grid run` trains the others)
 
 
 def dry_run(spec: GridSpec, gpu: str | None = None) -> DryRun:
     """The dry run of ``spec``, costed on the device ``gpu`` names (a key of
-    ``models/throughput.json``; None: its default). An unknown ``gpu`` is a ``ConfigError``."""
+    ``models/throughput.json``; None: its default). An unknown ``gpu`` is a ``ConfigError``.
+    Planned runs that already have a result (read from the sweep's runs table, nothing written)
+    are counted, not costed: the cost is what a ``grid run`` would still train."""
     from ..models import throughput
 
     table = throughput.load()
     device = table.device(table.default_device if gpu is None else gpu)  # checked before anything is planned
     sampler = sampler_for(spec)
     plan = sampler.dry_run(lambda: trial_slots(backend_for(spec)))
-    groups = config_groups(plan, COST_FIELDS + RATE_FIELDS, set(spec.ranges))
-    cost = study_cost(spec.name, groups, spec.executor, table, device)
+    done = done_ids(run_rows(spec.results, spec.name)) & {r.run_id for r in plan}  # a rerun trains the rest
+    groups = config_groups([r for r in plan if r.run_id not in done], COST_FIELDS + RATE_FIELDS, set(spec.ranges))
+    name = spec.name + (f" ({len(done)} of {len(plan)} done, not costed)" if done else "")
+    cost = study_cost(name, groups, spec.executor, table, device)
     warnings = [w for w in (feed_warning(spec.executor, groups, cost), no_gpu_note([spec.executor], device)) if w]
-    return DryRun(plan, sampler.dry_run_note(), cost, warnings)
+    return DryRun(plan, sampler.dry_run_note(), cost, warnings, len(done))
 
 
 def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = None,
