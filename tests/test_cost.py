@@ -3,6 +3,7 @@ benchmarks/RESULTS.md, and the dry runs that print it."""
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -176,6 +177,10 @@ def test_the_dry_run_of_a_paper_grid_prints_the_cost_table():
     # 2048 / 8 GPUs = 256 per GPU, compiled (compile: auto on CUDA): the measured rows; the feed (15 workers) is the lower
     assert cost.step_img_s == pytest.approx(2 / (1 / 9500 + 1 / 9290)) and cost.img_s == cost.feed_img_s
     assert math.isclose(cost.gpu_hours, cost.images / cost.feed_img_s / 3600)
+    # planned from a machine without the spec's ImageNet: said, not refused (the jobs may find it)
+    if not Path("/datasets/imagenet/train").is_dir():
+        err = " ".join(out.stderr.split())
+        assert "warning: data_root: /datasets/imagenet/train is not a folder" in err and "Slurm jobs look" in err, err
 
 
 def test_an_unknown_gpu_is_one_line_exit_2_naming_the_measured_ones(tmp_path):

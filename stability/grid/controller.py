@@ -107,8 +107,23 @@ def dry_run(spec: GridSpec, gpu: str | None = None) -> DryRun:
     groups = config_groups([r for r in plan if r.run_id not in done], COST_FIELDS + RATE_FIELDS, set(spec.ranges))
     name = spec.name + (f" ({len(done)} of {len(plan)} done, not costed)" if done else "")
     cost = study_cost(name, groups, spec.executor, table, device)
-    warnings = [w for w in (feed_warning(spec.executor, groups, cost), no_gpu_note([spec.executor], device)) if w]
+    warnings = [w for w in (feed_warning(spec.executor, groups, cost), no_gpu_note([spec.executor], device),
+                            *data_warnings(groups)) if w]
     return DryRun(plan, sampler.dry_run_note(), cost, warnings, len(done))
+
+
+def data_warnings(groups: list) -> list[str]:
+    """One line per data source of ``groups`` (``(config, runs)``) that this machine lacks: a
+    dry run plans for a cluster from a laptop, so it warns where a local ``grid run`` refuses."""
+    from ..data.datasets import DataError, check_source
+
+    out = []
+    for dataset, root, download in sorted({(c.dataset, c.data_root, c.download) for c, _ in groups}, key=str):
+        try:
+            check_source(dataset, root, download)
+        except DataError as e:
+            out.append(f"warning: {e}, on this machine (a local grid run refuses it; Slurm jobs look on their nodes)")
+    return out
 
 
 def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = None,
