@@ -251,6 +251,8 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
                   + ", ".join(f"{k} {v}" for k, v in c.items() if v and k != "total")
                   + (f"; ETA {report['eta_s'] / 60:.1f} min" if report["eta_s"] else ""))
     console.print(f"jobs: {report['jobs']['running']} running, {report['jobs']['pending']} pending")
+    if not spec.sweep_dir.exists():  # its runs are "pending" as never submitted, not queued
+        console.print(f"not started: no `grid run` of {spec.name} under {report['results']} yet", markup=False)
     if report["cells"]:
         table = Table(title="per stem / optimizer / epochs")
         keys = list(report["cells"][0])

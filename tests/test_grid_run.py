@@ -271,6 +271,9 @@ def test_a_new_sampler_is_one_small_class(tmp_path, monkeypatch, capsys):
     before = dry_run(spec)
     assert sorted(r.config.lr for r in before.plan) == [1e-4, 1e-4, 1e-2, 1e-2]
     assert before.done == 0 and before.cost.runs == 4
+    assert main(["grid", "status", str(path)]) == 0  # nothing run yet: said, and nothing written
+    assert "not started: no `grid run` of corners" in " ".join(capsys.readouterr().out.split())
+    assert not (tmp_path / "res").exists()
     outcome = Controller(spec, RunOptions(show_progress=False)).run()
     assert len(outcome.state) == 4 and outcome.state.status.isin(["completed", "diverged"]).all()
     assert status_report(spec)["planned"] == 4
