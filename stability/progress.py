@@ -63,3 +63,8 @@ class RichReporter:
 
     def on_epoch(self, row: dict[str, Any]) -> None:
         self.progress.update(self.task, val=f"{row['val_top1_err']:.2f}%")
+        if not self.console.is_terminal:  # a log file (a batch job, a pipe): the bar draws only at the end
+            loss = row.get("train_loss")
+            self.console.print(f"epoch {row['epoch'] + 1} done: val err {row['val_top1_err']:.2f}%"
+                               + (f", train loss {loss:.4g}" if isinstance(loss, float) else ""),
+                               markup=False, highlight=False)
