@@ -105,3 +105,14 @@ def test_a_bad_profile_field_names_the_profile_not_the_spec(tmp_path):
         out = run_cli("grid", "run", str(p), "--dry-run", "--profile", str(tmp_path / "prof.yaml"))
         assert out.returncode == 2 and out.stderr.startswith(f"error: {tmp_path / 'prof.yaml'}: {needle}"), out.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_an_empty_spec_or_one_without_a_name_says_what_is_missing():
+    from stability.errors import ConfigError
+    from stability.grid.spec import parse_spec
+
+    for d, needle in ((None, "spec: the file is empty (a spec is a mapping of name, base"),
+                      ({"base": {"epochs": 1}}, "name: missing: every spec names its sweep")):
+        with pytest.raises(ConfigError) as e:
+            parse_spec(d, "g.yaml")
+        assert str(e.value).startswith(f"g.yaml: {needle}"), str(e.value)

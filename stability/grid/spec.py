@@ -200,13 +200,16 @@ def parse_spec(d: Any, src: str) -> GridSpec:
     """Validate a loaded YAML mapping into a ``GridSpec``: its keys and name, the fields of
     ``base`` and ``space``, the space's values, the sampler, seeds, executor, results and the
     plan's size, in that order (the first problem is the one reported)."""
+    if d is None:
+        raise _err(src, "spec", f"the file is empty (a spec is a mapping of {', '.join(TOP_KEYS)})")
     d = _mapping(src, "spec", d)
     for key in d:
         if key not in TOP_KEYS:
             raise _err(src, key, f"unknown key (allowed: {', '.join(TOP_KEYS)})")
     name = d.get("name")
     if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name):
-        raise _err(src, "name", f"expected a name of letters, digits, '_', '.', '-', got {shown(name)}")
+        raise _err(src, "name", "missing: every spec names its sweep (letters, digits, '_', '.', '-')" if name is None
+                   else f"expected a name of letters, digits, '_', '.', '-', got {shown(name)}")
     base = _mapping(src, "base", d.get("base") or {})
     space = _mapping(src, "space", d.get("space") or {})
     _check_fields(src, base, space)
