@@ -157,3 +157,7 @@ def test_runs_of_other_image_sizes_or_fixes_are_strata_never_pooled():
     assert analysis.pooled(runs, ["stem"]) == ["fix", "image_size"]
     plain = [json.loads(c)["image_size"] == 32 and not json.loads(c)["qk_norm"] for c in runs.config_json]
     assert analysis.strata(runs[plain]) == []
+    # a field left at None (the dataset's own size) is a stratum of its own, never dropped by a groupby
+    unset = runs.assign(config_json=[c.replace('"image_size": 17', '"image_size": null') for c in runs.config_json])
+    s = analysis.summary(unset)
+    assert s.runs.sum() == len(runs) and set(s.image_size) == {"none", "32"}, s

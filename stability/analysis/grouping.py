@@ -55,13 +55,21 @@ def with_design(runs: pd.DataFrame) -> pd.DataFrame:
     cfgs = _configs(df)
     if "fix" not in df.columns and len({fix_of(c) for c in cfgs}) > 1:
         df = df.assign(fix=[fix_of(c) for c in cfgs])
-    extra = _varying_fields(cfgs, set(df.columns) | set(NOT_STRATA))
+    extra = {k: _groupable(v) for k, v in _varying_fields(cfgs, set(df.columns) | set(NOT_STRATA)).items()}
     df = df.assign(**extra) if extra else df.copy()
     df.attrs[_DESIGN] = len(df)
     return df
 
 
 _DESIGN = "stability.with_design"  # the marker ``with_design`` leaves on its result (and the row count)
+
+
+def _groupable(vals: list) -> list:
+    """``vals`` as a stratum column: unchanged when they share one type, else as text with None
+    as "none" (a groupby drops a None key, and cannot sort 17 beside "none")."""
+    if None not in vals and len({type(v) for v in vals}) == 1:
+        return vals
+    return ["none" if v is None else str(v) for v in vals]
 
 
 def _varying_fields(cfgs: list[dict], skip: set[str]) -> dict[str, list]:
