@@ -25,7 +25,7 @@ def gpu_setup(args, peaks: dict[str, float]) -> tuple[bool, str, float | None, t
     with ``--tiny`` the tiny ones at 32)."""
     import torch
 
-    cuda = args.device == "cuda"
+    cuda = torch.device(args.device).type == "cuda"  # cuda:1 too
     assert not cuda or torch.cuda.is_available(), "needs a CUDA GPU (or --device cpu --tiny for a dry run)"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -33,7 +33,7 @@ finish() {  # at any exit, a kill included: no part left running, the tables kep
   trap - EXIT TERM INT
   # timeout(1) runs its command in a process group of its own: a killed script would leave it
   # running (holding the GPU, appending to RESULTS.md later); TERM to timeout is passed on.
-  if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi
+  if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi  # timeout -k: bounded
   cp benchmarks/RESULTS.md "$out/RESULTS.md"
   diff -u "$out/RESULTS.before.md" benchmarks/RESULTS.md > "$out/RESULTS.diff"
   if [ -n "${REHEARSE:-}" ]; then  # CPU-sized figures are not results
@@ -42,7 +42,8 @@ finish() {  # at any exit, a kill included: no part left running, the tables kep
   fi
 }
 trap finish EXIT
-trap 'echo "== stopped by a signal"; exit 143' TERM INT
+trap 'echo "== stopped by a signal"; exit 143' TERM
+trap 'echo "== interrupted"; exit 130' INT
 
 part() {  # part NAME CAP_SECONDS COMMAND...: run it if named in $parts, within min(cap, time left)
   local name=$1 cap=$2; shift 2
@@ -52,7 +53,7 @@ part() {  # part NAME CAP_SECONDS COMMAND...: run it if named in $parts, within 
   local limit=$(( cap < left ? cap : left ))
   echo "== $name (limit ${limit} s)"
   local t0=$(date +%s)
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1 &
+  timeout -k 15 "$limit" "$@" > "$out/$name.log" 2>&1 &  # a part deaf to TERM is killed 15 s later
   child=$!
   wait "$child"
   local rc=$?

@@ -142,6 +142,13 @@ def sweep_suffix(base: dict, spec_base: dict | None = None) -> str:
     return "".join(f"-{clean(k)}_{clean(base[k])}" for k in changed)
 
 
+def _effective_base(raw: dict) -> dict:
+    """A study spec's ``base`` as an invocation without ``--set`` runs it: the pruner off (see
+    :func:`prepare`), so ``--set pruner=`` its own value is a change and names a sweep."""
+    own = raw.get("base") if isinstance(raw.get("base"), dict) else {}
+    return {**own, "pruner": None} if own.get("pruner") is not None else own
+
+
 def prepare(folder: Path, results: str | None = None, executor: dict | None = None,
             only: list[str] | None = None, base: dict | None = None) -> dict:
     """Every needed study's spec with the overrides applied, each checked by planning it (no
@@ -165,7 +172,7 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
             raise ConfigError(f"--set: {clash[0]} cannot be set ({why})")
         if base and isinstance(raw, dict):
             overrides |= {"base": {**(raw.get("base") or {}), **base},
-                          "name": f"{raw.get('name')}{sweep_suffix(base, raw.get('base'))}"}
+                          "name": f"{raw.get('name')}{sweep_suffix(base, _effective_base(raw))}"}
         if isinstance(raw, dict) and (raw.get("base") or {}).get("pruner") is not None and "pruner" not in (base or {}):
             # A pruner changes the EDF the findings judge: off unless asked (--set pruner=...).
             overrides["base"] = {**overrides.get("base", raw.get("base")), "pruner": None}

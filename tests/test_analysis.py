@@ -161,3 +161,10 @@ def test_runs_of_other_image_sizes_or_fixes_are_strata_never_pooled():
     unset = runs.assign(config_json=[c.replace('"image_size": 17', '"image_size": null') for c in runs.config_json])
     s = analysis.summary(unset)
     assert s.runs.sum() == len(runs) and set(s.image_size) == {"none", "32"}, s
+    # two z-loss coefficients are two strata, not one "z_loss" fix; a tuple default (betas) is
+    # its config_json list, not a difference
+    z = runs.assign(config_json=[json.dumps({**json.loads(c), "z_loss": v, "betas": [0.9, 0.999]})
+                                 for c, v in zip(runs.config_json, [0, 1e-4, 0, 1e-3, 0, 1e-4], strict=True)])
+    assert analysis.strata(z) == ["fix", "z_loss", "image_size"]
+    by = analysis.default_by(analysis.with_design(runs))
+    assert analysis.outcomes(runs, by).shape[0] == 5  # the raw frame: its design columns are found

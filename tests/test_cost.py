@@ -180,7 +180,7 @@ def test_the_dry_run_of_a_paper_grid_prints_the_cost_table():
     # planned from a machine without the spec's ImageNet: said, not refused (the jobs may find it)
     if not Path("/datasets/imagenet/train").is_dir():
         err = " ".join(out.stderr.split())
-        assert "warning: data_root: /datasets/imagenet/train is not a folder" in err and "Slurm jobs look" in err, err
+        assert "warning: data_root: /datasets/imagenet/train is not a folder" in err and "Slurm jobs must find it on their nodes" in err, err
 
 
 def test_an_unknown_gpu_is_one_line_exit_2_naming_the_measured_ones(tmp_path):

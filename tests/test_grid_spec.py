@@ -85,7 +85,7 @@ def test_shipped_grids_are_valid():
 
 @pytest.mark.parametrize("field,value,needle", [
     ("cpus_per_task", -4, ">= 1"), ("cpus_per_task", 0, ">= 1"), ("gpus_per_node", -1, ">= 0"),
-    ("gpus_per_task", -1, ">= 0"), ("mem_gb", -5, "> 0"), ("mem_gb", "lots", "expected a number"), ("array_size", 0, ">= 1"),
+    ("gpus_per_task", -1, ">= 0"), ("mem_gb", -5, ">= 1/1024"), ("mem_gb", 0.0001, ">= 1/1024"), ("mem_gb", "lots", "expected a number"), ("array_size", 0, ">= 1"),
     ("signal_delay_s", -1, ">= 0")])
 def test_executor_resources_are_checked(field, value, needle):
     from stability.errors import ConfigError

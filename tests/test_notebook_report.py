@@ -135,3 +135,21 @@ def test_report_findings_per_stratum_and_the_run_stuck_at_chance(tmp_path):
     words = _text(page)
     assert " 0.00141 " in words and not re.search(r"0\.0014(\d\d+)?\b", words)
     assert not re.search(r"\bnan\b", words, flags=re.I)
+
+
+def test_report_of_a_sweep_whose_config_fields_vary_splits_by_them(tmp_path):
+    """Ad-hoc runs at two image sizes in one sweep: the report's strata name the image size (the
+    runs left out are counted per stratum too, where a KeyError once was), never one pool."""
+    import pandas as pd
+
+    from stability.report import build_report
+
+    from .test_sensitivity import C, _run, _write
+
+    rows = [_run(f"{stem[0]}{px}{i}", stem, lr, 0, C, 0.5, 2.3, err=10.0 + i + (px == 17) * 50, image_size=px)
+            for px in (32, 17) for stem in ("conv", "patchify") for i, lr in enumerate([1e-3, 3e-3, 1e-2])]
+    rows.append({**_run("f", "conv", 1e-3, 1, "failed", 0.5, 2.3, image_size=17), "top1_err": None})
+    page = build_report(_write(tmp_path / "results", pd.DataFrame(rows)), "s")
+    words = " ".join(_text(page).split())
+    assert "image_size 17" in words and "image_size 32" in words, words[:2000]
+    assert "Runs left out" in page

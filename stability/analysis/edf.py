@@ -81,6 +81,7 @@ def pruned_counts(runs: pd.DataFrame, by: Sequence[str], name: str = "pruned") -
     by = list(by)
     if runs.empty:
         return pd.DataFrame(columns=[*by, name])
+    runs = with_design(runs)
     hit = runs["status"].eq(RunStatus.PRUNED).rename(name)
     return hit.groupby([runs[c] for c in by], observed=True).sum().astype(int).reset_index()
 
@@ -433,6 +434,7 @@ def outcomes(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     cols = list(LEFT_OUT)
     if runs.empty:
         return pd.DataFrame(columns=[*by, *cols])
+    runs = with_design(runs)  # ``by`` may name a varying config field (default_by's strata)
     counts = pd.crosstab([runs[c] for c in by], runs["status"])
     for c in cols:
         if c not in counts.columns:

@@ -47,8 +47,9 @@ def with_design(runs: pd.DataFrame) -> pd.DataFrame:
         (model -> size, stem, the fix fields -> fix). Two ad-hoc runs at different image sizes
         in one sweep are two strata, never one group.
     """
-    if runs.attrs.get(_DESIGN) == len(runs):  # done already (each view calls it, 10k configs cost ~0.3 s)
-        return runs
+    done = runs.attrs.get(_DESIGN)
+    if done and len(runs) <= done[0] and set(done[1]) <= set(runs.columns):
+        return runs  # done already, or a subset of such a frame (which cannot add a varying field)
     df = with_size(runs)
     if "config_json" not in df.columns or not len(df):
         return df
@@ -56,12 +57,20 @@ def with_design(runs: pd.DataFrame) -> pd.DataFrame:
     if "fix" not in df.columns and len({fix_of(c) for c in cfgs}) > 1:
         df = df.assign(fix=[fix_of(c) for c in cfgs])
     extra = {k: _groupable(v) for k, v in _varying_fields(cfgs, set(df.columns) | set(NOT_STRATA)).items()}
+    if "z_loss" not in df.columns and (z := _z_losses(cfgs)) is not None:
+        extra["z_loss"] = z  # two coefficients are two strata, never one "z_loss" fix
     df = df.assign(**extra) if extra else df.copy()
-    df.attrs[_DESIGN] = len(df)
+    df.attrs[_DESIGN] = (len(df), tuple(c for c in df.columns if c not in runs.columns))
     return df
 
 
-_DESIGN = "stability.with_design"  # the marker ``with_design`` leaves on its result (and the row count)
+def _z_losses(cfgs: list[dict]) -> list[float] | None:
+    """Each run's z-loss coefficient (0 without) when the runs with z-loss use several; else None."""
+    z = [float(c.get("z_loss") or 0.0) for c in cfgs]
+    return z if len({v for v in z if v > 0}) > 1 else None
+
+
+_DESIGN = "stability.with_design"  # ``with_design``'s marker on its result: (rows, the columns it added)
 
 
 def _groupable(vals: list) -> list:
@@ -81,7 +90,8 @@ def _varying_fields(cfgs: list[dict], skip: set[str]) -> dict[str, list]:
     for k in sorted({k for c in cfgs for k in c} - skip):
         default = FIELDS[k].default if k in FIELDS else None
         default = None if default is dataclasses.MISSING else default
-        vals = [_hashable(c.get(k, default)) for c in cfgs]
+        # a config written before the field existed has its default; a run without a config, None
+        vals = [_hashable(c.get(k, default)) if c else None for c in cfgs]
         if len(set(vals)) > 1:
             out[k] = vals
     return out
@@ -108,7 +118,7 @@ def strata(runs: pd.DataFrame, exclude: Sequence[str] = ("stem",)) -> list[str]:
     df = with_design(runs)
     never = {*DESIGN_AXES, *NOT_STRATA, *RunConfig.EXECUTION_FIELDS}
     fields = sorted(c for c in df.columns if c in FIELDS and c not in never)
-    return [c for c in (*DESIGN_AXES, "fix", *fields) if c in df.columns and c not in exclude
+    return [c for c in (*DESIGN_AXES, "fix", "z_loss", *fields) if c in df.columns and c not in exclude
             and df[c].nunique(dropna=False) > 1]
 
 
@@ -202,8 +212,7 @@ def fixed_axes(runs: pd.DataFrame, series: Sequence[str] = ("stem", "fix")) -> t
     axes = [c for c in strata(df, exclude=tuple(series)) if c not in series]
     cfgs = _configs(df)
     extra = _varying_fields(cfgs, set(NOT_FIXED) | set(DESIGN_AXES) | set(series) | set(axes))
-    z = [float(c.get("z_loss") or 0.0) for c in cfgs]
-    if len({v for v in z if v > 0}) > 1:
+    if "z_loss" not in axes and (z := _z_losses(cfgs)) is not None:
         extra["z_loss"] = z
     for k, vals in extra.items():
         if k in df.columns and k != "z_loss":
@@ -214,5 +223,5 @@ def fixed_axes(runs: pd.DataFrame, series: Sequence[str] = ("stem", "fix")) -> t
     return df, axes
 
 
-def _hashable(v):
-    return json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v
+def _hashable(v):  # a tuple default (betas) reads as its config_json list
+    return json.dumps(v, sort_keys=True) if isinstance(v, list | tuple | dict) else v

@@ -27,6 +27,7 @@ from ..trainer.run_lock import run_owner
 from .backends import BACKENDS, Backend, backend_for
 from .cost import RATE_FIELDS, StudyCost, feed_warning, no_gpu_note, study_cost
 from .joblogs import job_files
+from .kinds import resolve_kind
 from .ledger import failures, read_ledger, record_jobs
 from .lock import SweepLock
 from .plan import COST_FIELDS, PlannedRun, config_groups, plan_frame
@@ -108,21 +109,24 @@ def dry_run(spec: GridSpec, gpu: str | None = None) -> DryRun:
     name = spec.name + (f" ({len(done)} of {len(plan)} done, not costed)" if done else "")
     cost = study_cost(name, groups, spec.executor, table, device)
     warnings = [w for w in (feed_warning(spec.executor, groups, cost), no_gpu_note([spec.executor], device),
-                            *data_warnings(groups)) if w]
+                            *data_warnings(groups, resolve_kind(spec.executor.kind))) if w]
     return DryRun(plan, sampler.dry_run_note(), cost, warnings, len(done))
 
 
-def data_warnings(groups: list) -> list[str]:
+def data_warnings(groups: list, kind: str) -> list[str]:
     """One line per data source of ``groups`` (``(config, runs)``) that this machine lacks: a
-    dry run plans for a cluster from a laptop, so it warns where a local ``grid run`` refuses."""
+    dry run plans for a cluster from a laptop, so it warns where a ``grid run`` with local jobs
+    (``kind``) refuses, and where Slurm jobs would have to find the data on their nodes."""
     from ..data.datasets import DataError, check_source
 
+    why = ("a grid run refuses it" if kind == "local" else
+           "the Slurm jobs must find it on their nodes; a grid run with local jobs refuses it")
     out = []
     for dataset, root, download in sorted({(c.dataset, c.data_root, c.download) for c, _ in groups}, key=str):
         try:
             check_source(dataset, root, download)
         except DataError as e:
-            out.append(f"warning: {e}, on this machine (a local grid run refuses it; Slurm jobs look on their nodes)")
+            out.append(f"warning: {e}, on this machine ({why})")
     return out
 
 

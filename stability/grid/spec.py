@@ -191,8 +191,9 @@ def _executor_spec(src: str, d: dict) -> ExecutorSpec:
         if getattr(executor, key) is not None:
             _int(src, f"executor.{key}", getattr(executor, key), lo)
     mem = executor.mem_gb
-    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or not 0 < mem < math.inf):
-        raise _err(src, "executor.mem_gb", f"expected a number of GiB > 0, or null, got {shown(mem)}")
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or not 1 / 1024 <= mem < math.inf):
+        # sbatch takes whole MiB, and --mem=0 means all of a node's memory
+        raise _err(src, "executor.mem_gb", f"expected a number of GiB >= 1/1024 (1 MiB), or null, got {shown(mem)}")
     return executor
 
 
