@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from stability import store
+from stability import analysis, store
 
 RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "epochs", "batch_size",
                "seed", "dataset", "params", "flops", "top1_err", "top5_err", "best_top1_err",
@@ -240,10 +240,13 @@ def root() -> Path:
 @st.cache_data(show_spinner=False, max_entries=4)
 def _load_runs(root: str, sig: tuple) -> tuple[pd.DataFrame, list[str]]:
     errors: list[str] = []
-    runs = store.read_table(root, "runs", columns=RUN_COLUMNS, errors=errors)
+    runs = store.read_table(root, "runs", columns=[*RUN_COLUMNS, "config_json"], errors=errors)
     if len(runs):
         runs["label"] = run_labels(runs)
         runs["key"] = run_key(runs)
+        # the strata every view groups by (image_size, fix ... where they vary), read once here: the
+        # views' subsets keep with_design's marker, so none parses the configs again
+        runs = analysis.with_design(runs).drop(columns="config_json")
     return runs, errors
 
 

@@ -264,3 +264,24 @@ def test_edf_scores_pruned_runs_as_the_control_says(tmp_path, dash_results):
     with _root(root):
         at.switch_page("views/runs.py").run()
     assert not at.exception and (at.dataframe[0].value.status == "pruned").sum() == 1
+
+
+def test_the_dashboard_splits_by_a_varying_config_field_as_the_analyses_do(tmp_path):
+    """Runs at two image sizes in one sweep: the Overview's findings have one row per image size
+    and stem, the same as ``analysis.stem_outcomes`` of the stored runs (never one pool)."""
+    import pandas as pd
+
+    from stability import analysis
+
+    from .test_sensitivity import C, _run, _write
+
+    rows = [_run(f"{stem[0]}{px}{i}", stem, lr, 0, C, 0.5, 2.3, err=10.0 + i + (px == 17) * 50, image_size=px)
+            for px in (32, 17) for stem in ("conv", "patchify") for i, lr in enumerate([1e-3, 3e-3, 1e-2])]
+    root = _write(tmp_path / "results", pd.DataFrame(rows))
+    at = _app(root, "views/overview.py")
+    assert not at.exception
+    shown = at.dataframe[0].value
+    want = analysis.stem_outcomes(store.load(root).runs)
+    assert sorted(want["image_size"]) == [17, 17, 32, 32]
+    assert shown["image_size"].tolist() == want["image_size"].tolist()
+    assert shown["median_err"].tolist() == want["median_err"].tolist()
