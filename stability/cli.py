@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: one progress bar, one summary
     try:  # whether the run has a result is decided under its lock (a twin command may be ending it)
-        refuse_bad_input(cfg)  # before the lock and the progress bar: a refused command writes nothing
+        refuse_bad_input(cfg, args.rerun)  # before the lock and the progress bar: a refusal writes nothing
         if main_rank:
             with RichReporter(label=f"{cfg.model} {cfg.stem or ''}".strip()) as reporter:
                 row = train(cfg, reporter, resume=not args.no_resume, rerun=args.rerun, record_refusals=False)

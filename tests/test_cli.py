@@ -82,3 +82,25 @@ def test_dashboard_refuses_a_bad_port_in_one_line(tmp_path):
     r = run_cli("dashboard", "--results", str(tmp_path), "--port", "70000", timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "--port 70000" in r.stderr and "1..65535" in r.stderr
+
+
+def test_a_finished_run_is_answered_without_its_data(tmp_path):
+    """Repeating a finished run's command where its data is gone says it is done (exit 0), as
+    before the data check moved ahead of the lock; --rerun needs the data and says so."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "img"
+    for split in ("train", "val"):
+        for c in range(2):
+            (data / split / f"c{c}").mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray((np.random.default_rng(i).random((20, 20, 3)) * 255).astype("uint8")).save(
+                    data / split / f"c{c}" / f"{i}.jpg")
+    args = ["train", "model=vit_c_tiny", "epochs=1", "steps_per_epoch=2", "batch_size=4", "dataset=imagefolder",
+            f"data_root={data}", "image_size=32", f"results={tmp_path / 'r'}"]
+    assert run_cli(*args).returncode == 0
+    data.rename(tmp_path / "moved")
+    again = run_cli(*args)
+    assert again.returncode == 0 and "already completed" in again.stdout, again.stderr
+    _assert_one_line_error(run_cli(*args, "--rerun"), "data_root", "ImageNet layout")

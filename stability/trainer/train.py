@@ -81,12 +81,20 @@ def train(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Tr
         return _train(cfg, reporter, resume, stop, signals, rerun, record_refusals)
 
 
-def refuse_bad_input(cfg: RunConfig) -> None:
+def refuse_bad_input(cfg: RunConfig, rerun: bool = False) -> None:
     """What a run's set-up would refuse and can be known before it takes its lock (the device,
-    the data's presence, ``decode: gpu`` off CUDA): ``ConfigError`` or ``DataError``."""
+    the data's presence, ``decode: gpu`` off CUDA): ``ConfigError`` or ``DataError``. The data
+    is not asked of a run that has a result and is not rerun: ``train`` answers it with
+    :class:`RunDone` (decided under the lock), with no data, on any machine."""
     device = setup_device(cfg.device, from_env())
-    check_source(cfg.dataset, cfg.data_root, cfg.download)
     check_decode(cfg.decode, device)
+    if rerun or not _has_result(cfg):
+        check_source(cfg.dataset, cfg.data_root, cfg.download)
+
+
+def _has_result(cfg: RunConfig) -> bool:
+    rows = store.read_table(cfg.results, "runs", sweep=cfg.sweep, run_ids=[cfg.run_id], columns=["status"])
+    return rows is not None and bool(rows.status.isin(store.DONE).any())
 
 
 def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: threading.Event | None,
