@@ -46,7 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         check_writable(cfg.results)  # before the data and model are set up
     except OSError as e:
-        raise ConfigError(f"results: {cfg.results} cannot take files ({e.strerror or e})", source) from None
+        raise ConfigError(f"results: {cfg.results} cannot take files ({e.strerror or e})",
+                          "command line" if "results" in overrides else source) from None
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: one progress bar, one summary
     try:  # whether the run has a result is decided under its lock (a twin command may be ending it)
@@ -296,7 +297,12 @@ def cmd_grid_collect(args: argparse.Namespace) -> int:
 def cmd_grid_clean(args: argparse.Namespace) -> int:
     from .grid.controller import clean_logs
 
+    from . import store
+
     spec = _load_grid(args)
+    store.check_root(spec.results)
+    if not spec.sweep_dir.is_dir():
+        raise ConfigError(f"results: no sweep {spec.name!r} under {spec.results} (nothing to clean)")
     print(f"removed {clean_logs(spec)} log files of finished runs of sweep {spec.name}")
     return 0
 

@@ -104,3 +104,21 @@ def test_a_finished_run_is_answered_without_its_data(tmp_path):
     again = run_cli(*args)
     assert again.returncode == 0 and "already completed" in again.stdout, again.stderr
     _assert_one_line_error(run_cli(*args, "--rerun"), "data_root", "ImageNet layout")
+
+
+def test_grid_clean_of_a_sweep_never_run_says_so(tmp_path):
+    """Like `grid collect`: a results root without the sweep (a typo in --results) is named, not
+    answered with "removed 0 log files" and exit 0."""
+    out = run_cli("grid", "clean", "smoke", "--results", str(tmp_path / "nowhere"))
+    _assert_one_line_error(out, "no sweep 'smoke'", str(tmp_path / "nowhere"), "nothing to clean")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_an_unwritable_results_root_is_blamed_on_where_it_came_from(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"epochs: 1\nresults: {tmp_path / 'file'}\n")
+    (tmp_path / "file").write_text("in the way")
+    _assert_one_line_error(run_cli("train", "--config", str(cfg)), "run.yaml", "cannot take files")
+    out = run_cli("train", "--config", str(cfg), f"results={tmp_path / 'file' / 'x'}")
+    _assert_one_line_error(out, "command line", "cannot take files")
+    assert "run.yaml" not in out.stderr

@@ -47,21 +47,26 @@ def with_design(runs: pd.DataFrame) -> pd.DataFrame:
         (model -> size, stem, the fix fields -> fix). Two ad-hoc runs at different image sizes
         in one sweep are two strata, never one group.
     """
+    return _design(runs)[0]
+
+
+def _design(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict] | None]:
+    """``with_design``'s work, and the configs it parsed (None when it parsed none)."""
     done = runs.attrs.get(_DESIGN)
     if done and len(runs) <= done[0] and set(done[1]) <= set(runs.columns):
-        return runs  # done already, or a subset of such a frame (which cannot add a varying field)
+        return runs, None  # done already, or a subset of such a frame (which cannot add a varying field)
     df = with_size(runs)
     if "config_json" not in df.columns or not len(df):
-        return df
+        return df, None
     cfgs = _configs(df)
-    if "fix" not in df.columns and len({fix_of(c) for c in cfgs}) > 1:
-        df = df.assign(fix=[fix_of(c) for c in cfgs])
+    if "fix" not in df.columns and len(set(fixes := [fix_of(c) for c in cfgs])) > 1:
+        df = df.assign(fix=fixes)
     extra = {k: _groupable(v) for k, v in _varying_fields(cfgs, set(df.columns) | set(NOT_STRATA)).items()}
     if "z_loss" not in df.columns and (z := _z_losses(cfgs)) is not None:
         extra["z_loss"] = z  # two coefficients are two strata, never one "z_loss" fix
     df = df.assign(**extra) if extra else df.copy()
     df.attrs[_DESIGN] = (len(df), tuple(c for c in df.columns if c not in runs.columns))
-    return df
+    return df, cfgs
 
 
 def _z_losses(cfgs: list[dict]) -> list[float] | None:
@@ -208,9 +213,11 @@ def fixed_axes(runs: pd.DataFrame, series: Sequence[str] = ("stem", "fix")) -> t
         When runs with z-loss use several coefficients, ``z_loss`` (0 without) is added and
         returned as an axis too: two coefficients are never pooled under one "z_loss".
     """
-    df = with_design(with_fix(runs))
+    df, cfgs = _design(runs)
+    cfgs = _configs(df) if cfgs is None else cfgs  # config_json parsed once
+    if "fix" not in df.columns:
+        df = df.assign(fix=[fix_of(c) for c in cfgs])
     axes = [c for c in strata(df, exclude=tuple(series)) if c not in series]
-    cfgs = _configs(df)
     extra = _varying_fields(cfgs, set(NOT_FIXED) | set(DESIGN_AXES) | set(series) | set(axes))
     if "z_loss" not in axes and (z := _z_losses(cfgs)) is not None:
         extra["z_loss"] = z
