@@ -295,9 +295,8 @@ def cmd_grid_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_grid_clean(args: argparse.Namespace) -> int:
-    from .grid.controller import clean_logs
-
     from . import store
+    from .grid.controller import clean_logs
 
     spec = _load_grid(args)
     store.check_root(spec.results)
