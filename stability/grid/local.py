@@ -29,8 +29,10 @@ from typing import Any
 
 from ..errors import ConfigError
 
-# What a run imports: torch and the trainer, the model families, submitit.
-PRELOAD = ("torch", "stability.trainer.train", "stability.models.vit", "stability.models.regnet", "stability.grid.job")
+# What a run imports: torch and the trainer, the model families, submitit, and torch._dynamo
+# (with sympy: ~800 modules), which counting a model's FLOPs on meta tensors imports in every run.
+PRELOAD = ("torch", "stability.trainer.train", "stability.models.vit", "stability.models.regnet", "stability.grid.job",
+           "torch._dynamo")
 
 
 FAILED_TASK_GRACE_S = 30.0
