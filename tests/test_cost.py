@@ -111,9 +111,17 @@ def test_an_unmeasured_policy_is_scaled_by_a_machine_that_measured_both_and_says
 def test_an_unmeasured_model_is_scaled_or_estimated_and_labelled():
     big = _cost(model="vit_p_18gf")  # same device and compile, 4x the FLOPs of the measured vit_p_4gf
     assert big.step.img_s == 5120.0 / 4
-    assert big.step.source == "scaled from vit_p_4gf 224 px batch 256 eager measured"
+    assert big.step.source == "scaled from vit_p_4gf 224 px batch 256 eager measured"  # same batch: no caveat
     other_batch = _cost(model="vit_c_4gf", batch_size=512, synthetic_size=5120)
     assert other_batch.step.img_s == 4000.0 and "vit_c_4gf 224 px batch 256" in other_batch.step.source
+    assert "batch 512 unmeasured: taken at batch 256's rate)" in other_batch.step.source
+    # a compiled batch 128 is taken at compiled 256's rate, and says what eager rows show across that batch
+    table = Throughput(TABLE.devices, "t1", (*TABLE.step, _step("vit_p_4gf", 128, 4096.0)), (), ())
+    cfg = run_config({"dataset": "synthetic", "synthetic_size": 2560, "model": "vit_p_4gf", "image_size": 224,
+                      "batch_size": 128, "compile": True})
+    half = group_cost(cfg, 1, ExecutorSpec(), table, GPU, lambda m, px: MACS[m, px])
+    assert half.step.img_s == 9000.0 and half.step.source.endswith(
+        "(batch 128 unmeasured: taken at batch 256's rate; eager, vit_p_4gf runs x0.80 as fast at batch 128 as at 256)")
     reg = _cost(model="regnety_4gf", stem=None)  # not a ViT: FLOPs at the stated MFU of the peak
     assert reg.step.img_s == pytest.approx(1000e12 * MFU / (6 * 4e9))
     assert reg.step.source.startswith("flops-estimate at 10% MFU")

@@ -157,12 +157,26 @@ def step_rate(table: Throughput, device: Device, model: str, image_size: int, ba
         r = min(rows, key=distance)
         scale = flops(r.model, r.image_size) / flops(model, image_size)
         caveat = (f" (x{scale:.0f} fewer FLOPs: a small model is bound by per-step overhead on a GPU, "
-                  f"so this rate is optimistic)" if scale > 10 else "")
+                  f"so this rate is optimistic)" if scale > 10 else _batch_caveat(table, device, r, batch))
         return Rate(r.img_s * scale, f"scaled from {r.model} {r.image_size} px batch {r.batch} "
                                      f"{'compiled' if r.compile else 'eager'} measured{caveat}")
     per_image = 3 * 2 * flops(model, image_size)  # MACs -> FLOPs, forward + backward
     return Rate(device.peak_bf16_tflops * 1e12 * MFU / per_image,
                 f"flops-estimate at {MFU:.0%} MFU of {device.peak_bf16_tflops:g} TFLOP/s")
+
+
+def _batch_caveat(table: Throughput, device: Device, row: StepRate, batch: int) -> str:
+    """What the other mode's rows of ``row``'s network say of the batch it was scaled across
+    (e.g. eager at 128 vs 256 when only a compiled 256 was measured); "" when there is nothing."""
+    if row.batch == batch:
+        return ""
+    other = {r.batch: r.img_s for r in table.step if r.device == device.name and r.compile != row.compile
+             and (r.model, r.image_size) == (row.model, row.image_size)}
+    if batch not in other or row.batch not in other:
+        return f" (batch {batch} unmeasured: taken at batch {row.batch}'s rate)"
+    mode = "eager" if row.compile else "compiled"
+    return (f" (batch {batch} unmeasured: taken at batch {row.batch}'s rate; {mode}, {row.model} runs "
+            f"x{other[batch] / other[row.batch]:.2f} as fast at batch {batch} as at {row.batch})")
 
 
 def _host_rows(rows: tuple[DecodeRate, ...], device: Device) -> list[DecodeRate]:
