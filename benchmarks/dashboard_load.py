@@ -46,12 +46,14 @@ def make_root(root: Path, n_runs: int, grad_rows: int, seed: int = 0) -> None:
     runs = pd.DataFrame({
         "run_id": ids, "status": np.where(diverged, "diverged", "completed"), "model": "vit_4gf",
         "stem": stems, "optimizer": np.where(np.arange(n_runs) % 4 < 2, "adamw", "sgd"),
-        "lr": 10 ** rng.choice(np.linspace(-3.6, -2.1, 16), n_runs),  # a 16-point lr grid, wd sampled "wd": 10 ** rng.uniform(-1.7, -0.1, n_runs),
+        "lr": 10 ** rng.choice(np.linspace(-3.6, -2.1, 16), n_runs),  # a 16-point lr grid, wd sampled
+        "wd": 10 ** rng.uniform(-1.7, -0.1, n_runs),
         "epochs": 50, "batch_size": 2048, "seed": 0, "dataset": "imagefolder",
         "top1_err": np.where(diverged, 100.0, err), "n_spikes": rng.poisson(3, n_runs),
         "init_top1_err": 99.9, "init_val_loss": np.log(1000), "final_val_loss": np.where(diverged, np.nan, err / 15),
         "diverged_at_step": np.where(diverged, rng.integers(100, 5000, n_runs), None),
     })
+    runs["config_json"] = _configs(runs)
     for table in ("runs", "epochs", "steps", "grad_norms"):
         (root / table / "sweep=big").mkdir(parents=True, exist_ok=True)
     pq.write_table(store.to_arrow("runs", runs), root / "runs/sweep=big/part-0.parquet")
@@ -80,6 +82,20 @@ def make_root(root: Path, n_runs: int, grad_rows: int, seed: int = 0) -> None:
                 "grad_norm": np.abs(g), "param_norm": 10.0, "update_ratio": 1e-3,
             })
             w.write_table(store.to_arrow("grad_norms", t))
+
+
+def _configs(runs: pd.DataFrame) -> list[str]:
+    """Each run's ``config_json`` as the trainer writes it (every field; the dashboard reads them
+    for the design columns)."""
+    import json
+
+    from stability.config import run_config
+
+    base = run_config({"dataset": "imagefolder", "data_root": "/data/imagenet", "model": "vit_p_4gf",
+                       "epochs": 50, "batch_size": 2048}, "benchmark").to_dict()
+    return [json.dumps({**base, "model": f"vit_{s[0]}_4gf", "stem": s, "optimizer": o, "lr": lr, "wd": wd},
+                       sort_keys=True)
+            for s, o, lr, wd in zip(runs.stem, runs.optimizer, runs.lr, runs.wd, strict=True)]
 
 
 BASELINE_APP = """import plotly.graph_objects as go

@@ -343,7 +343,9 @@ def with_run_columns(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     where = root()
     extra = _load_run_columns(str(where), tuple(columns), store.signature(where, "runs"))
     extra = extra.reindex(columns=["sweep", "run_id", *columns])
-    return runs.drop(columns=[c for c in columns if c in runs]).merge(extra, on=["sweep", "run_id"], how="left")
+    out = runs.drop(columns=[c for c in columns if c in runs]).merge(extra, on=["sweep", "run_id"], how="left")
+    out.attrs = runs.attrs  # the same rows, more columns: with_design's marker still holds (a merge drops it)
+    return out
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

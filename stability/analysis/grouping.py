@@ -96,7 +96,10 @@ def _varying_fields(cfgs: list[dict], skip: set[str]) -> dict[str, list]:
         default = FIELDS[k].default if k in FIELDS else None
         default = None if default is dataclasses.MISSING else default
         # a config written before the field existed has its default; a run without a config, None
-        vals = [_hashable(c.get(k, default)) if c else None for c in cfgs]
+        vals = [c.get(k, default) if c else None for c in cfgs]
+        if all(v == vals[0] for v in vals):  # most fields: one value (cheaper than hashing 10k)
+            continue
+        vals = [_hashable(v) for v in vals]
         if len(set(vals)) > 1:
             out[k] = vals
     return out

@@ -100,7 +100,7 @@ def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, f
     df["diverged"] = (df["status"].eq(RunStatus.DIVERGED) | ~np.isfinite(df["value"].to_numpy(float))) & ~df["pruned"]
     df["clipped"] = np.where(df["diverged"] | df["pruned"], df["l0"], np.minimum(df["value"], df["l0"]))
     if common_lrs and len(df):
-        df = df.assign(_line=df[list(SERIES)].astype(str).agg(" / ".join, axis=1))
+        df = df.assign(_line=df.groupby(list(SERIES), observed=True, dropna=False).ngroup())  # one id per line
         n_lines = (df.groupby(axes, observed=True, dropna=False)["_line"].transform("nunique") if axes
                    else pd.Series(df["_line"].nunique(), index=df.index))
         per_lr = df.groupby([*axes, "lr"], observed=True, dropna=False)["_line"].transform("nunique")
