@@ -35,7 +35,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     if overrides:  # validated alone first, so an error names the command line, not the file
         run_config(overrides, "command line")
+    if args.run:
+        values, source = _recorded_run(args, overrides)
     cfg = run_config({**values, **overrides}, source)
+    if args.run and cfg.run_id != args.run:  # the row was altered, or written by another version
+        raise ConfigError(f"--run: it gives run id {cfg.run_id}, not {args.run} (altered, or written by another "
+                          "version): not trained", source)
 
     from .data.datasets import DataError
     from .progress import RichReporter
@@ -89,6 +94,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"results: {table_dir(cfg.results, 'runs', cfg.sweep) / (row['run_id'] + '.parquet')} "
           f"(and epochs/, steps/, grad_norms/)")
     return 0
+
+
+def _recorded_run(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """``train --run``: the run's recorded fields and their source; the command line may change
+    only where and how it runs (execution fields), never what it computes."""
+    from .config import RunConfig
+    from .recorded_config import recorded_config
+
+    if args.config:
+        raise ConfigError("--run and --config exclude each other (allowed: one of them)")
+    if changed := sorted(set(overrides) - RunConfig.EXECUTION_FIELDS):
+        raise ConfigError(f"{', '.join(changed)} cannot be set with --run (it continues or repeats run "
+                          f"{args.run} as it was; allowed: {', '.join(sorted(RunConfig.EXECUTION_FIELDS))}; "
+                          "another run: --config)", "command line")
+    rec = recorded_config(overrides.get("results", "results"), args.run, overrides.get("sweep"))
+    if rec.data_root is not None and "data_root" not in overrides:
+        raise ConfigError(f"--run: run {args.run} read its data from data_root {rec.data_root} (as its row says: "
+                          "a path from a results file is never used): pass data_root=PATH")
+    return rec.values, rec.source
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -477,7 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of RunConfig fields")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--rerun", action="store_true",
-                   help="train a run that already has a result again (its rows are replaced)")
+                   help="train a run that already has a result again (its rows are replaced; a pruned run "
+                        "continues from its checkpoint with the pruner off)")
+    p.add_argument("--run", metavar="RUN_ID",
+                   help="the config of a recorded run under results= (a grid's pruned, failed or preempted "
+                        "run: continue it; key=value may set only execution fields)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="RunConfig fields (stability/config.py; an unknown key lists the allowed ones)")
     p.set_defaults(func=cmd_train)

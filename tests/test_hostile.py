@@ -157,6 +157,37 @@ def test_grid_clean_never_deletes_by_a_ledger_pattern_nor_outside_the_sweep(tmp_
     assert not (logs / "777").exists() and (victim / "x_0_log.err").read_text() == "outside"
 
 
+def test_train_run_takes_nothing_from_a_planted_row_that_its_id_does_not_vouch_for(tmp_path):
+    """`train --run ID` reads the runs table, which is not trusted: an altered config (another
+    lr under the same id) is refused, a recorded data_root is named but never read, garbage is
+    one line, and the id, results and sweep come from the command line and where the row is."""
+    from stability.trainer.train import train
+
+    cfg = _cfg(tmp_path)
+    row = train(cfg)
+    rid, sweep = cfg.run_id, cfg.sweep
+    good = json.loads(row["config_json"])
+
+    def plant(config_json):
+        store.write_run(tmp_path, sweep, rid, {"runs": [{**row, "config_json": config_json}]})
+
+    plant(json.dumps({**good, "lr": good["lr"] * 10}))  # trains something else under this id
+    _one_line_exit_2(run_cli("train", "--run", rid, f"results={tmp_path}", "--rerun"), f"not {rid}", "altered")
+    plant(json.dumps({**good, "dataset": "imagefolder", "data_root": "/etc"}))
+    out = run_cli("train", "--run", rid, f"results={tmp_path}", "--rerun")
+    _one_line_exit_2(out, "data_root /etc", "pass data_root=PATH")
+    plant("{not json")
+    _one_line_exit_2(run_cli("train", "--run", rid, f"results={tmp_path}"), "no readable config_json")
+    plant(json.dumps({**good, "results": "/tmp/elsewhere", "sweep": "../../x"}))  # where it lives: not taken
+    out = run_cli("train", "--run", rid, f"results={tmp_path}")
+    assert out.returncode == 0 and "already completed" in out.stdout, out.stderr
+    assert f"in {tmp_path}/runs/sweep={sweep}; nothing to do" in out.stdout
+    for bad in ("../../etc", "61D9686972B4", "*"):
+        _one_line_exit_2(run_cli("train", "--run", bad, f"results={tmp_path}"), "not a run id")
+    _one_line_exit_2(run_cli("train", "--run", rid, f"results={tmp_path}", "lr=0.1"), "lr cannot be set with --run")
+    assert not Path("/tmp/elsewhere").exists() and store.read_table(tmp_path, "runs").run_id.tolist() == [rid]
+
+
 def _one_line_exit_2(out, *needles):
     assert out.returncode == 2, (out.returncode, out.stdout[-1000:], out.stderr[-2000:])
     line = out.stderr.strip()

@@ -409,6 +409,21 @@ def test_pruned_at_an_epoch_end_through_the_cli_then_rerun(tmp_path, reference):
     assert res.epochs.train_loss.tolist() == reference[1].epochs.train_loss.tolist()
 
 
+def test_a_grid_runs_pruned_run_is_continued_by_its_id_from_the_command_line(tmp_path, reference):
+    """`train --run ID --rerun`: the run's recorded config, no YAML written by hand; it continues
+    where the pruner stopped it, step for step the run never pruned."""
+    cfg = _cfg(tmp_path, pruner=AT[3])
+    assert train(cfg)["status"] == "pruned"
+    same = run_cli("train", "--run", cfg.run_id, f"results={tmp_path}")
+    assert same.returncode == 0 and f"run {cfg.run_id}: already pruned" in same.stdout, same.stdout + same.stderr
+    again = run_cli("train", "--run", cfg.run_id, f"results={tmp_path}", "--rerun")
+    assert again.returncode == 0, again.stderr
+    assert "continued past the pruner's verdict at step 3, rule chance" in again.stdout
+    res = store.load(tmp_path)
+    assert res.runs[["run_id", "status", "sweep"]].values.tolist() == [[cfg.run_id, "completed", "p"]]
+    _same_steps(res.steps, reference[1].steps)
+
+
 class StopAfter:
     """A reporter that sets the run's stop event once ``step`` steps are flushed (a preemption)."""
 
