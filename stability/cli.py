@@ -299,6 +299,11 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
                           "`grid run` resumes it)")
         else:
             console.print(f"[yellow]lost[/] {f['run_id']} (job {f['job_id']} ended without a result)")
+    if pruned := report["pruned"]:  # results `grid run` keeps; the user may still want one to the end
+        shown = ", ".join(pruned[:8]) + (f" … ({len(pruned)} in all: --json lists them)" if len(pruned) > 8 else "")
+        console.print(f"pruned: {shown}; to continue one to the end with the pruner off: "
+                      f"stability train --run RUN_ID results={report['results']} --rerun", markup=False,
+                      highlight=False, soft_wrap=True)
     for line in report["unreadable"]:
         console.print("unreadable: " + line, markup=False, style="red")
     for line in report["ledger_problems"]:

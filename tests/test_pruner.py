@@ -493,6 +493,9 @@ def test_local_grid_prunes_the_doomed_lr_and_keeps_it_as_a_result(tmp_path):
     assert (counts["pruned"], counts["completed"], counts["diverged"], counts["total"]) == (1, 1, 1, 3), counts
     text = run_cli("grid", "status", str(spec_path))
     assert text.returncode == 0 and "pruned 1" in text.stdout, text.stdout
+    pruned_id = runs.run_id[0.3]
+    assert status["pruned"] == [pruned_id]  # named, with the command that continues it
+    assert f"pruned: {pruned_id}; to continue" in text.stdout and "stability train --run RUN_ID" in text.stdout
 
 
 def _cfg_of(runs: pd.DataFrame, lr: float):

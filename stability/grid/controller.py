@@ -452,6 +452,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
         "jobs": {"alive": len(alive), "running": sum(1 for s in alive.values() if s in RUNNING_JOB_STATES),
                  "pending": sum(1 for s in alive.values() if s not in RUNNING_JOB_STATES)},
         "failures": failed_runs, "lost": lost, "ledger_problems": problems,
+        "pruned": state.run_id[state.status.eq(S.PRUNED)].tolist(),  # results `train --run ID --rerun` continues
         "unreadable": unreadable + _unreadable_lines(spec, read_errors),
         "eta_s": eta_seconds(state, backend.parallelism()),
         "stems": stem_outcomes(state, runs),
