@@ -264,6 +264,10 @@ def test_edf_scores_pruned_runs_as_the_control_says(tmp_path, dash_results):
     with _root(root):
         at.switch_page("views/runs.py").run()
     assert not at.exception and (at.dataframe[0].value.status == "pruned").sum() == 1
+    with _root(root):  # opened: it says it was pruned, and the command that continues it
+        at.multiselect(key="p_runs_open").set_value([f"dash/{row.run_id}"]).run()
+    said = " ".join(i.value for i in at.info)
+    assert "pruned at step 5 by loss_ratio" in said and f"stability train --run {row.run_id} results={root} --rerun" in said
 
 
 def test_the_dashboard_splits_by_a_varying_config_field_as_the_analyses_do(tmp_path):

@@ -108,7 +108,8 @@ if runs is not None:
             st.info(f"{labels[rid]}: pruned" + (f" at step {int(step)}" if pd.notna(step) else "")
                     + (f" by {rule}" if isinstance(rule, str) else "") + ": stopped early by its pruner as doomed; "
                     "its curves end there, and its top-1 error is its last validation error (the EDF scores it "
-                    "as diverged by default).")
+                    "as diverged by default). To continue it to the end with the pruner off: "
+                    f"`stability train --run {info.loc[rid, 'run_id']} results={root()} --rerun`")
         if info.loc[rid, "status"] in (S.FAILED, S.PREEMPTED):
             st.info(f"{labels[rid]}: stopped early"
                     + (f" ({str(info.loc[rid, 'error'])[:200]})" if isinstance(info.loc[rid, "error"], str) else "")
