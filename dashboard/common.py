@@ -319,11 +319,15 @@ def _num(v: float) -> str:
 def run_labels(runs: pd.DataFrame) -> pd.Series:
     """sweep · stem · optimizer · lr · wd · epochs (· seed when seeds vary) per run."""
     seeds = runs["seed"].nunique() > 1 if "seed" in runs else False
-    parts = [runs["sweep"].astype(str), runs["stem"].astype(str), runs["optimizer"].astype(str),
+
+    def text(col: str) -> pd.Series:  # a RegNet has no stem: "-", never a NaN label
+        return runs[col].astype(object).where(runs[col].notna(), "-").map(str)
+
+    parts = [text("sweep"), text("stem"), text("optimizer"),
              "lr " + runs["lr"].map(_num), "wd " + runs["wd"].map(_num),
              runs["epochs"].map(lambda e: f"{int(e)} ep" if pd.notna(e) else "? ep")]
     if runs["model"].nunique() > 1:
-        parts.insert(1, runs["model"].astype(str))
+        parts.insert(1, text("model"))
     if seeds:
         parts.append("seed " + runs["seed"].astype(str))
     out = parts[0]

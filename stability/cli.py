@@ -51,8 +51,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         check_writable(cfg.results)  # before the data and model are set up
     except OSError as e:
-        raise ConfigError(f"results: {cfg.results} cannot take files ({e.strerror or e})",
-                          "command line" if "results" in overrides else source) from None
+        blame = "command line" if "results" in overrides else source if "results" in values else None
+        raise ConfigError(f"results: {cfg.results} cannot take files ({e.strerror or e})"
+                          + ("" if blame else " (the default results root; results=ROOT names another)"),
+                          blame) from None
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: one progress bar, one summary
     try:  # whether the run has a result is decided under its lock (a twin command may be ending it)
@@ -330,7 +332,8 @@ def cmd_grid_clean(args: argparse.Namespace) -> int:
     spec = _load_grid(args)
     store.check_root(spec.results)
     if not spec.sweep_dir.is_dir():
-        raise ConfigError(f"results: no sweep {spec.name!r} under {spec.results} (nothing to clean)")
+        raise ConfigError(f"results: no record of sweep {spec.name!r} under {spec.results} (no "
+                          f"_sweeps/{spec.name}: no job logs to clean)")
     print(f"removed {clean_logs(spec)} log files of finished runs of sweep {spec.name}")
     return 0
 

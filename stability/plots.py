@@ -608,9 +608,11 @@ def lr_sensitivity_figure(res: Table) -> go.Figure:
     fig = go.Figure()
     sens = res.table
     axes = [a for a in res.by if sens[a].nunique(dropna=False) > 1]
-    stems = sorted(sens["stem"].astype(str).unique()) if len(sens) else []
-    for stem, g in sens.groupby("stem", observed=True, sort=True):
-        where = g[axes].astype(str).agg(" · ".join, axis=1) + " · " if axes else ""
+    # a RegNet has no stem: its own series, named, never dropped by the groupby
+    stem_of = sens["stem"].astype(object).where(sens["stem"].notna(), "no stem").map(str) if len(sens) else sens["stem"]
+    stems = sorted(stem_of.unique()) if len(sens) else []
+    for stem, g in sens.groupby(stem_of, sort=True):
+        where = g[axes].map(str).agg(" · ".join, axis=1) + " · " if axes else ""  # map: a missing value is text too
         x = where + g["fix"].astype(str)
         fig.add_trace(go.Scatter(
             x=x, y=g.sensitivity, mode="markers", name=str(stem), offsetgroup=str(stem),

@@ -110,7 +110,7 @@ def test_grid_clean_of_a_sweep_never_run_says_so(tmp_path):
     """Like `grid collect`: a results root without the sweep (a typo in --results) is named, not
     answered with "removed 0 log files" and exit 0."""
     out = run_cli("grid", "clean", "smoke", "--results", str(tmp_path / "nowhere"))
-    _assert_one_line_error(out, "no sweep 'smoke'", str(tmp_path / "nowhere"), "nothing to clean")
+    _assert_one_line_error(out, "no record of sweep 'smoke'", str(tmp_path / "nowhere"), "no job logs to clean")
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -122,3 +122,7 @@ def test_an_unwritable_results_root_is_blamed_on_where_it_came_from(tmp_path):
     out = run_cli("train", "--config", str(cfg), f"results={tmp_path / 'file' / 'x'}")
     _assert_one_line_error(out, "command line", "cannot take files")
     assert "run.yaml" not in out.stderr
+    (tmp_path / "results").write_text("in the way of the default root")  # set by neither: said so
+    out = run_cli("train", "epochs=1", cwd=tmp_path)
+    _assert_one_line_error(out, "the default results root", "results=ROOT")
+    assert "command line" not in out.stderr

@@ -521,3 +521,20 @@ def test_dashboard_page_pools_an_axis_only_when_asked(tmp_path):
     assert "Pooled here: wd" in " ".join(c.value for c in at.caption)
     attn = next(d.value for d in at.dataframe if "frac_above" in d.value.columns)
     assert set(attn.pooled) == {"wd"} and "wd" not in attn.columns  # the attention table pools it too
+
+
+def test_a_run_without_a_stem_is_a_line_of_its_own():
+    """A RegNet (no stem) beside ViTs: its own line in lr_curves (pandas keeps None through
+    astype(str), which broke the line count), and the labels of plots and dashboard say it."""
+    from stability.dashboard.common import run_labels
+
+    vit = [_run(f"c{i}", "conv", lr, 0, C, 0.5 + i / 10, 2.3) for i, lr in enumerate([1e-3, 3e-3, 1e-2])]
+    reg = [{**_run(f"r{i}", None, lr, 0, C, 0.6 + i / 10, 2.3), "model": "regnety_tiny"}
+           for i, lr in enumerate([1e-3, 3e-3, 1e-2])]
+    runs = pd.DataFrame(vit + reg)
+    curves = analysis.lr_curves(runs, common_lrs=True)
+    assert len(curves.table) == 6 and curves.table["stem"].isna().sum() == 3, curves.table
+    table = analysis.lr_sensitivity(runs).table
+    assert len(table) == 2 and table["stem"].isna().sum() == 1
+    assert sorted(t.name for t in plots.lr_sensitivity_figure(analysis.lr_sensitivity(runs)).data) == ["conv", "no stem"]
+    assert [lab.split(" · ")[2] for lab in run_labels(runs)] == ["conv"] * 3 + ["-"] * 3

@@ -274,7 +274,7 @@ def attn_logit_auc(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | Non
     rows = []
     for keys, g, seen in _each_group(at, by):
         x, bad = seen["logit_max"].to_numpy(float), seen[outcome].to_numpy(bool)
-        s = seen[strata_cols].astype(str).agg("|".join, axis=1).to_numpy()
+        s = seen[strata_cols].map(str).agg("|".join, axis=1).to_numpy()  # map: a missing value is text too
         a, n_pairs, lo, hi, p = auc_test(x, bad, s, False, ci, n_boot, rng)
         aw, n_within, wlo, whi, pw = auc_test(x, bad, s, True, ci, n_boot, rng)
         how, at_steps = _where(seen, step, fraction)

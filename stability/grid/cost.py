@@ -157,7 +157,7 @@ def step_rate(table: Throughput, device: Device, model: str, image_size: int, ba
         r = min(rows, key=distance)
         scale = flops(r.model, r.image_size) / flops(model, image_size)
         caveat = (f" (x{scale:.0f} fewer FLOPs: a small model is bound by per-step overhead on a GPU, "
-                  f"so this rate is optimistic)" if scale > 10 else _batch_caveat(table, device, r, batch))
+                  f"so this rate is optimistic)" if scale > 10 else "") + _batch_caveat(table, device, r, batch)
         return Rate(r.img_s * scale, f"scaled from {r.model} {r.image_size} px batch {r.batch} "
                                      f"{'compiled' if r.compile else 'eager'} measured{caveat}")
     per_image = 3 * 2 * flops(model, image_size)  # MACs -> FLOPs, forward + backward
@@ -166,8 +166,9 @@ def step_rate(table: Throughput, device: Device, model: str, image_size: int, ba
 
 
 def _batch_caveat(table: Throughput, device: Device, row: StepRate, batch: int) -> str:
-    """What the other mode's rows of ``row``'s network say of the batch it was scaled across
-    (e.g. eager at 128 vs 256 when only a compiled 256 was measured); "" when there is nothing."""
+    """A rate taken at ``row``'s batch for another ``batch`` says so, and what the other mode's
+    rows of that network show across the two batches when both are measured (e.g. eager at 128 vs
+    256 when only a compiled 256 was); "" at the row's own batch."""
     if row.batch == batch:
         return ""
     other = {r.batch: r.img_s for r in table.step if r.device == device.name and r.compile != row.compile
