@@ -15,7 +15,8 @@
 #             and with AutoAugment
 #   tracing   every trace signal at the default interval on the shipped (compiled, fused) step
 #   smoke     the trainer on CUDA with its defaults (compile auto = on, fused AdamW, bf16) and the
-#             GPU-decode path (nvJPEG, the prefetch thread, the batched AutoAugment) on written JPEGs
+#             GPU-decode path (nvJPEG, the prefetch thread, the batched AutoAugment) on written JPEGs;
+#             two RegNets through a local grid (forked by the warm launcher, CUDA in the child)
 #   policy    the batched policy vs the per-image loop on the GPU (224 px)
 #   batch512  mfu at batch 512 (each batch size compiles anew: late, if time is left)
 #   optimizers  AdamW loop / foreach / fused on the tiny models (step_options.py --optimizers)
@@ -89,7 +90,7 @@ else
   opts=(--optimizers --device cuda --reps 5 --steps 5)
 fi
 
-smoke() {  # smoke TRAIN_OVERRIDES...: the trainer's defaults on the device, then a RegNet
+smoke() {  # smoke TRAIN_OVERRIDES...: the trainer's defaults on the device, then RegNets via a local grid
   python3 - "$out/jpegs" <<'PY' || return 1
 import sys, pathlib, torch
 from PIL import Image
@@ -104,8 +105,17 @@ PY
   python3 -m stability.cli train model=vit_c_tiny dataset=imagefolder data_root="$out/jpegs" image_size=32 \
     batch_size=32 auto_augment=autoaugment mixup_alpha=0.8 cutmix_alpha=1.0 results="$out/results" sweep=cuda_smoke \
     "$@" || return 1
-  python3 -m stability.cli train model=regnety_tiny epochs=1 compile=false results="$out/results" sweep=cuda_smoke \
-    ${REHEARSE:+device=cpu steps_per_epoch=2} || return 1
+  # the RegNet through a local grid: its runs are forked from the warm launcher after its preloads
+  # (torch, the trainer, torch._dynamo), then take the GPU in the child
+  cat > "$out/grid.yaml" <<YAML
+name: cuda_grid
+base: {model: regnety_tiny, epochs: 1, compile: false${REHEARSE:+, device: cpu, steps_per_epoch: 2}}
+space: {lr: [5.0e-4, 1.0e-3]}
+sampler: {name: grid, n: 1, seed: 0}
+executor: {kind: local, max_parallel: 2}
+results: $out/results
+YAML
+  python3 -m stability.cli grid run "$out/grid.yaml" --quiet || return 1
   python3 - "$out/results" "$dev" <<'PY'
 import sys, pandas as pd, pathlib
 runs = pd.concat(pd.read_parquet(p) for p in pathlib.Path(sys.argv[1]).rglob("runs/**/*.parquet"))
