@@ -73,8 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                   + ("--rerun continues it from its checkpoint with the pruner off)"
                      if e.row.get("status") == RunStatus.PRUNED else "--rerun trains it again)"))
         return 0
-    except DataError as e:
-        raise ConfigError(str(e), source) from None
+    except DataError as e:  # data_root= on the command line (e.g. beside --run) is the command line's
+        raise ConfigError(str(e), "command line" if "data_root" in overrides else source) from None
     except Preempted:
         print(f"preempted: checkpoint at {checkpoint_path(cfg)}; rerun the same command to resume",
               file=sys.stderr)
@@ -608,7 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if getattr(args, "command", None) == "train":  # key=value after a flag (`--rerun lr=...`) is still one
+            args.overrides += [a for a in extra if not a.startswith("-")]
+            extra = [a for a in extra if a.startswith("-")]
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # argparse already printed one usage line + error; keep its code 2
         return int(e.code or 0)
     try:

@@ -47,14 +47,18 @@ def recorded_config(root: str | Path, run_id: str, sweep: str | None = None) -> 
     from . import store
 
     if not RUN_ID.fullmatch(run_id):
-        raise ConfigError(f"--run: {shown(run_id)} is not a run id (allowed: 12 hex digits, as `stability "
-                          "report`, `grid status --json` and the dashboard's Runs page show them)")
+        raise ConfigError(f"--run: {shown(run_id)} is not a run id (allowed: 12 lowercase hex digits, as `stability "
+                          "report`, `grid status` and the dashboard's Runs page show them)")
     store.check_root(root)
+    if not Path(root).is_dir():
+        raise ConfigError(f"--run: no results root {root} (results=ROOT names the one the run is under)")
     rows = store.read_table(root, "runs", sweep=sweep, columns=["config_json", "status"], run_ids=[run_id])
-    where = f"{root}" + (f" (sweep {sweep})" if sweep else "")
     if rows.empty:
-        raise ConfigError(f"--run: no run {run_id} under {where} (a run has a row once it ends, fails or is "
-                          "preempted; a run still training has none; results=ROOT names another root)")
+        elsewhere = sorted(set(store.read_table(root, "runs", columns=[], run_ids=[run_id])["sweep"])) if sweep else []
+        raise ConfigError(f"--run: no run {run_id} under {root}"
+                          + (f" in sweep {sweep} (it is in: {', '.join(elsewhere)})" if elsewhere else
+                             f"{f' in sweep {sweep}' if sweep else ''} (a run has a row once it ends, fails or "
+                             "is preempted; a run still training has none; results=ROOT names another root)"))
     if rows["sweep"].nunique() > 1:
         names = ", ".join(sorted(rows["sweep"].unique()))
         raise ConfigError(f"--run: run {run_id} is in several sweeps ({names}): add sweep=NAME")

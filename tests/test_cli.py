@@ -126,3 +126,10 @@ def test_an_unwritable_results_root_is_blamed_on_where_it_came_from(tmp_path):
     out = run_cli("train", "epochs=1", cwd=tmp_path)
     _assert_one_line_error(out, "the default results root", "results=ROOT")
     assert "command line" not in out.stderr
+
+
+def test_key_value_after_a_flag_is_still_an_override():
+    """`train --rerun lr=...` (a flag appended to a command from the shell history): the
+    key=value is read as the override it is, not refused as an unrecognized argument."""
+    _assert_one_line_error(run_cli("train", "--no-resume", "lr=-1"), "lr", "> 0")
+    _assert_one_line_error(run_cli("train", "--no-resume", "--bogus"), "unrecognized arguments: --bogus")

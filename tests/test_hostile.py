@@ -184,6 +184,9 @@ def test_train_run_takes_nothing_from_a_planted_row_that_its_id_does_not_vouch_f
     assert f"in {tmp_path}/runs/sweep={sweep}; nothing to do" in out.stdout
     for bad in ("../../etc", "61D9686972B4", "*"):
         _one_line_exit_2(run_cli("train", "--run", bad, f"results={tmp_path}"), "not a run id")
+    _one_line_exit_2(run_cli("train", "--run", rid, f"results={tmp_path}", "sweep=other"),
+                     f"no run {rid} under {tmp_path} in sweep other (it is in: {sweep})")
+    _one_line_exit_2(run_cli("train", "--run", rid, f"results={tmp_path / 'nope'}"), "no results root")
     _one_line_exit_2(run_cli("train", "--run", rid, f"results={tmp_path}", "lr=0.1"), "lr cannot be set with --run")
     assert not Path("/tmp/elsewhere").exists() and store.read_table(tmp_path, "runs").run_id.tolist() == [rid]
 

@@ -422,6 +422,13 @@ def test_a_grid_runs_pruned_run_is_continued_by_its_id_from_the_command_line(tmp
     res = store.load(tmp_path)
     assert res.runs[["run_id", "status", "sweep"]].values.tolist() == [[cfg.run_id, "completed", "p"]]
     _same_steps(res.steps, reference[1].steps)
+    # the same command again (from shell history): trained anew, from scratch (its checkpoint is
+    # gone), and the pruner the user overruled stays off: never flipped back to pruned
+    third = run_cli("train", "--run", cfg.run_id, f"results={tmp_path}", "--rerun")
+    assert third.returncode == 0 and "continued past the pruner's verdict at step 3" in third.stdout, third.stdout
+    res = store.load(tmp_path)
+    assert res.runs[["status", "pruned_at_step", "prune_rule"]].values.tolist() == [["completed", 3, "chance"]]
+    _same_steps(res.steps, reference[1].steps)
 
 
 class StopAfter:

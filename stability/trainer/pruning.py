@@ -4,6 +4,7 @@ on a resume), judged at each flush, and what a pruned run records.
 A pruned run saves a checkpoint and is recorded as ``pruned`` with the rule, step and signal
 values that fired. ``--rerun`` continues it from that checkpoint with the pruner off (the user
 disagreed); the row it ends with keeps the verdict it overruled, so such runs measure the pruner.
+A later ``--rerun`` of it (from scratch: its checkpoint is gone) keeps the pruner off too.
 """
 
 from __future__ import annotations
@@ -39,6 +40,23 @@ def make_pruner(cfg: RunConfig, st: RunState, total_steps: int, n_classes: int) 
             if rows is not None and len(rows):
                 add(rows[rows.step < st.step].sort_values("step").to_dict("records"))
     return p
+
+
+def overruled_verdict(cfg: RunConfig) -> dict[str, Any] | None:
+    """For a ``--rerun`` that starts from scratch: the pruner's verdict the run's row records (it
+    was pruned, or continued past one), so the pruner stays off as the user asked and the new row
+    keeps that verdict; None when there is none (or no pruner). Read by every rank, as the
+    pruner's history is, so all ranks build the same pruner."""
+    if cfg.pruner is None:
+        return None
+    rows = store.read_table(cfg.results, "runs", sweep=cfg.sweep, run_ids=[cfg.run_id],
+                            columns=["pruned_at_step", "prune_rule", "prune_signals"])
+    if rows is None or rows.empty or rows["pruned_at_step"].isna().iloc[-1]:
+        return None
+    last = rows.iloc[-1]
+    signals = last["prune_signals"]
+    return {"step": int(last["pruned_at_step"]), "rule": str(last["prune_rule"]),
+            "signals": signals if isinstance(signals, str) else "{}"}
 
 
 def verdict_columns(st: RunState) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from .evaluation import evaluate, evaluate_ema, split_errors
 from .execution import compile_net, execution_columns
 from .optim import lr_at, make_optimizer
 from .provenance import job_id, now, run_identity, timestamp
-from .pruning import Pruned, make_pruner, pruned_result, verdict_columns
+from .pruning import Pruned, make_pruner, overruled_verdict, pruned_result, verdict_columns
 from .rows import epoch_row
 from .run_lock import RunDone, RunLock, refuse_if_done
 from .run_record import Record, Rows
@@ -108,7 +108,7 @@ def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: thread
         device = setup_device(cfg.device, d)
         started_group = init(d, device.type)
         refuse_if_done(cfg, d, device, rerun)
-        lp = _setup(cfg, d, device, rec, reporter, resume, flag.event)
+        lp = _setup(cfg, d, device, rec, reporter, resume, flag.event, rerun)
     except Exception as e:
         refused = not record_refusals and isinstance(e, ConfigError | DataError)
         if not isinstance(e, RunDone) and not refused:  # a result is the record: nothing of ours to write
@@ -120,7 +120,7 @@ def _train(cfg: RunConfig, reporter: Reporter | None, resume: bool, stop: thread
 
 
 def _setup(cfg: RunConfig, d: Dist, device: torch.device, rec: Record, reporter: Reporter | None,
-           resume: bool, stop: threading.Event) -> Loop:
+           resume: bool, stop: threading.Event, rerun: bool = False) -> Loop:
     """Data, model, optimizer, EMA and tracer; the checkpoint's state, if any; the loop."""
     rec.base["device"] = str(device)
     data = load_dataset(cfg.dataset, cfg.data_root, image_size=cfg.image_size, download=cfg.download,
@@ -135,6 +135,8 @@ def _setup(cfg: RunConfig, d: Dist, device: torch.device, rec: Record, reporter:
     tracer = GradTracer(model, device, attention=cfg.trace_attention)
     spe = steps_per_epoch(data, cfg.batch_size, cfg.steps_per_epoch, d.world_size, cfg.accum_steps)
     rec.st = resume_state(cfg, model, opt, device, ema, rec.st, resume, d.is_main)
+    if rerun and rec.st.step == 0 and rec.st.pruned is None:  # from scratch: a verdict once overruled stays so
+        rec.st.pruned = overruled_verdict(cfg)
     net: nn.Module = model
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel
