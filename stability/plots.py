@@ -81,6 +81,16 @@ def log_ticks(values, max_ticks: int = 7) -> dict:
     return {"tickvals": vals, "ticktext": _labels(vals)}
 
 
+NO_STEM = "no stem"  # a RegNet's: its own series in every figure, never NaN (a groupby drops it)
+
+
+def named_stems(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a missing ``stem`` as :data:`NO_STEM`; ``df`` itself when none is missing."""
+    if "stem" not in df or not df["stem"].isna().any():
+        return df
+    return df.assign(stem=df["stem"].astype(object).where(df["stem"].notna(), NO_STEM))
+
+
 def color_of(stem: str, i: int = 0) -> str:
     return STEM_COLORS.get(str(stem), _FALLBACK[i % len(_FALLBACK)])
 
@@ -235,6 +245,7 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
     every run gets no panel (the title says its value). Hover names
     the run (``label`` if present); ``customdata`` is the run's ``key`` (else its id), so a click can
     open it."""
+    df = named_stems(df)
     facet = [c for c in facet if c in df and df[c].nunique() > 1]
     rows = list(df.groupby(facet, observed=True, sort=True)) if facet else [((), df)]
     knobs = [k for k in ("lr", "wd") if df[k].nunique() > 1] or ["lr"]
@@ -312,6 +323,7 @@ def optimizer_figure(gap: pd.DataFrame) -> go.Figure:
     """Best error with AdamW and SGD per stem and epoch budget (``analysis.optimizer_gap``); each
     bar says how many runs its best was chosen from."""
     fig = go.Figure()
+    gap = named_stems(gap)
     stems = sorted(gap["stem"].astype(str).unique()) if len(gap) else []
     for opt, pattern in (("adamw", ""), ("sgd", "/")):
         col = f"best_{opt}"
@@ -341,6 +353,7 @@ def length_figure(tl: pd.DataFrame) -> go.Figure:
     best run diverged (error 100) is a cross, each point's hover gives its n."""
     fig = go.Figure()
     keys = [c for c in tl.columns if c not in ("epochs", "best", "median", "n", "vs_longest")]
+    tl = named_stems(tl)
     stems = sorted(tl["stem"].astype(str).unique()) if len(tl) else []
     for i, (key, g) in enumerate(tl.groupby(keys, observed=True, sort=True)):
         key = key if isinstance(key, tuple) else (key,)
@@ -469,6 +482,7 @@ def spike_count_figure(counts: pd.DataFrame, title: str = "Gradient-norm spikes 
     sweeps (``counts``: (sweep,) run_id, stem, n_spikes)."""
     fig = go.Figure()
     keys = ["sweep", "stem"] if "sweep" in counts and counts["sweep"].nunique() > 1 else ["stem"]
+    counts = named_stems(counts)
     stems = sorted(counts["stem"].astype(str).unique())
     for key, g in counts.groupby(keys, observed=True, sort=True):
         key = key if isinstance(key, tuple) else (key,)
@@ -486,6 +500,7 @@ def spike_count_figure(counts: pd.DataFrame, title: str = "Gradient-norm spikes 
 def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optimizer", "epochs")) -> go.Figure:
     """Parallel coordinates of the knobs that vary and the error, one line per run, coloured by
     stem (``analysis.error_vs_hparams`` output; diverged and pruned runs at 100)."""
+    df = named_stems(df)
     stems = sorted(df["stem"].astype(str).unique())
     df = df.sample(frac=1.0, random_state=0)  # lines drawn in a mixed order: no stem hides under the other
     dims = []
@@ -517,6 +532,7 @@ def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optim
 def importance_figure(imp: pd.DataFrame) -> go.Figure:
     """Hyperparameter importance per stem (``analysis.hparam_importance``), grouped bars."""
     fig = go.Figure()
+    imp = named_stems(imp)
     stems = sorted(imp["stem"].astype(str).unique()) if len(imp) else []
     for i, stem in enumerate(stems):
         g = imp[imp.stem.astype(str) == stem]
@@ -536,6 +552,7 @@ STATUS_COLORS = dict(zip(RunStatus, ["#2ca02c", "#d62728", "#9467bd", "#7f7f7f",
 def status_figure(counts: pd.DataFrame) -> go.Figure:
     """Runs per sweep · stem, stacked by status (``counts``: sweep, stem, status, n)."""
     fig = go.Figure()
+    counts = named_stems(counts)
     x = counts["sweep"].astype(str) + " · " + counts["stem"].astype(str)
     counts = counts.assign(x=x)
     for status, color in STATUS_COLORS.items():
@@ -565,7 +582,7 @@ def lr_curve_figure(res: Table, metric: str = "loss") -> go.Figure:
     (``analysis.lr_curves``: its ``by``, sweep, optimizer, epochs, wd ... never mixed): the mean
     over seeds of min(value, ℓ₀); a point where a run diverged (or its value was not finite) or was
     pruned is a cross at ℓ₀, the loss at init, drawn dotted per line (Wortsman et al. 2023, Fig. 1)."""
-    curves = res.table
+    curves = named_stems(res.table)
     panels = _panels(curves, res.by)
     fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[t for t, _ in panels],
                         vertical_spacing=min(0.2, 0.45 / max(1, len(panels))))
@@ -608,10 +625,9 @@ def lr_sensitivity_figure(res: Table) -> go.Figure:
     fig = go.Figure()
     sens = res.table
     axes = [a for a in res.by if sens[a].nunique(dropna=False) > 1]
-    # a RegNet has no stem: its own series, named, never dropped by the groupby
-    stem_of = sens["stem"].astype(object).where(sens["stem"].notna(), "no stem").map(str) if len(sens) else sens["stem"]
-    stems = sorted(stem_of.unique()) if len(sens) else []
-    for stem, g in sens.groupby(stem_of, sort=True):
+    sens = named_stems(sens)
+    stems = sorted(sens["stem"].astype(str).unique()) if len(sens) else []
+    for stem, g in sens.groupby("stem", observed=True, sort=True):
         where = g[axes].map(str).agg(" · ".join, axis=1) + " · " if axes else ""  # map: a missing value is text too
         x = where + g["fix"].astype(str)
         fig.add_trace(go.Scatter(
@@ -641,6 +657,7 @@ def attn_logit_figure(res: Table, thresholds: Sequence[float] = ()) -> go.Figure
     fig = go.Figure()
     at = res.table
     seen = at[at["logit_max"].notna()] if len(at) else at
+    seen = named_stems(seen)
     stems = sorted(seen["stem"].astype(str).unique()) if len(seen) else []
     for (stem, fix, diverged), g in seen.groupby(["stem", "fix", "diverged"], observed=True, sort=True):
         name = f"{stem} / {fix}" + (" (diverged)" if diverged else "")
