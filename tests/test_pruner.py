@@ -431,6 +431,27 @@ def test_a_grid_runs_pruned_run_is_continued_by_its_id_from_the_command_line(tmp
     _same_steps(res.steps, reference[1].steps)
 
 
+def test_a_pruned_run_is_not_continued_on_other_data(tmp_path):
+    """data_root is not part of the run id (data may move), so `--run ID data_root=OTHER` could
+    continue a run on another dataset of the same shape: the checkpoint records the data's classes
+    and image counts, and a resume on other data is refused (checkpoint and row kept)."""
+    from .test_data import _write_cifar
+
+    _write_cifar(tmp_path / "a", n_train=40, n_test=10)
+    _write_cifar(tmp_path / "b", n_train=60, n_test=10)  # the same classes: the weights would fit
+    cfg = _cfg(tmp_path / "res", pruner=AT[3], dataset="cifar10", data_root=str(tmp_path / "a"))
+    assert train(cfg)["status"] == "pruned"
+    other = run_cli("train", "--run", cfg.run_id, f"results={tmp_path / 'res'}", f"data_root={tmp_path / 'b'}",
+                    "--rerun")
+    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr
+    assert "60 training" in other.stderr and "trained on 10 classes, 40 training" in other.stderr
+    assert other.stderr.startswith("error: command line: data_root") and checkpoint_path(cfg).exists()
+    assert store.load(tmp_path / "res").runs.status.tolist() == ["pruned"]
+    same = run_cli("train", "--run", cfg.run_id, f"results={tmp_path / 'res'}", f"data_root={tmp_path / 'a'}",
+                   "--rerun")
+    assert same.returncode == 0 and "completed" in same.stdout, same.stderr
+
+
 class StopAfter:
     """A reporter that sets the run's stop event once ``step`` steps are flushed (a preemption)."""
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from .. import store
 from ..config import RunConfig, config_hash
+from ..data.datasets import DataError
 from ..errors import ConfigError
 from .ema import WeightEMA
 from .optim import keep_impl
@@ -64,6 +65,14 @@ class RunState:
     # The pruner's verdict when it stopped the run ({"rule", "step", "signals"}): a rerun that
     # continues the run past it keeps it on the runs row, with the pruner off (trainer/pruning.py)
     pruned: dict | None = None
+    # What it trains on ({"classes", "train", "val"}: ``data_fingerprint``): data_root is not part of
+    # the run id (data may move), so a resume checks the data is still the run's (older checkpoints: None)
+    data: dict | None = None
+
+
+def data_fingerprint(data: Any) -> dict[str, int]:
+    """A dataset's shape as a checkpoint records it: classes and image counts (the test split held out)."""
+    return {"classes": int(data.num_classes), "train": len(data.train), "val": len(data.val)}
 
 
 def identity_hash(cfg: RunConfig) -> str:
@@ -114,8 +123,21 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
             raise
 
 
+def _check_data(payload: dict, cfg: RunConfig, data: dict | None) -> None:
+    """``DataError`` when the checkpoint records other data than the run now reads (a data_root of
+    another dataset: continuing would mix the two, and the weights may not even fit)."""
+    saved = payload["state"].get("data") if isinstance(payload.get("state"), dict) else None
+    if data is None or not isinstance(saved, dict) or saved == data:
+        return
+    def said(d: dict) -> str:
+        return f"{d.get('classes')} classes, {d.get('train')} training and {d.get('val')} validation images"
+    where = f"data_root {cfg.data_root}" if cfg.data_root else f"dataset {cfg.dataset}"
+    raise DataError(f"{where} holds {said(data)}; run {cfg.run_id}'s checkpoint was trained on {said(saved)}: "
+                    "not the run's data (give its data_root, or --no-resume to train it afresh on this one)")
+
+
 def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer,
-                     device: torch.device, ema: WeightEMA | None) -> RunState | None:
+                     device: torch.device, ema: WeightEMA | None, data: dict | None = None) -> RunState | None:
     """The run's saved state applied to ``model``, ``opt`` and ``ema`` (None: start afresh).
 
     Read with ``weights_only=True``: a file planted in a results root cannot run code. A
@@ -132,6 +154,7 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=device, weights_only=True)
         _check_identity(payload, cfg)
+        _check_data(payload, cfg, data)
         _check_fits(model, payload["model"], "model")
         if ema is not None and payload.get("ema") is not None:
             _check_fits(ema.model, payload["ema"], "EMA")
@@ -141,6 +164,8 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
             ema.load_state_dict(payload["ema"])
         state = RunState(**payload["state"])
         torch.set_rng_state(payload["rng"].cpu())  # map_location moved it to the device
+    except DataError:  # the run's own checkpoint, on other data: the user's to fix, the file kept
+        raise
     except Exception as e:  # noqa: BLE001 - unpickling garbage raises anything
         why = (str(e) if isinstance(e, NotThisRun)
                else f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
@@ -157,8 +182,9 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
 def resume_state(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device,
                  ema: WeightEMA | None, fresh: RunState, resume: bool, is_main: bool) -> RunState:
     """The checkpoint's state applied (``fresh`` without one), and the store's streamed rows cut
-    back to it: rows an attempt streamed after its last save are trained and written again, once."""
-    st = (load_checkpoint(cfg, model, opt, device, ema) if resume else None) or fresh
+    back to it: rows an attempt streamed after its last save are trained and written again, once.
+    ``fresh.data`` is the data the run reads now: a checkpoint of other data is refused."""
+    st = (load_checkpoint(cfg, model, opt, device, ema, fresh.data) if resume else None) or fresh
     if is_main and st is not fresh:
         print(f"stability: run {cfg.run_id} resumes from {checkpoint_path(cfg)} (epoch {st.epoch}, "
               f"step {st.step})", file=sys.stderr, flush=True)

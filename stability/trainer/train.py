@@ -45,6 +45,7 @@ from .checkpoint import (
     RunState,
     StopFlag,
     checkpoint_path,
+    data_fingerprint,
     resume_state,
     save_checkpoint,
 )
@@ -134,6 +135,7 @@ def _setup(cfg: RunConfig, d: Dist, device: torch.device, rec: Record, reporter:
     ema = make_ema(model, cfg.ema_alpha, cfg.ema_period, cfg.batch_size, cfg.epochs, cfg.warmup_epochs)
     tracer = GradTracer(model, device, attention=cfg.trace_attention)
     spe = steps_per_epoch(data, cfg.batch_size, cfg.steps_per_epoch, d.world_size, cfg.accum_steps)
+    rec.st.data = data_fingerprint(data)
     rec.st = resume_state(cfg, model, opt, device, ema, rec.st, resume, d.is_main)
     if rerun and rec.st.step == 0 and rec.st.pruned is None:  # from scratch: a verdict once overruled stays so
         rec.st.pruned = overruled_verdict(cfg)
