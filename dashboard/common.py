@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from stability import analysis, store
+from stability import analysis, plots, store
 
 RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "epochs", "batch_size",
                "seed", "dataset", "params", "flops", "top1_err", "top5_err", "best_top1_err",
@@ -320,10 +320,11 @@ def run_labels(runs: pd.DataFrame) -> pd.Series:
     """sweep · stem · optimizer · lr · wd · epochs (· seed when seeds vary) per run."""
     seeds = runs["seed"].nunique() > 1 if "seed" in runs else False
 
-    def text(col: str) -> pd.Series:  # a RegNet has no stem: "-", never a NaN label
+    def text(col: str) -> pd.Series:
         return runs[col].astype(object).where(runs[col].notna(), "-").map(str)
 
-    parts = [text("sweep"), text("stem"), text("optimizer"),
+    # a RegNet has no stem: named as every figure names it (never a NaN label)
+    parts = [text("sweep"), plots.named_stems(runs[["stem"]])["stem"].map(str), text("optimizer"),
              "lr " + runs["lr"].map(_num), "wd " + runs["wd"].map(_num),
              runs["epochs"].map(lambda e: f"{int(e)} ep" if pd.notna(e) else "? ep")]
     if runs["model"].nunique() > 1:

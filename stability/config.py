@@ -32,24 +32,24 @@ OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")  # auto: fused on CUDA, f
 class RunConfig:
     """One run. ``lr`` is used as given (the paper's lrs are for batch 2048: scale linearly)."""
 
-    model: str = "vit_tiny"
+    model: str = "vit_tiny"  # a preset of `stability models`: vit_{tiny,small,1gf,4gf,18gf,36gf}, regnety_*, or an alias (vit_c_4gf)
     stem: str | None = None  # patchify | conv; None = the alias' stem, or patchify
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = False
+    dataset: str = "digits"  # digits | synthetic | synthetic_motifs | cifar10 | cifar100 | imagefolder | packed
+    data_root: str | None = None  # the folder of cifar*/imagefolder/packed data (not in the id: data may move)
+    download: bool = False  # cifar*: fetch it into data_root when missing (the only network access)
     image_size: int | None = None  # None = the dataset's native size
-    synthetic_size: int = 1024
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    wd: float = 0.05
+    synthetic_size: int = 1024  # synthetic*: training images generated
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3  # peak, after linear warmup; half-cosine to 0 per step
+    wd: float = 0.05  # decoupled (AdamW) or L2 (SGD); none on norm gains and biases
     momentum: float = 0.9  # sgd
     nesterov: bool = True  # sgd (as pycls)
     betas: tuple[float, float] = (0.9, 0.999)  # adamw
-    epochs: int = 10
+    epochs: int = 10  # training length (the cosine schedule spans it)
     steps_per_epoch: int | None = None  # cap batches per epoch (smoke tests); None = full epoch
-    batch_size: int = 64
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
+    batch_size: int = 64  # global: split over ranks and accum_steps
+    warmup_epochs: float = 1.0  # linear warmup from 0 (fractions of an epoch allowed)
+    label_smoothing: float = 0.1  # the paper recipe's, on by default; 0 = off
     augment: str = "none"  # none | shift | affine: random moves off the patch grid (data/augment.py)
     # The paper's recipe (recipe.py): a per-image policy in the dataset transform (decoded image
     # datasets only), then MixUp/CutMix per batch with soft targets (data/mix.py). Defaults: off.
@@ -62,22 +62,22 @@ class RunConfig:
     # epoch, ema += alpha * (w - ema) with alpha = min(1, ema_alpha * batch_size / epochs *
     # ema_period); a plain copy during warmup. Over a run that is ema_alpha x (training images)
     # time constants (12.8 on ImageNet with pycls' 1e-5). ema_period 0 turns it off.
-    ema_alpha: float = 1e-5
-    ema_period: int = 32
+    ema_alpha: float = 1e-5  # pycls' EMA_ALPHA: each update's weight is min(1, this x batch_size / epochs x ema_period)
+    ema_period: int = 32  # pycls' EMA_UPDATE_PERIOD, in batches; 0 = no EMA
     grad_clip: float | None = None  # the paper uses none
     decay_embeddings: bool = True  # the paper/pycls decay cls token + pos embedding; timm doesn't
     freeze_stem: bool = False  # MoCo v3: keep the stem at its random init
     # Fixes for attention/output-logit growth (Wortsman et al. 2023, arXiv 2309.14322): a
     # LayerNorm on each head's queries and keys, and the z-loss coef * log^2 Z on the output
     # logits (1e-4 in Wortsman); Adam's epsilon (§3.4: too large an eps shrinks small updates).
-    qk_norm: bool = False
-    z_loss: float = 0.0
-    adam_eps: float = 1e-8
+    qk_norm: bool = False  # a LayerNorm on each head's queries and keys
+    z_loss: float = 0.0  # coef of log^2 Z on the output logits (Wortsman: 1e-4); 0 = off
+    adam_eps: float = 1e-8  # AdamW's epsilon (torch's default)
     # Images held out of the training set as a test split (a fixed seeded subset, disjoint from
     # val, the same for every run of the dataset): configurations are chosen on val and reported
     # on test (docs/methodology.md, "Verdicts"). In-memory datasets only; 0 = none.
     test_split: int = 0
-    seed: int = 0
+    seed: int = 0  # init, data order, augmentation draws: a replicate is another seed
     trace_every: int = 10  # per-layer grad norms every k steps (also the log/flush interval)
     trace_attention: bool = True  # max attention logit and entropy per layer on trace steps (one extra QKᵀ)
     divergence_factor: float = 10.0  # diverged when loss > factor * ln(num_classes)
@@ -98,9 +98,9 @@ class RunConfig:
     num_workers: int | str = "auto"  # loader processes per rank; auto = the job's CPUs - 1 on CUDA, 0 on CPU
     prefetch_factor: int = 2  # batches each worker keeps ready
     decode: str = "cpu"  # cpu | gpu: JPEGs decoded by the workers or on the GPU (imagefolder, packed)
-    device: str = "auto"
-    results: str = "results"
-    sweep: str = "default"
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    results: str = "results"  # the results root the run's rows and checkpoint go under
+    sweep: str = "default"  # the sweep the run belongs to (a folder name; a grid sets it)
 
     # Fields added after run ids were first issued: left out of the id while at their default,
     # so every run planned before they existed keeps its id (and its results).

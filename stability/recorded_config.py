@@ -52,7 +52,7 @@ def recorded_config(root: str | Path, run_id: str, sweep: str | None = None) -> 
     store.check_root(root)
     if not Path(root).is_dir():
         raise ConfigError(f"--run: no results root {root} (results=ROOT names the one the run is under)")
-    rows = store.read_table(root, "runs", sweep=sweep, columns=["config_json", "status"], run_ids=[run_id])
+    rows = store.read_table(root, "runs", sweep=sweep, columns=["config_json"], run_ids=[run_id])
     if rows.empty:
         elsewhere = sorted(set(store.read_table(root, "runs", columns=[], run_ids=[run_id])["sweep"])) if sweep else []
         raise ConfigError(f"--run: no run {run_id} under {root}"

@@ -537,7 +537,7 @@ def test_a_run_without_a_stem_is_a_line_of_its_own():
     table = analysis.lr_sensitivity(runs).table
     assert len(table) == 2 and table["stem"].isna().sum() == 1
     assert sorted(t.name for t in plots.lr_sensitivity_figure(analysis.lr_sensitivity(runs)).data) == ["conv", "no stem"]
-    assert [lab.split(" · ")[2] for lab in run_labels(runs)] == ["conv"] * 3 + ["-"] * 3
+    assert [lab.split(" · ")[2] for lab in run_labels(runs)] == ["conv"] * 3 + ["no stem"] * 3
     # every figure draws it as its own series "no stem" (a groupby dropped a NaN stem)
     names = {t.name for t in plots.lr_curve_figure(curves).data if t.name}
     assert any(n.startswith("no stem") for n in names) and any(n.startswith("conv") for n in names), names

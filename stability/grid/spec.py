@@ -66,26 +66,26 @@ class SamplerSpec:
 class ExecutorSpec:
     """Where the runs go. Slurm fields map to submitit's ``slurm_*`` parameters."""
 
-    kind: str = "auto"
+    kind: str = "auto"  # auto (slurm when sbatch exists, else local) | slurm | local | debug
     max_parallel: int = 2  # local: processes at a time
-    array_parallelism: int = 64
-    timeout_min: int = 240
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    nodes: int = 1
-    tasks_per_node: int = 1
-    gpus_per_node: int | None = None
-    gpus_per_task: int | None = None
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None
-    max_num_timeout: int = 3
+    array_parallelism: int = 64  # slurm: array tasks in flight (queued or running) at a time
+    timeout_min: int = 240  # a job's time limit (slurm: checkpointed and requeued; local: stopped as preempted)
+    partition: str | None = None  # slurm: sbatch --partition
+    account: str | None = None  # slurm: sbatch --account
+    qos: str | None = None  # slurm: sbatch --qos
+    constraint: str | None = None  # slurm: sbatch --constraint
+    nodes: int = 1  # per run; ranks = nodes x tasks_per_node split the global batch
+    tasks_per_node: int = 1  # processes (ranks) per node, one per GPU
+    gpus_per_node: int | None = None  # slurm: sbatch --gpus-per-node
+    gpus_per_task: int | None = None  # slurm: sbatch --gpus-per-task
+    cpus_per_task: int | None = None  # slurm: per rank; num_workers auto = this - 1 on CUDA
+    mem_gb: float | None = None  # slurm: memory per node (at least 1 MiB: --mem=0 would mean a whole node)
+    max_num_timeout: int = 3  # slurm: requeues after a time limit before submitit gives up
     array_size: int | None = None  # slurm: jobs per array (None: the cluster's MaxArraySize)
-    signal_delay_s: int = 90
+    signal_delay_s: int = 90  # slurm: seconds before the time limit that the checkpoint signal comes
     # Stop submitting once this many runs of a `grid run` failed (a count >= 1) or this fraction
     # (0 < f < 1) of the runs it submitted did; None: never.
-    max_failures: int | float | None = None  # checked by _executor_spec itself
+    max_failures: int | float | None = None  # stop submitting after N failed runs (or a fraction < 1); None: never
     extra: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
 
 
