@@ -52,8 +52,9 @@ STALE_TMP_S = 600.0  # no write of one file takes ten minutes: an older temp fil
 # RMS per traced layer (older files read them all as null); 5: the held-out test split's errors
 # and per-image correctness (``test_split`` runs); 6: the pruner's verdict (``pruned`` runs, and
 # runs a rerun continued past it: ``pruned_at_step``, ``prune_rule``, ``prune_signals``); 7: how
-# the step executed (``compiled``, ``compile_mode``, ``optimizer_impl``, ``amp_dtype``)
-SCHEMA_VERSION = 7
+# the step executed (``compiled``, ``compile_mode``, ``optimizer_impl``, ``amp_dtype``); 8: the data
+# it trained on (``data_classes``, ``train_images``, ``val_images``: data_root is not in the run id)
+SCHEMA_VERSION = 8
 
 
 class RunStatus(StrEnum):
@@ -83,7 +84,11 @@ SCHEMAS: dict[str, pa.Schema] = {
     "runs": pa.schema([
         ("run_id", _S), ("status", _S), ("model", _S), ("stem", _S), ("optimizer", _S),
         ("lr", _F), ("wd", _F), ("epochs", _I), ("batch_size", _I), ("warmup_epochs", _F),
-        ("seed", _I), ("dataset", _S), ("params", _I), ("flops", _I), ("top1_err", _F),
+        ("seed", _I), ("dataset", _S),
+        # what the data held (classes, training and validation images): two runs of one sweep on
+        # other data are two strata (``analysis.with_design``), and a rerun cannot swap it silently
+        ("data_classes", _I), ("train_images", _I), ("val_images", _I),
+        ("params", _I), ("flops", _I), ("top1_err", _F),
         ("top5_err", _F), ("best_top1_err", _F), ("ema_top1_err", _F), ("ema_top5_err", _F),
         ("final_train_loss", _F), ("final_val_loss", _F), ("init_val_loss", _F), ("init_top1_err", _F),
         ("collapsed", pa.bool_()),

@@ -168,3 +168,30 @@ def test_runs_of_other_image_sizes_or_fixes_are_strata_never_pooled():
     assert analysis.strata(z) == ["fix", "z_loss", "image_size"]
     by = analysis.default_by(analysis.with_design(runs))
     assert analysis.outcomes(runs, by).shape[0] == 5  # the raw frame: its design columns are found
+
+
+def test_runs_of_one_sweep_on_other_data_are_strata_never_pooled():
+    """data_root is not in the run id: a sweep rerun with another dataset's data_root mixes two
+    datasets under one sweep name. The rows record what the data held, and runs alike in every
+    design axis but recorded on other data are two strata; other sweeps are strata already, and
+    rows older than the record (null) split nothing by themselves."""
+    plain = _ad_hoc_runs()
+    plain = plain[[json.loads(c)["image_size"] == 32 and not json.loads(c)["qk_norm"] for c in plain.config_json]]
+    plain = pd.concat([plain, plain.assign(run_id=plain.run_id + "b", seed=plain.seed + 10)], ignore_index=True)
+    shape = [(10, 1497, 300)] * 3 + [(10, 60, 10)] * 3
+    runs = plain.assign(**dict(zip(analysis.grouping.DATA_COLUMNS, zip(*shape, strict=True), strict=True)))
+    assert analysis.strata(runs) == ["data"]
+    assert sorted(set(analysis.with_design(runs)["data"])) == ["10 classes, 1497 train / 300 val",
+                                                                "10 classes, 60 train / 10 val"]
+    s = analysis.summary(runs)
+    assert len(s) == 4 and (s["pooled"] == "").all(), s  # each stem on each data
+    assert analysis.pooled(runs, ["stem"]) == ["data"]
+    # the stem comparison pairs runs on the same data only
+    assert set(analysis.compare(runs)["data"]) == {"10 classes, 1497 train / 300 val", "10 classes, 60 train / 10 val"}
+    # the same shapes in two sweeps: the sweep is the stratum, no "data" column
+    two = runs.assign(sweep=["a"] * 3 + ["b"] * 3)
+    assert analysis.strata(two) == ["sweep"] and "data" not in analysis.with_design(two)
+    # older rows (no record) beside recorded ones of one shape: nothing to split
+    old = runs.assign(data_classes=[None] * 3 + [10] * 3, train_images=[None] * 3 + [60] * 3,
+                      val_images=[None] * 3 + [10] * 3)
+    assert analysis.strata(old) == []

@@ -450,6 +450,17 @@ def test_a_pruned_run_is_not_continued_on_other_data(tmp_path):
     same = run_cli("train", "--run", cfg.run_id, f"results={tmp_path / 'res'}", f"data_root={tmp_path / 'a'}",
                    "--rerun")
     assert same.returncode == 0 and "completed" in same.stdout, same.stderr
+    # completed, its checkpoint gone: a rerun from scratch on b would replace the result trained on
+    # a under the same id; the row records a's shape, so it is refused before anything is touched
+    before = store.load(tmp_path / "res")
+    assert before.runs[["data_classes", "train_images", "val_images"]].values.tolist() == [[10, 40, 10]]
+    scratch = run_cli("train", "--run", cfg.run_id, f"results={tmp_path / 'res'}", f"data_root={tmp_path / 'b'}",
+                      "--rerun")
+    assert scratch.returncode == 2 and len(scratch.stderr.strip().splitlines()) == 1, scratch.stderr
+    assert "completed result was trained on 10 classes, 40 training" in scratch.stderr
+    after = store.load(tmp_path / "res")
+    assert after.runs.drop(columns="sweep").equals(before.runs.drop(columns="sweep"))
+    assert after.steps.equals(before.steps) and after.epochs.equals(before.epochs)
 
 
 class StopAfter:

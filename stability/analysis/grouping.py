@@ -12,8 +12,13 @@ import pandas as pd
 # distribution itself and are never strata).
 DESIGN_AXES = ("sweep", "size", "dataset", "optimizer", "epochs", "batch_size", "warmup_epochs")
 # Columns that identify the same point of a paired design across stems.
-PAIR_KEYS = ("sweep", "size", "dataset", "optimizer", "epochs", "batch_size", "warmup_epochs",
+PAIR_KEYS = ("sweep", "size", "dataset", "data", "optimizer", "epochs", "batch_size", "warmup_epochs",
              "lr", "wd", "seed")
+# The runs row's record of what the data held (store schema 8; null in older rows), and the
+# stratum ``with_design`` makes of it where it differs among runs otherwise alike (data_root is not
+# in the run id: a sweep rerun with another data_root mixes two datasets under one name).
+DATA_COLUMNS = ("data_classes", "train_images", "val_images")
+UNRECORDED = "unrecorded"
 
 
 def with_size(runs: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +50,8 @@ def with_design(runs: pd.DataFrame) -> pd.DataFrame:
         fixes vary. Left out, as never strata: lr, wd and the seed (the distribution itself),
         the execution fields (where and how a run executes), and fields another column carries
         (model -> size, stem, the fix fields -> fix). Two ad-hoc runs at different image sizes
-        in one sweep are two strata, never one group.
+        in one sweep are two strata, never one group; so are runs alike in all of that whose rows
+        record other data (``data``: a sweep rerun with a data_root of another dataset).
     """
     return _design(runs)[0]
 
@@ -57,7 +63,7 @@ def _design(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict] | None]:
         return runs, None  # done already, or a subset of such a frame (which cannot add a varying field)
     df = with_size(runs)
     if "config_json" not in df.columns or not len(df):
-        return df, None
+        return _with_data(df, []), None
     cfgs = _configs(df)
     if "fix" not in df.columns and len(set(fixes := [fix_of(c) for c in cfgs])) > 1:
         df = df.assign(fix=fixes)
@@ -65,8 +71,27 @@ def _design(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict] | None]:
     if "z_loss" not in df.columns and (z := _z_losses(cfgs)) is not None:
         extra["z_loss"] = z  # two coefficients are two strata, never one "z_loss" fix
     df = df.assign(**extra) if extra else df.copy()
+    df = _with_data(df, list(extra))
     df.attrs[_DESIGN] = (len(df), tuple(c for c in df.columns if c not in runs.columns))
     return df, cfgs
+
+
+def _with_data(df: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
+    """``df`` with a ``data`` column ("10 classes, 1197 train / 300 val"; ``UNRECORDED`` for rows
+    older than the record) when runs alike in every design axis and varying config field recorded
+    other data; ``df`` itself otherwise (other datasets or sweeps are strata already)."""
+    if "data" in df.columns or not set(DATA_COLUMNS) <= set(df.columns):
+        return df
+    known = df[list(DATA_COLUMNS)].dropna()
+    if known.drop_duplicates().shape[0] <= 1:
+        return df
+    keys = [c for c in (*DESIGN_AXES, *varying) if c in df.columns]
+    alike = known.join(df[keys]).groupby(keys, dropna=False, observed=True) if keys else None
+    if alike is not None and (alike[list(DATA_COLUMNS)].nunique() <= 1).all(axis=None):
+        return df
+    text = [f"{int(c)} classes, {int(t)} train / {int(v)} val" if pd.notna(c) and pd.notna(t) and pd.notna(v)
+            else UNRECORDED for c, t, v in df[list(DATA_COLUMNS)].itertuples(index=False)]
+    return df.assign(data=text)
 
 
 def _z_losses(cfgs: list[dict]) -> list[float] | None:
@@ -126,7 +151,7 @@ def strata(runs: pd.DataFrame, exclude: Sequence[str] = ("stem",)) -> list[str]:
     df = with_design(runs)
     never = {*DESIGN_AXES, *NOT_STRATA, *RunConfig.EXECUTION_FIELDS}
     fields = sorted(c for c in df.columns if c in FIELDS and c not in never)
-    return [c for c in (*DESIGN_AXES, "fix", "z_loss", *fields) if c in df.columns and c not in exclude
+    return [c for c in (*DESIGN_AXES, "data", "fix", "z_loss", *fields) if c in df.columns and c not in exclude
             and df[c].nunique(dropna=False) > 1]
 
 

@@ -75,6 +75,40 @@ def data_fingerprint(data: Any) -> dict[str, int]:
     return {"classes": int(data.num_classes), "train": len(data.train), "val": len(data.val)}
 
 
+# The runs row's columns of a fingerprint (store's schema 8)
+DATA_COLUMNS = {"classes": "data_classes", "train": "train_images", "val": "val_images"}
+
+
+def data_columns(fingerprint: dict[str, int]) -> dict[str, int]:
+    """A fingerprint as the runs row records it."""
+    return {col: fingerprint[k] for k, col in DATA_COLUMNS.items()}
+
+
+def _said(d: dict) -> str:
+    return f"{d.get('classes')} classes, {d.get('train')} training and {d.get('val')} validation images"
+
+
+def _where(cfg: RunConfig) -> str:
+    return f"data_root {cfg.data_root}" if cfg.data_root else f"dataset {cfg.dataset}"
+
+
+def check_rerun_data(cfg: RunConfig, data: dict[str, int]) -> None:
+    """``DataError`` when a ``--rerun`` would replace the run's result with one trained on other
+    data than its row records (data_root is not in the run id: ``data_root=`` of another dataset
+    keeps the id). Checked before anything is truncated, so the refused rerun loses nothing; a
+    row written before the fingerprint was recorded (or without a result) is not compared."""
+    rows = store.read_table(cfg.results, "runs", sweep=cfg.sweep, run_ids=[cfg.run_id],
+                            columns=["status", *DATA_COLUMNS.values()])
+    done = rows[rows["status"].isin(store.DONE)] if len(rows) else rows
+    if not len(done) or done.iloc[-1][list(DATA_COLUMNS.values())].isna().any():
+        return
+    saved = {k: int(done.iloc[-1][col]) for k, col in DATA_COLUMNS.items()}
+    if saved != data:
+        raise DataError(f"{_where(cfg)} holds {_said(data)}; run {cfg.run_id}'s {done.iloc[-1]['status']} result "
+                        f"was trained on {_said(saved)}: a rerun would replace it with a run on other data under "
+                        "the same id (give its data_root; a run on other data belongs in another sweep)")
+
+
 def identity_hash(cfg: RunConfig) -> str:
     """The full hash of what makes the run this run (``run_id`` is its first 12 characters)."""
     return config_hash(cfg.identity(), 64)
@@ -129,10 +163,7 @@ def _check_data(payload: dict, cfg: RunConfig, data: dict | None) -> None:
     saved = payload["state"].get("data") if isinstance(payload.get("state"), dict) else None
     if data is None or not isinstance(saved, dict) or saved == data:
         return
-    def said(d: dict) -> str:
-        return f"{d.get('classes')} classes, {d.get('train')} training and {d.get('val')} validation images"
-    where = f"data_root {cfg.data_root}" if cfg.data_root else f"dataset {cfg.dataset}"
-    raise DataError(f"{where} holds {said(data)}; run {cfg.run_id}'s checkpoint was trained on {said(saved)}: "
+    raise DataError(f"{_where(cfg)} holds {_said(data)}; run {cfg.run_id}'s checkpoint was trained on {_said(saved)}: "
                     "not the run's data (give its data_root, or --no-resume to train it afresh on this one)")
 
 

@@ -44,7 +44,9 @@ from .checkpoint import (
     Preempted,
     RunState,
     StopFlag,
+    check_rerun_data,
     checkpoint_path,
+    data_columns,
     data_fingerprint,
     resume_state,
     save_checkpoint,
@@ -136,6 +138,9 @@ def _setup(cfg: RunConfig, d: Dist, device: torch.device, rec: Record, reporter:
     tracer = GradTracer(model, device, attention=cfg.trace_attention)
     spe = steps_per_epoch(data, cfg.batch_size, cfg.steps_per_epoch, d.world_size, cfg.accum_steps)
     rec.st.data = data_fingerprint(data)
+    rec.base |= data_columns(rec.st.data)
+    if rerun:  # before resume_state truncates anything: a refused rerun keeps the result it would replace
+        check_rerun_data(cfg, rec.st.data)
     rec.st = resume_state(cfg, model, opt, device, ema, rec.st, resume, d.is_main)
     if rerun and rec.st.step == 0 and rec.st.pruned is None:  # from scratch: a verdict once overruled stays so
         rec.st.pruned = overruled_verdict(cfg)
