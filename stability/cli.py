@@ -175,6 +175,7 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)} "
           f"in {outcome.wall_s:.0f} s; results in {spec.results}")
     _print_stems(outcome.stems, print)
+    _print_data(outcome.data, print)
     for rid, tail in outcome.lost.items():
         print(f"  lost {rid}: its job ended without a result; rerun to resubmit. Log tail:\n    "
               + tail.replace("\n", "\n    "))
@@ -200,6 +201,14 @@ def _print_stems(stems: list[dict], say) -> None:
             say(f"warning: {o['name']} never left chance: none of its {o['runs']} finished runs learned "
                 f"({o['at_chance']} at chance, {o['diverged']} diverged"
                 + (f", {o['pruned']} pruned" if o.get("pruned") else "") + ")")
+
+
+def _print_data(data: list[dict], say) -> None:
+    """A warning when the sweep's runs recorded other data (``grid.state.sweep_data``)."""
+    if data:
+        say("warning: this sweep's runs trained on other data: "
+            + "; ".join(f"{d['data']} ({d['runs']} run{'s' if d['runs'] != 1 else ''})" for d in data)
+            + " (did its data_root change between runs? analyses keep them apart as the 'data' stratum)")
 
 
 def _print_plan(spec, dry) -> None:
@@ -288,9 +297,12 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
         for row in report["cells"]:
             table.add_row(*[str(row[k]) for k in keys])
         console.print(table)
-    _print_stems(report["stems"], lambda line: console.print(
-        line, markup=False, highlight=False, soft_wrap=True,
-        style="bold red" if line.startswith("warning:") else None))
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True,
+                      style="bold red" if line.startswith("warning:") else None)
+
+    _print_stems(report["stems"], say)
+    _print_data(report["data"], say)
     for f in report["failures"]:
         console.print(f"[red]failed[/] {f['run_id']} ({f['stem']}): {escape(str(f['error']))}")
         if f["log"]:

@@ -282,3 +282,34 @@ def test_a_new_sampler_is_one_small_class(tmp_path, monkeypatch, capsys):
     assert main(["grid", "run", str(path), "--dry-run"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "4 runs: patchify: 2, conv: 2; 4 already have results, the other 0 are costed" in text, text
+
+
+def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path):
+    """data_root is not in the run id, so a sweep extended after its data_root was pointed at
+    another dataset mixes two datasets under one name: the rows record what each run's data held,
+    `grid run` and `grid status` warn naming both, and the analyses keep them apart."""
+    from stability import analysis
+
+    from .test_data import _write_cifar
+
+    _write_cifar(tmp_path / "a", n_train=40, n_test=10)
+    _write_cifar(tmp_path / "b", n_train=60, n_test=10)
+
+    def spec(data, seeds):
+        return write_spec(tmp_path / "g.yaml", "mixed", tmp_path / "res", seeds=seeds, space={"stem": ["patchify", "conv"]},
+                          base={"dataset": "cifar10", "data_root": str(data), "epochs": 1, "steps_per_epoch": 1,
+                                "batch_size": 16, "trace_every": 1}, executor={"kind": "debug"})
+
+    first = run_cli("grid", "run", str(spec(tmp_path / "a", [0])), "--quiet")
+    assert first.returncode == 0 and "warning: this sweep" not in first.stdout, first.stdout + first.stderr
+    out = run_cli("grid", "run", str(spec(tmp_path / "b", [0, 1])), "--quiet")  # seed 1 added, on b
+    assert out.returncode == 0 and "4 completed; submitted 2" in out.stdout, out.stdout + out.stderr
+    warning = ("warning: this sweep's runs trained on other data: 10 classes, 40 train / 10 val (2 runs); "
+               "10 classes, 60 train / 10 val (2 runs)")
+    assert warning in out.stdout, out.stdout
+    status = run_cli("grid", "status", str(tmp_path / "g.yaml"))
+    assert warning in " ".join(status.stdout.split()), status.stdout
+    report = json.loads(run_cli("grid", "status", str(tmp_path / "g.yaml"), "--json").stdout)
+    assert sorted(d["runs"] for d in report["data"]) == [2, 2]
+    runs = store.load(tmp_path / "res").runs
+    assert analysis.strata(runs) == ["data"] and len(analysis.summary(runs)) == 4  # 2 stems x 2 data

@@ -89,9 +89,28 @@ def _with_data(df: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
     alike = known.join(df[keys]).groupby(keys, dropna=False, observed=True) if keys else None
     if alike is not None and (alike[list(DATA_COLUMNS)].nunique() <= 1).all(axis=None):
         return df
-    text = [f"{int(c)} classes, {int(t)} train / {int(v)} val" if pd.notna(c) and pd.notna(t) and pd.notna(v)
-            else UNRECORDED for c, t, v in df[list(DATA_COLUMNS)].itertuples(index=False)]
-    return df.assign(data=text)
+    return df.assign(data=[data_label(*row) for row in df[list(DATA_COLUMNS)].itertuples(index=False)])
+
+
+def data_label(classes, train, val) -> str:
+    """A runs row's data record in words ("10 classes, 1197 train / 300 val"), or ``UNRECORDED``."""
+    if pd.isna(classes) or pd.isna(train) or pd.isna(val):
+        return UNRECORDED
+    return f"{int(classes)} classes, {int(train)} train / {int(val)} val"
+
+
+def data_shapes(runs: pd.DataFrame) -> pd.DataFrame:
+    """The data the runs recorded, when they recorded more than one (a sweep rerun with another
+    data_root): ``data`` (``data_label``) and ``runs``, most runs first; empty when they agree
+    (rows older than the record are not counted)."""
+    if not set(DATA_COLUMNS) <= set(runs.columns):
+        return pd.DataFrame(columns=["data", "runs"])
+    known = runs[list(DATA_COLUMNS)].dropna()
+    if known.drop_duplicates().shape[0] <= 1:
+        return pd.DataFrame(columns=["data", "runs"])
+    n = known.value_counts().reset_index(name="runs")
+    return pd.DataFrame({"data": [data_label(*r) for r in n[list(DATA_COLUMNS)].itertuples(index=False)],
+                         "runs": n["runs"].astype(int)})
 
 
 def _z_losses(cfgs: list[dict]) -> list[float] | None:

@@ -42,6 +42,7 @@ from .state import (
     run_rows,
     save_plan,
     stem_outcomes,
+    sweep_data,
     sweep_state,
     to_submit,
 )
@@ -65,6 +66,7 @@ class Outcome:
     quarantined: list[str] = field(default_factory=list)  # unreadable files moved aside, and why
     wall_s: float = 0.0
     stems: list[dict] = field(default_factory=list)  # how each stem's runs ended (state.stem_outcomes)
+    data: list[dict] = field(default_factory=list)  # the data its runs recorded, when several (state.sweep_data)
 
     def counts(self) -> dict[str, int]:
         """Runs per status, in status order, the statuses that have runs only."""
@@ -288,6 +290,7 @@ class Controller:
                                                               done_ids(runs)), set(ledger), failures(ledger))
         tell(spec, sw.plan, runs, sw.storage, sw.told)
         outcome.stems = stem_outcomes(outcome.state, runs)
+        outcome.data = sweep_data(runs, outcome.state.run_id)
         for rid in outcome.state.run_id[outcome.state.status.eq(S.MISSING)]:
             if rid in sw.submitted:
                 outcome.lost[rid] = backend.log_tail(str(sw.submitted[rid].job_id)) or "(no log)"
@@ -456,6 +459,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
         "unreadable": unreadable + _unreadable_lines(spec, read_errors),
         "eta_s": eta_seconds(state, backend.parallelism()),
         "stems": stem_outcomes(state, runs),
+        "data": sweep_data(runs, state.run_id) if len(state) else [],
     }
 
 

@@ -92,21 +92,23 @@ def _where(cfg: RunConfig) -> str:
     return f"data_root {cfg.data_root}" if cfg.data_root else f"dataset {cfg.dataset}"
 
 
-def check_rerun_data(cfg: RunConfig, data: dict[str, int]) -> None:
-    """``DataError`` when a ``--rerun`` would replace the run's result with one trained on other
-    data than its row records (data_root is not in the run id: ``data_root=`` of another dataset
-    keeps the id). Checked before anything is truncated, so the refused rerun loses nothing; a
-    row written before the fingerprint was recorded (or without a result) is not compared."""
+def rerun_data_warning(cfg: RunConfig, data: dict[str, int]) -> str | None:
+    """What a ``--rerun`` from scratch says when the result it replaces was trained on other data
+    than the run reads now (data_root is not in the run id: ``data_root=`` of another dataset keeps
+    the id). Not refused: training a run again on the data given is what ``--rerun`` asks, and
+    where it leaves its sweep on two datasets, the analyses keep them apart (the ``data`` stratum)
+    and ``grid status`` says so. None when the row agrees, has no result, or predates the record."""
     rows = store.read_table(cfg.results, "runs", sweep=cfg.sweep, run_ids=[cfg.run_id],
                             columns=["status", *DATA_COLUMNS.values()])
     done = rows[rows["status"].isin(store.DONE)] if len(rows) else rows
     if not len(done) or done.iloc[-1][list(DATA_COLUMNS.values())].isna().any():
-        return
+        return None
     saved = {k: int(done.iloc[-1][col]) for k, col in DATA_COLUMNS.items()}
-    if saved != data:
-        raise DataError(f"{_where(cfg)} holds {_said(data)}; run {cfg.run_id}'s {done.iloc[-1]['status']} result "
-                        f"was trained on {_said(saved)}: a rerun would replace it with a run on other data under "
-                        "the same id (give its data_root; a run on other data belongs in another sweep)")
+    if saved == data:
+        return None
+    return (f"warning: run {cfg.run_id}'s {done.iloc[-1]['status']} result it replaces was trained on {_said(saved)}; "
+            f"{_where(cfg)} holds {_said(data)}: the rerun trains on this data (its sweep's analyses keep runs on "
+            "other data apart)")
 
 
 def identity_hash(cfg: RunConfig) -> str:

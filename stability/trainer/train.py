@@ -10,6 +10,7 @@ save/resume, the stop flag). Hot-loop rule: no host sync per step; the buffer is
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from contextlib import nullcontext, suppress
@@ -44,10 +45,10 @@ from .checkpoint import (
     Preempted,
     RunState,
     StopFlag,
-    check_rerun_data,
     checkpoint_path,
     data_columns,
     data_fingerprint,
+    rerun_data_warning,
     resume_state,
     save_checkpoint,
 )
@@ -139,11 +140,11 @@ def _setup(cfg: RunConfig, d: Dist, device: torch.device, rec: Record, reporter:
     spe = steps_per_epoch(data, cfg.batch_size, cfg.steps_per_epoch, d.world_size, cfg.accum_steps)
     rec.st.data = data_fingerprint(data)
     rec.base |= data_columns(rec.st.data)
-    if rerun:  # before resume_state truncates anything: a refused rerun keeps the result it would replace
-        check_rerun_data(cfg, rec.st.data)
     rec.st = resume_state(cfg, model, opt, device, ema, rec.st, resume, d.is_main)
     if rerun and rec.st.step == 0 and rec.st.pruned is None:  # from scratch: a verdict once overruled stays so
         rec.st.pruned = overruled_verdict(cfg)
+    if rerun and rec.st.step == 0 and d.is_main and (note := rerun_data_warning(cfg, rec.st.data)):
+        print(f"stability: {note}", file=sys.stderr, flush=True)  # read before the new row replaces it
     net: nn.Module = model
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel
