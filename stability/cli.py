@@ -205,10 +205,12 @@ def _print_stems(stems: list[dict], say) -> None:
 
 def _print_data(data: list[dict], say) -> None:
     """A warning when the sweep's runs recorded other data (``grid.state.sweep_data``)."""
-    if data:
-        say("warning: this sweep's runs trained on other data: "
-            + "; ".join(f"{d['data']} ({d['runs']} run{'s' if d['runs'] != 1 else ''})" for d in data)
-            + " (did its data_root change between runs? analyses keep them apart as the 'data' stratum)")
+    import pandas as pd
+
+    from .analysis.grouping import mixed_data_note
+
+    if note := mixed_data_note(pd.DataFrame(data, columns=["data", "runs"])):
+        say(f"warning: this sweep's {note}")
 
 
 def _print_plan(spec, dry) -> None:

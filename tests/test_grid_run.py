@@ -313,3 +313,12 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
     assert sorted(d["runs"] for d in report["data"]) == [2, 2]
     runs = store.load(tmp_path / "res").runs
     assert analysis.strata(runs) == ["data"] and len(analysis.summary(runs)) == 4  # 2 stems x 2 data
+    # the report and the dashboard's Overview say it too
+    rep = run_cli("report", "mixed", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "r.html"))
+    assert rep.returncode == 0, rep.stderr
+    assert "Warning: some runs trained on other data: 10 classes, 40 train / 10 val" in (tmp_path / "r.html").read_text()
+    from .test_dashboard import _app
+
+    at = _app(tmp_path / "res")
+    assert any("runs trained on other data: 10 classes, 40 train / 10 val" in w.value for w in at.warning), \
+        [w.value for w in at.warning]

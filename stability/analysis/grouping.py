@@ -113,6 +113,15 @@ def data_shapes(runs: pd.DataFrame) -> pd.DataFrame:
                          "runs": n["runs"].astype(int)})
 
 
+def mixed_data_note(shapes: pd.DataFrame) -> str | None:
+    """The warning every view gives for ``data_shapes``' rows (None when there are none)."""
+    if not len(shapes):
+        return None
+    each = "; ".join(f"{r.data} ({r.runs} run{'s' if r.runs != 1 else ''})" for r in shapes.itertuples())
+    return (f"runs trained on other data: {each} (did a data_root change between runs? it is not in the "
+            "run id); analyses keep them apart as the 'data' stratum")
+
+
 def _z_losses(cfgs: list[dict]) -> list[float] | None:
     """Each run's z-loss coefficient (0 without) when the runs with z-loss use several; else None."""
     z = [float(c.get("z_loss") or 0.0) for c in cfgs]

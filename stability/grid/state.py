@@ -180,7 +180,8 @@ def stem_outcomes(state: pd.DataFrame, runs: pd.DataFrame, value: str = "top1_er
 
 def sweep_data(runs: pd.DataFrame, planned: set[str] | list[str]) -> list[dict]:
     """The data the sweep's planned runs recorded, when more than one (its data_root changed
-    between runs: ``analysis.grouping.data_shapes``): ``[{"data", "runs"}]``, most runs first."""
+    between runs: ``analysis.grouping.data_shapes``): ``[{"data", "runs"}]``, most runs first
+    (``analysis.grouping.mixed_data_note`` says it in words)."""
     from ..analysis.grouping import data_shapes
 
     if not len(runs):
