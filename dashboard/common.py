@@ -26,7 +26,8 @@ RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "ep
                "ema_top1_err", "test_top1_err", "test_ema_top1_err", "final_train_loss", "collapsed", "init_top1_err",
                "diverged_at_step", "pruned_at_step", "prune_rule", "n_spikes",
                "wall_time_s", "device", "slurm_job_id", "started_at", "finished_at", "error"]
-FILTERS = ("sweep", "model", "stem", "optimizer", "epochs", "dataset", "status")
+# "data": where runs of one sweep recorded other data (analysis.with_design), else no such column
+FILTERS = ("sweep", "model", "stem", "optimizer", "epochs", "dataset", "data", "status")
 COUNT_COLUMNS = {*store.RunStatus, "runs", "collapsed", "planned", "total", "epochs", "seed", "batch_size",
                  "diverged_at_step", "pruned_at_step"}
 PAGE_PREFIX = "p_"
@@ -157,6 +158,8 @@ def sidebar() -> None:
         st.sidebar.markdown("**Filters** (all pages)")
         single = []
         for col in FILTERS:
+            if col not in runs:
+                continue
             values = sorted(runs[col].dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
             if len(values) <= 1:
                 single += [f"{col} {values[0]}"] if values else []

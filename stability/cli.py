@@ -209,8 +209,8 @@ def _print_data(data: list[dict], say) -> None:
 
     from .analysis.grouping import mixed_data_note
 
-    if note := mixed_data_note(pd.DataFrame(data, columns=["data", "runs"])):
-        say(f"warning: this sweep's {note}")
+    if note := mixed_data_note(pd.DataFrame(data)):
+        say(f"warning: this sweep's {note} (the per-stem counts above pool them)")
 
 
 def _print_plan(spec, dry) -> None:

@@ -92,8 +92,7 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str) -> 
             "learned anything.</p>")
     if out.empty:
         return head + "<p>No run of this sweep has finished.</p>"
-    if "data" in keys:
-        note = analysis.grouping.mixed_data_note(analysis.grouping.data_shapes(runs))
+    if "data" in keys and (note := analysis.grouping.mixed_data_note(analysis.grouping.data_mix(runs))):
         head += f"<p class='flag'>Warning: some {html.escape(note)}.</p>"
     lines = []
     done = set()

@@ -172,26 +172,52 @@ def test_runs_of_other_image_sizes_or_fixes_are_strata_never_pooled():
 
 def test_runs_of_one_sweep_on_other_data_are_strata_never_pooled():
     """data_root is not in the run id: a sweep rerun with another dataset's data_root mixes two
-    datasets under one sweep name. The rows record what the data held, and runs alike in every
-    design axis but recorded on other data are two strata; other sweeps are strata already, and
-    rows older than the record (null) split nothing by themselves."""
+    datasets under one sweep name. The rows record what the data held, and runs that should share
+    their data (same sweep, dataset, test split) but recorded other data are the ``data`` stratum;
+    data that differs on purpose (sweeps, datasets, test splits) is a stratum already, and rows
+    older than the record (null) split nothing by themselves."""
+    G = analysis.grouping
+    A, B = "10 classes, 1497 train / 300 val", "10 classes, 60 train / 10 val"
     plain = _ad_hoc_runs()
     plain = plain[[json.loads(c)["image_size"] == 32 and not json.loads(c)["qk_norm"] for c in plain.config_json]]
     plain = pd.concat([plain, plain.assign(run_id=plain.run_id + "b", seed=plain.seed + 10)], ignore_index=True)
-    shape = [(10, 1497, 300)] * 3 + [(10, 60, 10)] * 3
-    runs = plain.assign(**dict(zip(analysis.grouping.DATA_COLUMNS, zip(*shape, strict=True), strict=True)))
+
+    def on(frame, shapes):
+        return frame.assign(**dict(zip(G.DATA_COLUMNS, zip(*shapes, strict=True), strict=True)))
+
+    runs = on(plain, [(10, 1497, 300)] * 3 + [(10, 60, 10)] * 3)
     assert analysis.strata(runs) == ["data"]
-    assert sorted(set(analysis.with_design(runs)["data"])) == ["10 classes, 1497 train / 300 val",
-                                                                "10 classes, 60 train / 10 val"]
+    assert sorted(set(analysis.with_design(runs)["data"])) == [A, B]
     s = analysis.summary(runs)
     assert len(s) == 4 and (s["pooled"] == "").all(), s  # each stem on each data
     assert analysis.pooled(runs, ["stem"]) == ["data"]
-    # the stem comparison pairs runs on the same data only
-    assert set(analysis.compare(runs)["data"]) == {"10 classes, 1497 train / 300 val", "10 classes, 60 train / 10 val"}
-    # the same shapes in two sweeps: the sweep is the stratum, no "data" column
+    assert set(analysis.compare(runs)["data"]) == {A, B}  # pairs on the same data only
+    mix = G.data_mix(runs)
+    assert mix[["data", "runs"]].values.tolist() == [[A, 3], [B, 3]]
+    assert G.mixed_data_note(mix).startswith(f"runs trained on other data: {A} (3 runs); {B} (3 runs)")
+    # the same shapes in two sweeps: the sweep is the stratum, no "data" column, nothing to say
     two = runs.assign(sweep=["a"] * 3 + ["b"] * 3)
     assert analysis.strata(two) == ["sweep"] and "data" not in analysis.with_design(two)
+    assert G.data_mix(two).empty and G.mixed_data_note(G.data_mix(two)) is None
+    # ... nor in one index-duplicated frame (pd.concat without ignore_index)
+    assert analysis.strata(pd.concat([two.iloc[:3], two.iloc[3:].set_axis(two.index[:3])])) == ["sweep"]
     # older rows (no record) beside recorded ones of one shape: nothing to split
     old = runs.assign(data_classes=[None] * 3 + [10] * 3, train_images=[None] * 3 + [60] * 3,
                       val_images=[None] * 3 + [10] * 3)
     assert analysis.strata(old) == []
+    # ... and they stay whole when another sweep mixes data: only that sweep gets the stratum
+    both = pd.concat([old.assign(sweep="a"), runs.assign(sweep="b", run_id=runs.run_id + "x")], ignore_index=True)
+    d = analysis.with_design(both)
+    assert set(d[d.sweep.eq("a")]["data"]) == {B} and set(d[d.sweep.eq("b")]["data"]) == {A, B}
+    assert set(analysis.compare(both)["sweep"]) == {"a", "b"}  # sweep a is still compared
+    assert G.data_mix(both)[["sweep", "data", "runs"]].values.tolist() == [["b", A, 3], ["b", B, 3]]
+    assert G.data_mix(both[both.sweep.eq("a")]).empty  # a selection of sweep a: nothing to say
+    # data that changes with the optimizer is still a stratum (the optimizer does not explain it)
+    opt = runs.assign(optimizer=["adamw"] * 3 + ["sgd"] * 3)
+    assert analysis.strata(opt) == ["optimizer", "data"]
+    # on purpose: another dataset, or a test split held out, is its own stratum, never "data"
+    ds = runs.assign(dataset=["digits"] * 3 + ["cifar10"] * 3)
+    assert analysis.strata(ds) == ["dataset"] and G.data_mix(ds).empty
+    split = runs.assign(config_json=[json.dumps({**json.loads(c), "test_split": t})
+                                     for c, t in zip(runs.config_json, [0] * 3 + [300] * 3, strict=True)])
+    assert analysis.strata(split) == ["test_split"] and G.data_mix(split).empty

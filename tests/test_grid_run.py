@@ -322,3 +322,5 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
     at = _app(tmp_path / "res")
     assert any("runs trained on other data: 10 classes, 40 train / 10 val" in w.value for w in at.warning), \
         [w.value for w in at.warning]
+    (data,) = [m for m in at.multiselect if m.label == "data"]  # a sidebar filter, as the other strata
+    assert sorted(data.options) == ["10 classes, 40 train / 10 val", "10 classes, 60 train / 10 val"]

@@ -42,7 +42,7 @@ def _options(p: argparse.ArgumentParser) -> list[str]:
         name = ", ".join(a.option_strings) or a.metavar or a.dest
         if a.choices and not a.option_strings:
             name += f" ({', '.join(a.choices)})"
-        default = "" if a.default in (None, False) or not a.option_strings else f"`{a.default}`"
+        default = "" if a.default is None or a.default is False or not a.option_strings else f"`{a.default}`"
         choices = f" (one of: {', '.join(map(str, a.choices))})" if a.choices and a.option_strings else ""
         rows.append(f"| `{name}` | {default} | {_cell((a.help or '') + choices)} |")
     return ["| option | default | what it does |", "|---|---|---|", *rows] if rows else []
@@ -106,6 +106,8 @@ def _run_config() -> list[str]:
     def role(name: str) -> str:
         if name in RC.EXECUTION_FIELDS:
             return "no (execution)"
+        if name in ("mix_prob", "mix_switch_prob"):  # config.identity: they compute nothing with mixing off
+            return "yes, when not at its default and mixup_alpha or cutmix_alpha is on"
         return "yes, when not at its default" if name in RC.LATER_FIELDS else "yes"
 
     rows = [f"| `{f.name}` | {_default(f)} | {role(f.name)} | {_cell(notes.get(f.name, ''))} |"
@@ -162,15 +164,16 @@ def test_every_environment_variable_read_is_listed():
     """A ``STABILITY_*`` variable read anywhere in the package or dashboard is in the reference."""
     read = set()
     for path in [*(ROOT / "stability").rglob("*.py"), *(ROOT / "dashboard").rglob("*.py")]:
-        read |= set(re.findall(r"""environ(?:\.get\(|\[)\s*["'](STABILITY_\w+)["']""", path.read_text()))
+        read |= set(re.findall(r"""(?:environ(?:\.get\(|\.setdefault\(|\[)|getenv\()\s*["'](STABILITY_\w+)["']""",
+                               path.read_text()))
     assert read and read <= set(ENVIRONMENT), sorted(read - set(ENVIRONMENT))
 
 
 def test_every_field_has_a_note():
     """A field without a comment beside it would be a bare row in the reference: say what it is."""
-    bare = [f.name for f in dataclasses.fields(config.RunConfig)
-            if f.name not in _comments(ROOT / "stability" / "config.py", "RunConfig")]
-    assert not bare, f"RunConfig fields with no comment in stability/config.py: {bare}"
+    for cls, path in ((config.RunConfig, "config.py"), (spec.ExecutorSpec, "grid/spec.py")):
+        bare = [f.name for f in dataclasses.fields(cls) if f.name not in _comments(ROOT / "stability" / path, cls.__name__)]
+        assert not bare, f"{cls.__name__} fields with no comment in stability/{path}: {bare}"
 
 
 if __name__ == "__main__":

@@ -87,8 +87,8 @@ def findings(runs: pd.DataFrame) -> None:
                          f"({int(r['at_chance'])} at chance, {int(r['diverged'])} diverged"
                          + (f", {int(r['pruned'])} pruned" if r["pruned"] else "") + "; median error "
                          f"{r['median_err']:.1f}%, chance {_fmt(r['chance_err'], '.1f')}%).")
-    if "data" in strata_cols:
-        flags.insert(0, "Some " + analysis.grouping.mixed_data_note(analysis.grouping.data_shapes(runs)) + ".")
+    if "data" in strata_cols and (note := analysis.grouping.mixed_data_note(analysis.grouping.data_mix(runs))):
+        flags.insert(0, f"Some {note}.")
     for f in flags:
         st.warning(f)
     shown = t.drop(columns=["never_left_chance"]).assign(

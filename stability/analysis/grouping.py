@@ -19,6 +19,9 @@ PAIR_KEYS = ("sweep", "size", "dataset", "data", "optimizer", "epochs", "batch_s
 # in the run id: a sweep rerun with another data_root mixes two datasets under one name).
 DATA_COLUMNS = ("data_classes", "train_images", "val_images")
 UNRECORDED = "unrecorded"
+# What makes runs' data differ on purpose: another sweep or dataset, a test split held out, another
+# synthetic size (config fields are columns here where they vary: ``with_design``)
+DATA_KEYS = ("sweep", "dataset", "test_split", "synthetic_size")
 
 
 def with_size(runs: pd.DataFrame) -> pd.DataFrame:
@@ -63,7 +66,7 @@ def _design(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict] | None]:
         return runs, None  # done already, or a subset of such a frame (which cannot add a varying field)
     df = with_size(runs)
     if "config_json" not in df.columns or not len(df):
-        return _with_data(df, []), None
+        return _with_data(df), None
     cfgs = _configs(df)
     if "fix" not in df.columns and len(set(fixes := [fix_of(c) for c in cfgs])) > 1:
         df = df.assign(fix=fixes)
@@ -71,25 +74,30 @@ def _design(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict] | None]:
     if "z_loss" not in df.columns and (z := _z_losses(cfgs)) is not None:
         extra["z_loss"] = z  # two coefficients are two strata, never one "z_loss" fix
     df = df.assign(**extra) if extra else df.copy()
-    df = _with_data(df, list(extra))
+    df = _with_data(df)
     df.attrs[_DESIGN] = (len(df), tuple(c for c in df.columns if c not in runs.columns))
     return df, cfgs
 
 
-def _with_data(df: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
-    """``df`` with a ``data`` column ("10 classes, 1197 train / 300 val"; ``UNRECORDED`` for rows
-    older than the record) when runs alike in every design axis and varying config field recorded
-    other data; ``df`` itself otherwise (other datasets or sweeps are strata already)."""
+def _with_data(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``data`` column when runs that should share their data recorded other data
+    (``DATA_KEYS`` alike: a data_root changed between runs); ``df`` itself otherwise. In such a
+    group each run's ``data_label`` (``UNRECORDED`` for rows older than the record); elsewhere the
+    group's one recorded label for all its rows, so older rows beside newer ones split nothing."""
     if "data" in df.columns or not set(DATA_COLUMNS) <= set(df.columns):
         return df
-    known = df[list(DATA_COLUMNS)].dropna()
-    if known.drop_duplicates().shape[0] <= 1:
+    rec = df[list(DATA_COLUMNS)].reset_index(drop=True)
+    known = rec.notna().all(axis=1)
+    if rec[known].drop_duplicates().shape[0] <= 1:  # one data everywhere (or none recorded)
         return df
-    keys = [c for c in (*DESIGN_AXES, *varying) if c in df.columns]
-    alike = known.join(df[keys]).groupby(keys, dropna=False, observed=True) if keys else None
-    if alike is not None and (alike[list(DATA_COLUMNS)].nunique() <= 1).all(axis=None):
+    label = pd.Series([data_label(*r) for r in rec.itertuples(index=False)]).where(known)
+    keys = [df[k].reset_index(drop=True) for k in DATA_KEYS if k in df.columns]
+    groups = label.groupby(keys, dropna=False, observed=True) if keys else label.groupby(lambda _: 0)
+    mixed = groups.transform("nunique") > 1
+    if not mixed.any():
         return df
-    return df.assign(data=[data_label(*row) for row in df[list(DATA_COLUMNS)].itertuples(index=False)])
+    one = groups.transform("first").fillna(UNRECORDED)
+    return df.assign(data=label.fillna(UNRECORDED).where(mixed, one).to_numpy())
 
 
 def data_label(classes, train, val) -> str:
@@ -99,27 +107,39 @@ def data_label(classes, train, val) -> str:
     return f"{int(classes)} classes, {int(train)} train / {int(val)} val"
 
 
-def data_shapes(runs: pd.DataFrame) -> pd.DataFrame:
-    """The data the runs recorded, when they recorded more than one (a sweep rerun with another
-    data_root): ``data`` (``data_label``) and ``runs``, most runs first; empty when they agree
-    (rows older than the record are not counted)."""
-    if not set(DATA_COLUMNS) <= set(runs.columns):
-        return pd.DataFrame(columns=["data", "runs"])
-    known = runs[list(DATA_COLUMNS)].dropna()
-    if known.drop_duplicates().shape[0] <= 1:
-        return pd.DataFrame(columns=["data", "runs"])
-    n = known.value_counts().reset_index(name="runs")
-    return pd.DataFrame({"data": [data_label(*r) for r in n[list(DATA_COLUMNS)].itertuples(index=False)],
-                         "runs": n["runs"].astype(int)})
+def data_mix(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs on other data than runs that should share theirs (``with_design``'s ``data``
+    stratum): ``sweep`` (where the runs have one), ``data`` and ``runs`` per such group and data,
+    most runs first; empty when there are none.
+
+    Args:
+        runs: the runs table (or a selection of it: its ``data`` column is kept).
+    """
+    df = with_design(runs)
+    cols = [c for c in ("sweep", "data") if c in df.columns]
+    if "data" not in df.columns:
+        return pd.DataFrame(columns=[*dict.fromkeys([*cols, "data"]), "runs"])
+    flat = df.reset_index(drop=True)
+    keys = [flat[k] for k in DATA_KEYS if k in flat.columns]
+    varies = flat["data"].groupby(keys, dropna=False, observed=True).transform("nunique") > 1 if keys else \
+        pd.Series(flat["data"].nunique() > 1, index=flat.index)
+    n = flat[varies].groupby(cols, dropna=False, observed=True).size().rename("runs").reset_index()
+    return n.sort_values(["runs", *cols], ascending=[False, *[True] * len(cols)], ignore_index=True)
 
 
-def mixed_data_note(shapes: pd.DataFrame) -> str | None:
-    """The warning every view gives for ``data_shapes``' rows (None when there are none)."""
-    if not len(shapes):
+def mixed_data_note(mix: pd.DataFrame) -> str | None:
+    """The warning every view gives for ``data_mix``'s rows (None when there are none)."""
+    if not len(mix):
         return None
-    each = "; ".join(f"{r.data} ({r.runs} run{'s' if r.runs != 1 else ''})" for r in shapes.itertuples())
-    return (f"runs trained on other data: {each} (did a data_root change between runs? it is not in the "
-            "run id); analyses keep them apart as the 'data' stratum")
+    by_sweep = "sweep" in mix.columns and mix["sweep"].nunique() > 1
+
+    def each(rows: pd.DataFrame) -> str:
+        return "; ".join(f"{r.data} ({r.runs} run{'s' if r.runs != 1 else ''})" for r in rows.itertuples())
+
+    listed = " | ".join(f"sweep {name}: {each(g)}" for name, g in mix.groupby("sweep", sort=True)) if by_sweep \
+        else each(mix)
+    return (f"runs trained on other data: {listed} (did a data_root change between runs? it is not in the run "
+            "id); the analyses keep them apart as the 'data' stratum")
 
 
 def _z_losses(cfgs: list[dict]) -> list[float] | None:

@@ -290,7 +290,7 @@ class Controller:
                                                               done_ids(runs)), set(ledger), failures(ledger))
         tell(spec, sw.plan, runs, sw.storage, sw.told)
         outcome.stems = stem_outcomes(outcome.state, runs)
-        outcome.data = sweep_data(runs, outcome.state.run_id)
+        outcome.data = sweep_data(spec.results, spec.name, outcome.state.run_id)
         for rid in outcome.state.run_id[outcome.state.status.eq(S.MISSING)]:
             if rid in sw.submitted:
                 outcome.lost[rid] = backend.log_tail(str(sw.submitted[rid].job_id)) or "(no log)"
@@ -459,7 +459,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
         "unreadable": unreadable + _unreadable_lines(spec, read_errors),
         "eta_s": eta_seconds(state, backend.parallelism()),
         "stems": stem_outcomes(state, runs),
-        "data": sweep_data(runs, state.run_id) if len(state) else [],
+        "data": sweep_data(spec.results, spec.name, state.run_id) if len(state) else [],
     }
 
 

@@ -62,8 +62,7 @@ def run_rows(results: str | Path, sweep: str, cache: dict | None = None, errors:
     """The sweep's runs rows, only the columns state needs (``cache``: see ``store.read_table``;
     ``errors`` gets one line per unreadable file)."""
     cols = ["run_id", "status", "stem", "optimizer", "epochs", "top1_err", "diverged_at_step", "pruned_at_step",
-            "prune_rule", "wall_time_s", "error", "finished_at", "init_top1_err", "collapsed",
-            "data_classes", "train_images", "val_images"]
+            "prune_rule", "wall_time_s", "error", "finished_at", "init_top1_err", "collapsed"]
     return store.read_table(results, "runs", sweep=sweep, columns=cols, cache=cache, errors=errors)
 
 
@@ -178,16 +177,17 @@ def stem_outcomes(state: pd.DataFrame, runs: pd.DataFrame, value: str = "top1_er
     return out
 
 
-def sweep_data(runs: pd.DataFrame, planned: set[str] | list[str]) -> list[dict]:
-    """The data the sweep's planned runs recorded, when more than one (its data_root changed
-    between runs: ``analysis.grouping.data_shapes``): ``[{"data", "runs"}]``, most runs first
-    (``analysis.grouping.mixed_data_note`` says it in words)."""
-    from ..analysis.grouping import data_shapes
+def sweep_data(results: str | Path, sweep: str, planned: set[str] | list[str]) -> list[dict]:
+    """The sweep's planned runs on other data than runs that should share theirs (its data_root
+    changed between runs: ``analysis.grouping.data_mix``): ``[{"sweep", "data", "runs"}]``, most
+    runs first, empty when there are none (``analysis.grouping.mixed_data_note`` says it in words)."""
+    from ..analysis.grouping import DATA_COLUMNS, data_mix
 
+    runs = store.read_table(results, "runs", sweep=sweep, columns=["run_id", "dataset", "config_json", *DATA_COLUMNS])
     if not len(runs):
         return []
     last = runs[runs["run_id"].isin(set(planned))].drop_duplicates("run_id", keep="last")
-    return [{"data": str(r.data), "runs": int(r.runs)} for r in data_shapes(last).itertuples()]
+    return [{"sweep": str(r.sweep), "data": str(r.data), "runs": int(r.runs)} for r in data_mix(last).itertuples()]
 
 
 def _plain(v):
