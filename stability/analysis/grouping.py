@@ -53,8 +53,9 @@ def with_design(runs: pd.DataFrame) -> pd.DataFrame:
         fixes vary. Left out, as never strata: lr, wd and the seed (the distribution itself),
         the execution fields (where and how a run executes), and fields another column carries
         (model -> size, stem, the fix fields -> fix). Two ad-hoc runs at different image sizes
-        in one sweep are two strata, never one group; so are runs alike in all of that whose rows
-        record other data (``data``: a sweep rerun with a data_root of another dataset).
+        in one sweep are two strata, never one group; so are runs that should share their data
+        (``DATA_KEYS``) whose rows record other data (``data``: a sweep rerun with a data_root of
+        another dataset).
     """
     return _design(runs)[0]
 
