@@ -158,6 +158,7 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
     spec = _load_grid(args)
     from .grid.controller import Controller, RunOptions, dry_run
     from .progress import make_console
+    from .store import RunStatus
 
     console = make_console(stderr=True)
     _gpu_only_with_dry_run(args)
@@ -175,7 +176,13 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)} "
           f"in {outcome.wall_s:.0f} s; results in {spec.results}")
     _print_stems(outcome.stems, print)
-    _print_data(outcome.data, print)
+    _print_data(outcome.data, str(spec.results), print)
+    failed = outcome.state[outcome.state.status.eq(RunStatus.FAILED)] if len(outcome.state) else outcome.state
+    for r in failed.head(5).itertuples():  # why, without a second command (grid status has the log tails)
+        why = str(r.error).splitlines()[0][:300] if r.error else "(no error recorded)"
+        print(f"  failed {r.run_id} ({r.stem}): " + "".join(c if c.isprintable() else "?" for c in why))
+    if len(failed) > 5:
+        print(f"  ... and {len(failed) - 5} more failed runs: stability grid status {args.spec} lists each")
     for rid, tail in outcome.lost.items():
         print(f"  lost {rid}: its job ended without a result; rerun to resubmit. Log tail:\n    "
               + tail.replace("\n", "\n    "))
@@ -203,14 +210,19 @@ def _print_stems(stems: list[dict], say) -> None:
                 + (f", {o['pruned']} pruned" if o.get("pruned") else "") + ")")
 
 
-def _print_data(data: list[dict], say) -> None:
-    """A warning when the sweep's runs recorded other data (``grid.state.sweep_data``)."""
-    import pandas as pd
-
+def _print_data(data: list[dict], results: str, say) -> None:
+    """A warning when the sweep's runs recorded other data (``grid.state.sweep_data``): each data
+    with its runs, and the command that trains one again on the data given."""
     from .analysis.grouping import mixed_data_note
 
-    if note := mixed_data_note(pd.DataFrame(data)):
-        say(f"warning: this sweep's {note} (the per-stem counts above pool them)")
+    if not (note := mixed_data_note(data)):
+        return
+    say(f"warning: this sweep's {note}")
+    for d in data:
+        ids = d.get("run_ids", [])
+        say(f"  {d['data']}: {', '.join(ids[:8])}" + (f" and {len(ids) - 8} more (--json lists all)" if len(ids) > 8 else ""))
+    say(f"  to train a run again on the data you give: stability train --run RUN_ID results={results} "
+        "data_root=PATH --rerun")
 
 
 def _print_plan(spec, dry) -> None:
@@ -304,7 +316,7 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
                       style="bold red" if line.startswith("warning:") else None)
 
     _print_stems(report["stems"], say)
-    _print_data(report["data"], say)
+    _print_data(report["data"], report["results"], say)
     for f in report["failures"]:
         console.print(f"[red]failed[/] {f['run_id']} ({f['stem']}): {escape(str(f['error']))}")
         if f["log"]:

@@ -1,6 +1,7 @@
 """The grid runner end to end with in-process (debug) and local-process executors."""
 
 import json
+import re
 import time
 
 import optuna
@@ -140,6 +141,7 @@ def test_local_two_task_job_is_one_ddp_run_and_failures_keep_their_log(tmp_path)
                            space={"dataset": ["digits", "cifar10"]})
     out = run_cli("grid", "run", str(spec_path), "--quiet")
     assert out.returncode == 1, out.stdout + out.stderr  # the cifar10 run fails: no data
+    assert re.search(r"^  failed [0-9a-f]{12} \(patchify\): DataError: ", out.stdout, flags=re.M), out.stdout  # and why
     res = store.load(tmp_path / "res")
     done = res.runs[res.runs.status.eq("completed")]
     assert len(done) == 1 and done.world_size.tolist() == [2]  # one set of rows from rank 0
@@ -307,11 +309,18 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
     warning = ("warning: this sweep's runs trained on other data: 10 classes, 40 train / 10 val (2 runs); "
                "10 classes, 60 train / 10 val (2 runs)")
     assert warning in out.stdout, out.stdout
+    runs = store.load(tmp_path / "res").runs
+    on_a = sorted(runs.run_id[runs.train_images.eq(40)])
+    assert f"  10 classes, 40 train / 10 val: {', '.join(on_a)}" in out.stdout  # which runs, by id
+    assert f"stability train --run RUN_ID results={tmp_path / 'res'} data_root=PATH --rerun" in out.stdout
+    # the per-stem lines split by data too (never a median over two datasets)
+    assert "conv (data 10 classes, 40 train / 10 val): " in out.stdout, out.stdout
     status = run_cli("grid", "status", str(tmp_path / "g.yaml"))
     assert warning in " ".join(status.stdout.split()), status.stdout
     report = json.loads(run_cli("grid", "status", str(tmp_path / "g.yaml"), "--json").stdout)
-    assert sorted(d["runs"] for d in report["data"]) == [2, 2]
-    runs = store.load(tmp_path / "res").runs
+    assert sorted(d["runs"] for d in report["data"]) == [2, 2] and sorted(report["data"][0]["run_ids"] +
+                                                                           report["data"][1]["run_ids"]) == sorted(runs.run_id)
+    assert len(report["stems"]) == 4
     assert analysis.strata(runs) == ["data"] and len(analysis.summary(runs)) == 4  # 2 stems x 2 data
     # the report and the dashboard's Overview say it too
     rep = run_cli("report", "mixed", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "r.html"))

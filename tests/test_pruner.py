@@ -447,16 +447,18 @@ def test_a_pruned_run_is_not_continued_on_other_data(tmp_path):
     assert "60 training" in other.stderr and "trained on 10 classes, 40 training" in other.stderr
     assert other.stderr.startswith("error: command line: data_root") and checkpoint_path(cfg).exists()
     assert store.load(tmp_path / "res").runs.status.tolist() == ["pruned"]
+    afresh = other.stderr.strip().split("train it afresh on this one: ")[1].removesuffix(")").split()
+    assert afresh == ["stability", "train", "--run", cfg.run_id, f"results={tmp_path / 'res'}",
+                      f"data_root={tmp_path / 'b'}", "--rerun", "--no-resume"], other.stderr
     same = run_cli("train", "--run", cfg.run_id, f"results={tmp_path / 'res'}", f"data_root={tmp_path / 'a'}",
                    "--rerun")
     assert same.returncode == 0 and "completed" in same.stdout, same.stderr
     # completed, its checkpoint gone: a rerun from scratch on b trains b (what --rerun asks), and
     # says that the result it replaces was trained on a; the new row records b
     assert store.load(tmp_path / "res").runs[["data_classes", "train_images", "val_images"]].values.tolist() == [[10, 40, 10]]
-    scratch = run_cli("train", "--run", cfg.run_id, f"results={tmp_path / 'res'}", f"data_root={tmp_path / 'b'}",
-                      "--rerun")
+    scratch = run_cli(*afresh[1:])  # the command the refusal named
     assert scratch.returncode == 0, scratch.stderr
-    assert "completed result it replaces was trained on 10 classes, 40 training" in scratch.stderr
+    assert "the completed result this rerun replaces was trained on 10 classes, 40 training" in scratch.stderr
     assert "holds 10 classes, 60 training" in scratch.stderr
     after = store.load(tmp_path / "res").runs
     assert after[["status", "data_classes", "train_images", "val_images"]].values.tolist() == [["completed", 10, 60, 10]]

@@ -1,5 +1,5 @@
 """docs/reference.md is generated from the code, never typed: every command and option (from the
-CLI's own parser), every RunConfig and executor field (name, default, its place in the run id and
+CLI's own parser), the grid spec's keys and sampler fields, every RunConfig and executor field (name, default, its place in the run id and
 the comment beside it in the source), and the environment variables the package reads. Rewrite it
 with ``python -m tests.test_reference`` after a change of any of them."""
 
@@ -121,9 +121,19 @@ def _executor() -> list[str]:
     return ["| field | default | note (from stability/grid/spec.py) |", "|---|---|---|", *rows]
 
 
+def _grid_spec() -> list[str]:
+    example = spec.__doc__.split("```yaml\n")[1].split("```")[0].rstrip()
+    notes = _comments(ROOT / "stability" / "grid" / "spec.py", "SamplerSpec")
+    rows = [f"| `{f.name}` | {_default(f)} | {_cell(notes.get(f.name, ''))} |" for f in dataclasses.fields(spec.SamplerSpec)]
+    return ["Top-level keys: " + ", ".join(f"`{k}`" for k in spec.TOP_KEYS) + f" (`max_runs`: the plan's cap, "
+            f"default {spec.MAX_RUNS:,}). Range kinds: " + ", ".join(f"`{k}`" for k in spec.RANGE_KINDS) + ".",
+            "", "```yaml", example, "```", "", "`sampler:`", "",
+            "| field | default | note (from stability/grid/spec.py) |", "|---|---|---|", *rows]
+
+
 def reference() -> str:
     parts = [
-        "# Reference: commands, run fields, executor fields, environment",
+        "# Reference: commands, run fields, grid specs, executor fields, environment",
         "",
         "Generated from the code by `python -m tests.test_reference` (a test fails when it is stale):",
         "the options are the CLI's own parser, the fields the dataclasses with the comments beside them.",
@@ -139,6 +149,10 @@ def reference() -> str:
         "runs keep their ids. Execution fields say where and how a run executes, not what it computes.",
         "",
         *_run_config(),
+        "",
+        "## Grid spec (`stability grid run SPEC`)",
+        "",
+        *_grid_spec(),
         "",
         "## Executor fields (a grid spec's `executor:`, a cluster profile)",
         "",
@@ -171,7 +185,8 @@ def test_every_environment_variable_read_is_listed():
 
 def test_every_field_has_a_note():
     """A field without a comment beside it would be a bare row in the reference: say what it is."""
-    for cls, path in ((config.RunConfig, "config.py"), (spec.ExecutorSpec, "grid/spec.py")):
+    for cls, path in ((config.RunConfig, "config.py"), (spec.ExecutorSpec, "grid/spec.py"),
+                      (spec.SamplerSpec, "grid/spec.py")):
         bare = [f.name for f in dataclasses.fields(cls) if f.name not in _comments(ROOT / "stability" / path, cls.__name__)]
         assert not bare, f"{cls.__name__} fields with no comment in stability/{path}: {bare}"
 

@@ -102,7 +102,17 @@ def _with_data(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def data_label(classes, train, val) -> str:
-    """A runs row's data record in words ("10 classes, 1197 train / 300 val"), or ``UNRECORDED``."""
+    """A runs row's data record in words.
+
+    Args:
+        classes, train, val: its ``DATA_COLUMNS`` (null in rows older than the record).
+
+    Returns:
+        "10 classes, 1197 train / 300 val", or ``UNRECORDED``.
+
+    >>> data_label(10, 1197, 300)
+    '10 classes, 1197 train / 300 val'
+    """
     if pd.isna(classes) or pd.isna(train) or pd.isna(val):
         return UNRECORDED
     return f"{int(classes)} classes, {int(train)} train / {int(val)} val"
@@ -110,11 +120,14 @@ def data_label(classes, train, val) -> str:
 
 def data_mix(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs on other data than runs that should share theirs (``with_design``'s ``data``
-    stratum): ``sweep`` (where the runs have one), ``data`` and ``runs`` per such group and data,
-    most runs first; empty when there are none.
+    stratum): ``sweep`` (where the runs have one), ``data``, ``runs`` and (where the runs have
+    ids) ``run_ids`` per such group and data, most runs first; empty when there are none.
 
     Args:
         runs: the runs table (or a selection of it: its ``data`` column is kept).
+
+    Returns:
+        The frame; no rows when every run recorded the data of the runs it should share it with.
     """
     df = with_design(runs)
     cols = [c for c in ("sweep", "data") if c in df.columns]
@@ -124,12 +137,24 @@ def data_mix(runs: pd.DataFrame) -> pd.DataFrame:
     keys = [flat[k] for k in DATA_KEYS if k in flat.columns]
     varies = flat["data"].groupby(keys, dropna=False, observed=True).transform("nunique") > 1 if keys else \
         pd.Series(flat["data"].nunique() > 1, index=flat.index)
-    n = flat[varies].groupby(cols, dropna=False, observed=True).size().rename("runs").reset_index()
+    groups = flat[varies].groupby(cols, dropna=False, observed=True)
+    n = groups.size().rename("runs").reset_index()
+    if "run_id" in flat.columns:
+        n["run_ids"] = groups["run_id"].agg(lambda ids: sorted(map(str, ids))).to_numpy()
     return n.sort_values(["runs", *cols], ascending=[False, *[True] * len(cols)], ignore_index=True)
 
 
-def mixed_data_note(mix: pd.DataFrame) -> str | None:
-    """The warning every view gives for ``data_mix``'s rows (None when there are none)."""
+def mixed_data_note(mix: pd.DataFrame | list[dict]) -> str | None:
+    """The warning every view gives for runs on other data.
+
+    Args:
+        mix: ``data_mix``'s rows (or their records, as ``grid status --json`` has them).
+
+    Returns:
+        One sentence naming each data and its run count, per sweep where there are several;
+        None when there are none.
+    """
+    mix = pd.DataFrame(mix) if isinstance(mix, list) else mix
     if not len(mix):
         return None
     by_sweep = "sweep" in mix.columns and mix["sweep"].nunique() > 1

@@ -37,6 +37,7 @@ from .state import (
     DONE,
     RUNNING_JOB_STATES,
     counts,
+    data_rows,
     done_ids,
     eta_seconds,
     run_rows,
@@ -289,8 +290,9 @@ class Controller:
         outcome.state = sweep_state(sw.plan, runs, alive_jobs(spec, [r.run_id for r in sw.plan], backend, ledger,
                                                               done_ids(runs)), set(ledger), failures(ledger))
         tell(spec, sw.plan, runs, sw.storage, sw.told)
-        outcome.stems = stem_outcomes(outcome.state, runs)
-        outcome.data = sweep_data(spec.results, spec.name, outcome.state.run_id)
+        data = data_rows(spec.results, spec.name, outcome.state.run_id)
+        outcome.stems = stem_outcomes(outcome.state, runs, data=data)
+        outcome.data = sweep_data(data)
         for rid in outcome.state.run_id[outcome.state.status.eq(S.MISSING)]:
             if rid in sw.submitted:
                 outcome.lost[rid] = backend.log_tail(str(sw.submitted[rid].job_id)) or "(no log)"
@@ -434,6 +436,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
     ledger = read_ledger(sweep_dir, problems)
     alive = alive_jobs(spec, ids, backend, ledger, done_ids(runs))
     state = sweep_state(plan, runs, alive, set(ledger), failures(ledger))
+    data = data_rows(spec.results, spec.name, state.run_id) if len(state) else pd.DataFrame()
     total = counts(state).iloc[0].to_dict() if len(state) else {}
     cells = counts(state, ["stem", "optimizer", "epochs"]).reset_index() if len(state) else pd.DataFrame()
     failed_runs = []
@@ -458,8 +461,8 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
         "pruned": state.run_id[state.status.eq(S.PRUNED)].tolist(),  # results `train --run ID --rerun` continues
         "unreadable": unreadable + _unreadable_lines(spec, read_errors),
         "eta_s": eta_seconds(state, backend.parallelism()),
-        "stems": stem_outcomes(state, runs),
-        "data": sweep_data(spec.results, spec.name, state.run_id) if len(state) else [],
+        "stems": stem_outcomes(state, runs, data=data),
+        "data": sweep_data(data),
     }
 
 

@@ -55,11 +55,11 @@ class SamplerSpec:
     ``async`` asks one trial per free slot as runs finish; ``waves`` asks ``wave`` trials per
     study and waits for them all. Left out, it is ``waves`` when ``wave`` is given, else ``async``."""
 
-    name: str = "sobol"
-    n: int = 16
-    seed: int = 0
-    wave: int | None = None
-    mode: str | None = None
+    name: str = "sobol"  # random | sobol (scrambled QMC) | grid (n values per range axis) | tpe
+    n: int = 16  # points per cell of the non-stem axes, shared by the stems (tpe: trials per study)
+    seed: int = 0  # of the sampler (a run's own seed is the spec's seeds)
+    wave: int | None = None  # tpe: trials asked per study at a time (implies mode: waves)
+    mode: str | None = None  # tpe: async (a free slot asks the next trial) | waves
 
 
 @dataclass(frozen=True)

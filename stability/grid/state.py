@@ -140,8 +140,10 @@ def eta_seconds(state: pd.DataFrame, parallel: int) -> float | None:
     return float(left * done.wall_time_s.mean() / max(1, parallel))
 
 
-def stem_outcomes(state: pd.DataFrame, runs: pd.DataFrame, value: str = "top1_err") -> list[dict]:
-    """How each stem's finished runs ended, per optimizer and length where the sweep varies them:
+def stem_outcomes(state: pd.DataFrame, runs: pd.DataFrame, value: str = "top1_err",
+                  data: pd.DataFrame | None = None) -> list[dict]:
+    """How each stem's finished runs ended, per optimizer and length where the sweep varies them
+    and per data where its runs recorded other data (``data``: ``data_rows``, never pooled):
     the rows of ``analysis.stems.stem_outcomes`` (at chance: ``analysis.findings.at_chance``, the
     one definition every view uses) for the planned runs, with the status ``state`` gives them.
     Each row also has ``completed`` (finished runs that neither diverged nor were pruned),
@@ -161,6 +163,11 @@ def stem_outcomes(state: pd.DataFrame, runs: pd.DataFrame, value: str = "top1_er
     df[value] = pd.to_numeric(df[value], errors="coerce")
     df["init_top1_err"] = pd.to_numeric(df["init_top1_err"], errors="coerce")
     by = [c for c in ("optimizer", "epochs") if df[c].nunique(dropna=False) > 1]
+    if data is not None and "data" in data.columns:
+        from ..analysis.grouping import UNRECORDED
+
+        df["data"] = df["run_id"].map(data.set_index("run_id")["data"]).fillna(UNRECORDED)
+        by += ["data"] if df["data"].nunique() > 1 else []
     table = outcomes_table(df, value, by=by)
     chance = df[at_chance(df, value).to_numpy(bool)]
     out = []
@@ -177,17 +184,29 @@ def stem_outcomes(state: pd.DataFrame, runs: pd.DataFrame, value: str = "top1_er
     return out
 
 
-def sweep_data(results: str | Path, sweep: str, planned: set[str] | list[str]) -> list[dict]:
-    """The sweep's planned runs on other data than runs that should share theirs (its data_root
-    changed between runs: ``analysis.grouping.data_mix``): ``[{"sweep", "data", "runs"}]``, most
-    runs first, empty when there are none (``analysis.grouping.mixed_data_note`` says it in words)."""
-    from ..analysis.grouping import DATA_COLUMNS, data_mix
+def data_rows(results: str | Path, sweep: str, planned: set[str] | list[str] | pd.Series) -> pd.DataFrame:
+    """The planned runs' rows with what their data held, ``analysis.with_design``'d: a ``data``
+    column where some recorded other data than runs that should share theirs (its data_root
+    changed between runs). Read apart from ``run_rows`` (it needs each run's config_json), once
+    per ``grid status`` and at the end of a ``grid run``."""
+    from ..analysis.grouping import DATA_COLUMNS, with_design
 
     runs = store.read_table(results, "runs", sweep=sweep, columns=["run_id", "dataset", "config_json", *DATA_COLUMNS])
     if not len(runs):
+        return runs
+    return with_design(runs[runs["run_id"].isin(set(planned))].drop_duplicates("run_id", keep="last"))
+
+
+def sweep_data(rows: pd.DataFrame) -> list[dict]:
+    """``data_rows``' runs on other data than runs that should share theirs
+    (``analysis.grouping.data_mix``): ``[{"sweep", "data", "runs", "run_ids"}]``, most runs first,
+    empty when there are none (``analysis.grouping.mixed_data_note`` says it in words)."""
+    from ..analysis.grouping import data_mix
+
+    if not len(rows):
         return []
-    last = runs[runs["run_id"].isin(set(planned))].drop_duplicates("run_id", keep="last")
-    return [{"sweep": str(r.sweep), "data": str(r.data), "runs": int(r.runs)} for r in data_mix(last).itertuples()]
+    return [{"sweep": str(r.sweep), "data": str(r.data), "runs": int(r.runs), "run_ids": list(r.run_ids)}
+            for r in data_mix(rows).itertuples()]
 
 
 def _plain(v):

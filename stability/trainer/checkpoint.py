@@ -106,9 +106,9 @@ def rerun_data_warning(cfg: RunConfig, data: dict[str, int]) -> str | None:
     saved = {k: int(done.iloc[-1][col]) for k, col in DATA_COLUMNS.items()}
     if saved == data:
         return None
-    return (f"warning: run {cfg.run_id}'s {done.iloc[-1]['status']} result it replaces was trained on {_said(saved)}; "
-            f"{_where(cfg)} holds {_said(data)}: the rerun trains on this data (its sweep's analyses keep runs on "
-            "other data apart)")
+    return (f"warning: run {cfg.run_id}: the {done.iloc[-1]['status']} result this rerun replaces was trained on "
+            f"{_said(saved)}; {_where(cfg)} holds {_said(data)}: it trains on this data (its sweep's analyses keep "
+            "runs on other data apart)")
 
 
 def identity_hash(cfg: RunConfig) -> str:
@@ -165,8 +165,10 @@ def _check_data(payload: dict, cfg: RunConfig, data: dict | None) -> None:
     saved = payload["state"].get("data") if isinstance(payload.get("state"), dict) else None
     if data is None or not isinstance(saved, dict) or saved == data:
         return
+    afresh = (f"stability train --run {cfg.run_id} results={cfg.results} data_root={cfg.data_root} --rerun --no-resume"
+              if cfg.data_root else "--rerun --no-resume")
     raise DataError(f"{_where(cfg)} holds {_said(data)}; run {cfg.run_id}'s checkpoint was trained on {_said(saved)}: "
-                    "not the run's data (give its data_root, or --no-resume to train it afresh on this one)")
+                    f"not the run's data (give its data_root, or train it afresh on this one: {afresh})")
 
 
 def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer,
