@@ -158,7 +158,8 @@ def sidebar() -> None:
         st.sidebar.markdown("**Filters** (all pages)")
         single = []
         for col in FILTERS:
-            if col not in runs:
+            if col not in runs:  # (data: only where a sweep mixed data) no stale selection to come back later
+                st.session_state.pop(f"f_{col}", None), st.session_state.pop(f"_seen_{col}", None)
                 continue
             values = sorted(runs[col].dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
             if len(values) <= 1:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, printable
 
 
 def _fail(message: str) -> int:
@@ -156,6 +156,7 @@ def _load_grid(args: argparse.Namespace):
 
 def cmd_grid_run(args: argparse.Namespace) -> int:
     spec = _load_grid(args)
+    from .analysis.grouping import NO_STEM
     from .grid.controller import Controller, RunOptions, dry_run
     from .progress import make_console
     from .store import RunStatus
@@ -176,18 +177,18 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)} "
           f"in {outcome.wall_s:.0f} s; results in {spec.results}")
     _print_stems(outcome.stems, print)
-    _print_data(outcome.data, str(spec.results), print)
+    _print_data(outcome.data, spec, print)
     failed = outcome.state[outcome.state.status.eq(RunStatus.FAILED)] if len(outcome.state) else outcome.state
     for r in failed.head(5).itertuples():  # why, without a second command (grid status has the log tails)
-        why = str(r.error).splitlines()[0][:300] if r.error else "(no error recorded)"
-        print(f"  failed {r.run_id} ({r.stem}): " + "".join(c if c.isprintable() else "?" for c in why))
+        why = (str(r.error).strip().splitlines() or ["(no error recorded)"])[0][:300] if r.error else "(no error recorded)"
+        print(f"  failed {r.run_id} ({r.stem if isinstance(r.stem, str) else NO_STEM}): {printable(why)}")
     if len(failed) > 5:
         print(f"  ... and {len(failed) - 5} more failed runs: stability grid status {args.spec} lists each")
     for rid, tail in outcome.lost.items():
         print(f"  lost {rid}: its job ended without a result; rerun to resubmit. Log tail:\n    "
-              + tail.replace("\n", "\n    "))
+              + printable(tail).replace("\n", "\n    "))
     if outcome.stopped:
-        print(outcome.stopped)
+        print(printable(outcome.stopped))
     bad = bool(c.get("failed") or c.get("missing"))
     return 1 if (bad and opts.wait) or outcome.stopped else 0
 
@@ -210,9 +211,11 @@ def _print_stems(stems: list[dict], say) -> None:
                 + (f", {o['pruned']} pruned" if o.get("pruned") else "") + ")")
 
 
-def _print_data(data: list[dict], results: str, say) -> None:
+def _print_data(data: list[dict], spec, say) -> None:
     """A warning when the sweep's runs recorded other data (``grid.state.sweep_data``): each data
-    with its runs, and the command that trains one again on the data given."""
+    with its runs, and the command that trains one again, afresh, on the data given."""
+    import shlex
+
     from .analysis.grouping import mixed_data_note
 
     if not (note := mixed_data_note(data)):
@@ -220,9 +223,11 @@ def _print_data(data: list[dict], results: str, say) -> None:
     say(f"warning: this sweep's {note}")
     for d in data:
         ids = d.get("run_ids", [])
-        say(f"  {d['data']}: {', '.join(ids[:8])}" + (f" and {len(ids) - 8} more (--json lists all)" if len(ids) > 8 else ""))
-    say(f"  to train a run again on the data you give: stability train --run RUN_ID results={results} "
-        "data_root=PATH --rerun")
+        say(f"  {d['data']}: {', '.join(ids[:8])}" + (
+            f" and {len(ids) - 8} more (stability grid status {shlex.quote(str(spec.path))} --json lists all)"
+            if len(ids) > 8 else ""))
+    say("  to train a run again, afresh, on the data you give: stability train --run RUN_ID "
+        f"{shlex.quote(f'results={spec.results}')} {shlex.quote(f'sweep={spec.name}')} data_root=PATH --rerun --no-resume")
 
 
 def _print_plan(spec, dry) -> None:
@@ -283,6 +288,7 @@ def _print_costs(costs: list, total: bool = False) -> None:
 
 
 def cmd_grid_status(args: argparse.Namespace) -> int:
+    from .analysis.grouping import NO_STEM
     from .grid.controller import status_report
 
     spec = _load_grid(args)
@@ -316,11 +322,11 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
                       style="bold red" if line.startswith("warning:") else None)
 
     _print_stems(report["stems"], say)
-    _print_data(report["data"], report["results"], say)
+    _print_data(report["data"], spec, say)
     for f in report["failures"]:
-        console.print(f"[red]failed[/] {f['run_id']} ({f['stem']}): {escape(str(f['error']))}")
+        console.print(f"[red]failed[/] {f['run_id']} ({f['stem'] if isinstance(f['stem'], str) else NO_STEM}): {escape(printable(f['error']))}")
         if f["log"]:
-            console.print("  " + f["log"].replace("\n", "\n  "), markup=False)
+            console.print("  " + printable(f["log"]).replace("\n", "\n  "), markup=False)
     for f in report["lost"]:
         if f.get("preempted"):
             console.print(f"[yellow]preempted[/] {f['run_id']} (job {f['job_id']} stopped after saving a checkpoint; "

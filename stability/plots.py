@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .analysis.grouping import NO_STEM, named_stems  # noqa: F401 - the figures' name of a missing stem
 from .store import RunStatus
 
 if TYPE_CHECKING:
@@ -81,14 +82,6 @@ def log_ticks(values, max_ticks: int = 7) -> dict:
     return {"tickvals": vals, "ticktext": _labels(vals)}
 
 
-NO_STEM = "no stem"  # a RegNet's: its own series in every figure, never NaN (a groupby drops it)
-
-
-def named_stems(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with a missing ``stem`` as :data:`NO_STEM`; ``df`` itself when none is missing."""
-    if "stem" not in df or not df["stem"].isna().any():
-        return df
-    return df.assign(stem=df["stem"].astype(object).where(df["stem"].notna(), NO_STEM))
 
 
 def color_of(stem: str, i: int = 0) -> str:

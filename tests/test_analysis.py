@@ -221,3 +221,9 @@ def test_runs_of_one_sweep_on_other_data_are_strata_never_pooled():
     split = runs.assign(config_json=[json.dumps({**json.loads(c), "test_split": t})
                                      for c, t in zip(runs.config_json, [0] * 3 + [300] * 3, strict=True)])
     assert analysis.strata(split) == ["test_split"] and G.data_mix(split).empty
+    # a failed run that recorded other data (a data_root it never trained on) splits nothing
+    failed = on(plain, [(10, 1497, 300)] * 5 + [(20, 1, 1)]).assign(status=["completed"] * 5 + ["failed"])
+    assert analysis.strata(failed) == [] and G.data_mix(failed).empty
+    # two sweeps, one mixed, named per sweep in the note; a sweepless frame groups by dataset
+    note = G.mixed_data_note(G.data_mix(pd.concat([runs.assign(sweep="x"), runs.assign(sweep="y")], ignore_index=True)))
+    assert note.startswith(f"runs trained on other data: sweep x: {A} (3 runs); {B} (3 runs) | sweep y: "), note

@@ -87,6 +87,35 @@ def test_grid_summary_counts_a_stem_that_left_chance():
     assert conv["line"] == "conv: 2 of 3 runs left chance (2 completed: 0 at chance; 1 diverged); median error 80.0 %"
 
 
+def test_grid_summary_splits_by_data_and_names_a_missing_stem():
+    """Where the sweep's runs finished on other data, each stem's line is per data; runs with no row
+    yet make no line of their own; a run without a stem (RegNet) is "no stem", with its error range."""
+    import pandas as pd
+
+    from stability.analysis.grouping import DATA_COLUMNS, with_design
+    from stability.grid.state import stem_outcomes, sweep_data
+
+    state = pd.DataFrame({"run_id": list("abcdefgh"), "stem": ["conv"] * 3 + [None] * 5, "optimizer": "adamw",
+                          "epochs": 2, "cell": None, "status": ["completed"] * 6 + ["pending", "failed"]})
+    runs = pd.DataFrame({"run_id": list("abcdefh"), "sweep": "s", "dataset": "cifar10",
+                         "status": ["completed"] * 6 + ["failed"], "top1_err": [5.0, 80.0, 7.0, 89.0, 88.0, 86.0, None],
+                         "init_top1_err": 90.0})
+    shapes = [(10, 40, 10)] * 2 + [(10, 60, 10)] + [(10, 40, 10)] * 3 + [(20, 9, 9)]  # h: failed, never trained
+    runs = runs.assign(**dict(zip(DATA_COLUMNS, zip(*shapes, strict=True), strict=True)))
+    data = with_design(runs)
+    lines = [o["line"] for o in stem_outcomes(state, runs, data=data)]
+    assert lines == ["conv (data 10 classes, 40 train / 10 val): 2 of 2 runs left chance (2 completed: 0 at chance; "
+                     "0 diverged); median error 42.5 %",
+                     "no stem (data 10 classes, 40 train / 10 val): 0 of 3 runs left chance (3 completed: 3 at chance, "
+                     "86–89 % error; 0 diverged); median error 88.0 %  <- never left chance",
+                     "conv (data 10 classes, 60 train / 10 val): 1 of 1 runs left chance (1 completed: 0 at chance; "
+                     "0 diverged); median error 7.0 %"], lines
+    # the warning's data: finished runs only (h recorded data it never trained on)
+    assert sweep_data(data) == [{"sweep": "s", "data": "10 classes, 40 train / 10 val", "runs": 5,
+                                 "run_ids": ["a", "b", "d", "e", "f"]},
+                                {"sweep": "s", "data": "10 classes, 60 train / 10 val", "runs": 1, "run_ids": ["c"]}]
+
+
 def test_local_grid_status_collect_clean(tmp_path):
     spec_path = write_spec(tmp_path / "g.yaml", "loc", tmp_path / "res")
     out = run_cli("grid", "run", str(spec_path), "--quiet")
@@ -312,7 +341,8 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
     runs = store.load(tmp_path / "res").runs
     on_a = sorted(runs.run_id[runs.train_images.eq(40)])
     assert f"  10 classes, 40 train / 10 val: {', '.join(on_a)}" in out.stdout  # which runs, by id
-    assert f"stability train --run RUN_ID results={tmp_path / 'res'} data_root=PATH --rerun" in out.stdout
+    assert (f"stability train --run RUN_ID results={tmp_path / 'res'} sweep=mixed data_root=PATH --rerun --no-resume"
+            in out.stdout), out.stdout
     # the per-stem lines split by data too (never a median over two datasets)
     assert "conv (data 10 classes, 40 train / 10 val): " in out.stdout, out.stdout
     status = run_cli("grid", "status", str(tmp_path / "g.yaml"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import threading
 
 import duckdb
@@ -447,8 +448,8 @@ def test_a_pruned_run_is_not_continued_on_other_data(tmp_path):
     assert "60 training" in other.stderr and "trained on 10 classes, 40 training" in other.stderr
     assert other.stderr.startswith("error: command line: data_root") and checkpoint_path(cfg).exists()
     assert store.load(tmp_path / "res").runs.status.tolist() == ["pruned"]
-    afresh = other.stderr.strip().split("train it afresh on this one: ")[1].removesuffix(")").split()
-    assert afresh == ["stability", "train", "--run", cfg.run_id, f"results={tmp_path / 'res'}",
+    afresh = shlex.split(other.stderr.strip().split("train it afresh on this one: ")[1].removesuffix(")"))
+    assert afresh == ["stability", "train", "--run", cfg.run_id, f"results={tmp_path / 'res'}", "sweep=p",
                       f"data_root={tmp_path / 'b'}", "--rerun", "--no-resume"], other.stderr
     same = run_cli("train", "--run", cfg.run_id, f"results={tmp_path / 'res'}", f"data_root={tmp_path / 'a'}",
                    "--rerun")

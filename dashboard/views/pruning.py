@@ -70,7 +70,7 @@ def _tuning_keys(runs: pd.DataFrame, sweeps: list[str]) -> tuple[str, ...]:
     out = runs[runs["sweep"].isin(sweeps)]
     for col in FILTERS:
         key = f"f_{col}"
-        if col != "sweep" and key in st.session_state and col in out:
+        if col not in ("sweep", "data") and key in st.session_state and col in out:  # data: within one sweep only
             out = out[out[col].isin(st.session_state[key])]
     return tuple(sorted(out["key"]))
 

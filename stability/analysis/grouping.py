@@ -24,6 +24,23 @@ UNRECORDED = "unrecorded"
 DATA_KEYS = ("sweep", "dataset", "test_split", "synthetic_size")
 
 
+NO_STEM = "no stem"  # a RegNet's: its own series in every figure and line, never NaN (a groupby drops it)
+
+
+def named_stems(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs with a name for a missing stem.
+
+    Args:
+        df: runs (or a table of them) with a ``stem`` column.
+
+    Returns:
+        ``df`` with a missing ``stem`` as :data:`NO_STEM`; ``df`` itself when none is missing.
+    """
+    if "stem" not in df or not df["stem"].isna().any():
+        return df
+    return df.assign(stem=df["stem"].astype(object).where(df["stem"].notna(), NO_STEM))
+
+
 def with_size(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs with their model size.
 
@@ -81,24 +98,31 @@ def _design(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict] | None]:
 
 
 def _with_data(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with a ``data`` column when runs that should share their data recorded other data
-    (``DATA_KEYS`` alike: a data_root changed between runs); ``df`` itself otherwise. In such a
-    group each run's ``data_label`` (``UNRECORDED`` for rows older than the record); elsewhere the
-    group's one recorded label for all its rows, so older rows beside newer ones split nothing."""
+    """``df`` with a ``data`` column when runs that should share their data (``DATA_KEYS``
+    alike) finished on other data (a data_root changed between runs); ``df`` itself otherwise.
+    Only finished runs decide (where a ``status`` says so): a failed or running row may record
+    data it never trained on. In such a group each run's ``data_label`` (``UNRECORDED`` where its
+    row has none); elsewhere the group's one finished data for all its rows, so older rows (null)
+    and unfinished ones beside them split nothing."""
+    from ..store import DONE
+
     if "data" in df.columns or not set(DATA_COLUMNS) <= set(df.columns):
         return df
     rec = df[list(DATA_COLUMNS)].reset_index(drop=True)
-    known = rec.notna().all(axis=1)
-    if rec[known].drop_duplicates().shape[0] <= 1:  # one data everywhere (or none recorded)
+    decides = rec.notna().all(axis=1)
+    if "status" in df.columns:
+        decides &= df["status"].reset_index(drop=True).isin(list(DONE))
+    if rec[decides].drop_duplicates().shape[0] <= 1:  # one data everywhere (or none recorded)
         return df
-    label = pd.Series([data_label(*r) for r in rec.itertuples(index=False)]).where(known)
+    label = pd.Series([data_label(*r) for r in rec.itertuples(index=False)])
     keys = [df[k].reset_index(drop=True) for k in DATA_KEYS if k in df.columns]
-    groups = label.groupby(keys, dropna=False, observed=True) if keys else label.groupby(lambda _: 0)
+    decided = label.where(decides)
+    groups = decided.groupby(keys, dropna=False, observed=True) if keys else decided.groupby(lambda _: 0)
     mixed = groups.transform("nunique") > 1
     if not mixed.any():
         return df
     one = groups.transform("first").fillna(UNRECORDED)
-    return df.assign(data=label.fillna(UNRECORDED).where(mixed, one).to_numpy())
+    return df.assign(data=label.where(mixed, one).to_numpy())
 
 
 def data_label(classes, train, val) -> str:
@@ -119,29 +143,34 @@ def data_label(classes, train, val) -> str:
 
 
 def data_mix(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs on other data than runs that should share theirs (``with_design``'s ``data``
-    stratum): ``sweep`` (where the runs have one), ``data``, ``runs`` and (where the runs have
-    ids) ``run_ids`` per such group and data, most runs first; empty when there are none.
+    """The finished runs on other data than runs that should share theirs (``with_design``'s
+    ``data`` stratum).
 
     Args:
         runs: the runs table (or a selection of it: its ``data`` column is kept).
 
     Returns:
-        The frame; no rows when every run recorded the data of the runs it should share it with.
+        Per group (its ``DATA_KEYS`` columns present) and data: ``runs`` finished there and, where
+        the runs have ids, ``run_ids``; most runs first. No rows when every finished run recorded
+        the data of the runs it should share it with.
     """
+    from ..store import DONE
+
     df = with_design(runs)
-    cols = [c for c in ("sweep", "data") if c in df.columns]
+    keys = [k for k in DATA_KEYS if k in df.columns]
     if "data" not in df.columns:
-        return pd.DataFrame(columns=[*dict.fromkeys([*cols, "data"]), "runs"])
+        return pd.DataFrame(columns=[*keys, "data", "runs"])
     flat = df.reset_index(drop=True)
-    keys = [flat[k] for k in DATA_KEYS if k in flat.columns]
-    varies = flat["data"].groupby(keys, dropna=False, observed=True).transform("nunique") > 1 if keys else \
+    by = [flat[k] for k in keys]
+    varies = flat["data"].groupby(by, dropna=False, observed=True).transform("nunique") > 1 if keys else \
         pd.Series(flat["data"].nunique() > 1, index=flat.index)
-    groups = flat[varies].groupby(cols, dropna=False, observed=True)
+    if "status" in flat.columns:
+        varies &= flat["status"].isin(list(DONE))
+    groups = flat[varies].groupby([*keys, "data"], dropna=False, observed=True)
     n = groups.size().rename("runs").reset_index()
     if "run_id" in flat.columns:
         n["run_ids"] = groups["run_id"].agg(lambda ids: sorted(map(str, ids))).to_numpy()
-    return n.sort_values(["runs", *cols], ascending=[False, *[True] * len(cols)], ignore_index=True)
+    return n.sort_values(["runs", *keys, "data"], ascending=[False, *[True] * (len(keys) + 1)], ignore_index=True)
 
 
 def mixed_data_note(mix: pd.DataFrame | list[dict]) -> str | None:
@@ -157,13 +186,14 @@ def mixed_data_note(mix: pd.DataFrame | list[dict]) -> str | None:
     mix = pd.DataFrame(mix) if isinstance(mix, list) else mix
     if not len(mix):
         return None
-    by_sweep = "sweep" in mix.columns and mix["sweep"].nunique() > 1
+    where = [k for k in ("sweep", "dataset") if k in mix.columns and mix[k].nunique(dropna=False) > 1]
 
     def each(rows: pd.DataFrame) -> str:
         return "; ".join(f"{r.data} ({r.runs} run{'s' if r.runs != 1 else ''})" for r in rows.itertuples())
 
-    listed = " | ".join(f"sweep {name}: {each(g)}" for name, g in mix.groupby("sweep", sort=True)) if by_sweep \
-        else each(mix)
+    listed = " | ".join(", ".join(f"{k} {v}" for k, v in zip(where, key if isinstance(key, tuple) else (key,),
+                                                                    strict=True)) + f": {each(g)}"
+                        for key, g in mix.groupby(where, sort=True, dropna=False)) if where else each(mix)
     return (f"runs trained on other data: {listed} (did a data_root change between runs? it is not in the run "
             "id); the analyses keep them apart as the 'data' stratum")
 

@@ -56,7 +56,7 @@ class SamplerSpec:
     study and waits for them all. Left out, it is ``waves`` when ``wave`` is given, else ``async``."""
 
     name: str = "sobol"  # random | sobol (scrambled QMC) | grid (n values per range axis) | tpe
-    n: int = 16  # points per cell of the non-stem axes, shared by the stems (tpe: trials per study)
+    n: int = 16  # points per cell, shared by the stems (grid: n values per range axis, n**ranges points; tpe: trials per study)
     seed: int = 0  # of the sampler (a run's own seed is the spec's seeds)
     wave: int | None = None  # tpe: trials asked per study at a time (implies mode: waves)
     mode: str | None = None  # tpe: async (a free slot asks the next trial) | waves

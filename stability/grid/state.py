@@ -152,22 +152,22 @@ def stem_outcomes(state: pd.DataFrame, runs: pd.DataFrame, value: str = "top1_er
     None. ``never_left_chance``: every finished run of the stem sits at chance, diverged or was
     pruned."""
     from ..analysis.findings import at_chance
+    from ..analysis.grouping import named_stems
     from ..analysis.stems import stem_outcomes as outcomes_table
 
     if not len(state):
         return []
     last = runs.drop_duplicates("run_id", keep="last").set_index("run_id") if len(runs) else pd.DataFrame()
-    df = state[["run_id", "stem", "optimizer", "epochs", "status"]].copy()
+    df = named_stems(state[["run_id", "stem", "optimizer", "epochs", "status"]]).copy()  # a RegNet's: "no stem"
     for c in (value, "init_top1_err", "collapsed"):
         df[c] = df["run_id"].map(last[c]) if c in last else None
     df[value] = pd.to_numeric(df[value], errors="coerce")
     df["init_top1_err"] = pd.to_numeric(df["init_top1_err"], errors="coerce")
     by = [c for c in ("optimizer", "epochs") if df[c].nunique(dropna=False) > 1]
     if data is not None and "data" in data.columns:
-        from ..analysis.grouping import UNRECORDED
-
-        df["data"] = df["run_id"].map(data.set_index("run_id")["data"]).fillna(UNRECORDED)
-        by += ["data"] if df["data"].nunique() > 1 else []
+        df["data"] = df["run_id"].map(data.set_index("run_id")["data"])
+        if df["data"].nunique() > 1:  # a line per data some run finished on (not a pending or failed run's)
+            df, by = df[df["data"].isin(set(df.loc[df["status"].isin(DONE), "data"]))], [*by, "data"]
     table = outcomes_table(df, value, by=by)
     chance = df[at_chance(df, value).to_numpy(bool)]
     out = []

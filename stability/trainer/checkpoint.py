@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -165,8 +166,9 @@ def _check_data(payload: dict, cfg: RunConfig, data: dict | None) -> None:
     saved = payload["state"].get("data") if isinstance(payload.get("state"), dict) else None
     if data is None or not isinstance(saved, dict) or saved == data:
         return
-    afresh = (f"stability train --run {cfg.run_id} results={cfg.results} data_root={cfg.data_root} --rerun --no-resume"
-              if cfg.data_root else "--rerun --no-resume")
+    afresh = ("stability train --run " + " ".join(shlex.quote(a) for a in (
+        cfg.run_id, f"results={cfg.results}", f"sweep={cfg.sweep}", f"data_root={cfg.data_root}")) + " --rerun --no-resume"
+        if cfg.data_root else "--rerun --no-resume")
     raise DataError(f"{_where(cfg)} holds {_said(data)}; run {cfg.run_id}'s checkpoint was trained on {_said(saved)}: "
                     f"not the run's data (give its data_root, or train it afresh on this one: {afresh})")
 
