@@ -290,7 +290,7 @@ class Controller:
         outcome.state = sweep_state(sw.plan, runs, alive_jobs(spec, [r.run_id for r in sw.plan], backend, ledger,
                                                               done_ids(runs)), set(ledger), failures(ledger))
         tell(spec, sw.plan, runs, sw.storage, sw.told)
-        data = data_rows(spec.results, spec.name, outcome.state.run_id)
+        data = data_rows(spec.results, spec.name, outcome.state.run_id, runs)
         outcome.stems = stem_outcomes(outcome.state, runs, data=data)
         outcome.data = sweep_data(data)
         for rid in outcome.state.run_id[outcome.state.status.eq(S.MISSING)]:
@@ -436,7 +436,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
     ledger = read_ledger(sweep_dir, problems)
     alive = alive_jobs(spec, ids, backend, ledger, done_ids(runs))
     state = sweep_state(plan, runs, alive, set(ledger), failures(ledger))
-    data = data_rows(spec.results, spec.name, state.run_id) if len(state) else pd.DataFrame()
+    data = data_rows(spec.results, spec.name, state.run_id, runs)
     total = counts(state).iloc[0].to_dict() if len(state) else {}
     cells = counts(state, ["stem", "optimizer", "epochs"]).reset_index() if len(state) else pd.DataFrame()
     failed_runs = []

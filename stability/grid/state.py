@@ -62,7 +62,8 @@ def run_rows(results: str | Path, sweep: str, cache: dict | None = None, errors:
     """The sweep's runs rows, only the columns state needs (``cache``: see ``store.read_table``;
     ``errors`` gets one line per unreadable file)."""
     cols = ["run_id", "status", "stem", "optimizer", "epochs", "top1_err", "diverged_at_step", "pruned_at_step",
-            "prune_rule", "wall_time_s", "error", "finished_at", "init_top1_err", "collapsed"]
+            "prune_rule", "wall_time_s", "error", "finished_at", "init_top1_err", "collapsed",
+            "data_classes", "train_images", "val_images"]  # what each run's data held (``data_rows``)
     return store.read_table(results, "runs", sweep=sweep, columns=cols, cache=cache, errors=errors)
 
 
@@ -184,17 +185,23 @@ def stem_outcomes(state: pd.DataFrame, runs: pd.DataFrame, value: str = "top1_er
     return out
 
 
-def data_rows(results: str | Path, sweep: str, planned: set[str] | list[str] | pd.Series) -> pd.DataFrame:
+def data_rows(results: str | Path, sweep: str, planned: set[str] | list[str] | pd.Series,
+              runs: pd.DataFrame) -> pd.DataFrame:
     """The planned runs' rows with what their data held, ``analysis.with_design``'d: a ``data``
-    column where some recorded other data than runs that should share theirs (its data_root
-    changed between runs). Read apart from ``run_rows`` (it needs each run's config_json), once
-    per ``grid status`` and at the end of a ``grid run``."""
+    column where some finished on other data than runs that should share theirs (its data_root
+    changed between runs). ``runs`` (``run_rows``) holds the data columns: only when its finished
+    runs hold several is the sweep read again for each run's config_json (a test split or
+    synthetic size may explain them), once per ``grid status`` and at the end of a ``grid run``."""
     from ..analysis.grouping import DATA_COLUMNS, with_design
 
-    runs = store.read_table(results, "runs", sweep=sweep, columns=["run_id", "dataset", "config_json", *DATA_COLUMNS])
-    if not len(runs):
-        return runs
-    return with_design(runs[runs["run_id"].isin(set(planned))].drop_duplicates("run_id", keep="last"))
+    if not len(runs) or not set(DATA_COLUMNS) <= set(runs.columns):
+        return runs.iloc[:0]
+    done = runs[runs["status"].isin(DONE)][list(DATA_COLUMNS)].dropna()
+    if done.drop_duplicates().shape[0] <= 1:  # one data (or none recorded): nothing to split
+        return runs.iloc[:0]
+    rows = store.read_table(results, "runs", sweep=sweep,
+                            columns=["run_id", "status", "dataset", "config_json", *DATA_COLUMNS])
+    return with_design(rows[rows["run_id"].isin(set(planned))].drop_duplicates("run_id", keep="last"))
 
 
 def sweep_data(rows: pd.DataFrame) -> list[dict]:
