@@ -111,9 +111,10 @@ def test_grid_summary_splits_by_data_and_names_a_missing_stem():
                      "conv (data 10 classes, 60 train / 10 val): 1 of 1 runs left chance (1 completed: 0 at chance; "
                      "0 diverged); median error 7.0 %"], lines
     # the warning's data: finished runs only (h recorded data it never trained on)
-    assert sweep_data(data) == [{"sweep": "s", "data": "10 classes, 40 train / 10 val", "runs": 5,
+    assert sweep_data(data) == [{"sweep": "s", "dataset": "cifar10", "data": "10 classes, 40 train / 10 val", "runs": 5,
                                  "run_ids": ["a", "b", "d", "e", "f"]},
-                                {"sweep": "s", "data": "10 classes, 60 train / 10 val", "runs": 1, "run_ids": ["c"]}]
+                                {"sweep": "s", "dataset": "cifar10", "data": "10 classes, 60 train / 10 val", "runs": 1,
+                                 "run_ids": ["c"]}]
 
 
 def test_local_grid_status_collect_clean(tmp_path):

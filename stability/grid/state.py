@@ -206,14 +206,14 @@ def data_rows(results: str | Path, sweep: str, planned: set[str] | list[str] | p
 
 def sweep_data(rows: pd.DataFrame) -> list[dict]:
     """``data_rows``' runs on other data than runs that should share theirs
-    (``analysis.grouping.data_mix``): ``[{"sweep", "data", "runs", "run_ids"}]``, most runs first,
-    empty when there are none (``analysis.grouping.mixed_data_note`` says it in words)."""
+    (``analysis.grouping.data_mix``): ``[{"sweep", "dataset", "data", "runs", "run_ids"}]``, most
+    runs first, empty when there are none (``analysis.grouping.mixed_data_note`` says it in words)."""
     from ..analysis.grouping import data_mix
 
     if not len(rows):
         return []
-    return [{"sweep": str(r.sweep), "data": str(r.data), "runs": int(r.runs), "run_ids": list(r.run_ids)}
-            for r in data_mix(rows).itertuples()]
+    return [{"sweep": str(r.sweep), "dataset": str(r.dataset), "data": str(r.data), "runs": int(r.runs),
+             "run_ids": list(r.run_ids)} for r in data_mix(rows).itertuples()]
 
 
 def _plain(v):
