@@ -22,7 +22,7 @@ import streamlit as st
 from stability import analysis, plots, store
 
 RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "epochs", "batch_size",
-               "seed", "dataset", "data_classes", "train_images", "val_images", "params", "flops", "top1_err", "top5_err", "best_top1_err",
+               "seed", "dataset", *store.DATA_COLUMNS, "params", "flops", "top1_err", "top5_err", "best_top1_err",
                "ema_top1_err", "test_top1_err", "test_ema_top1_err", "final_train_loss", "collapsed", "init_top1_err",
                "diverged_at_step", "pruned_at_step", "prune_rule", "n_spikes",
                "wall_time_s", "device", "slurm_job_id", "started_at", "finished_at", "error"]

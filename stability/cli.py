@@ -180,7 +180,7 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
     _print_data(outcome.data, spec, print)
     failed = outcome.state[outcome.state.status.eq(RunStatus.FAILED)] if len(outcome.state) else outcome.state
     for r in failed.head(5).itertuples():  # why, without a second command (grid status has the log tails)
-        why = (str(r.error).strip().splitlines() or ["(no error recorded)"])[0][:300] if r.error else "(no error recorded)"
+        why = (str(r.error or "").strip().splitlines() or ["(no error recorded)"])[0][:300]
         print(f"  failed {r.run_id} ({r.stem if isinstance(r.stem, str) else NO_STEM}): {printable(why)}")
     if len(failed) > 5:
         print(f"  ... and {len(failed) - 5} more failed runs: stability grid status {args.spec} lists each")

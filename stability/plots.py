@@ -82,8 +82,6 @@ def log_ticks(values, max_ticks: int = 7) -> dict:
     return {"tickvals": vals, "ticktext": _labels(vals)}
 
 
-
-
 def color_of(stem: str, i: int = 0) -> str:
     return STEM_COLORS.get(str(stem), _FALLBACK[i % len(_FALLBACK)])
 

@@ -55,6 +55,8 @@ STALE_TMP_S = 600.0  # no write of one file takes ten minutes: an older temp fil
 # the step executed (``compiled``, ``compile_mode``, ``optimizer_impl``, ``amp_dtype``); 8: the data
 # it trained on (``data_classes``, ``train_images``, ``val_images``: data_root is not in the run id)
 SCHEMA_VERSION = 8
+# The runs row's record of what a run's data held: classes, training and validation images
+DATA_COLUMNS = ("data_classes", "train_images", "val_images")
 
 
 class RunStatus(StrEnum):
@@ -87,7 +89,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("seed", _I), ("dataset", _S),
         # what the data held (classes, training and validation images): two runs of one sweep on
         # other data are two strata (``analysis.with_design``), and a rerun cannot swap it silently
-        ("data_classes", _I), ("train_images", _I), ("val_images", _I),
+        *((c, _I) for c in DATA_COLUMNS),
         ("params", _I), ("flops", _I), ("top1_err", _F),
         ("top5_err", _F), ("best_top1_err", _F), ("ema_top1_err", _F), ("ema_top5_err", _F),
         ("final_train_loss", _F), ("final_val_loss", _F), ("init_val_loss", _F), ("init_top1_err", _F),

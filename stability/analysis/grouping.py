@@ -8,16 +8,17 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from ..store import DATA_COLUMNS, DONE
+
 # Axes a study varies on purpose that must never be pooled silently (lr, wd and seeds are the
 # distribution itself and are never strata).
 DESIGN_AXES = ("sweep", "size", "dataset", "optimizer", "epochs", "batch_size", "warmup_epochs")
 # Columns that identify the same point of a paired design across stems.
 PAIR_KEYS = ("sweep", "size", "dataset", "data", "optimizer", "epochs", "batch_size", "warmup_epochs",
              "lr", "wd", "seed")
-# The runs row's record of what the data held (store schema 8; null in older rows), and the
-# stratum ``with_design`` makes of it where it differs among runs otherwise alike (data_root is not
-# in the run id: a sweep rerun with another data_root mixes two datasets under one name).
-DATA_COLUMNS = ("data_classes", "train_images", "val_images")
+# ``DATA_COLUMNS`` (store's; null in older rows) make the ``data`` stratum where they differ among
+# runs that should share their data (data_root is not in the run id: a sweep rerun with another
+# data_root mixes two datasets under one name).
 UNRECORDED = "unrecorded"
 # What makes runs' data differ on purpose: another sweep or dataset, a test split held out, another
 # synthetic size (config fields are columns here where they vary: ``with_design``)
@@ -104,8 +105,6 @@ def _with_data(df: pd.DataFrame) -> pd.DataFrame:
     data it never trained on. In such a group each run's ``data_label`` (``UNRECORDED`` where its
     row has none); elsewhere the group's one finished data for all its rows, so older rows (null)
     and unfinished ones beside them split nothing."""
-    from ..store import DONE
-
     if "data" in df.columns or not set(DATA_COLUMNS) <= set(df.columns):
         return df
     rec = df[list(DATA_COLUMNS)].reset_index(drop=True)
@@ -154,8 +153,6 @@ def data_mix(runs: pd.DataFrame) -> pd.DataFrame:
         the runs have ids, ``run_ids``; most runs first. No rows when every finished run recorded
         the data of the runs it should share it with.
     """
-    from ..store import DONE
-
     df = with_design(runs)
     keys = [k for k in DATA_KEYS if k in df.columns]
     if "data" not in df.columns:

@@ -63,7 +63,7 @@ def run_rows(results: str | Path, sweep: str, cache: dict | None = None, errors:
     ``errors`` gets one line per unreadable file)."""
     cols = ["run_id", "status", "stem", "optimizer", "epochs", "top1_err", "diverged_at_step", "pruned_at_step",
             "prune_rule", "wall_time_s", "error", "finished_at", "init_top1_err", "collapsed",
-            "data_classes", "train_images", "val_images"]  # what each run's data held (``data_rows``)
+            *store.DATA_COLUMNS]  # what each run's data held (``data_rows``)
     return store.read_table(results, "runs", sweep=sweep, columns=cols, cache=cache, errors=errors)
 
 
@@ -192,15 +192,16 @@ def data_rows(results: str | Path, sweep: str, planned: set[str] | list[str] | p
     changed between runs). ``runs`` (``run_rows``) holds the data columns: only when its finished
     runs hold several is the sweep read again for each run's config_json (a test split or
     synthetic size may explain them), once per ``grid status`` and at the end of a ``grid run``."""
-    from ..analysis.grouping import DATA_COLUMNS, with_design
+    from ..analysis.grouping import with_design
 
-    if not len(runs) or not set(DATA_COLUMNS) <= set(runs.columns):
+    cols = list(store.DATA_COLUMNS)
+    if not len(runs) or not set(cols) <= set(runs.columns):
         return runs.iloc[:0]
-    done = runs[runs["status"].isin(DONE)][list(DATA_COLUMNS)].dropna()
+    done = runs[runs["status"].isin(DONE)][cols].dropna()
     if done.drop_duplicates().shape[0] <= 1:  # one data (or none recorded): nothing to split
         return runs.iloc[:0]
     rows = store.read_table(results, "runs", sweep=sweep,
-                            columns=["run_id", "status", "dataset", "config_json", *DATA_COLUMNS])
+                            columns=["run_id", "status", "dataset", "config_json", *cols])
     return with_design(rows[rows["run_id"].isin(set(planned))].drop_duplicates("run_id", keep="last"))
 
 

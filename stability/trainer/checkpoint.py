@@ -76,8 +76,8 @@ def data_fingerprint(data: Any) -> dict[str, int]:
     return {"classes": int(data.num_classes), "train": len(data.train), "val": len(data.val)}
 
 
-# The runs row's columns of a fingerprint (store's schema 8)
-DATA_COLUMNS = {"classes": "data_classes", "train": "train_images", "val": "val_images"}
+# A fingerprint's keys -> the runs row's columns of it
+DATA_COLUMNS = dict(zip(("classes", "train", "val"), store.DATA_COLUMNS, strict=True))
 
 
 def data_columns(fingerprint: dict[str, int]) -> dict[str, int]:
