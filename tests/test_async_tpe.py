@@ -119,6 +119,32 @@ def test_async_tpe_keeps_every_slot_busy_never_repeats_a_point_and_survives_a_ki
     assert len(optuna.load_study(study_name=study_name(spec, "", "patchify"), storage=storage).trials) == 5
 
 
+class Racing(Threads):
+    """Every run ends between the controller's read of the rows and its liveness check: the
+    backend answers ``alive`` only once its jobs are done (and their rows written)."""
+
+    def alive(self, job_ids):
+        wait([f for j, f in self.jobs.items() if j in job_ids], None)
+        return super().alive(job_ids)
+
+
+def test_a_run_ending_between_the_rows_read_and_the_liveness_check_is_told_not_trained_again(tmp_path):
+    """Read first, the rows say running; asked next, the backend says the job is gone: the run
+    ended in between. The controller reads its row again (not: missing, submitted a second time,
+    a free slot asked before its result was told)."""
+    spec = load_spec(write_spec(tmp_path / "g.yaml", "race", tmp_path / "res", space=SPACE,
+                                base={"epochs": 1, "steps_per_epoch": 1},
+                                sampler={"name": "tpe", "n": 3, "seed": 0}))
+    backend = Racing("r")
+    outcome = _run(spec, backend)
+    assert len(backend.jobs) == 3 and sorted(outcome.submitted) == sorted(outcome.state.run_id)
+    assert outcome.state.status.eq("completed").all() and len(outcome.state) == 3
+    storage = optuna.storages.RDBStorage(f"sqlite:///{spec.sweep_dir / 'optuna.db'}")
+    trials = optuna.load_study(study_name=study_name(spec, "", "patchify"), storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert all(t.datetime_complete <= trials[2].datetime_start for t in trials[:2])  # both told, then asked
+
+
 def test_a_trial_asked_but_never_saved_is_adopted_not_lost_or_asked_again(tmp_path):
     """A controller killed between asking Optuna and saving the plan leaves RUNNING trials the
     plan does not have: the next controller plans them (a duplicate of a planned point is told

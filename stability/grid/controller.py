@@ -174,6 +174,7 @@ class _Sweep:
     rows_cache: dict = field(default_factory=dict)  # parsed result files, kept until they change
     told: dict = field(default_factory=dict)  # points already in the Optuna record
     failed_seen: list[str] = field(default_factory=list)  # submitted runs that failed, in the order seen
+    ended: set[str] = field(default_factory=set)  # runs seen neither live nor done after a second read
 
 
 class Controller:
@@ -251,6 +252,11 @@ class Controller:
         for rid, job in submitted.items():  # this invocation's jobs (reaps local ones)
             if rid not in alive and not job.done():
                 alive[rid] = "submitted"
+        ended = {r.run_id for r in sw.plan if r.run_id in ledger and r.run_id not in alive} - done_ids(runs)
+        if ended - sw.ended:  # a run may have ended, and written its row, after the rows were read
+            runs = run_rows(spec.results, spec.name, sw.rows_cache)
+            ended -= done_ids(runs)
+        sw.ended = ended
         state = sweep_state(sw.plan, runs, alive, set(ledger), failures(ledger))
         if sw.said is not None:  # every look, the first before anything is submitted
             self._say_ended(state, runs, sw.said)
@@ -264,6 +270,7 @@ class Controller:
             todo = todo[:max(0, cap - running)]
         if todo:  # submit before telling Optuna: a free slot should not wait on SQLite
             self._submit(backend, sw.plan, todo, submitted)
+            sw.ended -= set(todo)  # if one ends before the next look, that look reads its row again
             outcome.submitted += todo
             return "again"
         tell(spec, sw.plan, runs, sw.storage, sw.told)  # before asking: each ask sees every result
