@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,8 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)} "
           f"in {outcome.wall_s:.0f} s; results in {spec.results}")
     _print_stems(outcome.stems, print)
-    _print_data(outcome.data, spec, print)
+    _print_data(outcome.data, print, spec.results, spec.name,
+                f"stability grid status {shlex.quote(str(spec.path))} --json")
     failed = outcome.state[outcome.state.status.eq(RunStatus.FAILED)] if len(outcome.state) else outcome.state
     for r in failed.head(5).itertuples():  # why, without a second command (grid status has the log tails)
         why = (str(r.error or "").strip().splitlines() or ["(no error recorded)"])[0][:300]
@@ -211,23 +213,21 @@ def _print_stems(stems: list[dict], say) -> None:
                 + (f", {o['pruned']} pruned" if o.get("pruned") else "") + ")")
 
 
-def _print_data(data: list[dict], spec, say) -> None:
-    """A warning when the sweep's runs recorded other data (``grid.state.sweep_data``): each data
-    with its runs, and the command that trains one again, afresh, on the data given."""
-    import shlex
-
-    from .analysis.grouping import mixed_data_note
+def _print_data(data: list[dict], say, results, sweep: str, listed_by: str | None = None) -> None:
+    """A warning when the sweep's runs recorded different data (``grid.state.sweep_data``,
+    ``analysis.grouping.data_mix``): each data with its runs, and the command that trains one
+    again, afresh, on the data given. ``listed_by``: a command that lists every run id."""
+    from .analysis.grouping import mixed_data_note, mixed_data_runs
 
     if not (note := mixed_data_note(data)):
         return
-    say(f"warning: this sweep's {note}")
-    for d in data:
-        ids = d.get("run_ids", [])
-        say(f"  {d['data']}: {', '.join(ids[:8])}" + (
-            f" and {len(ids) - 8} more (stability grid status {shlex.quote(str(spec.path))} --json lists all)"
-            if len(ids) > 8 else ""))
+    say(printable(f"warning: sweep {sweep}: {note}"))  # dataset and sweep names come from results files
+    for line in mixed_data_runs(data):
+        say("  " + printable(line))
+    if listed_by and any(len(d.get("run_ids", [])) > 8 for d in data):
+        say(f"  ({listed_by} lists every run id)")
     say("  to train a run again, afresh, on the data you give: stability train --run RUN_ID "
-        f"{shlex.quote(f'results={spec.results}')} {shlex.quote(f'sweep={spec.name}')} data_root=PATH --rerun --no-resume")
+        f"{shlex.quote(f'results={results}')} {shlex.quote(f'sweep={sweep}')} data_root=PATH --rerun --no-resume")
 
 
 def _print_plan(spec, dry) -> None:
@@ -310,10 +310,10 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
     if not spec.sweep_dir.exists():  # its runs are "pending" as never submitted, not queued
         console.print(f"not started: no `grid run` of {spec.name} under {report['results']} yet", markup=False)
     if report["cells"]:
-        table = Table(title="per stem / optimizer / epochs")
         keys = list(report["cells"][0])
+        table = Table(title="per " + " / ".join(k for k in keys if k in ("stem", "optimizer", "epochs", "data")))
         for k in keys:
-            table.add_column(k, justify="left" if k in ("stem", "optimizer") else "right")
+            table.add_column(k, justify="left" if k in ("stem", "optimizer", "data") else "right")
         for row in report["cells"]:
             table.add_row(*[str(row[k]) for k in keys])
         console.print(table)
@@ -322,7 +322,8 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
                       style="bold red" if line.startswith("warning:") else None)
 
     _print_stems(report["stems"], say)
-    _print_data(report["data"], spec, say)
+    _print_data(report["data"], say, spec.results, spec.name,
+                f"stability grid status {shlex.quote(str(spec.path))} --json")
     for f in report["failures"]:
         console.print(f"[red]failed[/] {f['run_id']} ({f['stem'] if isinstance(f['stem'], str) else NO_STEM}): {escape(printable(f['error']))}")
         if f["log"]:
@@ -407,9 +408,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.sweep not in sweeps:
         raise ConfigError(f"sweep: no sweep {args.sweep!r} under {args.results} (found: {', '.join(sweeps) or 'none'})")
     unreadable: list[str] = []
-    out = write_report(args.results, args.sweep, args.out, unreadable)
+    mixed: list[dict] = []
+    out = write_report(args.results, args.sweep, args.out, unreadable, mixed)
     for line in unreadable:
         print(f"unreadable, left out: {line}", file=sys.stderr)
+    _print_data(mixed, lambda line: print(line, file=sys.stderr), args.results, args.sweep)
     print(f"report: {out}")
     return 0
 

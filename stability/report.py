@@ -57,10 +57,11 @@ def _bullets(lines, named: bool = False) -> str:
     return "<ul>" + "".join(f"<li>{t}</li>" for t in items) + "</ul>" if items else ""
 
 
-def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str) -> str:
+def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix: pd.DataFrame | None = None) -> str:
     """Per stratum (sweep x optimizer x epochs ...: never pooled) and stem how the runs ended
     (``analysis.stem_outcomes``), then one verdict line per stratum (``analysis.stem_verdicts``,
-    ``analysis.verdict_line``): the same table and lines as the dashboard's Overview."""
+    ``analysis.verdict_line``): the same table and lines as the dashboard's Overview; ``mix``
+    (``analysis.grouping.data_mix``): runs on different data, warned of with their ids."""
     from .analysis import findings, stems
 
     keys = analysis.strata(runs)  # the strata, named (stem_outcomes' default grouping)
@@ -92,8 +93,9 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str) -> 
             "learned anything.</p>")
     if out.empty:
         return head + "<p>No run of this sweep has finished.</p>"
-    if "data" in keys and (note := analysis.grouping.mixed_data_note(analysis.grouping.data_mix(runs))):
-        head += f"<p class='flag'>Warning: some {html.escape(note)}.</p>"
+    if mix is not None and (note := analysis.grouping.mixed_data_note(mix)):
+        head += (f"<p class='flag'>Warning: some {html.escape(note)}.</p>"
+                 + _bullets(analysis.grouping.mixed_data_runs(mix, limit=None)))
     lines = []
     done = set()
     for _, v in verdicts.iterrows():
@@ -112,9 +114,12 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str) -> 
     return head + table(pd.DataFrame(rows), escape=False) + "<h3>Verdicts per stratum</h3>" + _bullets(lines, named=True) + rule
 
 
-def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = None) -> str:
+def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = None,
+                 mixed_data: list[dict] | None = None) -> str:
     """The report as one HTML string (plotly.js inlined once, no network needed to view it).
-    Unreadable result files are named at the top (and appended to ``unreadable``)."""
+    Unreadable result files are named at the top (and appended to ``unreadable``); runs of the
+    sweep on different data are warned of in its findings (and ``mixed_data`` gets
+    ``analysis.grouping.data_mix``'s records)."""
     bad = unreadable if unreadable is not None else []
     errors: list[str] = []  # a file damaged in place after the check passed it fails here
     runs = store.read_table(root, "runs", sweep=sweep, errors=errors)
@@ -123,7 +128,10 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
         raise ConfigError(f"sweep: no readable runs of sweep {sweep!r} under {root}"
                           + (f" (unreadable: {'; '.join(b.splitlines()[0][:300] for b in bad)})" if bad else ""))
     verdicts = analysis.stem_verdicts(runs)  # compare(runs, by="stem") with the gated verdicts
-    parts = [findings_section(runs, verdicts, sweep)]
+    mix = analysis.grouping.data_mix(runs)
+    if mixed_data is not None:
+        mixed_data += mix.to_dict("records")
+    parts = [findings_section(runs, verdicts, sweep, mix)]
     figures = []
     by = analysis.default_by(analysis.with_design(runs))  # every design axis that varies: nothing pooled
     points = analysis.edf(runs, by=by, relative=True)
@@ -356,5 +364,6 @@ def _threshold_table(res: analysis.Table, outcome: str, at: pd.DataFrame) -> str
     return note + table(shown)
 
 
-def write_report(root: str | Path, sweep: str, out: str | Path, unreadable: list[str] | None = None) -> Path:
-    return store.write_text_atomic(out, build_report(root, sweep, unreadable))
+def write_report(root: str | Path, sweep: str, out: str | Path, unreadable: list[str] | None = None,
+                 mixed_data: list[dict] | None = None) -> Path:
+    return store.write_text_atomic(out, build_report(root, sweep, unreadable, mixed_data))

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stability import analysis
+from stability import analysis, store
 
 
 def _runs(stem, errs, diverged=(), failed=0, **extra):
@@ -194,7 +194,8 @@ def test_runs_of_one_sweep_on_other_data_are_strata_never_pooled():
     assert set(analysis.compare(runs)["data"]) == {A, B}  # pairs on the same data only
     mix = G.data_mix(runs)
     assert mix[["data", "runs"]].values.tolist() == [[A, 3], [B, 3]]
-    assert G.mixed_data_note(mix).startswith(f"runs trained on other data: {A} (3 runs); {B} (3 runs)")
+    assert mix[list(store.DATA_COLUMNS)].astype(int).values.tolist() == [[10, 1497, 300], [10, 60, 10]]
+    assert G.mixed_data_note(mix).startswith(f"runs trained on different data: {A} (3 runs); {B} (3 runs)")
     # the same shapes in two sweeps: the sweep is the stratum, no "data" column, nothing to say
     two = runs.assign(sweep=["a"] * 3 + ["b"] * 3)
     assert analysis.strata(two) == ["sweep"] and "data" not in analysis.with_design(two)
@@ -226,4 +227,4 @@ def test_runs_of_one_sweep_on_other_data_are_strata_never_pooled():
     assert analysis.strata(failed) == [] and G.data_mix(failed).empty
     # two sweeps, one mixed, named per sweep in the note; a sweepless frame groups by dataset
     note = G.mixed_data_note(G.data_mix(pd.concat([runs.assign(sweep="x"), runs.assign(sweep="y")], ignore_index=True)))
-    assert note.startswith(f"runs trained on other data: sweep x: {A} (3 runs); {B} (3 runs) | sweep y: "), note
+    assert note.startswith(f"runs trained on different data: sweep x: {A} (3 runs); {B} (3 runs) | sweep y: "), note

@@ -133,3 +133,23 @@ def test_key_value_after_a_flag_is_still_an_override():
     key=value is read as the override it is, not refused as an unrecognized argument."""
     _assert_one_line_error(run_cli("train", "--no-resume", "lr=-1"), "lr", "> 0")
     _assert_one_line_error(run_cli("train", "--no-resume", "--bogus"), "unrecognized arguments: --bogus")
+
+
+def test_the_mixed_data_warning_names_each_groups_runs_and_prints_nothing_hostile():
+    """Two sweeps, each on two data (dataset and sweep names come from results files): each run
+    line says which sweep it is, a long list is cut with the command that lists it all, and an
+    escape sequence planted in a name reaches the terminal as text, not as a control code."""
+    from stability.cli import _print_data
+
+    ids = [f"r{i:02d}" for i in range(10)]
+    data = [{"sweep": "a\x1b[31mX", "dataset": "cifar10", "data": "10 classes, 40 train / 10 val", "runs": 10,
+             "run_ids": ids},
+            {"sweep": "b", "dataset": "cifar10", "data": "10 classes, 60 train / 10 val", "runs": 1, "run_ids": ["q"]}]
+    lines: list[str] = []
+    _print_data(data, lines.append, "/res", "mixed", "stability grid status g.yaml --json")
+    assert not any("\x1b" in line for line in lines), lines
+    assert lines[0].startswith("warning: sweep mixed: runs trained on different data: sweep a"), lines
+    assert lines[1] == "  sweep a?[31mX: 10 classes, 40 train / 10 val: " + ", ".join(ids[:8]) + " and 2 more", lines
+    assert lines[2] == "  sweep b: 10 classes, 60 train / 10 val: q"
+    assert lines[3] == "  (stability grid status g.yaml --json lists every run id)"
+    assert lines[4].endswith("results=/res sweep=mixed data_root=PATH --rerun --no-resume")

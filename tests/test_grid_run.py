@@ -111,10 +111,11 @@ def test_grid_summary_splits_by_data_and_names_a_missing_stem():
                      "conv (data 10 classes, 60 train / 10 val): 1 of 1 runs left chance (1 completed: 0 at chance; "
                      "0 diverged); median error 7.0 %"], lines
     # the warning's data: finished runs only (h recorded data it never trained on)
-    assert sweep_data(data) == [{"sweep": "s", "dataset": "cifar10", "data": "10 classes, 40 train / 10 val", "runs": 5,
-                                 "run_ids": ["a", "b", "d", "e", "f"]},
-                                {"sweep": "s", "dataset": "cifar10", "data": "10 classes, 60 train / 10 val", "runs": 1,
-                                 "run_ids": ["c"]}]
+    shape = ("data_classes", "train_images", "val_images")
+    assert sweep_data(data) == [{"sweep": "s", "dataset": "cifar10", "data": "10 classes, 40 train / 10 val",
+                                 **dict(zip(shape, (10, 40, 10), strict=True)), "runs": 5, "run_ids": ["a", "b", "d", "e", "f"]},
+                                {"sweep": "s", "dataset": "cifar10", "data": "10 classes, 60 train / 10 val",
+                                 **dict(zip(shape, (10, 60, 10), strict=True)), "runs": 1, "run_ids": ["c"]}]
 
 
 def test_local_grid_status_collect_clean(tmp_path):
@@ -333,10 +334,10 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
                                 "batch_size": 16, "trace_every": 1}, executor={"kind": "debug"})
 
     first = run_cli("grid", "run", str(spec(tmp_path / "a", [0])), "--quiet")
-    assert first.returncode == 0 and "warning: this sweep" not in first.stdout, first.stdout + first.stderr
+    assert first.returncode == 0 and "different data" not in first.stdout, first.stdout + first.stderr
     out = run_cli("grid", "run", str(spec(tmp_path / "b", [0, 1])), "--quiet")  # seed 1 added, on b
     assert out.returncode == 0 and "4 completed; submitted 2" in out.stdout, out.stdout + out.stderr
-    warning = ("warning: this sweep's runs trained on other data: 10 classes, 40 train / 10 val (2 runs); "
+    warning = ("warning: sweep mixed: runs trained on different data: 10 classes, 40 train / 10 val (2 runs); "
                "10 classes, 60 train / 10 val (2 runs)")
     assert warning in out.stdout, out.stdout
     runs = store.load(tmp_path / "res").runs
@@ -349,18 +350,29 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
     status = run_cli("grid", "status", str(tmp_path / "g.yaml"))
     assert warning in " ".join(status.stdout.split()), status.stdout
     report = json.loads(run_cli("grid", "status", str(tmp_path / "g.yaml"), "--json").stdout)
+    assert sorted((d["data_classes"], d["train_images"], d["val_images"]) for d in report["data"]) == [
+        (10, 40, 10), (10, 60, 10)]  # as numbers too, for scripts
     assert sorted(d["runs"] for d in report["data"]) == [2, 2] and sorted(report["data"][0]["run_ids"] +
                                                                            report["data"][1]["run_ids"]) == sorted(runs.run_id)
     assert len(report["stems"]) == 4
+    # the count table too: per stem / optimizer / epochs / data
+    assert sorted((c["stem"], c["data"], c["completed"]) for c in report["cells"]) == [
+        (stem, f"10 classes, {n} train / 10 val", 1) for stem in ("conv", "patchify") for n in (40, 60)]
+    assert "per stem / optimizer / epochs / data" in status.stdout, status.stdout
     assert analysis.strata(runs) == ["data"] and len(analysis.summary(runs)) == 4  # 2 stems x 2 data
     # the report and the dashboard's Overview say it too
     rep = run_cli("report", "mixed", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "r.html"))
     assert rep.returncode == 0, rep.stderr
-    assert "Warning: some runs trained on other data: 10 classes, 40 train / 10 val" in (tmp_path / "r.html").read_text()
+    html = (tmp_path / "r.html").read_text()
+    assert "Warning: some runs trained on different data: 10 classes, 40 train / 10 val" in html
+    assert f"<li>10 classes, 40 train / 10 val: {', '.join(on_a)}</li>" in html
+    # ... and on the terminal, with the runs and the command, not only in the file
+    assert warning in rep.stderr and f"  10 classes, 40 train / 10 val: {', '.join(on_a)}" in rep.stderr, rep.stderr
+    assert "sweep=mixed data_root=PATH --rerun --no-resume" in rep.stderr and rep.stdout.startswith("report: ")
     from .test_dashboard import _app
 
     at = _app(tmp_path / "res")
-    assert any("runs trained on other data: 10 classes, 40 train / 10 val" in w.value for w in at.warning), \
+    assert any("runs trained on different data: 10 classes, 40 train / 10 val" in w.value for w in at.warning), \
         [w.value for w in at.warning]
     (data,) = [m for m in at.multiselect if m.label == "data"]  # a sidebar filter, as the other strata
     assert sorted(data.options) == ["10 classes, 40 train / 10 val", "10 classes, 60 train / 10 val"]

@@ -149,8 +149,9 @@ def data_mix(runs: pd.DataFrame) -> pd.DataFrame:
         runs: the runs table (or a selection of it: its ``data`` column is kept).
 
     Returns:
-        Per group (its ``DATA_KEYS`` columns present) and data: ``runs`` finished there and, where
-        the runs have ids, ``run_ids``; most runs first. No rows when every finished run recorded
+        Per group (its ``DATA_KEYS`` columns present) and data: ``runs`` finished there, the
+        data's ``DATA_COLUMNS`` (null where unrecorded) and, where the runs have ids, ``run_ids``;
+        most runs first. No rows when every finished run recorded
         the data of the runs it should share it with.
     """
     df = with_design(runs)
@@ -165,13 +166,25 @@ def data_mix(runs: pd.DataFrame) -> pd.DataFrame:
         varies &= flat["status"].isin(list(DONE))
     groups = flat[varies].groupby([*keys, "data"], dropna=False, observed=True)
     n = groups.size().rename("runs").reset_index()
+    for col in DATA_COLUMNS if set(DATA_COLUMNS) <= set(flat.columns) else ():  # the label's numbers
+        n[col] = groups[col].first().to_numpy()
+        n.loc[n["data"].eq(UNRECORDED), col] = None  # a partial record is no record (as the label)
     if "run_id" in flat.columns:
         n["run_ids"] = groups["run_id"].agg(lambda ids: sorted(map(str, ids))).to_numpy()
     return n.sort_values(["runs", *keys, "data"], ascending=[False, *[True] * (len(keys) + 1)], ignore_index=True)
 
 
+def _mix_where(mix: pd.DataFrame) -> list[str]:
+    """The keys (sweep, dataset) that tell ``data_mix``'s groups apart: those with several values."""
+    return [k for k in ("sweep", "dataset") if k in mix.columns and mix[k].nunique(dropna=False) > 1]
+
+
+def _mix_group(where: list[str], key) -> str:
+    return ", ".join(f"{k} {v}" for k, v in zip(where, key if isinstance(key, tuple) else (key,), strict=True))
+
+
 def mixed_data_note(mix: pd.DataFrame | list[dict]) -> str | None:
-    """The warning every view gives for runs on other data.
+    """The warning every view gives for runs on different data.
 
     Args:
         mix: ``data_mix``'s rows (or their records, as ``grid status --json`` has them).
@@ -183,16 +196,43 @@ def mixed_data_note(mix: pd.DataFrame | list[dict]) -> str | None:
     mix = pd.DataFrame(mix) if isinstance(mix, list) else mix
     if not len(mix):
         return None
-    where = [k for k in ("sweep", "dataset") if k in mix.columns and mix[k].nunique(dropna=False) > 1]
+    where = _mix_where(mix)
 
     def each(rows: pd.DataFrame) -> str:
         return "; ".join(f"{r.data} ({r.runs} run{'s' if r.runs != 1 else ''})" for r in rows.itertuples())
 
-    listed = " | ".join(", ".join(f"{k} {v}" for k, v in zip(where, key if isinstance(key, tuple) else (key,),
-                                                                    strict=True)) + f": {each(g)}"
+    listed = " | ".join(f"{_mix_group(where, key)}: {each(g)}"
                         for key, g in mix.groupby(where, sort=True, dropna=False)) if where else each(mix)
-    return (f"runs trained on other data: {listed} (did a data_root change between runs? it is not in the run "
-            "id); the analyses keep them apart as the 'data' stratum")
+    return (f"runs trained on different data: {listed} (did a data_root change between runs? it is not in the "
+            "run id); the analyses keep them apart as the 'data' stratum")
+
+
+def mixed_data_runs(mix: pd.DataFrame | list[dict], limit: int | None = 8) -> list[str]:
+    """Each data of ``mixed_data_note`` with its run ids, a line each.
+
+    Args:
+        mix: ``data_mix``'s rows (or their records).
+        limit: how many run ids a line names at most (None: all).
+
+    Returns:
+        "DATA: id, id and k more", named by sweep and dataset where several are mixed; no lines
+        when ``mix`` has no run ids.
+
+    >>> mixed_data_runs([{"data": "10 classes, 40 train / 10 val", "runs": 3, "run_ids": ["a", "b", "c"]}], 2)
+    ['10 classes, 40 train / 10 val: a, b and 1 more']
+    """
+    mix = pd.DataFrame(mix) if isinstance(mix, list) else mix
+    if "run_ids" not in mix.columns:
+        return []
+    where = _mix_where(mix)
+    out = []
+    for r in mix.to_dict("records"):
+        ids = list(r["run_ids"])
+        shown = ids if limit is None else ids[:limit]
+        head = f"{_mix_group(where, tuple(r[k] for k in where))}: " if where else ""
+        out.append(f"{head}{r['data']}: {', '.join(map(str, shown))}"
+                   + (f" and {len(ids) - len(shown)} more" if len(shown) < len(ids) else ""))
+    return out
 
 
 def _z_losses(cfgs: list[dict]) -> list[float] | None:

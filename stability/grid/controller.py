@@ -36,6 +36,7 @@ from .spec import GridSpec, save_spec_copy
 from .state import (
     DONE,
     RUNNING_JOB_STATES,
+    cells_by_data,
     counts,
     data_rows,
     done_ids,
@@ -252,9 +253,12 @@ class Controller:
         for rid, job in submitted.items():  # this invocation's jobs (reaps local ones)
             if rid not in alive and not job.done():
                 alive[rid] = "submitted"
-        ended = {r.run_id for r in sw.plan if r.run_id in ledger and r.run_id not in alive} - done_ids(runs)
-        if ended - sw.ended:  # a run may have ended, and written its row, after the rows were read
-            runs = run_rows(spec.results, spec.name, sw.rows_cache)
+        # A run may have ended, and written its row (or the ledger its failure), after they were
+        # read: a run not alive now, with a job or a row but no result, is read again, once.
+        known = set(ledger) | set(runs.run_id)
+        ended = {r.run_id for r in sw.plan if r.run_id in known and r.run_id not in alive} - done_ids(runs)
+        if ended - sw.ended:
+            runs, ledger = run_rows(spec.results, spec.name, sw.rows_cache), read_ledger(self.dir)
             ended -= done_ids(runs)
         sw.ended = ended
         state = sweep_state(sw.plan, runs, alive, set(ledger), failures(ledger))
@@ -445,7 +449,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
     state = sweep_state(plan, runs, alive, set(ledger), failures(ledger))
     data = data_rows(spec.results, spec.name, state.run_id, runs)
     total = counts(state).iloc[0].to_dict() if len(state) else {}
-    cells = counts(state, ["stem", "optimizer", "epochs"]).reset_index() if len(state) else pd.DataFrame()
+    cells = counts(*cells_by_data(state, data)).reset_index() if len(state) else pd.DataFrame()
     failed_runs = []
     for r in state[state.status.eq(S.FAILED)].itertuples():
         failed_runs.append({"run_id": r.run_id, "stem": r.stem, "error": r.error,

@@ -127,6 +127,19 @@ def counts(state: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     return table
 
 
+UNFINISHED = "(no result yet)"  # a run's data is known once it finished (a failed row may name data it never read)
+
+
+def cells_by_data(state: pd.DataFrame, data: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``state`` and the groups of its count table: stem, optimizer, epochs, and ``data`` where
+    the sweep's runs finished on different data (``data_rows``; ``UNFINISHED`` for the others)."""
+    by = ["stem", "optimizer", "epochs"]
+    if "data" not in data.columns:
+        return state, by
+    finished = data[data["status"].isin(DONE)].set_index("run_id")["data"]
+    return state.assign(data=state["run_id"].map(finished).fillna(UNFINISHED)), [*by, "data"]
+
+
 def eta_seconds(state: pd.DataFrame, parallel: int) -> float | None:
     """Remaining runs x mean wall time of finished ones / runs at a time: the runs running now
     when any are (a cluster may run fewer than ``array_parallelism`` allows), else ``parallel``."""
@@ -207,14 +220,16 @@ def data_rows(results: str | Path, sweep: str, planned: set[str] | list[str] | p
 
 def sweep_data(rows: pd.DataFrame) -> list[dict]:
     """``data_rows``' runs on other data than runs that should share theirs
-    (``analysis.grouping.data_mix``): ``[{"sweep", "dataset", "data", "runs", "run_ids"}]``, most
+    (``analysis.grouping.data_mix``): ``[{"sweep", "dataset", "data", *DATA_COLUMNS, "runs",
+    "run_ids"}]`` (the data in words and as its numbers, null where unrecorded), most
     runs first, empty when there are none (``analysis.grouping.mixed_data_note`` says it in words)."""
     from ..analysis.grouping import data_mix
 
     if not len(rows):
         return []
-    return [{"sweep": str(r.sweep), "dataset": str(r.dataset), "data": str(r.data), "runs": int(r.runs),
-             "run_ids": list(r.run_ids)} for r in data_mix(rows).itertuples()]
+    return [{"sweep": str(r["sweep"]), "dataset": str(r["dataset"]), "data": str(r["data"]),
+             **{c: None if pd.isna(r[c]) else int(r[c]) for c in store.DATA_COLUMNS},
+             "runs": int(r["runs"]), "run_ids": list(r["run_ids"])} for r in data_mix(rows).to_dict("records")]
 
 
 def _plain(v):

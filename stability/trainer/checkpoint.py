@@ -109,7 +109,7 @@ def rerun_data_warning(cfg: RunConfig, data: dict[str, int]) -> str | None:
         return None
     return (f"warning: run {cfg.run_id}: the {done.iloc[-1]['status']} result this rerun replaces was trained on "
             f"{_said(saved)}; {_where(cfg)} holds {_said(data)}: it trains on this data (its sweep's analyses keep "
-            "runs on other data apart)")
+            "runs on different data apart)")
 
 
 def identity_hash(cfg: RunConfig) -> str:
