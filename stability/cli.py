@@ -157,7 +157,7 @@ def _load_grid(args: argparse.Namespace):
 
 def cmd_grid_run(args: argparse.Namespace) -> int:
     spec = _load_grid(args)
-    from .analysis.grouping import NO_STEM
+    from .analysis.grouping import stem_name
     from .grid.controller import Controller, RunOptions, dry_run
     from .progress import make_console
     from .store import RunStatus
@@ -183,7 +183,7 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
     failed = outcome.state[outcome.state.status.eq(RunStatus.FAILED)] if len(outcome.state) else outcome.state
     for r in failed.head(5).itertuples():  # why, without a second command (grid status has the log tails)
         why = (str(r.error or "").strip().splitlines() or ["(no error recorded)"])[0][:300]
-        print(f"  failed {r.run_id} ({r.stem if isinstance(r.stem, str) else NO_STEM}): {printable(why)}")
+        print(f"  failed {r.run_id} ({stem_name(r.stem)}): {printable(why)}")
     if len(failed) > 5:
         print(f"  ... and {len(failed) - 5} more failed runs: stability grid status {args.spec} lists each")
     for rid, tail in outcome.lost.items():
@@ -288,7 +288,7 @@ def _print_costs(costs: list, total: bool = False) -> None:
 
 
 def cmd_grid_status(args: argparse.Namespace) -> int:
-    from .analysis.grouping import NO_STEM
+    from .analysis.grouping import stem_name
     from .grid.controller import status_report
 
     spec = _load_grid(args)
@@ -325,7 +325,7 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
     _print_data(report["data"], say, spec.results, spec.name,
                 f"stability grid status {shlex.quote(str(spec.path))} --json")
     for f in report["failures"]:
-        console.print(f"[red]failed[/] {f['run_id']} ({f['stem'] if isinstance(f['stem'], str) else NO_STEM}): {escape(printable(f['error']))}")
+        console.print(f"[red]failed[/] {f['run_id']} ({stem_name(f['stem'])}): {escape(printable(f['error']))}")
         if f["log"]:
             console.print("  " + printable(f["log"]).replace("\n", "\n  "), markup=False)
     for f in report["lost"]:

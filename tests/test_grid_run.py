@@ -376,3 +376,19 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
         [w.value for w in at.warning]
     (data,) = [m for m in at.multiselect if m.label == "data"]  # a sidebar filter, as the other strata
     assert sorted(data.options) == ["10 classes, 40 train / 10 val", "10 classes, 60 train / 10 val"]
+
+
+def test_a_failed_regnet_run_is_named_in_grid_run_and_grid_status(tmp_path):
+    """A RegNet has no stem: the plan records its runs under "regnet" (``plan.stem_label``), and
+    its failure line says so in both commands, with the error (never None or nan)."""
+    nowhere = tmp_path / "nowhere"
+    (nowhere / "cifar-10-batches-py").mkdir(parents=True)  # passes the plan-time check, holds no batches
+    spec_path = write_spec(tmp_path / "g.yaml", "rg", tmp_path / "res", space={"lr": [1e-3]},
+                           base={"model": "regnety_tiny", "dataset": "cifar10", "epochs": 1, "steps_per_epoch": 1,
+                                 "data_root": str(nowhere)}, executor={"kind": "debug"})
+    out = run_cli("grid", "run", str(spec_path), "--quiet")
+    assert out.returncode == 1, out.stdout + out.stderr
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("  failed ")]
+    assert " (regnet): DataError: data_root: no cifar10 batches" in line, line
+    status = run_cli("grid", "status", str(spec_path))
+    assert any(x.startswith("failed ") and "(regnet): DataError" in x for x in status.stdout.splitlines()), status.stdout

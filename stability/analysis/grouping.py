@@ -28,6 +28,21 @@ DATA_KEYS = ("sweep", "dataset", "test_split", "synthetic_size")
 NO_STEM = "no stem"  # a RegNet's: its own series in every figure and line, never NaN (a groupby drops it)
 
 
+def stem_name(stem) -> str:
+    """One run's stem in words.
+
+    Args:
+        stem: a runs row's ``stem`` (None or NaN for a RegNet).
+
+    Returns:
+        The stem, or :data:`NO_STEM` for a missing one.
+
+    >>> stem_name("conv"), stem_name(None)
+    ('conv', 'no stem')
+    """
+    return stem if isinstance(stem, str) else NO_STEM
+
+
 def named_stems(df: pd.DataFrame) -> pd.DataFrame:
     """Runs with a name for a missing stem.
 
