@@ -107,3 +107,15 @@ def dash_results(tmp_path_factory):
     outcome = Controller(load_spec(spec), RunOptions(show_progress=False)).run()
     assert set(outcome.state.status) <= {"completed", "diverged"}
     return d / "results"
+
+
+def unreadable_cifar(root: Path) -> Path:
+    """A cifar10 ``data_root`` whose files have the release's names (the plan-time check passes)
+    but are empty (every run that loads it fails at once, with a DataError)."""
+    from stability.data.datasets import CIFAR_FILES
+
+    base, files = CIFAR_FILES["cifar10"]
+    (root / base).mkdir(parents=True)
+    for f in files:
+        (root / base / f).write_bytes(b"")
+    return root

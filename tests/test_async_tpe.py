@@ -21,7 +21,7 @@ from stability.grid.spec import load_spec, parse_spec
 from stability.grid.state import load_plan, save_plan
 from stability.grid.studies import ask_free, open_storage, study_name
 
-from .conftest import run_cli, write_spec
+from .conftest import run_cli, unreadable_cifar, write_spec
 
 SPACE = {"lr": {"loguniform": [1e-4, 1e-2]}, "wd": {"loguniform": [1e-3, 0.5]}}
 
@@ -207,12 +207,11 @@ def test_max_failures_counts_submitted_failures_not_divergence():
 
 
 def test_max_failures_stops_submitting_and_exits_non_zero(tmp_path):
-    """Every cifar10 run fails at once (its data_root has the batches' folder, which passes the
-    plan-time check, but no batches in it). With max_failures 2 the controller (one run at a
+    """Every cifar10 run fails at once (its data_root has the release's file names, which pass
+    the plan-time check, but no batches in them). With max_failures 2 the controller (one run at a
     time) stops after the second failure, leaves the rest unsubmitted, says why on one line and
     exits 1 (that diverged runs do not count is checked above)."""
-    nowhere = tmp_path / "nowhere"
-    (nowhere / "cifar-10-batches-py").mkdir(parents=True)
+    nowhere = unreadable_cifar(tmp_path / "nowhere")
     spec_path = write_spec(tmp_path / "g.yaml", "ff", tmp_path / "res", space={"lr": [1e-3, 2e-3, 3e-3, 4e-3]},
                            base={"dataset": "cifar10", "epochs": 1, "steps_per_epoch": 2, "data_root": str(nowhere)},
                            executor={"kind": "local", "max_parallel": 1, "timeout_min": 20, "max_failures": 2})

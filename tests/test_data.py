@@ -128,3 +128,43 @@ def test_dataset_sizes_cover_every_dataset_and_match_what_loads():
     for name in ("digits", "synthetic_motifs"):
         d = load_dataset(name)
         assert SIZES[name] == (len(d.train), d.image_size), name
+
+
+def test_cifar_files_not_in_the_release_format_are_one_clear_error(tmp_path):
+    """Files of the right names but the wrong content (bytes keys, rows not 3072 wide, labels
+    past the classes, a truncated pickle), or a missing file, are a ``DataError`` that names
+    the folder and what is wrong, at plan time where no file need be read: never a traceback
+    from torchvision, never a run that fails mid-training."""
+    from stability.data.datasets import check_source
+
+    def broken(case, edit):
+        root = tmp_path / case
+        _write_cifar(root)
+        folder = root / "cifar-10-batches-py"
+        edit(folder)
+        return root, folder
+
+    def rewrite(folder, fn):
+        for f in folder.glob("data_batch_*"):
+            with open(f, "rb") as fh:
+                d = pickle.load(fh)
+            with open(f, "wb") as fh:
+                pickle.dump(fn(d), fh)
+
+    cases = {
+        "bytes_keys": (lambda f: rewrite(f, lambda d: {k.encode(): v for k, v in d.items()}), ["KeyError", "str keys 'data'"]),
+        "narrow": (lambda f: rewrite(f, lambda d: {**d, "data": d["data"][:, :1000]}), ["ValueError", "N x 3072"]),
+        "labels": (lambda f: rewrite(f, lambda d: {**d, "labels": [99] * len(d["labels"])}), ["labels must be 0..9"]),
+        "truncated": (lambda f: (f / "test_batch").write_bytes((f / "test_batch").read_bytes()[:50]), ["not python-format"]),
+    }
+    for case, (edit, needles) in cases.items():
+        root, folder = broken(case, edit)
+        check_source("cifar10", str(root))  # the names are right: the plan cannot tell
+        with pytest.raises(DataError) as e:
+            load_dataset("cifar10", str(root))
+        line = str(e.value)
+        assert len(line.splitlines()) == 1 and str(folder) in line and all(n in line for n in needles), (case, line)
+    root, folder = broken("no_meta", lambda f: (f / "batches.meta").unlink())
+    for check in (lambda: check_source("cifar10", str(root)), lambda: load_dataset("cifar10", str(root))):
+        with pytest.raises(DataError, match=f"{folder} lacks batches.meta \\(expected python-format files data_batch_1"):
+            check()

@@ -11,7 +11,7 @@ from stability.grid.ledger import read_ledger
 from stability.grid.local import pid_alive
 from stability.grid.spec import load_spec
 
-from .conftest import run_cli, write_spec
+from .conftest import run_cli, unreadable_cifar, write_spec
 
 
 def test_debug_grid_records_divergence_and_optuna_study(tmp_path):
@@ -164,8 +164,7 @@ def test_local_no_wait_runs_outlive_the_controller(tmp_path):
 
 
 def test_local_two_task_job_is_one_ddp_run_and_failures_keep_their_log(tmp_path):
-    data = tmp_path / "empty"
-    (data / "cifar-10-batches-py").mkdir(parents=True)  # passes the plan-time check; no batches in it
+    data = unreadable_cifar(tmp_path / "empty")  # passes the plan-time check; no batches in it
     spec_path = write_spec(tmp_path / "g.yaml", "ddp", tmp_path / "res",
                            executor={"kind": "local", "max_parallel": 1, "tasks_per_node": 2, "timeout_min": 20},
                            base={"model": "vit_p_tiny", "batch_size": 32, "data_root": str(data)},
@@ -381,14 +380,13 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
 def test_a_failed_regnet_run_is_named_in_grid_run_and_grid_status(tmp_path):
     """A RegNet has no stem: the plan records its runs under "regnet" (``plan.stem_label``), and
     its failure line says so in both commands, with the error (never None or nan)."""
-    nowhere = tmp_path / "nowhere"
-    (nowhere / "cifar-10-batches-py").mkdir(parents=True)  # passes the plan-time check, holds no batches
+    nowhere = unreadable_cifar(tmp_path / "nowhere")  # passes the plan-time check, holds no batches
     spec_path = write_spec(tmp_path / "g.yaml", "rg", tmp_path / "res", space={"lr": [1e-3]},
                            base={"model": "regnety_tiny", "dataset": "cifar10", "epochs": 1, "steps_per_epoch": 1,
                                  "data_root": str(nowhere)}, executor={"kind": "debug"})
     out = run_cli("grid", "run", str(spec_path), "--quiet")
     assert out.returncode == 1, out.stdout + out.stderr
     (line,) = [x for x in out.stdout.splitlines() if x.startswith("  failed ")]
-    assert " (regnet): DataError: data_root: no cifar10 batches" in line, line
+    assert " (regnet): DataError: data_root: the cifar10 files under" in line, line
     status = run_cli("grid", "status", str(spec_path))
     assert any(x.startswith("failed ") and "(regnet): DataError" in x for x in status.stdout.splitlines()), status.stdout

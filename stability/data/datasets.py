@@ -37,6 +37,12 @@ SIZES: dict[str, tuple[int | None, int]] = {
     "cifar10": (50000, 32), "cifar100": (50000, 32), "imagefolder": (1281167, 224),
     "packed": (1281167, 224)}  # packed: an estimate (ImageNet); the real count is in its index
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# torchvision's python-format release: folder, then its files (batches, then the class names)
+CIFAR_FILES = {"cifar10": ("cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                                                   "batches.meta")),
+               "cifar100": ("cifar-100-python", ("train", "test", "meta"))}
+_CIFAR_FORMAT = ("each a pickled dict with str keys 'data' (N x 3072 uint8) and '{labels}', as in the release; "
+                 "pass download=true to fetch it")
 
 
 class DataError(ValueError):
@@ -139,10 +145,7 @@ def check_source(name: str, root: str | None, download: bool = False, here: bool
     if name != "imagefolder" and not path.is_dir():  # imagefolder's message names its layout (below)
         raise DataError(f"data_root: {path} is not a folder (dataset {name!r})")
     if name.startswith("cifar"):
-        folder = path / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
-        if not folder.is_dir():
-            raise DataError(f"data_root: no {name} batches under {folder} (expected python-format batches; "
-                            f"pass download=true to fetch them)")
+        _cifar_files_present(name, path)
     elif name == "imagefolder":
         for split in ("train", "val"):
             if not (path / split).is_dir():
@@ -150,6 +153,18 @@ def check_source(name: str, root: str | None, download: bool = False, here: bool
                                 f"{path}/{{train,val}}/<class>/<image>)")
     elif not (path / "meta.json").is_file():
         raise DataError(f"data_root: {path} is not a packed dataset (no meta.json; make one with `stability pack`)")
+
+
+def _cifar_files_present(name: str, root: Path) -> None:
+    """``DataError`` naming the folder and the files of the release it lacks (reads none)."""
+    base, files = CIFAR_FILES[name]
+    folder = root / base
+    missing = [f for f in files if not (folder / f).is_file()]
+    if not folder.is_dir() or missing:
+        what = f"no {name} batches under {folder}" if not folder.is_dir() or len(missing) == len(files) else \
+            f"{folder} lacks {', '.join(missing)}"
+        raise DataError(f"data_root: {what} (expected python-format files {', '.join(files)}, "
+                        + _CIFAR_FORMAT.format(labels="labels" if name == "cifar10" else "fine_labels") + ")")
 
 
 def _need_root(name: str, root: str | None) -> Path:
@@ -311,22 +326,32 @@ def _cifar(name: str, root: Path, image_size: int, download: bool) -> DataBundle
         # which rules out re-packed copies and the small fixtures our tests write.
         def _check_integrity(self) -> bool:
             folder = Path(self.root) / self.base_folder
-            names = [f for f, _ in self.train_list + self.test_list] + [self.meta["filename"]]
-            return all((folder / f).is_file() for f in names)
+            return all((folder / f).is_file() for f in CIFAR_FILES[name][1])
 
         def _load_meta(self) -> None:
             with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
                 self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
+    if not download:
+        _cifar_files_present(name, root)
     try:
         train = _Cifar(str(root), train=True, download=download, transform=_transforms(True, image_size, True))
         val = _Cifar(str(root), train=False, transform=_transforms(False, image_size, True))
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-        raise DataError(
-            f"data_root: no {name} batches under {root / base.base_folder} "
-            f"(expected python-format batches; pass download=true to fetch them)"
-        ) from e
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted" (a download that failed)
+        _cifar_files_present(name, root)
+        raise DataError(f"data_root: {name} under {root}: {e}") from e
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, EOFError, pickle.UnpicklingError) as e:
+        # files of the right names that are not the release's format: say so, not a traceback
+        raise DataError(f"data_root: the {name} files under {root / base.base_folder} are not python-format "
+                        f"batches ({type(e).__name__}: {str(e)[:200]}; expected "
+                        + _CIFAR_FORMAT.format(labels="labels" if name == "cifar10" else "fine_labels") + ")") from e
+    for split, d in (("train", train), ("test", val)):
+        bad = len(d.data) != len(d.targets) or any(not 0 <= int(t) < len(d.classes) for t in d.targets)
+        if bad:  # else a run would fail mid-training on an index error
+            raise DataError(f"data_root: the {name} {split} files under {root / base.base_folder} hold "
+                            f"{len(d.data)} images and {len(d.targets)} labels, labels must be 0..{len(d.classes) - 1} "
+                            f"(the meta file names {len(d.classes)} classes)")
     return DataBundle(train, val, len(train.classes), image_size, _train_transform(image_size, True))
 
 
