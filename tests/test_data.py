@@ -1,4 +1,5 @@
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -82,6 +83,16 @@ def test_imagefolder(tmp_path):
     assert d.train[0][0].shape == (3, 32, 32) and d.val[5][0].shape == (3, 32, 32)
     with pytest.raises(DataError, match="ImageNet layout"):
         load_dataset("imagefolder", str(tmp_path / "nope"))
+    # a class folder with no image, then a split with no class folder: named, one line
+    for f in (tmp_path / "val" / "dog").iterdir():
+        f.unlink()
+    (tmp_path / "val" / "dog" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match=f"^data_root: {tmp_path / 'val'}: Found no valid file for the classes dog"):
+        load_dataset("imagefolder", str(tmp_path), image_size=32)
+    for d in (tmp_path / "val").iterdir():
+        shutil.rmtree(d)
+    with pytest.raises(DataError, match=f"^data_root: {tmp_path / 'val'}: Couldn't find any class folder"):
+        load_dataset("imagefolder", str(tmp_path), image_size=32)
 
 
 def test_epoch_sampler_deterministic_resumable_and_rank_strided():

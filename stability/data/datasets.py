@@ -359,8 +359,14 @@ def _imagefolder(root: Path, image_size: int) -> DataBundle:
     from torchvision.datasets import ImageFolder
 
     check_source("imagefolder", str(root))  # the layout, as a sweep's plan checks it
-    train = ImageFolder(str(root / "train"), transform=_transforms(True, image_size, False))
-    val = ImageFolder(str(root / "val"), transform=_transforms(False, image_size, False))
+    sets = {}
+    for split, train_side in (("train", True), ("val", False)):
+        try:
+            sets[split] = ImageFolder(str(root / split), transform=_transforms(train_side, image_size, False))
+        except FileNotFoundError as e:  # torchvision: a split with no class folder, or a class with no image
+            raise DataError(f"data_root: {root / split}: {str(e).splitlines()[0][:300]} (expected ImageNet "
+                            f"layout {root}/{{train,val}}/<class>/<image>)") from e
+    train, val = sets["train"], sets["val"]
     if train.classes != val.classes:
         raise DataError(f"data_root: class folders differ between {root / 'train'} and {root / 'val'}")
     return DataBundle(train, val, len(train.classes), image_size, _train_transform(image_size, False))
