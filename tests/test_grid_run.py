@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import time
 
 import optuna
@@ -12,6 +13,7 @@ from stability.grid.local import pid_alive
 from stability.grid.spec import load_spec
 
 from .conftest import run_cli, unreadable_cifar, write_spec
+from .test_data import _write_cifar
 
 
 def test_debug_grid_records_divergence_and_optuna_study(tmp_path):
@@ -322,8 +324,6 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
     `grid run` and `grid status` warn naming both, and the analyses keep them apart."""
     from stability import analysis
 
-    from .test_data import _write_cifar
-
     _write_cifar(tmp_path / "a", n_train=40, n_test=10)
     _write_cifar(tmp_path / "b", n_train=60, n_test=10)
 
@@ -383,10 +383,18 @@ def test_a_failed_regnet_run_is_named_in_grid_run_and_grid_status(tmp_path):
     nowhere = unreadable_cifar(tmp_path / "nowhere")  # passes the plan-time check, holds no batches
     spec_path = write_spec(tmp_path / "g.yaml", "rg", tmp_path / "res", space={"lr": [1e-3]},
                            base={"model": "regnety_tiny", "dataset": "cifar10", "epochs": 1, "steps_per_epoch": 1,
-                                 "data_root": str(nowhere)}, executor={"kind": "debug"})
+                                 "batch_size": 8, "data_root": str(nowhere)}, executor={"kind": "debug"})
     out = run_cli("grid", "run", str(spec_path), "--quiet")
     assert out.returncode == 1, out.stdout + out.stderr
     (line,) = [x for x in out.stdout.splitlines() if x.startswith("  failed ")]
     assert " (regnet): DataError: data_root: the cifar10 files under" in line, line
     status = run_cli("grid", "status", str(spec_path))
     assert any(x.startswith("failed ") and "(regnet): DataError" in x for x in status.stdout.splitlines()), status.stdout
+    # the data mended, --retry failed (piped): the failed run is said as submitted again, and its new end
+    shutil.rmtree(nowhere)
+    _write_cifar(nowhere)
+    again = run_cli("grid", "run", str(spec_path), "--retry", "failed")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 of 1 runs had ended before this start (1 failed: --retry failed submits it again)" in again.stderr
+    assert re.search(r"run [0-9a-f]{12} \(regnet\): completed, top-1 error [0-9.]+ % \[1 of 1 ended\]", again.stderr), \
+        again.stderr

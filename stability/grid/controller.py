@@ -274,6 +274,8 @@ class Controller:
             todo = todo[:max(0, cap - running)]
         if todo:  # submit before telling Optuna: a free slot should not wait on SQLite
             self._submit(backend, sw.plan, todo, submitted)
+            if sw.said is not None:  # a run submitted again (retried, quarantined) says its new end
+                sw.said.difference_update(todo)
             sw.ended -= set(todo)  # if one ends before the next look, that look reads its row again
             outcome.submitted += todo
             return "again"
@@ -345,9 +347,11 @@ class Controller:
         ended = state[state.status.isin([*DONE, S.FAILED])]
         if "" not in said:  # the first look
             said.update(["", *ended.run_id])
+            failed = int(ended.status.eq(S.FAILED).sum()) if self.opts.retry_failed else 0
             if len(ended):
-                self.console.print(f"{len(ended)} of {len(state)} runs had ended before this start",
-                                   markup=False, highlight=False, soft_wrap=True)
+                self.console.print(f"{len(ended)} of {len(state)} runs had ended before this start"
+                                   + (f" ({failed} failed: --retry failed submits {'it' if failed == 1 else 'them'} "
+                                      "again)" if failed else ""), markup=False, highlight=False, soft_wrap=True)
             return
         new = [r for r in ended.itertuples() if r.run_id not in said]
         errs = runs.drop_duplicates("run_id", keep="last").set_index("run_id")["top1_err"] if len(runs) else {}
