@@ -188,13 +188,15 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
                                                                        line=dict(width=2, color=color)),
                                          hovertemplate=f"{what} run(s), counted at 100%<extra>{name}</extra>"),
                               row=row, col=col)
+        # the line's label in the first panel only: an annotation position without its text
+        # makes plotly write its placeholder, "new text", in the others
         if relative and within is not None:
             fig.add_vline(x=within, line=dict(color="#555", dash="dot", width=1), row=row, col=col,
-                          annotation_text=f"within {within:g}" if p_i == 0 else None,
-                          annotation_position="bottom right")
+                          **(dict(annotation_text=f"within {within:g}", annotation_position="bottom right")
+                             if p_i == 0 else {}))
         if not relative and chance is not None and np.isfinite(chance):
             fig.add_vline(x=chance, line=dict(color="#888", dash="dash", width=1), row=row, col=col,
-                          annotation_text="chance" if p_i == 0 else None, annotation_position="bottom left")
+                          **(dict(annotation_text="chance", annotation_position="bottom left") if p_i == 0 else {}))
     if full_axis:
         fig.update_xaxes(range=[-2.0, 102.0])
     elif len(points):

@@ -189,6 +189,18 @@ def test_plots_colour_every_status_and_count_pruned_runs_in_edf_titles():
     assert any("1 diverged and 1 pruned" in m for m in marks) and any("0 diverged and 2 pruned" in m for m in marks)
 
 
+def test_edf_panels_label_their_chance_and_within_lines_once_never_with_plotlys_placeholder():
+    """Two panels (two sweeps): the first labels the line, the others carry none at all (an
+    annotation without text is drawn as plotly's "new text")."""
+    two = pd.concat([_runs().assign(sweep="a"), _runs().assign(sweep="b", run_id=lambda d: d.run_id + "b")],
+                    ignore_index=True)
+    for relative, kw, label in ((False, {"chance": 90.0}, "chance"), (True, {"within": 4.0}, "within 4")):
+        fig = plots.edf_figure(analysis.edf(two, n_boot=0, relative=relative), relative=relative, **kw)
+        texts = [a.text for a in fig.layout.annotations]
+        assert sum(bool(t) and t.startswith(("a: ", "b: ")) for t in texts) == 2, texts  # two panels
+        assert None not in texts and texts.count(label) == 1, texts
+
+
 def test_report_findings_show_pruned_beside_diverged():
     from stability.report import findings_section
 
