@@ -706,8 +706,13 @@ def pruning_pareto(curve: pd.DataFrame) -> go.Figure:
                         subplot_titles=[_every_text(k) for k in everies] if len(everies) > 1 else None)
     families = list(dict.fromkeys(curve["family"])) if len(curve) else []
     theirs = [f for f in families if str(f).startswith("optuna")]
-    fallback = iter(LINE_COLORS * 2)
-    colors = {f: PRUNER_COLORS.get(f) or next(fallback) for f in families}
+    from plotly.colors import qualitative
+
+    used = {PRUNER_COLORS[f].lower() for f in families if f in PRUNER_COLORS}
+    # other families (the presets) take colours no family on the figure has: never two alike
+    spare = iter([c for c in dict.fromkeys(c.lower() for c in LINE_COLORS + qualitative.Dark24 + qualitative.Light24)
+                  if c not in used])
+    colors = {f: PRUNER_COLORS.get(f) or next(spare) for f in families}
     for col, k in enumerate(everies, start=1):
         part = curve[curve["every"] == k]
         ours = part[~part["family"].isin(theirs)]

@@ -72,7 +72,9 @@ def test_the_figure_draws_every_family_with_ours_solid_and_optuna_open():
     fig = plots.pruning_pareto(res.curve)
     points = [t for t in fig.data if t.mode == "markers"]
     assert {t.name for t in points} == set(res.curve.family)
-    assert {"loss", "chance", "above", "optuna-median", "optuna-hyperband"} <= {t.name for t in points}
+    assert {"loss", "chance", "above", "optuna-median", "optuna-hyperband", "preset default"} <= {t.name for t in points}
+    colours = {t.name: t.marker.color for t in points}
+    assert len(set(colours.values())) == len(colours), colours  # every family its own colour, presets too
     for t in points:  # every family has a point in both panels (every = recorded, 5), on the axes in %
         assert len(t.x) > 0 and np.isfinite(np.asarray(t.x, float)).all() and 0 <= min(t.x) <= max(t.x) <= 100
         assert t.error_y.array is not None and (np.asarray(t.error_y.array, float) >= 0).all()
