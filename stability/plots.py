@@ -490,6 +490,25 @@ def spike_count_figure(counts: pd.DataFrame, title: str = "Gradient-norm spikes 
     return fig
 
 
+def _spanning(ticks: list[float], values) -> list[float]:
+    """Log ticks that end on a tick at or past each end of ``values`` (the next 1-2-5 value
+    where they end inside): a parallel-coordinates axis spans its ticks, none drawn off it, no
+    line ending where no tick says its value."""
+    v = np.asarray(pd.Series(values).dropna(), float)
+    v = v[np.isfinite(v) & (v > 0)]
+    ticks = sorted(ticks)
+    if not len(v) or not ticks:
+        return ticks
+    lo, hi = float(v.min()), float(v.max())
+    d0, d1 = int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1
+    grid = [float(f"{m * 10.0 ** d:.12g}") for d in range(d0, d1 + 1) for m in (1, 2, 5)]
+    if ticks[0] > lo * 1.001:
+        ticks.insert(0, max(g for g in grid if g <= lo * 1.001))
+    if ticks[-1] < hi / 1.001:
+        ticks.append(min(g for g in grid if g >= hi / 1.001))
+    return ticks if len(ticks) > 1 else [ticks[0] / 2, ticks[0] * 2]
+
+
 def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optimizer", "epochs")) -> go.Figure:
     """Parallel coordinates of the knobs that vary and the error, one line per run, coloured by
     stem (``analysis.error_vs_hparams`` output; diverged and pruned runs at 100)."""
@@ -501,9 +520,9 @@ def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optim
         if k not in df or df[k].nunique() < 2:
             continue
         if k in ("lr", "wd"):
-            ticks = log_ticks(df[k])
-            dims.append(dict(label=k, values=np.log10(df[k].astype(float)),
-                             tickvals=np.log10(ticks["tickvals"]), ticktext=ticks["ticktext"]))
+            ticks = _spanning(log_ticks(df[k])["tickvals"], df[k])
+            dims.append(dict(label=k, values=np.log10(df[k].astype(float)), range=list(np.log10(ticks[::len(ticks) - 1])),
+                             tickvals=np.log10(ticks), ticktext=_labels(ticks)))
         else:
             cats = sorted(df[k].astype(str).unique(), key=lambda c: (len(c), c))
             dims.append(dict(label=k, values=df[k].astype(str).map({c: i for i, c in enumerate(cats)}),
@@ -515,9 +534,9 @@ def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optim
     fig = go.Figure(go.Parcoords(line=dict(color=code, colorscale=scale, cmin=0, cmax=max(1, len(stems) - 1)),
                                  dimensions=dims))
     for i, s in enumerate(stems):  # a legend: Parcoords has none of its own
-        fig.add_annotation(text=f"<b>━ {s}</b>", x=0.12 * i, y=1.25, xref="paper", yref="paper", showarrow=False,
-                           xanchor="left", font=dict(color=color_of(s, i)))
-    fig.update_layout(template="plotly_white", height=480, margin=dict(l=70, r=90, t=110, b=40),
+        fig.add_annotation(text=f"<b>━ {s}</b>", x=0.12 * i, y=-0.06, xref="paper", yref="paper", showarrow=False,
+                           xanchor="left", yanchor="top", font=dict(color=color_of(s, i)))  # under the axes
+    fig.update_layout(template="plotly_white", height=500, margin=dict(l=70, r=90, t=100, b=60),
                       title="Runs across the knobs (lr, wd on log10 scales; diverged and pruned runs at 100%)")
     return fig
 

@@ -545,3 +545,20 @@ def test_a_run_without_a_stem_is_a_line_of_its_own():
     for fig in (plots.lr_wd_figure(hp), plots.parallel_figure(hp)):
         assert fig.data
     assert {t.name for t in plots.lr_wd_figure(hp).data if t.name} >= {"conv", "no stem"}
+
+
+def test_parallel_axes_span_their_ticks_and_the_legend_clears_the_title():
+    """Each log axis ends on a labelled tick at or past its data (a tick off the axis overlapped
+    its label; a line ended where no tick named its value); the stems' legend sits under the axes."""
+    hp = pd.DataFrame({"stem": ["conv", "patchify"] * 4, "lr": [1e-4, 1e-3, 3e-2, 3.0] * 2,
+                       "wd": [0.01, 0.05, 0.3, 0.05] * 2, "err": [10.0, 20, 30, 100, 15, 25, 35, 100]})
+    fig = plots.parallel_figure(hp)
+    dims = {d.label: d for d in fig.data[0].dimensions}
+    for k in ("lr", "wd"):
+        d, data = dims[k], np.log10(hp[k])
+        ticks = np.asarray(d.tickvals, float)
+        assert d.range[0] == ticks.min() <= data.min() and data.max() <= ticks.max() == d.range[1], (k, d.range, ticks)
+        assert len(d.ticktext) == len(ticks)
+    assert list(dims["wd"].ticktext)[-1] == "0.5" and list(dims["lr"].ticktext)[-1] == "1e1"
+    assert [a.text for a in fig.layout.annotations] == ["<b>━ conv</b>", "<b>━ patchify</b>"]
+    assert all(a.y < 0 for a in fig.layout.annotations)
