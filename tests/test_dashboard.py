@@ -289,3 +289,25 @@ def test_the_dashboard_splits_by_a_varying_config_field_as_the_analyses_do(tmp_p
     assert sorted(want["image_size"]) == [17, 17, 32, 32]
     assert shown["image_size"].tolist() == want["image_size"].tolist()
     assert shown["median_err"].tolist() == want["median_err"].tolist()
+
+
+def test_spikes_says_a_short_runs_recorded_trace_interval_not_the_gap_to_its_divergence(tmp_path):
+    """A run traced every 5 steps that diverged at step 4 has traced points 0 and 4 (the divergence
+    step is traced off the interval): the note names its recorded interval, 5, not the gap, 4."""
+    import json
+
+    import pandas as pd
+
+    from .test_pruning_view import synthetic
+
+    runs, steps, traces = synthetic("short")
+    rid = runs.run_id[runs.status.eq("diverged")].iloc[0]
+    row = runs.set_index("run_id").loc[rid].drop("sweep").to_dict()
+    row.update(diverged_at_step=4, config_json=json.dumps({"steps_per_epoch": 10, "trace_every": 5}))
+    gn = pd.DataFrame({"step": [0, 4], "layer": "blocks.0", "grad_norm": [1.0, 9.0], "attn_logit_max": 5.0,
+                       "update_ratio": 1e-3, "run_id": rid})
+    st = steps[steps.run_id.eq(rid) & steps.step.le(4)].drop(columns="sweep")
+    store.write_run(tmp_path, "short", rid, {"runs": [{**row, "run_id": rid}], "steps": st, "grad_norms": gn})
+    at = _app(tmp_path, "views/spikes.py")
+    notes = [i.value for i in at.info if "too short for the detector" in i.value]
+    assert notes and "traced every 5 steps" in notes[0] and "every 4" not in notes[0], [i.value for i in at.info]

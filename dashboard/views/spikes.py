@@ -2,11 +2,21 @@
 the traces, the counts and the first-layer lead alike), loss underneath, divergence marked; running
 runs' traces from the rows they have streamed, redrawn every 5 s."""
 
+import json
+
 import pandas as pd
 import streamlit as st
 
 from stability import analysis, plots
-from stability.dashboard.common import control, rows_of, run_key, run_tables, selected_runs, table
+from stability.dashboard.common import (
+    control,
+    rows_of,
+    run_key,
+    run_tables,
+    selected_runs,
+    table,
+    with_run_columns,
+)
 from stability.store import DONE, RunStatus
 
 COUNT_LIMIT = 300  # runs whose traces the counts re-detect with the sliders' settings
@@ -14,11 +24,22 @@ LIVE_LIMIT = 6  # running runs whose traces are redrawn as they stream
 
 
 
-def _why_unjudged(label: str, marked: pd.DataFrame, per_layer: int, window: int, min_points: int) -> str:
-    """Why no point of a run is judged, in its own trace interval: too few steps at every step
-    traced, or a trace interval too long for the window."""
+def _trace_every(config_json) -> int | None:
+    """The run's recorded ``trace_every`` (None where the row does not say, or says nonsense)."""
+    try:
+        every = json.loads(config_json).get("trace_every")
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return every if isinstance(every, int) and not isinstance(every, bool) and every >= 1 else None
+
+
+def _why_unjudged(label: str, marked: pd.DataFrame, per_layer: int, window: int, min_points: int,
+                  every: int | None = None) -> str:
+    """Why no point of a run is judged, in its own trace interval (``every``: the run's recorded
+    one, else read off the steps traced: the divergence step is traced off the interval): too few
+    steps at every step traced, or a trace interval too long for the window."""
     steps = marked.drop_duplicates("step").step.sort_values()
-    every = int(steps.diff().median()) if len(steps) > 1 else None
+    every = every or (int(steps.diff().median()) if len(steps) > 1 else None)
     last = int(marked.step.max()) + 1
     if every == 1:
         return f"{label}: traced at every step, but it lasted {last} step(s) ({per_layer} point(s) per layer)"
@@ -110,6 +131,7 @@ elif traced is not None:
     info = traced.set_index("key")
     notes = st.container()  # filled after the loop, shown above the figures
     leads, overlay, unjudged, untraced = [], [], [], []
+    recorded: dict[str, int | None] | None = None  # each chosen run's trace_every, from its config
     for rid in chosen:
         row = info.loc[rid]
         gn, steps = rows_of(tables["grad_norms"], rid), rows_of(tables["steps"], rid)
@@ -119,7 +141,10 @@ elif traced is not None:
         marked = analysis.mark_spikes(gn, params=params)
         per_layer = int(marked.groupby("layer").size().max())
         if per_layer <= min_points:
-            unjudged.append(_why_unjudged(row.label, marked, per_layer, window, min_points))
+            if recorded is None:  # read once, and only when a run is too short to judge
+                cfg = with_run_columns(traced[traced.key.isin(chosen)], ["config_json"])
+                recorded = dict(zip(cfg.key, cfg.config_json.map(_trace_every), strict=True))
+            unjudged.append(_why_unjudged(row.label, marked, per_layer, window, min_points, recorded.get(rid)))
         small = analysis.downsample(marked, max_points=2000)
         steps = analysis.downsample(steps, 3000, value="loss") if len(steps) else steps
         err = (f"{row.top1_err:.1f}%" if row.status == RunStatus.COMPLETED
