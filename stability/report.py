@@ -188,6 +188,7 @@ def _tables(runs: pd.DataFrame, verdicts: pd.DataFrame, by: list[str]) -> str:
         cmp = verdicts[keys].copy()
         for c in ("a", "b", "verdict", "n_a", "n_b", "median_a", "median_b", "median_diff"):
             cmp[c] = verdicts[c]
+        cmp["verdict"] = cmp["verdict"].replace({"none": "no verdict"})  # the findings' words
         cmp["median_diff 90% CI"] = [interval(lo, hi) for lo, hi in
                                      zip(verdicts.median_diff_lo, verdicts.median_diff_hi, strict=True)]
         for c in ("p", "p_holm", "ks_p", "n_pairs", "paired_median_diff", "sign_p"):

@@ -128,6 +128,9 @@ def test_report_findings_per_stratum_and_the_run_stuck_at_chance(tmp_path):
                      r"\[[^]]+\], n = 4 vs 4 \(permutation p = [\d.]+, one stratum: [\d.]+ ≤ 0\.1\)</li>", top)
     assert ("<li><b>optimizer sgd</b>: no verdict (both stems sit at chance (or diverged, or were pruned) in "
             "every run: nothing learned to compare)</li>") in top
+    comparison = page[page.index("Comparison between stems"):]
+    comparison = comparison[:comparison.index("</table>")]
+    assert "<td>no verdict</td>" in comparison and "<td>none</td>" not in comparison  # the findings' words
     # the worst patchify run completed but learned nothing: its heading says both
     assert re.search(r"Worst patchify run \(adamwp3, completed, stuck at chance, top-1 error 89 %\)", page)
     assert re.search(r"Worst conv run \(sgdc3, completed, stuck at chance, top-1 error 88 %\)", page)
