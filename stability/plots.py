@@ -108,6 +108,7 @@ EDF_VALUES = {"x", "F", "F_right", "F_lo", "F_hi", "F_lo_sim", "F_hi_sim", "dkw"
               "pruned_as", "pooled"}
 
 
+ZERO_NORM = "○ grad norm 0 (a log axis has no 0: drawn below)"  # the open circles' legend entry
 END_SYMBOLS = {"": "circle", "diverged": "x", "pruned": "diamond-open"}  # how a run ended, as a marker
 BANDS = {"pointwise": ("F_lo", "F_hi"), "simultaneous": ("F_lo_sim", "F_hi_sim"), "dkw": None}
 LINE_COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -384,6 +385,7 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
         floor = _log_floor(trace.grad_norm)
         first, last = trace.depth.min(), trace.depth.max()
         layers = trace.sort_values("depth").drop_duplicates("layer")[["layer", "depth"]]
+        zero_said = False
         for layer, depth in layers.itertuples(index=False):
             g = trace[trace.layer == layer].sort_values("step")
             edge = depth in (first, last)
@@ -397,10 +399,11 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
             zeros = g[g.grad_norm == 0]
             if len(zeros):
                 fig.add_trace(go.Scatter(x=zeros.step, y=[floor] * len(zeros), mode="markers", legendgroup=layer,
-                                         showlegend=False, visible=visible,
+                                         name=ZERO_NORM, showlegend=edge and not zero_said, visible=visible,
                                          marker=dict(color=color, size=8, symbol="circle-open"),
                                          hovertemplate="step %{x}: grad norm 0<extra>" + str(layer) + "</extra>"),
                               row=1, col=1)
+                zero_said |= edge  # one legend entry says what the open circles are
             s = g[g.spike] if "spike" in g else g.iloc[:0]
             if len(s):
                 fig.add_trace(go.Scatter(x=s.step, y=s.grad_norm, mode="markers", name=f"{layer} spikes",
@@ -433,6 +436,7 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
     trace, steps) per run."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
     line = scatter_kind(sum(2 * len(t) // max(1, t.layer.nunique()) + len(s) for _, t, s in runs))
+    zero_said = False
     for i, (label, trace, steps) in enumerate(runs):
         color = LINE_COLORS[i % len(LINE_COLORS)]
         if len(trace):
@@ -442,9 +446,11 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
                 zeros = g[g.grad_norm == 0]
                 if len(zeros):
                     fig.add_trace(go.Scatter(x=zeros.step, y=[floor] * len(zeros), mode="markers", legendgroup=label,
-                                             showlegend=False, marker=dict(color=color, size=8, symbol="circle-open"),
+                                             name=ZERO_NORM, showlegend=not zero_said,
+                                             marker=dict(color=color, size=8, symbol="circle-open"),
                                              hovertemplate="step %{x}: grad norm 0<extra>" + f"{label} ({which})</extra>"),
                                   row=1, col=1)
+                    zero_said = True
                 fig.add_trace(line(x=g.step, y=g.grad_norm.where(g.grad_norm > 0),
                                    mode="lines+markers" if len(g) <= 2 else "lines", name=label, legendgroup=label,
                                    showlegend=which == "first", line=dict(color=color, dash=dash, width=1.6),

@@ -208,3 +208,18 @@ def test_report_findings_show_pruned_beside_diverged():
     assert "<th>pruned</th>" in page and "<b>Pruned</b>" in page and "<td>2 (66.7 %)</td>" in page
     plain = findings_section(_runs()[_runs().status.ne(P)].assign(sweep="s"), pd.DataFrame(), "s")
     assert "<th>pruned</th>" not in plain and "<b>Pruned</b>" not in plain
+
+
+def test_spike_figures_say_once_what_their_open_circles_are():
+    """A zero grad norm has no place on a log axis: drawn as an open circle below the data, and
+    one legend entry says so (a hollow circle nobody explained, in the trial of a new user)."""
+    trace = pd.DataFrame({"step": [0, 1, 2] * 3, "layer": ["stem"] * 3 + ["blocks.0"] * 3 + ["head"] * 3,
+                          "depth": [0] * 3 + [1] * 3 + [2] * 3,
+                          "grad_norm": [0.0, 0.5, 0.4, 0.0, 0.2, 0.3, 0.0, 1.0, 1.1], "spike": False})
+    steps = pd.DataFrame({"step": [0, 1, 2], "loss": [2.3, 2.2, 2.1]})
+    for fig in (plots.spike_figure(trace, steps), plots.spike_overlay_figure([("a", trace, steps), ("b", trace, steps)])):
+        circles = [t for t in fig.data if t.marker.symbol == "circle-open"]
+        assert len(circles) >= 2 and [t.showlegend for t in circles].count(True) == 1, [t.showlegend for t in circles]
+        assert all(t.name == plots.ZERO_NORM for t in circles)
+    plain = plots.spike_figure(trace.assign(grad_norm=trace.grad_norm + 0.1), steps)
+    assert not any(t.name == plots.ZERO_NORM for t in plain.data)
