@@ -108,7 +108,7 @@ EDF_VALUES = {"x", "F", "F_right", "F_lo", "F_hi", "F_lo_sim", "F_hi_sim", "dkw"
               "pruned_as", "pooled"}
 
 
-ZERO_NORM = "○ grad norm 0 (a log axis has no 0: drawn below)"  # the open circles' legend entry
+ZERO_NORM = "grad norm 0"  # the open circles drawn below the data (a log axis has no 0): their legend entry
 END_SYMBOLS = {"": "circle", "diverged": "x", "pruned": "diamond-open"}  # how a run ended, as a marker
 BANDS = {"pointwise": ("F_lo", "F_hi"), "simultaneous": ("F_lo_sim", "F_hi_sim"), "dkw": None}
 LINE_COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
