@@ -372,6 +372,16 @@ def _log_floor(values: pd.Series) -> float:
     return float(pos.min() / 10) if len(pos) else 1e-12
 
 
+def _zero_norm_note(fig: go.Figure, trace: pd.DataFrame) -> None:
+    """A legend entry, and only that, saying what the open circles are where ``trace`` has a zero
+    norm: the circles stay in their layer's (or run's) group, which toggles them."""
+    if len(trace) and trace["grad_norm"].eq(0).any():
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=ZERO_NORM, legendgroup=ZERO_NORM,
+                                 legendrank=2000, marker=dict(color="#777", size=8, symbol="circle-open"),
+                                 hoverinfo="skip"),
+                      row=1, col=1)
+
+
 def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
                  diverged_at: float | None = None) -> go.Figure:
     """Per-layer grad norms (log y) with spikes marked, first and last layer emphasised, and the
@@ -385,7 +395,7 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
         floor = _log_floor(trace.grad_norm)
         first, last = trace.depth.min(), trace.depth.max()
         layers = trace.sort_values("depth").drop_duplicates("layer")[["layer", "depth"]]
-        zero_said = False
+        _zero_norm_note(fig, trace)
         for layer, depth in layers.itertuples(index=False):
             g = trace[trace.layer == layer].sort_values("step")
             edge = depth in (first, last)
@@ -399,11 +409,10 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
             zeros = g[g.grad_norm == 0]
             if len(zeros):
                 fig.add_trace(go.Scatter(x=zeros.step, y=[floor] * len(zeros), mode="markers", legendgroup=layer,
-                                         name=ZERO_NORM, showlegend=edge and not zero_said, visible=visible,
+                                         showlegend=False, visible=visible,
                                          marker=dict(color=color, size=8, symbol="circle-open"),
                                          hovertemplate="step %{x}: grad norm 0<extra>" + str(layer) + "</extra>"),
                               row=1, col=1)
-                zero_said |= edge  # one legend entry says what the open circles are
             s = g[g.spike] if "spike" in g else g.iloc[:0]
             if len(s):
                 fig.add_trace(go.Scatter(x=s.step, y=s.grad_norm, mode="markers", name=f"{layer} spikes",
@@ -436,7 +445,7 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
     trace, steps) per run."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
     line = scatter_kind(sum(2 * len(t) // max(1, t.layer.nunique()) + len(s) for _, t, s in runs))
-    zero_said = False
+    _zero_norm_note(fig, pd.concat([t for _, t, _ in runs if len(t)] or [pd.DataFrame({"grad_norm": []})]))
     for i, (label, trace, steps) in enumerate(runs):
         color = LINE_COLORS[i % len(LINE_COLORS)]
         if len(trace):
@@ -446,11 +455,9 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
                 zeros = g[g.grad_norm == 0]
                 if len(zeros):
                     fig.add_trace(go.Scatter(x=zeros.step, y=[floor] * len(zeros), mode="markers", legendgroup=label,
-                                             name=ZERO_NORM, showlegend=not zero_said,
-                                             marker=dict(color=color, size=8, symbol="circle-open"),
+                                             showlegend=False, marker=dict(color=color, size=8, symbol="circle-open"),
                                              hovertemplate="step %{x}: grad norm 0<extra>" + f"{label} ({which})</extra>"),
                                   row=1, col=1)
-                    zero_said = True
                 fig.add_trace(line(x=g.step, y=g.grad_norm.where(g.grad_norm > 0),
                                    mode="lines+markers" if len(g) <= 2 else "lines", name=label, legendgroup=label,
                                    showlegend=which == "first", line=dict(color=color, dash=dash, width=1.6),
@@ -733,8 +740,8 @@ def pruning_pareto(curve: pd.DataFrame) -> go.Figure:
     theirs = [f for f in families if str(f).startswith("optuna")]
     from plotly.colors import qualitative
 
-    used = {PRUNER_COLORS[f].lower() for f in families if f in PRUNER_COLORS}
-    # other families (the presets) take colours no family on the figure has: never two alike
+    used = {c.lower() for c in PRUNER_COLORS.values()}
+    # other families (the presets) take colours no named family has, here or on another figure
     spare = iter([c for c in dict.fromkeys(c.lower() for c in LINE_COLORS + qualitative.Dark24 + qualitative.Light24)
                   if c not in used])
     colors = {f: PRUNER_COLORS.get(f) or next(spare) for f in families}

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis.edf import at_chance
+from .analysis.grouping import run_config
 from .pruner import PrunerSettings, Signals, decide, flush_points
 from .store import RunStatus
 
@@ -61,13 +62,6 @@ class Recorded:
     gap: float = math.nan  # a good run's error minus its group's best (points)
 
 
-def _config(text: Any) -> dict:
-    try:
-        return json.loads(text) if isinstance(text, str) else {}
-    except ValueError:
-        return {}
-
-
 def outcomes(runs: pd.DataFrame, within: float = WITHIN) -> pd.DataFrame:
     """The replayable runs (completed or diverged, latest row each) with ``doomed``, ``good``,
     ``near_best`` and their ``group``. Runs recorded pruned, failed or unfinished are left out."""
@@ -76,7 +70,7 @@ def outcomes(runs: pd.DataFrame, within: float = WITHIN) -> pd.DataFrame:
     chance = at_chance(df, "top1_err").to_numpy(bool)
     df["doomed"] = df.status.eq(RunStatus.DIVERGED).to_numpy() | chance
     df["good"] = df.status.eq(RunStatus.COMPLETED).to_numpy() & ~chance
-    cfgs = [_config(t) for t in df.get("config_json", pd.Series([None] * len(df), index=df.index))]
+    cfgs = [run_config(t) for t in df.get("config_json", pd.Series([None] * len(df), index=df.index))]
     fixes = [json.dumps({k: c.get(k) for k in ("qk_norm", "z_loss", "freeze_stem")}, sort_keys=True) for c in cfgs]
     df["group"] = list(zip(df.sweep, df.stem, df.optimizer, df.epochs, fixes, strict=True))
     best = df[df.good].groupby("group").top1_err.min()

@@ -165,7 +165,12 @@ def test_cifar_files_not_in_the_release_format_are_one_clear_error(tmp_path):
     cases = {
         "bytes_keys": (lambda f: rewrite(f, lambda d: {k.encode(): v for k, v in d.items()}), ["KeyError", "str keys 'data'"]),
         "narrow": (lambda f: rewrite(f, lambda d: {**d, "data": d["data"][:, :1000]}), ["ValueError", "N x 3072"]),
-        "labels": (lambda f: rewrite(f, lambda d: {**d, "labels": [99] * len(d["labels"])}), ["labels must be 0..9"]),
+        "labels": (lambda f: rewrite(f, lambda d: {**d, "labels": [99] * len(d["labels"])}),
+                   ["int64, 99..99", "integer labels 0..9"]),
+        "float_labels": (lambda f: rewrite(f, lambda d: {**d, "labels": [1.5] * len(d["labels"])}), ["float64"]),
+        "str_labels": (lambda f: rewrite(f, lambda d: {**d, "labels": ["cat"] * len(d["labels"])}), ["integer labels"]),
+        "float_images": (lambda f: rewrite(f, lambda d: {**d, "data": d["data"].astype("float32")}),
+                         ["(float32)", "uint8 images"]),
         "truncated": (lambda f: (f / "test_batch").write_bytes((f / "test_batch").read_bytes()[:50]), ["not python-format"]),
     }
     for case, (edit, needles) in cases.items():

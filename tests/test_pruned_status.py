@@ -219,7 +219,10 @@ def test_spike_figures_say_once_what_their_open_circles_are():
     steps = pd.DataFrame({"step": [0, 1, 2], "loss": [2.3, 2.2, 2.1]})
     for fig in (plots.spike_figure(trace, steps), plots.spike_overlay_figure([("a", trace, steps), ("b", trace, steps)])):
         circles = [t for t in fig.data if t.marker.symbol == "circle-open"]
-        assert len(circles) >= 2 and [t.showlegend for t in circles].count(True) == 1, [t.showlegend for t in circles]
-        assert all(t.name == plots.ZERO_NORM for t in circles)
+        (note,) = [t for t in circles if t.name == plots.ZERO_NORM]  # one entry, which toggles no layer or run
+        assert note.legendgroup == plots.ZERO_NORM and list(note.x) == [None]
+        drawn = [t for t in circles if t is not note]
+        assert len(drawn) >= 2 and not any(t.showlegend for t in drawn)
+        assert all(t.legendgroup not in (None, plots.ZERO_NORM) for t in drawn)  # each in its layer's or run's group
     plain = plots.spike_figure(trace.assign(grad_norm=trace.grad_norm + 0.1), steps)
     assert not any(t.name == plots.ZERO_NORM for t in plain.data)

@@ -175,9 +175,9 @@ if runs is not None:
                         "no figure; the table still says what each setting stopped.")
             st.subheader("Pareto settings")
             table(replay.readable(res.curve[res.curve["pareto"]]), key="prune_pareto_table")
-            st.caption("No other setting shown saves more doomed steps with fewer good runs stopped: the front over "
-                       "every setting, Optuna's included (the figure's dashed step joins our rules' own front, so a "
-                       "point on it may be beaten here by one of Optuna's). good stopped ≤: "
+            st.caption("No other setting shown saves more doomed steps with fewer good runs stopped at its trace "
+                       "interval: the front over every setting, Optuna's included (the figure's dashed step joins our "
+                       "rules' own front, so a point on it may be beaten here by one of Optuna's). good stopped ≤: "
                        "the one-sided 90% Clopper-Pearson bound of its rate; wall time: the sweep's simulated time "
                        f"on {workers} workers relative to no pruning.")
             if tune:

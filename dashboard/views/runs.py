@@ -3,7 +3,6 @@ error, grad norm), the config keys in which they differ, and progress of running
 from the rows they have streamed so far, redrawn every 5 s)."""
 
 import io
-import json
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -11,6 +10,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from stability import store
+from stability.analysis.grouping import run_config
 from stability.dashboard.common import (
     control,
     root,
@@ -123,7 +123,7 @@ if runs is not None:
                                 run_ids=[k.split("/", 1)[1] for k in chosen])
         cfgs = cfgs.set_index(run_key(cfgs))
         cfgs = cfgs[~cfgs.index.duplicated(keep="last")]
-        rows = {labels[r]: json.loads(cfgs.loc[r, "config_json"]) for r in chosen if r in cfgs.index}
+        rows = {labels[r]: run_config(cfgs.loc[r, "config_json"]) for r in chosen if r in cfgs.index}
         diff = pd.DataFrame(rows)
         if len(diff):
             diff = diff[diff.astype(str).nunique(axis=1) > 1]

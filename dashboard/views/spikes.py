@@ -2,8 +2,6 @@
 the traces, the counts and the first-layer lead alike), loss underneath, divergence marked; running
 runs' traces from the rows they have streamed, redrawn every 5 s."""
 
-import json
-
 import pandas as pd
 import streamlit as st
 
@@ -26,10 +24,7 @@ LIVE_LIMIT = 6  # running runs whose traces are redrawn as they stream
 
 def _trace_every(config_json) -> int | None:
     """The run's recorded ``trace_every`` (None where the row does not say, or says nonsense)."""
-    try:
-        every = json.loads(config_json).get("trace_every")
-    except (TypeError, ValueError, AttributeError):
-        return None
+    every = analysis.grouping.run_config(config_json).get("trace_every")
     return every if isinstance(every, int) and not isinstance(every, bool) and every >= 1 else None
 
 

@@ -356,16 +356,31 @@ def fix_of(cfg: Mapping | None) -> str:
     return "+".join(parts) or NO_FIX
 
 
+def run_config(text) -> dict:
+    """A runs row's config (its ``config_json``), read as untrusted text.
+
+    Args:
+        text: the ``config_json`` value (None or NaN in rows without one).
+
+    Returns:
+        The config as a dict; {} where it is absent, not JSON, not an object, or nested too
+        deep to parse.
+
+    >>> run_config('{"lr": 0.1}'), run_config("[1]"), run_config("{bad"), run_config(None)
+    ({'lr': 0.1}, {}, {}, {})
+    >>> run_config('{"a":' * 100_000)  # a planted file nested past the parser's recursion limit
+    {}
+    """
+    try:
+        cfg = json.loads(text) if isinstance(text, str) else {}
+    except (ValueError, RecursionError):  # RecursionError: '[' * 10**5 in a planted file
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def _configs(runs: pd.DataFrame) -> list[dict]:
     """Each row's config (``config_json``), {} where it is absent or unreadable."""
-    out = []
-    for text in (runs["config_json"] if "config_json" in runs.columns else [None] * len(runs)):
-        try:
-            cfg = json.loads(text) if isinstance(text, str) else {}
-        except ValueError:
-            cfg = {}
-        out.append(cfg if isinstance(cfg, dict) else {})
-    return out
+    return [run_config(t) for t in (runs["config_json"] if "config_json" in runs.columns else [None] * len(runs))]
 
 
 def with_fix(runs: pd.DataFrame) -> pd.DataFrame:

@@ -167,6 +167,22 @@ def _cifar_files_present(name: str, root: Path) -> None:
                         + _CIFAR_FORMAT.format(labels="labels" if name == "cifar10" else "fine_labels") + ")")
 
 
+def _check_cifar_split(what: str, data, targets, classes: int, fmt: str) -> None:
+    """``DataError`` unless ``data`` is uint8 images and ``targets`` one integer label in
+    0..classes-1 per image: else a run would fail mid-training (an image PIL cannot make, an index
+    past the head), far from the file at fault."""
+    import numpy as np
+
+    t = np.asarray(targets)
+    ok = (getattr(data, "dtype", None) == np.uint8 and t.ndim == 1 and t.dtype.kind in "iu" and len(t) == len(data)
+          and (not len(t) or (int(t.min()) >= 0 and int(t.max()) < classes)))
+    if not ok:
+        raise DataError(f"data_root: {what} hold {len(data)} images ({getattr(data, 'dtype', '?')}) and {len(t)} "
+                        f"labels ({t.dtype}{f', {t.min()}..{t.max()}' if len(t) and t.dtype.kind in 'iuf' else ''}); "
+                        f"expected uint8 images and integer labels 0..{classes - 1} (the meta file names {classes} "
+                        f"classes): {fmt}")
+
+
 def _need_root(name: str, root: str | None) -> Path:
     if not root:
         raise DataError(f"data_root: dataset {name!r} needs data_root (a local folder)")
@@ -333,25 +349,25 @@ def _cifar(name: str, root: Path, image_size: int, download: bool) -> DataBundle
                 self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
+    train_tf, val_tf = _transforms(True, image_size, True), _transforms(False, image_size, True)  # not in the try: our errors are no data's
     if not download:
         _cifar_files_present(name, root)
+    fmt = _CIFAR_FORMAT.format(labels="labels" if name == "cifar10" else "fine_labels")
     try:
-        train = _Cifar(str(root), train=True, download=download, transform=_transforms(True, image_size, True))
-        val = _Cifar(str(root), train=False, transform=_transforms(False, image_size, True))
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted" (a download that failed)
-        _cifar_files_present(name, root)
-        raise DataError(f"data_root: {name} under {root}: {e}") from e
-    except (KeyError, ValueError, TypeError, IndexError, AttributeError, EOFError, pickle.UnpicklingError) as e:
-        # files of the right names that are not the release's format: say so, not a traceback
+        train = _Cifar(str(root), train=True, download=download, transform=train_tf)
+        val = _Cifar(str(root), train=False, transform=val_tf)
+    except (RuntimeError, OSError) as e:  # torchvision's "not found or corrupted", a download or a read that failed
+        if not download:
+            _cifar_files_present(name, root)
+        raise DataError(f"data_root: {name} under {root}: {'the download failed: ' if download else ''}"
+                        f"{(str(e).splitlines() or [''])[0][:300]}") from e
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, EOFError, ImportError, OverflowError,
+            pickle.UnpicklingError) as e:  # files of the right names in another format: say so, not a traceback
         raise DataError(f"data_root: the {name} files under {root / base.base_folder} are not python-format "
-                        f"batches ({type(e).__name__}: {str(e)[:200]}; expected "
-                        + _CIFAR_FORMAT.format(labels="labels" if name == "cifar10" else "fine_labels") + ")") from e
+                        f"batches ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}; expected {fmt})") from e
     for split, d in (("train", train), ("test", val)):
-        bad = len(d.data) != len(d.targets) or any(not 0 <= int(t) < len(d.classes) for t in d.targets)
-        if bad:  # else a run would fail mid-training on an index error
-            raise DataError(f"data_root: the {name} {split} files under {root / base.base_folder} hold "
-                            f"{len(d.data)} images and {len(d.targets)} labels, labels must be 0..{len(d.classes) - 1} "
-                            f"(the meta file names {len(d.classes)} classes)")
+        _check_cifar_split(f"the {name} {split} files under {root / base.base_folder}", d.data, d.targets,
+                           len(d.classes), fmt)
     return DataBundle(train, val, len(train.classes), image_size, _train_transform(image_size, True))
 
 
