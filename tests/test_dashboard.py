@@ -311,3 +311,22 @@ def test_spikes_says_a_short_runs_recorded_trace_interval_not_the_gap_to_its_div
     at = _app(tmp_path, "views/spikes.py")
     notes = [i.value for i in at.info if "too short for the detector" in i.value]
     assert notes and "traced every 5 steps" in notes[0] and "every 4" not in notes[0], [i.value for i in at.info]
+
+
+def test_runs_page_survives_planted_configs(tmp_path, dash_results):
+    """config_json is read from results files, which are not trusted: garbage, a list, and JSON
+    nested past the parser's recursion limit open on the Runs page as empty configs, no crash."""
+    root = tmp_path / "r"
+    shutil.copytree(dash_results, root)
+    runs = store.load(root).runs.sort_values("lr")
+    planted = {"{not json", "[1, 2]", '{"a":' * 100_000}
+    for (_, row), text in zip(runs.head(3).iterrows(), sorted(planted), strict=True):
+        rec = row.drop("sweep").to_dict()
+        store.write_run(root, "dash", rec["run_id"], {"runs": [{**rec, "config_json": text}]})
+    at = _app(root, "views/runs.py")
+    pick = ("dash/" + runs.run_id).tolist()[:4]  # the three planted and a sound one
+    with _root(root):
+        at.multiselect(key="p_runs_open").set_value(pick).run()
+    assert not at.exception, [e.value for e in at.exception]
+    diff = at.table[0].value
+    assert "lr" in diff.index and len(diff.columns) == 4

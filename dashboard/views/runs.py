@@ -125,7 +125,8 @@ if runs is not None:
         cfgs = cfgs[~cfgs.index.duplicated(keep="last")]
         rows = {labels[r]: run_config(cfgs.loc[r, "config_json"]) for r in chosen if r in cfgs.index}
         diff = pd.DataFrame(rows)
-        if len(diff):
+        if len(diff):  # a key one config lacks (an older run, an unreadable config) differs too: never NaN,
+            diff = diff.astype(object).where(diff.notna(), "—")  # which nunique would not count
             diff = diff[diff.astype(str).nunique(axis=1) > 1]
             st.subheader("Config keys that differ")
             shown = diff.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
