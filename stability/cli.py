@@ -179,7 +179,7 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
           f"in {outcome.wall_s:.0f} s; results in {spec.results}")
     _print_stems(outcome.stems, print)
     _print_data(outcome.data, print, spec.results, spec.name,
-                f"stability grid status {shlex.quote(str(spec.path))} --json")
+                f"stability grid status {shlex.quote(str(spec.path))} --json", set(outcome.submitted))
     failed = outcome.state[outcome.state.status.eq(RunStatus.FAILED)] if len(outcome.state) else outcome.state
     for r in failed.head(5).itertuples():  # why, without a second command (grid status has the log tails)
         why = (str(r.error or "").strip().splitlines() or ["(no error recorded)"])[0][:300]
@@ -213,21 +213,25 @@ def _print_stems(stems: list[dict], say) -> None:
                 + (f", {o['pruned']} pruned" if o.get("pruned") else "") + ")")
 
 
-def _print_data(data: list[dict], say, results, sweep: str, listed_by: str | None = None) -> None:
+def _print_data(data: list[dict], say, results, sweep: str, listed_by: str | None = None,
+                trained_now: set[str] | frozenset[str] = frozenset()) -> None:
     """A warning when the sweep's runs recorded different data (``grid.state.sweep_data``,
     ``analysis.grouping.data_mix``): each data with its runs, and the command that trains one
-    again, afresh, on the data given. ``listed_by``: a command that lists every run id."""
+    again, afresh, on the data given. ``listed_by``: a command that lists every run id;
+    ``trained_now``: the runs this command trained, whose data is the spec's data_root now."""
     from .analysis.grouping import mixed_data_note, mixed_data_runs
 
     if not (note := mixed_data_note(data)):
         return
     say(printable(f"warning: sweep {sweep}: {note}"))  # dataset and sweep names come from results files
-    for line in mixed_data_runs(data):
-        say("  " + printable(line))
+    for d, line in zip(data, mixed_data_runs(data), strict=False):  # no lines where no run ids
+        now = trained_now & set(d.get("run_ids", []))
+        say("  " + printable(line) + ("  <- what this grid run trained on (its data_root)" if now else ""))
     if listed_by and any(len(d.get("run_ids", [])) > 8 for d in data):
         say(f"  ({listed_by} lists every run id)")
+    root = Path(results).absolute()  # pasted from any folder
     say("  to train a run again, afresh, on the data you give: stability train --run RUN_ID "
-        f"{shlex.quote(f'results={results}')} {shlex.quote(f'sweep={sweep}')} data_root=PATH --rerun --no-resume")
+        f"{shlex.quote(f'results={root}')} {shlex.quote(f'sweep={sweep}')} data_root=PATH --rerun --no-resume")
 
 
 def _print_plan(spec, dry) -> None:

@@ -341,7 +341,9 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
     assert warning in out.stdout, out.stdout
     runs = store.load(tmp_path / "res").runs
     on_a = sorted(runs.run_id[runs.train_images.eq(40)])
-    assert f"  10 classes, 40 train / 10 val: {', '.join(on_a)}" in out.stdout  # which runs, by id
+    assert f"  10 classes, 40 train / 10 val: {', '.join(on_a)}\n" in out.stdout  # which runs, by id
+    on_b = sorted(runs.run_id[runs.train_images.eq(60)])  # and which data this grid run trained on
+    assert f"  10 classes, 60 train / 10 val: {', '.join(on_b)}  <- what this grid run trained on" in out.stdout
     assert (f"stability train --run RUN_ID results={tmp_path / 'res'} sweep=mixed data_root=PATH --rerun --no-resume"
             in out.stdout), out.stdout
     # the per-stem lines split by data too (never a median over two datasets)
