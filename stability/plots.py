@@ -55,6 +55,11 @@ def _labels(vals: Sequence[float]) -> list[str]:
     return [_sci(t, sci) for t in vals]
 
 
+def _grid_125(d0: int, d1: int) -> list[float]:
+    """1, 2 and 5 times each power of ten from 10**d0 to 10**d1, ascending."""
+    return [m * 10.0 ** d for d in range(d0, d1 + 1) for m in (1, 2, 5)]
+
+
 def log_ticks(values, max_ticks: int = 7) -> dict:
     """Tick values and labels for a log axis over ``values``: decades (every k-th when there are
     many), 1-2-5 steps when the data spans under two decades, the value itself when there is one;
@@ -72,8 +77,7 @@ def log_ticks(values, max_ticks: int = 7) -> dict:
     vals = [10.0 ** d for d in decades[::step]]
     inside = [t for t in vals if lo / 1.001 <= t <= hi * 1.001]
     if len(inside) < 3:  # under two decades: the 1-2-5 grid inside the data
-        grid = [m * 10.0 ** d for d in range(d0, d1 + 1) for m in (1, 2, 5)]
-        vals = [t for t in grid if lo / 1.001 <= t <= hi * 1.001]
+        vals = [t for t in _grid_125(d0, d1) if lo / 1.001 <= t <= hi * 1.001]
         if len(vals) < 3:  # inside one 1-2-5 step: evenly spaced (on the log axis) through the data
             for digits in (2, 3, 4):
                 vals = sorted({float(f"{v:.{digits}g}") for v in np.geomspace(lo, hi, 4)})
@@ -372,10 +376,10 @@ def _log_floor(values: pd.Series) -> float:
     return float(pos.min() / 10) if len(pos) else 1e-12
 
 
-def _zero_norm_note(fig: go.Figure, trace: pd.DataFrame) -> None:
-    """A legend entry, and only that, saying what the open circles are where ``trace`` has a zero
+def _zero_norm_note(fig: go.Figure, traces: list[pd.DataFrame]) -> None:
+    """A legend entry, and only that, saying what the open circles are where a trace has a zero
     norm: the circles stay in their layer's (or run's) group, which toggles them."""
-    if len(trace) and trace["grad_norm"].eq(0).any():
+    if any(len(t) and t["grad_norm"].eq(0).any() for t in traces):
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=ZERO_NORM, legendgroup=ZERO_NORM,
                                  legendrank=2000, marker=dict(color="#777", size=8, symbol="circle-open"),
                                  hoverinfo="skip"),
@@ -395,7 +399,7 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
         floor = _log_floor(trace.grad_norm)
         first, last = trace.depth.min(), trace.depth.max()
         layers = trace.sort_values("depth").drop_duplicates("layer")[["layer", "depth"]]
-        _zero_norm_note(fig, trace)
+        _zero_norm_note(fig, [trace])
         for layer, depth in layers.itertuples(index=False):
             g = trace[trace.layer == layer].sort_values("step")
             edge = depth in (first, last)
@@ -445,7 +449,7 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
     trace, steps) per run."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
     line = scatter_kind(sum(2 * len(t) // max(1, t.layer.nunique()) + len(s) for _, t, s in runs))
-    _zero_norm_note(fig, pd.concat([t for _, t, _ in runs if len(t)] or [pd.DataFrame({"grad_norm": []})]))
+    _zero_norm_note(fig, [t for _, t, _ in runs])
     for i, (label, trace, steps) in enumerate(runs):
         color = LINE_COLORS[i % len(LINE_COLORS)]
         if len(trace):
@@ -513,8 +517,7 @@ def _spanning(ticks: list[float], values) -> list[float]:
     if not len(v) or not ticks:
         return ticks
     lo, hi = float(v.min()), float(v.max())
-    d0, d1 = int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1
-    grid = [float(f"{m * 10.0 ** d:.12g}") for d in range(d0, d1 + 1) for m in (1, 2, 5)]
+    grid = _grid_125(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
     if ticks[0] > lo * 1.001:
         ticks.insert(0, max(g for g in grid if g <= lo * 1.001))
     if ticks[-1] < hi / 1.001:

@@ -41,8 +41,13 @@ _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR_FILES = {"cifar10": ("cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
                                                    "batches.meta")),
                "cifar100": ("cifar-100-python", ("train", "test", "meta"))}
-_CIFAR_FORMAT = ("each a pickled dict with str keys 'data' (N x 3072 uint8) and '{labels}', as in the release; "
-                 "pass download=true to fetch it")
+
+
+def _cifar_format(name: str) -> str:
+    """The release's batch format, in words, for the messages about files not in it."""
+    labels = "labels" if name == "cifar10" else "fine_labels"
+    return (f"each a pickled dict with str keys 'data' (N x 3072 uint8) and '{labels}', as in the release; "
+            "pass download=true to fetch it")
 
 
 class DataError(ValueError):
@@ -164,7 +169,7 @@ def _cifar_files_present(name: str, root: Path) -> None:
         what = f"no {name} batches under {folder}" if not folder.is_dir() or len(missing) == len(files) else \
             f"{folder} lacks {', '.join(missing)}"
         raise DataError(f"data_root: {what} (expected python-format files {', '.join(files)}, "
-                        + _CIFAR_FORMAT.format(labels="labels" if name == "cifar10" else "fine_labels") + ")")
+                        f"{_cifar_format(name)})")
 
 
 def _check_cifar_split(what: str, data, targets, classes: int, fmt: str) -> None:
@@ -352,13 +357,11 @@ def _cifar(name: str, root: Path, image_size: int, download: bool) -> DataBundle
     train_tf, val_tf = _transforms(True, image_size, True), _transforms(False, image_size, True)  # not in the try: our errors are no data's
     if not download:
         _cifar_files_present(name, root)
-    fmt = _CIFAR_FORMAT.format(labels="labels" if name == "cifar10" else "fine_labels")
+    fmt = _cifar_format(name)
     try:
         train = _Cifar(str(root), train=True, download=download, transform=train_tf)
         val = _Cifar(str(root), train=False, transform=val_tf)
     except (RuntimeError, OSError) as e:  # torchvision's "not found or corrupted", a download or a read that failed
-        if not download:
-            _cifar_files_present(name, root)
         raise DataError(f"data_root: {name} under {root}: {'the download failed: ' if download else ''}"
                         f"{(str(e).splitlines() or [''])[0][:300]}") from e
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, EOFError, ImportError, OverflowError,

@@ -77,12 +77,12 @@ def data_fingerprint(data: Any) -> dict[str, int]:
 
 
 # A fingerprint's keys -> the runs row's columns of it
-DATA_COLUMNS = dict(zip(("classes", "train", "val"), store.DATA_COLUMNS, strict=True))
+FINGERPRINT_COLUMNS = dict(zip(("classes", "train", "val"), store.DATA_COLUMNS, strict=True))
 
 
 def data_columns(fingerprint: dict[str, int]) -> dict[str, int]:
     """A fingerprint as the runs row records it."""
-    return {col: fingerprint[k] for k, col in DATA_COLUMNS.items()}
+    return {col: fingerprint[k] for k, col in FINGERPRINT_COLUMNS.items()}
 
 
 def _said(d: dict) -> str:
@@ -100,11 +100,11 @@ def rerun_data_warning(cfg: RunConfig, data: dict[str, int]) -> str | None:
     where it leaves its sweep on two datasets, the analyses keep them apart (the ``data`` stratum)
     and ``grid status`` says so. None when the row agrees, has no result, or predates the record."""
     rows = store.read_table(cfg.results, "runs", sweep=cfg.sweep, run_ids=[cfg.run_id],
-                            columns=["status", *DATA_COLUMNS.values()])
+                            columns=["status", *store.DATA_COLUMNS])
     done = rows[rows["status"].isin(store.DONE)] if len(rows) else rows
-    if not len(done) or done.iloc[-1][list(DATA_COLUMNS.values())].isna().any():
+    if not len(done) or done.iloc[-1][list(store.DATA_COLUMNS)].isna().any():
         return None
-    saved = {k: int(done.iloc[-1][col]) for k, col in DATA_COLUMNS.items()}
+    saved = {k: int(done.iloc[-1][col]) for k, col in FINGERPRINT_COLUMNS.items()}
     if saved == data:
         return None
     return (f"warning: run {cfg.run_id}: the {done.iloc[-1]['status']} result this rerun replaces was trained on "
