@@ -116,3 +116,19 @@ def test_an_empty_spec_or_one_without_a_name_says_what_is_missing():
         with pytest.raises(ConfigError) as e:
             parse_spec(d, "g.yaml")
         assert str(e.value).startswith(f"g.yaml: {needle}"), str(e.value)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/ARCHITECTURE.md", "stability/grid/spec.py"])
+def test_every_whole_spec_the_docs_show_parses(doc, tmp_path):
+    """A spec a reader copies from the docs must run: each ```yaml block with a name and a space
+    (the whole-spec examples; fragments like ``base: {..., pruner: default}`` are not specs)."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / doc).read_text()
+    blocks = [b.split("```")[0] for b in text.split("```yaml\n")[1:]]
+    specs = [b for b in blocks if "\nspace:" in b and b.startswith("name:")]
+    assert specs, f"{doc} shows no whole grid spec (the test would check nothing)"
+    for i, block in enumerate(specs):
+        p = tmp_path / f"{i}.yaml"
+        p.write_text(block)
+        assert load_spec(p).space, f"{doc} spec {i}"

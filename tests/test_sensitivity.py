@@ -159,6 +159,7 @@ def test_too_few_lrs_and_uncommon_lrs_are_left_out_with_a_note():
     short = runs[~((runs.stem == "conv") & (runs.lr == 1e-1))]
     out = analysis.lr_sensitivity(short)  # common lrs: patchify loses 1e-1 too -> 2 lrs each, below 3
     assert out.table.empty and "fewer than 3 lrs" in out.note and "common_lrs" in out.note
+    assert "split by" not in out.note  # no axis splits these groups: lr counts alone left them out
     # every group left out is named by its axes: the 2 patchify runs at 1e-1 dropped by common_lrs
     assert "2 run(s) at lrs not every line of their group ran were left out (common_lrs): " \
            "sweep s, stem patchify, fix none: 2." in out.note

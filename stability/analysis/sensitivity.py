@@ -152,10 +152,10 @@ def lr_sensitivity_per_seed(runs: pd.DataFrame, metric: str = "loss", lr_range: 
                            "lr_max": float(per_lr.index.max()), "n_runs": len(g),
                            "n_diverged": int(g["diverged"].sum()), "n_pruned": int(g["pruned"].sum())})
     notes = [res.note]
-    if thin and not rows and axes:
+    split = [a for a in axes if curves[a].nunique(dropna=False) > 1]
+    if thin and not rows and split:  # say so only where an axis really splits the groups
         notes.append("A group is runs equal in everything but lr and seed; here groups are split by "
-                     f"{', '.join(a for a in axes if curves[a].nunique(dropna=False) > 1)} (pool= pools "
-                     "an axis on purpose).")
+                     f"{', '.join(split)} (pool= pools an axis on purpose).")
     if thin:
         more = f" … ({len(thin)} in all)" if len(thin) > 6 else ""
         notes.append(f"Left out, fewer than {min_lrs} lrs: {'; '.join(thin[:6])}{more}.")
