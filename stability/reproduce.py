@@ -290,9 +290,16 @@ def _run(spec, name: str, show_progress: bool, console) -> StudyResult:
     from .grid.controller import Controller, RunOptions
 
     t0 = time.monotonic()
+    if not show_progress and console is not None:  # --quiet: no tables, but a line as each study starts and ends
+        console.print(f"{name}: sweep {spec.name} ...", markup=False, highlight=False, soft_wrap=True)
     Controller(spec, RunOptions(show_progress=show_progress), console).run()
     runs = store.read_table(spec.results, "runs", sweep=spec.name)
-    return StudyResult(name, spec.name, runs, time.monotonic() - t0)
+    out = StudyResult(name, spec.name, runs, time.monotonic() - t0)
+    if not show_progress and console is not None:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(out.counts.items()))
+        console.print(f"{name}: sweep {spec.name}: {len(runs)} runs ({counts or 'none'}) in {out.wall_s / 60:.1f} min",
+                      markup=False, highlight=False, soft_wrap=True)
+    return out
 
 
 def arm_fields(chosen: list[str], lr_wd: pd.DataFrame, optimizer: pd.DataFrame | None,

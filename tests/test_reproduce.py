@@ -28,6 +28,11 @@ def test_reproduce_quick_writes_a_report_with_four_verdicts(tmp_path):
         assert title in md and title in page
     assert page.startswith("<!doctype html>") and page.count("<h2>") == 4 + 2  # + arms, sweeps
     assert len(re.findall(rf"^(Stability|Optimizer|Training|Peak).*: {VERDICT} \(.* — why: \S", out.stdout, flags=re.M)) == 4
+    # --quiet draws no tables but says each study as it starts and ends (stderr), the replicates included
+    for study in ("lr_wd", "optimizer", "epochs", "replicates", "2x length"):
+        assert re.search(rf"^{study}: sweep quick_\S+ \.\.\.$", out.stderr, flags=re.M), out.stderr[-2000:]
+        assert re.search(rf"^{study}: sweep quick_\S+: \d+ runs \(\d+ [a-z]+.*\) in [\d.]+ min$", out.stderr,
+                         flags=re.M), out.stderr[-2000:]
     data = json.loads((tmp_path / "res/reproduce/quick.json").read_text())  # what the dashboard reads
     assert data["scale"] == "quick" and data["root"] == str(tmp_path / "res") and data["written_at"].endswith("+00:00")
     assert [f["key"] for f in data["findings"]] == ["lr_wd", "optimizer", "epochs", "peak"]
@@ -95,6 +100,7 @@ def test_reproduce_on_cifar_set_from_the_command_line_is_a_sweep_of_its_own(tmp_
 
     got = store.read_table(tmp_path / "res", "runs")
     assert set(got.dataset) == {"cifar10"} and len(got) == 12
+    assert re.search(r"^lr_wd: sweep quick_lr_wd-dataset_cifar10-\S+: 12 runs \(", out.stderr, flags=re.M), out.stderr
     reports = list((tmp_path / "res/reproduce").glob("quick-dataset_cifar10-*-only-lr_wd.md"))
     assert len(reports) == 1
     text = reports[0].read_text()
