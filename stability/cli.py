@@ -610,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report path without suffix (default RESULTS/reproduce/SCALE)")
     p.add_argument("--set", action="append", metavar="key=value",
                    help="a RunConfig field for every study, e.g. --set dataset=cifar10 --set data_root=DIR")
-    p.add_argument("--quiet", action="store_true", help="no live progress tables")
+    p.add_argument("--quiet", action="store_true", help="no live progress tables: a line as each study starts and ends")
     p.add_argument("--dry-run", action="store_true",
                    help="print each sweep it would launch and its cost; launch nothing, write nothing")
     gpu_option(p)
