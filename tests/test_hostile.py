@@ -407,3 +407,41 @@ def test_a_lease_heartbeat_dated_in_the_future_does_not_lock_the_sweep_forever(t
     lease.write_text(json.dumps({"host": "node-7", "pid": 4242, "since": "x", "heartbeat": time.time() + 999999}))
     with SweepLock(sweep, "s"):
         assert json.loads(lease.read_text())["took_over"]["heartbeat"] > time.time()
+
+
+def test_a_planted_tpe_plan_gives_its_runs_nothing_but_their_points(tmp_path):
+    """A tpe plan is read back, not recomputed: a row's config must not carry another results
+    root, dataset or data_root (cifar's loader unpickles its files) into the jobs it submits."""
+    from stability.errors import ConfigError
+    from stability.grid.plan import plan_frame
+    from stability.grid.samplers import sampler_for
+    from stability.grid.spec import load_spec
+    from stability.grid.state import save_plan
+    from stability.grid.studies import open_storage
+
+    spec = load_spec(write_spec(tmp_path / "g.yaml", "tp", tmp_path / "res", executor={"kind": "debug"},
+                                sampler={"name": "tpe", "mode": "waves", "wave": 2, "n": 2, "seed": 0}))
+    plan = sampler_for(spec).plan_of_record(open_storage(spec))
+    assert len(plan) == 4  # 2 points x 2 stems, the first wave
+
+    def plant(config_json=None, **changes):
+        df = plan_frame(plan)
+        df.loc[1, "config_json"] = config_json or json.dumps({**json.loads(df.config_json[1]), **changes})
+        save_plan(spec.sweep_dir, df)
+        return sampler_for(spec).plan_of_record(open_storage(spec))
+
+    evil = str(tmp_path / "elsewhere")
+    again = plant(results=evil, sweep="other", dataset="cifar10", data_root=evil, download=True, epochs=500)
+    assert [r.config_json for r in again] == [r.config_json for r in plan]  # rebuilt from the spec
+    assert {r.config.results for r in again} == {str(tmp_path / "res")} and {r.config.data_root for r in again} == {None}
+    for bad in ({"lr": 1.0}, {"lr": "0.001"}, {"lr": True}, {"lr": float("nan")}, {"lr": None}):
+        with pytest.raises(ConfigError, match="point is not one of the spec's ranges"):
+            plant(**bad)
+    for text in ("{", "[1]", "null", "[" * 100_000):
+        with pytest.raises(ConfigError, match="point is not one of the spec's ranges"):
+            plant(config_json=text)
+    df = plan_frame(plan)
+    df.loc[1, "run_id"] = "../../../x"
+    save_plan(spec.sweep_dir, df)
+    with pytest.raises(ConfigError, match="is not what the spec plans now"):
+        sampler_for(spec).plan_of_record(open_storage(spec))

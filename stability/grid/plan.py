@@ -8,6 +8,7 @@ module turns points into runs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -265,22 +266,50 @@ def check_data(spec: GridSpec, runs: list[PlannedRun]) -> None:
             raise ConfigError(str(e), spec.path) from None
 
 
-def plan_mismatch(spec: GridSpec, plan: list[PlannedRun]) -> str | None:
-    """Why a saved plan is not what ``spec`` plans now (None when every saved run still is).
+def in_ranges(spec: GridSpec, point: Any) -> bool:
+    """Whether ``point``, read from a file (a saved plan, Optuna's database), holds exactly the
+    spec's ranges, each a finite number of the range's type inside it: the only values a run
+    takes from such a file."""
+    if not isinstance(point, dict) or set(point) != set(spec.ranges):
+        return False
+    for k, r in spec.ranges.items():
+        v = point[k]
+        slack = 0 if r.kind == "int" else 1e-9 * max(abs(r.lo), abs(r.hi))  # a sampler's float rounding
+        if type(v) is not (int if r.kind == "int" else float) or not (
+                math.isfinite(v) and r.lo - slack <= v <= r.hi + slack):
+            return False
+    return True
 
-    A tpe plan is read back rather than recomputed, so a spec edited after its first wave
-    (another ``base`` field, seeds, axes) would otherwise reuse runs of the old configuration."""
+
+def replan(spec: GridSpec, plan: list[PlannedRun]) -> tuple[list[PlannedRun], str | None]:
+    """A saved plan (tpe: read back, not recomputed) with every run's config rebuilt from ``spec``
+    and the run's point, and why not (None when every saved run is what the spec plans now).
+
+    The file gives only each run's point, checked against the spec's ranges: what a job runs
+    with (``results``, ``data_root``, ``dataset`` ...) is the spec's, never the file's, since
+    nothing under a results root is trusted. A spec edited after its first wave (another
+    ``base`` field, seeds, axes) would otherwise reuse runs of the old configuration."""
     by_cell = {cell_key(c): c for c in cells(spec)}
     planners: dict[tuple[str, str | None], CellRuns] = {}
+    out = []
     for r in plan:
         if r.cell not in by_cell:
-            return f"its cell {r.cell or 'all'!r} is not in the spec's space any more"
+            return plan, f"its cell {r.cell or 'all'!r} is not in the spec's space any more"
         stem = r.stem if "stem" in spec.axes else None
         planner = planners.setdefault((r.cell, stem), CellRuns(spec, by_cell[r.cell], [stem]))
-        cfg = r.config
-        if r.run_id not in {x.run_id for x in planner.runs([{k: getattr(cfg, k) for k in spec.ranges}])}:
-            return f"run {r.run_id} ({r.cell or 'all'}, stem {r.stem}, seed {r.seed}) is not what the spec plans now"
-    return None
+        try:
+            saved = json.loads(r.config_json)
+            point = {k: saved[k] for k in spec.ranges} if isinstance(saved, dict) else None
+        except (TypeError, ValueError, KeyError, RecursionError):
+            point = None
+        if not in_ranges(spec, point):
+            return plan, f"run {r.run_id!r}'s point is not one of the spec's ranges"
+        match = next((x for x in planner.runs([point]) if x.run_id == r.run_id), None)
+        if match is None:
+            return plan, f"run {r.run_id} ({r.cell or 'all'}, stem {r.stem}, seed {r.seed}) is not what the spec plans now"
+        out.append(dataclasses.replace(r, stem=match.stem, seed=match.seed, optimizer=match.optimizer,
+                                       epochs=match.epochs, config_json=match.config_json))
+    return out, None
 
 
 def plan_frame(plan: list[PlannedRun]):

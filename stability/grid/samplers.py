@@ -35,8 +35,8 @@ from .plan import (
     optuna_points,
     plan_cells,
     plan_from_frame,
-    plan_mismatch,
     points_from_unit,
+    replan,
     tpe_sampler,
 )
 
@@ -265,8 +265,8 @@ class TpeSampler(Sampler):
             raise ConfigError(f"{e}: a tpe plan holds the points Optuna asked for and cannot be rebuilt "
                               f"from the spec; move it away to start sweep {spec.name!r} again") from None
         if saved is not None and len(saved):
-            plan = plan_from_frame(saved)
-            if why := plan_mismatch(spec, plan):
+            plan, why = replan(spec, plan_from_frame(saved))
+            if why:
                 raise ConfigError(f"sweep {spec.name!r} was planned from a different spec ({why}): give the "
                                   f"changed study a new name, or remove {spec.sweep_dir} to start it again", spec.path)
             return plan + adopt_asked(spec, plan, storage)

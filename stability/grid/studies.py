@@ -24,6 +24,7 @@ from .plan import (
     cell_seed,
     cells,
     distributions,
+    in_ranges,
     stem_label,
     tpe_sampler,
 )
@@ -157,7 +158,6 @@ def adopt_asked(spec: GridSpec, plan: list[PlannedRun], storage) -> list[Planned
     whose point is planned already, or beyond ``n``, is told FAIL."""
     import optuna
 
-    dists = distributions(spec.ranges)
     names = set(optuna.get_all_study_names(storage))
     planned = {r.run_id for r in plan}
     new: list[PlannedRun] = []
@@ -175,7 +175,7 @@ def adopt_asked(spec: GridSpec, plan: list[PlannedRun], storage) -> list[Planned
             if study is None:
                 study = _study(spec, storage, cell, label)
                 orphans = CellRuns(spec, cell, [stem])
-            runs = orphans.runs([t.params], t.number, 0) if set(t.params) == set(dists) else []
+            runs = orphans.runs([t.params], t.number, 0) if in_ranges(spec, t.params) else []  # a file's point
             if not runs or planned & {r.run_id for r in runs} or len(points) >= spec.sampler.n:
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                 continue
