@@ -349,6 +349,19 @@ def unlink_under(path: Path, folder: Path) -> None:
     where.unlink()
 
 
+def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` of a file under a results root that is written in place (a lock, a ledger, a
+    log), never through a symlink planted at its name: that would write outside the root.
+    ``ConfigError`` naming the link (the CLI's one line, exit 2)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ConfigError(f"{path} is a symbolic link: not followed (nothing under a results root is "
+                              "trusted); remove it") from None
+        raise
+
+
 def _atomic_write(table: pa.Table, path: Path) -> None:
     with atomic_path(path) as tmp:  # page checksums and a digest: a flipped byte reads as corruption
         pq.write_table(with_digest(table), tmp, write_page_checksum=True)

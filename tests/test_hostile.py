@@ -445,3 +445,29 @@ def test_a_planted_tpe_plan_gives_its_runs_nothing_but_their_points(tmp_path):
     save_plan(spec.sweep_dir, df)
     with pytest.raises(ConfigError, match="is not what the spec plans now"):
         sampler_for(spec).plan_of_record(open_storage(spec))
+
+
+def test_files_written_in_place_never_follow_a_planted_symlink(tmp_path):
+    """A lock, the job ledger and the launcher's log are written in place (not renamed into
+    place): a symlink planted at their name is refused in one line, its target untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("x" * 2000)
+    cfg = _cfg(tmp_path / "res")
+    owner = store.owner_path(cfg.results, cfg.sweep, cfg.run_id)
+    owner.parent.mkdir(parents=True)
+    owner.symlink_to(victim)
+    _one_line_exit_2(run_cli("train", *_args(cfg)), str(owner), "symbolic link")
+    assert victim.read_text() == "x" * 2000 and not list((tmp_path / "res").glob("runs/*/*.parquet"))
+
+    path = write_spec(tmp_path / "g.yaml", "ln", tmp_path / "res", base=dict(FAST), space={"lr": [1e-3]},
+                      sampler={"name": "random", "n": 1, "seed": 0})
+    sweep = store.sweep_dir(tmp_path / "res", "ln")
+    for planted in (sweep / "lock", sweep / "jobs.jsonl", sweep / "logs" / "launcher.err"):
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        planted.unlink(missing_ok=True)  # the launcher's log: written by the try before
+        planted.symlink_to(victim)
+        _one_line_exit_2(run_cli("grid", "run", str(path), "--quiet"), str(planted), "symbolic link")
+        assert victim.read_text() == "x" * 2000, planted
+        planted.unlink()
+    assert run_cli("grid", "run", str(path), "--quiet").returncode == 0  # the links gone, it runs
+    assert victim.read_text() == "x" * 2000

@@ -74,7 +74,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + TAKE_TIMEOUT_S
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = store.open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -106,7 +106,7 @@ def run_owner(root: str | os.PathLike, sweep: str, run_id: str) -> dict | None:
     """The record of the live process that trains ``run_id`` (None when no process holds it)."""
     path = store.owner_path(root, sweep, run_id)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a planted link is no owner
     except OSError:
         return None
     try:
