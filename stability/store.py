@@ -252,7 +252,16 @@ def quarantine(root: str | os.PathLike, sweep: str, path: Path) -> Path:
     rel = (path.relative_to(own) if path.is_relative_to(own)  # checkpoints/<run>.pt, not _sweeps/<name>/...
            else path.relative_to(Path(root)) if path.is_relative_to(Path(root)) else Path(path.name))
     dest = sweep_dir(root, sweep) / "quarantine" / rel.parent / f"{path.name}.{int(time.time())}"
+    base = Path(root).resolve()
+
+    def in_root(d: Path) -> None:  # a move out of the root is a delete there, one into it a write elsewhere
+        if not d.resolve().is_relative_to(base):
+            raise ConfigError(f"{d} leads out of the results root (to {d.resolve()}): {path} not moved")
+
+    in_root(path.parent)
+    in_root(own / "quarantine")  # before its folders are made
     dest.parent.mkdir(parents=True, exist_ok=True)
+    in_root(dest.parent)
     os.replace(path, dest)
     return dest
 
@@ -347,6 +356,13 @@ def unlink_under(path: Path, folder: Path) -> None:
     if not where.is_relative_to(folder.resolve(strict=True)):
         raise PermissionError(errno.EPERM, f"not under {folder} (resolved: {where}); not removed", str(path))
     where.unlink()
+
+
+def discard(path: Path, root: str | os.PathLike) -> None:
+    """Remove ``path`` when it is there and lies under ``root`` once resolved (``unlink_under``);
+    one that a planted symlinked folder puts elsewhere is left alone, and so is a missing one."""
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        unlink_under(path, Path(root))
 
 
 def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
@@ -648,6 +664,11 @@ def compact(root: str | os.PathLike, sweep: str) -> dict[str, int]:
     written atomically before its inputs are removed, so a crash leaves the old files or the new
     one (plus stale inputs, which per-run precedence makes harmless). Rows are never lost.
     """
+    base = Path(root).resolve()
+    for table in TABLES:  # it writes and deletes there: a folder linked out of the root is refused first
+        d = table_dir(root, table, sweep)
+        if d.exists() and not d.resolve().is_relative_to(base):
+            raise ConfigError(f"{d} leads out of the results root (to {d.resolve()}): nothing compacted")
     merged: dict[str, tuple[pd.DataFrame, dict[Path, tuple]]] = {}
     errors: list[str] = []
     streaming = {run_of(p) for t in ROW_TABLES for p in _sweep_files(Path(root), t, sweep).get(sweep, []) if is_chunk(p)}
@@ -668,7 +689,7 @@ def compact(root: str | os.PathLike, sweep: str) -> dict[str, int]:
         _atomic_write(to_arrow(table, df), out)
         for p, ident in files.items():
             if _identity(p) == ident:  # a run that rewrote its file meanwhile keeps it (it wins)
-                p.unlink(missing_ok=True)
+                discard(p, root)
     return counts
 
 

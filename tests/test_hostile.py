@@ -471,3 +471,28 @@ def test_files_written_in_place_never_follow_a_planted_symlink(tmp_path):
         planted.unlink()
     assert run_cli("grid", "run", str(path), "--quiet").returncode == 0  # the links gone, it runs
     assert victim.read_text() == "x" * 2000
+
+
+def test_grid_collect_never_writes_or_deletes_through_a_folder_linked_out_of_the_root(tmp_path):
+    path = _tiny_sweep(tmp_path, "lk")
+    victim = tmp_path / "victimdir"
+    victim.mkdir()
+    (victim / "important.parquet").write_bytes(b"keep me")
+    epochs = store.table_dir(tmp_path / "res", "epochs", "lk")
+    moved = tmp_path / "epochs-moved"
+    epochs.rename(moved)
+    epochs.symlink_to(victim)
+    _one_line_exit_2(run_cli("grid", "collect", str(path)), str(epochs), "leads out of the results root")
+    assert sorted(p.name for p in victim.iterdir()) == ["important.parquet"]
+    assert (victim / "important.parquet").read_bytes() == b"keep me"
+    # a quarantine folder linked out of the root: nothing is moved there (a move out is a delete)
+    epochs.unlink()
+    moved.rename(epochs)
+    (run,) = store.table_dir(tmp_path / "res", "runs", "lk").glob("*.parquet")
+    qdir = store.sweep_dir(tmp_path / "res", "lk") / "quarantine"
+    qdir.symlink_to(victim)
+    with pytest.raises(ValueError, match="leads out of the results root"):
+        store.quarantine(tmp_path / "res", "lk", run)
+    assert run.exists() and sorted(p.name for p in victim.iterdir()) == ["important.parquet"]
+    qdir.unlink()
+    assert run_cli("grid", "collect", str(path)).returncode == 0

@@ -207,8 +207,8 @@ def _finish(lp: Loop, rec: Record, result: dict[str, Any], keep_checkpoint: bool
     row = rec.write(result.pop("status"), n_spikes=count_spikes(tables["steps"]) if tables else None,
                     finished_at=timestamp(now()), **{**verdict_columns(lp.st), **result})
     if lp.d.is_main and not keep_checkpoint:
-        lp.ckpt.unlink(missing_ok=True)  # the results are the record now; checkpoints are for resume
-        store.progress_path(cfg.results, cfg.sweep, cfg.run_id).unlink(missing_ok=True)
+        store.discard(lp.ckpt, cfg.results)  # the results are the record now; checkpoints are for resume
+        store.discard(store.progress_path(cfg.results, cfg.sweep, cfg.run_id), cfg.results)
     return row
 
 
