@@ -496,3 +496,19 @@ def test_grid_collect_never_writes_or_deletes_through_a_folder_linked_out_of_the
     assert run.exists() and sorted(p.name for p in victim.iterdir()) == ["important.parquet"]
     qdir.unlink()
     assert run_cli("grid", "collect", str(path)).returncode == 0
+
+
+def test_a_job_log_tail_reads_no_planted_link_or_fifo_and_only_the_end(tmp_path):
+    from stability.grid.joblogs import job_log_tail
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password=hunter2\n")
+    (logs / "41_0_log.err").symlink_to(secret)
+    os.mkfifo(logs / "42_0_log.err")  # a reader that opened it blocking would wait for ever
+    (logs / "43_0_log.err").write_text("x" * 10_000_000 + "\nsecond last\nlast line\n")
+    (logs / "44_0_log.err").write_text("Traceback ...\nValueError: bad\n")
+    assert job_log_tail(logs, "41") == "" and job_log_tail(logs, "42") == ""
+    assert job_log_tail(logs, "43", lines=2) == "second last\nlast line"
+    assert job_log_tail(logs, "44") == "Traceback ...\nValueError: bad"

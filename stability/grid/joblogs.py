@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 _JOB_FILE = re.compile(r"(?:(?P<task>\d+)_(?:log\.out|log\.err|result\.pkl)|submitted\.pkl)")
@@ -28,9 +29,21 @@ def job_log_tail(folder: Path, job_id: str, lines: int = 5) -> str:
     """Last lines of a job's stderr log (``<job_id>_<task>_log.err``, as submitit names them):
     the first task's that says anything (a failed rank 0, not a rank its failure stopped)."""
     for p in job_files(folder, {str(job_id)}).get(str(job_id), []):
-        if not p.name.endswith("_log.err"):
-            continue
-        text = p.read_text(errors="replace").strip().splitlines()
-        if text:
+        if p.name.endswith("_log.err") and (text := _tail(p)):
             return "\n".join(text[-lines:])
     return ""
+
+
+def _tail(p: Path, size: int = 64 * 1024) -> list[str]:
+    """The lines of a log's last ``size`` bytes. Only a regular file at the name itself is read:
+    a planted symlink (a secret elsewhere) or FIFO (a reader blocked for ever) reads as empty."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return []
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        f.seek(max(0, st.st_size - size))
+        return f.read(size).decode(errors="replace").strip().splitlines()
