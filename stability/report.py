@@ -68,10 +68,14 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix
     out = analysis.stem_outcomes(runs, by=keys)
     pruned = bool(len(out) and out["pruned"].any())  # a pruner stopped runs: counted beside diverged
     rows = []
+
+    def esc(v: object) -> str:  # a value from the result files, in a table written unescaped (the flag's span)
+        return html.escape(str(v))
+
     for r in out.itertuples(index=False):
         r = r._asdict()
         n = int(r["runs"])
-        row = {k: r[k] for k in keys} | {"stem": r["stem"], "finished runs": n}
+        row = {k: esc(r[k]) for k in keys} | {"stem": esc(r["stem"]), "finished runs": n}
         row["diverged"] = f"{r['diverged']} ({cell(r['diverged_pct'])} %)" if n else "0"
         if pruned:
             row["pruned"] = f"{r['pruned']} ({cell(r['pruned_pct'])} %)" if n else "0"
@@ -81,7 +85,7 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix
         row["error at init"] = f"{cell(r['chance_err'])} %" if pd.notna(r["chance_err"]) else "n/a"
         row[""] = "<span class='flag'>never left chance</span>" if r["never_left_chance"] else ""
         if out["left_out"].any():
-            row["left out (failed, preempted, running)"] = r["left_out"]
+            row["left out (failed, preempted, running)"] = esc(r["left_out"])
         rows.append(row)
     head = ("<h2 id='findings'>Findings: how each stem's runs ended</h2>"
             f"<p>Per {html.escape(' × '.join(keys) or 'sweep')} (never pooled) and stem. <b>Diverged</b>: a "

@@ -512,3 +512,21 @@ def test_a_job_log_tail_reads_no_planted_link_or_fifo_and_only_the_end(tmp_path)
     assert job_log_tail(logs, "41") == "" and job_log_tail(logs, "42") == ""
     assert job_log_tail(logs, "43", lines=2) == "second last\nlast line"
     assert job_log_tail(logs, "44") == "Traceback ...\nValueError: bad"
+
+
+def test_the_report_writes_values_from_result_files_as_text_never_as_html(tmp_path):
+    import pandas as pd
+
+    from stability.report import build_report
+
+    from .test_sensitivity import C, _run, _write
+
+    evil = "</script><img src=x onerror=alert(document.domain)>"
+    rows = []
+    for opt in ("adamw", evil):
+        for i, lr in enumerate([1e-3, 3e-3, 1e-2, 3e-2]):
+            rows.append(_run(f"c{i}{len(opt)}", "conv", lr, 0, C, 0.5, 2.3, err=10.0 + i, optimizer=opt))
+            rows.append(_run(f"p{i}{len(opt)}", "patchify", lr, 0, C, 2.3, 2.3, err=80.0 + i, optimizer=opt))
+    page = build_report(_write(tmp_path / "results", pd.DataFrame(rows)), "s")
+    assert "<img src=x" not in page and "</script><img" not in page
+    assert "&lt;img src=x onerror=alert(document.domain)&gt;" in page  # shown, as text
