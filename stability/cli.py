@@ -17,7 +17,7 @@ from .errors import ConfigError, printable
 
 
 def _fail(message: str) -> int:
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message held
+    print(f"error: {printable(' '.join(message.split()))}", file=sys.stderr)  # one line, whatever the message held
     return 2
 
 
@@ -302,6 +302,7 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
         return 0
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from .progress import make_console
 
@@ -318,8 +319,8 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
         table = Table(title="per " + " / ".join(k for k in keys if k in ("stem", "optimizer", "epochs", "data")))
         for k in keys:
             table.add_column(k, justify="left" if k in ("stem", "optimizer", "data") else "right")
-        for row in report["cells"]:
-            table.add_row(*[str(row[k]) for k in keys])
+        for row in report["cells"]:  # Text: a value from a results file is no markup
+            table.add_row(*[Text(printable(row[k])) for k in keys])
         console.print(table)
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True,
@@ -329,24 +330,26 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
     _print_data(report["data"], say, spec.results, spec.name,
                 f"stability grid status {shlex.quote(str(spec.path))} --json")
     for f in report["failures"]:
-        console.print(f"[red]failed[/] {f['run_id']} ({stem_name(f['stem'])}): {escape(printable(f['error']))}")
+        console.print(f"[red]failed[/] {escape(printable(f['run_id']))} ({escape(printable(stem_name(f['stem'])))}): "
+                      f"{escape(printable(f['error']))}")
         if f["log"]:
             console.print("  " + printable(f["log"]).replace("\n", "\n  "), markup=False)
-    for f in report["lost"]:
+    for f in report["lost"]:  # a job id is the ledger's: shown as text
+        run, job = escape(printable(f["run_id"])), escape(printable(f["job_id"]))
         if f.get("preempted"):
-            console.print(f"[yellow]preempted[/] {f['run_id']} (job {f['job_id']} stopped after saving a checkpoint; "
+            console.print(f"[yellow]preempted[/] {run} (job {job} stopped after saving a checkpoint; "
                           "`grid run` resumes it)")
         else:
-            console.print(f"[yellow]lost[/] {f['run_id']} (job {f['job_id']} ended without a result)")
+            console.print(f"[yellow]lost[/] {run} (job {job} ended without a result)")
     if pruned := report["pruned"]:  # results `grid run` keeps; the user may still want one to the end
         shown = ", ".join(pruned[:8]) + (f" … ({len(pruned)} in all: --json lists them)" if len(pruned) > 8 else "")
-        console.print(f"pruned: {shown}; to continue one to the end with the pruner off: "
+        console.print(f"pruned: {printable(shown)}; to continue one to the end with the pruner off: "
                       f"stability train --run RUN_ID results={report['results']} --rerun", markup=False,
                       highlight=False, soft_wrap=True)
     for line in report["unreadable"]:
-        console.print("unreadable: " + line, markup=False, style="red")
+        console.print("unreadable: " + printable(line), markup=False, style="red")
     for line in report["ledger_problems"]:
-        console.print("ledger: " + line, markup=False, style="yellow")
+        console.print("ledger: " + printable(line), markup=False, style="yellow")
     return 0
 
 
@@ -407,15 +410,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     sweeps = store.sweeps(args.results)
     if args.sweep is None:  # what could be reported
-        print(f"sweeps under {args.results}: {', '.join(sweeps) or 'none'}")
+        print(f"sweeps under {args.results}: {printable(', '.join(sweeps)) or 'none'}")
         return 0
     if args.sweep not in sweeps:
-        raise ConfigError(f"sweep: no sweep {args.sweep!r} under {args.results} (found: {', '.join(sweeps) or 'none'})")
+        raise ConfigError(f"sweep: no sweep {args.sweep!r} under {args.results} (found: "
+                          f"{printable(', '.join(sweeps)) or 'none'})")
     unreadable: list[str] = []
     mixed: list[dict] = []
     out = write_report(args.results, args.sweep, args.out, unreadable, mixed)
     for line in unreadable:
-        print(f"unreadable, left out: {line}", file=sys.stderr)
+        print(f"unreadable, left out: {printable(line)}", file=sys.stderr)
     _print_data(mixed, lambda line: print(line, file=sys.stderr), args.results, args.sweep)
     print(f"report: {out}")
     return 0

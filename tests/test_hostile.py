@@ -530,3 +530,24 @@ def test_the_report_writes_values_from_result_files_as_text_never_as_html(tmp_pa
     page = build_report(_write(tmp_path / "results", pd.DataFrame(rows)), "s")
     assert "<img src=x" not in page and "</script><img" not in page
     assert "&lt;img src=x onerror=alert(document.domain)&gt;" in page  # shown, as text
+
+
+def test_grid_status_prints_ledger_values_as_plain_text(tmp_path):
+    """A job id from the ledger, with a terminal escape and rich markup in it, reaches the
+    terminal as text: no escape sequence, no link, no lost brackets."""
+    from stability.grid.ledger import record_failure, record_jobs
+    from stability.grid.samplers import make_plan
+    from stability.grid.spec import load_spec
+
+    path = write_spec(tmp_path / "g.yaml", "st", tmp_path / "res", base=dict(FAST), space={"lr": [1e-3, 2e-3]},
+                      sampler={"name": "random", "n": 1, "seed": 0}, executor={"kind": "debug"})
+    spec = load_spec(path)
+    a, b = (r.run_id for r in make_plan(spec))
+    evil = "9\x1b]0;pwned\x07[link=https://evil.example]x[/link][bold]"
+    record_jobs(spec.sweep_dir, "debug", [(a, evil), (b, evil)])
+    record_failure(spec.sweep_dir, b, evil, "disk full \x1b[41m[red]boom[/red]")
+    out = run_cli("grid", "status", str(path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "\x1b" not in out.stdout and "\x07" not in out.stdout
+    assert "[link=https://evil.example]x[/link][bold]" in out.stdout, out.stdout  # as text, brackets kept
+    assert "[red]boom[/red]" in out.stdout
