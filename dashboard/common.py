@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,20 @@ PAGE_PREFIX = "p_"
 class Settings:
     root: Path  # the results root the server was started on
     allow_browse: bool  # may the sidebar point at any folder (else only folders under root)
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def md(text: object) -> str:
+    r"""``text`` from a results file as literal Markdown on one line: every character Streamlit's
+    Markdown acts on (links, images, emphasis, ``:color[]`` directives, ``$`` math, HTML) is
+    backslash-escaped, so a planted name shows as itself, never as a link or an image.
+
+    >>> md("![x](https://e.vil/p.png) a_b")
+    '\\!\\[x\\]\\(https\\://e\\.vil/p\\.png\\) a\\_b'
+    """
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def settings() -> Settings:
@@ -167,7 +182,7 @@ def sidebar() -> None:
                 continue
             _multiselect(col, values)
         if single:
-            st.sidebar.caption("One value only, so no filter: " + ", ".join(single))
+            st.sidebar.caption("One value only, so no filter: " + md(", ".join(single)))
 
 
 def sync_url() -> None:
@@ -285,7 +300,7 @@ def load_runs(where: Path | None = None) -> pd.DataFrame | None:
     runs, errors = _load_runs(str(where), store.signature(where, "runs"))
     if errors:
         st.error(f"{len(errors)} unreadable file(s) under `{where}` were skipped: "
-                 + "; ".join(e.split(':')[0] for e in errors[:3]) + (" …" if len(errors) > 3 else ""))
+                 + md("; ".join(e.split(':')[0] for e in errors[:3])) + (" …" if len(errors) > 3 else ""))
     if runs.empty:
         st.info(f"`{where}` has no runs yet. Expected `{where}/runs/sweep=<name>/<run_id>.parquet`.")
         return None
@@ -430,8 +445,8 @@ def verdict_lines(runs: pd.DataFrame, key: str, ready: bool = False) -> pd.DataF
     strata_cols = analysis.strata(runs)  # stem_verdicts' strata, named
     for _, row in v.iterrows():
         where = " · ".join(f"{row[c]} ep" if c == "epochs" else f"{row[c]}" for c in strata_cols) or whole_name(runs)
-        line = analysis.verdict_line(row)
-        st.markdown(f"- **{where}**: " + (f":gray[{line}]" if row["verdict"] == "none" else line))
+        line = md(analysis.verdict_line(row))
+        st.markdown(f"- **{md(where)}**: " + (f":gray[{line}]" if row["verdict"] == "none" else line))
     return v
 
 

@@ -130,8 +130,16 @@ SCHEMAS: dict[str, pa.Schema] = {
 TABLES = tuple(SCHEMAS)
 
 
+def plain_name(kind: str, name: str) -> str:
+    """``name`` (a sweep, a run id: often read from a results file) as one path component;
+    ``ValueError`` for one that could lead elsewhere (``..``, a ``/``), so no path is built from it."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"{kind} {name!r} is not a plain name: no path is built from it")
+    return name
+
+
 def table_dir(root: str | os.PathLike, table: str, sweep: str) -> Path:
-    return Path(root) / table / f"sweep={sweep}"
+    return Path(root) / table / f"sweep={plain_name('sweep', sweep)}"
 
 
 def sweeps(root: str | os.PathLike, table: str = "runs") -> list[str]:
@@ -142,7 +150,7 @@ def sweeps(root: str | os.PathLike, table: str = "runs") -> list[str]:
 
 def sweep_dir(root: str | os.PathLike, sweep: str) -> Path:
     """A sweep's own record under a results root: spec, plan, job ledger, checkpoints, logs."""
-    return Path(root) / "_sweeps" / sweep
+    return Path(root) / "_sweeps" / plain_name("sweep", sweep)
 
 
 def logs_dir(root: str | os.PathLike, sweep: str) -> Path:
@@ -153,18 +161,18 @@ def logs_dir(root: str | os.PathLike, sweep: str) -> Path:
 def checkpoint_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
     """A run's checkpoint while it is unfinished (removed when it completes or diverges: the
     results are the record; a failed run keeps it, so a rerun resumes)."""
-    return sweep_dir(root, sweep) / "checkpoints" / f"{run_id}.pt"
+    return sweep_dir(root, sweep) / "checkpoints" / f"{plain_name('run', run_id)}.pt"
 
 
 def owner_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
     """The lock file the process that trains a run holds (``trainer/run_lock.py``)."""
-    return sweep_dir(root, sweep) / "owners" / f"{run_id}.lock"
+    return sweep_dir(root, sweep) / "owners" / f"{plain_name('run', run_id)}.lock"
 
 
 def progress_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
     """A running run's progress note (epoch, step, last errors), rewritten every epoch and
     removed when the run completes or diverges: what the dashboard shows of a running run."""
-    return sweep_dir(root, sweep) / "progress" / f"{run_id}.json"
+    return sweep_dir(root, sweep) / "progress" / f"{plain_name('run', run_id)}.json"
 
 
 def write_progress(root: str | os.PathLike, sweep: str, run_id: str, note: dict) -> None:
@@ -173,14 +181,23 @@ def write_progress(root: str | os.PathLike, sweep: str, run_id: str, note: dict)
     write_text_atomic(progress_path(root, sweep, run_id), json.dumps(note))
 
 
+PROGRESS_FIELDS = {"epoch": int, "epochs": int, "step": int, "total_steps": int, "val_top1_err": float,
+                   "updated_at": str}  # what a reader of a note may rely on (train_loss may be NaN: JSON's)
+
+
 def read_progress(root: str | os.PathLike, sweep: str, run_id: str) -> dict | None:
-    """The progress note of a running run (None when there is none or it cannot be read)."""
+    """The progress note of a running run: None when there is none, it cannot be read, or it
+    lacks a field of ``PROGRESS_FIELDS`` of that type (``sweep`` and ``run_id`` may come from a
+    results file: a name that is not plain reads nothing)."""
     import json
 
     try:
-        return json.loads(progress_path(root, sweep, run_id).read_text())
-    except (OSError, ValueError):
+        note = json.loads(progress_path(root, sweep, run_id).read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    ok = isinstance(note, dict) and all(
+        type(note.get(k)) is t or (t is float and type(note.get(k)) is int) for k, t in PROGRESS_FIELDS.items())
+    return note if ok else None
 
 
 def check_root(root: str | os.PathLike) -> None:
@@ -401,7 +418,7 @@ def write_run(
     ``runs`` is written last so that a reader who sees a finished run also sees its curves.
     """
     for name in sorted(tables, key=lambda t: t == "runs"):
-        _atomic_write(to_arrow(name, tables[name]), table_dir(root, name, sweep) / f"{run_id}.parquet")
+        _atomic_write(to_arrow(name, tables[name]), table_dir(root, name, sweep) / f"{plain_name('run', run_id)}.parquet")
 
 
 ROW_TABLES = ("epochs", "steps", "grad_norms")  # what a run streams; its one runs row is rewritten
@@ -423,14 +440,14 @@ def run_chunks(root: str | os.PathLike, table: str, sweep: str, run_id: str) -> 
 
 
 def _chunk_path(root: str | os.PathLike, table: str, sweep: str, run_id: str, to_step: int) -> Path:
-    return table_dir(root, table, sweep) / f"{run_id}{CHUNK}{to_step:010d}.parquet"
+    return table_dir(root, table, sweep) / f"{plain_name('run', run_id)}{CHUNK}{to_step:010d}.parquet"
 
 
 def run_files(root: str | os.PathLike, sweep: str, run_id: str) -> list[Path]:
     """Every file of a run's results (its own files and chunks, all tables), and its checkpoint
     when it has chunks: what goes to quarantine together when one is unreadable (a resume whose
     streamed rows went would leave a gap, so its checkpoint goes with them)."""
-    own = [table_dir(root, t, sweep) / f"{run_id}.parquet" for t in TABLES]
+    own = [table_dir(root, t, sweep) / f"{plain_name('run', run_id)}.parquet" for t in TABLES]
     chunks = [c for t in ROW_TABLES for c in run_chunks(root, t, sweep, run_id)]
     ckpt = [checkpoint_path(root, sweep, run_id)] if chunks else []
     return [p for p in (*own, *chunks, *ckpt) if p.exists()]

@@ -330,3 +330,34 @@ def test_runs_page_survives_planted_configs(tmp_path, dash_results):
     assert not at.exception, [e.value for e in at.exception]
     diff = at.table[0].value
     assert "lr" in diff.index and len(diff.columns) == 4
+
+
+def test_values_from_result_files_are_shown_as_text_and_build_no_path(tmp_path, dash_results):
+    """Markdown in a planted optimizer name or error (an image that loads, a link) is shown as
+    text on every page that prints it; a running row's run id of ``../`` reads no note outside."""
+    import json
+
+    root = tmp_path / "r"
+    shutil.copytree(dash_results, root)
+    runs = store.load(root).runs.sort_values("lr")
+    evil = "![t](https://evil.example/p.png) [login](https://evil.example)"
+    first, second = (r.drop("sweep").to_dict() for _, r in runs.head(2).iterrows())
+    store.write_run(root, "dash", first["run_id"], {"runs": [{**first, "status": "failed", "error": evil}]})
+    store.write_run(root, "dash", "planted", {"runs": [{**second, "run_id": "../../../../outside", "status": "running",
+                                                        "optimizer": evil}]})
+    (tmp_path / "outside.json").write_text(json.dumps(  # where that id leads: a valid note, never to be read
+        {"epoch": 1, "epochs": 2, "step": 1, "total_steps": 2, "val_top1_err": 1.0, "updated_at": "OUTSIDE"}))
+    texts = []
+    for page in ("views/overview.py", "views/optimizer.py", "views/sensitivity.py", "views/runs.py"):
+        at = _app(root, page)
+        if page == "views/runs.py":
+            with _root(root):
+                at.multiselect(key="p_runs_open").set_value(["dash/../../../../outside"]).run()
+            assert not at.exception, [e.value for e in at.exception]
+            assert not at.get("progress")  # the note outside the root was not read
+        for kind in ("markdown", "caption", "info", "warning", "error", "subheader"):
+            texts += [e.value for e in at.get(kind)]
+        texts += [e.label for e in at.get("expander")]
+    shown = "\n".join(map(str, texts))
+    assert "](https://evil" not in shown and "![t]" not in shown and "OUTSIDE" not in shown
+    assert "evil\\.example" in shown  # the planted text is on the pages, as text

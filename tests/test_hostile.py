@@ -551,3 +551,25 @@ def test_grid_status_prints_ledger_values_as_plain_text(tmp_path):
     assert "\x1b" not in out.stdout and "\x07" not in out.stdout
     assert "[link=https://evil.example]x[/link][bold]" in out.stdout, out.stdout  # as text, brackets kept
     assert "[red]boom[/red]" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "../x", "x\0y"])
+def test_no_path_is_built_from_a_name_that_leads_elsewhere(tmp_path, name):
+    for build in (store.checkpoint_path, store.owner_path, store.progress_path):
+        with pytest.raises(ValueError, match="not a plain name"):
+            build(tmp_path, "s", name)
+        with pytest.raises(ValueError, match="not a plain name"):
+            build(tmp_path, name, "r")
+    assert store.read_progress(tmp_path, "s", name) is None
+
+
+@pytest.mark.parametrize("note", ['[1]', '{"epoch": "1"}', '{"a":' * 100_000,
+                                  '{"epoch": 1, "epochs": 2, "step": "x", "total_steps": 2, "val_top1_err": 1.0, '
+                                  '"updated_at": "t"}'])
+def test_a_progress_note_of_another_shape_reads_as_none(tmp_path, note):
+    store.progress_path(tmp_path, "s", "r").parent.mkdir(parents=True)
+    store.progress_path(tmp_path, "s", "r").write_text(note)
+    assert store.read_progress(tmp_path, "s", "r") is None
+    store.write_progress(tmp_path, "s", "r", {"epoch": 1, "epochs": 2, "step": 1, "total_steps": 2,
+                                              "val_top1_err": 12, "train_loss": float("nan"), "updated_at": "t"})
+    assert store.read_progress(tmp_path, "s", "r")["val_top1_err"] == 12

@@ -4,7 +4,7 @@ n), best error vs epochs per stem."""
 import streamlit as st
 
 from stability import analysis, plots
-from stability.dashboard.common import selected_runs, table
+from stability.dashboard.common import md, selected_runs, table
 
 st.title("Optimizer and training length")
 runs = selected_runs()
@@ -12,7 +12,7 @@ if runs is not None:
     gap = analysis.optimizer_gap(runs)
     st.subheader("AdamW vs SGD")
     if runs.optimizer.nunique() < 2:
-        st.info(f"The selection has one optimizer only ({runs.optimizer.iloc[0]}): below is its best run "
+        st.info(f"The selection has one optimizer only ({md(runs.optimizer.iloc[0])}): below is its best run "
                 "per stem, with nothing to compare it to; run grids/cpu/optimizer.yaml for both (or "
                 "widen the sidebar's optimizer filter).")
     if not gap.empty:

@@ -13,6 +13,7 @@ from stability import analysis, plots
 from stability.dashboard.common import (
     apply_filters,
     load_runs,
+    md,
     peek_runs,
     root,
     table,
@@ -84,12 +85,12 @@ def findings(runs: pd.DataFrame) -> None:
             flags.append(f"**{where(part.iloc[0])}**: every run of {whose} sits at chance, diverged or was pruned: "
                          "no stem learned, so nothing here says which is more stable.")
         for _, r in dead.iterrows() if len(dead) != len(part) else []:
-            flags.append(f"**{where(r)} · {r['stem']}**: 0 of {int(r['runs'])} runs left chance "
+            flags.append(f"**{md(where(r))} · {md(r['stem'])}**: 0 of {int(r['runs'])} runs left chance "
                          f"({int(r['at_chance'])} at chance, {int(r['diverged'])} diverged"
                          + (f", {int(r['pruned'])} pruned" if r["pruned"] else "") + "; median error "
                          f"{r['median_err']:.1f}%, chance {_fmt(r['chance_err'], '.1f')}%).")
     if "data" in strata_cols and (note := analysis.grouping.mixed_data_note(analysis.grouping.data_mix(runs))):
-        flags.insert(0, f"Some {note}.")
+        flags.insert(0, f"Some {md(note)}.")
     for f in flags:
         st.warning(f)
     shown = t.drop(columns=["never_left_chance"]).assign(
@@ -108,8 +109,8 @@ def findings(runs: pd.DataFrame) -> None:
         rows = [{k: f.get(k) for k in REPRODUCE_FIELDS} for f in rep["findings"] if isinstance(f, dict)]
         if not rows:
             continue
-        st.markdown(f"**The paper's findings** (`stability reproduce`, {str(rep.get('scale', name))[:40]}, "
-                    f"written {str(rep.get('written_at', '?'))[:19]}):")
+        st.markdown(f"**The paper's findings** (`stability reproduce`, {md(str(rep.get('scale', name))[:40])}, "
+                    f"written {md(str(rep.get('written_at', '?'))[:19])}):")
         df = pd.DataFrame(rows)
         df["effect [90% CI]"] = [f"{_fmt(r.effect)} [{_fmt(r.lo)}, {_fmt(r.hi)}] {r.unit or ''}" for r in df.itertuples()]
         df["p → Holm"] = [f"{_fmt(r.p, '.3g')} → {_fmt(r.p_adj, '.3g')}" for r in df.itertuples()]
@@ -160,7 +161,8 @@ def body() -> None:
     if failures:
         st.subheader(f"Failures ({len(failures)})")
         for f in failures:
-            with st.expander(f"{f.get('label') or f['sweep'] + ' · ' + f['run_id']}: {str(f['error'])[:120]}"):
+            name = f.get("label") or f"{f['sweep']} · {f['run_id']}"
+            with st.expander(md(f"{name}: {str(f['error'])[:120]}")):
                 st.code(f["error"] or "", language=None)
                 if f.get("log"):
                     st.caption("log tail")

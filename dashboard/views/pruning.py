@@ -12,6 +12,7 @@ from stability.dashboard.common import (
     FILTERS,
     control,
     load_runs,
+    md,
     root,
     run_key,
     selected_runs,
@@ -141,7 +142,7 @@ if runs is not None:
     left = _left_out(runs, len(scored))
     if not scored:
         st.info(f"None of the {runs['key'].nunique()} selected runs can be replayed: "
-                + ("; ".join(left) or "none finished") + ". Replay needs completed or diverged runs with their "
+                + (md("; ".join(left)) or "none finished") + ". Replay needs completed or diverged runs with their "
                 "recorded steps.")
     elif len(scored) > REPLAY_RUNS and st.session_state.get("_prune_go") != hash(keys) and not st.button(
             f"Replay the pruners over {len(scored):,} runs (minutes)", key="prune_go"):
@@ -150,10 +151,10 @@ if runs is not None:
         st.session_state["_prune_go"] = hash(keys)  # asked once per selection: the controls then redraw it
         doomed, good = sum(r.doomed for r in scored), sum(r.good for r in scored)
         near = sum(r.near_best for r in scored)
-        st.caption(f"**{len(scored)} runs** of {sweep_label(runs)} replayed: **{doomed} doomed** (diverged, or "
+        st.caption(f"**{len(scored)} runs** of {md(sweep_label(runs))} replayed: **{doomed} doomed** (diverged, or "
                    f"completed at chance), **{good} good** (completed above chance) and **{near} near-best** (good "
                    f"and within {within} points of the best completed run of their group: sweep, stem, optimizer, "
-                   "epochs and fix)." + (f" Left out: {'; '.join(left)}." if left else ""))
+                   "epochs and fix)." + (f" Left out: {md('; '.join(left))}." if left else ""))
         try:
             with st.spinner(f"Replaying the pruners over {len(scored)} runs …"):
                 res = _study(str(where), keys, tune_keys, sig, every, int(workers), float(within), bool(baselines))
@@ -181,9 +182,9 @@ if runs is not None:
                        "the one-sided 90% Clopper-Pearson bound of its rate; wall time: the sweep's simulated time "
                        f"on {workers} workers relative to no pruning.")
             if tune:
-                st.subheader(f"Chosen on {', '.join(tune)}, scored here")
+                st.subheader(f"Chosen on {md(', '.join(tune))}, scored here")
                 if not tuning:
-                    st.info(f"{', '.join(tune)} hold(s) no replayable run (completed or diverged, with its steps) "
+                    st.info(f"{md(', '.join(tune))} hold(s) no replayable run (completed or diverged, with its steps) "
                             "that the sidebar's filters keep: nothing to choose on.")
                 elif res.chosen.empty:
                     st.info("No setting stopped no near-best run and no good run on the tuning sweeps: nothing "

@@ -13,6 +13,7 @@ from stability import store
 from stability.analysis.grouping import run_config
 from stability.dashboard.common import (
     control,
+    md,
     root,
     rows_of,
     run_key,
@@ -32,10 +33,10 @@ def curves(chosen: list[str], info: pd.DataFrame, labels: dict[str, str]) -> Non
         p = store.read_progress(root(), info.loc[rid, "sweep"], info.loc[rid, "run_id"])
         if p:
             st.progress(min(1.0, p["step"] / max(1, p["total_steps"])),
-                        text=f"{labels[rid]}: epoch {p['epoch']}/{p['epochs']}, step {p['step']}/{p['total_steps']}, "
+                        text=f"{md(labels[rid])}: epoch {p['epoch']}/{p['epochs']}, step {p['step']}/{p['total_steps']}, "
                              f"val error {p['val_top1_err']:.2f}% (updated {p['updated_at'][:19]} UTC)")
         else:
-            st.info(f"{labels[rid]}: running, no epoch finished yet (its curves grow as it streams its rows).")
+            st.info(f"{md(labels[rid])}: running, no epoch finished yet (its curves grow as it streams its rows).")
     if chosen:
         t = run_tables(chosen)
         ep, steps = t["epochs"], t["steps"]
@@ -105,14 +106,14 @@ if runs is not None:
     for rid in chosen:
         if info.loc[rid, "status"] == S.PRUNED:
             step, rule = info.loc[rid, "pruned_at_step"], info.loc[rid, "prune_rule"]
-            st.info(f"{labels[rid]}: pruned" + (f" at step {int(step)}" if pd.notna(step) else "")
-                    + (f" by {rule}" if isinstance(rule, str) else "") + ": stopped early by its pruner as doomed; "
+            st.info(f"{md(labels[rid])}: pruned" + (f" at step {int(step)}" if pd.notna(step) else "")
+                    + (f" by {md(rule)}" if isinstance(rule, str) else "") + ": stopped early by its pruner as doomed; "
                     "its curves end there, and its top-1 error is its last validation error (the EDF scores it "
                     "as diverged by default). To continue it to the end with the pruner off: "
-                    f"`stability train --run {info.loc[rid, 'run_id']} results={root()} --rerun`")
+                    f"`stability train --run {str(info.loc[rid, 'run_id']).replace('`', '')} results={root()} --rerun`")
         if info.loc[rid, "status"] in (S.FAILED, S.PREEMPTED):
-            st.info(f"{labels[rid]}: stopped early"
-                    + (f" ({str(info.loc[rid, 'error'])[:200]})" if isinstance(info.loc[rid, "error"], str) else "")
+            st.info(f"{md(labels[rid])}: stopped early"
+                    + (f" ({md(str(info.loc[rid, 'error'])[:200])})" if isinstance(info.loc[rid, "error"], str) else "")
                     + "; its curves below end where it stopped, and the Overview page has its log tail.")
     # A running run's curves grow as it streams rows: redraw them every 5 s (the cache key is the
     # steps table's files, which change with every chunk).

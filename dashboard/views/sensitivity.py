@@ -13,6 +13,7 @@ from stability.analysis.sensitivity import MIN_LRS
 from stability.dashboard.common import (
     control,
     load_attention,
+    md,
     root,
     selected_runs,
     table,
@@ -48,7 +49,7 @@ def _attention(runs, gn, step: int, outcome: str, pool_lines: bool, pool: tuple[
 
 def _say(res) -> None:
     if res.note:
-        st.info(res.note)
+        st.info(md(res.note))
 
 
 st.title("LR sensitivity")
@@ -85,7 +86,7 @@ if runs is not None:
             st.plotly_chart(plots.lr_sensitivity_figure(sens), width="stretch", key="sens_bars")
             for diff in diffs:
                 for _, row in diff.table.iterrows():
-                    st.markdown(f"- {analysis.sensitivity_verdict(row, diff.by)}")
+                    st.markdown(f"- {md(analysis.sensitivity_verdict(row, diff.by))}")
             table(sens.table, key="sens_table")
             st.caption("sensitivity = E over the lrs of min(ℓ(η), ℓ₀) − ℓ*, ℓ* the best of the range, per "
                        "seed; then the mean over seeds with a 90% bootstrap interval over seeds (lo, hi; none "
@@ -117,7 +118,7 @@ if runs is not None:
         st.plotly_chart(plots.attn_logit_figure(at, THRESHOLDS), width="stretch", key="sens_attn")
         _say(res)
         for line in analysis.auc_lines([auc_res]):
-            st.markdown(f"- {line}")
+            st.markdown(f"- {md(line)}")
         tab, aucs = res.table, auc_res.table
         aucs = aucs[(aucs["n_outcome"] > 0) & (aucs["n_outcome"] < aucs["n"])] if not aucs.empty else aucs
         if not aucs.empty:

@@ -8,6 +8,7 @@ import streamlit as st
 from stability import analysis, plots
 from stability.dashboard.common import (
     control,
+    md,
     rows_of,
     run_key,
     run_tables,
@@ -52,7 +53,7 @@ def live_traces(keys: list[str], labels: dict[str, str], params: analysis.SpikeP
     for rid in keys:
         gn, steps = rows_of(tables["grad_norms"], rid), rows_of(tables["steps"], rid)
         if gn.empty:
-            st.info(f"{labels[rid]}: running, no rows streamed yet (a run streams them at each epoch's end).")
+            st.info(f"{md(labels[rid])}: running, no rows streamed yet (a run streams them at each epoch's end).")
             continue
         small = analysis.downsample(analysis.mark_spikes(gn, params=params), max_points=2000)
         steps = analysis.downsample(steps, 3000, value="loss") if len(steps) else steps
