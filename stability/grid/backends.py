@@ -126,14 +126,18 @@ def max_array_size(default: int = 1000) -> int:
 
 
 def slurm_alive(job_ids: list[str]) -> dict[str, str]:
-    """``{job_id: state}`` of the given jobs that squeue still lists as alive."""
+    """``{job_id: state}`` of the given jobs that squeue still lists as alive. A squeue that does
+    not answer in time (a busy or unreachable controller) says nothing of them: each counts as
+    alive (``UNKNOWN``), never as ended, which would resubmit a run whose job still lives."""
     if not job_ids:
         return {}
     try:
         out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
                              capture_output=True, text=True, timeout=30).stdout
+    except subprocess.TimeoutExpired:
+        return dict.fromkeys(job_ids, "UNKNOWN")
     except (OSError, subprocess.SubprocessError):
-        return {}
+        return {}  # no squeue here: no Slurm job can be seen from this machine
     alive = {}
     for line in out.splitlines():
         parts = line.split()

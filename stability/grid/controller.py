@@ -161,6 +161,12 @@ def alive_jobs(spec: GridSpec, run_ids: list[str], backend: Backend | None = Non
     return out
 
 
+# How long a job this invocation submitted may be neither listed by the scheduler nor done before it
+# counts as ended: squeue can lag sbatch by a second, but a queued array task cancelled before it
+# started is never listed again, and sacct never reports it done (grid run waited for it for ever).
+UNSEEN_GRACE_S = 60.0
+
+
 @dataclass
 class _Sweep:
     """What one ``grid run`` keeps between its looks at the sweep."""
@@ -176,6 +182,7 @@ class _Sweep:
     told: dict = field(default_factory=dict)  # points already in the Optuna record
     failed_seen: list[str] = field(default_factory=list)  # submitted runs that failed, in the order seen
     ended: set[str] = field(default_factory=set)  # runs seen neither live nor done after a second read
+    unseen: dict[str, float] = field(default_factory=dict)  # submitted run -> when first seen neither alive nor done
 
 
 class Controller:
@@ -250,9 +257,12 @@ class Controller:
         runs = run_rows(spec.results, spec.name, sw.rows_cache)
         ledger = read_ledger(self.dir)
         alive = alive_jobs(spec, [r.run_id for r in sw.plan], backend, ledger, done_ids(runs))
+        now = time.monotonic()
         for rid, job in submitted.items():  # this invocation's jobs (reaps local ones)
-            if rid not in alive and not job.done():
-                alive[rid] = "submitted"
+            if rid in alive or job.done():
+                sw.unseen.pop(rid, None)
+            elif now - sw.unseen.setdefault(rid, now) < UNSEEN_GRACE_S:
+                alive[rid] = "submitted"  # just submitted: the scheduler may not list it yet
         # A run may have ended, and written its row (or the ledger its failure), after they were
         # read: a run not alive now, with a job or a row but no result, is read again, once.
         known = set(ledger) | set(runs.run_id)
