@@ -400,3 +400,60 @@ def test_a_failed_regnet_run_is_named_in_grid_run_and_grid_status(tmp_path):
     assert "1 of 1 runs had ended before this start (1 failed: --retry failed submits it again)" in again.stderr
     assert re.search(r"run [0-9a-f]{12} \(regnet\): completed, top-1 error [0-9.]+ % \[1 of 1 ended\]", again.stderr), \
         again.stderr
+
+
+def test_a_job_the_scheduler_forgot_before_it_started_ends_the_wait(tmp_path, monkeypatch):
+    """A queued array task cancelled before it started: squeue no longer lists it and sacct never
+    calls it done. After the grace for a just-submitted job the controller counts it as ended
+    (lost, named) instead of waiting for ever; the other run completes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stability.grid import controller as ctl
+    from stability.grid.backends import Submitted
+    from stability.grid.controller import Controller, RunOptions
+    from stability.grid.job import RunJob
+
+    class Vanished:
+        job_id = "forgotten"
+
+        def done(self):
+            return False  # as submitit says of a job sacct does not know
+
+    class Forgetful:
+        name = "forgetful"
+
+        def __init__(self):
+            self.pool, self.jobs, self.looks = ThreadPoolExecutor(1), {}, 0
+
+        def start(self): ...
+        def capacity(self): return None
+        def parallelism(self): return 2
+        def log_tail(self, job_id, lines=5): return ""
+        def close(self): self.pool.shutdown()
+
+        def wait(self, timeout):
+            self.looks += 1  # bounded, so a controller that waits for ever fails the test instead
+            assert self.looks < 3000, "the controller never stopped waiting for the forgotten job"
+            time.sleep(0.05)
+
+        def alive(self, job_ids):
+            return {j: "RUNNING" for j in job_ids if j in self.jobs and not self.jobs[j].done()}
+
+        def submit(self, items):
+            (first, cfg), *rest = items
+            fut = self.pool.submit(RunJob(), cfg)
+            fut.job_id = "kept"
+            self.jobs["kept"] = fut
+            return [Submitted(first, fut)] + [Submitted(rid, Vanished()) for rid, _ in rest]
+
+    monkeypatch.setattr(ctl, "UNSEEN_GRACE_S", 1.0)
+    spec = load_spec(write_spec(tmp_path / "g.yaml", "fg", tmp_path / "res", base={"epochs": 1, "steps_per_epoch": 2},
+                                space={"lr": [1e-3, 2e-3]}, sampler={"name": "random", "n": 1, "seed": 0}))
+    backend = Forgetful()
+    try:
+        outcome = Controller(spec, RunOptions(show_progress=False, poll_s=0.05), backend=backend).run()
+    finally:
+        backend.close()
+    assert sorted(outcome.state.status) == ["completed", "missing"]
+    (lost,) = outcome.lost
+    assert lost == outcome.state.run_id[outcome.state.status.eq("missing")].item()
