@@ -220,3 +220,18 @@ def test_slurm_grid_prunes_the_doomed_lr(tmp_path):
     assert read_ledger(spec.sweep_dir) == ledger
     status = json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)
     assert (status["counts"]["pruned"], status["counts"]["completed"]) == (1, 1), status["counts"]
+
+
+def test_an_sbatch_that_refuses_is_one_line_and_leaves_no_files(tmp_path):
+    """A partition the cluster does not have: sbatch's own words in one line (exit 2), no
+    traceback, none of submitit's files left behind; the plan stays, a mended spec runs."""
+    bad = write_spec(tmp_path / "g.yaml", "refused", tmp_path / "res", executor={**SLURM, "partition": "gpuz"},
+                     base={"epochs": 1, "steps_per_epoch": 1}, space={"lr": [1e-3]},
+                     sampler={"name": "random", "n": 1, "seed": 0})
+    out = run_cli("grid", "run", str(bad), "--quiet")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "sbatch refused the jobs" in line and "partition" in line, line
+    logs = store.logs_dir(tmp_path / "res", "refused")
+    assert not [p.name for p in logs.iterdir() if p.suffix in (".pkl", ".sh")], list(logs.iterdir())
+    assert (store.sweep_dir(tmp_path / "res", "refused") / "plan.parquet").exists()

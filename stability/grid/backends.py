@@ -115,6 +115,9 @@ ALIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "
                 "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
 
 
+_SUBMIT_FILE = re.compile(r"[0-9a-f]{32}\.pkl|\.submission_file_[0-9a-f]{32}\.sh")  # submitit's, before a job id
+
+
 def max_array_size(default: int = 1000) -> int:
     """Slurm's MaxArraySize (``scontrol show config``); array indices must stay below it."""
     try:
@@ -190,9 +193,34 @@ class SlurmBackend(_FolderBackend):
         out: list[Submitted] = []
         for i in range(0, len(items), chunk):
             part = items[i:i + chunk]
-            jobs = executor.map_array(fn, [cfg for _, cfg in part])
+            jobs = self._sbatch(executor.map_array, fn, [cfg for _, cfg in part])
             out += [Submitted(rid, job) for (rid, _), job in zip(part, jobs, strict=True)]
         return out
+
+    def _sbatch(self, submit: Callable[..., list], *args: Any) -> list:
+        """``submit(*args)``; an sbatch that refuses (a bad partition or sbatch option, no controller)
+        is one ``ConfigError`` with sbatch's words, and the files submitit wrote for it are removed."""
+        import contextlib
+        import io
+
+        from submitit.core.utils import FailedJobError
+
+        from ..errors import ConfigError
+        from ..store import discard
+
+        before = set(os.listdir(self.folder))
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said):  # submitit prints sbatch's stderr before raising it
+                return submit(*args)
+        except FailedJobError as e:
+            for name in set(os.listdir(self.folder)) - before:
+                if _SUBMIT_FILE.fullmatch(name):
+                    discard(self.folder / name, self.folder)
+            words = "; ".join(line.strip() for line in (str(e) or said.getvalue()).splitlines() if line.strip())
+            raise ConfigError(f"executor: sbatch refused the jobs: {words[:500] or 'no reason given'} (the spec's "
+                              "executor fields and the --profile's: partition, account, qos, constraint, extra ...)",
+                              str(self.spec.path)) from None
 
     def alive(self, job_ids: list[str]) -> dict[str, str]:
         return slurm_alive(job_ids)
