@@ -189,9 +189,13 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
     for rid, tail in outcome.lost.items():
         print(f"  lost {rid}: its job ended without a result; rerun to resubmit. Log tail:\n    "
               + printable(tail).replace("\n", "\n    "))
+    stopped = outcome.state[outcome.state.status.eq(RunStatus.PREEMPTED)] if len(outcome.state) else outcome.state
+    for r in stopped.itertuples():  # a signal (scancel, a preemption) stopped it after its checkpoint
+        print(f"  preempted {r.run_id} ({stem_name(r.stem)}): its job was stopped after saving a checkpoint; "
+              "rerun to resume it")
     if outcome.stopped:
         print(printable(outcome.stopped))
-    bad = bool(c.get("failed") or c.get("missing"))
+    bad = bool(c.get("failed") or c.get("missing") or c.get("preempted"))
     return 1 if (bad and opts.wait) or outcome.stopped else 0
 
 

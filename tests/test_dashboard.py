@@ -2,6 +2,7 @@
 one state across pages, filters and controls that survive navigation and come back from a URL."""
 
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,11 @@ def _app(root, page=None, query=None):
 def _query(at, key):
     v = at.query_params.get(key)
     return v if isinstance(v, list) else [v]
+
+
+def _shown(markdown: str) -> str:
+    """Markdown source as a reader sees it: the backslash escapes (common.md) taken out."""
+    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def _charts(at):
@@ -266,7 +272,7 @@ def test_edf_scores_pruned_runs_as_the_control_says(tmp_path, dash_results):
     assert not at.exception and (at.dataframe[0].value.status == "pruned").sum() == 1
     with _root(root):  # opened: it says it was pruned, and the command that continues it
         at.multiselect(key="p_runs_open").set_value([f"dash/{row.run_id}"]).run()
-    said = " ".join(i.value for i in at.info)
+    said = _shown(" ".join(i.value for i in at.info))
     assert "pruned at step 5 by loss_ratio" in said and f"stability train --run {row.run_id} results={root} --rerun" in said
 
 

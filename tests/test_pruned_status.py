@@ -226,3 +226,20 @@ def test_spike_figures_say_once_what_their_open_circles_are():
         assert all(t.legendgroup not in (None, plots.ZERO_NORM) for t in drawn)  # each in its layer's or run's group
     plain = plots.spike_figure(trace.assign(grad_norm=trace.grad_norm + 0.1), steps)
     assert not any(t.name == plots.ZERO_NORM for t in plain.data)
+
+
+def test_a_preempted_run_whose_job_is_gone_is_preempted_everywhere_and_resubmitted():
+    """A stale preempted row (its job scancel'd after the checkpoint) is counted as preempted, not
+    missing, and a grid run resubmits it to resume; a stale running row is missing; a latest job
+    that failed without writing its row makes either failed."""
+    import pandas as pd
+
+    runs = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "status": ["preempted", "running", "preempted", "preempted"],
+                         "stem": "conv", "error": None, "wall_time_s": 1.0})
+    plan = [SimpleNamespace(run_id=r, stem="conv", optimizer="adamw", epochs=2, cell="") for r in runs.run_id]
+    state = grid_state.sweep_state(plan, runs, alive={"d": "RUNNING"}, submitted={"a", "b", "c", "d"},
+                                   failed={"c": "disk full"})
+    by_id = state.set_index("run_id").status
+    assert by_id.to_dict() == {"a": "preempted", "b": "missing", "c": "failed", "d": "running"}
+    assert sorted(state.run_id[grid_state.to_submit(state)]) == ["a", "b"]
+    assert grid_state.counts(state).iloc[0]["preempted"] == 1

@@ -468,12 +468,10 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
     for r in state[state.status.eq(S.FAILED)].itertuples():
         failed_runs.append({"run_id": r.run_id, "stem": r.stem, "error": r.error,
                             "log": backend.log_tail(ledger[r.run_id]["job_id"]) if r.run_id in ledger else ""})
-    lost = []
-    row_status = runs.drop_duplicates("run_id", keep="last").set_index("run_id").status if len(runs) else {}
-    for r in state[state.status.eq(S.MISSING)].itertuples():
+    lost = []  # jobs that ended without a result: preempted ones left a checkpoint to resume
+    for r in state[state.status.isin([S.MISSING, S.PREEMPTED])].itertuples():
         if r.run_id in ledger:
-            lost.append({"run_id": r.run_id, "job_id": ledger[r.run_id]["job_id"],
-                         "preempted": row_status.get(r.run_id) == S.PREEMPTED,  # a checkpoint to resume
+            lost.append({"run_id": r.run_id, "job_id": ledger[r.run_id]["job_id"], "preempted": r.status == S.PREEMPTED,
                          "log": backend.log_tail(ledger[r.run_id]["job_id"])})
     return {
         "sweep": spec.name, "results": str(spec.results), "planned": len(plan),

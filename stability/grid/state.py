@@ -92,10 +92,12 @@ def sweep_state(plan: list[PlannedRun], runs: pd.DataFrame, alive: dict[str, str
     job = ids.map(alive or {})
     live = job.notna() & ~status.isin(DONE)  # a live job supersedes a stale row
     status[live] = job[live].isin(RUNNING_JOB_STATES).map({True: RunStatus.RUNNING, False: RunStatus.PENDING})
-    status[~live & status.isin([RunStatus.RUNNING, RunStatus.PREEMPTED])] = RunStatus.MISSING  # its job is gone
+    # a running row whose job is gone is missing; a preempted one stays preempted (its checkpoint
+    # waits: a grid run resumes it), so counts, the lost list and the end line agree
+    status[~live & status.eq(RunStatus.RUNNING)] = RunStatus.MISSING
     status[status.eq(RunStatus.MISSING) & ~ids.isin(submitted)] = RunStatus.PENDING  # never submitted
     err = ids.map(last["error"]) if "error" in last else pd.Series(None, index=ids.index, dtype=object)
-    unwritten = status.eq(RunStatus.MISSING) & ids.isin(list(failed or {}))
+    unwritten = status.isin([RunStatus.MISSING, RunStatus.PREEMPTED]) & ids.isin(list(failed or {}))  # its latest job
     status[unwritten] = RunStatus.FAILED
     err[unwritten] = ids[unwritten].map(failed or {})
     state["status"] = status.astype(str)
@@ -106,10 +108,11 @@ def sweep_state(plan: list[PlannedRun], runs: pd.DataFrame, alive: dict[str, str
 
 
 def to_submit(state: pd.DataFrame, retry_failed: bool = False) -> pd.Series:
-    """Which runs a controller submits: no result and no live job (missing, or pending with no
-    job), and failed ones when retrying."""
+    """Which runs a controller submits: no result and no live job (missing, or pending or
+    preempted with no job: a preempted run resumes from its checkpoint), and failed ones when
+    retrying."""
     no_job = state.job_state.isna()
-    want = state.status.eq(RunStatus.MISSING) | (state.status.eq(RunStatus.PENDING) & no_job)
+    want = state.status.eq(RunStatus.MISSING) | (state.status.isin([RunStatus.PENDING, RunStatus.PREEMPTED]) & no_job)
     return want | (retry_failed & state.status.eq(RunStatus.FAILED))
 
 
