@@ -172,7 +172,20 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
             console.print(line, markup=False, style="yellow", soft_wrap=True)
         return 0
     opts = RunOptions(retry_failed=args.retry is not None, wait=not args.no_wait, show_progress=not args.quiet)
-    outcome = Controller(spec, opts, console).run()  # takes the sweep's lock, then starts the backend
+    try:
+        outcome = Controller(spec, opts, console).run()  # takes the sweep's lock, then starts the backend
+    except KeyboardInterrupt:  # the sweep's lock is released on the way out
+        from .grid.kinds import resolve_kind
+
+        again = f"stability grid run {shlex.quote(str(spec.path))}"
+        if resolve_kind(spec.executor.kind) == "slurm":  # Ctrl-C does not reach a cluster's jobs
+            print(f"interrupted: the Slurm jobs already submitted go on (scancel stops them; `grid status --json` "
+                  f"lists their ids); the same command watches them again and submits the rest: {again}",
+                  file=sys.stderr)
+        else:  # local runs got the Ctrl-C too: each saved a checkpoint (preempted)
+            print(f"interrupted: the runs in progress stopped after saving a checkpoint; the same command "
+                  f"resumes them and submits the rest: {again}", file=sys.stderr)
+        return 130
     c = outcome.counts()
     summary = ", ".join(f"{n} {s}" for s, n in c.items())
     print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)} "
