@@ -188,8 +188,8 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
         return 130
     c = outcome.counts()
     summary = ", ".join(f"{n} {s}" for s, n in c.items())
-    print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)} "
-          f"in {outcome.wall_s:.0f} s; results in {spec.results}")
+    print(f"sweep {spec.name}: {summary or 'nothing planned'}; submitted {len(outcome.submitted)}; "
+          f"{outcome.wall_s:.0f} s in all; results in {Path(spec.results).absolute()}")
     _print_stems(outcome.stems, print)
     _print_data(outcome.data, print, spec.results, spec.name,
                 f"stability grid status {shlex.quote(str(spec.path))} --json", set(outcome.submitted))
@@ -269,6 +269,7 @@ def _print_plan(spec, dry) -> None:
         table.add_row(str(idx), r.run_id, r.cell or "-", str(r.stem), str(r.seed),
                       *[f"{vals[k]:.4g}" for k in ranges])
     console.print(table)
+    console.print(_executor_line(spec), markup=False, highlight=False, soft_wrap=True)
     by_stem: dict[str, int] = {}
     for r in plan:
         by_stem[str(r.stem)] = by_stem.get(str(r.stem), 0) + 1
@@ -277,6 +278,22 @@ def _print_plan(spec, dry) -> None:
                   + f"; {cost.images:.3g} training images, {cost.flops:.3g} training FLOPs (2 per multiply-add) ~ "
                   f"{cost.gpu_hours:.3g} GPU-hours on {cost.device.name} (img/s as measured, "
                   "benchmarks/RESULTS.md; sources below). Nothing launched.")
+
+
+def _executor_line(spec) -> str:
+    """Where the runs would go, the spec and ``--profile`` merged: the fields set, and those of
+    the kind it resolves to (so a profile can be checked before anything is submitted)."""
+    import dataclasses
+
+    from .grid.kinds import resolve_kind
+    from .grid.spec import ExecutorSpec
+
+    ex, kind = spec.executor, resolve_kind(spec.executor.kind)
+    local = ("max_parallel", "timeout_min", "max_failures")
+    shown = [f.name for f in dataclasses.fields(ExecutorSpec) if f.name != "kind" and (
+        f.name in local if kind != "slurm" else f.name != "max_parallel")]
+    values = [f"{k}={getattr(ex, k)}" for k in shown if getattr(ex, k) not in (None, {})]
+    return f"executor: {kind}" + (f" (kind {ex.kind})" if ex.kind != kind else "") + ": " + ", ".join(values)
 
 
 def _print_costs(costs: list, total: bool = False) -> None:

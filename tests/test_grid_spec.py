@@ -132,3 +132,15 @@ def test_every_whole_spec_the_docs_show_parses(doc, tmp_path):
         p = tmp_path / f"{i}.yaml"
         p.write_text(block)
         assert load_spec(p).space, f"{doc} spec {i}"
+
+
+def test_the_dry_run_shows_the_executor_the_spec_and_profile_make(tmp_path):
+    p = write_spec(tmp_path / "g.yaml", "g", tmp_path / "results", executor={"kind": "local", "max_parallel": 3})
+    out = run_cli("grid", "run", str(p), "--dry-run")
+    assert "executor: local: max_parallel=3, timeout_min=240" in out.stdout, out.stdout
+    (tmp_path / "prof.yaml").write_text("kind: slurm\npartition: gpu\nmem_gb: 8\nextra: {exclusive: true}\n")
+    out = run_cli("grid", "run", str(p), "--dry-run", "--profile", str(tmp_path / "prof.yaml"))
+    line = next(x for x in out.stdout.splitlines() if x.startswith("executor:"))
+    assert line.startswith("executor: slurm: array_parallelism=64, timeout_min=240, partition=gpu,") and \
+        "mem_gb=8.0" in line and "extra={'exclusive': True}" in line and "max_parallel" not in line, line
+    assert not (tmp_path / "results").exists()

@@ -474,7 +474,7 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
             lost.append({"run_id": r.run_id, "job_id": ledger[r.run_id]["job_id"], "preempted": r.status == S.PREEMPTED,
                          "log": backend.log_tail(ledger[r.run_id]["job_id"])})
     return {
-        "sweep": spec.name, "results": str(spec.results), "planned": len(plan),
+        "sweep": spec.name, "results": str(Path(spec.results).absolute()), "planned": len(plan),  # from any folder
         "counts": {k: int(v) for k, v in total.items()},
         "cells": [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
                   for row in cells.to_dict(orient="records")],
