@@ -345,7 +345,8 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
     console.print(f"[bold]sweep {report['sweep']}[/] ({report['results']}): {report['planned']} planned; "
                   + ", ".join(f"{k} {v}" for k, v in c.items() if v and k != "total")
                   + (f"; ETA {report['eta_s'] / 60:.1f} min" if report["eta_s"] else ""))
-    console.print(f"jobs: {report['jobs']['running']} running, {report['jobs']['pending']} pending")
+    console.print(f"jobs: {report['jobs']['running']} running, {report['jobs']['pending']} queued "
+                  "(live jobs; a run is pending until its job runs, or while never submitted)", markup=False)
     if not spec.sweep_dir.exists():  # its runs are "pending" as never submitted, not queued
         console.print(f"not started: no `grid run` of {spec.name} under {report['results']} yet", markup=False)
     if report["cells"]:
