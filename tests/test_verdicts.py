@@ -207,3 +207,22 @@ def test_mcnemar_exact():
     assert m.p == pytest.approx(stats.binomtest(10, 12, 0.5).pvalue)
     with pytest.raises(ValueError):
         astats.mcnemar_exact(a, b[:-1])
+
+
+def test_a_stem_that_diverged_everywhere_is_never_the_most_stable():
+    """The lr/wd finding's best is the best run that did not diverge: ViT_P diverged at all 16
+    shared points while ViT_C learned at each, so ViT_C has the points within x, ViT_P none
+    (scored at 100 with a best of 100, every Δ was 0 and ViT_P 'won': a reversed verdict)."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for i, err in enumerate(np.linspace(2.0, 47.0, 16)):
+        rows.append({"stem": "conv", "lr": 1e-3 * (i + 1), "wd": 0.1, "seed": 0, "status": "completed",
+                     "collapsed": False, "init_top1_err": 90.0, "optimizer": "sgd", "run_id": f"c{i}",
+                     "test_ema_top1_err": float(err + rng.normal(0, 0.1))})
+        rows.append({"stem": "patchify", "lr": 1e-3 * (i + 1), "wd": 0.1, "seed": 0, "status": "diverged",
+                     "collapsed": False, "init_top1_err": 90.0, "optimizer": "sgd", "run_id": f"p{i}",
+                     "test_ema_top1_err": np.nan})
+    f = findings.judge([findings.finding_lr_wd(pd.DataFrame(rows), n_boot=0, n_perm=400)])[0]
+    within = {r["x"]: r for r in f.curve}[findings.HEADLINE_X]
+    assert within["patchify"] == 0.0 and within["conv"] > 0 and f.effect > 0, f.curve
+    assert f.verdict != "not reproduced", (f.verdict, f.reason)

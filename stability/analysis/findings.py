@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ..store import DONE
-from .edf import CHANCE, at_chance, errors  # noqa: F401 (CHANCE, at_chance: re-exported)
+from .edf import CHANCE, DIVERGED_ERROR, at_chance, delta_to_best, errors  # noqa: F401 (CHANCE, at_chance: re-exported)
 from .stats import (
     holm,
     mde_sign_flip,
@@ -482,14 +482,29 @@ def within_curve(a: np.ndarray, b: np.ndarray, x: Sequence[float] = X_GRID) -> n
 
     Returns:
         Per x, the fraction of ``a``'s points within x of ``a``'s best minus the same of ``b``;
-        the best re-chosen from the arrays given (resamples re-choose it).
+        the best re-chosen from the arrays given (resamples re-choose it), among the runs that
+        did not diverge (error ``DIVERGED_ERROR``: a diverged or pruned run is never within x, and
+        a stem that diverged everywhere has none within x, not all).
 
     >>> within_curve(np.array([10.0, 11.0, 20.0]), np.array([10.0, 15.0, 20.0]), [1.0]).round(3).tolist()
     [0.333]
+    >>> within_curve(np.array([10.0, 11.0, 20.0]), np.array([100.0, 100.0, 100.0]), [1.0]).round(3).tolist()
+    [0.667]
     """
     x = np.asarray(x, float)[:, None]
-    da, db = np.round(a - a.min(), 9), np.round(b - b.min(), 9)
-    return (da[None, :] <= x).mean(1) - (db[None, :] <= x).mean(1)
+    return (_to_best(a)[None, :] <= x).mean(1) - (_to_best(b)[None, :] <= x).mean(1)
+
+
+def _to_best(err: np.ndarray) -> np.ndarray:
+    """Each point's Δ to the best that did not diverge (``delta_to_best``; diverged: at 100)."""
+    err = np.asarray(err, float)
+    return delta_to_best(err, err >= DIVERGED_ERROR)
+
+
+def _best(err: np.ndarray) -> float:
+    """The best error that did not diverge (NaN when every point diverged)."""
+    ok = np.asarray(err, float)[np.asarray(err, float) < DIVERGED_ERROR]
+    return float(ok.min()) if len(ok) else float("nan")
 
 
 def lr_wd_pairs(runs: pd.DataFrame, value: str = VALUE) -> pd.DataFrame:
@@ -539,16 +554,16 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
     sd, null = float(res.null_sd[at]), tuple(res.perms[:, at])
     mde = _mde_permutation(null, len(pairs), ALPHA / N_FINDINGS)
     curve = ", ".join(f"{g:g}: {e:+.2f}" for g, e in zip(grid, res.effect, strict=True) if g in (0, 1, 2, 4, 6, 10))
-    details = (f"{len(pairs)} shared points; best conv {a.min():.2f}, patchify {b.min():.2f}; "
-               f"within {x:g}: conv {np.mean(np.round(a - a.min(), 9) <= x):.0%}, patchify "
-               f"{np.mean(np.round(b - b.min(), 9) <= x):.0%}; curve (x: conv − patchify) {curve}; "
+    details = (f"{len(pairs)} shared points; best conv {_best(a):.2f}, patchify {_best(b):.2f} (of the runs that "
+               f"did not diverge); within {x:g}: conv {np.mean(_to_best(a) <= x):.0%}, patchify "
+               f"{np.mean(_to_best(b) <= x):.0%}; curve (x: conv − patchify) {curve}; "
                f"descriptive {CI:.0%} band over x = 0…10 (a bootstrap of a best-relative statistic: not a test)")
     eff = float(res.effect[at])
     regime = [r for r in (_chance(runs, {"ViT_P": {"stem": "patchify"}, "ViT_C": {"stem": "conv"}}, value),
                           _magnitude(eff, LR_WD.paper_effect),
                           _lr_wd_regime(runs)) if r]
-    fa = [float(np.mean(np.round(a - a.min(), 9) <= g)) for g in grid]
-    fb = [float(np.mean(np.round(b - b.min(), 9) <= g)) for g in grid]
+    fa = [float(np.mean(_to_best(a) <= g)) for g in grid]
+    fb = [float(np.mean(_to_best(b) <= g)) for g in grid]
     rows = tuple({"x": g, "conv": fa[i], "patchify": fb[i], "diff": float(res.effect[i]), "lo": float(res.lo[i]),
                   "hi": float(res.hi[i]), "p": float(res.p[i])} for i, g in enumerate(grid) if float(g).is_integer())
     return Finding(**asdict(LR_WD), curve=rows, value=value, effect=eff + 0.0, lo=float(res.lo[at]) + 0.0,
