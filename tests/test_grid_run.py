@@ -370,10 +370,10 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
     # ... and on the terminal, with the runs and the command, not only in the file
     assert warning in rep.stderr and f"  10 classes, 40 train / 10 val: {', '.join(on_a)}" in rep.stderr, rep.stderr
     assert "sweep=mixed data_root=PATH --rerun --no-resume" in rep.stderr and rep.stdout.startswith("report: ")
-    from .test_dashboard import _app
+    from .test_dashboard import _app, _shown
 
     at = _app(tmp_path / "res")
-    assert any("runs trained on different data: 10 classes, 40 train / 10 val" in w.value for w in at.warning), \
+    assert any("runs trained on different data: 10 classes, 40 train / 10 val" in _shown(w.value) for w in at.warning), \
         [w.value for w in at.warning]
     (data,) = [m for m in at.multiselect if m.label == "data"]  # a sidebar filter, as the other strata
     assert sorted(data.options) == ["10 classes, 40 train / 10 val", "10 classes, 60 train / 10 val"]

@@ -21,6 +21,7 @@ and the note says why, never an error. The attention-logit study of the same pap
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import combinations
 
@@ -29,7 +30,7 @@ import pandas as pd
 
 from ..store import DONE, RunStatus
 from .grouping import NO_FIX, fixed_axes
-from .stats import boot_ci
+from .stats import boot_ci, holm, median_perm_p, sign_flip_p
 from .tables import (
     SERIES,
     Table,
@@ -47,6 +48,7 @@ from .tables import (
 # metric -> (final value, value at init); both from the runs table
 METRICS = {"loss": ("final_val_loss", "init_val_loss"), "top1_err": ("top1_err", "init_top1_err")}
 MIN_LRS = 3  # distinct lrs a (group, seed) needs: with 1 the sensitivity is 0 by construction
+ALPHA = 0.10  # family-wise error rate of one call's less-sensitive verdicts (Holm over its rows)
 
 
 def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, float] | None = None,
@@ -232,8 +234,11 @@ def sensitivity_diff(runs: pd.DataFrame, axis: str = "stem", metric: str = "loss
         A ``Table``, one row per group, value of the other series axis and pair (a, b) of
         ``axis`` values (``by``: the group axes and that other axis): ``diff`` = sensitivity of
         b − that of a (negative: b is less sensitive), ``lo``/``hi`` its bootstrap interval over
-        seeds (resampled jointly where both lines ran the same seeds, ``paired``; separately
-        otherwise; NaN with one seed each), and ``n_a``/``n_b`` seeds.
+        seeds (descriptive; resampled jointly where both lines ran the same seeds, ``paired``;
+        separately otherwise; NaN with one seed each), ``n_a``/``n_b`` seeds, and the test the
+        verdict rests on: ``p`` two-sided (an exact sign flip of the per-seed differences when
+        paired, else a permutation of the seeds' labels), ``p_adj`` Holm over the table's rows,
+        ``min_p`` the smallest p the test can give with these seeds, ``m`` the family's size.
     """
     res = lr_sensitivity_per_seed(runs, metric, lr_range, common_lrs, min_lrs, pool)
     per = res.table
@@ -258,11 +263,27 @@ def sensitivity_diff(runs: pd.DataFrame, axis: str = "stem", metric: str = "loss
             elif not paired and len(va) > 1 and len(vb) > 1:
                 ia, ib = rng.integers(0, len(va), (n_boot, len(va))), rng.integers(0, len(vb), (n_boot, len(vb)))
                 lo, hi = boot_ci(vb[ib].mean(1) - va[ia].mean(1), ci)
+            p, min_p = _diff_test(va, vb, paired)
             rows.append(dict(zip([*axes, *other], key, strict=True)) | {
                 "a": a, "b": b, "metric": metric, "sens_a": float(va.mean()), "sens_b": float(vb.mean()),
                 "diff": float(vb.mean() - va.mean()), "lo": lo, "hi": hi, "n_a": len(va), "n_b": len(vb),
-                "paired": paired})
-    return noted(pd.DataFrame(rows, columns=[*axes, *cols]), [*axes, *other], res.note)
+                "paired": paired, "p": p, "min_p": min_p})
+    out = pd.DataFrame(rows, columns=[*axes, *cols, "p", "min_p"])
+    out["p_adj"] = holm(out["p"].to_numpy(float)) if len(out) else []
+    out["m"] = int(out["p"].notna().sum())
+    return noted(out, [*axes, *other], res.note)
+
+
+def _diff_test(va: np.ndarray, vb: np.ndarray, paired: bool) -> tuple[float, float]:
+    """The two-sided p of mean(b) − mean(a) over seeds and the smallest p the test can give:
+    an exact sign flip of the paired differences (2^(1−k)), else a label permutation (about
+    1 / C(n_a + n_b, n_a), twice that with equal sizes); NaN with fewer than 2 seeds a side."""
+    if paired and len(va) > 1:
+        return sign_flip_p(vb - va, "two-sided"), 2.0 ** (1 - len(va))
+    if not paired and len(va) > 1 and len(vb) > 1:
+        splits = math.comb(len(va) + len(vb), len(va))
+        return median_perm_p(va, vb, center=np.mean), min(1.0, (2 if len(va) == len(vb) else 1) / splits)
+    return np.nan, np.nan
 
 
 def sensitivity_verdict(row: pd.Series | dict, by: Sequence[str]) -> str:
@@ -273,19 +294,27 @@ def sensitivity_verdict(row: pd.Series | dict, by: Sequence[str]) -> str:
         by: that table's ``by`` (the group axes and the line held fixed).
 
     Returns:
-        Its group, which line is less LR-sensitive (where the interval excludes 0), by how
-        much, with the interval ("n/a" where there is none) and n.
+        Its group, which line is less LR-sensitive (where the Holm-adjusted p of the test over
+        seeds is at most ``ALPHA``; the bootstrap interval alone decides nothing: with 2 seeds it
+        excludes 0 in half of null tables), by how much, the interval ("n/a" where there is
+        none), the p-values and n. Too few seeds for the test to pass says so.
     """
-    lo, hi = row["lo"], row["hi"]
-    if pd.isna(lo) or pd.isna(hi):
-        few = min(int(row["n_a"]), int(row["n_b"])) < 2
-        side = "no interval (one seed)" if few else "no interval"
+    lo, hi, p, p_adj = row["lo"], row["hi"], row.get("p", np.nan), row.get("p_adj", np.nan)
+    m, min_p = int(row.get("m", 1) or 1), row.get("min_p", np.nan)
+    if min(int(row["n_a"]), int(row["n_b"])) < 2:
+        side = "no verdict (one seed)"
+    elif pd.isna(p_adj):
+        side = "no verdict"
+    elif min_p * m > ALPHA:
+        side = (f"no verdict (too few seeds: the test's smallest p, {min_p:.3g}, cannot pass {ALPHA:g} "
+                f"Holm-corrected over {m} row{'s' if m > 1 else ''})")
     else:
-        side = f"{row['b']} less sensitive" if hi < 0 else f"{row['a']} less sensitive" if lo > 0 \
-            else "no clear difference"
+        side = (f"{row['b'] if row['diff'] < 0 else row['a']} less sensitive" if p_adj <= ALPHA
+                else "no clear difference")
+    tested = "" if pd.isna(p) else f", p {p:.3g} -> Holm {p_adj:.3g} ({'sign flip' if row['paired'] else 'permutation'})"
     return (f"{row_group(row, by)}: {side}: LR sensitivity ({row['metric']}) {row['b']} − {row['a']} = "
-            f"{row['diff']:+.3g} {interval_text(lo, hi)}, n = {row['n_b']} vs {row['n_a']} seeds")
+            f"{row['diff']:+.3g} {interval_text(lo, hi)}{tested}, n = {row['n_b']} vs {row['n_a']} seeds")
 
 
-__all__ = ["METRICS", "MIN_LRS", "lr_curves", "lr_sensitivity", "lr_sensitivity_per_seed",
+__all__ = ["ALPHA", "METRICS", "MIN_LRS", "lr_curves", "lr_sensitivity", "lr_sensitivity_per_seed",
            "sensitivity_diff", "sensitivity_verdict"]

@@ -498,24 +498,26 @@ def paired_tests(d: np.ndarray) -> dict[str, float]:
     return out
 
 
-def median_perm_p(a: np.ndarray, b: np.ndarray, n_perm: int = 4000, seed: int = 0) -> float:
-    """Two-sided permutation p-value of median(b) − median(a).
+def median_perm_p(a: np.ndarray, b: np.ndarray, n_perm: int = 4000, seed: int = 0,
+                  center: Callable[..., np.ndarray] = np.median) -> float:
+    """Two-sided permutation p-value of center(b) − center(a) (the median by default).
 
     Args:
         a, b: the two samples.
         n_perm: label permutations.
         seed: of the permutations.
+        center: ``np.median`` or ``np.mean`` (called with ``axis=1``).
 
     Returns:
         (1 + #{|D*| ≥ |D|}) / (1 + n_perm).
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
-    observed = abs(np.median(b) - np.median(a))
+    observed = abs(center(b) - center(a))
     pool = np.concatenate([a, b])
     rng = np.random.default_rng(seed)
     perms = np.argsort(rng.random((n_perm, len(pool))), axis=1)
     shuffled = pool[perms]
-    d = np.abs(np.median(shuffled[:, len(a):], axis=1) - np.median(shuffled[:, :len(a)], axis=1))
+    d = np.abs(center(shuffled[:, len(a):], axis=1) - center(shuffled[:, :len(a)], axis=1))
     return float((1 + np.sum(d >= observed - 1e-9)) / (1 + n_perm))
 
 
