@@ -71,3 +71,25 @@ def test_null_false_positive_rate_of_the_verdict_rule():
     rate = hits / reps
     se = np.sqrt(ALPHA * (1 - ALPHA) / reps)
     assert rate <= ALPHA + 2.5 * se, rate
+
+
+def test_a_no_clear_difference_that_could_not_pass_says_more_runs_could_tell():
+    """Two strata of 4 vs 4, fully separated: each test's p is at its floor, 4/70 (not 2/70:
+    swapping the extreme runs keeps both medians), above α/2, so Holm cannot pass either; the
+    line says so, with the floor, instead of a bare 'no clear difference'."""
+    from stability import analysis
+    from stability.analysis.stats import min_median_perm_p
+
+    assert round(min_median_perm_p(np.arange(4.0), np.arange(4.0, 8.0)), 4) == round(4 / 70, 4)
+    assert abs(min_median_perm_p(np.arange(3.0), np.arange(3.0, 6.0)) - 0.2) < 1e-12
+    rows = []
+    for sweep in ("s1", "s2"):
+        for i in range(4):
+            for stem, err in (("conv", 2.0 + i), ("patchify", 40.0 + i)):
+                rows.append({"run_id": f"{sweep}{stem}{i}", "sweep": sweep, "stem": stem, "status": "completed",
+                             "top1_err": err, "init_top1_err": 90.0, "lr": 1e-3 * (i + 1), "seed": 0,
+                             "optimizer": "adamw", "epochs": 4, "collapsed": False})
+    v = analysis.stem_verdicts(pd.DataFrame(rows), n_boot=100)
+    assert (v.verdict == "no clear difference").all() and (v.p < 0.07).all()
+    assert all("the test's smallest p is 0.0571, above α/2 = 0.05: more runs per stem could tell" in w
+               for w in v.why), v.why.tolist()

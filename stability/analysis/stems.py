@@ -16,8 +16,12 @@ with n, and ``never_left_chance`` where no run of the stem learned anything.
   strata of the call (a family: one stratum per sweep x optimizer x epochs ...), verdict at
   ``ALPHA`` in the direction of the observed difference;
 - no verdict, saying why, when a side has fewer than ``MIN_RUNS`` finished runs (the smallest
-  two-sided p of 3 vs 3 is 0.1: a verdict could never pass) or when both stems sit at chance,
-  diverged or were pruned in every run (there is no learning to compare).
+  two-sided p of 3 vs 3 is 4/20 = 0.2: a verdict could never pass) or when both stems sit at
+  chance, diverged or were pruned in every run (there is no learning to compare);
+- a "no clear difference" whose test could not have passed says so: the smallest p any labelling
+  of its values gives (``stats.min_median_perm_p``: 4/70 = 0.057 for 4 vs 4, not 2/70, since
+  swapping the two extreme runs keeps both medians; 12/924 = 0.013 for 6 vs 6) above α/m, the
+  level Holm asks of the first of m strata.
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ from .compare import compare
 from .edf import errors
 from .findings import at_chance
 from .grouping import strata, with_design
-from .stats import holm, median_perm_p
+from .stats import holm, median_perm_p, min_median_perm_p
 
 ALPHA = 0.10  # family-wise error rate of the verdicts of one call (Holm over its strata)
-MIN_RUNS = 4  # per side: 4 vs 4 reaches a two-sided permutation p of 2/70 = 0.029
+MIN_RUNS = 4  # per side: 4 vs 4 reaches a two-sided permutation p of 4/70 = 0.057 (3 vs 3: 0.2)
 N_PERM = 4000
 
 
@@ -134,7 +138,7 @@ def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 100
         return cmp.assign(p=[], p_holm=[], verdict=[], why=[])
     out = stem_outcomes(runs, value, by=keys)
     df = errors(runs, value, False, [*keys, "stem"])
-    ps, why = [], []
+    ps, floor, why = [], [], []
     for _, row in cmp.iterrows():
         here = np.logical_and.reduce([df[k].eq(row[k]) for k in keys]) if keys else np.ones(len(df), bool)
         ea = df.loc[here & df["stem"].eq(row["a"]).to_numpy(), "err"].to_numpy(float)
@@ -150,6 +154,7 @@ def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 100
                        "compare")
         else:
             ps.append(median_perm_p(ea, eb, n_perm, seed))
+            floor.append((len(ps) - 1, min_median_perm_p(ea, eb)))
             why.append("")
     cmp = cmp.assign(p=ps)
     tested = cmp["p"].notna().to_numpy()
@@ -157,6 +162,7 @@ def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 100
     if tested.any():
         adj[tested] = holm(cmp.loc[tested, "p"].to_numpy(float))
     cmp["p_holm"] = adj
+    smallest = dict(floor)
     verdicts = []
     for i, row in cmp.reset_index(drop=True).iterrows():
         if why[i]:
@@ -171,6 +177,9 @@ def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 100
         else:
             verdicts.append("no clear difference")
             why[i] = f"permutation p = {row['p']:.3g}, {fam}: {adj[i]:.3g} > {alpha:g}"
+            if (least := smallest.get(i, np.nan)) > alpha / m:  # it could not have passed: say so
+                why[i] += (f"; with n = {int(row['n_b'])} vs {int(row['n_a'])} the test's smallest p is {least:.3g}, "
+                           f"above α/{m} = {alpha / m:.3g}: more runs per stem could tell")
     cmp["verdict"], cmp["why"] = verdicts, why
     return cmp
 
