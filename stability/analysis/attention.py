@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..store import DONE, RunStatus
 from .grouping import fixed_axes
-from .stats import auc, auc_test, newcombe, wilson
+from .stats import auc, auc_test, holm, newcombe, wilson
 from .tables import (
     SERIES,
     Table,
@@ -305,9 +305,11 @@ def auc_verdict(row: pd.Series | dict, by: Sequence[str], alpha: float = 0.1) ->
 
     Returns:
         Its group (the ``by`` values, and what it pools), then the direction (only where the
-        permutation p < ``alpha``), effect size with its interval, p and n. A group with no run
-        on one side (none, or every one, had the outcome) says so and nothing more: there is no
-        pair to compare.
+        permutation p, Holm-adjusted over its family, is at most ``alpha``), effect size with its
+        interval, p and n. The family is what ``auc_lines`` prints together (``p_holm``,
+        ``p_within_holm``, ``family`` on the row), else the row's own two tests. A group with no
+        run on one side (none, or every one, had the outcome) says so and nothing more: there is
+        no pair to compare.
     """
     what = "were unstable (diverged or collapsed)" if row["outcome"] == "unstable" else "diverged"
     held = ", ".join(str(row.get("strata", "lr")).split(","))
@@ -319,19 +321,24 @@ def auc_verdict(row: pd.Series | dict, by: Sequence[str], alpha: float = 0.1) ->
         side = (f"no run of the {n} with a logit {what}" if k == 0
                 else f"every one of the {n} runs with a logit {what}")
         return f"{group}: {side}{before}: no pair to compare, no AUC."
+    if "p_holm" in row:
+        adjusted, m = (row["p_holm"], row["p_within_holm"]), int(row["family"])
+    else:
+        adjusted = tuple(holm([row["p"], row["p_within"]]))
+        m = int(np.isfinite([row["p"], row["p_within"]]).sum())
     parts = []
-    for name, a, lo, hi, p, pairs in (
-            ("Over all lrs", row["auc"], row["auc_lo"], row["auc_hi"], row["p"], row["n_pairs"]),
+    for name, a, lo, hi, p, adj, pairs in (
+            ("Over all lrs", row["auc"], row["auc_lo"], row["auc_hi"], row["p"], adjusted[0], row["n_pairs"]),
             (f"at one {held}", row["auc_within"], row["auc_within_lo"], row["auc_within_hi"], row["p_within"],
-             row["n_pairs_within"])):
+             adjusted[1], row["n_pairs_within"])):
         if not pairs or np.isnan(a):
             parts.append(f"{name}: no pair")
             continue
         interval = (f"[{lo:.2f}, {hi:.2f}]" if not np.isnan(lo) else "no interval: AUC at its bound"
                     if a in (0.0, 1.0) else "no interval: too few runs")
-        says = ("no clear direction" if np.isnan(p) or p >= alpha
+        says = ("no clear direction" if np.isnan(adj) or adj > alpha
                 else "the runs that failed had the larger logit" if a > 0.5 else "the runs that failed had the smaller logit")
-        pv = "p n/a" if np.isnan(p) else f"p = {p:.2g}"
+        pv = "p n/a" if np.isnan(p) else f"p = {p:.2g}, Holm {adj:.2g} over {m}"
         parts.append(f"{name} AUC {a:.2f} ({interval}; {pv}; {_pairs(int(pairs))}): {says}")
     text = f"{group}: {k} of {n} runs with a logit {what}{before}. " + "; ".join(parts) + "."
     if "loss_auc" in row and not pd.isna(row["loss_auc"]):
@@ -352,19 +359,32 @@ def auc_lines(tables: Sequence[Table]) -> list[str]:
         run, or every run, had the outcome) in one line per outcome, named; an empty table's note.
     """
     lines, without = [], {}
+    tested: list[tuple[pd.Series, Sequence[str]]] = []
+    order: list[int | str] = []  # a note, or the index of a tested row: the lines' order
     for t in tables:
         if t.table.empty:
             if t.note:
-                lines.append(t.note)
+                order.append(t.note)
             continue
         for _, r in t.table.iterrows():
             if 0 < r["n_outcome"] < r["n"]:
-                lines.append(auc_verdict(r, t.by))
+                order.append(len(tested))
+                tested.append((r, t.by))
             else:
                 side = "no run" if r["n_outcome"] == 0 else "every run"
                 pooled = f" (pooled over {r['pooled'].replace(',', ', ')})" if r["pooled"] else ""
                 without.setdefault((r["outcome"], side, pooled), []).append(
                     group_text({k: r[k] for k in t.by}))
+    # one family: every test the lines print (both AUCs of each group, every outcome), Holm-adjusted
+    adj = holm([p for r, _ in tested for p in (r["p"], r["p_within"])])
+    family = int(np.isfinite(adj).sum())
+    for item in order:
+        if isinstance(item, str):
+            lines.append(item)
+            continue
+        r, by = tested[item]
+        row = {**r.to_dict(), "p_holm": adj[2 * item], "p_within_holm": adj[2 * item + 1], "family": family}
+        lines.append(auc_verdict(row, by))
     for (o, side, pooled), groups in without.items():
         what = "was unstable" if o == "unstable" else "diverged"
         more = f" … ({len(groups)} in all)" if len(groups) > 6 else ""
