@@ -175,10 +175,8 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
     try:
         outcome = Controller(spec, opts, console).run()  # takes the sweep's lock, then starts the backend
     except KeyboardInterrupt:  # the sweep's lock is released on the way out
-        from .grid.kinds import resolve_kind
-
         again = f"stability grid run {shlex.quote(str(spec.path))}"
-        if resolve_kind(spec.executor.kind) == "slurm":  # Ctrl-C does not reach a cluster's jobs
+        if spec.kind() == "slurm":  # Ctrl-C does not reach a cluster's jobs
             print(f"interrupted: the Slurm jobs already submitted go on (scancel stops them; `grid status --json` "
                   f"lists their ids); the same command watches them again and submits the rest: {again}",
                   file=sys.stderr)
@@ -254,6 +252,7 @@ def _print_data(data: list[dict], say, results, sweep: str, listed_by: str | Non
 def _print_plan(spec, dry) -> None:
     from rich.table import Table
 
+    from .grid.spec import executor_text
     from .progress import make_console
 
     console = make_console()
@@ -269,7 +268,7 @@ def _print_plan(spec, dry) -> None:
         table.add_row(str(idx), r.run_id, r.cell or "-", str(r.stem), str(r.seed),
                       *[f"{vals[k]:.4g}" for k in ranges])
     console.print(table)
-    console.print(_executor_line(spec), markup=False, highlight=False, soft_wrap=True)
+    console.print(executor_text(spec), markup=False, highlight=False, soft_wrap=True)
     by_stem: dict[str, int] = {}
     for r in plan:
         by_stem[str(r.stem)] = by_stem.get(str(r.stem), 0) + 1
@@ -278,22 +277,6 @@ def _print_plan(spec, dry) -> None:
                   + f"; {cost.images:.3g} training images, {cost.flops:.3g} training FLOPs (2 per multiply-add) ~ "
                   f"{cost.gpu_hours:.3g} GPU-hours on {cost.device.name} (img/s as measured, "
                   "benchmarks/RESULTS.md; sources below). Nothing launched.")
-
-
-def _executor_line(spec) -> str:
-    """Where the runs would go, the spec and ``--profile`` merged: the fields set, and those of
-    the kind it resolves to (so a profile can be checked before anything is submitted)."""
-    import dataclasses
-
-    from .grid.kinds import resolve_kind
-    from .grid.spec import ExecutorSpec
-
-    ex, kind = spec.executor, resolve_kind(spec.executor.kind)
-    local = ("max_parallel", "timeout_min", "max_failures")
-    shown = [f.name for f in dataclasses.fields(ExecutorSpec) if f.name != "kind" and (
-        f.name in local if kind != "slurm" else f.name != "max_parallel")]
-    values = [f"{k}={getattr(ex, k)}" for k in shown if getattr(ex, k) not in (None, {})]
-    return f"executor: {kind}" + (f" (kind {ex.kind})" if ex.kind != kind else "") + ": " + ", ".join(values)
 
 
 def _print_costs(costs: list, total: bool = False) -> None:

@@ -133,9 +133,14 @@ TABLES = tuple(SCHEMAS)
 def plain_name(kind: str, name: str) -> str:
     """``name`` (a sweep, a run id: often read from a results file) as one path component;
     ``ValueError`` for one that could lead elsewhere (``..``, a ``/``), so no path is built from it."""
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+    if not is_plain(name):
         raise ValueError(f"{kind} {name!r} is not a plain name: no path is built from it")
     return name
+
+
+def is_plain(name: object) -> bool:
+    """Whether ``name`` is one path component that leads nowhere else (``plain_name``)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
 
 
 def table_dir(root: str | os.PathLike, table: str, sweep: str) -> Path:
@@ -145,12 +150,18 @@ def table_dir(root: str | os.PathLike, table: str, sweep: str) -> Path:
 def sweeps(root: str | os.PathLike, table: str = "runs") -> list[str]:
     """The sweeps that have a folder of ``table`` under ``root``, sorted."""
     base = Path(root) / table
-    return sorted(d.name[len("sweep="):] for d in base.glob("sweep=*") if d.is_dir()) if base.is_dir() else []
+    found = (d.name[len("sweep="):] for d in base.glob("sweep=*") if d.is_dir()) if base.is_dir() else ()
+    return sorted(name for name in found if is_plain(name))  # a planted sweep=.. folder is no sweep
 
 
 def sweep_dir(root: str | os.PathLike, sweep: str) -> Path:
     """A sweep's own record under a results root: spec, plan, job ledger, checkpoints, logs."""
     return Path(root) / "_sweeps" / plain_name("sweep", sweep)
+
+
+def root_of(sweep_folder: str | os.PathLike) -> Path:
+    """The results root a sweep's own folder (``sweep_dir``: ``<root>/_sweeps/<name>``) lies in."""
+    return Path(sweep_folder).absolute().parents[1]
 
 
 def logs_dir(root: str | os.PathLike, sweep: str) -> Path:
@@ -382,10 +393,15 @@ def discard(path: Path, root: str | os.PathLike) -> None:
         unlink_under(path, Path(root))
 
 
-def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` of a file under a results root that is written in place (a lock, a ledger, a
-    log), never through a symlink planted at its name: that would write outside the root.
+def open_nofollow(path: str | os.PathLike, flags: int, root: str | os.PathLike, mode: int = 0o644) -> int:
+    """``os.open`` of a file under the results root ``root`` that is written in place (a lock, a
+    ledger, a log), never through a symlink: not one planted at its name (``O_NOFOLLOW``), nor a
+    folder on its way that leads out of the root. Either would write outside the root.
     ``ConfigError`` naming the link (the CLI's one line, exit 2)."""
+    where = Path(path).parent.resolve()
+    if not where.is_relative_to(Path(root).resolve()):
+        raise ConfigError(f"{Path(path).parent} leads out of the results root (to {where}): {Path(path).name} "
+                          "not written there (nothing under a results root is trusted)")
     try:
         return os.open(path, flags | os.O_NOFOLLOW, mode)
     except OSError as e:

@@ -457,3 +457,37 @@ def test_a_job_the_scheduler_forgot_before_it_started_ends_the_wait(tmp_path, mo
     assert sorted(outcome.state.status) == ["completed", "missing"]
     (lost,) = outcome.lost
     assert lost == outcome.state.run_id[outcome.state.status.eq("missing")].item()
+
+
+def test_jobs_taken_before_a_refused_array_are_recorded(tmp_path):
+    """sbatch takes the first array and refuses the second: the first array's jobs run, so they
+    are in the ledger (the next grid run watches them instead of submitting them again)."""
+    import pytest
+
+    from stability.errors import ConfigError
+    from stability.grid.backends import FinishedJob, SubmitRefused, Submitted
+    from stability.grid.controller import Controller, RunOptions
+    from stability.grid.ledger import read_ledger
+
+    class HalfTaken:
+        name = "half"
+
+        def start(self): ...
+        def capacity(self): return None
+        def parallelism(self): return 2
+        def log_tail(self, job_id, lines=5): return ""
+        def close(self): ...
+        def wait(self, timeout): ...
+        def alive(self, job_ids): return dict.fromkeys(job_ids, "RUNNING")
+
+        def submit(self, items):
+            e = SubmitRefused("executor: sbatch refused the jobs: invalid partition", "g.yaml")
+            e.submitted = [Submitted(items[0][0], FinishedJob("7_0"))]
+            raise e
+
+    spec = load_spec(write_spec(tmp_path / "g.yaml", "half", tmp_path / "res", space={"lr": [1e-3, 2e-3]},
+                                sampler={"name": "random", "n": 1, "seed": 0}))
+    with pytest.raises(ConfigError, match="sbatch refused"):
+        Controller(spec, RunOptions(show_progress=False), backend=HalfTaken()).run()
+    ledger = read_ledger(spec.sweep_dir)
+    assert len(ledger) == 1 and [r["job_id"] for r in ledger.values()] == ["7_0"]

@@ -471,6 +471,14 @@ def test_files_written_in_place_never_follow_a_planted_symlink(tmp_path):
         planted.unlink()
     assert run_cli("grid", "run", str(path), "--quiet").returncode == 0  # the links gone, it runs
     assert victim.read_text() == "x" * 2000
+    # a folder on the way linked out of the root (the sweep's own): refused before anything is written
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    other = write_spec(tmp_path / "o.yaml", "ln2", tmp_path / "res", base=dict(FAST), space={"lr": [1e-3]},
+                       sampler={"name": "random", "n": 1, "seed": 0})
+    store.sweep_dir(tmp_path / "res", "ln2").symlink_to(elsewhere, target_is_directory=True)
+    _one_line_exit_2(run_cli("grid", "run", str(other), "--quiet"), "leads out of the results root")
+    assert not list(elsewhere.iterdir())
 
 
 def test_grid_collect_never_writes_or_deletes_through_a_folder_linked_out_of_the_root(tmp_path):
@@ -573,3 +581,14 @@ def test_a_progress_note_of_another_shape_reads_as_none(tmp_path, note):
     store.write_progress(tmp_path, "s", "r", {"epoch": 1, "epochs": 2, "step": 1, "total_steps": 2,
                                               "val_top1_err": 12, "train_loss": float("nan"), "updated_at": "t"})
     assert store.read_progress(tmp_path, "s", "r")["val_top1_err"] == 12
+
+
+def test_a_planted_sweep_folder_named_dot_dot_is_no_sweep(tmp_path):
+    """``runs/sweep=..`` (or ``sweep=.``, ``sweep=``) is not a sweep: every all-sweeps read goes on
+    without it (store.plain_name refuses to build a path from its name)."""
+    cfg = _cfg(tmp_path)
+    assert run_cli("train", *_args(cfg)).returncode == 0
+    for name in ("sweep=..", "sweep=.", "sweep="):
+        (tmp_path / "runs" / name).mkdir()
+    assert store.sweeps(tmp_path) == ["h"]
+    assert store.load(tmp_path).runs.run_id.tolist() == [cfg.run_id]

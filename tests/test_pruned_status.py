@@ -243,3 +243,28 @@ def test_a_preempted_run_whose_job_is_gone_is_preempted_everywhere_and_resubmitt
     assert by_id.to_dict() == {"a": "preempted", "b": "missing", "c": "failed", "d": "running"}
     assert sorted(state.run_id[grid_state.to_submit(state)]) == ["a", "b"]
     assert grid_state.counts(state).iloc[0]["preempted"] == 1
+
+
+def test_the_live_table_counts_preempted_runs_so_its_columns_add_up(tmp_path):
+    import pandas as pd
+    from rich.console import Console
+
+    from stability.grid.controller import Controller
+    from stability.grid.spec import load_spec
+
+    from .conftest import write_spec
+
+    runs = pd.DataFrame({"run_id": ["a", "b"], "status": ["preempted", "completed"], "stem": "conv", "error": None,
+                         "wall_time_s": 1.0})
+    plan = [SimpleNamespace(run_id=r, stem="conv", optimizer="adamw", epochs=2, cell="") for r in runs.run_id]
+    state = grid_state.sweep_state(plan, runs, alive={}, submitted={"a", "b"})
+    spec = load_spec(write_spec(tmp_path / "g.yaml", "lt", tmp_path / "res"))
+    table = Controller(spec)._render(state, SimpleNamespace(name="local", parallelism=lambda: 2))
+    console = Console(width=200, record=True)
+    console.print(table)
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if "stem" in line)
+    assert "preempted" in header and "total" in header, text
+    all_row = next(line for line in text.splitlines() if line.strip("│ ").startswith("all"))
+    cells = [c.strip() for c in all_row.strip().strip("│").split("│")]
+    assert int(cells[-1]) == sum(int(c) for c in cells[1:-1]) == 2, text

@@ -148,8 +148,8 @@ def test_sensitivity_diff_is_signed_b_minus_a_with_n():
     text = analysis.sensitivity_verdict(d, diff.by)
     # the group first (its axes and the line held fixed), then the verdict with its numbers: the
     # interval excludes 0, but 2 seeds cannot pass the test, and the line says so
-    assert text.startswith("sweep s, fix none: no verdict (too few seeds: the test's smallest p, 0.5, cannot "
-                           "pass 0.1 Holm-corrected over 1 row): LR sensitivity (loss) patchify − conv = ")
+    assert text.startswith("sweep s, fix none: no verdict (too few seeds: the test's smallest p, 0.5, is above "
+                           "0.1): LR sensitivity (loss) patchify − conv = ")
     assert f"= {d['diff']:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}], p 0.5 -> Holm 0.5 (sign flip), n = 2 vs 2 seeds" in text
     one = analysis.sensitivity_diff(hand_runs()[lambda r: r.seed == 0]).table.iloc[0]
     text = analysis.sensitivity_verdict(one, diff.by)
@@ -178,6 +178,13 @@ def test_the_less_sensitive_verdict_needs_the_test_over_seeds():
     row = d.table.iloc[0]
     assert row.p == pytest.approx(2 / 64) and row.p_adj <= sens.ALPHA
     assert analysis.sensitivity_verdict(row, d.by).startswith("sweep s, fix none: conv less sensitive: ")
+    # Holm decides first: a row whose seeds' smallest p is above α/m still passes once the rows
+    # before it did (4 rows: α/4 = 0.025 < 2/32, the floor of 5 seeds; Holm's last step asks α)
+    passed = dict(row) | {"n_a": 5, "n_b": 5, "min_p": 2 / 32, "p": 2 / 32, "p_adj": 2 / 32, "m": 4}
+    assert analysis.sensitivity_verdict(passed, d.by).startswith("sweep s, fix none: conv less sensitive: ")
+    held = passed | {"p_adj": 0.25}
+    assert "no clear difference (the test's smallest p, 0.0625, is above 0.1/4: more seeds could tell)" in \
+        analysis.sensitivity_verdict(held, d.by)
 
 
 @pytest.mark.parametrize("k", [2, 3, 5, 6])

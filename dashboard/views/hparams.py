@@ -4,7 +4,7 @@ coloured by stem) and fANOVA hyperparameter importance per stem, diverged and pr
 import streamlit as st
 
 from stability import analysis, plots
-from stability.dashboard.common import selected_runs, table
+from stability.dashboard.common import md, selected_runs, table
 
 AUTO_RUNS = 500  # above this the evaluator waits for a click (its forest grows with n)
 PARALLEL_LINES = 2000  # lines drawn at most (more only blur into one another and slow the browser)
@@ -46,4 +46,4 @@ if runs is not None:
                            + (" Groups of more than 500 runs use a seeded sample of 500 (n_used)."
                               if (imp.n > imp.n_used).any() else ""))
                 if skipped:
-                    st.info("Not enough runs (at least 4 with a knob that varies) for: " + ", ".join(skipped))
+                    st.info("Not enough runs (at least 4 with a knob that varies) for: " + md(", ".join(skipped)))

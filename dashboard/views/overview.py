@@ -81,8 +81,8 @@ def findings(runs: pd.DataFrame) -> None:
     for _, part in (t.groupby(strata_cols, observed=True, sort=True) if strata_cols else [((), t)]):
         dead = part[part.never_left_chance]
         if len(dead) and len(dead) == len(part):
-            whose = "every stem" if len(part) > 1 else f"its only stem ({part['stem'].iloc[0]})"
-            flags.append(f"**{where(part.iloc[0])}**: every run of {whose} sits at chance, diverged or was pruned: "
+            whose = "every stem" if len(part) > 1 else f"its only stem ({md(part['stem'].iloc[0])})"
+            flags.append(f"**{md(where(part.iloc[0]))}**: every run of {whose} sits at chance, diverged or was pruned: "
                          "no stem learned, so nothing here says which is more stable.")
         for _, r in dead.iterrows() if len(dead) != len(part) else []:
             flags.append(f"**{md(where(r))} · {md(r['stem'])}**: 0 of {int(r['runs'])} runs left chance "

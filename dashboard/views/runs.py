@@ -2,6 +2,7 @@
 error, grad norm), the config keys in which they differ, and progress of running runs (their curves
 from the rows they have streamed so far, redrawn every 5 s)."""
 
+import html
 import io
 
 import pandas as pd
@@ -32,9 +33,9 @@ def curves(chosen: list[str], info: pd.DataFrame, labels: dict[str, str]) -> Non
     for rid in live:
         p = store.read_progress(root(), info.loc[rid, "sweep"], info.loc[rid, "run_id"])
         if p:
-            st.progress(min(1.0, p["step"] / max(1, p["total_steps"])),
+            st.progress(min(1.0, max(0.0, p["step"] / max(1, p["total_steps"]))),
                         text=f"{md(labels[rid])}: epoch {p['epoch']}/{p['epochs']}, step {p['step']}/{p['total_steps']}, "
-                             f"val error {p['val_top1_err']:.2f}% (updated {p['updated_at'][:19]} UTC)")
+                             f"val error {p['val_top1_err']:.2f}% (updated {md(p['updated_at'][:19])} UTC)")
         else:
             st.info(f"{md(labels[rid])}: running, no epoch finished yet (its curves grow as it streams its rows).")
     if chosen:
@@ -46,7 +47,7 @@ def curves(chosen: list[str], info: pd.DataFrame, labels: dict[str, str]) -> Non
         line = scatter_kind(3 * len(steps))
         no_epoch = []
         for i, rid in enumerate(chosen):
-            color, name = LINE_COLORS[i % len(LINE_COLORS)], labels[rid]
+            color, name = LINE_COLORS[i % len(LINE_COLORS)], html.escape(labels[rid])  # plotly renders tags in text
             s = rows_of(steps, rid).sort_values("step") if len(steps) else steps
             e = rows_of(ep, rid).sort_values("epoch") if len(ep) else ep
             common = dict(legendgroup=rid, line=dict(color=color))
@@ -106,11 +107,13 @@ if runs is not None:
     for rid in chosen:
         if info.loc[rid, "status"] == S.PRUNED:
             step, rule = info.loc[rid, "pruned_at_step"], info.loc[rid, "prune_rule"]
+            run_id = str(info.loc[rid, "run_id"])  # from the row: in the command only when it is a bare id
+            again = (f" To continue it to the end with the pruner off: `stability train --run {run_id} "
+                     f"results={root()} --rerun`" if run_id.isalnum() else "")
             st.info(f"{md(labels[rid])}: pruned" + (f" at step {int(step)}" if pd.notna(step) else "")
                     + (f" by {md(rule)}" if isinstance(rule, str) else "") + ": stopped early by its pruner as doomed; "
                     "its curves end there, and its top-1 error is its last validation error (the EDF scores it "
-                    "as diverged by default). To continue it to the end with the pruner off: "
-                    f"`stability train --run {str(info.loc[rid, 'run_id']).replace('`', '')} results={root()} --rerun`")
+                    "as diverged by default)." + again)
         if info.loc[rid, "status"] in (S.FAILED, S.PREEMPTED):
             st.info(f"{md(labels[rid])}: stopped early"
                     + (f" ({md(str(info.loc[rid, 'error'])[:200])})" if isinstance(info.loc[rid, "error"], str) else "")

@@ -305,12 +305,15 @@ def sensitivity_verdict(row: pd.Series | dict, by: Sequence[str]) -> str:
         side = "no verdict (one seed)"
     elif pd.isna(p_adj):
         side = "no verdict"
-    elif min_p * m > ALPHA:
-        side = (f"no verdict (too few seeds: the test's smallest p, {min_p:.3g}, cannot pass {ALPHA:g} "
-                f"Holm-corrected over {m} row{'s' if m > 1 else ''})")
+    elif p_adj <= ALPHA:
+        side = f"{row['b'] if row['diff'] < 0 else row['a']} less sensitive"
+    elif min_p > ALPHA:  # no p these seeds can give passes, even alone
+        side = f"no verdict (too few seeds: the test's smallest p, {min_p:.3g}, is above {ALPHA:g})"
+    elif min_p * m > ALPHA:  # Holm asks α/m of the first row of the family
+        side = (f"no clear difference (the test's smallest p, {min_p:.3g}, is above {ALPHA:g}/{m}: more seeds "
+                "could tell)")
     else:
-        side = (f"{row['b'] if row['diff'] < 0 else row['a']} less sensitive" if p_adj <= ALPHA
-                else "no clear difference")
+        side = "no clear difference"
     tested = "" if pd.isna(p) else f", p {p:.3g} -> Holm {p_adj:.3g} ({'sign flip' if row['paired'] else 'permutation'})"
     return (f"{row_group(row, by)}: {side}: LR sensitivity ({row['metric']}) {row['b']} − {row['a']} = "
             f"{row['diff']:+.3g} {interval_text(lo, hi)}{tested}, n = {row['n_b']} vs {row['n_a']} seeds")

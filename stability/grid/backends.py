@@ -18,10 +18,11 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..errors import ConfigError
 from .joblogs import job_log_tail
 from .kinds import resolve_kind
 
@@ -46,6 +47,13 @@ class FinishedJob:
 
     def done(self) -> bool:
         return True
+
+
+class SubmitRefused(ConfigError):
+    """The scheduler refused a submission (one line for the CLI); ``submitted``: the items of the
+    same call it had taken before (earlier arrays), which the caller must still record."""
+
+    submitted: Sequence[Submitted] = ()
 
 
 class Backend(Protocol):
@@ -193,7 +201,11 @@ class SlurmBackend(_FolderBackend):
         out: list[Submitted] = []
         for i in range(0, len(items), chunk):
             part = items[i:i + chunk]
-            jobs = self._sbatch(executor.map_array, fn, [cfg for _, cfg in part])
+            try:
+                jobs = self._sbatch(executor.map_array, fn, [cfg for _, cfg in part])
+            except SubmitRefused as e:
+                e.submitted = out  # the arrays sbatch took before: the caller records them
+                raise
             out += [Submitted(rid, job) for (rid, _), job in zip(part, jobs, strict=True)]
         return out
 
@@ -205,7 +217,6 @@ class SlurmBackend(_FolderBackend):
 
         from submitit.core.utils import FailedJobError
 
-        from ..errors import ConfigError
         from ..store import discard
 
         before = set(os.listdir(self.folder))
@@ -218,9 +229,9 @@ class SlurmBackend(_FolderBackend):
                 if _SUBMIT_FILE.fullmatch(name):
                     discard(self.folder / name, self.folder)
             words = "; ".join(line.strip() for line in (str(e) or said.getvalue()).splitlines() if line.strip())
-            raise ConfigError(f"executor: sbatch refused the jobs: {words[:500] or 'no reason given'} (the spec's "
-                              "executor fields and the --profile's: partition, account, qos, constraint, extra ...)",
-                              str(self.spec.path)) from None
+            raise SubmitRefused(f"executor: sbatch refused the jobs: {words[:500] or 'no reason given'} (the spec's "
+                                "executor fields and the --profile's: partition, account, qos, constraint, extra ...)",
+                                str(self.spec.path)) from None
 
     def alive(self, job_ids: list[str]) -> dict[str, str]:
         return slurm_alive(job_ids)

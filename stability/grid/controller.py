@@ -22,9 +22,10 @@ from typing import Any
 import pandas as pd
 
 from .. import store
+from ..errors import printable
 from ..store import RunStatus as S
 from ..trainer.run_lock import run_owner
-from .backends import BACKENDS, Backend, backend_for
+from .backends import BACKENDS, Backend, SubmitRefused, backend_for
 from .cost import RATE_FIELDS, StudyCost, feed_warning, no_gpu_note, study_cost
 from .joblogs import job_files
 from .kinds import resolve_kind
@@ -346,7 +347,14 @@ class Controller:
 
     def _submit(self, backend: Backend, plan: list[PlannedRun], todo: list[str], submitted: dict) -> None:
         by_id = {r.run_id: r for r in plan}
-        jobs = backend.submit([(rid, by_id[rid].config.to_dict()) for rid in todo])
+        try:
+            jobs = backend.submit([(rid, by_id[rid].config.to_dict()) for rid in todo])
+        except SubmitRefused as e:  # the jobs taken before the refusal run: record them, then say it
+            self._record(backend, e.submitted, submitted)
+            raise
+        self._record(backend, jobs, submitted)
+
+    def _record(self, backend: Backend, jobs: list, submitted: dict) -> None:
         record_jobs(self.dir, backend.name, [(s.run_id, s.job_id) for s in jobs])
         for s in jobs:
             submitted[s.run_id] = s.job
@@ -375,6 +383,7 @@ class Controller:
 
     def _render(self, state: pd.DataFrame, backend: Backend):
         from rich.table import Table
+        from rich.text import Text
 
         spec = self.spec
         by_stem = counts(state, ["stem"]) if len(state) else None
@@ -384,13 +393,13 @@ class Controller:
         title = (f"sweep {spec.name} \\[{backend.name}]: {done}/{len(state)} done"
                  + (f", ETA {eta / 60:.1f} min" if eta else ""))
         table = Table(title=title)
-        cols = [*(s for s in S if s != S.PREEMPTED), "total"]
+        cols = [*S, "total"]  # every status: preempted ones too (waiting to resume), so the columns add up
         table.add_column("stem")
         for c in cols:
             table.add_column(c, justify="right")
         if by_stem is not None:
             for stem, row in by_stem.iterrows():
-                table.add_row(str(stem), *[str(int(row[c])) for c in cols])
+                table.add_row(Text(printable(stem)), *[str(int(row[c])) for c in cols])
             table.add_row("all", *[str(int(total.iloc[0][c])) for c in cols], style="bold")
         return table
 

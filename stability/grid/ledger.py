@@ -46,9 +46,10 @@ def _append(sweep_dir: Path, records: list[dict[str, Any]]) -> None:
     killed mid-append) is ended first, so a new record never lands on it."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r) + "\n" for r in records)
-    from ..store import open_nofollow  # lazily: pandas is not needed to read a ledger
+    from ..store import open_nofollow, root_of  # lazily: pandas is not needed to read a ledger
 
-    with os.fdopen(open_nofollow(ledger_path(sweep_dir), os.O_RDWR | os.O_CREAT | os.O_APPEND), "ab+") as f:
+    with os.fdopen(open_nofollow(ledger_path(sweep_dir), os.O_RDWR | os.O_CREAT | os.O_APPEND,
+                                 root_of(sweep_dir)), "ab+") as f:
         if f.tell() > 0:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":

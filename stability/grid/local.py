@@ -112,10 +112,12 @@ class LocalPool:
         self.proc = self._start()  # now, so its torch import overlaps the controller's planning
 
     def _start(self) -> subprocess.Popen:
-        from ..store import open_nofollow
+        from ..store import open_nofollow, root_of
 
         self._buf = b""
-        with os.fdopen(open_nofollow(self.folder / "launcher.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as err:
+        err_fd = open_nofollow(self.folder / "launcher.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                               root_of(self.folder.parent))  # the folder is <sweep>/logs
+        with os.fdopen(err_fd, "ab") as err:
             return subprocess.Popen([sys.executable, "-m", "stability.grid.local"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=err)
 
@@ -212,12 +214,13 @@ def _child(msg: dict[str, Any], rank: int, port: int, rank0_pid: int) -> None:
     """In a forked task: logs to files, its own environment, then the run. Never returns."""
     code = 1
     try:
-        from ..store import open_nofollow
+        from ..store import open_nofollow, root_of
 
         job_id = job_token(rank0_pid)
         name = f"{job_id}_{rank}_log"
-        out = open_nofollow(os.path.join(msg["log_dir"], f"{name}.out"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        err = open_nofollow(os.path.join(msg["log_dir"], f"{name}.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        root = root_of(Path(msg["log_dir"]).parent)  # <sweep>/logs
+        out = open_nofollow(os.path.join(msg["log_dir"], f"{name}.out"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, root)
+        err = open_nofollow(os.path.join(msg["log_dir"], f"{name}.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, root)
         devnull = os.open(os.devnull, os.O_RDONLY)
         for src, dst in ((devnull, 0), (out, 1), (err, 2)):
             os.dup2(src, dst)

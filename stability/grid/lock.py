@@ -76,9 +76,9 @@ class SweepLock:
 
     def acquire(self) -> SweepLock:
         self.dir.mkdir(parents=True, exist_ok=True)
-        from ..store import open_nofollow
+        from ..store import open_nofollow, root_of
 
-        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, root_of(self.dir))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

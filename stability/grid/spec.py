@@ -30,7 +30,7 @@ from typing import Any
 from ..config import FIELDS, SWEEP_NAME, RunConfig, run_config
 from ..errors import ConfigError, shown
 from ..validate import checked_fields, int64
-from .kinds import EXECUTORS
+from .kinds import EXECUTORS, resolve_kind
 from .samplers import BadSetting, check_settings, plan_size, size_factors
 
 RANGE_KINDS = ("loguniform", "uniform", "int")
@@ -114,6 +114,24 @@ class GridSpec:
         from ..store import sweep_dir  # pandas/pyarrow: not needed to parse a spec
 
         return sweep_dir(self.results, self.name)
+
+    def kind(self) -> str:
+        """The executor kind the runs go to on this machine (``auto`` resolved)."""
+        return resolve_kind(self.executor.kind)
+
+
+# The executor fields each kind reads (the others are the other kind's): what the dry run shows.
+LOCAL_FIELDS = ("max_parallel", "timeout_min", "tasks_per_node", "gpus_per_node", "max_failures")
+
+
+def executor_text(spec: GridSpec) -> str:
+    """Where the runs would go, the spec and ``--profile`` merged: the kind, and each field that
+    kind reads that is set (so a profile can be checked before anything is submitted)."""
+    ex, kind = spec.executor, spec.kind()
+    shown_fields = [f.name for f in dataclasses.fields(ExecutorSpec) if f.name != "kind" and (
+        f.name != "max_parallel" if kind == "slurm" else f.name in LOCAL_FIELDS)]
+    values = [f"{k}={getattr(ex, k)}" for k in shown_fields if getattr(ex, k) not in (None, {})]
+    return f"executor: {kind}" + (f" (kind {ex.kind})" if ex.kind != kind else "") + ": " + ", ".join(values)
 
 
 def _err(src: str, path: str, msg: str) -> ConfigError:

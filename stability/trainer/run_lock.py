@@ -74,7 +74,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + TAKE_TIMEOUT_S
-        fd = store.open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+        fd = store.open_nofollow(self.path, os.O_RDWR | os.O_CREAT, self.root)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
