@@ -220,6 +220,6 @@ def test_max_failures_stops_submitting_and_exits_non_zero(tmp_path):
     (line,) = [x for x in out.stdout.splitlines() if "stopped submitting" in x]
     assert "2 runs failed (executor.max_failures: 2)" in line and "first error" in line
     assert "DataError" in line and str(nowhere) in line and "2 planned runs left unsubmitted" in line
-    assert "submitted 2 " in out.stdout
+    assert "submitted 2;" in out.stdout
     counts = json.loads(run_cli("grid", "status", str(spec_path), "--json").stdout)["counts"]
     assert (counts["failed"], counts["pending"]) == (2, 2)

@@ -439,8 +439,11 @@ def test_ctrl_c_on_a_local_grid_run_says_what_happened_and_the_same_command_resu
     path = write_spec(tmp_path / "g.yaml", "cc", tmp_path / "res", space={"lr": [1e-3]},
                       base={"model": "vit_p_tiny", "epochs": 3, "steps_per_epoch": 20, "batch_size": 16},
                       sampler={"name": "random", "n": 1, "seed": 0})
+    # a terminal's foreground process takes SIGINT; one started in the background by a script (as CI
+    # may run the tests) inherits it ignored, and Python then keeps it ignored: restore the default
     p = subprocess.Popen([sys.executable, "-m", "stability", "grid", "run", str(path), "--quiet"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     progress = tmp_path / "res/_sweeps/cc/progress"
     deadline = time.monotonic() + 300
     while not any(progress.glob("*.json")) and p.poll() is None and time.monotonic() < deadline:

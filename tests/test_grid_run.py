@@ -149,7 +149,7 @@ def test_local_no_wait_runs_outlive_the_controller(tmp_path):
     spec_path = write_spec(tmp_path / "g.yaml", "nw", tmp_path / "res",
                            space={"stem": ["patchify", "conv"], "lr": [1e-3, 3e-3]})
     out = run_cli("grid", "run", str(spec_path), "--quiet", "--no-wait")
-    assert out.returncode == 0 and "submitted 2 " in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "submitted 2;" in out.stdout, out.stdout + out.stderr
     spec = load_spec(spec_path)
     pids = [rec["job_id"] for rec in read_ledger(spec.sweep_dir).values()]
     assert len(pids) == 2
@@ -162,7 +162,7 @@ def test_local_no_wait_runs_outlive_the_controller(tmp_path):
     for p in pids:  # each run logs to <pid>_<task>_log.{out,err}, as submitit names them
         assert (spec.sweep_dir / "logs" / f"{p}_0_log.err").exists()
     again = run_cli("grid", "run", str(spec_path), "--quiet")
-    assert again.returncode == 0 and "4 completed; submitted 2 " in again.stdout, again.stdout
+    assert again.returncode == 0 and "4 completed; submitted 2;" in again.stdout, again.stdout
 
 
 def test_local_two_task_job_is_one_ddp_run_and_failures_keep_their_log(tmp_path):
