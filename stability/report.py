@@ -228,7 +228,14 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
            "as ℓ<sub>0</sub>), ℓ* the best over the range; per seed, then the mean with a 90% bootstrap interval "
            "over seeds. Lower is less sensitive. Groups: every design axis and fixed hyper-parameter that "
            "varies, nothing pooled; one line per stem and fix (docs/methodology.md).</p>"]
-    for metric, label in (("loss", "final validation loss"), ("top1_err", "top-1 error (%)")):
+    metrics = (("loss", "final validation loss"), ("top1_err", "top-1 error (%)"))
+    diffs = {m: [analysis.sensitivity_diff(runs, axis=axis, metric=m) for axis in ("stem", "fix")] for m, _ in metrics}
+    family = analysis.sensitivity_lines([d for m, _ in metrics for d in diffs[m]])  # one Holm family: all shown
+    verdicts, at = {}, 0
+    for m, _ in metrics:
+        n = sum(len(d.table) for d in diffs[m])
+        verdicts[m], at = family[at:at + n], at + n
+    for metric, label in metrics:
         sens = analysis.lr_sensitivity(runs, metric=metric)
         sens_table = sens.table
         said = _note(sens.note)
@@ -239,11 +246,7 @@ def sensitivity_section(root: str | Path, sweep: str, runs) -> str:
             continue
         shown = _ci(sens_table.drop(columns=["metric"]), "sensitivity", "lo", "hi")
         out.append(table(shown.drop(columns=["pooled"]) if not shown["pooled"].any() else shown))
-        lines = []
-        for axis in ("stem", "fix"):
-            diff = analysis.sensitivity_diff(runs, axis=axis, metric=metric)
-            lines += [analysis.sensitivity_verdict(r, diff.by) for _, r in diff.table.iterrows()]
-        out.append(_bullets(lines))
+        out.append(_bullets(verdicts[metric]))
         if metric == "loss":
             curves = analysis.lr_curves(runs, metric=metric, min_lrs=analysis.sensitivity.MIN_LRS)
             out.append(plots.lr_curve_figure(curves, metric).to_html(full_html=False, include_plotlyjs=False))

@@ -84,9 +84,8 @@ if runs is not None:
         _say(sens)
         if not sens.table.empty:
             st.plotly_chart(plots.lr_sensitivity_figure(sens), width="stretch", key="sens_bars")
-            for diff in diffs:
-                for _, row in diff.table.iterrows():
-                    st.markdown(f"- {md(analysis.sensitivity_verdict(row, diff.by))}")
+            for line in analysis.sensitivity_lines(diffs):  # one Holm family: stems and fixes shown together
+                st.markdown(f"- {md(line)}")
             table(sens.table, key="sens_table")
             st.caption("sensitivity = E over the lrs of min(ℓ(η), ℓ₀) − ℓ*, ℓ* the best of the range, per "
                        "seed; then the mean over seeds with a 90% bootstrap interval over seeds (lo, hi; none "

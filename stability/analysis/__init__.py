@@ -41,6 +41,7 @@ from .sensitivity import (
     lr_sensitivity,
     lr_sensitivity_per_seed,
     sensitivity_diff,
+    sensitivity_lines,
     sensitivity_verdict,
 )
 from .spikes import (
@@ -90,7 +91,7 @@ __all__ = [
     "edf_at", "error_vs_hparams", "hparam_importance", "errors", "first_layer_lead", "fix_of", "fixed_axes",
     "ks_permutation_p", "ks_signed", "lr_curves", "lr_sensitivity", "lr_sensitivity_per_seed",
     "lr_wd_heatmap", "mark_spikes", "optimizer_gap", "outcomes", "paired_differences",
-    "paired_tests", "pooled", "sensitivity_diff", "sensitivity_verdict", "spike_counts", "chance_error", "stem_outcomes", "stem_verdicts", "strata", "summary",
+    "paired_tests", "pooled", "sensitivity_diff", "sensitivity_lines", "sensitivity_verdict", "spike_counts", "chance_error", "stem_outcomes", "stem_verdicts", "strata", "summary",
     "verdict_line",
     "training_length", "verdict_text", "with_design", "with_fix", "with_size", "within_fraction", "worst_runs",
 ]

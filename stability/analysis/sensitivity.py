@@ -252,6 +252,9 @@ def sensitivity_diff(runs: pd.DataFrame, axis: str = "stem", metric: str = "loss
     for key, part in per.groupby([*axes, *other], observed=True, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         lines = {v: g.set_index("seed")["sensitivity"] for v, g in part.groupby(axis, observed=True)}
+        # a line whose best stayed at its loss at init in some seed learned nothing there: its
+        # sensitivity (0) is no stability, and a comparison with it says nothing
+        stuck = {v: bool((g["l_star"] >= g["l0"] - 1e-9).any()) for v, g in part.groupby(axis, observed=True)}
         for a, b in combinations(_pair_order(axis, list(lines)), 2):
             sa, sb = lines[a], lines[b]
             paired = set(sa.index) == set(sb.index)
@@ -263,12 +266,13 @@ def sensitivity_diff(runs: pd.DataFrame, axis: str = "stem", metric: str = "loss
             elif not paired and len(va) > 1 and len(vb) > 1:
                 ia, ib = rng.integers(0, len(va), (n_boot, len(va))), rng.integers(0, len(vb), (n_boot, len(vb)))
                 lo, hi = boot_ci(vb[ib].mean(1) - va[ia].mean(1), ci)
-            p, min_p = _diff_test(va, vb, paired)
+            never = ", ".join(str(v) for v in (a, b) if stuck[v])
+            p, min_p = _diff_test(va, vb, paired) if not never else (np.nan, np.nan)
             rows.append(dict(zip([*axes, *other], key, strict=True)) | {
                 "a": a, "b": b, "metric": metric, "sens_a": float(va.mean()), "sens_b": float(vb.mean()),
                 "diff": float(vb.mean() - va.mean()), "lo": lo, "hi": hi, "n_a": len(va), "n_b": len(vb),
-                "paired": paired, "p": p, "min_p": min_p})
-    out = pd.DataFrame(rows, columns=[*axes, *cols, "p", "min_p"])
+                "paired": paired, "p": p, "min_p": min_p, "never_learned": never})
+    out = pd.DataFrame(rows, columns=[*axes, *cols, "p", "min_p", "never_learned"])
     out["p_adj"] = holm(out["p"].to_numpy(float)) if len(out) else []
     out["m"] = int(out["p"].notna().sum())
     return noted(out, [*axes, *other], res.note)
@@ -301,7 +305,10 @@ def sensitivity_verdict(row: pd.Series | dict, by: Sequence[str]) -> str:
     """
     lo, hi, p, p_adj = row["lo"], row["hi"], row.get("p", np.nan), row.get("p_adj", np.nan)
     m, min_p = int(row.get("m", 1) or 1), row.get("min_p", np.nan)
-    if min(int(row["n_a"]), int(row["n_b"])) < 2:
+    if row.get("never_learned"):
+        side = (f"no verdict ({row['never_learned']} never got below its loss at init in some seed: a line that "
+                "learned nothing has nothing to lose, so its low sensitivity is no stability)")
+    elif min(int(row["n_a"]), int(row["n_b"])) < 2:
         side = "no verdict (one seed)"
     elif pd.isna(p_adj):
         side = "no verdict"
@@ -319,5 +326,15 @@ def sensitivity_verdict(row: pd.Series | dict, by: Sequence[str]) -> str:
             f"{row['diff']:+.3g} {interval_text(lo, hi)}{tested}, n = {row['n_b']} vs {row['n_a']} seeds")
 
 
+def sensitivity_lines(diffs: Sequence[Table]) -> list[str]:
+    """One ``sensitivity_verdict`` line per row of the ``sensitivity_diff`` tables shown together
+    (both metrics, stems and fixes), their tests one Holm family: each call's own ``p_adj`` is
+    replaced, so a section's chance of naming some line under the null stays at ``ALPHA``."""
+    rows = [(r.to_dict(), d.by) for d in diffs for _, r in d.table.iterrows()]
+    adj = holm([r.get("p", np.nan) for r, _ in rows]) if rows else np.array([])
+    m = int(np.isfinite(adj).sum())
+    return [sensitivity_verdict(r | {"p_adj": adj[i], "m": m}, by) for i, (r, by) in enumerate(rows)]
+
+
 __all__ = ["ALPHA", "METRICS", "MIN_LRS", "lr_curves", "lr_sensitivity", "lr_sensitivity_per_seed",
-           "sensitivity_diff", "sensitivity_verdict"]
+           "sensitivity_diff", "sensitivity_lines", "sensitivity_verdict"]

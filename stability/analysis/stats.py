@@ -532,7 +532,7 @@ def min_median_perm_p(a: np.ndarray, b: np.ndarray, max_splits: int = 20_000) ->
         max_splits: the most splits enumerated.
 
     Returns:
-        4/70 for 4 vs 4 distinct values (not 2/70: swapping the extremes keeps both medians), 4/20
+        4/70 for 4 vs 4 distinct values (not 2/70: swapping a's largest with b's smallest keeps both medians), 4/20
         for 3 vs 3, 12/924 for 6 vs 6.
 
     >>> round(min_median_perm_p(np.arange(4.0), np.arange(4.0, 8.0)), 4)

@@ -20,7 +20,7 @@ with n, and ``never_left_chance`` where no run of the stem learned anything.
   chance, diverged or were pruned in every run (there is no learning to compare);
 - a "no clear difference" whose test could not have passed says so: the smallest p any labelling
   of its values gives (``stats.min_median_perm_p``: 4/70 = 0.057 for 4 vs 4, not 2/70, since
-  swapping the two extreme runs keeps both medians; 12/924 = 0.013 for 6 vs 6) above α/m, the
+  swapping a's largest run with b's smallest keeps both medians; 12/924 = 0.013 for 6 vs 6) above α/m, the
   level Holm asks of the first of m strata.
 """
 
