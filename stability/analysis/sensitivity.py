@@ -327,9 +327,15 @@ def sensitivity_verdict(row: pd.Series | dict, by: Sequence[str]) -> str:
 
 
 def sensitivity_lines(diffs: Sequence[Table]) -> list[str]:
-    """One ``sensitivity_verdict`` line per row of the ``sensitivity_diff`` tables shown together
-    (both metrics, stems and fixes), their tests one Holm family: each call's own ``p_adj`` is
-    replaced, so a section's chance of naming some line under the null stays at ``ALPHA``."""
+    """The verdict lines of the ``sensitivity_diff`` tables shown together, one Holm family.
+
+    Args:
+        diffs: ``sensitivity_diff`` results printed together (both metrics, stems and fixes).
+
+    Returns:
+        One ``sensitivity_verdict`` line per row, in order, each call's own ``p_adj`` replaced by
+        the family's: a section's chance of naming some line under the null stays at ``ALPHA``.
+    """
     rows = [(r.to_dict(), d.by) for d in diffs for _, r in d.table.iterrows()]
     adj = holm([r.get("p", np.nan) for r, _ in rows]) if rows else np.array([])
     m = int(np.isfinite(adj).sum())
