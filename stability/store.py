@@ -280,16 +280,11 @@ def quarantine(root: str | os.PathLike, sweep: str, path: Path) -> Path:
     rel = (path.relative_to(own) if path.is_relative_to(own)  # checkpoints/<run>.pt, not _sweeps/<name>/...
            else path.relative_to(Path(root)) if path.is_relative_to(Path(root)) else Path(path.name))
     dest = sweep_dir(root, sweep) / "quarantine" / rel.parent / f"{path.name}.{int(time.time())}"
-    base = Path(root).resolve()
-
-    def in_root(d: Path) -> None:  # a move out of the root is a delete there, one into it a write elsewhere
-        if not d.resolve().is_relative_to(base):
-            raise ConfigError(f"{d} leads out of the results root (to {d.resolve()}): {path} not moved")
-
-    in_root(path.parent)
-    in_root(own / "quarantine")  # before its folders are made
+    # a move out of the root is a delete there, one into it a write elsewhere
+    in_root(path.parent, root, f"{path} not moved")
+    in_root(own / "quarantine", root, f"{path} not moved")  # before its folders are made
     dest.parent.mkdir(parents=True, exist_ok=True)
-    in_root(dest.parent)
+    in_root(dest.parent, root, f"{path} not moved")
     os.replace(path, dest)
     return dest
 
@@ -386,6 +381,15 @@ def unlink_under(path: Path, folder: Path) -> None:
     where.unlink()
 
 
+def in_root(folder: Path, root: str | os.PathLike, outcome: str) -> None:
+    """``ConfigError`` (ending in ``outcome``: what was not done) when ``folder`` resolves, after
+    symlinks, outside the results root ``root``: the one check of every write, move and delete
+    that follows a path under a root (``unlink_under`` raises ``PermissionError`` instead)."""
+    where = folder.resolve()
+    if not where.is_relative_to(Path(root).resolve()):
+        raise ConfigError(f"{folder} leads out of the results root (to {where}): {outcome}")
+
+
 def discard(path: Path, root: str | os.PathLike) -> None:
     """Remove ``path`` when it is there and lies under ``root`` once resolved (``unlink_under``);
     one that a planted symlinked folder puts elsewhere is left alone, and so is a missing one."""
@@ -398,10 +402,7 @@ def open_nofollow(path: str | os.PathLike, flags: int, root: str | os.PathLike, 
     ledger, a log), never through a symlink: not one planted at its name (``O_NOFOLLOW``), nor a
     folder on its way that leads out of the root. Either would write outside the root.
     ``ConfigError`` naming the link (the CLI's one line, exit 2)."""
-    where = Path(path).parent.resolve()
-    if not where.is_relative_to(Path(root).resolve()):
-        raise ConfigError(f"{Path(path).parent} leads out of the results root (to {where}): {Path(path).name} "
-                          "not written there (nothing under a results root is trusted)")
+    in_root(Path(path).parent, root, f"{Path(path).name} not written there (nothing under a results root is trusted)")
     try:
         return os.open(path, flags | os.O_NOFOLLOW, mode)
     except OSError as e:
@@ -697,11 +698,9 @@ def compact(root: str | os.PathLike, sweep: str) -> dict[str, int]:
     written atomically before its inputs are removed, so a crash leaves the old files or the new
     one (plus stale inputs, which per-run precedence makes harmless). Rows are never lost.
     """
-    base = Path(root).resolve()
     for table in TABLES:  # it writes and deletes there: a folder linked out of the root is refused first
-        d = table_dir(root, table, sweep)
-        if d.exists() and not d.resolve().is_relative_to(base):
-            raise ConfigError(f"{d} leads out of the results root (to {d.resolve()}): nothing compacted")
+        if (d := table_dir(root, table, sweep)).exists():
+            in_root(d, root, "nothing compacted")
     merged: dict[str, tuple[pd.DataFrame, dict[Path, tuple]]] = {}
     errors: list[str] = []
     streaming = {run_of(p) for t in ROW_TABLES for p in _sweep_files(Path(root), t, sweep).get(sweep, []) if is_chunk(p)}
