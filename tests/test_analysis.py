@@ -228,3 +228,30 @@ def test_runs_of_one_sweep_on_other_data_are_strata_never_pooled():
     # two sweeps, one mixed, named per sweep in the note; a sweepless frame groups by dataset
     note = G.mixed_data_note(G.data_mix(pd.concat([runs.assign(sweep="x"), runs.assign(sweep="y")], ignore_index=True)))
     assert note.startswith(f"runs trained on different data: sweep x: {A} (3 runs); {B} (3 runs) | sweep y: "), note
+
+
+def test_every_runs_reader_takes_an_empty_runs_table_and_names_a_wrong_one():
+    """Every public analysis function of a runs (or grad_norms) table returns on that table with
+    no rows (a root with no runs yet), and refuses a frame that is not one in words (a notebook
+    passing ``res.epochs`` or ``pd.DataFrame()``), not with a bare KeyError."""
+    import inspect
+
+    # they add or name columns of any frame (their doctests pass a few columns): nothing to refuse
+    COLUMN_HELPERS = {"default_by", "fixed_axes", "strata", "with_design", "with_fix", "with_size", "chance_error"}
+    empty = {t: store.SCHEMAS[t].empty_table().to_pandas() for t in ("runs", "grad_norms")}
+    checked = []
+    for name in analysis.__all__:
+        f = getattr(analysis, name)
+        if not inspect.isfunction(f):
+            continue
+        params = inspect.signature(f).parameters
+        first = next(iter(params), None)
+        table = {"runs": "runs", "grad_norms": "grad_norms"}.get(first)
+        required = [p for p in params.values() if p.default is p.empty and p.kind == p.POSITIONAL_OR_KEYWORD]
+        if table is None or len(required) > 1 or name in COLUMN_HELPERS:
+            continue
+        f(empty[table])
+        with pytest.raises(ValueError, match=rf"not a {table} table: no column"):
+            f(pd.DataFrame({"epoch": [1], "run_id": ["r"]}))
+        checked.append(name)
+    assert {"compare", "edf", "stem_verdicts", "summary", "first_layer_lead", "spike_counts"} <= set(checked), checked

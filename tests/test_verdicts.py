@@ -226,3 +226,15 @@ def test_a_stem_that_diverged_everywhere_is_never_the_most_stable():
     within = {r["x"]: r for r in f.curve}[findings.HEADLINE_X]
     assert within["patchify"] == 0.0 and within["conv"] > 0 and f.effect > 0, f.curve
     assert f.verdict != "not reproduced", (f.verdict, f.reason)
+
+
+def test_both_stems_diverged_everywhere_is_no_comparison():
+    """Both stems diverged at every shared point: the finding says so (inconclusive, no effect),
+    not 'the smallest effect this test can pass: 0.00' from a null of ties."""
+    rows = [{"stem": stem, "lr": 1e-3 * (i + 1), "wd": 0.1, "seed": 0, "status": "diverged", "collapsed": False,
+             "init_top1_err": 90.0, "optimizer": "sgd", "run_id": f"{stem}{i}", "test_ema_top1_err": np.nan}
+            for i in range(8) for stem in ("conv", "patchify")]
+    f = findings.judge([findings.finding_lr_wd(pd.DataFrame(rows), n_boot=0, n_perm=200)])[0]
+    assert f.verdict == "inconclusive" and np.isnan(f.effect), (f.verdict, f.effect)
+    assert "both stems diverged at all 8 shared points" in f.reason, f.reason
+    assert "0.00" not in f.reason, f.reason

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..store import DONE, RunStatus
-from .grouping import pooled, strata, with_design
+from .grouping import pooled, require, strata, with_design
 
 # Not results: counted per group, never in an EDF (plain strings: they name columns).
 LEFT_OUT = tuple(map(str, (RunStatus.FAILED, RunStatus.PREEMPTED, RunStatus.RUNNING)))
@@ -170,6 +170,7 @@ def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
     ([20.0, 100.0, 85.0], [20.0, 100.0])
     """
     check_pruned(pruned)
+    require(runs, ["status"], "runs")
     df = runs[runs["status"].isin(DONE)].copy()
     df["diverged"] = df["status"].eq(RunStatus.DIVERGED)
     df["pruned"] = df["status"].eq(RunStatus.PRUNED)

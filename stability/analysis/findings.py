@@ -546,9 +546,12 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
     pairs = lr_wd_pairs(runs, value)
     if "conv" not in pairs or "patchify" not in pairs or len(pairs) < 2:
         return LR_WD.missing("needs >= 2 (lr, wd) points with both stems finished")
+    a, b = pairs["conv"].to_numpy(float), pairs["patchify"].to_numpy(float)
+    if np.isnan(_best(a)) and np.isnan(_best(b)):
+        return LR_WD.missing(f"both stems diverged at all {len(pairs)} shared points: no run of either is within x "
+                             "of a best, so there is nothing to compare")
     grid = tuple(sorted({*X_GRID, float(x)}))
     at = grid.index(float(x))
-    a, b = pairs["conv"].to_numpy(float), pairs["patchify"].to_numpy(float)
     res = paired_best_of(a, b, lambda u, v: within_curve(u, v, grid), np.array(grid), CI, n_boot, n_perm,
                          bounds=(-1.0, 1.0))
     sd, null = float(res.null_sd[at]), tuple(res.perms[:, at])

@@ -57,6 +57,30 @@ def named_stems(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(stem=df["stem"].astype(object).where(df["stem"].notna(), NO_STEM))
 
 
+def require(df: pd.DataFrame, columns: Sequence[str], table: str) -> None:
+    """Refuse a frame that is not the table a function reads, in words (a notebook that passes
+    ``res.epochs`` where ``res.runs`` is meant gets this, not a bare ``KeyError``).
+
+    Args:
+        df: the frame given.
+        columns: the columns the function reads.
+        table: the ``store.load`` table meant ("runs", "grad_norms" ...).
+
+    Returns:
+        None; raises ``ValueError`` naming the missing columns and the table meant.
+
+    >>> require(pd.DataFrame({"x": [1]}), ["status"], "runs")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a runs table: no column 'status' (it has 'x'); pass store.load(root).runs
+    """
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        has = ", ".join(repr(c) for c in list(df.columns)[:8]) + (" ..." if len(df.columns) > 8 else "")
+        raise ValueError(f"not a {table} table: no column {', '.join(map(repr, missing))} (it has {has or 'none'}); "
+                         f"pass store.load(root).{table}")
+
+
 def with_size(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs with their model size.
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..store import DONE, RunStatus
-from .grouping import NO_FIX, fixed_axes
+from .grouping import NO_FIX, fixed_axes, require
 from .stats import boot_ci, holm, median_perm_p, sign_flip_p
 from .tables import (
     SERIES,
@@ -73,7 +73,8 @@ def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, f
         pruned run is never ``diverged``); ``pooled``: the axes of ``pool`` that varied.
     """
     final, init = METRICS[metric]
-    need = ["status", "lr", "seed", final, init]
+    require(runs, ["status"], "runs")  # every results version has it: without, another table (not older results)
+    need = ["lr", "seed", final, init]
     miss = missing_columns(runs, need)
     axes: list[str] = []
     if not miss:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..detector import SpikeParams, count_spikes, detect_spikes
+from .grouping import require
 
 __all__ = ["SpikeParams", "count_spikes", "detect_spikes", "downsample", "first_layer_lead", "mark_spikes",
            "spike_counts"]
@@ -28,6 +29,7 @@ def mark_spikes(trace: pd.DataFrame, value: str = "grad_norm", keys: Sequence[st
     Returns:
         ``trace`` with a boolean ``spike`` column, each series judged on its own, in step order.
     """
+    require(trace, ["step", value], "grad_norms" if value == "grad_norm" else "steps")
     keys = [k for k in keys if k in trace.columns]
     out = trace.sort_values([*keys, "step"]).reset_index(drop=True)
     mask = np.zeros(len(out), dtype=bool)

@@ -34,7 +34,7 @@ import pandas as pd
 from .compare import compare
 from .edf import errors
 from .findings import at_chance
-from .grouping import strata, with_design
+from .grouping import require, strata, with_design
 from .stats import holm, median_perm_p, min_median_perm_p
 
 ALPHA = 0.10  # family-wise error rate of the verdicts of one call (Holm over its strata)
@@ -85,6 +85,7 @@ def stem_outcomes(runs: pd.DataFrame, value: str = "top1_err", by: Sequence[str]
     0      conv     3         1        30.0      20.0
     1  patchify     3         0        35.0      25.0
     """
+    require(runs, ["status"], "runs")
     runs = with_design(runs)
     by = list(strata(runs, exclude=(group,)) if by is None else by)
     keys = [*by, group]
