@@ -160,16 +160,18 @@ def test_sensitivity_diff_is_signed_b_minus_a_with_n():
     assert analysis.sensitivity_verdict(row, ("sweep", "wd", "fix")).startswith("sweep s, wd 0.00141, fix none: no verdict")
 
 
-def _seeded_runs(rng, k: int, gap: float) -> pd.DataFrame:
+def _seeded_runs(rng, k: int, gap: float, other_seeds: bool = False) -> pd.DataFrame:
     """Both stems at 3 lrs over k seeds; patchify's losses at the two larger lrs raised by ``gap``
-    (0: the null, both stems' losses from one distribution)."""
+    (0: the null, both stems' losses from one distribution); ``other_seeds``: patchify ran seeds
+    k … 2k − 1 (the lines are unpaired)."""
     rows = []
     for seed in range(k):
         for stem in ("conv", "patchify"):
+            seed_of = seed + k if other_seeds and stem == "patchify" else seed
             for i, lr in enumerate((1e-3, 1e-2, 1e-1)):
                 final = 0.4 + 0.3 * i + rng.normal(0, 0.15) + (gap * i if stem == "patchify" else 0.0)
                 err = 20.0 + 10 * i + rng.normal(0, 5.0) + (gap * 20 * i if stem == "patchify" else 0.0)
-                rows.append(_run(f"{stem}{seed}{i}", stem, lr, seed, C, final, 2.3, err=err))
+                rows.append(_run(f"{stem}{seed_of}{i}", stem, lr, seed_of, C, final, 2.3, err=err))
     return pd.DataFrame(rows)
 
 
@@ -198,6 +200,22 @@ def test_the_less_sensitive_verdict_holds_its_error_rate_under_the_null(k):
         d = analysis.sensitivity_diff(_seeded_runs(rng, k, 0.0), n_boot=50)
         hits += "less sensitive" in analysis.sensitivity_verdict(d.table.iloc[0], d.by)
     assert hits / n <= sens.ALPHA + 2 * math.sqrt(sens.ALPHA * (1 - sens.ALPHA) / n), (k, hits)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_the_unpaired_verdict_holds_its_error_rate_under_the_null(k):
+    """The lines ran other seeds (a label permutation over the seeds, not a sign flip): null
+    tables name a less-sensitive line at most at the nominal 10 %, and a real gap is found."""
+    rng = np.random.default_rng(10 + k)
+    n, hits = 200, 0
+    for _ in range(n):
+        d = analysis.sensitivity_diff(_seeded_runs(rng, k, 0.0, other_seeds=True), n_boot=0)
+        row = d.table.iloc[0]
+        assert not row.paired and (row.n_a, row.n_b) == (k, k)
+        hits += "less sensitive" in analysis.sensitivity_verdict(row, d.by)
+    assert hits / n <= sens.ALPHA + 2 * math.sqrt(sens.ALPHA * (1 - sens.ALPHA) / n), (k, hits)
+    found = analysis.sensitivity_diff(_seeded_runs(rng, 5, 0.5, other_seeds=True), n_boot=0)
+    assert "conv less sensitive" in analysis.sensitivity_verdict(found.table.iloc[0], found.by)
 
 
 def test_too_few_lrs_and_uncommon_lrs_are_left_out_with_a_note():
@@ -654,3 +672,43 @@ def test_the_sections_sensitivity_lines_are_one_family_under_the_null():
         diffs = [analysis.sensitivity_diff(runs, metric=m, n_boot=20) for m in ("loss", "top1_err")]
         named += any("less sensitive:" in line for line in analysis.sensitivity_lines(diffs))
     assert named / n <= sens.ALPHA + 2 * math.sqrt(sens.ALPHA * (1 - sens.ALPHA) / n), named
+
+
+def _null_attention_study(rng, confounded: bool):
+    """4 lrs x 6 seeds, failures more likely at larger lrs, and a logit that says nothing about a
+    run's failure at its lr: 10x per lr when ``confounded`` (then over all lrs the logit does
+    track failure, through the lr), else the same at every lr (no association at all)."""
+    rows, gn = [], []
+    for i, lr in enumerate([1e-3, 1e-2, 1e-1, 1.0]):
+        for seed in range(6):
+            rid = f"r{i}{seed}"
+            bad = bool(rng.random() < 0.2 + 0.2 * i)
+            rows.append(_run(rid, "patchify", lr, seed, C, 2.3 if bad else 0.5, 2.3) | {"collapsed": bad})
+            logit = (10.0 ** i if confounded else 1.0) * rng.lognormal()
+            gn += _trace(rid, [(0, 1.0), (10, logit), (100, 1.0)], layers=("blocks.0",))
+    return pd.DataFrame(rows), pd.DataFrame(gn)
+
+
+def test_the_attention_auc_tests_hold_their_level_on_simulated_runs():
+    """The real path (runs and traces -> ``attn_logit_auc`` -> ``auc_test``'s permutation p):
+    with no association the overall test, and with the lr as the only link the within-lr test,
+    reject at most at the nominal 10 %; and the printed lines name a direction at most as often."""
+    rng = np.random.default_rng(3)
+    n, level = 150, 0.1
+    bound = level + 2 * math.sqrt(level * (1 - level) / n)
+    for confounded, col in ((False, "p"), (True, "p_within")):
+        rejected = named = 0
+        for _ in range(n):
+            runs, gn = _null_attention_study(rng, confounded)
+            res = analysis.attn_logit_auc(runs, gn, step=10, outcome="unstable", n_boot=200,
+                                          seed=int(rng.integers(1 << 30)))
+            rejected += bool(res.table.iloc[0][col] <= level)
+            if not confounded:
+                named += any("had the larger logit" in s or "had the smaller logit" in s for s in analysis.auc_lines([res]))
+        assert rejected / n <= bound, (confounded, rejected)
+        assert named / n <= bound, named
+    # and the test has power: a logit that does track failure at each lr is found within
+    runs, gn = _null_attention_study(rng, True)
+    gn.loc[gn.run_id.isin(runs.run_id[runs.collapsed]), "attn_logit_max"] *= 30
+    r = analysis.attn_logit_auc(runs, gn, step=10, outcome="unstable", n_boot=500).table.iloc[0]
+    assert r.auc_within > 0.8 and r.p_within <= level, (r.auc_within, r.p_within)
