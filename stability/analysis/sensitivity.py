@@ -252,10 +252,11 @@ def sensitivity_diff(runs: pd.DataFrame, axis: str = "stem", metric: str = "loss
     rows = []
     for key, part in per.groupby([*axes, *other], observed=True, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        lines = {v: g.set_index("seed")["sensitivity"] for v, g in part.groupby(axis, observed=True)}
-        # a line whose best stayed at its loss at init in some seed learned nothing there: its
-        # sensitivity (0) is no stability, and a comparison with it says nothing
-        stuck = {v: bool((g["l_star"] >= g["l0"] - 1e-9).any()) for v, g in part.groupby(axis, observed=True)}
+        # a line whose best stayed at its loss at init in some seed learned nothing there (stuck):
+        # its sensitivity (0) is no stability, and a comparison with it says nothing
+        lines, stuck = {}, {}
+        for v, g in part.groupby(axis, observed=True):
+            lines[v], stuck[v] = g.set_index("seed")["sensitivity"], bool((g["l_star"] >= g["l0"] - 1e-9).any())
         for a, b in combinations(_pair_order(axis, list(lines)), 2):
             sa, sb = lines[a], lines[b]
             paired = set(sa.index) == set(sb.index)
