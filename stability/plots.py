@@ -6,7 +6,10 @@ no data loading or computing happens here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import functools
+import html
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +34,45 @@ DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
 # a context, and Chromium keeps 16 per page: past that the oldest figure goes blank.
 WEBGL_POINTS = 100_000
 WEBGL_MARKERS = 5_000
+
+
+def plain(value):
+    """``value`` with every string in it HTML-escaped (plotly renders <a>, <b>, <span style> in
+    names, titles, ticks and hover text, and values come from files: a planted stem must show as
+    text, not as a link). Frames escape only the values that need it; Tables their table; lists
+    and tuples each item; anything else is returned as it is."""
+    if isinstance(value, str):
+        return html.escape(value, quote=False)
+    if isinstance(value, pd.DataFrame):
+        out = value
+        for col in value.columns:
+            c = value[col]
+            if isinstance(c.dtype, pd.CategoricalDtype):
+                cats = c.cat.categories
+                if cats.dtype == object and any(isinstance(v, str) and v != plain(v) for v in cats):
+                    out = out.assign(**{col: c.cat.rename_categories([plain(v) if isinstance(v, str) else v
+                                                                      for v in cats])})
+            elif c.dtype == object or pd.api.types.is_string_dtype(c.dtype):
+                bad = {v: plain(v) for v in pd.unique(c.dropna()) if isinstance(v, str) and v != plain(v)}
+                if bad:
+                    out = out.assign(**{col: c.replace(bad)})
+        if out is not value:
+            out.attrs = dict(value.attrs)
+        return out
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(value, "table"):
+        return dataclasses.replace(value, table=plain(value.table))
+    if isinstance(value, list | tuple):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
+def plain_labels(figure: Callable[..., go.Figure]) -> Callable[..., go.Figure]:
+    """A figure function whose arguments are escaped first (``plain``): every label it draws
+    from data is text; the markup it adds itself (bold, line breaks) stays markup."""
+    @functools.wraps(figure)
+    def wrapped(*args, **kwargs):
+        return figure(*(plain(a) for a in args), **{k: plain(v) for k, v in kwargs.items()})
+    return wrapped
 
 
 def scatter_kind(n_points: int, markers: bool = False) -> type:
@@ -119,6 +161,7 @@ LINE_COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
                "#bcbd22", "#7f7f7f"]
 
 
+@plain_labels
 def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
                dash_by: str | None = None, title: str | None = None, max_points: int = 600,
                band: str = "pointwise", within: float | None = None, chance: float | None = None,
@@ -235,6 +278,7 @@ def _stopped_text(r) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+@plain_labels
 def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer", "epochs"),
                  chance: float | None = None) -> go.Figure:
     """Error vs lr and vs wd per stem (colour), log axes, one row per value of the ``facet``
@@ -294,6 +338,7 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
     return fig
 
 
+@plain_labels
 def lr_wd_heatmap_figure(hm: pd.DataFrame) -> go.Figure:
     """Median error per shared (lr, wd) bin, one panel per stem (``analysis.lr_wd_heatmap``);
     empty bins are grey, every other cell says how many runs it holds."""
@@ -317,6 +362,7 @@ def lr_wd_heatmap_figure(hm: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@plain_labels
 def optimizer_figure(gap: pd.DataFrame) -> go.Figure:
     """Best error with AdamW and SGD per stem and epoch budget (``analysis.optimizer_gap``); each
     bar says how many runs its best was chosen from."""
@@ -346,6 +392,7 @@ def optimizer_figure(gap: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@plain_labels
 def length_figure(tl: pd.DataFrame) -> go.Figure:
     """Best error vs training epochs per group (``analysis.training_length``); a point whose
     best run diverged (error 100) is a cross, each point's hover gives its n."""
@@ -386,6 +433,7 @@ def _zero_norm_note(fig: go.Figure, traces: list[pd.DataFrame]) -> None:
                       row=1, col=1)
 
 
+@plain_labels
 def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
                  diverged_at: float | None = None) -> go.Figure:
     """Per-layer grad norms (log y) with spikes marked, first and last layer emphasised, and the
@@ -443,6 +491,7 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
     return fig
 
 
+@plain_labels
 def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], title: str = "Runs overlaid") -> go.Figure:
     """Several runs in one figure: first (solid) and last (dotted) layer's grad norm of each run in
     its own colour with its spikes, and each run's loss underneath. ``runs``: (label, marked
@@ -487,6 +536,7 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
     return fig
 
 
+@plain_labels
 def spike_count_figure(counts: pd.DataFrame, title: str = "Gradient-norm spikes per run") -> go.Figure:
     """Distribution of spikes per run, per stem, one box per sweep and stem when there are several
     sweeps (``counts``: (sweep,) run_id, stem, n_spikes)."""
@@ -525,6 +575,7 @@ def _spanning(ticks: list[float], values) -> list[float]:
     return ticks if len(ticks) > 1 else [ticks[0] / 2, ticks[0] * 2]
 
 
+@plain_labels
 def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optimizer", "epochs")) -> go.Figure:
     """Parallel coordinates of the knobs that vary and the error, one line per run, coloured by
     stem (``analysis.error_vs_hparams`` output; diverged and pruned runs at 100)."""
@@ -557,6 +608,7 @@ def parallel_figure(df: pd.DataFrame, knobs: Sequence[str] = ("lr", "wd", "optim
     return fig
 
 
+@plain_labels
 def importance_figure(imp: pd.DataFrame) -> go.Figure:
     """Hyperparameter importance per stem (``analysis.hparam_importance``), grouped bars."""
     fig = go.Figure()
@@ -577,6 +629,7 @@ STATUS_COLORS = dict(zip(RunStatus, ["#2ca02c", "#d62728", "#9467bd", "#7f7f7f",
                                      "#c7c7c7"], strict=True))
 
 
+@plain_labels
 def status_figure(counts: pd.DataFrame) -> go.Figure:
     """Runs per sweep · stem, stacked by status (``counts``: sweep, stem, status, n)."""
     fig = go.Figure()
@@ -605,6 +658,7 @@ def _panels(df: pd.DataFrame, axes: Sequence[str]) -> list[tuple[str, pd.DataFra
             for k, g in df.groupby(axes, observed=True, dropna=False, sort=True)]
 
 
+@plain_labels
 def lr_curve_figure(res: Table, metric: str = "loss") -> go.Figure:
     """Final value vs peak lr (log x), one line per (stem, fix) and one panel per group
     (``analysis.lr_curves``: its ``by``, sweep, optimizer, epochs, wd ... never mixed): the mean
@@ -646,6 +700,7 @@ def lr_curve_figure(res: Table, metric: str = "loss") -> go.Figure:
     return fig
 
 
+@plain_labels
 def lr_sensitivity_figure(res: Table) -> go.Figure:
     """LR sensitivity per (stem, fix) with its bootstrap interval over seeds as error bars
     (``analysis.lr_sensitivity``), one x position per group (its ``by``) and fix, one colour per
@@ -677,6 +732,7 @@ def lr_sensitivity_figure(res: Table) -> go.Figure:
     return fig
 
 
+@plain_labels
 def attn_logit_figure(res: Table, thresholds: Sequence[float] = ()) -> go.Figure:
     """Max attention logit at the chosen early step vs lr per run (``analysis.attn_logit_at``),
     log axes, colour by stem, crosses for runs that diverged later; ``thresholds`` up to 10x the
@@ -726,6 +782,7 @@ def _every_text(k) -> str:
     return "as recorded" if not k else "every step" if int(k) == 1 else f"every {int(k)} steps"
 
 
+@plain_labels
 def pruning_pareto(curve: pd.DataFrame) -> go.Figure:
     """What each pruner setting saves against what it costs (``replay.study(...).curve``): per
     setting, the good runs it stopped (% of the good runs) against the doomed runs' steps it saved

@@ -367,3 +367,66 @@ def test_values_from_result_files_are_shown_as_text_and_build_no_path(tmp_path, 
     shown = "\n".join(map(str, texts))
     assert "](https://evil" not in shown and "![t]" not in shown and "OUTSIDE" not in shown
     assert "evil\\.example" in shown  # the planted text is on the pages, as text
+
+
+def test_no_figure_draws_a_value_from_result_files_as_markup(tmp_path, dash_results):
+    """Plotly renders <a href>, <b>, <span style> in trace names, titles, ticks and hover text: a
+    planted optimizer or layer name (a link, an image tag) is drawn as text by every figure drawn
+    from result files, fed as the pages feed them (``plots.plain_labels``)."""
+    import json
+
+    from stability import analysis, plots
+
+    root = tmp_path / "r"
+    shutil.copytree(dash_results, root)
+    res = store.load(root)
+    evil = "<a href='https://evil.example'>x</a><img src=x>"
+    for r in res.runs.to_dict("records"):
+        rid, new = r["run_id"], r["run_id"] + "x"
+        gn = res.grad_norms[res.grad_norms.run_id == rid].assign(run_id=new).drop(columns="sweep")
+        gn["layer"] = gn["layer"].astype(str).replace({"blocks.0": evil})
+        store.write_run(root, "dash", new, {"runs": [{**{k: v for k, v in r.items() if k != "sweep"}, "run_id": new,
+                                                      "optimizer": evil, "stem": evil}], "grad_norms": gn.to_dict("records")})
+    res = store.load(root)
+    runs, gn, steps = res.runs, res.grad_norms, res.steps
+    one = gn[gn.run_id == runs.run_id.iloc[-1]]
+    marked = analysis.mark_spikes(one)
+    hp = analysis.error_vs_hparams(runs)
+    figs = {
+        "edf_figure": plots.edf_figure(analysis.edf(runs), title=evil),
+        "lr_wd_figure": plots.lr_wd_figure(hp),
+        "lr_wd_heatmap_figure": plots.lr_wd_heatmap_figure(analysis.lr_wd_heatmap(runs)),
+        "optimizer_figure": plots.optimizer_figure(analysis.optimizer_gap(runs)),
+        "length_figure": plots.length_figure(analysis.training_length(runs)),
+        "spike_figure": plots.spike_figure(marked, steps[steps.run_id == one.run_id.iloc[0]], evil),
+        "spike_overlay_figure": plots.spike_overlay_figure([(evil, marked, steps.iloc[:0])], evil),
+        "spike_count_figure": plots.spike_count_figure(analysis.spike_counts(gn).assign(stem=evil), evil),
+        "parallel_figure": plots.parallel_figure(hp),
+        "importance_figure": plots.importance_figure(analysis.hparam_importance(runs)),
+        "status_figure": plots.status_figure(runs.assign(stem=evil).groupby(["sweep", "stem", "status"], observed=True)
+                                             .size().rename("n").reset_index()),
+        "lr_curve_figure": plots.lr_curve_figure(analysis.lr_curves(runs)),
+        "lr_sensitivity_figure": plots.lr_sensitivity_figure(analysis.lr_sensitivity(runs)),
+        "attn_logit_figure": plots.attn_logit_figure(analysis.attn_logit_at(runs, gn)),
+    }
+    every = {n for n in dir(plots) if getattr(getattr(plots, n), "__wrapped__", None) is not None}
+    assert every - set(figs) == {"pruning_pareto"}, every  # its labels are the replay's settings, not file values
+
+    def strings(v):
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            for x in v.values():
+                yield from strings(x)
+        elif isinstance(v, list | tuple):
+            for x in v:
+                yield from strings(x)
+
+    shown = {}
+    for name, fig in figs.items():
+        texts = list(strings(json.loads(fig.to_json())))  # every array as a list
+        assert not [t for t in texts if "<a href" in t or "<img" in t], name
+        shown[name] = any("&lt;img src=x&gt;" in t for t in texts)
+    # the two that draw neither: the optimizer figure's arms are adamw and sgd; the sensitivity
+    # bars need 3 lrs at one wd, and this grid samples wd per run (no bar at all)
+    assert {n for n, v in shown.items() if not v} == {"lr_sensitivity_figure", "optimizer_figure"}, shown

@@ -2,7 +2,6 @@
 error, grad norm), the config keys in which they differ, and progress of running runs (their curves
 from the rows they have streamed so far, redrawn every 5 s)."""
 
-import html
 import io
 
 import pandas as pd
@@ -22,7 +21,7 @@ from stability.dashboard.common import (
     selected_runs,
     table,
 )
-from stability.plots import LINE_COLORS, log_ticks, scatter_kind
+from stability.plots import LINE_COLORS, log_ticks, plain, scatter_kind
 from stability.store import RunStatus as S
 
 
@@ -47,7 +46,7 @@ def curves(chosen: list[str], info: pd.DataFrame, labels: dict[str, str]) -> Non
         line = scatter_kind(3 * len(steps))
         no_epoch = []
         for i, rid in enumerate(chosen):
-            color, name = LINE_COLORS[i % len(LINE_COLORS)], html.escape(labels[rid])  # plotly renders tags in text
+            color, name = LINE_COLORS[i % len(LINE_COLORS)], plain(labels[rid])  # plotly renders tags in text
             s = rows_of(steps, rid).sort_values("step") if len(steps) else steps
             e = rows_of(ep, rid).sort_values("epoch") if len(ep) else ep
             common = dict(legendgroup=rid, line=dict(color=color))
