@@ -255,3 +255,20 @@ def test_every_runs_reader_takes_an_empty_runs_table_and_names_a_wrong_one():
             f(pd.DataFrame({"epoch": [1], "run_id": ["r"]}))
         checked.append(name)
     assert {"compare", "edf", "stem_verdicts", "summary", "first_layer_lead", "spike_counts"} <= set(checked), checked
+
+
+def test_a_completed_run_without_the_measurement_is_left_out_not_scored_at_100():
+    """A completed run with no value in the chosen column (no test split, no EMA) did not measure
+    it: it is no 100 % run; a column no completed run filled, or no column at all, is an error
+    in words (it read as every run at 100 and 'more runs per stem could tell')."""
+    runs = pd.DataFrame(_runs("conv", [20, 30], diverged=[1]) + _runs("patchify", [25, 35], diverged=[1]))
+    runs["test_top1_err"] = np.nan
+    with pytest.raises(ValueError, match=r"value='test_top1_err' is empty in every completed run \(4\)"):
+        analysis.edf(runs, value="test_top1_err")
+    with pytest.raises(ValueError, match=r"value='nope': not a column of the runs table; its error columns: "
+                                         r"top1_err, test_top1_err"):
+        analysis.compare(runs, value="nope")
+    runs.loc[0, "top1_err"] = np.nan  # one completed conv run that did not measure it
+    e = analysis.errors(runs)
+    assert "conv0" not in set(e.run_id) and len(e) == len(runs) - 1
+    assert e.set_index("run_id").loc["convd0", "err"] == 100.0  # the diverged run stays, at 100

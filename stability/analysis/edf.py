@@ -148,7 +148,8 @@ def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
     Returns:
         The completed, diverged and pruned runs (their index kept; no pruned one under "out")
         with ``diverged``, ``pruned``, ``err`` (diverged at 100) and ``err_abs`` (the absolute
-        error).
+        error). A completed run without ``value`` did not measure it and is left out (never at
+        100); ``ValueError`` when no completed run has it, or ``value`` is no column.
 
     >>> runs = pd.DataFrame({"stem": ["conv", "conv", "conv"], "status": ["completed", "diverged", "failed"],
     ...                      "top1_err": [20.0, None, None]})
@@ -176,9 +177,22 @@ def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
     df["pruned"] = df["status"].eq(RunStatus.PRUNED)
     if pruned == "out":
         df = df[~df["pruned"]].copy()
+    if value not in runs.columns:
+        errs = [c for c in runs.columns if str(c).endswith("_err")]
+        raise ValueError(f"value={value!r}: not a column of the runs table; its error columns: "
+                         f"{', '.join(errs) or 'none'}")
     top = scored_diverged(df, pruned)
-    df["err"] = np.where(top, DIVERGED_ERROR, df[value].astype(float))
-    df["err"] = df["err"].fillna(DIVERGED_ERROR)
+    v = df[value].astype(float)
+    finished = ~(df["diverged"] | df["pruned"]).to_numpy(bool)
+    unmeasured = finished & v.isna().to_numpy()  # no test split, no EMA, an older row: no result for ``value``
+    if unmeasured.any():
+        if unmeasured.sum() == finished.sum():
+            raise ValueError(f"value={value!r} is empty in every completed run ({int(finished.sum())}): they did not "
+                             "measure it (test_* needs test_split, ema_* needs ema); choose a column they filled")
+        keep = ~unmeasured
+        df, top, v = df[keep].copy(), top[keep], v[keep]
+    df["err"] = np.where(top, DIVERGED_ERROR, v)
+    df["err"] = df["err"].fillna(DIVERGED_ERROR)  # a pruned run without its last error (``PRUNED_AS``)
     df["err_abs"] = df["err"]
     if relative and len(df):
         out = np.empty(len(df))
