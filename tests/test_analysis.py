@@ -272,3 +272,13 @@ def test_a_completed_run_without_the_measurement_is_left_out_not_scored_at_100()
     e = analysis.errors(runs)
     assert "conv0" not in set(e.run_id) and len(e) == len(runs) - 1
     assert e.set_index("run_id").loc["convd0", "err"] == 100.0  # the diverged run stays, at 100
+
+
+def test_importance_of_a_group_whose_errors_are_all_equal_is_none_not_a_crash():
+    """Every run diverged (a normal outcome of a stability study): fANOVA has no variance to split
+    (optuna raised 'zero total variance'); that group gets no rows, the others theirs."""
+    rows = [{"run_id": f"{s}{i}", "stem": s, "status": "diverged" if s == "patchify" else "completed",
+             "top1_err": None if s == "patchify" else 10.0 + 5 * i, "lr": 10.0 ** -i, "wd": 0.05} for s in
+            ("patchify", "conv") for i in range(6)]
+    imp = analysis.hparam_importance(pd.DataFrame(rows))
+    assert set(imp.stem) == {"conv"} and imp.importance.sum() == pytest.approx(1.0)

@@ -37,7 +37,8 @@ if runs is not None:
             skipped = [" · ".join(map(str, k if isinstance(k, tuple) else (k,))) + f" (n={n})"
                        for k, n in groups.items() if (k if isinstance(k, tuple) else (k,)) not in done]
             if imp.empty:
-                st.info("Importance needs at least 4 finished runs per stem and a knob that varies.")
+                st.info("Importance needs at least 4 finished runs per stem, a knob that varies and errors that "
+                        "differ (when every run diverged there is nothing to explain).")
             else:
                 st.plotly_chart(plots.importance_figure(imp), width="stretch", key="hp_importance")
                 table(imp, key="hp_imp")
@@ -46,4 +47,5 @@ if runs is not None:
                            + (" Groups of more than 500 runs use a seeded sample of 500 (n_used)."
                               if (imp.n > imp.n_used).any() else ""))
                 if skipped:
-                    st.info("Not enough runs (at least 4 with a knob that varies) for: " + md(", ".join(skipped)))
+                    st.info("No importance (it needs at least 4 runs, a knob that varies and errors that differ) for: "
+                            + md(", ".join(skipped)))

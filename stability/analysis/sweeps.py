@@ -179,7 +179,8 @@ def hparam_importance(runs: pd.DataFrame, params: Sequence[str] = ("lr", "wd", "
 
     Returns:
         by..., ``param``, ``importance`` (summing to 1 per group), ``n`` (runs in the group),
-        ``n_used``.
+        ``n_used``. No rows for a group of fewer than 4 runs, with no knob that varies, or whose
+        errors are all equal (every run diverged: there is no variance to explain).
     """
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -189,8 +190,8 @@ def hparam_importance(runs: pd.DataFrame, params: Sequence[str] = ("lr", "wd", "
     for key, g in df.groupby(list(by), observed=True, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         knobs = [p for p in params if p in g and g[p].nunique() > 1]
-        if not knobs or len(g) < 4:
-            continue
+        if not knobs or len(g) < 4 or g["err"].nunique() < 2:
+            continue  # every error equal (all diverged, say): no variance for a knob to explain
         n = len(g)
         if n > max_runs:
             g = g.sample(max_runs, random_state=seed)
