@@ -374,8 +374,10 @@ def replay(runs: Sequence[Recorded], candidates: Sequence[Candidate], every: int
 
 
 def pareto(table: pd.DataFrame) -> pd.Series:
-    """Which rows no other row beats on both axes (fewer good runs stopped, more doomed steps saved)."""
-    g, d = table.good_stopped_rate.to_numpy(float), table.doomed_saved.fillna(0).to_numpy(float)
+    """Which rows no other row beats on both axes (fewer good runs stopped, more doomed steps saved;
+    without good runs, or doomed ones, a rate is 0/0: nothing stopped, nothing saved, never NaN,
+    which no row would beat)."""
+    g, d = table.good_stopped_rate.fillna(0).to_numpy(float), table.doomed_saved.fillna(0).to_numpy(float)
     return pd.Series([not ((g <= gi) & (d >= di) & ((g < gi) | (d > di))).any() for gi, di in zip(g, d, strict=True)],
                      index=table.index)
 

@@ -757,3 +757,15 @@ def test_stops_ours_on_a_diverged_run_and_a_run_above_chance():
     assert replay.stops_ours(PRESETS["default"], [every1], every=5) == [4]  # steps 0-4: (2 + 9) / 5 = 2.2 ln C
     with pytest.raises(ValueError, match="every=3"):
         replay.stops_ours(late, [above], every=3)
+
+
+def test_the_pareto_front_without_good_runs_is_the_setting_that_saves_most():
+    """No good run: every good-stopped rate is 0/0. Stopping none costs nothing, so the front is
+    the most doomed steps saved (a NaN rate had made every setting Pareto: ~90 rows, dominated
+    ones included); without doomed runs, the fewest good runs stopped."""
+    from stability import replay
+
+    t = pd.DataFrame({"good_stopped_rate": [np.nan] * 3, "doomed_saved": [0.1, 0.6, 0.3]})
+    assert replay.pareto(t).tolist() == [False, True, False]
+    t = pd.DataFrame({"good_stopped_rate": [0.5, 0.0, 0.25], "doomed_saved": [np.nan] * 3})
+    assert replay.pareto(t).tolist() == [False, True, False]
