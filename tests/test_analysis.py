@@ -282,3 +282,19 @@ def test_importance_of_a_group_whose_errors_are_all_equal_is_none_not_a_crash():
             ("patchify", "conv") for i in range(6)]
     imp = analysis.hparam_importance(pd.DataFrame(rows))
     assert set(imp.stem) == {"conv"} and imp.importance.sum() == pytest.approx(1.0)
+
+
+def test_odd_but_plausible_notebook_inputs_get_words_or_the_columns():
+    """One stem, no runs, a wrong metric, a Table where the runs are meant: each answered in words
+    or with an empty frame that still has the columns a notebook indexes."""
+    one = pd.DataFrame(_runs("conv", [10, 20, 30]))
+    cmp = analysis.compare(one)
+    assert cmp.empty and {"a", "b", "median_diff", "ks_p"} <= set(cmp.columns)
+    assert analysis.stem_verdicts(one).empty
+    empty = store.SCHEMAS["runs"].empty_table().to_pandas()
+    assert analysis.lr_sensitivity(empty).note == "No runs."  # not "written before they were recorded"
+    assert analysis.attn_logit_auc(empty, store.SCHEMAS["grad_norms"].empty_table().to_pandas()).note == "No runs."
+    with pytest.raises(ValueError, match="metric='err': allowed 'loss', 'top1_err'"):
+        analysis.lr_sensitivity(one, metric="err")
+    with pytest.raises(ValueError, match="not a runs table: a Table; pass store.load"):
+        analysis.sensitivity_diff(analysis.lr_sensitivity(empty))

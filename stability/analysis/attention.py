@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..store import DONE, RunStatus
-from .grouping import fixed_axes
+from .grouping import fixed_axes, require
 from .stats import auc, auc_test, holm, newcombe, wilson
 from .tables import (
     SERIES,
@@ -90,6 +90,9 @@ def attn_logit_at(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None
     """
     _check_early(step, fraction)
     cols = ["stem", "fix", "seed", "lr", "diverged", "unstable", "at_step", "logit_max", "ended_before"]
+    require(runs, ["status"], "runs")
+    if not len(runs):
+        return noted(pd.DataFrame(columns=cols), (), "No runs.")
     miss = missing_columns(runs, ["run_id", "status", "lr"]) + missing_columns(grad_norms, ["run_id", "step", "attn_logit_max"])
     if miss:
         return noted(pd.DataFrame(columns=cols), (), older_results(miss, "the attention-logit table"))

@@ -90,7 +90,8 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
         alphabetically: ``n_a``/``n_b``, best/median/worst per group, signed effects b − a with
         their bootstrap intervals (``median_diff``, ``within_<x>_diff``), the KS permutation test
         (``ks``, ``ks_better``, ``ks_p``), ``area`` between the EDFs, ``pooled`` and, for paired
-        designs, paired tests (``stats.paired_tests``, ``paired_median_diff``).
+        designs, paired tests (``stats.paired_tests``, ``paired_median_diff``). No rows, but
+        those columns, where no stratum holds two groups (one stem, no runs).
 
     >>> runs = pd.DataFrame({"stem": ["conv"] * 4 + ["patchify"] * 4, "status": "completed",
     ...                      "top1_err": [20.0, 22, 24, 26, 30, 32, 34, 36]})
@@ -137,6 +138,10 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
                 boots = np.median(d[rng.integers(0, len(d), size=(n_boot, len(d)))], axis=1)
                 row["paired_median_diff_lo"], row["paired_median_diff_hi"] = boot_ci(boots, ci)
             rows.append(row)
+    if not rows:  # no stratum holds two groups of ``by``: no row, but the columns a notebook indexes
+        return pd.DataFrame(columns=[*strata_by, "a", "b", "n_a", "n_b", "pooled", "best_a", "median_a", "worst_a",
+                                     "best_b", "median_b", "worst_b", "median_diff", "median_diff_lo",
+                                     "median_diff_hi", "ks", "ks_better", "ks_p", "area"])
     return pd.DataFrame(rows)
 
 

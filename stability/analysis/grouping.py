@@ -74,6 +74,8 @@ def require(df: pd.DataFrame, columns: Sequence[str], table: str) -> None:
     ...
     ValueError: not a runs table: no column 'status' (it has 'x'); pass store.load(root).runs
     """
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"not a {table} table: a {type(df).__name__}; pass store.load(root).{table}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         has = ", ".join(repr(c) for c in list(df.columns)[:8]) + (" ..." if len(df.columns) > 8 else "")

@@ -72,8 +72,13 @@ def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, f
         with a diverged, non-finite or pruned run at l0, ``diverged`` and ``pruned`` (apart: a
         pruned run is never ``diverged``); ``pooled``: the axes of ``pool`` that varied.
     """
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r}: allowed {', '.join(map(repr, METRICS))}")
     final, init = METRICS[metric]
     require(runs, ["status"], "runs")  # every results version has it: without, another table (not older results)
+    if not len(runs):
+        return noted(pd.DataFrame(columns=[*SERIES, "seed", "lr", "value", "l0", "clipped", "diverged", "pruned"]), (),
+                     "No runs.")
     need = ["lr", "seed", final, init]
     miss = missing_columns(runs, need)
     axes: list[str] = []
