@@ -78,7 +78,8 @@ def require(df: pd.DataFrame, columns: Sequence[str], table: str) -> None:
         raise ValueError(f"not a {table} table: a {type(df).__name__}; pass store.load(root).{table}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        has = ", ".join(repr(c) for c in list(df.columns)[:8]) + (" ..." if len(df.columns) > 8 else "")
+        names = [repr(c) for c in df.columns]  # the first few, to say what was passed
+        has = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
         raise ValueError(f"not a {table} table: no column {', '.join(map(repr, missing))} (it has {has or 'none'}); "
                          f"pass store.load(root).{table}")
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..store import DONE, RunStatus
+from .edf import CHANCE
 from .grouping import NO_FIX, fixed_axes, require
 from .stats import boot_ci, holm, median_perm_p, sign_flip_p
 from .tables import (
@@ -185,8 +186,9 @@ def lr_sensitivity(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[flo
         A ``Table``, one row per (group, line): ``sensitivity`` = the mean over seeds of the
         per-seed LR sensitivity, ``lo``/``hi`` its percentile bootstrap interval over seeds
         (NaN with one seed: there is nothing to resample), ``n_seeds``, ``n_lr`` (distinct lrs),
-        the lr range, ``n_runs``, ``n_diverged``, ``n_pruned``, mean ``l0`` and ``l_star``, ``metric`` and
-        ``pooled`` (the axes of ``pool`` that varied: "" when nothing is pooled).
+        the lr range, ``n_runs``, ``n_diverged``, ``n_pruned``, mean ``l0`` and ``l_star``,
+        ``never_learned`` (``never_learned``: at chance in some seed, said in the note), ``metric``
+        and ``pooled`` (the axes of ``pool`` that varied: "" when nothing is pooled).
 
     Results written before the losses were recorded give an empty table that says why:
 
@@ -197,7 +199,7 @@ def lr_sensitivity(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[flo
     res = lr_sensitivity_per_seed(runs, metric, lr_range, common_lrs, min_lrs, pool)
     per = res.table
     cols = ["stem", "fix", "metric", "sensitivity", "lo", "hi", "n_seeds", "n_lr", "lr_min", "lr_max",
-            "n_runs", "n_diverged", "n_pruned", "l0", "l_star", "pooled"]
+            "n_runs", "n_diverged", "n_pruned", "l0", "l_star", "never_learned", "pooled"]
     if per.empty:
         return noted(pd.DataFrame(columns=cols), (), res.note)
     axes = list(res.by)
@@ -213,11 +215,30 @@ def lr_sensitivity(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[flo
             "n_lr": int(g["n_lr"].max()), "lr_min": float(g["lr_min"].min()), "lr_max": float(g["lr_max"].max()),
             "n_runs": int(g["n_runs"].sum()), "n_diverged": int(g["n_diverged"].sum()),
             "n_pruned": int(g["n_pruned"].sum()),
-            "l0": float(g["l0"].mean()), "l_star": float(g["l_star"].mean()), "pooled": ",".join(res.pooled)})
+            "l0": float(g["l0"].mean()), "l_star": float(g["l_star"].mean()), "never_learned": never_learned(g),
+            "pooled": ",".join(res.pooled)})
     out = pd.DataFrame(rows, columns=[*axes, *cols])
     one = out["n_seeds"].lt(2).any()
+    stuck = out["never_learned"].sum()
     return noted(out, axes, res.note, "One seed per line: no interval (lo and hi left empty); run several seeds "
-                                "for one." if one else "", pooled=res.pooled)
+                                "for one." if one else "",
+                 f"{stuck} line(s) stayed at chance in some seed (never_learned: best ≥ {CHANCE:g} × the value at "
+                 "init): a low sensitivity there is nothing learned, not stability." if stuck else "",
+                 pooled=res.pooled)
+
+
+def never_learned(per_seed: pd.DataFrame) -> bool:
+    """Whether a line stayed at chance in some seed: its best value ``l_star`` at least ``CHANCE``
+    x its value at init ``l0`` (the runs' at-chance rule). Its sensitivity is then small because
+    nothing was learned to lose, not because the line is stable: no verdict rests on it.
+
+    Args:
+        per_seed: one line's rows of ``lr_sensitivity_per_seed`` (``l_star``, ``l0``).
+
+    Returns:
+        True when any seed's best is at chance.
+    """
+    return bool((per_seed["l_star"] >= CHANCE * per_seed["l0"]).any())
 
 
 def _pair_order(axis: str, values: Sequence) -> list:
@@ -257,11 +278,9 @@ def sensitivity_diff(runs: pd.DataFrame, axis: str = "stem", metric: str = "loss
     rows = []
     for key, part in per.groupby([*axes, *other], observed=True, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        # a line whose best stayed at its loss at init in some seed learned nothing there (stuck):
-        # its sensitivity (0) is no stability, and a comparison with it says nothing
         lines, stuck = {}, {}
         for v, g in part.groupby(axis, observed=True):
-            lines[v], stuck[v] = g.set_index("seed")["sensitivity"], bool((g["l_star"] >= g["l0"] - 1e-9).any())
+            lines[v], stuck[v] = g.set_index("seed")["sensitivity"], never_learned(g)
         for a, b in combinations(_pair_order(axis, list(lines)), 2):
             sa, sb = lines[a], lines[b]
             paired = set(sa.index) == set(sb.index)
@@ -313,8 +332,8 @@ def sensitivity_verdict(row: pd.Series | dict, by: Sequence[str]) -> str:
     lo, hi, p, p_adj = row["lo"], row["hi"], row.get("p", np.nan), row.get("p_adj", np.nan)
     m, min_p = int(row.get("m", 1) or 1), row.get("min_p", np.nan)
     if row.get("never_learned"):
-        side = (f"no verdict ({row['never_learned']} never got below its loss at init in some seed: a line that "
-                "learned nothing has nothing to lose, so its low sensitivity is no stability)")
+        side = (f"no verdict ({row['never_learned']} stayed at chance in some seed (best ≥ {CHANCE:g} × its value "
+                "at init): a line that learned nothing has nothing to lose, so its low sensitivity is no stability)")
     elif min(int(row["n_a"]), int(row["n_b"])) < 2:
         side = "no verdict (one seed)"
     elif pd.isna(p_adj):
