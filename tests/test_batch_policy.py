@@ -51,7 +51,7 @@ def test_batched_policy_is_bit_identical_to_the_per_image_policy(name, size):
     p = policy(name)
     drawn = set()
     for batch in range(6):  # 6 x 32 images: every op of the policy is drawn, most several times
-        seeds = [sample_seed(batch, 1, k) + 1 for k in range(32)]  # the decoder's policy seeds
+        seeds = [sample_seed(batch, 1, k) for k in range(32)]  # the images' seeds
         x = _images(32, size, size, batch)
         got = apply_policy(p, x, seeds)
         assert got.dtype == torch.uint8 and torch.equal(got, _per_image(p, x, seeds)), (name, size, batch)
@@ -88,6 +88,28 @@ def test_any_seeds_and_sizes_give_torchvisions_draws_and_images(name, seeds, hei
     assert policy_draws(p, seeds, height, width) == _replayed_draws(p, seeds, height, width)
     x = _images(len(seeds), height, width, seeds[0] % 1000)
     assert torch.equal(apply_policy(p, x, seeds), _per_image(p, x, seeds))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generators_are_drawn_from_where_they_stand(name):
+    """Generators instead of seeds (the GPU decoder's, past each image's crop and flip draws):
+    the policy called image by image with torch's generator seeded and advanced alike."""
+    p, seeds = policy(name), [sample_seed(2, 0, k) for k in range(24)]
+
+    def advanced(s):  # a varying number of draws before the policy's, as crops make (4 to 44)
+        g = torch.Generator().manual_seed(s)
+        torch.rand(4 * (1 + s % 11), generator=g)
+        return g
+
+    x = _images(len(seeds), 32, 32, 0)
+    want = []
+    for k, s in enumerate(seeds):
+        with seeded(s):
+            torch.rand(4 * (1 + s % 11))
+            want.append(p(x[k:k + 1]))
+    assert torch.equal(apply_policy(p, x, [advanced(s) for s in seeds]), torch.cat(want))
+    # not the seeds' own draws: drawing afresh from each seed would fail the check above
+    assert policy_draws(p, [advanced(s) for s in seeds], 32, 32) != policy_draws(p, seeds, 32, 32)
 
 
 def test_unusable_policies_are_named():

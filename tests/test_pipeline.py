@@ -255,26 +255,89 @@ def test_batched_gpu_crop_matches_a_per_image_resized_crop_and_flip():
 
 
 
+def _encoded(imgs):
+    """The decoder's input for ``imgs``: their JPEG bytes concatenated, and the lengths."""
+    jpegs = [_jpeg(im) for im in imgs]
+    return torch.cat([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]), [len(j) for j in jpegs]
+
+
+def _cpu_crop_and_flip(img, size):
+    """Draw ``img``'s crop and flip from torch's global generator as the CPU training transform
+    does (``datasets._transforms``: RandomResizedCrop, then the flip, then the policy)."""
+    from torchvision.transforms import v2
+
+    v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])(img)
+
+
 @pytest.mark.parametrize("name", ["autoaugment", "randaugment"])
 def test_gpu_decoder_policy_is_the_per_image_policy_batched(name):
-    """The decoder's batched policy gives what torchvision's policy called image by image under
-    seed + 1 gave (the loop it replaced), from the same decoded crops (CPU here)."""
+    """The decoder's batched policy gives what torchvision's policy called image by image gives
+    where the CPU path calls it: under the image's seed, after its crop and flip draws (CPU here)."""
     from stability.data.augment import seeded
     from stability.data.datasets import policy
     from stability.data.pipeline import GpuDecoder
 
     imgs = _smooth_images([(60, 80), (75, 50), (40, 40), (90, 120)] * 3)
-    data = torch.cat([torch.frombuffer(bytearray(_jpeg(im)), dtype=torch.uint8) for im in imgs])
-    lengths, labels, seeds = [len(_jpeg(im)) for im in imgs], torch.zeros(len(imgs), dtype=torch.long), list(range(12))
+    (data, lengths), labels, seeds = _encoded(imgs), torch.zeros(len(imgs), dtype=torch.long), list(range(12))
     dec = GpuDecoder(24, policy(name), (0.5, 0.4, 0.3), (0.2, 0.3, 0.25), CPU)
     got, _ = dec(data, lengths, labels, seeds)
-    u8 = dec.crop(dec.decode(list(data.split(lengths))), seeds).round().clamp(0, 255).to(torch.uint8)
+    decoded = dec.decode(list(data.split(lengths)))
+    u8 = dec.crop(decoded, seeds).round().clamp(0, 255).to(torch.uint8)
     ref = []
     for k, s in enumerate(seeds):
-        with seeded(s + 1):
+        with seeded(s):
+            _cpu_crop_and_flip(decoded[k], 24)
             ref.append(dec.policy(u8[k:k + 1]))
     ref = torch.cat(ref)
     assert not torch.equal(ref, u8) and torch.equal(got, (ref.float() - dec.mean) / dec.std)
+
+
+def _cpu_policy_draws(name, imgs, seeds, size):
+    """The (op, magnitude) pairs the CPU path's policy applies to each image (its own transform,
+    under the image's seed as ``pipeline.Seeded`` sets it), recorded instead of applied."""
+    from stability.data.augment import seeded
+    from stability.data.datasets import _transforms
+
+    tf = _transforms(True, size, False, name)
+    p = next(t for t in tf.transforms if type(t).__name__ in ("AutoAugment", "RandAugment"))
+    seen: list = []
+    p._apply_image_or_video_transform = lambda img, t, m, **kw: seen.append((t, m)) or img  # this instance only
+    out = []
+    for img, s in zip(imgs, seeds, strict=True):
+        seen.clear()
+        with seeded(s):
+            tf(img)
+        out.append(list(seen))
+    return out
+
+
+@pytest.mark.parametrize("name", ["autoaugment", "randaugment"])
+def test_gpu_policy_draws_equal_the_cpu_paths_per_seed(name, monkeypatch):
+    """For 200 images of 4 shapes, the ops and magnitudes the decoder's policy draws (read from
+    what it hands ``apply_policy``) are those the CPU transform's policy applies under the same
+    seeds. The policy seeded with seed + 1 matched 19 (AutoAugment) and 1 (RandAugment) of 200."""
+    from stability.data import pipeline
+    from stability.data.batch_policy import policy_draws
+    from stability.data.datasets import policy
+
+    def snapshot(s):  # a copy, so that reading the draws leaves the decoder's generators alone
+        return torch.Generator().set_state(s.get_state()) if isinstance(s, torch.Generator) else s
+
+    got, real = [], pipeline.apply_policy
+
+    def spy(p, u8, seeds):
+        got.extend(policy_draws(p, [snapshot(s) for s in seeds], *u8.shape[-2:]))
+        return real(p, u8, seeds)
+
+    monkeypatch.setattr(pipeline, "apply_policy", spy)
+    imgs = _smooth_images([(60, 80), (75, 50), (40, 40), (30, 200)] * 50)  # the last: ~half fall back to the centre
+    seeds = [pipeline.sample_seed(7, 1, k) for k in range(len(imgs))]
+    dec = pipeline.GpuDecoder(24, policy(name), (0.5,) * 3, (0.25,) * 3, CPU)
+    data, lengths = _encoded(imgs)
+    dec(data, lengths, torch.zeros(len(imgs), dtype=torch.long), seeds)
+    decoded = dec.decode(list(data.split(lengths)))  # the shapes the crops are drawn for
+    assert got == _cpu_policy_draws(name, decoded, seeds, 24)
+
 
 def _jpeg(img):
     from PIL import Image

@@ -66,9 +66,12 @@ def _take(loader, epoch, start, stop=None):
     return out
 
 
+@pytest.mark.parametrize("name", ["none", "autoaugment"])
 @pytest.mark.parametrize("workers", [0, 1])
-def test_batches_are_bit_identical_with_and_without_the_overlap(folder, workers):
-    plain, ahead = _loader(folder, False, workers), _loader(folder, True, workers)
+def test_batches_are_bit_identical_with_and_without_the_overlap(folder, workers, name):
+    """With the policy on too: a thread that drew the policy's ops otherwise than the training
+    thread (another seed, another generator) would give other batches."""
+    plain, ahead = _loader(folder, False, workers, policy(name)), _loader(folder, True, workers, policy(name))
     try:
         for epoch, start, stop in [(0, 0, None), (1, 0, 2), (1, 2, None), (0, 1, None)]:  # an early stop, resumes
             a, b = _take(plain, epoch, start, stop), _take(ahead, epoch, start, stop)

@@ -4,11 +4,14 @@ seeded draws, bit-identical (on CPU) to calling the policy image by image.
 Each image's ops are drawn as the policy's own ``forward`` draws them from torch's global CPU
 generator seeded with the image's seed, but from a ``torch.Generator`` of its own seeded the same
 (the same values: tested), so the drawing is safe in the prefetch thread while the training
-thread draws from the global generator (a few scalar draws per image). Then, op slot by op slot,
-the images that drew the same (op, magnitude) are transformed together as one sub-batch: a few
-dozen op calls per batch instead of one policy call per image. The op tables and the op
-implementation are the policy object's own (private) torchvision attributes, read rather than
-copied, so a torchvision change shows up here too; a missing one is named in the error.
+thread draws from the global generator (a few scalar draws per image). A generator can be passed
+instead of a seed and is drawn from where it stands: the GPU decoder passes each image's, past its
+crop and flip draws, as the CPU transform's policy draws after them from the one seeded generator.
+Then, op slot by op slot, the images that drew the same (op, magnitude) are transformed together
+as one sub-batch: a few dozen op calls per batch instead of one policy call per image. The op
+tables and the op implementation are the policy object's own (private) torchvision attributes,
+read rather than copied, so a torchvision change shows up here too; a missing one is named in the
+error.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import torch
 if TYPE_CHECKING:
     from torchvision.transforms.v2 import AutoAugment, RandAugment
 
-__all__ = ["apply_policy", "policy_draws"]
+__all__ = ["apply_policy", "policy_draws", "seeded_generator"]
 
 Draw = tuple[str, float]  # (transform id, magnitude) of an op an image gets
+Seed = int | torch.Generator  # an image's seed, or its generator to go on drawing from
 
 # the private torchvision v2 names used here, per policy class
 _COMMON = ("_AUGMENTATION_SPACE", "_apply_image_or_video_transform", "_fill", "interpolation")
@@ -34,6 +38,14 @@ _AUTOAUGMENT_BINS = 10  # AutoAugment.forward's fixed magnitude bin count
 # Below 2**24 every partial sum is an exact integer, so the thread split and order of the sum
 # (which differ between one image and a batch) cannot change it; above, Contrast goes image by image.
 _EXACT_SUM = 2**24
+
+
+def seeded_generator(seed: Seed) -> torch.Generator:
+    """A ``torch.Generator`` seeded as ``augment.seeded`` seeds torch's global one (the same
+    draws), or ``seed`` itself when it is a generator already (drawn from where it stands)."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    return torch.Generator().manual_seed(int(seed) % 2**63)
 
 
 def _per_image(transform_id: str, height: int, width: int) -> bool:
@@ -89,7 +101,7 @@ def _draw_one(policy: Any, kind: str, magnitudes: Callable[[str, int], list[floa
     return slots
 
 
-def _slots(policy: Any, seeds: Sequence[int], height: int, width: int) -> list[list[Draw | None]]:
+def _slots(policy: Any, seeds: Sequence[Seed], height: int, width: int) -> list[list[Draw | None]]:
     kind = _check(policy)
     space, cache = policy._AUGMENTATION_SPACE, {}  # magnitudes as forward's float(table[index])
 
@@ -99,24 +111,24 @@ def _slots(policy: Any, seeds: Sequence[int], height: int, width: int) -> list[l
             cache[transform_id, bins] = None if table is None else [float(m) for m in table]
         return cache[transform_id, bins]
 
-    return [_draw_one(policy, kind, magnitudes, torch.Generator().manual_seed(int(s) % 2**63)) for s in seeds]
+    return [_draw_one(policy, kind, magnitudes, seeded_generator(s)) for s in seeds]
 
 
-def policy_draws(policy: AutoAugment | RandAugment, seeds: Sequence[int], height: int, width: int) -> list[list[Draw]]:
+def policy_draws(policy: AutoAugment | RandAugment, seeds: Sequence[Seed], height: int, width: int) -> list[list[Draw]]:
     """The ops each image gets, in order, as ``policy`` applied to one (…, height, width) image
     with torch's generator seeded ``seeds[k]`` draws them (skipped AutoAugment ops left out;
     RandAugment's ``Identity`` kept: it is drawn).
 
     Args:
         policy: a ``torchvision.transforms.v2.AutoAugment`` or ``RandAugment`` (``datasets.policy``).
-        seeds: one generator seed per image.
+        seeds: one generator seed per image, or a generator (advanced past the draws).
         height: the images' height (translation magnitudes scale with it).
         width: the images' width.
     """
     return [[d for d in slots if d is not None] for slots in _slots(policy, seeds, height, width)]
 
 
-def apply_policy(policy: AutoAugment | RandAugment, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+def apply_policy(policy: AutoAugment | RandAugment, images: torch.Tensor, seeds: Sequence[Seed]) -> torch.Tensor:
     """``policy`` applied to each image of a batch with its own seeded draws, batched by op:
     on CPU, bit-identical to ``torch.cat([policy(images[k:k+1]) under seeded(seeds[k])])``.
 
@@ -124,7 +136,9 @@ def apply_policy(policy: AutoAugment | RandAugment, images: torch.Tensor, seeds:
         policy: a ``torchvision.transforms.v2.AutoAugment`` or ``RandAugment`` (``datasets.policy``);
             its interpolation and fill are used.
         images: uint8 (N, C, H, W) batch, on any device.
-        seeds: N generator seeds, one per image (as ``augment.seeded`` takes them).
+        seeds: N generator seeds, one per image (as ``augment.seeded`` takes them), or generators
+            drawn from where they stand (advanced past the draws): then bit-identical to the
+            policy called with torch's generator in that state.
 
     Returns:
         A new uint8 (N, C, H, W) batch (``images`` is left as it is).

@@ -5,7 +5,8 @@ workers), each image's random draws seeded by (seed, epoch, index), and JPEG dec
 ``DataBundle``; each epoch tells its batch sampler the epoch and start batch, so the workers
 stay up and a resumed run still gets the same batches. With ``decode: gpu`` the workers only read
 JPEG bytes; ``GpuDecoder`` decodes them with nvJPEG and crops, flips and applies the policy on the
-GPU, each for the whole batch at once, with the same per-image seeds (the policy through
+GPU, each for the whole batch at once, with the same per-image draws (each image's crop, flip
+and policy in turn from one generator seeded as the CPU path seeds torch's; the policy through
 ``batch_policy``: each image's own draws, images that drew the same op transformed together),
 in a thread on a side stream while the step runs (``prefetch.Prefetcher``: the same batches as
 without it, tested).
@@ -22,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import seeded
-from .batch_policy import apply_policy
+from .batch_policy import Seed, apply_policy, seeded_generator
 from .prefetch import Prefetcher
 from .workers import resolve_workers
 
@@ -144,8 +145,10 @@ class GpuDecoder:
     first version at ~2,200 img/s on an H200). Resampling is bilinear with adaptive supersampling
     (``sampling_ratio=0``: every output pixel averages ceil(crop/size)^2 samples, as antialiasing
     does), close to but not bit-identical with the CPU path. The optional policy (``policy``:
-    ``datasets.policy``'s torchvision AutoAugment / RandAugment) draws per image from seed + 1 and
-    runs batched by op (``batch_policy.apply_policy``), bit-identical on CPU to calling it per image."""
+    ``datasets.policy``'s torchvision AutoAugment / RandAugment) draws per image from the image's
+    generator after its crop and flip draws, as the CPU transform's policy does (the same ops for
+    the same seed: tested), and runs batched by op (``batch_policy.apply_policy``), bit-identical
+    on CPU to calling it per image."""
 
     CANVAS_BYTES = 2 << 30  # a padded canvas larger than this is split (a few huge images)
 
@@ -164,14 +167,15 @@ class GpuDecoder:
                 pass
         return [decode_image(d, mode=ImageReadMode.RGB).to(self.device) for d in data]
 
-    def crop(self, imgs: list[torch.Tensor], seeds: list[int]) -> torch.Tensor:
+    def crop(self, imgs: list[torch.Tensor], seeds: list[Seed]) -> torch.Tensor:
         """Each (3, H, W) uint8 image's seeded RandomResizedCrop, resized to ``size``, flipped with
-        probability 1/2: a float (N, 3, size, size) batch in 0..255."""
+        probability 1/2: a float (N, 3, size, size) batch in 0..255. ``seeds``: each image's seed,
+        or its generator (advanced past the crop and flip draws)."""
         from torchvision.ops import roi_align
 
         boxes, flips = [], []
         for img, s in zip(imgs, seeds, strict=True):
-            g = torch.Generator().manual_seed(s % 2**63)
+            g = seeded_generator(s)
             i, j, h, w = crop_params(img.shape[-2], img.shape[-1], g)
             flips.append(bool(torch.rand(1, generator=g) < 0.5))
             boxes.append((j, i, j + w, i + h))  # x1, y1, x2, y2 in pixel edges (aligned=True)
@@ -189,11 +193,14 @@ class GpuDecoder:
 
     def __call__(self, data: torch.Tensor, lengths: list[int], labels: torch.Tensor, seeds: list[int]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.crop(self.decode(list(data.split(lengths))), seeds)
+        # one generator per image, drawn from in the CPU transform's order (crop, flip, policy), so
+        # the policy's draws are the CPU path's too (seeded apart with seed + 1, AutoAugment's
+        # matched 19 and RandAugment's 1 of 200 images)
+        gens = [seeded_generator(s) for s in seeds]
+        x = self.crop(self.decode(list(data.split(lengths))), gens)
         if self.policy is not None:  # on uint8 images, as torchvision's policies are defined
             u8 = x.round_().clamp_(0, 255).to(torch.uint8)
-            # seed + 1: the policy's draws are not the crop's (seeded by the seed itself)
-            x = apply_policy(self.policy, u8, [s + 1 for s in seeds]).float()
+            x = apply_policy(self.policy, u8, gens).float()
         x = (x - self.mean) / self.std
         return x, labels.to(self.device, non_blocking=True)
 
