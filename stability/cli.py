@@ -274,9 +274,7 @@ def _print_plan(spec, dry) -> None:
         by_stem[str(r.stem)] = by_stem.get(str(r.stem), 0) + 1
     console.print(f"{len(plan)} run{'s' if len(plan) != 1 else ''}{dry.note}: " + ", ".join(f"{k}: {v}" for k, v in by_stem.items())
                   + (f"; {dry.done} already have results, the other {len(plan) - dry.done} are costed" if dry.done else "")
-                  + f"; {cost.images:.3g} training images, {cost.flops:.3g} training FLOPs (2 per multiply-add) ~ "
-                  f"{cost.gpu_hours:.3g} GPU-hours on {cost.device.name} (img/s as measured, "
-                  "benchmarks/RESULTS.md; sources below). Nothing launched.")
+                  + f"; {cost.headline()}. Nothing launched.")
 
 
 def _print_costs(costs: list, total: bool = False) -> None:

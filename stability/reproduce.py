@@ -245,11 +245,11 @@ def dry_run(inv: Invocation, gpu: str | None = None) -> tuple[list, list[str]]:
     """The cost (``grid.cost.StudyCost``) of every sweep :func:`run_studies` would launch, nothing
     written: the selection studies as planned, then the replicates (each arm x the replication
     seeds) and the 2x-length runs; and the selection studies' dry-run warnings (data workers, no
-    GPU), each once. An arm's configuration is its pool's first planned run of its stem,
+    GPU), each once, after the total split into training and evaluation. An arm's configuration is its pool's first planned run of its stem,
     optimizer and length: which lr/wd the selection picks does not change its cost."""
     from .config import run_config
     from .grid.controller import dry_run as grid_dry_run
-    from .grid.cost import study_cost
+    from .grid.cost import study_cost, total_note
     from .models import throughput
 
     table = throughput.load()
@@ -283,7 +283,7 @@ def dry_run(inv: Invocation, gpu: str | None = None) -> tuple[list, list[str]]:
                   for c in configs if c.epochs == long]
         if longer:
             costs.append(study_cost(f"{template.name}-2x-… (2x length)", longer, template.executor, table, device))
-    return costs, list(warnings)
+    return costs, [total_note(costs), *warnings]
 
 
 def _run(spec, name: str, show_progress: bool, console) -> StudyResult:

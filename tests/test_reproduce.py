@@ -200,3 +200,19 @@ def test_a_sweep_is_named_by_what_the_set_options_change_whatever_their_order():
     long1, long2 = (sweep_suffix({"data_root": f"/{who}/shared/datasets/imagenet-jpeg/train"}) for who in "ab")
     assert long1 != long2 and long1.startswith("-data_root_") and len(long1) < 60
     assert sweep_suffix({"decode": "gpu", "compile": False}) == ""
+
+
+def test_reproduce_dry_run_costs_the_2x_runs_at_twice_the_length(tmp_path):
+    """The convergence check by hand: 4 long arms (2 stems x 2 optimizers, 50 epochs) x 2 seeds
+    at 100 epochs of ImageNet-1k, 2048 a batch, fed by 15 CPU workers (RESULTS.md rates)."""
+    from stability.reproduce import Invocation, dry_run
+
+    costs, notes = dry_run(Invocation.from_options(paper=True, results=str(tmp_path / "res")))
+    x2 = next(c for c in costs if c.name.endswith("(2x length)"))
+    images = 8 * 100 * (1281167 // 2048) * 2048
+    feed = 1381 * (352 / 2) / (409 / 2)  # the H200 VM's 15 workers, x AutoAugment's 0.86 (EPYC)
+    evaluated = 8 * 50000 * (1 + 2 * 100)  # validation before training, model and EMA after each epoch
+    assert (x2.runs, x2.images, x2.eval_images) == (8, images, evaluated)
+    assert x2.train_hours == pytest.approx(images / feed / 3600)  # 239.3
+    assert x2.eval_hours == pytest.approx(evaluated / 1381 / 3600)  # 16.17
+    assert notes[0].startswith("total: training ") and "a floor" in notes[0]

@@ -1,10 +1,14 @@
 """The cost planner: GPU-hours of planned runs from MEASURED img/s (``models/throughput.json``).
 
-A group of runs that agree on the cost fields takes images seen / img/s GPU-seconds, where img/s
-is the lower of the training step alone (measured for the device, model, image size, per-GPU
-batch and compile) and the input pipeline's bound (CPU workers x a measured per-worker rate, the
-measured GPU-decode rate, or none for in-memory data). Taking the lower assumes the two overlap
-perfectly: a best case (measured on the H200, CPU decode fed ~0.8x of the loader alone, RESULTS.md).
+A group of runs that agree on the cost fields takes training images / img/s plus evaluation
+images / their img/s GPU-seconds. Training img/s is the lower of the training step alone
+(measured for the device, model, image size, per-GPU batch and compile) and the input pipeline's
+bound (CPU workers x a measured per-worker rate, the measured GPU-decode rate, or none for
+in-memory data). Evaluation (the validation split before training and after every epoch, for the
+model and its EMA) always decodes on the CPU, with no policy; its forward pass is taken at
+:data:`EVAL_SPEEDUP` x the training step's img/s, an estimate. Taking the lower rate assumes loader
+and step overlap perfectly: the figure is a floor, and where ``throughput.json`` holds a measured
+end-to-end rate (``end_to_end``) the study says how far below the model it ran.
 Whatever the table lacks is filled in one stated way, and every figure says which it used:
 ``measured``, ``scaled from <row> measured`` (by FLOPs per image; same device and compile), or
 ``flops-estimate`` (FLOPs at :data:`MFU` of the device's peak). Torch-free when the models are in
@@ -14,19 +18,34 @@ Whatever the table lacks is filled in one stated way, and every figure says whic
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, resolve_compile
-from ..data.workers import DECODED
+from ..data.workers import DECODED, job_cpus
 from ..models.presets import canonical_name, resolve
-from ..models.throughput import DecodeRate, Device, StepRate, Throughput
+from ..models.throughput import TABLE, DecodeRate, Device, StepRate, Throughput
+from .kinds import resolve_kind
 
 MFU = 0.10  # the FLOPs fallback: about what an eager 4GF ViT reached on the H200 (10-14%, RESULTS.md)
-# Config fields besides plan.COST_FIELDS that decide a run's img/s.
-RATE_FIELDS = ("compile", "accum_steps", "decode", "num_workers", "auto_augment", "device")
+# Evaluation's forward pass vs a training step (forward + backward + optimizer), img/s. Not
+# measured: the backward pass is ~2x the forward's FLOPs, so forward alone is ~3x the step's rate.
+EVAL_SPEEDUP = 3.0
+# Config fields besides plan.COST_FIELDS that decide a run's img/s or its evaluation images.
+RATE_FIELDS = ("compile", "accum_steps", "decode", "num_workers", "auto_augment", "device", "data_root",
+               "ema_period", "test_split")
+# Validation images per dataset (synthetic: a fifth of synthetic_size, at least 10; datasets.py).
+VAL_SIZES = {"digits": 300, "synthetic_motifs": 1000, "cifar10": 10000, "cifar100": 10000,
+             "imagefolder": 50000, "packed": 50000}
+IMAGENET = "ImageNet-1k size assumed"
+# What torchvision's ImageFolder lists (torchvision.datasets.folder.IMG_EXTENSIONS; not imported:
+# this module stays torch-free).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,63 @@ class Rate:
 
     img_s: float | None
     source: str
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """A run's training and validation image counts, and where they came from."""
+
+    train: int
+    val: int
+    source: str  # "": the dataset's own size; else "counted in ..." or IMAGENET
+
+
+@dataclass(frozen=True)
+class Cpus:
+    """The CPUs each rank of a job has, and why that many."""
+
+    count: int
+    why: str  # "cpus_per_task 16", "this machine's 2 CPUs (kind local, no cpus_per_task)"
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """One measured end-to-end rate (loader + step together, ``throughput.json``'s ``end_to_end``)
+    beside the same call's step alone and loader alone: how far below the model the pair ran."""
+
+    device: str
+    model: str
+    image_size: int
+    batch: int
+    compile: bool
+    dataset: str
+    policy: str
+    decode: str  # "cpu" or "gpu"
+    workers: int
+    img_s: float  # loader and step together
+    step_img_s: float  # the step alone, same call
+    loader_img_s: float  # the loader alone, same call
+    source: str
+    decoder_img_s: float | None = None  # decode: gpu: the decoder's own GPU work alone, same call
+
+    @property
+    def modelled(self) -> float:
+        """What the planner's model gives for this call's own figures."""
+        step = self.step_img_s if not self.decoder_img_s else 1 / (1 / self.step_img_s + 1 / self.decoder_img_s)
+        return min(step, self.loader_img_s)
+
+    @property
+    def ratio(self) -> float:
+        return self.img_s / self.modelled
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The measured end-to-end rates of one feed on a device, as ratios to the model's floor."""
+
+    lo: float
+    hi: float
+    what: str  # the measured configuration, in words
 
 
 @dataclass(frozen=True)
@@ -47,14 +123,36 @@ class GroupCost:
     step: Rate
     feed: Rate  # the input pipeline's bound
     bound: str  # what bounds the feed: "15 CPU workers", "GPU decode", "none"
+    eval_images: float = 0.0  # validation (and test) images all of them evaluate
+    eval_step: Rate = Rate(None, "")  # evaluation's forward pass (an estimate)
+    eval_feed: Rate = Rate(None, "in memory")  # evaluation's input: CPU decoding, no policy
+    eval_bound: str = "none"  # what bounds it: "15 CPU workers"
+    sizes: Sizes | None = None
+    gap: Gap | None = None  # the measured end-to-end gap of this feed, where one was measured
 
     @property
     def img_s(self) -> float:
         return min(self.step.img_s, self.feed.img_s or math.inf)
 
     @property
-    def gpu_hours(self) -> float:
+    def eval_img_s(self) -> float:
+        return min(self.eval_step.img_s or math.inf, self.eval_feed.img_s or math.inf)
+
+    @property
+    def train_hours(self) -> float:
         return self.images / self.img_s / 3600
+
+    @property
+    def eval_hours(self) -> float:
+        return self.eval_images / self.eval_img_s / 3600 if self.eval_images else 0.0
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.train_hours + self.eval_hours
+
+    def hours_at_gap(self, ratio: Callable[[Gap], float]) -> float:
+        """GPU-hours with training at the measured end-to-end ``ratio`` of the floor (evaluation as is)."""
+        return self.train_hours / (ratio(self.gap) if self.gap else 1.0) + self.eval_hours
 
 
 @dataclass(frozen=True)
@@ -74,12 +172,32 @@ class StudyCost:
         return sum(g.images for g in self.groups)
 
     @property
+    def eval_images(self) -> float:
+        return sum(g.eval_images for g in self.groups)
+
+    @property
     def flops(self) -> float:
         return sum(g.flops for g in self.groups)
 
     @property
+    def train_hours(self) -> float:
+        return sum(g.train_hours for g in self.groups)
+
+    @property
+    def eval_hours(self) -> float:
+        return sum(g.eval_hours for g in self.groups)
+
+    def headline(self) -> str:
+        """The dry run's summary after its run counts: images, FLOPs, GPU-hours (in the table's
+        format) and that they are a floor."""
+        return (f"{self.images:.3g} training images and {self.eval_images:.3g} evaluation images, {self.flops:.3g} "
+                f"training FLOPs (2 per multiply-add) ~ {self.gpu_hours:,.4g} GPU-hours on {self.device.name} "
+                "(a floor: measured img/s, benchmarks/RESULTS.md, with loader and step overlapping perfectly; "
+                "evaluation's forward pass estimated; sources below)")
+
+    @property
     def gpu_hours(self) -> float:
-        return sum(g.gpu_hours for g in self.groups)
+        return self.train_hours + self.eval_hours
 
     def _rate(self, rate: Callable[[GroupCost], float | None]) -> float | None:
         bounded = [g for g in self.groups if rate(g) is not None]
@@ -95,10 +213,20 @@ class StudyCost:
 
     @property
     def img_s(self) -> float | None:
+        """Training img/s (evaluation apart: its hours are in ``gpu_hours``, its rate in ``source``)."""
         return self._rate(lambda g: g.img_s)
 
+    @property
+    def gapped_hours(self) -> tuple[float, float] | None:
+        """GPU-hours at the measured end-to-end gaps (the higher and lower ratio), None when no
+        group's feed was measured end to end."""
+        if not any(g.gap for g in self.groups):
+            return None
+        return (sum(g.hours_at_gap(lambda x: x.hi) for g in self.groups),
+                sum(g.hours_at_gap(lambda x: x.lo) for g in self.groups))
+
     def _joined(self, part: Callable[[GroupCost], str]) -> str:
-        return " / ".join(dict.fromkeys(part(g) for g in self.groups)) or "-"
+        return " / ".join(dict.fromkeys(p for g in self.groups if (p := part(g)))) or "-"
 
     @property
     def bound(self) -> str:
@@ -106,22 +234,95 @@ class StudyCost:
 
     @property
     def source(self) -> str:
-        return f"step {self._joined(lambda g: g.step.source)}; input {self._joined(lambda g: g.feed.source)}"
+        """Where the rates came from, then (indented lines) training vs evaluation, the floor and
+        its measured gap, and image counts that were assumed or counted."""
+        lines = [f"step {self._joined(lambda g: g.step.source)}; input {self._joined(lambda g: g.feed.source)}"]
+        if self.eval_images:
+            lines.append(f"  training {self.train_hours:,.4g} + evaluation {self.eval_hours:,.4g} GPU-hours; "
+                         f"evaluation: {self._eval_text()}")
+        lines.append("  " + self._floor_text())
+        if (sizes := self._joined(lambda g: g.sizes.source if g.sizes else "")) != "-":
+            lines.append(f"  image counts: {sizes}")
+        return "\n".join(lines)
+
+    def _eval_text(self) -> str:
+        rate = self.eval_images / (self.eval_hours * 3600) if self.eval_hours else math.inf
+        feed = self._joined(lambda g: f"{g.eval_bound}, {g.eval_feed.source}" if g.eval_feed.img_s
+                            else g.eval_feed.source)
+        return (f"{self.eval_images:.3g} images at {rate:,.0f} img/s (input {feed}; forward pass at "
+                f"{self._joined(lambda g: g.eval_step.source)})")
+
+    def _floor_text(self) -> str:
+        floor = "a floor: loader and step overlapping perfectly"
+        if (at := self.gapped_hours) is None:
+            return f"{floor} (no end-to-end rate measured for this feed)"
+        gaps = self._joined(lambda g: f"{g.gap.what}: x{g.gap.lo:.2f}–{g.gap.hi:.2f}" if g.gap else "")
+        return (f"{floor}; measured end to end on {self.device.name} ({gaps} of the modelled rate): "
+                f"~{at[0]:,.4g}–{at[1]:,.4g} GPU-hours at those ratios")
 
     def as_dict(self) -> dict[str, Any]:
         return {"study": self.name, "device": self.device.name, "runs": self.runs, "images": self.images,
-                "train_flops": self.flops, "step_img_s": self.step_img_s, "input_img_s": self.feed_img_s,
-                "input_bound": self.bound, "img_s": self.img_s, "gpu_hours": self.gpu_hours, "source": self.source}
+                "eval_images": self.eval_images, "train_flops": self.flops, "step_img_s": self.step_img_s,
+                "input_img_s": self.feed_img_s, "input_bound": self.bound, "img_s": self.img_s,
+                "train_gpu_hours": self.train_hours, "eval_gpu_hours": self.eval_hours,
+                "gpu_hours": self.gpu_hours, "gpu_hours_at_measured_gap": self.gapped_hours,
+                "source": self.source}
 
 
-def images_seen(cfg: RunConfig) -> int:
-    """Training images one run of ``cfg`` sees (full global batches, ``steps_per_epoch`` capped;
-    the ``test_split`` images held out of training)."""
+def total_note(costs: list[StudyCost]) -> str:
+    """The total of several studies split into training and evaluation, with the measured gap."""
+    train, evaluate = sum(c.train_hours for c in costs), sum(c.eval_hours for c in costs)
+    at = [c.gapped_hours or (c.gpu_hours, c.gpu_hours) for c in costs]
+    gap = (f"; at the measured end-to-end gaps ~{sum(a[0] for a in at):,.4g}–{sum(a[1] for a in at):,.4g}"
+           if any(c.gapped_hours for c in costs) else "")
+    return (f"total: training {train:,.4g} + evaluation {evaluate:,.4g} = {train + evaluate:,.4g} GPU-hours, "
+            f"a floor (loader and step overlapping perfectly){gap}")
+
+
+@functools.cache
+def _count_images(folder: str) -> int:
+    """Image files under ``folder`` (by extension, as ImageFolder lists them; none is opened)."""
+    return sum(f.lower().endswith(IMAGE_EXTENSIONS) for _, _, files in os.walk(folder) for f in files)
+
+
+def data_sizes(cfg: RunConfig) -> Sizes:
+    """Training and validation images of ``cfg``'s data: an ``imagefolder`` under a ``data_root``
+    this machine has is counted (a ``packed`` one read from its ``meta.json``); one it lacks is
+    taken at ImageNet-1k's size, and says so."""
     from ..data.datasets import SIZES
 
-    n_train = (SIZES[cfg.dataset][0] or cfg.synthetic_size) - (cfg.test_split or 0)
+    if cfg.dataset in ("imagefolder", "packed"):
+        root = Path(cfg.data_root or "")
+        if cfg.dataset == "imagefolder" and cfg.data_root and (root / "train").is_dir():
+            return Sizes(_count_images(str(root / "train")), _count_images(str(root / "val")),
+                         f"counted in {root}/{{train,val}}")
+        if cfg.dataset == "packed" and cfg.data_root:
+            try:
+                counts = json.loads((root / "meta.json").read_text())["counts"]
+                return Sizes(int(counts["train"]), int(counts["val"]), f"from {root / 'meta.json'}")
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # not here, or not a pack: as if absent
+        return Sizes(SIZES[cfg.dataset][0], VAL_SIZES[cfg.dataset], f"{IMAGENET} ({cfg.data_root} not on this machine)")
+    if cfg.dataset == "synthetic":
+        return Sizes(cfg.synthetic_size, max(cfg.synthetic_size // 5, 10), "")
+    return Sizes(SIZES[cfg.dataset][0], VAL_SIZES[cfg.dataset], "")
+
+
+def images_seen(cfg: RunConfig, sizes: Sizes | None = None) -> int:
+    """Training images one run of ``cfg`` sees (full global batches, ``steps_per_epoch`` capped;
+    the ``test_split`` images held out of training)."""
+    n_train = (sizes or data_sizes(cfg)).train - (cfg.test_split or 0)
     per_epoch = n_train // cfg.batch_size
     return cfg.epochs * min(per_epoch, cfg.steps_per_epoch or per_epoch) * cfg.batch_size
+
+
+def eval_images(cfg: RunConfig, sizes: Sizes | None = None) -> int:
+    """Images one run of ``cfg`` evaluates (``trainer.train``): the validation split once before
+    training and after every epoch, for the model and (``ema_period`` > 0) its EMA, whatever
+    ``steps_per_epoch``; the held-out test split once each at the end. The EMA's precise-BN pass
+    before its last evaluation (at most 8,192 training images, models with BatchNorm) is left out."""
+    models = 1 + (cfg.ema_period > 0)
+    return (sizes or data_sizes(cfg)).val * (1 + cfg.epochs * models) + (cfg.test_split or 0) * models
 
 
 def model_key(cfg: RunConfig) -> tuple[str, int]:
@@ -158,7 +359,8 @@ def step_rate(table: Throughput, device: Device, model: str, image_size: int, ba
         scale = flops(r.model, r.image_size) / flops(model, image_size)
         caveat = (f" (x{scale:.0f} fewer FLOPs: a small model is bound by per-step overhead on a GPU, "
                   f"so this rate is optimistic)" if scale > 10 else "") + _batch_caveat(table, device, r, batch)
-        return Rate(r.img_s * scale, f"scaled from {r.model} {r.image_size} px batch {r.batch} "
+        how = "scaled from" if scale != 1 else "taken from"  # the same FLOPs: nothing was scaled
+        return Rate(r.img_s * scale, f"{how} {r.model} {r.image_size} px batch {r.batch} "
                                      f"{'compiled' if r.compile else 'eager'} measured{caveat}")
     per_image = 3 * 2 * flops(model, image_size)  # MACs -> FLOPs, forward + backward
     return Rate(device.peak_bf16_tflops * 1e12 * MFU / per_image,
@@ -210,12 +412,43 @@ def cpu_worker_rate(table: Throughput, device: Device, dataset: str, policy: str
     return Rate(None, f"{dataset} decoding not measured: no bound")
 
 
-def feed_rate(table: Throughput, device: Device, cfg: RunConfig, cpus_per_task: int | None
-              ) -> tuple[Rate, str, float | None]:
+def local_cpus() -> int:
+    """CPUs a rank on this machine has, as ``num_workers: auto`` counts them (no Slurm variables)."""
+    return job_cpus({})
+
+
+def executor_cpus(executor: Any) -> Cpus:
+    """The CPUs each rank of ``executor`` gets: its ``cpus_per_task``; unset, this machine's for
+    local jobs (they run here, where ``num_workers: auto`` counts them), else Slurm's default, 1."""
+    if executor.cpus_per_task:
+        return Cpus(executor.cpus_per_task, f"cpus_per_task {executor.cpus_per_task}")
+    kind = resolve_kind(executor.kind)
+    if kind in ("local", "debug"):
+        n = local_cpus()
+        return Cpus(n, f"this machine's {n} CPU{'s' if n != 1 else ''} (kind {kind}, no cpus_per_task)")
+    return Cpus(1, "cpus_per_task unset (Slurm's default, 1 CPU)")
+
+
+def cpu_workers(cfg: RunConfig, cpus: Cpus) -> int:
+    """Workers that decode in parallel: ``cpus - 1`` for ``num_workers: auto`` (as
+    ``data.workers.resolve_workers`` on CUDA), and never more than those CPUs (more share them)."""
+    have = max(cpus.count - 1, 0)
+    return have if cfg.num_workers == "auto" else min(int(cfg.num_workers), have)
+
+
+def cpu_feed(table: Throughput, device: Device, cfg: RunConfig, cpus: Cpus, policy: str) -> tuple[Rate, str]:
+    """The img/s ``cfg``'s CPU workers decode with ``policy``, and what bounds it ("15 CPU workers")."""
+    workers = cpu_workers(cfg, cpus)
+    per = cpu_worker_rate(table, device, cfg.dataset, policy)
+    if per.img_s is None:
+        return per, "none"
+    what = f"{workers} CPU worker{'s' if workers != 1 else ''}" if workers else "decoding in the training process"
+    return Rate(per.img_s * max(workers, 1), f"{per.img_s:.0f} img/s per worker, {per.source}"), what
+
+
+def feed_rate(table: Throughput, device: Device, cfg: RunConfig, cpus: Cpus) -> tuple[Rate, str, float | None]:
     """The input pipeline's img/s bound per GPU, what bounds it, and the img/s of its own GPU work
-    (GPU decoding: the step's GPU time and the decoder's add up; None otherwise). Workers are
-    ``cpus_per_task - 1`` for ``num_workers: auto`` (as ``data.workers.resolve_workers`` on CUDA;
-    no cpus_per_task: one CPU), and never more than those CPUs (more workers share them)."""
+    (GPU decoding: the step's GPU time and the decoder's add up; None otherwise)."""
     if cfg.dataset not in DECODED:
         return Rate(None, "in memory"), "none", None
     if cfg.decode == "gpu":
@@ -226,35 +459,62 @@ def feed_rate(table: Throughput, device: Device, cfg: RunConfig, cpus_per_task: 
         unmeasured = f"; {cfg.auto_augment} on the GPU not measured" if cfg.auto_augment != r.policy else ""
         return (Rate(r.img_s, f"GPU decode measured ({r.dataset}/{r.policy}, loader alone{unmeasured})"),
                 "GPU decode", r.decoder_img_s)
-    cpus = max((cpus_per_task or 1) - 1, 0)
-    workers = min(int(cfg.num_workers), cpus) if cfg.num_workers != "auto" else cpus
-    per = cpu_worker_rate(table, device, cfg.dataset, cfg.auto_augment)
-    if per.img_s is None:
-        return per, "none", None
-    what = f"{workers} CPU worker{'s' if workers != 1 else ''}" if workers else "decoding in the training process"
-    return Rate(per.img_s * max(workers, 1), f"{per.img_s:.0f} img/s per worker, {per.source}"), what, None
+    return (*cpu_feed(table, device, cfg, cpus, cfg.auto_augment), None)
+
+
+@functools.cache
+def end_to_end(path: Path = TABLE) -> tuple[EndToEnd, ...]:
+    """The measured end-to-end rows of the table at ``path`` (the shipped one by default)."""
+    return tuple(EndToEnd(**r) for r in json.loads(path.read_text()).get("end_to_end", ()))
+
+
+def measured_gap(rows: tuple[EndToEnd, ...], device: Device, cfg: RunConfig) -> Gap | None:
+    """How far below the model's floor loader and step ran together, measured on ``device`` with
+    ``cfg``'s kind of feed (CPU or GPU decoding); None for in-memory data or an unmeasured feed."""
+    if cfg.dataset not in DECODED:
+        return None
+    hits = [r for r in rows if r.device == device.name and r.decode == cfg.decode]
+    if not hits:
+        return None
+    ratios = [r.ratio for r in hits]
+    r = hits[0]
+    feed = f"{r.workers} CPU workers" if r.decode == "cpu" else "GPU decode"
+    what = (f"{' and '.join(dict.fromkeys(h.model for h in hits))} {'compiled' if r.compile else 'eager'}, "
+            f"batch {r.batch}, {r.dataset}/{r.policy}, {feed}")
+    return Gap(min(ratios), max(ratios), what)
 
 
 def group_cost(cfg: RunConfig, runs: int, executor: Any, table: Throughput, device: Device,
-               flops: Callable[[str, int], float] = flops_per_image) -> GroupCost:
+               flops: Callable[[str, int], float] = flops_per_image, measured: tuple[EndToEnd, ...] | None = None
+               ) -> GroupCost:
     """The cost of ``runs`` runs of ``cfg`` under ``executor`` (a ``grid.spec.ExecutorSpec``: its
-    ranks, nodes x tasks_per_node, split each global batch; its cpus_per_task feed each rank).
-    With GPU decoding the step's rate is the step and the decoder sharing the GPU (their GPU
-    times per image add: no overlap of the two on the device is assumed)."""
+    ranks, nodes x tasks_per_node, split each global batch; its CPUs, :func:`executor_cpus`, feed
+    each rank). With GPU decoding the step's rate is the step and the decoder sharing the GPU
+    (their GPU times per image add: no overlap of the two on the device is assumed). Evaluation
+    decodes on the CPU with no policy; its forward pass runs at :data:`EVAL_SPEEDUP` x the step
+    (an estimate). ``measured``: end-to-end rows (default: the shipped table's)."""
     model, px = model_key(cfg)
     ranks = max(executor.nodes * executor.tasks_per_node, 1)
     batch = cfg.batch_size // (ranks * max(cfg.accum_steps, 1))
-    images = float(images_seen(cfg) * runs)
+    sizes = data_sizes(cfg)
+    images = float(images_seen(cfg, sizes) * runs)
     step = step_rate(table, device, model, px, batch, resolve_compile(cfg.compile, "cuda"), flops)  # a GPU is costed
-    feed, bound, decoder = feed_rate(table, device, cfg, executor.cpus_per_task)
+    cpus = executor_cpus(executor)
+    feed, bound, decoder = feed_rate(table, device, cfg, cpus)
+    eval_step = Rate(step.img_s * EVAL_SPEEDUP, f"~{EVAL_SPEEDUP:g}x the training step's img/s: an estimate")
+    eval_feed, eval_bound = (cpu_feed(table, device, cfg, cpus, "none") if cfg.dataset in DECODED
+                             else (Rate(None, "in memory"), "none"))  # validation decodes on the CPU, no policy
     if decoder:
         step = Rate(1 / (1 / step.img_s + 1 / decoder),
                     f"{step.source}, + the GPU decoder's own GPU time ({decoder:,.0f} img/s alone, measured)")
-    return GroupCost(runs, images, 3 * 2 * flops(model, px) * images, step, feed, bound)
+    gap = measured_gap(end_to_end() if measured is None else measured, device, cfg)
+    return GroupCost(runs, images, 3 * 2 * flops(model, px) * images, step, feed, bound,
+                     float(eval_images(cfg, sizes) * runs), eval_step, eval_feed, eval_bound, sizes, gap)
 
 
 def study_cost(name: str, groups: list[tuple[RunConfig, int]], executor: Any, table: Throughput,
-               device: Device, flops: Callable[[str, int], float] = flops_per_image) -> StudyCost:
+               device: Device, flops: Callable[[str, int], float] = flops_per_image,
+               measured: tuple[EndToEnd, ...] | None = None) -> StudyCost:
     """The cost of one study.
 
     Args:
@@ -265,11 +525,13 @@ def study_cost(name: str, groups: list[tuple[RunConfig, int]], executor: Any, ta
         table: the measured throughput (``models.throughput.load()``).
         device: the GPU the runs are costed on (``table.device("h200")``).
         flops: MACs per image of (preset, image size); tests pass their own.
+        measured: the end-to-end rows (default: :func:`end_to_end` of the shipped table).
 
     Returns:
         The study's :class:`StudyCost`: one :class:`GroupCost` per group.
     """
-    return StudyCost(name, device, tuple(group_cost(c, n, executor, table, device, flops) for c, n in groups))
+    return StudyCost(name, device, tuple(group_cost(c, n, executor, table, device, flops, measured)
+                                         for c, n in groups))
 
 
 def feed_warning(executor: Any, groups: list[tuple[RunConfig, int]], study: StudyCost) -> str | None:
@@ -278,21 +540,24 @@ def feed_warning(executor: Any, groups: list[tuple[RunConfig, int]], study: Stud
     else None."""
     if not (executor.gpus_per_node or executor.gpus_per_task):
         return None
-    have = max((executor.cpus_per_task or 1) - 1, 0)
+    cpus = executor_cpus(executor)
+    have = max(cpus.count - 1, 0)
     cpu = [(c, g) for (c, _), g in zip(groups, study.groups, strict=True)
            if c.dataset in DECODED and c.decode == "cpu" and c.device != "cpu"]
     explicit = [c.num_workers for c, _ in cpu if c.num_workers != "auto"]
-    shared = (f"warning: num_workers {max(explicit)} > cpus_per_task - 1 = {have}: the data workers will share "
+    have_text = "cpus_per_task" if executor.cpus_per_task else cpus.why
+    shared = (f"warning: num_workers {max(explicit)} > {have_text} - 1 = {have}: the data workers will share "
               f"CPUs, decoding as {have} (set num_workers: auto or raise cpus_per_task)"
               if explicit and max(explicit) > have else None)
     starved = [(c, g) for c, g in cpu if g.feed.img_s is not None and g.feed.img_s < g.step.img_s]
     if not starved:
         return shared
     c, g = max(starved, key=lambda cg: cg[1].step.img_s / cg[1].feed.img_s)
-    workers = have if c.num_workers == "auto" else min(int(c.num_workers), have)
+    workers = cpu_workers(c, cpus)
     per = g.feed.img_s / max(workers, 1)
-    given = (f"cpus_per_task {executor.cpus_per_task} gives each GPU {workers} data workers" if c.num_workers == "auto"
-             else f"num_workers {c.num_workers} gives each GPU {workers} data workers")
+    plural = "s" if workers != 1 else ""
+    given = (f"{cpus.why} gives each GPU {workers} data worker{plural}" if c.num_workers == "auto"
+             else f"num_workers {c.num_workers} gives each GPU {workers} data worker{plural}")
     starving = (f"warning: {given}: ~{g.feed.img_s:,.0f} img/s of CPU JPEG decoding ({per:.0f} img/s per worker, "
                 f"from models/throughput.json) against {model_key(c)[0]}'s step of ~{g.step.img_s:,.0f} img/s on "
                 f"{study.device.name}: the GPU will wait for data; it needs ~{math.ceil(g.step.img_s / per)} workers "
