@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .analysis.grouping import NO_STEM, named_stems  # noqa: F401 - the figures' name of a missing stem
+from .analysis.tables import stratum_text
 from .store import RunStatus
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
     titles = []
     for key, part in panels:
         key = key if isinstance(key, tuple) else (key,)
-        head = " · ".join(f"{v} ep" if c == "epochs" else str(v) for c, v in zip(strata_cols, key, strict=True))
+        head = stratum_text(dict(zip(strata_cols, key, strict=True)))
         ns = part.drop_duplicates([by] + ([dash_by] if dash_by else []))
         count = ", ".join(f"{r[by]} n={int(r.n)}" + _stopped_text(r) for _, r in ns.iterrows())
         titles.append(f"{head}: {count}" if head else count)
@@ -296,7 +297,7 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
     titles = []
     for key, _ in rows:
         key = key if isinstance(key, tuple) else (key,)
-        head = " · ".join(f"{v} ep" if c == "epochs" else str(v) for c, v in zip(facet, key, strict=True))
+        head = stratum_text(dict(zip(facet, key, strict=True)))
         titles += [f"{head} · vs {k}" if head else f"vs {k}" for k in knobs]
     fig = make_subplots(rows=len(rows), cols=len(knobs), shared_yaxes=True, subplot_titles=titles,
                         vertical_spacing=min(0.2, 0.45 / max(1, len(rows))))
@@ -654,7 +655,7 @@ def _panels(df: pd.DataFrame, axes: Sequence[str]) -> list[tuple[str, pd.DataFra
     axes = [a for a in axes if a in df and df[a].nunique(dropna=False) > 1]
     if not axes:
         return [("", df)]
-    return [(" · ".join(f"{a} {v}" for a, v in zip(axes, k if isinstance(k, tuple) else (k,), strict=True)), g)
+    return [(stratum_text(dict(zip(axes, k if isinstance(k, tuple) else (k,), strict=True))), g)
             for k, g in df.groupby(axes, observed=True, dropna=False, sort=True)]
 
 

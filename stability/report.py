@@ -156,7 +156,8 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
             how = f"pruned at a last error of {cell(r.top1_err)} %, scored as diverged"
         figures.append((f"Worst {r.stem} run ({r.run_id}, {how}, top-1 error {cell(r.err)} %): gradient norms "
                         "per layer",
-                        plots.spike_figure(trace, analysis.downsample(steps[steps.run_id == r.run_id], 3000, value="loss"))))
+                        plots.spike_figure(trace, analysis.downsample(steps[steps.run_id == r.run_id], 3000, value="loss"),
+                                           diverged_at=getattr(r, "diverged_at_step", None))))
     for i, (title, fig) in enumerate(figures):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))

@@ -55,6 +55,8 @@ def test_report_is_self_contained(dash_results, tmp_path):
     assert html.count("<script src=") == 0 and "plotly" in html.lower()
     assert html.count('class="plotly-graph-div"') >= 4
     assert "EDF of" in html and "patchify" in html and "conv" in html
+    # the worst diverged run's figure marks where it diverged, as the dashboard's does
+    assert "Worst" in html and "diverged at step" in html, "no divergence line on the worst runs' figures"
     bad = run_cli("report", "nope", "--results", str(dash_results), "--out", str(tmp_path / "x.html"))
     assert bad.returncode == 2 and "dash" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.html").exists()

@@ -27,7 +27,7 @@ def _pooling_warning(runs, pooled: str) -> None:
     msg = f"Pooled here: {pooled} (one line per stem over all of them)."
     if whole.stem.nunique() > 1 and len(per):
         best_all = whole.loc[whole.median_err.idxmin(), "stem"]
-        flips = [" · ".join(str(v) for v in k) if isinstance(k, tuple) else str(k)
+        flips = [analysis.stratum_text(dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)))
                  for k, g in (per.groupby(keys, observed=True) if keys else [])
                  if g.stem.nunique() > 1 and g.loc[g.median_err.idxmin(), "stem"] != best_all]
         if flips:

@@ -80,11 +80,11 @@ from .sweeps import (
     optimizer_gap,
     training_length,
 )
-from .tables import Table, group_text, row_group, value_text
+from .tables import Table, group_text, row_group, stratum_text, value_text
 
 __all__ = [
     "DIVERGED_ERROR", "PRUNED_AS", "SpikeParams", "Table", "boot_ci", "group_text", "median_perm_p", "newcombe", "row_group",
-    "value_text", "wilson", "at_chance", "area_between", "attn_logit_at", "attn_logit_auc", "attn_logit_divergence",
+    "stratum_text", "value_text", "wilson", "at_chance", "area_between", "attn_logit_at", "attn_logit_auc", "attn_logit_divergence",
     "auc_lines", "auc_verdict", "best_configs",
     "compare", "correct_of", "count_spikes", "holm", "mcnemar_exact", "mcnemar_runs", "mde_sign_flip",
     "sd_upper", "sign_flip_p", "t_interval", "default_by", "delta_to_best", "detect_spikes", "dkw_halfwidth", "downsample", "edf",

@@ -113,6 +113,26 @@ def group_text(values: dict) -> str:
     return ", ".join(f"{k} {value_text(v)}" for k, v in values.items()) or "all runs"
 
 
+BARE_AXES = ("sweep", "optimizer", "stem", "dataset")  # their values say what they are: no name needed
+
+
+def stratum_text(values: dict) -> str:
+    """A stratum as a panel title or bullet names it: short, every number with its axis.
+
+    Args:
+        values: axis -> value, in order.
+
+    Returns:
+        "smoke · adamw · 5 ep · warmup_epochs 0.5": the sweep, optimizer, stem and dataset bare,
+        epochs as "N ep", any other axis by name ("" when there is no axis).
+
+    >>> stratum_text({"sweep": "smoke", "optimizer": "adamw", "epochs": 5, "warmup_epochs": 0.5})
+    'smoke · adamw · 5 ep · warmup_epochs 0.5'
+    """
+    return " · ".join(value_text(v) if k in BARE_AXES else f"{value_text(v)} ep" if k == "epochs"
+                      else f"{k} {value_text(v)}" for k, v in values.items())
+
+
 def groups_of(df: pd.DataFrame, cols: Sequence[str], limit: int = 6) -> str:
     """The groups the rows of a table fall in, for a note.
 
