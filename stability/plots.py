@@ -50,7 +50,7 @@ def plain(value):
             c = value[col]
             if isinstance(c.dtype, pd.CategoricalDtype):
                 cats = c.cat.categories
-                if cats.dtype == object and any(isinstance(v, str) and v != plain(v) for v in cats):
+                if any(isinstance(v, str) and v != plain(v) for v in cats):  # str or object categories
                     out = out.assign(**{col: c.cat.rename_categories([plain(v) if isinstance(v, str) else v
                                                                       for v in cats])})
             elif c.dtype == object or pd.api.types.is_string_dtype(c.dtype):

@@ -300,17 +300,10 @@ def test_odd_but_plausible_notebook_inputs_get_words_or_the_columns():
         analysis.sensitivity_diff(analysis.lr_sensitivity(empty))
 
 
-def test_two_sweeps_split_by_sweep_alone_and_a_pooled_axis_is_one_a_group_holds():
-    """Two sweeps loaded together, each with its own optimizer and warmup: the sweep is the one
-    stratum (its settings split nothing more) and the label names every number's axis; an axis
-    that varies inside a sweep stays, and grouping by stem alone pools every axis that varies."""
-    a = pd.DataFrame(_runs("conv", [10, 20], sweep="smoke", optimizer="adamw", warmup_epochs=0.5, epochs=5))
-    b = pd.DataFrame(_runs("conv", [30, 40], sweep="tiny", optimizer="sgd", warmup_epochs=0.25, epochs=8))
-    both = pd.concat([a, b], ignore_index=True)
-    assert analysis.strata(both) == ["sweep"]
-    assert analysis.pooled(both, ["sweep", "stem"]) == []
-    assert analysis.pooled(both, ["stem"]) == ["sweep", "optimizer", "epochs", "warmup_epochs"]
-    mixed = both.assign(optimizer=["adamw", "sgd", "sgd", "sgd"])
-    assert analysis.strata(mixed) == ["sweep", "optimizer"]
-    assert analysis.stratum_text({"sweep": "smoke", "optimizer": "adamw", "epochs": 5, "warmup_epochs": 0.5}) == \
-        "smoke · adamw · 5 ep · warmup_epochs 0.5"
+def test_a_stratum_label_names_every_number_by_its_axis():
+    """Panel titles, Overview lines and verdict bullets name a stratum the one way: the sweep,
+    optimizer, stem and dataset bare, epochs as a count, any other axis by name."""
+    text = analysis.stratum_text({"sweep": "smoke", "optimizer": "adamw", "epochs": 5.0, "warmup_epochs": 0.5,
+                                  "trace_every": 2})
+    assert text == "smoke · adamw · 5 ep · warmup_epochs 0.5 · trace_every 2"
+    assert analysis.stratum_text({"epochs": 1600.0}) == "1600 ep" and analysis.stratum_text({}) == ""

@@ -430,3 +430,21 @@ def test_no_figure_draws_a_value_from_result_files_as_markup(tmp_path, dash_resu
     # the two that draw neither: the optimizer figure's arms are adamw and sgd; the sensitivity
     # bars need 3 lrs at one wd, and this grid samples wd per run (no bar at all)
     assert {n for n, v in shown.items() if not v} == {"lr_sensitivity_figure", "optimizer_figure"}, shown
+
+
+def test_plain_escapes_strings_of_every_kind_and_leaves_the_input_alone():
+    """Object, string and categorical columns (pandas' str categories too), plain strings, lists
+    and Tables: every markup character escaped, the caller's frame untouched, numbers as they are."""
+    import pandas as pd
+
+    from stability import plots
+    from stability.analysis.tables import Table
+
+    df = pd.DataFrame({"sweep": pd.Categorical(["<b>x</b>", "ok"]), "o": ["<i>", "a"],
+                       "s": pd.array(["a&b", "c"], dtype="string"), "n": [1.5, 2.0]})
+    out = plots.plain(df)
+    assert out.sweep.tolist() == ["&lt;b&gt;x&lt;/b&gt;", "ok"] and out.o.tolist() == ["&lt;i&gt;", "a"]
+    assert out.s.tolist() == ["a&amp;b", "c"] and out.n.tolist() == [1.5, 2.0]
+    assert df.sweep.tolist() == ["<b>x</b>", "ok"]  # the caller's frame is not changed
+    assert plots.plain(["<a>", ("<b>",)]) == ["&lt;a&gt;", ("&lt;b&gt;",)]
+    assert plots.plain(Table(df, ("sweep",))).table.o.tolist() == ["&lt;i&gt;", "a"]

@@ -1,6 +1,8 @@
 """LR x WD: error against learning rate and weight decay per stem, one row per optimizer and
 length; click a point to open its run; median error on bins shared by all stems."""
 
+import html
+
 import streamlit as st
 
 from stability import analysis, plots
@@ -20,8 +22,9 @@ if runs is not None:
                    "optimizer and training length. Where stems share their lr (or wd) values, each stem is "
                    "nudged a few percent sideways so none hides another; hover gives the true value. "
                    "Click a point to open its run.")
-        picked = [p["customdata"][0] for p in (event.selection.points if event and event.selection else [])
-                  if p.get("customdata")]
+        # the figure draws ids as text (plots.plain): a clicked one comes back escaped
+        picked = [html.unescape(p["customdata"][0]) for p in (event.selection.points if event and event.selection
+                                                              else []) if p.get("customdata")]
         if picked:
             st.session_state["p_runs_open"] = picked[:1]
             st.switch_page("views/runs.py")

@@ -323,32 +323,15 @@ def strata(runs: pd.DataFrame, exclude: Sequence[str] = ("stem",)) -> list[str]:
     Returns:
         The ``DESIGN_AXES`` present in ``runs`` with more than one value, in that order, then
         ``fix`` and every other config field that varies (``with_design``: a consumer groups
-        ``with_design(runs)``), less those each sweep holds fixed (two sweeps of other
-        optimizers: the sweep alone; the groups are the same). The named strata
-        of ``compare``, ``stem_outcomes`` and ``stem_verdicts``: a consumer that needs a row's
-        stratum reads these columns.
+        ``with_design(runs)``). The named strata of ``compare``, ``stem_outcomes`` and
+        ``stem_verdicts``: a consumer that needs a row's stratum reads these columns.
 
     >>> strata(pd.DataFrame({"sweep": ["a", "b"], "optimizer": "adamw", "stem": ["conv", "patchify"]}))
     ['sweep']
-    >>> strata(pd.DataFrame({"sweep": ["a", "a", "b"], "optimizer": ["sgd", "sgd", "adamw"]}))
-    ['sweep']
-    >>> strata(pd.DataFrame({"sweep": ["a", "a", "b"], "optimizer": ["sgd", "adamw", "adamw"]}))
-    ['sweep', 'optimizer']
     """
-    df = with_design(runs)
-    axes = _varying(df, exclude)
-    if "sweep" not in axes:
-        return axes
-    within = df.groupby("sweep", observed=True, dropna=False)
-    # an axis fixed in each sweep splits nothing the sweep does not; inside a sweep every varying
-    # axis is named, even one that moves with another (the optimizer and the data, say)
-    return [c for c in axes if c == "sweep" or within[c].nunique(dropna=False).max() > 1]
-
-
-def _varying(df: pd.DataFrame, exclude: Sequence[str]) -> list[str]:
-    """The design axes and config fields that vary in ``df`` (``with_design``'s), in strata order."""
     from ..config import FIELDS, RunConfig
 
+    df = with_design(runs)
     never = {*DESIGN_AXES, *NOT_STRATA, *RunConfig.EXECUTION_FIELDS}
     fields = sorted(c for c in df.columns if c in FIELDS and c not in never)
     return [c for c in (*DESIGN_AXES, "data", "fix", "z_loss", *fields) if c in df.columns and c not in exclude
@@ -363,13 +346,9 @@ def pooled(runs: pd.DataFrame, by: Sequence[str]) -> list[str]:
         by: the grouping.
 
     Returns:
-        The design axes not in ``by`` that vary inside a group of ``by`` (an axis the groups
-        already separate, the optimizer of two sweeps by sweep, is not pooled).
+        The design axes that vary in ``runs`` but are not in ``by``.
     """
-    df = with_design(runs)
-    by = [c for c in by if c in df.columns]
-    return [c for c in _varying(df, ()) if c not in by
-            and (not by or df.groupby(by, observed=True, dropna=False)[c].nunique(dropna=False).max() > 1)]
+    return [c for c in strata(runs, exclude=()) if c not in by]
 
 
 # The fixes of later work, read from a run's config: QK-layernorm and z-loss (Wortsman et al. 2023),

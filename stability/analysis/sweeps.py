@@ -190,11 +190,13 @@ def hparam_importance(runs: pd.DataFrame, params: Sequence[str] = ("lr", "wd", "
     for key, g in df.groupby(list(by), observed=True, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         knobs = [p for p in params if p in g and g[p].nunique() > 1]
-        if not knobs or len(g) < 4 or g["err"].nunique() < 2:
-            continue  # every error equal (all diverged, say): no variance for a knob to explain
+        if not knobs or len(g) < 4:
+            continue
         n = len(g)
         if n > max_runs:
             g = g.sample(max_runs, random_state=seed)
+        if g["err"].nunique() < 2:
+            continue  # every error equal (all diverged, say): no variance for a knob to explain
         dists = {}
         for p in knobs:
             if p in ("lr", "wd") and (g[p] > 0).all():

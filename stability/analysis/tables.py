@@ -129,8 +129,13 @@ def stratum_text(values: dict) -> str:
     >>> stratum_text({"sweep": "smoke", "optimizer": "adamw", "epochs": 5, "warmup_epochs": 0.5})
     'smoke · adamw · 5 ep · warmup_epochs 0.5'
     """
-    return " · ".join(value_text(v) if k in BARE_AXES else f"{value_text(v)} ep" if k == "epochs"
+    return " · ".join(value_text(v) if k in BARE_AXES else f"{_count(v)} ep" if k == "epochs"
                       else f"{k} {value_text(v)}" for k, v in values.items())
+
+
+def _count(v) -> str:
+    """A count as an integer where it is one (1600.0 epochs: "1600", not "1.6e+03")."""
+    return str(int(v)) if isinstance(v, float | np.floating) and float(v).is_integer() else value_text(v)
 
 
 def groups_of(df: pd.DataFrame, cols: Sequence[str], limit: int = 6) -> str:
