@@ -444,7 +444,7 @@ def verdict_lines(runs: pd.DataFrame, key: str, ready: bool = False) -> pd.DataF
         return v
     strata_cols = analysis.strata(runs)  # stem_verdicts' strata, named
     for _, row in v.iterrows():
-        where = analysis.stratum_text({c: row[c] for c in strata_cols}) or whole_name(runs)
+        where = analysis.group_text({c: row[c] for c in strata_cols}) if strata_cols else whole_name(runs)
         line = md(analysis.verdict_line(row))
         st.markdown(f"- **{md(where)}**: " + (f":gray[{line}]" if row["verdict"] == "none" else line))
     return v

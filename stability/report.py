@@ -103,13 +103,13 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix
     lines = []
     done = set()
     for _, v in verdicts.iterrows():
-        name = analysis.stratum_text({k: v[k] for k in keys}) if keys else f"sweep {sweep}"
+        name = analysis.group_text({k: v[k] for k in keys}) if keys else f"sweep {sweep}"
         lines.append((name, analysis.verdict_line(v)))
         done.add(tuple(v[k] for k in keys))
     for key, g in out.groupby(keys, sort=True) if keys else [((), out)]:
         key = key if isinstance(key, tuple) else (key,)
         if key not in done:
-            name = analysis.stratum_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
+            name = analysis.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
             lines.append((name, f"no verdict (only {', '.join(map(str, g['stem']))} ran here: nothing to compare)"))
     rule = (f"<p class='dim'>Verdict: the median error of b − a (diverged and pruned runs at 100) with its 90 % bootstrap "
             f"interval; a two-sided permutation test of it, Holm-adjusted over the strata, at "

@@ -27,12 +27,12 @@ def _pooling_warning(runs, pooled: str) -> None:
     msg = f"Pooled here: {pooled} (one line per stem over all of them)."
     if whole.stem.nunique() > 1 and len(per):
         best_all = whole.loc[whole.median_err.idxmin(), "stem"]
-        flips = [analysis.stratum_text(dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)))
+        flips = [analysis.group_text(dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)))
                  for k, g in (per.groupby(keys, observed=True) if keys else [])
                  if g.stem.nunique() > 1 and g.loc[g.median_err.idxmin(), "stem"] != best_all]
         if flips:
             msg += (f" **Pooling changes the picture**: pooled, {best_all} has the lower median error, but not in "
-                    + ", ".join(flips[:6]) + (" …" if len(flips) > 6 else "") + ". Turn pooling off to see each.")
+                    + "; ".join(flips[:6]) + (" …" if len(flips) > 6 else "") + ". Turn pooling off to see each.")
     st.warning(msg)
 
 

@@ -75,7 +75,7 @@ def findings(runs: pd.DataFrame) -> None:
         return
 
     def where(r) -> str:
-        return analysis.stratum_text({c: r[c] for c in strata_cols}) or whole_name(runs)
+        return analysis.group_text({c: r[c] for c in strata_cols}) if strata_cols else whole_name(runs)
 
     flags = []
     for _, part in (t.groupby(strata_cols, observed=True, sort=True) if strata_cols else [((), t)]):

@@ -117,7 +117,8 @@ BARE_AXES = ("sweep", "optimizer", "stem", "dataset")  # their values say what t
 
 
 def stratum_text(values: dict) -> str:
-    """A stratum as a panel title or bullet names it: short, every number with its axis.
+    """A stratum as a figure's panel title names it: short, every number with its axis (a
+    sentence or bullet names it with ``group_text``).
 
     Args:
         values: axis -> value, in order.
