@@ -160,6 +160,10 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
     from .yamlio import load_yaml
 
     needed = {s for f in (only or STUDIES) for s in NEEDS[f]} | {"peak"}
+    if base and "epochs" in base and "epochs" in needed:
+        # one length for all would make the short and long arms one arm (and pick others' runs)
+        raise ConfigError("--set: epochs cannot be set while the epochs finding runs (it compares the lengths its "
+                          "studies fix, short against long); leave it out with --only lr_wd,optimizer,peak")
     specs = {}
     for name, path in study_specs(folder).items():
         if name not in needed:
@@ -500,7 +504,7 @@ def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = (
         lines += [f"Studies not run in this invocation (`--only`): {', '.join(left_out)}.", ""]
     lines += ["**In short.**", ""] + [f"- {plain(f)}" for f in res.findings] + [""]
     lines += [f"**Verdict rule.** {RULE}", "",
-              "| finding | verdict | effect [90% CI] | unit | p, paper's direction: raw → Holm | p, other direction: raw → Holm | n | MDE (≥ 80% power; lr/wd: smallest passing) | the paper |",
+              "| finding | verdict | effect [90% CI; lr/wd: band] | unit | p, paper's direction: raw → Holm | p, other direction: raw → Holm | n | MDE (≥ 80% power; lr/wd: smallest passing) | the paper |",
               "|---|---|---|---|---|---|---|---|---|"]
     for f in res.findings:
         lines.append(f"| {f.title} | **{f.verdict}** | {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] | {f.unit} | "
@@ -523,8 +527,12 @@ def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = (
                   + ("" if not f.value or f.value.startswith("test") else " (no test split: the validation images that chose the "
                      "configurations; optimistic)") + ".",
                   f"- Why this verdict: {f.reason}.",
-                  f"- n: {f.n_text}; minimum detectable effect with at least {F.POWER:.0%} power "
-                  f"{_fmt(f.mde, '.2f') if not pd.isna(f.mde) else 'n/a (no spread)'} {f.unit}"
+                  f"- n: {f.n_text}; "
+                  + ("the smallest effect its permutation test can pass (a lower bound on what "
+                     f"{F.POWER:.0%} power needs) " if f.key == "lr_wd" else
+                     f"minimum detectable effect with at least {F.POWER:.0%} power ")
+                  + (f"{_fmt(f.mde, '.2f')} {f.unit}" if np.isfinite(f.mde) else "none: no result could pass"
+                     if not pd.isna(f.mde) else f"n/a (no spread) {f.unit}")
                   + (f" (the paper: {_fmt(f.paper_effect)})" if f.paper_effect is not None else "") + ".",
                   f"- Regime: {f.regime or 'checked, matches'}.",
                   f"- Details: {f.details}."]
@@ -609,7 +617,8 @@ def verdict_line(f: F.Finding) -> str:
     """One line of ``stability reproduce``'s output: the finding, its verdict, the numbers and the
     reason beside them (an inconclusive verdict beside an interval that excludes 0 says why)."""
     line = (f"{f.title}: {f.verdict} ({f.statistic} = {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] {f.unit}, "
-            f"p {_fmt(f.p, '.3g')} -> Holm {_fmt(f.p_adj, '.3g')}, n {f.n_text}, MDE {_fmt(f.mde, '.2f')})"
+            f"p {_fmt(f.p, '.3g')} -> Holm {_fmt(f.p_adj, '.3g')}, n {f.n_text}, "
+            f"MDE {_fmt(f.mde, '.2f') if not np.isinf(f.mde) else 'none: no result could pass'})"
             f" — why: {reason(f)}")
     if f.verdict == "inconclusive" and np.isfinite(f.lo) and np.isfinite(f.hi) and (f.lo > 0 or f.hi < 0):
         line += (f" (the {F.CI:.0%} {'band' if f.curve else 't interval'} excludes 0, but the verdict rests on "

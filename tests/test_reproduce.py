@@ -76,6 +76,8 @@ def test_reproduce_bad_input_is_one_line_exit_2(tmp_path):
                          # lr is an axis of the studies: found before any study trains, named as --set's
                          (["--quick", "--set", "lr=0.1"], "--set: lr cannot be set (study lr_wd varies it"),
                          (["--paper", "--dry-run", "--set", "seed=3"], "--set: seed cannot be set"),
+                         # one length for all studies makes the epochs finding's short and long arms one
+                         (["--quick", "--dry-run", "--set", "epochs=2"], "--set: epochs cannot be set while the epochs"),
                          # decoded datasets hold out no test split: refused at plan time
                          (["--quick", "--set", "dataset=cifar10", "--set", "data_root=/x"], "test_split"),
                          # a dry run's cost is only for a measured GPU
@@ -131,6 +133,9 @@ def test_verdicts_print_their_reason_and_land_in_json(tmp_path):
     res = reproduce.Outcome([], findings=[lr_wd, peak])
     paths = reproduce.write_report(res, "quick", str(tmp_path), tmp_path / "out" / "quick")
     assert [p.name for p in paths] == ["quick.md", "quick.html", "quick.json"]
+    md = paths[0].read_text()  # lr/wd's MDE is its test's smallest passing effect: here none can pass
+    assert "the smallest effect its permutation test can pass (a lower bound on what 80% power needs) none: no " \
+           "result could pass" in md and "MDE none: no result could pass" in reproduce.verdict_line(lr_wd)
     data = json.loads(paths[2].read_text())  # strict JSON: a NaN would not parse in a browser
     a, b = data["findings"]
     assert (a["key"], a["effect"], a["lo"], a["p"], a["mde"], a["verdict"]) == ("lr_wd", None, None, None, None, "inconclusive")

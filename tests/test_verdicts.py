@@ -238,3 +238,20 @@ def test_both_stems_diverged_everywhere_is_no_comparison():
     assert f.verdict == "inconclusive" and np.isnan(f.effect), (f.verdict, f.effect)
     assert "both stems diverged at all 8 shared points" in f.reason, f.reason
     assert "0.00" not in f.reason, f.reason
+
+
+def test_the_lr_wd_mde_is_a_value_the_statistic_can_take():
+    """Six shared points: the within-x difference takes only -1/6, 0 and +1/6 (P(≥ 1/6) = 21/64 under
+    the null, the exact enumeration), so no result can pass at the family's first Holm level: the
+    MDE is 'none can pass', not the null's largest value nudged up (0.17 had read as 'the study
+    could see the paper's +0.40')."""
+    from dataclasses import replace
+
+    null = np.repeat([-1 / 6, 0.0, 1 / 6], [21, 22, 21])
+    f = replace(findings.LR_WD.missing(""), effect=0.0, lo=-0.5, hi=0.5, p=0.67, p_other=0.67, n=6, sd=0.12,
+                null=tuple(np.tile(null, 30)), regime="")
+    judged = findings.judge([f])[0]
+    assert judged.mde == np.inf and "no result could pass the test" in judged.reason, (judged.mde, judged.reason)
+    # with a passing value in the null's tail, the MDE is that value, one the statistic takes
+    tail = replace(f, null=tuple(np.concatenate([np.zeros(300), [0.5] * 3, [2 / 3] * 3])))
+    assert findings.judge([tail])[0].mde == pytest.approx(0.5)

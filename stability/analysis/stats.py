@@ -338,8 +338,14 @@ def smallest_passing(null: np.ndarray, level: float) -> float:
         level: the one-sided level.
 
     Returns:
-        The smallest t with (1 + #(null >= t)) / (len(null) + 1) <= level; ``inf`` when no value
-        can pass (too few distinct label patterns, or too few draws).
+        The smallest value the statistic can take (one of the null's: the observed labelling is
+        one of the permutations) with (1 + #(null >= t)) / (len(null) + 1) <= level; ``inf``
+        when none can pass (too few distinct label patterns, ties at the top, or too few draws).
+
+    >>> smallest_passing(np.array([-1.0, 0.0, 0.0, 1.0] * 10), 0.2)  # p(1) = 11/41 > 0.2: none
+    inf
+    >>> smallest_passing(np.array([0.0] * 30 + [0.5, 1.0]), 0.1)
+    0.5
     """
     null = np.sort(np.asarray(null, float))[::-1]
     allowed = int(np.floor(level * (len(null) + 1))) - 1  # null draws that may lie at or above t
@@ -347,8 +353,10 @@ def smallest_passing(null: np.ndarray, level: float) -> float:
         return float("inf")
     if allowed >= len(null):
         return float("-inf")
-    # t must exceed the (allowed + 1)-th largest draw (ties at t count against it)
-    return float(np.nextafter(null[allowed], np.inf))
+    # t must exceed the (allowed + 1)-th largest draw (ties at t count against it), and be a value
+    # the statistic takes: a t between two of its values, or past its largest, is never observed
+    above = null[null > null[allowed]]
+    return float(above.min()) if len(above) else float("inf")
 
 
 def correct_of(packed: bytes, n: int) -> np.ndarray:
