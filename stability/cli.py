@@ -507,7 +507,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if n := r.counts.get(RunStatus.FAILED):
             failed += n
             print(f"  {n} run(s) of sweep {r.sweep} failed; first error: {r.first_error()}")
-    print(f"report: {md}, {page} and {data}")
+    print(f"report: {md.resolve()}, {page.resolve()} and {data.resolve()}")
     return 1 if failed else 0
 
 

@@ -71,6 +71,7 @@ class StudyResult:
     sweep: str
     runs: pd.DataFrame
     wall_s: float  # this invocation (a rerun that trains nothing takes seconds)
+    trained: int = 0  # runs this invocation submitted (0: every run had its result already)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -213,7 +214,7 @@ class Invocation:
                      only: str | None = None, sets: list[str] = (), results: str | None = None,
                      profile: str | None = None, out: str | None = None) -> Invocation:
         """The command line's options, validated (ConfigError naming the option on bad input)."""
-        from .config import run_config
+        from .config import RunConfig, run_config
         from .grid.spec import load_profile
         from .yamlio import load_yaml, parse_overrides
 
@@ -230,6 +231,9 @@ class Invocation:
             if bad := sorted(s for s in chosen if s not in STUDIES):
                 raise ConfigError(f"--only: unknown study {bad[0]!r} (allowed: {', '.join(STUDIES)})")
         base = parse_overrides(list(sets), "--set")
+        settable = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ("results", "sweep")]
+        if unknown := [k for k in base if k not in settable and k not in ("results", "sweep")]:
+            raise ConfigError(f"--set: unknown key {unknown[0]!r} (allowed: {', '.join(settable)})")
         if where := sorted(set(base) & {"results", "sweep"}):
             raise ConfigError(f"--set: {where[0]} is not a study field (use --results; sweeps are named by the specs)")
         if base:  # checked on the studies' data first (decode: gpu needs their JPEGs): the error names --set
@@ -296,9 +300,9 @@ def _run(spec, name: str, show_progress: bool, console) -> StudyResult:
     t0 = time.monotonic()
     if not show_progress and console is not None:  # --quiet: no tables, but a line as each study starts and ends
         console.print(f"{name}: sweep {spec.name} ...", markup=False, highlight=False, soft_wrap=True)
-    Controller(spec, RunOptions(show_progress=show_progress), console).run()
+    done = Controller(spec, RunOptions(show_progress=show_progress), console).run()
     runs = store.read_table(spec.results, "runs", sweep=spec.name)
-    out = StudyResult(name, spec.name, runs, time.monotonic() - t0)
+    out = StudyResult(name, spec.name, runs, time.monotonic() - t0, len(done.submitted))
     if not show_progress and console is not None:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(out.counts.items()))
         console.print(f"{name}: sweep {spec.name}: {len(runs)} runs ({counts or 'none'}) in {out.wall_s / 60:.1f} min",
@@ -496,7 +500,7 @@ def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = (
     wall = res.wall_s
     train = sum(r.train_s for r in res.studies)
     lines = [f"# Reproduction of Xiao et al. 2021 (scale: {scale})", "",
-             f"Results root `{root}`; made {stamp}. This invocation took {wall / 60:.1f} min; the runs' "
+             f"Results root `{Path(root).resolve()}`; made {stamp}. This invocation took {wall / 60:.1f} min; the runs' "
              f"own training time adds up to {train / 60:.1f} min (summed over runs, which run in parallel).", ""]
     if scale in CAVEATS:
         lines += [f"**{CAVEATS[scale]}**", ""]
@@ -551,7 +555,7 @@ def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = (
     for r in res.studies:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(r.counts.items())) or "no runs"
         shas = ", ".join(sorted({str(v)[:7] for v in r.runs.get("git_sha", pd.Series(dtype=str)).dropna()})) or "–"
-        wall = f"{r.wall_s / 60:.1f}" if r.wall_s >= 30 else "– (nothing left to train)"
+        wall = f"{r.wall_s / 60:.1f}" + (f" ({r.trained} trained)" if r.trained else " (nothing left to train)")
         lines.append(f"| {r.name} | `{r.sweep}` | {counts} | {r.at_chance} | {r.train_s / 60:.1f} | {wall} | {shas} |")
     if res.unused:
         lines += ["", "Other replication sweeps under this root (earlier invocations or choices of arms), not used here (their "

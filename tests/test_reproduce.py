@@ -55,6 +55,8 @@ def test_reproduce_quick_writes_a_report_with_four_verdicts(tmp_path):
     conv = reps[(reps.stem == "conv") & (reps.optimizer == "adamw") & (reps.epochs == reps.epochs.max())]
     assert len(conv) == 6 and (conv.test_ema_top1_err < 50).all(), conv.test_ema_top1_err.tolist()
     assert "exact McNemar" in md and "(selection)" in md
+    # the sweeps table says what this invocation trained, whatever its wall time (25 s had read "nothing")
+    assert len(re.findall(r"\| [\d.]+ \(\d+ trained\) \|", md)) == 5 and "nothing left to train" not in md, md
     # the generated replication spec is a grid spec the user can rerun
     specs = list((tmp_path / "res/reproduce/specs").glob("quick_peak-*.yaml"))
     assert len(specs) == 2
@@ -64,6 +66,7 @@ def test_reproduce_quick_writes_a_report_with_four_verdicts(tmp_path):
     assert again.returncode == 0
     md2 = (tmp_path / "res/reproduce/quick.md").read_text()
     assert re.findall(r"^## .+$", md2, flags=re.M) == re.findall(r"^## .+$", md, flags=re.M)
+    assert md2.count("(nothing left to train)") == 5 and " trained) |" not in md2
     assert len(store.read_table(tmp_path / "res", "runs")) == n_runs
 
 

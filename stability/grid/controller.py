@@ -378,7 +378,8 @@ class Controller:
             err = errs.get(r.run_id) if hasattr(errs, "get") else None
             what = f"{r.status}, top-1 error {err:.1f} %" if r.status == S.COMPLETED and err == err and err is not None \
                 else str(r.status)
-            self.console.print(f"{time.strftime('%H:%M:%S')} run {r.run_id} ({r.stem}): {what} "
+            # the sweep named: reproduce runs several in turn into one log
+            self.console.print(f"{time.strftime('%H:%M:%S')} {self.spec.name}: run {r.run_id} ({r.stem}): {what} "
                                f"[{len(said) - 1} of {len(state)} ended]", markup=False, highlight=False, soft_wrap=True)
 
     def _render(self, state: pd.DataFrame, backend: Backend):
