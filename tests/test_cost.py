@@ -92,6 +92,19 @@ def test_gpu_decode_is_bounded_by_its_measured_rate():
     assert (g.feed.img_s, g.bound, g.img_s) == (3000.0, "GPU decode", 3000.0)
 
 
+def test_a_gpu_decode_bound_read_by_fewer_workers_than_measured_says_so():
+    """The shipped GPU-decode rate was measured with 15 CPU workers reading the JPEG bytes (the
+    same call's end-to-end rows); a spec that gives fewer is not that measurement, and says so."""
+    t = throughput.load()
+    device = t.devices[t.default_device]
+    cfg = run_config({"dataset": "imagefolder", "data_root": "/x", "decode": "gpu", "model": "vit_p_4gf",
+                      "image_size": 224, "batch_size": 256, "epochs": 1})
+    few = group_cost(cfg, 1, ExecutorSpec(kind="slurm", cpus_per_task=3), t, device)
+    assert "measured with 15 CPU workers reading the bytes, this spec gives 2: not measured there" in few.feed.source
+    enough = group_cost(cfg, 1, ExecutorSpec(kind="slurm", cpus_per_task=16), t, device)
+    assert "not measured there" not in enough.feed.source and enough.feed.img_s == few.feed.img_s
+
+
 def test_gpu_decoding_shares_the_gpu_with_the_step():
     """With the decoder's own GPU rate known, a step and a decode add up on the one GPU."""
     import dataclasses

@@ -446,9 +446,11 @@ def cpu_feed(table: Throughput, device: Device, cfg: RunConfig, cpus: Cpus, poli
     return Rate(per.img_s * max(workers, 1), f"{per.img_s:.0f} img/s per worker, {per.source}"), what
 
 
-def feed_rate(table: Throughput, device: Device, cfg: RunConfig, cpus: Cpus) -> tuple[Rate, str, float | None]:
+def feed_rate(table: Throughput, device: Device, cfg: RunConfig, cpus: Cpus,
+              measured: tuple[EndToEnd, ...] = ()) -> tuple[Rate, str, float | None]:
     """The input pipeline's img/s bound per GPU, what bounds it, and the img/s of its own GPU work
-    (GPU decoding: the step's GPU time and the decoder's add up; None otherwise)."""
+    (GPU decoding: the step's GPU time and the decoder's add up; None otherwise). ``measured``:
+    end-to-end rows, whose GPU-decode calls say how many CPU workers read the bytes there."""
     if cfg.dataset not in DECODED:
         return Rate(None, "in memory"), "none", None
     if cfg.decode == "gpu":
@@ -457,6 +459,10 @@ def feed_rate(table: Throughput, device: Device, cfg: RunConfig, cpus: Cpus) -> 
         if r is None:
             return Rate(None, f"GPU decode not measured on {device.name}: no bound"), "none", None
         unmeasured = f"; {cfg.auto_augment} on the GPU not measured" if cfg.auto_augment != r.policy else ""
+        readers = [e.workers for e in measured if e.device == device.name and e.decode == "gpu"]
+        if readers and (have := cpu_workers(cfg, cpus)) < min(readers):  # bytes read by fewer workers
+            unmeasured += (f"; measured with {min(readers)} CPU workers reading the bytes, this spec gives {have}: "
+                           "not measured there")
         return (Rate(r.img_s, f"GPU decode measured ({r.dataset}/{r.policy}, loader alone{unmeasured})"),
                 "GPU decode", r.decoder_img_s)
     return (*cpu_feed(table, device, cfg, cpus, cfg.auto_augment), None)
@@ -500,14 +506,15 @@ def group_cost(cfg: RunConfig, runs: int, executor: Any, table: Throughput, devi
     images = float(images_seen(cfg, sizes) * runs)
     step = step_rate(table, device, model, px, batch, resolve_compile(cfg.compile, "cuda"), flops)  # a GPU is costed
     cpus = executor_cpus(executor)
-    feed, bound, decoder = feed_rate(table, device, cfg, cpus)
+    rows = end_to_end() if measured is None else measured
+    feed, bound, decoder = feed_rate(table, device, cfg, cpus, rows)
     eval_step = Rate(step.img_s * EVAL_SPEEDUP, f"~{EVAL_SPEEDUP:g}x the training step's img/s: an estimate")
     eval_feed, eval_bound = (cpu_feed(table, device, cfg, cpus, "none") if cfg.dataset in DECODED
                              else (Rate(None, "in memory"), "none"))  # validation decodes on the CPU, no policy
     if decoder:
         step = Rate(1 / (1 / step.img_s + 1 / decoder),
                     f"{step.source}, + the GPU decoder's own GPU time ({decoder:,.0f} img/s alone, measured)")
-    gap = measured_gap(end_to_end() if measured is None else measured, device, cfg)
+    gap = measured_gap(rows, device, cfg)
     return GroupCost(runs, images, 3 * 2 * flops(model, px) * images, step, feed, bound,
                      float(eval_images(cfg, sizes) * runs), eval_step, eval_feed, eval_bound, sizes, gap)
 
