@@ -50,11 +50,11 @@ def plain(value):
             c = value[col]
             if isinstance(c.dtype, pd.CategoricalDtype):
                 cats = c.cat.categories
-                if any(isinstance(v, str) and v != plain(v) for v in cats):  # str or object categories
-                    out = out.assign(**{col: c.cat.rename_categories([plain(v) if isinstance(v, str) else v
-                                                                      for v in cats])})
+                shown = [plain(v) if isinstance(v, str) else v for v in cats]  # str or object categories
+                if shown != list(cats):
+                    out = out.assign(**{col: c.cat.rename_categories(shown)})
             elif c.dtype == object or pd.api.types.is_string_dtype(c.dtype):
-                bad = {v: plain(v) for v in pd.unique(c.dropna()) if isinstance(v, str) and v != plain(v)}
+                bad = {v: e for v in pd.unique(c.dropna()) if isinstance(v, str) and (e := plain(v)) != v}
                 if bad:
                     out = out.assign(**{col: c.replace(bad)})
         if out is not value:

@@ -72,6 +72,17 @@ class Cpus:
     count: int
     why: str  # "cpus_per_task 16", "this machine's 2 CPUs (kind local, no cpus_per_task)"
 
+    @property
+    def for_workers(self) -> int:
+        """CPUs left for data workers: one runs the training process (``num_workers: auto``)."""
+        return max(self.count - 1, 0)
+
+
+def shared_gpu(step_img_s: float, decoder_img_s: float | None) -> float:
+    """The step's img/s when the GPU also decodes (their GPU times per image add: no overlap of the
+    two on the device is assumed); the step's own without a decoder."""
+    return 1 / (1 / step_img_s + 1 / decoder_img_s) if decoder_img_s else step_img_s
+
 
 @dataclass(frozen=True)
 class EndToEnd:
@@ -96,8 +107,7 @@ class EndToEnd:
     @property
     def modelled(self) -> float:
         """What the planner's model gives for this call's own figures."""
-        step = self.step_img_s if not self.decoder_img_s else 1 / (1 / self.step_img_s + 1 / self.decoder_img_s)
-        return min(step, self.loader_img_s)
+        return min(shared_gpu(self.step_img_s, self.decoder_img_s), self.loader_img_s)
 
     @property
     def ratio(self) -> float:
@@ -432,7 +442,7 @@ def executor_cpus(executor: Any) -> Cpus:
 def cpu_workers(cfg: RunConfig, cpus: Cpus) -> int:
     """Workers that decode in parallel: ``cpus - 1`` for ``num_workers: auto`` (as
     ``data.workers.resolve_workers`` on CUDA), and never more than those CPUs (more share them)."""
-    have = max(cpus.count - 1, 0)
+    have = cpus.for_workers
     return have if cfg.num_workers == "auto" else min(int(cfg.num_workers), have)
 
 
@@ -512,7 +522,7 @@ def group_cost(cfg: RunConfig, runs: int, executor: Any, table: Throughput, devi
     eval_feed, eval_bound = (cpu_feed(table, device, cfg, cpus, "none") if cfg.dataset in DECODED
                              else (Rate(None, "in memory"), "none"))  # validation decodes on the CPU, no policy
     if decoder:
-        step = Rate(1 / (1 / step.img_s + 1 / decoder),
+        step = Rate(shared_gpu(step.img_s, decoder),
                     f"{step.source}, + the GPU decoder's own GPU time ({decoder:,.0f} img/s alone, measured)")
     gap = measured_gap(rows, device, cfg)
     return GroupCost(runs, images, 3 * 2 * flops(model, px) * images, step, feed, bound,
@@ -548,7 +558,7 @@ def feed_warning(executor: Any, groups: list[tuple[RunConfig, int]], study: Stud
     if not (executor.gpus_per_node or executor.gpus_per_task):
         return None
     cpus = executor_cpus(executor)
-    have = max(cpus.count - 1, 0)
+    have = cpus.for_workers
     cpu = [(c, g) for (c, _), g in zip(groups, study.groups, strict=True)
            if c.dataset in DECODED and c.decode == "cpu" and c.device != "cpu"]
     explicit = [c.num_workers for c, _ in cpu if c.num_workers != "auto"]
