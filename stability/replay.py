@@ -179,7 +179,19 @@ def _interval_loss(run: Recorded, lo: int, hi: int) -> float:
 def stops_optuna(make: Callable[[], Any], runs: Sequence[Recorded], every: int | None = None,
                  workers: int = 2) -> list[int | None]:
     """Per run, the step an Optuna pruner (``make()`` builds a fresh one per study) stops it
-    after, replaying the runs on ``workers`` asynchronous workers in start order."""
+    after, replaying the runs on ``workers`` asynchronous workers in start order. Optuna's warnings
+    about its own pruners (experimental; Wilcoxon's "contain infinity/NaNs, will not prune", the
+    behaviour being replayed) are silenced here only, not in the caller's process."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="WilcoxonPruner is experimental")
+        warnings.filterwarnings("ignore", message=r"The intermediate values of the .* contain infinity/NaNs")
+        return _stops_optuna(make, runs, every, workers)
+
+
+def _stops_optuna(make: Callable[[], Any], runs: Sequence[Recorded], every: int | None,
+                  workers: int) -> list[int | None]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -337,11 +349,8 @@ def _ours(family: str, **changes: Any) -> Candidate:
 
 def optuna_candidates(ln_c: float = math.log(10)) -> list[Candidate]:
     """Optuna's pruners on the loss, each over a few settings."""
-    import warnings
-
     import optuna.pruners as op
 
-    warnings.filterwarnings("ignore", message="WilcoxonPruner is experimental")
     out = []
     for warm in (0, 10):
         out.append(Candidate("optuna-median", f"n_warmup_steps={warm}",

@@ -690,6 +690,29 @@ def _rec(loss, spe, every=1, total=None, *, doomed=False, good=True, near_best=F
                            doomed, good, near_best, steps, traces)
 
 
+def test_optuna_replay_keeps_optunas_pruner_warnings_to_itself():
+    """Wilcoxon on runs whose loss holds a NaN warns once per trial inside Optuna; a report would
+    print them all. The replay silences them, and leaves the caller's warning filters as they were."""
+    import warnings
+
+    curve = np.linspace(LN10, 1.0, 20)
+    curve[3] = math.nan  # a step whose loss was not finite, in a run that went on
+    good = [_rec(curve, 10, name=f"g{i}") for i in range(3)]
+    diverged = [_rec([LN10] * 8 + [math.inf], 10, total=20, name=f"d{i}") for i in range(3)]
+    runs = [good[0], diverged[0], good[1], diverged[1], good[2], diverged[2]]
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stops = replay.stops_optuna(lambda: optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2),
+                                    runs, workers=2)
+        filters_inside = list(warnings.filters)
+        warnings.warn("the caller's own warning", UserWarning, stacklevel=1)
+    assert len(stops) == 6
+    assert [str(w.message) for w in caught] == ["the caller's own warning"]
+    assert filters_inside[0] == ("always", None, Warning, None, 0)  # no filter left behind
+    assert warnings.filters == before
+
+
 def test_wall_time_on_async_workers():
     a, b = _rec([LN10] * 10, 10), _rec([LN10] * 20, 10)
     assert replay.wall_time([a, b], [None, None], workers=2) == 20.0
