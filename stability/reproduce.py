@@ -253,20 +253,26 @@ def dry_run(inv: Invocation, gpu: str | None = None) -> tuple[list, list[str]]:
     """The cost (``grid.cost.StudyCost``) of every sweep :func:`run_studies` would launch, nothing
     written: the selection studies as planned, then the replicates (each arm x the replication
     seeds) and the 2x-length runs; and the selection studies' dry-run warnings (data workers, no
-    GPU), each once, after the total split into training and evaluation. An arm's configuration is its pool's first planned run of its stem,
-    optimizer and length: which lr/wd the selection picks does not change its cost."""
+    GPU), each once, after the total split into training and evaluation; for local jobs without a
+    GPU, each study's time on this machine (``grid.local_time``: steps timed here) and their sum.
+    An arm's configuration is its pool's first planned run of its stem, optimizer and length:
+    which lr/wd the selection picks does not change its cost."""
     from .config import run_config
     from .grid.controller import dry_run as grid_dry_run
     from .grid.cost import study_cost, total_note
+    from .grid.kinds import resolve_kind
+    from .grid.local_time import is_local_cpu, local_time, total_text
     from .models import throughput
 
     table = throughput.load()
     device = table.device(table.default_device if gpu is None else gpu)
-    costs, pools, warnings = [], {}, {}
+    costs, pools, warnings, times, timed = [], {}, {}, [], {}
     for name in SELECTION:
         if name in inv.specs:
-            dry = grid_dry_run(inv.specs[name], gpu)
+            dry = grid_dry_run(inv.specs[name], gpu, timed)
             warnings |= dict.fromkeys(dry.warnings)
+            if dry.local is not None:
+                times.append((dry.cost.name, dry.local))
             # a tpe study's later trials follow results: only the ones it asks first are costed
             costs.append(dataclasses.replace(dry.cost, name=f"{dry.cost.name} (first trials only)") if dry.note
                          else dry.cost)
@@ -285,13 +291,18 @@ def dry_run(inv: Invocation, gpu: str | None = None) -> tuple[list, list[str]]:
     if configs:
         template = inv.specs["peak"]
         seeds = len(template.seeds)
-        costs.append(study_cost(f"{template.name}-… (replicates)", [(c, seeds) for c in configs],
-                                template.executor, table, device))
+        local = is_local_cpu(template.executor, resolve_kind(template.executor.kind))
+        replicates = [(c, seeds) for c in configs]
+        costs.append(study_cost(f"{template.name}-… (replicates)", replicates, template.executor, table, device))
         longer = [(dataclasses.replace(c, epochs=2 * c.epochs), min(REGIME_SEEDS, seeds))
                   for c in configs if c.epochs == long]
         if longer:
             costs.append(study_cost(f"{template.name}-2x-… (2x length)", longer, template.executor, table, device))
-    return costs, [total_note(costs), *warnings]
+        if local:
+            times += [(costs[-1 - bool(longer)].name, local_time(replicates, template.executor, timed))]
+            times += [(costs[-1].name, local_time(longer, template.executor, timed))] if longer else []
+    lines = [t.text(name, detail=False) for name, t in times]
+    return costs, [total_note(costs), *warnings, *lines, *filter(None, [total_text(times)])]
 
 
 def _run(spec, name: str, show_progress: bool, console) -> StudyResult:

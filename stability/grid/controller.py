@@ -30,6 +30,7 @@ from .cost import RATE_FIELDS, StudyCost, feed_warning, no_gpu_note, study_cost
 from .joblogs import job_files
 from .kinds import resolve_kind
 from .ledger import failures, read_ledger, record_jobs
+from .local_time import TIME_FIELDS, LocalTime, is_local_cpu, local_time
 from .lock import SweepLock
 from .plan import COST_FIELDS, PlannedRun, config_groups, plan_frame
 from .samplers import Sampler, sampler_for
@@ -89,20 +90,23 @@ def trial_slots(backend: Backend) -> int:
 class DryRun:
     """Everything ``grid run --dry-run`` prints: the plan (made in memory, nothing written; an
     async tpe sweep asks one trial per slot of the spec's backend), what its count leaves out,
-    the training cost on one GPU model (``grid.cost``) and its warnings (data workers, no GPU)."""
+    the training cost on one GPU model (``grid.cost``), its warnings (data workers, no GPU) and,
+    for local jobs without a GPU, their time on this machine (``grid.local_time``)."""
 
     plan: list[PlannedRun]
     note: str
     cost: StudyCost  # of the planned runs that have no result yet
     warnings: list[str]
     done: int = 0  # planned runs that already have a result (a `grid run` trains the others)
+    local: LocalTime | None = None  # local jobs on this machine's CPUs: steps timed here
 
 
-def dry_run(spec: GridSpec, gpu: str | None = None) -> DryRun:
+def dry_run(spec: GridSpec, gpu: str | None = None, timed: dict | None = None) -> DryRun:
     """The dry run of ``spec``, costed on the device ``gpu`` names (a key of
     ``models/throughput.json``; None: its default). An unknown ``gpu`` is a ``ConfigError``.
     Planned runs that already have a result (read from the sweep's runs table, nothing written)
-    are counted, not costed: the cost is what a ``grid run`` would still train."""
+    are counted, not costed: the cost is what a ``grid run`` would still train. Local jobs without
+    a GPU are also timed here (``timed``: steps timed so far, ``local_time.local_time``'s)."""
     from ..models import throughput
 
     table = throughput.load()
@@ -113,9 +117,14 @@ def dry_run(spec: GridSpec, gpu: str | None = None) -> DryRun:
     groups = config_groups([r for r in plan if r.run_id not in done], COST_FIELDS + RATE_FIELDS, set(spec.ranges))
     name = spec.name + (f" ({len(done)} of {len(plan)} done, not costed)" if done else "")
     cost = study_cost(name, groups, spec.executor, table, device)
+    kind = resolve_kind(spec.executor.kind)
     warnings = [w for w in (feed_warning(spec.executor, groups, cost), no_gpu_note([spec.executor], device),
-                            *data_warnings(groups, resolve_kind(spec.executor.kind))) if w]
-    return DryRun(plan, sampler.dry_run_note(), cost, warnings, len(done))
+                            *data_warnings(groups, kind)) if w]
+    local = None
+    if is_local_cpu(spec.executor, kind):
+        todo = [r for r in plan if r.run_id not in done]
+        local = local_time(config_groups(todo, COST_FIELDS + RATE_FIELDS + TIME_FIELDS, set(spec.ranges)), spec.executor, timed)
+    return DryRun(plan, sampler.dry_run_note(), cost, warnings, len(done), local)
 
 
 def data_warnings(groups: list, kind: str) -> list[str]:

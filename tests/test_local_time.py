@@ -1,0 +1,80 @@
+"""A CPU spec's time on this machine (grid/local_time.py): the arithmetic on a fixed step time,
+the real step timed, and the dry runs that print it."""
+
+import math
+import os
+import re
+
+import torch
+
+from stability.config import run_config
+from stability.grid import local_time as L
+from stability.grid.cost import EVAL_SPEEDUP, eval_images, images_seen
+from stability.grid.spec import ExecutorSpec
+
+from .conftest import ROOT, run_cli, write_spec
+
+DIGITS = dict(dataset="digits", model="vit_tiny", batch_size=64, epochs=2, trace_every=5)
+
+
+def test_a_run_is_its_steps_and_its_evaluation_and_runs_share_the_slots(monkeypatch):
+    timed = []
+
+    def fake_step(cfg, batch, threads, steps=L.TIMED_STEPS):
+        timed.append((cfg.stem, cfg.optimizer, batch, threads))
+        return 0.1 if cfg.stem == "patchify" else 0.2
+
+    monkeypatch.setattr(L, "time_step", fake_step)
+    p, c = (run_config({**DIGITS, "stem": s}) for s in ("patchify", "conv"))
+    p_long = run_config({**DIGITS, "stem": "patchify", "epochs": 6, "lr": 0.5})  # the same step, 3x the steps
+    ex = ExecutorSpec(kind="local", max_parallel=2)
+    shared: dict = {}
+    t = L.local_time([(p, 3), (c, 3), (p_long, 1)], ex, shared)
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert timed == [("patchify", "adamw", 64, threads), ("conv", "adamw", 64, threads)]  # p_long: timed once
+    steps = images_seen(p) / 64  # digits: 1,497 training images, 23 full batches a epoch
+    assert steps == 2 * 23
+    evaluated = eval_images(p) / 64 / EVAL_SPEEDUP  # 300 validation images, 1 + 2 epochs x (model, EMA)
+    run_p, run_c = (steps + evaluated) * 0.1, (steps + evaluated) * 0.2
+    assert [g.run_s for g in t.groups] == [run_p, run_c, (3 * steps + eval_images(p_long) / 64 / EVAL_SPEEDUP) * 0.1]
+    assert math.isclose(t.run_s, 3 * run_p + 3 * run_c + t.groups[2].run_s)
+    assert math.isclose(t.wall_s, t.run_s / 2) and t.threads == threads and t.timed
+    assert L.local_time([(p, 1)], ex, shared).groups[0].step_s == 0.1 and len(timed) == 2  # kept across studies
+    one = L.local_time([(c, 1)], ExecutorSpec(kind="local", max_parallel=4))  # one run: at least its own length
+    assert one.wall_s == run_c
+    text = t.text("smoke")
+    assert text.startswith(f"smoke: ~{t.wall_s:.0f} s on this machine (2 at a time, {threads} thread")
+    assert "vit_p_tiny adamw batch 64 100 ms, vit_c_tiny adamw batch 64 200 ms" in text
+    assert L.total_text([("a", t), ("b", one)]).startswith(f"on this machine: ~{t.wall_s + one.wall_s:.0f} s in all")
+
+
+def test_a_paper_size_step_is_not_timed_on_a_cpu_and_says_why(monkeypatch):
+    monkeypatch.setattr(L, "time_step", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
+    big = run_config({"dataset": "imagefolder", "data_root": "/nowhere", "model": "vit_p_4gf", "batch_size": 256})
+    t = L.local_time([(big, 4)], ExecutorSpec(kind="local"))
+    assert not t.timed and t.groups[0].why.startswith("a step of ")
+    assert re.fullmatch(r"big: not timed on this machine \(vit_p_4gf adamw: a step of .* would take minutes on a CPU\)",
+                        t.text("big"))
+    assert L.total_text([("big", t)]) is None
+    assert L.is_local_cpu(ExecutorSpec(kind="local"), "local")
+    assert not L.is_local_cpu(ExecutorSpec(kind="local", gpus_per_node=1), "local")
+    assert not L.is_local_cpu(ExecutorSpec(kind="slurm"), "slurm")
+
+
+def test_the_real_step_is_timed_and_the_threads_are_put_back():
+    before = torch.get_num_threads()
+    cfg = run_config({**DIGITS, "stem": "conv"})
+    s = L.time_step(cfg, batch=8, threads=1, steps=2)
+    assert 0 < s < 30 and torch.get_num_threads() == before
+
+
+def test_a_local_cpu_dry_run_says_its_time_here_and_a_gpu_spec_does_not(tmp_path):
+    spec = write_spec(tmp_path / "g.yaml", "here", tmp_path / "res", executor={"kind": "local", "max_parallel": 2})
+    out = run_cli("grid", "run", str(spec), "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (line,) = [x for x in out.stdout.splitlines() if "on this machine" in x]
+    assert re.match(r"here: ~\d+ s on this machine \(2 at a time, \d+ threads? each; steps timed here just now: "
+                    r"vit_p_tiny adamw batch 32 [\d,]+ ms, vit_c_tiny adamw batch 32 [\d,]+ ms;", line), line
+    paper = run_cli("grid", "run", str(ROOT / "grids" / "lr_wd.yaml"), "--dry-run", cwd=tmp_path)
+    assert paper.returncode == 0 and " on this machine (" not in paper.stdout, paper.stderr
+    assert not (tmp_path / "res").exists()  # a dry run writes nothing
