@@ -150,6 +150,31 @@ def _effective_base(raw: dict) -> dict:
     return {**own, "pruner": None} if own.get("pruner") is not None else own
 
 
+def unsettable(folder: Path, only: list[str] | None = None) -> dict[str, str]:
+    """The run fields ``--set`` refuses for the findings ``only`` names (None: all), each with why:
+    the seed (each study's `seeds`), every axis of a needed study's space, and what the findings'
+    arms are told apart by: the length while the epochs finding runs, the optimizer while a
+    finding with AdamW or SGD arms (peak, optimizer, epochs) does."""
+    from .yamlio import load_yaml
+
+    chosen = only or list(STUDIES)
+    needed = {s for f in chosen for s in NEEDS[f]} | {"peak"}
+    out = {"seed": "each study's seeds are its spec's `seeds`"}
+    for name, path in study_specs(folder).items():
+        raw = load_yaml(path) if name in needed else None
+        for axis in (raw.get("space") or {}) if isinstance(raw, dict) else ():
+            out.setdefault(axis, f"study {name} varies it ({path.name}'s space): the studies' axes cannot be fixed")
+    if "epochs" in chosen:  # one length for all would make the short and long arms one arm
+        out["epochs"] = ("while the epochs finding runs: it compares the lengths its studies fix, short against "
+                         "long; leave it out with --only lr_wd,optimizer,peak")
+    if arms := [f for f in chosen if f != "lr_wd"]:  # their arms: AdamW, and the optimizer study's SGD
+        many = len(arms) > 1
+        out["optimizer"] = (f"while the {', '.join(arms)} finding{'s' if many else ''} run{'' if many else 's'}: "
+                            f"{'their' if many else 'its'} arms are told apart by the optimizer the studies fix "
+                            f"(AdamW; SGD in the optimizer study); --only lr_wd takes it")
+    return out
+
+
 def prepare(folder: Path, results: str | None = None, executor: dict | None = None,
             only: list[str] | None = None, base: dict | None = None) -> dict:
     """Every needed study's spec with the overrides applied, each checked by planning it (no
@@ -161,20 +186,16 @@ def prepare(folder: Path, results: str | None = None, executor: dict | None = No
     from .yamlio import load_yaml
 
     needed = {s for f in (only or STUDIES) for s in NEEDS[f]} | {"peak"}
-    if base and "epochs" in base and "epochs" in needed:
-        # one length for all would make the short and long arms one arm (and pick others' runs)
-        raise ConfigError("--set: epochs cannot be set while the epochs finding runs (it compares the lengths its "
-                          "studies fix, short against long); leave it out with --only lr_wd,optimizer,peak")
+    fixed = unsettable(folder, only)
+    if clash := sorted(set(base or ()) & set(fixed)):
+        why = fixed[clash[0]]
+        raise ConfigError(f"--set: {clash[0]} cannot be set {why if why.startswith('while ') else f'({why})'}")
     specs = {}
     for name, path in study_specs(folder).items():
         if name not in needed:
             continue
         overrides: dict = {"results": results} if results else {}
         raw = load_yaml(path)
-        if base and isinstance(raw, dict) and (clash := sorted(set(base) & {*(raw.get("space") or {}), "seed"})):
-            why = ("each study's seeds are its spec's `seeds`" if clash[0] == "seed" else
-                   f"study {name} varies it ({path.name}'s space): the studies' axes cannot be fixed")
-            raise ConfigError(f"--set: {clash[0]} cannot be set ({why})")
         if base and isinstance(raw, dict):
             overrides |= {"base": {**(raw.get("base") or {}), **base},
                           "name": f"{raw.get('name')}{sweep_suffix(base, _effective_base(raw))}"}
@@ -231,8 +252,10 @@ class Invocation:
             if bad := sorted(s for s in chosen if s not in STUDIES):
                 raise ConfigError(f"--only: unknown study {bad[0]!r} (allowed: {', '.join(STUDIES)})")
         base = parse_overrides(list(sets), "--set")
-        settable = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ("results", "sweep")]
-        if unknown := [k for k in base if k not in settable and k not in ("results", "sweep")]:
+        fixed = unsettable(folder, chosen)
+        fields = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ("results", "sweep")]
+        if unknown := [k for k in base if k not in fields and k not in ("results", "sweep")]:
+            settable = [k for k in fields if k not in fixed]
             raise ConfigError(f"--set: unknown key {unknown[0]!r} (allowed: {', '.join(settable)})")
         if where := sorted(set(base) & {"results", "sweep"}):
             raise ConfigError(f"--set: {where[0]} is not a study field (use --results; sweeps are named by the specs)")

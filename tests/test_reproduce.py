@@ -10,6 +10,7 @@ import pytest
 
 from stability import reproduce
 from stability.analysis import findings as F
+from stability.errors import ConfigError
 
 from .conftest import run_cli
 
@@ -81,6 +82,9 @@ def test_reproduce_bad_input_is_one_line_exit_2(tmp_path):
                          (["--paper", "--dry-run", "--set", "seed=3"], "--set: seed cannot be set"),
                          # one length for all studies makes the epochs finding's short and long arms one
                          (["--quick", "--dry-run", "--set", "epochs=2"], "--set: epochs cannot be set while the epochs"),
+                         # the peak, optimizer and epochs arms are AdamW (and SGD) as the studies fix them
+                         (["--quick", "--dry-run", "--set", "optimizer=sgd"],
+                          "--set: optimizer cannot be set while the optimizer, epochs, peak findings run"),
                          # decoded datasets hold out no test split: refused at plan time
                          (["--quick", "--set", "dataset=cifar10", "--set", "data_root=/x"], "test_split"),
                          # a dry run's cost is only for a measured GPU
@@ -89,6 +93,22 @@ def test_reproduce_bad_input_is_one_line_exit_2(tmp_path):
         assert out.returncode == 2 and needle in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert not (tmp_path / "res").exists()  # nothing written
+
+
+def test_set_lists_only_the_keys_it_takes_and_lr_wd_alone_takes_the_optimizer(tmp_path):
+    from stability.reproduce import SCALES, Invocation, unsettable
+
+    with pytest.raises(ConfigError, match=r"unknown key 'bogus' \(allowed: ") as e:
+        Invocation.from_options(quick=True, sets=["bogus=1"], results=str(tmp_path / "res"))
+    allowed = set(str(e.value).split("(allowed: ")[1].rstrip(")").split(", "))
+    refused = set(unsettable(SCALES["quick"]))
+    assert {"seed", "stem", "lr", "wd", "epochs", "optimizer"} <= refused and not allowed & refused
+    assert {"model", "batch_size", "trace_every", "momentum"} <= allowed
+    inv = Invocation.from_options(quick=True, only="lr_wd", sets=["optimizer=sgd"], results=str(tmp_path / "res"))
+    assert inv.specs["lr_wd"].base["optimizer"] == "sgd" and "optimizer_sgd" in inv.specs["lr_wd"].name
+    with pytest.raises(ConfigError, match="optimizer cannot be set while the peak finding runs"):
+        Invocation.from_options(quick=True, only="peak", sets=["optimizer=sgd"], results=str(tmp_path / "res"))
+    assert not (tmp_path / "res").exists()
 
 
 def test_reproduce_on_cifar_set_from_the_command_line_is_a_sweep_of_its_own(tmp_path):
