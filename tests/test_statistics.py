@@ -40,6 +40,27 @@ def test_paired_tests_equal_scipy():
     assert text.startswith(f"median patchify − conv = {row.median_diff:+.2f} points [") and "lower" not in text
 
 
+def test_two_sample_label_tests_enumerate_every_split_when_there_are_few():
+    """4 vs 4 has 70 splits: the median test's p is #splits at least as extreme / 70 exactly (its
+    floor 4/70, not a Monte Carlo draw such as 0.0565 under it); any seed gives the same p; above
+    EXACT_MAX_SPLITS the draws come back, (1 + hits) / (1 + n_perm)."""
+    from stability.analysis import stats
+
+    a, b = np.arange(4.0), np.arange(4.0, 8.0)
+    assert stats.median_perm_p(a, b, seed=1) == stats.median_perm_p(a, b, seed=2) == 4 / 70
+    rng = np.random.default_rng(3)
+    for na, nb in ((3, 5), (4, 4), (5, 6)):
+        x, y = rng.integers(0, 4, na).astype(float), rng.integers(1, 5, nb).astype(float)  # ties
+        pool = np.concatenate([x, y])
+        obs = abs(np.mean(y) - np.mean(x))
+        brute = np.mean([abs(np.delete(pool, list(i)).mean() - pool[list(i)].mean()) >= obs - 1e-9
+                         for i in combinations(range(na + nb), na)])
+        assert stats.median_perm_p(x, y, center=np.mean) == pytest.approx(brute, abs=1e-12)
+    big_a, big_b = rng.normal(size=10), rng.normal(size=10)  # 184,756 splits: drawn
+    p = stats.median_perm_p(big_a, big_b, n_perm=999)
+    assert p * 1000 == pytest.approx(round(p * 1000))
+
+
 def test_ks_is_signed_and_its_permutation_p_handles_ties_exactly():
     a = np.array([1.0, 1.0, 2.0, 2.0])
     b = np.array([2.0, 3.0, 3.0, 3.0])
@@ -52,7 +73,7 @@ def test_ks_is_signed_and_its_permutation_p_handles_ties_exactly():
     hits = [max(analysis.ks_signed(pool[list(i)], np.delete(pool, list(i)))) >= obs - 1e-12
             for i in combinations(range(8), 4)]
     exact = np.mean(hits)
-    assert analysis.ks_permutation_p(a, b, n_perm=20000, seed=1) == pytest.approx(exact, abs=0.01)
+    assert analysis.ks_permutation_p(a, b) == exact  # 70 splits: enumerated, not drawn
     row = analysis.compare(pd.DataFrame(
         [{"stem": "s1", "status": "completed", "top1_err": e} for e in a]
         + [{"stem": "s2", "status": "completed", "top1_err": e} for e in b]), n_perm=500).iloc[0]

@@ -36,6 +36,7 @@ from statistics import NormalDist
 import numpy as np
 
 EXACT_MAX_K = 16  # 2^16 sign patterns enumerated; above, Monte Carlo with N_PERM draws
+EXACT_MAX_SPLITS = 20_000  # two-sample label tests enumerate every split up to this many (8 vs 8: 12,870)
 N_PERM = 20000
 
 
@@ -441,28 +442,35 @@ def ks_signed(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def ks_permutation_p(a: np.ndarray, b: np.ndarray, n_perm: int = 2000, seed: int = 0) -> float:
-    """Two-sided KS p-value by permuting the group labels, exact under ties.
+    """Two-sided KS p-value by permuting the group labels, exact under ties; every split of the
+    pooled values enumerated when there are at most :data:`EXACT_MAX_SPLITS` (8 vs 8: 12,870).
 
     Args:
         a, b: the two samples.
-        n_perm: label permutations.
+        n_perm: label permutations, above :data:`EXACT_MAX_SPLITS` splits.
         seed: of the permutations.
 
     Returns:
-        (1 + #{D* ≥ D}) / (1 + n_perm), D the larger of ``ks_signed``.
+        #{D* ≥ D} / #splits (exact), else (1 + #{D* ≥ D}) / (1 + n_perm); D the larger of ``ks_signed``.
     """
     observed = max(ks_signed(a, b))
     pool = np.concatenate([a, b])
-    xs = np.unique(pool)
-    rank = np.searchsorted(xs, pool)  # the value index of every run
+    order = np.argsort(pool, kind="stable")
+    last = np.r_[np.diff(pool[order]) != 0, True]  # the last of each run of tied values: where ECDFs are read
+    na, nb = len(a), len(pool) - len(a)
+
+    def d_of(in_a: np.ndarray) -> np.ndarray:  # (splits, n) membership -> each split's max |ECDF gap|
+        ca = in_a[:, order].cumsum(axis=1) / na
+        cb = (~in_a[:, order]).cumsum(axis=1) / nb
+        return np.abs(ca - cb)[:, last].max(axis=1)
+
+    exact = _splits(len(pool), na)
+    if exact is not None:
+        return float(np.mean(d_of(exact) >= observed - 1e-12))
     rng = np.random.default_rng(seed)
-    na, count = len(a), 0
-    for _ in range(n_perm):
-        perm = rng.permutation(len(pool))
-        ca = np.bincount(rank[perm[:na]], minlength=len(xs)).cumsum() / na
-        cb = np.bincount(rank[perm[na:]], minlength=len(xs)).cumsum() / (len(pool) - na)
-        count += np.abs(ca - cb).max() >= observed - 1e-12
-    return (1 + count) / (1 + n_perm)
+    in_a = np.zeros((n_perm, len(pool)), bool)
+    in_a[np.arange(n_perm)[:, None], np.argsort(rng.random((n_perm, len(pool))), axis=1)[:, :na]] = True
+    return float((1 + np.sum(d_of(in_a) >= observed - 1e-12)) / (1 + n_perm))
 
 
 def area_between(a: np.ndarray, b: np.ndarray) -> float:
@@ -509,25 +517,47 @@ def paired_tests(d: np.ndarray) -> dict[str, float]:
 
 def median_perm_p(a: np.ndarray, b: np.ndarray, n_perm: int = 4000, seed: int = 0,
                   center: Callable[..., np.ndarray] = np.median) -> float:
-    """Two-sided permutation p-value of center(b) − center(a) (the median by default).
+    """Two-sided permutation p-value of center(b) − center(a) (the median by default); every split
+    of the pooled values enumerated when there are at most :data:`EXACT_MAX_SPLITS` (4 vs 4: 70, so
+    its smallest p is 4/70 exactly, not a Monte Carlo draw around it).
 
     Args:
         a, b: the two samples.
-        n_perm: label permutations.
+        n_perm: label permutations, above :data:`EXACT_MAX_SPLITS` splits.
         seed: of the permutations.
         center: ``np.median`` or ``np.mean`` (called with ``axis=1``).
 
     Returns:
-        (1 + #{|D*| ≥ |D|}) / (1 + n_perm).
+        #{|D*| ≥ |D|} / #splits (exact), else (1 + #{|D*| ≥ |D|}) / (1 + n_perm).
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     observed = abs(center(b) - center(a))
     pool = np.concatenate([a, b])
+    exact = _splits(len(pool), len(a))
+    if exact is not None:
+        d = _split_gaps(pool, exact, len(a), center)
+        return float(np.mean(d >= observed - 1e-9))
     rng = np.random.default_rng(seed)
-    perms = np.argsort(rng.random((n_perm, len(pool))), axis=1)
-    shuffled = pool[perms]
+    shuffled = pool[np.argsort(rng.random((n_perm, len(pool))), axis=1)]
     d = np.abs(center(shuffled[:, len(a):], axis=1) - center(shuffled[:, :len(a)], axis=1))
     return float((1 + np.sum(d >= observed - 1e-9)) / (1 + n_perm))
+
+
+def _splits(n: int, na: int, max_splits: int | None = None) -> np.ndarray | None:
+    """Every way to put ``na`` of ``n`` values in the first group, as a (splits, n) membership
+    mask; None above ``max_splits`` (default :data:`EXACT_MAX_SPLITS`) or with an empty group."""
+    if not 0 < na < n or math.comb(n, na) > (EXACT_MAX_SPLITS if max_splits is None else max_splits):
+        return None
+    idx = np.array(list(combinations(range(n), na)))
+    mask = np.zeros((len(idx), n), bool)
+    mask[np.arange(len(idx))[:, None], idx] = True
+    return mask
+
+
+def _split_gaps(pool: np.ndarray, mask: np.ndarray, na: int, center: Callable[..., np.ndarray]) -> np.ndarray:
+    """|center(second group) − center(first group)| of each split of ``pool`` (``mask``: first group)."""
+    first = pool[np.argsort(~mask, axis=1, kind="stable")]  # each split's first-group values first
+    return np.abs(center(first[:, na:], axis=1) - center(first[:, :na], axis=1))
 
 
 def min_median_perm_p(a: np.ndarray, b: np.ndarray, max_splits: int = 20_000) -> float:
@@ -548,13 +578,10 @@ def min_median_perm_p(a: np.ndarray, b: np.ndarray, max_splits: int = 20_000) ->
     """
     pool = np.concatenate([np.asarray(a, float), np.asarray(b, float)])
     na = len(np.asarray(a))
-    if not na or na == len(pool) or math.comb(len(pool), na) > max_splits:
+    mask = _splits(len(pool), na, max_splits)
+    if mask is None:
         return float("nan")
-    idx = np.array(list(combinations(range(len(pool)), na)))
-    mask = np.zeros((len(idx), len(pool)), bool)
-    mask[np.arange(len(idx))[:, None], idx] = True
-    first = pool[np.argsort(~mask, axis=1, kind="stable")]  # each split's a-values first
-    d = np.abs(np.median(first[:, na:], axis=1) - np.median(first[:, :na], axis=1))
+    d = _split_gaps(pool, mask, na, np.median)
     return float(np.mean(d >= d.max() - 1e-9))
 
 
