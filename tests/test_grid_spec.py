@@ -144,3 +144,18 @@ def test_the_dry_run_shows_the_executor_the_spec_and_profile_make(tmp_path):
     assert line.startswith("executor: slurm: array_parallelism=64, timeout_min=240, partition=gpu,") and \
         "mem_gb=8.0" in line and "extra={'exclusive': True}" in line and "max_parallel" not in line, line
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("key,value", [("space", []), ("base", 0), ("executor", ""), ("sampler", []), ("base", False)])
+def test_a_section_given_as_an_empty_non_mapping_is_refused_not_taken_as_empty(tmp_path, key, value):
+    from stability.errors import ConfigError
+
+    p = write_spec(tmp_path / "g.yaml", "g", tmp_path / "results")
+    d = yaml.safe_load(p.read_text())
+    d[key] = value
+    p.write_text(yaml.safe_dump(d))
+    with pytest.raises(ConfigError, match=rf"g.yaml: {key}: expected a mapping, got {type(value).__name__}"):
+        load_spec(p)
+    d[key] = None  # null: the section's defaults
+    p.write_text(yaml.safe_dump(d))
+    assert load_spec(p).name == "g"

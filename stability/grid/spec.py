@@ -138,6 +138,13 @@ def _err(src: str, path: str, msg: str) -> ConfigError:
     return ConfigError(f"{path}: {msg}", src)
 
 
+def _given(d: dict, key: str) -> Any:
+    """``d[key]``, an empty mapping where it is absent or null (``space: []`` or ``base: 0`` is
+    given, and refused as not a mapping)."""
+    value = d.get(key)
+    return {} if value is None else value
+
+
 def _mapping(src: str, path: str, value: Any) -> dict:
     if not isinstance(value, dict):
         raise _err(src, path, f"expected a mapping, got {type(value).__name__}")
@@ -229,8 +236,8 @@ def parse_spec(d: Any, src: str) -> GridSpec:
     if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name):
         raise _err(src, "name", "missing: every spec names its sweep (letters, digits, '_', '.', '-')" if name is None
                    else f"expected a name of letters, digits, '_', '.', '-', got {shown(name)}")
-    base = _mapping(src, "base", d.get("base") or {})
-    space = _mapping(src, "space", d.get("space") or {})
+    base = _mapping(src, "base", _given(d, "base"))
+    space = _mapping(src, "space", _given(d, "space"))
     _check_fields(src, base, space)
     parsed_space = _parse_space(src, space)
     try:
@@ -239,7 +246,7 @@ def parse_spec(d: Any, src: str) -> GridSpec:
         raise _err(src, "base", str(e)) from None
     sampler = _parse_sampler(src, d.get("sampler"), any(isinstance(v, Range) for v in parsed_space.values()))
     seeds = _parse_seeds(src, d.get("seeds", [0]))
-    executor = _executor_spec(src, _mapping(src, "executor", d.get("executor") or {}))
+    executor = _executor_spec(src, _mapping(src, "executor", _given(d, "executor")))
     results = d.get("results", "results")
     if not isinstance(results, str) or not results:
         raise _err(src, "results", f"expected a folder path, got {shown(results)}")
@@ -312,7 +319,7 @@ def _parse_space(src: str, space: dict[str, Any]) -> dict[str, list[Any] | Range
 
 def _parse_sampler(src: str, value: Any, has_ranges: bool) -> SamplerSpec:
     """The ``sampler:`` mapping, checked by the strategy its name picks (``samplers.check_settings``)."""
-    sampler = _dataclass_from(src, "sampler", SamplerSpec, _mapping(src, "sampler", value or {}))
+    sampler = _dataclass_from(src, "sampler", SamplerSpec, _mapping(src, "sampler", {} if value is None else value))
     _int(src, "sampler.n", sampler.n, 1)
     if sampler.wave is not None:
         _int(src, "sampler.wave", sampler.wave, 1)
