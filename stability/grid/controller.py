@@ -24,7 +24,7 @@ import pandas as pd
 from .. import store
 from ..errors import printable
 from ..store import RunStatus as S
-from ..trainer.run_lock import run_owner
+from ..trainer.run_lock import RunLock, RunTaken, run_owner
 from .backends import BACKENDS, Backend, SubmitRefused, backend_for
 from .cost import RATE_FIELDS, StudyCost, feed_warning, no_gpu_note, study_cost
 from .joblogs import job_files
@@ -254,7 +254,7 @@ class Controller:
         save_plan(self.dir, plan_frame(plan))
         quarantined, rerun = quarantine_unreadable(spec)
         for line in quarantined:  # said now: a controller killed later must not hide it
-            self.console.print(f"quarantined {line}", markup=False, highlight=False, soft_wrap=True)
+            self.console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
         # Piped output: rich draws a live table only when it stops, so say each run as it ends.
         said: set[str] | None = None if self.console.is_terminal or not self.opts.show_progress else set()
         return _Sweep(sampler, storage, plan, rerun, Outcome(state=pd.DataFrame(), quarantined=quarantined), said)
@@ -287,7 +287,7 @@ class Controller:
         want = to_submit(state, self.opts.retry_failed) | (state.run_id.isin(sw.rerun) & state.job_state.isna())
         if outcome.stopped is None and (why := self._too_many_failures(state, submitted, sw.failed_seen)):
             outcome.stopped = why
-            self.console.print(why, markup=False, highlight=False, soft_wrap=True, style="red")
+            self.console.print(printable(why), markup=False, highlight=False, soft_wrap=True, style="red")
         todo = [rid for rid in state.run_id[want] if rid not in submitted] if not outcome.stopped else []
         running = int(state.job_state.notna().sum())  # live jobs, queued ones included
         if (cap := backend.capacity()) is not None:
@@ -388,8 +388,9 @@ class Controller:
             what = f"{r.status}, top-1 error {err:.1f} %" if r.status == S.COMPLETED and err == err and err is not None \
                 else str(r.status)
             # the sweep named: reproduce runs several in turn into one log
-            self.console.print(f"{time.strftime('%H:%M:%S')} {self.spec.name}: run {r.run_id} ({r.stem}): {what} "
-                               f"[{len(said) - 1} of {len(state)} ended]", markup=False, highlight=False, soft_wrap=True)
+            line = f"{self.spec.name}: run {r.run_id} ({r.stem}): {what} [{len(said) - 1} of {len(state)} ended]"
+            self.console.print(f"{time.strftime('%H:%M:%S')} {printable(line)}",  # a tpe plan's ids come from its file
+                               markup=False, highlight=False, soft_wrap=True)
 
     def _render(self, state: pd.DataFrame, backend: Backend):
         from rich.table import Table
@@ -414,37 +415,109 @@ class Controller:
         return table
 
 
+QUARANTINE_JOB = "grid-run-quarantine"  # what the owner record says while a controller holds a run's lock
+
+
 def quarantine_unreadable(spec: GridSpec) -> tuple[list[str], set[str]]:
     """Move the sweep's unreadable result files into ``_sweeps/<name>/quarantine/``: a run with
     one loses its other files too, so it is missing and rerun whole. A compacted part file holds
     rows of many runs: when one of the curve tables goes, the finished runs left without rows in
     it are marked failed (their runs row says which file took them) and returned, for this
-    controller to rerun. One line per moved file or marked run."""
-    moved, lost_tables = [], set()
-    for path, why in store.unreadable(spec.results, spec.name):
-        files = [path]
-        if not path.name.startswith("part-"):  # a run's own file or chunk: the run goes whole
-            files += store.run_files(spec.results, spec.name, store.run_of(path))
-        elif path.parent.parent.name != "runs":
-            lost_tables.add((path.parent.parent.name, path))
-        for f in dict.fromkeys(files):
-            if f.exists():
-                dest = store.quarantine(spec.results, spec.name, f)
-                moved.append(f"{f} -> {dest}: " + (f"unreadable ({why})" if f == path else "same run"))
+    controller to rerun. A run's files move, and its row is marked, only under its owner lock
+    (``run_lock.RunLock``), the check made again there: a run a live process trains is left in
+    place and named (the next grid run looks again). One line per moved file, marked run or run
+    left in place, each beginning "quarantined" or "left in place"."""
+    root, name = spec.results, spec.name
+    lines: list[str] = []
+    found = store.unreadable(root, name)
+    # a run's own files and chunks (a name no run can have, ``..parquet``, has no owner lock)
+    own = sorted({rid for p, _ in found if not p.name.startswith("part-") and store.is_plain(rid := store.run_of(p))})
+    lost_tables = set()
+    with contextlib.ExitStack() as held:
+        mine = set()
+        for rid in own:
+            if (who := _hold(held, root, name, rid)) is None:
+                mine.add(rid)
+            else:
+                bad = [(p, why) for p, why in found if not p.name.startswith("part-") and store.run_of(p) == rid]
+                lines.append(f"left in place {len(bad)} unreadable file(s) of run {rid} ({bad[0][0]}: {bad[0][1]}): "
+                             f"{who} trains it; the next grid run after it ends moves them, if still unreadable")
+        if own:  # again, under the locks: a writer may have replaced a file since the first look
+            found = store.unreadable(root, name)
+        for path, why in found:
+            files, rid = [path], store.run_of(path)
+            if path.name.startswith("part-"):
+                if path.parent.parent.name != "runs":
+                    lost_tables.add((path.parent.parent.name, path))
+            elif rid in mine:  # a run's own file or chunk: the run goes whole
+                files += store.run_files(root, name, rid)
+            elif store.is_plain(rid):  # its owner is live (said above), or it went bad after the first look
+                if rid not in own:
+                    lines.append(f"left in place {path}: unreadable ({why}) since this check began; "
+                                 "the next grid run moves it")
+                continue
+            for f in dict.fromkeys(files):  # a name no run can have: the file alone
+                if f.exists():
+                    dest = store.quarantine(root, name, f)
+                    lines.append(f"quarantined {f} -> {dest}: " + (f"unreadable ({why})" if f == path else "same run"))
+    return lines, _mark_lost(spec, sorted(lost_tables), lines)
+
+
+def _who(rec: dict) -> str:
+    """The live owner of a run, from its (untrusted, informative) owner record."""
+    if not rec:
+        return "another process"
+    job = f"job {rec.get('job_id')}, " if rec.get("job_id") else ""
+    return f"{job}pid {rec.get('pid')} on {rec.get('host')} (since {rec.get('since')})"
+
+
+def _hold(held: contextlib.ExitStack, root, sweep: str, run_id: str) -> str | None:
+    """Take ``run_id``'s owner lock into ``held``; None when taken, else who trains the run. A
+    live owner is asked first, without waiting: ``RunLock`` waits for a holder to let go."""
+    if (rec := run_owner(root, sweep, run_id)) is not None:
+        return _who(rec)
+    try:
+        held.enter_context(RunLock(root, sweep, run_id, QUARANTINE_JOB))
+    except RunTaken:  # it started meanwhile
+        return _who(run_owner(root, sweep, run_id) or {})
+    return None
+
+
+def _mark_lost(spec: GridSpec, lost_tables: list[tuple[str, Path]], lines: list[str]) -> set[str]:
+    """Mark failed the finished runs that lost their rows of a table with a quarantined part file,
+    each under its owner lock (a ``stability train`` of the run that finds its result holds it a
+    moment: waited for), its row and rows read again there; returns the runs marked."""
+    root, name = spec.results, spec.name
     rerun: set[str] = set()
-    if lost_tables:
-        runs = store.read_table(spec.results, "runs", sweep=spec.name)
-        for table, path in sorted(lost_tables):
-            have = set(store.read_table(spec.results, table, sweep=spec.name, columns=["run_id"]).run_id)
-            # a diverged or pruned run may end before its first epoch: it needs steps and traces only
-            need = runs.status.eq(S.COMPLETED) | (runs.status.isin([S.DIVERGED, S.PRUNED]) & (table != "epochs"))
-            for row in runs[need & ~runs.run_id.isin(have)].drop(columns="sweep").to_dict("records"):
-                row |= {"status": str(S.FAILED), "error": f"its {table} rows were in {path.name}, unreadable and "
+    for table, path in lost_tables:
+        runs = store.read_table(root, "runs", sweep=name, columns=["run_id", "status"])
+        have = set(store.read_table(root, table, sweep=name, columns=["run_id"]).run_id)
+        for rid in dict.fromkeys(runs.run_id[_needs(runs, table) & ~runs.run_id.isin(have)]):
+            if not store.is_plain(rid):
+                lines.append(f"left in place run {rid!r}: not a plain name, not marked failed")
+                continue
+            try:
+                with RunLock(root, name, rid, QUARANTINE_JOB):
+                    row = store.read_table(root, "runs", sweep=name, run_ids=[rid]).drop(columns="sweep")
+                    if not len(row) or not _needs(row.tail(1), table).iloc[0] or len(
+                            store.read_table(root, table, sweep=name, run_ids=[rid], columns=["run_id"])):
+                        continue  # rerun or rewritten meanwhile
+                    row = row.iloc[-1].to_dict() | {
+                        "status": str(S.FAILED), "error": f"its {table} rows were in {path.name}, unreadable and "
                         "quarantined: rerun (`grid run` does it at once; later: --retry failed)"}
-                store.write_run(spec.results, spec.name, row["run_id"], {"runs": [row]})
-                rerun.add(row["run_id"])
-                moved.append(f"run {row['run_id']}: lost its {table} rows with {path.name}; marked failed, rerun")
-    return moved, rerun
+                    store.write_run(root, name, rid, {"runs": [row]})
+            except RunTaken as e:
+                lines.append(f"left in place run {rid}: lost its {table} rows with {path.name}, but {e}")
+                continue
+            rerun.add(rid)
+            lines.append(f"quarantined run {rid}: lost its {table} rows with {path.name}; marked failed, rerun")
+    return rerun
+
+
+def _needs(runs: pd.DataFrame, table: str) -> pd.Series:
+    """Which finished runs must have rows in ``table``: a diverged or pruned run may end before
+    its first epoch, so it needs steps and traces only."""
+    return runs.status.eq(S.COMPLETED) | (runs.status.isin([S.DIVERGED, S.PRUNED]) & (table != "epochs"))
 
 
 def _unreadable_lines(spec: GridSpec, read_errors: list[str]) -> list[str]:

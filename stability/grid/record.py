@@ -69,7 +69,7 @@ def sampled_ranges(results: str | Path, sweeps: list[str], knobs: tuple[str, ...
     for sweep in sweeps:
         try:
             spec = saved_spec(results, sweep)
-        except (ConfigError, OSError):
+        except (ConfigError, OSError, RecursionError):  # nested past the parser's limit: no spec either
             continue
         for knob in knobs if spec is not None else ():
             r = spec.space.get(knob)

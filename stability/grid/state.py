@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import store
+from ..errors import shown
 from ..store import RunStatus
 from .plan import PlannedRun
 
@@ -52,6 +53,9 @@ def load_plan(sweep_dir: Path) -> pd.DataFrame | None:
         plan_from_frame(df)  # every value of the type a plan holds
         if not all(isinstance(v, str) for v in (*df.run_id, *df.config_json)):
             raise ValueError("not a plan: run_id and config_json must be text")
+        if bad := [v for v in df.run_id if not store.is_plain(v)]:  # every run's files are named by it
+            raise ValueError(f"not a plan: run_id {shown(bad[0], 60)} is not a plain name"
+                             + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
         return df
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
         raise store.CorruptFiles(f"{p} is unreadable ({type(e).__name__}: {str(e)[:160]})") from None
@@ -248,6 +252,11 @@ def _pruned_text(o: dict) -> str:
     return f"; {int(k)} pruned" if k else ""
 
 
+def _num(v, digits: int) -> str:
+    """A value of an outcome row in words: inf and nan are results ("inf"), None unknown ("?")."""
+    return f"{v:.{digits}f}" if isinstance(v, int | float) else "?"
+
+
 def outcome_line(o: dict) -> str:
     """One stem's outcomes in words: "patchify: 0 of 4 runs left chance (4 completed: 4 at chance,
     61–91 % error; 0 diverged); median error 80.3 %  <- never left chance"; pruned runs beside the
@@ -256,9 +265,9 @@ def outcome_line(o: dict) -> str:
     if not o["runs"]:
         return f"{name}: no finished run yet"
     rng = o.get("at_chance_err")
-    span = "" if not rng else f", {rng[0]:.0f} % error" if round(rng[0]) == round(rng[1]) else \
-        f", {rng[0]:.0f}–{rng[1]:.0f} % error"
+    lo, hi = (_num(v, 0) for v in rng) if rng else ("", "")
+    span = "" if not rng else f", {lo} % error" if lo == hi else f", {lo}–{hi} % error"
     text = (f"{name}: {o['learned']} of {o['runs']} runs left chance ({o['completed']} completed: "
             f"{o['at_chance']} at chance{span}; {o['diverged']} diverged{_pruned_text(o)}); median error "
-            f"{o['median_err']:.1f} %")
+            f"{_num(o['median_err'], 1)} %")
     return text + ("  <- never left chance" if o["never_left_chance"] else "")
