@@ -56,6 +56,34 @@ def test_a_run_a_live_process_trains_is_left_whole_and_quarantined_once_it_ends(
     assert not any(p.exists() for p in live) and len(lines) == len(live), lines
 
 
+RERUN = ("import sys, time\nfrom pathlib import Path\nfrom stability import store\n"
+         "from stability.trainer.run_lock import RunLock\nroot, sweep, rid, part = sys.argv[1:]\n"
+         "with RunLock(root, sweep, rid):\n    print('held', flush=True)\n    end = time.time() + 20\n"
+         "    while Path(part).exists() and time.time() < end:\n        time.sleep(0.01)\n"
+         "    time.sleep(0.5)  # the controller has read which runs lost rows by now\n"
+         "    store.write_run(root, sweep, rid, {'steps': [{'run_id': rid, 'step': 0, 'loss': 1.0}]})\n")
+
+
+def test_a_run_that_lost_its_rows_is_marked_failed_only_under_its_lock(tmp_path):
+    spec = load_spec(write_spec(tmp_path / "g.yaml", "lm", tmp_path / "res"))
+    res = tmp_path / "res"
+    for rid in ("a", "b"):
+        store.write_run(res, "lm", rid, {"runs": [{"run_id": rid, "status": "completed"}],
+                                         "steps": [{"run_id": rid, "step": 0, "loss": 1.0}]})
+    store.compact(res, "lm")
+    (part,) = store.table_dir(res, "steps", "lm").glob("part-*.parquet")
+    part.write_bytes(b"junk")
+    rerun = subprocess.Popen([sys.executable, "-c", RERUN, str(res), "lm", "a", str(part)], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE)  # a rerun of a writes its rows meanwhile
+    try:
+        assert rerun.stdout.readline() == "held\n"
+        lines, marked = quarantine_unreadable(spec)
+    finally:
+        rerun.wait(30)
+    status = store.read_table(res, "runs", sweep="lm").set_index("run_id").status
+    assert marked == {"b"} and status.to_dict() == {"a": "completed", "b": "failed"}, (lines, status)
+
+
 def _done_sweep(tmp_path, name, errs):
     """A sweep whose planned runs all completed with errors ``errs``: a grid run trains nothing."""
     spec = load_spec(write_spec(tmp_path / "g.yaml", name, tmp_path / "res"))
@@ -90,6 +118,7 @@ def test_an_infinite_error_is_shown_not_a_crash(tmp_path):
         o = {"name": "s", "runs": 2, "learned": 0, "completed": 2, "at_chance": 2, "diverged": 0,
              "median_err": math.inf, "never_left_chance": True, "at_chance_err": rng}
         assert "inf" in outcome_line(o)
+    assert "median error ? %" in outcome_line(o | {"median_err": None, "at_chance_err": None})  # unknown
 
 
 def test_a_plan_naming_a_run_outside_its_sweep_is_named_not_a_traceback(tmp_path):
