@@ -289,3 +289,29 @@ def test_ema_errors_and_outcome_are_recorded(tiny_run):
     # collapsed: the final epoch's train loss at or above 0.9 ln(10) means it never left chance
     assert row["collapsed"] == (row["final_train_loss"] >= 0.9 * math.log(10))
     assert res.runs.collapsed.dtype == bool
+
+
+class TearChunksAtLastEpoch:
+    """A reporter that, at the last epoch's end, tears every steps chunk the run has streamed
+    (a torn write the merge at the end of the run then meets)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def on_start(self, total_steps, start_step): ...
+
+    def on_log(self, step, epoch, loss, lr): ...
+
+    def on_epoch(self, row):
+        if row["epoch"] == self.cfg.epochs - 1:
+            for c in store.run_chunks(self.cfg.results, "steps", self.cfg.sweep, self.cfg.run_id):
+                c.write_bytes(c.read_bytes()[:40])
+
+
+def test_a_run_whose_rows_cannot_be_merged_at_its_end_is_failed_not_left_running(tmp_path):
+    cfg = run_config({**TINY, "epochs": 2, "results": str(tmp_path)})
+    with pytest.raises(store.CorruptFiles, match="its streamed rows cannot be merged"):
+        train(cfg, TearChunksAtLastEpoch(cfg))
+    (row,) = store.read_table(tmp_path, "runs").itertuples()
+    assert row.status == "failed" and "cannot be merged" in row.error and ".parquet" in row.error
+    assert checkpoint_path(cfg).exists()  # kept: the rerun resumes once the bad chunk is quarantined

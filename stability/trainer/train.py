@@ -202,8 +202,12 @@ def _save(lp: Loop, rec: Record) -> None:
 def _finish(lp: Loop, rec: Record, result: dict[str, Any], keep_checkpoint: bool = False) -> dict[str, Any]:
     """The last rows streamed, the run's chunks merged into its files, then the runs row."""
     cfg = lp.cfg
-    lp.rows.stream(cfg, lp.d, lp.st.step)
-    tables = store.finish_rows(cfg.results, cfg.sweep, cfg.run_id) if lp.d.is_main else None
+    try:
+        lp.rows.stream(cfg, lp.d, lp.st.step)
+        tables = store.finish_rows(cfg.results, cfg.sweep, cfg.run_id) if lp.d.is_main else None
+    except BaseException as e:  # a torn chunk, a full disk: the row must not stay "running"
+        rec.write(RunStatus.FAILED, error=f"{type(e).__name__}: {e}"[:2000], finished_at=timestamp(now()))
+        raise  # the checkpoint stays: a rerun resumes from it once the bad chunk is quarantined
     row = rec.write(result.pop("status"), n_spikes=count_spikes(tables["steps"]) if tables else None,
                     finished_at=timestamp(now()), **{**verdict_columns(lp.st), **result})
     if lp.d.is_main and not keep_checkpoint:
