@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -308,6 +309,17 @@ def _print_costs(costs: list, total: bool = False) -> None:
         console.print(f"{', '.join(names)}: {source}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float as None: strict JSON (jq refuses NaN and Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def cmd_grid_status(args: argparse.Namespace) -> int:
     from .analysis.grouping import stem_name
     from .grid.controller import status_report
@@ -315,7 +327,7 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
     spec = _load_grid(args)
     report = status_report(spec)
     if args.json:
-        print(json.dumps(report, indent=1, default=str))
+        print(json.dumps(_finite(report), indent=1, default=str, allow_nan=False))
         return 0
     from rich.markup import escape
     from rich.table import Table

@@ -2,11 +2,13 @@
 is never quarantined under it, and names, plans, values and specs read from the root are data
 (escaped, checked, shown), never a crash or a terminal command."""
 
+import json
 import math
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from stability import store
 from stability.grid.controller import quarantine_unreadable
@@ -112,6 +114,9 @@ def test_an_infinite_error_is_shown_not_a_crash(tmp_path):
     status = run_cli("grid", "status", str(spec.path))
     assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr[-2000:]
     assert "inf % error" in status.stdout, status.stdout
+    out = run_cli("grid", "status", str(spec.path), "--json")  # strict JSON: no Infinity for jq to refuse
+    assert out.returncode == 0 and "Infinity" not in out.stdout and "NaN" not in out.stdout, out.stdout[-2000:]
+    json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     from stability.grid.state import outcome_line  # every non-finite value the line shows
 
     for rng in ([math.inf, math.inf], [95.0, math.inf], [math.nan, math.inf]):
