@@ -66,7 +66,7 @@ def recorded_config(root: str | Path, run_id: str, sweep: str | None = None) -> 
     source = f"run {run_id}'s recorded config ({store.table_dir(root, 'runs', found)})"
     try:
         cfg = json.loads(rows["config_json"].iloc[-1])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: '{"a":' * 10**5 in a planted row
         cfg = None
     if not isinstance(cfg, dict):
         raise ConfigError("no readable config_json (written by an older version, or damaged)", source)

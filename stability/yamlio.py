@@ -67,6 +67,9 @@ def load_yaml(path: str | Path) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         why = getattr(e, "problem", None) or " ".join(str(e).split())  # a reader error spans two lines
         raise ConfigError(f"not valid YAML{where}: {why}", str(path)) from None
+    except RecursionError:  # '[' * 10**5: nested past the parser's recursion limit
+        raise ConfigError("not valid YAML: nested too deep to read (over Python's recursion limit)",
+                          str(path)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {e}", str(path)) from None
 
@@ -81,6 +84,6 @@ def parse_overrides(items: list[str], source: str = "command line") -> dict[str,
             raise ConfigError(f"expected key=value, got {item!r}", source)
         try:
             out[key] = parse_yaml(value) if value != "" else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):  # RecursionError: '[' * 10**5, kept as text (then refused)
             out[key] = value
     return out
