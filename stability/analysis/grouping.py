@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping, Sequence
 
@@ -279,7 +280,7 @@ def mixed_data_runs(mix: pd.DataFrame | list[dict], limit: int | None = 8) -> li
 
 def _z_losses(cfgs: list[dict]) -> list[float] | None:
     """Each run's z-loss coefficient (0 without) when the runs with z-loss use several; else None."""
-    z = [float(c.get("z_loss") or 0.0) for c in cfgs]
+    z = [float(_field(c, "z_loss") or 0.0) for c in cfgs]
     return z if len({v for v in z if v > 0}) > 1 else None
 
 
@@ -371,15 +372,15 @@ def fix_of(cfg: Mapping | None) -> str:
     Returns:
         "qk_norm" (config ``qk_norm``), "z_loss" (``z_loss`` > 0), "frozen_stem"
         (``freeze_stem``) joined with "+"; "none" when none is on (or the config predates the
-        field).
+        field, or its value is not of the field's type: unknown, never a fix).
 
-    >>> fix_of({"qk_norm": True, "z_loss": 1e-4}), fix_of(None)
-    ('qk_norm+z_loss', 'none')
+    >>> fix_of({"qk_norm": True, "z_loss": 1e-4}), fix_of(None), fix_of({"z_loss": "x", "qk_norm": "no"})
+    ('qk_norm+z_loss', 'none', 'none')
     """
     cfg = cfg or {}
-    parts = [name for name, on in (("qk_norm", bool(cfg.get("qk_norm"))),
-                                   ("z_loss", float(cfg.get("z_loss") or 0.0) > 0),
-                                   ("frozen_stem", bool(cfg.get("freeze_stem")))) if on]
+    parts = [name for name, on in (("qk_norm", bool(_field(cfg, "qk_norm"))),
+                                   ("z_loss", float(_field(cfg, "z_loss") or 0.0) > 0),
+                                   ("frozen_stem", bool(_field(cfg, "freeze_stem")))) if on]
     return "+".join(parts) or NO_FIX
 
 
@@ -391,18 +392,63 @@ def run_config(text) -> dict:
 
     Returns:
         The config as a dict; {} where it is absent, not JSON, not an object, or nested too
-        deep to parse.
+        deep to parse. A ``RunConfig`` field whose value is not of the field's type (z_loss
+        "x", trace_every [1]) is None there: unknown, as a whole config that cannot be read is.
+        Fields of no ``RunConfig`` (an older or newer version's) are kept as they are.
 
     >>> run_config('{"lr": 0.1}'), run_config("[1]"), run_config("{bad"), run_config(None)
     ({'lr': 0.1}, {}, {}, {})
     >>> run_config('{"a":' * 100_000)  # a planted file nested past the parser's recursion limit
     {}
+    >>> run_config('{"z_loss": "x", "qk_norm": 1, "lr": 0.1, "steps_per_epoch": null}')
+    {'z_loss': None, 'qk_norm': None, 'lr': 0.1, 'steps_per_epoch': None}
     """
     try:
         cfg = json.loads(text) if isinstance(text, str) else {}
     except (ValueError, RecursionError):  # RecursionError: '[' * 10**5 in a planted file
         return {}
-    return cfg if isinstance(cfg, dict) else {}
+    if not isinstance(cfg, dict):
+        return {}
+    bad = [k for k, v in cfg.items() if not _readable(k, v)]
+    return {**cfg, **dict.fromkeys(bad)} if bad else cfg
+
+
+def _field(cfg: Mapping, field: str):
+    """``cfg``'s ``field``: None where it is absent or not of the field's type (a caller's own
+    mapping is read as ``run_config`` reads a row's)."""
+    value = cfg.get(field)
+    return value if _readable(field, value) else None
+
+
+def _readable(field: str, value) -> bool:
+    """Whether ``value`` may be config field ``field``'s (its type; any value for a field of no
+    ``RunConfig``). The one check of the values every reader of a row's config takes as typed."""
+    if isinstance(value, list | dict):
+        return _fits(field, value)
+    try:
+        return _fits_scalar(field, type(value), value)
+    except TypeError:  # unhashable: never from JSON, but a caller's dict may hold anything
+        return _fits(field, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fits_scalar(field: str, kind: type, value) -> bool:  # kind: True == 1 must not share an entry
+    return _fits(field, value)
+
+
+def _fits(field: str, value) -> bool:
+    from ..config import FIELDS, RunConfig
+    from ..errors import ConfigError
+    from ..validate import check_value, hints
+
+    if field not in FIELDS:  # hints also has the class's own (LATER_FIELDS ...)
+        return True
+    hint = hints(RunConfig)[field]
+    try:
+        check_value(hint, field, value, None)
+    except (ConfigError, OverflowError):  # OverflowError: a 400-digit integer as a float
+        return False
+    return True
 
 
 def _configs(runs: pd.DataFrame) -> list[dict]:
