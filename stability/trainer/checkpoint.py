@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
 from .. import store
 from ..config import RunConfig, config_hash
 from ..data.datasets import DataError
-from ..errors import ConfigError
+from ..errors import ConfigError, shown
 from .ema import WeightEMA
 from .optim import keep_impl
 
@@ -131,6 +132,82 @@ def _check_identity(payload: Any, cfg: RunConfig) -> None:
         raise NotThisRun(f"of run {payload.get('run_id')!s:.40}, not of run {cfg.run_id} (its config differs)")
 
 
+class BadState(Exception):
+    """A checkpoint whose loop state this run cannot have reached (planted, or damaged)."""
+
+
+def _steps_per_epoch(cfg: RunConfig, data: dict | None) -> int | None:
+    """The run's steps per epoch from its data fingerprint (``steps_per_epoch`` of the dataset: the
+    training images in whole global batches, at most ``cfg.steps_per_epoch``); the cap alone without
+    a fingerprint, None without either."""
+    n = data.get("train") if isinstance(data, dict) else None
+    whole = n // cfg.batch_size if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+    caps = [v for v in (whole, cfg.steps_per_epoch) if v is not None]
+    return min(caps) if caps else None
+
+
+def _in(name: str, value: Any, lo: float, hi: float, allowed: str) -> None:
+    if not lo <= value <= hi:
+        raise BadState(f"invalid: its loop state's {name} {shown(value)} is out of range (allowed: {allowed})")
+
+
+def checked_state(saved: Any, cfg: RunConfig, data: dict | None = None) -> RunState:
+    """A checkpoint's loop state, checked before anything of the checkpoint is applied: each
+    field of its type (``validate``'s checks: 'x' is no epoch, NaN no wall time) and in the range
+    this run can reach (``epoch`` below ``epochs``, ``batch`` at most the steps per epoch, ``step``
+    at most the steps of the epochs so far, errors in [0, 100], ``started_at`` a time with its
+    zone, ``data`` a fingerprint, ``pruned`` a verdict). ``BadState`` names the first field that
+    is not; ``data`` is the fingerprint of the data the run reads now (it bounds the steps)."""
+    from ..validate import checked_fields
+
+    if not isinstance(saved, dict) or not all(isinstance(k, str) for k in saved):
+        raise BadState(f"invalid: its loop state is a {type(saved).__name__}, not a mapping of fields")
+    try:
+        st = RunState(**checked_fields(RunState, saved, None))
+    except ConfigError as e:
+        raise BadState(f"invalid: its loop state's {e}") from None
+    spe = _steps_per_epoch(cfg, st.data if data is None else data)
+    last = cfg.epochs - 1
+    _in("epoch", st.epoch, 0, last, f"0 to {last}: epochs={cfg.epochs}")
+    big = float("inf")
+    _in("batch", st.batch, 0, big if spe is None else spe,
+        "0 or more" if spe is None else f"0 to {spe}, the steps per epoch")
+    most = big if spe is None else st.epoch * spe + st.batch
+    _in("step", st.step, st.batch, most, f"{st.batch} (its batch) or more" if spe is None else
+        f"{st.batch} to {most}: epoch {st.epoch} x {spe} steps per epoch + batch {st.batch}")
+    _in("epoch_seen", st.epoch_seen, 0, big, "0 or more")
+    _in("epoch_correct", st.epoch_correct, 0, st.epoch_seen, f"0 to its epoch_seen {st.epoch_seen}")
+    _in("wall_time_s", st.wall_time_s, 0, big, "0 or more")
+    for name in ("best_top1_err", "init_top1_err"):
+        if (v := getattr(st, name)) is not None:
+            _in(name, v, 0, 100, "0 to 100 %, or null")
+    try:
+        started = pd.Timestamp(st.started_at)
+    except (ValueError, TypeError, OverflowError):
+        started = None
+    if started is None or pd.isna(started) or started.tzinfo is None:
+        raise BadState(f"invalid: its loop state's started_at {shown(st.started_at)} is not a time with its zone "
+                       "(allowed: ISO 8601, as 2025-01-31T12:00:00+00:00)")
+    if st.data is not None and (set(st.data) != {"classes", "train", "val"} or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in st.data.values())):
+        raise BadState(f"invalid: its loop state's data {shown(st.data)} is no data fingerprint (allowed: "
+                       "classes, train and val, integers >= 0)")
+    v = st.pruned
+    if v is not None and (set(v) != {"rule", "step", "signals"} or not isinstance(v["rule"], str)
+                          or not isinstance(v["signals"], str) or not isinstance(v["step"], int)
+                          or isinstance(v["step"], bool) or v["step"] < 0):
+        raise BadState(f"invalid: its loop state's pruned {shown(v)} is no pruner verdict (allowed: rule and "
+                       "signals as text, step an integer >= 0, or null)")
+    return st
+
+
+def _check_rng(saved: Any) -> None:
+    """The saved generator state is one this torch can set (checked before anything is applied)."""
+    want = torch.get_rng_state()
+    if not isinstance(saved, torch.Tensor) or saved.dtype != want.dtype or saved.shape != want.shape:
+        raise BadState(f"invalid: its random generator state is {shown(saved, 60)}, not a torch generator's")
+
+
 def _check_fits(model: nn.Module, saved: Any, what: str) -> None:
     """Before anything is copied (``load_state_dict`` copies what matches, then raises): the
     saved weights have the model's names and shapes."""
@@ -179,7 +256,8 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
 
     Read with ``weights_only=True``: a file planted in a results root cannot run code. A
     checkpoint that cannot be read, or that names another run or config (copied onto this run's
-    path), or whose weights do not fit the model, is moved to the sweep's quarantine with a
+    path), whose loop state this run cannot have reached (``checked_state``: epoch 99 of 3, step
+    -1000, started_at 12), or whose weights do not fit the model, is moved to the sweep's quarantine with a
     warning naming it and why, and the run starts afresh: a wrong file must neither fail every
     rerun nor be resumed. With ``bad_checkpoint=fail`` the run fails instead, naming the file
     and leaving it in place."""
@@ -192,6 +270,8 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
             payload = torch.load(path, map_location=device, weights_only=True)
         _check_identity(payload, cfg)
         _check_data(payload, cfg, data)
+        state = checked_state(payload["state"], cfg, data)  # before anything is applied: a bad one starts afresh
+        _check_rng(payload["rng"])
         _check_fits(model, payload["model"], "model")
         if ema is not None and payload.get("ema") is not None:
             _check_fits(ema.model, payload["ema"], "EMA")
@@ -199,12 +279,11 @@ def load_checkpoint(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer
         keep_impl(opt, lambda: opt.load_state_dict(payload["optimizer"]))
         if ema is not None and payload.get("ema") is not None:
             ema.load_state_dict(payload["ema"])
-        state = RunState(**payload["state"])
         torch.set_rng_state(payload["rng"].cpu())  # map_location moved it to the device
     except DataError:  # the run's own checkpoint, on other data: the user's to fix, the file kept
         raise
     except Exception as e:  # noqa: BLE001 - unpickling garbage raises anything
-        why = (str(e) if isinstance(e, NotThisRun)
+        why = (str(e) if isinstance(e, NotThisRun | BadState)
                else f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
         if cfg.bad_checkpoint == "fail":
             raise ConfigError(f"checkpoint {path} is {why}; it is left in place (bad_checkpoint=fail): inspect it, "
