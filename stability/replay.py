@@ -81,8 +81,10 @@ def outcomes(runs: pd.DataFrame, within: float = WITHIN) -> pd.DataFrame:
 
 
 def recorded(runs: pd.DataFrame, steps: pd.DataFrame, grad_norms: pd.DataFrame,
-             within: float = WITHIN) -> list[Recorded]:
-    """The runs of the tables (one or more sweeps), prepared for replay, in start order."""
+             within: float = WITHIN, left_out: list[tuple[str, str]] | None = None) -> list[Recorded]:
+    """The runs of the tables (one or more sweeps), prepared for replay, in start order. A run whose
+    row gives it no step to replay (epochs 0, a diverged step below 0) is left out, its
+    (sweep, run_id) appended to ``left_out`` where given."""
     df = outcomes(runs, within)
     by_run = {k: g for k, g in steps.groupby(["sweep", "run_id"], observed=True)}
     tr = grad_norms.groupby(["sweep", "run_id", "step"], observed=True).agg(
@@ -99,22 +101,34 @@ def recorded(runs: pd.DataFrame, steps: pd.DataFrame, grad_norms: pd.DataFrame,
             continue
         s = by_run[key].sort_values("step")[["step", "loss", "grad_norm", "log_z"]].reset_index(drop=True)
         cfg = r.config
-        spe = cfg.get("steps_per_epoch") or spe_of.get(r.sweep) or len(s)
-        total = int(r.epochs) * int(spe)
+        spe = _count(cfg.get("steps_per_epoch")) or spe_of.get(r.sweep) or len(s)
+        total = (_count(r.epochs) or 0) * int(spe)
         if r.status != RunStatus.DIVERGED:
             used = total
         else:  # its diverged step, or (a row without it) its last recorded step
             at = r.diverged_at_step
             used = int(at) + 1 if at is not None and np.isfinite(at) else int(s.step.max()) + 1 if len(s) else 1
+        if total < 1 or used < 1:  # no step to replay (epochs 0, a diverged step below 0): no real run's row
+            if left_out is not None:
+                left_out.append(key)
+            continue
         init = getattr(r, "init_val_loss", None)
         n_classes = round(math.exp(init)) if init is not None and np.isfinite(init) and init < 10 else 10
         t = tr_by.get(key)
         t = t.sort_values("step")[["step", "attn_logit_max", "update_ratio"]] if t is not None else tr.iloc[:0]
         out.append(Recorded(r.sweep, r.run_id, r.group, (str(r.started_at), r.run_id), total, int(spe), used,
-                            int(cfg.get("trace_every", 1)), n_classes,
+                            _count(cfg.get("trace_every")) or 1, n_classes,
                             float(r.wall_time_s or 0) / max(used, 1), bool(r.doomed), bool(r.good),
                             bool(r.near_best), s, t.reset_index(drop=True), float(r.gap)))
     return sorted(out, key=lambda x: x.order)
+
+
+def _count(v: Any) -> int | None:
+    """``v`` as a count (a whole number >= 1: epochs, steps per epoch, a trace interval); None
+    where it is none (null, NaN, 0, negative, fractional, text)."""
+    if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+        return None
+    return int(v) if np.isfinite(v) and v >= 1 and float(v).is_integer() else None
 
 
 def _points(run: Recorded, every: int) -> list[int]:
@@ -401,7 +415,8 @@ def choose(table: pd.DataFrame, max_good_stopped: int = 0) -> pd.DataFrame:
 
 
 def count_left_out(root: str, sweeps: Sequence[str], runs: Sequence[Recorded]) -> int:
-    """How many runs of ``sweeps`` are not among the replayable ``runs`` (pruned, failed, unfinished)."""
+    """How many runs of ``sweeps`` are not among the replayable ``runs`` (pruned, failed, unfinished, or
+    with no step to replay: epochs 0)."""
     from . import store
 
     ids = {(s, r) for s in sweeps for r in store.read_table(root, "runs", sweep=s, columns=["run_id"]).run_id}

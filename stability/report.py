@@ -305,16 +305,21 @@ def pruning_section(root: str | Path, sweep: str, runs: pd.DataFrame) -> str:
     """Pruning by replay (``stability replay`` at the recorded trace interval, ours and Optuna's
     pruners on 2 simulated workers): the figure of doomed steps saved vs good runs stopped per setting
     (``plots.pruning_pareto``) and the Pareto settings' table; "" when no run of the sweep can be
-    replayed (none completed or diverged with recorded steps). Plotly.js is already in the page."""
+    replayed (none completed or diverged with recorded steps). Runs whose row records no step to
+    replay (epochs 0) are left out and counted. Plotly.js is already in the page."""
     from . import replay
 
     steps = store.read_table(root, "steps", sweep=sweep, columns=["step", "epoch", "loss", "grad_norm", "log_z"])
     if steps.empty:
         return ""
     traces = store.read_table(root, "grad_norms", sweep=sweep, columns=["step", "attn_logit_max", "update_ratio"])
-    scored = replay.recorded(runs, steps, traces)
+    unreplayable: list[tuple[str, str]] = []
+    scored = replay.recorded(runs, steps, traces, left_out=unreplayable)
+    bad = (f"{len(unreplayable)} completed or diverged run(s) whose row records no step to replay (epochs 0, or a "
+           f"diverged step below 0: {', '.join(sorted(html.escape(str(r)) for _, r in unreplayable)[:8])}"
+           f"{' …' if len(unreplayable) > 8 else ''}) are left out" if unreplayable else "")
     if not scored:
-        return ""
+        return f"<h2 id='pruning'>Pruning by replay</h2><p>Nothing to replay: {bad}.</p>" if bad else ""
     res = replay.study(scored)
     doomed, good, near = (sum(getattr(r, k) for r in scored) for k in ("doomed", "good", "near_best"))
     pruned = int(runs.drop_duplicates("run_id", keep="last").status.eq(store.RunStatus.PRUNED).sum())
@@ -326,6 +331,7 @@ def pruning_section(root: str | Path, sweep: str, runs: pd.DataFrame) -> str:
             f"above chance; <b>near-best</b> ({near}): good and within {replay.WITHIN:g} points of the best completed "
             "run of its group (sweep, stem, optimizer, epochs, fix)"
             + (f"; {pruned} run(s) recorded pruned are left out (their pruner already stopped them)" if pruned else "")
+            + (f"; {bad}" if bad else "")
             + ". x: the good runs a setting stopped (% of the good runs); y: the doomed runs' steps it saved (% of "
             "their steps, with the 90 % bootstrap interval over runs). Solid: ours; open: Optuna's; dashed step: our "
             "rules' Pareto settings (<code>stability replay</code> for every setting, other intervals and tuning on "
