@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import RunConfig
-from .cost import EVAL_SPEEDUP, data_sizes, eval_images, images_seen
+from .cost import EVAL_SPEEDUP, data_sizes, eval_images, images_seen, model_key
 
-# A step above this many multiply-adds (forward; the step is ~3x) is not timed: on a CPU it takes
-# minutes and may not fit in memory (a paper-size ViT at batch 256 is ~1e12).
-MAX_STEP_MACS = 2e11
+# A step above this many multiply-adds (forward, per rank; the step is ~3x) is not timed: it takes
+# seconds on a CPU (a dry run times five), a paper-size ViT at batch 256 (~1e12) minutes. The
+# CPU grids' steps are 0.3-1.2e10 (vit_tiny / vit_small at 32 px, batch 64-128).
+MAX_STEP_MACS = 3e10
 TIMED_STEPS = 3  # after one warm-up step; one traced step is timed besides
 CLASSES = {"cifar100": 100, "imagefolder": 1000, "packed": 1000}  # else 10
 # Config fields besides the planner's groups' that change a step's time on a CPU.
@@ -113,7 +114,7 @@ def time_step(cfg: RunConfig, batch: int, threads: int, steps: int = TIMED_STEPS
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        spec = model_spec(cfg.model, cfg.stem, num_classes=CLASSES.get(cfg.dataset, 10), image_size=cfg.image_size)
+        spec = model_spec(cfg.model, cfg.stem, num_classes=CLASSES.get(cfg.dataset, 10), image_size=model_key(cfg)[1])
         g = torch.Generator().manual_seed(0)
         model = build_model(spec, freeze_stem=cfg.freeze_stem, qk_norm=cfg.qk_norm)
         opt = make_optimizer(cfg, model, "cpu")
@@ -148,14 +149,14 @@ def step_time(cfg: RunConfig, executor: Any, threads: int) -> GroupTime:
     from ..models import count_complexity, model_spec
 
     batch = max(cfg.batch_size // (max(executor.tasks_per_node, 1) * max(cfg.accum_steps, 1)), 1)
-    spec = model_spec(cfg.model, cfg.stem, num_classes=CLASSES.get(cfg.dataset, 10), image_size=cfg.image_size)
+    spec = model_spec(cfg.model, cfg.stem, num_classes=CLASSES.get(cfg.dataset, 10), image_size=model_key(cfg)[1])
     name = f"{spec.name} {cfg.optimizer}"
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return GroupTime(0, name, batch, None, None, "its runs use this machine's GPU: see the GPU-hours")
     macs = count_complexity(spec).flops * batch
     if macs > MAX_STEP_MACS:
-        return GroupTime(0, name, batch, None, None,
-                         f"a step of {macs:.2g} multiply-adds would take minutes on a CPU")
+        return GroupTime(0, name, batch, None, None, f"a step of {macs:.2g} multiply-adds, over the "
+                         f"{MAX_STEP_MACS:.0e} a dry run times on a CPU")
     return GroupTime(0, name, batch, time_step(cfg, batch, threads) * max(cfg.accum_steps, 1), None)
 
 
