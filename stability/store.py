@@ -27,6 +27,7 @@ import glob
 import hashlib
 import json
 import os
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -187,9 +189,7 @@ def progress_path(root: str | os.PathLike, sweep: str, run_id: str) -> Path:
 
 
 def write_progress(root: str | os.PathLike, sweep: str, run_id: str, note: dict) -> None:
-    import json
-
-    write_text_atomic(progress_path(root, sweep, run_id), json.dumps(note))
+    write_text_atomic(progress_path(root, sweep, run_id), json.dumps(note), within=sweep_dir(root, sweep))
 
 
 PROGRESS_FIELDS = {"epoch": int, "epochs": int, "step": int, "total_steps": int, "val_top1_err": float,
@@ -200,13 +200,11 @@ def read_progress(root: str | os.PathLike, sweep: str, run_id: str) -> dict | No
     """The progress note of a running run: None when there is none, it cannot be read, or it
     lacks a field of ``PROGRESS_FIELDS`` of that type (``sweep`` and ``run_id`` may come from a
     results file: a name that is not plain reads nothing)."""
-    import json
-
     try:
-        note = json.loads(progress_path(root, sweep, run_id).read_text())
-    except (OSError, ValueError, RecursionError):
+        note = read_json(progress_path(root, sweep, run_id), dict)
+    except ValueError:  # a name that is not plain
         return None
-    ok = isinstance(note, dict) and all(
+    ok = note is not None and all(
         type(note.get(k)) is t or (t is float and type(note.get(k)) is int) for k, t in PROGRESS_FIELDS.items())
     return note if ok else None
 
@@ -227,6 +225,47 @@ def check_writable(root: str | os.PathLike) -> None:
     (Path(root) / ".write-check").unlink(missing_ok=True)
 
 
+def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """``os.open`` of the regular file at ``path`` itself, never blocking: a symlink planted at the
+    name is ``OSError`` ``ELOOP`` (not followed), a FIFO, device or socket ``OSError`` ``EINVAL``
+    (not waited on: opening a FIFO to read blocks until a writer comes, possibly for ever)."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket): not opened", str(path))
+        os.set_blocking(fd, True)  # a regular file's reads and writes never block anyway: say what we mean
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike) -> bytes:
+    """The bytes of the regular file at ``path`` itself (``open_regular``); ``OSError`` otherwise."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        return f.read()
+
+
+def parse_json(text: str | bytes, kind: type) -> Any:
+    """``text`` parsed as JSON when it is one value of type ``kind``, else None: a reader of an
+    untrusted record gets what it expects or nothing (no ``RecursionError`` from nesting either)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return value if isinstance(value, kind) else None
+
+
+def read_json(path: str | os.PathLike, kind: type) -> Any:
+    """A small untrusted JSON record under a results root (a lease, a progress note, a check
+    record): its value when the regular file at ``path`` holds one of type ``kind``; None when it
+    is missing, a symlink, a FIFO or other non-file, unreadable, not JSON, too deep or another type."""
+    try:
+        return parse_json(read_regular(path), kind)
+    except OSError:
+        return None
+
+
 READABLE = "readable.json"  # in a sweep's folder: {file: [size, mtime_ns, inode]} whose footer read
 
 
@@ -236,29 +275,34 @@ def unreadable(root: str | os.PathLike, sweep: str) -> list[tuple[Path, str]]:
     whose size, mtime and inode match the last check's record of a good read is not read again
     (results are replaced whole, never edited in place: any rewrite changes the inode or mtime);
     the record is kept best-effort in ``_sweeps/<sweep>/readable.json`` when that folder exists."""
-    root, record = Path(root), sweep_dir(root, sweep) / READABLE
-    try:
-        known = json.loads(record.read_text())
-    except (OSError, ValueError):
-        known = {}
+    root, own = Path(root), sweep_dir(root, sweep)
+    record = own / READABLE
+    known = read_json(record, dict) or {}  # a record of another shape: every file checked afresh
     good: dict[str, list[int]] = {}
     out = []
     for table in TABLES:
         for p in _sweep_files(root, table, sweep).get(sweep, []):
             try:
                 st = p.stat()
-                key, sig = str(p.relative_to(root)), [st.st_size, st.st_mtime_ns, st.st_ino]
-                if known.get(key) != sig:
-                    _read_checked(p)
             except FileNotFoundError:
                 continue  # replaced or compacted away meanwhile
-            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+            except OSError as e:
                 out.append((p, _why(e)))
                 continue
+            key, sig = str(p.relative_to(root)), [st.st_size, st.st_mtime_ns, st.st_ino]
+            if known.get(key) != sig:
+                try:  # only the read blames the file: nothing the record holds can
+                    _read_checked(p, table)
+                except FileNotFoundError:
+                    continue
+                except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+                    out.append((p, _why(e)))
+                    continue
             good[key] = sig
     if good != known and record.parent.is_dir():
-        with contextlib.suppress(OSError):  # a read-only results folder: check in full next time
-            write_text_atomic(record, json.dumps(good, separators=(",", ":")))
+        # best effort: a read-only folder, or one linked out of the sweep's, is checked in full next time
+        with contextlib.suppress(OSError, ConfigError):
+            write_text_atomic(record, json.dumps(good, separators=(",", ":")), within=own)
     return out
 
 
@@ -274,17 +318,26 @@ def damaged(root: str | os.PathLike, sweep: str, read_errors: list[str]) -> dict
 
 
 def quarantine(root: str | os.PathLike, sweep: str, path: Path) -> Path:
-    """Move a sweep's file into ``_sweeps/<sweep>/quarantine/`` (kept for a post-mortem, out of
-    every reader's way); returns where it went."""
-    own = sweep_dir(root, sweep)
-    rel = (path.relative_to(own) if path.is_relative_to(own)  # checkpoints/<run>.pt, not _sweeps/<name>/...
-           else path.relative_to(Path(root)) if path.is_relative_to(Path(root)) else Path(path.name))
-    dest = sweep_dir(root, sweep) / "quarantine" / rel.parent / f"{path.name}.{int(time.time())}"
-    # a move out of the root is a delete there, one into it a write elsewhere
+    """Move a sweep's file (under its own folder or one of its table folders) into
+    ``_sweeps/<sweep>/quarantine/`` (kept for a post-mortem, out of every reader's way); returns
+    where it went. ``ConfigError`` when the file, or the quarantine, resolves elsewhere: a folder
+    linked to another sweep's, or out of the root, is never moved from nor into."""
+    own, parts = sweep_dir(root, sweep), path.relative_to(root).parts if path.is_relative_to(root) else ()
+    if path.is_relative_to(own):  # checkpoints/<run>.pt, not _sweeps/<name>/...
+        home, rel = own, path.relative_to(own)
+    elif len(parts) > 2 and parts[0] in TABLES and parts[1] == f"sweep={sweep}":
+        home, rel = table_dir(root, parts[0], sweep), Path(*parts)
+    else:
+        raise ConfigError(f"{path} is not a file of sweep {sweep!r}: not moved to its quarantine")
+    dest = own / "quarantine" / rel.parent / f"{path.name}.{int(time.time())}"
+    # a move out of the root is a delete there, one into it a write elsewhere; one from another
+    # sweep's folder (a link inside the root) would take that sweep's result
     in_root(path.parent, root, f"{path} not moved")
+    in_own(path.parent, home, f"{path} not moved")
     in_root(own / "quarantine", root, f"{path} not moved")  # before its folders are made
+    in_own(own / "quarantine", own, f"{path} not moved")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    in_root(dest.parent, root, f"{path} not moved")
+    in_own(dest.parent, own, f"{path} not moved")
     os.replace(path, dest)
     return dest
 
@@ -330,15 +383,24 @@ def to_arrow(table: str, rows: pd.DataFrame | list[dict]) -> pa.Table:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, within: str | os.PathLike | None = None) -> Iterator[Path]:
     """A dot-prefixed temp path beside ``path`` to write to; on success it is renamed over
     ``path`` (a reader sees the old file or the new one, never half of one), on any failure it
     is removed (no stale temp file filling a disk). A temp file of the same target left by a
     killed writer (SIGKILL skips ``finally``) is removed by the next successful write once it is
     older than ``STALE_TMP_S``. Dot-prefixed names are skipped by pyarrow datasets and by
-    '*.parquet' globs."""
+    '*.parquet' globs. ``within``: a sweep's own folder (``in_own``) that ``path``'s folder must
+    resolve under, checked before anything is made, written or removed (``ConfigError``); by
+    default the ``<root>/_sweeps/<name>`` that ``path`` is named under, if any (a checkpoint, a
+    plan, a lease: none is written through a link there)."""
     path = Path(path)
+    within = within if within is not None else next(
+        (a for a in path.absolute().parents if a.parent.name == "_sweeps"), None)
+    if within is not None:
+        in_own(path.parent, Path(within), f"{path.name} not written")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if within is not None:  # again: a link planted while its folders were made
+        in_own(path.parent, Path(within), f"{path.name} not written")
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
@@ -357,11 +419,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def remove_run_temps(root: str | os.PathLike, sweep: str, run_id: str) -> int:
     """Remove the temp files a killed writer of ``run_id`` left (its result files and chunks,
     checkpoint and progress note), whatever their age: only the run's owner calls this, under its
-    lock, so no live writer of this run can own them. Returns how many went."""
+    lock, so no live writer of this run can own them. Returns how many went. ``ConfigError``
+    naming the folder, before anything is removed, when one of them resolves out of the sweep's
+    own folder (a symlink planted there: the run would write and delete elsewhere)."""
     folders = [table_dir(root, t, sweep) for t in TABLES]
     names = [f"{glob.escape(run_id)}.*parquet"] * len(folders)  # its file and its chunks
+    owns = list(folders)
     folders += [checkpoint_path(root, sweep, run_id).parent, progress_path(root, sweep, run_id).parent]
     names += [f"{glob.escape(run_id)}.pt", f"{glob.escape(run_id)}.json"]
+    owns += [sweep_dir(root, sweep)] * 2
+    for folder, own in zip(folders, owns, strict=True):
+        in_own(folder, own, f"nothing of run {run_id} written or removed (nothing under a results root is "
+                            "trusted: remove the link)")
     removed = 0
     for folder, name in zip(folders, names, strict=True):
         for old in folder.glob(f".{name}.*.tmp"):
@@ -390,6 +459,19 @@ def in_root(folder: Path, root: str | os.PathLike, outcome: str) -> None:
         raise ConfigError(f"{folder} leads out of the results root (to {where}): {outcome}")
 
 
+def in_own(path: Path, own: Path, outcome: str) -> Path:
+    """``path`` resolved, after symlinks; ``ConfigError`` (ending in ``outcome``) when that is not
+    under ``own``, a sweep's own folder (``sweep_dir``, ``table_dir``: two levels under its results
+    root), where it is named: the root itself may be a link, nothing below it may lead elsewhere,
+    not out of the root nor into another sweep's folder. The check of every write and delete of a
+    sweep's files (``in_root`` is the root-wide one)."""
+    own = Path(own).absolute()
+    place, where = own.parents[1].resolve() / own.parent.name / own.name, Path(path).resolve()
+    if not where.is_relative_to(place):
+        raise ConfigError(f"{path} resolves to {where}, outside {own} (a symbolic link on its way): {outcome}")
+    return where
+
+
 def discard(path: Path, root: str | os.PathLike) -> None:
     """Remove ``path`` when it is there and lies under ``root`` once resolved (``unlink_under``);
     one that a planted symlinked folder puts elsewhere is left alone, and so is a missing one."""
@@ -404,22 +486,26 @@ def open_nofollow(path: str | os.PathLike, flags: int, root: str | os.PathLike, 
     ``ConfigError`` naming the link (the CLI's one line, exit 2)."""
     in_root(Path(path).parent, root, f"{Path(path).name} not written there (nothing under a results root is trusted)")
     try:
-        return os.open(path, flags | os.O_NOFOLLOW, mode)
+        return open_regular(path, flags, mode)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise ConfigError(f"{path} is a symbolic link: not followed (nothing under a results root is "
                               "trusted); remove it") from None
+        if e.errno == errno.EINVAL and os.path.lexists(path):  # a FIFO would block or swallow what we write
+            raise ConfigError(f"{path} is not a regular file (a FIFO, device or socket): not used (nothing "
+                              "under a results root is trusted); remove it") from None
         raise
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
-    with atomic_path(path) as tmp:  # page checksums and a digest: a flipped byte reads as corruption
+    # path's folder is its sweep's table folder: a link there to another sweep's is refused
+    with atomic_path(path, within=path.parent) as tmp:  # page checksums and a digest: a flipped byte reads as corruption
         pq.write_table(with_digest(table), tmp, write_page_checksum=True)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (``atomic_path``)."""
-    with atomic_path(path) as tmp:
+def write_text_atomic(path: str | os.PathLike, text: str, within: str | os.PathLike | None = None) -> Path:
+    """Write ``text`` to ``path`` atomically (``atomic_path``, ``within`` the folder it must resolve under)."""
+    with atomic_path(path, within) as tmp:
         tmp.write_text(text)
     return Path(path)
 
@@ -479,12 +565,22 @@ def append_rows(root: str | os.PathLike, sweep: str, run_id: str, to_step: int,
         _atomic_write(to_arrow(table, rows[table]), _chunk_path(root, table, sweep, run_id, to_step))
 
 
-def _read_checked(p: Path) -> pa.Table:
-    """One result file, whole and checked: every page against its checksum, then the values
-    against the digest they were written with."""
+def _read_checked(p: Path, table: str) -> pa.Table:
+    """One result file of ``table``, whole and checked: every page against its checksum, the values
+    against the digest they were written with, and, when a column is not of its schema's type (a
+    foreign writer's), the typed read every reader makes (``_read_typed``): a file that cannot be
+    parsed as ``table`` is as unreadable as a truncated one."""
     t = pq.read_table(pa.OSFile(str(p)), page_checksum_verification=True)
     check_digest(t)
+    schema = SCHEMAS[table]
+    if any(f.name in schema.names and f.type != schema.field(f.name).type for f in t.schema):
+        _read_typed(p, table)
     return t
+
+
+def _read_typed(p: Path, table: str, columns: list[str] | None = None, filters: list | None = None) -> pa.Table:
+    """A result file as the readers see it: cast to ``SCHEMAS[table]`` (missing columns null)."""
+    return pq.read_table(p, columns=columns, schema=SCHEMAS[table], filters=filters, page_checksum_verification=True)
 
 
 def _why(e: Exception) -> str:
@@ -492,8 +588,8 @@ def _why(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
-def _read_rows(p: Path) -> pd.DataFrame:
-    return _read_checked(p).to_pandas()
+def _read_rows(p: Path, table: str) -> pd.DataFrame:
+    return _read_checked(p, table).to_pandas()
 
 
 def truncate_rows(root: str | os.PathLike, sweep: str, run_id: str, step: int, epoch: int
@@ -515,7 +611,7 @@ def truncate_rows(root: str | os.PathLike, sweep: str, run_id: str, step: int, e
             chunks = [final]
         for p in chunks:
             try:
-                df = _read_rows(p)
+                df = _read_rows(p, table)
             except Exception:  # noqa: BLE001 - pyarrow raises several types for bad files
                 moved.append(quarantine(root, sweep, p))
                 continue
@@ -542,7 +638,7 @@ def finish_rows(root: str | os.PathLike, sweep: str, run_id: str) -> dict[str, p
         parts = []
         for c in run_chunks(root, table, sweep, run_id):
             try:
-                parts.append(_read_rows(c))
+                parts.append(_read_rows(c, table))
             except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
                 errors.append(f"{c}: {_why(e)}")
         parts = [p for p in parts if len(p)]
@@ -612,7 +708,7 @@ def _read_sweep(files: list[Path], table: str, columns: list[str] | None, errors
                 frames.append(hit[1] if not (compacted and own) else hit[1][~hit[1]["run_id"].isin(own)])
                 continue
         try:
-            t = pq.read_table(p, columns=cols, schema=schema, filters=filters, page_checksum_verification=True)
+            t = _read_typed(p, table, cols, filters)
         except Exception as e:  # corrupt or foreign file: report it, keep the rest
             errors.append(f"{p}: {type(e).__name__}: {e}")
             continue

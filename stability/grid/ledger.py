@@ -10,6 +10,7 @@ jobs write to it too.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -63,18 +64,25 @@ def read_ledger(sweep_dir: Path, problems: list[str] | None = None) -> dict[str,
     """The latest submission of each run: ``{run_id: {"job_id", "kind", "t"}}``, plus
     ``"unwritten"`` (the error) when that job recorded a failure it could not write as a row. Lines that are not
     records (torn, not JSON, JSON of another shape) are skipped; ``problems`` gets one message per
-    skipped line, naming it."""
+    skipped line, naming it, or one for a ledger that is not a regular file (a symlink is not
+    followed, a FIFO not waited on: read as empty)."""
+    from ..store import parse_json, read_regular  # lazily, as in _append
+
     p = ledger_path(sweep_dir)
     out: dict[str, dict[str, Any]] = {}
-    if not p.exists():
+    try:  # the file itself only: a planted link's target would have its lines shown in problems
+        data = read_regular(p)
+    except FileNotFoundError:
         return out
-    for i, line in enumerate(p.read_bytes().decode(errors="replace").splitlines(), 1):
+    except OSError as e:
+        if problems is not None:
+            why = "a symbolic link, not followed" if e.errno == errno.ELOOP else e.strerror or str(e)
+            problems.append(f"{p}: not read ({why}): no job is known from it")
+        return out
+    for i, line in enumerate(data.decode(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            rec = None
+        rec = parse_json(line, dict)
         ok = isinstance(rec, dict) and isinstance(rec.get("run_id"), str) and isinstance(rec.get("job_id"), str | int)
         if ok and rec.get("event") == UNWRITTEN and isinstance(rec.get("error"), str):
             sub = out.get(rec["run_id"])

@@ -36,12 +36,11 @@ def _age(rec: dict) -> float:
 
 
 def read_lease(sweep_dir: Path) -> dict | None:
-    """The sweep's lease record (``lease.json``), if one can be read."""
-    try:
-        rec = json.loads((sweep_dir / "lease.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) else None
+    """The sweep's lease record (``lease.json``), if one can be read (``store.read_json``: a
+    symlink, FIFO, or JSON of another shape or depth reads as none)."""
+    from ..store import read_json
+
+    return read_json(sweep_dir / "lease.json", dict)
 
 
 def controller_lease(sweep_dir: Path) -> dict | None:
@@ -105,7 +104,7 @@ class SweepLock:
         now = time.time()
         rec = {"host": socket.gethostname(), "pid": os.getpid(), "since": self.since, "heartbeat": now,
                **self._extra, **extra}
-        write_text_atomic(self.lease_path, json.dumps(rec))
+        write_text_atomic(self.lease_path, json.dumps(rec), within=self.dir)
         self._beat = now
 
     def beat(self) -> None:

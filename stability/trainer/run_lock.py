@@ -49,9 +49,8 @@ class RunDone(Exception):
 
 def _record(fd: int) -> dict | None:
     try:
-        rec = json.loads(os.pread(fd, 4096, 0) or b"null")
-        return rec if isinstance(rec, dict) else None
-    except (OSError, ValueError):
+        return store.parse_json(os.pread(fd, 4096, 0), dict)
+    except OSError:
         return None
 
 
@@ -87,12 +86,17 @@ class RunLock:
                 time.sleep(0.05)
         rec = {"job_id": self.job_id, "host": socket.gethostname(), "pid": os.getpid(),
                "since": datetime.now(UTC).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(rec).encode(), 0)
         self._fd = fd
-        # What a killed writer of this run left (temp files of a checkpoint, a result): the owner's
-        # to remove at any age, since no other live process writes this run while we hold it.
-        store.remove_run_temps(self.root, self.sweep, self.run_id)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(rec).encode(), 0)
+            # What a killed writer of this run left (temp files of a checkpoint, a result): the owner's
+            # to remove at any age, since no other live process writes this run while we hold it. It
+            # refuses a folder of the run linked out of the sweep's own: then the lock goes at once.
+            store.remove_run_temps(self.root, self.sweep, self.run_id)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -106,7 +110,7 @@ def run_owner(root: str | os.PathLike, sweep: str, run_id: str) -> dict | None:
     """The record of the live process that trains ``run_id`` (None when no process holds it)."""
     path = store.owner_path(root, sweep, run_id)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a planted link is no owner
+        fd = store.open_regular(path)  # a planted link or FIFO is no owner (nor waited on)
     except OSError:
         return None
     try:
