@@ -233,7 +233,7 @@ def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket): not opened", str(path))
-        os.set_blocking(fd, True)  # a regular file's reads and writes never block anyway: say what we mean
+        os.set_blocking(fd, True)  # O_NONBLOCK was for the open only: no descriptor handed on carries it
     except BaseException:
         os.close(fd)
         raise
@@ -470,6 +470,17 @@ def in_own(path: Path, own: Path, outcome: str) -> Path:
     if not where.is_relative_to(place):
         raise ConfigError(f"{path} resolves to {where}, outside {own} (a symbolic link on its way): {outcome}")
     return where
+
+
+def opened_by_name(path: Path, own: Path, outcome: str) -> Path:
+    """``path``, for a library that opens it by name and follows a link there (SQLite): its
+    folder must resolve under the sweep's own folder ``own`` (``in_own``), and it must be a
+    regular file or nothing; else ``ConfigError`` (ending in ``outcome``) naming it."""
+    in_own(path.parent, own, outcome)
+    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        raise ConfigError(f"{path} is not a regular file (a symbolic link, FIFO or folder): {outcome} "
+                          "(nothing under a results root is trusted); remove it")
+    return path
 
 
 def discard(path: Path, root: str | os.PathLike) -> None:

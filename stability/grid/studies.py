@@ -12,14 +12,11 @@ A point with a failed run is FAIL, else one with a diverged run is told as diver
 
 from __future__ import annotations
 
-import os
-import stat
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..errors import ConfigError
-from ..store import TERMINAL, RunStatus, in_own
+from ..store import TERMINAL, RunStatus, opened_by_name
 from .plan import (
     CellRuns,
     PlannedRun,
@@ -47,14 +44,11 @@ def open_storage(spec: GridSpec, in_memory: bool = False):
         return optuna.storages.InMemoryStorage()
     spec.sweep_dir.mkdir(parents=True, exist_ok=True)
     db = spec.sweep_dir.absolute() / "optuna.db"
-    in_own(db.parent, spec.sweep_dir, "optuna.db not opened")
     # SQLite follows a link at the database's name (and at its journal's), creating or writing the
     # file it leads to: only a regular file, or none, is opened (the controller holds the sweep's
     # lock, so nothing of the sweep's own changes these names meanwhile)
-    for p in (db, *(db.with_name(db.name + end) for end in ("-journal", "-wal", "-shm"))):
-        if os.path.lexists(p) and not stat.S_ISREG(os.lstat(p).st_mode):
-            raise ConfigError(f"{p} is not a regular file (a symbolic link, FIFO or folder): not opened "
-                              "(nothing under a results root is trusted); remove it")
+    for end in ("", "-journal", "-wal", "-shm"):
+        opened_by_name(db.with_name(db.name + end), spec.sweep_dir, "the sweep's Optuna storage not opened")
     return optuna.storages.RDBStorage(f"sqlite:///{db}")
 
 
