@@ -86,7 +86,8 @@ def test_a_config_value_of_another_type_is_unknown_in_every_analysis(real_run, t
     assert analysis.edf(runs, n_boot=10).shape[0] > 0
     for f in (analysis.with_design, analysis.with_fix, lambda r: analysis.fixed_axes(r)[0], replay.outcomes):
         assert len(f(runs)) == 1
-    assert "<h1>Sweep u</h1>" in build_report(cfg.results, cfg.sweep)
+    if bad == {"z_loss": "x"}:  # the report reads every view's grouping: once is enough
+        assert "<h1>Sweep u</h1>" in build_report(cfg.results, cfg.sweep)
 
 
 def test_train_run_with_a_config_json_nested_past_the_recursion_limit_is_one_line(real_run, tmp_path, capsys):
