@@ -55,8 +55,9 @@ STALE_TMP_S = 600.0  # no write of one file takes ten minutes: an older temp fil
 # and per-image correctness (``test_split`` runs); 6: the pruner's verdict (``pruned`` runs, and
 # runs a rerun continued past it: ``pruned_at_step``, ``prune_rule``, ``prune_signals``); 7: how
 # the step executed (``compiled``, ``compile_mode``, ``optimizer_impl``, ``amp_dtype``); 8: the data
-# it trained on (``data_classes``, ``train_images``, ``val_images``: data_root is not in the run id)
-SCHEMA_VERSION = 8
+# it trained on (``data_classes``, ``train_images``, ``val_images``: data_root is not in the run id);
+# 9: torch's CPU threads (``threads``)
+SCHEMA_VERSION = 9
 # The runs row's record of what a run's data held: classes, training and validation images
 DATA_COLUMNS = ("data_classes", "train_images", "val_images")
 
@@ -109,6 +110,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         # compiled), the optimizer's implementation (fused | foreach | loop), the autocast dtype
         # (null: fp32); older files read them as null
         ("compiled", pa.bool_()), ("compile_mode", _S), ("optimizer_impl", _S), ("amp_dtype", _S),
+        ("threads", _I),  # torch's CPU threads: on CPU they split the sums (bit-identity needs the same)
         ("world_size", _I), ("host", _S), ("slurm_job_id", _S), ("job_id", _S), ("git_sha", _S),
         ("stability_version", _S), ("config_json", _S), ("started_at", _T), ("finished_at", _T),
         ("error", _S), ("schema_version", _I),

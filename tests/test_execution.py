@@ -144,7 +144,12 @@ def test_a_compiled_model_is_evaluated_at_one_batch_shape_with_the_same_errors()
 
 def test_the_runs_row_columns_say_what_ran():
     opt = optim.make_optimizer(RunConfig(), nn.Linear(2, 2), "cpu")
-    assert execution_columns(False, "default", opt, torch.device("cpu")) == {
-        "compiled": False, "compile_mode": None, "optimizer_impl": "foreach", "amp_dtype": None}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert execution_columns(False, "default", opt, torch.device("cpu")) == {
+            "compiled": False, "compile_mode": None, "optimizer_impl": "foreach", "amp_dtype": None, "threads": 1}
+    finally:
+        torch.set_num_threads(before)
     cols = execution.execution_columns(True, "max-autotune", opt, torch.device("cuda", 0))
     assert cols["compile_mode"] == "max-autotune" and cols["amp_dtype"] == "bfloat16"

@@ -1,6 +1,7 @@
 """The grid runner end to end with in-process (debug) and local-process executors."""
 
 import json
+import os
 import re
 import shutil
 import time
@@ -131,6 +132,8 @@ def test_local_grid_status_collect_clean(tmp_path):
     assert status["counts"]["completed"] == 4 and status["planned"] == 4
     assert {(c["stem"], c["completed"]) for c in status["cells"]} == {("patchify", 2), ("conv", 2)}
     before = store.load(tmp_path / "res")
+    # each local run gets the CPUs over max_parallel torch threads, recorded (bit-identity needs the same)
+    assert (before.runs.threads == max(1, (os.cpu_count() or 1) // 2)).all(), before.runs.threads
     assert run_cli("grid", "collect", str(spec_path)).returncode == 0
     after = store.load(tmp_path / "res")
     assert len(after.steps) == len(before.steps) and sorted(after.runs.run_id) == sorted(before.runs.run_id)

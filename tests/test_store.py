@@ -98,7 +98,8 @@ def test_files_of_an_older_schema_read_with_the_new_columns_as_nulls(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    new = {"ema_top1_err", "ema_top5_err", "collapsed", "compiled", "compile_mode", "optimizer_impl", "amp_dtype"}
+    new = {"ema_top1_err", "ema_top5_err", "collapsed", "compiled", "compile_mode", "optimizer_impl", "amp_dtype",
+           "threads"}
     old = pa.schema([f for f in store.SCHEMAS["runs"] if f.name not in new])
     path = store.table_dir(tmp_path, "runs", "old") / "r0.parquet"
     path.parent.mkdir(parents=True)
@@ -109,6 +110,7 @@ def test_files_of_an_older_schema_read_with_the_new_columns_as_nulls(tmp_path):
     assert runs.loc["r0", "top1_err"] == 10.0 and pd.isna(runs.loc["r0", "ema_top1_err"])
     assert pd.isna(runs.loc["r0", "collapsed"]) and runs.loc["r1", "schema_version"] == store.SCHEMA_VERSION
     assert runs.loc["r0", ["compiled", "compile_mode", "optimizer_impl", "amp_dtype"]].isna().all()  # version 7's
+    assert pd.isna(runs.loc["r0", "threads"])  # version 9's
 
 
 def test_a_misspelt_column_is_an_error_not_a_silent_null():

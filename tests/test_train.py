@@ -53,6 +53,7 @@ def test_tiny_run_records_how_its_step_executed(tiny_run):
     assert runs.compiled.tolist() == [False] and runs.optimizer_impl.tolist() == ["foreach"]
     assert runs.compile_mode.isna().all() and runs.amp_dtype.isna().all()
     assert row["optimizer_impl"] == "foreach"
+    assert runs.threads.tolist() == [torch.get_num_threads()]  # CPU sums split by it: bit-identity needs the same
 
 
 def test_per_layer_norms_match_autograd():

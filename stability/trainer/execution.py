@@ -1,7 +1,9 @@
 """How a run's step executes on its device: torch.compile (on or off, and its mode), the
-optimizer's implementation and the autocast dtype; resolved from the config, recorded on the
-runs row (``compiled``, ``compile_mode``, ``optimizer_impl``, ``amp_dtype``). None of them is in
-the run id: they change speed, and the numbers only by float rounding."""
+optimizer's implementation, the autocast dtype and torch's CPU threads; resolved from the config
+(threads: from the launcher), recorded on the runs row (``compiled``, ``compile_mode``,
+``optimizer_impl``, ``amp_dtype``, ``threads``). None of them is in the run id: they change speed,
+and the numbers only by float rounding, which a short high-lr run can amplify to points of error
+(on CPU the thread count splits the sums: a run is bit-identical only at the same ``threads``)."""
 
 from __future__ import annotations
 
@@ -32,4 +34,5 @@ def execution_columns(compiled: bool, mode: str, opt: torch.optim.Optimizer, dev
     """The runs-row columns saying how the step ran (what the optimizer really uses, not the setting)."""
     dtype = amp_dtype(device)
     return {"compiled": compiled, "compile_mode": mode if compiled else None, "optimizer_impl": impl_of(opt),
-            "amp_dtype": None if dtype is None else str(dtype).removeprefix("torch.")}
+            "amp_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads()}
