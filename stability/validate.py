@@ -76,9 +76,13 @@ def number(where: str, value: Any, kind: type, source: str | None) -> int | floa
         if isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{where}: expected an integer, got {shown(value)}", source)
         return int(int64(where, value, source))
+    try:
+        value = float(value)  # an int past a float's range (1 and 400 zeros) overflows here
+    except OverflowError:
+        raise ConfigError(f"{where}: {shown(value)} is out of a float's range", source) from None
     if not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number, got {shown(value)}", source)
-    return float(value)
+    return value
 
 
 def int64(where: str, value: int | float, source: str | None) -> int | float:

@@ -167,3 +167,20 @@ def test_a_mutated_result_file_is_named_unreadable_or_read_exactly(tmp_path, goo
     assert not errors, errors  # a file the check passes reads without an error ...
     want, _ = _frames(good_result)
     pd.testing.assert_frame_equal(frames[table], want[table])  # ... and exactly as written
+
+
+@settings(max_examples=150, deadline=None)
+@given(field=st.sampled_from(["lr", "wd", "epochs", "batch_size", "label_smoothing", "grad_clip", "z_loss"]),
+       value=st.one_of(st.integers(min_value=-10**500, max_value=10**500), st.floats(allow_nan=True),
+                       st.booleans(), st.text(max_size=8)))
+def test_any_scalar_for_a_number_field_is_taken_or_refused_in_one_line(field, value):
+    """Every number a YAML file can hold (ints past a float's or int64's range, inf, NaN) for a
+    numeric RunConfig field: a config, or a ConfigError naming the field; nothing else raised."""
+    from stability.config import run_config
+
+    try:
+        cfg = run_config({field: value}, "f.yaml")
+    except ConfigError as e:
+        assert field in str(e) and "\n" not in str(e)
+    else:
+        assert getattr(cfg, field) == value
