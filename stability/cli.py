@@ -471,8 +471,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     tuning = replay.load(args.results, args.tune, args.within) if args.tune else []
     for what, runs, sweeps in (("scored", scored, args.sweeps), ("tuning", tuning, args.tune or [])):
         if (n := replay.count_left_out(args.results, sweeps, runs)):
-            print(f"{what}: {n} run(s) of {', '.join(sweeps)} left out: recorded pruned, failed or unfinished "
-                  "(a pruned run's pruner already stopped it: nothing to replay)", file=sys.stderr)
+            print(f"{what}: {n} run(s) of {', '.join(sweeps)} left out: recorded pruned, failed or unfinished, "
+                  "or with no step to replay (a pruned run's pruner already stopped it: nothing to replay)",
+                  file=sys.stderr)
         if sweeps and (not any(r.doomed for r in runs) or not any(r.good for r in runs)):
             print(f"{what}: {', '.join(sweeps)} holds {sum(r.doomed for r in runs)} doomed and "
                   f"{sum(r.good for r in runs)} good replayable runs: a replay needs both to measure anything",
