@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from pathlib import Path
+
+from .. import store
 
 _JOB_FILE = re.compile(r"(?:(?P<task>\d+)_(?:log\.out|log\.err|result\.pkl)|submitted\.pkl)")
 
@@ -38,12 +39,9 @@ def _tail(p: Path, size: int = 64 * 1024) -> list[str]:
     """The lines of a log's last ``size`` bytes. Only a regular file at the name itself is read:
     a planted symlink (a secret elsewhere) or FIFO (a reader blocked for ever) reads as empty."""
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = store.open_regular(p)
     except OSError:
         return []
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return []
-        f.seek(max(0, st.st_size - size))
+        f.seek(max(0, os.fstat(fd).st_size - size))
         return f.read(size).decode(errors="replace").strip().splitlines()
