@@ -171,8 +171,8 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
         _print_costs([dry.cost])
         for line in dry.warnings:
             console.print(line, markup=False, style="yellow", soft_wrap=True)
-        if dry.local is not None:
-            print(dry.local.text(spec.name))
+        if dry.local is not None:  # a tpe plan shows its first trials only: so is its time
+            print(dry.local.text(spec.name + (" (the runs shown only)" if dry.note else "")))
         return 0
     opts = RunOptions(retry_failed=args.retry is not None, wait=not args.no_wait, show_progress=not args.quiet)
     try:

@@ -294,11 +294,11 @@ def dry_run(inv: Invocation, gpu: str | None = None) -> tuple[list, list[str]]:
         if name in inv.specs:
             dry = grid_dry_run(inv.specs[name], gpu, timed)
             warnings |= dict.fromkeys(dry.warnings)
-            if dry.local is not None:
-                times.append((dry.cost.name, dry.local))
-            # a tpe study's later trials follow results: only the ones it asks first are costed
+            # a tpe study's later trials follow results: only the ones it asks first are costed (and timed)
             costs.append(dataclasses.replace(dry.cost, name=f"{dry.cost.name} (first trials only)") if dry.note
                          else dry.cost)
+            if dry.local is not None:
+                times.append((costs[-1].name, dry.local))
             pools[name] = pd.DataFrame({"stem": [r.stem for r in dry.plan], "run": dry.plan,
                                         "optimizer": [r.optimizer for r in dry.plan],
                                         "epochs": [r.epochs for r in dry.plan]})

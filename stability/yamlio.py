@@ -72,6 +72,8 @@ def load_yaml(path: str | Path) -> Any:
                           str(path)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {e}", str(path)) from None
+    except ValueError as e:  # an integer of over 4,300 digits: Python's int() refuses to convert it
+        raise ConfigError(f"not valid YAML: {str(e).split(';')[0]}", str(path)) from None
 
 
 def parse_overrides(items: list[str], source: str = "command line") -> dict[str, Any]:
@@ -84,6 +86,6 @@ def parse_overrides(items: list[str], source: str = "command line") -> dict[str,
             raise ConfigError(f"expected key=value, got {item!r}", source)
         try:
             out[key] = parse_yaml(value) if value != "" else None
-        except (yaml.YAMLError, RecursionError):  # RecursionError: '[' * 10**5, kept as text (then refused)
+        except (yaml.YAMLError, RecursionError, ValueError):  # '[' * 10**5, 5,000 digits: kept as text (then refused)
             out[key] = value
     return out

@@ -265,3 +265,21 @@ def test_a_symlinked_ledger_is_not_followed_on_read(tmp_path):
     problems = []
     assert read_ledger(sweep, problems) == {}
     assert problems and not any("hunter2" in p for p in problems) and str(sweep / "jobs.jsonl") in problems[0]
+
+
+def test_an_owners_folder_linked_into_another_sweep_takes_no_lock_there(tmp_path):
+    """Sweeps share run ids (the sweep is not in the id): a lock taken through a linked owners/
+    would block the other sweep's run of that id. It is refused, and read as no owner."""
+    from stability.trainer.run_lock import RunLock, run_owner
+
+    root = tmp_path / "res"
+    other = store.sweep_dir(root, "b") / "owners"
+    other.mkdir(parents=True)
+    store.sweep_dir(root, "a").mkdir(parents=True)
+    (store.sweep_dir(root, "a") / "owners").symlink_to(other)
+    with pytest.raises(ConfigError, match="outside .*the run's owner lock is not taken"):
+        with RunLock(root, "a", "r", "jobA"):
+            pass
+    assert list(other.iterdir()) == []
+    with RunLock(root, "b", "r", "jobB"):  # b's own lock, held: a reads no owner through its link
+        assert run_owner(root, "a", "r") is None and run_owner(root, "b", "r")["job_id"] == "jobB"

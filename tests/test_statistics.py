@@ -59,6 +59,9 @@ def test_two_sample_label_tests_enumerate_every_split_when_there_are_few():
     big_a, big_b = rng.normal(size=10), rng.normal(size=10)  # 184,756 splits: drawn
     p = stats.median_perm_p(big_a, big_b, n_perm=999)
     assert p * 1000 == pytest.approx(round(p * 1000))
+    one, many = rng.normal(size=1), rng.normal(size=1000)  # 1,000 splits but 1M mask cells: drawn too
+    p = stats.ks_permutation_p(one, many, n_perm=999)
+    assert p * 1000 == pytest.approx(round(p * 1000)) and stats._splits(1001, 1) is None
 
 
 def test_ks_is_signed_and_its_permutation_p_handles_ties_exactly():

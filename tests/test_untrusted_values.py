@@ -195,3 +195,11 @@ def test_a_checkpoint_with_a_hostile_loop_state_is_set_aside_and_the_run_starts_
     _one_line_exit_2(code, capsys, f"checkpoint {path} is invalid: its loop state's epoch 99 is out of range "
                                    "(allowed: 0 to 0: epochs=1)", "left in place")
     assert path.exists()
+
+
+def test_an_integer_past_pythons_digit_limit_is_one_line(tmp_path, capsys):
+    """PyYAML's int() of a 5,000-digit integer raises ValueError (Python's 4,300-digit limit)."""
+    path = tmp_path / "huge.yaml"
+    path.write_text("lr: 1" + "0" * 5000 + "\n")
+    _one_line_exit_2(main(["train", "--config", str(path)]), capsys, str(path), "not valid YAML")
+    _one_line_exit_2(main(["train", "lr=1" + "0" * 5000]), capsys, "lr: expected a number")  # kept as text

@@ -37,6 +37,7 @@ import numpy as np
 
 EXACT_MAX_K = 16  # 2^16 sign patterns enumerated; above, Monte Carlo with N_PERM draws
 EXACT_MAX_SPLITS = 20_000  # two-sample label tests enumerate every split up to this many (8 vs 8: 12,870)
+EXACT_MAX_CELLS = 400_000  # ... and splits x runs up to this many (memory: 8 vs 8 is 205,920)
 N_PERM = 20000
 
 
@@ -545,8 +546,13 @@ def median_perm_p(a: np.ndarray, b: np.ndarray, n_perm: int = 4000, seed: int = 
 
 def _splits(n: int, na: int, max_splits: int | None = None) -> np.ndarray | None:
     """Every way to put ``na`` of ``n`` values in the first group, as a (splits, n) membership
-    mask; None above ``max_splits`` (default :data:`EXACT_MAX_SPLITS`) or with an empty group."""
-    if not 0 < na < n or math.comb(n, na) > (EXACT_MAX_SPLITS if max_splits is None else max_splits):
+    mask; None above ``max_splits`` (default :data:`EXACT_MAX_SPLITS`) splits or
+    :data:`EXACT_MAX_CELLS` mask cells (1 vs 4,000 is only 4,000 splits, but 16M cells), or with an
+    empty group."""
+    if not 0 < na < n:
+        return None
+    splits = math.comb(n, na)
+    if splits > (EXACT_MAX_SPLITS if max_splits is None else max_splits) or splits * n > EXACT_MAX_CELLS:
         return None
     idx = np.array(list(combinations(range(n), na)))
     mask = np.zeros((len(idx), n), bool)

@@ -243,6 +243,12 @@ class SlurmBackend(_FolderBackend):
 # ---- local -----------------------------------------------------------------------------------
 
 
+def local_threads(executor: Any) -> int:
+    """Torch threads of each rank of a local job: this machine's CPUs over the ranks that run at
+    once (``max_parallel`` x ``tasks_per_node``). The dry run times steps with the same."""
+    return max(1, (os.cpu_count() or 1) // (executor.max_parallel * max(executor.tasks_per_node, 1)))
+
+
 class LocalBackend(_FolderBackend):
     """Runs forked from a warm launcher on this machine, ``max_parallel`` at a time, each with an
     equal share of the cores. The launcher starts on :meth:`start` (or the first submit)."""
@@ -269,8 +275,7 @@ class LocalBackend(_FolderBackend):
 
     def submit(self, items: list[tuple[str, dict[str, Any]]]) -> list[Submitted]:
         pool = self.start()
-        threads = max(1, (os.cpu_count() or 1) // (self.ex.max_parallel * self.ex.tasks_per_node))
-        return [Submitted(rid, pool.submit(cfg, threads)) for rid, cfg in items]
+        return [Submitted(rid, pool.submit(cfg, local_threads(self.ex))) for rid, cfg in items]
 
     def alive(self, job_ids: list[str]) -> dict[str, str]:
         from .local import pid_alive

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import RunConfig
+from .backends import local_threads
 from .cost import EVAL_SPEEDUP, data_sizes, eval_images, images_seen, model_key
 
 # A step above this many multiply-adds (forward, per rank; the step is ~3x) is not timed: it takes
@@ -95,11 +95,6 @@ def _duration(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min" if s < 5400 else f"{s / 3600:.1f} h"
 
 
-def threads_per_job(executor: Any) -> int:
-    """Torch threads of one local job's rank (as ``backends.LocalBackend`` gives them)."""
-    return max(1, (os.cpu_count() or 1) // (executor.max_parallel * max(executor.tasks_per_node, 1)))
-
-
 def time_step(cfg: RunConfig, batch: int, threads: int, steps: int = TIMED_STEPS) -> float:
     """Seconds per training step of ``cfg``'s model on this CPU at ``batch`` images, with
     ``threads`` torch threads (restored after): ``steps`` untraced steps after a warm-up, plus one
@@ -151,7 +146,7 @@ def step_time(cfg: RunConfig, executor: Any, threads: int) -> GroupTime:
     batch = max(cfg.batch_size // (max(executor.tasks_per_node, 1) * max(cfg.accum_steps, 1)), 1)
     spec = model_spec(cfg.model, cfg.stem, num_classes=CLASSES.get(cfg.dataset, 10), image_size=model_key(cfg)[1])
     name = f"{spec.name} {cfg.optimizer}"
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+    if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
         return GroupTime(0, name, batch, None, None, "its runs use this machine's GPU: see the GPU-hours")
     macs = count_complexity(spec).flops * batch
     if macs > MAX_STEP_MACS:
@@ -175,7 +170,7 @@ def local_time(groups: list[tuple[RunConfig, int]], executor: Any,
     Returns:
         The :class:`LocalTime`.
     """
-    threads = threads_per_job(executor)
+    threads = local_threads(executor)
     steps = {} if steps is None else steps
     out = []
     for cfg, n in groups:

@@ -71,6 +71,8 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
+        # an owners/ folder linked into another sweep would lock (and block) that sweep's run of the same id
+        store.in_own(self.path.parent, store.sweep_dir(self.root, self.sweep), "the run's owner lock is not taken")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + TAKE_TIMEOUT_S
         fd = store.open_nofollow(self.path, os.O_RDWR | os.O_CREAT, self.root)
@@ -110,8 +112,9 @@ def run_owner(root: str | os.PathLike, sweep: str, run_id: str) -> dict | None:
     """The record of the live process that trains ``run_id`` (None when no process holds it)."""
     path = store.owner_path(root, sweep, run_id)
     try:
+        store.in_own(path.parent, store.sweep_dir(root, sweep), "")
         fd = store.open_regular(path)  # a planted link or FIFO is no owner (nor waited on)
-    except OSError:
+    except (OSError, ConfigError):  # nor is another sweep's lock, reached through a linked owners/
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
