@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import RunConfig
 from .backends import local_threads
-from .cost import EVAL_SPEEDUP, data_sizes, eval_images, images_seen, model_key
+from .cost import EVAL_SPEEDUP, data_sizes, eval_images, flops_per_image, images_seen, model_key
 
 # A step above this many multiply-adds (forward, per rank; the step is ~3x) is not timed: it takes
 # seconds on a CPU (a dry run times five), a paper-size ViT at batch 256 (~1e12) minutes. The
@@ -141,14 +141,12 @@ def step_time(cfg: RunConfig, executor: Any, threads: int) -> GroupTime:
     accumulation steps add up): a :class:`GroupTime` of no runs yet, or untimed with why."""
     import torch
 
-    from ..models import count_complexity, model_spec
-
     batch = max(cfg.batch_size // (max(executor.tasks_per_node, 1) * max(cfg.accum_steps, 1)), 1)
-    spec = model_spec(cfg.model, cfg.stem, num_classes=CLASSES.get(cfg.dataset, 10), image_size=model_key(cfg)[1])
-    name = f"{spec.name} {cfg.optimizer}"
+    model, px = model_key(cfg)
+    name = f"{model} {cfg.optimizer}"
     if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
         return GroupTime(0, name, batch, None, None, "its runs use this machine's GPU: see the GPU-hours")
-    macs = count_complexity(spec).flops * batch
+    macs = flops_per_image(model, px) * batch  # the planner's count (models/complexity.json)
     if macs > MAX_STEP_MACS:
         return GroupTime(0, name, batch, None, None, f"a step of {macs:.2g} multiply-adds, over the "
                          f"{MAX_STEP_MACS:.0e} a dry run times on a CPU")
