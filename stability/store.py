@@ -334,10 +334,8 @@ def quarantine(root: str | os.PathLike, sweep: str, path: Path) -> Path:
     dest = own / "quarantine" / rel.parent / f"{path.name}.{int(time.time())}"
     # a move out of the root is a delete there, one into it a write elsewhere; one from another
     # sweep's folder (a link inside the root) would take that sweep's result
-    in_root(path.parent, root, f"{path} not moved")
     in_own(path.parent, home, f"{path} not moved")
-    in_root(own / "quarantine", root, f"{path} not moved")  # before its folders are made
-    in_own(own / "quarantine", own, f"{path} not moved")
+    in_own(own / "quarantine", own, f"{path} not moved")  # before its folders are made
     dest.parent.mkdir(parents=True, exist_ok=True)
     in_own(dest.parent, own, f"{path} not moved")
     os.replace(path, dest)
@@ -468,8 +466,10 @@ def in_own(path: Path, own: Path, outcome: str) -> Path:
     not out of the root nor into another sweep's folder. The check of every write and delete of a
     sweep's files (``in_root`` is the root-wide one)."""
     own = Path(own).absolute()
-    place, where = own.parents[1].resolve() / own.parent.name / own.name, Path(path).resolve()
-    if not where.is_relative_to(place):
+    root, where = own.parents[1].resolve(), Path(path).resolve()
+    if not where.is_relative_to(root):  # the plainer message where it says it all
+        raise ConfigError(f"{path} leads out of the results root (to {where}): {outcome}")
+    if not where.is_relative_to(root / own.parent.name / own.name):
         raise ConfigError(f"{path} resolves to {where}, outside {own} (a symbolic link on its way): {outcome}")
     return where
 

@@ -9,7 +9,7 @@ import torch
 
 from stability.config import run_config
 from stability.grid import local_time as L
-from stability.grid.cost import EVAL_SPEEDUP, eval_images, images_seen
+from stability.grid.cost import EVAL_SPEEDUP, eval_images, images_seen, model_key
 from stability.grid.spec import ExecutorSpec
 
 from .conftest import ROOT, run_cli, write_spec
@@ -20,7 +20,7 @@ DIGITS = dict(dataset="digits", model="vit_tiny", batch_size=64, epochs=2, trace
 def test_a_run_is_its_steps_and_its_evaluation_and_runs_share_the_slots(monkeypatch):
     timed = []
 
-    def fake_step(cfg, batch, threads, steps=L.TIMED_STEPS):
+    def fake_step(cfg, px, batch, threads, steps=L.TIMED_STEPS):
         timed.append((cfg.stem, cfg.optimizer, batch, threads))
         return 0.1 if cfg.stem == "patchify" else 0.2
 
@@ -64,7 +64,7 @@ def test_a_paper_size_step_is_not_timed_on_a_cpu_and_says_why(monkeypatch):
 def test_the_real_step_is_timed_and_the_threads_are_put_back():
     before = torch.get_num_threads()
     cfg = run_config({**DIGITS, "stem": "conv"})
-    s = L.time_step(cfg, batch=8, threads=1, steps=2)
+    s = L.time_step(cfg, px=model_key(cfg)[1], batch=8, threads=1, steps=2)
     assert s > 0 and math.isfinite(s) and torch.get_num_threads() == before
 
 

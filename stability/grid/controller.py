@@ -114,7 +114,8 @@ def dry_run(spec: GridSpec, gpu: str | None = None, timed: dict | None = None) -
     sampler = sampler_for(spec)
     plan = sampler.dry_run(lambda: trial_slots(backend_for(spec)))
     done = done_ids(run_rows(spec.results, spec.name)) & {r.run_id for r in plan}  # a rerun trains the rest
-    groups = config_groups([r for r in plan if r.run_id not in done], COST_FIELDS + RATE_FIELDS, set(spec.ranges))
+    todo = [r for r in plan if r.run_id not in done]
+    groups = config_groups(todo, COST_FIELDS + RATE_FIELDS, set(spec.ranges))
     name = spec.name + (f" ({len(done)} of {len(plan)} done, not costed)" if done else "")
     cost = study_cost(name, groups, spec.executor, table, device)
     kind = resolve_kind(spec.executor.kind)
@@ -122,7 +123,6 @@ def dry_run(spec: GridSpec, gpu: str | None = None, timed: dict | None = None) -
                             *data_warnings(groups, kind)) if w]
     local = None
     if is_local_cpu(spec.executor, kind):
-        todo = [r for r in plan if r.run_id not in done]
         local = local_time(config_groups(todo, COST_FIELDS + RATE_FIELDS + TIME_FIELDS, set(spec.ranges)), spec.executor, timed)
     return DryRun(plan, sampler.dry_run_note(), cost, warnings, len(done), local)
 

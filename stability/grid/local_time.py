@@ -95,8 +95,8 @@ def _duration(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min" if s < 5400 else f"{s / 3600:.1f} h"
 
 
-def time_step(cfg: RunConfig, batch: int, threads: int, steps: int = TIMED_STEPS) -> float:
-    """Seconds per training step of ``cfg``'s model on this CPU at ``batch`` images, with
+def time_step(cfg: RunConfig, px: int, batch: int, threads: int, steps: int = TIMED_STEPS) -> float:
+    """Seconds per training step of ``cfg``'s model at ``px`` pixels on this CPU at ``batch`` images, with
     ``threads`` torch threads (restored after): ``steps`` untraced steps after a warm-up, plus one
     traced step counted once every ``trace_every``."""
     import torch
@@ -109,7 +109,7 @@ def time_step(cfg: RunConfig, batch: int, threads: int, steps: int = TIMED_STEPS
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        spec = model_spec(cfg.model, cfg.stem, num_classes=CLASSES.get(cfg.dataset, 10), image_size=model_key(cfg)[1])
+        spec = model_spec(cfg.model, cfg.stem, num_classes=CLASSES.get(cfg.dataset, 10), image_size=px)
         g = torch.Generator().manual_seed(0)
         model = build_model(spec, freeze_stem=cfg.freeze_stem, qk_norm=cfg.qk_norm)
         opt = make_optimizer(cfg, model, "cpu")
@@ -150,7 +150,7 @@ def step_time(cfg: RunConfig, executor: Any, threads: int) -> GroupTime:
     if macs > MAX_STEP_MACS:
         return GroupTime(0, name, batch, None, None, f"a step of {macs:.2g} multiply-adds, over the "
                          f"{MAX_STEP_MACS:.0e} a dry run times on a CPU")
-    return GroupTime(0, name, batch, time_step(cfg, batch, threads) * max(cfg.accum_steps, 1), None)
+    return GroupTime(0, name, batch, time_step(cfg, px, batch, threads) * max(cfg.accum_steps, 1), None)
 
 
 def local_time(groups: list[tuple[RunConfig, int]], executor: Any,
