@@ -2,7 +2,8 @@
 
 The controller, ``grid status`` and the CLI talk to a backend through eight calls — ``start``,
 ``submit``, ``alive``, ``capacity``, ``parallelism``, ``wait``, ``log_tail``, ``close`` — and its
-``name`` (recorded in the job ledger beside each job id). Three ship:
+``name`` (recorded in the job ledger beside each job id), and reads its ``ctrl_c_grace_s`` (None
+unless a Ctrl-C of the controller stops its jobs too: how long they take to stop). Three ship:
 
 - ``slurm``: submitit job arrays (chunked below MaxArraySize); liveness from ``squeue``.
 - ``local``: forked from a warm launcher (``stability.grid.local``); the job id is the pid.
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 from ..errors import ConfigError
 from .joblogs import job_log_tail
 from .kinds import resolve_kind
+from .local import STOP_GRACE_S
 
 
 @dataclass
@@ -89,6 +91,9 @@ class _FolderBackend:
     """What the shipped backends share: submitit-named logs under ``<sweep>/logs``."""
 
     name = "?"
+    # Seconds a job of this backend may take, once a Ctrl-C of the controller reached it too (the
+    # same process group), to save its checkpoint and exit; None: a Ctrl-C does not reach its jobs.
+    ctrl_c_grace_s: float | None = None
 
     def __init__(self, spec):
         from ..store import logs_dir  # lazily: parsing a spec needs no pandas
@@ -254,6 +259,7 @@ class LocalBackend(_FolderBackend):
     equal share of the cores. The launcher starts on :meth:`start` (or the first submit)."""
 
     name = "local"
+    ctrl_c_grace_s = STOP_GRACE_S  # forked by the launcher, in the controller's process group
 
     def __init__(self, spec):
         super().__init__(spec)

@@ -237,6 +237,9 @@ class Controller:
             while (step := self._step(backend, sweep, live)) != "done":
                 if step == "wait":
                     backend.wait(self.opts.poll_s)
+        except KeyboardInterrupt:
+            self._after_ctrl_c(backend, sweep, live)
+            raise
         finally:
             if live:
                 live.stop()
@@ -316,12 +319,38 @@ class Controller:
             return "done"
         return "wait"
 
+    def _after_ctrl_c(self, backend: Backend, sw: _Sweep, live) -> None:
+        """Ctrl-C reached the jobs too where the backend says so (``ctrl_c_grace_s``: local runs,
+        one process group): wait for this invocation's jobs to save their checkpoints and exit, at
+        most that long (a second Ctrl-C stops waiting), then draw the table once more. Without the
+        wait the last table is the look before the signal (``running``) while the CLI's line says
+        the runs stopped, and the runs would still be writing their ``preempted`` rows."""
+        grace = getattr(backend, "ctrl_c_grace_s", None)
+        left = [rid for rid, job in sw.submitted.items() if not job.done()] if grace is not None else []
+        deadline = time.monotonic() + (grace or 0.0)
+        with contextlib.suppress(KeyboardInterrupt):
+            while left and (now := time.monotonic()) < deadline:
+                if live:
+                    live.update(self._render(self._state(backend, sw)[1], backend,
+                                             f"interrupted: waiting for {len(left)} run(s) to save a checkpoint "
+                                             "(Ctrl-C again: stop waiting)"))
+                self.lock.beat()
+                backend.wait(min(self.opts.poll_s, deadline - now))
+                left = [rid for rid in left if not sw.submitted[rid].done()]
+        if live:
+            note = f"interrupted: {len(left)} run(s) had not stopped yet" if left else "interrupted"
+            live.update(self._render(self._state(backend, sw)[1], backend, note))
+
+    def _state(self, backend: Backend, sw: _Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The runs rows and the sweep's state, read now (jobs asked of their backends)."""
+        runs = run_rows(self.spec.results, self.spec.name, sw.rows_cache)
+        ledger = read_ledger(self.dir)
+        alive = alive_jobs(self.spec, [r.run_id for r in sw.plan], backend, ledger, done_ids(runs))
+        return runs, sweep_state(sw.plan, runs, alive, set(ledger), failures(ledger))
+
     def _finish(self, backend: Backend, sw: _Sweep, t0: float) -> Outcome:
         spec, outcome = self.spec, sw.outcome
-        runs = run_rows(spec.results, spec.name, sw.rows_cache)
-        ledger = read_ledger(self.dir)
-        outcome.state = sweep_state(sw.plan, runs, alive_jobs(spec, [r.run_id for r in sw.plan], backend, ledger,
-                                                              done_ids(runs)), set(ledger), failures(ledger))
+        runs, outcome.state = self._state(backend, sw)
         tell(spec, sw.plan, runs, sw.storage, sw.told)
         data = data_rows(spec.results, spec.name, outcome.state.run_id, runs)
         outcome.stems = stem_outcomes(outcome.state, runs, data=data)
@@ -392,7 +421,8 @@ class Controller:
             self.console.print(f"{time.strftime('%H:%M:%S')} {printable(line)}",  # a tpe plan's ids come from its file
                                markup=False, highlight=False, soft_wrap=True)
 
-    def _render(self, state: pd.DataFrame, backend: Backend):
+    def _render(self, state: pd.DataFrame, backend: Backend, note: str | None = None):
+        """The table per stem; ``note`` (plain text) replaces the ETA in the title."""
         from rich.table import Table
         from rich.text import Text
 
@@ -400,9 +430,9 @@ class Controller:
         by_stem = counts(state, ["stem"]) if len(state) else None
         total = counts(state) if len(state) else None
         done = int(state.status.isin(DONE).sum())
-        eta = eta_seconds(state, backend.parallelism())
+        eta = eta_seconds(state, backend.parallelism()) if note is None else None
         title = (f"sweep {spec.name} \\[{backend.name}]: {done}/{len(state)} done"
-                 + (f", ETA {eta / 60:.1f} min" if eta else ""))
+                 + (f", ETA {eta / 60:.1f} min" if eta else "") + (f"; {note}" if note else ""))
         table = Table(title=title)
         cols = [*S, "total"]  # every status: preempted ones too (waiting to resume), so the columns add up
         table.add_column("stem")

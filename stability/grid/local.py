@@ -36,6 +36,7 @@ PRELOAD = ("torch", "stability.trainer.train", "stability.models.vit", "stabilit
 
 
 FAILED_TASK_GRACE_S = 30.0
+STOP_GRACE_S = 60.0  # a stopped run's time to save its checkpoint and exit before it is killed
 
 
 def gpu_ids() -> list[str]:
@@ -356,7 +357,7 @@ class _Launcher:
                 job["killed"] = now  # SIGTERM: the run checkpoints and records "preempted"
                 for p in job["pids"]:
                     _kill(p, signal.SIGTERM)
-            elif job["killed"] and now > job["killed"] + 60:
+            elif job["killed"] and now > job["killed"] + STOP_GRACE_S:
                 for p in job["pids"]:
                     _kill(p, signal.SIGKILL)
 
