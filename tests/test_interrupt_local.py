@@ -82,3 +82,16 @@ def test_the_final_table_after_a_ctrl_c_shows_the_runs_preempted(interrupted):
         row = _table_row(err, stem)
         assert (row["preempted"], row["running"], row["total"]) == (1, 0, 1), (stem, err[-3000:])
     assert _table_row(err, "all")["preempted"] == 2
+
+
+def test_a_preempted_runs_log_ends_in_one_line_saying_so_not_a_traceback(interrupted):
+    """A stop is not a crash: the log ends in one line with the step, the signal, the checkpoint
+    and what resumes it; the record a rerun resumes from is the same (a preempted row, the file)."""
+    assert interrupted["statuses"] == ["preempted", "preempted"]
+    for job, text in interrupted["logs"].items():
+        assert "Traceback" not in text, (job, text[-3000:])
+        last = text.strip().splitlines()[-1]
+        assert last.startswith("stability: run ") and "preempted (stopped at step " in last, (job, last)
+        assert "by SIGINT" in last and "the same `stability grid run` resumes it" in last, (job, last)
+        path = last.split("checkpoint saved at ", 1)[1].split(";")[0]
+        assert os.path.isfile(path) and path.startswith(str(interrupted["spec"].sweep_dir)), (job, last)
