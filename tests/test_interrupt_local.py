@@ -15,7 +15,7 @@ from stability.grid.ledger import read_ledger
 from stability.grid.local import pid_alive
 from stability.grid.spec import load_spec
 
-from .conftest import ROOT, write_spec
+from .conftest import ROOT, run_cli, write_spec
 
 
 def _wait_for(cond, limit_s: float = 240) -> bool:
@@ -95,3 +95,18 @@ def test_a_preempted_runs_log_ends_in_one_line_saying_so_not_a_traceback(interru
         assert "by SIGINT" in last and "the same `stability grid run` resumes it" in last, (job, last)
         path = last.split("checkpoint saved at ", 1)[1].split(";")[0]
         assert os.path.isfile(path) and path.startswith(str(interrupted["spec"].sweep_dir)), (job, last)
+
+
+def test_grid_clean_after_the_rerun_removes_the_preempted_attempts_logs_too(interrupted):
+    """``grid clean`` removes the logs of finished runs: every job that ran one, the preempted
+    attempts a rerun finished included (the ledger's latest job per run is only the rerun's)."""
+    path, spec = interrupted["path"], interrupted["spec"]
+    again = run_cli("grid", "run", str(path), "--quiet")
+    assert again.returncode == 0 and "submitted 2" in again.stdout, (again.stdout, again.stderr[-2000:])
+    logs = store.logs_dir(spec.results, spec.name)
+    first = [logs / f"{job}_0_log.{ext}" for job in interrupted["logs"] for ext in ("out", "err")]
+    assert all(p.exists() for p in first)
+    clean = run_cli("grid", "clean", str(path))
+    assert clean.returncode == 0 and "removed 8 log files" in clean.stdout, (clean.stdout, clean.stderr[-2000:])
+    assert not [p.name for p in logs.rglob("*_log.*")]
+    assert (logs / "launcher.err").exists()  # the launcher's, of no run

@@ -29,7 +29,7 @@ from .backends import BACKENDS, Backend, SubmitRefused, backend_for
 from .cost import RATE_FIELDS, StudyCost, feed_warning, no_gpu_note, study_cost
 from .joblogs import job_files
 from .kinds import resolve_kind
-from .ledger import failures, read_ledger, record_jobs
+from .ledger import failures, jobs_by_run, read_ledger, record_jobs
 from .local_time import TIME_FIELDS, LocalTime, is_local_cpu, local_time
 from .lock import SweepLock
 from .plan import COST_FIELDS, PlannedRun, config_groups, plan_frame
@@ -612,14 +612,16 @@ def status_report(spec: GridSpec) -> dict[str, Any]:
 
 
 def clean_logs(spec: GridSpec) -> int:
-    """Remove the submitit files of the jobs that ran runs now done; returns files removed.
-    Files are found by parsing their names against the ledger's job ids (``job_files``), and
-    each delete must resolve under the sweep's own folder: nothing a ledger says can reach
-    another job's files or a path outside the sweep."""
-    ledger = read_ledger(spec.sweep_dir)
-    runs = run_rows(spec.results, spec.name)
-    done = done_ids(runs)
-    jobs = {rec["job_id"] for rid, rec in ledger.items() if rid in done}
+    """Remove the submitit files of the jobs that ran runs now done, every attempt (a preempted
+    or failed job whose run a later job finished, not only the latest); returns files removed.
+    A job the ledger also names for a run not done keeps its files. Files are found by parsing
+    their names against the ledger's job ids (``job_files``), and each delete must resolve under
+    the sweep's own folder: nothing a ledger says can reach another job's files or a path
+    outside the sweep."""
+    by_run = jobs_by_run(spec.sweep_dir)
+    done = done_ids(run_rows(spec.results, spec.name))
+    keep = set().union(*(jobs for rid, jobs in by_run.items() if rid not in done))
+    jobs = set().union(*(jobs for rid, jobs in by_run.items() if rid in done)) - keep
     logs, removed = store.logs_dir(spec.results, spec.name), 0
     if not logs.is_dir():
         return 0

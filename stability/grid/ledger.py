@@ -66,33 +66,54 @@ def read_ledger(sweep_dir: Path, problems: list[str] | None = None) -> dict[str,
     records (torn, not JSON, JSON of another shape) are skipped; ``problems`` gets one message per
     skipped line, naming it, or one for a ledger that is not a regular file (a symlink is not
     followed, a FIFO not waited on: read as empty)."""
+    out: dict[str, dict[str, Any]] = {}
+    for event, rec in _records(sweep_dir, problems):
+        if event:
+            sub = out.get(rec["run_id"])
+            if sub is not None and sub["job_id"] == rec["job_id"]:
+                sub["unwritten"] = rec["error"]
+        else:
+            out[rec["run_id"]] = rec
+    return out
+
+
+def jobs_by_run(sweep_dir: Path) -> dict[str, set[str]]:
+    """Every job the ledger names for each run, earlier attempts too (a preempted or failed job
+    whose run a later one finished): ``read_ledger`` keeps only the latest."""
+    out: dict[str, set[str]] = {}
+    for _, rec in _records(sweep_dir, None):
+        out.setdefault(rec["run_id"], set()).add(rec["job_id"])
+    return out
+
+
+def _records(sweep_dir: Path, problems: list[str] | None) -> list[tuple[bool, dict[str, Any]]]:
+    """The ledger's records in file order, ``(is a failure event, record)``, ``job_id`` as text;
+    what is neither is skipped (and named in ``problems``, as ``read_ledger`` says)."""
     from ..store import parse_json, read_regular  # lazily, as in _append
 
     p = ledger_path(sweep_dir)
-    out: dict[str, dict[str, Any]] = {}
     try:  # the file itself only: a planted link's target would have its lines shown in problems
         data = read_regular(p)
     except FileNotFoundError:
-        return out
+        return []
     except OSError as e:
         if problems is not None:
             why = "a symbolic link, not followed" if e.errno == errno.ELOOP else e.strerror or str(e)
             problems.append(f"{p}: not read ({why}): no job is known from it")
-        return out
+        return []
+    out = []
     for i, line in enumerate(data.decode(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         rec = parse_json(line, dict)
         ok = isinstance(rec, dict) and isinstance(rec.get("run_id"), str) and isinstance(rec.get("job_id"), str | int)
         if ok and rec.get("event") == UNWRITTEN and isinstance(rec.get("error"), str):
-            sub = out.get(rec["run_id"])
-            if sub is not None and sub["job_id"] == str(rec["job_id"]):
-                sub["unwritten"] = rec["error"]
+            out.append((True, rec | {"job_id": str(rec["job_id"])}))
             continue
         if not (ok and isinstance(rec.get("kind"), str)):
             if problems is not None:
                 problems.append(f"{p} line {i}: not a job record, skipped ({line[:60]!r})")
             continue
         rec["job_id"] = str(rec["job_id"])
-        out[rec["run_id"]] = rec
+        out.append((False, rec))
     return out
