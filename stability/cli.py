@@ -143,16 +143,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _load_grid(args: argparse.Namespace):
     """The spec of a ``grid`` command, with --results/--executor/--profile/--max-parallel applied."""
-    from .grid.spec import load_profile, load_spec, with_executor
+    from .grid.spec import executor_fields, load_profile, load_spec, with_executor
     from .resources import spec_path
 
     spec = load_spec(spec_path(args.spec), {"results": args.results} if getattr(args, "results", None) else None)
     changes = load_profile(getattr(args, "profile", None))
-    if getattr(args, "executor", None):
-        changes["kind"] = args.executor
-    for key in ("max_parallel", "array_size"):
-        if getattr(args, key, None) is not None:
-            changes[key] = getattr(args, key)
+    for attr, key in (("executor", "kind"), ("max_parallel", "max_parallel"), ("array_size", "array_size")):
+        if (value := getattr(args, attr, None)) is not None:
+            changes[key] = executor_fields("--" + attr.replace("_", "-"), {key: value})[key]
     return with_executor(spec, **changes) if changes else spec
 
 

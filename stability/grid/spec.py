@@ -391,8 +391,14 @@ def load_profile(profile: str | None) -> dict[str, Any]:
     loaded = load_yaml(path)
     if not isinstance(loaded, dict):
         raise ConfigError("expected a mapping of executor fields", str(path))
-    _executor_spec(str(path), loaded)  # a bad field is the profile's, named as such (not the spec's)
-    return loaded
+    return executor_fields(str(path), loaded)
+
+
+def executor_fields(source: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields``, executor fields given apart from a spec (a profile's, a flag's), checked alone:
+    a bad one is named as ``source``'s, not as the spec's they are later merged into."""
+    _executor_spec(source, fields)
+    return fields
 
 
 def with_executor(spec: GridSpec, **changes: Any) -> GridSpec:
