@@ -432,10 +432,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}\n")
 
 
+def _existing_root(root: str) -> None:
+    """A results root a command only reads must exist: a missing one is a typo, not an empty study."""
+    if not Path(root).is_dir():
+        why = "a file, not a folder" if Path(root).exists() else "no such folder"
+        raise ConfigError(f"--results: no results root {root} ({why}; allowed: an existing folder that `grid run` "
+                          "or `train` wrote results under)")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from . import store
     from .report import write_report
 
+    _existing_root(args.results)
     sweeps = store.sweeps(args.results)
     if args.sweep is None:  # what could be reported
         print(f"sweeps under {args.results}: {printable(', '.join(sweeps)) or 'none'}")
@@ -532,6 +541,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     app = dashboard_app()
     if not 0 < args.port < 65536:
         raise ConfigError(f"dashboard: --port {args.port} is not a port (allowed: 1..65535)")
+    _existing_root(args.results)  # before Streamlit starts: it would serve an empty page on a typo
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
            "--server.address", args.host, "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",

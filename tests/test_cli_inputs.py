@@ -3,6 +3,8 @@ file) at fault, exit code 2, and nothing written."""
 
 from __future__ import annotations
 
+import os
+
 from .conftest import run_cli, write_spec
 
 
@@ -26,3 +28,23 @@ def test_a_bad_flag_value_names_the_flag_a_bad_profile_value_the_profile(tmp_pat
     line = _one_line_error(run_cli("grid", "run", str(spec), "--dry-run", "--profile", str(prof), "--max-parallel", "3"))
     assert line.startswith(f"error: {prof}: executor.max_parallel: must be >= 1"), line
     assert not (tmp_path / "results").exists()
+
+
+def test_a_missing_results_root_is_an_error_for_report_and_dashboard(tmp_path):
+    gone = tmp_path / "nowhere"
+    for args in (["report"], ["report", "smoke"]):
+        line = _one_line_error(run_cli(*args, "--results", str(gone), cwd=tmp_path))
+        assert line.startswith(f"error: --results: no results root {gone} (no such folder"), line
+    # A stand-in Streamlit that says it ran: the check must come before the server starts.
+    fake = tmp_path / "fake" / "streamlit"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("print('streamlit started')\n")
+    path = os.pathsep.join(p for p in (str(tmp_path / "fake"), os.environ.get("PYTHONPATH")) if p)
+    out = run_cli("dashboard", "--results", str(gone), "--port", "8599", env={"PYTHONPATH": path}, timeout=60)
+    line = _one_line_error(out)
+    assert line.startswith(f"error: --results: no results root {gone}") and "streamlit started" not in out.stdout, line
+    (tmp_path / "afile").write_text("x")
+    line = _one_line_error(run_cli("report", "--results", str(tmp_path / "afile")))
+    assert "--results" in line and "a file, not a folder" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "fake"]
