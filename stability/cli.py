@@ -472,6 +472,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError(f"replay: --every {args.every!r} is not a comma-separated list of step counts") from None
     if any(k is not None and k < 1 for k in every) or args.workers < 1:
         raise ConfigError("replay: --every and --workers must be >= 1")
+    if not 0 <= args.within <= 100:  # points of top-1 error; also refuses nan
+        raise ConfigError(f"replay: --within {args.within:g} is not allowed (points of top-1 error from a group's "
+                          "best: a number from 0 to 100)")
     if set(args.sweeps) & set(args.tune or []):
         raise ConfigError("replay: a sweep is both tuned on and scored (--tune takes other sweeps)")
     scored = replay.load(args.results, args.sweeps, args.within)

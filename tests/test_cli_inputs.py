@@ -48,3 +48,9 @@ def test_a_missing_results_root_is_an_error_for_report_and_dashboard(tmp_path):
     line = _one_line_error(run_cli("report", "--results", str(tmp_path / "afile")))
     assert "--results" in line and "a file, not a folder" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "fake"]
+
+
+def test_replay_refuses_a_within_out_of_range(tmp_path):
+    for value in ("-1", "101", "nan"):
+        line = _one_line_error(run_cli("replay", "smoke", "--within", value, "--results", str(tmp_path)))
+        assert line.startswith(f"error: replay: --within {value} is not allowed") and "0 to 100" in line, line
