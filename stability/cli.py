@@ -452,6 +452,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.sweep not in sweeps:
         raise ConfigError(f"sweep: no sweep {args.sweep!r} under {args.results} (found: "
                           f"{printable(', '.join(sweeps)) or 'none'})")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a folder (allowed: the path of the HTML file to write, e.g. "
+                          f"{out / 'report.html'})")
+    if not out.parent.is_dir():  # as cp: the folder must exist, none is made where a typo points
+        raise ConfigError(f"--out: no folder {out.parent} to write {out.name} in (allowed: a file in an existing folder)")
     unreadable: list[str] = []
     mixed: list[dict] = []
     out = write_report(args.results, args.sweep, args.out, unreadable, mixed)

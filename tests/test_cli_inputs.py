@@ -54,3 +54,20 @@ def test_replay_refuses_a_within_out_of_range(tmp_path):
     for value in ("-1", "101", "nan"):
         line = _one_line_error(run_cli("replay", "smoke", "--within", value, "--results", str(tmp_path)))
         assert line.startswith(f"error: replay: --within {value} is not allowed") and "0 to 100" in line, line
+
+
+def test_report_out_must_be_a_file_in_an_existing_folder(tmp_path, tiny_run):
+    cfg, _ = tiny_run
+    report = ("report", cfg.sweep, "--results", cfg.results)
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "kept.txt").write_text("kept")
+    line = _one_line_error(run_cli(*report, "--out", str(folder)))
+    assert line.startswith(f"error: --out: {folder} is a folder") and ".tmp" not in line, line
+    assert [p.name for p in folder.iterdir()] == ["kept.txt"] and (folder / "kept.txt").read_text() == "kept"
+    missing = tmp_path / "no" / "dir" / "r.html"
+    line = _one_line_error(run_cli(*report, "--out", str(missing)))
+    assert line.startswith(f"error: --out: no folder {missing.parent}"), line
+    assert not (tmp_path / "no").exists()
+    out = run_cli(*report, "--out", str(folder / "r.html"))
+    assert out.returncode == 0 and (folder / "r.html").is_file(), out.stderr
