@@ -146,12 +146,31 @@ def _load_grid(args: argparse.Namespace):
     from .grid.spec import executor_fields, load_profile, load_spec, with_executor
     from .resources import spec_path
 
-    spec = load_spec(spec_path(args.spec), {"results": args.results} if getattr(args, "results", None) else None)
+    path = spec_path(args.spec)
+    if not path.is_file() and (name := _shipped_name(path)):
+        raise ConfigError(f"file not found: {path}; a shipped spec of that name runs as "
+                          f"`stability grid {args.grid_command} {name}`")
+    spec = load_spec(path, {"results": args.results} if getattr(args, "results", None) else None)
     changes = load_profile(getattr(args, "profile", None))
     for attr, key in (("executor", "kind"), ("max_parallel", "max_parallel"), ("array_size", "array_size")):
         if (value := getattr(args, attr, None)) is not None:
             changes[key] = executor_fields("--" + attr.replace("_", "-"), {key: value})[key]
     return with_executor(spec, **changes) if changes else spec
+
+
+def _shipped_name(path: Path) -> str | None:
+    """The shipped spec a missing ``path`` ends in (``grids/cpu/lr_wd.yaml`` typed outside a
+    clone: ``cpu/lr_wd``), the longest such name; None if none."""
+    from .resources import folder
+
+    if path.suffix != ".yaml":
+        return None
+    parts = path.with_suffix("").parts[1 if path.anchor else 0:]
+    for i in range(len(parts)):
+        tail = parts[i:]
+        if ".." not in tail and folder("grids").joinpath(*tail[:-1], tail[-1] + ".yaml").is_file():
+            return "/".join(tail)
+    return None
 
 
 def cmd_grid_run(args: argparse.Namespace) -> int:

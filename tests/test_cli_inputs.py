@@ -71,3 +71,14 @@ def test_report_out_must_be_a_file_in_an_existing_folder(tmp_path, tiny_run):
     assert not (tmp_path / "no").exists()
     out = run_cli(*report, "--out", str(folder / "r.html"))
     assert out.returncode == 0 and (folder / "r.html").is_file(), out.stderr
+
+
+def test_a_missing_grids_path_suggests_the_shipped_spec(tmp_path):
+    for given, name in (("grids/smoke.yaml", "smoke"), ("grids/cpu/quick/lr_wd.yaml", "cpu/quick/lr_wd"),
+                        (str(tmp_path / "grids" / "cpu" / "lr_wd.yaml"), "cpu/lr_wd")):
+        line = _one_line_error(run_cli("grid", "status", given, cwd=tmp_path))
+        assert line == f"error: file not found: {given}; a shipped spec of that name runs as " \
+                       f"`stability grid status {name}`", line
+    line = _one_line_error(run_cli("grid", "run", "grids/nosuch.yaml", "--dry-run", cwd=tmp_path))
+    assert line == "error: file not found: grids/nosuch.yaml", line  # no shipped spec: nothing suggested
+    assert not any(tmp_path.iterdir())
