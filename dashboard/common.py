@@ -14,6 +14,7 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import pandas as pd
 import streamlit as st
 
 from stability import analysis, plots, store
+from stability.analysis.tables import telling_axes
+from stability.plots import NAMED_AXES
 
 RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "epochs", "batch_size",
                "seed", "dataset", *store.DATA_COLUMNS, "params", "flops", "top1_err", "top5_err", "best_top1_err",
@@ -243,6 +246,10 @@ def control(widget, label: str, *args, key: str, default, **kwargs):
     if options is not None:
         if isinstance(default, list):
             st.session_state[key] = [v for v in value if v in options]
+            if gone := [v for v in value if v not in options]:  # a shared link's run since deleted, say
+                st.info(f"{md(label)}: {len(gone)} value(s) not offered here, left out (gone, or outside the "
+                        f"sidebar's filters): {md(', '.join(str(v)[:80] for v in gone[:5]))}"
+                        + (" …" if len(gone) > 5 else ""))
         elif value not in options:
             st.session_state[key] = default
     elif isinstance(default, int | float) and not isinstance(default, bool) and len(args) >= 2:
@@ -332,7 +339,7 @@ def selected_runs() -> pd.DataFrame | None:
 def _num(v: float) -> str:
     if pd.isna(v):
         return "?"
-    return f"{int(v)}" if abs(v) >= 100 and float(v).is_integer() else f"{v:.3g}"
+    return f"{int(v)}" if 100 <= abs(v) < 1e6 and float(v).is_integer() else f"{v:.3g}"  # lr 1e38: no 39 digits
 
 
 def run_labels(runs: pd.DataFrame) -> pd.Series:
@@ -462,9 +469,25 @@ def sweep_label(runs: pd.DataFrame) -> str:
     return ", ".join(sweeps) if len(sweeps) <= 3 else f"{len(sweeps)} sweeps"
 
 
-def table(df: pd.DataFrame, key: str | None = None, whole: bool = False, **kwargs) -> None:
+def answers_first(df: pd.DataFrame, strata: Sequence[str]) -> pd.DataFrame:
+    """``df`` with the ``strata`` columns that tell no rows apart beyond those before them (two
+    sweeps' batch sizes, EMA, test split: the sweeps') moved to the end, after the answers: every
+    column kept, the ones that matter on screen."""
+    strata = [c for c in strata if c in df.columns]
+    if not strata or df.empty:
+        return df
+    keys = df[strata].drop_duplicates()
+    named = [c for c in strata if c in telling_axes(keys, strata) or (c in NAMED_AXES and keys[c].nunique() > 1)]
+    later = [c for c in strata if c not in named]
+    return df[[c for c in df.columns if c not in later] + later]
+
+
+def table(df: pd.DataFrame, key: str | None = None, whole: bool = False, strata: Sequence[str] = (),
+          **kwargs) -> None:
     """A dataframe at readable precision (errors to 0.01 point, rates to 3 digits), fitting the page;
-    ``whole``: tall enough to show every row (no scroll box that hides rows)."""
+    ``whole``: tall enough to show every row (no scroll box that hides rows); ``strata``: the
+    grouping columns, the redundant ones shown last (``answers_first``)."""
+    df = answers_first(df, strata)
     config = {}
     for c in df.columns:
         if pd.api.types.is_float_dtype(df[c]):

@@ -200,8 +200,9 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
             print(f"interrupted: the Slurm jobs already submitted go on (scancel stops them; `grid status --json` "
                   f"lists their ids); the same command watches them again and submits the rest: {again}",
                   file=sys.stderr)
-        else:  # local runs got the Ctrl-C too: each saved a checkpoint (preempted)
-            print(f"interrupted: the runs in progress stopped after saving a checkpoint; the same command "
+        else:  # a terminal's Ctrl-C reaches the local runs too: each saves a checkpoint (preempted)
+            print(f"interrupted: the runs in progress stop after saving a checkpoint (the table above shows those "
+                  f"that had); the same command "
                   f"resumes them and submits the rest: {again}", file=sys.stderr)
         return 130
     c = outcome.counts()
@@ -569,7 +570,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     app = dashboard_app()
     if not 0 < args.port < 65536:
         raise ConfigError(f"dashboard: --port {args.port} is not a port (allowed: 1..65535)")
-    _existing_root(args.results)  # before Streamlit starts: it would serve an empty page on a typo
+    if Path(args.results).exists():  # before Streamlit starts
+        _existing_root(args.results)
+    else:  # not an error: opened before the first run lands, it shows the runs as they come
+        print(f"stability dashboard: no results root {Path(args.results).resolve()} yet: the pages fill in "
+              "when runs write there (a typo? stop with Ctrl-C)", file=sys.stderr, flush=True)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
            "--server.address", args.host, "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",

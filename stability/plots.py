@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .analysis.grouping import NO_STEM, named_stems  # noqa: F401 - the figures' name of a missing stem
-from .analysis.tables import stratum_text
+from .analysis.tables import stratum_text, telling_axes
 from .store import RunStatus
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 STEM_COLORS = {"patchify": "#d62728", "conv": "#1f77b4", "regnet": "#2ca02c"}
 _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
+DISTINCT_COLORS = [*qualitative.Dark24, *qualitative.Light24]  # past LINE_COLORS' 10: 48 told apart
 
 
 # When a figure's scatter traces are drawn with WebGL (benchmarks/plot_render.py, headless
@@ -98,6 +100,34 @@ def _labels(vals: Sequence[float]) -> list[str]:
     return [_sci(t, sci) for t in vals]
 
 
+NAMED_AXES = ("sweep", "optimizer", "epochs")  # a panel names these whenever they vary
+
+
+def _wrap(text: str, width: int = 60, sep: str = " · ") -> str:
+    """``text`` broken at ``sep`` into lines of about ``width`` characters (plotly's ``<br>``):
+    side-by-side panel titles overlap when a line is wider than its panel."""
+    lines: list[str] = []
+    for part in text.split(sep):
+        if lines and len(lines[-1]) + len(sep) + len(part) <= width:
+            lines[-1] += sep + part
+        else:
+            lines.append(part)
+    return "<br>".join(lines)
+
+
+def panel_heads(keys: Sequence, cols: Sequence[str]) -> list[str]:
+    """The names of panels, one per key (a tuple of ``cols`` values, or the value of one column):
+    the sweep, optimizer and length where they vary, then only the axes that still tell panels
+    apart (``telling_axes``: two sweeps' batch sizes and warm-ups are the sweeps'), wrapped."""
+    rows = [k if isinstance(k, tuple) else (k,) for k in keys]
+    if not cols or not rows:
+        return ["" for _ in rows]
+    frame = pd.DataFrame(rows, columns=list(cols))
+    telling = telling_axes(frame, list(cols))
+    named = [c for c in cols if c in telling or (c in NAMED_AXES and frame[c].nunique(dropna=False) > 1)]
+    return [_wrap(stratum_text({c: v for c, v in zip(cols, r, strict=True) if c in named})) for r in rows]
+
+
 def _grid_125(d0: int, d1: int) -> list[float]:
     """1, 2 and 5 times each power of ten from 10**d0 to 10**d1, ascending."""
     return [m * 10.0 ** d for d in range(d0, d1 + 1) for m in (1, 2, 5)]
@@ -156,6 +186,7 @@ EDF_VALUES = {"x", "F", "F_right", "F_lo", "F_hi", "F_lo_sim", "F_hi_sim", "dkw"
 
 
 ZERO_NORM = "grad norm 0"  # the open circles drawn below the data (a log axis has no 0): their legend entry
+BAD_NORM = "grad norm inf/NaN"  # the crosses drawn above the data: their legend entry
 END_SYMBOLS = {"": "circle", "diverged": "x", "pruned": "diamond-open"}  # how a run ended, as a marker
 BANDS = {"pointwise": ("F_lo", "F_hi"), "simultaneous": ("F_lo_sim", "F_hi_sim"), "dkw": None}
 LINE_COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -183,12 +214,11 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
     ncols = 1 if len(panels) == 1 else 2
     nrows = -(-len(panels) // ncols)
     titles = []
-    for key, part in panels:
-        key = key if isinstance(key, tuple) else (key,)
-        head = stratum_text(dict(zip(strata_cols, key, strict=True)))
+    heads = panel_heads([k for k, _ in panels], strata_cols if len(points) else [])
+    for head, (_, part) in zip(heads, panels, strict=True):
         ns = part.drop_duplicates([by] + ([dash_by] if dash_by else []))
         count = ", ".join(f"{r[by]} n={int(r.n)}" + _stopped_text(r) for _, r in ns.iterrows())
-        titles.append(f"{head}: {count}" if head else count)
+        titles.append(f"{head}<br>{count}" if head else count)
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles, shared_xaxes="all", shared_yaxes="all",
                         vertical_spacing=min(0.12, 0.5 / nrows), horizontal_spacing=0.06)
     stems = sorted(points[by].astype(str).unique()) if len(points) else []
@@ -328,7 +358,7 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
                                       "<br>id %{customdata[0]}<extra></extra>"),
                         row=r, col=col)
         for col, knob in enumerate(knobs, start=1):
-            fig.update_xaxes(type="log", title_text=knob, tickangle=0, **log_ticks(df[knob]), row=r, col=col)
+            fig.update_xaxes(type="log", title_text=knob, tickangle=0, **log_ticks(part[knob]), row=r, col=col)
         fig.update_yaxes(title_text="top-1 error (%)", row=r, col=1)
     if chance is not None and np.isfinite(chance):
         fig.add_hline(y=chance, line=dict(color="#888", dash="dash", width=1), annotation_text="chance",
@@ -401,10 +431,12 @@ def length_figure(tl: pd.DataFrame) -> go.Figure:
     keys = [c for c in tl.columns if c not in ("epochs", "best", "median", "n", "vs_longest")]
     tl = named_stems(tl)
     stems = sorted(tl["stem"].astype(str).unique()) if len(tl) else []
-    for i, (key, g) in enumerate(tl.groupby(keys, observed=True, sort=True)):
+    groups = list(tl.groupby(keys, observed=True, sort=True))
+    names = panel_heads([k for k, _ in groups], keys)  # a sweep's batch size and warm-up are the sweep's
+    for i, ((key, g), name) in enumerate(zip(groups, names, strict=True)):
         key = key if isinstance(key, tuple) else (key,)
         stem = str(key[keys.index("stem")])
-        name = " / ".join(str(k) for k in key)
+        name = name or stem
         g = g.sort_values("epochs")
         fig.add_trace(go.Scatter(x=g.epochs, y=g.best, mode="lines+markers", name=name,
                                  line=dict(color=color_of(stem, stems.index(stem)), dash=DASHES[i % len(DASHES)]),
@@ -413,7 +445,7 @@ def length_figure(tl: pd.DataFrame) -> go.Figure:
                                                                f"<extra>{name}</extra>"))
     ticks = sorted(tl.epochs.unique()) if len(tl) else []
     fig.update_layout(xaxis_title="epochs", yaxis_title="best top-1 error (%)", xaxis_type="log",
-                      template="plotly_white", height=400, title="Training length", legend_title=" / ".join(keys))
+                      template="plotly_white", height=400, title="Training length")
     fig.update_xaxes(tickvals=ticks, ticktext=[str(t) for t in ticks])
     return fig
 
@@ -424,14 +456,51 @@ def _log_floor(values: pd.Series) -> float:
     return float(pos.min() / 10) if len(pos) else 1e-12
 
 
+def _log_ceiling(values: pd.Series) -> float:
+    """Where a non-finite value (inf, NaN) is drawn on a log axis: a decade above the largest finite one."""
+    pos = values[(values > 0) & np.isfinite(values)]
+    return float(pos.max() * 10) if len(pos) else 1.0
+
+
+def _finite_positive(v: pd.Series) -> pd.Series:
+    """``v`` where a log axis can draw it, else a gap."""
+    return v.where((v > 0) & np.isfinite(v.to_numpy(float)))
+
+
+def _drawn(norms: pd.Series) -> pd.Series:
+    """The heights norms are drawn at on a log axis: zeros at the floor, inf and NaN at the
+    ceiling (``_off_scale``), so the axis ticks span every mark."""
+    v = norms.astype(float)
+    return v.where(v > 0, _log_floor(v)).where(np.isfinite(v), _log_ceiling(v))
+
+
 def _zero_norm_note(fig: go.Figure, traces: list[pd.DataFrame]) -> None:
-    """A legend entry, and only that, saying what the open circles are where a trace has a zero
-    norm: the circles stay in their layer's (or run's) group, which toggles them."""
-    if any(len(t) and t["grad_norm"].eq(0).any() for t in traces):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=ZERO_NORM, legendgroup=ZERO_NORM,
-                                 legendrank=2000, marker=dict(color="#777", size=8, symbol="circle-open"),
-                                 hoverinfo="skip"),
-                      row=1, col=1)
+    """Legend entries, and only that, saying what the open circles (a zero norm) and the crosses
+    (an inf or NaN norm) are where a trace has them: the marks stay in their layer's (or run's)
+    group, which toggles them."""
+    for name, has, symbol in ((ZERO_NORM, lambda v: v.eq(0), "circle-open"),
+                              (BAD_NORM, lambda v: ~np.isfinite(v.to_numpy(float)), "x-thin-open")):
+        if any(len(t) and has(t["grad_norm"]).any() for t in traces):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup=name,
+                                     legendrank=2000, marker=dict(color="#777", size=9, symbol=symbol,
+                                                                  line=dict(width=2, color="#777")),
+                                     hoverinfo="skip"),
+                          row=1, col=1)
+
+
+def _off_scale(fig: go.Figure, g: pd.DataFrame, floor: float, ceiling: float, color: str, group: str,
+               where: str, visible=True) -> None:
+    """The norms a log axis cannot draw, at fixed heights shared by every series of the figure:
+    a zero as an open circle at ``floor``, an inf or NaN as a cross at ``ceiling``."""
+    v = g.grad_norm.to_numpy(float)
+    for mask, y, symbol, what in ((v == 0, floor, "circle-open", "0"),
+                                  (~np.isfinite(v), ceiling, "x-thin-open", "not finite")):
+        if mask.any():
+            fig.add_trace(go.Scatter(x=g.step[mask], y=[y] * int(mask.sum()), mode="markers", legendgroup=group,
+                                     showlegend=False, visible=visible,
+                                     marker=dict(color=color, size=9, symbol=symbol, line=dict(width=2, color=color)),
+                                     hovertemplate="step %{x}: grad norm " + what + f"<extra>{where}</extra>"),
+                          row=1, col=1)
 
 
 @plain_labels
@@ -445,7 +514,7 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
     line = scatter_kind(len(trace) + len(steps))
     if len(trace):
-        floor = _log_floor(trace.grad_norm)
+        floor, ceiling = _log_floor(trace.grad_norm), _log_ceiling(trace.grad_norm)
         first, last = trace.depth.min(), trace.depth.max()
         layers = trace.sort_values("depth").drop_duplicates("layer")[["layer", "depth"]]
         _zero_norm_note(fig, [trace])
@@ -454,18 +523,12 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
             edge = depth in (first, last)
             color = "#d62728" if depth == first else "#1f77b4" if depth == last else "rgba(120,120,120,0.35)"
             visible = True if edge else "legendonly"
-            y = g.grad_norm.where(g.grad_norm > 0)  # a zero is a gap, marked below: never a made-up value
+            y = _finite_positive(g.grad_norm)  # a zero or inf is a gap, marked apart: never a made-up value
             fig.add_trace(line(x=g.step, y=y, mode="lines+markers" if len(g) <= 2 else "lines",
                                        name=f"{layer}" + (" (first)" if depth == first else " (last)" if depth == last else ""),
                                        line=dict(color=color, width=2 if edge else 1), legendgroup=layer,
                                        marker=dict(size=8), visible=visible), row=1, col=1)
-            zeros = g[g.grad_norm == 0]
-            if len(zeros):
-                fig.add_trace(go.Scatter(x=zeros.step, y=[floor] * len(zeros), mode="markers", legendgroup=layer,
-                                         showlegend=False, visible=visible,
-                                         marker=dict(color=color, size=8, symbol="circle-open"),
-                                         hovertemplate="step %{x}: grad norm 0<extra>" + str(layer) + "</extra>"),
-                              row=1, col=1)
+            _off_scale(fig, g, floor, ceiling, color, layer, str(layer), visible)
             s = g[g.spike] if "spike" in g else g.iloc[:0]
             if len(s):
                 fig.add_trace(go.Scatter(x=s.step, y=s.grad_norm, mode="markers", name=f"{layer} spikes",
@@ -481,7 +544,7 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
             fig.add_vline(x=float(diverged_at), line=dict(color="black", dash="dash", width=1), row=row, col=1)
         fig.add_annotation(x=float(diverged_at), y=1, yref="paper", text=f"diverged at step {int(diverged_at)}",
                            showarrow=False, xanchor="right", yanchor="bottom")
-    norms = trace.grad_norm.where(trace.grad_norm > 0, floor) if len(trace) else []
+    norms = _drawn(trace.grad_norm) if len(trace) else []
     fig.update_yaxes(type="log", title_text="grad norm", **log_ticks(norms), row=1, col=1)
     fig.update_yaxes(type="log", title_text="loss (log)", **log_ticks(steps.loss if len(steps) else []), row=2, col=1)
     short = len(trace) and trace.step.max() < 10
@@ -500,19 +563,17 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
     line = scatter_kind(sum(2 * len(t) // max(1, t.layer.nunique()) + len(s) for _, t, s in runs))
     _zero_norm_note(fig, [t for _, t, _ in runs])
+    all_norms = pd.concat([t.grad_norm for _, t, _ in runs if len(t)]) if any(len(t) for _, t, _ in runs) \
+        else pd.Series(dtype=float)
+    floor, ceiling = _log_floor(all_norms), _log_ceiling(all_norms)  # one height for every run's zeros
+    palette = LINE_COLORS if len(runs) <= len(LINE_COLORS) else DISTINCT_COLORS  # no two runs alike
     for i, (label, trace, steps) in enumerate(runs):
-        color = LINE_COLORS[i % len(LINE_COLORS)]
+        color = palette[i % len(palette)]
         if len(trace):
-            floor = _log_floor(trace.grad_norm)
             for depth, dash, which in ((trace.depth.min(), "solid", "first"), (trace.depth.max(), "dot", "last")):
                 g = trace[trace.depth == depth].sort_values("step")
-                zeros = g[g.grad_norm == 0]
-                if len(zeros):
-                    fig.add_trace(go.Scatter(x=zeros.step, y=[floor] * len(zeros), mode="markers", legendgroup=label,
-                                             showlegend=False, marker=dict(color=color, size=8, symbol="circle-open"),
-                                             hovertemplate="step %{x}: grad norm 0<extra>" + f"{label} ({which})</extra>"),
-                                  row=1, col=1)
-                fig.add_trace(line(x=g.step, y=g.grad_norm.where(g.grad_norm > 0),
+                _off_scale(fig, g, floor, ceiling, color, label, f"{label} ({which})")
+                fig.add_trace(line(x=g.step, y=_finite_positive(g.grad_norm),
                                    mode="lines+markers" if len(g) <= 2 else "lines", name=label, legendgroup=label,
                                    showlegend=which == "first", line=dict(color=color, dash=dash, width=1.6),
                                    hovertemplate="step %{x}: %{y:.3g}<extra>" + f"{label} ({which} layer)</extra>"),
@@ -527,13 +588,12 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
             st = steps.sort_values("step")
             fig.add_trace(line(x=st.step, y=st.loss, mode="lines", name=f"{label} loss", legendgroup=label,
                                showlegend=False, line=dict(color=color, width=1.2)), row=2, col=1)
-    norms = pd.concat([t.grad_norm for _, t, _ in runs if len(t)]) if any(len(t) for _, t, _ in runs) else []
     losses = pd.concat([s.loss for _, _, s in runs if len(s)]) if any(len(s) for _, _, s in runs) else []
-    fig.update_yaxes(type="log", title_text="grad norm", **log_ticks(norms), row=1, col=1)
+    fig.update_yaxes(type="log", title_text="grad norm", **log_ticks(_drawn(all_norms)), row=1, col=1)
     fig.update_yaxes(type="log", title_text="loss (log)", **log_ticks(losses), row=2, col=1)
     fig.update_xaxes(title_text="step", tickformat="d", row=2, col=1)
-    fig.update_layout(template="plotly_white", height=600, title=f"{title}: first (solid) and last (dotted) layer",
-                      legend_title="run")
+    fig.update_layout(template="plotly_white", height=max(600, 160 + 24 * len(runs)),  # every run's legend entry
+                      title=f"{title}: first (solid) and last (dotted) layer", legend_title="run")
     return fig
 
 
@@ -655,8 +715,8 @@ def _panels(df: pd.DataFrame, axes: Sequence[str]) -> list[tuple[str, pd.DataFra
     axes = [a for a in axes if a in df and df[a].nunique(dropna=False) > 1]
     if not axes:
         return [("", df)]
-    return [(stratum_text(dict(zip(axes, k if isinstance(k, tuple) else (k,), strict=True))), g)
-            for k, g in df.groupby(axes, observed=True, dropna=False, sort=True)]
+    groups = list(df.groupby(axes, observed=True, dropna=False, sort=True))
+    return list(zip(panel_heads([k for k, _ in groups], axes), [g for _, g in groups], strict=True))
 
 
 @plain_labels

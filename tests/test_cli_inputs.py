@@ -30,7 +30,7 @@ def test_a_bad_flag_value_names_the_flag_a_bad_profile_value_the_profile(tmp_pat
     assert not (tmp_path / "results").exists()
 
 
-def test_a_missing_results_root_is_an_error_for_report_and_dashboard(tmp_path):
+def test_a_missing_results_root_is_an_error_for_report_a_note_for_the_dashboard(tmp_path):
     gone = tmp_path / "nowhere"
     for args in (["report"], ["report", "smoke"]):
         line = _one_line_error(run_cli(*args, "--results", str(gone), cwd=tmp_path))
@@ -41,12 +41,15 @@ def test_a_missing_results_root_is_an_error_for_report_and_dashboard(tmp_path):
     (fake / "__init__.py").write_text("")
     (fake / "__main__.py").write_text("print('streamlit started')\n")
     path = os.pathsep.join(p for p in (str(tmp_path / "fake"), os.environ.get("PYTHONPATH")) if p)
+    # the dashboard opened before the first run lands: it starts, saying the root is not there yet
     out = run_cli("dashboard", "--results", str(gone), "--port", "8599", env={"PYTHONPATH": path}, timeout=60)
-    line = _one_line_error(out)
-    assert line.startswith(f"error: --results: no results root {gone}") and "streamlit started" not in out.stdout, line
+    assert out.returncode == 0 and "streamlit started" in out.stdout, out.stderr
+    assert f"no results root {gone} yet" in out.stderr and not gone.exists()
     (tmp_path / "afile").write_text("x")
-    line = _one_line_error(run_cli("report", "--results", str(tmp_path / "afile")))
-    assert "--results" in line and "a file, not a folder" in line, line
+    for args in (["report"], ["dashboard", "--port", "8599"]):  # a file is no root for either
+        out = run_cli(*args, "--results", str(tmp_path / "afile"), env={"PYTHONPATH": path}, timeout=60)
+        line = _one_line_error(out)
+        assert "--results" in line and "a file, not a folder" in line and "streamlit started" not in out.stdout, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "fake"]
 
 

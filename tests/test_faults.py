@@ -450,7 +450,7 @@ def test_ctrl_c_on_a_local_grid_run_says_what_happened_and_the_same_command_resu
         time.sleep(0.2)
     os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: to the whole foreground group
     out, err = p.communicate(timeout=300)
-    assert p.returncode == 130 and "interrupted: the runs in progress stopped after saving a checkpoint" in err, \
+    assert p.returncode == 130 and "interrupted: the runs in progress stop after saving a checkpoint" in err, \
         err[-2000:]
     assert f"stability grid run {path}" in err
     status = json.loads(run_cli("grid", "status", str(path), "--json").stdout)

@@ -76,7 +76,7 @@ def test_the_final_table_after_a_ctrl_c_shows_the_runs_preempted(interrupted):
     line under it."""
     err = interrupted["err"]
     assert interrupted["code"] == 130, err[-2000:]
-    assert "interrupted: the runs in progress stopped after saving a checkpoint" in err
+    assert "interrupted: the runs in progress stop after saving a checkpoint" in err
     assert interrupted["statuses"] == ["preempted", "preempted"]
     for stem in ("patchify", "conv"):
         row = _table_row(err, stem)

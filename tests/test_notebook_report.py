@@ -48,7 +48,7 @@ def test_notebook_runs_as_the_readme_says(dash_results, tmp_path):
 
 
 def test_report_is_self_contained(dash_results, tmp_path):
-    out = tmp_path / "r" / "report.html"
+    out = tmp_path / "report.html"
     res = run_cli("report", "dash", "--results", str(dash_results), "--out", str(out))
     assert res.returncode == 0, res.stderr
     html = out.read_text()

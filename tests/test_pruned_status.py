@@ -197,7 +197,7 @@ def test_edf_panels_label_their_chance_and_within_lines_once_never_with_plotlys_
     for relative, kw, label in ((False, {"chance": 90.0}, "chance"), (True, {"within": 4.0}, "within 4")):
         fig = plots.edf_figure(analysis.edf(two, n_boot=0, relative=relative), relative=relative, **kw)
         texts = [a.text for a in fig.layout.annotations]
-        assert sum(bool(t) and t.startswith(("a: ", "b: ")) for t in texts) == 2, texts  # two panels
+        assert sum(bool(t) and t.startswith(("a<br>", "b<br>")) for t in texts) == 2, texts  # two panels
         assert None not in texts and texts.count(label) == 1, texts
 
 

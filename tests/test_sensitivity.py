@@ -277,6 +277,16 @@ def hand_attention():
     return runs, pd.DataFrame(gn)
 
 
+def test_an_auc_with_no_group_holding_both_outcomes_says_why():
+    """Every run in a group of its own (as an lr x wd sweep split by wd): no AUC has a pair, and
+    the note says so instead of an empty one."""
+    runs, gn = hand_attention()
+    out = analysis.attn_logit_auc(runs, gn, step=50, by=["lr", "stem"], n_boot=200)
+    assert out.table["auc"].isna().all() and "No group has runs both with and without" in out.note
+    assert "5 group(s) split by lr, stem" in out.note
+    assert "No group" not in analysis.attn_logit_auc(*hand_attention(), step=50, n_boot=200).note
+
+
 def test_attention_logit_table_by_hand():
     runs, gn = hand_attention()
     at = analysis.attn_logit_at(runs, gn, step=50).table.set_index("run_id")
@@ -423,6 +433,17 @@ def test_results_without_the_new_columns_give_an_empty_frame_and_a_note():
             assert out.table.empty and "attn_logit_max" in out.note
     # an empty runs table too
     assert analysis.lr_sensitivity(hand_runs().iloc[:0]).table.empty
+
+
+def test_runs_that_all_diverged_before_validation_are_scored_at_init_not_called_older_results():
+    """Every run diverged before its first validation (no final loss): each counts as l0, and no
+    note blames the results' age."""
+    runs = hand_runs().assign(status=D, final_val_loss=float("nan"))
+    out = sens.lr_sensitivity_per_seed(runs)
+    assert "final_val_loss" not in out.note and not out.table.empty
+    assert (out.table["sensitivity"] == 0).all() and (out.table["n_diverged"] == 3).all()  # all at l0: flat
+    only_completed_null = hand_runs().assign(final_val_loss=float("nan"))  # completed runs without it: older
+    assert "final_val_loss" in sens.lr_sensitivity_per_seed(only_completed_null).note
 
 
 def test_figures_draw_the_tables():

@@ -24,7 +24,7 @@ def _pooling_warning(runs, pooled: str) -> None:
     keys = analysis.strata(runs)  # the strata, named (stem_outcomes' default grouping)
     per = analysis.stem_outcomes(runs, by=keys)
     whole = analysis.stem_outcomes(runs, by=[])
-    msg = f"Pooled here: {pooled} (one line per stem over all of them)."
+    msg = f"Pooled here: {pooled.replace(',', ', ')} (one line per stem over all of them)."
     if whole.stem.nunique() > 1 and len(per):
         best_all = whole.loc[whole.median_err.idxmin(), "stem"]
         flips = [analysis.group_text(dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)))
@@ -105,7 +105,7 @@ if runs is not None:
         st.subheader("Summary" + (" (Δ to each line's best, points)" if relative else " (top-1 error, %)"))
         ws = sorted({1.0, 2.0, 5.0} | ({within} if within is not None else set()))
         table(analysis.summary(runs, by=by, relative=relative, within=ws, pruned=scored), key="edf_summary",
-              whole=True)
+              whole=True, strata=analysis.strata(runs))
         st.subheader("Comparison between stems")
         go = len(runs) <= 3000 or st.button(f"Compute the comparison for {len(runs):,} runs (bootstrap and "
                                             "permutation tests: a few seconds)", key="edf_compute")
@@ -121,7 +121,7 @@ if runs is not None:
                      "within_1_diff", "within_1_diff_lo", "within_1_diff_hi", "ks", "ks_better", "ks_p",
                      "n_pairs", "wilcoxon_p", "sign_p"]
             first = [c for c in first if c in cmp.columns]
-            table(cmp[first + [c for c in cmp.columns if c not in first]], key="edf_compare")
+            table(cmp[first + [c for c in cmp.columns if c not in first]], key="edf_compare", strata=strata_cols)
             st.caption("Verdicts: on the absolute error (median b − a), a two-sided permutation test per "
                        "stratum, Holm-adjusted over the strata at 10%; no verdict where a stem has fewer than 4 "
                        "finished runs or both stems sit at chance in every run (docs/methodology.md). "

@@ -46,4 +46,4 @@ if runs is not None:
             st.caption(f"Bins span {src}, the same for every stem; grey cells hold no run."
                        + (f" {clipped} run(s) outside those ranges are counted in the edge bins." if clipped else ""))
         st.subheader("Best configuration per group")
-        table(analysis.best_configs(runs), key="lrwd_best")
+        table(analysis.best_configs(runs), key="lrwd_best", strata=analysis.strata(runs))

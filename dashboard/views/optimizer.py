@@ -1,6 +1,7 @@
 """Optimizer & training length: AdamW vs SGD per stem (best over each optimizer's own runs, with
 n), best error vs epochs per stem."""
 
+import pandas as pd
 import streamlit as st
 
 from stability import analysis, plots
@@ -15,6 +16,9 @@ if runs is not None:
         st.info(f"The selection has one optimizer only ({md(runs.optimizer.iloc[0])}): below is its best run "
                 "per stem, with nothing to compare it to; run grids/cpu/optimizer.yaml for both (or "
                 "widen the sidebar's optimizer filter).")
+    elif "gap_best" not in gap or gap["gap_best"].isna().all():
+        st.info("No sweep, stem and length of the selection ran both optimizers: each bar below stands "
+                "alone, nothing is compared (run grids/cpu/optimizer.yaml for both in one sweep).")
     if not gap.empty:
         st.plotly_chart(plots.optimizer_figure(gap), width="stretch", key="opt_chart")
         ns = [c for c in gap.columns if c.startswith("n_")]
@@ -26,10 +30,18 @@ if runs is not None:
         table(gap, key="opt_table")
     st.subheader("Training length")
     tl = analysis.training_length(runs)
-    if tl.epochs.nunique() < 2:
-        st.info("The selection has one epoch budget only, so there is no curve to draw; run "
-                "grids/cpu/epochs.yaml for several.")
-    elif not tl.empty:
+    groups = [c for c in tl.columns if c not in ("epochs", "best", "median", "n", "vs_longest")]
+    lengths = tl.groupby(groups, observed=True, dropna=False)["epochs"].transform("nunique") if len(tl) \
+        else pd.Series(0, index=tl.index)
+    single = tl[lengths < 2]
+    tl = tl[lengths >= 2]
+    if tl.empty:
+        st.info("Each sweep and stem of the selection ran one epoch budget only, so there is no curve "
+                "to draw; run grids/cpu/epochs.yaml for several.")
+    else:
+        if len(single):  # a lone length is no curve, and lengths of different sweeps are no comparison
+            st.caption(f"Left out, one epoch budget only: {len(single)} group(s) "
+                       f"({', '.join(sorted(map(str, single.get('sweep', single.stem).unique())))}).")
         st.plotly_chart(plots.length_figure(tl), width="stretch", key="len_chart")
         if tl.n.lt(3).any():
             thin = tl[tl.n.lt(3)]

@@ -11,11 +11,10 @@ import streamlit as st
 
 from stability import analysis, plots
 from stability.dashboard.common import (
-    apply_filters,
-    load_runs,
     md,
     peek_runs,
     root,
+    selected_runs,
     table,
     verdict_lines,
     whole_name,
@@ -95,7 +94,7 @@ def findings(runs: pd.DataFrame) -> None:
         st.warning(f)
     shown = t.drop(columns=["never_left_chance"]).assign(
         **{"left chance": t.never_left_chance.map({True: "never", False: "yes"})})
-    table(shown, key="overview_findings", whole=True)
+    table(shown, key="overview_findings", whole=True, strata=strata_cols)
     st.caption("Per stratum (sweep, optimizer, epochs …: never pooled) and stem. runs: finished (completed, "
                "diverged or pruned); pruned: stopped early by the run's pruner as doomed (counted apart, never as "
                "completed); at_chance: completed with an error ≥ 0.9 × the error at init (the report's rule); "
@@ -119,10 +118,9 @@ def findings(runs: pd.DataFrame) -> None:
 
 
 def body() -> None:
-    runs = load_runs()
+    runs = selected_runs()
     if runs is None:
         return
-    runs = apply_filters(runs)
     findings(runs)
     st.subheader("Sweeps")
     finished = pd.to_datetime(runs["finished_at"], utc=True).max()

@@ -4,6 +4,7 @@ from the rows they have streamed so far, redrawn every 5 s)."""
 
 import io
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -21,8 +22,21 @@ from stability.dashboard.common import (
     selected_runs,
     table,
 )
-from stability.plots import LINE_COLORS, log_ticks, plain, scatter_kind
+from stability.plots import color_of, log_ticks, named_stems, plain, scatter_kind, shade
 from stability.store import RunStatus as S
+
+
+def _mark_divergence(fig: go.Figure, s: pd.DataFrame, at, name: str, color: str) -> None:
+    """A cross on the loss and grad-norm panels at a diverged run's step (its loss or norm not
+    finite there, so no line reaches it), at the last finite value before it."""
+    if at is None or at != at:
+        return
+    for (r, c), col in (((1, 1), "loss"), ((2, 2), "grad_norm")):
+        before = s[(s.step <= at) & np.isfinite(s[col].to_numpy(float)) & (s[col] > 0)]
+        if len(before):
+            fig.add_trace(go.Scatter(x=[at], y=[before[col].iloc[-1]], mode="markers", showlegend=False,
+                                     marker=dict(symbol="x", size=11, color=color),
+                                     hovertemplate=f"diverged at step {int(at)}<extra>{name}</extra>"), r, c)
 
 
 def curves(chosen: list[str], info: pd.DataFrame, labels: dict[str, str]) -> None:
@@ -45,15 +59,22 @@ def curves(chosen: list[str], info: pd.DataFrame, labels: dict[str, str]) -> Non
                             vertical_spacing=0.2)
         line = scatter_kind(3 * len(steps))
         no_epoch = []
+        stems = [str(x) for x in named_stems(info.loc[chosen, ["stem"]])["stem"]]
         for i, rid in enumerate(chosen):
-            color, name = LINE_COLORS[i % len(LINE_COLORS)], plain(labels[rid])  # plotly renders tags in text
+            # the stem's hue, as on every other page (red patchify, blue conv), a shade per run of it
+            color = shade(color_of(stems[i], sorted(set(stems)).index(stems[i])), stems[:i].count(stems[i]))
+            name = plain(labels[rid])  # plotly renders tags in text
             s = rows_of(steps, rid).sort_values("step") if len(steps) else steps
             e = rows_of(ep, rid).sort_values("epoch") if len(ep) else ep
             common = dict(legendgroup=rid, line=dict(color=color))
             if len(s):
-                fig.add_trace(line(x=s.step, y=s.loss, name=name, mode="lines", **common), 1, 1)
-                fig.add_trace(line(x=s.step, y=s.lr, name=name, mode="lines", showlegend=False, **common), 1, 2)
-                fig.add_trace(line(x=s.step, y=s.grad_norm, name=name, mode="lines", showlegend=False, **common), 2, 2)
+                for (r, c), col in zip(((1, 1), (1, 2), (2, 2)), ("loss", "lr", "grad_norm"), strict=True):
+                    # a line through one finite point draws nothing (a run diverged at step 1)
+                    lone = np.isfinite(s[col].to_numpy(float)).sum() < 2
+                    fig.add_trace(line(x=s.step, y=s[col], name=name, mode="lines+markers" if lone else "lines",
+                                       showlegend=col == "loss", **common), r, c)
+                if info.loc[rid, "status"] == S.DIVERGED:
+                    _mark_divergence(fig, s, info.loc[rid, "diverged_at_step"], name, color)
             if not len(e):
                 pruned = info.loc[rid, "status"] == S.PRUNED
                 stop = info.loc[rid, "pruned_at_step" if pruned else "diverged_at_step"]
@@ -73,9 +94,11 @@ def curves(chosen: list[str], info: pd.DataFrame, labels: dict[str, str]) -> Non
         fig.update_yaxes(type="log", **log_ticks(positive.loss), row=1, col=1)  # a diverged run's loss would flatten the rest
         fig.update_yaxes(type="log", **log_ticks(positive.lr), row=1, col=2)
         if no_epoch:
+            # the error panel's own axes (row 2, col 1 of 2 x 2: x3, y3); a domain ref given with row
+            # and col would be left on the first panel's
             fig.add_annotation(text="no validation epoch:<br>" + "<br>".join(no_epoch), showarrow=False,
-                               xref="x domain", yref="y domain", x=0.5, y=0.5, row=2, col=1,
-                               font=dict(size=11, color="#555"))
+                               xref="x3 domain", yref="y3 domain", x=0.02, y=0.98, xanchor="left", yanchor="top",
+                               align="left", font=dict(size=11, color="#555"))
         fig.update_layout(template="plotly_white", height=720, legend=dict(orientation="h", y=-0.12))
         st.plotly_chart(fig, width="stretch", key="runs_curves")
 

@@ -72,10 +72,14 @@ if runs is not None:
                         "off: a group is runs equal in everything but lr and seed") if axes else []
     curves, sens, diffs = _sensitivity(runs, metric, common_lrs, tuple(pool))
     if curves.table.empty:
+        if "wd" in axes and "wd" not in pool and not _sensitivity(runs, metric, common_lrs, (*pool, "wd"))[0].table.empty:
+            # the common case (an lr × wd sweep gives each lr its own wd), said before the list of what was left out
+            st.info("No group has 3 lrs at one wd, but pooled over wd they do: choose wd in \"pool on purpose\" "
+                    "above to read the sensitivity over the sweep's wds (said as pooled in every table).")
         _say(sens if sens.note else curves)
     else:
         st.plotly_chart(plots.lr_curve_figure(curves, metric), width="stretch", key="sens_curves")
-        pooled = ",".join(curves.pooled)
+        pooled = ", ".join(curves.pooled)
         st.caption("One panel per group (runs equal in everything but lr and seed: sweeps, optimizers, "
                    "lengths, wd … never mixed), one line per stem / fix (dash: fix), the mean over seeds of "
                    "min(ℓ, ℓ₀); × a diverged or pruned run (or a non-finite loss), counted at ℓ₀; dotted: ℓ₀."

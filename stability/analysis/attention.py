@@ -225,12 +225,13 @@ def _each_group(at: pd.DataFrame, by: list[str]):
         yield dict(zip(by, key, strict=True)), g, g[g["logit_max"].notna()]
 
 
-def _finish(out: pd.DataFrame, by: Sequence[str], at: Table) -> Table:
-    """An attention table with the note of its runs; empty, saying why, when no run had a logit."""
+def _finish(out: pd.DataFrame, by: Sequence[str], at: Table, *notes: str) -> Table:
+    """An attention table with the note of its runs (and ``notes``); empty, saying why, when no
+    run had a logit."""
     if out["n"].eq(0).all():
         return noted(out.iloc[:0], by, at.note, "No run has an attention logit at or after that step: their traces "
                      "end before it (choose an earlier step, or fraction=).")
-    return noted(out, by, at.note)
+    return noted(out, by, at.note, *notes)
 
 
 def attn_logit_auc(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | None = None,
@@ -291,7 +292,11 @@ def attn_logit_auc(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | Non
             lw, _nw, _lo, _hi, lp = auc_test(loss, bad, s, True, ci, n_boot, rng)
             row |= {"loss_auc": auc(loss, bad)[0], "loss_auc_within": lw, "loss_p_within": lp}
         rows.append(row)
-    return _finish(pd.DataFrame(rows, columns=[*by, *cols]), by, res)
+    out = pd.DataFrame(rows, columns=[*by, *cols])
+    why = (f"No group has runs both with and without the outcome ({outcome}), so every AUC is undefined: "
+           f"{int(out['n'].gt(0).sum())} group(s) split by {', '.join(by)}" + (" (an lr × wd sweep gives each run its own wd: "
+           "by= without wd pools it)" if "wd" in by else "") + ".") if len(out) and out["n_pairs"].eq(0).all() else ""
+    return _finish(out, by, res, why)
 
 
 def _pairs(n: int) -> str:

@@ -80,12 +80,16 @@ def lr_curves(runs: pd.DataFrame, metric: str = "loss", lr_range: tuple[float, f
     if not len(runs):
         return noted(pd.DataFrame(columns=[*SERIES, "seed", "lr", "value", "l0", "clipped", "diverged", "pruned"]), (),
                      "No runs.")
-    need = ["lr", "seed", final, init]
-    miss = missing_columns(runs, need)
+    miss = missing_columns(runs, ["lr", "seed"])
     axes: list[str] = []
     if not miss:
         df = runs[runs["status"].isin(DONE)]
-        miss = missing_columns(df, [final, init])
+        # a run that diverged or was pruned before its first validation has no final value and
+        # needs none (it counts as l0): only the runs that completed must have one
+        ended = df["status"].isin([RunStatus.DIVERGED, RunStatus.PRUNED])
+        done = df[~ended]
+        miss = [final] if final not in df.columns or (len(done) and done[final].isna().all()) else []
+        miss += missing_columns(df, [init])
     if miss:
         return noted(pd.DataFrame(columns=[*SERIES, "seed", "lr", "value", "l0", "clipped", "diverged", "pruned"]), (),
                      older_results(miss, "LR sensitivity"))

@@ -134,6 +134,30 @@ def stratum_text(values: dict) -> str:
                       else f"{k} {value_text(v)}" for k, v in values.items())
 
 
+def telling_axes(keys: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """The axes that tell groups apart, for a short name: an axis whose value the axes before
+    it already fix (two sweeps that differ in batch size and warm-up too) adds nothing to it.
+
+    Args:
+        keys: one row per group, its values of ``axes``.
+        axes: the group axes, in order (the first that tells groups apart is kept).
+
+    Returns:
+        The axes kept, in order.
+
+    >>> telling_axes(pd.DataFrame({"sweep": ["a", "a", "b"], "batch": [8, 8, 16], "epochs": [1, 2, 1]}),
+    ...              ["sweep", "batch", "epochs"])
+    ['sweep', 'epochs']
+    """
+    kept: list[str] = []
+    seen = 1
+    for a in axes:
+        n = len(keys[[*kept, a]].drop_duplicates())
+        if n > seen:
+            kept, seen = [*kept, a], n
+    return kept
+
+
 def _count(v) -> str:
     """A count as an integer where it is one (1600.0 epochs: "1600", not "1.6e+03")."""
     return str(int(v)) if isinstance(v, float | np.floating) and float(v).is_integer() else value_text(v)
