@@ -191,6 +191,10 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
         if dry.local is not None:  # a tpe plan shows its first trials only: so is its time
             print(dry.local.text(spec.name + (" (the runs shown only)" if dry.note else "")))
         return 0
+    if spec.executor.kind == "auto":  # where the runs go was not written down: say it before they go
+        from .grid.spec import executor_text
+
+        console.print(executor_text(spec), markup=False, highlight=False, soft_wrap=True)
     opts = RunOptions(retry_failed=args.retry is not None, wait=not args.no_wait, show_progress=not args.quiet)
     try:
         outcome = Controller(spec, opts, console).run()  # takes the sweep's lock, then starts the backend

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import yaml
 
@@ -143,6 +145,26 @@ def test_the_dry_run_shows_the_executor_the_spec_and_profile_make(tmp_path):
     line = next(x for x in out.stdout.splitlines() if x.startswith("executor:"))
     assert line.startswith("executor: slurm: array_parallelism=64, timeout_min=240, partition=gpu,") and \
         "mem_gb=8.0" in line and "extra={'exclusive': True}" in line and "max_parallel" not in line, line
+    assert not (tmp_path / "results").exists()
+
+
+def test_kind_auto_says_where_it_resolved_and_why(tmp_path, monkeypatch):
+    """A copied README spec (kind auto) on a machine with sbatch goes to Slurm: the dry run says
+    so and why, and how to run here instead."""
+    from stability.grid import kinds
+    from stability.grid.spec import executor_text
+
+    p = write_spec(tmp_path / "g.yaml", "g", tmp_path / "results", executor={"kind": "auto"})
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "sbatch").chmod(0o755)
+    out = run_cli("grid", "run", str(p), "--dry-run", env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
+    assert out.returncode == 0, out.stderr
+    want = "executor: slurm (kind auto: sbatch is on PATH; kind: local runs here): "
+    assert any(x.startswith(want) for x in out.stdout.splitlines()), out.stdout
+    monkeypatch.setattr(kinds.shutil, "which", lambda name: None)
+    assert executor_text(load_spec(p)).startswith("executor: local (kind auto: no sbatch on PATH): ")
     assert not (tmp_path / "results").exists()
 
 

@@ -131,7 +131,9 @@ def executor_text(spec: GridSpec) -> str:
     shown_fields = [f.name for f in dataclasses.fields(ExecutorSpec) if f.name != "kind" and (
         f.name != "max_parallel" if kind == "slurm" else f.name in LOCAL_FIELDS)]
     values = [f"{k}={getattr(ex, k)}" for k in shown_fields if getattr(ex, k) not in (None, {})]
-    return f"executor: {kind}" + (f" (kind {ex.kind})" if ex.kind != kind else "") + ": " + ", ".join(values)
+    why = {"slurm": "sbatch is on PATH; kind: local runs here", "local": "no sbatch on PATH"}.get(kind, "")
+    return (f"executor: {kind}" + (f" (kind {ex.kind}" + (f": {why})" if ex.kind == "auto" and why else ")")
+                                   if ex.kind != kind else "") + ": " + ", ".join(values))
 
 
 def _err(src: str, path: str, msg: str) -> ConfigError:
