@@ -464,6 +464,16 @@ def _existing_root(root: str) -> None:
                           "or `train` wrote results under)")
 
 
+def _out_file(out: str, example: str) -> None:
+    """``--out`` must name a file in a folder that exists: checked before the work, which would
+    otherwise end in an OSError (or a folder made where a typo points)."""
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out: {path} is a folder (allowed: the path of the file to write, e.g. {path / example})")
+    if not path.parent.is_dir():  # as cp: the folder must exist
+        raise ConfigError(f"--out: no folder {path.parent} to write {path.name} in (allowed: a file in an existing folder)")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from . import store
     from .report import write_report
@@ -476,12 +486,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.sweep not in sweeps:
         raise ConfigError(f"sweep: no sweep {args.sweep!r} under {args.results} (found: "
                           f"{printable(', '.join(sweeps)) or 'none'})")
-    out = Path(args.out)
-    if out.is_dir():
-        raise ConfigError(f"--out: {out} is a folder (allowed: the path of the HTML file to write, e.g. "
-                          f"{out / 'report.html'})")
-    if not out.parent.is_dir():  # as cp: the folder must exist, none is made where a typo points
-        raise ConfigError(f"--out: no folder {out.parent} to write {out.name} in (allowed: a file in an existing folder)")
+    _out_file(args.out, "report.html")
     unreadable: list[str] = []
     mixed: list[dict] = []
     out = write_report(args.results, args.sweep, args.out, unreadable, mixed)
@@ -507,6 +512,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                           "best: a number from 0 to 100)")
     if set(args.sweeps) & set(args.tune or []):
         raise ConfigError("replay: a sweep is both tuned on and scored (--tune takes other sweeps)")
+    if args.out:
+        _out_file(args.out, "replay.csv")
     scored = replay.load(args.results, args.sweeps, args.within)
     tuning = replay.load(args.results, args.tune, args.within) if args.tune else []
     for what, runs, sweeps in (("scored", scored, args.sweeps), ("tuning", tuning, args.tune or [])):

@@ -59,7 +59,7 @@ def test_replay_refuses_a_within_out_of_range(tmp_path):
         assert line.startswith(f"error: replay: --within {value} is not allowed") and "0 to 100" in line, line
 
 
-def test_report_out_must_be_a_file_in_an_existing_folder(tmp_path, tiny_run):
+def test_report_and_replay_out_must_be_a_file_in_an_existing_folder(tmp_path, tiny_run):
     cfg, _ = tiny_run
     report = ("report", cfg.sweep, "--results", cfg.results)
     folder = tmp_path / "results"
@@ -74,6 +74,11 @@ def test_report_out_must_be_a_file_in_an_existing_folder(tmp_path, tiny_run):
     assert not (tmp_path / "no").exists()
     out = run_cli(*report, "--out", str(folder / "r.html"))
     assert out.returncode == 0 and (folder / "r.html").is_file(), out.stderr
+    # replay's tables too, refused before the replay runs (it ended in an OSError after it)
+    replay = ("replay", cfg.sweep, "--results", cfg.results, "--out")
+    assert _one_line_error(run_cli(*replay, str(folder))).startswith(f"error: --out: {folder} is a folder")
+    assert _one_line_error(run_cli(*replay, str(missing))).startswith(f"error: --out: no folder {missing.parent}")
+    assert not (tmp_path / "no").exists()
 
 
 def test_a_missing_grids_path_suggests_the_shipped_spec(tmp_path):
