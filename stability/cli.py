@@ -512,6 +512,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                           "best: a number from 0 to 100)")
     if set(args.sweeps) & set(args.tune or []):
         raise ConfigError("replay: a sweep is both tuned on and scored (--tune takes other sweeps)")
+    _existing_root(args.results)
     if args.out:
         _out_file(args.out, "replay.csv")
     scored = replay.load(args.results, args.sweeps, args.within)

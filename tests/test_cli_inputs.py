@@ -30,9 +30,9 @@ def test_a_bad_flag_value_names_the_flag_a_bad_profile_value_the_profile(tmp_pat
     assert not (tmp_path / "results").exists()
 
 
-def test_a_missing_results_root_is_an_error_for_report_a_note_for_the_dashboard(tmp_path):
+def test_a_missing_results_root_is_an_error_for_report_and_replay_a_note_for_the_dashboard(tmp_path):
     gone = tmp_path / "nowhere"
-    for args in (["report"], ["report", "smoke"]):
+    for args in (["report"], ["report", "smoke"], ["replay", "smoke"]):
         line = _one_line_error(run_cli(*args, "--results", str(gone), cwd=tmp_path))
         assert line.startswith(f"error: --results: no results root {gone} (no such folder"), line
     # A stand-in Streamlit that says it ran: the check must come before the server starts.
