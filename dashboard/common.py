@@ -492,7 +492,9 @@ def table(df: pd.DataFrame, key: str | None = None, whole: bool = False, strata:
     for c in df.columns:
         if pd.api.types.is_float_dtype(df[c]):
             v = df[c].dropna()
-            if c in COUNT_COLUMNS or c == "n" or c.startswith("n_"):
+            if len(v) and v.abs().max() >= 2 ** 53:  # past the browser's exact integers (an lr of 1e38):
+                df = df.assign(**{c: df[c].map(_num)})  # Streamlit greys such a number cell as unsupported
+            elif c in COUNT_COLUMNS or c == "n" or c.startswith("n_"):
                 config[c] = st.column_config.NumberColumn(c, format="%d")
             else:
                 small = v.abs().max() < 1e-2 if len(v) else False

@@ -103,7 +103,7 @@ def _labels(vals: Sequence[float]) -> list[str]:
 NAMED_AXES = ("sweep", "optimizer", "epochs")  # a panel names these whenever they vary
 
 
-def _wrap(text: str, width: int = 60, sep: str = " · ") -> str:
+def wrap(text: str, width: int = 60, sep: str = " · ") -> str:
     """``text`` broken at ``sep`` into lines of about ``width`` characters (plotly's ``<br>``):
     side-by-side panel titles overlap when a line is wider than its panel."""
     lines: list[str] = []
@@ -125,7 +125,7 @@ def panel_heads(keys: Sequence, cols: Sequence[str]) -> list[str]:
     frame = pd.DataFrame(rows, columns=list(cols))
     telling = telling_axes(frame, list(cols))
     named = [c for c in cols if c in telling or (c in NAMED_AXES and frame[c].nunique(dropna=False) > 1)]
-    return [_wrap(stratum_text({c: v for c, v in zip(cols, r, strict=True) if c in named})) for r in rows]
+    return [wrap(stratum_text({c: v for c, v in zip(cols, r, strict=True) if c in named})) for r in rows]
 
 
 def _grid_125(d0: int, d1: int) -> list[float]:
@@ -398,8 +398,13 @@ def optimizer_figure(gap: pd.DataFrame) -> go.Figure:
     """Best error with AdamW and SGD per stem and epoch budget (``analysis.optimizer_gap``); each
     bar says how many runs its best was chosen from."""
     fig = go.Figure()
-    gap = named_stems(gap)
+    gap = named_stems(gap).reset_index(drop=True)
     stems = sorted(gap["stem"].astype(str).unique()) if len(gap) else []
+    # a bar per stratum and stem: every grouping column named where it tells strata apart (two image
+    # sizes of one sweep are two bars, never one)
+    keys = [c for c in gap.columns if c != "stem" and not c.startswith(("best_", "median_", "n_", "gap_"))]
+    heads = panel_heads([tuple(r) for r in gap[keys].itertuples(index=False)], keys) if keys else [""] * len(gap)
+    label = pd.Series([f"{h}<br>{s}" if h else str(s) for h, s in zip(heads, gap["stem"], strict=True)], index=gap.index)
     for opt, pattern in (("adamw", ""), ("sgd", "/")):
         col = f"best_{opt}"
         if col not in gap:
@@ -409,15 +414,15 @@ def optimizer_figure(gap: pd.DataFrame) -> go.Figure:
             g, n = g[n > 0], n[n > 0]  # no bar for an optimizer a group never ran
             if g.empty:
                 continue
-            sweep = (g["sweep"].astype(str) + " · ") if "sweep" in g else ""
-            fig.add_trace(go.Bar(x=sweep + str(stem) + " · " + g.epochs.astype(str) + " ep", y=g[col],
+            fig.add_trace(go.Bar(x=label[g.index], y=g[col],
                                  name=f"{stem} {opt}", text=[f"n={v}" for v in n], textposition="outside",
                                  marker=dict(color=color_of(stem, stems.index(str(stem))), pattern_shape=pattern,
                                              opacity=1.0 if opt == "adamw" else 0.6),
                                  hovertemplate="%{x}<br>best %{y:.2f}% of %{text}<extra>" + f"{stem} {opt}</extra>"))
     both = {"best_adamw", "best_sgd"} <= set(gap.columns)
-    fig.update_layout(barmode="group", yaxis_title="best top-1 error (%)", template="plotly_white", height=460,
-                      legend=dict(orientation="h", y=-0.25), margin=dict(b=120),
+    fig.update_layout(barmode="group", yaxis_title="best top-1 error (%)", template="plotly_white", height=600,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+                      margin=dict(t=110),
                       title="AdamW vs SGD (hatched) per stem: best run of each optimizer's own runs" if both
                       else "Best run per stem (one optimizer selected)")
     return fig
@@ -586,13 +591,20 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
                                   row=1, col=1)
         if len(steps):
             st = steps.sort_values("step")
-            fig.add_trace(line(x=st.step, y=st.loss, mode="lines", name=f"{label} loss", legendgroup=label,
+            lone = np.isfinite(st.loss.to_numpy(float)).sum() < 2  # a line through one point draws nothing
+            fig.add_trace(line(x=st.step, y=st.loss, mode="lines+markers" if lone else "lines", name=f"{label} loss",
+                               legendgroup=label,
                                showlegend=False, line=dict(color=color, width=1.2)), row=2, col=1)
     losses = pd.concat([s.loss for _, _, s in runs if len(s)]) if any(len(s) for _, _, s in runs) else []
     fig.update_yaxes(type="log", title_text="grad norm", **log_ticks(_drawn(all_norms)), row=1, col=1)
     fig.update_yaxes(type="log", title_text="loss (log)", **log_ticks(losses), row=2, col=1)
-    fig.update_xaxes(title_text="step", tickformat="d", row=2, col=1)
-    fig.update_layout(template="plotly_white", height=max(600, 160 + 24 * len(runs)),  # every run's legend entry
+    last = [t.step.max() for _, t, _ in runs if len(t)]
+    short = bool(last) and max(last) < 10
+    for row in (1, 2):  # a few steps: whole ticks, not 0 0 0 1 1 1
+        fig.update_xaxes(tickformat="d", dtick=1 if short else None, row=row, col=1)
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    # every run's legend entry (~30 px each, with the two marks' keys) beside the plot's margins
+    fig.update_layout(template="plotly_white", height=max(600, 240 + 30 * (len(runs) + 2)),
                       title=f"{title}: first (solid) and last (dotted) layer", legend_title="run")
     return fig
 

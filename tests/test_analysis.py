@@ -64,6 +64,13 @@ def test_sweep_views():
             ("conv", "adamw", 20, 1e-3, 20), ("patchify", "adamw", 20, 1e-3, 28)])])
     gap = analysis.optimizer_gap(runs).set_index(["stem", "epochs"])
     assert gap.loc[("patchify", 10), "gap_best"] == 10 and gap.loc[("conv", 10), "gap_best"] == 1
+    # two image sizes are two strata, never one bar: the 32 px runs' SGD does not meet the 16 px AdamW
+    sized = pd.concat([runs.assign(image_size=16), runs.assign(image_size=32, run_id=runs.run_id + "b",
+                                                                top1_err=runs.top1_err + 50)])
+    sized = sized[~((sized.image_size == 16) & (sized.optimizer == "sgd"))]
+    two = analysis.optimizer_gap(sized).set_index(["image_size", "stem", "epochs"])
+    assert two.loc[(16, "patchify", 10), "best_adamw"] == 30 and pd.isna(two.loc[(16, "patchify", 10), "best_sgd"])
+    assert two.loc[(32, "patchify", 10), "gap_best"] == 10 and len(two) == 8  # 2 sizes x 4 (stem, length)
     tl = analysis.training_length(runs)  # optimizers vary: never pooled
     assert list(tl.columns[:3]) == ["optimizer", "stem", "epochs"]
     tl = tl.set_index(["optimizer", "stem", "epochs"])

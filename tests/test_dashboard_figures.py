@@ -221,8 +221,6 @@ def test_runs_page_draws_a_run_that_diverged_at_its_first_step(two_sweeps):
     assert r > g and r > b, colors[patch]
 
 
-@pytest.mark.xfail(strict=True, reason="plotly.js creates no x3/y3 subplot without a trace on it, so a note with "
-                   "xref 'x3 domain' is drawn on the training-loss panel when no chosen run has a validation epoch")
 def test_runs_page_note_lands_on_the_error_panel_when_no_run_validated(two_sweeps):
     """Only runs that diverged before validating: the error panel holds no trace. In the browser
     (plotly.js) an annotation that refers to an axis no trace uses is drawn on the first panel,

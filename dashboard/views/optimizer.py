@@ -27,7 +27,7 @@ if runs is not None:
         if small or uneven:
             st.warning("Some bars are the best of fewer than 3 runs, or AdamW and SGD had different "
                        "numbers of runs: a best-of-n grows better with n, so compare with care (n on each bar).")
-        table(gap, key="opt_table")
+        table(gap, key="opt_table", strata=analysis.strata(runs))
     st.subheader("Training length")
     tl = analysis.training_length(runs)
     groups = [c for c in tl.columns if c not in ("epochs", "best", "median", "n", "vs_longest")]
@@ -48,7 +48,7 @@ if runs is not None:
             st.warning(f"{len(thin)} point(s) rest on fewer than 3 runs"
                        + (f", {int(thin.best.ge(100).sum())} of them only diverged or pruned runs (drawn ×)"
                           if thin.best.ge(100).any() else "") + ": one run is not a best over lr.")
-        table(tl, key="len_table")
+        table(tl, key="len_table", strata=analysis.strata(runs))
         st.caption("best: the lowest error of the runs at that length (n of them); vs_longest: best minus "
                    "the best at the group's longest length (the paper's \"error relative to the longest "
                    "schedule\"; 0 at the longest).")

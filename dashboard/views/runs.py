@@ -22,7 +22,7 @@ from stability.dashboard.common import (
     selected_runs,
     table,
 )
-from stability.plots import color_of, log_ticks, named_stems, plain, scatter_kind, shade
+from stability.plots import color_of, log_ticks, named_stems, plain, scatter_kind, shade, wrap
 from stability.store import RunStatus as S
 
 
@@ -94,11 +94,12 @@ def curves(chosen: list[str], info: pd.DataFrame, labels: dict[str, str]) -> Non
         fig.update_yaxes(type="log", **log_ticks(positive.loss), row=1, col=1)  # a diverged run's loss would flatten the rest
         fig.update_yaxes(type="log", **log_ticks(positive.lr), row=1, col=2)
         if no_epoch:
-            # the error panel's own axes (row 2, col 1 of 2 x 2: x3, y3); a domain ref given with row
-            # and col would be left on the first panel's
-            fig.add_annotation(text="no validation epoch:<br>" + "<br>".join(no_epoch), showarrow=False,
-                               xref="x3 domain", yref="y3 domain", x=0.02, y=0.98, xanchor="left", yanchor="top",
-                               align="left", font=dict(size=11, color="#555"))
+            # plotly.js lays out no subplot without a trace on it, and a note on an absent one lands on
+            # the first panel: an empty trace keeps the error panel there for it
+            fig.add_trace(go.Scatter(x=[None], y=[None], showlegend=False, hoverinfo="skip"), 2, 1)
+            fig.add_annotation(text="no validation epoch:<br>" + "<br>".join(wrap(t, 55, " ") for t in no_epoch),
+                               showarrow=False, xref="x3 domain", yref="y3 domain", x=0.02, y=0.98, xanchor="left",
+                               yanchor="top", align="left", font=dict(size=11, color="#555"))
         fig.update_layout(template="plotly_white", height=720, legend=dict(orientation="h", y=-0.12))
         st.plotly_chart(fig, width="stretch", key="runs_curves")
 

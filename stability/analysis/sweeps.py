@@ -113,16 +113,21 @@ def optimizer_gap(runs: pd.DataFrame, value: str = "top1_err") -> pd.DataFrame:
         value: the error column.
 
     Returns:
-        One row per sweep (when several), stem and epoch budget: best (over each optimizer's
+        One row per stratum (sweep when several, epoch budget, and every other design axis
+        that varies: image size, data ... never pooled) and stem: best (over each optimizer's
         own lr/wd runs, as the paper) and median error with AdamW and with SGD, ``n_`` runs
         behind each, and the gaps (SGD minus AdamW; the paper: up to ~10 points for ViT_P,
         < 0.2 for ViT_C).
     """
-    df = error_vs_hparams(runs, value)
+    from .grouping import strata, with_design
+
+    runs = with_design(runs)
+    axes = [a for a in strata(runs, exclude=("stem", "optimizer")) if a != "epochs"]
+    df = error_vs_hparams(runs, value, ("stem", "optimizer", "epochs", *[a for a in axes if a != "sweep"]))
     if df.empty:
         return pd.DataFrame(columns=["stem", "epochs"])
-    keys = (["sweep"] if "sweep" in df and df["sweep"].nunique() > 1 else []) + ["stem", "epochs"]
-    g = df.groupby([*keys, "optimizer"], observed=True)["err"].agg(["min", "median", "size"])
+    keys = [*[a for a in axes if a in df.columns], "stem", "epochs"]
+    g = df.groupby([*keys, "optimizer"], observed=True, dropna=False)["err"].agg(["min", "median", "size"])
     wide = g.unstack("optimizer")
     wide.columns = [f"{stat}_{opt}" for stat, opt in wide.columns]
     wide = wide.rename(columns=lambda c: c.replace("min_", "best_").replace("size_", "n_"))
