@@ -449,9 +449,10 @@ def verdict_lines(runs: pd.DataFrame, key: str, ready: bool = False) -> pd.DataF
     if v.empty:
         st.info("Only one stem in the selection: there is nothing to compare.")
         return v
-    strata_cols = analysis.strata(runs)  # stem_verdicts' strata, named
+    strata_cols = analysis.strata(runs)  # stem_verdicts' strata
+    named = named_strata(runs, strata_cols)  # a bullet names what tells it apart, not every setting of its sweep
     for _, row in v.iterrows():
-        where = analysis.group_text({c: row[c] for c in strata_cols}) if strata_cols else whole_name(runs)
+        where = analysis.group_text({c: row[c] for c in named}) if named else whole_name(runs)
         line = md(analysis.verdict_line(row))
         st.markdown(f"- **{md(where)}**: " + (f":gray[{line}]" if row["verdict"] == "none" else line))
     return v
@@ -476,10 +477,17 @@ def answers_first(df: pd.DataFrame, strata: Sequence[str]) -> pd.DataFrame:
     strata = [c for c in strata if c in df.columns]
     if not strata or df.empty:
         return df
-    keys = df[strata].drop_duplicates()
-    named = [c for c in strata if c in telling_axes(keys, strata) or (c in NAMED_AXES and keys[c].nunique() > 1)]
+    named = named_strata(df, strata)
     later = [c for c in strata if c not in named]
     return df[[c for c in df.columns if c not in later] + later]
+
+
+def named_strata(df: pd.DataFrame, strata: Sequence[str]) -> list[str]:
+    """The ``strata`` a row of ``df`` is named by: the sweep, optimizer and length where they vary,
+    then the axes that still tell rows apart (``telling_axes``: not every setting of two sweeps)."""
+    strata = [c for c in strata if c in df.columns]
+    keys = df[strata].drop_duplicates()
+    return [c for c in strata if c in telling_axes(keys, strata) or (c in NAMED_AXES and keys[c].nunique() > 1)]
 
 
 def table(df: pd.DataFrame, key: str | None = None, whole: bool = False, strata: Sequence[str] = (),

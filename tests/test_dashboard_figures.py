@@ -333,6 +333,9 @@ def test_tables_put_the_sweeps_own_settings_after_the_answers(two_sweeps):
     # the EDF chart's panels are named by what tells them apart (finding 1, on the page)
     titles = [a["text"] for a in _spec(_charts(at)[0])["layout"]["annotations"] if " n=" in a["text"]]
     assert len(titles) == 2 and not any(k in t for t in titles for k in NOISY), titles
+    # the verdict bullets name a stratum by what tells it apart, not every setting of its sweep
+    bullets = [m.value for m in at.markdown if m.value.startswith("- **")]
+    assert bullets and all(b.startswith("- **sweep ") and not any(k in _shown(b) for k in NOISY) for b in bullets), bullets
     at = _app(two_sweeps, "views/overview.py")
     findings = list(at.dataframe[0].value.columns)
     assert findings.index("batch_size") > findings.index("median_err") > findings.index("stem"), findings

@@ -12,6 +12,7 @@ import streamlit as st
 from stability import analysis, plots
 from stability.dashboard.common import (
     md,
+    named_strata,
     peek_runs,
     root,
     selected_runs,
@@ -73,8 +74,10 @@ def findings(runs: pd.DataFrame) -> None:
         st.info("No finished run yet: nothing to judge.")
         return
 
+    named = named_strata(runs, strata_cols)  # a flag names what tells it apart, not every setting of its sweep
+
     def where(r) -> str:
-        return analysis.group_text({c: r[c] for c in strata_cols}) if strata_cols else whole_name(runs)
+        return analysis.group_text({c: r[c] for c in named}) if named else whole_name(runs)
 
     flags = []
     for _, part in (t.groupby(strata_cols, observed=True, sort=True) if strata_cols else [((), t)]):
