@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from stability import store
 from stability.grid.ledger import read_ledger, record_jobs
 from stability.grid.lock import SweepLock
 
@@ -432,29 +431,4 @@ def test_an_execution_field_as_an_axis_and_cuda_without_a_gpu_are_one_line_error
                          "device", "no")
 
 
-def test_ctrl_c_on_a_local_grid_run_says_what_happened_and_the_same_command_resumes(tmp_path):
-    """Ctrl-C (SIGINT to the foreground process group) on a local grid run: the run in progress
-    saves a checkpoint (preempted, counted so by grid status), the controller says so and what to
-    type (exit 130), and the same command resumes it to the end."""
-    path = write_spec(tmp_path / "g.yaml", "cc", tmp_path / "res", space={"lr": [1e-3]},
-                      base={"model": "vit_p_tiny", "epochs": 3, "steps_per_epoch": 20, "batch_size": 16},
-                      sampler={"name": "random", "n": 1, "seed": 0})
-    # a terminal's foreground process takes SIGINT; one started in the background by a script (as CI
-    # may run the tests) inherits it ignored, and Python then keeps it ignored: restore the default
-    p = subprocess.Popen([sys.executable, "-m", "stability", "grid", "run", str(path), "--quiet"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    progress = tmp_path / "res/_sweeps/cc/progress"
-    deadline = time.monotonic() + 300
-    while not any(progress.glob("*.json")) and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: to the whole foreground group
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 130 and "interrupted: the runs in progress stop after saving a checkpoint" in err, \
-        err[-2000:]
-    assert f"stability grid run {path}" in err
-    status = json.loads(run_cli("grid", "status", str(path), "--json").stdout)
-    assert status["counts"]["preempted"] == 1 and status["counts"]["missing"] == 0, status["counts"]
-    again = run_cli("grid", "run", str(path), "--quiet")
-    assert again.returncode == 0 and "submitted 1" in again.stdout, (again.stdout, again.stderr[-2000:])
-    assert store.load(tmp_path / "res").runs.status.tolist() == ["completed"]
+# Ctrl-C on a local grid run (message, grid status, resume, logs, clean): tests/test_interrupt_local.py

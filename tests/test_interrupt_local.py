@@ -1,7 +1,8 @@
 """Ctrl-C on a local ``grid run``, done for real: SIGINT to the controller's whole process group
-(what a terminal sends), then what the user reads: the final table, the runs' logs, and what
-``grid clean`` leaves after the rerun finished them."""
+(what a terminal sends), then what the user reads: the final table, the message, ``grid
+status``, the runs' logs, the same command resuming them, and what ``grid clean`` leaves after."""
 
+import json
 import os
 import signal
 import subprocess
@@ -57,7 +58,8 @@ def interrupted(tmp_path_factory):
         os.kill(int(j.split(".")[0]), signal.SIGKILL)
     assert not left, f"runs still alive long after the Ctrl-C: {left}"
     logs = {j: (store.logs_dir(spec.results, spec.name) / f"{j}_0_log.err").read_text() for j in jobs}
-    return {"path": path, "spec": spec, "code": p.returncode, "err": err, "logs": logs,
+    status = json.loads(run_cli("grid", "status", str(path), "--json").stdout)
+    return {"path": path, "spec": spec, "code": p.returncode, "err": err, "logs": logs, "status": status,
             "statuses": sorted(store.load(spec.results).runs.status)}
 
 
@@ -77,7 +79,10 @@ def test_the_final_table_after_a_ctrl_c_shows_the_runs_preempted(interrupted):
     err = interrupted["err"]
     assert interrupted["code"] == 130, err[-2000:]
     assert "interrupted: the runs in progress stop after saving a checkpoint" in err
+    assert f"stability grid run {interrupted['path']}" in err  # what to type to resume
     assert interrupted["statuses"] == ["preempted", "preempted"]
+    counts = interrupted["status"]["counts"]  # grid status counts them so, none missing
+    assert counts["preempted"] == 2 and counts["missing"] == 0, counts
     for stem in ("patchify", "conv"):
         row = _table_row(err, stem)
         assert (row["preempted"], row["running"], row["total"]) == (1, 0, 1), (stem, err[-3000:])
@@ -103,6 +108,7 @@ def test_grid_clean_after_the_rerun_removes_the_preempted_attempts_logs_too(inte
     path, spec = interrupted["path"], interrupted["spec"]
     again = run_cli("grid", "run", str(path), "--quiet")
     assert again.returncode == 0 and "submitted 2" in again.stdout, (again.stdout, again.stderr[-2000:])
+    assert sorted(store.load(spec.results).runs.status) == ["completed", "completed"]  # resumed to the end
     logs = store.logs_dir(spec.results, spec.name)
     first = [logs / f"{job}_0_log.{ext}" for job in interrupted["logs"] for ext in ("out", "err")]
     assert all(p.exists() for p in first)
