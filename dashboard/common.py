@@ -22,8 +22,7 @@ import pandas as pd
 import streamlit as st
 
 from stability import analysis, plots, store
-from stability.analysis.tables import telling_axes
-from stability.plots import NAMED_AXES
+from stability.analysis.tables import named_axes
 
 RUN_COLUMNS = ["run_id", "status", "model", "stem", "optimizer", "lr", "wd", "epochs", "batch_size",
                "seed", "dataset", *store.DATA_COLUMNS, "params", "flops", "top1_err", "top5_err", "best_top1_err",
@@ -450,7 +449,7 @@ def verdict_lines(runs: pd.DataFrame, key: str, ready: bool = False) -> pd.DataF
         st.info("Only one stem in the selection: there is nothing to compare.")
         return v
     strata_cols = analysis.strata(runs)  # stem_verdicts' strata
-    named = named_strata(runs, strata_cols)  # a bullet names what tells it apart, not every setting of its sweep
+    named = named_axes(runs, strata_cols)  # a bullet names what tells it apart, not every setting of its sweep
     for _, row in v.iterrows():
         where = analysis.group_text({c: row[c] for c in named}) if named else whole_name(runs)
         line = md(analysis.verdict_line(row))
@@ -477,17 +476,10 @@ def answers_first(df: pd.DataFrame, strata: Sequence[str]) -> pd.DataFrame:
     strata = [c for c in strata if c in df.columns]
     if not strata or df.empty:
         return df
-    named = named_strata(df, strata)
+    named = named_axes(df, strata)
     later = [c for c in strata if c not in named]
     return df[[c for c in df.columns if c not in later] + later]
 
-
-def named_strata(df: pd.DataFrame, strata: Sequence[str]) -> list[str]:
-    """The ``strata`` a row of ``df`` is named by: the sweep, optimizer and length where they vary,
-    then the axes that still tell rows apart (``telling_axes``: not every setting of two sweeps)."""
-    strata = [c for c in strata if c in df.columns]
-    keys = df[strata].drop_duplicates()
-    return [c for c in strata if c in telling_axes(keys, strata) or (c in NAMED_AXES and keys[c].nunique() > 1)]
 
 
 def table(df: pd.DataFrame, key: str | None = None, whole: bool = False, strata: Sequence[str] = (),

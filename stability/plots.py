@@ -19,7 +19,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .analysis.grouping import NO_STEM, named_stems  # noqa: F401 - the figures' name of a missing stem
-from .analysis.tables import stratum_text, telling_axes
+from .analysis.tables import named_axes, stratum_text
 from .store import RunStatus
 
 if TYPE_CHECKING:
@@ -100,9 +100,6 @@ def _labels(vals: Sequence[float]) -> list[str]:
     return [_sci(t, sci) for t in vals]
 
 
-NAMED_AXES = ("sweep", "optimizer", "epochs")  # a panel names these whenever they vary
-
-
 def wrap(text: str, width: int = 60, sep: str = " · ") -> str:
     """``text`` broken at ``sep`` into lines of about ``width`` characters (plotly's ``<br>``):
     side-by-side panel titles overlap when a line is wider than its panel."""
@@ -117,14 +114,11 @@ def wrap(text: str, width: int = 60, sep: str = " · ") -> str:
 
 def panel_heads(keys: Sequence, cols: Sequence[str]) -> list[str]:
     """The names of panels, one per key (a tuple of ``cols`` values, or the value of one column):
-    the sweep, optimizer and length where they vary, then only the axes that still tell panels
-    apart (``telling_axes``: two sweeps' batch sizes and warm-ups are the sweeps'), wrapped."""
+    the axes ``named_axes`` keeps (two sweeps' batch sizes and warm-ups are the sweeps'), wrapped."""
     rows = [k if isinstance(k, tuple) else (k,) for k in keys]
     if not cols or not rows:
         return ["" for _ in rows]
-    frame = pd.DataFrame(rows, columns=list(cols))
-    telling = telling_axes(frame, list(cols))
-    named = [c for c in cols if c in telling or (c in NAMED_AXES and frame[c].nunique(dropna=False) > 1)]
+    named = named_axes(pd.DataFrame(rows, columns=list(cols)), cols)
     return [wrap(stratum_text({c: v for c, v in zip(cols, r, strict=True) if c in named})) for r in rows]
 
 
@@ -472,20 +466,30 @@ def _finite_positive(v: pd.Series) -> pd.Series:
     return v.where((v > 0) & np.isfinite(v.to_numpy(float)))
 
 
-def _drawn(norms: pd.Series) -> pd.Series:
-    """The heights norms are drawn at on a log axis: zeros at the floor, inf and NaN at the
-    ceiling (``_off_scale``), so the axis ticks span every mark."""
+def line_mode(values) -> str:
+    """A line's plotly mode: with markers where fewer than two values are finite (a line through
+    one point draws nothing: a run that diverged at step 1)."""
+    return "lines+markers" if np.isfinite(np.asarray(values, float)).sum() < 2 else "lines"
+
+
+def _drawn(norms: pd.Series, floor: float, ceiling: float) -> pd.Series:
+    """The heights norms are drawn at on a log axis: zeros at ``floor``, inf and NaN at
+    ``ceiling`` (``_off_scale``), so the axis ticks span every mark."""
     v = norms.astype(float)
-    return v.where(v > 0, _log_floor(v)).where(np.isfinite(v), _log_ceiling(v))
+    return v.where(v > 0, floor).where(np.isfinite(v), ceiling)
+
+
+# The norms a log axis cannot draw: (legend entry, symbol, hover text, which), "which" of an array
+# of norms; a zero below the data (at the floor), an inf or NaN above it (at the ceiling).
+OFF_SCALE = ((ZERO_NORM, "circle-open", "0", lambda v: v == 0),
+             (BAD_NORM, "x-thin-open", "not finite", lambda v: ~np.isfinite(v)))
 
 
 def _zero_norm_note(fig: go.Figure, traces: list[pd.DataFrame]) -> None:
-    """Legend entries, and only that, saying what the open circles (a zero norm) and the crosses
-    (an inf or NaN norm) are where a trace has them: the marks stay in their layer's (or run's)
-    group, which toggles them."""
-    for name, has, symbol in ((ZERO_NORM, lambda v: v.eq(0), "circle-open"),
-                              (BAD_NORM, lambda v: ~np.isfinite(v.to_numpy(float)), "x-thin-open")):
-        if any(len(t) and has(t["grad_norm"]).any() for t in traces):
+    """Legend entries, and only that, saying what the ``OFF_SCALE`` marks are where a trace has
+    them: the marks stay in their layer's (or run's) group, which toggles them."""
+    for name, symbol, _, which in OFF_SCALE:
+        if any(len(t) and which(t["grad_norm"].to_numpy(float)).any() for t in traces):
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup=name,
                                      legendrank=2000, marker=dict(color="#777", size=9, symbol=symbol,
                                                                   line=dict(width=2, color="#777")),
@@ -495,11 +499,11 @@ def _zero_norm_note(fig: go.Figure, traces: list[pd.DataFrame]) -> None:
 
 def _off_scale(fig: go.Figure, g: pd.DataFrame, floor: float, ceiling: float, color: str, group: str,
                where: str, visible=True) -> None:
-    """The norms a log axis cannot draw, at fixed heights shared by every series of the figure:
-    a zero as an open circle at ``floor``, an inf or NaN as a cross at ``ceiling``."""
+    """The ``OFF_SCALE`` norms of ``g``, at heights shared by every series of the figure: a zero at
+    ``floor``, an inf or NaN at ``ceiling``."""
     v = g.grad_norm.to_numpy(float)
-    for mask, y, symbol, what in ((v == 0, floor, "circle-open", "0"),
-                                  (~np.isfinite(v), ceiling, "x-thin-open", "not finite")):
+    for (_, symbol, what, which), y in zip(OFF_SCALE, (floor, ceiling), strict=True):
+        mask = which(v)
         if mask.any():
             fig.add_trace(go.Scatter(x=g.step[mask], y=[y] * int(mask.sum()), mode="markers", legendgroup=group,
                                      showlegend=False, visible=visible,
@@ -549,7 +553,7 @@ def spike_figure(trace: pd.DataFrame, steps: pd.DataFrame, title: str = "",
             fig.add_vline(x=float(diverged_at), line=dict(color="black", dash="dash", width=1), row=row, col=1)
         fig.add_annotation(x=float(diverged_at), y=1, yref="paper", text=f"diverged at step {int(diverged_at)}",
                            showarrow=False, xanchor="right", yanchor="bottom")
-    norms = _drawn(trace.grad_norm) if len(trace) else []
+    norms = _drawn(trace.grad_norm, floor, ceiling) if len(trace) else []
     fig.update_yaxes(type="log", title_text="grad norm", **log_ticks(norms), row=1, col=1)
     fig.update_yaxes(type="log", title_text="loss (log)", **log_ticks(steps.loss if len(steps) else []), row=2, col=1)
     short = len(trace) and trace.step.max() < 10
@@ -591,12 +595,10 @@ def spike_overlay_figure(runs: list[tuple[str, pd.DataFrame, pd.DataFrame]], tit
                                   row=1, col=1)
         if len(steps):
             st = steps.sort_values("step")
-            lone = np.isfinite(st.loss.to_numpy(float)).sum() < 2  # a line through one point draws nothing
-            fig.add_trace(line(x=st.step, y=st.loss, mode="lines+markers" if lone else "lines", name=f"{label} loss",
-                               legendgroup=label,
-                               showlegend=False, line=dict(color=color, width=1.2)), row=2, col=1)
+            fig.add_trace(line(x=st.step, y=st.loss, mode=line_mode(st.loss), name=f"{label} loss",
+                               legendgroup=label, showlegend=False, line=dict(color=color, width=1.2)), row=2, col=1)
     losses = pd.concat([s.loss for _, _, s in runs if len(s)]) if any(len(s) for _, _, s in runs) else []
-    fig.update_yaxes(type="log", title_text="grad norm", **log_ticks(_drawn(all_norms)), row=1, col=1)
+    fig.update_yaxes(type="log", title_text="grad norm", **log_ticks(_drawn(all_norms, floor, ceiling)), row=1, col=1)
     fig.update_yaxes(type="log", title_text="loss (log)", **log_ticks(losses), row=2, col=1)
     last = [t.step.max() for _, t, _ in runs if len(t)]
     short = bool(last) and max(last) < 10

@@ -104,8 +104,9 @@ if runs is not None:
                    "re-chosen in every bootstrap resample." + ("" if pooled else " Nothing is pooled."))
         st.subheader("Summary" + (" (Δ to each line's best, points)" if relative else " (top-1 error, %)"))
         ws = sorted({1.0, 2.0, 5.0} | ({within} if within is not None else set()))
+        strata_cols = analysis.strata(runs)  # summary's and compare's strata, named
         table(analysis.summary(runs, by=by, relative=relative, within=ws, pruned=scored), key="edf_summary",
-              whole=True, strata=analysis.strata(runs))
+              whole=True, strata=strata_cols)
         st.subheader("Comparison between stems")
         go = len(runs) <= 3000 or st.button(f"Compute the comparison for {len(runs):,} runs (bootstrap and "
                                             "permutation tests: a few seconds)", key="edf_compute")
@@ -116,7 +117,6 @@ if runs is not None:
             verdict_lines(runs, key="edf_verdicts", ready=True)
         cmp = cached_compare(runs, relative) if go else None
         if cmp is not None and not cmp.empty:
-            strata_cols = analysis.strata(runs)  # compare's strata, named
             first = [*strata_cols, "a", "b", "n_a", "n_b", "median_diff", "median_diff_lo", "median_diff_hi",
                      "within_1_diff", "within_1_diff_lo", "within_1_diff_hi", "ks", "ks_better", "ks_p",
                      "n_pairs", "wilcoxon_p", "sign_p"]

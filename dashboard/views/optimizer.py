@@ -10,6 +10,7 @@ from stability.dashboard.common import md, selected_runs, table
 st.title("Optimizer and training length")
 runs = selected_runs()
 if runs is not None:
+    strata = analysis.strata(runs)  # the tables' grouping columns (the redundant ones shown last)
     gap = analysis.optimizer_gap(runs)
     st.subheader("AdamW vs SGD")
     if runs.optimizer.nunique() < 2:
@@ -27,7 +28,7 @@ if runs is not None:
         if small or uneven:
             st.warning("Some bars are the best of fewer than 3 runs, or AdamW and SGD had different "
                        "numbers of runs: a best-of-n grows better with n, so compare with care (n on each bar).")
-        table(gap, key="opt_table", strata=analysis.strata(runs))
+        table(gap, key="opt_table", strata=strata)
     st.subheader("Training length")
     tl = analysis.training_length(runs)
     groups = [c for c in tl.columns if c not in ("epochs", "best", "median", "n", "vs_longest")]
@@ -48,7 +49,7 @@ if runs is not None:
             st.warning(f"{len(thin)} point(s) rest on fewer than 3 runs"
                        + (f", {int(thin.best.ge(100).sum())} of them only diverged or pruned runs (drawn ×)"
                           if thin.best.ge(100).any() else "") + ": one run is not a best over lr.")
-        table(tl, key="len_table", strata=analysis.strata(runs))
+        table(tl, key="len_table", strata=strata)
         st.caption("best: the lowest error of the runs at that length (n of them); vs_longest: best minus "
                    "the best at the group's longest length (the paper's \"error relative to the longest "
                    "schedule\"; 0 at the longest).")

@@ -12,7 +12,6 @@ import streamlit as st
 from stability import analysis, plots
 from stability.dashboard.common import (
     md,
-    named_strata,
     peek_runs,
     root,
     selected_runs,
@@ -74,7 +73,7 @@ def findings(runs: pd.DataFrame) -> None:
         st.info("No finished run yet: nothing to judge.")
         return
 
-    named = named_strata(runs, strata_cols)  # a flag names what tells it apart, not every setting of its sweep
+    named = analysis.tables.named_axes(runs, strata_cols)  # a flag names what tells it apart, not every setting of its sweep
 
     def where(r) -> str:
         return analysis.group_text({c: r[c] for c in named}) if named else whole_name(runs)

@@ -22,7 +22,16 @@ from stability.dashboard.common import (
     selected_runs,
     table,
 )
-from stability.plots import color_of, log_ticks, named_stems, plain, scatter_kind, shade, wrap
+from stability.plots import (
+    color_of,
+    line_mode,
+    log_ticks,
+    named_stems,
+    plain,
+    scatter_kind,
+    shade,
+    wrap,
+)
 from stability.store import RunStatus as S
 
 
@@ -69,9 +78,7 @@ def curves(chosen: list[str], info: pd.DataFrame, labels: dict[str, str]) -> Non
             common = dict(legendgroup=rid, line=dict(color=color))
             if len(s):
                 for (r, c), col in zip(((1, 1), (1, 2), (2, 2)), ("loss", "lr", "grad_norm"), strict=True):
-                    # a line through one finite point draws nothing (a run diverged at step 1)
-                    lone = np.isfinite(s[col].to_numpy(float)).sum() < 2
-                    fig.add_trace(line(x=s.step, y=s[col], name=name, mode="lines+markers" if lone else "lines",
+                    fig.add_trace(line(x=s.step, y=s[col], name=name, mode=line_mode(s[col]),
                                        showlegend=col == "loss", **common), r, c)
                 if info.loc[rid, "status"] == S.DIVERGED:
                     _mark_divergence(fig, s, info.loc[rid, "diverged_at_step"], name, color)

@@ -293,9 +293,11 @@ def attn_logit_auc(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: int | Non
             row |= {"loss_auc": auc(loss, bad)[0], "loss_auc_within": lw, "loss_p_within": lp}
         rows.append(row)
     out = pd.DataFrame(rows, columns=[*by, *cols])
-    why = (f"No group has runs both with and without the outcome ({outcome}), so every AUC is undefined: "
-           f"{int(out['n'].gt(0).sum())} group(s) split by {', '.join(by)}" + (" (an lr × wd sweep gives each run its own wd: "
-           "by= without wd pools it)" if "wd" in by else "") + ".") if len(out) and out["n_pairs"].eq(0).all() else ""
+    why = ""
+    if len(out) and out["n_pairs"].eq(0).all():  # no AUC is defined: say why, not an empty note
+        pools = " (an lr × wd sweep gives each run its own wd: by= without wd pools it)" if "wd" in by else ""
+        why = (f"No group has runs both with and without the outcome ({outcome}), so every AUC is undefined: "
+               f"{int(out['n'].gt(0).sum())} group(s) split by {', '.join(by)}{pools}.")
     return _finish(out, by, res, why)
 
 

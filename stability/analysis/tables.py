@@ -158,6 +158,29 @@ def telling_axes(keys: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     return kept
 
 
+NAMED_AXES = ("sweep", "optimizer", "epochs")  # a group is named by these wherever they vary
+
+
+def named_axes(rows: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """The axes a group of ``rows`` is named by: the sweep, optimizer and length where they vary,
+    then the axes that still tell groups apart (``telling_axes``: not every setting of two sweeps).
+
+    Args:
+        rows: a table holding the axes (one row per group, or the runs themselves).
+        axes: the group axes, in order (those ``rows`` lacks are skipped).
+
+    Returns:
+        The axes kept, in order.
+
+    >>> named_axes(pd.DataFrame({"sweep": ["a", "b"], "batch": [8, 16], "epochs": [1, 2]}),
+    ...            ["sweep", "batch", "epochs"])
+    ['sweep', 'epochs']
+    """
+    axes = [a for a in axes if a in rows.columns]
+    telling = telling_axes(rows, axes)
+    return [a for a in axes if a in telling or (a in NAMED_AXES and rows[a].nunique(dropna=False) > 1)]
+
+
 def _count(v) -> str:
     """A count as an integer where it is one (1600.0 epochs: "1600", not "1.6e+03")."""
     return str(int(v)) if isinstance(v, float | np.floating) and float(v).is_integer() else value_text(v)

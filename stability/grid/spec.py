@@ -131,9 +131,11 @@ def executor_text(spec: GridSpec) -> str:
     shown_fields = [f.name for f in dataclasses.fields(ExecutorSpec) if f.name != "kind" and (
         f.name != "max_parallel" if kind == "slurm" else f.name in LOCAL_FIELDS)]
     values = [f"{k}={getattr(ex, k)}" for k in shown_fields if getattr(ex, k) not in (None, {})]
-    why = {"slurm": "sbatch is on PATH; kind: local runs here", "local": "no sbatch on PATH"}.get(kind, "")
-    return (f"executor: {kind}" + (f" (kind {ex.kind}" + (f": {why})" if ex.kind == "auto" and why else ")")
-                                   if ex.kind != kind else "") + ": " + ", ".join(values))
+    given = ""
+    if ex.kind != kind:  # auto says why it resolved so (a copied spec would go to a cluster unannounced)
+        why = {"slurm": ": sbatch is on PATH; kind: local runs here", "local": ": no sbatch on PATH"}
+        given = f" (kind {ex.kind}{why.get(kind, '') if ex.kind == 'auto' else ''})"
+    return f"executor: {kind}{given}: " + ", ".join(values)
 
 
 def _err(src: str, path: str, msg: str) -> ConfigError:
