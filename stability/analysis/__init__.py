@@ -55,6 +55,7 @@ from .spikes import (
 )
 from .stats import (
     area_between,
+    bm_perm_p,
     boot_ci,
     correct_of,
     holm,
@@ -66,6 +67,7 @@ from .stats import (
     median_perm_p,
     newcombe,
     paired_tests,
+    prob_lower,
     sd_upper,
     sign_flip_p,
     t_interval,
@@ -83,7 +85,7 @@ from .sweeps import (
 from .tables import Table, group_text, row_group, stratum_text, value_text
 
 __all__ = [
-    "DIVERGED_ERROR", "PRUNED_AS", "SpikeParams", "Table", "boot_ci", "group_text", "median_perm_p", "newcombe", "row_group",
+    "DIVERGED_ERROR", "PRUNED_AS", "SpikeParams", "Table", "bm_perm_p", "boot_ci", "group_text", "median_perm_p", "prob_lower", "newcombe", "row_group",
     "stratum_text", "value_text", "wilson", "at_chance", "area_between", "attn_logit_at", "attn_logit_auc", "attn_logit_divergence",
     "auc_lines", "auc_verdict", "best_configs",
     "compare", "correct_of", "count_spikes", "holm", "mcnemar_exact", "mcnemar_runs", "mde_sign_flip",
