@@ -561,6 +561,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(line)
         print("Nothing launched.")
         return 0
+    if args.out:  # the default folder is made under the results root; a typo must not be, after hours of runs
+        _out_file(args.out, "reproduce")
     res = run_studies(inv, show_progress=not args.quiet, console=make_console(stderr=True))
     md, page, data = write_report(res, inv.scale, inv.root, inv.out, inv.left_out)
     failed = 0

@@ -78,7 +78,11 @@ def test_report_and_replay_out_must_be_a_file_in_an_existing_folder(tmp_path, ti
     replay = ("replay", cfg.sweep, "--results", cfg.results, "--out")
     assert _one_line_error(run_cli(*replay, str(folder))).startswith(f"error: --out: {folder} is a folder")
     assert _one_line_error(run_cli(*replay, str(missing))).startswith(f"error: --out: no folder {missing.parent}")
-    assert not (tmp_path / "no").exists()
+    # reproduce's report stem too, before its studies run (it made the folders after them)
+    repro = ("reproduce", "--quick", "--only", "peak", "--results", str(tmp_path / "res"), "--out")
+    assert _one_line_error(run_cli(*repro, str(folder))).startswith(f"error: --out: {folder} is a folder")
+    assert _one_line_error(run_cli(*repro, str(missing))).startswith(f"error: --out: no folder {missing.parent}")
+    assert not (tmp_path / "no").exists() and not (tmp_path / "res").exists()
 
 
 def test_a_missing_grids_path_suggests_the_shipped_spec(tmp_path):
