@@ -16,7 +16,7 @@ from stability.grid.spec import ExecutorSpec
 from stability.models import throughput
 from stability.models.throughput import DecodeRate, Device, StepRate, Throughput
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_cli, write_spec
 
 GPU = Device("t1", "Test GPU", 1000.0)
 MACS = {("vit_p_4gf", 224): 4e9, ("vit_c_4gf", 224): 4e9, ("vit_p_18gf", 224): 16e9, ("regnety_4gf", 224): 4e9}
@@ -226,9 +226,161 @@ def test_a_local_image_folder_is_counted_else_imagenet_is_assumed_and_said(tmp_p
     gone = _cost(dataset="imagefolder", data_root=str(tmp_path / "nope"), batch_size=2048, epochs=1)
     assert gone.images == (1281167 // 2048) * 2048 and gone.sizes.source.startswith("ImageNet-1k size assumed")
     (tmp_path / "pack").mkdir()
-    (tmp_path / "pack" / "meta.json").write_text('{"counts": {"train": 100, "val": 20}}')
+    _meta(tmp_path / "pack", 100, 20)
     packed = _cost(dataset="packed", data_root=str(tmp_path / "pack"), batch_size=10, epochs=1)
     assert (packed.images, packed.eval_images) == (100, 20 * (1 + 2))
+
+
+def _meta(pack: Path, train: int, val: int) -> Path:
+    """A pack's meta.json as `stability pack` writes it (no shard: the planner reads only this)."""
+    import json
+
+    from stability.data.packed import FORMAT, VERSION
+
+    pack.mkdir(parents=True, exist_ok=True)
+    (pack / "meta.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, "classes": ["a", "b"],
+                                                "short_side": None, "counts": {"train": train, "val": val}}))
+    return pack
+
+
+def _folder(root: Path, classes: dict[str, int], val: int = 2) -> Path:
+    """An image folder of empty ``.jpg`` files (the planner counts names, opens none)."""
+    for split in ("train", "val"):
+        for c, n in classes.items():
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n if split == "train" else val):
+                (root / split / c / f"{i}.jpg").write_bytes(b"")
+    return root
+
+
+def _one_line_exit_2(code: int, err: str, *needles: str) -> None:
+    """A command's exit code and stderr: one error line naming ``needles``, exit 2, no traceback."""
+    assert code == 2, (code, err)
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert all(n in err for n in needles), err
+
+
+def _dry_run(capsys, spec: Path) -> tuple[int, str]:
+    """``grid run SPEC --dry-run`` in this process (torch is imported once, not per subprocess):
+    its exit code and stderr. An exception other than ConfigError (the old ZeroDivisionError)
+    propagates and fails the test."""
+    from stability.cli import main
+
+    code = main(["grid", "run", str(spec), "--dry-run"])
+    return code, capsys.readouterr().err
+
+
+def test_a_run_that_would_see_no_full_batch_is_one_line_exit_2_not_a_division_by_zero(tmp_path, capsys):
+    """Was a ZeroDivisionError traceback (StudyCost._rate over 0 images), exit 1."""
+    from stability.cli import main
+    from stability.errors import ConfigError
+    from stability.grid.controller import dry_run
+    from stability.grid.spec import load_spec
+
+    data = _folder(tmp_path / "imf", {"a": 5, "b": 5})
+    spec = write_spec(tmp_path / "g.yaml", "big_batch", tmp_path / "res",
+                      base={"dataset": "imagefolder", "data_root": str(data), "batch_size": 64, "image_size": 32},
+                      executor={"kind": "slurm", "gpus_per_node": 1})
+    _one_line_exit_2(*_dry_run(capsys, spec), "batch_size 64 exceeds the 10 training images",
+                     f"counted in {data}/{{train,val}}", "allowed: batch_size <= 10")
+    # a local spec (also timed here) and the paper's batch 2048 on a small folder: the same error
+    local = write_spec(tmp_path / "l.yaml", "local", tmp_path / "res",
+                       base={"dataset": "imagefolder", "data_root": str(data), "batch_size": 64, "image_size": 32})
+    with pytest.raises(ConfigError, match="batch_size 64 exceeds the 10 training images"):
+        dry_run(load_spec(local))
+    code = main(["reproduce", "--paper", "--dry-run", "--set", f"data_root={data}", "--results", str(tmp_path / "res")])
+    _one_line_exit_2(code, capsys.readouterr().err, "batch_size 2,048 exceeds the 10 training images")
+    assert not (tmp_path / "res").exists()
+    # every dataset: the count, where it came from and what holds images out
+    cases = [({"dataset": "digits", "test_split": 300, "batch_size": 1400},
+              "batch_size 1,400 exceeds the 1,197 training images that test_split 300 leaves of the 1,497 of digits"),
+             ({"dataset": "synthetic", "synthetic_size": 10, "batch_size": 64},
+              "batch_size 64 exceeds the 10 training images (synthetic_size)"),
+             ({"dataset": "packed", "data_root": str(_meta(tmp_path / "p", 0, 5)), "batch_size": 8},
+              f"batch_size 8 exceeds the 0 training images (from {tmp_path / 'p' / 'meta.json'})")]
+    for fields, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            C.images_seen(run_config(fields))
+    assert C.images_seen(run_config({"dataset": "synthetic", "synthetic_size": 64, "batch_size": 64})) == 10 * 64
+
+
+def test_a_group_of_no_runs_has_no_rate_rather_than_dividing_by_zero():
+    g = _cost(runs=0)
+    s = C.StudyCost("s", GPU, (g,))
+    assert (s.images, s.img_s, s.step_img_s, s.gpu_hours) == (0, None, None, 0)
+
+
+def test_a_symlinked_class_is_counted_as_training_reads_it_and_a_loop_is_refused(tmp_path, capsys):
+    """Was os.walk without followlinks: a linked class (or every class linked: 0 images) went uncounted."""
+    import os
+
+    outside = _folder(tmp_path / "outside", {"d": 10})
+    data = _folder(tmp_path / "imf", {"a": 10, "b": 10, "c": 10})
+    for split in ("train", "val"):
+        os.symlink(outside / split / "d", data / split / "d")
+    g = _cost(dataset="imagefolder", data_root=str(data), batch_size=5, epochs=1)
+    assert (g.sizes.train, g.sizes.val) == (40, 8)  # was (30, 6)
+    links = tmp_path / "links"  # every class a link
+    for split in ("train", "val"):
+        (links / split).mkdir(parents=True)
+        os.symlink(outside / split / "d", links / split / "d")
+    assert _cost(dataset="imagefolder", data_root=str(links), batch_size=5, epochs=1).sizes.train == 10  # was 0
+    loop = _folder(tmp_path / "loop", {"cat": 3})
+    os.symlink("..", loop / "train" / "cat" / "loop")  # os.walk following links would never end
+    spec = write_spec(tmp_path / "g.yaml", "loop", tmp_path / "res",
+                      base={"dataset": "imagefolder", "data_root": str(loop), "batch_size": 2, "image_size": 32},
+                      executor={"kind": "slurm", "gpus_per_node": 1})
+    _one_line_exit_2(*_dry_run(capsys, spec), f"data_root: {loop}/train/cat/loop", "a symlink loop",
+                     "remove the link")
+
+
+@pytest.mark.parametrize("text, says", [
+    ("{not json", "not readable JSON (Expecting property name"),
+    ('{"format": "stability-packed", "version": 1, "classes": ["a"]}', "no class names or image counts"),
+    ('{"format": "stability-packed", "version": 1, "classes": ["a"], "counts": {"train": true, "val": 1}}',
+     "no class names or image counts"),
+    ('{"counts": {"train": 100, "val": 20}}', "not a meta.json of format stability-packed version 1"),
+    ("[]", "not a meta.json of format")])
+def test_a_pack_whose_meta_json_is_broken_is_named_not_taken_for_a_missing_pack(tmp_path, text, says):
+    """Was "ImageNet-1k size assumed (<root> not on this machine)" for a folder that is right there."""
+    from stability.errors import ConfigError
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "meta.json").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        _cost(dataset="packed", data_root=str(tmp_path / "p"), batch_size=8)
+    assert str(e.value).startswith(f"data_root: {tmp_path / 'p' / 'meta.json'}: {says}"), e.value
+    assert "re-pack it with `stability pack`" in str(e.value) and "\n" not in str(e.value)
+    # a folder that is here but holds no meta.json (or no train/) is not said to be elsewhere
+    (tmp_path / "p" / "meta.json").unlink()
+    for dataset, lacks in (("packed", "meta.json"), ("imagefolder", "train folder")):
+        source = _cost(dataset=dataset, data_root=str(tmp_path / "p"), batch_size=8).sizes.source
+        assert source == f"ImageNet-1k size assumed ({tmp_path / 'p'} has no {lacks} on this machine)"
+
+
+def test_a_broken_pack_fails_its_dry_run_in_one_line(tmp_path):
+    """The real command (a subprocess: exit code and stderr as a user sees them)."""
+    spec = write_spec(tmp_path / "g.yaml", "bad_pack", tmp_path / "res",
+                      base={"dataset": "packed", "data_root": str(tmp_path / "p"), "image_size": 32},
+                      executor={"kind": "slurm", "gpus_per_node": 1})
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "meta.json").write_text('{"format": "stabil')  # cut short
+    out = run_cli("grid", "run", str(spec), "--dry-run")
+    _one_line_exit_2(out.returncode, out.stderr, f"data_root: {tmp_path / 'p' / 'meta.json'}: not readable JSON",
+                     "re-pack it")
+    assert "Traceback" not in out.stderr
+
+
+def test_cifar_counts_are_said_to_be_the_releases_assumed_not_read():
+    """Was no "image counts" line for CIFAR: 50,000 images costed as if counted."""
+    cfg = run_config({"dataset": "cifar10", "data_root": "/data/cifar", "batch_size": 64, "epochs": 1})
+    g = group_cost(cfg, 1, ExecutorSpec(), TABLE, GPU, lambda m, px: 4e9)
+    assert (g.sizes.train, g.sizes.val) == (50000, 10000)
+    source = study_cost("c", [(cfg, 1)], ExecutorSpec(), TABLE, GPU, lambda m, px: 4e9).source
+    assert ("  image counts: cifar10: its release's 50,000 training and 10,000 validation images, assumed "
+            "(the files under /data/cifar are not read to count them)") in source.splitlines()
+    assert "image counts" not in study_cost("d", [(run_config({"dataset": "digits"}), 1)], ExecutorSpec(), TABLE,
+                                            GPU, lambda m, px: 4e9).source  # digits: its exact size, no note
 
 
 def test_a_local_spec_without_cpus_per_task_is_fed_by_this_machines_cpus(monkeypatch):

@@ -89,3 +89,29 @@ def test_a_tpe_dry_run_says_its_time_is_of_the_runs_it_shows(tmp_path, capsys):
     assert main(["grid", "run", str(spec), "--dry-run"]) == 0
     (line,) = [x for x in capsys.readouterr().out.splitlines() if "on this machine" in x]
     assert line.startswith("tp (the runs shown only): ~"), line
+
+
+def test_image_file_decoding_is_said_to_be_left_out_and_a_run_of_no_batch_is_refused(monkeypatch, tmp_path):
+    """The step is timed on random tensors: a run on image files says its decoding is not in the
+    figure (a trial's imagefolder grid said ~7 s and took 50 s); in-memory data says nothing."""
+    import pytest
+
+    from stability.errors import ConfigError
+
+    monkeypatch.setattr(L, "time_step", lambda *a, **k: 0.01)
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        for i in range(8):
+            (tmp_path / split / "a" / f"{i}.png").write_bytes(b"")
+    files = run_config({**DIGITS, "dataset": "imagefolder", "data_root": str(tmp_path), "image_size": 32,
+                        "batch_size": 4})
+    ex = ExecutorSpec(kind="local")
+    t = L.local_time([(files, 2)], ex)
+    assert t.groups[0].files == "imagefolder"
+    assert ("image decoding not included (imagefolder: every image is read and decoded from its file, "
+            "not timed here)") in t.text("f")
+    assert "decoding" not in L.local_time([(run_config(DIGITS), 2)], ex).text("d")
+    assert "image decoding not included (imagefolder" in L.total_text([("f", t)])
+    with pytest.raises(ConfigError, match=r"batch_size 64 exceeds the 8 training images"):  # was 0 steps, 0 s
+        L.local_time([(run_config({**DIGITS, "dataset": "imagefolder", "data_root": str(tmp_path), "image_size": 32}),
+                       1)], ex)

@@ -12,7 +12,8 @@ end-to-end rate (``end_to_end``) the study says how far below the model it ran.
 Whatever the table lacks is filled in one stated way, and every figure says which it used:
 ``measured``, ``scaled from <row> measured`` (by FLOPs per image; same device and compile), or
 ``flops-estimate`` (FLOPs at :data:`MFU` of the device's peak). Torch-free when the models are in
-``models/complexity.json``.
+``models/complexity.json`` and no local ``imagefolder`` is counted (that walk is ``stability pack``'s,
+which takes torchvision's list of image extensions).
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, resolve_compile
+from ..data.packed import FORMAT, SPLITS, VERSION, PackError, image_files
 from ..data.workers import DECODED, job_cpus
+from ..errors import ConfigError
 from ..models.presets import canonical_name, resolve
 from ..models.throughput import TABLE, DecodeRate, Device, StepRate, Throughput
 from .kinds import resolve_kind
@@ -43,9 +45,6 @@ RATE_FIELDS = ("compile", "accum_steps", "decode", "num_workers", "auto_augment"
 VAL_SIZES = {"digits": 300, "synthetic_motifs": 1000, "cifar10": 10000, "cifar100": 10000,
              "imagefolder": 50000, "packed": 50000}
 IMAGENET = "ImageNet-1k size assumed"
-# What torchvision's ImageFolder lists (torchvision.datasets.folder.IMG_EXTENSIONS; not imported:
-# this module stays torch-free).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -211,7 +210,10 @@ class StudyCost:
 
     def _rate(self, rate: Callable[[GroupCost], float | None]) -> float | None:
         bounded = [g for g in self.groups if rate(g) is not None]
-        return sum(g.images for g in bounded) / sum(g.images / rate(g) for g in bounded) if bounded else None
+        seconds = sum(g.images / rate(g) for g in bounded)
+        # No image to weigh by (groups of no runs): no rate, as for no group. A run that would see
+        # no image never gets here: images_seen refuses it.
+        return sum(g.images for g in bounded) / seconds if seconds else None
 
     @property
     def step_img_s(self) -> float | None:
@@ -291,38 +293,118 @@ def total_note(costs: list[StudyCost]) -> str:
 
 @functools.cache
 def _count_images(folder: str) -> int:
-    """Image files under ``folder`` (by extension, as ImageFolder lists them; none is opened)."""
-    return sum(f.lower().endswith(IMAGE_EXTENSIONS) for _, _, files in os.walk(folder) for f in files)
+    """Image files under ``folder`` as training lists them (ImageFolder follows symlinked class
+    folders and subfolders; none is opened). The walk is ``stability pack``'s
+    (``data.packed.image_files``): it refuses, naming the folder, a symlink loop (which would never
+    end) or a folder linked twice, a split without class folders and a class without images, each
+    of which training would fail on or read twice.
+
+    Args:
+        folder: a split folder, ``<data_root>/train``.
+
+    Returns:
+        The number of image files training reads from it.
+
+    Raises:
+        ConfigError: on data training cannot read once, naming the folder.
+    """
+    try:
+        return len(image_files(Path(folder))[1])
+    except PackError as e:
+        raise ConfigError(f"data_root: {e}") from None
+
+
+def _pack_sizes(root: Path) -> Sizes:
+    """The counts in a pack's ``meta.json``; ``ConfigError`` naming the file when it cannot be read,
+    is not JSON, is not a pack of this format or lacks its classes or counts: training on it fails
+    too, so costing it at any size would be wrong."""
+    meta_path = root / "meta.json"
+    damaged = "the pack is incomplete or damaged: re-pack it with `stability pack`"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:  # a truncated write, another file saved under the name, a folder
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise ConfigError(f"data_root: {meta_path}: not readable JSON ({why}): {damaged}") from None
+    if not isinstance(meta, dict) or (meta.get("format"), meta.get("version")) != (FORMAT, VERSION):
+        raise ConfigError(f"data_root: {meta_path}: not a meta.json of format {FORMAT} version {VERSION}: {damaged}")
+    classes, counts = meta.get("classes"), meta.get("counts")
+    # type() is int, not isinstance: true and false are not counts
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes) and isinstance(counts, dict)
+            and all(type(counts.get(s)) is int and counts[s] >= 0 for s in SPLITS)):
+        raise ConfigError(f"data_root: {meta_path}: no class names or image counts (allowed: \"classes\": "
+                          f"[names], \"counts\": {{\"train\": N, \"val\": N}}, N >= 0): {damaged}")
+    return Sizes(counts["train"], counts["val"], f"from {meta_path}")
 
 
 def data_sizes(cfg: RunConfig) -> Sizes:
-    """Training and validation images of ``cfg``'s data: an ``imagefolder`` under a ``data_root``
-    this machine has is counted (a ``packed`` one read from its ``meta.json``); one it lacks is
-    taken at ImageNet-1k's size, and says so."""
+    """Training and validation images of ``cfg``'s data.
+
+    An ``imagefolder`` under a ``data_root`` this machine has is counted as training lists it
+    (symlinks followed); a ``packed`` one is read from its ``meta.json``; one this machine lacks is
+    taken at ImageNet-1k's size, and says so. CIFAR is taken at its release's size, and says so (its
+    files are pickles: unpickling 180 MB only to count is not worth it).
+
+    Args:
+        cfg: the run's config.
+
+    Returns:
+        The :class:`Sizes`, ``source`` saying where the counts came from ("" for counts that are
+        exact without looking: ``digits``, ``synthetic``).
+
+    Raises:
+        ConfigError: a local folder training cannot read (a ``meta.json`` that is not a pack's, a
+            symlink loop, a class without images), naming it.
+    """
     from ..data.datasets import SIZES
 
     if cfg.dataset in ("imagefolder", "packed"):
         root = Path(cfg.data_root or "")
+        assumed = f"{IMAGENET} ({cfg.data_root} not on this machine)"
         if cfg.dataset == "imagefolder" and cfg.data_root and (root / "train").is_dir():
             return Sizes(_count_images(str(root / "train")), _count_images(str(root / "val")),
                          f"counted in {root}/{{train,val}}")
-        if cfg.dataset == "packed" and cfg.data_root:
-            try:
-                counts = json.loads((root / "meta.json").read_text())["counts"]
-                return Sizes(int(counts["train"]), int(counts["val"]), f"from {root / 'meta.json'}")
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # not here, or not a pack: as if absent
-        return Sizes(SIZES[cfg.dataset][0], VAL_SIZES[cfg.dataset], f"{IMAGENET} ({cfg.data_root} not on this machine)")
+        if cfg.dataset == "packed" and cfg.data_root and (root / "meta.json").exists():
+            return _pack_sizes(root)
+        if cfg.data_root and root.is_dir():  # here, but not its layout: say so, not "not on this machine"
+            lacks = "train folder" if cfg.dataset == "imagefolder" else "meta.json"
+            assumed = f"{IMAGENET} ({root} has no {lacks} on this machine)"
+        return Sizes(SIZES[cfg.dataset][0], VAL_SIZES[cfg.dataset], assumed)
     if cfg.dataset == "synthetic":
         return Sizes(cfg.synthetic_size, max(cfg.synthetic_size // 5, 10), "")
-    return Sizes(SIZES[cfg.dataset][0], VAL_SIZES[cfg.dataset], "")
+    train, val = SIZES[cfg.dataset][0], VAL_SIZES[cfg.dataset]
+    if cfg.dataset.startswith("cifar"):
+        under = f" under {cfg.data_root}" if cfg.data_root else ""
+        return Sizes(train, val, f"{cfg.dataset}: its release's {train:,} training and {val:,} validation images, "
+                                 f"assumed (the files{under} are not read to count them)")
+    return Sizes(train, val, "")
 
 
 def images_seen(cfg: RunConfig, sizes: Sizes | None = None) -> int:
-    """Training images one run of ``cfg`` sees (full global batches, ``steps_per_epoch`` capped;
-    the ``test_split`` images held out of training)."""
-    n_train = (sizes or data_sizes(cfg)).train - (cfg.test_split or 0)
+    """Training images one run of ``cfg`` sees: full global batches (the trainer drops a partial
+    last one), ``steps_per_epoch`` capped; the ``test_split`` images held out of training.
+
+    Args:
+        cfg: the run's config.
+        sizes: its data's sizes (default: :func:`data_sizes`).
+
+    Returns:
+        The images one run trains on, at least one batch.
+
+    Raises:
+        ConfigError: when the run would see no full batch (``batch_size`` above its training
+            images), naming ``batch_size``, the count and where it came from.
+    """
+    sizes = sizes or data_sizes(cfg)
+    n_train = sizes.train - (cfg.test_split or 0)
     per_epoch = n_train // cfg.batch_size
+    if per_epoch < 1:  # a run of no step: nothing to cost (and every rate would divide by 0 images)
+        where = f"({sizes.source})" if sizes.source else "(synthetic_size)" if cfg.dataset == "synthetic" \
+            else f"of {cfg.dataset}"
+        images = (f"the {max(n_train, 0):,} training images that test_split {cfg.test_split:,} leaves of the "
+                  f"{sizes.train:,} {where}" if cfg.test_split else f"the {sizes.train:,} training images {where}")
+        more = ", or a data_root with more images" if cfg.dataset in ("imagefolder", "packed") else ""
+        raise ConfigError(f"batch_size {cfg.batch_size:,} exceeds {images}: a run would see no full batch and "
+                          f"train on nothing (allowed: batch_size <= {max(n_train, 1):,}{more})")
     return cfg.epochs * min(per_epoch, cfg.steps_per_epoch or per_epoch) * cfg.batch_size
 
 

@@ -7,7 +7,8 @@ random images; a run takes its training steps at that rate plus its evaluation i
 :data:`~stability.grid.cost.EVAL_SPEEDUP` x the step's img/s, and the runs are laid over the
 executor's parallel slots. Steps are timed alone: parallel runs share memory bandwidth and other
 work shares the cores, so the figure is a floor; diverged and pruned runs end early, so it is a
-ceiling for them.
+ceiling for them. Reading and decoding image files (``imagefolder``, ``packed``) is not timed (the
+step runs on random tensors), and the text says so.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .cost import EVAL_SPEEDUP, data_sizes, eval_images, flops_per_image, images
 MAX_STEP_MACS = 3e10
 TIMED_STEPS = 3  # after one warm-up step; one traced step is timed besides
 CLASSES = {"cifar100": 100, "imagefolder": 1000, "packed": 1000}  # else 10
+FILES = ("imagefolder", "packed")  # datasets whose images are read and decoded from files, untimed here
 # Config fields besides the planner's groups' that change a step's time on a CPU.
 TIME_FIELDS = ("optimizer", "optimizer_impl", "trace_every", "trace_attention", "qk_norm", "freeze_stem")
 
@@ -43,6 +45,7 @@ class GroupTime:
     step_s: float | None
     run_s: float | None
     why: str = ""
+    files: str = ""  # its dataset when its images are decoded from files (FILES), whose time is left out
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,13 @@ class LocalTime:
 
     def how(self) -> str:
         plural = "s" if self.threads != 1 else ""
+        files = ", ".join(dict.fromkeys(g.files for g in self.groups if g.files))
+        # the step is timed on random tensors: a run on image files also reads and decodes each one
+        decoding = (f"; image decoding not included ({files}: every image is read and decoded from its "
+                    "file, not timed here)" if files else "")
         return (f"{self.slots} at a time, {self.threads} thread{plural} each; steps timed here just now: "
-                f"{self.steps_text()}; evaluation at ~{EVAL_SPEEDUP:g}x the step's img/s, an estimate; a floor: "
-                f"parallel runs and other work share the cores")
+                f"{self.steps_text()}; evaluation at ~{EVAL_SPEEDUP:g}x the step's img/s, an estimate{decoding}; "
+                f"a floor: parallel runs and other work share the cores")
 
 
 def _duration(s: float) -> str:
@@ -180,7 +187,7 @@ def local_time(groups: list[tuple[RunConfig, int]], executor: Any,
         if t.step_s is not None:
             sizes = data_sizes(cfg)
             run_s = (images_seen(cfg, sizes) + eval_images(cfg, sizes) / EVAL_SPEEDUP) / max(cfg.batch_size, 1) * t.step_s
-        out.append(dataclasses.replace(t, runs=n, run_s=run_s))
+        out.append(dataclasses.replace(t, runs=n, run_s=run_s, files=cfg.dataset if cfg.dataset in FILES else ""))
     return LocalTime(tuple(out), max(executor.max_parallel, 1), threads)
 
 
