@@ -17,8 +17,8 @@ replication seeds (fresh seeds: the selected run itself is not reused), plus eac
 twice its length on ``REGIME_SEEDS`` seeds (the convergence check). The replication sweeps are
 written as grid specs under ``<results>/reproduce/specs/`` (named by a hash of the arms, so a
 changed selection is a new sweep) and run like any other. ``analysis.findings`` judges the four
-findings as one Holm family on the held-out test split. Everything is idempotent: a rerun trains
-only what is missing. The report is markdown and HTML, with its verdicts as JSON beside them
+findings on the held-out test split with two Holm families, one per direction (``findings.judge``).
+Everything is idempotent: a rerun trains only what is missing. The report is markdown and HTML, with its verdicts as JSON beside them
 (``<out>.json``, what the dashboard reads), written atomically.
 """
 
@@ -50,9 +50,13 @@ GRIDS = resources.folder("grids")
 SCALES = {"cpu": GRIDS / "cpu", "quick": GRIDS / "cpu" / "quick", "paper": GRIDS}
 RULE = (f"Each arm's configuration is chosen on the validation split and trained again with {F.SEEDS} "
         "shared seeds; a finding's statistic is the mean per-seed contrast on the held-out test split "
-        "(lr/wd: the paired within-x statistic over the shared points), tested one-sided in the paper's "
-        f"direction (exact sign-flip; lr/wd: label permutation) and Holm-adjusted over the findings at "
-        f"{F.ALPHA:g}. reproduced: the paper's sign, the adjusted test passed and the regime checked (long "
+        "(lr/wd: the paired within-x statistic over the shared points of one stratum), tested one-sided in "
+        "each direction (exact sign-flip, whose null is per-seed contrasts symmetric about 0: with "
+        f"{F.SEEDS} seeds it passes only when all share a sign, so the seeds pointing each way are given "
+        "beside the mean; lr/wd: label permutation). Each direction is its own Holm family over the "
+        f"findings with a p-value, at {F.ALPHA:g} family-wise: {F.ALPHA:g} for a false \"reproduced\", "
+        f"{F.ALPHA:g} for a false \"not reproduced\", up to {2 * F.ALPHA:g} for some directional claim when "
+        "no finding holds. reproduced: the paper's sign, the adjusted test passed and the regime checked (long "
         f"arms within {F.CONVERGED_POINTS:g} point of a 2x longer run, most runs off chance, the effect "
         f"within {F.MAGNITUDE:g}x the paper's); same direction (regime differs): the test passed, the regime "
         "did not match or was not checked; not reproduced: the adjusted test passed in the other "
@@ -520,7 +524,7 @@ def plain(f: F.Finding) -> str:
     """One sentence a reader can take away: the effect, how many seeds agree, the verdict."""
     if not np.isfinite(f.effect):
         return f"{f.title}: no result ({f.details})."
-    agree = f", {sum(v > 0 for v in f.d)} of {len(f.d)} seeds in the paper's direction" if f.d else ""
+    agree = f", {f.seed_signs}" if f.seed_signs else ""
     return (f"{f.title}: {f.statistic} = {f.effect:+.2f} {f.unit} ({f.n_text}{agree}): **{f.verdict}**"
             + (f" — {f.regime}" if f.verdict.startswith("same direction") else "") + ".")
 
@@ -542,10 +546,11 @@ def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = (
         lines += [f"Studies not run in this invocation (`--only`): {', '.join(left_out)}.", ""]
     lines += ["**In short.**", ""] + [f"- {plain(f)}" for f in res.findings] + [""]
     lines += [f"**Verdict rule.** {RULE}", "",
-              "| finding | verdict | effect [90% CI; lr/wd: band] | unit | p, paper's direction: raw → Holm | p, other direction: raw → Holm | n | MDE (≥ 80% power; lr/wd: smallest passing) | the paper |",
+              "| finding | verdict | effect [90% CI; lr/wd: band]; seeds each way | unit | p, paper's direction: raw → Holm | p, other direction: raw → Holm | n | MDE (≥ 80% power; lr/wd: smallest passing) | the paper |",
               "|---|---|---|---|---|---|---|---|---|"]
     for f in res.findings:
-        lines.append(f"| {f.title} | **{f.verdict}** | {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] | {f.unit} | "
+        lines.append(f"| {f.title} | **{f.verdict}** | {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}]"
+                     + (f"; {f.seed_signs}" if f.seed_signs else "") + f" | {f.unit} | "
                      f"{_fmt(f.p, '.3g')} → {_fmt(f.p_adj, '.3g')} | {_fmt(f.p_other, '.3g')} → {_fmt(f.p_other_adj, '.3g')} | "
                      f"{f.n_text} | {_fmt(f.mde, '.2f')} | {_fmt(f.paper_effect) if f.paper_effect is not None else '–'} |")
     if res.arms:
@@ -559,9 +564,10 @@ def report_markdown(res: Outcome, scale: str, root: str, left_out: list[str] = (
         lines += ["", f"## {f.title}: {f.verdict}", "",
                   f"- The paper's claim: {f.claim}.", f"- The paper's numbers: {f.paper}.",
                   f"- Statistic (> 0 is the paper's direction): {f.statistic} = **{_fmt(f.effect)}** {f.unit}, "
-                  f"{F.CI:.0%} {'band' if f.curve else 'CI'} [{_fmt(f.lo)}, {_fmt(f.hi)}]; p = {_fmt(f.p, '.3g')} "
+                  f"{F.CI:.0%} {'band' if f.curve else 'CI'} [{_fmt(f.lo)}, {_fmt(f.hi)}]"
+                  + (f" ({f.seed_signs})" if f.seed_signs else "") + f"; p = {_fmt(f.p, '.3g')} "
                   f"({f.p_test}), Holm-adjusted {_fmt(f.p_adj, '.3g')}; the other direction {_fmt(f.p_other, '.3g')} → "
-                  f"{_fmt(f.p_other_adj, '.3g')}. Judged on `{f.value or '–'}`"
+                  f"{_fmt(f.p_other_adj, '.3g')} (Holm within that direction's own family). Judged on `{f.value or '–'}`"
                   + ("" if not f.value or f.value.startswith("test") else " (no test split: the validation images that chose the "
                      "configurations; optimistic)") + ".",
                   f"- Why this verdict: {f.reason}.",
@@ -654,18 +660,20 @@ def reason(f: F.Finding) -> str:
 def verdict_line(f: F.Finding) -> str:
     """One line of ``stability reproduce``'s output: the finding, its verdict, the numbers and the
     reason beside them (an inconclusive verdict beside an interval that excludes 0 says why)."""
-    line = (f"{f.title}: {f.verdict} ({f.statistic} = {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] {f.unit}, "
+    line = (f"{f.title}: {f.verdict} ({f.statistic} = {_fmt(f.effect)} [{_fmt(f.lo)}, {_fmt(f.hi)}] {f.unit}"
+            + (f", {f.seed_signs}" if f.seed_signs else "") + ", "
             f"p {_fmt(f.p, '.3g')} -> Holm {_fmt(f.p_adj, '.3g')}, n {f.n_text}, "
             f"MDE {_fmt(f.mde, '.2f') if not np.isinf(f.mde) else 'none: no result could pass'})"
             f" — why: {reason(f)}")
     if f.verdict == "inconclusive" and np.isfinite(f.lo) and np.isfinite(f.hi) and (f.lo > 0 or f.hi < 0):
         line += (f" (the {F.CI:.0%} {'band' if f.curve else 't interval'} excludes 0, but the verdict rests on "
-                 f"the {f.p_test or 'test'}, Holm-adjusted over the findings judged together)")
+                 f"the {f.p_test or 'test'}, Holm-adjusted over the findings judged together in each direction)")
     return line
 
 
 JSON_FIELDS = ("key", "title", "claim", "verdict", "reason", "statistic", "unit", "effect", "lo", "hi", "p",
-               "p_adj", "p_other", "p_other_adj", "p_test", "n", "n_text", "mde", "paper_effect", "regime", "value")
+               "p_adj", "p_other", "p_other_adj", "p_test", "n", "n_text", "seed_signs", "mde", "paper_effect", "regime",
+               "value")
 
 
 def _json_value(v):

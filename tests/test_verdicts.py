@@ -255,3 +255,126 @@ def test_the_lr_wd_mde_is_a_value_the_statistic_can_take():
     # with a passing value in the null's tail, the MDE is that value, one the statistic takes
     tail = replace(f, null=tuple(np.concatenate([np.zeros(300), [0.5] * 3, [2 / 3] * 3])))
     assert findings.judge([tail])[0].mde == pytest.approx(0.5)
+
+
+# ---- audit fixes: one stratum per lr/wd finding, seeds each way, the MDE at Holm's level ------------
+
+def _two_strata(axis, values):
+    """The same 8 shared (lr, wd) points run twice, once per value of ``axis`` (the second stratum's
+    ViT_P spread away from its best: pooled or silently dropped, it would change the statistic)."""
+    halves = []
+    for j, v in enumerate(values):
+        half = _lr_wd_runs(np.random.default_rng(j), effect=1.0 * j, points=8, pool=POOL[:3])
+        halves.append(half.assign(**{axis: v, "run_id": half["run_id"] + f"-{j}"}))
+    return pd.concat(halves, ignore_index=True)
+
+
+@pytest.mark.parametrize("axis, values", [("optimizer", ["adamw", "sgd"]), ("sweep", ["a", np.nan]),
+                                          ("epochs", [20, 40])])
+def test_lr_wd_refuses_to_pool_strata(axis, values):
+    """AdamW and SGD (or two sweeps, one of them unrecorded, or two lengths) at the same (lr, wd,
+    seed) points: the pairs keep both strata (32 runs were 8 pairs, one stratum's runs kept at
+    each point, with "optimizer adamw, sgd" in the regime), and the finding refuses to pool them,
+    naming each stratum with its count."""
+    runs = _two_strata(axis, values)
+    pairs = findings.lr_wd_pairs(runs)
+    assert len(pairs) == 16 and axis in pairs and pairs[axis].nunique(dropna=False) == 2, pairs
+    f = findings.judge([findings.finding_lr_wd(runs, n_boot=0, n_perm=100)])[0]
+    assert f.verdict == "inconclusive" and np.isnan(f.effect) and f.n == 0, (f.verdict, f.effect)
+    assert "2 strata, which would have been pooled" in f.reason, f.reason
+    for v in values:
+        assert f"{axis} {'n/a' if pd.isna(v) else v}: 16" in f.reason, f.reason
+    # one stratum alone is judged as before: its own 8 points
+    one = findings.finding_lr_wd(runs[runs[axis] == values[0]], n_boot=0, n_perm=100)
+    assert one.n == 8 and np.isfinite(one.p), one.details
+
+
+def test_lr_wd_pairs_never_pick_one_of_two_runs_at_a_point():
+    runs = _lr_wd_runs(np.random.default_rng(0), points=4)
+    twice = pd.concat([runs, runs.iloc[:1]], ignore_index=True)
+    with pytest.raises(ValueError, match="share a point"):
+        findings.lr_wd_pairs(twice)
+    f = findings.finding_lr_wd(twice, n_boot=0, n_perm=50)
+    assert np.isnan(f.effect) and "share a point" in f.details, f.details
+
+
+def _peak_reps(d, base=10.0):
+    """Peak replicates whose per-seed contrast (ViT_P − ViT_C) is exactly ``d``, with 2x runs as
+    good as the long arms (converged)."""
+    rows = []
+    for seed, di in enumerate(d, start=1):
+        for name, fields in findings.arms_peak(20).items():
+            err = base + (di if fields["stem"] == "patchify" else 0.0)
+            rows += [{**fields, "epochs": 20 * mult, "seed": seed, "status": "completed", "collapsed": False,
+                      "init_top1_err": 90.0, "run_id": f"{name}-{seed}-{mult}", "test_ema_top1_err": err,
+                      "lr": 1e-3, "wd": 0.1} for mult in (1, 2)]
+    df = pd.DataFrame(rows)
+    return df[df["epochs"] == 20], df[df["epochs"] == 40]
+
+
+def _peak(reps_longer):
+    reps, longer = reps_longer
+    return findings.finding_peak(reps, 20, longer)
+
+
+def test_replicated_findings_give_the_seeds_each_way_and_the_tests_null():
+    """The mean and its t interval are printed with how many seeds point each way, and the test's
+    null (symmetric contrasts) is named: at k = 6 a passed test says "all six share a sign"."""
+    from stability import reproduce
+
+    reps, longer = _peak_reps([0.4, 0.6, 0.5, 0.7, 0.3, 0.5])
+    f = findings.judge([findings.finding_peak(reps, 20, longer)])[0]
+    assert f.verdict == "reproduced" and f.seed_signs == "6 of 6 seeds the paper's way, 0 the other way"
+    assert "6 of 6 seeds the paper's way" in f.reason and "symmetric about 0" in f.p_test, (f.reason, f.p_test)
+    assert f.seed_signs in reproduce.verdict_line(f) and f.seed_signs in reproduce.plain(f)
+    mixed = findings.judge([_peak(_peak_reps([2.0, 1.0, -2.5, 0.0, 1.5, -1.0]))])[0]
+    assert mixed.verdict == "inconclusive"
+    assert mixed.seed_signs == "3 of 6 seeds the paper's way, 2 the other way, 1 no difference"
+    assert mixed.seed_signs in mixed.reason and mixed.reason.startswith("Holm-adjusted p"), mixed.reason
+    assert findings.LR_WD.missing("").seed_signs == ""  # lr/wd has no seeds to count
+
+
+def test_skewed_contrasts_with_mean_zero_are_judged_by_their_seeds():
+    """A null of the printed mean that is no null of the test: 85 % of seeds give −a, 15 % +b,
+    E[d] = 0 (a collapsed seed now and then). The sign-flip test's null is symmetry about 0, and at
+    k = 6 and Holm's 0.025 it passes only when all six share a sign, so "not reproduced" comes out
+    in 0.85^6 = 38 % of such studies, far above 10 %: the rule answers "which way do the seeds
+    point", and the verdict says that through the seed count, not a claim about the mean's rate."""
+    rng = np.random.default_rng(4)
+    a, q = 1.0, 0.15
+    b = a * (1 - q) / q  # E[d] = 0
+    d = np.where(rng.random((4000, K)) < q, b, -a)
+    assert abs(d.mean()) < 0.1
+    # the exact sign-flip p of every study at once (all 2^K sign patterns), checked against the code
+    signs = 1 - 2 * ((np.arange(2 ** K)[:, None] >> np.arange(K)) & 1)
+    perm = (d[:, None, :] * signs[None]).mean(2)
+    p_other = (perm <= d.mean(1)[:, None] + 1e-9).mean(1)
+    p = (perm >= d.mean(1)[:, None] - 1e-9).mean(1)
+    for i in range(0, 4000, 400):
+        assert p_other[i] == pytest.approx(astats.sign_flip_p(d[i], "less"))
+        assert p[i] == pytest.approx(astats.sign_flip_p(d[i], "greater"))
+    level = findings.ALPHA / findings.N_FINDINGS
+    other, paper = np.mean(p_other <= level), np.mean(p <= level)
+    assert other == pytest.approx((1 - q) ** K, abs=0.03) and other > 3 * findings.ALPHA, other
+    assert paper == pytest.approx(q ** K, abs=0.002)
+    assert np.array_equal(p_other <= level, (d < 0).all(1))  # a sign test: passes iff all six are −a
+    # through the findings' code: such a study is "not reproduced" and says why in seeds
+    f = findings.judge([_peak(_peak_reps(np.full(K, -a)))] + [
+        c.missing("not run") for c in (findings.OPTIMIZER, findings.EPOCHS, findings.LR_WD)])[0]
+    assert f.verdict == "not reproduced" and f"{K} of {K} seeds the other way" in f.reason, f.reason
+    # one collapsed seed of six: the mean is positive, five seeds point the other way, no verdict
+    g = findings.judge([_peak(_peak_reps([-a] * (K - 1) + [b]))])[0]
+    assert g.effect > 0 and g.verdict == "inconclusive" and "5 of 6 seeds the other way" in g.reason, g.reason
+
+
+def test_the_mde_is_at_the_level_holm_uses_when_findings_are_missing():
+    """Holm leaves out findings without a p-value: with one finding judged, the smallest p must
+    reach ALPHA, not ALPHA / 4, and the MDE printed beside it is at that level."""
+    rng = np.random.default_rng(2)
+    f = findings.finding_optimizer(_reps(rng, 3.0, which="optimizer")[0], 20)
+    judged = findings.judge([f] + [c.missing("not run") for c in (findings.PEAK, findings.EPOCHS, findings.LR_WD)])
+    sd_up = astats.sd_upper(f.sd, K, findings.POWER)
+    at = {lv: astats.mde_sign_flip(sd_up, K, lv, findings.POWER) for lv in (findings.ALPHA, findings.ALPHA / 4)}
+    assert judged[0].mde == pytest.approx(at[findings.ALPHA]) and at[findings.ALPHA] < at[findings.ALPHA / 4]
+    assert judged[0].mde == findings.judge([f])[0].mde
+    assert all(np.isinf(m.mde) for m in judged[1:])

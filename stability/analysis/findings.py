@@ -4,14 +4,20 @@ Three findings compare each arm at its best configuration (peak: the stems; opti
 optimizer; training length: stem x length). "Best of n runs" is never the statistic: each arm's
 configuration is chosen on the validation split (``select_arms``), trained again with the same
 k seeds in every arm, and judged on the held-out test split by the mean of the k per-seed
-contrasts ``d`` (``seed_contrast``), with the exact sign-flip test of that mean and its t interval
-(``stats``). The lr/wd finding is one paired statistic over the shared (lr, wd) points with a
-matching permutation test (``finding_lr_wd``).
+contrasts ``d`` (``seed_contrast``), with its t interval and the exact sign-flip test
+(``stats``). The test's null is "the per-seed contrasts are symmetric about 0", not "their mean
+is 0": at k = 6 and Holm's first level 0.025 it passes only when all six contrasts share a sign
+(a sign test in effect), so every replicated finding also gives how many seeds point each way
+(``Finding.seed_signs``), and that count, not the mean, is what a passed test vouches for when
+the contrasts are skewed. The lr/wd finding is one paired statistic over the shared (lr, wd)
+points of one stratum with a matching permutation test (``finding_lr_wd``; runs of several
+strata, e.g. AdamW and SGD, are refused rather than pooled).
 
-``judge`` turns a report's findings into verdicts, as a family:
+``judge`` turns a report's findings into verdicts, with two Holm families:
 
-- p-values are one-sided in the paper's direction (and, separately, in the other), Holm-adjusted
-  over the findings at family level ``ALPHA``;
+- p-values are one-sided in the paper's direction and, separately, in the other; each direction
+  is a Holm family over the findings with a p-value at family-wise level ``ALPHA`` (so under the
+  full null some directional claim is made with probability up to 2 ``ALPHA``);
 - **reproduced**: the adjusted test passed in the paper's direction and the regime was checked
   and matches (each long arm converged: within ``CONVERGED_POINTS`` of a 2x longer run; fewer
   than half the runs stuck at chance; the effect within ``MAGNITUDE`` x the paper's);
@@ -32,6 +38,7 @@ import pandas as pd
 
 from ..store import DONE
 from .edf import CHANCE, DIVERGED_ERROR, at_chance, delta_to_best, errors  # noqa: F401 (CHANCE, at_chance: re-exported)
+from .grouping import strata, with_design
 from .stats import (
     holm,
     mde_sign_flip,
@@ -42,8 +49,9 @@ from .stats import (
     smallest_passing,
     t_interval,
 )
+from .tables import groups_of
 
-ALPHA = 0.10  # family-wise error rate of "reproduced" over one report's findings (Holm)
+ALPHA = 0.10  # family-wise error rate of each direction's Holm family ("reproduced"; "not reproduced")
 N_FINDINGS = 4
 SEEDS = seeds_needed(ALPHA / N_FINDINGS)  # 6: 2^-6 = 0.016 <= 0.025, the level Holm asks of the smallest p
 CI = 0.9
@@ -105,24 +113,36 @@ class Finding:
     value: str = ""  # the error column judged (``judged_value``)
     null: tuple = ()  # lr/wd: the headline statistic under each label permutation
     d: tuple = ()  # replicated findings: the per-seed contrasts
+    # replicated findings: how many seeds point each way ("5 of 6 seeds the paper's way, 1 the other
+    # way"): what the sign-flip test (null: contrasts symmetric about 0) rests on at k = 6
+    seed_signs: str = ""
 
     def as_row(self) -> dict:
         return asdict(self)
 
 
 def judge(findings: Sequence[Finding], alpha: float = ALPHA) -> list[Finding]:
-    """The findings' verdicts, as one family.
+    """The findings' verdicts: two Holm families, one per direction.
+
+    "reproduced" / "same direction" come from the Holm family of the one-sided p-values in the
+    paper's direction, "not reproduced" from the family of those in the other direction; each
+    family is held to ``alpha``, so under the full null some directional claim is made with
+    probability up to 2 ``alpha``. A finding without a p-value (no data) is in neither family.
 
     Args:
         findings: one report's findings.
-        alpha: the family-wise level.
+        alpha: the family-wise level of each direction's family.
 
     Returns:
         The findings with Holm-adjusted p-values (both directions), the MDE at the family's first
-        Holm level, and each its verdict and reason.
+        Holm level (``alpha`` over the findings with a p-value: the m Holm uses), and each its
+        verdict and reason.
     """
     adj, adj_other = holm([f.p for f in findings]), holm([f.p_other for f in findings])
-    level = alpha / max(len(findings), 1)  # Holm's first level: what the smallest p must reach
+    # Holm's first level, what the smallest p must reach: over the m findings Holm counts (those
+    # with a p-value; ``holm`` leaves NaN out), so the MDE is at the level the test really runs at
+    tested = int(np.isfinite(np.array([f.p for f in findings], float)).sum())
+    level = alpha / max(tested, 1)
     out = []
     for f, pa, po in zip(findings, adj, adj_other, strict=True):
         f = replace(f, p_adj=float(pa), p_other_adj=float(po), mde=_family_mde(f, level))
@@ -150,24 +170,29 @@ def _mde_permutation(null: Sequence[float], n: int, level: float) -> float:
 
 def _verdict(f: Finding, alpha: float) -> tuple[str, str]:
     paper = f"the paper: {f.paper_effect:+.2f} {f.unit}" if f.paper_effect is not None else "the paper gives no number"
+    # the seeds each way beside every p: at k = 6 a passed sign-flip test says "all seeds share a
+    # sign", which the mean alone does not tell when the contrasts are skewed
+    seeds = f" ({f.seed_signs})" if f.seed_signs else ""
     if not np.isfinite(f.p):
         return "inconclusive", f.details
     if f.p_adj <= alpha and f.effect > 0:
         if not f.regime:
-            return "reproduced", f"paper's sign, Holm-adjusted p {f.p_adj:.3g} ≤ {alpha:g}, regime checked; {paper}"
-        return "same direction (regime differs)", f"{f.regime}; Holm-adjusted p {f.p_adj:.3g} ≤ {alpha:g}; {paper}"
+            return "reproduced", f"paper's sign{seeds}, Holm-adjusted p {f.p_adj:.3g} ≤ {alpha:g}, regime checked; {paper}"
+        return "same direction (regime differs)", f"{f.regime}; Holm-adjusted p {f.p_adj:.3g} ≤ {alpha:g}{seeds}; {paper}"
     if f.p_other_adj <= alpha and f.effect < 0:
-        return "not reproduced", f"the opposite sign, Holm-adjusted p {f.p_other_adj:.3g} ≤ {alpha:g}; {paper}"
+        return "not reproduced", f"the opposite sign{seeds}, Holm-adjusted p {f.p_other_adj:.3g} ≤ {alpha:g}; {paper}"
     if np.isnan(f.mde):
-        return "inconclusive", f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; the contrast did not vary across seeds; {paper}"
+        return "inconclusive", (f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}{seeds}; the contrast did not vary across "
+                                f"seeds; {paper}")
     if not np.isfinite(f.mde):
-        return "inconclusive", f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; with n = {f.n} no result could pass the test; {paper}"
+        return "inconclusive", (f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}{seeds}; with n = {f.n} no result could pass "
+                                f"the test; {paper}")
     could = ("" if f.paper_effect is None or f.mde <= abs(f.paper_effect)
              else "; too small a study to see the paper's effect")
     if f.key == "lr_wd":
         return "inconclusive", (f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; the smallest effect this permutation "
                                 f"test can pass: {f.mde:.2f} {f.unit}; {paper}{could}")
-    return "inconclusive", (f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}; detectable with at least {POWER:.0%} power"
+    return "inconclusive", (f"Holm-adjusted p {f.p_adj:.3g} > {alpha:g}{seeds}; detectable with at least {POWER:.0%} power"
                             f": {f.mde:.2f} {f.unit}; {paper}{could}")
 
 
@@ -319,6 +344,32 @@ def _mde_seeds(sd: float, k: int, level: float) -> float:
     return float("nan") if sd == 0 else mde_sign_flip(sd_upper(sd, k, POWER), k, level, POWER)
 
 
+def seed_signs(d: Sequence[float]) -> str:
+    """How many per-seed contrasts point each way, the majority first.
+
+    The sign-flip test's null is "the contrasts are symmetric about 0": with 6 seeds at Holm's
+    0.025 it passes only when all six share a sign, so this count is what a passed test vouches
+    for, beside the mean (skewed contrasts can have a mean near 0 and most seeds on one side).
+
+    Args:
+        d: the per-seed contrasts, > 0 the paper's direction.
+
+    Returns:
+        "5 of 6 seeds the paper's way, 1 the other way" (the larger side first; ", 1 no
+        difference" where a contrast is 0).
+
+    >>> seed_signs([1.0, 2.0, -0.5, 0.0])
+    "2 of 4 seeds the paper's way, 1 the other way, 1 no difference"
+    >>> seed_signs([-1.0, -1.0, 5.0])
+    "2 of 3 seeds the other way, 1 the paper's way"
+    """
+    d = np.asarray(d, float)
+    sides = [(int((d > 0).sum()), "the paper's way"), (int((d < 0).sum()), "the other way")]
+    (n1, w1), (n2, w2) = sides if sides[0][0] >= sides[1][0] else sides[::-1]
+    zero = int((d == 0).sum())
+    return f"{n1} of {len(d)} seeds {w1}, {n2} {w2}" + (f", {zero} no difference" if zero else "")
+
+
 def _seed_finding(c: Claim, table: pd.DataFrame, arms: dict[str, dict], regime: list[str],
                   details: str, value: str) -> Finding:
     """The sign-flip test, t interval and MDE of a seed contrast table (``seed_contrast``)."""
@@ -332,7 +383,8 @@ def _seed_finding(c: Claim, table: pd.DataFrame, arms: dict[str, dict], regime: 
     regime = [r for r in (*regime, _magnitude(eff, c.paper_effect)) if r]
     return Finding(**asdict(c), d=tuple(float(v) for v in d), effect=eff + 0.0, lo=lo + 0.0, hi=hi + 0.0,
                    p=sign_flip_p(d, "greater"), p_other=sign_flip_p(d, "less"),
-                   p_test=f"exact sign-flip over {k} seeds", n=k, n_text=f"{k} seeds x {len(arms)} arms",
+                   p_test=f"exact sign-flip over {k} seeds; null: the per-seed contrasts are symmetric about 0",
+                   seed_signs=seed_signs(d), n=k, n_text=f"{k} seeds x {len(arms)} arms",
                    sd=sd, mde=_mde_seeds(sd, k, ALPHA / N_FINDINGS), regime="; ".join(regime), value=value,
                    details=f"mean test error per arm: {per_arm}; per-seed d: "
                            + ", ".join(f"{v:+.2f}" for v in d) + (f"; {details}" if details else ""))
@@ -507,22 +559,42 @@ def _best(err: np.ndarray) -> float:
     return float(ok.min()) if len(ok) else float("nan")
 
 
+PAIR_POINT = ("lr", "wd", "seed")
+
+
 def lr_wd_pairs(runs: pd.DataFrame, value: str = VALUE) -> pd.DataFrame:
-    """The lr/wd study's shared points.
+    """The lr/wd study's shared points, per stratum.
 
     Args:
         runs: the study's runs.
         value: the error column.
 
     Returns:
-        One row per (lr, wd, seed) with both stems finished: ``lr``, ``wd``, ``seed``, ``conv`` and
-        ``patchify`` (errors; diverged at 100).
+        One row per stratum and (lr, wd, seed) with both stems finished: the strata columns
+        (``grouping.strata`` of the finished runs: optimizer, sweep, epochs, size ... where they
+        vary; a missing value is a value of its own), ``lr``, ``wd``, ``seed``, ``conv`` and
+        ``patchify`` (errors; diverged at 100). AdamW and SGD runs at the same (lr, wd, seed) are
+        two rows, never one (``finding_lr_wd`` refuses more than one stratum).
+
+    Raises:
+        ValueError: two finished runs of one stem at the same point of one stratum (the runs
+            table repeats a run): which to keep would be a silent choice.
     """
-    df = _finished(runs, value)
+    df = _finished(with_design(runs), value) if len(runs) else _finished(runs, value)
+    axes = strata(df) if len(df) else []
+    keys = [*axes, *PAIR_POINT]
     if not len(df):
-        return pd.DataFrame(columns=["lr", "wd", "seed", "conv", "patchify"])
-    wide = df.pivot_table(index=["lr", "wd", "seed"], columns="stem", values="err", aggfunc="first")
-    return wide.dropna(subset=[c for c in ("conv", "patchify") if c in wide]).reset_index()
+        return pd.DataFrame(columns=[*keys, "conv", "patchify"])
+    # a merge on the keys, not a pivot: a pivot's groupby drops a missing stratum value (NaN),
+    # and its aggfunc would pick one of two runs at a point without saying so
+    sides = {}
+    for stem in ("conv", "patchify"):
+        side = df.loc[df["stem"] == stem, [*keys, "err"]].rename(columns={"err": stem})
+        if (dup := side.duplicated(keys, keep=False)).any():
+            raise ValueError(f"lr_wd_pairs: {int(dup.sum())} finished {stem} runs share a point with another "
+                             f"({groups_of(side[dup], keys, limit=3)}): one run per point and stratum expected")
+        sides[stem] = side
+    return sides["conv"].merge(sides["patchify"], on=keys, how="inner").reset_index(drop=True)
 
 
 def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
@@ -532,7 +604,9 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
 
     Points are resampled as pairs (each stem's best re-chosen) for a descriptive band over x in
     ``X_GRID``; the p-value permutes the stem labels within each point and recomputes the same
-    statistic.
+    statistic. The points are one stratum's: runs of several (two optimizers, sweeps, lengths or
+    sizes at the same points) are refused with a note naming them, never pooled into one
+    statistic; judge each stratum's runs on their own.
 
     Args:
         runs: the lr/wd study's runs.
@@ -541,9 +615,19 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
         n_boot, n_perm: bootstrap resamples and label permutations.
 
     Returns:
-        The ``Finding`` with its ``curve`` over x (not yet judged: ``judge``).
+        The ``Finding`` with its ``curve`` over x (not yet judged: ``judge``); inconclusive with
+        no effect, saying why, when the runs hold more than one stratum or repeat a run
+        (``lr_wd_pairs``' ``ValueError``).
     """
-    pairs = lr_wd_pairs(runs, value)
+    try:
+        pairs = lr_wd_pairs(runs, value)
+    except ValueError as e:  # a repeated run: no verdict rather than a report that fails to write
+        return LR_WD.missing(str(e))
+    if axes := [c for c in pairs.columns if c not in (*PAIR_POINT, "conv", "patchify")]:
+        done = _finished(with_design(runs), value)
+        return LR_WD.missing(f"the runs hold {done.groupby(axes, dropna=False).ngroups} strata, which would have "
+                             f"been pooled into one statistic ({groups_of(done, axes)} finished runs): the lr/wd "
+                             f"finding compares one stratum's shared points; judge each stratum's runs on their own")
     if "conv" not in pairs or "patchify" not in pairs or len(pairs) < 2:
         return LR_WD.missing("needs >= 2 (lr, wd) points with both stems finished")
     a, b = pairs["conv"].to_numpy(float), pairs["patchify"].to_numpy(float)
