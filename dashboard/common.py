@@ -179,6 +179,8 @@ def sidebar() -> None:
                 st.session_state.pop(f"f_{col}", None), st.session_state.pop(f"_seen_{col}", None)
                 continue
             values = sorted(runs[col].dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
+            if values and runs[col].isna().any():  # a missing value is one to keep or leave out, never dropped unasked
+                values.append(_missing_name(col))
             if len(values) <= 1:
                 single += [f"{col} {values[0]}"] if values else []
                 continue
@@ -313,13 +315,27 @@ def load_runs(where: Path | None = None) -> pd.DataFrame | None:
     return runs
 
 
+def _missing_name(col: str) -> str:
+    """A filter's option for the runs whose ``col`` is missing: "no stem" (a RegNet, as the
+    figures name it), else "n/a" (as the tables name a missing value)."""
+    from stability.analysis.grouping import NO_STEM
+    from stability.analysis.tables import value_text
+
+    return NO_STEM if col == "stem" else value_text(None)
+
+
 def apply_filters(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs the sidebar's filters keep."""
+    """The runs the sidebar's filters keep (a run whose value is missing: where the filter's
+    option for it, ``_missing_name``, is chosen; ``isin`` alone would drop it always)."""
     out = runs
     for col in FILTERS:
         key = f"f_{col}"
         if key in st.session_state and col in out:
-            out = out[out[col].isin(st.session_state[key])]
+            chosen = st.session_state[key]
+            keep = out[col].isin(chosen)
+            if _missing_name(col) in chosen:
+                keep |= out[col].isna()
+            out = out[keep]
     return out
 
 

@@ -19,7 +19,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .analysis.grouping import NO_STEM, named_stems  # noqa: F401 - the figures' name of a missing stem
-from .analysis.tables import named_axes, stratum_text
+from .analysis.tables import named_axes, stratum_text, value_text
 from .store import RunStatus
 
 if TYPE_CHECKING:
@@ -203,7 +203,8 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
     of the best" line in relative mode; ``chance`` the error of an untrained model (absolute mode);
     ``full_axis`` fixes the x axis to 0–100 (else padded to the data so the last step shows)."""
     strata_cols = [c for c in points.columns if c not in EDF_VALUES and c not in (by, dash_by)]
-    panels = list(points.groupby(strata_cols, observed=True, sort=True)) if strata_cols and len(points) \
+    # dropna=False: a stratum whose value is missing gets its own panel ("n/a"), never dropped
+    panels = list(points.groupby(strata_cols, observed=True, sort=True, dropna=False)) if strata_cols and len(points) \
         else [((), points)]
     ncols = 1 if len(panels) == 1 else 2
     nrows = -(-len(panels) // ncols)
@@ -313,8 +314,9 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
     the run (``label`` if present); ``customdata`` is the run's ``key`` (else its id), so a click can
     open it."""
     df = named_stems(df)
-    facet = [c for c in facet if c in df and df[c].nunique() > 1]
-    rows = list(df.groupby(facet, observed=True, sort=True)) if facet else [((), df)]
+    # a missing value counts as a value and is a row of its own ("n/a"): never pooled with another, never dropped
+    facet = [c for c in facet if c in df and df[c].nunique(dropna=False) > 1]
+    rows = list(df.groupby(facet, observed=True, sort=True, dropna=False)) if facet else [((), df)]
     knobs = [k for k in ("lr", "wd") if df[k].nunique() > 1] or ["lr"]
     fixed = [f"{k} = {_sci(float(df[k].iloc[0]), float(df[k].iloc[0]) < 0.01)}" for k in ("lr", "wd")
              if k not in knobs and len(df)]
@@ -430,7 +432,7 @@ def length_figure(tl: pd.DataFrame) -> go.Figure:
     keys = [c for c in tl.columns if c not in ("epochs", "best", "median", "n", "vs_longest")]
     tl = named_stems(tl)
     stems = sorted(tl["stem"].astype(str).unique()) if len(tl) else []
-    groups = list(tl.groupby(keys, observed=True, sort=True))
+    groups = list(tl.groupby(keys, observed=True, sort=True, dropna=False))  # a missing stratum value: its own line
     names = panel_heads([k for k, _ in groups], keys)  # a sweep's batch size and warm-up are the sweep's
     for i, ((key, g), name) in enumerate(zip(groups, names, strict=True)):
         key = key if isinstance(key, tuple) else (key,)
@@ -786,7 +788,8 @@ def lr_sensitivity_figure(res: Table) -> go.Figure:
     sens = named_stems(sens)
     stems = sorted(sens["stem"].astype(str).unique()) if len(sens) else []
     for stem, g in sens.groupby("stem", observed=True, sort=True):
-        where = g[axes].map(str).agg(" · ".join, axis=1) + " · " if axes else ""  # map: a missing value is text too
+        # map: a missing value is text too, "n/a" as every other name of a stratum (value_text)
+        where = g[axes].map(value_text).agg(" · ".join, axis=1) + " · " if axes else ""
         x = where + g["fix"].astype(str)
         fig.add_trace(go.Scatter(
             x=x, y=g.sensitivity, mode="markers", name=str(stem), offsetgroup=str(stem),

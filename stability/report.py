@@ -12,6 +12,7 @@ import pandas as pd
 
 from . import analysis, plots, store
 from .analysis.edf import LEFT_OUT
+from .analysis.grouping import stratum_rows
 from .errors import ConfigError
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -75,7 +76,7 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix
     for r in out.itertuples(index=False):
         r = r._asdict()
         n = int(r["runs"])
-        row = {k: esc(r[k]) for k in keys} | {"stem": esc(r["stem"]), "finished runs": n}
+        row = {k: esc(cell(r[k])) for k in keys} | {"stem": esc(r["stem"]), "finished runs": n}  # cell: NaN as n/a
         row["diverged"] = f"{r['diverged']} ({cell(r['diverged_pct'])} %)" if n else "0"
         if pruned:
             row["pruned"] = f"{r['pruned']} ({cell(r['pruned_pct'])} %)" if n else "0"
@@ -101,14 +102,14 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix
         head += (f"<p class='flag'>Warning: some {html.escape(note)}.</p>"
                  + _bullets(analysis.grouping.mixed_data_runs(mix, limit=None)))
     lines = []
-    done = set()
     for _, v in verdicts.iterrows():
         name = analysis.group_text({k: v[k] for k in keys}) if keys else f"sweep {sweep}"
         lines.append((name, analysis.verdict_line(v)))
-        done.add(tuple(v[k] for k in keys))
-    for key, g in out.groupby(keys, sort=True) if keys else [((), out)]:
+    # dropna=False: a stratum whose value is missing ("n/a") gets its line too; stratum_rows
+    # matches it to its verdict (a tuple with NaN never equals another)
+    for key, g in out.groupby(keys, sort=True, dropna=False) if keys else [((), out)]:
         key = key if isinstance(key, tuple) else (key,)
-        if key not in done:
+        if not (len(verdicts) and stratum_rows(verdicts, dict(zip(keys, key, strict=True))).any()):
             name = analysis.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
             lines.append((name, f"no verdict (only {', '.join(map(str, g['stem']))} ran here: nothing to compare)"))
     rule = (f"<p class='dim'>Verdict: the median error of b − a (diverged and pruned runs at 100) with its 90 % bootstrap "

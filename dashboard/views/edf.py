@@ -28,7 +28,7 @@ def _pooling_warning(runs, pooled: str) -> None:
     if whole.stem.nunique() > 1 and len(per):
         best_all = whole.loc[whole.median_err.idxmin(), "stem"]
         flips = [analysis.group_text(dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)))
-                 for k, g in (per.groupby(keys, observed=True) if keys else [])
+                 for k, g in (per.groupby(keys, observed=True, dropna=False) if keys else [])  # n/a: a stratum
                  if g.stem.nunique() > 1 and g.loc[g.median_err.idxmin(), "stem"] != best_all]
         if flips:
             msg += (f" **Pooling changes the picture**: pooled, {best_all} has the lower median error, but not in "

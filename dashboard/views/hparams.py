@@ -32,10 +32,15 @@ if runs is not None:
                                              "runs per group: seconds to a minute)", key="hp_compute"):
             by = ["sweep", "stem"] if runs.sweep.nunique() > 1 else ["stem"]  # sweeps never pooled
             imp = _importance(runs, tuple(by))
-            groups = df.groupby(by, observed=True).size()
-            done = set(map(tuple, imp[by].drop_duplicates().to_numpy().tolist())) if len(imp) else set()
-            skipped = [" · ".join(map(str, k if isinstance(k, tuple) else (k,))) + f" (n={n})"
-                       for k, n in groups.items() if (k if isinstance(k, tuple) else (k,)) not in done]
+            # dropna=False and keys as text: a RegNet's missing stem is a group (as hparam_importance's),
+            # and NaN == NaN never holds, so a group is matched by its name ("n/a")
+            groups = df.groupby(by, observed=True, dropna=False).size()
+
+            def name(k) -> tuple:
+                return tuple(map(analysis.value_text, k if isinstance(k, tuple) else (k,)))
+
+            done = {name(tuple(k)) for k in imp[by].drop_duplicates().itertuples(index=False)} if len(imp) else set()
+            skipped = [" · ".join(name(k)) + f" (n={n})" for k, n in groups.items() if name(k) not in done]
             if imp.empty:
                 st.info("Importance needs at least 4 finished runs per stem, a knob that varies and errors that "
                         "differ (when every run diverged there is nothing to explain).")

@@ -29,7 +29,8 @@ if runs is not None:
             st.session_state["p_runs_open"] = picked[:1]
             st.switch_page("views/runs.py")
         st.subheader("Median error on shared bins")
-        combos = runs.groupby(["sweep", "optimizer", "epochs"], observed=True).ngroups
+        # dropna=False: a missing optimizer or length is a combination of its own, never mixed into the heatmap
+        combos = runs.groupby(["sweep", "optimizer", "epochs"], observed=True, dropna=False).ngroups
         if combos > 1:
             st.info("The selection mixes sweeps, optimizers or training lengths: choose one of each "
                     "in the sidebar to see the heatmap (it never mixes them).")

@@ -79,7 +79,8 @@ def findings(runs: pd.DataFrame) -> None:
         return analysis.group_text({c: r[c] for c in named}) if named else whole_name(runs)
 
     flags = []
-    for _, part in (t.groupby(strata_cols, observed=True, sort=True) if strata_cols else [((), t)]):
+    # dropna=False: a stratum whose value is missing is flagged too ("n/a"), never skipped
+    for _, part in (t.groupby(strata_cols, observed=True, sort=True, dropna=False) if strata_cols else [((), t)]):
         dead = part[part.never_left_chance]
         if len(dead) and len(dead) == len(part):
             whose = "every stem" if len(part) > 1 else f"its only stem ({md(part['stem'].iloc[0])})"
@@ -170,7 +171,9 @@ def body() -> None:
                 else:
                     st.caption("No job log for this run (it ran outside a grid, or its logs were cleaned).")
     st.subheader("Runs per sweep, stem and status")
-    counts = runs.groupby(["sweep", "stem", "status"], observed=True).size().rename("n").reset_index()
+    # named_stems: a RegNet (no stem) is counted under "no stem", where a groupby would drop it
+    counts = analysis.grouping.named_stems(runs).groupby(["sweep", "stem", "status"], observed=True).size()
+    counts = counts.rename("n").reset_index()
     st.plotly_chart(plots.status_figure(counts), width="stretch", key="overview_chart")
     t = counts.pivot_table(index=["sweep", "stem"], columns="status", values="n", fill_value=0)
     table(t.reset_index(), key="overview_status")

@@ -105,7 +105,9 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
     df = errors(runs, value, False, [*strata_by, by])
     rng = np.random.default_rng(seed)
     rows = []
-    for skey, part in (df.groupby(strata_by, observed=True, sort=True) if strata_by else [((), df)]):
+    # dropna=False: a stratum whose value is missing (an older row's warmup_epochs) is compared on its
+    # own, never dropped
+    for skey, part in (df.groupby(strata_by, observed=True, sort=True, dropna=False) if strata_by else [((), df)]):
         skey = skey if isinstance(skey, tuple) else (skey,)
         groups = {k: (g["err"].to_numpy(float), scored_diverged(g))  # pruned runs at 100, as diverged ones
                   for k, g in part.groupby(by, observed=True, sort=True)}

@@ -83,7 +83,8 @@ def pruned_counts(runs: pd.DataFrame, by: Sequence[str], name: str = "pruned") -
         return pd.DataFrame(columns=[*by, name])
     runs = with_design(runs)
     hit = runs["status"].eq(RunStatus.PRUNED).rename(name)
-    return hit.groupby([runs[c] for c in by], observed=True).sum().astype(int).reset_index()
+    # dropna=False: a missing value (an older row's warmup_epochs) is a stratum of its own, never dropped
+    return hit.groupby([runs[c] for c in by], observed=True, dropna=False).sum().astype(int).reset_index()
 
 
 CHANCE = 0.9  # a finished run is stuck at chance when its error is >= 0.9 x its error at init
@@ -195,8 +196,9 @@ def errors(runs: pd.DataFrame, value: str = "top1_err", relative: bool = False,
     df["err"] = df["err"].fillna(DIVERGED_ERROR)  # a pruned run without its last error (``PRUNED_AS``)
     df["err_abs"] = df["err"]
     if relative and len(df):
-        out = np.empty(len(df))
-        for idx in df.groupby(list(by), observed=True).indices.values():
+        out = np.full(len(df), np.nan)  # NaN, never an uninitialised value, should a row fall in no group
+        # dropna=False: a row whose stratum value is missing has a group (and a best) of its own
+        for idx in df.groupby(list(by), observed=True, dropna=False).indices.values():
             out[idx] = delta_to_best(df["err"].to_numpy()[idx], top[idx])
         df["err"] = out
     return df
@@ -272,7 +274,7 @@ def worst_runs(runs: pd.DataFrame, k: int = 1, by: Sequence[str] = ("stem",),
     5  patchify   45.0     False
     """
     df = errors(runs, value, False, by)
-    return df.sort_values("err", ascending=False).groupby(list(by), observed=True).head(k)
+    return df.sort_values("err", ascending=False).groupby(list(by), observed=True, dropna=False).head(k)
 
 
 def edf_at(values: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -345,7 +347,7 @@ def edf(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "top1_
     df = errors(runs, value, relative, by, pruned)
     rng = np.random.default_rng(seed)
     rows = []
-    for key, g in df.groupby(list(by), observed=True, sort=True):
+    for key, g in df.groupby(list(by), observed=True, sort=True, dropna=False):  # a missing value: its own group
         e = g["err"].to_numpy(float)
         w = g[weights].to_numpy(float) if weights else None
         xs = np.unique(e)
@@ -420,7 +422,7 @@ def summary(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str = "t
     by = list(default_by(runs) if by is None else by)
     df = errors(runs, value, relative, by, pruned)
     df["at_chance"] = at_chance(df, value).to_numpy(bool)
-    g = df.groupby(by, observed=True)
+    g = df.groupby(by, observed=True, dropna=False)  # a missing stratum value is a group of its own (n/a)
     out = g.agg(runs=("err", "size"), diverged=("diverged", "sum"), at_chance=("at_chance", "sum"),
                 best=("err", "min"), median=("err", "median"), worst=("err", "max")).reset_index()
     if relative:
@@ -450,7 +452,10 @@ def outcomes(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame(columns=[*by, *cols])
     runs = with_design(runs)  # ``by`` may name a varying config field (default_by's strata)
-    counts = pd.crosstab([runs[c] for c in by], runs["status"])
+    # a groupby, not crosstab: crosstab drops a missing stratum value, and with dropna=False it
+    # fills in every combination of the ``by`` values, groups that have no run
+    counts = runs.groupby([runs[c] for c in by], observed=True, dropna=False)["status"].value_counts().unstack(
+        fill_value=0)
     for c in cols:
         if c not in counts.columns:
             counts[c] = 0

@@ -7,6 +7,7 @@ import functools
 import json
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..store import DATA_COLUMNS, DONE
@@ -312,6 +313,29 @@ def _varying_fields(cfgs: list[dict], skip: set[str]) -> dict[str, list]:
         if len(set(vals)) > 1:
             out[k] = vals
     return out
+
+
+def stratum_rows(df: pd.DataFrame, values: Mapping) -> np.ndarray:
+    """The rows of one stratum: a group's key (a ``groupby(..., dropna=False)`` key, a row of
+    ``compare``) matched back to a table. ``==`` would never match a missing value (NaN != NaN)
+    and so lose the stratum whose value is missing, which groups on its own ("n/a").
+
+    Args:
+        df: the table (runs, ``errors`` or ``stem_outcomes`` rows ...).
+        values: column -> the stratum's value (None or NaN for a missing one).
+
+    Returns:
+        A boolean array, one per row of ``df``: every column of ``values`` equal to its value,
+        a missing value matching a missing one; all True for no ``values``.
+
+    >>> df = pd.DataFrame({"warmup_epochs": [1.0, None, None], "stem": ["conv", "conv", "patchify"]})
+    >>> stratum_rows(df, {"warmup_epochs": float("nan"), "stem": "conv"}).tolist()
+    [False, True, False]
+    """
+    mask = np.ones(len(df), bool)
+    for col, v in values.items():
+        mask &= df[col].isna().to_numpy() if pd.isna(v) else df[col].eq(v).to_numpy(bool)
+    return mask
 
 
 def strata(runs: pd.DataFrame, exclude: Sequence[str] = ("stem",)) -> list[str]:

@@ -27,7 +27,7 @@ def error_vs_hparams(runs: pd.DataFrame, value: str = "top1_err",
         and ``pruned``.
     """
     df = errors(runs, value)
-    keep = [c for c in ("run_id", "sweep", *cols) if c in df.columns]
+    keep = [c for c in dict.fromkeys(("run_id", "sweep", *cols)) if c in df.columns]
     return df[[*keep, "err", "diverged", "pruned"]].reset_index(drop=True)
 
 
@@ -49,7 +49,7 @@ def lr_wd_heatmap(runs: pd.DataFrame, bins: int = 6, value: str = "top1_err",
         outside the ranges, counted in the edge bins). Every group gets the same bins, all
         ``bins`` x ``bins`` of them (empty ones with n 0 and err NaN).
     """
-    df = error_vs_hparams(runs, value)
+    df = error_vs_hparams(runs, value, ("stem", "optimizer", "epochs", "lr", "wd", *by))  # any ``by`` column kept
     cols = [*by, "lr_bin", "wd_bin", "err", "n", "clipped"]
     if df.empty:
         return pd.DataFrame(columns=cols)
@@ -66,7 +66,7 @@ def lr_wd_heatmap(runs: pd.DataFrame, bins: int = 6, value: str = "top1_err",
         out[f"{col}_bin"] = mids[idx]
         centres[col] = mids
     out["clipped"] = clipped
-    g = out.groupby([*by, "lr_bin", "wd_bin"], observed=True)
+    g = out.groupby([*by, "lr_bin", "wd_bin"], observed=True, dropna=False)  # a missing ``by`` value: its own group
     agg = g.agg(err=("err", "median"), n=("err", "size"), clipped=("clipped", "sum")).reset_index()
     groups = out[list(by)].drop_duplicates()
     grid = pd.MultiIndex.from_product([centres["lr"], centres["wd"]], names=["lr_bin", "wd_bin"]).to_frame(index=False)
@@ -100,9 +100,10 @@ def best_configs(runs: pd.DataFrame, by: Sequence[str] | None = None, value: str
         return df
     keep = list(dict.fromkeys(c for c in ("run_id", *by, "sweep", "model", "stem", "optimizer",
                                           "epochs", "lr", "wd", "seed") if c in df.columns))
-    n = df.groupby(by, observed=True)["err"].transform("size")
+    # dropna=False: a missing stratum value (an older row's warmup_epochs) is a group of its own
+    n = df.groupby(by, observed=True, dropna=False)["err"].transform("size")
     df = df[keep + ["err", "diverged", "pruned"]].assign(n=n, pooled=",".join(pooled(runs, by)))
-    return df.loc[df.groupby(by, observed=True)["err"].idxmin()].reset_index(drop=True)
+    return df.loc[df.groupby(by, observed=True, dropna=False)["err"].idxmin()].reset_index(drop=True)
 
 
 def optimizer_gap(runs: pd.DataFrame, value: str = "top1_err") -> pd.DataFrame:
@@ -158,9 +159,10 @@ def training_length(runs: pd.DataFrame, value: str = "top1_err",
     df = errors(runs, value, False, by)
     if df.empty:
         return pd.DataFrame(columns=[*by, "epochs", "best", "median", "n", "vs_longest"])
-    g = df.groupby([*by, "epochs"], observed=True)["err"].agg(best="min", median="median", n="size")
+    # dropna=False: a missing value (of a stratum, or an older row's epochs) is a group of its own
+    g = df.groupby([*by, "epochs"], observed=True, dropna=False)["err"].agg(best="min", median="median", n="size")
     out = g.reset_index().sort_values([*by, "epochs"])
-    longest = out.groupby(list(by), observed=True)["best"].transform("last")
+    longest = out.groupby(list(by), observed=True, dropna=False)["best"].transform("last")
     out["vs_longest"] = out["best"] - longest
     return out.reset_index(drop=True)
 
@@ -192,7 +194,7 @@ def hparam_importance(runs: pd.DataFrame, params: Sequence[str] = ("lr", "wd", "
 
     df = errors(runs, value)
     rows = []
-    for key, g in df.groupby(list(by), observed=True, sort=True):
+    for key, g in df.groupby(list(by), observed=True, sort=True, dropna=False):  # a missing value: its own group
         key = key if isinstance(key, tuple) else (key,)
         knobs = [p for p in params if p in g and g[p].nunique() > 1]
         if not knobs or len(g) < 4:
