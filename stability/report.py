@@ -112,10 +112,11 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix
         if not (len(verdicts) and stratum_rows(verdicts, dict(zip(keys, key, strict=True))).any()):
             name = analysis.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
             lines.append((name, f"no verdict (only {', '.join(map(str, g['stem']))} ran here: nothing to compare)"))
-    rule = (f"<p class='dim'>Verdict: the median error of b − a (diverged and pruned runs at 100) with its 90 % bootstrap "
-            f"interval; a two-sided permutation test of it, Holm-adjusted over the strata, at "
-            f"α = {stems.ALPHA:g}. No verdict where a stem has fewer than {stems.MIN_RUNS} finished runs or "
-            "both stems never left chance.</p>")
+    rule = (f"<p class='dim'>Verdict: how often b's error is below a's over pairs of runs (diverged and pruned runs "
+            f"at 100, ties one half), tested against one half with Brunner–Munzel's two-sided permutation test, "
+            f"Holm-adjusted over the strata, at α = {stems.ALPHA:g}; the median error of b − a with its 90 % "
+            f"bootstrap interval is the effect in points. No verdict where a stem has fewer than {stems.MIN_RUNS} "
+            "finished runs or both stems never left chance.</p>")
     return head + table(pd.DataFrame(rows), escape=False) + "<h3>Verdicts per stratum</h3>" + _bullets(lines, named=True) + rule
 
 
@@ -197,14 +198,15 @@ def _tables(runs: pd.DataFrame, verdicts: pd.DataFrame, by: list[str]) -> str:
         cmp["verdict"] = cmp["verdict"].replace({"none": "no verdict"})  # the findings' words
         cmp["median_diff 90% CI"] = [interval(lo, hi) for lo, hi in
                                      zip(verdicts.median_diff_lo, verdicts.median_diff_hi, strict=True)]
-        for c in ("p", "p_holm", "ks_p", "n_pairs", "paired_median_diff", "sign_p"):
+        for c in ("prob_b_lower", "p", "p_holm", "ks_p", "n_pairs", "paired_median_diff", "sign_p"):
             if c in verdicts:
                 cmp[c] = verdicts[c]
         if "n_pairs" in cmp and not cmp["n_pairs"].any():
             cmp = cmp.drop(columns=[c for c in ("n_pairs", "paired_median_diff", "sign_p") if c in cmp])
         out.append("<h2>Comparison between stems</h2><p>Effects are b − a in error points (negative: b lower) "
-                   "with 90% bootstrap intervals; <code>ks_p</code>: KS permutation test; <code>p</code>: the "
-                   "verdict's permutation test of the median difference, <code>p_holm</code> over the strata "
+                   "with 90% bootstrap intervals; <code>ks_p</code>: KS permutation test; <code>prob_b_lower</code>: the "
+                   "share of run pairs where b's error is lower (ties one half); <code>p</code>: the verdict's test "
+                   "of it = 0.5 (Brunner–Munzel, permutation), <code>p_holm</code> over the strata "
                    "(all columns: <code>analysis.stem_verdicts</code>).</p>" + table(cmp))
     best = analysis.best_configs(runs, by=by)
     if not best.empty:

@@ -37,7 +37,7 @@ import pandas as pd
 from .compare import compare
 from .edf import errors
 from .findings import at_chance
-from .grouping import require, strata, with_design
+from .grouping import require, strata, stratum_rows, with_design
 from .stats import bm_perm_p, holm, min_bm_perm_p, prob_lower
 
 ALPHA = 0.10  # family-wise error rate of the verdicts of one call (Holm over its strata)
@@ -145,10 +145,11 @@ def stem_verdicts(runs: pd.DataFrame, value: str = "top1_err", n_boot: int = 100
     df = errors(runs, value, False, [*keys, "stem"])
     ps, lower, floor, why = [], [], [], []
     for _, row in cmp.iterrows():
-        here = np.logical_and.reduce([df[k].eq(row[k]) for k in keys]) if keys else np.ones(len(df), bool)
+        where = {k: row[k] for k in keys}  # stratum_rows: a missing value (NaN) is a stratum too
+        here = stratum_rows(df, where)
         ea = df.loc[here & df["stem"].eq(row["a"]).to_numpy(), "err"].to_numpy(float)
         eb = df.loc[here & df["stem"].eq(row["b"]).to_numpy(), "err"].to_numpy(float)
-        o = out[np.logical_and.reduce([out[k].eq(row[k]) for k in keys])] if keys else out
+        o = out[stratum_rows(out, where)]
         dead = o[o["stem"].isin([row["a"], row["b"]])]["never_left_chance"]
         lower.append(prob_lower(ea, eb))
         if min(len(ea), len(eb)) < MIN_RUNS:
