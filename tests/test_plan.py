@@ -128,3 +128,18 @@ def test_vectorised_draws_equal_optunas_samplers(name):
     assert [p.keys() for p in fast] == [p.keys() for p in slow]
     for a, b in zip(fast, slow, strict=True):
         assert a == pytest.approx(b, rel=1e-12)
+
+
+@pytest.mark.parametrize("space", [None, {"stem": ["patchify", "conv"], "batch_size": {"int": [64, 4096]}}])
+def test_a_batch_larger_than_the_training_set_is_refused_when_the_plan_is_made(tmp_path, space):
+    """Each run would start and fail alone (the trainer's "no full batch"): the plan refuses the
+    sweep, naming the spec and batch_size, before any run starts — a fixed batch or a sampled one."""
+    from stability.errors import ConfigError
+    from stability.grid.plan import check_data
+
+    spec = load_spec(write_spec(tmp_path / "g.yaml", "p", tmp_path / "res", base={"batch_size": 4096},
+                                space=space, sampler={"name": "grid"} if space is None else None))
+    with pytest.raises(ConfigError, match=r"g\.yaml: batch_size [\d,]+ exceeds the 1,497 training images of digits"):
+        check_data(spec, make_plan(spec))  # what plan_of_record does before anything is submitted
+    ok = load_spec(write_spec(tmp_path / "h.yaml", "q", tmp_path / "res", base={"batch_size": 1497}))
+    check_data(ok, make_plan(ok))

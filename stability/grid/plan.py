@@ -253,17 +253,29 @@ def check_cells(spec: GridSpec) -> None:
 def check_data(spec: GridSpec, runs: list[PlannedRun]) -> None:
     """``ConfigError`` naming the spec when the runs' data cannot be found (``data.check_source``:
     on this machine for local jobs; for Slurm jobs, whose nodes may mount other filesystems, only
-    a missing ``data_root``), so a sweep fails before its first run rather than run by run."""
+    a missing ``data_root``) or holds fewer training images than one batch (``cost.images_seen``;
+    image files only where the jobs are local), so a sweep fails before its first run rather than
+    run by run."""
     from ..data.datasets import DataError, check_source
+    from .cost import images_seen
     from .kinds import resolve_kind
 
+    here = resolve_kind(spec.executor.kind) == "local"
     sources = {(cfg.dataset, cfg.data_root, cfg.download)
                for cfg, _ in config_groups(runs, ("dataset", "data_root", "download"), set(spec.ranges))}
     for dataset, root, download in sorted(sources, key=str):
         try:
-            check_source(dataset, root, download, here=resolve_kind(spec.executor.kind) == "local")
+            check_source(dataset, root, download, here=here)
         except DataError as e:
             raise ConfigError(str(e), spec.path) from None
+    # a batch larger than the training set: every run would start and fail, one by one
+    fields = ("dataset", "data_root", "batch_size", "test_split", "synthetic_size")
+    for cfg, _ in config_groups(runs, fields, set(spec.ranges)):
+        if here or cfg.dataset not in ("imagefolder", "packed"):  # image files are counted where they are
+            try:
+                images_seen(cfg)
+            except ConfigError as e:
+                raise ConfigError(str(e), spec.path) from None
 
 
 def in_ranges(spec: GridSpec, point: Any) -> bool:
