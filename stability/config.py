@@ -11,9 +11,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from .data.datasets import DATASETS, DECODED, SIZES
+from .data.datasets import DATASETS, DECODED, HOLD_OUT_ONLY, SIZES
 from .errors import ConfigError, shown
-from .models.presets import STEMS, architecture_revision, resolve
+from .models.presets import STEMS, VIT_SIZES, architecture_revision, resolve
 from .pruner import canonical as pruner_canonical
 from .validate import checked_fields
 
@@ -37,7 +37,7 @@ class RunConfig:
     dataset: str = "digits"  # digits | synthetic | synthetic_motifs | cifar10 | cifar100 | imagefolder | packed
     data_root: str | None = None  # the folder of cifar*/imagefolder/packed data (not in the id: data may move)
     download: bool = False  # cifar*: fetch it into data_root when missing (the only network access)
-    image_size: int | None = None  # None = the dataset's native size
+    image_size: int | None = None  # None = the dataset's native size; a ViT's: a multiple of its patch size
     synthetic_size: int = 1024  # synthetic*: training images generated
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 1e-3  # peak, after linear warmup; half-cosine to 0 per step
@@ -75,7 +75,7 @@ class RunConfig:
     adam_eps: float = 1e-8  # AdamW's epsilon (torch's default)
     # Images held out of the training set as a test split (a fixed seeded subset, disjoint from
     # val, the same for every run of the dataset): configurations are chosen on val and reported
-    # on test (docs/methodology.md, "Verdicts"). In-memory datasets only; 0 = none.
+    # on test (docs/methodology.md, "Verdicts"). Tensor datasets only (digits, synthetic*); 0 = none.
     test_split: int = 0
     seed: int = 0  # init, data order, augmentation draws: a replicate is another seed
     trace_every: int = 10  # per-layer grad norms every k steps (also the log/flush interval)
@@ -179,6 +179,21 @@ def resolve_compile(setting: bool | str, device_type: str) -> bool:
     return bool(setting)
 
 
+def _check_whole_patches(cfg: RunConfig, source: str | None) -> None:
+    """``ConfigError`` when a ViT's ``image_size`` is not a multiple of its patch size: the
+    patchify stem would drop the border that does not fill a patch (vit_tiny at 30 px: 7x7 tokens
+    of 28 px) while the conv stem pads and sees it all (8x8), so a stem comparison would compare
+    two inputs. The datasets' native sizes (32, 224) are multiples of every patch size."""
+    size = VIT_SIZES.get(resolve(cfg.model, cfg.stem)[0])
+    if size is None or cfg.image_size is None or cfg.image_size % size.patch_size == 0:
+        return
+    p = size.patch_size
+    lower = cfg.image_size // p * p
+    near = " or ".join(str(n) for n in (lower, lower + p) if n >= max(p, 8))
+    _check("image_size", False, f"{cfg.model} has patch size {p}: image_size must be a multiple of it, so that "
+           f"both stems see the whole image; nearest: {near}", cfg.image_size, source)
+
+
 def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
     """Validate a mapping into a ``RunConfig``; raises ``ConfigError`` naming source and field."""
     if d.get("pruner") is not None:  # one text per pruner, so the same settings give one run id
@@ -244,10 +259,10 @@ def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
     known = SIZES.get(cfg.dataset, (None,))[0] if cfg.dataset != "synthetic" else cfg.synthetic_size
     _check("test_split", cfg.test_split == 0 or known is None or cfg.test_split < known,
            f"must be below the dataset's {known} training images", cfg.test_split, source)
-    _check("test_split", cfg.test_split == 0 or cfg.dataset not in DECODED,
-           f"a test split is held out of in-memory datasets only (not {', '.join(DECODED)})", cfg.test_split, source)
+    _check("test_split", cfg.test_split == 0 or cfg.dataset not in DECODED, HOLD_OUT_ONLY, cfg.test_split, source)
     _check("synthetic_size", cfg.synthetic_size >= 1, "must be >= 1", cfg.synthetic_size, source)
     _check("image_size", cfg.image_size is None or cfg.image_size >= 8, "must be >= 8 or null", cfg.image_size, source)
+    _check_whole_patches(cfg, source)
     _check("sweep", SWEEP_NAME.fullmatch(cfg.sweep) is not None,
            "a name of letters, digits, '_', '.', '-' starting with a letter or digit", cfg.sweep, source)
     return cfg

@@ -94,3 +94,40 @@ def test_a_missing_grids_path_suggests_the_shipped_spec(tmp_path):
     line = _one_line_error(run_cli("grid", "run", "grids/nosuch.yaml", "--dry-run", cwd=tmp_path))
     assert line == "error: file not found: grids/nosuch.yaml", line  # no shipped spec: nothing suggested
     assert not any(tmp_path.iterdir())
+
+
+def test_bad_image_data_is_one_line_exit_2_before_any_run(tmp_path):
+    """The data trial's findings: an image folder with a symlink loop (trained on 36 files
+    read ~40 times), a pack whose index is truncated (a pyarrow traceback), a pack whose
+    meta.json is not JSON (a grid launched every run to fail), and an image_size that is not a
+    multiple of the patch size: each one line, exit 2, no run written."""
+    import json
+
+    from PIL import Image
+
+    root = tmp_path / "imf"
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (16, 16), (40 * i, 80, 120)).save(root / split / cls / f"{i}.png")
+    (root / "train/cat/loop").symlink_to("..", target_is_directory=True)
+    results = tmp_path / "results"
+    line = _one_line_error(run_cli("train", "dataset=imagefolder", f"data_root={root}", "image_size=16",
+                                   "batch_size=2", f"results={results}"))
+    assert "train/cat/loop" in line and "symlink loop" in line and "remove the link" in line, line
+    (root / "train/cat/loop").unlink()
+    assert run_cli("pack", str(root), str(tmp_path / "p")).returncode == 0
+    index = tmp_path / "p" / "index.parquet"
+    index.write_bytes(index.read_bytes()[:100])
+    line = _one_line_error(run_cli("train", "dataset=packed", f"data_root={tmp_path / 'p'}", "image_size=16",
+                                   "batch_size=2", f"results={results}"))
+    assert f"{index}: unreadable" in line and "re-pack it with `stability pack`" in line, line
+    (tmp_path / "p" / "meta.json").write_text(json.dumps({"format": "stability-packed"})[:-3])
+    spec = write_spec(tmp_path / "g.yaml", "g", results, base={"dataset": "packed", "data_root": str(tmp_path / "p"),
+                                                               "image_size": 16, "batch_size": 2})
+    line = _one_line_error(run_cli("grid", "run", str(spec)))
+    assert f"{tmp_path / 'p' / 'meta.json'}: not readable JSON" in line, line
+    line = _one_line_error(run_cli("train", "image_size=30", f"results={results}"))
+    assert "image_size: 30 is not allowed (vit_tiny has patch size 4" in line and "nearest: 28 or 32" in line, line
+    assert not results.exists() or not any(results.rglob("*.parquet"))

@@ -87,12 +87,64 @@ def test_imagefolder(tmp_path):
     for f in (tmp_path / "val" / "dog").iterdir():
         f.unlink()
     (tmp_path / "val" / "dog" / "notes.txt").write_text("x")
-    with pytest.raises(DataError, match=f"^data_root: {tmp_path / 'val'}: Found no valid file for the classes dog"):
+    with pytest.raises(DataError, match=f"^data_root: {tmp_path / 'val' / 'dog'}: no image files"):
         load_dataset("imagefolder", str(tmp_path), image_size=32)
     for d in (tmp_path / "val").iterdir():
         shutil.rmtree(d)
-    with pytest.raises(DataError, match=f"^data_root: {tmp_path / 'val'}: Couldn't find any class folder"):
+    with pytest.raises(DataError, match=f"^data_root: {tmp_path / 'val'}: no class folders \\(expected "):
         load_dataset("imagefolder", str(tmp_path), image_size=32)
+
+
+def _small_folder(root, classes=("cat", "dog"), per_split=(3, 2)):
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "val"), per_split, strict=True):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_imagefolder_finds_the_files_a_pack_would_and_refuses_a_symlink_loop(tmp_path):
+    """Training walks an image folder with the pack's walk (``packed.image_files``): the files and
+    labels torchvision's ImageFolder finds (nested folders, upper-case extensions, symlinked
+    classes, non-images skipped), but a symlink loop is refused in one line naming the link,
+    where ImageFolder followed it ~40 times (36 files trained as 1,476)."""
+    import os
+
+    from torchvision.datasets import ImageFolder
+
+    root = _small_folder(tmp_path / "f")
+    (root / "train/cat/sub").mkdir()
+    Image.new("RGB", (20, 20)).save(root / "train/cat/sub/X.PNG")
+    (root / "train/dog/notes.txt").write_text("not an image")
+    _small_folder(tmp_path / "elsewhere", classes=("bird",))
+    for split in ("train", "val"):
+        os.symlink(tmp_path / "elsewhere" / split / "bird", root / split / "bird")
+    d = load_dataset("imagefolder", str(root), image_size=16)
+    for split, ds in (("train", d.train), ("val", d.val)):
+        tv = ImageFolder(str(root / split), transform=ds.transform)
+        assert ds.samples == tv.samples and ds.classes == tv.classes == ["bird", "cat", "dog"], split
+        assert ds.class_to_idx == tv.class_to_idx and ds.targets == tv.targets, split
+    assert torch.equal(d.val[3][0], ImageFolder(str(root / "val"), transform=d.val.transform)[3][0])
+    assert pickle.loads(pickle.dumps(d.train)).samples == d.train.samples  # spawned workers unpickle it
+    assert len(d.train) == 10 and d.num_classes == 3
+    os.symlink("..", root / "train/cat/loop")
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", str(root), image_size=16)
+    line = str(e.value)
+    assert len(line.splitlines()) == 1 and line.startswith("data_root: ") and "train/cat/loop" in line, line
+    assert "symlink loop" in line and "remove the link" in line, line
+
+
+def test_imagefolder_class_mismatch_names_the_classes(tmp_path):
+    root = _small_folder(tmp_path / "f", classes=("cat", "dog"))
+    _small_folder(root, classes=("bird",), per_split=(0, 2))  # bird only in val
+    (root / "train/bird").rmdir()
+    (root / "val/cat").rename(root / "val/kitten")
+    with pytest.raises(DataError, match=r"class folders differ between .*train and .*val "
+                                        r"\(only in train: cat; only in val: bird, kitten\)$"):
+        load_dataset("imagefolder", str(root), image_size=16)
 
 
 def test_epoch_sampler_deterministic_resumable_and_rank_strided():
@@ -171,7 +223,8 @@ def test_cifar_files_not_in_the_release_format_are_one_clear_error(tmp_path):
         "str_labels": (lambda f: rewrite(f, lambda d: {**d, "labels": ["cat"] * len(d["labels"])}), ["integer labels"]),
         "float_images": (lambda f: rewrite(f, lambda d: {**d, "data": d["data"].astype("float32")}),
                          ["(float32)", "uint8 images"]),
-        "truncated": (lambda f: (f / "test_batch").write_bytes((f / "test_batch").read_bytes()[:50]), ["not python-format"]),
+        "truncated": (lambda f: (f / "data_batch_2").write_bytes((f / "data_batch_2").read_bytes()[:50]),
+                      ["not python-format", "(data_batch_2: "]),  # the file at fault, named
     }
     for case, (edit, needles) in cases.items():
         root, folder = broken(case, edit)
@@ -184,3 +237,31 @@ def test_cifar_files_not_in_the_release_format_are_one_clear_error(tmp_path):
     for check in (lambda: check_source("cifar10", str(root)), lambda: load_dataset("cifar10", str(root))):
         with pytest.raises(DataError, match=f"{folder} lacks batches.meta \\(expected python-format files data_batch_1"):
             check()
+
+
+def test_cifar_batches_folder_as_data_root_hints_its_parent(tmp_path):
+    """``data_root=.../cifar-10-batches-py`` (the batches themselves, not the folder holding
+    them) says to pass the parent, at plan time and at load time."""
+    from stability.data.datasets import check_source
+
+    _write_cifar(tmp_path)
+    inner = tmp_path / "cifar-10-batches-py"
+    for check in (lambda: check_source("cifar10", str(inner)), lambda: load_dataset("cifar10", str(inner))):
+        with pytest.raises(DataError, match=f"data_root is the folder holding cifar-10-batches-py/: pass {tmp_path}$"):
+            check()
+    with pytest.raises(DataError) as e:  # an unrelated empty folder gets no such hint
+        check_source("cifar10", str(tmp_path / "cifar-10-batches-py" / "nope"))
+    assert "pass" not in str(e.value).split("download=true")[-1]
+
+
+def test_the_test_split_message_says_which_datasets_take_one():
+    """CIFAR is held in memory, but not as tensors: the message names the datasets a test split
+    is held out of and does not call CIFAR "not in-memory"."""
+    from stability.config import run_config
+    from stability.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        run_config({"dataset": "cifar10", "data_root": "/x", "test_split": 10})
+    line = str(e.value)
+    assert "held out of digits, synthetic, synthetic_motifs only" in line and "in-memory" not in line, line
+    assert "cifar10, cifar100, imagefolder, packed (decoded per image)" in line, line

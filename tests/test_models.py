@@ -179,3 +179,25 @@ def test_a_preset_missing_from_the_saved_counts_is_counted(tmp_path, monkeypatch
     row = next(r for r in table.model_table() if r["name"] == "vit_c_tiny")
     c = count_complexity(model_spec("vit_c_tiny"))
     assert (row["params"], row["flops"]) == (c.params, c.flops)
+
+
+@pytest.mark.parametrize("size", list(VIT_SIZES))
+def test_image_size_must_be_a_multiple_of_the_patch_size(size):
+    """At an image_size that is not a multiple of the patch size the patchify stem drops the
+    border while the conv stem pads and sees it (vit_tiny at 30 px: 49 vs 64 tokens): a config
+    refused in one line naming image_size, the patch size and the nearest allowed sizes. At the
+    allowed sizes, the preset's own included, both stems see the same token grid."""
+    from stability.config import run_config
+    from stability.errors import ConfigError
+
+    p = VIT_SIZES[size].patch_size
+    for px in (VIT_SIZES[size].image_size, 2 * p, 7 * p):
+        run_config({"model": size, "dataset": "synthetic", "image_size": px})
+        assert model_spec(size, "patchify", image_size=px).tokens == model_spec(size, "conv", image_size=px).tokens
+    for stem in ("patchify", "conv"):
+        with pytest.raises(ConfigError) as e:
+            run_config({"model": size, "stem": stem, "dataset": "synthetic", "image_size": 7 * p + 2})
+        line = str(e.value)
+        assert line.startswith(f"image_size: {7 * p + 2} is not allowed ({size} has patch size {p}: "), line
+        assert line.endswith(f"nearest: {7 * p} or {8 * p})"), line
+    run_config({"model": "regnety_tiny", "image_size": 30})  # no patches: any size

@@ -345,3 +345,69 @@ def _jpeg(img):
     buf = io.BytesIO()
     Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=95)
     return buf.getvalue()
+
+
+def test_a_damaged_pack_is_one_line_naming_the_file_at_plan_and_load_time(tmp_path):
+    """A pack cut short or altered since ``stability pack`` (a truncated or missing index, a
+    meta.json that is not JSON or lacks its fields, a shard shorter than its index says) is a
+    ``DataError`` naming the file and saying to re-pack: at plan time (``check_source``, which
+    reads no image), so a grid refuses before any run starts, and when a run loads it."""
+    import json
+    import shutil
+
+    from stability.data.datasets import check_source
+
+    good = tmp_path / "good"
+    pack(_folder(tmp_path / "f", per_class=(3, 1)), good)
+    check_source("packed", str(good))
+
+    def damaged(name, edit):
+        root = tmp_path / name
+        shutil.copytree(good, root)
+        edit(root)
+        return root
+
+    def cut(path, keep=0.5):
+        path.write_bytes(path.read_bytes()[:int(path.stat().st_size * keep)])
+
+    meta = json.loads((good / "meta.json").read_text())
+    cases = {
+        "idx_cut": (lambda r: cut(r / "index.parquet"), "index.parquet: unreadable (ArrowInvalid: "),
+        "idx_gone": (lambda r: (r / "index.parquet").unlink(), "index.parquet is missing"),
+        "meta_cut": (lambda r: cut(r / "meta.json"), "meta.json: not readable JSON"),
+        "meta_fields": (lambda r: (r / "meta.json").write_text(json.dumps({k: meta[k] for k in ("format", "version")})),
+                        "meta.json: lacks classes, counts"),
+        "meta_list": (lambda r: (r / "meta.json").write_text("[1]"), "meta.json: not a JSON object"),
+        "shard_cut": (lambda r: cut(r / "train-00000.tar", 0.3), "train-00000.tar is "),
+        "shard_gone": (lambda r: (r / "val-00000.tar").unlink(), "val-00000.tar is missing"),
+    }
+    for name, (edit, needle) in cases.items():
+        root = damaged(name, edit)
+        for check in (check_source, load_dataset):
+            with pytest.raises(DataError) as e:
+                check("packed", str(root))
+            line = str(e.value)
+            assert len(line.splitlines()) == 1 and line.startswith(f"data_root: {root}") and needle in line, (name, line)
+            assert "re-pack it with `stability pack`" in line, (name, line)
+    line = str(pytest.raises(DataError, load_dataset, "packed", str(tmp_path / "shard_cut")).value)
+    assert "cut short at member 0000000" in line and ".jpg (" in line, line  # the member and its image's path
+
+
+def test_a_damaged_image_in_a_pack_names_its_shard_and_member(tmp_path):
+    """An image whose bytes were altered in place, or a shard cut short after the run checked it,
+    names the shard file and the member and says the pack is damaged: never the repr of the
+    ``BytesIO`` PIL was handed."""
+    pack(_folder(tmp_path / "f", per_class=(3, 1)), tmp_path / "p")
+    ds = PackedDataset(tmp_path / "p", "train")
+    shard = tmp_path / "p" / "train-00000.tar"
+    with open(shard, "r+b") as f:
+        f.seek(int(ds.offset[2]))
+        f.write(b"\0" * int(ds.size[2]))
+    with pytest.raises(OSError) as e:
+        ds[2]
+    line = str(e.value)
+    assert f"{shard}, member 00000002.jpg: not an image PIL can read" in line and "BytesIO" not in line, line
+    assert "re-pack it with `stability pack`" in line, line
+    shard.write_bytes(shard.read_bytes()[:int(ds.offset[4]) + 10])  # after the check: found at the read
+    with pytest.raises(OSError, match=f"{shard}, member 00000004.jpg: 10 of its {int(ds.size[4])} bytes"):
+        ds.encoded_bytes(4)

@@ -82,6 +82,10 @@ class DataBundle:
             loader.close()
 
 
+# hold_out splits tensors: CIFAR is in memory too, but as torchvision's dataset of arrays that
+# decodes per image (its transforms), which hold_out does not split.
+HOLD_OUT_ONLY = (f"a test split is held out of {', '.join(d for d in DATASETS if d not in DECODED)} only "
+                 f"(tensors), not of {', '.join(DECODED)} (decoded per image)")
 TEST_SPLIT_SEED = 20210614  # fixed for every run and seed: the arXiv date of the paper
 
 
@@ -94,7 +98,7 @@ def hold_out(data: DataBundle, n: int) -> DataBundle:
     if n <= 0:
         return data
     if not isinstance(data.train, TensorDataset):
-        raise DataError("test_split: a test split is held out of in-memory datasets only")
+        raise DataError(f"test_split: {HOLD_OUT_ONLY}")
     total = len(data.train)
     if n >= total:
         raise DataError(f"test_split: {n} is not below the {total} training images")
@@ -156,8 +160,13 @@ def check_source(name: str, root: str | None, download: bool = False, here: bool
             if not (path / split).is_dir():
                 raise DataError(f"data_root: {path / split} is not a folder (expected ImageNet layout "
                                 f"{path}/{{train,val}}/<class>/<image>)")
-    elif not (path / "meta.json").is_file():
-        raise DataError(f"data_root: {path} is not a packed dataset (no meta.json; make one with `stability pack`)")
+    else:  # its meta.json, index and shard sizes: a pack cut short fails here, not in every run
+        from .packed import PackError, check_pack
+
+        try:
+            check_pack(path)
+        except PackError as e:
+            raise DataError(f"data_root: {e}") from None
 
 
 def _cifar_files_present(name: str, root: Path) -> None:
@@ -168,8 +177,10 @@ def _cifar_files_present(name: str, root: Path) -> None:
     if not folder.is_dir() or missing:
         what = f"no {name} batches under {folder}" if not folder.is_dir() or len(missing) == len(files) else \
             f"{folder} lacks {', '.join(missing)}"
+        # data_root named the batches folder itself, not the folder that holds it
+        hint = f"; data_root is the folder holding {base}/: pass {root.parent}" if (root / files[0]).is_file() else ""
         raise DataError(f"data_root: {what} (expected python-format files {', '.join(files)}, "
-                        f"{_cifar_format(name)})")
+                        f"{_cifar_format(name)}){hint}")
 
 
 def _check_cifar_split(what: str, data, targets, classes: int, fmt: str) -> None:
@@ -366,28 +377,73 @@ def _cifar(name: str, root: Path, image_size: int, download: bool) -> DataBundle
                         f"{(str(e).splitlines() or [''])[0][:300]}") from e
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, EOFError, ImportError, OverflowError,
             pickle.UnpicklingError) as e:  # files of the right names in another format: say so, not a traceback
+        bad = _unreadable_cifar_file(name, root / base.base_folder)
         raise DataError(f"data_root: the {name} files under {root / base.base_folder} are not python-format "
-                        f"batches ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}; expected {fmt})") from e
+                        f"batches ({f'{bad}: ' if bad else ''}{type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]}; expected {fmt})") from e
     for split, d in (("train", train), ("test", val)):
         _check_cifar_split(f"the {name} {split} files under {root / base.base_folder}", d.data, d.targets,
                            len(d.classes), fmt)
     return DataBundle(train, val, len(train.classes), image_size, _train_transform(image_size, True))
 
 
+def _unreadable_cifar_file(name: str, folder: Path) -> str | None:
+    """The first of the release's files under ``folder`` that does not unpickle to a dict (a
+    truncated or foreign file), for the message; None when each does. Read only after loading
+    failed."""
+    for f in CIFAR_FILES[name][1]:
+        try:
+            with open(folder / f, "rb") as fh:
+                if not isinstance(pickle.load(fh, encoding="latin1"), dict):
+                    return f
+        except Exception:  # noqa: BLE001 - whatever unpickling a damaged file raises: that file is the one
+            return f
+    return None
+
+
+class ImageFiles:
+    """One split of an image folder as torchvision's ``ImageFolder`` presents it (``classes``,
+    ``class_to_idx``, ``samples``, ``targets``; ``ds[i]`` is ``(transform(RGB image), label)``
+    read by torchvision's loader), its files found by ``packed.image_files``: the walk
+    ``stability pack`` uses, so training and a pack of the folder see the same files in the same
+    order, and a symlink loop is refused (``ImageFolder``'s ``os.walk`` followed it until the path
+    was too long: 36 files trained as 1,476). A class of its own (not built inside a function) so
+    that spawned loader workers can unpickle it.
+
+    Args:
+        split_dir: ``root/train`` or ``root/val``.
+        transform: applied to each PIL image (None: the image itself).
+    """
+
+    def __init__(self, split_dir: Path, transform: Any = None):
+        from .packed import image_files
+
+        self.root, self.transform = str(split_dir), transform
+        self.classes, self.samples = image_files(Path(split_dir))
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.targets = [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        from torchvision.datasets.folder import default_loader
+
+        path, label = self.samples[i]
+        img = default_loader(path)
+        return (self.transform(img) if self.transform is not None else img), label
+
+
 def _imagefolder(root: Path, image_size: int) -> DataBundle:
-    from torchvision.datasets import ImageFolder
+    from .packed import PackError, check_same_classes
 
     check_source("imagefolder", str(root))  # the layout, as a sweep's plan checks it
-    sets = {}
-    for split, train_side in (("train", True), ("val", False)):
-        try:
-            sets[split] = ImageFolder(str(root / split), transform=_transforms(train_side, image_size, False))
-        except FileNotFoundError as e:  # torchvision: a split with no class folder, or a class with no image
-            raise DataError(f"data_root: {root / split}: {str(e).splitlines()[0][:300]} (expected ImageNet "
-                            f"layout {root}/{{train,val}}/<class>/<image>)") from e
-    train, val = sets["train"], sets["val"]
-    if train.classes != val.classes:
-        raise DataError(f"data_root: class folders differ between {root / 'train'} and {root / 'val'}")
+    try:  # a split with no class folder, a class with no image, a symlink loop: named by the walk
+        train = ImageFiles(root / "train", _transforms(True, image_size, False))
+        val = ImageFiles(root / "val", _transforms(False, image_size, False))
+        check_same_classes(root, train.classes, val.classes)
+    except PackError as e:
+        raise DataError(f"data_root: {e}") from None
     return DataBundle(train, val, len(train.classes), image_size, _train_transform(image_size, False))
 
 
