@@ -336,11 +336,13 @@ def test_a_symlinked_class_is_counted_as_training_reads_it_and_a_loop_is_refused
 
 @pytest.mark.parametrize("text, says", [
     ("{not json", "not readable JSON (Expecting property name"),
-    ('{"format": "stability-packed", "version": 1, "classes": ["a"]}', "no class names or image counts"),
+    ('{"format": "stability-packed", "version": 1, "classes": ["a"]}', "lacks counts"),
     ('{"format": "stability-packed", "version": 1, "classes": ["a"], "counts": {"train": true, "val": 1}}',
-     "no class names or image counts"),
-    ('{"counts": {"train": 100, "val": 20}}', "not a meta.json of format stability-packed version 1"),
-    ("[]", "not a meta.json of format")])
+     "classes is not a list of names or counts not {train, val} image counts"),
+    ('{"counts": {"train": 100, "val": 20}}', "lacks format, version, classes"),
+    ('{"format": "other", "version": 1, "classes": ["a"], "counts": {"train": 1, "val": 1}}',
+     "not format stability-packed version 1"),
+    ("[]", "not a JSON object")])
 def test_a_pack_whose_meta_json_is_broken_is_named_not_taken_for_a_missing_pack(tmp_path, text, says):
     """Was "ImageNet-1k size assumed (<root> not on this machine)" for a folder that is right there."""
     from stability.errors import ConfigError

@@ -261,7 +261,8 @@ def read_meta(root: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise PackError(f"{path}: not a JSON object: {DAMAGED}")
     if "format" in meta and (meta["format"] != FORMAT or meta.get("version") != VERSION):
-        raise PackError(f"{path}: not format {FORMAT} version {VERSION}")
+        raise PackError(f"{path}: not format {FORMAT} version {VERSION} (another tool's, or another version's): "
+                        "re-pack it with `stability pack`")
     if missing := [k for k in META_FIELDS if k not in meta]:
         raise PackError(f"{path}: lacks {', '.join(missing)}: {DAMAGED}")
     counts = meta["counts"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, resolve_compile
-from ..data.packed import FORMAT, SPLITS, VERSION, PackError, image_files
+from ..data.packed import PackError, image_files, read_meta
 from ..data.workers import DECODED, job_cpus
 from ..errors import ConfigError
 from ..models.presets import canonical_name, resolve
@@ -315,25 +315,14 @@ def _count_images(folder: str) -> int:
 
 
 def _pack_sizes(root: Path) -> Sizes:
-    """The counts in a pack's ``meta.json``; ``ConfigError`` naming the file when it cannot be read,
-    is not JSON, is not a pack of this format or lacks its classes or counts: training on it fails
-    too, so costing it at any size would be wrong."""
-    meta_path = root / "meta.json"
-    damaged = "the pack is incomplete or damaged: re-pack it with `stability pack`"
+    """The counts in a pack's ``meta.json`` (``data.packed.read_meta``, the one reader training
+    uses too); ``ConfigError`` naming the file when it is not one ``stability pack`` wrote in
+    full: training on it fails too, so costing it at any size would be wrong."""
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as e:  # a truncated write, another file saved under the name, a folder
-        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise ConfigError(f"data_root: {meta_path}: not readable JSON ({why}): {damaged}") from None
-    if not isinstance(meta, dict) or (meta.get("format"), meta.get("version")) != (FORMAT, VERSION):
-        raise ConfigError(f"data_root: {meta_path}: not a meta.json of format {FORMAT} version {VERSION}: {damaged}")
-    classes, counts = meta.get("classes"), meta.get("counts")
-    # type() is int, not isinstance: true and false are not counts
-    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes) and isinstance(counts, dict)
-            and all(type(counts.get(s)) is int and counts[s] >= 0 for s in SPLITS)):
-        raise ConfigError(f"data_root: {meta_path}: no class names or image counts (allowed: \"classes\": "
-                          f"[names], \"counts\": {{\"train\": N, \"val\": N}}, N >= 0): {damaged}")
-    return Sizes(counts["train"], counts["val"], f"from {meta_path}")
+        counts = read_meta(root)["counts"]
+    except PackError as e:
+        raise ConfigError(f"data_root: {e}") from None
+    return Sizes(counts["train"], counts["val"], f"from {root / 'meta.json'}")
 
 
 def data_sizes(cfg: RunConfig) -> Sizes:
