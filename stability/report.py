@@ -113,7 +113,7 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix
             name = analysis.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
             lines.append((name, f"no verdict (only {', '.join(map(str, g['stem']))} ran here: nothing to compare)"))
     rule = (f"<p class='dim'>Verdict: how often b's error is below a's over pairs of runs (diverged and pruned runs "
-            f"at 100, ties one half), tested against one half with Brunner–Munzel's two-sided permutation test, "
+            f"at 100 %, ties one half), tested against one half with Brunner–Munzel's two-sided permutation test, "
             f"Holm-adjusted over the strata, at α = {stems.ALPHA:g}; the median error of b − a with its 90 % "
             f"bootstrap interval is the effect in points. No verdict where a stem has fewer than {stems.MIN_RUNS} "
             "finished runs or both stems never left chance.</p>")

@@ -126,7 +126,7 @@ def test_report_findings_per_stratum_and_the_run_stuck_at_chance(tmp_path):
     assert "Per optimizer (never pooled) and stem" in top
     assert top.count("<td>4 (100 %)</td>") == 3 and top.count("never left chance</span>") == 3
     assert "<td>13 % (n = 4)</td>" in top and "<td>87.5 % (n = 4)</td>" in top  # the medians
-    assert re.search(r"<li><b>optimizer adamw</b>: conv lower: conv below patchify in 100% of run pairs, median "
+    assert re.search(r"<li><b>optimizer adamw</b>: conv lower: conv below patchify in 100% of run pairs \(1 − prob_b_lower\), median "
                      r"patchify − conv = \+74\.50 points \[[^]]+\], n = 4 vs 4 \(Brunner–Munzel permutation "
                      r"p = [\d.]+, one stratum: [\d.]+ ≤ 0\.1\)</li>", top)
     assert ("<li><b>optimizer sgd</b>: no verdict (both stems sit at chance (or diverged, or were pruned) in "

@@ -210,7 +210,8 @@ def verdict_line(row: pd.Series | dict, unit: str = "points") -> str:
     b_lower = row["prob_b_lower"] >= 0.5  # the share named from the side it leans to: "conv below patchify in 83 %"
     low, high = (row["b"], row["a"]) if b_lower else (row["a"], row["b"])
     share = row["prob_b_lower"] if b_lower else 1 - row["prob_b_lower"]
-    return (f"{row['verdict']}: {low} below {high} in {share:.0%} of run pairs, median "
+    of = "" if b_lower else " (1 − prob_b_lower)"  # the table's column counts from b's side
+    return (f"{row['verdict']}: {low} below {high} in {share:.0%} of run pairs{of}, median "
             f"{row['b']} − {row['a']} = {row['median_diff']:+.2f} {unit} {ci}, {n} ({row['why']})")
 
 
