@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from .data.datasets import DATASETS, DECODED, HOLD_OUT_ONLY, SIZES
+from .data.datasets import DATASETS, DECODED, HOLD_OUT_ONLY, IMAGE_FILES, SIZES
 from .errors import ConfigError, shown
 from .models.presets import STEMS, VIT_SIZES, architecture_revision, resolve
 from .pruner import canonical as pruner_canonical
@@ -242,7 +242,7 @@ def run_config(d: dict[str, Any], source: str | None = None) -> RunConfig:
     _check("bad_checkpoint", cfg.bad_checkpoint in BAD_CHECKPOINT, f"allowed: {', '.join(BAD_CHECKPOINT)}",
            cfg.bad_checkpoint, source)
     _check("decode", cfg.decode in DECODES, f"allowed: {', '.join(DECODES)}", cfg.decode, source)
-    _check("decode", cfg.decode == "cpu" or cfg.dataset in ("imagefolder", "packed"),
+    _check("decode", cfg.decode == "cpu" or cfg.dataset in IMAGE_FILES,
            "gpu needs dataset imagefolder or packed (JPEG files)", cfg.decode, source)
     _check("decode", cfg.decode == "cpu" or cfg.device != "cpu", "gpu needs a CUDA device, not device=cpu",
            cfg.decode, source)

@@ -546,8 +546,8 @@ def median_perm_p(a: np.ndarray, b: np.ndarray, n_perm: int = 4000, seed: int = 
 
 
 def prob_lower(a: np.ndarray, b: np.ndarray) -> float:
-    """How often b's value is below a's over all (a, b) pairs, ties counting one half: the relative
-    effect Brunner–Munzel's test is about (0.5: neither tends lower).
+    """How often b's value is below a's over all (a, b) pairs, ties counting one half (``auc`` with
+    a as the outcome): the relative effect Brunner–Munzel's test is about (0.5: neither tends lower).
 
     Args:
         a, b: the two samples.
@@ -559,11 +559,7 @@ def prob_lower(a: np.ndarray, b: np.ndarray) -> float:
     0.625
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
-    if not (len(a) and len(b)):
-        return float("nan")
-    lt = (b[:, None] < a[None, :]).mean()
-    eq = (b[:, None] == a[None, :]).mean()
-    return float(lt + eq / 2)
+    return auc(np.concatenate([a, b]), np.arange(len(a) + len(b)) < len(a))[0]  # a's larger: b lower
 
 
 def bm_perm_p(a: np.ndarray, b: np.ndarray, n_perm: int = 4000, seed: int = 0) -> float:

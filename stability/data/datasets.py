@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .workers import DECODED  # noqa: F401 (re-exported: per-image transforms; the rest are tensors in memory)
+from .workers import DECODED, IMAGE_FILES  # noqa: F401 (re-exported: per-image transforms; the rest are tensors in memory)
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 
 DECODED = ("cifar10", "cifar100", "imagefolder", "packed")  # datasets decoded per image (data.py)
+IMAGE_FILES = ("imagefolder", "packed")  # ... of those, the ones read from image files under data_root
 
 
 def job_cpus(env: Mapping[str, str] | None = None) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..config import RunConfig, resolve_compile
 from ..data.packed import PackError, image_files, read_meta
-from ..data.workers import DECODED, job_cpus
+from ..data.workers import DECODED, IMAGE_FILES, job_cpus
 from ..errors import ConfigError
 from ..models.presets import canonical_name, resolve
 from ..models.throughput import TABLE, DecodeRate, Device, StepRate, Throughput
@@ -346,7 +346,7 @@ def data_sizes(cfg: RunConfig) -> Sizes:
     """
     from ..data.datasets import SIZES
 
-    if cfg.dataset in ("imagefolder", "packed"):
+    if cfg.dataset in IMAGE_FILES:
         root = Path(cfg.data_root or "")
         assumed = f"{IMAGENET} ({cfg.data_root} not on this machine)"
         if cfg.dataset == "imagefolder" and cfg.data_root and (root / "train").is_dir():
@@ -391,7 +391,7 @@ def images_seen(cfg: RunConfig, sizes: Sizes | None = None) -> int:
             else f"of {cfg.dataset}"
         images = (f"the {max(n_train, 0):,} training images that test_split {cfg.test_split:,} leaves of the "
                   f"{sizes.train:,} {where}" if cfg.test_split else f"the {sizes.train:,} training images {where}")
-        more = ", or a data_root with more images" if cfg.dataset in ("imagefolder", "packed") else ""
+        more = ", or a data_root with more images" if cfg.dataset in IMAGE_FILES else ""
         raise ConfigError(f"batch_size {cfg.batch_size:,} exceeds {images}: a run would see no full batch and "
                           f"train on nothing (allowed: batch_size <= {max(n_train, 1):,}{more})")
     return cfg.epochs * min(per_epoch, cfg.steps_per_epoch or per_epoch) * cfg.batch_size

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import RunConfig
+from ..data.workers import IMAGE_FILES
 from .backends import local_threads
 from .cost import EVAL_SPEEDUP, data_sizes, eval_images, flops_per_image, images_seen, model_key
 
@@ -29,7 +30,6 @@ from .cost import EVAL_SPEEDUP, data_sizes, eval_images, flops_per_image, images
 MAX_STEP_MACS = 3e10
 TIMED_STEPS = 3  # after one warm-up step; one traced step is timed besides
 CLASSES = {"cifar100": 100, "imagefolder": 1000, "packed": 1000}  # else 10
-FILES = ("imagefolder", "packed")  # datasets whose images are read and decoded from files, untimed here
 # Config fields besides the planner's groups' that change a step's time on a CPU.
 TIME_FIELDS = ("optimizer", "optimizer_impl", "trace_every", "trace_attention", "qk_norm", "freeze_stem")
 
@@ -45,7 +45,7 @@ class GroupTime:
     step_s: float | None
     run_s: float | None
     why: str = ""
-    files: str = ""  # its dataset when its images are decoded from files (FILES), whose time is left out
+    files: str = ""  # its dataset when its images are decoded from files (IMAGE_FILES), untimed
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def local_time(groups: list[tuple[RunConfig, int]], executor: Any,
         if t.step_s is not None:
             sizes = data_sizes(cfg)
             run_s = (images_seen(cfg, sizes) + eval_images(cfg, sizes) / EVAL_SPEEDUP) / max(cfg.batch_size, 1) * t.step_s
-        out.append(dataclasses.replace(t, runs=n, run_s=run_s, files=cfg.dataset if cfg.dataset in FILES else ""))
+        out.append(dataclasses.replace(t, runs=n, run_s=run_s, files=cfg.dataset if cfg.dataset in IMAGE_FILES else ""))
     return LocalTime(tuple(out), max(executor.max_parallel, 1), threads)
 
 

@@ -256,7 +256,7 @@ def check_data(spec: GridSpec, runs: list[PlannedRun]) -> None:
     a missing ``data_root``) or holds fewer training images than one batch (``cost.images_seen``;
     image files only where the jobs are local), so a sweep fails before its first run rather than
     run by run."""
-    from ..data.datasets import DataError, check_source
+    from ..data.datasets import IMAGE_FILES, DataError, check_source
     from .cost import images_seen
     from .kinds import resolve_kind
 
@@ -271,7 +271,7 @@ def check_data(spec: GridSpec, runs: list[PlannedRun]) -> None:
     # a batch larger than the training set: every run would start and fail, one by one
     fields = ("dataset", "data_root", "batch_size", "test_split", "synthetic_size")
     for cfg, _ in config_groups(runs, fields, set(spec.ranges)):
-        if here or cfg.dataset not in ("imagefolder", "packed"):  # image files are counted where they are
+        if here or cfg.dataset not in IMAGE_FILES:  # image files are counted where they are
             try:
                 images_seen(cfg)
             except ConfigError as e:
