@@ -489,10 +489,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     _out_file(args.out, "report.html")
     unreadable: list[str] = []
     mixed: list[dict] = []
-    out = write_report(args.results, args.sweep, args.out, unreadable, mixed)
+    said: list[tuple[str, str]] = []
+    out = write_report(args.results, args.sweep, args.out, unreadable, mixed, said)
     for line in unreadable:
         print(f"unreadable, left out: {printable(line)}", file=sys.stderr)
     _print_data(mixed, lambda line: print(line, file=sys.stderr), args.results, args.sweep)
+    # the report's verdict lines, so a terminal (or a Slurm log) shows the finding without a browser
+    for name, line in said or [(f"sweep {args.sweep}", "no verdict (no run of this sweep has finished)")]:
+        print(printable(f"{name}: {line}"))
     print(f"report: {out}")
     return 0
 
@@ -671,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid_cmd("collect", "compact the sweep's per-run parquet files", cmd_grid_collect)
     grid_cmd("clean", "remove job logs of finished runs", cmd_grid_clean)
 
-    p = sub.add_parser("report", help="write a self-contained HTML report of one sweep")
+    p = sub.add_parser("report", help="write a self-contained HTML report of one sweep and print its verdicts")
     p.add_argument("sweep", nargs="?", help="the sweep's name (left out: the sweeps under --results are listed)")
     p.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
     p.add_argument("--results", default="results", help="the results root (default: results)")

@@ -58,11 +58,37 @@ def _bullets(lines, named: bool = False) -> str:
     return "<ul>" + "".join(f"<li>{t}</li>" for t in items) + "</ul>" if items else ""
 
 
-def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix: pd.DataFrame | None = None) -> str:
+def verdict_lines(verdicts: pd.DataFrame, outcomes: pd.DataFrame, keys: list[str], sweep: str) -> list[tuple[str, str]]:
+    """(stratum, line) per stratum: ``analysis.verdict_line`` where both stems ran, else why there is
+    no verdict; what the report's findings list and ``stability report`` prints on the terminal.
+
+    Args:
+        verdicts: ``analysis.stem_verdicts(runs)``.
+        outcomes: ``analysis.stem_outcomes(runs, by=keys)``.
+        keys: the strata's columns (``analysis.strata(runs)``).
+        sweep: the sweep's name, the stratum's name when nothing varies.
+    """
+    lines = []
+    for _, v in verdicts.iterrows():
+        name = analysis.group_text({k: v[k] for k in keys}) if keys else f"sweep {sweep}"
+        lines.append((name, analysis.verdict_line(v)))
+    # dropna=False: a stratum whose value is missing ("n/a") gets its line too; stratum_rows
+    # matches it to its verdict (a tuple with NaN never equals another)
+    for key, g in outcomes.groupby(keys, sort=True, dropna=False) if keys else [((), outcomes)]:
+        key = key if isinstance(key, tuple) else (key,)
+        if not (len(verdicts) and stratum_rows(verdicts, dict(zip(keys, key, strict=True))).any()):
+            name = analysis.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
+            lines.append((name, f"no verdict (only {', '.join(map(str, g['stem']))} ran here: nothing to compare)"))
+    return lines
+
+
+def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix: pd.DataFrame | None = None,
+                     said: list[tuple[str, str]] | None = None) -> str:
     """Per stratum (sweep x optimizer x epochs ...: never pooled) and stem how the runs ended
     (``analysis.stem_outcomes``), then one verdict line per stratum (``analysis.stem_verdicts``,
     ``analysis.verdict_line``): the same table and lines as the dashboard's Overview; ``mix``
-    (``analysis.grouping.data_mix``): runs on different data, warned of with their ids."""
+    (``analysis.grouping.data_mix``): runs on different data, warned of with their ids; ``said`` gets
+    the verdict lines (``verdict_lines``)."""
     from .analysis import findings, stems
 
     keys = analysis.strata(runs)  # the strata, named (stem_outcomes' default grouping)
@@ -101,17 +127,9 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix
     if mix is not None and (note := analysis.grouping.mixed_data_note(mix)):
         head += (f"<p class='flag'>Warning: some {html.escape(note)}.</p>"
                  + _bullets(analysis.grouping.mixed_data_runs(mix, limit=None)))
-    lines = []
-    for _, v in verdicts.iterrows():
-        name = analysis.group_text({k: v[k] for k in keys}) if keys else f"sweep {sweep}"
-        lines.append((name, analysis.verdict_line(v)))
-    # dropna=False: a stratum whose value is missing ("n/a") gets its line too; stratum_rows
-    # matches it to its verdict (a tuple with NaN never equals another)
-    for key, g in out.groupby(keys, sort=True, dropna=False) if keys else [((), out)]:
-        key = key if isinstance(key, tuple) else (key,)
-        if not (len(verdicts) and stratum_rows(verdicts, dict(zip(keys, key, strict=True))).any()):
-            name = analysis.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
-            lines.append((name, f"no verdict (only {', '.join(map(str, g['stem']))} ran here: nothing to compare)"))
+    lines = verdict_lines(verdicts, out, keys, sweep)
+    if said is not None:
+        said += lines
     rule = (f"<p class='dim'>Verdict: how often b's error is below a's over pairs of runs (diverged and pruned runs "
             f"at 100 %, ties one half), tested against one half with Brunner–Munzel's two-sided permutation test, "
             f"Holm-adjusted over the strata, at α = {stems.ALPHA:g}; the median error of b − a with its 90 % "
@@ -121,11 +139,11 @@ def findings_section(runs: pd.DataFrame, verdicts: pd.DataFrame, sweep: str, mix
 
 
 def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = None,
-                 mixed_data: list[dict] | None = None) -> str:
+                 mixed_data: list[dict] | None = None, said: list[tuple[str, str]] | None = None) -> str:
     """The report as one HTML string (plotly.js inlined once, no network needed to view it).
     Unreadable result files are named at the top (and appended to ``unreadable``); runs of the
     sweep on different data are warned of in its findings (and ``mixed_data`` gets
-    ``analysis.grouping.data_mix``'s records)."""
+    ``analysis.grouping.data_mix``'s records); ``said`` gets the verdict lines, (stratum, line)."""
     bad = unreadable if unreadable is not None else []
     errors: list[str] = []  # a file damaged in place after the check passed it fails here
     runs = store.read_table(root, "runs", sweep=sweep, errors=errors)
@@ -137,7 +155,7 @@ def build_report(root: str | Path, sweep: str, unreadable: list[str] | None = No
     mix = analysis.grouping.data_mix(runs)
     if mixed_data is not None:
         mixed_data += mix.to_dict("records")
-    parts = [findings_section(runs, verdicts, sweep, mix)]
+    parts = [findings_section(runs, verdicts, sweep, mix, said)]
     figures = []
     by = analysis.default_by(analysis.with_design(runs))  # every design axis that varies: nothing pooled
     points = analysis.edf(runs, by=by, relative=True)
@@ -383,5 +401,5 @@ def _threshold_table(res: analysis.Table, outcome: str, at: pd.DataFrame) -> str
 
 
 def write_report(root: str | Path, sweep: str, out: str | Path, unreadable: list[str] | None = None,
-                 mixed_data: list[dict] | None = None) -> Path:
-    return store.write_text_atomic(out, build_report(root, sweep, unreadable, mixed_data))
+                 mixed_data: list[dict] | None = None, said: list[tuple[str, str]] | None = None) -> Path:
+    return store.write_text_atomic(out, build_report(root, sweep, unreadable, mixed_data, said))

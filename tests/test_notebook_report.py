@@ -57,6 +57,15 @@ def test_report_is_self_contained(dash_results, tmp_path):
     assert "EDF of" in html and "patchify" in html and "conv" in html
     # the worst diverged run's figure marks where it diverged, as the dashboard's does
     assert "Worst" in html and "diverged at step" in html, "no divergence line on the worst runs' figures"
+    # the terminal says the verdicts too, the same lines as the page's findings, before the path
+    import html as htmllib
+
+    said = res.stdout.strip().splitlines()
+    assert said[-1] == f"report: {out}" and len(said) >= 2, res.stdout
+    for line in said[:-1]:
+        stratum, verdict = line.split(": ", 1)
+        assert f"<li><b>{htmllib.escape(stratum)}</b>: {htmllib.escape(verdict)}</li>" in html, line
+    assert any(("lower" in line or "no verdict" in line) for line in said[:-1]), res.stdout
     bad = run_cli("report", "nope", "--results", str(dash_results), "--out", str(tmp_path / "x.html"))
     assert bad.returncode == 2 and "dash" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.html").exists()
