@@ -64,6 +64,34 @@ def test_two_sample_label_tests_enumerate_every_split_when_there_are_few():
     assert p * 1000 == pytest.approx(round(p * 1000)) and stats._splits(1001, 1) is None
 
 
+def test_paired_best_of_is_exact_when_every_labelling_fits_in_the_draws():
+    """Over n shared points there are 2^n labellings; where they are no more than the draws, the p
+    is the exact share (a multiple of 2^-n, the observed one counted), as enumeration by hand gives,
+    and the MDE's null (every other labelling) passes the same threshold; past that, random draws."""
+    from itertools import product
+
+    from stability.analysis.findings import within_curve
+    from stability.analysis.stats import paired_best_of, smallest_passing
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(20, 2, 7), rng.normal(21, 2, 7)
+    stat = lambda u, v: within_curve(u, v, [2.0])  # noqa: E731
+    res = paired_best_of(a, b, stat, np.array([2.0]), n_boot=0, n_perm=2000)
+    obs = stat(a, b)[0]
+    every = np.array([stat(np.where(s, b, a), np.where(s, a, b))[0]
+                      for s in map(np.array, product((False, True), repeat=7))])
+    assert res.perms.shape == (127, 1)  # every labelling but the observed one
+    assert res.p[0] == pytest.approx((every >= obs - 1e-12).mean())
+    assert res.p_less[0] == pytest.approx((every <= obs + 1e-12).mean())
+    assert (res.p[0] * 128) == pytest.approx(round(res.p[0] * 128))
+    t = smallest_passing(res.perms[:, 0], 0.1)
+    assert not np.isfinite(t) or (every >= t - 1e-12).mean() <= 0.1
+    # 12 points: 4,095 other labellings > 2,000 draws, so they are drawn (p on a 1/2001 grid)
+    a, b = rng.normal(20, 2, 12), rng.normal(21, 2, 12)
+    drawn = paired_best_of(a, b, stat, np.array([2.0]), n_boot=0, n_perm=2000)
+    assert drawn.perms.shape == (2000, 1)
+
+
 def test_ks_is_signed_and_its_permutation_p_handles_ties_exactly():
     a = np.array([1.0, 1.0, 2.0, 2.0])
     b = np.array([2.0, 3.0, 3.0, 3.0])

@@ -305,7 +305,8 @@ def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.
         x: the statistic's arguments (kept in the result).
         ci: of the simultaneous band: the ``ci`` quantile of sup_x |boot(x) - effect(x)|.
         n_boot, n_perm: bootstrap resamples (points drawn as pairs) and label permutations
-            (each point's two errors swapped with probability 1/2).
+            (each point's two errors swapped with probability 1/2); where the 2^n - 1 other
+            labellings are no more than ``n_perm``, every one of them instead (the exact test).
         seed: of both.
         bounds: the statistic's range, to clip the band to (e.g. (-1, 1) for a difference of
             fractions).
@@ -313,7 +314,7 @@ def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.
     Returns:
         ``PairedBest`` with the band (descriptive where the statistic is relative to a best:
         the bootstrap of an extreme is inconsistent) and one-sided permutation p per x in each
-        direction (the observed labelling included, so p >= 1 / (n_perm + 1)).
+        direction (the observed labelling included, so p >= 1 / (n_perm + 1), or exactly 2^-n).
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or a.ndim != 1:
@@ -325,12 +326,19 @@ def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.
     if n_boot:
         boots = np.array([stat(a[i], b[i]) for i in (rng.integers(0, n, n) for _ in range(n_boot))], float)
         half = float(np.nanquantile(np.nanmax(np.abs(boots - obs), axis=1), ci))
-    perms = np.array([stat(np.where(swap, b, a), np.where(swap, a, b))
-                      for swap in (rng.random(n) < 0.5 for _ in range(n_perm))], float).reshape(n_perm, -1)
+    if 0 < 2 ** n - 1 <= n_perm:
+        # every labelling but the observed one: (1 + hits) / 2^n is then the exact p, and
+        # smallest_passing's convention holds unchanged
+        swaps = ((np.arange(1, 2 ** n)[:, None] >> np.arange(n)) & 1).astype(bool)
+    else:
+        swaps = rng.random((n_perm, n)) < 0.5
+    perms = np.array([stat(np.where(swap, b, a), np.where(swap, a, b)) for swap in swaps],
+                     float).reshape(len(swaps), -1)
     hits, low = 1 + (perms >= obs - 1e-12).sum(0), 1 + (perms <= obs + 1e-12).sum(0)
-    null_sd = perms.std(0, ddof=1) if n_perm > 1 else np.full_like(obs, np.nan)
+    null_sd = perms.std(0, ddof=1) if len(perms) > 1 else np.full_like(obs, np.nan)
     lo, hi = (np.clip(v, *bounds) for v in (obs - half, obs + half)) if bounds else (obs - half, obs + half)
-    return PairedBest(np.asarray(x, float), obs, lo, hi, hits / (n_perm + 1), low / (n_perm + 1), null_sd, n, perms)
+    return PairedBest(np.asarray(x, float), obs, lo, hi, hits / (len(perms) + 1), low / (len(perms) + 1), null_sd,
+                      n, perms)
 
 
 def smallest_passing(null: np.ndarray, level: float) -> float:
