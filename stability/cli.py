@@ -77,10 +77,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     except DataError as e:  # data_root= on the command line (e.g. beside --run) is the command line's
         raise ConfigError(str(e), "command line" if "data_root" in overrides else source) from None
-    except Preempted:
-        print(f"preempted: checkpoint at {checkpoint_path(cfg)}; rerun the same command to resume",
+    except Preempted as e:  # Ctrl-C, scancel or a preemption: the exit code says which (130, 143, 138)
+        import signal
+
+        how = f"stopped by {signal.Signals(e.signum).name}" if e.signum else "stopped"
+        print(f"preempted ({how}): checkpoint at {checkpoint_path(cfg)}; rerun the same command to resume",
               file=sys.stderr)
-        return 143
+        return 128 + (e.signum or signal.SIGTERM)
     if not main_rank:
         return 0
     err = row.get("top1_err")

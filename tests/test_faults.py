@@ -268,7 +268,8 @@ def test_ctrl_c_checkpoints_a_run_as_preempted_and_the_same_command_resumes_it(t
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)  # what Ctrl-C sends
     out, err = p.communicate(timeout=300)
-    assert p.returncode == 143 and "rerun the same command to resume" in err, err[-2000:]
+    assert p.returncode == 130 and "rerun the same command to resume" in err, err[-2000:]  # 128 + SIGINT, as a shell
+    assert "preempted (stopped by SIGINT)" in err and "Traceback" not in err, err[-2000:]
     assert store.load(tmp_path).runs.status.tolist() == ["preempted"]
     again = run_cli(*args)
     assert again.returncode == 0 and "resumes from" in again.stderr, again.stderr[-2000:]

@@ -232,7 +232,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_matches(tmp_path, reference):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert "preempted" in err and "Traceback" not in err
+    assert "preempted (stopped by SIGTERM)" in err and "Traceback" not in err
     assert checkpoint_path(cfg).exists()  # written by the signal handler path
     assert store.load(tmp_path).runs.status.tolist() == ["preempted"]
     step = torch.load(checkpoint_path(cfg), weights_only=True)["state"]["step"]
