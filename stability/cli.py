@@ -22,7 +22,49 @@ def _fail(message: str) -> int:
     return 2
 
 
+class _SetupInterrupt:
+    """Ctrl-C while a run is set up (imports, data, model) sets ``stop``, which ``train`` is
+    handed: the run stops at its first step, with a checkpoint. A ``KeyboardInterrupt`` there
+    would be unsafe: raised inside an import it is dropped ("Exception ignored in ...": the run
+    went on to the end) or turned into another error (a ``RuntimeError`` from torch's imports). A
+    second Ctrl-C raises it all the same, for a set-up that hangs."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.stop = threading.Event()
+        self.signum: int | None = None
+        self._old: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.stop.set()
+        print("stability: stopping at the run's first step, once it is set up (Ctrl-C again: at once, nothing "
+              "recorded)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _SetupInterrupt:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    with _SetupInterrupt() as ctrl_c:  # before torch is imported
+        return _train_command(args, ctrl_c)
+
+
+def _train_command(args: argparse.Namespace, ctrl_c: _SetupInterrupt) -> int:
     from .config import run_config
     from .yamlio import load_yaml, parse_overrides
 
@@ -63,9 +105,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         refuse_bad_input(cfg, args.rerun)  # before the lock and the progress bar: a refusal writes nothing
         if main_rank:
             with RichReporter(label=f"{cfg.model} {cfg.stem or ''}".strip()) as reporter:
-                row = train(cfg, reporter, resume=not args.no_resume, rerun=args.rerun, record_refusals=False)
+                row = train(cfg, reporter, resume=not args.no_resume, rerun=args.rerun, record_refusals=False,
+                            stop=ctrl_c.stop)
         else:
-            row = train(cfg, resume=not args.no_resume, rerun=args.rerun, record_refusals=False)
+            row = train(cfg, resume=not args.no_resume, rerun=args.rerun, record_refusals=False, stop=ctrl_c.stop)
+    except KeyboardInterrupt:  # a second Ctrl-C in the set-up; once the loop runs, a Ctrl-C is a checkpoint
+        print(f"interrupted before run {cfg.run_id} started training: nothing recorded; the same command starts it",
+              file=sys.stderr)
+        return 130
     except RunDone as e:  # a result is the record: a repeated command must not overwrite it
         if main_rank:
             err = e.row.get("top1_err")
@@ -80,10 +127,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Preempted as e:  # Ctrl-C, scancel or a preemption: the exit code says which (130, 143, 138)
         import signal
 
-        how = f"stopped by {signal.Signals(e.signum).name}" if e.signum else "stopped"
+        signum = e.signum or ctrl_c.signum  # a Ctrl-C in the set-up that Python swallowed stops the first step
+        how = f"stopped by {signal.Signals(signum).name}" if signum else "stopped"
         print(f"preempted ({how}): checkpoint at {checkpoint_path(cfg)}; rerun the same command to resume",
               file=sys.stderr)
-        return 128 + (e.signum or signal.SIGTERM)
+        return 128 + (signum or signal.SIGTERM)
     if not main_rank:
         return 0
     err = row.get("top1_err")

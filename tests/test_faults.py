@@ -255,6 +255,56 @@ def test_an_unwritable_results_root_fails_train_at_once(tmp_path):
         _one_line_exit_2(run_cli("train", "model=vit_tiny", "epochs=1", f"results={ro}"), str(ro))
 
 
+def _when_torch_loads(p: subprocess.Popen) -> None:
+    """Wait until the process maps libtorch: it is inside ``stability train``, importing torch."""
+    deadline = time.monotonic() + 120
+    while p.poll() is None and time.monotonic() < deadline:
+        try:
+            if "libtorch" in open(f"/proc/{p.pid}/maps").read():
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"stability train never loaded torch (exit {p.poll()})")
+
+
+@pytest.mark.parametrize("after", [0.0, 0.4, 1.2])
+def test_ctrl_c_during_set_up_stops_the_first_step_never_lost(tmp_path, after):
+    """Ctrl-C while torch imports (and the data and model are set up): a KeyboardInterrupt there
+    was dropped by importlib (the run trained to the end, exit 0) or turned into a RuntimeError
+    traceback; now the run stops at its first step with a checkpoint, exit 130, no traceback."""
+    from stability import store
+
+    args = ["train", "model=vit_p_tiny", "dataset=digits", "epochs=2", "steps_per_epoch=20", "batch_size=16",
+            f"results={tmp_path}", "sweep=su"]
+    p = subprocess.Popen([sys.executable, "-m", "stability", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    _when_torch_loads(p)
+    time.sleep(after)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert "stopping at the run's first step" in err and "preempted (stopped by SIGINT)" in err, err[-3000:]
+    runs = store.load(tmp_path).runs
+    assert runs.status.tolist() == ["preempted"]
+    assert store.read_table(tmp_path, "steps").step.max() < 5  # stopped at once, not trained on
+
+
+def test_second_ctrl_c_during_set_up_stops_at_once_with_nothing_recorded(tmp_path):
+    args = ["train", "model=vit_p_tiny", "dataset=digits", "epochs=2", "steps_per_epoch=20", "batch_size=16",
+            f"results={tmp_path}", "sweep=su"]
+    p = subprocess.Popen([sys.executable, "-m", "stability", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    _when_torch_loads(p)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode in (130, -signal.SIGINT), err[-3000:]  # -2: CPython's own exit on an interrupt
+    assert "stopping at the run's first step" in err and "preempted" not in err, err[-3000:]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_ctrl_c_checkpoints_a_run_as_preempted_and_the_same_command_resumes_it(tmp_path):
     from stability import store
 

@@ -163,9 +163,18 @@ def _setup(cfg: RunConfig, d: Dist, device: torch.device, rec: Record, reporter:
 
 
 def _run(lp: Loop, rec: Record, flag: StopFlag, signals: tuple[int, ...], started_group: bool) -> dict[str, Any]:
-    """The loop, and the runs row of how it ended: result, preempted (checkpointed) or failed."""
-    rec.write(RunStatus.RUNNING)
+    """The loop, and the runs row of how it ended: result, preempted (checkpointed) or failed.
+    The stop signals are the flag's from before the running row is written (a stop then is seen
+    at the first step) until the last row is (a stop while a result is written changes nothing)."""
     flag.install(signals)
+    try:
+        rec.write(RunStatus.RUNNING)
+        return _run_stoppable(lp, rec, flag, started_group)
+    finally:
+        flag.uninstall()
+
+
+def _run_stoppable(lp: Loop, rec: Record, flag: StopFlag, started_group: bool) -> dict[str, Any]:
     try:
         result = _run_loop(lp)
         barrier(lp.d)  # every rank done with the group before any tears it down
@@ -183,7 +192,6 @@ def _run(lp: Loop, rec: Record, flag: StopFlag, signals: tuple[int, ...], starte
         rec.write(RunStatus.FAILED, error=f"{type(e).__name__}: {e}"[:2000], finished_at=timestamp(now()))
         raise
     finally:
-        flag.uninstall()
         lp.data.close()
         if started_group:
             torch.distributed.destroy_process_group()
