@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from .analysis.grouping import NO_STEM, named_stems  # noqa: F401 - the figures' name of a missing stem
+from .analysis.grouping import NO_STEM, named_stems, strata_groups  # noqa: F401 - NO_STEM: the figures' name of a missing stem
 from .analysis.tables import named_axes, stratum_text, value_text
 from .store import RunStatus
 
@@ -203,9 +203,7 @@ def edf_figure(points: pd.DataFrame, relative: bool = False, by: str = "stem",
     of the best" line in relative mode; ``chance`` the error of an untrained model (absolute mode);
     ``full_axis`` fixes the x axis to 0–100 (else padded to the data so the last step shows)."""
     strata_cols = [c for c in points.columns if c not in EDF_VALUES and c not in (by, dash_by)]
-    # dropna=False: a stratum whose value is missing gets its own panel ("n/a"), never dropped
-    panels = list(points.groupby(strata_cols, observed=True, sort=True, dropna=False)) if strata_cols and len(points) \
-        else [((), points)]
+    panels = strata_groups(points, strata_cols if len(points) else [])  # a missing value: its own panel ("n/a")
     ncols = 1 if len(panels) == 1 else 2
     nrows = -(-len(panels) // ncols)
     titles = []
@@ -316,13 +314,12 @@ def lr_wd_figure(df: pd.DataFrame, facet: Sequence[str] = ("sweep", "optimizer",
     df = named_stems(df)
     # a missing value counts as a value and is a row of its own ("n/a"): never pooled with another, never dropped
     facet = [c for c in facet if c in df and df[c].nunique(dropna=False) > 1]
-    rows = list(df.groupby(facet, observed=True, sort=True, dropna=False)) if facet else [((), df)]
+    rows = strata_groups(df, facet)
     knobs = [k for k in ("lr", "wd") if df[k].nunique() > 1] or ["lr"]
     fixed = [f"{k} = {_sci(float(df[k].iloc[0]), float(df[k].iloc[0]) < 0.01)}" for k in ("lr", "wd")
              if k not in knobs and len(df)]
     titles = []
     for key, _ in rows:
-        key = key if isinstance(key, tuple) else (key,)
         head = stratum_text(dict(zip(facet, key, strict=True)))
         titles += [f"{head} · vs {k}" if head else f"vs {k}" for k in knobs]
     fig = make_subplots(rows=len(rows), cols=len(knobs), shared_yaxes=True, subplot_titles=titles,
@@ -432,10 +429,9 @@ def length_figure(tl: pd.DataFrame) -> go.Figure:
     keys = [c for c in tl.columns if c not in ("epochs", "best", "median", "n", "vs_longest")]
     tl = named_stems(tl)
     stems = sorted(tl["stem"].astype(str).unique()) if len(tl) else []
-    groups = list(tl.groupby(keys, observed=True, sort=True, dropna=False))  # a missing stratum value: its own line
+    groups = strata_groups(tl, keys)  # a missing stratum value: its own line
     names = panel_heads([k for k, _ in groups], keys)  # a sweep's batch size and warm-up are the sweep's
     for i, ((key, g), name) in enumerate(zip(groups, names, strict=True)):
-        key = key if isinstance(key, tuple) else (key,)
         stem = str(key[keys.index("stem")])
         name = name or stem
         g = g.sort_values("epochs")
@@ -731,7 +727,7 @@ def _panels(df: pd.DataFrame, axes: Sequence[str]) -> list[tuple[str, pd.DataFra
     axes = [a for a in axes if a in df and df[a].nunique(dropna=False) > 1]
     if not axes:
         return [("", df)]
-    groups = list(df.groupby(axes, observed=True, dropna=False, sort=True))
+    groups = strata_groups(df, axes)
     return list(zip(panel_heads([k for k, _ in groups], axes), [g for _, g in groups], strict=True))
 
 

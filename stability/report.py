@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import analysis, plots, store
 from .analysis.edf import LEFT_OUT
-from .analysis.grouping import stratum_rows
+from .analysis.grouping import strata_groups, stratum_rows
 from .errors import ConfigError
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -72,10 +72,7 @@ def verdict_lines(verdicts: pd.DataFrame, outcomes: pd.DataFrame, keys: list[str
     for _, v in verdicts.iterrows():
         name = analysis.group_text({k: v[k] for k in keys}) if keys else f"sweep {sweep}"
         lines.append((name, analysis.verdict_line(v)))
-    # dropna=False: a stratum whose value is missing ("n/a") gets its line too; stratum_rows
-    # matches it to its verdict (a tuple with NaN never equals another)
-    for key, g in outcomes.groupby(keys, sort=True, dropna=False) if keys else [((), outcomes)]:
-        key = key if isinstance(key, tuple) else (key,)
+    for key, g in strata_groups(outcomes, keys):  # a missing value's stratum too; stratum_rows matches it
         if not (len(verdicts) and stratum_rows(verdicts, dict(zip(keys, key, strict=True))).any()):
             name = analysis.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
             lines.append((name, f"no verdict (only {', '.join(map(str, g['stem']))} ran here: nothing to compare)"))

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..store import DONE, RunStatus
-from .grouping import fixed_axes, require
+from .grouping import fixed_axes, require, strata_groups
 from .stats import auc, auc_test, holm, newcombe, wilson
 from .tables import (
     SERIES,
@@ -220,8 +220,7 @@ def attn_logit_divergence(runs: pd.DataFrame, grad_norms: pd.DataFrame, step: in
 
 def _each_group(at: pd.DataFrame, by: list[str]):
     """(the group's ``by`` values, its runs, those of them with a logit) per group."""
-    for key, g in (at.groupby(by, observed=True, dropna=False, sort=True) if by else [((), at)]):
-        key = key if isinstance(key, tuple) else (key,)
+    for key, g in strata_groups(at, by):
         yield dict(zip(by, key, strict=True)), g, g[g["logit_max"].notna()]
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .edf import WITHIN, delta_to_best, errors, scored_diverged, within_fraction
-from .grouping import PAIR_KEYS, pooled, strata, with_design
+from .grouping import PAIR_KEYS, pooled, strata, strata_groups, with_design
 from .stats import area_between, boot_ci, ks_permutation_p, ks_signed, paired_tests
 
 
@@ -105,10 +105,7 @@ def compare(runs: pd.DataFrame, by: str = "stem", value: str = "top1_err", relat
     df = errors(runs, value, False, [*strata_by, by])
     rng = np.random.default_rng(seed)
     rows = []
-    # dropna=False: a stratum whose value is missing (an older row's warmup_epochs) is compared on its
-    # own, never dropped
-    for skey, part in (df.groupby(strata_by, observed=True, sort=True, dropna=False) if strata_by else [((), df)]):
-        skey = skey if isinstance(skey, tuple) else (skey,)
+    for skey, part in strata_groups(df, strata_by):  # a missing value (an older row's warmup_epochs): its own
         groups = {k: (g["err"].to_numpy(float), scored_diverged(g))  # pruned runs at 100, as diverged ones
                   for k, g in part.groupby(by, observed=True, sort=True)}
         for a, b in combinations(sorted(groups), 2):

@@ -315,6 +315,27 @@ def _varying_fields(cfgs: list[dict], skip: set[str]) -> dict[str, list]:
     return out
 
 
+def strata_groups(df: pd.DataFrame, by: Sequence[str]) -> list[tuple[tuple, pd.DataFrame]]:
+    """(key, rows) per stratum of ``by``, in sorted order: the one way every view groups.
+
+    Args:
+        df: the table.
+        by: its columns to group on; none: the whole table is one stratum.
+
+    Returns:
+        One (key, rows) per stratum, the key a tuple of ``by``'s values (``()`` for no ``by``). A
+        missing value is a stratum of its own ("n/a"; pandas' default drops it); ``stratum_rows``
+        matches such a key back.
+
+    >>> [(k, len(g)) for k, g in strata_groups(pd.DataFrame({"a": [1, None, 1]}), ["a"])]
+    [((1.0,), 2), ((nan,), 1)]
+    """
+    by = list(by)
+    if not by:
+        return [((), df)]
+    return [(k if isinstance(k, tuple) else (k,), g) for k, g in df.groupby(by, observed=True, sort=True, dropna=False)]
+
+
 def stratum_rows(df: pd.DataFrame, values: Mapping) -> np.ndarray:
     """The rows of one stratum: a group's key (a ``groupby(..., dropna=False)`` key, a row of
     ``compare``) matched back to a table. ``==`` would never match a missing value (NaN != NaN)

@@ -37,7 +37,7 @@ import pandas as pd
 from .compare import compare
 from .edf import errors
 from .findings import at_chance
-from .grouping import require, strata, stratum_rows, with_design
+from .grouping import require, strata, strata_groups, stratum_rows, with_design
 from .stats import bm_perm_p, holm, min_bm_perm_p, prob_lower
 
 ALPHA = 0.10  # family-wise error rate of the verdicts of one call (Holm over its strata)
@@ -99,8 +99,7 @@ def stem_outcomes(runs: pd.DataFrame, value: str = "top1_err", by: Sequence[str]
     runs = runs.assign(_chance=at_chance(runs, value).to_numpy(bool))
     df = errors(runs, value, False, keys)
     rows = []
-    for key, g in runs.groupby(keys, observed=True, sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
+    for key, g in strata_groups(runs, keys):
         done = df[df.index.isin(g.index)]  # errors() keeps the runs' index: this group's finished runs
         n = len(done)
         nd, npr = (int(done["diverged"].sum()), int(done["pruned"].sum())) if n else (0, 0)
