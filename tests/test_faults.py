@@ -268,7 +268,7 @@ def _when_torch_loads(p: subprocess.Popen) -> None:
     raise AssertionError(f"stability train never loaded torch (exit {p.poll()})")
 
 
-@pytest.mark.parametrize("after", [0.0, 0.4, 1.2])
+@pytest.mark.parametrize("after", [0.0, 1.0])
 def test_ctrl_c_during_set_up_stops_the_first_step_never_lost(tmp_path, after):
     """Ctrl-C while torch imports (and the data and model are set up): a KeyboardInterrupt there
     was dropped by importlib (the run trained to the end, exit 0) or turned into a RuntimeError
