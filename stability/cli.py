@@ -27,7 +27,8 @@ class _SetupInterrupt:
     handed: the run stops at its first step, with a checkpoint. A ``KeyboardInterrupt`` there
     would be unsafe: raised inside an import it is dropped ("Exception ignored in ...": the run
     went on to the end) or turned into another error (a ``RuntimeError`` from torch's imports). A
-    second Ctrl-C raises it all the same, for a set-up that hangs."""
+    second Ctrl-C, for a set-up that hangs, ends the process at once (exit 130): the set-up has
+    written nothing yet, and the run's lock is a file lock the system releases."""
 
     def __init__(self) -> None:
         import threading
@@ -38,7 +39,11 @@ class _SetupInterrupt:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.stop.is_set():
-            raise KeyboardInterrupt
+            print("stability: stopped during the set-up: nothing recorded; the same command starts the run",
+                  file=sys.stderr, flush=True)
+            if sys.stderr.isatty():
+                print("\x1b[?25h", end="", file=sys.stderr, flush=True)  # the progress bar hid the cursor
+            os._exit(130)
         self.signum = signum
         self.stop.set()
         print("stability: stopping at the run's first step, once it is set up (Ctrl-C again: at once, nothing "
@@ -109,10 +114,6 @@ def _train_command(args: argparse.Namespace, ctrl_c: _SetupInterrupt) -> int:
                             stop=ctrl_c.stop)
         else:
             row = train(cfg, resume=not args.no_resume, rerun=args.rerun, record_refusals=False, stop=ctrl_c.stop)
-    except KeyboardInterrupt:  # a second Ctrl-C in the set-up; once the loop runs, a Ctrl-C is a checkpoint
-        print(f"interrupted before run {cfg.run_id} started training: nothing recorded; the same command starts it",
-              file=sys.stderr)
-        return 130
     except RunDone as e:  # a result is the record: a repeated command must not overwrite it
         if main_rank:
             err = e.row.get("top1_err")

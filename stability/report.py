@@ -75,7 +75,10 @@ def verdict_lines(verdicts: pd.DataFrame, outcomes: pd.DataFrame, keys: list[str
     for key, g in strata_groups(outcomes, keys):  # a missing value's stratum too; stratum_rows matches it
         if not (len(verdicts) and stratum_rows(verdicts, dict(zip(keys, key, strict=True))).any()):
             name = analysis.group_text(dict(zip(keys, key, strict=True))) if keys else f"sweep {sweep}"
-            lines.append((name, f"no verdict (only {', '.join(map(str, g['stem']))} ran here: nothing to compare)"))
+            done = g.loc[g["runs"] > 0, "stem"]  # stems with finished runs (a running or failed one has none)
+            why = (f"only {', '.join(map(str, done))} ran here: nothing to compare" if len(done)
+                   else "no run here has finished")
+            lines.append((name, f"no verdict ({why})"))
     return lines
 
 

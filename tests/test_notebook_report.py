@@ -168,3 +168,17 @@ def test_report_of_a_sweep_whose_config_fields_vary_splits_by_them(tmp_path):
     words = " ".join(_text(page).split())
     assert "image_size 17" in words and "image_size 32" in words, words[:2000]
     assert "Runs left out" in page
+
+
+def test_a_stratum_without_a_verdict_says_why():
+    """No verdict where one stem finished runs (the other only running or failed), or where no run
+    finished: the line says which, not "only conv, patchify ran here"."""
+    import pandas as pd
+
+    from stability.report import verdict_lines
+
+    none = pd.DataFrame({"stem": ["conv", "patchify"], "runs": [0, 0]})
+    one = pd.DataFrame({"stem": ["conv", "patchify"], "runs": [3, 0]})
+    assert verdict_lines(pd.DataFrame(), none, [], "s") == [("sweep s", "no verdict (no run here has finished)")]
+    assert verdict_lines(pd.DataFrame(), one, [], "s") == [("sweep s", "no verdict (only conv ran here: nothing "
+                                                                       "to compare)")]

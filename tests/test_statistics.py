@@ -84,8 +84,14 @@ def test_paired_best_of_is_exact_when_every_labelling_fits_in_the_draws():
     assert res.p[0] == pytest.approx((every >= obs - 1e-12).mean())
     assert res.p_less[0] == pytest.approx((every <= obs + 1e-12).mean())
     assert (res.p[0] * 128) == pytest.approx(round(res.p[0] * 128))
-    t = smallest_passing(res.perms[:, 0], 0.1)
+    t = smallest_passing(res.perms[:, 0], 0.1, obs)
     assert not np.isfinite(t) or (every >= t - 1e-12).mean() <= 0.1
+    # the observed labelling the unique best (p = 1/128): the smallest passing effect is it, not
+    # "none can pass" (the enumerated null leaves it out: no other labelling reaches it)
+    a, b = np.linspace(5, 6, 7), np.linspace(20, 60, 7)
+    best = paired_best_of(a, b, stat, np.array([2.0]), n_boot=0, n_perm=2000)
+    assert best.p[0] == pytest.approx(1 / 128) and best.perms[:, 0].max() < stat(a, b)[0]
+    assert smallest_passing(best.perms[:, 0], 0.025, stat(a, b)[0]) == pytest.approx(stat(a, b)[0])
     # 12 points: 4,095 other labellings > 2,000 draws, so they are drawn (p on a 1/2001 grid)
     a, b = rng.normal(20, 2, 12), rng.normal(21, 2, 12)
     drawn = paired_best_of(a, b, stat, np.array([2.0]), n_boot=0, n_perm=2000)

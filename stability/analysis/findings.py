@@ -154,17 +154,17 @@ def _family_mde(f: Finding, level: float) -> float:
     if not np.isfinite(f.sd) or f.n < 2:
         return f.mde
     if f.key == "lr_wd":
-        return _mde_permutation(f.null, f.n, level)
+        return _mde_permutation(f.null, f.n, level, f.effect)
     return _mde_seeds(f.sd, f.n, level)
 
 
-def _mde_permutation(null: Sequence[float], n: int, level: float) -> float:
+def _mde_permutation(null: Sequence[float], n: int, level: float, observed: float) -> float:
     """lr/wd: the smallest effect its permutation test can call significant at ``level`` (from
     the test's own null draws; ties among the within-x fractions make it large). A lower bound on
     the effect detectable with 80 % power, which is larger still. ``inf`` when none can pass."""
     if 2.0 ** -n > level or not len(null):
         return float("inf")
-    c = max(smallest_passing(np.asarray(null), level), 0.0)
+    c = max(smallest_passing(np.asarray(null), level, observed), 0.0)
     return c if c <= 1.0 else float("inf")  # a difference of fractions cannot exceed 1
 
 
@@ -639,7 +639,7 @@ def finding_lr_wd(runs: pd.DataFrame, x: float = HEADLINE_X, value: str = VALUE,
     res = paired_best_of(a, b, lambda u, v: within_curve(u, v, grid), np.array(grid), CI, n_boot, n_perm,
                          bounds=(-1.0, 1.0))
     sd, null = float(res.null_sd[at]), tuple(res.perms[:, at])
-    mde = _mde_permutation(null, len(pairs), ALPHA / N_FINDINGS)
+    mde = _mde_permutation(null, len(pairs), ALPHA / N_FINDINGS, float(res.effect[at]))
     curve = ", ".join(f"{g:g}: {e:+.2f}" for g, e in zip(grid, res.effect, strict=True) if g in (0, 1, 2, 4, 6, 10))
     details = (f"{len(pairs)} shared points; best conv {_best(a):.2f}, patchify {_best(b):.2f} (of the runs that "
                f"did not diverge); within {x:g}: conv {np.mean(_to_best(a) <= x):.0%}, patchify "

@@ -316,7 +316,7 @@ def _varying_fields(cfgs: list[dict], skip: set[str]) -> dict[str, list]:
 
 
 def strata_groups(df: pd.DataFrame, by: Sequence[str]) -> list[tuple[tuple, pd.DataFrame]]:
-    """(key, rows) per stratum of ``by``, in sorted order: the one way every view groups.
+    """(key, rows) per stratum of ``by``, in sorted order: how the views loop over strata.
 
     Args:
         df: the table.

@@ -327,8 +327,8 @@ def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.
         boots = np.array([stat(a[i], b[i]) for i in (rng.integers(0, n, n) for _ in range(n_boot))], float)
         half = float(np.nanquantile(np.nanmax(np.abs(boots - obs), axis=1), ci))
     if 0 < 2 ** n - 1 <= n_perm:
-        # every labelling but the observed one: (1 + hits) / 2^n is then the exact p, and
-        # smallest_passing's convention holds unchanged
+        # every labelling but the observed one: (1 + hits) / 2^n is then the exact p (as
+        # smallest_passing counts, given the observed value)
         swaps = ((np.arange(1, 2 ** n)[:, None] >> np.arange(n)) & 1).astype(bool)
     else:
         swaps = rng.random((n_perm, n)) < 0.5
@@ -341,17 +341,20 @@ def paired_best_of(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.
                       n, perms)
 
 
-def smallest_passing(null: np.ndarray, level: float) -> float:
+def smallest_passing(null: np.ndarray, level: float, observed: float | None = None) -> float:
     """The smallest statistic a one-sided permutation test calls significant.
 
     Args:
-        null: the statistic under each label permutation.
+        null: the statistic under each label permutation other than the observed one (every
+            other labelling when enumerated, or random draws).
         level: the one-sided level.
+        observed: the observed statistic, a value it takes too (an enumerated null leaves the
+            observed labelling out: a unique maximum is in no other labelling).
 
     Returns:
-        The smallest value the statistic can take (one of the null's: the observed labelling is
-        one of the permutations) with (1 + #(null >= t)) / (len(null) + 1) <= level; ``inf``
-        when none can pass (too few distinct label patterns, ties at the top, or too few draws).
+        The smallest value the statistic can take (one of the null's, or ``observed``) with
+        (1 + #(null >= t)) / (len(null) + 1) <= level; ``inf`` when none can pass (too few
+        distinct label patterns, ties at the top, or too few draws).
 
     >>> smallest_passing(np.array([-1.0, 0.0, 0.0, 1.0] * 10), 0.2)  # p(1) = 11/41 > 0.2: none
     inf
@@ -366,7 +369,8 @@ def smallest_passing(null: np.ndarray, level: float) -> float:
         return float("-inf")
     # t must exceed the (allowed + 1)-th largest draw (ties at t count against it), and be a value
     # the statistic takes: a t between two of its values, or past its largest, is never observed
-    above = null[null > null[allowed]]
+    values = null if observed is None else np.append(null, observed)
+    above = values[values > null[allowed]]
     return float(above.min()) if len(above) else float("inf")
 
 
