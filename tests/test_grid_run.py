@@ -372,7 +372,10 @@ def test_a_sweep_extended_on_other_data_says_so_and_keeps_the_two_apart(tmp_path
     assert f"<li>10 classes, 40 train / 10 val: {', '.join(on_a)}</li>" in html
     # ... and on the terminal, with the runs and the command, not only in the file
     assert warning in rep.stderr and f"  10 classes, 40 train / 10 val: {', '.join(on_a)}" in rep.stderr, rep.stderr
-    assert "sweep=mixed data_root=PATH --rerun --no-resume" in rep.stderr and rep.stdout.startswith("report: ")
+    assert "sweep=mixed data_root=PATH --rerun --no-resume" in rep.stderr
+    said = rep.stdout.strip().splitlines()  # a verdict line per data (never pooled), then the path
+    assert said[-1].startswith("report: ") and sorted(line.split(":")[0] for line in said[:-1]) == [
+        "data 10 classes, 40 train / 10 val", "data 10 classes, 60 train / 10 val"], rep.stdout
     from .test_dashboard import _app, _shown
 
     at = _app(tmp_path / "res")
