@@ -128,7 +128,7 @@ def _train_command(args: argparse.Namespace, ctrl_c: _SetupInterrupt) -> int:
     except Preempted as e:  # Ctrl-C, scancel or a preemption: the exit code says which (130, 143, 138)
         import signal
 
-        signum = e.signum or ctrl_c.signum  # a Ctrl-C in the set-up that Python swallowed stops the first step
+        signum = e.signum or ctrl_c.signum  # a Ctrl-C in the set-up: set ctrl_c.stop, the loop stopped at step 1
         how = f"stopped by {signal.Signals(signum).name}" if signum else "stopped"
         print(f"preempted ({how}): checkpoint at {checkpoint_path(cfg)}; rerun the same command to resume",
               file=sys.stderr)
