@@ -10,11 +10,13 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, printable
+from .trainer.stopping import StopFlag
 
 
 def _fail(message: str) -> int:
@@ -22,51 +24,33 @@ def _fail(message: str) -> int:
     return 2
 
 
-class _SetupInterrupt:
-    """Ctrl-C while a run is set up (imports, data, model) sets ``stop``, which ``train`` is
-    handed: the run stops at its first step, with a checkpoint. A ``KeyboardInterrupt`` there
+class _SetupInterrupt(StopFlag):
+    """Ctrl-C while a run is set up (imports, data, model) sets the flag's event, which ``train``
+    is handed: the run stops at its first step, with a checkpoint. A ``KeyboardInterrupt`` there
     would be unsafe: raised inside an import it is dropped ("Exception ignored in ...": the run
     went on to the end) or turned into another error (a ``RuntimeError`` from torch's imports). A
     second Ctrl-C, for a set-up that hangs, ends the process at once (exit 130): the set-up has
     written nothing yet, and the run's lock is a file lock the system releases."""
 
-    def __init__(self) -> None:
-        import threading
-
-        self.stop = threading.Event()
-        self.signum: int | None = None
-        self._old: Any = None
-
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.stop.is_set():
+        if self.event.is_set():
             print("stability: stopped during the set-up: nothing recorded; the same command starts the run",
                   file=sys.stderr, flush=True)
             if sys.stderr.isatty():
                 print("\x1b[?25h", end="", file=sys.stderr, flush=True)  # the progress bar hid the cursor
             os._exit(130)
-        self.signum = signum
-        self.stop.set()
+        super()._handle(signum, frame)
         print("stability: stopping at the run's first step, once it is set up (Ctrl-C again: at once, nothing "
               "recorded)", file=sys.stderr, flush=True)
 
-    def __enter__(self) -> _SetupInterrupt:
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
 
 def cmd_train(args: argparse.Namespace) -> int:
-    with _SetupInterrupt() as ctrl_c:  # before torch is imported
+    ctrl_c = _SetupInterrupt()
+    ctrl_c.install((signal.SIGINT,))  # before torch is imported
+    try:
         return _train_command(args, ctrl_c)
+    finally:
+        ctrl_c.uninstall()
 
 
 def _train_command(args: argparse.Namespace, ctrl_c: _SetupInterrupt) -> int:
@@ -94,7 +78,8 @@ def _train_command(args: argparse.Namespace, ctrl_c: _SetupInterrupt) -> int:
     from .data.datasets import DataError
     from .progress import RichReporter
     from .store import RunStatus, check_writable, table_dir
-    from .trainer.checkpoint import Preempted, checkpoint_path
+    from .trainer.checkpoint import checkpoint_path
+    from .trainer.stopping import Preempted
     from .trainer.train import RunDone, refuse_bad_input, train
 
     try:
@@ -111,9 +96,9 @@ def _train_command(args: argparse.Namespace, ctrl_c: _SetupInterrupt) -> int:
         if main_rank:
             with RichReporter(label=f"{cfg.model} {cfg.stem or ''}".strip()) as reporter:
                 row = train(cfg, reporter, resume=not args.no_resume, rerun=args.rerun, record_refusals=False,
-                            stop=ctrl_c.stop)
+                            stop=ctrl_c.event)
         else:
-            row = train(cfg, resume=not args.no_resume, rerun=args.rerun, record_refusals=False, stop=ctrl_c.stop)
+            row = train(cfg, resume=not args.no_resume, rerun=args.rerun, record_refusals=False, stop=ctrl_c.event)
     except RunDone as e:  # a result is the record: a repeated command must not overwrite it
         if main_rank:
             err = e.row.get("top1_err")
@@ -126,9 +111,7 @@ def _train_command(args: argparse.Namespace, ctrl_c: _SetupInterrupt) -> int:
     except DataError as e:  # data_root= on the command line (e.g. beside --run) is the command line's
         raise ConfigError(str(e), "command line" if "data_root" in overrides else source) from None
     except Preempted as e:  # Ctrl-C, scancel or a preemption: the exit code says which (130, 143, 138)
-        import signal
-
-        signum = e.signum or ctrl_c.signum  # a Ctrl-C in the set-up: set ctrl_c.stop, the loop stopped at step 1
+        signum = e.signum or ctrl_c.signum  # a Ctrl-C in the set-up: set ctrl_c.event, the loop stopped at step 1
         how = f"stopped by {signal.Signals(signum).name}" if signum else "stopped"
         print(f"preempted ({how}): checkpoint at {checkpoint_path(cfg)}; rerun the same command to resume",
               file=sys.stderr)
@@ -652,8 +635,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     print(f"stability dashboard: http://{args.host}:{args.port} on {Path(args.results).resolve()}"
           + ("" if args.host != "127.0.0.1" else
              f" (from a laptop: ssh -L {args.port}:127.0.0.1:{args.port} <this host>)"), flush=True)
-    import signal
-
     server = subprocess.Popen(cmd)
 
     def stop(signum, _frame):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,8 +15,11 @@ from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 # Nothing of Hypothesis in the work tree (its example database, its caches): a test run leaves no
-# files behind; failing examples are printed, with the seed that reproduces them.
-set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hypothesis-"))
+# files behind; failing examples are printed, with the seed that reproduces them. Its home is a
+# temporary folder, removed when the run ends (each run left one in /tmp).
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="hypothesis-")
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 settings.register_profile("stability", database=None)
 settings.load_profile("stability")
 

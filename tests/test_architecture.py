@@ -2,6 +2,8 @@
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -338,3 +340,13 @@ def test_each_rows_builder_covers_its_schema(monkeypatch):
     monkeypatch.setitem(store.SCHEMAS, "steps", store.SCHEMAS["steps"].append(store.pa.field("extra", store.pa.int64())))
     with pytest.raises(AssertionError, match="step_row"):
         rows._check_builders()
+
+
+def test_the_cli_and_its_stop_flag_import_no_torch():
+    """``stability train`` installs its Ctrl-C flag before torch is imported (an interrupt inside
+    torch's imports is lost or turned into another error): the CLI module and the flag's module
+    must load without torch."""
+    code = ("import sys, stability.cli, stability.trainer.stopping; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -112,6 +112,10 @@ def test_scontrol_requeue_resumes_from_checkpoint(tmp_path):
     assert proc.returncode == 0, err
     log = "".join(p.read_text() for p in (spec.sweep_dir / "logs").glob(f"{rec['job_id']}_*_log.err"))
     assert re.search(rf"run {rid} resumes from .* \(epoch [12], step \d+\)", log), log[-2000:]
+    # the stopped attempt ends with one line, not submitit's traceback of a crash
+    assert re.search(rf"stability: run {rid} preempted \(stopped at step \d+, by SIGTERM\): checkpoint saved", log), \
+        log[-2000:]
+    assert "Traceback" not in log and "triggered an exception" not in log, log[-3000:]
     got, ref = store.load(tmp_path / "res"), store.load(tmp_path / "ref")
     assert got.runs.status.tolist() == ["completed"]
     assert got.runs.top1_err.tolist() == ref.runs.top1_err.tolist()

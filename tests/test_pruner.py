@@ -28,8 +28,9 @@ from stability.grid.samplers import sampler_for
 from stability.grid.spec import load_spec
 from stability.grid.studies import open_storage, tell
 from stability.pruner import PRESETS, SETTING_NAMES, PrunerSettings, RunPruner, flush_points
-from stability.trainer.checkpoint import Preempted, RunState, checkpoint_path
+from stability.trainer.checkpoint import RunState, checkpoint_path
 from stability.trainer.pruning import make_pruner
+from stability.trainer.stopping import Preempted
 from stability.trainer.train import RunDone, train
 
 from .conftest import run_cli, write_spec

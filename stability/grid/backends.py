@@ -197,11 +197,11 @@ class SlurmBackend(_FolderBackend):
         return self._executor
 
     def submit(self, items: list[tuple[str, dict[str, Any]]]) -> list[Submitted]:
-        from .job import RunJob
+        from .job import SlurmRunJob
 
         if not items:
             return []
-        executor, fn = self.executor(), RunJob()
+        executor, fn = self.executor(), SlurmRunJob()
         chunk = max(1, self.ex.array_size or max_array_size())
         out: list[Submitted] = []
         for i in range(0, len(items), chunk):

@@ -3,12 +3,15 @@
 :class:`RunJob` is a ``submitit.helpers.Checkpointable``: on Slurm's USR2 (time limit or
 preemption) the trainer finishes its step, saves a checkpoint, and submitit requeues the job,
 which resumes from it. ``scontrol requeue`` (SIGTERM) also checkpoints; Slurm restarts the job.
+A Slurm job runs :class:`SlurmRunJob`: a stop other than USR2 ends its log with one line
+(``preempted_line``), as a local run's does, not with submitit's traceback.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Any
 
 import submitit
@@ -49,6 +52,38 @@ class RunJob(submitit.helpers.Checkpointable):
             _note_unwritten_failure(cfg, e)
             raise
         return {k: row.get(k) for k in ("run_id", "status", "top1_err", "diverged_at_step")}
+
+
+class SlurmRunJob(RunJob):
+    """:class:`RunJob` as a Slurm job runs it. A run stopped after its checkpoint (``scontrol
+    requeue``'s SIGTERM, ``scancel --signal``) ends the job with one line and exit status 128 +
+    the signal: submitit would log the stop as "Submitted job triggered an exception" with a
+    traceback, which reads as a crash. (USR2 never gets here: submitit's handler requeues the job
+    and exits.)"""
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        from ..trainer.stopping import Preempted
+
+        try:
+            return super().__call__(config)
+        except Preempted as p:
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(preempted_line(config, p, "a requeue of this job (scontrol requeue), else the same "
+                                     "`stability grid run`, resumes it"), file=sys.stderr, flush=True)
+            raise SystemExit(128 + (p.signum or signal.SIGTERM)) from None
+
+
+def preempted_line(config: dict[str, Any], stop: BaseException,
+                   resumes: str = "the same `stability grid run` resumes it") -> str:
+    """How a run's log ends when a signal stopped it after its checkpoint (a Ctrl-C, the time
+    limit's SIGTERM, ``scontrol requeue``): what happened and what resumes it, where a traceback
+    read as a crash."""
+    from ..config import run_config
+    from ..trainer.checkpoint import checkpoint_path
+
+    cfg = run_config(config)
+    by = signal.Signals(signum).name if isinstance(signum := getattr(stop, "signum", None), int) else "a stop request"
+    return f"stability: run {cfg.run_id} preempted ({stop}, by {by}): checkpoint saved at {checkpoint_path(cfg)}; {resumes}"
 
 
 def _note_unwritten_failure(cfg, error: BaseException) -> None:

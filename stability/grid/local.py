@@ -233,8 +233,8 @@ def _child(msg: dict[str, Any], rank: int, port: int, rank0_pid: int) -> None:
             os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(msg["tasks"]),
                                "LOCAL_WORLD_SIZE": str(msg["tasks"]), "MASTER_ADDR": "127.0.0.1",
                                "MASTER_PORT": str(port)})
-        from ..trainer.checkpoint import Preempted
-        from .job import RunJob
+        from ..trainer.stopping import Preempted
+        from .job import RunJob, preempted_line
 
         try:
             print(json.dumps(RunJob(msg["threads"])(msg["config"])), flush=True)
@@ -249,18 +249,6 @@ def _child(msg: dict[str, Any], rank: int, port: int, rank0_pid: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-
-
-def preempted_line(config: dict[str, Any], stop: BaseException) -> str:
-    """How a local run's log ends when a signal stopped it after its checkpoint (a Ctrl-C, the
-    time limit's SIGTERM): what happened and what resumes it, where a traceback read as a crash."""
-    from ..config import run_config
-    from ..trainer.checkpoint import checkpoint_path
-
-    cfg = run_config(config)
-    by = signal.Signals(signum).name if isinstance(signum := getattr(stop, "signum", None), int) else "a stop request"
-    return (f"stability: run {cfg.run_id} preempted ({stop}, by {by}): checkpoint saved at {checkpoint_path(cfg)}; "
-            "the same `stability grid run` resumes it")
 
 
 def serve() -> None:

@@ -1,14 +1,12 @@
-"""What lets a run stop and resume: its state beyond the weights, the checkpoint file, and the
-stop flag that turns a signal (Slurm's preemption, ``scontrol requeue``, Ctrl-C) into a save."""
+"""What lets a run resume: its state beyond the weights and the checkpoint file (the stop flag that
+turns a signal into a save is ``stopping``'s)."""
 
 from __future__ import annotations
 
 import errno
 import os
 import shlex
-import signal
 import sys
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +27,6 @@ from .optim import keep_impl
 # streamed to the store: ``store.append_rows``), only model, optimizer, EMA and loop state
 CHECKPOINT_VERSION = 4
 FULL_DISK_BYTES = 1 << 20  # less free than this after a failed write: the disk is full
-
-
-class Preempted(Exception):
-    """Raised after a checkpoint was saved on a stop signal (or a ``stop`` request).
-
-    ``signum`` is the signal that stopped the run (None for a ``stop`` request) and
-    ``previous_handler`` the handler it displaced (submitit's, inside a Slurm job).
-    """
-
-    def __init__(self, message: str, signum: int | None = None, previous_handler: Any = None):
-        super().__init__(message)
-        self.signum = signum
-        self.previous_handler = previous_handler
 
 
 def checkpoint_path(cfg: RunConfig) -> Path:
@@ -312,34 +297,3 @@ def resume_state(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, d
                               f"{moved[0].parent}); its checkpoint cannot resume it exactly and was moved to {dest}: "
                               "the next attempt starts afresh")
     return st
-
-
-# Ctrl-C too: an interrupted run checkpoints and reads as preempted, and the same command resumes it.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-
-class StopFlag:
-    """Set by a stop signal (or by a caller) so the loop checkpoints after the current step."""
-
-    def __init__(self, event: threading.Event | None = None) -> None:
-        self.event = event or threading.Event()
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        self.event.set()
-
-    def install(self, signals: tuple[int, ...]) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in signals:
-            self._old[sig] = signal.signal(sig, self._handle)
-
-    def preempted(self, message: str) -> Preempted:
-        return Preempted(message, self.signum, self._old.get(self.signum))
-
-    def uninstall(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()

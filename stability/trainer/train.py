@@ -41,10 +41,7 @@ from ..progress import Reporter
 from ..pruner import RunPruner
 from ..store import RunStatus
 from .checkpoint import (
-    STOP_SIGNALS,
-    Preempted,
     RunState,
-    StopFlag,
     checkpoint_path,
     data_columns,
     data_fingerprint,
@@ -63,6 +60,7 @@ from .rows import epoch_row
 from .run_lock import RunDone, RunLock, refuse_if_done
 from .run_record import Record, Rows
 from .step import Step, StepOut, train_step
+from .stopping import STOP_SIGNALS, Preempted, StopFlag
 from .tracing import GradTracer, TraceBuffer
 
 __all__ = ["Preempted", "RunDone", "Step", "StepOut", "evaluate", "train", "train_step"]
