@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, printable
-from .trainer.stopping import StopFlag
+from .trainer.stopping import Preempted, StopFlag
 
 
 def _fail(message: str) -> int:
@@ -79,7 +79,6 @@ def _train_command(args: argparse.Namespace, ctrl_c: _SetupInterrupt) -> int:
     from .progress import RichReporter
     from .store import RunStatus, check_writable, table_dir
     from .trainer.checkpoint import checkpoint_path
-    from .trainer.stopping import Preempted
     from .trainer.train import RunDone, refuse_bad_input, train
 
     try:
@@ -93,12 +92,16 @@ def _train_command(args: argparse.Namespace, ctrl_c: _SetupInterrupt) -> int:
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: one progress bar, one summary
     try:  # whether the run has a result is decided under its lock (a twin command may be ending it)
         refuse_bad_input(cfg, args.rerun)  # before the lock and the progress bar: a refusal writes nothing
-        if main_rank:
-            with RichReporter(label=f"{cfg.model} {cfg.stem or ''}".strip()) as reporter:
-                row = train(cfg, reporter, resume=not args.no_resume, rerun=args.rerun, record_refusals=False,
+        try:
+            if main_rank:
+                with RichReporter(label=f"{cfg.model} {cfg.stem or ''}".strip()) as reporter:
+                    row = train(cfg, reporter, resume=not args.no_resume, rerun=args.rerun, record_refusals=False,
+                                stop=ctrl_c.event)
+            else:
+                row = train(cfg, resume=not args.no_resume, rerun=args.rerun, record_refusals=False,
                             stop=ctrl_c.event)
-        else:
-            row = train(cfg, resume=not args.no_resume, rerun=args.rerun, record_refusals=False, stop=ctrl_c.event)
+        finally:  # the run has ended (or stopped): a Ctrl-C now is no set-up's, and ends the command (130)
+            ctrl_c.uninstall()
     except RunDone as e:  # a result is the record: a repeated command must not overwrite it
         if main_rank:
             err = e.row.get("top1_err")

@@ -72,7 +72,8 @@ def test_a_checkpoint_copied_onto_another_run_is_set_aside_not_resumed(tmp_path,
     """Case 2: a checkpoint names its run and config hash; another run's (or another stem's)
     is quarantined with a message naming both runs, and the run starts afresh."""
     from stability.trainer.checkpoint import checkpoint_path
-    from stability.trainer.train import Preempted, train
+    from stability.trainer.stopping import Preempted
+    from stability.trainer.train import train
 
     donor = _cfg(tmp_path, lr=0.005, epochs=2)
     stop = threading.Event()

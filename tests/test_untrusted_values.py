@@ -24,7 +24,8 @@ def real_run(tmp_path_factory):
     import torch
 
     from stability.trainer.checkpoint import checkpoint_path
-    from stability.trainer.train import Preempted, train
+    from stability.trainer.stopping import Preempted
+    from stability.trainer.train import train
 
     root = tmp_path_factory.mktemp("real_run")
     cfg = run_config({**FAST, "results": str(root), "sweep": "u"})

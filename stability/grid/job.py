@@ -17,6 +17,7 @@ from typing import Any
 import submitit
 
 from ..trainer.run_lock import RunTaken
+from ..trainer.stopping import Preempted
 
 
 class RunJob(submitit.helpers.Checkpointable):
@@ -29,7 +30,7 @@ class RunJob(submitit.helpers.Checkpointable):
         import torch
 
         from ..config import run_config
-        from ..trainer.train import Preempted, RunDone, train
+        from ..trainer.train import RunDone, train
 
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
         if threads:
@@ -56,21 +57,36 @@ class RunJob(submitit.helpers.Checkpointable):
 
 class SlurmRunJob(RunJob):
     """:class:`RunJob` as a Slurm job runs it. A run stopped after its checkpoint (``scontrol
-    requeue``'s SIGTERM, ``scancel --signal``) ends the job with one line and exit status 128 +
-    the signal: submitit would log the stop as "Submitted job triggered an exception" with a
-    traceback, which reads as a crash. (USR2 never gets here: submitit's handler requeues the job
-    and exits.)"""
+    requeue``'s or ``scancel``'s SIGTERM, ``scancel --signal``) ends the job with one line and
+    exit status 128 + the signal: submitit would log the stop as "Submitted job triggered an
+    exception" with a traceback, which reads as a crash. Its result file is written as submitit
+    writes a failure's, so the controller sees the job end at once. (On rank 0, USR2 never gets
+    here: submitit's handler requeues the job and exits.)"""
 
     def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
-        from ..trainer.stopping import Preempted
-
         try:
             return super().__call__(config)
         except Preempted as p:
+            line = preempted_line(config, p, "a requeue of this job (scontrol requeue), else the same "
+                                  "`stability grid run`, resumes it")
             if int(os.environ.get("RANK", "0")) == 0:
-                print(preempted_line(config, p, "a requeue of this job (scontrol requeue), else the same "
-                                     "`stability grid run`, resumes it"), file=sys.stderr, flush=True)
-            raise SystemExit(128 + (p.signum or signal.SIGTERM)) from None
+                print(line, file=sys.stderr, flush=True)
+            _write_result(("error", line))
+            raise SystemExit(stopped_code(p)) from None
+
+
+def _write_result(result: tuple[str, Any]) -> None:
+    """This task's submitit result file, as ``submitit.core.submission.process_job`` writes it."""
+    from submitit.core.utils import cloudpickle_dump, temporary_save_path
+
+    with temporary_save_path(submitit.JobEnvironment().paths.result_pickle) as tmp:
+        cloudpickle_dump(result, tmp)
+
+
+def stopped_code(stop: Preempted) -> int:
+    """The exit status of a job whose run was stopped after its checkpoint: 128 + the signal, as a
+    shell reports a process the signal ended (SIGTERM for a ``stop`` request)."""
+    return 128 + (stop.signum or signal.SIGTERM)
 
 
 def preempted_line(config: dict[str, Any], stop: BaseException,

@@ -234,13 +234,14 @@ def _child(msg: dict[str, Any], rank: int, port: int, rank0_pid: int) -> None:
                                "LOCAL_WORLD_SIZE": str(msg["tasks"]), "MASTER_ADDR": "127.0.0.1",
                                "MASTER_PORT": str(port)})
         from ..trainer.stopping import Preempted
-        from .job import RunJob, preempted_line
+        from .job import RunJob, preempted_line, stopped_code
 
         try:
             print(json.dumps(RunJob(msg["threads"])(msg["config"])), flush=True)
             code = 0
-        except Preempted as p:  # a stop, not a crash: one line, and the exit status stays 1
+        except Preempted as p:  # a stop, not a crash: one line, and 128 + the signal, as a Slurm job's
             print(preempted_line(msg["config"], p), file=sys.stderr)
+            code = stopped_code(p)
     except BaseException:  # noqa: BLE001 - the traceback goes to the run's log
         import traceback
 

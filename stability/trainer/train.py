@@ -63,7 +63,7 @@ from .step import Step, StepOut, train_step
 from .stopping import STOP_SIGNALS, Preempted, StopFlag
 from .tracing import GradTracer, TraceBuffer
 
-__all__ = ["Preempted", "RunDone", "Step", "StepOut", "evaluate", "train", "train_step"]
+__all__ = ["RunDone", "Step", "StepOut", "evaluate", "train", "train_step"]
 
 COLLAPSE_FRACTION = 0.9  # collapsed: final train loss >= 0.9 x ln(classes), i.e. never left chance
 
