@@ -239,3 +239,35 @@ def test_an_sbatch_that_refuses_is_one_line_and_leaves_no_files(tmp_path):
     logs = store.logs_dir(tmp_path / "res", "refused")
     assert not [p.name for p in logs.iterdir() if p.suffix in (".pkl", ".sh")], list(logs.iterdir())
     assert (store.sweep_dir(tmp_path / "res", "refused") / "plan.parquet").exists()
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_stopped_slurm_job_ends_with_one_line_its_result_file_and_128_plus_the_signal(rank, tmp_path, monkeypatch,
+                                                                                         capsys):
+    """``SlurmRunJob`` in the environment submitit gives a Slurm task, its run stopped by SIGTERM
+    after the checkpoint: exit 143, the one preempted line on rank 0 only, and the task's result
+    file written (the controller reads the job as ended from it), with no traceback."""
+    from stability.config import run_config
+    from stability.grid.job import RunJob, SlurmRunJob
+    from stability.trainer.stopping import Preempted
+
+    env = {"_TEST_CLUSTER_": "slurm", "SUBMITIT_FOLDER": str(tmp_path), "SLURM_JOB_ID": "42", "SLURM_PROCID": rank,
+           "SLURM_NTASKS": "2", "SLURM_LOCALID": rank, "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "RANK": rank}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+    def stopped(self, config):
+        raise Preempted("stopped at step 3", signal.SIGTERM)
+
+    monkeypatch.setattr(RunJob, "__call__", stopped)
+    config = {"results": str(tmp_path / "res"), "sweep": "s", "stem": "conv"}
+    with pytest.raises(SystemExit) as ended:
+        SlurmRunJob()(config)
+    assert ended.value.code == 128 + signal.SIGTERM
+    line = (f"stability: run {run_config(config).run_id} preempted (stopped at step 3, by SIGTERM): "
+            "checkpoint saved at ")
+    err = capsys.readouterr().err
+    assert (line in err) == (rank == "0") and "Traceback" not in err, err
+    result = tmp_path / f"42_{rank}_result.pkl"  # submitit's name for the task's result file
+    assert line.encode() in result.read_bytes()  # read as bytes: a results root's pickles are never loaded
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp") or ".save_tmp" in p.name]
