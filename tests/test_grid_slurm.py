@@ -252,7 +252,8 @@ def test_a_stopped_slurm_job_ends_with_one_line_its_result_file_and_128_plus_the
     from stability.trainer.stopping import Preempted
 
     env = {"_TEST_CLUSTER_": "slurm", "SUBMITIT_FOLDER": str(tmp_path), "SLURM_JOB_ID": "42", "SLURM_PROCID": rank,
-           "SLURM_NTASKS": "2", "SLURM_LOCALID": rank, "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "RANK": rank}
+           "SLURM_NTASKS": "2", "SLURM_LOCALID": rank, "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "RANK": rank,
+           "WORLD_SIZE": "2"}  # as TorchDistributedEnvironment exports them for a two-task job
     for k, v in env.items():
         monkeypatch.setenv(k, v)
 

@@ -64,12 +64,14 @@ class SlurmRunJob(RunJob):
     here: submitit's handler requeues the job and exits.)"""
 
     def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        from ..trainer.distributed import from_env
+
         try:
             return super().__call__(config)
         except Preempted as p:
             line = preempted_line(config, p, "a requeue of this job (scontrol requeue), else the same "
                                   "`stability grid run`, resumes it")
-            if int(os.environ.get("RANK", "0")) == 0:
+            if from_env().is_main:
                 print(line, file=sys.stderr, flush=True)
             _write_result(("error", line))
             raise SystemExit(stopped_code(p)) from None
@@ -89,7 +91,7 @@ def stopped_code(stop: Preempted) -> int:
     return 128 + (stop.signum or signal.SIGTERM)
 
 
-def preempted_line(config: dict[str, Any], stop: BaseException,
+def preempted_line(config: dict[str, Any], stop: Preempted,
                    resumes: str = "the same `stability grid run` resumes it") -> str:
     """How a run's log ends when a signal stopped it after its checkpoint (a Ctrl-C, the time
     limit's SIGTERM, ``scontrol requeue``): what happened and what resumes it, where a traceback
@@ -98,7 +100,7 @@ def preempted_line(config: dict[str, Any], stop: BaseException,
     from ..trainer.checkpoint import checkpoint_path
 
     cfg = run_config(config)
-    by = signal.Signals(signum).name if isinstance(signum := getattr(stop, "signum", None), int) else "a stop request"
+    by = signal.Signals(stop.signum).name if stop.signum else "a stop request"
     return f"stability: run {cfg.run_id} preempted ({stop}, by {by}): checkpoint saved at {checkpoint_path(cfg)}; {resumes}"
 
 
@@ -107,10 +109,11 @@ def _note_unwritten_failure(cfg, error: BaseException) -> None:
     is full, the root read-only), the ledger says so, naming the error (best effort: the ledger
     may be on the same full disk)."""
     from .. import store
+    from ..trainer.distributed import from_env
     from ..trainer.provenance import job_id
     from .ledger import record_failure
 
-    if int(os.environ.get("RANK", "0")) != 0 or not (job := job_id()):
+    if not from_env().is_main or not (job := job_id()):
         return
     try:
         rows = store.read_table(cfg.results, "runs", sweep=cfg.sweep, columns=["status"], run_ids=[cfg.run_id])
