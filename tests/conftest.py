@@ -1,10 +1,4 @@
-"""Shared fixtures: small real runs, built once per session where several tests read them.
-
-CI runs the suite on two workers (pytest-xdist, ``-n 2 --dist loadgroup --no-loadscope-reorder``,
-see .ci/run): each test file is one unit of work, the files that read ``dash_results`` one unit
-together (the grid is trained once), and the units go out longest first (times measured in CI's
-``--durations``), so neither worker is left with a long file at the end.
-"""
+"""Shared fixtures: small real runs, built once per session where several tests read them."""
 
 from __future__ import annotations
 
@@ -26,38 +20,10 @@ from hypothesis.configuration import set_hypothesis_home_dir
 _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="hypothesis-")
 atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
 set_hypothesis_home_dir(_HYPOTHESIS_HOME)
-# No deadline: a per-example time limit is a wall-clock assertion, and fails on a busy machine
-# (the suite runs on two workers) for no fault of the code.
-settings.register_profile("stability", database=None, deadline=None)
+settings.register_profile("stability", database=None)
 settings.load_profile("stability")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Two workers share two cores. libgomp's threads spin while they wait (its default), taking
-    # the core from the other worker's torch: test_train.py twice at once took 412 s, 177 s with
-    # passive waiting. Set before torch loads; the runs the tests start inherit it.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-# Units of work, longest first (seconds in a serial CI run, 2026-12-07); the rest follow in file order.
-LONGEST_FIRST = ("dash_results",  # test_browser, test_hostile, test_dashboard, ... ~840 s
-                 "test_reproduce", "test_grid_slurm", "test_faults", "test_grid_run", "test_verdicts",
-                 "test_pruner", "test_train", "test_sensitivity", "test_distributed", "test_cli",
-                 "test_cli_inputs", "test_grid_spec", "test_interrupt_local", "test_models")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Group tests by file (the files that read ``dash_results`` in one group) and put the
-    longest groups first; see the module docstring."""
-    shared = {item.module.__name__ for item in items if "dash_results" in item.fixturenames}
-    group = {}
-    for item in items:
-        name = item.module.__name__
-        group[item] = "dash_results" if name in shared else name.rsplit(".", 1)[-1]
-        item.add_marker(pytest.mark.xdist_group(group[item]))
-    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(group[item], len(rank)))
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
