@@ -200,6 +200,10 @@ def test_every_slider_at_its_extremes(server, page):
             _no_exception(page)
             page.wait_for_url("**p_sens_outcome=unstable**", timeout=30_000)
         sliders = page.locator("[data-testid='stSlider'] input[type='range']")
+        # a chart can draw before the page's sliders: count them once the first is there (under
+        # load, two test workers, the lr/wd page counted none)
+        sliders.first.wait_for(state="attached", timeout=90_000)
+        _settle(page)
         n = sliders.count()
         assert n >= (5 if path == "spikes" else 1), (path, n)
         for i in range(n):
